@@ -1,0 +1,148 @@
+//! Every gradient rule, in one place. `Op` holds what a rule needs from the forward pass;
+//! `backward` maps an output gradient to one optional gradient per input, in input order.
+
+use crate::backend::{Backend, Conv2dDims, PoolDims, Unary};
+use crate::error::Result;
+use crate::ops::{self, BnSaved};
+use crate::tensor::{DType, Tensor};
+
+pub enum Op<B: Backend> {
+    /// inputs: a, b
+    Matmul { a: Tensor<B>, b: Tensor<B>, trans_a: bool, trans_b: bool },
+    /// inputs: x, weight
+    Conv2d { x: Tensor<B>, w: Tensor<B>, dims: Conv2dDims },
+    /// inputs: x, then gamma and beta when affine
+    BatchNorm { x: Tensor<B>, gamma: Option<Tensor<B>>, saved: BnSaved<B> },
+    /// inputs: x, gamma, beta
+    LayerNorm { x: Tensor<B>, gamma: Tensor<B>, saved: BnSaved<B> },
+    /// inputs: x
+    Softmax { y: Tensor<B> },
+    /// inputs: q, k, v
+    Attention { q: Tensor<B>, k: Tensor<B>, v: Tensor<B>, o: Tensor<B>, lse: Tensor<B>, scale: f32 },
+    /// inputs: x
+    Unary { op: Unary, x: Tensor<B> },
+    /// inputs: a, b (b broadcast over a's leading axes)
+    Add { b_shape: Vec<usize> },
+    /// inputs: a, b (b broadcast over a's leading axes)
+    Mul { a: Tensor<B>, b: Tensor<B> },
+    /// inputs: x
+    Scale { alpha: f32 },
+    /// inputs: x
+    SumAxis { in_shape: Vec<usize>, axis: usize },
+    /// inputs: x
+    MaxPool { x: Tensor<B>, dims: PoolDims },
+    /// inputs: x
+    GlobalAvgPool { in_shape: Vec<usize> },
+    /// inputs: logits (labels are constants)
+    CrossEntropy { logits: Tensor<B>, labels: Tensor<B> },
+    /// inputs: p, z
+    CosineLoss { p: Tensor<B>, z: Tensor<B>, eps: f32 },
+    /// inputs: x
+    Permute { perm: Vec<usize> },
+    /// inputs: x
+    Reshape { in_shape: Vec<usize> },
+    /// inputs: x
+    Slice { in_shape: Vec<usize>, dtype: DType, axis: usize, start: usize },
+    /// inputs: the concatenated tensors, in order
+    Concat { axis: usize, sizes: Vec<usize> },
+}
+
+impl<B: Backend> Op<B> {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Matmul { .. } => "matmul",
+            Op::Conv2d { .. } => "conv2d",
+            Op::BatchNorm { .. } => "batchnorm",
+            Op::LayerNorm { .. } => "layernorm",
+            Op::Softmax { .. } => "softmax",
+            Op::Attention { .. } => "attention",
+            Op::Unary { .. } => "unary",
+            Op::Add { .. } => "add",
+            Op::Mul { .. } => "mul",
+            Op::Scale { .. } => "scale",
+            Op::SumAxis { .. } => "sum_axis",
+            Op::MaxPool { .. } => "maxpool2d",
+            Op::GlobalAvgPool { .. } => "avgpool_global",
+            Op::CrossEntropy { .. } => "cross_entropy",
+            Op::CosineLoss { .. } => "cosine_loss",
+            Op::Permute { .. } => "permute",
+            Op::Reshape { .. } => "reshape",
+            Op::Slice { .. } => "slice",
+            Op::Concat { .. } => "concat",
+        }
+    }
+}
+
+type Grads<B> = Vec<Option<Tensor<B>>>;
+
+pub(super) fn backward<B: Backend>(op: &Op<B>, g: &Tensor<B>) -> Result<Grads<B>> {
+    Ok(match op {
+        // C = op(A) op(B): d op(A) = dC op(B)^T, d op(B) = op(A)^T dC, transposed back to storage.
+        Op::Matmul { a, b, trans_a, trans_b } => {
+            let (ta, tb) = (*trans_a, *trans_b);
+            let da = if ta { ops::matmul(b, g, tb, true)? } else { ops::matmul(g, b, false, !tb)? };
+            let db = if tb { ops::matmul(g, a, true, ta)? } else { ops::matmul(a, g, !ta, false)? };
+            vec![Some(da), Some(db)]
+        }
+        Op::Conv2d { x, w, dims } => {
+            vec![Some(ops::conv2d_bwd_data(g, w, dims)?), Some(ops::conv2d_bwd_weight(x, g, dims)?)]
+        }
+        Op::BatchNorm { x, gamma, saved } => {
+            let (dx, dgb) = ops::batchnorm_bwd(x, g, gamma.as_ref(), saved, gamma.is_some())?;
+            let mut out = vec![Some(dx)];
+            if let Some((dg, db)) = dgb {
+                out.extend([Some(dg), Some(db)]);
+            }
+            out
+        }
+        Op::LayerNorm { x, gamma, saved } => {
+            let (dx, dg, db) = ops::layernorm_bwd(x, g, gamma, saved)?;
+            vec![Some(dx), Some(dg), Some(db)]
+        }
+        Op::Softmax { y } => vec![Some(ops::softmax_bwd(y, g)?)],
+        Op::Attention { q, k, v, o, lse, scale } => {
+            let (dq, dk, dv) = ops::attention_bwd(q, k, v, o, lse, g, *scale)?;
+            vec![Some(dq), Some(dk), Some(dv)]
+        }
+        Op::Unary { op, x } => vec![Some(ops::unary_bwd(*op, x, g)?)],
+        Op::Add { b_shape } => vec![Some(g.clone()), Some(ops::sum_to_suffix(g, b_shape)?)],
+        Op::Mul { a, b } => {
+            let da = ops::mul(g, b)?;
+            let db = ops::sum_to_suffix(&ops::mul(g, a)?, b.shape())?;
+            vec![Some(da), Some(db)]
+        }
+        Op::Scale { alpha } => vec![Some(ops::scale(g, *alpha)?)],
+        // Broadcast g back along the summed axis: add it to zeros laid out [axis, outer, inner],
+        // then move the axis back into place.
+        Op::SumAxis { in_shape, axis } => {
+            let (outer, len, inner): (usize, usize, usize) =
+                (in_shape[..*axis].iter().product(), in_shape[*axis], in_shape[axis + 1..].iter().product());
+            let zeros = Tensor::zeros(g.backend(), &[len, outer, inner], g.dtype())?;
+            let spread = ops::add(&zeros, &g.reshape(&[outer, inner])?)?;
+            vec![Some(ops::permute(&spread, &[1, 0, 2])?.reshape(in_shape)?)]
+        }
+        Op::MaxPool { x, dims } => vec![Some(ops::maxpool2d_bwd(x, g, dims)?)],
+        Op::GlobalAvgPool { in_shape } => vec![Some(ops::avgpool_global_bwd(g, in_shape)?)],
+        Op::CrossEntropy { logits, labels } => vec![Some(ops::cross_entropy_bwd(logits, labels, g)?)],
+        Op::CosineLoss { p, z, eps } => {
+            let (dp, dz) = ops::cosine_loss_bwd(p, z, g, *eps, true)?;
+            vec![Some(dp), dz]
+        }
+        Op::Permute { perm } => vec![Some(ops::permute(g, &ops::inverse_perm(perm))?)],
+        Op::Reshape { in_shape } => vec![Some(g.reshape(in_shape)?)],
+        Op::Slice { in_shape, dtype, axis, start } => {
+            let dx = Tensor::zeros(g.backend(), in_shape, *dtype)?;
+            ops::slice_assign(&dx, g, *axis, *start)?;
+            vec![Some(dx)]
+        }
+        Op::Concat { axis, sizes } => {
+            let mut start = 0;
+            let mut out = Vec::with_capacity(sizes.len());
+            for &len in sizes {
+                out.push(Some(ops::slice(g, *axis, start, len)?));
+                start += len;
+            }
+            out
+        }
+    })
+}

@@ -1,0 +1,153 @@
+//! Forward ops on the tape: each computes its value through `ops` and records what its
+//! gradient rule (in `rules.rs`) needs.
+
+use super::{Op, Tape, Var};
+use crate::backend::{Backend, PoolDims, Unary};
+use crate::error::Result;
+use crate::ops;
+
+impl<B: Backend> Tape<B> {
+    pub fn matmul(&self, a: &Var<B>, b: &Var<B>, trans_a: bool, trans_b: bool) -> Result<Var<B>> {
+        let y = ops::matmul(&a.value, &b.value, trans_a, trans_b)?;
+        Ok(self.record(y, &[a, b], || Op::Matmul { a: a.value.clone(), b: b.value.clone(), trans_a, trans_b }))
+    }
+
+    /// NHWC conv; weight [c_out, kh, kw, c_in/groups].
+    pub fn conv2d(&self, x: &Var<B>, w: &Var<B>, stride: [usize; 2], pad: [usize; 2], groups: usize) -> Result<Var<B>> {
+        let dims = ops::conv2d_dims(x.shape(), w.shape(), stride, pad, groups)?;
+        let y = ops::conv2d(&x.value, &w.value, &dims)?;
+        Ok(self.record(y, &[x, w], || Op::Conv2d { x: x.value.clone(), w: w.value.clone(), dims }))
+    }
+
+    /// Training-mode batch norm over all axes but the last; `affine` = Some((gamma, beta)).
+    /// `running` = (mean, var, momentum) is updated in place.
+    pub fn batchnorm_train(
+        &self,
+        x: &Var<B>,
+        affine: Option<(&Var<B>, &Var<B>)>,
+        running: Option<(&crate::Tensor<B>, &crate::Tensor<B>, f32)>,
+        eps: f32,
+    ) -> Result<Var<B>> {
+        let (y, saved) = ops::batchnorm_train(&x.value, affine.map(|a| &a.0.value), affine.map(|a| &a.1.value), running, eps)?;
+        let gamma = affine.map(|a| a.0.value.clone());
+        match affine {
+            Some((g, b)) => Ok(self.record(y, &[x, g, b], || Op::BatchNorm { x: x.value.clone(), gamma, saved })),
+            None => Ok(self.record(y, &[x], || Op::BatchNorm { x: x.value.clone(), gamma, saved })),
+        }
+    }
+
+    pub fn layernorm(&self, x: &Var<B>, gamma: &Var<B>, beta: &Var<B>, eps: f32) -> Result<Var<B>> {
+        let (y, saved) = ops::layernorm(&x.value, &gamma.value, &beta.value, eps)?;
+        Ok(self.record(y, &[x, gamma, beta], || Op::LayerNorm { x: x.value.clone(), gamma: gamma.value.clone(), saved }))
+    }
+
+    pub fn softmax(&self, x: &Var<B>) -> Result<Var<B>> {
+        let y = ops::softmax(&x.value)?;
+        let saved = y.clone();
+        Ok(self.record(y, &[x], || Op::Softmax { y: saved }))
+    }
+
+    pub fn attention(&self, q: &Var<B>, k: &Var<B>, v: &Var<B>, scale: f32) -> Result<Var<B>> {
+        let (o, lse) = ops::attention(&q.value, &k.value, &v.value, scale)?;
+        let saved_o = o.clone();
+        Ok(self.record(o, &[q, k, v], || Op::Attention {
+            q: q.value.clone(),
+            k: k.value.clone(),
+            v: v.value.clone(),
+            o: saved_o,
+            lse,
+            scale,
+        }))
+    }
+
+    pub fn unary(&self, op: Unary, x: &Var<B>) -> Result<Var<B>> {
+        let y = ops::unary(op, &x.value)?;
+        Ok(self.record(y, &[x], || Op::Unary { op, x: x.value.clone() }))
+    }
+    pub fn relu(&self, x: &Var<B>) -> Result<Var<B>> {
+        self.unary(Unary::Relu, x)
+    }
+    pub fn gelu(&self, x: &Var<B>) -> Result<Var<B>> {
+        self.unary(Unary::Gelu, x)
+    }
+
+    /// a + b, b's shape a suffix of a's.
+    pub fn add(&self, a: &Var<B>, b: &Var<B>) -> Result<Var<B>> {
+        let y = ops::add(&a.value, &b.value)?;
+        Ok(self.record(y, &[a, b], || Op::Add { b_shape: b.shape().to_vec() }))
+    }
+    /// a * b, b's shape a suffix of a's.
+    pub fn mul(&self, a: &Var<B>, b: &Var<B>) -> Result<Var<B>> {
+        let y = ops::mul(&a.value, &b.value)?;
+        Ok(self.record(y, &[a, b], || Op::Mul { a: a.value.clone(), b: b.value.clone() }))
+    }
+    pub fn scale(&self, x: &Var<B>, alpha: f32) -> Result<Var<B>> {
+        let y = ops::scale(&x.value, alpha)?;
+        Ok(self.record(y, &[x], || Op::Scale { alpha }))
+    }
+    pub fn sum_axis(&self, x: &Var<B>, axis: usize) -> Result<Var<B>> {
+        let y = ops::sum_axis(&x.value, axis)?;
+        Ok(self.record(y, &[x], || Op::SumAxis { in_shape: x.shape().to_vec(), axis }))
+    }
+    pub fn mean_axis(&self, x: &Var<B>, axis: usize) -> Result<Var<B>> {
+        let n = x.shape().get(axis).copied().unwrap_or(1).max(1);
+        let s = self.sum_axis(x, axis)?;
+        self.scale(&s, 1.0 / n as f32)
+    }
+
+    pub fn maxpool2d(&self, x: &Var<B>, k: usize, stride: usize, pad: usize) -> Result<Var<B>> {
+        let dims: PoolDims = ops::pool_dims(x.shape(), k, stride, pad)?;
+        let y = ops::maxpool2d(&x.value, &dims)?;
+        Ok(self.record(y, &[x], || Op::MaxPool { x: x.value.clone(), dims }))
+    }
+    /// [n, h, w, c] -> [n, c]
+    pub fn avgpool_global(&self, x: &Var<B>) -> Result<Var<B>> {
+        let y = ops::avgpool_global(&x.value)?;
+        Ok(self.record(y, &[x], || Op::GlobalAvgPool { in_shape: x.shape().to_vec() }))
+    }
+
+    /// Mean cross-entropy; `labels` [rows] holds class indices as floats.
+    pub fn cross_entropy(&self, logits: &Var<B>, labels: &crate::Tensor<B>) -> Result<Var<B>> {
+        let y = ops::cross_entropy(&logits.value, labels)?;
+        Ok(self.record(y, &[logits], || Op::CrossEntropy { logits: logits.value.clone(), labels: labels.clone() }))
+    }
+    /// -mean cos(p, z). Pass `z.detach()` for SimSiam's stop-gradient.
+    pub fn cosine_loss(&self, p: &Var<B>, z: &Var<B>, eps: f32) -> Result<Var<B>> {
+        let y = ops::cosine_loss(&p.value, &z.value, eps)?;
+        Ok(self.record(y, &[p, z], || Op::CosineLoss { p: p.value.clone(), z: z.value.clone(), eps }))
+    }
+
+    pub fn permute(&self, x: &Var<B>, perm: &[usize]) -> Result<Var<B>> {
+        let y = ops::permute(&x.value, perm)?;
+        Ok(self.record(y, &[x], || Op::Permute { perm: perm.to_vec() }))
+    }
+    pub fn reshape(&self, x: &Var<B>, shape: &[usize]) -> Result<Var<B>> {
+        let y = x.value.reshape(shape)?;
+        Ok(self.record(y, &[x], || Op::Reshape { in_shape: x.shape().to_vec() }))
+    }
+    pub fn slice(&self, x: &Var<B>, axis: usize, start: usize, len: usize) -> Result<Var<B>> {
+        let y = ops::slice(&x.value, axis, start, len)?;
+        Ok(self.record(y, &[x], || Op::Slice { in_shape: x.shape().to_vec(), dtype: x.value.dtype(), axis, start }))
+    }
+    pub fn concat(&self, xs: &[&Var<B>], axis: usize) -> Result<Var<B>> {
+        let ts: Vec<&crate::Tensor<B>> = xs.iter().map(|v| &v.value).collect();
+        let y = ops::concat(&ts, axis)?;
+        let sizes = xs.iter().map(|v| v.shape()[axis]).collect();
+        Ok(self.record(y, xs, || Op::Concat { axis, sizes }))
+    }
+
+    /// x [.., in] . w^T (+ b): PyTorch's Linear with weight [out, in].
+    pub fn linear(&self, x: &Var<B>, w: &Var<B>, b: Option<&Var<B>>) -> Result<Var<B>> {
+        let (inf, outf) = (w.shape().get(1).copied().unwrap_or(0), w.shape()[0]);
+        let lead: Vec<usize> = x.shape()[..x.shape().len().saturating_sub(1)].to_vec();
+        let rows = lead.iter().product();
+        let x2 = self.reshape(x, &[rows, inf])?;
+        let mut y = self.matmul(&x2, w, false, true)?;
+        if let Some(b) = b {
+            y = self.add(&y, b)?;
+        }
+        let mut shape = lead;
+        shape.push(outf);
+        self.reshape(&y, &shape)
+    }
+}

@@ -1,0 +1,230 @@
+//! Batch norm, layer norm and softmax over channels-last data [rows, channels].
+//! Statistics accumulate in f64; column reductions sum fixed blocks of rows, then the blocks in
+//! order, so the result is the same for any thread count.
+
+use rayon::prelude::*;
+
+use super::Real;
+use crate::backend::NormDims;
+
+const BLOCK_ROWS: usize = 256;
+
+/// Sums per-row contributions into `width` f64 accumulators, deterministically.
+/// `add_row(row, acc)` adds row `row`'s contribution to `acc`.
+pub(crate) fn column_sums(rows: usize, width: usize, add_row: impl Fn(usize, &mut [f64]) + Sync) -> Vec<f64> {
+    let blocks: Vec<Vec<f64>> = (0..rows.div_ceil(BLOCK_ROWS))
+        .into_par_iter()
+        .map(|b| {
+            let mut acc = vec![0.0; width];
+            for r in b * BLOCK_ROWS..((b + 1) * BLOCK_ROWS).min(rows) {
+                add_row(r, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0.0; width];
+    for b in blocks {
+        for (t, v) in total.iter_mut().zip(b) {
+            *t += v;
+        }
+    }
+    total
+}
+
+pub(crate) fn store_f64<T: Real>(dst: &mut [T], src: &[f64]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = T::c(*s);
+    }
+}
+
+fn param<T: Real>(p: Option<&[T]>, c: usize, default: f64) -> f64 {
+    p.map_or(default, |p| p[c].f64())
+}
+
+/// Returns the batch mean and biased variance (for the running-stat update).
+pub fn batchnorm_fwd_train<T: Real>(
+    x: &[T],
+    gamma: Option<&[T]>,
+    beta: Option<&[T]>,
+    y: &mut [T],
+    save_mean: &mut [T],
+    save_invstd: &mut [T],
+    d: &NormDims,
+) -> (Vec<f64>, Vec<f64>) {
+    let (rows, c) = (d.rows, d.channels);
+    let sums = column_sums(rows, c, |r, acc| {
+        for (a, v) in acc.iter_mut().zip(&x[r * c..(r + 1) * c]) {
+            *a += v.f64();
+        }
+    });
+    let mean: Vec<f64> = sums.iter().map(|s| s / rows as f64).collect();
+    let sq = column_sums(rows, c, |r, acc| {
+        for ((a, v), m) in acc.iter_mut().zip(&x[r * c..(r + 1) * c]).zip(&mean) {
+            let dv = v.f64() - m;
+            *a += dv * dv;
+        }
+    });
+    let var: Vec<f64> = sq.iter().map(|s| s / rows as f64).collect();
+    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + d.eps as f64).sqrt()).collect();
+    let scale: Vec<f64> = (0..c).map(|j| invstd[j] * param(gamma, j, 1.0)).collect();
+    let shift: Vec<f64> = (0..c).map(|j| param(beta, j, 0.0) - mean[j] * scale[j]).collect();
+    y.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(yr, xr)| {
+        for j in 0..c {
+            yr[j] = T::c(xr[j].f64() * scale[j] + shift[j]);
+        }
+    });
+    store_f64(save_mean, &mean);
+    store_f64(save_invstd, &invstd);
+    (mean, var)
+}
+
+/// PyTorch: running = (1 - m) running + m batch, with the unbiased batch variance.
+pub fn update_running<T: Real>(rm: &mut [T], rv: &mut [T], mean: &[f64], var: &[f64], rows: usize, momentum: f32) {
+    let m = momentum as f64;
+    let unbias = if rows > 1 { rows as f64 / (rows as f64 - 1.0) } else { 1.0 };
+    for j in 0..rm.len() {
+        rm[j] = T::c((1.0 - m) * rm[j].f64() + m * mean[j]);
+        rv[j] = T::c((1.0 - m) * rv[j].f64() + m * var[j] * unbias);
+    }
+}
+
+pub fn batchnorm_fwd_eval<T: Real>(
+    x: &[T],
+    gamma: Option<&[T]>,
+    beta: Option<&[T]>,
+    rm: &[T],
+    rv: &[T],
+    y: &mut [T],
+    d: &NormDims,
+) {
+    let c = d.channels;
+    let scale: Vec<f64> = (0..c).map(|j| param(gamma, j, 1.0) / (rv[j].f64() + d.eps as f64).sqrt()).collect();
+    let shift: Vec<f64> = (0..c).map(|j| param(beta, j, 0.0) - rm[j].f64() * scale[j]).collect();
+    y.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(yr, xr)| {
+        for j in 0..c {
+            yr[j] = T::c(xr[j].f64() * scale[j] + shift[j]);
+        }
+    });
+}
+
+/// dx = gamma * invstd / N * (N dy - sum(dy) - xhat * sum(dy xhat)); returns (dgamma, dbeta).
+pub fn batchnorm_bwd<T: Real>(
+    x: &[T],
+    dy: &[T],
+    gamma: Option<&[T]>,
+    mean: &[T],
+    invstd: &[T],
+    dx: &mut [T],
+    d: &NormDims,
+) -> (Vec<f64>, Vec<f64>) {
+    let (rows, c) = (d.rows, d.channels);
+    // acc[0..c] = sum dy, acc[c..2c] = sum dy * xhat
+    let sums = column_sums(rows, 2 * c, |r, acc| {
+        for j in 0..c {
+            let g = dy[r * c + j].f64();
+            let xhat = (x[r * c + j].f64() - mean[j].f64()) * invstd[j].f64();
+            acc[j] += g;
+            acc[c + j] += g * xhat;
+        }
+    });
+    let (dbeta, dgamma) = (sums[..c].to_vec(), sums[c..].to_vec());
+    let n = rows as f64;
+    dx.par_chunks_mut(c).enumerate().for_each(|(r, dxr)| {
+        for j in 0..c {
+            let is = invstd[j].f64();
+            let xhat = (x[r * c + j].f64() - mean[j].f64()) * is;
+            let k = param(gamma, j, 1.0) * is / n;
+            dxr[j] = T::c(k * (n * dy[r * c + j].f64() - dbeta[j] - xhat * dgamma[j]));
+        }
+    });
+    (dgamma, dbeta)
+}
+
+pub fn layernorm_fwd<T: Real>(
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    y: &mut [T],
+    save_mean: &mut [T],
+    save_rstd: &mut [T],
+    d: &NormDims,
+) {
+    let c = d.channels;
+    y.par_chunks_mut(c)
+        .zip(x.par_chunks(c))
+        .zip(save_mean.par_iter_mut().zip(save_rstd.par_iter_mut()))
+        .for_each(|((yr, xr), (m, rs))| {
+            let mean = xr.iter().map(|v| v.f64()).sum::<f64>() / c as f64;
+            let var = xr.iter().map(|v| (v.f64() - mean).powi(2)).sum::<f64>() / c as f64;
+            let rstd = 1.0 / (var + d.eps as f64).sqrt();
+            for j in 0..c {
+                yr[j] = T::c((xr[j].f64() - mean) * rstd * gamma[j].f64() + beta[j].f64());
+            }
+            *m = T::c(mean);
+            *rs = T::c(rstd);
+        });
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_bwd<T: Real>(
+    x: &[T],
+    dy: &[T],
+    gamma: &[T],
+    mean: &[T],
+    rstd: &[T],
+    dx: &mut [T],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+    d: &NormDims,
+) {
+    let (rows, c) = (d.rows, d.channels);
+    let xhat = |r: usize, j: usize| (x[r * c + j].f64() - mean[r].f64()) * rstd[r].f64();
+    dx.par_chunks_mut(c).enumerate().for_each(|(r, dxr)| {
+        let (mut s1, mut s2) = (0.0, 0.0);
+        for j in 0..c {
+            let g = dy[r * c + j].f64() * gamma[j].f64();
+            s1 += g;
+            s2 += g * xhat(r, j);
+        }
+        let (s1, s2) = (s1 / c as f64, s2 / c as f64);
+        for j in 0..c {
+            let g = dy[r * c + j].f64() * gamma[j].f64();
+            dxr[j] = T::c(rstd[r].f64() * (g - s1 - xhat(r, j) * s2));
+        }
+    });
+    let sums = column_sums(rows, 2 * c, |r, acc| {
+        for j in 0..c {
+            let g = dy[r * c + j].f64();
+            acc[j] += g * xhat(r, j);
+            acc[c + j] += g;
+        }
+    });
+    store_f64(dgamma, &sums[..c]);
+    store_f64(dbeta, &sums[c..]);
+}
+
+pub fn softmax_fwd<T: Real>(x: &[T], y: &mut [T], c: usize) {
+    y.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(yr, xr)| softmax_row(xr, yr));
+}
+
+pub(crate) fn softmax_row<T: Real>(xr: &[T], yr: &mut [T]) {
+    let max = xr.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+    let mut sum = T::zero();
+    for (o, &v) in yr.iter_mut().zip(xr) {
+        *o = (v - max).exp();
+        sum += *o;
+    }
+    let inv = T::one() / sum;
+    for o in yr.iter_mut() {
+        *o = *o * inv;
+    }
+}
+
+pub fn softmax_bwd<T: Real>(y: &[T], dy: &[T], dx: &mut [T], c: usize) {
+    dx.par_chunks_mut(c).zip(y.par_chunks(c).zip(dy.par_chunks(c))).for_each(|(dxr, (yr, dyr))| {
+        let dot: T = yr.iter().zip(dyr).map(|(&a, &b)| a * b).sum();
+        for j in 0..c {
+            dxr[j] = yr[j] * (dyr[j] - dot);
+        }
+    });
+}

@@ -1,0 +1,312 @@
+//! The Backend trait: the complete kernel set. It is the only place that knows about hardware.
+//!
+//! Designed for an asynchronous GPU: every kernel call receives already-allocated device
+//! buffers and returns as soon as the work is enqueued. Nothing waits for the device except
+//! `download_*` and `synchronize`. Losses are written to one-element device buffers and their
+//! upstream gradients are passed as one-element buffers too, so a training step never has to
+//! read back. Shapes are validated once, in `ops.rs`; a kernel trusts the dims it is given.
+
+pub mod cpu;
+
+use crate::error::Result;
+use crate::tensor::DType;
+
+/// C[b] (m x n) = op(A[b]) (m x k) . op(B[b]) (k x n), every operand row-major and contiguous.
+/// With `trans_a`, A[b] is stored as (k x m); with `trans_b`, B[b] is stored as (n x k).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulDims {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+}
+
+/// NHWC convolution: x [n, h, w, c_in], weight [c_out, kh, kw, c_in / groups], y [n, oh, ow, c_out].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dDims {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_in: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: [usize; 2],
+    pub pad: [usize; 2],
+    pub groups: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+/// Normalisation over `rows` x `channels` (channels last). Batch norm reduces over rows per
+/// channel; layer norm and softmax reduce over channels per row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NormDims {
+    pub rows: usize,
+    pub channels: usize,
+    pub eps: f32,
+}
+
+/// Running statistics updated by a training-mode batch norm, PyTorch's rule:
+/// running = (1 - momentum) * running + momentum * batch (variance unbiased).
+pub struct RunningStats<'a, S> {
+    pub mean: &'a S,
+    pub var: &'a S,
+    pub momentum: f32,
+}
+
+/// Scaled dot-product attention over `bh` independent (batch x head) slices:
+/// q [bh, tq, d], k and v [bh, tk, d], o [bh, tq, d], lse (log-sum-exp of each score row) [bh, tq].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnDims {
+    pub bh: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub d: usize,
+    pub scale: f32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unary {
+    Relu,
+    /// The exact (erf) GELU, PyTorch's and timm's default.
+    Gelu,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Binary {
+    Add,
+    Mul,
+}
+
+/// A max-pool window over NHWC: x [n, h, w, c] -> y [n, oh, ow, c].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolDims {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+/// A tensor viewed as [outer, axis, inner]; the kernel works along `axis`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AxisDims {
+    pub outer: usize,
+    pub axis: usize,
+    pub inner: usize,
+}
+
+/// The range [start, start + len) of the middle axis of [outer, axis, inner].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SliceDims {
+    pub outer: usize,
+    pub axis: usize,
+    pub start: usize,
+    pub len: usize,
+    pub inner: usize,
+}
+
+/// One parameter tensor in a fused SGD step. PyTorch's SGD semantics:
+/// d = grad + weight_decay * param; buf = momentum * buf + d; param -= lr * buf.
+pub struct SgdTensor<'a, S> {
+    pub param: &'a S,
+    pub grad: &'a S,
+    pub momentum_buf: &'a S,
+    pub len: usize,
+    pub lr: f32,
+    pub weight_decay: f32,
+}
+
+pub trait Backend: Clone + Send + Sync + 'static {
+    /// A device buffer. It carries its own dtype and length.
+    type Storage: Send + Sync;
+
+    /// Human-readable device name, e.g. `cpu (2 threads)`.
+    fn name(&self) -> String;
+    fn supports(&self, dtype: DType) -> bool;
+
+    // ---- memory --------------------------------------------------------------------------
+    /// A buffer with unspecified contents (GPU backends draw it from a pool).
+    fn alloc(&self, len: usize, dtype: DType) -> Result<Self::Storage>;
+    fn upload_f32(&self, data: &[f32], dtype: DType) -> Result<Self::Storage>;
+    fn upload_f64(&self, data: &[f64], dtype: DType) -> Result<Self::Storage> {
+        let v: Vec<f32> = data.iter().map(|&x| x as f32).collect();
+        self.upload_f32(&v, dtype)
+    }
+    /// Waits for all queued work, then copies the buffer to the host.
+    fn download_f32(&self, s: &Self::Storage) -> Result<Vec<f32>>;
+    fn download_f64(&self, s: &Self::Storage) -> Result<Vec<f64>> {
+        Ok(self.download_f32(s)?.into_iter().map(f64::from).collect())
+    }
+    fn fill(&self, s: &Self::Storage, value: f32) -> Result<()>;
+    fn copy(&self, src: &Self::Storage, dst: &Self::Storage) -> Result<()>;
+    fn synchronize(&self) -> Result<()>;
+
+    // ---- matmul --------------------------------------------------------------------------
+    fn matmul(&self, a: &Self::Storage, b: &Self::Storage, c: &Self::Storage, d: &MatmulDims) -> Result<()>;
+
+    // ---- conv ----------------------------------------------------------------------------
+    fn conv2d_fwd(&self, x: &Self::Storage, w: &Self::Storage, y: &Self::Storage, d: &Conv2dDims) -> Result<()>;
+    fn conv2d_bwd_data(&self, dy: &Self::Storage, w: &Self::Storage, dx: &Self::Storage, d: &Conv2dDims) -> Result<()>;
+    fn conv2d_bwd_weight(&self, x: &Self::Storage, dy: &Self::Storage, dw: &Self::Storage, d: &Conv2dDims) -> Result<()>;
+
+    // ---- norm ----------------------------------------------------------------------------
+    /// Training batch norm: batch statistics (biased variance for normalising), saves mean and
+    /// 1/sqrt(var + eps) per channel for backward, updates running statistics when given.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_fwd_train(
+        &self,
+        x: &Self::Storage,
+        gamma: Option<&Self::Storage>,
+        beta: Option<&Self::Storage>,
+        y: &Self::Storage,
+        save_mean: &Self::Storage,
+        save_invstd: &Self::Storage,
+        running: Option<RunningStats<'_, Self::Storage>>,
+        d: &NormDims,
+    ) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_fwd_eval(
+        &self,
+        x: &Self::Storage,
+        gamma: Option<&Self::Storage>,
+        beta: Option<&Self::Storage>,
+        running_mean: &Self::Storage,
+        running_var: &Self::Storage,
+        y: &Self::Storage,
+        d: &NormDims,
+    ) -> Result<()>;
+    /// dgamma / dbeta are written when given (affine batch norm).
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_bwd(
+        &self,
+        x: &Self::Storage,
+        dy: &Self::Storage,
+        gamma: Option<&Self::Storage>,
+        save_mean: &Self::Storage,
+        save_invstd: &Self::Storage,
+        dx: &Self::Storage,
+        dgamma: Option<&Self::Storage>,
+        dbeta: Option<&Self::Storage>,
+        d: &NormDims,
+    ) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_fwd(
+        &self,
+        x: &Self::Storage,
+        gamma: &Self::Storage,
+        beta: &Self::Storage,
+        y: &Self::Storage,
+        save_mean: &Self::Storage,
+        save_rstd: &Self::Storage,
+        d: &NormDims,
+    ) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_bwd(
+        &self,
+        x: &Self::Storage,
+        dy: &Self::Storage,
+        gamma: &Self::Storage,
+        save_mean: &Self::Storage,
+        save_rstd: &Self::Storage,
+        dx: &Self::Storage,
+        dgamma: &Self::Storage,
+        dbeta: &Self::Storage,
+        d: &NormDims,
+    ) -> Result<()>;
+    /// Softmax over the last axis (`channels` of NormDims; eps unused).
+    fn softmax_fwd(&self, x: &Self::Storage, y: &Self::Storage, d: &NormDims) -> Result<()>;
+    fn softmax_bwd(&self, y: &Self::Storage, dy: &Self::Storage, dx: &Self::Storage, d: &NormDims) -> Result<()>;
+
+    // ---- attention -----------------------------------------------------------------------
+    #[allow(clippy::too_many_arguments)]
+    fn attention_fwd(
+        &self,
+        q: &Self::Storage,
+        k: &Self::Storage,
+        v: &Self::Storage,
+        o: &Self::Storage,
+        lse: &Self::Storage,
+        d: &AttnDims,
+    ) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd(
+        &self,
+        q: &Self::Storage,
+        k: &Self::Storage,
+        v: &Self::Storage,
+        o: &Self::Storage,
+        lse: &Self::Storage,
+        dout: &Self::Storage,
+        dq: &Self::Storage,
+        dk: &Self::Storage,
+        dv: &Self::Storage,
+        d: &AttnDims,
+    ) -> Result<()>;
+
+    // ---- elementwise and reductions ------------------------------------------------------
+    fn unary_fwd(&self, op: Unary, x: &Self::Storage, y: &Self::Storage, n: usize) -> Result<()>;
+    fn unary_bwd(&self, op: Unary, x: &Self::Storage, dy: &Self::Storage, dx: &Self::Storage, n: usize) -> Result<()>;
+    /// out[i] = a[i] op b[i % b_len]: `b` repeats over the leading axes of `a`.
+    fn binary(&self, op: Binary, a: &Self::Storage, b: &Self::Storage, out: &Self::Storage, n: usize, b_len: usize) -> Result<()>;
+    /// y = alpha * x
+    fn scale(&self, x: &Self::Storage, y: &Self::Storage, alpha: f32, n: usize) -> Result<()>;
+    /// y[o, i] = sum_a x[o, a, i], in a fixed order.
+    fn sum_axis(&self, x: &Self::Storage, y: &Self::Storage, d: &AxisDims) -> Result<()>;
+
+    // ---- pooling -------------------------------------------------------------------------
+    fn maxpool2d_fwd(&self, x: &Self::Storage, y: &Self::Storage, d: &PoolDims) -> Result<()>;
+    /// The gradient goes to the first maximum of each window (PyTorch's choice), found again from x.
+    fn maxpool2d_bwd(&self, x: &Self::Storage, dy: &Self::Storage, dx: &Self::Storage, d: &PoolDims) -> Result<()>;
+    /// x [n, hw, c] -> y [n, c]; `d.outer` = n, `d.axis` = hw, `d.inner` = c.
+    fn avgpool_global_fwd(&self, x: &Self::Storage, y: &Self::Storage, d: &AxisDims) -> Result<()>;
+    fn avgpool_global_bwd(&self, dy: &Self::Storage, dx: &Self::Storage, d: &AxisDims) -> Result<()>;
+
+    // ---- losses --------------------------------------------------------------------------
+    /// Mean cross-entropy of logits [rows, channels] against class indices stored as floats.
+    fn cross_entropy_fwd(&self, logits: &Self::Storage, labels: &Self::Storage, loss: &Self::Storage, rows: usize, classes: usize) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_bwd(
+        &self,
+        logits: &Self::Storage,
+        labels: &Self::Storage,
+        dloss: &Self::Storage,
+        dlogits: &Self::Storage,
+        rows: usize,
+        classes: usize,
+    ) -> Result<()>;
+    /// loss = -mean_i cos(p_i, z_i) over rows of p, z [rows, dim]; eps clamps each norm
+    /// (F.normalize's rule: x / max(||x||, eps)).
+    fn cosine_loss_fwd(&self, p: &Self::Storage, z: &Self::Storage, loss: &Self::Storage, rows: usize, dim: usize, eps: f32) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn cosine_loss_bwd(
+        &self,
+        p: &Self::Storage,
+        z: &Self::Storage,
+        dloss: &Self::Storage,
+        dp: &Self::Storage,
+        dz: Option<&Self::Storage>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()>;
+
+    // ---- optimiser -----------------------------------------------------------------------
+    /// One fused SGD-momentum-weight-decay update over many tensors (one launch on a GPU).
+    fn sgd_step(&self, tensors: &[SgdTensor<'_, Self::Storage>], momentum: f32) -> Result<()>;
+
+    // ---- layout --------------------------------------------------------------------------
+    /// y = x.permute(perm), written contiguously. `shape` is x's shape.
+    fn permute(&self, x: &Self::Storage, y: &Self::Storage, shape: &[usize], perm: &[usize]) -> Result<()>;
+    /// y [outer, len, inner] = x [outer, start..start+len, inner]
+    fn slice(&self, x: &Self::Storage, y: &Self::Storage, d: &SliceDims) -> Result<()>;
+    /// dst [outer, start..start+len, inner] = src [outer, len, inner]; the rest of dst is kept.
+    fn slice_assign(&self, src: &Self::Storage, dst: &Self::Storage, d: &SliceDims) -> Result<()>;
+}

@@ -1,0 +1,41 @@
+//! Typed errors: every failure names the op, the shapes or the file involved.
+//! The CLI prints one line from these and exits non-zero; the library never panics on bad input.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    /// An op was called with shapes it cannot accept.
+    #[error("{op}: {msg} (shapes: {shapes})")]
+    Shape { op: &'static str, msg: String, shapes: String },
+
+    /// An op was called with a dtype the backend does not implement, or mixed dtypes.
+    #[error("{op}: unsupported dtype {dtype} on backend {backend}")]
+    DType { op: &'static str, dtype: String, backend: String },
+
+    /// A tensor from one backend instance was mixed with another.
+    #[error("{op}: {msg}")]
+    Invalid { op: &'static str, msg: String },
+
+    /// Autograd misuse (backward on a non-scalar, a missing gradient rule, ...).
+    #[error("autograd: {0}")]
+    Autograd(String),
+
+    /// Reading or writing weights, fixtures or checkpoints.
+    #[error("{path}: {msg}")]
+    File { path: String, msg: String },
+
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Formats a list of shapes for error messages: `[2, 3] x [4, 5]`.
+pub fn fmt_shapes(shapes: &[&[usize]]) -> String {
+    shapes.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(" x ")
+}
+
+pub(crate) fn shape_err(op: &'static str, msg: impl Into<String>, shapes: &[&[usize]]) -> Error {
+    Error::Shape { op, msg: msg.into(), shapes: fmt_shapes(shapes) }
+}

@@ -1,0 +1,16 @@
+//! ssl-engine: self-supervised pretraining of vision backbones, from scratch in Rust.
+//!
+//! Layers, top to bottom: `models` and `nn` build networks from `autograd` ops; the tape calls
+//! validated `ops`, which call a `backend::Backend` (the only code that knows the hardware).
+
+pub mod autograd;
+pub mod backend;
+pub mod error;
+pub mod nn;
+pub mod ops;
+pub mod models;
+pub mod rng;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use tensor::{DType, Tensor};

@@ -1,0 +1,79 @@
+//! Backbones: ResNet-18/34/50 (torchvision names) and ViT (timm names), behind one enum so
+//! the training loop and the CLI pick one by name.
+
+pub mod resnet;
+pub mod vit;
+
+use crate::autograd::Var;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::nn::{Ctx, ParamStore};
+
+pub use resnet::{ResNet, ResNetConfig, Stem};
+pub use vit::{Vit, VitConfig};
+
+pub enum Backbone {
+    ResNet(ResNet),
+    Vit(Vit),
+}
+
+/// The presets `--model` accepts.
+pub const PRESETS: &[&str] = &[
+    "resnet18-cifar",
+    "resnet34-cifar",
+    "resnet50-cifar",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "vit-tiny",
+    "vit-small",
+];
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackboneConfig {
+    ResNet(ResNetConfig),
+    Vit(VitConfig),
+}
+
+impl BackboneConfig {
+    /// A preset by name; `image_size` sets the ViT's input (patch 4 for 32x32, else 16).
+    pub fn preset(name: &str, image_size: usize) -> Result<Self> {
+        let resnet = |depth, stem| Ok(BackboneConfig::ResNet(ResNetConfig { depth, stem, ..ResNetConfig::default() }));
+        let patch = if image_size <= 64 { 4 } else { 16 };
+        let vit = |dim, heads| Ok(BackboneConfig::Vit(VitConfig { image_size, patch, dim, depth: 12, heads, ..VitConfig::default() }));
+        match name {
+            "resnet18-cifar" => resnet(18, Stem::Cifar),
+            "resnet34-cifar" => resnet(34, Stem::Cifar),
+            "resnet50-cifar" => resnet(50, Stem::Cifar),
+            "resnet18" => resnet(18, Stem::ImageNet),
+            "resnet34" => resnet(34, Stem::ImageNet),
+            "resnet50" => resnet(50, Stem::ImageNet),
+            "vit-tiny" => vit(192, 3),
+            "vit-small" => vit(384, 6),
+            _ => Err(Error::Invalid { op: "model", msg: format!("unknown model '{name}'; choose one of {}", PRESETS.join(", ")) }),
+        }
+    }
+
+    pub fn build<B: Backend>(&self, ps: &mut ParamStore<B>, prefix: &str) -> Result<Backbone> {
+        Ok(match self {
+            BackboneConfig::ResNet(c) => Backbone::ResNet(ResNet::new(ps, prefix, c)?),
+            BackboneConfig::Vit(c) => Backbone::Vit(Vit::new(ps, prefix, c)?),
+        })
+    }
+}
+
+impl Backbone {
+    /// Images [n, h, w, 3] (NHWC) -> features [n, feature_dim] (or logits with a head).
+    pub fn forward<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
+        match self {
+            Backbone::ResNet(m) => m.forward(cx, x),
+            Backbone::Vit(m) => m.forward(cx, x),
+        }
+    }
+    pub fn feature_dim(&self) -> usize {
+        match self {
+            Backbone::ResNet(m) => m.feature_dim,
+            Backbone::Vit(m) => m.dim,
+        }
+    }
+}
