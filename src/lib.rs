@@ -8,6 +8,7 @@ pub mod backend;
 pub mod error;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod models;
 pub mod rng;
 pub mod tensor;

@@ -129,14 +129,23 @@ impl<B: Backend> Tape<B> {
 
     /// Backpropagates from a one-element `loss`, consuming the tape.
     pub fn backward(&self, loss: &Var<B>) -> Result<Gradients<B>> {
-        let Some(root) = loss.id else {
-            return Err(Error::Autograd("backward on a value that does not depend on any leaf".into()));
-        };
         if loss.value.numel() != 1 {
             return Err(Error::Autograd(format!("backward needs a one-element loss, got shape {:?}", loss.shape())));
         }
+        let seed = Tensor::full(loss.value.backend(), loss.shape(), 1.0, loss.value.dtype())?;
+        self.backward_with(loss, seed)
+    }
+
+    /// Backpropagates `seed` (d something / d out, shaped like `out`), consuming the tape.
+    pub fn backward_with(&self, out: &Var<B>, seed: Tensor<B>) -> Result<Gradients<B>> {
+        let Some(root) = out.id else {
+            return Err(Error::Autograd("backward on a value that does not depend on any leaf".into()));
+        };
+        if seed.shape() != out.shape() {
+            return Err(Error::Autograd(format!("seed gradient {:?} does not match output {:?}", seed.shape(), out.shape())));
+        }
         let mut grads: HashMap<usize, Tensor<B>> = HashMap::new();
-        grads.insert(root, Tensor::full(loss.value.backend(), loss.shape(), 1.0, loss.value.dtype())?);
+        grads.insert(root, seed);
         let nodes = std::mem::take(&mut self.state.borrow_mut().nodes);
         for node in nodes.into_iter().rev() {
             let Some(g) = grads.remove(&node.out) else { continue };

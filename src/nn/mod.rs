@@ -4,6 +4,10 @@
 mod init;
 mod layers;
 mod params;
+/// Layout conversion between PyTorch and internal tensors (checkpoint boundary).
+pub mod params_layout {
+    pub use super::params::{from_internal, to_internal};
+}
 
 pub use init::Init;
 pub use layers::{Attention, BatchNorm, Conv2d, LayerNorm, Linear, Mlp};

@@ -123,6 +123,15 @@ impl<B: Backend> ParamStore<B> {
         let t = Tensor::from_f32(&self.backend, &v, &shape, self.dtype)?;
         self.set(id, t)
     }
+    /// A tensor's shape in PyTorch's layout.
+    pub fn torch_shape(&self, id: ParamId) -> Vec<usize> {
+        let e = &self.entries[id.0];
+        let s = e.value.shape();
+        match e.layout {
+            Layout::ConvWeight if s.len() == 4 => vec![s[0], s[3], s[1], s[2]],
+            _ => s.to_vec(),
+        }
+    }
     /// A tensor's values and shape in PyTorch's layout.
     pub fn to_torch(&self, id: ParamId) -> Result<(Vec<f32>, Vec<usize>)> {
         let e = &self.entries[id.0];

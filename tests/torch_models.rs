@@ -1,0 +1,115 @@
+//! Whole models against PyTorch (tests/reference/models.safetensors): ResNet-18 (CIFAR stem,
+//! torchvision) and ViT-tiny (timm) forward + backward, every parameter gradient compared
+//! (large gradients through a strided sample plus the full norm), and three SGD steps.
+
+mod common;
+
+use common::*;
+use ssl_engine::autograd::{Tape, Var};
+use ssl_engine::backend::cpu::CpuBackend;
+use ssl_engine::models::{BackboneConfig, ResNetConfig, Stem};
+use ssl_engine::nn::{Ctx, Kind, ParamStore};
+use ssl_engine::optim::Sgd;
+use ssl_engine::{DType, ops};
+
+const TOL: f64 = 1e-4;
+const SAMPLE: usize = 4096;
+
+fn nhwc_input(b: &CpuBackend, f: &Fixtures, name: &str) -> Var<CpuBackend> {
+    let (v, s) = nchw_to_nhwc(&f.f32(name), &f.shape(name));
+    Var::constant(tensor(b, &v, &s))
+}
+
+fn sample(v: &[f32]) -> Vec<f64> {
+    let stride = (v.len() / SAMPLE).max(1);
+    v.iter().step_by(stride).map(|&x| x as f64).collect()
+}
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+/// Compares one gradient (PyTorch layout) with the fixture's sample and norm.
+fn check_grad(f: &Fixtures, prefix: &str, name: &str, g: &[f32]) -> f64 {
+    let e = assert_close(&format!("{prefix} grad {name}"), &sample(g), f.get(&format!("{prefix}.grad.{name}")).1, TOL);
+    let want = f.get(&format!("{prefix}.gradnorm.{name}")).1[0];
+    let en = (norm(g) - want).abs() / want.max(1e-30);
+    assert!(en <= TOL, "{prefix} grad {name}: norm {} vs {want} (rel {en:.2e})", norm(g));
+    e
+}
+
+fn model_matches(prefix: &str, cfg: BackboneConfig) {
+    let (b, f) = (cpu(2), Fixtures::load("models.safetensors"));
+    let mut ps = ParamStore::new(&b, DType::F32, 0);
+    let model = cfg.build(&mut ps, "").unwrap();
+    set_det_weights(&mut ps);
+    let tape = Tape::new();
+    let x = nhwc_input(&b, &f, &format!("{prefix}.x"));
+    let x = tape.leaf(x.value);
+    let cx = Ctx::new(&tape, &ps, true);
+    let y = model.forward(&cx, &x).unwrap();
+    let e = assert_close(&format!("{prefix} output"), &to64(&y.value.to_f32().unwrap()), f.get(&format!("{prefix}.y")).1, TOL);
+    eprintln!("{prefix} output: rel L2 {e:.2e}");
+    // loss = sum(y * R)
+    // The seed gradient of sum(y * R) is R itself.
+    let r = tensor(&b, &det_uniform(&format!("{prefix}.R"), y.value.numel(), 1.0, 0.0), y.shape());
+    let loss = ops::sum_axis(&ops::mul(&y.value, &r).unwrap().reshape(&[y.value.numel()]).unwrap(), 0).unwrap();
+    let el = assert_close(&format!("{prefix} loss"), &[loss.scalar().unwrap() as f64], f.get(&format!("{prefix}.loss")).1, TOL);
+    eprintln!("{prefix} loss: rel {el:.2e}");
+
+    let mut grads = tape.backward_with(&y, r).unwrap();
+    let dx = grads.take(&x).unwrap();
+    let (dx, _) = nhwc_to_nchw(&dx.to_f32().unwrap(), dx.shape());
+    let mut worst = check_grad(&f, prefix, "input", &dx);
+    let pg = cx.param_grads(&mut grads);
+    let trainable = ps.entries().iter().filter(|e| e.kind == Kind::Param).count();
+    assert_eq!(pg.len(), trainable, "every parameter must receive a gradient");
+    for (id, g) in pg {
+        let e = ps.entry(id);
+        let (gv, _) = ssl_engine::nn::params_layout::from_internal(&g.to_f32().unwrap(), g.shape(), e.layout);
+        worst = worst.max(check_grad(&f, prefix, &e.name, &gv));
+    }
+    for e in ps.entries().iter().filter(|e| e.kind == Kind::Buffer) {
+        let key = format!("{prefix}.buffer.{}", e.name);
+        let err = assert_close(&key, &to64(&e.value.to_f32().unwrap()), f.get(&key).1, TOL);
+        worst = worst.max(err);
+    }
+    eprintln!("{prefix}: {trainable} parameter gradients, worst rel L2 {worst:.2e}");
+}
+
+#[test]
+fn resnet18_cifar_forward_backward_matches_torchvision() {
+    let cfg = ResNetConfig { depth: 18, stem: Stem::Cifar, width: 64, zero_init_residual: false, num_classes: None };
+    model_matches("resnet18", BackboneConfig::ResNet(cfg));
+}
+
+#[test]
+fn vit_tiny_forward_backward_matches_timm() {
+    model_matches("vit_tiny", BackboneConfig::preset("vit-tiny", 32).unwrap());
+}
+
+#[test]
+fn resnet18_three_sgd_steps_match_pytorch() {
+    let (b, f) = (cpu(2), Fixtures::load("models.safetensors"));
+    let cfg = ResNetConfig { depth: 18, stem: Stem::Cifar, width: 64, zero_init_residual: false, num_classes: Some(10) };
+    let mut ps = ParamStore::new(&b, DType::F32, 0);
+    let model = BackboneConfig::ResNet(cfg).build(&mut ps, "").unwrap();
+    set_det_weights(&mut ps);
+    let x = nhwc_input(&b, &f, "sgd.x");
+    let labels = tensor(&b, &f.f32("sgd.labels"), &[4]);
+    let mut opt = Sgd::new(0.9);
+    let want = f.get("sgd.losses").1.to_vec();
+    for (step, &w) in want.iter().enumerate() {
+        let tape = Tape::new();
+        let cx = Ctx::new(&tape, &ps, true);
+        let loss = tape.cross_entropy(&model.forward(&cx, &x).unwrap(), &labels).unwrap();
+        let got = loss.value.scalar().unwrap() as f64;
+        let mut grads = tape.backward(&loss).unwrap();
+        let pg = cx.param_grads(&mut grads);
+        drop(cx);
+        opt.step(&ps, &pg, |_| (0.05, 5e-4)).unwrap();
+        let e = (got - w).abs() / w.abs();
+        eprintln!("sgd step {step}: loss {got:.7} vs PyTorch {w:.7} (rel {e:.2e})");
+        assert!(e <= 1e-5, "step {step}: loss {got} vs {w}");
+    }
+}
