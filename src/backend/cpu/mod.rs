@@ -56,6 +56,7 @@ impl CpuStorage {
 pub struct CpuBackend {
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
+    poison: bool,
 }
 
 impl CpuBackend {
@@ -66,7 +67,13 @@ impl CpuBackend {
             .num_threads(threads)
             .build()
             .map_err(|e| Error::Other(format!("cpu backend: cannot start {threads} threads: {e}")))?;
-        Ok(CpuBackend { pool: Arc::new(pool), threads })
+        Ok(CpuBackend { pool: Arc::new(pool), threads, poison: false })
+    }
+    /// Fills every new buffer with NaN instead of zeros, so a kernel that leaves part of its
+    /// output unwritten fails the conformance suite (GPU buffers are not cleared either).
+    pub fn with_poison(mut self) -> Self {
+        self.poison = true;
+        self
     }
     pub fn threads(&self) -> usize {
         self.threads
@@ -108,9 +115,10 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, len: usize, dtype: DType) -> Result<CpuStorage> {
+        let v = if self.poison { f64::NAN } else { 0.0 };
         match dtype {
-            DType::F32 => Ok(CpuStorage::new(CpuData::F32(vec![0.0; len]))),
-            DType::F64 => Ok(CpuStorage::new(CpuData::F64(vec![0.0; len]))),
+            DType::F32 => Ok(CpuStorage::new(CpuData::F32(vec![v as f32; len]))),
+            DType::F64 => Ok(CpuStorage::new(CpuData::F64(vec![v; len]))),
             other => Err(Error::DType { op: "alloc", dtype: other.to_string(), backend: "cpu".into() }),
         }
     }

@@ -1,0 +1,201 @@
+//! The backend-conformance suite, written once and generic over `Backend`: every op's forward
+//! and backward on random shapes (odd sizes, non-multiples of any tile) on the device under
+//! test, compared with the CPU backend in f64. GPU backends run this same suite.
+#![allow(dead_code)]
+
+use ssl_engine::autograd::{Tape, Var};
+use ssl_engine::backend::Backend;
+use ssl_engine::backend::cpu::CpuBackend;
+use ssl_engine::ops::{self, SgdSlot};
+use ssl_engine::rng::Rng;
+use ssl_engine::{DType, Result, Tensor};
+
+/// One op under test; `run` builds it on any backend's tape.
+#[derive(Clone, Debug)]
+pub enum Case {
+    Matmul { ta: bool, tb: bool },
+    Conv { stride: usize, pad: usize, groups: usize },
+    BatchNorm { affine: bool },
+    LayerNorm,
+    Softmax,
+    Attention { scale: f32 },
+    Relu,
+    Gelu,
+    Add,
+    Mul,
+    Scale(f32),
+    SumAxis(usize),
+    MaxPool { k: usize, stride: usize, pad: usize },
+    AvgPool,
+    CrossEntropy { labels: Vec<f32> },
+    Cosine { stop_grad: bool },
+    Permute(Vec<usize>),
+    Slice { axis: usize, start: usize, len: usize },
+    Concat(usize),
+    Linear,
+}
+
+impl Case {
+    pub fn run<B: Backend>(&self, t: &Tape<B>, v: &[Var<B>]) -> Result<Var<B>> {
+        match self {
+            Case::Matmul { ta, tb } => t.matmul(&v[0], &v[1], *ta, *tb),
+            Case::Conv { stride, pad, groups } => t.conv2d(&v[0], &v[1], [*stride; 2], [*pad; 2], *groups),
+            Case::BatchNorm { affine: true } => t.batchnorm_train(&v[0], Some((&v[1], &v[2])), None, 1e-5),
+            Case::BatchNorm { affine: false } => t.batchnorm_train(&v[0], None, None, 1e-5),
+            Case::LayerNorm => t.layernorm(&v[0], &v[1], &v[2], 1e-6),
+            Case::Softmax => t.softmax(&v[0]),
+            Case::Attention { scale } => t.attention(&v[0], &v[1], &v[2], *scale),
+            Case::Relu => t.relu(&v[0]),
+            Case::Gelu => t.gelu(&v[0]),
+            Case::Add => t.add(&v[0], &v[1]),
+            Case::Mul => t.mul(&v[0], &v[1]),
+            Case::Scale(a) => t.scale(&v[0], *a),
+            Case::SumAxis(a) => t.sum_axis(&v[0], *a),
+            Case::MaxPool { k, stride, pad } => t.maxpool2d(&v[0], *k, *stride, *pad),
+            Case::AvgPool => t.avgpool_global(&v[0]),
+            Case::CrossEntropy { labels } => {
+                let l = Tensor::from_f32(v[0].value.backend(), labels, &[labels.len()], v[0].value.dtype())?;
+                t.cross_entropy(&v[0], &l)
+            }
+            Case::Cosine { stop_grad } => t.cosine_loss(&v[0], &if *stop_grad { v[1].detach() } else { v[1].clone() }, 1e-12),
+            Case::Permute(p) => t.permute(&v[0], p),
+            Case::Slice { axis, start, len } => t.slice(&v[0], *axis, *start, *len),
+            Case::Concat(axis) => t.concat(&v.iter().collect::<Vec<_>>(), *axis),
+            Case::Linear => t.linear(&v[0], &v[1], Some(&v[2])),
+        }
+    }
+}
+
+/// The suite: (case, input shapes). Sizes are odd on purpose; none is a multiple of 8 or 16.
+pub fn cases() -> Vec<(Case, Vec<Vec<usize>>)> {
+    use Case::*;
+    vec![
+        (Matmul { ta: false, tb: false }, vec![vec![67, 33], vec![33, 45]]),
+        (Matmul { ta: true, tb: false }, vec![vec![3, 17, 9], vec![3, 17, 13]]),
+        (Matmul { ta: false, tb: true }, vec![vec![2, 31, 7], vec![2, 19, 7]]),
+        (Matmul { ta: true, tb: true }, vec![vec![5, 11], vec![13, 5]]),
+        (Conv { stride: 1, pad: 1, groups: 1 }, vec![vec![3, 9, 7, 5], vec![6, 3, 3, 5]]),
+        (Conv { stride: 2, pad: 1, groups: 1 }, vec![vec![2, 11, 9, 3], vec![7, 3, 3, 3]]),
+        (Conv { stride: 2, pad: 0, groups: 1 }, vec![vec![2, 7, 7, 6], vec![5, 1, 1, 6]]),
+        (Conv { stride: 1, pad: 0, groups: 1 }, vec![vec![2, 5, 3, 6], vec![9, 1, 1, 6]]),
+        (Conv { stride: 2, pad: 3, groups: 1 }, vec![vec![1, 13, 12, 3], vec![4, 7, 7, 3]]),
+        (Conv { stride: 1, pad: 1, groups: 2 }, vec![vec![2, 6, 5, 6], vec![4, 3, 3, 3]]),
+        (Conv { stride: 1, pad: 1, groups: 5 }, vec![vec![2, 6, 7, 5], vec![5, 3, 3, 1]]),
+        (Conv { stride: 4, pad: 0, groups: 1 }, vec![vec![2, 12, 8, 3], vec![5, 4, 4, 3]]),
+        (BatchNorm { affine: true }, vec![vec![3, 5, 7, 11], vec![11], vec![11]]),
+        (BatchNorm { affine: false }, vec![vec![37, 13]]),
+        (LayerNorm, vec![vec![3, 7, 19], vec![19], vec![19]]),
+        (Softmax, vec![vec![5, 7, 33]]),
+        (Attention { scale: 0.37 }, vec![vec![2, 3, 17, 5], vec![2, 3, 13, 5], vec![2, 3, 13, 5]]),
+        (Relu, vec![vec![7, 13, 3]]),
+        (Gelu, vec![vec![7, 13, 3]]),
+        (Add, vec![vec![5, 7, 9], vec![7, 9]]),
+        (Add, vec![vec![5, 9], vec![5, 9]]),
+        (Mul, vec![vec![3, 5, 7], vec![7]]),
+        (Scale(-0.37), vec![vec![101]]),
+        (SumAxis(0), vec![vec![5, 3, 7]]),
+        (SumAxis(1), vec![vec![5, 3, 7]]),
+        (SumAxis(2), vec![vec![5, 3, 7]]),
+        (MaxPool { k: 3, stride: 2, pad: 1 }, vec![vec![2, 9, 7, 5]]),
+        (MaxPool { k: 2, stride: 2, pad: 0 }, vec![vec![1, 6, 8, 3]]),
+        (AvgPool, vec![vec![3, 5, 3, 7]]),
+        (CrossEntropy { labels: vec![0.0, 6.0, 3.0, 3.0, 1.0] }, vec![vec![5, 7]]),
+        (Cosine { stop_grad: true }, vec![vec![9, 13], vec![9, 13]]),
+        (Cosine { stop_grad: false }, vec![vec![9, 13], vec![9, 13]]),
+        (Permute(vec![2, 0, 3, 1]), vec![vec![2, 3, 5, 7]]),
+        (Slice { axis: 1, start: 2, len: 3 }, vec![vec![3, 7, 5]]),
+        (Slice { axis: 0, start: 1, len: 2 }, vec![vec![4, 3]]),
+        (Concat(0), vec![vec![2, 5], vec![3, 5]]),
+        (Concat(1), vec![vec![2, 1, 4], vec![2, 5, 4], vec![2, 2, 4]]),
+        (Linear, vec![vec![3, 5, 11], vec![7, 11], vec![7]]),
+    ]
+}
+
+/// Output and input gradients of one case on one backend, as f64.
+fn evaluate<B: Backend>(dev: &B, dtype: DType, case: &Case, inputs: &[(Vec<usize>, Vec<f64>)], seed: &[f64]) -> (Vec<f64>, Vec<Option<Vec<f64>>>) {
+    let tape = Tape::new();
+    let vars: Vec<Var<B>> = inputs.iter().map(|(s, v)| tape.leaf(Tensor::from_f64(dev, v, s, dtype).unwrap())).collect();
+    let out = case.run(&tape, &vars).unwrap_or_else(|e| panic!("{case:?}: {e}"));
+    let y = out.value.to_f64().unwrap();
+    let seed = Tensor::from_f64(dev, seed, out.shape(), dtype).unwrap();
+    let grads = tape.backward_with(&out, seed).unwrap();
+    (y, vars.iter().map(|v| grads.get(v).map(|g| g.to_f64().unwrap())).collect())
+}
+
+pub struct Report {
+    pub worst: f64,
+    pub lines: Vec<String>,
+}
+
+/// Runs every case on `dev` and on the f64 CPU reference; asserts relative L2 <= `tol`.
+pub fn run_suite<B: Backend>(dev: &B, dtype: DType, tol: f64, seed: u64) -> Report {
+    let reference = CpuBackend::new(2).unwrap();
+    let mut rng = Rng::new(seed);
+    let mut report = Report { worst: 0.0, lines: Vec::new() };
+    for (case, shapes) in cases() {
+        // Fresh random inputs each run; max-pool inputs get distinct values (no ties).
+        let inputs: Vec<(Vec<usize>, Vec<f64>)> = shapes
+            .iter()
+            .map(|s| {
+                let n: usize = s.iter().product();
+                let v = if matches!(case, Case::MaxPool { .. }) {
+                    let mut v: Vec<f64> = (0..n).map(|i| i as f64 / n as f64 - 0.5).collect();
+                    for i in (1..n).rev() {
+                        v.swap(i, rng.below(i as u64 + 1) as usize);
+                    }
+                    v
+                } else {
+                    (0..n).map(|_| rng.uniform_range(-1.0, 1.0)).collect()
+                };
+                (s.clone(), v)
+            })
+            .collect();
+        // Inputs rounded to the device's precision so both sides see the same values.
+        let inputs: Vec<_> = inputs.into_iter().map(|(s, v)| (s, v.iter().map(|&x| x as f32 as f64).collect::<Vec<_>>())).collect();
+        let out_len = {
+            let t = Tape::<CpuBackend>::inference();
+            let vars: Vec<_> = inputs.iter().map(|(s, v)| t.leaf(Tensor::from_f64(&reference, v, s, DType::F64).unwrap())).collect();
+            case.run(&t, &vars).unwrap().value.numel()
+        };
+        let seed_vals: Vec<f64> = (0..out_len).map(|_| rng.uniform_range(-1.0, 1.0) as f32 as f64).collect();
+        let (want_y, want_g) = evaluate(&reference, DType::F64, &case, &inputs, &seed_vals);
+        let (got_y, got_g) = evaluate(dev, dtype, &case, &inputs, &seed_vals);
+        let mut check = |what: String, got: &[f64], want: &[f64]| {
+            assert!(got.iter().all(|v| v.is_finite()), "{what}: non-finite values (unwritten output?)");
+            let e = super::rel_l2(got, want);
+            report.worst = report.worst.max(e);
+            report.lines.push(format!("{what}: {e:.2e}"));
+            assert!(e <= tol, "{what}: relative L2 {e:.3e} > {tol:.0e} on {}", dev.name());
+        };
+        check(format!("{case:?} forward {shapes:?}"), &got_y, &want_y);
+        for (i, (g, w)) in got_g.iter().zip(&want_g).enumerate() {
+            match (g, w) {
+                (Some(g), Some(w)) => check(format!("{case:?} grad {i}"), g, w),
+                (None, None) => {}
+                _ => panic!("{case:?} grad {i}: gradient present on one backend only"),
+            }
+        }
+    }
+    report.lines.push(sgd_conforms(dev, dtype, tol, &mut rng));
+    report
+}
+
+/// The fused SGD step over three tensors of odd sizes, with per-tensor lr and weight decay.
+fn sgd_conforms<B: Backend>(dev: &B, dtype: DType, tol: f64, rng: &mut Rng) -> String {
+    let reference = CpuBackend::new(2).unwrap();
+    let sizes = [1usize, 37, 1001];
+    let data: Vec<[Vec<f64>; 3]> = sizes.iter().map(|&n| [0, 1, 2].map(|_| (0..n).map(|_| rng.uniform_range(-1.0, 1.0) as f32 as f64).collect())).collect();
+    fn step<B: Backend>(dev: &B, dtype: DType, data: &[[Vec<f64>; 3]]) -> Vec<f64> {
+        let ts: Vec<[Tensor<B>; 3]> = data.iter().map(|d| d.clone().map(|v| Tensor::from_f64(dev, &v, &[v.len()], dtype).unwrap())).collect();
+        let slots: Vec<SgdSlot<'_, B>> = ts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| SgdSlot { param: &t[0], grad: &t[1], momentum_buf: &t[2], lr: 0.1 * (i + 1) as f32, weight_decay: 5e-4 * i as f32 })
+            .collect();
+        ops::sgd_step(&slots, 0.9).unwrap();
+        ts.iter().flat_map(|t| [t[0].to_f64().unwrap(), t[2].to_f64().unwrap()].concat()).collect()
+    }
+    let e = super::rel_l2(&step(dev, dtype, &data), &step(&reference, DType::F64, &data));
+    assert!(e <= tol, "sgd_step: relative L2 {e:.3e} > {tol:.0e}");
+    format!("sgd_step: {e:.2e}")
+}
