@@ -4,6 +4,7 @@
 //! validated `ops`, which call a `backend::Backend` (the only code that knows the hardware).
 
 pub mod autograd;
+pub mod bench;
 pub mod backend;
 pub mod error;
 pub mod nn;

@@ -9,11 +9,16 @@ use super::Real;
 use super::matmul::{Mat, gemm};
 use crate::backend::Conv2dDims;
 
-/// Output rows per chunk: keeps the column buffer near a few MB while GEMMs stay large.
-const CHUNK_ROWS: usize = 4096;
+/// Output rows per task (whole images for backward-data): a task's column buffer (rows x kh*kw*c_in) stays near the L2 cache
+/// and one thread runs its im2col and GEMM back to back. Measured on 2 cores: 512-row tiles run
+/// the deep ResNet-18 layers ~1.3x faster than one big im2col + threaded GEMM per 4096 rows.
+const TILE_ROWS: usize = 512;
+/// Backward-weight partial sums: a fixed number of groups, so the order of the final sum does
+/// not depend on the thread count.
+const MAX_WEIGHT_GROUPS: usize = 16;
 
-fn images_per_chunk(d: &Conv2dDims) -> usize {
-    (CHUNK_ROWS / (d.oh * d.ow).max(1)).clamp(1, d.n.max(1))
+fn images_per_tile(d: &Conv2dDims) -> usize {
+    (TILE_ROWS / (d.oh * d.ow).max(1)).clamp(1, d.n.max(1))
 }
 
 /// A 1x1, stride-1, unpadded, ungrouped conv is a plain GEMM on the activations.
@@ -21,12 +26,14 @@ fn is_pointwise(d: &Conv2dDims) -> bool {
     d.kh == 1 && d.kw == 1 && d.stride == [1, 1] && d.pad == [0, 0] && d.groups == 1
 }
 
-/// Fills col [(n1 - n0) * oh * ow, kh * kw * cg] for images n0..n1 and input channels of group g.
-fn im2col<T: Real>(x: &[T], col: &mut [T], d: &Conv2dDims, n0: usize, g: usize) {
+/// Fills col [rows, kh * kw * cg] for output rows r0.. (row = (image, oy, ox)) and the input
+/// channels of group g.
+fn im2col<T: Real>(x: &[T], col: &mut [T], d: &Conv2dDims, r0: usize, g: usize) {
     let cg = d.c_in / d.groups;
     let kcols = d.kh * d.kw * cg;
-    col.par_chunks_mut(kcols).enumerate().for_each(|(r, row)| {
-        let n = n0 + r / (d.oh * d.ow);
+    for (i, row) in col.chunks_mut(kcols).enumerate() {
+        let r = r0 + i;
+        let n = r / (d.oh * d.ow);
         let oy = (r / d.ow) % d.oh;
         let ox = r % d.ow;
         for ki in 0..d.kh {
@@ -42,16 +49,15 @@ fn im2col<T: Real>(x: &[T], col: &mut [T], d: &Conv2dDims, n0: usize, g: usize) 
                 }
             }
         }
-    });
+    }
 }
 
-/// Adds col back into dx for images n0..n1, group g. Parallel over images: each image's dx is
-/// written by one thread, in a fixed order.
-fn col2im<T: Real>(col: &[T], dx: &mut [T], d: &Conv2dDims, n0: usize, n1: usize, g: usize) {
+/// Adds col (the rows of the images in `dx_tile`) back into `dx_tile`, group g.
+fn col2im<T: Real>(col: &[T], dx_tile: &mut [T], d: &Conv2dDims, g: usize) {
     let cg = d.c_in / d.groups;
     let kcols = d.kh * d.kw * cg;
     let img = d.h * d.w * d.c_in;
-    dx[n0 * img..n1 * img].par_chunks_mut(img).enumerate().for_each(|(i, dxi)| {
+    for (i, dxi) in dx_tile.chunks_mut(img).enumerate() {
         for oy in 0..d.oh {
             for ox in 0..d.ow {
                 let r = (i * d.oh + oy) * d.ow + ox;
@@ -75,7 +81,7 @@ fn col2im<T: Real>(col: &[T], dx: &mut [T], d: &Conv2dDims, n0: usize, n1: usize
                 }
             }
         }
-    });
+    }
 }
 
 pub fn conv2d_fwd<T: Real>(x: &[T], wt: &[T], y: &mut [T], d: &Conv2dDims) {
@@ -86,19 +92,16 @@ pub fn conv2d_fwd<T: Real>(x: &[T], wt: &[T], y: &mut [T], d: &Conv2dDims) {
         gemm(d.n * npix, d.c_out, d.c_in, y, d.c_out, false, Mat::new(x, d.c_in, false), Mat::new(wt, d.c_in, true), true);
         return;
     }
-    let per = images_per_chunk(d);
-    let mut col = vec![T::zero(); per * npix * kcols];
-    for n0 in (0..d.n).step_by(per) {
-        let n1 = (n0 + per).min(d.n);
-        let rows = (n1 - n0) * npix;
+    y.par_chunks_mut(TILE_ROWS * d.c_out).enumerate().for_each(|(tile, yt)| {
+        let rows = yt.len() / d.c_out;
+        let mut col = vec![T::zero(); rows * kcols];
         for g in 0..d.groups {
-            im2col(x, &mut col[..rows * kcols], d, n0, g);
-            let lhs = Mat::new(&col[..rows * kcols], kcols, false);
+            im2col(x, &mut col, d, tile * TILE_ROWS, g);
             // rhs[q, o] = weight[g*og + o, q]: the weight rows of this group, read transposed.
             let rhs = Mat::new(&wt[g * og * kcols..(g + 1) * og * kcols], kcols, true);
-            gemm(rows, og, kcols, &mut y[n0 * npix * d.c_out + g * og..], d.c_out, false, lhs, rhs, true);
+            gemm(rows, og, kcols, &mut yt[g * og..], d.c_out, false, Mat::new(&col, kcols, false), rhs, false);
         }
-    }
+    });
 }
 
 pub fn conv2d_bwd_data<T: Real>(dy: &[T], wt: &[T], dx: &mut [T], d: &Conv2dDims) {
@@ -109,20 +112,21 @@ pub fn conv2d_bwd_data<T: Real>(dy: &[T], wt: &[T], dx: &mut [T], d: &Conv2dDims
         gemm(d.n * npix, d.c_in, d.c_out, dx, d.c_in, false, Mat::new(dy, d.c_out, false), Mat::new(wt, d.c_in, false), true);
         return;
     }
-    dx.par_chunks_mut(4096).for_each(|c| c.fill(T::zero()));
-    let per = images_per_chunk(d);
-    let mut col = vec![T::zero(); per * npix * kcols];
-    for n0 in (0..d.n).step_by(per) {
-        let n1 = (n0 + per).min(d.n);
-        let rows = (n1 - n0) * npix;
+    let per = images_per_tile(d);
+    let img = d.h * d.w * d.c_in;
+    // Tiles are whole images, so each tile's dx is written by one task only.
+    dx.par_chunks_mut(per * img).enumerate().for_each(|(tile, dxt)| {
+        dxt.fill(T::zero());
+        let rows = dxt.len() / img * npix;
+        let mut col = vec![T::zero(); rows * kcols];
         for g in 0..d.groups {
             // dcol [rows, kcols] = dy[:, group g] [rows, og] . weight_g [og, kcols]
-            let lhs = Mat { data: &dy[n0 * npix * d.c_out + g * og..], rs: d.c_out, cs: 1 };
+            let lhs = Mat { data: &dy[tile * per * npix * d.c_out + g * og..], rs: d.c_out, cs: 1 };
             let rhs = Mat::new(&wt[g * og * kcols..(g + 1) * og * kcols], kcols, false);
-            gemm(rows, kcols, og, &mut col[..rows * kcols], kcols, false, lhs, rhs, true);
-            col2im(&col[..rows * kcols], dx, d, n0, n1, g);
+            gemm(rows, kcols, og, &mut col, kcols, false, lhs, rhs, false);
+            col2im(&col, dxt, d, g);
         }
-    }
+    });
 }
 
 pub fn conv2d_bwd_weight<T: Real>(x: &[T], dy: &[T], dw: &mut [T], d: &Conv2dDims) {
@@ -135,18 +139,34 @@ pub fn conv2d_bwd_weight<T: Real>(x: &[T], dy: &[T], dw: &mut [T], d: &Conv2dDim
         gemm(d.c_out, d.c_in, rows, dw, d.c_in, false, lhs, Mat::new(x, d.c_in, false), true);
         return;
     }
-    let per = images_per_chunk(d);
-    let mut col = vec![T::zero(); per * npix * kcols];
-    // Chunks are summed in image order: a fixed order whatever the thread count.
-    for n0 in (0..d.n).step_by(per) {
-        let n1 = (n0 + per).min(d.n);
-        let rows = (n1 - n0) * npix;
-        for g in 0..d.groups {
-            im2col(x, &mut col[..rows * kcols], d, n0, g);
-            // dw_g [og, kcols] (+)= dy[:, group g]^T [og, rows] . col [rows, kcols]
-            let lhs = Mat { data: &dy[n0 * npix * d.c_out + g * og..], rs: 1, cs: d.c_out };
-            let rhs = Mat::new(&col[..rows * kcols], kcols, false);
-            gemm(og, kcols, rows, &mut dw[g * og * kcols..], kcols, n0 > 0, lhs, rhs, true);
+    let total = d.n * npix;
+    let tiles = total.div_ceil(TILE_ROWS);
+    let groups = tiles.min(MAX_WEIGHT_GROUPS);
+    // Each weight group sums its tiles in order into its own partial dW; the partials are then
+    // added in group order.
+    let partials: Vec<Vec<T>> = (0..groups)
+        .into_par_iter()
+        .map(|wg| {
+            let mut part = vec![T::zero(); dw.len()];
+            let mut col = Vec::new();
+            for tile in wg * tiles / groups..(wg + 1) * tiles / groups {
+                let r0 = tile * TILE_ROWS;
+                let rows = TILE_ROWS.min(total - r0);
+                col.resize(rows * kcols, T::zero());
+                for g in 0..d.groups {
+                    im2col(x, &mut col, d, r0, g);
+                    // dw_g [og, kcols] += dy[:, group g]^T [og, rows] . col [rows, kcols]
+                    let lhs = Mat { data: &dy[r0 * d.c_out + g * og..], rs: 1, cs: d.c_out };
+                    gemm(og, kcols, rows, &mut part[g * og * kcols..], kcols, true, lhs, Mat::new(&col, kcols, false), false);
+                }
+            }
+            part
+        })
+        .collect();
+    dw.fill(T::zero());
+    for p in partials {
+        for (o, v) in dw.iter_mut().zip(p) {
+            *o += v;
         }
     }
 }

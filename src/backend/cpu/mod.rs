@@ -13,8 +13,11 @@ mod norm;
 mod optim;
 mod pool;
 mod real;
+mod buffer_pool;
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use buffer_pool::BufferPool;
 
 pub use real::Real;
 
@@ -32,11 +35,22 @@ pub enum CpuData {
 /// `ops.rs` always hands a kernel an output distinct from its inputs.
 pub struct CpuStorage {
     data: RwLock<CpuData>,
+    /// Where the buffer returns when the storage is dropped.
+    pool: Option<Arc<BufferPool>>,
+}
+
+impl Drop for CpuStorage {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            let data = std::mem::replace(self.data.get_mut().unwrap_or_else(|e| e.into_inner()), CpuData::F32(Vec::new()));
+            pool.give(data);
+        }
+    }
 }
 
 impl CpuStorage {
     fn new(d: CpuData) -> Self {
-        CpuStorage { data: RwLock::new(d) }
+        CpuStorage { data: RwLock::new(d), pool: None }
     }
     pub fn dtype(&self) -> DType {
         match &*self.read() {
@@ -55,6 +69,7 @@ impl CpuStorage {
 #[derive(Clone)]
 pub struct CpuBackend {
     pool: Arc<rayon::ThreadPool>,
+    buffers: Arc<BufferPool>,
     threads: usize,
     poison: bool,
 }
@@ -67,7 +82,7 @@ impl CpuBackend {
             .num_threads(threads)
             .build()
             .map_err(|e| Error::Other(format!("cpu backend: cannot start {threads} threads: {e}")))?;
-        Ok(CpuBackend { pool: Arc::new(pool), threads, poison: false })
+        Ok(CpuBackend { pool: Arc::new(pool), buffers: Arc::new(BufferPool::default()), threads, poison: false })
     }
     /// Fills every new buffer with NaN instead of zeros, so a kernel that leaves part of its
     /// output unwritten fails the conformance suite (GPU buffers are not cleared either).
@@ -77,6 +92,14 @@ impl CpuBackend {
     }
     pub fn threads(&self) -> usize {
         self.threads
+    }
+    /// Bytes held by freed buffers waiting for reuse.
+    pub fn pooled_bytes(&self) -> usize {
+        self.buffers.pooled_bytes()
+    }
+    /// Releases pooled buffers to the system (e.g. between training and a large evaluation).
+    pub fn release_pooled(&self) {
+        self.buffers.clear()
     }
 }
 
@@ -116,11 +139,23 @@ impl Backend for CpuBackend {
 
     fn alloc(&self, len: usize, dtype: DType) -> Result<CpuStorage> {
         let v = if self.poison { f64::NAN } else { 0.0 };
-        match dtype {
-            DType::F32 => Ok(CpuStorage::new(CpuData::F32(vec![v as f32; len]))),
-            DType::F64 => Ok(CpuStorage::new(CpuData::F64(vec![v; len]))),
-            other => Err(Error::DType { op: "alloc", dtype: other.to_string(), backend: "cpu".into() }),
-        }
+        let data = match self.buffers.take(dtype, len) {
+            Some(mut d) => {
+                if self.poison {
+                    match &mut d {
+                        CpuData::F32(x) => x.fill(f32::NAN),
+                        CpuData::F64(x) => x.fill(f64::NAN),
+                    }
+                }
+                d
+            }
+            None => match dtype {
+                DType::F32 => CpuData::F32(vec![v as f32; len]),
+                DType::F64 => CpuData::F64(vec![v; len]),
+                other => return Err(Error::DType { op: "alloc", dtype: other.to_string(), backend: "cpu".into() }),
+            },
+        };
+        Ok(CpuStorage { data: RwLock::new(data), pool: Some(self.buffers.clone()) })
     }
     fn upload_f32(&self, data: &[f32], dtype: DType) -> Result<CpuStorage> {
         match dtype {

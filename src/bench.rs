@@ -1,0 +1,163 @@
+//! Benchmarks: a whole training step, and each kernel family on the shapes ResNet-18 (CIFAR)
+//! and ViT-tiny use. Times are medians over repeated runs after warm-up; the backend is
+//! synchronised around every timed region. GPU backends extend the same harness.
+
+use std::time::Instant;
+
+use crate::autograd::{Tape, Var};
+use crate::backend::{Backend, Unary};
+use crate::error::Result;
+use crate::models::BackboneConfig;
+use crate::nn::{Ctx, ParamStore};
+use crate::ops;
+use crate::optim::Sgd;
+use crate::rng::Rng;
+use crate::tensor::{DType, Tensor};
+
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub name: String,
+    pub median_s: f64,
+    pub min_s: f64,
+    pub max_s: f64,
+    /// Useful work per run: floating-point operations or bytes moved.
+    pub work: Work,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Work {
+    Flops(f64),
+    Bytes(f64),
+    Images(f64),
+}
+
+impl Timing {
+    pub fn rate(&self) -> String {
+        match self.work {
+            Work::Flops(f) => format!("{:8.1} GFLOP/s", f / self.median_s / 1e9),
+            Work::Bytes(b) => format!("{:8.2} GB/s", b / self.median_s / 1e9),
+            Work::Images(n) => format!("{:8.1} img/s", n / self.median_s),
+        }
+    }
+}
+
+/// Runs `f` `warmup` times, then `runs` timed times; returns (median, min, max) seconds.
+pub fn time<B: Backend>(b: &B, warmup: usize, runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64)> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    b.synchronize()?;
+    let mut ts = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t0 = Instant::now();
+        f()?;
+        b.synchronize()?;
+        ts.push(t0.elapsed().as_secs_f64());
+    }
+    ts.sort_by(f64::total_cmp);
+    Ok((ts[ts.len() / 2], ts[0], ts[ts.len() - 1]))
+}
+
+fn random<B: Backend>(b: &B, rng: &mut Rng, shape: &[usize]) -> Result<Tensor<B>> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.uniform_range(-1.0, 1.0) as f32).collect();
+    Tensor::from_f32(b, &v, shape, DType::F32)
+}
+
+/// One supervised step of a backbone with a 10-class head: forward, cross-entropy, backward,
+/// fused SGD (momentum 0.9, weight decay 5e-4). The same step as benches/pytorch_step.py.
+pub fn bench_step<B: Backend>(b: &B, model: &str, batch: usize, image: usize, warmup: usize, runs: usize) -> Result<Timing> {
+    let mut cfg = BackboneConfig::preset(model, image)?;
+    match &mut cfg {
+        BackboneConfig::ResNet(c) => c.num_classes = Some(10),
+        BackboneConfig::Vit(c) => c.num_classes = Some(10),
+    }
+    let mut ps = ParamStore::new(b, DType::F32, 0);
+    let net = cfg.build(&mut ps, "")?;
+    let mut rng = Rng::new(1);
+    let x = random(b, &mut rng, &[batch, image, image, 3])?;
+    let labels: Vec<f32> = (0..batch).map(|i| (i % 10) as f32).collect();
+    let labels = Tensor::from_f32(b, &labels, &[batch], DType::F32)?;
+    let mut opt = Sgd::new(0.9);
+    let (median_s, min_s, max_s) = time(b, warmup, runs, || {
+        let tape = Tape::new();
+        let cx = Ctx::new(&tape, &ps, true);
+        let loss = tape.cross_entropy(&net.forward(&cx, &Var::constant(x.clone()))?, &labels)?;
+        let mut grads = tape.backward(&loss)?;
+        let pg = cx.param_grads(&mut grads);
+        opt.step(&ps, &pg, |_| (0.01, 5e-4))
+    })?;
+    Ok(Timing { name: format!("step {model} batch {batch}"), median_s, min_s, max_s, work: Work::Images(batch as f64) })
+}
+
+/// Each kernel family on the shapes ResNet-18 (CIFAR, batch `batch`) and ViT-tiny use.
+pub fn bench_kernels<B: Backend>(b: &B, batch: usize, filter: Option<&str>, runs: usize) -> Result<Vec<Timing>> {
+    let mut rng = Rng::new(2);
+    let mut out = Vec::new();
+    let want = |name: &str| filter.is_none_or(|f| name.contains(f));
+    let mut push = |name: String, work: Work, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        if want(&name) {
+            let (median_s, min_s, max_s) = time(b, 1, runs, f)?;
+            out.push(Timing { name, median_s, min_s, max_s, work });
+        }
+        Ok(())
+    };
+    let n = batch;
+    // GEMM: a square one and ViT-tiny's qkv / MLP projections over batch x 65 tokens.
+    for (m, k, nn) in [(1024, 1024, 1024), (n * 65, 192, 576), (n * 65, 192, 768), (n * 65, 768, 192)] {
+        let (a, w) = (random(b, &mut rng, &[m, k])?, random(b, &mut rng, &[nn, k])?);
+        push(format!("matmul {m}x{k} . ({nn}x{k})^T"), Work::Flops(2.0 * (m * k * nn) as f64), &mut || {
+            ops::matmul(&a, &w, false, true).map(drop)
+        })?;
+    }
+    // Every distinct convolution of ResNet-18 CIFAR: (h, c_in, c_out, k, stride).
+    for (h, ci, co, k, s) in [(32, 3, 64, 3, 1), (32, 64, 64, 3, 1), (32, 64, 128, 3, 2), (16, 128, 128, 3, 1), (32, 64, 128, 1, 2), (16, 128, 256, 3, 2), (8, 256, 256, 3, 1), (8, 256, 512, 3, 2), (4, 512, 512, 3, 1)] {
+        let x = random(b, &mut rng, &[n, h, h, ci])?;
+        let w = random(b, &mut rng, &[co, k, k, ci])?;
+        let d = ops::conv2d_dims(x.shape(), w.shape(), [s, s], [k / 2, k / 2], 1)?;
+        let dy = random(b, &mut rng, &[n, d.oh, d.ow, co])?;
+        let flops = 2.0 * (n * d.oh * d.ow * co * ci * k * k) as f64;
+        let tag = format!("{h}x{h} {ci}->{co} k{k} s{s}");
+        push(format!("conv fwd {tag}"), Work::Flops(flops), &mut || ops::conv2d(&x, &w, &d).map(drop))?;
+        push(format!("conv bwd-data {tag}"), Work::Flops(flops), &mut || ops::conv2d_bwd_data(&dy, &w, &d).map(drop))?;
+        push(format!("conv bwd-weight {tag}"), Work::Flops(flops), &mut || ops::conv2d_bwd_weight(&x, &dy, &d).map(drop))?;
+    }
+    // Batch norm on the largest ResNet activation, forward and backward.
+    {
+        let x = random(b, &mut rng, &[n, 32, 32, 64])?;
+        let (g, be) = (random(b, &mut rng, &[64])?, random(b, &mut rng, &[64])?);
+        let bytes = (x.numel() * 4 * 2) as f64;
+        push("batchnorm fwd 32x32x64".into(), Work::Bytes(bytes), &mut || ops::batchnorm_train(&x, Some(&g), Some(&be), None, 1e-5).map(drop))?;
+        let (_, saved) = ops::batchnorm_train(&x, Some(&g), Some(&be), None, 1e-5)?;
+        push("batchnorm bwd 32x32x64".into(), Work::Bytes(bytes * 1.5), &mut || ops::batchnorm_bwd(&x, &x, Some(&g), &saved, true).map(drop))?;
+        push("relu fwd 32x32x64".into(), Work::Bytes(bytes), &mut || ops::unary(Unary::Relu, &x).map(drop))?;
+        push("add 32x32x64".into(), Work::Bytes(bytes * 1.5), &mut || ops::add(&x, &x).map(drop))?;
+    }
+    // ViT-tiny: layer norm, GELU, attention (3 heads of 64, 65 tokens).
+    {
+        let x = random(b, &mut rng, &[n * 65, 192])?;
+        let (g, be) = (random(b, &mut rng, &[192])?, random(b, &mut rng, &[192])?);
+        push("layernorm fwd 65x192".into(), Work::Bytes((x.numel() * 8) as f64), &mut || ops::layernorm(&x, &g, &be, 1e-6).map(drop))?;
+        let h = random(b, &mut rng, &[n * 65, 768])?;
+        push("gelu fwd 65x768".into(), Work::Bytes((h.numel() * 8) as f64), &mut || ops::unary(Unary::Gelu, &h).map(drop))?;
+        let q = random(b, &mut rng, &[n, 3, 65, 64])?;
+        let (k, v) = (random(b, &mut rng, &[n, 3, 65, 64])?, random(b, &mut rng, &[n, 3, 65, 64])?);
+        let flops = 4.0 * (n * 3 * 65 * 65 * 64) as f64;
+        push("attention fwd 3x65x64".into(), Work::Flops(flops), &mut || ops::attention(&q, &k, &v, 0.125).map(drop))?;
+        let (o, lse) = ops::attention(&q, &k, &v, 0.125)?;
+        push("attention bwd 3x65x64".into(), Work::Flops(2.5 * flops), &mut || ops::attention_bwd(&q, &k, &v, &o, &lse, &o, 0.125).map(drop))?;
+    }
+    // SimSiam's loss on [2 x batch, 2048] and an 11.2M-parameter SGD step (ResNet-18's size).
+    {
+        let (p, z) = (random(b, &mut rng, &[2 * n, 2048])?, random(b, &mut rng, &[2 * n, 2048])?);
+        push("cosine loss fwd 2048".into(), Work::Bytes((p.numel() * 8) as f64), &mut || ops::cosine_loss(&p, &z, 1e-12).map(drop))?;
+        let one = Tensor::full(b, &[1], 1.0, DType::F32)?;
+        push("cosine loss bwd 2048".into(), Work::Bytes((p.numel() * 12) as f64), &mut || ops::cosine_loss_bwd(&p, &z, &one, 1e-12, false).map(drop))?;
+        let len = 11_173_962;
+        let (w, g, m) = (random(b, &mut rng, &[len])?, random(b, &mut rng, &[len])?, Tensor::zeros(b, &[len], DType::F32)?);
+        push("sgd step 11.2M params".into(), Work::Bytes((len * 20) as f64), &mut || {
+            ops::sgd_step(&[ops::SgdSlot { param: &w, grad: &g, momentum_buf: &m, lr: 1e-6, weight_decay: 5e-4 }], 0.9)
+        })?;
+    }
+    Ok(out)
+}
