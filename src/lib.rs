@@ -5,13 +5,16 @@
 
 pub mod autograd;
 pub mod bench;
+pub mod checkpoint;
 pub mod backend;
 pub mod error;
+pub mod eval;
 pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod models;
 pub mod rng;
+pub mod ssl;
 pub mod tensor;
 
 pub use error::{Error, Result};

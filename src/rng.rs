@@ -50,3 +50,12 @@ impl Rng {
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
     }
 }
+
+/// A uniformly random permutation of 0..n (Fisher-Yates) drawn from `rng`.
+pub fn permutation(n: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        p.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    p
+}

@@ -248,9 +248,37 @@ def model_fixtures():
     save_file(t, os.path.join(OUT, "models.safetensors"))
 
 
+def metric_fixtures():
+    """scikit-learn's accuracy / balanced accuracy / one-vs-rest AUCs on random scores."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score, top_k_accuracy_score
+
+    t = {}
+    rng = np.random.default_rng(0)
+    n, c = 300, 6
+    labels = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c)) + 1.5 * np.eye(c)[labels]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    probs[40:80] = probs[:40]  # identical rows: ties across samples, which AUC must average
+    onehot = np.eye(c)[labels]
+    t["scores"] = torch.tensor(probs, dtype=torch.float32)
+    t["labels"] = torch.tensor(labels, dtype=torch.float32)
+    pf = t["scores"].double().numpy()  # exactly the float32 values the Rust side reads
+    expected = [
+        top_k_accuracy_score(labels, pf, k=1),
+        top_k_accuracy_score(labels, pf, k=5),
+        balanced_accuracy_score(labels, pf.argmax(1)),
+        (pf.argmax(1) == labels).mean(),
+        roc_auc_score(labels, pf, multi_class="ovr", average="macro"),
+        roc_auc_score(onehot, pf, average="micro"),
+    ]
+    t["expected"] = torch.tensor(expected, dtype=torch.float64)
+    save_file(t, os.path.join(OUT, "metrics.safetensors"))
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
+    metric_fixtures()
     layer_fixtures()
     model_fixtures()
-    for f in ("layers.safetensors", "models.safetensors"):
+    for f in ("metrics.safetensors", "layers.safetensors", "models.safetensors"):
         print(f, os.path.getsize(os.path.join(OUT, f)) // 1024, "KiB")

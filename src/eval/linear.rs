@@ -1,0 +1,130 @@
+//! The linear probe: a linear classifier trained with cross-entropy on frozen features
+//! (extracted once, eval-mode BN, no augmentation). SGD (lr 30 at batch 256, momentum 0.9,
+//! no weight decay, cosine) or LARS (base lr 0.02 x batch/256), as REFERENCE.md's protocols.
+
+use serde::{Deserialize, Serialize};
+
+use crate::autograd::{Tape, Var};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::nn::{Ctx, Linear, ParamStore};
+use crate::ops;
+use crate::optim::{Sgd, schedule::warmup_cosine};
+use crate::rng::{Rng, permutation};
+use crate::tensor::{DType, Tensor};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinearProbeConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// "sgd" or "lars".
+    pub optimizer: String,
+    /// Learning rate at batch 256; scaled linearly with the batch size.
+    pub lr: f64,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub seed: u64,
+}
+
+impl Default for LinearProbeConfig {
+    fn default() -> Self {
+        LinearProbeConfig { epochs: 100, batch_size: 256, optimizer: "sgd".into(), lr: 30.0, momentum: 0.9, weight_decay: 0.0, seed: 0 }
+    }
+}
+
+/// LARS trust-ratio coefficient.
+const LARS_ETA: f64 = 0.02;
+
+pub struct LinearProbe<B: Backend> {
+    ps: ParamStore<B>,
+    fc: Linear,
+    pub classes: usize,
+    pub dim: usize,
+}
+
+impl<B: Backend> LinearProbe<B> {
+    /// Class logits [n, classes] of features [n, dim].
+    pub fn logits(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let n = x.len() / self.dim.max(1);
+        let tape = Tape::inference();
+        let cx = Ctx::new(&tape, &self.ps, false);
+        let xt = Tensor::from_f32(self.ps.backend(), x, &[n, self.dim], DType::F32)?;
+        self.fc.forward(&cx, &Var::constant(xt))?.value.to_f32()
+    }
+}
+
+/// Trains the probe; `on_epoch(epoch, mean loss)` reports progress.
+pub fn train_linear_probe<B: Backend>(
+    b: &B,
+    x: &[f32],
+    y: &[u32],
+    dim: usize,
+    classes: usize,
+    cfg: &LinearProbeConfig,
+    mut on_epoch: impl FnMut(usize, f64),
+) -> Result<LinearProbe<B>> {
+    let n = y.len();
+    if n == 0 || dim == 0 || x.len() != n * dim {
+        return Err(Error::Invalid { op: "linear probe", msg: format!("{} feature values for {n} labels of dim {dim}", x.len()) });
+    }
+    if cfg.batch_size == 0 || !(cfg.optimizer == "sgd" || cfg.optimizer == "lars") {
+        return Err(Error::Invalid { op: "linear probe", msg: format!("optimizer must be sgd or lars (got {:?}) and batch_size positive", cfg.optimizer) });
+    }
+    let mut ps = ParamStore::new(b, DType::F32, cfg.seed);
+    let fc = Linear::new(&mut ps, "fc", dim, classes, true, None, None)?;
+    let mut opt = Sgd::new(cfg.momentum);
+    let base_lr = cfg.lr * cfg.batch_size as f64 / 256.0;
+    let steps_per_epoch = n.div_ceil(cfg.batch_size);
+    let total = cfg.epochs * steps_per_epoch;
+    let rng = Rng::new(cfg.seed).stream("linear-probe");
+    let mut step = 0;
+    for epoch in 0..cfg.epochs {
+        let order = permutation(n, &mut rng.derive(&[epoch as u64]));
+        let mut loss_sum = 0.0;
+        for chunk in order.chunks(cfg.batch_size) {
+            let mut xb = Vec::with_capacity(chunk.len() * dim);
+            for &i in chunk {
+                xb.extend_from_slice(&x[i * dim..(i + 1) * dim]);
+            }
+            let yb: Vec<f32> = chunk.iter().map(|&i| y[i] as f32).collect();
+            let tape = Tape::new();
+            let cx = Ctx::new(&tape, &ps, true);
+            let xt = Var::constant(Tensor::from_f32(b, &xb, &[chunk.len(), dim], DType::F32)?);
+            let yt = Tensor::from_f32(b, &yb, &[chunk.len()], DType::F32)?;
+            let loss = tape.cross_entropy(&fc.forward(&cx, &xt)?, &yt)?;
+            loss_sum += loss.value.scalar()? as f64 * chunk.len() as f64;
+            let mut grads = tape.backward(&loss)?;
+            let pg = cx.param_grads(&mut grads);
+            drop(cx);
+            let lr = warmup_cosine(base_lr, step, total, 0) as f32;
+            if cfg.optimizer == "lars" {
+                // Per-tensor trust ratio eta |w| / (|g| + wd |w|); biases are excluded.
+                let mut scale = Vec::new();
+                for (id, g) in &pg {
+                    let is_bias = ps.entry(*id).name.ends_with("bias");
+                    let r = if is_bias { 1.0 } else { trust_ratio(ps.get(*id), g, cfg.weight_decay as f64)? };
+                    scale.push((*id, r, is_bias));
+                }
+                opt.step(&ps, &pg, |id| {
+                    let (_, r, bias) = scale.iter().find(|s| s.0 == id).copied().unwrap_or((id, 1.0, true));
+                    (lr * r as f32, if bias { 0.0 } else { cfg.weight_decay })
+                })?;
+            } else {
+                opt.step(&ps, &pg, |_| (lr, cfg.weight_decay))?;
+            }
+            step += 1;
+        }
+        on_epoch(epoch, loss_sum / n as f64);
+    }
+    Ok(LinearProbe { ps, fc, classes, dim })
+}
+
+fn trust_ratio<B: Backend>(w: &Tensor<B>, g: &Tensor<B>, wd: f64) -> Result<f64> {
+    let norm = |t: &Tensor<B>| -> Result<f64> {
+        let sq = ops::sum_axis(&ops::mul(t, t)?.reshape(&[t.numel()])?, 0)?;
+        Ok((sq.scalar()? as f64).sqrt())
+    };
+    let (wn, gn) = (norm(w)?, norm(g)?);
+    Ok(if wn > 0.0 && gn > 0.0 { LARS_ETA * wn / (gn + wd * wn) } else { 1.0 })
+}

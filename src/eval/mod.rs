@@ -1,0 +1,5 @@
+//! Evaluation: the kNN monitor, the linear probe, and the metrics they report.
+
+pub mod knn;
+pub mod linear;
+pub mod metrics;

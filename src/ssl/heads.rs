@@ -1,0 +1,60 @@
+//! MLP heads (projectors, predictors) as PyTorch `nn.Sequential`s: names are `<prefix>.<index>.*`
+//! with the Sequential's indices, so heads load into the reference implementations.
+
+use crate::autograd::Var;
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::nn::{BatchNorm, Ctx, Linear, ParamStore};
+
+pub enum Layer {
+    Linear(Linear),
+    BatchNorm(BatchNorm),
+    Relu,
+}
+
+/// One step of a head: a linear layer, optionally followed by BN (affine or not) and ReLU.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerSpec {
+    pub out: usize,
+    pub bias: bool,
+    /// None: no BN; Some(affine).
+    pub bn: Option<bool>,
+    pub relu: bool,
+}
+
+pub struct Head {
+    layers: Vec<Layer>,
+    pub out_dim: usize,
+}
+
+impl Head {
+    pub fn new<B: Backend>(ps: &mut ParamStore<B>, prefix: &str, in_dim: usize, specs: &[LayerSpec]) -> Result<Self> {
+        let mut layers = Vec::new();
+        let mut dim = in_dim;
+        for s in specs {
+            let i = layers.len();
+            layers.push(Layer::Linear(Linear::new(ps, &format!("{prefix}.{i}"), dim, s.out, s.bias, None, None)?));
+            if let Some(affine) = s.bn {
+                let i = layers.len();
+                layers.push(Layer::BatchNorm(BatchNorm::new(ps, &format!("{prefix}.{i}"), s.out, affine, 1.0)?));
+            }
+            if s.relu {
+                layers.push(Layer::Relu);
+            }
+            dim = s.out;
+        }
+        Ok(Head { layers, out_dim: dim })
+    }
+
+    pub fn forward<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
+        let mut h = x.clone();
+        for l in &self.layers {
+            h = match l {
+                Layer::Linear(lin) => lin.forward(cx, &h)?,
+                Layer::BatchNorm(bn) => bn.forward(cx, &h)?,
+                Layer::Relu => cx.tape.relu(&h)?,
+            };
+        }
+        Ok(h)
+    }
+}
