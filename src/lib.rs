@@ -5,6 +5,7 @@
 
 pub mod autograd;
 pub mod bench;
+pub mod data;
 pub mod backend;
 pub mod error;
 pub mod nn;
