@@ -6,6 +6,7 @@
 pub mod autograd;
 pub mod bench;
 pub mod checkpoint;
+pub mod data;
 pub mod backend;
 pub mod error;
 pub mod eval;

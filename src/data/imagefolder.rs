@@ -1,0 +1,169 @@
+//! ImageFolder: `<root>/<class>/**/*.{jpg,jpeg,png}`, decoded in parallel into a `Dataset`.
+//!
+//! Order follows torchvision's `ImageFolder`: classes are the sorted folder names; within a class,
+//! a folder's files (sorted by name) come before its subfolders (sorted). Hidden entries (".*") and
+//! files with other extensions are ignored. A class folder without any image is an error, as in
+//! torchvision. When `<root>` holds `train` and `test` (or `val`) folders whose entries are class
+//! folders, `LoadOptions::split` chooses one.
+//!
+//! Decoding is defensive: the file is read whole, its dimensions are read from the header and
+//! checked against `max_pixels` before any pixel buffer exists, the decoder runs under
+//! `image::Limits`, a JPEG must end with its EOI marker (a truncated file is reported, not
+//! silently grey-filled), and a panic inside a decoder becomes a per-file error.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::{Dataset, LoadOptions, OnCorrupt, Split, file_err, fit_to_size, keep_first_per_class};
+use crate::error::Result;
+
+const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+fn is_image(path: &Path) -> bool {
+    path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).is_some_and(|e| EXTENSIONS.contains(&e.as_str()))
+}
+
+fn hidden(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+/// The sorted, non-hidden entries of a directory, split into (files, directories).
+fn list_dir(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let rd = std::fs::read_dir(dir).map_err(|e| file_err(dir, e.to_string()))?;
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| file_err(dir, e.to_string()))?;
+        let path = entry.path();
+        if hidden(&path) {
+            continue;
+        }
+        // Follow symlinks, as torchvision does.
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => dirs.push(path),
+            Ok(m) if m.is_file() => files.push(path),
+            _ => {}
+        }
+    }
+    files.sort();
+    dirs.sort();
+    Ok((files, dirs))
+}
+
+fn collect_images(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+    if depth > 32 {
+        return Err(file_err(dir, "folders nested more than 32 deep (a symlink loop?)"));
+    }
+    let (files, dirs) = list_dir(dir)?;
+    out.extend(files.into_iter().filter(|p| is_image(p)));
+    for d in dirs {
+        collect_images(&d, depth + 1, out)?;
+    }
+    Ok(())
+}
+
+/// Picks `<root>/train` or `<root>/test` (or `val`) when the root is a split folder.
+fn split_root(root: &Path, split: Split) -> Result<PathBuf> {
+    let (_, dirs) = list_dir(root)?;
+    let has = |name: &str| dirs.iter().find(|d| super::file_name(d) == name).cloned();
+    let holds_dirs = |d: &PathBuf| list_dir(d).map(|(_, sub)| !sub.is_empty()).unwrap_or(false);
+    if let Some(train) = has("train").filter(holds_dirs) {
+        let test = has("test").or_else(|| has("val")).filter(holds_dirs);
+        if let Some(test) = test {
+            return Ok(match split {
+                Split::Train => train,
+                Split::Test => test,
+            });
+        }
+    }
+    Ok(root.to_path_buf())
+}
+
+/// Decodes one image file to `size x size x 3` uint8 RGB.
+pub fn decode_file(path: &Path, size: usize, max_pixels: u64) -> std::result::Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    match std::panic::catch_unwind(|| decode_bytes(&bytes, size, max_pixels)) {
+        Ok(r) => r,
+        Err(_) => Err("the image decoder panicked on this file".into()),
+    }
+}
+
+/// Decodes an in-memory JPEG or PNG to `size x size x 3` uint8 RGB (see the module notes).
+pub fn decode_bytes(bytes: &[u8], size: usize, max_pixels: u64) -> std::result::Result<Vec<u8>, String> {
+    if bytes.is_empty() {
+        return Err("empty file".into());
+    }
+    let reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
+    let format = reader.format().ok_or("not a JPEG or PNG file (unrecognised signature)")?;
+    let (w, h) = image::ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(|e| e.to_string())?;
+    let pixels = w as u64 * h as u64;
+    if pixels == 0 {
+        return Err(format!("image has zero size ({w}x{h})"));
+    }
+    if pixels > max_pixels {
+        return Err(format!("{w}x{h} = {pixels} pixels exceeds the limit of {max_pixels} (LoadOptions::max_pixels)"));
+    }
+    if format == image::ImageFormat::Jpeg && !jpeg_has_eoi(bytes) {
+        return Err("truncated JPEG (no end-of-image marker)".into());
+    }
+    let mut limits = image::Limits::default();
+    let side = max_pixels.min(u32::MAX as u64) as u32;
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    // The largest buffer: 16-bit RGBA plus the decoder's working copy.
+    limits.max_alloc = Some(max_pixels.saturating_mul(16).max(1 << 20));
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| e.to_string())?;
+    let rgb = img.to_rgb8();
+    Ok(fit_to_size(rgb.as_raw(), h as usize, w as usize, size))
+}
+
+/// A complete JPEG ends with FF D9 (a few trailing padding bytes are tolerated).
+fn jpeg_has_eoi(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(64)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
+    let root = split_root(root, opts.split)?;
+    let (_, class_dirs) = list_dir(&root)?;
+    if class_dirs.is_empty() {
+        return Err(file_err(&root, "empty dataset: no class folders, CIFAR .bin or IDX files found"));
+    }
+    let mut classes = Vec::new();
+    let mut files: Vec<(u32, PathBuf)> = Vec::new();
+    for (label, dir) in class_dirs.iter().enumerate() {
+        let mut found = Vec::new();
+        collect_images(dir, 0, &mut found)?;
+        if found.is_empty() {
+            return Err(file_err(dir, format!("class folder has no images (extensions: {})", EXTENSIONS.join(", "))));
+        }
+        classes.push(super::file_name(dir));
+        files.extend(found.into_iter().map(|p| (label as u32, p)));
+    }
+    let files = keep_first_per_class(files, opts.limit_per_class);
+    let decoded: Vec<std::result::Result<Vec<u8>, String>> =
+        files.par_iter().map(|(_, p)| decode_file(p, opts.size, opts.max_pixels)).collect();
+
+    let per = opts.size * opts.size * 3;
+    let mut data = Dataset { images: Vec::with_capacity(files.len() * per), size: opts.size, classes, ..Default::default() };
+    for ((label, path), img) in files.into_iter().zip(decoded) {
+        match img {
+            Ok(px) => {
+                data.images.extend_from_slice(&px);
+                data.labels.push(label);
+            }
+            Err(msg) => match opts.on_corrupt {
+                OnCorrupt::Fail => return Err(file_err(&path, format!("cannot decode image: {msg}"))),
+                OnCorrupt::Skip => data.skipped.push((path, msg)),
+            },
+        }
+    }
+    if data.is_empty() {
+        return Err(file_err(&root, format!("no image could be decoded ({} skipped)", data.skipped.len())));
+    }
+    Ok(data)
+}

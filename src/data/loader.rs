@@ -1,0 +1,259 @@
+//! Batches of augmented views, produced by worker threads ahead of the training loop.
+//!
+//! Determinism by construction: the epoch's order is `epoch_order(n, seed, epoch)`, and every
+//! random draw for sample `i`, view `v`, epoch `e` comes from
+//! `Rng::new(seed).stream("augment").derive(&[e, i, v])`. A batch is therefore a pure function of
+//! (dataset, views, seed, epoch, step): thread count and scheduling change only the speed, and
+//! starting an epoch at batch `k` gives exactly the batches `k..` of a full pass.
+//!
+//! Flow: workers claim batch indices in increasing order under a lock that also counts the
+//! batches in flight (claimed, not yet handed to the consumer; at most `prefetch`); finished
+//! batches go through a channel to the consumer, which hands them out in order.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use rayon::prelude::*;
+
+use super::Dataset;
+use super::augment::{AugmentConfig, augment, normalize};
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// One batch: a tensor per view, the labels and dataset indices of its samples.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    /// One per view, each `[batch, out, out, 3]` NHWC f32, normalised.
+    pub views: Vec<Vec<f32>>,
+    pub labels: Vec<u32>,
+    pub indices: Vec<usize>,
+    pub epoch: usize,
+    /// The batch index within the epoch.
+    pub step: usize,
+}
+
+/// The epoch's permutation of `0..n` (Fisher-Yates), keyed by (seed, epoch).
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut rng = Rng::new(seed).stream("shuffle").derive(&[epoch as u64]);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+struct Spec {
+    data: Arc<Dataset>,
+    views: Vec<AugmentConfig>,
+    out_size: usize,
+    batch_size: usize,
+    seed: u64,
+}
+
+impl Spec {
+    fn make_batch(&self, epoch: usize, step: usize, order: &[usize]) -> Batch {
+        let bs = self.batch_size;
+        let indices = order[step * bs..(step + 1) * bs].to_vec();
+        let per = self.out_size * self.out_size * 3;
+        let base = Rng::new(self.seed).stream("augment");
+        let views = self
+            .views
+            .iter()
+            .enumerate()
+            .map(|(v, cfg)| {
+                let mut buf = vec![0f32; bs * per];
+                for (out, &i) in buf.chunks_exact_mut(per).zip(&indices) {
+                    let mut rng = base.derive(&[epoch as u64, i as u64, v as u64]);
+                    augment(self.data.image(i), self.data.size, self.out_size, cfg, &mut rng, out);
+                }
+                buf
+            })
+            .collect();
+        let labels = indices.iter().map(|&i| self.data.labels[i]).collect();
+        Batch { views, labels, indices, epoch, step }
+    }
+}
+
+pub struct Loader {
+    spec: Arc<Spec>,
+    workers: usize,
+    prefetch: usize,
+}
+
+impl Loader {
+    /// `views`: one `AugmentConfig` per view (SimSiam: two identical ones). `workers` threads make
+    /// batches ahead of the consumer, at most `prefetch` at a time.
+    pub fn new(data: Arc<Dataset>, views: Vec<AugmentConfig>, out_size: usize, batch_size: usize, seed: u64, workers: usize, prefetch: usize) -> Result<Self> {
+        let bad = |msg: String| Err(Error::Invalid { op: "Loader::new", msg });
+        if views.is_empty() {
+            return bad("at least one view is needed".into());
+        }
+        for cfg in &views {
+            cfg.validate()?;
+        }
+        if out_size == 0 || batch_size == 0 || workers == 0 || prefetch == 0 {
+            return bad(format!("out_size {out_size}, batch_size {batch_size}, workers {workers} and prefetch {prefetch} must all be at least 1"));
+        }
+        let n = data.len();
+        if data.size == 0 || data.images.len() != n * data.size * data.size * 3 {
+            return bad(format!("dataset holds {} bytes, not {n} images of {}x{}x3", data.images.len(), data.size, data.size));
+        }
+        if batch_size > n {
+            return bad(format!("batch size {batch_size} is larger than the dataset ({n} images); with drop_last an epoch would be empty"));
+        }
+        Ok(Loader { spec: Arc::new(Spec { data, views, out_size, batch_size, seed }), workers, prefetch })
+    }
+
+    /// Full batches per epoch (drop_last).
+    pub fn batches_per_epoch(&self) -> usize {
+        self.spec.data.len() / self.spec.batch_size
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.spec.batch_size
+    }
+
+    pub fn num_views(&self) -> usize {
+        self.spec.views.len()
+    }
+
+    /// One batch computed on the calling thread (the same as `epoch(epoch, step).next()`).
+    pub fn batch(&self, epoch: usize, step: usize) -> Option<Batch> {
+        (step < self.batches_per_epoch()).then(|| self.spec.make_batch(epoch, step, &epoch_order(self.spec.data.len(), self.spec.seed, epoch)))
+    }
+
+    /// The batches `start..` of `epoch`, in order.
+    pub fn epoch(&self, epoch: usize, start: usize) -> EpochIter {
+        let end = self.batches_per_epoch();
+        let start = start.min(end);
+        let order = Arc::new(epoch_order(self.spec.data.len(), self.spec.seed, epoch));
+        let shared = Arc::new(Shared { state: Mutex::new(State { next_claim: start, in_flight: 0, stop: false }), cv: Condvar::new() });
+        let (tx, rx) = channel();
+        let workers = if end > start { self.workers.min(end - start) } else { 0 };
+        let handles = (0..workers)
+            .map(|_| {
+                let (spec, order, shared, tx) = (self.spec.clone(), order.clone(), shared.clone(), tx.clone());
+                let prefetch = self.prefetch;
+                std::thread::spawn(move || {
+                    while let Some(step) = shared.claim(end, prefetch) {
+                        let batch = spec.make_batch(epoch, step, &order);
+                        if tx.send((step, batch)).is_err() {
+                            break;
+                        }
+                    }
+                })
+            })
+            .collect();
+        EpochIter { next: start, end, rx, pending: BTreeMap::new(), shared, handles }
+    }
+}
+
+struct State {
+    next_claim: usize,
+    in_flight: usize,
+    stop: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+impl Shared {
+    /// The next batch index to make, waiting while `prefetch` batches are in flight.
+    fn claim(&self, end: usize, prefetch: usize) -> Option<usize> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while !s.stop && s.next_claim < end && s.in_flight >= prefetch {
+            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        if s.stop || s.next_claim >= end {
+            return None;
+        }
+        let step = s.next_claim;
+        s.next_claim += 1;
+        s.in_flight += 1;
+        Some(step)
+    }
+    fn release(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.in_flight -= 1;
+        self.cv.notify_all();
+    }
+    fn stop(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.stop = true;
+        self.cv.notify_all();
+    }
+}
+
+/// The batches of one epoch, in order; dropping it stops and joins the workers.
+pub struct EpochIter {
+    next: usize,
+    end: usize,
+    rx: Receiver<(usize, Batch)>,
+    pending: BTreeMap<usize, Batch>,
+    shared: Arc<Shared>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Iterator for EpochIter {
+    type Item = Batch;
+    fn next(&mut self) -> Option<Batch> {
+        if self.next >= self.end {
+            return None;
+        }
+        loop {
+            if let Some(b) = self.pending.remove(&self.next) {
+                self.next += 1;
+                self.shared.release();
+                return Some(b);
+            }
+            match self.rx.recv() {
+                Ok((step, b)) => {
+                    self.pending.insert(step, b);
+                }
+                Err(_) => {
+                    // Every worker has gone without sending this batch: only a panic does that.
+                    for h in self.handles.drain(..) {
+                        if let Err(p) = h.join() {
+                            std::panic::resume_unwind(p);
+                        }
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.end - self.next;
+        (n, Some(n))
+    }
+}
+
+impl Drop for EpochIter {
+    fn drop(&mut self) {
+        self.shared.stop();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Evaluation batches: normalised images (resized to `out_size` when needed) in dataset order,
+/// no shuffle, the last batch possibly short. A `batch_size` of 0 is taken as 1.
+pub fn eval_batches(data: &Dataset, out_size: usize, batch_size: usize, mean: [f32; 3], std: [f32; 3]) -> impl Iterator<Item = (Vec<f32>, Vec<u32>)> + '_ {
+    let bs = batch_size.max(1);
+    let n = data.len();
+    let per = out_size * out_size * 3;
+    (0..n.div_ceil(bs)).map(move |b| {
+        let (lo, hi) = (b * bs, ((b + 1) * bs).min(n));
+        let mut x = vec![0f32; (hi - lo) * per];
+        if per > 0 {
+            x.par_chunks_mut(per).enumerate().for_each(|(k, out)| normalize(data.image(lo + k), data.size, out_size, mean, std, out));
+        }
+        (x, data.labels[lo..hi].to_vec())
+    })
+}

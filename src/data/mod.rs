@@ -1,0 +1,175 @@
+//! The data pipeline: read a dataset once into memory as uint8 RGB, then produce augmented views.
+//!
+//! ```text
+//! load_dataset (imagefolder | cifar | idx) -> Dataset (n x size x size x 3 u8, HWC)
+//!     -> Loader::epoch: epoch_order permutation, batches of views augmented by worker threads
+//!     -> Batch { views: [batch, out, out, 3] NHWC f32 per view, labels, indices }
+//! ```
+//!
+//! Formats (detected by `load_dataset`):
+//! - image folder: `<root>/<class>/**/*.{jpg,jpeg,png}` (torchvision ImageFolder order: classes are
+//!   the sorted folder names, files sorted within each class). When `<root>` holds `train` and `test`
+//!   (or `val`) folders that themselves hold class folders, `Split` picks one of them.
+//! - CIFAR binary: a `cifar-10-batches-bin` directory (`data_batch_1..5.bin` / `test_batch.bin`), a
+//!   CIFAR-100 directory (`train.bin` / `test.bin`, fine labels) or one `.bin` file.
+//! - IDX (MNIST, Fashion-MNIST): a directory with `train-images-idx3-ubyte[.gz]` and its labels
+//!   (`t10k-*` for `Split::Test`), or the path of one images file (its labels file is found by name).
+//!
+//! Bad input is an error value naming the file, never a panic. Undecodable images follow
+//! `LoadOptions::on_corrupt`: `Skip` (the default) leaves the file out and records it with the
+//! reason in `Dataset::skipped`; `Fail` returns the first such error. Headers are checked against the
+//! file length before anything is allocated, and `max_pixels` caps what a decoder may allocate.
+//!
+//! Images of another size are resized on load to `size x size`: the shorter side is resized to
+//! `size` (anti-aliased bilinear, as Pillow and torchvision's `Resize`), then the centre is cropped.
+
+pub mod augment;
+pub mod cifar;
+pub mod idx;
+pub mod imagefolder;
+pub mod loader;
+pub mod throughput;
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+pub use augment::{AugmentConfig, ViewParams, augment, normalize};
+pub use loader::{Batch, EpochIter, Loader, epoch_order, eval_batches};
+pub use throughput::measure_throughput;
+
+/// A decoded dataset held in memory: every image `size x size x 3` uint8 RGB, HWC.
+#[derive(Clone, Debug, Default)]
+pub struct Dataset {
+    /// n * size * size * 3 bytes, image after image, each row-major HWC RGB.
+    pub images: Vec<u8>,
+    /// The class index of every image.
+    pub labels: Vec<u32>,
+    /// Class names: sorted folder names, or "0", "1", ... (CIFAR's names when its meta file exists).
+    pub classes: Vec<String>,
+    /// Every image is `size x size`.
+    pub size: usize,
+    /// Files left out because they could not be decoded (`OnCorrupt::Skip`), with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    /// The `size * size * 3` bytes of image `i` (panics when `i >= len()`, like slice indexing).
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.size * self.size * 3;
+        &self.images[i * n..(i + 1) * n]
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Split {
+    #[default]
+    Train,
+    Test,
+}
+
+/// What to do with an image file that cannot be decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnCorrupt {
+    /// Leave it out and record it in `Dataset::skipped` (the default).
+    #[default]
+    Skip,
+    /// Return an error naming the file.
+    Fail,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Images are stored `size x size` (resized on load when different).
+    pub size: usize,
+    pub split: Split,
+    pub on_corrupt: OnCorrupt,
+    /// The largest width x height a decoder may open (Pillow's default, 89,478,485).
+    pub max_pixels: u64,
+    /// Keep only the first N images of every class (in file order).
+    pub limit_per_class: Option<usize>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { size: 32, split: Split::Train, on_corrupt: OnCorrupt::Skip, max_pixels: 89_478_485, limit_per_class: None }
+    }
+}
+
+pub(crate) fn file_err(path: &Path, msg: impl Into<String>) -> Error {
+    Error::File { path: path.display().to_string(), msg: msg.into() }
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> Error {
+    file_err(path, e.to_string())
+}
+
+/// Reads a dataset, detecting its format (see the module documentation).
+pub fn load_dataset(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
+    if opts.size == 0 || opts.size > 4096 {
+        return Err(file_err(path, format!("image size {} must be in 1..=4096", opts.size)));
+    }
+    if opts.limit_per_class == Some(0) {
+        return Err(file_err(path, "limit_per_class must be at least 1"));
+    }
+    let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
+    if meta.is_file() {
+        let name = file_name(path);
+        if name.ends_with(".bin") {
+            return cifar::load_file(path, opts);
+        }
+        if name.contains("idx") || name.ends_with(".gz") {
+            return idx::load_file(path, opts);
+        }
+        return Err(file_err(path, "unrecognised file: expected a CIFAR .bin file or an IDX images file (*idx3-ubyte[.gz])"));
+    }
+    if cifar::is_cifar_dir(path) {
+        return cifar::load_dir(path, opts);
+    }
+    if idx::is_idx_dir(path) {
+        return idx::load_dir(path, opts);
+    }
+    imagefolder::load(path, opts)
+}
+
+pub(crate) fn file_name(path: &Path) -> String {
+    path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Resizes one uint8 HWC image to `size x size`: the shorter side to `size` (anti-aliased bilinear),
+/// then the centre `size x size` crop. Returns the input unchanged when it is already that size.
+pub(crate) fn fit_to_size(img: &[u8], h: usize, w: usize, size: usize) -> Vec<u8> {
+    if h == size && w == size {
+        return img.to_vec();
+    }
+    // The resized image is (rh, rw) with min(rh, rw) = size; we only compute its centre crop.
+    let (rh, rw) = if h <= w {
+        (size, (size * w / h).max(size)) // torchvision Resize: int(size * long / short)
+    } else {
+        ((size * h / w).max(size), size)
+    };
+    let (top, left) = ((rh - size) / 2, (rw - size) / 2);
+    let mut buf = vec![0f32; size * size * 3];
+    augment::resize_window(img, h, w, (0, 0, h, w), (rh, rw), (top, left, size, size), true, false, &mut buf);
+    buf.iter().map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect()
+}
+
+/// Keeps the first `limit` items of every class, in order.
+pub(crate) fn keep_first_per_class<T>(items: Vec<(u32, T)>, limit: Option<usize>) -> Vec<(u32, T)> {
+    let Some(limit) = limit else { return items };
+    let mut counts = std::collections::HashMap::new();
+    items
+        .into_iter()
+        .filter(|(label, _)| {
+            let c = counts.entry(*label).or_insert(0usize);
+            *c += 1;
+            *c <= limit
+        })
+        .collect()
+}
