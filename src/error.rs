@@ -25,6 +25,18 @@ pub enum Error {
     #[error("{path}: {msg}")]
     File { path: String, msg: String },
 
+    /// A loss or tensor became NaN or infinite during training.
+    #[error("non-finite {what} at epoch {epoch}, step {step}; stopping without writing a checkpoint (the last good one is kept). Try a lower learning rate")]
+    NonFinite { what: String, epoch: usize, step: usize },
+
+    /// A configuration key or value is wrong.
+    #[error("config: {0}")]
+    Config(String),
+
+    /// Ctrl-C / SIGTERM: the run saved its state and stopped.
+    #[error("interrupted; state saved to {0}")]
+    Interrupted(String),
+
     #[error("{0}")]
     Other(String),
 }
@@ -38,4 +50,15 @@ pub fn fmt_shapes(shapes: &[&[usize]]) -> String {
 
 pub(crate) fn shape_err(op: &'static str, msg: impl Into<String>, shapes: &[&[usize]]) -> Error {
     Error::Shape { op, msg: msg.into(), shapes: fmt_shapes(shapes) }
+}
+
+impl Error {
+    /// The process exit code the CLI uses for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::NonFinite { .. } => 3,
+            Error::Interrupted(_) => 130,
+            _ => 1,
+        }
+    }
 }

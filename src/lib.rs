@@ -3,20 +3,24 @@
 //! Layers, top to bottom: `models` and `nn` build networks from `autograd` ops; the tape calls
 //! validated `ops`, which call a `backend::Backend` (the only code that knows the hardware).
 
+pub mod app;
 pub mod autograd;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
+pub mod config;
 pub mod backend;
 pub mod error;
 pub mod eval;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod plot;
 pub mod models;
 pub mod rng;
 pub mod ssl;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use tensor::{DType, Tensor};

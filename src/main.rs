@@ -1,12 +1,25 @@
 //! The `ssl-engine` command line: parse, then call the library. Errors print one line and exit
-//! non-zero.
+//! non-zero (3 for a non-finite loss, 130 after Ctrl-C with the state saved).
 
-use clap::{Parser, Subcommand};
-use ssl_engine::backend::cpu::CpuBackend;
-use ssl_engine::bench;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use ssl_engine::app::{self, LoadedBackbone};
+use ssl_engine::backend::Backend;
+use ssl_engine::config::Config;
+use ssl_engine::data::Split;
+use ssl_engine::{bench, with_backend};
 
 #[derive(Parser)]
-#[command(name = "ssl-engine", version, about = "Self-supervised pretraining of vision backbones (SimSiam), from scratch in Rust")]
+#[command(
+    name = "ssl-engine",
+    version,
+    about = "Self-supervised pretraining of vision backbones (SimSiam), from scratch in Rust",
+    long_about = "Self-supervised pretraining of vision backbones (SimSiam), from scratch in Rust.\n\n\
+        Typical use:\n  ssl-engine train --config configs/demo-cpu.toml\n  \
+        ssl-engine eval linear --checkpoint runs/demo/last.safetensors --data data/cifar10-demo\n  \
+        ssl-engine export --checkpoint runs/demo/last.safetensors --out backbone.safetensors"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -14,6 +27,46 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Pretrain a backbone (SimSiam) from a TOML recipe; writes checkpoints, metrics.jsonl and plots to `out`.
+    Train {
+        /// Recipe file (configs/*.toml). Without it, the defaults (the CIFAR-10 paper recipe) apply.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a key, e.g. --set epochs=10 --set data.path=/data/cifar10/train (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Continue from a checkpoint (e.g. <out>/last.safetensors): weights, momentum, position.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// Compute backend (overrides the recipe's `backend`).
+        #[arg(long)]
+        backend: Option<String>,
+        /// No progress bar or per-epoch lines.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Evaluate a backbone: kNN classifier or linear probe.
+    Eval {
+        #[command(subcommand)]
+        what: EvalCmd,
+    },
+    /// Write backbone features of every image as .npy (rows in sorted order: class folders, then files) plus labels.
+    Embed {
+        #[command(flatten)]
+        common: EvalArgs,
+        /// Output .npy file for the features; labels go to <stem>_labels.npy beside it.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Export the backbone with torchvision / timm names (load with model.load_state_dict(safetensors.torch.load_file(...))).
+    Export {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Redraw the PNG plots (loss, lr, kNN, z-std) of a run folder from its metrics.jsonl.
+    Plot { run: PathBuf },
     /// Benchmarks: a whole training step, or each kernel family.
     Bench {
         #[command(subcommand)]
@@ -21,10 +74,66 @@ enum Cmd {
     },
 }
 
-#[derive(clap::Args, Clone)]
+#[derive(Args, Clone)]
+struct EvalArgs {
+    /// Our checkpoint, a PyTorch-named backbone .safetensors (torchvision / timm), or `random`.
+    #[arg(long)]
+    checkpoint: String,
+    /// Training images (the kNN bank / probe training set). A folder with train/ and test/ inside works too.
+    #[arg(long)]
+    data: PathBuf,
+    /// Test images (default: <data>/test when it exists).
+    #[arg(long)]
+    test_data: Option<PathBuf>,
+    /// Backbone preset when it cannot be read from the weight file (or for `random`).
+    #[arg(long)]
+    model: Option<String>,
+    /// Recipe whose data settings (image size, normalisation) and model to use.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Write the metrics as JSON here as well.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum EvalCmd {
+    /// Weighted kNN (cosine, exp(sim/T) votes): top-1/top-5, macro/micro accuracy and AUC.
+    Knn {
+        #[command(flatten)]
+        common: EvalArgs,
+        #[arg(long, default_value_t = 200)]
+        k: usize,
+        #[arg(long, default_value_t = 0.1)]
+        t: f32,
+    },
+    /// Linear probe on frozen features (eval-mode BN): SGD lr 30 or LARS, cosine schedule.
+    Linear {
+        #[command(flatten)]
+        common: EvalArgs,
+        #[arg(long, default_value_t = 100)]
+        epochs: usize,
+        /// sgd (lr 30 at batch 256) or lars (lr 0.02 at batch 256 by default).
+        #[arg(long, default_value = "sgd")]
+        optimizer: String,
+        #[arg(long)]
+        lr: Option<f64>,
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+        /// Train the probe on only N labelled images per class (few-label evaluation).
+        #[arg(long)]
+        labels_per_class: Option<usize>,
+    },
+}
+
+#[derive(Args, Clone)]
 struct BackendArgs {
     /// Compute backend.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
+    #[arg(long, default_value = "cpu")]
     backend: String,
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
@@ -63,23 +172,136 @@ enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Augmented 32x32 views per second of the data loader (SimSiam recipe).
+    Loader {
+        /// Image folder, CIFAR binary or IDX data.
+        #[arg(long, default_value = "data/cifar10-demo/train")]
+        data: PathBuf,
+        /// Loader threads (0 = all cores).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        #[arg(long, default_value_t = 20)]
+        batches: usize,
+    },
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.2}%", 100.0 * v)
+}
+
+fn print_metrics(title: &str, m: &ssl_engine::eval::metrics::Metrics) {
+    println!("{title}");
+    println!("  top-1 {}   top-5 {}", pct(m.top1), pct(m.top5));
+    println!("  accuracy: macro {}  micro {}", pct(m.macro_accuracy), pct(m.micro_accuracy));
+    println!("  one-vs-rest AUC: macro {:.4}  micro {:.4}", m.macro_auc, m.micro_auc);
+}
+
+fn eval_setup<B: Backend>(b: &B, a: &EvalArgs) -> ssl_engine::Result<(Config, LoadedBackbone<B>, std::sync::Arc<ssl_engine::data::Dataset>, std::sync::Arc<ssl_engine::data::Dataset>)> {
+    let mut cfg = Config::load(a.config.as_deref(), &a.overrides)?;
+    if let Some(m) = &a.model {
+        cfg.model = m.clone();
+    }
+    let model = if a.checkpoint == "random" {
+        app::random_backbone(b, &cfg)?
+    } else {
+        app::load_backbone(b, std::path::Path::new(&a.checkpoint), a.model.as_deref(), cfg.data.image_size)?
+    };
+    let train = app::load(&a.data, Split::Train, &cfg)?;
+    let test_path = a.test_data.clone().unwrap_or_else(|| a.data.clone());
+    let test = app::load(&test_path, Split::Test, &cfg)?;
+    eprintln!("{} training images, {} test images, backbone {} features", train.len(), test.len(), model.backbone.feature_dim());
+    Ok((cfg, model, train, test))
+}
+
+fn write_json(path: &Option<PathBuf>, v: &impl serde::Serialize) -> ssl_engine::Result<()> {
+    if let Some(p) = path {
+        let text = serde_json::to_string_pretty(v).map_err(|e| ssl_engine::Error::Other(e.to_string()))?;
+        ssl_engine::checkpoint::write_atomic(p, text.as_bytes())?;
+    }
+    Ok(())
 }
 
 fn run(cli: Cli) -> ssl_engine::Result<()> {
     match cli.cmd {
+        Cmd::Train { config, overrides, resume, backend, quiet } => {
+            let mut cfg = Config::load(config.as_deref(), &overrides)?;
+            if let Some(bk) = backend {
+                cfg.backend = bk;
+                cfg.validate()?;
+            }
+            let interrupt = app::install_interrupt();
+            let s = with_backend!(cfg.backend.as_str(), cfg.threads, |b| ssl_engine::train::train(&b, &cfg, resume.as_deref(), &interrupt, !quiet))?;
+            println!("trained {} epochs ({} steps) at {:.1} images/s; run folder {}", s.epochs_done, s.steps_done, s.images_per_s, s.out.display());
+            if let Some(l) = s.last_loss {
+                println!("final loss {l:.4}");
+            }
+            match (s.knn_init, s.knn_final) {
+                (Some(a), Some(b)) => println!("kNN top-1: randomly initialised backbone {} -> pretrained {}", pct(a), pct(b)),
+                (None, Some(b)) => println!("kNN top-1: {}", pct(b)),
+                _ => {}
+            }
+        }
+        Cmd::Eval { what } => match what {
+            EvalCmd::Knn { common, k, t } => with_backend!(common.backend.as_str(), 0, |b| {
+                let (mut cfg, model, train, test) = eval_setup(&b, &common)?;
+                cfg.monitor.knn_k = k;
+                cfg.monitor.knn_t = t;
+                let m = app::eval_knn(&model, &train, &test, &cfg)?;
+                print_metrics(&format!("kNN (k={k}, T={t}) of {}", common.checkpoint), &m);
+                write_json(&common.json, &m)
+            })?,
+            EvalCmd::Linear { common, epochs, optimizer, lr, batch_size, labels_per_class } => with_backend!(common.backend.as_str(), 0, |b| {
+                let (cfg, model, train, test) = eval_setup(&b, &common)?;
+                let lr = lr.unwrap_or(if optimizer == "lars" { 0.02 } else { 30.0 });
+                let probe = ssl_engine::eval::linear::LinearProbeConfig { epochs, batch_size, optimizer, lr, ..cfg.linear.clone() };
+                let subset = labels_per_class.map(|n| app::labels_per_class(&train, n, cfg.seed));
+                let r = app::eval_linear(&model, &train, &test, &cfg, &probe, subset.as_deref(), |e, l| {
+                    if e == 0 || (e + 1) % 10 == 0 {
+                        eprintln!("linear probe epoch {}/{epochs}: loss {l:.4}", e + 1);
+                    }
+                })?;
+                print_metrics(&format!("linear probe of {} ({} training images)", common.checkpoint, r.train_images), &r.metrics);
+                write_json(&common.json, &r)
+            })?,
+        },
+        Cmd::Embed { common, out } => with_backend!(common.backend.as_str(), 0, |b| {
+            let (cfg, model, train, _) = eval_setup(&b, &EvalArgs { test_data: Some(common.data.clone()), ..common.clone() })?;
+            let (f, l) = app::embed(&model, &train, &cfg, &out)?;
+            println!("wrote {} and {}", f.display(), l.display());
+            Ok::<(), ssl_engine::Error>(())
+        })?,
+        Cmd::Export { checkpoint, out } => {
+            let b = ssl_engine::backend::cpu::CpuBackend::new(0)?;
+            let n = app::export(&b, &checkpoint, &out)?;
+            println!("wrote {n} tensors to {}", out.display());
+        }
+        Cmd::Plot { run } => {
+            for p in ssl_engine::plot::plot_run(&run)? {
+                println!("wrote {}", p.display());
+            }
+        }
         Cmd::Bench { what } => match what {
-            BenchCmd::Step { backend, model, batch, image_size, warmup, runs } => {
-                let b = CpuBackend::new(backend.threads)?;
-                println!("backend: {}", ssl_engine::backend::Backend::name(&b));
+            BenchCmd::Step { backend, model, batch, image_size, warmup, runs } => with_backend!(backend.backend.as_str(), backend.threads, |b| {
+                println!("backend: {}", b.name());
                 let t = bench::bench_step(&b, &model, batch, image_size, warmup, runs)?;
                 println!("{}: median {:.4} s (min {:.4}, max {:.4}), {}", t.name, t.median_s, t.min_s, t.max_s, t.rate());
-            }
-            BenchCmd::Kernels { backend, batch, filter, runs } => {
-                let b = CpuBackend::new(backend.threads)?;
-                println!("backend: {}", ssl_engine::backend::Backend::name(&b));
+                Ok::<(), ssl_engine::Error>(())
+            })?,
+            BenchCmd::Kernels { backend, batch, filter, runs } => with_backend!(backend.backend.as_str(), backend.threads, |b| {
+                println!("backend: {}", b.name());
                 for t in bench::bench_kernels(&b, batch, filter.as_deref(), runs)? {
                     println!("{:<42} {:>10.3} ms  {}", t.name, t.median_s * 1e3, t.rate());
                 }
+                Ok::<(), ssl_engine::Error>(())
+            })?,
+            BenchCmd::Loader { data, workers, batch, batches } => {
+                let cfg = Config::load(None, &[])?;
+                let ds = app::load(&data, Split::Train, &cfg)?;
+                let workers = if workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { workers };
+                let (total, per) = ssl_engine::data::measure_throughput(ds, &ssl_engine::train::augment_config(&cfg), 32, batch, workers, batches)?;
+                println!("loader: {total:.0} augmented 32x32 views/s with {workers} workers ({per:.0} views/s per worker)");
             }
         },
     }
@@ -90,6 +312,6 @@ fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e}");
-        std::process::exit(1);
+        std::process::exit(e.exit_code());
     }
 }

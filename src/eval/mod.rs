@@ -1,5 +1,6 @@
 //! Evaluation: the kNN monitor, the linear probe, and the metrics they report.
 
+pub mod features;
 pub mod knn;
 pub mod linear;
 pub mod metrics;

@@ -275,8 +275,27 @@ def metric_fixtures():
     save_file(t, os.path.join(OUT, "metrics.safetensors"))
 
 
+def key_fixtures():
+    """State-dict keys and shapes of torchvision's ResNet-18 (CIFAR stem, no fc) and timm's
+    ViT-tiny (no head): what an exported backbone must match for load_state_dict(strict=True)."""
+    import json
+
+    import timm
+
+    vit = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3, num_classes=0
+    )
+    keys = {
+        "resnet18-cifar": {k: list(v.shape) for k, v in resnet18_cifar(None).state_dict().items()},
+        "vit-tiny": {k: list(v.shape) for k, v in vit.state_dict().items()},
+    }
+    with open(os.path.join(OUT, "state_dict_keys.json"), "w") as f:
+        json.dump(keys, f, indent=0, sort_keys=True)
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
+    key_fixtures()
     metric_fixtures()
     layer_fixtures()
     model_fixtures()

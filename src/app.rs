@@ -1,0 +1,221 @@
+//! The commands behind the CLI (train, eval knn / linear, embed, export, plot), as library
+//! functions so tests call exactly what users run. Backend choice is a runtime string; the
+//! `with_backend!` macro picks the concrete backend type.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::checkpoint::{WeightFile, export_backbone};
+use crate::config::Config;
+use crate::data::{Dataset, Split};
+use crate::error::{Error, Result};
+use crate::eval::linear::{LinearProbeConfig, train_linear_probe};
+use crate::eval::metrics::{Metrics, classification_metrics, softmax_rows};
+use crate::eval::{features, knn};
+use crate::models::Backbone;
+use crate::nn::ParamStore;
+use crate::tensor::DType;
+
+/// Runs `$body` with `$b` bound to the backend named by `$name`.
+#[macro_export]
+macro_rules! with_backend {
+    ($name:expr, $threads:expr, |$b:ident| $body:expr) => {{
+        match $name {
+            "cpu" => {
+                let $b = $crate::backend::cpu::CpuBackend::new($threads)?;
+                $body
+            }
+            other => Err($crate::Error::Config(format!(
+                "backend {other:?} is not available in this build of ssl-engine (available: cpu)"
+            ))),
+        }
+    }};
+}
+
+/// A data path for one split: `<path>/train` or `<path>/test` when that folder exists, so both
+/// `data/cifar10-demo` and `data/cifar10-demo/train` work; CIFAR binary and IDX folders pick
+/// their split files themselves.
+pub fn split_path(path: &Path, split: Split) -> PathBuf {
+    let sub = path.join(match split {
+        Split::Train => "train",
+        Split::Test => "test",
+    });
+    if sub.is_dir() { sub } else { path.to_path_buf() }
+}
+
+/// A backbone with the weights of a checkpoint or a PyTorch-named backbone file.
+pub struct LoadedBackbone<B: Backend> {
+    pub ps: ParamStore<B>,
+    pub backbone: Backbone,
+}
+
+/// Loads the backbone from our checkpoint (`backbone.*`) or a plain torchvision/timm state dict;
+/// the architecture is read from the tensor names and shapes unless `model` names a preset.
+pub fn load_backbone<B: Backend>(b: &B, path: &Path, model: Option<&str>, image_size: usize) -> Result<LoadedBackbone<B>> {
+    let wf = WeightFile::read(path)?;
+    let mut cfg = match model {
+        Some(m) => crate::models::BackboneConfig::preset(m, image_size)?,
+        None => wf.infer_backbone()?,
+    };
+    // A classification head in the file is not part of the backbone we evaluate.
+    match &mut cfg {
+        crate::models::BackboneConfig::ResNet(r) => r.num_classes = None,
+        crate::models::BackboneConfig::Vit(v) => v.num_classes = None,
+    }
+    let mut ps = ParamStore::new(b, DType::F32, 0);
+    let backbone = cfg.build(&mut ps, "")?;
+    let n = wf.load_into(&mut ps, "", wf.backbone_prefix())?;
+    if n == 0 {
+        return Err(Error::File { path: path.display().to_string(), msg: "no backbone tensors loaded".into() });
+    }
+    Ok(LoadedBackbone { ps, backbone })
+}
+
+/// A randomly initialised backbone of the recipe's model (the "random" baseline).
+pub fn random_backbone<B: Backend>(b: &B, cfg: &Config) -> Result<LoadedBackbone<B>> {
+    let mut ps = ParamStore::new(b, DType::F32, cfg.seed);
+    let backbone = cfg.backbone()?.build(&mut ps, "")?;
+    Ok(LoadedBackbone { ps, backbone })
+}
+
+fn feats<B: Backend>(m: &LoadedBackbone<B>, data: &Dataset, cfg: &Config) -> Result<Vec<f32>> {
+    features::extract(&m.backbone, &m.ps, data, cfg.data.image_size, cfg.augment.mean, cfg.augment.std, cfg.batch_size.min(256))
+}
+
+/// kNN top-1 and full metrics (from the vote scores) of a backbone.
+pub fn eval_knn<B: Backend>(m: &LoadedBackbone<B>, train: &Dataset, test: &Dataset, cfg: &Config) -> Result<Metrics> {
+    let dim = m.backbone.feature_dim();
+    let mut bank = feats(m, train, cfg)?;
+    let mut q = feats(m, test, cfg)?;
+    knn::l2_normalize(&mut bank, dim);
+    knn::l2_normalize(&mut q, dim);
+    let classes = train.classes.len().max(test.classes.len());
+    let scores = knn::knn_scores(m.ps.backend(), &bank, &train.labels, &q, dim, classes, cfg.monitor.knn_k, cfg.monitor.knn_t)?;
+    // Normalised votes behave as probabilities for the AUCs.
+    let probs: Vec<f32> = scores
+        .chunks(classes)
+        .flat_map(|r| {
+            let s: f32 = r.iter().sum::<f32>().max(f32::MIN_POSITIVE);
+            r.iter().map(move |v| v / s).collect::<Vec<_>>()
+        })
+        .collect();
+    Ok(classification_metrics(&probs, &test.labels, classes))
+}
+
+/// The first `n` images of each class of `data` (in a seeded random order), for few-label runs.
+pub fn labels_per_class(data: &Dataset, n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = crate::rng::Rng::new(seed).stream("labels-per-class");
+    let order = crate::rng::permutation(data.len(), &mut rng);
+    let mut count = vec![0usize; data.classes.len().max(1)];
+    let mut keep: Vec<usize> = order
+        .into_iter()
+        .filter(|&i| {
+            let c = data.labels[i] as usize;
+            count[c] += 1;
+            count[c] <= n
+        })
+        .collect();
+    keep.sort();
+    keep
+}
+
+#[derive(Debug, Serialize)]
+pub struct LinearReport {
+    pub metrics: Metrics,
+    pub train_images: usize,
+    pub final_loss: f64,
+}
+
+/// Linear probe on frozen features; `subset` restricts the training images (few labels).
+pub fn eval_linear<B: Backend>(
+    m: &LoadedBackbone<B>,
+    train: &Dataset,
+    test: &Dataset,
+    cfg: &Config,
+    probe: &LinearProbeConfig,
+    subset: Option<&[usize]>,
+    mut on_epoch: impl FnMut(usize, f64),
+) -> Result<LinearReport> {
+    let dim = m.backbone.feature_dim();
+    let all = feats(m, train, cfg)?;
+    let (x, y): (Vec<f32>, Vec<u32>) = match subset {
+        Some(idx) => (idx.iter().flat_map(|&i| all[i * dim..(i + 1) * dim].iter().copied()).collect(), idx.iter().map(|&i| train.labels[i]).collect()),
+        None => (all, train.labels.clone()),
+    };
+    let classes = train.classes.len().max(test.classes.len());
+    let mut last = f64::NAN;
+    let model = train_linear_probe(m.ps.backend(), &x, &y, dim, classes, probe, |e, l| {
+        last = l;
+        on_epoch(e, l)
+    })?;
+    let logits = model.logits(&feats(m, test, cfg)?)?;
+    Ok(LinearReport { metrics: classification_metrics(&softmax_rows(&logits, classes), &test.labels, classes), train_images: y.len(), final_loss: last })
+}
+
+/// Writes a float32 [rows, cols] array as NumPy .npy (version 1.0).
+pub fn write_npy_f32(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<()> {
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_npy(path, "<f4", &format!("({rows}, {cols})"), &bytes)
+}
+
+/// Writes an int64 [n] array as .npy.
+pub fn write_npy_i64(path: &Path, data: &[i64]) -> Result<()> {
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_npy(path, "<i8", &format!("({},)", data.len()), &bytes)
+}
+
+fn write_npy(path: &Path, descr: &str, shape: &str, body: &[u8]) -> Result<()> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    // Magic (6) + version (2) + length (2) + header + newline, padded to a multiple of 64.
+    let pad = 64 - (10 + header.len() + 1) % 64;
+    header.push_str(&" ".repeat(pad % 64));
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(body);
+    crate::checkpoint::write_atomic(path, &out)
+}
+
+/// Backbone features of every image (sorted walk: class folders by name, files by name) with
+/// labels, as `<out>` (features) and `<out stem>_labels.npy`.
+pub fn embed<B: Backend>(m: &LoadedBackbone<B>, data: &Dataset, cfg: &Config, out: &Path) -> Result<(PathBuf, PathBuf)> {
+    let dim = m.backbone.feature_dim();
+    let f = feats(m, data, cfg)?;
+    write_npy_f32(out, &f, data.len(), dim)?;
+    let stem = out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "features".into());
+    let labels_path = out.with_file_name(format!("{stem}_labels.npy"));
+    write_npy_i64(&labels_path, &data.labels.iter().map(|&l| l as i64).collect::<Vec<_>>())?;
+    Ok((out.to_path_buf(), labels_path))
+}
+
+/// Exports the backbone of a training checkpoint with torchvision / timm names.
+pub fn export<B: Backend>(b: &B, checkpoint: &Path, out: &Path) -> Result<usize> {
+    let m = load_backbone(b, checkpoint, None, 32)?;
+    export_backbone(&m.ps, out, "")
+}
+
+/// Loads a split and returns it behind an Arc (the loader shares it with its workers).
+pub fn load(path: &Path, split: Split, cfg: &Config) -> Result<Arc<Dataset>> {
+    Ok(Arc::new(crate::train::load_split(&split_path(path, split), split, cfg)?))
+}
+
+/// A Ctrl-C / SIGTERM flag: the first signal asks the loop to save and stop at the next safe
+/// point; a second one exits at once.
+pub fn install_interrupt() -> Arc<AtomicBool> {
+    use std::sync::atomic::Ordering;
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    let _ = ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond interrupt: exiting now");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: saving a checkpoint at the next step (Ctrl-C again to abort)");
+    });
+    flag
+}

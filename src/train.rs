@@ -1,0 +1,321 @@
+//! The training loop, top to bottom: data -> two augmented views -> method forward (the tape
+//! records) -> loss -> backward -> SGD -> monitors (loss, lr, kNN, collapse std) -> checkpoints,
+//! metrics.jsonl and plots. Method-agnostic: it only talks to `ssl::Method`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::autograd::{Tape, Var};
+use crate::backend::Backend;
+use crate::checkpoint::{TrainState, WeightFile, save_checkpoint};
+use crate::config::Config;
+use crate::data::{AugmentConfig, Dataset, LoadOptions, Loader, OnCorrupt, Split, load_dataset};
+use crate::error::{Error, Result};
+use crate::eval::{features, knn};
+use crate::nn::{Ctx, ParamStore};
+use crate::optim::{Sgd, schedule::warmup_cosine};
+use crate::ssl::{LrPolicy, Method, normalized_std, simsiam::SimSiam};
+use crate::tensor::{DType, Tensor};
+
+/// What a finished (or interrupted) run reports.
+#[derive(Clone, Debug, Default)]
+pub struct TrainSummary {
+    pub out: PathBuf,
+    pub epochs_done: usize,
+    pub steps_done: usize,
+    /// kNN top-1 of the randomly initialised backbone, measured before training.
+    pub knn_init: Option<f64>,
+    pub knn_final: Option<f64>,
+    pub last_loss: Option<f64>,
+    /// Every logged (global step, loss).
+    pub losses: Vec<(usize, f64)>,
+    pub images_per_s: f64,
+    pub skipped_images: usize,
+}
+
+pub fn augment_config(cfg: &Config) -> AugmentConfig {
+    let a = &cfg.augment;
+    AugmentConfig {
+        crop_scale: (a.crop_scale[0], a.crop_scale[1]),
+        crop_ratio: (a.crop_ratio[0], a.crop_ratio[1]),
+        flip_p: a.flip_p,
+        jitter: a.jitter,
+        jitter_p: a.jitter_p,
+        gray_p: a.gray_p,
+        blur_p: a.blur_p,
+        blur_sigma: (a.blur_sigma[0], a.blur_sigma[1]),
+        solarize_p: a.solarize_p,
+        mean: a.mean,
+        std: a.std,
+    }
+}
+
+/// Loads one split of a dataset as the config asks (size, corrupt-image policy, limits).
+pub fn load_split(path: &Path, split: Split, cfg: &Config) -> Result<Dataset> {
+    let opts = LoadOptions {
+        size: cfg.data.image_size,
+        split,
+        on_corrupt: if cfg.data.on_corrupt == "fail" { OnCorrupt::Fail } else { OnCorrupt::Skip },
+        limit_per_class: cfg.data.limit_per_class,
+        ..LoadOptions::default()
+    };
+    load_dataset(path, &opts)
+}
+
+/// Builds the method (and with it the backbone) in a fresh parameter store.
+pub fn build_method<B: Backend>(b: &B, cfg: &Config) -> Result<(ParamStore<B>, Box<dyn Method<B>>)> {
+    let mut ps = ParamStore::new(b, DType::F32, cfg.seed);
+    let backbone = cfg.backbone()?;
+    let method: Box<dyn Method<B>> = match cfg.method.as_str() {
+        "simsiam" => Box::new(SimSiam::new(&mut ps, &backbone, &cfg.simsiam)?),
+        m => return Err(Error::Config(format!("method: unknown {m:?}"))),
+    };
+    Ok((ps, method))
+}
+
+/// kNN top-1 of the current backbone: train set as the bank, test set as queries.
+pub fn knn_monitor<B: Backend>(method: &dyn Method<B>, ps: &ParamStore<B>, train: &Dataset, test: &Dataset, cfg: &Config) -> Result<f64> {
+    let s = cfg.data.image_size;
+    let (mean, std) = (cfg.augment.mean, cfg.augment.std);
+    let dim = method.backbone().feature_dim();
+    let mut bank = features::extract(method.backbone(), ps, train, s, mean, std, cfg.batch_size)?;
+    let mut queries = features::extract(method.backbone(), ps, test, s, mean, std, cfg.batch_size)?;
+    knn::l2_normalize(&mut bank, dim);
+    knn::l2_normalize(&mut queries, dim);
+    let classes = train.classes.len().max(test.classes.len());
+    knn::knn_accuracy(ps.backend(), &bank, &train.labels, &queries, &test.labels, dim, classes, cfg.monitor.knn_k, cfg.monitor.knn_t)
+}
+
+/// Appends JSON lines to <out>/metrics.jsonl, flushing each one.
+struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    fn open(out: &Path) -> Result<Self> {
+        let path = out.join("metrics.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::File { path: path.display().to_string(), msg: format!("cannot open: {e}") })?;
+        Ok(MetricsLog { file, path })
+    }
+    fn write(&mut self, v: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{v}").and_then(|_| self.file.flush()).map_err(|e| Error::File { path: self.path.display().to_string(), msg: format!("cannot write: {e}") })
+    }
+}
+
+/// Names the first parameter holding a non-finite value, for the NaN message.
+fn first_non_finite<B: Backend>(ps: &ParamStore<B>) -> Option<String> {
+    ps.entries().iter().find(|e| e.value.to_f32().map(|v| v.iter().any(|x| !x.is_finite())).unwrap_or(false)).map(|e| e.name.clone())
+}
+
+/// Epoch checkpoints kept on disk: deletes the oldest beyond `keep`, after the new one is written.
+fn prune_checkpoints(out: &Path, keep: usize) {
+    let Ok(rd) = std::fs::read_dir(out) else { return };
+    let mut eps: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("epoch-") && n.ends_with(".safetensors")))
+        .collect();
+    eps.sort();
+    while eps.len() > keep {
+        let _ = std::fs::remove_file(eps.remove(0));
+    }
+}
+
+/// Runs (or resumes) a training run. `interrupt` is set by the Ctrl-C handler; the loop checks it
+/// between steps, saves `last.safetensors` and returns `Error::Interrupted`.
+pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: &AtomicBool, show_progress: bool) -> Result<TrainSummary> {
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::File { path: cfg.out.display().to_string(), msg: format!("cannot create run folder: {e}") })?;
+    let say = |s: String| {
+        if show_progress {
+            eprintln!("{s}");
+        }
+    };
+    let train_set = Arc::new(load_split(&cfg.data.path, Split::Train, cfg)?);
+    if train_set.len() < cfg.batch_size {
+        return Err(Error::Config(format!("data.path {}: {} images, fewer than one batch of {}", cfg.data.path.display(), train_set.len(), cfg.batch_size)));
+    }
+    let test_set = match &cfg.data.test_path {
+        Some(p) => Some(load_split(p, Split::Test, cfg)?),
+        None => None,
+    };
+    let skipped = train_set.skipped.len() + test_set.as_ref().map_or(0, |t| t.skipped.len());
+    say(format!(
+        "data: {} training images, {} classes{}{}",
+        train_set.len(),
+        train_set.classes.len(),
+        test_set.as_ref().map(|t| format!(", {} test images", t.len())).unwrap_or_default(),
+        if skipped > 0 { format!(" ({skipped} unreadable images skipped)") } else { String::new() }
+    ));
+
+    let (mut ps, mut method) = build_method(b, cfg)?;
+    let mut opt = Sgd::new(cfg.optim.momentum);
+    let mut state = TrainState { epoch: 0, step_in_epoch: 0, global_step: 0, method: cfg.method.clone(), config: cfg.to_toml() };
+    let mut log = MetricsLog::open(&cfg.out)?;
+    let mut summary = TrainSummary { out: cfg.out.clone(), skipped_images: skipped, ..Default::default() };
+    if let Some(path) = resume {
+        let wf = WeightFile::read(path)?;
+        let saved = wf.state()?;
+        if saved.method != cfg.method {
+            return Err(Error::Config(format!("{}: checkpoint of method {:?}, config asks for {:?}", path.display(), saved.method, cfg.method)));
+        }
+        wf.load_into(&mut ps, "", "")?;
+        wf.load_momentum(&ps, &mut opt)?;
+        state = TrainState { config: cfg.to_toml(), ..saved };
+        say(format!("resumed from {} at epoch {}, step {}", path.display(), state.epoch, state.step_in_epoch));
+        log.write(json!({"type": "resume", "from": path.display().to_string(), "epoch": state.epoch, "global_step": state.global_step}))?;
+    }
+    say(format!("model: {} ({} parameters), method {}, backend {}", cfg.model, ps.num_params(), cfg.method, b.name()));
+
+    if state.global_step == 0 {
+        if let Some(test) = &test_set {
+            let acc = knn_monitor(method.as_ref(), &ps, &train_set, test, cfg)?;
+            say(format!("kNN top-1 of the randomly initialised backbone: {:.2}%", acc * 100.0));
+            summary.knn_init = Some(acc);
+            log.write(json!({"type": "knn", "epoch": 0, "knn_top1": acc, "init": true}))?;
+        }
+    }
+
+    let views = vec![augment_config(cfg); method.views()];
+    let workers = if cfg.data.workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { cfg.data.workers };
+    let loader = Loader::new(train_set.clone(), views, cfg.data.image_size, cfg.batch_size, cfg.seed, workers, cfg.data.prefetch)?;
+    let per_epoch = loader.batches_per_epoch();
+    let total_steps = cfg.epochs * per_epoch;
+    let warmup = cfg.optim.warmup_epochs * per_epoch;
+    let peak = cfg.peak_lr();
+    let policies: Vec<LrPolicy> = ps.ids().map(|id| method.lr_policy(&ps, id)).collect();
+    let s = cfg.data.image_size;
+    let started = Instant::now();
+    let mut images = 0usize;
+
+    let bar = if show_progress { ProgressBar::new(total_steps as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_position(state.global_step as u64);
+
+    while state.epoch < cfg.epochs {
+        let epoch = state.epoch;
+        bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
+        let mut epoch_losses = Vec::new();
+        let mut last_z: Option<Tensor<B>> = None;
+        for batch in loader.epoch(epoch, state.step_in_epoch) {
+            if interrupt.load(Ordering::SeqCst) {
+                let path = cfg.out.join("last.safetensors");
+                save_checkpoint(&path, &ps, &opt, &state)?;
+                bar.abandon();
+                return Err(Error::Interrupted(path.display().to_string()));
+            }
+            if cfg.max_steps.is_some_and(|m| state.global_step >= m) {
+                break;
+            }
+            let lr = warmup_cosine(peak, state.global_step, total_steps, warmup);
+            let tape = Tape::new();
+            let cx = Ctx::new(&tape, &ps, true);
+            let xs: Vec<Var<B>> = batch
+                .views
+                .iter()
+                .map(|v| Tensor::from_f32(b, v, &[batch.labels.len(), s, s, 3], DType::F32).map(Var::constant))
+                .collect::<Result<_>>()?;
+            let labels: Vec<f32> = batch.labels.iter().map(|&l| l as f32).collect();
+            let labels = Tensor::from_f32(b, &labels, &[labels.len()], DType::F32)?;
+            let out = method.forward(&cx, &xs, Some(&labels))?;
+            let mut grads = tape.backward(&out.loss)?;
+            let pg = cx.param_grads(&mut grads);
+            drop(cx);
+            opt.step(&ps, &pg, |id| {
+                let l = if policies[id.0] == LrPolicy::Fixed { peak } else { lr };
+                (l as f32, cfg.optim.weight_decay)
+            })?;
+            method.after_step(&mut ps, state.global_step)?;
+            images += batch.labels.len();
+            state.global_step += 1;
+            state.step_in_epoch += 1;
+            let logging = state.global_step % cfg.monitor.log_every == 0 || state.step_in_epoch == per_epoch;
+            if logging {
+                let loss = out.loss.value.scalar()? as f64;
+                if !loss.is_finite() {
+                    bar.abandon();
+                    let what = match first_non_finite(&ps) {
+                        Some(t) => format!("loss ({loss}); first non-finite tensor: {t}"),
+                        None => format!("loss ({loss})"),
+                    };
+                    return Err(Error::NonFinite { what, epoch, step: state.step_in_epoch - 1 });
+                }
+                let ips = images as f64 / started.elapsed().as_secs_f64();
+                epoch_losses.push(loss);
+                summary.losses.push((state.global_step, loss));
+                bar.set_message(format!("loss {loss:.4} lr {lr:.4} {ips:.0} img/s"));
+                log.write(json!({"type": "step", "epoch": epoch, "step": state.step_in_epoch, "global_step": state.global_step, "loss": loss, "lr": lr, "img_per_s": ips}))?;
+                last_z = out.embedding;
+            }
+            bar.set_position(state.global_step as u64);
+        }
+        let finished_epoch = state.step_in_epoch >= per_epoch;
+        if finished_epoch {
+            state.epoch += 1;
+            state.step_in_epoch = 0;
+        }
+        // Epoch-end monitors.
+        let z_std = match &last_z {
+            Some(z) => Some(normalized_std(&z.to_f32()?, z.shape()[0], z.shape()[1])),
+            None => None,
+        };
+        let knn_due = finished_epoch && test_set.is_some() && ((cfg.monitor.knn_every > 0 && state.epoch % cfg.monitor.knn_every == 0) || state.epoch == cfg.epochs);
+        let mut knn_acc = None;
+        if knn_due {
+            if let Some(test) = &test_set {
+                let acc = knn_monitor(method.as_ref(), &ps, &train_set, test, cfg)?;
+                knn_acc = Some(acc);
+                summary.knn_final = Some(acc);
+            }
+        }
+        let mean_loss = if epoch_losses.is_empty() { None } else { Some(epoch_losses.iter().sum::<f64>() / epoch_losses.len() as f64) };
+        summary.last_loss = mean_loss.or(summary.last_loss);
+        log.write(json!({"type": "epoch", "epoch": epoch + 1, "loss": mean_loss, "z_std": z_std, "knn_top1": knn_acc,
+            "lr": warmup_cosine(peak, state.global_step.saturating_sub(1), total_steps, warmup), "elapsed_s": started.elapsed().as_secs_f64()}))?;
+        if show_progress {
+            bar.suspend(|| {
+                eprintln!(
+                    "epoch {}/{}: loss {} z-std {} {}",
+                    epoch + 1,
+                    cfg.epochs,
+                    mean_loss.map(|l| format!("{l:.4}")).unwrap_or("-".into()),
+                    z_std.map(|v| format!("{v:.4}")).unwrap_or("-".into()),
+                    knn_acc.map(|a| format!("kNN top-1 {:.2}%", a * 100.0)).unwrap_or_default()
+                )
+            });
+        }
+        let stop = cfg.max_steps.is_some_and(|m| state.global_step >= m);
+        // A finite loss can hide an overflow elsewhere (a collapsed run's BN statistics).
+        if let Some(t) = first_non_finite(&ps) {
+            bar.abandon();
+            return Err(Error::NonFinite { what: format!("value in {t}"), epoch, step: state.step_in_epoch });
+        }
+        save_checkpoint(&cfg.out.join("last.safetensors"), &ps, &opt, &state)?;
+        if finished_epoch && cfg.checkpoint.every > 0 && state.epoch % cfg.checkpoint.every == 0 {
+            save_checkpoint(&cfg.out.join(format!("epoch-{:04}.safetensors", state.epoch)), &ps, &opt, &state)?;
+            prune_checkpoints(&cfg.out, cfg.checkpoint.keep);
+        }
+        let _ = crate::plot::plot_run(&cfg.out);
+        if stop {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    summary.epochs_done = state.epoch;
+    summary.steps_done = state.global_step;
+    summary.images_per_s = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    Ok(summary)
+}

@@ -1,0 +1,154 @@
+//! The training loop end to end on tiny runs over the committed CIFAR-10 demo subset: exact
+//! resume (mid-epoch and at an epoch boundary), the collapse monitor (no stop-gradient collapses,
+//! the default does not), NaN handling that keeps the last good checkpoint, and export to
+//! PyTorch names.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use ssl_engine::backend::cpu::CpuBackend;
+use ssl_engine::config::Config;
+use ssl_engine::train::{TrainSummary, train};
+use ssl_engine::{Error, app};
+
+fn repo(p: &str) -> String {
+    format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ssl-engine-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A tiny SimSiam run: ResNet-18 of width 4 on 16x16 crops of 60 demo images.
+fn tiny(out: &Path, extra: &[&str]) -> Config {
+    let mut sets: Vec<String> = vec![
+        format!("out={:?}", out.display().to_string()),
+        "model=\"resnet18-cifar\"".into(),
+        "model_opts.width=4".into(),
+        format!("data.path={:?}", repo("data/cifar10-demo/train")),
+        format!("data.test_path={:?}", repo("data/cifar10-demo/test")),
+        "data.limit_per_class=6".into(),
+        "data.image_size=16".into(),
+        "data.workers=2".into(),
+        "batch_size=16".into(),
+        "epochs=3".into(),
+        "threads=2".into(),
+        "simsiam.proj_hidden=32".into(),
+        "simsiam.proj_dim=32".into(),
+        "simsiam.pred_hidden=8".into(),
+        "monitor.log_every=1".into(),
+        "monitor.knn_k=10".into(),
+        "optim.base_lr=0.2".into(),
+        "checkpoint.every=1".into(),
+    ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    Config::load(None, &sets).unwrap()
+}
+
+fn run(cfg: &Config, resume: Option<&Path>) -> ssl_engine::Result<TrainSummary> {
+    let b = CpuBackend::new(cfg.threads).unwrap();
+    train(&b, cfg, resume, &AtomicBool::new(false), false)
+}
+
+fn bits(s: &TrainSummary) -> Vec<(usize, u64)> {
+    s.losses.iter().map(|&(g, l)| (g, l.to_bits())).collect()
+}
+
+#[test]
+fn resume_mid_epoch_and_at_epoch_boundary_is_bit_identical() {
+    let straight = run(&tiny(&tmp("straight"), &[]), None).unwrap();
+    assert_eq!(straight.steps_done, 9, "3 epochs of 3 steps");
+    for stop in [4, 6] {
+        // 4 stops inside epoch 2, 6 at the end of epoch 2.
+        let out = tmp(&format!("resume{stop}"));
+        let first = run(&tiny(&out, &[&format!("max_steps={stop}")]), None).unwrap();
+        assert_eq!(first.steps_done, stop);
+        let rest = run(&tiny(&out, &[]), Some(&out.join("last.safetensors"))).unwrap();
+        let mut joined = bits(&first);
+        joined.extend(bits(&rest));
+        assert_eq!(joined, bits(&straight), "loss trace after resuming at step {stop} differs from the uninterrupted run");
+    }
+}
+
+#[test]
+fn without_stop_gradient_simsiam_collapses_and_with_it_does_not() {
+    let steps = [
+        "epochs=40",
+        "data.limit_per_class=13",
+        "batch_size=64",
+        "simsiam.proj_hidden=64",
+        "simsiam.proj_dim=64",
+        "simsiam.pred_hidden=16",
+        "optim.base_lr=0.3",
+        "optim.scale_lr_with_batch=false",
+        "monitor.knn_every=0",
+    ];
+    let z_std = |out: &Path| -> f64 {
+        let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let last = text.lines().filter(|l| l.contains("\"type\":\"epoch\"")).last().unwrap().to_string();
+        let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+        v["z_std"].as_f64().unwrap()
+    };
+    let healthy_dir = tmp("healthy");
+    let healthy = run(&tiny(&healthy_dir, &steps), None).unwrap();
+    let collapsed_dir = tmp("collapsed");
+    let mut sets = steps.to_vec();
+    sets.push("simsiam.no_stop_grad=true");
+    let collapsed = run(&tiny(&collapsed_dir, &sets), None).unwrap();
+    let (h, c) = (z_std(&healthy_dir), z_std(&collapsed_dir));
+    let ideal = 1.0 / (64f64).sqrt();
+    eprintln!("z-std: default {h:.4}, no stop-grad {c:.4} (1/sqrt(d) = {ideal:.4}); final loss {:?} vs {:?}", healthy.last_loss, collapsed.last_loss);
+    assert!(c < 0.5 * h, "no stop-gradient should collapse: z-std {c} vs default {h}");
+    assert!(h > 0.6 * ideal, "default run should not collapse: z-std {h}");
+    let (hl, cl) = (healthy.last_loss.unwrap(), collapsed.last_loss.unwrap());
+    assert!(cl < -0.9 && cl < hl - 0.2, "collapsed loss {cl} should approach -1, well below the default's {hl}");
+}
+
+#[test]
+fn non_finite_loss_stops_with_exit_code_3_and_keeps_the_last_checkpoint() {
+    let out = tmp("nan");
+    run(&tiny(&out, &["epochs=1"]), None).unwrap();
+    let ckpt = out.join("last.safetensors");
+    let before = std::fs::read(&ckpt).unwrap();
+    let err = run(&tiny(&out, &["epochs=2", "optim.base_lr=1e30"]), Some(&ckpt)).unwrap_err();
+    assert!(matches!(err, Error::NonFinite { .. }), "{err}");
+    assert_eq!(err.exit_code(), 3);
+    assert!(err.to_string().contains("step"), "{err}");
+    assert_eq!(std::fs::read(&ckpt).unwrap(), before, "the last good checkpoint must survive");
+}
+
+#[test]
+fn export_matches_torchvision_state_dict_and_round_trips() {
+    let out = tmp("export");
+    let mut cfg = tiny(&out, &["epochs=1", "model_opts.width=64", "data.limit_per_class=2", "batch_size=4", "data.image_size=8", "monitor.knn_every=0"]);
+    cfg.data.test_path = None;
+    run(&cfg, None).unwrap();
+    let b = CpuBackend::new(2).unwrap();
+    let exported = out.join("backbone.safetensors");
+    app::export(&b, &out.join("last.safetensors"), &exported).unwrap();
+    // Names and shapes: exactly torchvision's resnet18 (CIFAR stem, no fc) state dict.
+    let keys: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo("tests/reference/state_dict_keys.json")).unwrap()).unwrap();
+    let want = keys["resnet18-cifar"].as_object().unwrap();
+    let wf = ssl_engine::checkpoint::WeightFile::read(&exported).unwrap();
+    let mut got: Vec<&String> = wf.tensors.keys().collect();
+    got.sort();
+    let mut want_keys: Vec<&String> = want.keys().collect();
+    want_keys.sort();
+    assert_eq!(got, want_keys);
+    for (k, shape) in want {
+        let s: Vec<usize> = shape.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        assert_eq!(wf.tensors[k].0, s, "{k}");
+    }
+    // Values round-trip: the exported file and the checkpoint give the same backbone.
+    let a = app::load_backbone(&b, &out.join("last.safetensors"), None, 8).unwrap();
+    let c = app::load_backbone(&b, &exported, None, 8).unwrap();
+    for (ea, ec) in a.ps.entries().iter().zip(c.ps.entries()) {
+        assert_eq!(ea.name, ec.name);
+        assert_eq!(ea.value.to_f32().unwrap(), ec.value.to_f32().unwrap(), "{}", ea.name);
+    }
+}
