@@ -151,7 +151,7 @@ fn data_imagefolder_corrupt_files_skipped_or_fail() {
     let bad: Vec<(&str, Vec<u8>)> = vec![
         ("a/0100_truncated_half.jpg", jpg[..jpg.len() / 2].to_vec()),
         ("a/0101_no_eoi.jpg", jpg[..jpg.len() - 2].to_vec()),
-        ("a/0102_garbage.jpg", (0..700u32).map(|i| (i * 2654435761u32 >> 24) as u8).collect()),
+        ("a/0102_garbage.jpg", (0..700u32).map(|i| (i.wrapping_mul(2654435761u32) >> 24) as u8).collect()),
         ("a/0103_empty.jpeg", Vec::new()),
         ("b/0104_broken.png", b"\x89PNG\r\n\x1a\nnot really a png at all".to_vec()),
         ("b/0105_huge.png", png_header_only(100_000, 100_000)),
