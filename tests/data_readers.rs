@@ -502,3 +502,49 @@ fn data_idx_fashion_mnist() {
         assert!((mean - 72.94).abs() < 1.0, "mean pixel {mean} (Fashion-MNIST's is 72.94 / 73.15)");
     }
 }
+
+/// Mutated JPEG and PNG files (bit flips, byte overwrites, truncation) give Ok or Err, never a
+/// panic or a runaway allocation.
+#[test]
+fn data_imagefolder_mutated_files_never_panic() {
+    use ssl_engine::data::imagefolder::decode_bytes;
+    let jpg = std::fs::read(demo().join("test/cat/0000.jpg")).unwrap();
+    let mut png = Vec::new();
+    let px: Vec<u8> = (0..20 * 20 * 3).map(|i| (i * 7 % 256) as u8).collect();
+    image::write_buffer_with_format(&mut std::io::Cursor::new(&mut png), &px, 20, 20, image::ExtendedColorType::Rgb8, image::ImageFormat::Png).unwrap();
+    let mut state = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut ok, mut err) = (0, 0);
+    for base in [&jpg, &png] {
+        for _ in 0..300 {
+            let mut b = base.clone();
+            match next() % 3 {
+                0 => {
+                    let i = (next() % b.len() as u64) as usize;
+                    b[i] ^= 1 << (next() % 8);
+                }
+                1 => {
+                    for _ in 0..4 {
+                        let i = (next() % b.len() as u64) as usize;
+                        b[i] = next() as u8;
+                    }
+                }
+                _ => b.truncate((next() % b.len() as u64) as usize),
+            }
+            match decode_bytes(&b, 32, 1 << 20) {
+                Ok(img) => {
+                    assert_eq!(img.len(), 32 * 32 * 3);
+                    ok += 1;
+                }
+                Err(_) => err += 1,
+            }
+        }
+    }
+    println!("mutated files: {ok} decoded, {err} rejected");
+    assert!(err > 0);
+}
