@@ -232,10 +232,21 @@ pub fn normalize(src: &[u8], size: usize, out_size: usize, mean: [f32; 3], std: 
 pub trait Texel: Copy {
     fn unit(self) -> f32;
 }
+/// `i / 255` for every uint8 value (the same f32 values as dividing, without a division).
+static U8_UNIT: [f32; 256] = {
+    let mut t = [0f32; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = i as f32 / 255.0;
+        i += 1;
+    }
+    t
+};
+
 impl Texel for u8 {
     #[inline]
     fn unit(self) -> f32 {
-        self as f32 / 255.0
+        U8_UNIT[self as usize]
     }
 }
 impl Texel for f32 {
@@ -249,6 +260,8 @@ impl Texel for f32 {
 /// weights `weights[o * taps ..]` (zero-padded).
 struct Axis {
     start: Vec<usize>,
+    /// Taps output `o` uses (at least 1, at most `taps`).
+    count: Vec<usize>,
     taps: usize,
     weights: Vec<f32>,
 }
@@ -264,7 +277,7 @@ fn bilinear_filter(x: f32) -> f32 {
 fn axis(in_size: usize, out_size: usize, antialias: bool, outs: std::ops::Range<usize>) -> Axis {
     if in_size == out_size {
         let n = outs.len();
-        return Axis { start: outs.collect(), taps: 1, weights: vec![1.0; n] };
+        return Axis { start: outs.collect(), count: vec![1; n], taps: 1, weights: vec![1.0; n] };
     }
     let scale = in_size as f32 / out_size as f32;
     let n = outs.len();
@@ -273,6 +286,7 @@ fn axis(in_size: usize, out_size: usize, antialias: bool, outs: std::ops::Range<
         let invscale = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
         let taps = (support.ceil() as usize) * 2 + 1;
         let mut start = Vec::with_capacity(n);
+        let mut count = Vec::with_capacity(n);
         let mut weights = vec![0f32; n * taps];
         for (k, o) in outs.enumerate() {
             let center = scale * (o as f32 + 0.5);
@@ -293,10 +307,12 @@ fn axis(in_size: usize, out_size: usize, antialias: bool, outs: std::ops::Range<
                 w[0] = 1.0; // unreachable for valid sizes; keeps the output defined
             }
             start.push(xmin);
+            count.push(xsize.max(1));
         }
-        Axis { start, taps, weights }
+        Axis { start, count, taps, weights }
     } else {
         let mut start = Vec::with_capacity(n);
+        let mut count = Vec::with_capacity(n);
         let mut weights = vec![0f32; n * 2];
         for (k, o) in outs.enumerate() {
             let real = (scale * (o as f32 + 0.5) - 0.5).max(0.0);
@@ -309,8 +325,9 @@ fn axis(in_size: usize, out_size: usize, antialias: bool, outs: std::ops::Range<
                 weights[k * 2] = 1.0; // PyTorch reads the same pixel twice: (1 - l) x + l x = x
             }
             start.push(i0);
+            count.push(if i0 + 1 < in_size { 2 } else { 1 });
         }
-        Axis { start, taps: 2, weights }
+        Axis { start, count, taps: 2, weights }
     }
 }
 
@@ -349,7 +366,7 @@ pub fn resize_window<T: Texel>(
     let ay = axis(ch, out_full.0, antialias, wy0..wy0 + oh);
     // Source rows the height pass reads.
     let r0 = ay.start.first().copied().unwrap_or(0);
-    let r1 = ay.start.last().map_or(0, |&s| (s + ay.taps).min(ch));
+    let r1 = ay.start.iter().zip(&ay.count).map(|(&s, &c)| s + c).max().unwrap_or(0).min(ch);
     SCRATCH.with(|s| {
         let mut tmp = s.borrow_mut();
         tmp.clear();
@@ -361,14 +378,11 @@ pub fn resize_window<T: Texel>(
             for x in 0..ow {
                 let xs = if flip { ow - 1 - x } else { x };
                 let s0 = ax.start[xs];
-                let wts = &ax.weights[xs * ax.taps..(xs + 1) * ax.taps];
+                let wts = &ax.weights[xs * ax.taps..xs * ax.taps + ax.count[xs]];
                 let px = &row[s0 * 3..s0 * 3 + 3];
                 let mut acc = [wts[0] * px[0].unit(), wts[0] * px[1].unit(), wts[0] * px[2].unit()];
                 for (k, &wk) in wts.iter().enumerate().skip(1) {
-                    if wk == 0.0 {
-                        continue;
-                    }
-                    let px = &row[(s0 + k).min(cw - 1) * 3..];
+                    let px = &row[(s0 + k) * 3..(s0 + k) * 3 + 3];
                     for c in 0..3 {
                         acc[c] += wk * px[c].unit();
                     }
@@ -379,17 +393,14 @@ pub fn resize_window<T: Texel>(
         // Height pass: tmp -> out.
         for y in 0..oh {
             let s0 = ay.start[y];
-            let wts = &ay.weights[y * ay.taps..(y + 1) * ay.taps];
+            let wts = &ay.weights[y * ay.taps..y * ay.taps + ay.count[y]];
             let orow = &mut out[y * ow * 3..(y + 1) * ow * 3];
             let first = &tmp[(s0 - r0) * ow * 3..(s0 - r0 + 1) * ow * 3];
             for (o, &t) in orow.iter_mut().zip(first) {
                 *o = wts[0] * t;
             }
             for (k, &wk) in wts.iter().enumerate().skip(1) {
-                if wk == 0.0 {
-                    continue;
-                }
-                let r = (s0 + k).min(ch - 1) - r0;
+                let r = s0 + k - r0;
                 let trow = &tmp[r * ow * 3..(r + 1) * ow * 3];
                 for (o, &t) in orow.iter_mut().zip(trow) {
                     *o += wk * t;
@@ -457,8 +468,16 @@ pub fn adjust_saturation(img: &mut [f32], factor: f32) {
 pub fn adjust_hue(img: &mut [f32], factor: f32) {
     for p in img.chunks_exact_mut(3) {
         let (h, s, v) = rgb_to_hsv(p[0], p[1], p[2]);
+        // torch.remainder(h + factor, 1) for h + factor in [-0.5, 1.5), without a libm call:
+        // fmod is exact here and x - 1 is exact for x in [1, 2) (Sterbenz).
         let h = h + factor;
-        let h = h - h.floor(); // remainder(h, 1)
+        let h = if h < 0.0 {
+            h + 1.0
+        } else if h >= 1.0 {
+            h - 1.0
+        } else {
+            h
+        };
         let (r, g, b) = hsv_to_rgb(h, s, v);
         p[0] = r;
         p[1] = g;
@@ -483,7 +502,9 @@ pub fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
     } else {
         gc + 4.0 - rc
     };
-    let h = (h * (1.0f32 / 6.0) + 1.0) % 1.0;
+    // fmod(x, 1) for x = h / 6 + 1 in [5/6, 11/6]: exact either way, no libm call.
+    let x = h * (1.0f32 / 6.0) + 1.0;
+    let h = if x >= 1.0 { x - 1.0 } else { x };
     (h, s, maxc)
 }
 
@@ -491,7 +512,8 @@ pub fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
 #[inline]
 pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
     let h6 = h * 6.0;
-    let fl = h6.floor();
+    // h is in [0, 1], so truncation is floor (and avoids a libm call on baseline x86-64).
+    let fl = if h6 >= 0.0 { (h6 as i32) as f32 } else { h6.floor() };
     let f = h6 - fl;
     let i = (fl as i32).rem_euclid(6);
     let sxf = s * f;

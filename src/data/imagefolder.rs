@@ -84,14 +84,19 @@ fn split_root(root: &Path, split: Split) -> Result<PathBuf> {
 /// Decodes one image file to `size x size x 3` uint8 RGB.
 pub fn decode_file(path: &Path, size: usize, max_pixels: u64) -> std::result::Result<Vec<u8>, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    match std::panic::catch_unwind(|| decode_bytes(&bytes, size, max_pixels)) {
+    decode_bytes(&bytes, size, max_pixels)
+}
+
+/// Decodes an in-memory JPEG or PNG to `size x size x 3` uint8 RGB (see the module notes).
+/// Never panics: a panic inside a decoder is caught and returned as an error.
+pub fn decode_bytes(bytes: &[u8], size: usize, max_pixels: u64) -> std::result::Result<Vec<u8>, String> {
+    match std::panic::catch_unwind(|| decode_unchecked(bytes, size, max_pixels)) {
         Ok(r) => r,
         Err(_) => Err("the image decoder panicked on this file".into()),
     }
 }
 
-/// Decodes an in-memory JPEG or PNG to `size x size x 3` uint8 RGB (see the module notes).
-pub fn decode_bytes(bytes: &[u8], size: usize, max_pixels: u64) -> std::result::Result<Vec<u8>, String> {
+fn decode_unchecked(bytes: &[u8], size: usize, max_pixels: u64) -> std::result::Result<Vec<u8>, String> {
     if bytes.is_empty() {
         return Err("empty file".into());
     }

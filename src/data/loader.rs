@@ -112,6 +112,10 @@ impl Loader {
         self.spec.data.len() / self.spec.batch_size
     }
 
+    pub fn dataset(&self) -> &Arc<Dataset> {
+        &self.spec.data
+    }
+
     pub fn batch_size(&self) -> usize {
         self.spec.batch_size
     }
@@ -243,7 +247,8 @@ impl Drop for EpochIter {
 }
 
 /// Evaluation batches: normalised images (resized to `out_size` when needed) in dataset order,
-/// no shuffle, the last batch possibly short. A `batch_size` of 0 is taken as 1.
+/// no shuffle, the last batch possibly short. A `batch_size` of 0 is taken as 1. The dataset must
+/// be well formed (`images.len() == len() * size * size * 3`, as `load_dataset` makes it).
 pub fn eval_batches(data: &Dataset, out_size: usize, batch_size: usize, mean: [f32; 3], std: [f32; 3]) -> impl Iterator<Item = (Vec<f32>, Vec<u32>)> + '_ {
     let bs = batch_size.max(1);
     let n = data.len();

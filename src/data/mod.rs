@@ -154,10 +154,13 @@ pub(crate) fn fit_to_size(img: &[u8], h: usize, w: usize, size: usize) -> Vec<u8
     } else {
         ((size * h / w).max(size), size)
     };
-    let (top, left) = ((rh - size) / 2, (rw - size) / 2);
+    // torchvision CenterCrop: int(round((len - size) / 2)), Python rounding (half to even).
+    let centre = |len: usize| ((len - size) as f64 / 2.0).round_ties_even() as usize;
+    let (top, left) = (centre(rh), centre(rw));
     let mut buf = vec![0f32; size * size * 3];
     augment::resize_window(img, h, w, (0, 0, h, w), (rh, rw), (top, left, size, size), true, false, &mut buf);
-    buf.iter().map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect()
+    // Rounded half to even, as torch.round.
+    buf.iter().map(|&v| (v * 255.0).round_ties_even().clamp(0.0, 255.0) as u8).collect()
 }
 
 /// Keeps the first `limit` items of every class, in order.

@@ -9,6 +9,9 @@ Contents (tensors; the case list is JSON in the file's metadata under "cases"):
 - case.<name>: float32 [H, W, 3], torchvision.transforms.v2.functional applied with FIXED
   parameters (listed in the case's JSON entry) to the input converted to float (x / 255), CHW in
   torch, stored HWC.
+- resize.<input>.<size>: uint8 [size, size, 3], the resize-on-load of an input (torchvision
+  Resize(size) + CenterCrop(size) on the float image, rounded to uint8); input.tall is the noise
+  image transposed.
 - decode.<class>: uint8 [32, 32, 3], Pillow's decoding of the first test JPEG of each demo class
   (the reference for the Rust JPEG decoder).
 - crop_stats.<config>: float64 statistics of 100,000 draws of torchvision's
@@ -166,6 +169,12 @@ def main():
     for case in case_list:
         out = apply(to_float_chw(inputs[case["input"]]), case)
         tensors[f"case.{case['name']}"] = to_hwc(out).float()
+    # Resize-on-load: Resize(size) (shorter side, anti-aliased bilinear) + CenterCrop(size), uint8.
+    for inp, img in [("noise", inputs["noise"]), ("tall", inputs["noise"].transpose(1, 0, 2))]:
+        tensors[f"input.{inp}"] = torch.from_numpy(img.copy())
+        for size in [7, 9, 12, 30]:
+            x = F.center_crop(F.resize(to_float_chw(img), [size], antialias=True), [size, size])
+            tensors[f"resize.{inp}.{size}"] = to_hwc(x.mul(255).round().clamp(0, 255).to(torch.uint8))
     for cls in sorted(os.listdir(DEMO)):
         first = sorted(os.listdir(os.path.join(DEMO, cls)))[0]
         px = np.asarray(Image.open(os.path.join(DEMO, cls, first)).convert("RGB"), dtype=np.uint8)

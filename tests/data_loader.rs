@@ -1,0 +1,182 @@
+//! The loader: determinism across worker counts, exact mid-epoch start, batch contents
+//! recomputed independently, eval batches, error cases, and the throughput measurement.
+
+mod data_common;
+
+use std::sync::Arc;
+
+use ssl_engine::data::augment::{self, AugmentConfig};
+use ssl_engine::data::{Batch, Dataset, LoadOptions, Loader, Split, epoch_order, eval_batches, load_dataset, measure_throughput};
+use ssl_engine::rng::Rng;
+
+/// A synthetic dataset: n images of `size x size`, pixel values from a hash of (image, position).
+fn synthetic(n: usize, size: usize) -> Arc<Dataset> {
+    let images = (0..n * size * size * 3).map(|k| ((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8).collect();
+    Arc::new(Dataset { images, labels: (0..n).map(|i| (i % 7) as u32).collect(), classes: (0..7).map(|c| c.to_string()).collect(), size, skipped: vec![] })
+}
+
+fn two_views() -> Vec<AugmentConfig> {
+    vec![AugmentConfig::simsiam_cifar(), AugmentConfig { blur_p: 0.5, solarize_p: 0.2, ..AugmentConfig::simsiam_cifar() }]
+}
+
+fn collect(loader: &Loader, epoch: usize, start: usize) -> Vec<Batch> {
+    loader.epoch(epoch, start).collect()
+}
+
+#[test]
+fn data_loader_same_batches_with_1_and_4_workers() {
+    let data = synthetic(100, 32);
+    let one = Loader::new(data.clone(), two_views(), 32, 8, 42, 1, 1).unwrap();
+    let four = Loader::new(data.clone(), two_views(), 32, 8, 42, 4, 3).unwrap();
+    assert_eq!(one.batches_per_epoch(), 12); // drop_last: 100 / 8
+    for epoch in [0, 3] {
+        let a = collect(&one, epoch, 0);
+        let b = collect(&four, epoch, 0);
+        assert_eq!(a.len(), 12);
+        assert!(a == b, "epoch {epoch}: batches differ between 1 and 4 workers");
+        for (k, batch) in a.iter().enumerate() {
+            assert_eq!((batch.epoch, batch.step), (epoch, k));
+        }
+    }
+    // A different seed changes the order and the pixels.
+    let other = Loader::new(data, two_views(), 32, 8, 43, 2, 2).unwrap();
+    assert_ne!(collect(&other, 0, 0)[0].indices, collect(&one, 0, 0)[0].indices);
+}
+
+#[test]
+fn data_loader_start_mid_epoch_equals_skipping() {
+    let data = synthetic(90, 16);
+    let loader = Loader::new(data, two_views(), 16, 7, 9, 3, 4).unwrap();
+    let full = collect(&loader, 2, 0);
+    for k in [0, 1, 5, 12] {
+        let resumed = collect(&loader, 2, k);
+        assert!(resumed[..] == full[k..], "start at {k}");
+    }
+    assert!(collect(&loader, 2, 13).is_empty());
+    assert!(collect(&loader, 2, 1000).is_empty());
+    assert_eq!(loader.batch(2, 4).as_ref(), Some(&full[4]));
+    assert!(loader.batch(2, 13).is_none());
+}
+
+/// Every view of every sample equals `augment` with the documented stream, recomputed here.
+#[test]
+fn data_loader_batch_contents() {
+    let data = synthetic(50, 32);
+    let views = two_views();
+    let (seed, out, bs) = (7u64, 24usize, 10usize);
+    let loader = Loader::new(data.clone(), views.clone(), out, bs, seed, 2, 2).unwrap();
+    let epoch = 1;
+    let order = epoch_order(data.len(), seed, epoch);
+    let per = out * out * 3;
+    for batch in loader.epoch(epoch, 0) {
+        assert_eq!(batch.indices, order[batch.step * bs..(batch.step + 1) * bs]);
+        assert_eq!(batch.labels, batch.indices.iter().map(|&i| data.labels[i]).collect::<Vec<_>>());
+        assert_eq!(batch.views.len(), 2);
+        for (v, (view, cfg)) in batch.views.iter().zip(&views).enumerate() {
+            assert_eq!(view.len(), bs * per);
+            for (b, &i) in batch.indices.iter().enumerate() {
+                let mut rng = Rng::new(seed).stream("augment").derive(&[epoch as u64, i as u64, v as u64]);
+                let mut want = vec![0f32; per];
+                augment::augment(data.image(i), data.size, out, cfg, &mut rng, &mut want);
+                assert!(view[b * per..(b + 1) * per] == want[..], "epoch {epoch} sample {i} view {v}");
+            }
+        }
+        assert_ne!(batch.views[0], batch.views[1], "two views of one sample should differ");
+    }
+}
+
+#[test]
+fn data_loader_epoch_order() {
+    let n = 1000;
+    let a = epoch_order(n, 1, 0);
+    let mut sorted = a.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+    assert_eq!(a, epoch_order(n, 1, 0));
+    assert_ne!(a, epoch_order(n, 1, 1));
+    assert_ne!(a, epoch_order(n, 2, 0));
+    assert!(epoch_order(0, 1, 0).is_empty());
+    // Uniformity: the position of item 0 over many epochs, and of item k in one epoch, are
+    // uniform on 0..n; check the mean position within 5 standard errors.
+    let m = 4000;
+    let mean = (0..m).map(|e| epoch_order(10, 3, e).iter().position(|&x| x == 0).unwrap() as f64).sum::<f64>() / m as f64;
+    let se = (99.0f64 / 12.0 / m as f64).sqrt(); // variance of a uniform on 0..9: (10^2 - 1) / 12
+    assert!((mean - 4.5).abs() < 5.0 * se, "mean position {mean}");
+}
+
+#[test]
+fn data_loader_early_drop_and_prefetch_bounds() {
+    let data = synthetic(200, 16);
+    let loader = Loader::new(data, two_views(), 16, 4, 1, 4, 2).unwrap();
+    // Taking two batches and dropping the iterator stops and joins the workers.
+    let first: Vec<Batch> = loader.epoch(0, 0).take(2).collect();
+    assert_eq!(first.len(), 2);
+    let it = loader.epoch(0, 0);
+    assert_eq!(it.size_hint(), (50, Some(50)));
+    drop(it);
+    // Consuming slowly still gives every batch in order.
+    let mut steps = Vec::new();
+    for b in loader.epoch(0, 0) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        steps.push(b.step);
+    }
+    assert_eq!(steps, (0..50).collect::<Vec<_>>());
+}
+
+#[test]
+fn data_loader_rejects_bad_arguments() {
+    let data = synthetic(10, 8);
+    let ok = || two_views();
+    let cases: Vec<(&str, Result<Loader, ssl_engine::Error>)> = vec![
+        ("batch > n", Loader::new(data.clone(), ok(), 8, 11, 0, 1, 1)),
+        ("batch 0", Loader::new(data.clone(), ok(), 8, 0, 0, 1, 1)),
+        ("workers 0", Loader::new(data.clone(), ok(), 8, 2, 0, 0, 1)),
+        ("prefetch 0", Loader::new(data.clone(), ok(), 8, 2, 0, 1, 0)),
+        ("out 0", Loader::new(data.clone(), ok(), 0, 2, 0, 1, 1)),
+        ("no views", Loader::new(data.clone(), vec![], 8, 2, 0, 1, 1)),
+        ("bad config", Loader::new(data.clone(), vec![AugmentConfig { flip_p: 2.0, ..AugmentConfig::simsiam_cifar() }], 8, 2, 0, 1, 1)),
+    ];
+    for (what, r) in cases {
+        match r {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(e) => println!("{what}: {e}"),
+        }
+    }
+    let mut broken = (*data).clone();
+    broken.images.pop();
+    assert!(Loader::new(Arc::new(broken), ok(), 8, 2, 0, 1, 1).is_err());
+}
+
+#[test]
+fn data_loader_eval_batches() {
+    let data = synthetic(23, 32);
+    let (m, s) = (augment::CIFAR10_MEAN, augment::CIFAR10_STD);
+    let batches: Vec<(Vec<f32>, Vec<u32>)> = eval_batches(&data, 32, 10, m, s).collect();
+    assert_eq!(batches.iter().map(|b| b.1.len()).collect::<Vec<_>>(), [10, 10, 3]);
+    let all: Vec<f32> = batches.iter().flat_map(|b| b.0.iter().copied()).collect();
+    let labels: Vec<u32> = batches.iter().flat_map(|b| b.1.iter().copied()).collect();
+    assert_eq!(labels, data.labels);
+    for (k, (&got, &px)) in all.iter().zip(&data.images).enumerate() {
+        let want = (px as f32 / 255.0 - m[k % 3]) / s[k % 3];
+        assert!((got - want).abs() < 1e-6);
+    }
+    // Resized: 32 -> 16.
+    let small: Vec<(Vec<f32>, Vec<u32>)> = eval_batches(&data, 16, 100, m, s).collect();
+    assert_eq!(small.len(), 1);
+    assert_eq!(small[0].0.len(), 23 * 16 * 16 * 3);
+}
+
+/// Loader throughput on the demo data, 32x32 SimSiam views (printed; the number depends on the
+/// machine, so only sanity is asserted).
+#[test]
+fn data_loader_throughput() {
+    let data = Arc::new(load_dataset(&data_common::demo(), &LoadOptions { split: Split::Train, ..LoadOptions::default() }).unwrap());
+    let cfg = AugmentConfig::simsiam_cifar();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for workers in [1, cores.min(4)] {
+        let (vps, per) = measure_throughput(data.clone(), &cfg, 32, 256, workers, 20).unwrap();
+        println!("loader throughput: {workers} worker(s): {vps:.0} views/s, {per:.0} views/s per worker");
+        assert!(vps > 0.0 && per > 0.0);
+    }
+    assert!(measure_throughput(data, &cfg, 32, 256, 1, 0).is_err());
+}
