@@ -85,8 +85,13 @@ fn draw(path: &Path, title: &str, xlabel: &str, ylabel: &str, pts: &[(f64, f64)]
         root.present().map_err(|e| err(e.to_string()))?;
     }
     let tmp = path.with_extension("png.tmp");
-    image::save_buffer_with_format(&tmp, &buf, W, H, image::ColorType::Rgb8, image::ImageFormat::Png).map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    let saved = image::save_buffer_with_format(&tmp, &buf, W, H, image::ColorType::Rgb8, image::ImageFormat::Png)
+        .map_err(|e| err(e.to_string()))
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| err(e.to_string())));
+    if saved.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    saved
 }
 
 /// Writes loss.png, lr.png, knn.png and z_std.png into the run folder; returns the files written.
