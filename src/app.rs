@@ -156,6 +156,32 @@ pub fn eval_linear<B: Backend>(
     Ok(LinearReport { metrics: classification_metrics(&softmax_rows(&logits, classes), &test.labels, classes), train_images: y.len(), final_loss: last })
 }
 
+/// Few-label fine-tuning of the whole backbone with a linear head (train-mode BN, crop + flip).
+pub fn eval_finetune<B: Backend>(
+    mut m: LoadedBackbone<B>,
+    train: &Dataset,
+    test: &Dataset,
+    cfg: &Config,
+    probe: &LinearProbeConfig,
+    subset: Option<&[usize]>,
+    on_epoch: impl FnMut(usize, f64),
+) -> Result<LinearReport> {
+    let data = match subset {
+        Some(idx) => train.subset(idx),
+        None => train.subset(&(0..train.len()).collect::<Vec<_>>()),
+    };
+    let n = data.len();
+    let classes = train.classes.len().max(test.classes.len());
+    let aug = crate::eval::finetune::finetune_augment(cfg.augment.mean, cfg.augment.std);
+    let mut last = f64::NAN;
+    let mut on_epoch = on_epoch;
+    let logits = crate::eval::finetune::finetune(&m.backbone, &mut m.ps, Arc::new(data), test, cfg.data.image_size, aug, probe, |e, l| {
+        last = l;
+        on_epoch(e, l)
+    })?;
+    Ok(LinearReport { metrics: classification_metrics(&softmax_rows(&logits, classes), &test.labels, classes), train_images: n, final_loss: last })
+}
+
 /// Writes a float32 [rows, cols] array as NumPy .npy (version 1.0).
 pub fn write_npy_f32(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<()> {
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();

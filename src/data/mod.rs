@@ -54,6 +54,22 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// The images at `indices` (in that order), as a dataset of their own.
+    pub fn subset(&self, indices: &[usize]) -> Dataset {
+        let px = self.size * self.size * 3;
+        let mut images = Vec::with_capacity(indices.len() * px);
+        for &i in indices {
+            images.extend_from_slice(self.image(i));
+        }
+        Dataset {
+            images,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            classes: self.classes.clone(),
+            size: self.size,
+            skipped: Vec::new(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.labels.len()
     }

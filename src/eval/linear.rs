@@ -1,6 +1,8 @@
 //! The linear probe: a linear classifier trained with cross-entropy on frozen features
-//! (extracted once, eval-mode BN, no augmentation). SGD (lr 30 at batch 256, momentum 0.9,
-//! no weight decay, cosine) or LARS (base lr 0.02 x batch/256), as REFERENCE.md's protocols.
+//! (extracted once, eval-mode BN, no augmentation), SGD with momentum 0.9, no weight decay,
+//! cosine, or LARS. By default each feature is standardised first (MAE's BatchNorm without
+//! affine), with lr 0.5 at batch 256; `standardize = false, lr = 30` is MoCo's raw-feature
+//! protocol, LARS with lr 0.02 REFERENCE.md's other one.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,11 +27,15 @@ pub struct LinearProbeConfig {
     pub momentum: f32,
     pub weight_decay: f32,
     pub seed: u64,
+    /// Standardise each feature with the training set's mean and std first (a BatchNorm without
+    /// affine in front of the classifier, as MAE's probe); makes one learning rate fit backbones
+    /// of any feature scale.
+    pub standardize: bool,
 }
 
 impl Default for LinearProbeConfig {
     fn default() -> Self {
-        LinearProbeConfig { epochs: 100, batch_size: 256, optimizer: "sgd".into(), lr: 30.0, momentum: 0.9, weight_decay: 0.0, seed: 0 }
+        LinearProbeConfig { epochs: 100, batch_size: 256, optimizer: "sgd".into(), lr: 0.5, momentum: 0.9, weight_decay: 0.0, seed: 0, standardize: true }
     }
 }
 
@@ -41,6 +47,31 @@ pub struct LinearProbe<B: Backend> {
     fc: Linear,
     pub classes: usize,
     pub dim: usize,
+    /// Per-feature (mean, 1/std) applied before the classifier, when standardising.
+    scaler: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+/// Per-feature mean and 1/std of x [n, dim] (std floored so constant features stay finite).
+fn fit_scaler(x: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) {
+    let n = (x.len() / dim).max(1) as f64;
+    let mut mean = vec![0.0f64; dim];
+    let mut sq = vec![0.0f64; dim];
+    for row in x.chunks(dim) {
+        for (j, &v) in row.iter().enumerate() {
+            mean[j] += v as f64;
+            sq[j] += (v as f64) * (v as f64);
+        }
+    }
+    let m: Vec<f32> = mean.iter().map(|s| (s / n) as f32).collect();
+    let inv: Vec<f32> = (0..dim).map(|j| (1.0 / ((sq[j] / n - (mean[j] / n).powi(2)).max(0.0).sqrt() + 1e-6)) as f32).collect();
+    (m, inv)
+}
+
+fn apply_scaler(x: &[f32], dim: usize, scaler: &Option<(Vec<f32>, Vec<f32>)>) -> Vec<f32> {
+    match scaler {
+        None => x.to_vec(),
+        Some((m, inv)) => x.chunks(dim).flat_map(|row| row.iter().enumerate().map(|(j, &v)| (v - m[j]) * inv[j])).collect(),
+    }
 }
 
 impl<B: Backend> LinearProbe<B> {
@@ -49,7 +80,7 @@ impl<B: Backend> LinearProbe<B> {
         let n = x.len() / self.dim.max(1);
         let tape = Tape::inference();
         let cx = Ctx::new(&tape, &self.ps, false);
-        let xt = Tensor::from_f32(self.ps.backend(), x, &[n, self.dim], DType::F32)?;
+        let xt = Tensor::from_f32(self.ps.backend(), &apply_scaler(x, self.dim, &self.scaler), &[n, self.dim], DType::F32)?;
         self.fc.forward(&cx, &Var::constant(xt))?.value.to_f32()
     }
 }
@@ -71,6 +102,9 @@ pub fn train_linear_probe<B: Backend>(
     if cfg.batch_size == 0 || !(cfg.optimizer == "sgd" || cfg.optimizer == "lars") {
         return Err(Error::Invalid { op: "linear probe", msg: format!("optimizer must be sgd or lars (got {:?}) and batch_size positive", cfg.optimizer) });
     }
+    let scaler = cfg.standardize.then(|| fit_scaler(x, dim));
+    let scaled = apply_scaler(x, dim, &scaler);
+    let x = &scaled[..];
     let mut ps = ParamStore::new(b, DType::F32, cfg.seed);
     let fc = Linear::new(&mut ps, "fc", dim, classes, true, None, None)?;
     let mut opt = Sgd::new(cfg.momentum);
@@ -117,7 +151,7 @@ pub fn train_linear_probe<B: Backend>(
         }
         on_epoch(epoch, loss_sum / n as f64);
     }
-    Ok(LinearProbe { ps, fc, classes, dim })
+    Ok(LinearProbe { ps, fc, classes, dim, scaler })
 }
 
 fn trust_ratio<B: Backend>(w: &Tensor<B>, g: &Tensor<B>, wd: f64) -> Result<f64> {

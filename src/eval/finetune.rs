@@ -1,0 +1,78 @@
+//! Few-label fine-tuning (seed 003's protocol): the whole backbone plus a linear head trained
+//! end to end with cross-entropy on a small labelled subset, train-mode BN, random resized crop
+//! and flip; evaluated with eval-mode BN on the test set.
+
+use std::sync::Arc;
+
+use crate::autograd::{Tape, Var};
+use crate::backend::Backend;
+use crate::data::{AugmentConfig, Dataset, Loader, eval_batches};
+use crate::error::{Error, Result};
+use crate::eval::linear::LinearProbeConfig;
+use crate::models::Backbone;
+use crate::nn::{Ctx, Linear, ParamStore};
+use crate::optim::{Sgd, schedule::warmup_cosine};
+use crate::tensor::{DType, Tensor};
+
+/// Crop + flip only: the usual supervised CIFAR augmentation, normalised like pretraining.
+pub fn finetune_augment(mean: [f32; 3], std: [f32; 3]) -> AugmentConfig {
+    AugmentConfig { crop_scale: (0.5, 1.0), jitter_p: 0.0, gray_p: 0.0, blur_p: 0.0, solarize_p: 0.0, mean, std, ..AugmentConfig::simsiam_cifar() }
+}
+
+/// Fine-tunes `backbone` (its parameters in `ps`) with a new head on `train`; returns test logits.
+#[allow(clippy::too_many_arguments)]
+pub fn finetune<B: Backend>(
+    backbone: &Backbone,
+    ps: &mut ParamStore<B>,
+    train: Arc<Dataset>,
+    test: &Dataset,
+    image_size: usize,
+    aug: AugmentConfig,
+    cfg: &LinearProbeConfig,
+    mut on_epoch: impl FnMut(usize, f64),
+) -> Result<Vec<f32>> {
+    let classes = train.classes.len().max(test.classes.len());
+    let batch = cfg.batch_size.min(train.len());
+    if batch < 2 {
+        return Err(Error::Config(format!("fine-tuning needs at least 2 labelled images, got {}", train.len())));
+    }
+    let head = Linear::new(ps, "fc", backbone.feature_dim(), classes, true, None, None)?;
+    let b = ps.backend().clone();
+    let (mean, std) = (aug.mean, aug.std);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let loader = Loader::new(train, vec![aug], image_size, batch, cfg.seed, workers, 2)?;
+    let per_epoch = loader.batches_per_epoch();
+    let total = cfg.epochs * per_epoch;
+    let base_lr = cfg.lr * batch as f64 / 256.0;
+    let mut opt = Sgd::new(cfg.momentum);
+    let mut step = 0;
+    for epoch in 0..cfg.epochs {
+        let mut sum = 0.0;
+        for bt in loader.epoch(epoch, 0) {
+            let n = bt.labels.len();
+            let tape = Tape::new();
+            let cx = Ctx::new(&tape, ps, true);
+            let x = Var::constant(Tensor::from_f32(&b, &bt.views[0], &[n, image_size, image_size, 3], DType::F32)?);
+            let y: Vec<f32> = bt.labels.iter().map(|&l| l as f32).collect();
+            let y = Tensor::from_f32(&b, &y, &[n], DType::F32)?;
+            let loss = tape.cross_entropy(&head.forward(&cx, &backbone.forward(&cx, &x)?)?, &y)?;
+            sum += loss.value.scalar()? as f64;
+            let mut grads = tape.backward(&loss)?;
+            let pg = cx.param_grads(&mut grads);
+            drop(cx);
+            let lr = warmup_cosine(base_lr, step, total, 0) as f32;
+            opt.step(ps, &pg, |_| (lr, cfg.weight_decay))?;
+            step += 1;
+        }
+        on_epoch(epoch, sum / per_epoch.max(1) as f64);
+    }
+    let mut logits = Vec::with_capacity(test.len() * classes);
+    for (x, _) in eval_batches(test, image_size, 256, mean, std) {
+        let n = x.len() / (image_size * image_size * 3);
+        let tape = Tape::inference();
+        let cx = Ctx::new(&tape, ps, false);
+        let xt = Var::constant(Tensor::from_f32(&b, &x, &[n, image_size, image_size, 3], DType::F32)?);
+        logits.extend(head.forward(&cx, &backbone.forward(&cx, &xt)?)?.value.to_f32()?);
+    }
+    Ok(logits)
+}
