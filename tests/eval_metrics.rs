@@ -66,7 +66,15 @@ fn linear_probe_separates_separable_classes() {
     let x: Vec<f32> = y.iter().flat_map(|&c| (0..dim).map(move |d| if d == c as usize { 2.0 } else { 0.0 })).zip((0..).map(|_| ()))
         .map(|(v, _)| v + rng.uniform_range(-0.5, 0.5) as f32).collect();
     for opt in ["sgd", "lars"] {
-        let cfg = LinearProbeConfig { epochs: 20, batch_size: 64, optimizer: opt.into(), lr: if opt == "sgd" { 1.0 } else { 0.5 }, ..Default::default() };
+        // SGD on standardised features (the default), LARS on raw ones: both code paths.
+        let cfg = LinearProbeConfig {
+            epochs: 20,
+            batch_size: 64,
+            optimizer: opt.into(),
+            lr: if opt == "sgd" { 1.0 } else { 0.5 },
+            standardize: opt == "sgd",
+            ..Default::default()
+        };
         let mut losses = Vec::new();
         let probe = train_linear_probe(&b, &x, &y, dim, classes, &cfg, |_, l| losses.push(l)).unwrap();
         let m = classification_metrics(&probe.logits(&x).unwrap(), &y, classes);
