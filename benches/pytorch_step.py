@@ -31,6 +31,27 @@ def build(model, image_size):
     )
 
 
+class SimSiam(nn.Module):
+    """The paper's CIFAR model: backbone + 2-layer 2048-d projector (last BN without affine)
+    + 2048->512->2048 predictor; symmetric negative cosine with stop-gradient."""
+
+    def __init__(self, backbone, feat_dim):
+        super().__init__()
+        backbone.fc = nn.Identity()
+        self.backbone = backbone
+        self.projector = nn.Sequential(
+            nn.Linear(feat_dim, 2048, bias=False), nn.BatchNorm1d(2048), nn.ReLU(inplace=True),
+            nn.Linear(2048, 2048, bias=False), nn.BatchNorm1d(2048, affine=False))
+        self.predictor = nn.Sequential(
+            nn.Linear(2048, 512, bias=False), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Linear(512, 2048))
+
+    def forward(self, x1, x2):
+        z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        d = lambda p, z: -(F.normalize(p, dim=1) * F.normalize(z.detach(), dim=1)).sum(1).mean()
+        return 0.5 * d(p1, z2) + 0.5 * d(p2, z1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="resnet18-cifar")
@@ -40,6 +61,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--simsiam", action="store_true", help="time a whole SimSiam step (two views)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     m = build(a.model, a.image_size).train()
@@ -50,9 +72,16 @@ def main():
     y = torch.arange(a.batch) % 10
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
+    if a.simsiam:
+        feat = m.fc.in_features if hasattr(m, "fc") else m.head.in_features
+        m = SimSiam(m, feat).train()
+        x2 = torch.randn_like(x)
+        opt = torch.optim.SGD(m.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
+
     def step():
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(m(x), y).backward()
+        loss = m(x, x2) if a.simsiam else F.cross_entropy(m(x), y)
+        loss.backward()
         opt.step()
 
     for _ in range(a.warmup):
@@ -63,8 +92,10 @@ def main():
         step()
         ts.append(time.perf_counter() - t0)
     med = statistics.median(ts)
-    print(f"pytorch {torch.__version__} step {a.model} batch {a.batch}: median {med:.4f} s "
-          f"(min {min(ts):.4f}, max {max(ts):.4f}), {a.batch / med:.1f} img/s")
+    kind = "simsiam step" if a.simsiam else "step"
+    imgs = a.batch * (2 if a.simsiam else 1)
+    print(f"pytorch {torch.__version__} {kind} {a.model} batch {a.batch}: median {med:.4f} s "
+          f"(min {min(ts):.4f}, max {max(ts):.4f}), {imgs / med:.1f} img/s")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,28 @@ pub fn bench_step<B: Backend>(b: &B, model: &str, batch: usize, image: usize, wa
     Ok(Timing { name: format!("step {model} batch {batch}"), median_s, min_s, max_s, work: Work::Images(batch as f64) })
 }
 
+/// One SimSiam step: two views through backbone + projector + predictor (CIFAR heads, 2048-d),
+/// the symmetric loss, backward, fused SGD. The same step as `benches/pytorch_step.py --simsiam`.
+pub fn bench_simsiam_step<B: Backend>(b: &B, model: &str, batch: usize, image: usize, warmup: usize, runs: usize) -> Result<Timing> {
+    use crate::ssl::{Method, simsiam::{SimSiam, SimSiamConfig}};
+    let backbone = BackboneConfig::preset(model, image)?;
+    let mut ps = ParamStore::new(b, DType::F32, 0);
+    let method = SimSiam::new(&mut ps, &backbone, &SimSiamConfig::default())?;
+    let mut rng = Rng::new(1);
+    let views = [random(b, &mut rng, &[batch, image, image, 3])?, random(b, &mut rng, &[batch, image, image, 3])?];
+    let mut opt = Sgd::new(0.9);
+    let (median_s, min_s, max_s) = time(b, warmup, runs, || {
+        let tape = Tape::new();
+        let cx = Ctx::new(&tape, &ps, true);
+        let xs: Vec<Var<B>> = views.iter().map(|v| Var::constant(v.clone())).collect();
+        let out = Method::<B>::forward(&method, &cx, &xs, None)?;
+        let mut grads = tape.backward(&out.loss)?;
+        let pg = cx.param_grads(&mut grads);
+        opt.step(&ps, &pg, |_| (0.06, 5e-4))
+    })?;
+    Ok(Timing { name: format!("simsiam step {model} batch {batch} (2 views)"), median_s, min_s, max_s, work: Work::Images(2.0 * batch as f64) })
+}
+
 /// Each kernel family on the shapes ResNet-18 (CIFAR, batch `batch`) and ViT-tiny use.
 pub fn bench_kernels<B: Backend>(b: &B, batch: usize, filter: Option<&str>, runs: usize) -> Result<Vec<Timing>> {
     let mut rng = Rng::new(2);

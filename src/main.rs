@@ -167,6 +167,10 @@ enum BenchCmd {
         warmup: usize,
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Time a whole SimSiam step (two views, projector, predictor, loss) instead of the
+        /// supervised step; images/s then counts views.
+        #[arg(long)]
+        simsiam: bool,
     },
     /// Times each kernel family on ResNet-18 (CIFAR) and ViT-tiny shapes.
     Kernels {
@@ -299,9 +303,13 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
             }
         }
         Cmd::Bench { what } => match what {
-            BenchCmd::Step { backend, model, batch, image_size, warmup, runs } => with_backend!(backend.backend.as_str(), backend.threads, |b| {
+            BenchCmd::Step { backend, model, batch, image_size, warmup, runs, simsiam } => with_backend!(backend.backend.as_str(), backend.threads, |b| {
                 println!("backend: {}", b.name());
-                let t = bench::bench_step(&b, &model, batch, image_size, warmup, runs)?;
+                let t = if simsiam {
+                    bench::bench_simsiam_step(&b, &model, batch, image_size, warmup, runs)?
+                } else {
+                    bench::bench_step(&b, &model, batch, image_size, warmup, runs)?
+                };
                 println!("{}: median {:.4} s (min {:.4}, max {:.4}), {}", t.name, t.median_s, t.min_s, t.max_s, t.rate());
                 Ok::<(), ssl_engine::Error>(())
             })?,

@@ -96,7 +96,7 @@ fn resnet18_three_sgd_steps_match_pytorch() {
     let model = BackboneConfig::ResNet(cfg).build(&mut ps, "").unwrap();
     set_det_weights(&mut ps);
     let x = nhwc_input(&b, &f, "sgd.x");
-    let labels = tensor(&b, &f.f32("sgd.labels"), &[4]);
+    let labels = tensor(&b, &f.f32("sgd.labels"), &[16]);
     let mut opt = Sgd::new(0.9);
     let want = f.get("sgd.losses").1.to_vec();
     for (step, &w) in want.iter().enumerate() {
@@ -107,7 +107,7 @@ fn resnet18_three_sgd_steps_match_pytorch() {
         let mut grads = tape.backward(&loss).unwrap();
         let pg = cx.param_grads(&mut grads);
         drop(cx);
-        opt.step(&ps, &pg, |_| (0.05, 5e-4)).unwrap();
+        opt.step(&ps, &pg, |_| (0.002, 5e-4)).unwrap();
         let e = (got - w).abs() / w.abs();
         eprintln!("sgd step {step}: loss {got:.7} vs PyTorch {w:.7} (rel {e:.2e})");
         assert!(e <= 1e-5, "step {step}: loss {got} vs {w}");
