@@ -1,19 +1,12 @@
 //! Bad input through the real binary: each case gives one clear line naming the file, key or
 //! tensor, a non-zero exit, and leaves the last good checkpoint intact.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{repo, tmp_dir};
+
+use std::path::Path;
 use std::process::Command;
-
-fn repo(p: &str) -> String {
-    format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ssl-engine-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Runs the binary; returns (exit code, stderr).
 fn ssl(args: &[&str]) -> (i32, String) {
@@ -61,14 +54,14 @@ fn one_line_naming(code: i32, err: &str, what: &str) {
 
 #[test]
 fn missing_and_empty_data_directories_are_named() {
-    let out = tmp("missing");
+    let out = tmp_dir("missing");
     let (c, e) = run_tiny(&out, "/nonexistent/images", &[]);
     one_line_naming(c, &e, "/nonexistent/images");
-    let empty = tmp("empty-data");
+    let empty = tmp_dir("empty-data");
     let (c, e) = run_tiny(&out, &empty.display().to_string(), &[]);
     one_line_naming(c, &e, &empty.display().to_string());
     // A class folder without images.
-    let d = tmp("empty-class");
+    let d = tmp_dir("empty-class");
     std::fs::create_dir_all(d.join("cat")).unwrap();
     std::fs::create_dir_all(d.join("dog")).unwrap();
     std::fs::copy(repo("data/cifar10-demo/train/cat/0000.jpg"), d.join("cat/0000.jpg")).ok();
@@ -78,7 +71,7 @@ fn missing_and_empty_data_directories_are_named() {
 
 #[test]
 fn corrupt_images_are_skipped_and_counted_or_fail_naming_the_file() {
-    let d = tmp("corrupt");
+    let d = tmp_dir("corrupt");
     let src = Path::new(&repo("data/cifar10-demo/train/airplane")).to_path_buf();
     for class in ["a", "b"] {
         std::fs::create_dir_all(d.join(class)).unwrap();
@@ -91,7 +84,7 @@ fn corrupt_images_are_skipped_and_counted_or_fail_naming_the_file() {
     std::fs::write(d.join("a/zz-garbage.jpg"), b"this is not a jpeg").unwrap();
     let real = std::fs::read(repo("data/cifar10-demo/train/cat/0000.jpg")).unwrap();
     std::fs::write(d.join("b/zz-truncated.jpg"), &real[..real.len() / 3]).unwrap();
-    let out = tmp("corrupt-out");
+    let out = tmp_dir("corrupt-out");
     let (c, e) = run_tiny(&out, &d.display().to_string(), &["data.limit_per_class=100", "data.on_corrupt=\"fail\""]);
     one_line_naming(c, &e, "zz-");
     let (c, e) = run_tiny(&out, &d.display().to_string(), &["data.limit_per_class=100"]);
@@ -100,7 +93,7 @@ fn corrupt_images_are_skipped_and_counted_or_fail_naming_the_file() {
 
 #[test]
 fn config_errors_name_the_key() {
-    let out = tmp("cfg");
+    let out = tmp_dir("cfg");
     let (c, e) = run_tiny(&out, &repo("data/cifar10-demo/train"), &["optim.learning_rate=0.1"]);
     one_line_naming(c, &e, "learning_rate");
     let (c, e) = run_tiny(&out, &repo("data/cifar10-demo/train"), &["epochs=0"]);
@@ -117,7 +110,7 @@ fn config_errors_name_the_key() {
 
 #[test]
 fn checkpoint_of_another_architecture_is_rejected_naming_the_tensor() {
-    let out = tmp("arch");
+    let out = tmp_dir("arch");
     let (c, e) = run_tiny(&out, &repo("data/cifar10-demo/train"), &[]);
     assert_eq!(c, 0, "{e}");
     let ckpt = out.join("last.safetensors");
@@ -139,7 +132,7 @@ fn checkpoint_of_another_architecture_is_rejected_naming_the_tensor() {
 #[test]
 fn disk_full_while_checkpointing_keeps_the_previous_checkpoint() {
     // A 600 KB tmpfs holds one checkpoint of the tiny model (~350 KB) but not a second copy.
-    let mnt = tmp("full");
+    let mnt = tmp_dir("full");
     let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=600k", "tmpfs", mnt.to_str().unwrap()]).status().map(|s| s.success()).unwrap_or(false);
     if !ok {
         eprintln!("skipped: cannot mount a small tmpfs here (needs root) to simulate a full disk");

@@ -5,24 +5,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::{repo, tmp_dir};
+
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use ssl_engine::backend::cpu::CpuBackend;
 use ssl_engine::config::Config;
 use ssl_engine::train::{TrainSummary, train};
 use ssl_engine::{Error, app};
-
-fn repo(p: &str) -> String {
-    format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ssl-engine-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A tiny SimSiam run: ResNet-18 of width 4 on 16x16 crops of 60 demo images.
 fn tiny(out: &Path, extra: &[&str]) -> Config {
@@ -61,11 +52,11 @@ fn bits(s: &TrainSummary) -> Vec<(usize, u64)> {
 
 #[test]
 fn resume_mid_epoch_and_at_epoch_boundary_is_bit_identical() {
-    let straight = run(&tiny(&tmp("straight"), &[]), None).unwrap();
+    let straight = run(&tiny(&tmp_dir("straight"), &[]), None).unwrap();
     assert_eq!(straight.steps_done, 9, "3 epochs of 3 steps");
     for stop in [4, 6] {
         // 4 stops inside epoch 2, 6 at the end of epoch 2.
-        let out = tmp(&format!("resume{stop}"));
+        let out = tmp_dir(&format!("resume{stop}"));
         let first = run(&tiny(&out, &[&format!("max_steps={stop}")]), None).unwrap();
         assert_eq!(first.steps_done, stop);
         let rest = run(&tiny(&out, &[]), Some(&out.join("last.safetensors"))).unwrap();
@@ -94,9 +85,9 @@ fn without_stop_gradient_simsiam_collapses_and_with_it_does_not() {
         let v: serde_json::Value = serde_json::from_str(&last).unwrap();
         v["z_std"].as_f64().unwrap()
     };
-    let healthy_dir = tmp("healthy");
+    let healthy_dir = tmp_dir("healthy");
     let healthy = run(&tiny(&healthy_dir, &steps), None).unwrap();
-    let collapsed_dir = tmp("collapsed");
+    let collapsed_dir = tmp_dir("collapsed");
     let mut sets = steps.to_vec();
     sets.push("simsiam.no_stop_grad=true");
     let collapsed = run(&tiny(&collapsed_dir, &sets), None).unwrap();
@@ -111,7 +102,7 @@ fn without_stop_gradient_simsiam_collapses_and_with_it_does_not() {
 
 #[test]
 fn non_finite_loss_stops_with_exit_code_3_and_keeps_the_last_checkpoint() {
-    let out = tmp("nan");
+    let out = tmp_dir("nan");
     run(&tiny(&out, &["epochs=1"]), None).unwrap();
     let ckpt = out.join("last.safetensors");
     let before = std::fs::read(&ckpt).unwrap();
@@ -124,7 +115,7 @@ fn non_finite_loss_stops_with_exit_code_3_and_keeps_the_last_checkpoint() {
 
 #[test]
 fn export_matches_torchvision_state_dict_and_round_trips() {
-    let out = tmp("export");
+    let out = tmp_dir("export");
     let mut cfg = tiny(&out, &["epochs=1", "model_opts.width=64", "data.limit_per_class=2", "batch_size=4", "data.image_size=8", "monitor.knn_every=0"]);
     cfg.data.test_path = None;
     run(&cfg, None).unwrap();

@@ -152,6 +152,19 @@ pub fn tensor<B: Backend>(b: &B, v: &[f32], shape: &[usize]) -> Tensor<B> {
     Tensor::from_f32(b, v, shape, DType::F32).unwrap()
 }
 
+/// A fresh, empty folder under the system temp dir, unique to this test process and `name`.
+pub fn tmp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ssl-engine-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A path inside the repository.
+pub fn repo(p: &str) -> String {
+    format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))
+}
+
 pub fn cpu(threads: usize) -> ssl_engine::backend::cpu::CpuBackend {
     ssl_engine::backend::cpu::CpuBackend::new(threads).unwrap()
 }
