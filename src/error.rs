@@ -25,6 +25,11 @@ pub enum Error {
     #[error("{path}: {msg}")]
     File { path: String, msg: String },
 
+    /// A GPU backend failure: a missing driver, device or compiler library, a kernel that did
+    /// not compile (with the compiler's log), a failed launch, copy or allocation.
+    #[error("{backend}: {msg}")]
+    Device { backend: &'static str, msg: String },
+
     #[error("{0}")]
     Other(String),
 }
