@@ -23,8 +23,8 @@ enum Cmd {
 
 #[derive(clap::Args, Clone)]
 struct BackendArgs {
-    /// Compute backend.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
+    /// Compute backend (cuda: GPU 0; SSL_ENGINE_TF32=1 turns on TF32 tensor cores).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
     backend: String,
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
@@ -65,22 +65,37 @@ enum BenchCmd {
     },
 }
 
+/// Binds `$b` to the backend `$args` names and runs `$body` with it.
+macro_rules! on_backend {
+    ($args:expr, $b:ident => $body:expr) => {
+        match $args.backend.as_str() {
+            "cuda" => {
+                let tf32 = std::env::var("SSL_ENGINE_TF32").is_ok_and(|v| v == "1");
+                let $b = ssl_engine::backend::cuda::CudaBackend::new(0)?.with_tf32(tf32);
+                $body
+            }
+            _ => {
+                let $b = CpuBackend::new($args.threads)?;
+                $body
+            }
+        }
+    };
+}
+
 fn run(cli: Cli) -> ssl_engine::Result<()> {
     match cli.cmd {
         Cmd::Bench { what } => match what {
-            BenchCmd::Step { backend, model, batch, image_size, warmup, runs } => {
-                let b = CpuBackend::new(backend.threads)?;
+            BenchCmd::Step { backend, model, batch, image_size, warmup, runs } => on_backend!(backend, b => {
                 println!("backend: {}", ssl_engine::backend::Backend::name(&b));
                 let t = bench::bench_step(&b, &model, batch, image_size, warmup, runs)?;
                 println!("{}: median {:.4} s (min {:.4}, max {:.4}), {}", t.name, t.median_s, t.min_s, t.max_s, t.rate());
-            }
-            BenchCmd::Kernels { backend, batch, filter, runs } => {
-                let b = CpuBackend::new(backend.threads)?;
+            }),
+            BenchCmd::Kernels { backend, batch, filter, runs } => on_backend!(backend, b => {
                 println!("backend: {}", ssl_engine::backend::Backend::name(&b));
                 for t in bench::bench_kernels(&b, batch, filter.as_deref(), runs)? {
                     println!("{:<42} {:>10.3} ms  {}", t.name, t.median_s * 1e3, t.rate());
                 }
-            }
+            }),
         },
     }
     Ok(())
