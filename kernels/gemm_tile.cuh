@@ -32,13 +32,19 @@ struct GemmSmem {
 };
 
 DEV u32 to_tf32(float f) {
+#ifdef SSL_EMU  // host emulation for tests (tests/emu/cuda_emu.h)
+    return emu_tf32(f);
+#else
     u32 r;
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(f));
     return r;
+#endif
 }
 
 DEV void mma_tf32(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-#if __CUDA_ARCH__ >= 800
+#ifdef SSL_EMU
+    emu_mma_tf32(c, a0, a1, a2, a3, b0, b1);
+#elif __CUDA_ARCH__ >= 800
     asm volatile(
         "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"

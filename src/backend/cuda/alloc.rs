@@ -37,15 +37,26 @@ struct State {
     fake_next: u64,
 }
 
+/// Where the memory comes from.
+pub(crate) enum Memory {
+    /// cuMemAlloc on this context.
+    Cuda(Arc<CudaContext>),
+    /// Dry run: fake addresses, nothing allocated.
+    Fake,
+    /// Host emulation: 256-byte-aligned host memory (the "device pointers" are host pointers).
+    Host,
+}
+
 pub(crate) struct Pool {
-    /// None in a dry run (no device: addresses are fake and nothing is allocated).
-    ctx: Option<Arc<CudaContext>>,
+    mem: Memory,
     state: Mutex<State>,
 }
 
+const HOST_ALIGN: usize = 256;
+
 impl Pool {
-    pub fn new(ctx: Option<Arc<CudaContext>>) -> Self {
-        Pool { ctx, state: Mutex::new(State { fake_next: 1 << 32, ..State::default() }) }
+    pub fn new(mem: Memory) -> Self {
+        Pool { mem, state: Mutex::new(State { fake_next: 1 << 32, ..State::default() }) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -64,11 +75,24 @@ impl Pool {
             st.live_bytes += class;
             return Ok((p, class));
         }
-        let Some(ctx) = &self.ctx else {
-            let p = st.fake_next;
-            st.fake_next += class as u64;
-            st.live_bytes += class;
-            return Ok((p, class));
+        let ctx = match &self.mem {
+            Memory::Cuda(ctx) => ctx,
+            Memory::Fake => {
+                let p = st.fake_next;
+                st.fake_next += class as u64;
+                st.live_bytes += class;
+                return Ok((p, class));
+            }
+            Memory::Host => {
+                let layout = std::alloc::Layout::from_size_align(class, HOST_ALIGN).map_err(|e| err(format!("host alloc: {e}")))?;
+                // SAFETY: non-zero size; freed with the same layout in release_locked.
+                let p = unsafe { std::alloc::alloc(layout) };
+                if p.is_null() {
+                    return Err(err(format!("host alloc of {class} bytes failed")));
+                }
+                st.live_bytes += class;
+                return Ok((p as u64, class));
+            }
         };
         ctx.bind_to_thread().map_err(|e| err(format!("bind context: {e}")))?;
         // SAFETY: plain allocation in the current (bound) context.
@@ -107,10 +131,23 @@ impl Pool {
     }
 
     fn release_locked(&self, st: &mut State) -> Result<()> {
-        let Some(ctx) = &self.ctx else {
-            st.free.clear();
-            st.pooled_bytes = 0;
-            return Ok(());
+        let ctx = match &self.mem {
+            Memory::Cuda(ctx) => ctx,
+            Memory::Fake => {
+                st.free.clear();
+                st.pooled_bytes = 0;
+                return Ok(());
+            }
+            Memory::Host => {
+                for (class, v) in st.free.drain() {
+                    for p in v {
+                        // SAFETY: allocated in `take` with this class and alignment, now unused.
+                        unsafe { std::alloc::dealloc(p as *mut u8, std::alloc::Layout::from_size_align_unchecked(class, HOST_ALIGN)) };
+                    }
+                }
+                st.pooled_bytes = 0;
+                return Ok(());
+            }
         };
         ctx.bind_to_thread().map_err(|e| err(format!("bind context: {e}")))?;
         // Queued kernels may still use cached blocks: wait for them before freeing.

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, result, sys};
 
-use super::alloc::Pool;
+use super::alloc::{Memory, Pool};
 use super::nvrtc::{self, ParamKind, Target, err};
 use crate::error::Result;
 
@@ -80,9 +80,17 @@ struct Stream(sys::CUstream);
 unsafe impl Send for Stream {}
 unsafe impl Sync for Stream {}
 
+/// Host emulation of the kernels (tests only): a shared library built from kernels/*.cu with
+/// tests/emu/cuda_emu.h, whose `ssl_emu_launch` runs a grid on host threads.
+struct Emu {
+    _lib: libloading::Library,
+    launch: unsafe extern "C" fn(*const std::ffi::c_char, *const u32, *const u32, *mut *mut c_void) -> i32,
+}
+
 pub(crate) struct Device {
-    /// None in a dry run.
+    /// None in a dry run and in host emulation.
     ctx: Option<Arc<CudaContext>>,
+    emu: Option<Emu>,
     stream: Stream,
     modules: Vec<Module>,
     kernels: HashMap<String, Kernel>,
@@ -134,9 +142,10 @@ impl Device {
             let hs: Vec<_> = nvrtc::FAMILIES.iter().map(|(f, src)| s.spawn(|| nvrtc::compile_cached(f, src, &target, dir.as_deref(), false))).collect();
             hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(err("compiler thread panicked")))).collect()
         });
-        let pool = Arc::new(Pool::new(Some(ctx.clone())));
+        let pool = Arc::new(Pool::new(Memory::Cuda(ctx.clone())));
         let mut dev = Device {
             ctx: Some(ctx),
+            emu: None,
             stream: Stream(stream),
             modules: Vec::new(),
             kernels: HashMap::new(),
@@ -170,6 +179,24 @@ impl Device {
 
     /// A device without a GPU (see the module doc). Needs libnvrtc for the kernel signatures.
     pub fn dry_run(sm_count: u32) -> Result<Device> {
+        Self::without_gpu(sm_count, None)
+    }
+
+    /// Host emulation: launches run the kernels compiled for the host (library `lib`, built by
+    /// the tests from kernels/*.cu and tests/emu/cuda_emu.h) on host memory.
+    pub fn emulated(lib: &std::path::Path, sm_count: u32) -> Result<Device> {
+        // SAFETY: the library is the emulator built by the tests; its symbol has this signature.
+        let emu = unsafe {
+            let l = libloading::Library::new(lib).map_err(|e| err(format!("load {}: {e}", lib.display())))?;
+            let f = *l
+                .get::<unsafe extern "C" fn(*const std::ffi::c_char, *const u32, *const u32, *mut *mut c_void) -> i32>(b"ssl_emu_launch\0")
+                .map_err(|e| err(format!("{}: {e}", lib.display())))?;
+            Emu { _lib: l, launch: f }
+        };
+        Self::without_gpu(sm_count, Some(emu))
+    }
+
+    fn without_gpu(sm_count: u32, emu: Option<Emu>) -> Result<Device> {
         let target = Target("compute_80".into());
         let dir = nvrtc::cache_dir();
         let mut kernels = HashMap::new();
@@ -180,21 +207,26 @@ impl Device {
                 kernels.insert(name, Kernel { func: None, params });
             }
         }
+        let (mem, name) = match emu {
+            Some(_) => (Memory::Host, format!("cuda host emulation ({sm_count} SMs)")),
+            None => (Memory::Fake, format!("cuda dry run ({sm_count} SMs, no GPU)")),
+        };
         Ok(Device {
             ctx: None,
+            emu,
             stream: Stream(std::ptr::null_mut()),
             modules: Vec::new(),
             kernels,
-            pool: Arc::new(Pool::new(None)),
+            pool: Arc::new(Pool::new(mem)),
             sm_count,
-            name: format!("cuda dry run ({sm_count} SMs, no GPU)"),
+            name,
             target,
             dry_log: Mutex::new(Vec::new()),
         })
     }
 
     pub fn is_dry_run(&self) -> bool {
-        self.ctx.is_none()
+        self.ctx.is_none() && self.emu.is_none()
     }
 
     /// The names of every loaded kernel.
@@ -227,6 +259,15 @@ impl Device {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 || grid.0 > i32::MAX as u32 || grid.1 > 65535 || grid.2 > 65535 || threads == 0 || threads > 1024 {
             return Err(err(format!("{kernel}: launch grid {grid:?} block {block:?} outside the hardware limits")));
         }
+        if let Some(emu) = &self.emu {
+            let name = CString::new(kernel).map_err(|_| err("bad kernel name"))?;
+            let mut params: Vec<*mut c_void> = args.iter().map(Arg::as_param).collect();
+            let (g, b) = ([grid.0, grid.1, grid.2], [block.0, block.1, block.2]);
+            // SAFETY: the emulator reads the parameters by the kernel's own types, which match
+            // `args` (checked above); device pointers are host pointers from the host pool.
+            let rc = unsafe { (emu.launch)(name.as_ptr(), g.as_ptr(), b.as_ptr(), params.as_mut_ptr()) };
+            return if rc == 0 { Ok(()) } else { Err(err(format!("emulated launch of {kernel} failed ({rc})"))) };
+        }
         let Some(func) = k.func else {
             self.dry_log.lock().unwrap_or_else(|e| e.into_inner()).push(LaunchRecord { kernel: kernel.to_string(), grid, block });
             return Ok(());
@@ -246,6 +287,11 @@ impl Device {
         if src.is_empty() || self.is_dry_run() {
             return Ok(());
         }
+        if self.emu.is_some() {
+            // SAFETY: dst is a live host block of at least src.len() bytes.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+            return Ok(());
+        }
         self.bind()?;
         // SAFETY: dst is a live block of at least src.len() bytes.
         unsafe { result::memcpy_htod_async(dst, src, self.stream.0) }.map_err(|e| err(format!("upload {} bytes: {e}", src.len())))
@@ -260,6 +306,11 @@ impl Device {
             dst.fill(0);
             return Ok(());
         }
+        if self.emu.is_some() {
+            // SAFETY: src is a live host block of at least dst.len() bytes.
+            unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
+            return Ok(());
+        }
         self.bind()?;
         // SAFETY: src is a live block of at least dst.len() bytes; the copy is complete after the
         // stream synchronisation below, before dst is used.
@@ -271,6 +322,12 @@ impl Device {
         if bytes == 0 || self.is_dry_run() {
             return Ok(());
         }
+        if self.emu.is_some() {
+            // SAFETY: distinct live host blocks of at least `bytes` bytes (ops.rs never copies a
+            // buffer onto itself).
+            unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
+            return Ok(());
+        }
         self.bind()?;
         // SAFETY: both are live blocks of at least `bytes` bytes.
         unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream.0) }.map_err(|e| err(format!("device copy of {bytes} bytes: {e}")))
@@ -278,7 +335,7 @@ impl Device {
 
     /// Waits for all queued work; a kernel fault shows up here.
     pub fn synchronize(&self) -> Result<()> {
-        if self.is_dry_run() {
+        if self.ctx.is_none() {
             return Ok(());
         }
         self.bind()?;

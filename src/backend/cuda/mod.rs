@@ -85,6 +85,13 @@ impl CudaBackend {
         Ok(CudaBackend { dev: Arc::new(Device::dry_run(sm_count)?), tf32: false })
     }
 
+    /// For tests: the kernels compiled for the host (`lib`, built from kernels/*.cu with
+    /// tests/emu/cuda_emu.h) run on host threads and host memory, with the real launch code.
+    #[doc(hidden)]
+    pub fn emulated(lib: &std::path::Path, sm_count: u32) -> Result<Self> {
+        Ok(CudaBackend { dev: Arc::new(Device::emulated(lib, sm_count)?), tf32: false })
+    }
+
     /// TF32 tensor cores for matmul and convolution (faster, ~1e-3 relative error).
     pub fn with_tf32(mut self, on: bool) -> Self {
         self.tf32 = on;
