@@ -49,6 +49,9 @@ pub(crate) enum Memory {
 
 pub(crate) struct Pool {
     mem: Memory,
+    /// `SSL_ENGINE_CUDA_NO_POOL=1`: exact sizes and no caching (every free waits for the device
+    /// and returns the block), so compute-sanitizer's memcheck sees every overrun.
+    exact: bool,
     state: Mutex<State>,
 }
 
@@ -56,7 +59,8 @@ const HOST_ALIGN: usize = 256;
 
 impl Pool {
     pub fn new(mem: Memory) -> Self {
-        Pool { mem, state: Mutex::new(State { fake_next: 1 << 32, ..State::default() }) }
+        let exact = matches!(mem, Memory::Cuda(_)) && std::env::var("SSL_ENGINE_CUDA_NO_POOL").is_ok_and(|v| v == "1");
+        Pool { mem, exact, state: Mutex::new(State { fake_next: 1 << 32, ..State::default() }) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -65,7 +69,7 @@ impl Pool {
 
     /// A block of `size_class(bytes)` bytes; the pointer is 256-byte aligned (or 0 for 0 bytes).
     pub fn take(&self, bytes: usize) -> Result<(u64, usize)> {
-        let class = size_class(bytes);
+        let class = if self.exact { bytes } else { size_class(bytes) };
         if class == 0 {
             return Ok((0, 0));
         }
@@ -125,6 +129,16 @@ impl Pool {
             return;
         }
         let mut st = self.lock();
+        if self.exact && let Memory::Cuda(ctx) = &self.mem {
+            st.live_bytes = st.live_bytes.saturating_sub(class);
+            if ctx.bind_to_thread().is_ok() && ctx.synchronize().is_ok() {
+                // SAFETY: from cuMemAlloc; the device is idle, so no queued kernel uses it.
+                unsafe {
+                    let _ = result::free_sync(ptr);
+                }
+            }
+            return;
+        }
         st.live_bytes = st.live_bytes.saturating_sub(class);
         st.pooled_bytes += class;
         st.free.entry(class).or_default().push(ptr);
