@@ -4,9 +4,10 @@
 // One block computes a BM x BN tile of C = A (M x K) . B (K x N) over the k range [k0, k1):
 // 256 threads, BK-deep shared-memory tiles, the next tile prefetched into registers while the
 // current one is multiplied. Two inner kernels:
-// - SIMT (exact FP32, the default): each thread owns a 4 x 4 grid of outputs (rows ty + 16 r,
-//   columns tx + 16 c) and adds the products in k order with fmaf, so the result is
-//   deterministic and as accurate as a plain dot product.
+// - SIMT (exact FP32, the default): each thread owns a 4 x 4 block of outputs (rows 4 ty + r,
+//   columns 4 tx + c), reads its 4 + 4 operands per k step as two 16-byte shared loads, and adds
+//   the products in k order with fmaf, so the result is deterministic and as accurate as a plain
+//   dot product.
 // - TC (TF32 tensor cores, opt-in): mma.sync m16n8k8 TF32 with FP32 accumulation; 8 warps in a
 //   2 x 4 layout, each warp a 32 x 16 sub-tile.
 //
@@ -26,7 +27,7 @@
 // the SIMT reads and the mma fragment reads free of bank conflicts.
 #define SPAD 8
 
-struct GemmSmem {
+struct __align__(16) GemmSmem {
     float a[BK][BM + SPAD];
     float b[BK][BN + SPAD];
 };
@@ -127,11 +128,11 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
             const int ty = tid / 16, tx = tid % 16;
 #pragma unroll
             for (int kk = 0; kk < BK; ++kk) {
-                float av[4], bv[4];
-#pragma unroll
-                for (int r = 0; r < 4; ++r) av[r] = s.a[kk][ty + 16 * r];
-#pragma unroll
-                for (int c = 0; c < 4; ++c) bv[c] = s.b[kk][tx + 16 * c];
+                // Rows of 72 floats (288 bytes) keep every 4-float group 16-byte aligned.
+                const float4 a4 = *reinterpret_cast<const float4*>(&s.a[kk][4 * ty]);
+                const float4 b4 = *reinterpret_cast<const float4*>(&s.b[kk][4 * tx]);
+                const float av[4] = {a4.x, a4.y, a4.z, a4.w};
+                const float bv[4] = {b4.x, b4.y, b4.z, b4.w};
 #pragma unroll
                 for (int r = 0; r < 4; ++r)
 #pragma unroll
@@ -173,11 +174,11 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
         const int ty = tid / 16, tx = tid % 16;
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
-            const int row = m0 + ty + 16 * r;
+            const int row = m0 + 4 * ty + r;
             if (row >= M) continue;
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
-                const int col = n0 + tx + 16 * c;
+                const int col = n0 + 4 * tx + c;
                 if (col < N) C[(i64)row * ldc + col] = acc[r * 4 + c];
             }
         }

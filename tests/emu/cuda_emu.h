@@ -53,6 +53,11 @@ inline thread_local emu_thread emu_t;
 #define __forceinline__ inline
 #define __shared__ static
 #define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
 
 struct emu_mma_slot {
     unsigned a[4], b[2];

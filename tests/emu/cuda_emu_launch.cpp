@@ -1,8 +1,13 @@
 // The launch side of the host emulation (see cuda_emu.h): blocks in order, each block's
-// threads as host threads.
+// threads as host threads. One launch at a time in the whole process: __shared__ variables are
+// statics, so two blocks must never run at once (tests run on several threads).
+#include <mutex>
+
 #include "cuda_emu.h"
 
 extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsigned* block, void** params) {
+    static std::mutex one_at_a_time;
+    std::lock_guard<std::mutex> lock(one_at_a_time);
     auto it = emu_registry().find(name);
     if (it == emu_registry().end()) return 1;
     const emu_entry f = it->second;
