@@ -251,9 +251,12 @@ pub fn compile_cached(file: &str, src: &str, target: &Target, dir: Option<&Path>
     let key = cache_key(file, src, target)?;
     let img_path = dir.join(format!("{key}.{}", if target.is_cubin() { "cubin" } else { "ptx" }));
     let ptx_path = dir.join(format!("{key}.sig.ptx"));
-    if !fresh && let Ok(image) = std::fs::read(&img_path) && !image.is_empty() {
-        let ptx = std::fs::read_to_string(&ptx_path).ok();
-        return Ok(Compiled { image, ptx, log: String::new() });
+    if !fresh
+        && let Ok(image) = std::fs::read(&img_path)
+        && !image.is_empty()
+        && let Ok(ptx) = std::fs::read_to_string(&ptx_path)
+    {
+        return Ok(Compiled { image, ptx: Some(ptx), log: String::new() });
     }
     let c = compile(file, src, target)?;
     if let Some(p) = &c.ptx {
