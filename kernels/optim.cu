@@ -1,14 +1,14 @@
 // The fused multi-tensor SGD step (PyTorch semantics, dampening 0, no Nesterov). Twin of
 // src/backend/cpu/optim.rs:  d = g + wd * p;  buf = momentum * buf + d;  p -= lr * buf.
 //
-// Up to SGD_MAX_TENSORS tensors per launch, described by a struct passed by value as the kernel
+// Up to SGD_MAX_TENSORS tensors per launch (the struct stays under 4 KB of parameters), described by a struct passed by value as the kernel
 // parameter (no host-to-device copy, nothing to keep alive). Tensor t owns blocks
 // [block_end[t - 1], block_end[t]) (block_end[-1] = 0); block b updates elements
 // [(b - first block of t) * SGD_CHUNK, ... + SGD_CHUNK) of its tensor.
 // The Rust mirror of these structs is in src/backend/cuda/optim.rs (#[repr(C)], same order).
 #include "common.cuh"
 
-#define SGD_MAX_TENSORS 48
+#define SGD_MAX_TENSORS 80
 #define SGD_THREADS 256
 #define SGD_CHUNK (SGD_THREADS * 4)
 

@@ -197,8 +197,8 @@ fn dry_run_every_op_launches_valid_kernels() {
     let l = dev.take_launches();
     assert_eq!(l.len(), 1, "one SGD launch for all tensors");
     assert_eq!(l[0].grid.0 as usize, 1 + 1 + 1 + 5, "blocks of 1024 elements");
-    // More tensors than one launch holds: split into launches of 48.
-    let many: Vec<[Tensor<CudaBackend>; 3]> = (0..100).map(|_| [0, 1, 2].map(|_| Tensor::zeros(&dev, &[3], DType::F32).unwrap())).collect();
+    // More tensors than one launch holds: split into launches of 80.
+    let many: Vec<[Tensor<CudaBackend>; 3]> = (0..170).map(|_| [0, 1, 2].map(|_| Tensor::zeros(&dev, &[3], DType::F32).unwrap())).collect();
     let slots: Vec<ops::SgdSlot<'_, CudaBackend>> = many
         .iter()
         .map(|t| ops::SgdSlot { param: &t[0], grad: &t[1], momentum_buf: &t[2], lr: 0.1, weight_decay: 0.0 })
