@@ -241,7 +241,7 @@ fn dry_run_rejects_unsupported_sizes_cleanly() {
     let Some(dev) = dry() else { return };
     // Head dim over 128: a clear error, not a bad launch.
     let q = Tensor::zeros(&dev, &[1, 2, 129], DType::F32).unwrap();
-    let e = ops::attention(&q, &q, &q, 1.0).err().expect("error");
+    let e = ops::attention(&q, &q, &q, 1.0).expect_err("head dim 129");
     assert!(e.to_string().contains("head dim"), "{e}");
     // f64 is not supported on this backend.
     assert!(Tensor::zeros(&dev, &[3], DType::F64).is_err());

@@ -207,7 +207,7 @@ mod tests {
     fn size_classes_cover_the_request_with_little_waste() {
         for b in [1usize, 255, 256, 257, 1000, 4096, 4097, 1 << 20, (1 << 20) + 1, 123_456_789] {
             let c = size_class(b);
-            assert!(c >= b && c % 256 == 0, "{b} -> {c}");
+            assert!(c >= b && c.is_multiple_of(256), "{b} -> {c}");
             assert!(c as f64 <= (b as f64 * 1.125).max(256.0) + 256.0, "{b} -> {c}");
         }
         assert_eq!(size_class(0), 0);
