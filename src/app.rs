@@ -29,8 +29,14 @@ macro_rules! with_backend {
                 let $b = $crate::backend::cpu::CpuBackend::new($threads)?;
                 $body
             }
+            // GPU 0; SSL_ENGINE_TF32=1 runs matmul and convolutions on TF32 tensor cores.
+            "cuda" => {
+                let tf32 = std::env::var("SSL_ENGINE_TF32").is_ok_and(|v| v == "1");
+                let $b = $crate::backend::cuda::CudaBackend::new(0)?.with_tf32(tf32);
+                $body
+            }
             other => Err($crate::Error::Config(format!(
-                "backend {other:?} is not available in this build of ssl-engine (available: cpu)"
+                "backend {other:?} is not available in this build of ssl-engine (available: cpu, cuda)"
             ))),
         }
     }};

@@ -125,8 +125,9 @@ pub fn bench_kernels<B: Backend>(b: &B, batch: usize, filter: Option<&str>, runs
         Ok(())
     };
     let n = batch;
-    // GEMM: a square one and ViT-tiny's qkv / MLP projections over batch x 65 tokens.
-    for (m, k, nn) in [(1024, 1024, 1024), (n * 65, 192, 576), (n * 65, 192, 768), (n * 65, 768, 192)] {
+    // GEMM: square ones (4096^3 is the GPU yardstick; `--filter` skips it on a CPU) and
+    // ViT-tiny's qkv / MLP projections over batch x 65 tokens.
+    for (m, k, nn) in [(1024, 1024, 1024), (4096, 4096, 4096), (n * 65, 192, 576), (n * 65, 192, 768), (n * 65, 768, 192)] {
         let (a, w) = (random(b, &mut rng, &[m, k])?, random(b, &mut rng, &[nn, k])?);
         push(format!("matmul {m}x{k} . ({nn}x{k})^T"), Work::Flops(2.0 * (m * k * nn) as f64), &mut || {
             ops::matmul(&a, &w, false, true).map(drop)
@@ -162,12 +163,15 @@ pub fn bench_kernels<B: Backend>(b: &B, batch: usize, filter: Option<&str>, runs
         push("layernorm fwd 65x192".into(), Work::Bytes((x.numel() * 8) as f64), &mut || ops::layernorm(&x, &g, &be, 1e-6).map(drop))?;
         let h = random(b, &mut rng, &[n * 65, 768])?;
         push("gelu fwd 65x768".into(), Work::Bytes((h.numel() * 8) as f64), &mut || ops::unary(Unary::Gelu, &h).map(drop))?;
-        let q = random(b, &mut rng, &[n, 3, 65, 64])?;
-        let (k, v) = (random(b, &mut rng, &[n, 3, 65, 64])?, random(b, &mut rng, &[n, 3, 65, 64])?);
-        let flops = 4.0 * (n * 3 * 65 * 65 * 64) as f64;
-        push("attention fwd 3x65x64".into(), Work::Flops(flops), &mut || ops::attention(&q, &k, &v, 0.125).map(drop))?;
-        let (o, lse) = ops::attention(&q, &k, &v, 0.125)?;
-        push("attention bwd 3x65x64".into(), Work::Flops(2.5 * flops), &mut || ops::attention_bwd(&q, &k, &v, &o, &lse, &o, 0.125).map(drop))?;
+        // ViT-tiny (3 heads) and ViT-small (6 heads) of 64, 65 tokens.
+        for heads in [3, 6] {
+            let q = random(b, &mut rng, &[n, heads, 65, 64])?;
+            let (k, v) = (random(b, &mut rng, &[n, heads, 65, 64])?, random(b, &mut rng, &[n, heads, 65, 64])?);
+            let flops = 4.0 * (n * heads * 65 * 65 * 64) as f64;
+            push(format!("attention fwd {heads}x65x64"), Work::Flops(flops), &mut || ops::attention(&q, &k, &v, 0.125).map(drop))?;
+            let (o, lse) = ops::attention(&q, &k, &v, 0.125)?;
+            push(format!("attention bwd {heads}x65x64"), Work::Flops(2.5 * flops), &mut || ops::attention_bwd(&q, &k, &v, &o, &lse, &o, 0.125).map(drop))?;
+        }
     }
     // SimSiam's loss on [2 x batch, 2048] and an 11.2M-parameter SGD step (ResNet-18's size).
     {

@@ -37,6 +37,11 @@ pub enum Error {
     #[error("interrupted; state saved to {0}")]
     Interrupted(String),
 
+    /// A GPU backend failure: a missing driver, device or compiler library, a kernel that did
+    /// not compile (with the compiler's log), a failed launch, copy or allocation.
+    #[error("{backend}: {msg}")]
+    Device { backend: &'static str, msg: String },
+
     #[error("{0}")]
     Other(String),
 }

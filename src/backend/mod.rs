@@ -7,6 +7,7 @@
 //! read back. Shapes are validated once, in `ops.rs`; a kernel trusts the dims it is given.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::Result;
 use crate::tensor::DType;

@@ -129,10 +129,17 @@ pub struct Report {
 
 /// Runs every case on `dev` and on the f64 CPU reference; asserts relative L2 <= `tol`.
 pub fn run_suite<B: Backend>(dev: &B, dtype: DType, tol: f64, seed: u64) -> Report {
-    let reference = CpuBackend::new(2).unwrap();
     let mut rng = Rng::new(seed);
+    let mut report = run_cases(dev, dtype, tol, &mut rng, cases());
+    report.lines.push(sgd_conforms(dev, dtype, tol, &mut rng));
+    report
+}
+
+/// Runs the given cases on `dev` and on the f64 CPU reference; asserts relative L2 <= `tol`.
+pub fn run_cases<B: Backend>(dev: &B, dtype: DType, tol: f64, rng: &mut Rng, cases: Vec<(Case, Vec<Vec<usize>>)>) -> Report {
+    let reference = CpuBackend::new(2).unwrap();
     let mut report = Report { worst: 0.0, lines: Vec::new() };
-    for (case, shapes) in cases() {
+    for (case, shapes) in cases {
         // Fresh random inputs each run; max-pool inputs get distinct values (no ties).
         let inputs: Vec<(Vec<usize>, Vec<f64>)> = shapes
             .iter()
@@ -176,7 +183,6 @@ pub fn run_suite<B: Backend>(dev: &B, dtype: DType, tol: f64, seed: u64) -> Repo
             }
         }
     }
-    report.lines.push(sgd_conforms(dev, dtype, tol, &mut rng));
     report
 }
 

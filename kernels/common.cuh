@@ -1,0 +1,69 @@
+// Shared helpers for every kernel family. Compiled by NVRTC (no system headers), so this file
+// defines the few constants and types it needs itself.
+//
+// Conventions, kept by every kernel in kernels/*.cu:
+// - Symbols are extern "C" and named <op>_<fwd|bwd>_<dtype> (e.g. relu_fwd_f32), so the Rust
+//   wrapper in src/backend/cuda/<family>.rs finds its kernel by name.
+// - Device pointers are plain `float*`; element counts and offsets are 64-bit (`i64`); small
+//   dims are `int`. The Rust side passes u64 / i64 / i32 / f32 to match (checked against the
+//   PTX signatures, see src/backend/cuda/nvrtc.rs).
+// - Every thread bounds-checks what it reads and writes; every kernel writes its whole output.
+// - Reductions have a fixed order that depends only on the shapes and the launch configuration
+//   (never on timing): no floating-point atomics anywhere.
+#pragma once
+
+typedef long long i64;
+typedef unsigned long long u64;
+typedef unsigned int u32;
+
+// DEV for free functions, DEVM for member functions.
+#define DEV static __device__ __forceinline__
+#define DEVM __device__ __forceinline__
+
+DEV float pos_inf() { return __int_as_float(0x7f800000); }
+DEV float neg_inf() { return __int_as_float(0xff800000); }
+DEV float qnan() { return __int_as_float(0x7fffffff); }
+
+// The global index of this thread and the grid-wide stride, both 64-bit.
+DEV i64 global_index() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
+DEV i64 grid_stride() { return (i64)gridDim.x * blockDim.x; }
+
+// Sum over a warp with a fixed butterfly order: every lane ends with the same value, and the
+// order of additions depends only on the lane layout.
+DEV float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+DEV double warp_sum_d(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+DEV float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum of one value per thread over a block of `blockDim.x` threads (a multiple of 32, at most
+// 1024), fixed order: warp butterflies, then warp 0 sums the warp totals. Every thread gets the
+// result. `scratch` holds 32 doubles of shared memory; the call contains __syncthreads, so every
+// thread of the block must reach it.
+DEV double block_sum_d(double v, double* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+    v = warp_sum_d(v);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    double t = (lane < nwarps) ? scratch[lane] : 0.0;
+    if (warp == 0) {
+        t = warp_sum_d(t);
+        if (lane == 0) scratch[0] = t;
+    }
+    __syncthreads();
+    return scratch[0];
+}
+
+// Grid-stride loop over [0, n).
+#define FOR_EACH(i, n) for (i64 i = global_index(); i < (i64)(n); i += grid_stride())

@@ -1,0 +1,79 @@
+// Elementwise maps, fill, and the axis sum. Twin of src/backend/cpu/elementwise.rs.
+// One thread per element (grid-stride); the axis sum has a fixed order (see sum_axis below).
+#include "common.cuh"
+
+extern "C" __global__ void fill_fwd_f32(float* y, float v, i64 n) {
+    FOR_EACH(i, n) y[i] = v;
+}
+
+extern "C" __global__ void relu_fwd_f32(const float* x, float* y, i64 n) {
+    // fmaxf(NaN, 0) = 0, like the CPU's Float::max.
+    FOR_EACH(i, n) y[i] = fmaxf(x[i], 0.0f);
+}
+
+// PyTorch's choice at 0: gradient 0.
+extern "C" __global__ void relu_bwd_f32(const float* x, const float* dy, float* dx, i64 n) {
+    FOR_EACH(i, n) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+#define SQRT1_2 0.70710678118654752440f
+#define INV_SQRT_2PI 0.39894228040143267794f
+
+// The exact (erf) GELU.
+extern "C" __global__ void gelu_fwd_f32(const float* x, float* y, i64 n) {
+    FOR_EACH(i, n) {
+        const float v = x[i];
+        y[i] = 0.5f * v * (1.0f + erff(v * SQRT1_2));
+    }
+}
+
+// d/dx [x Phi(x)] = Phi(x) + x phi(x)
+extern "C" __global__ void gelu_bwd_f32(const float* x, const float* dy, float* dx, i64 n) {
+    FOR_EACH(i, n) {
+        const float v = x[i];
+        const float cdf = 0.5f * (1.0f + erff(v * SQRT1_2));
+        const float pdf = expf(-0.5f * v * v) * INV_SQRT_2PI;
+        dx[i] = dy[i] * (cdf + v * pdf);
+    }
+}
+
+// out[i] = a[i] op b[i % b_len]: b repeats over the leading axes of a.
+extern "C" __global__ void add_fwd_f32(const float* a, const float* b, float* out, i64 n, i64 b_len) {
+    FOR_EACH(i, n) out[i] = a[i] + b[b_len == n ? i : i % b_len];
+}
+
+extern "C" __global__ void mul_fwd_f32(const float* a, const float* b, float* out, i64 n, i64 b_len) {
+    FOR_EACH(i, n) out[i] = a[i] * b[b_len == n ? i : i % b_len];
+}
+
+extern "C" __global__ void scale_fwd_f32(const float* x, float* y, float alpha, i64 n) {
+    FOR_EACH(i, n) y[i] = x[i] * alpha;
+}
+
+// Axis sum of x [outer, axis, inner] in `splits` pieces along the axis:
+// part[s, o, i] = sum over a in piece s of x[o, a, i], a ascending, accumulated in double.
+// With splits == 1, `part` is the output y [outer, inner] itself.
+extern "C" __global__ void sum_axis_fwd_f32(const float* x, float* part, i64 outer, i64 axis, i64 inner, i64 splits) {
+    const i64 per = (axis + splits - 1) / splits;
+    const i64 n = outer * inner;
+    FOR_EACH(t, n * splits) {
+        const i64 s = t / n, oi = t % n;
+        const i64 o = oi / inner, i = oi % inner;
+        const i64 a0 = s * per;
+        const i64 a1 = a0 + per < axis ? a0 + per : axis;
+        double acc = 0.0;
+        const float* p = x + o * axis * inner + i;
+        for (i64 a = a0; a < a1; ++a) acc += (double)p[a * inner];
+        part[t] = (float)acc;
+    }
+}
+
+// y[i] = sum_s part[s, i] for s ascending (the second stage of every split reduction: the axis
+// sum above, split-K GEMMs and convolutions).
+extern "C" __global__ void sum_splits_fwd_f32(const float* part, float* y, i64 splits, i64 n) {
+    FOR_EACH(i, n) {
+        double acc = 0.0;
+        for (i64 s = 0; s < splits; ++s) acc += (double)part[s * n + i];
+        y[i] = (float)acc;
+    }
+}

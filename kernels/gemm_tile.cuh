@@ -1,0 +1,209 @@
+// The tiled GEMM main loop shared by matmul.cu and conv.cu (the convolutions are implicit GEMMs:
+// only the operand loaders differ).
+//
+// One block computes a BM x BN tile of C = A (M x K) . B (K x N) over the k range [k0, k1):
+// 256 threads, BK-deep shared-memory tiles, the next tile prefetched into registers while the
+// current one is multiplied. Two inner kernels:
+// - SIMT (exact FP32, the default): each thread owns a 4 x 4 block of outputs (rows 4 ty + r,
+//   columns 4 tx + c), reads its 4 + 4 operands per k step as two 16-byte shared loads, and adds
+//   the products in k order with fmaf, so the result is deterministic and as accurate as a plain
+//   dot product.
+// - TC (TF32 tensor cores, opt-in): mma.sync m16n8k8 TF32 with FP32 accumulation; 8 warps in a
+//   2 x 4 layout, each warp a 32 x 16 sub-tile.
+//
+// A loader is a struct with
+//   static constexpr bool A_K_FAST / B_K_FAST: consecutive k are adjacent in memory for A / B
+//     (picks the thread-to-element map that makes tile loads coalesced);
+//   float a(int row, i64 k) const / float b(i64 k, int col) const: the element, already known to
+//     be inside [0, M) x [k0, k1) / [k0, k1) x [0, N); a loader returns 0 for padding.
+#pragma once
+#include "common.cuh"
+
+#define BM 64
+#define BN 64
+#define BK 16
+#define GEMM_THREADS 256
+// Row padding of the k-major shared tiles: a stride of 72 floats (8 mod 32 banks) keeps both
+// the SIMT reads and the mma fragment reads free of bank conflicts.
+#define SPAD 8
+
+struct __align__(16) GemmSmem {
+    float a[BK][BM + SPAD];
+    float b[BK][BN + SPAD];
+};
+
+DEV u32 to_tf32(float f) {
+#ifdef SSL_EMU  // host emulation for tests (tests/emu/cuda_emu.h)
+    return emu_tf32(f);
+#else
+    u32 r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(f));
+    return r;
+#endif
+}
+
+DEV void mma_tf32(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#ifdef SSL_EMU
+    emu_mma_tf32(c, a0, a1, a2, a3, b0, b1);
+#elif __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    __trap();
+#endif
+}
+
+// Element r (0..3) of this thread's share of a BM x BK (A) or BK x BN (B) tile, as
+// (row-or-col index within the tile, k index within the tile).
+template <bool K_FAST, int W>
+DEV void tile_coord(int tid, int r, int& mn, int& kk) {
+    const int e = tid + r * GEMM_THREADS;
+    if (K_FAST) {
+        kk = e % BK;
+        mn = e / BK;
+    } else {
+        mn = e % W;
+        kk = e / W;
+    }
+}
+
+// Loads this thread's 4 + 4 elements of the tiles starting at (m0, n0, kt) into registers.
+template <class L>
+DEV void load_tiles(const L& ld, int M, int N, i64 kt, i64 k1, int m0, int n0, float* ra, float* rb) {
+    const int tid = threadIdx.x;
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        int i, kk;
+        tile_coord<L::A_K_FAST, BM>(tid, r, i, kk);
+        const int row = m0 + i;
+        const i64 k = kt + kk;
+        ra[r] = (row < M && k < k1) ? ld.a(row, k) : 0.0f;
+        int j, kb;
+        tile_coord<L::B_K_FAST, BN>(tid, r, j, kb);
+        const int col = n0 + j;
+        const i64 kq = kt + kb;
+        rb[r] = (col < N && kq < k1) ? ld.b(kq, col) : 0.0f;
+    }
+}
+
+template <class L>
+DEV void store_tiles(GemmSmem& s, const float* ra, const float* rb) {
+    const int tid = threadIdx.x;
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        int i, kk;
+        tile_coord<L::A_K_FAST, BM>(tid, r, i, kk);
+        s.a[kk][i] = ra[r];
+        int j, kb;
+        tile_coord<L::B_K_FAST, BN>(tid, r, j, kb);
+        s.b[kb][j] = rb[r];
+    }
+}
+
+// `s` is the kernel's one __shared__ GemmSmem (declared in the kernel, so that several
+// instantiations in one kernel share it).
+// C[row * ldc + col] = the (row, col) element of the product over k in [k0, k1), for the tile at
+// (row blockIdx.x * BM, column blockIdx.y * BN). Must be reached by all GEMM_THREADS threads of the block.
+template <class L, bool TC>
+DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, i64 ldc) {
+    const int tid = threadIdx.x;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+
+    // SIMT: 4 x 4 outputs per thread. TC: 2 (m16) x 2 (n8) mma tiles of 4 per thread.
+    float acc[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) acc[i] = 0.0f;
+
+    float ra[4], rb[4];
+    if (k0 < k1) load_tiles(ld, M, N, k0, k1, m0, n0, ra, rb);
+    for (i64 kt = k0; kt < k1; kt += BK) {
+        __syncthreads();  // everyone is done reading the previous tile
+        store_tiles<L>(s, ra, rb);
+        __syncthreads();
+        if (kt + BK < k1) load_tiles(ld, M, N, kt + BK, k1, m0, n0, ra, rb);
+        if (!TC) {
+            const int ty = tid / 16, tx = tid % 16;
+#pragma unroll
+            for (int kk = 0; kk < BK; ++kk) {
+                // Rows of 72 floats (288 bytes) keep every 4-float group 16-byte aligned.
+                const float4 a4 = *reinterpret_cast<const float4*>(&s.a[kk][4 * ty]);
+                const float4 b4 = *reinterpret_cast<const float4*>(&s.b[kk][4 * tx]);
+                const float av[4] = {a4.x, a4.y, a4.z, a4.w};
+                const float bv[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+                for (int r = 0; r < 4; ++r)
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) acc[r * 4 + c] = fmaf(av[r], bv[c], acc[r * 4 + c]);
+            }
+        } else {
+            const int warp = tid / 32, lane = tid % 32;
+            const int g = lane / 4, t = lane % 4;
+            const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;
+#pragma unroll
+            for (int ks = 0; ks < BK; ks += 8) {
+                u32 af[2][4], bf[2][2];
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt) {
+                    const int rb0 = wm + mt * 16;
+                    af[mt][0] = to_tf32(s.a[ks + t][rb0 + g]);
+                    af[mt][1] = to_tf32(s.a[ks + t][rb0 + g + 8]);
+                    af[mt][2] = to_tf32(s.a[ks + t + 4][rb0 + g]);
+                    af[mt][3] = to_tf32(s.a[ks + t + 4][rb0 + g + 8]);
+                }
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) {
+                    const int cb = wn + nt * 8;
+                    bf[nt][0] = to_tf32(s.b[ks + t][cb + g]);
+                    bf[nt][1] = to_tf32(s.b[ks + t + 4][cb + g]);
+                }
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+                    for (int nt = 0; nt < 2; ++nt)
+                        mma_tf32(&acc[(mt * 2 + nt) * 4], af[mt][0], af[mt][1], af[mt][2], af[mt][3], bf[nt][0],
+                                 bf[nt][1]);
+            }
+        }
+    }
+
+    // Epilogue: every (row < M, col < N) of the tile is written, zeros when k0 >= k1.
+    if (!TC) {
+        const int ty = tid / 16, tx = tid % 16;
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int row = m0 + 4 * ty + r;
+            if (row >= M) continue;
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int col = n0 + 4 * tx + c;
+                if (col < N) C[(i64)row * ldc + col] = acc[r * 4 + c];
+            }
+        }
+    } else {
+        const int warp = tid / 32, lane = tid % 32;
+        const int g = lane / 4, t = lane % 4;
+        const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int row = m0 + wm + mt * 16 + g + (e >= 2 ? 8 : 0);
+                    const int col = n0 + wn + nt * 8 + 2 * t + (e & 1);
+                    if (row < M && col < N) C[(i64)row * ldc + col] = acc[(mt * 2 + nt) * 4 + e];
+                }
+    }
+}
+
+// The k range of split `s` out of `splits`: pieces of `per` (a multiple of BK) elements.
+DEV void split_range(i64 K, int splits, int s, i64& k0, i64& k1) {
+    i64 per = (K + splits - 1) / splits;
+    per = (per + BK - 1) / BK * BK;
+    k0 = (i64)s * per;
+    if (k0 > K) k0 = K;
+    k1 = k0 + per < K ? k0 + per : K;
+}

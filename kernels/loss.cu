@@ -1,0 +1,118 @@
+// Cross-entropy with logits and the negative-cosine loss. Twin of src/backend/cpu/loss.rs.
+// Per-row work is one warp per row (8 rows per 256-thread block); the batch mean is a separate
+// single-block reduction (loss_reduce_fwd_f32) with a fixed order. Upstream gradients arrive as
+// one-element device buffers, read on the device.
+//
+// A label that is not a class index in [0, classes) makes its row's loss and gradient NaN (a
+// kernel cannot return an error; the CPU backend does).
+#include "common.cuh"
+
+DEV bool valid_label(float l, int classes) { return l >= 0.0f && l < (float)classes && l == floorf(l); }
+
+// log(sum(exp(row))) of one row, computed by a whole warp.
+DEV float warp_logsumexp(const float* row, int C, int lane) {
+    float m = neg_inf();
+    for (int j = lane; j < C; j += 32) m = fmaxf(m, row[j]);
+    m = warp_max(m);
+    double s = 0.0;
+    for (int j = lane; j < C; j += 32) s += (double)expf(row[j] - m);
+    return m + (float)log(warp_sum_d(s));
+}
+
+// per_row[r] = logsumexp(logits[r]) - logits[r, label[r]]
+extern "C" __global__ void cross_entropy_rows_fwd_f32(const float* logits, const float* labels, float* per_row,
+                                                      int rows, int classes) {
+    const int lane = threadIdx.x & 31;
+    const i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    const float* row = logits + r * classes;
+    const float lse = warp_logsumexp(row, classes, lane);
+    if (lane == 0) {
+        const float l = labels[r];
+        per_row[r] = valid_label(l, classes) ? lse - row[(int)l] : qnan();
+    }
+}
+
+// dlogits = dloss / rows * (softmax(logits) - onehot(label))
+extern "C" __global__ void cross_entropy_bwd_f32(const float* logits, const float* labels, const float* dloss,
+                                                 float* dlogits, int rows, int classes) {
+    const int lane = threadIdx.x & 31;
+    const i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    const float* row = logits + r * classes;
+    const float lse = warp_logsumexp(row, classes, lane);
+    const float l = labels[r];
+    const bool ok = valid_label(l, classes);
+    const int y = ok ? (int)l : -1;
+    const float g = dloss[0] / (float)rows;
+    float* out = dlogits + r * classes;
+    for (int j = lane; j < classes; j += 32) {
+        const float p = expf(row[j] - lse);
+        out[j] = ok ? g * (p - (j == y ? 1.0f : 0.0f)) : qnan();
+    }
+}
+
+// loss[0] = alpha * sum_i v[i], one block of 1024 threads: thread t sums i = t, t + 1024, ...
+// in order, then the fixed block reduction of common.cuh.
+extern "C" __global__ void __launch_bounds__(1024) loss_reduce_fwd_f32(const float* v, float* loss, i64 n, float alpha) {
+    __shared__ double scratch[32];
+    double s = 0.0;
+    for (i64 i = threadIdx.x; i < n; i += blockDim.x) s += (double)v[i];
+    s = block_sum_d(s, scratch);
+    if (threadIdx.x == 0) loss[0] = (float)((double)alpha * s);
+}
+
+// (p.z, max(|p|, eps), max(|z|, eps)) of one row, computed by a whole warp.
+DEV void cosine_row_stats(const float* p, const float* z, int dim, float eps, int lane, double& pz, double& pn,
+                          double& zn) {
+    double a = 0.0, b = 0.0, c = 0.0;
+    for (int j = lane; j < dim; j += 32) {
+        const double x = (double)p[j], y = (double)z[j];
+        a += x * y;
+        b += x * x;
+        c += y * y;
+    }
+    pz = warp_sum_d(a);
+    pn = fmax(sqrt(warp_sum_d(b)), (double)eps);
+    zn = fmax(sqrt(warp_sum_d(c)), (double)eps);
+}
+
+// cos[r] = cos(p_r, z_r) with F.normalize's eps clamp on each norm; the loss is
+// loss_reduce_fwd_f32(cos, alpha = -1 / rows).
+extern "C" __global__ void cosine_rows_fwd_f32(const float* p, const float* z, float* cos, int rows, int dim,
+                                               float eps) {
+    const int lane = threadIdx.x & 31;
+    const i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    double pz, pn, zn;
+    cosine_row_stats(p + r * dim, z + r * dim, dim, eps, lane, pz, pn, zn);
+    if (lane == 0) cos[r] = (float)(pz / (pn * zn));
+}
+
+// d cos / da = b / (|a| |b|) - cos a / |a|^2, where a norm clamped at eps is a constant.
+// dp always; dz when non-null (no stop-gradient on z).
+extern "C" __global__ void cosine_loss_bwd_f32(const float* p, const float* z, const float* dloss, float* dp,
+                                               float* dz, int rows, int dim, float eps) {
+    const int lane = threadIdx.x & 31;
+    const i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    const float* pr = p + r * dim;
+    const float* zr = z + r * dim;
+    double pz, pn, zn;
+    cosine_row_stats(pr, zr, dim, eps, lane, pz, pn, zn);
+    const double cs = pz / (pn * zn);
+    const double g = -(double)dloss[0] / (double)rows;
+    const bool p_clamped = pn <= (double)eps, z_clamped = zn <= (double)eps;
+    for (int j = lane; j < dim; j += 32) {
+        double v = (double)zr[j] / (pn * zn);
+        if (!p_clamped) v -= cs * (double)pr[j] / (pn * pn);
+        dp[r * dim + j] = (float)(g * v);
+    }
+    if (dz) {
+        for (int j = lane; j < dim; j += 32) {
+            double v = (double)pr[j] / (zn * pn);
+            if (!z_clamped) v -= cs * (double)zr[j] / (zn * zn);
+            dz[r * dim + j] = (float)(g * v);
+        }
+    }
+}

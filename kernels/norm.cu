@@ -1,0 +1,244 @@
+// Batch norm, layer norm and softmax over channels-last data [rows, C].
+// Twin of src/backend/cpu/norm.rs.
+//
+// Column (per-channel) statistics are two-stage and fixed-order: colstats_* gives each block
+// 32 channels x `rpb` rows (threads: 32 channel lanes x 8 row lanes, row lane ty takes rows
+// ty, ty + 8, ... of the block), sums in double, and writes one partial per block row-range;
+// the *_finalize kernels add the partials in block order. Row statistics (layer norm, softmax)
+// use one warp per row with the fixed butterfly of common.cuh.
+#include "common.cuh"
+
+#define CS_LANES 32
+#define CS_ROWS 8
+
+// What a column-statistics pass sums per channel c of row r (two values):
+// MODE 0 (batch norm forward):  x, x^2
+// MODE 1 (batch norm backward): dy, dy * xhat with xhat = (x - mean[c]) * invstd[c]
+// MODE 2 (layer norm backward): dy * xhat, dy with xhat = (x - mean[r]) * rstd[r]
+template <int MODE>
+DEV void colstats(const float* x, const float* dy, const float* mean, const float* inv, double* part, int rows,
+                  int C, int rpb) {
+    __shared__ double s0[CS_ROWS][CS_LANES];
+    __shared__ double s1[CS_ROWS][CS_LANES];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int c = blockIdx.x * CS_LANES + tx;
+    const i64 r0 = (i64)blockIdx.y * rpb;
+    const i64 r1 = r0 + rpb < rows ? r0 + rpb : rows;
+    double a = 0.0, b = 0.0;
+    if (c < C) {
+        for (i64 r = r0 + ty; r < r1; r += CS_ROWS) {
+            const float v = x[r * C + c];
+            if (MODE == 0) {
+                a += (double)v;
+                b += (double)v * (double)v;
+            } else if (MODE == 1) {
+                const float g = dy[r * C + c];
+                const double xhat = ((double)v - (double)mean[c]) * (double)inv[c];
+                a += (double)g;
+                b += (double)g * xhat;
+            } else {
+                const float g = dy[r * C + c];
+                const double xhat = ((double)v - (double)mean[r]) * (double)inv[r];
+                a += (double)g * xhat;
+                b += (double)g;
+            }
+        }
+    }
+    s0[ty][tx] = a;
+    s1[ty][tx] = b;
+    __syncthreads();
+    if (ty == 0 && c < C) {
+        double ta = 0.0, tb = 0.0;
+        for (int j = 0; j < CS_ROWS; ++j) {
+            ta += s0[j][tx];
+            tb += s1[j][tx];
+        }
+        // part [row blocks, 2, C]
+        part[(i64)blockIdx.y * 2 * C + c] = ta;
+        part[(i64)blockIdx.y * 2 * C + C + c] = tb;
+    }
+}
+
+// Grid (ceil(C / 32), ceil(rows / rpb)), block (32, 8).
+extern "C" __global__ void batchnorm_stats_fwd_f32(const float* x, double* part, int rows, int C, int rpb) {
+    colstats<0>(x, nullptr, nullptr, nullptr, part, rows, C, rpb);
+}
+extern "C" __global__ void batchnorm_stats_bwd_f32(const float* x, const float* dy, const float* mean,
+                                                   const float* invstd, double* part, int rows, int C, int rpb) {
+    colstats<1>(x, dy, mean, invstd, part, rows, C, rpb);
+}
+extern "C" __global__ void layernorm_stats_bwd_f32(const float* x, const float* dy, const float* mean,
+                                                   const float* rstd, double* part, int rows, int C, int rpb) {
+    colstats<2>(x, dy, mean, rstd, part, rows, C, rpb);
+}
+
+// One thread per channel: batch mean and (biased) variance from the partials, in block order;
+// saves mean and invstd, updates the running statistics (PyTorch's rule, unbiased variance) when
+// given, and writes scale_shift [2, C] = (invstd * gamma, beta - mean * invstd * gamma).
+// gamma, beta, running_mean, running_var may be null.
+extern "C" __global__ void batchnorm_finalize_fwd_f32(const double* part, int nblocks, int rows, int C, float eps,
+                                                      const float* gamma, const float* beta, float* save_mean,
+                                                      float* save_invstd, float* running_mean, float* running_var,
+                                                      float momentum, float* scale_shift) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    double s = 0.0, ss = 0.0;
+    for (int b = 0; b < nblocks; ++b) {
+        s += part[(i64)b * 2 * C + c];
+        ss += part[(i64)b * 2 * C + C + c];
+    }
+    const double n = (double)rows;
+    const double mean = s / n;
+    double var = ss / n - mean * mean;
+    if (var < 0.0) var = 0.0;
+    const double invstd = 1.0 / sqrt(var + (double)eps);
+    const double scale = invstd * (gamma ? (double)gamma[c] : 1.0);
+    const double shift = (beta ? (double)beta[c] : 0.0) - mean * scale;
+    save_mean[c] = (float)mean;
+    save_invstd[c] = (float)invstd;
+    scale_shift[c] = (float)scale;
+    scale_shift[C + c] = (float)shift;
+    if (running_mean && running_var) {
+        const double m = (double)momentum;
+        const double unbias = rows > 1 ? n / (n - 1.0) : 1.0;
+        running_mean[c] = (float)((1.0 - m) * (double)running_mean[c] + m * mean);
+        running_var[c] = (float)((1.0 - m) * (double)running_var[c] + m * var * unbias);
+    }
+}
+
+// y = x * scale[c] + shift[c]
+extern "C" __global__ void batchnorm_apply_fwd_f32(const float* x, const float* scale_shift, float* y, i64 n, int C) {
+    FOR_EACH(i, n) {
+        const int c = (int)(i % C);
+        y[i] = fmaf(x[i], scale_shift[c], scale_shift[C + c]);
+    }
+}
+
+// Eval mode: the running statistics. gamma and beta may be null.
+extern "C" __global__ void batchnorm_eval_fwd_f32(const float* x, const float* gamma, const float* beta,
+                                                  const float* running_mean, const float* running_var, float* y,
+                                                  i64 n, int C, float eps) {
+    FOR_EACH(i, n) {
+        const int c = (int)(i % C);
+        const float scale = (gamma ? gamma[c] : 1.0f) / sqrtf(running_var[c] + eps);
+        const float shift = (beta ? beta[c] : 0.0f) - running_mean[c] * scale;
+        y[i] = fmaf(x[i], scale, shift);
+    }
+}
+
+// Adds the partials [nblocks, 2, C] in block order: first[c] = sum of the first values,
+// second[c] = sum of the second; `sums` [2, C] gets both. Any output may be null.
+extern "C" __global__ void colstats_finalize_bwd_f32(const double* part, int nblocks, int C, float* sums, float* first,
+                                                     float* second) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    double a = 0.0, b = 0.0;
+    for (int k = 0; k < nblocks; ++k) {
+        a += part[(i64)k * 2 * C + c];
+        b += part[(i64)k * 2 * C + C + c];
+    }
+    if (sums) {
+        sums[c] = (float)a;
+        sums[C + c] = (float)b;
+    }
+    if (first) first[c] = (float)a;
+    if (second) second[c] = (float)b;
+}
+
+// dx = gamma * invstd / N * (N dy - sum(dy) - xhat * sum(dy xhat)); sums [2, C] from
+// colstats_finalize_bwd_f32. gamma may be null.
+extern "C" __global__ void batchnorm_dx_bwd_f32(const float* x, const float* dy, const float* gamma, const float* mean,
+                                                const float* invstd, const float* sums, float* dx, i64 n, int C,
+                                                int rows) {
+    const float N = (float)rows;
+    FOR_EACH(i, n) {
+        const int c = (int)(i % C);
+        const float is = invstd[c];
+        const float xhat = (x[i] - mean[c]) * is;
+        const float k = (gamma ? gamma[c] : 1.0f) * is / N;
+        dx[i] = k * (N * dy[i] - sums[c] - xhat * sums[C + c]);
+    }
+}
+
+// ---- layer norm: one warp per row, 8 rows per block of 256 threads --------------------------
+
+extern "C" __global__ void layernorm_fwd_f32(const float* x, const float* gamma, const float* beta, float* y,
+                                             float* save_mean, float* save_rstd, int rows, int C, float eps) {
+    const int lane = threadIdx.x & 31;
+    const i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;  // whole warps leave together
+    const float* xr = x + r * C;
+    double s = 0.0;
+    for (int j = lane; j < C; j += 32) s += (double)xr[j];
+    const double mean = warp_sum_d(s) / C;
+    double v = 0.0;
+    for (int j = lane; j < C; j += 32) {
+        const double d = (double)xr[j] - mean;
+        v += d * d;
+    }
+    const double var = warp_sum_d(v) / C;
+    const double rstd = 1.0 / sqrt(var + (double)eps);
+    float* yr = y + r * C;
+    for (int j = lane; j < C; j += 32) yr[j] = (float)(((double)xr[j] - mean) * rstd * (double)gamma[j] + (double)beta[j]);
+    if (lane == 0) {
+        save_mean[r] = (float)mean;
+        save_rstd[r] = (float)rstd;
+    }
+}
+
+// dx = rstd * (g - mean_j(g) - xhat * mean_j(g xhat)), g = dy * gamma. dgamma and dbeta come from
+// layernorm_stats_bwd_f32 + colstats_finalize_bwd_f32.
+extern "C" __global__ void layernorm_dx_bwd_f32(const float* x, const float* dy, const float* gamma,
+                                                const float* mean, const float* rstd, float* dx, int rows, int C) {
+    const int lane = threadIdx.x & 31;
+    const i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    const float* xr = x + r * C;
+    const float* gr = dy + r * C;
+    const double m = (double)mean[r], rs = (double)rstd[r];
+    double s1 = 0.0, s2 = 0.0;
+    for (int j = lane; j < C; j += 32) {
+        const double g = (double)gr[j] * (double)gamma[j];
+        s1 += g;
+        s2 += g * ((double)xr[j] - m) * rs;
+    }
+    s1 = warp_sum_d(s1) / C;
+    s2 = warp_sum_d(s2) / C;
+    float* dr = dx + r * C;
+    for (int j = lane; j < C; j += 32) {
+        const double g = (double)gr[j] * (double)gamma[j];
+        const double xhat = ((double)xr[j] - m) * rs;
+        dr[j] = (float)(rs * (g - s1 - xhat * s2));
+    }
+}
+
+// ---- softmax over the last axis: one warp per row -------------------------------------------
+
+extern "C" __global__ void softmax_fwd_f32(const float* x, float* y, int rows, int C) {
+    const int lane = threadIdx.x & 31;
+    const i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    const float* xr = x + r * C;
+    float m = neg_inf();
+    for (int j = lane; j < C; j += 32) m = fmaxf(m, xr[j]);
+    m = warp_max(m);
+    float s = 0.0f;
+    for (int j = lane; j < C; j += 32) s += expf(xr[j] - m);
+    const float inv = 1.0f / warp_sum(s);
+    float* yr = y + r * C;
+    for (int j = lane; j < C; j += 32) yr[j] = expf(xr[j] - m) * inv;
+}
+
+// dx = y * (dy - sum_j y dy)
+extern "C" __global__ void softmax_bwd_f32(const float* y, const float* dy, float* dx, int rows, int C) {
+    const int lane = threadIdx.x & 31;
+    const i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    const float* yr = y + r * C;
+    const float* gr = dy + r * C;
+    float dot = 0.0f;
+    for (int j = lane; j < C; j += 32) dot += yr[j] * gr[j];
+    dot = warp_sum(dot);
+    float* dr = dx + r * C;
+    for (int j = lane; j < C; j += 32) dr[j] = yr[j] * (gr[j] - dot);
+}

@@ -1,0 +1,49 @@
+// The fused multi-tensor SGD step (PyTorch semantics, dampening 0, no Nesterov). Twin of
+// src/backend/cpu/optim.rs:  d = g + wd * p;  buf = momentum * buf + d;  p -= lr * buf.
+//
+// Up to SGD_MAX_TENSORS tensors per launch (the struct stays under 4 KB of parameters), described by a struct passed by value as the kernel
+// parameter (no host-to-device copy, nothing to keep alive). Tensor t owns blocks
+// [block_end[t - 1], block_end[t]) (block_end[-1] = 0); block b updates elements
+// [(b - first block of t) * SGD_CHUNK, ... + SGD_CHUNK) of its tensor.
+// The Rust mirror of these structs is in src/backend/cuda/optim.rs (#[repr(C)], same order).
+#include "common.cuh"
+
+#define SGD_MAX_TENSORS 80
+#define SGD_THREADS 256
+#define SGD_CHUNK (SGD_THREADS * 4)
+
+struct SgdTensor {
+    float* param;
+    const float* grad;
+    float* buf;
+    i64 len;
+    float lr;
+    float weight_decay;
+};
+
+struct SgdBatch {
+    SgdTensor t[SGD_MAX_TENSORS];
+    i64 block_end[SGD_MAX_TENSORS];
+    int count;
+    float momentum;
+};
+
+extern "C" __global__ void __launch_bounds__(SGD_THREADS) sgd_fwd_f32(const SgdBatch batch) {
+    const i64 b = blockIdx.x;
+    int ti = 0;
+    while (ti < batch.count && batch.block_end[ti] <= b) ++ti;
+    if (ti >= batch.count) return;
+    const i64 first = ti == 0 ? 0 : batch.block_end[ti - 1];
+    const SgdTensor& t = batch.t[ti];
+    const i64 base = (b - first) * SGD_CHUNK;
+    const double m = (double)batch.momentum, lr = (double)t.lr, wd = (double)t.weight_decay;
+    for (int e = threadIdx.x; e < SGD_CHUNK; e += blockDim.x) {
+        const i64 i = base + e;
+        if (i >= t.len) break;
+        const double p = (double)t.param[i];
+        const double d = (double)t.grad[i] + wd * p;
+        const double nb = m * (double)t.buf[i] + d;
+        t.buf[i] = (float)nb;
+        t.param[i] = (float)(p - lr * nb);
+    }
+}

@@ -1,0 +1,215 @@
+//! The caching device allocator: freed blocks go back to a free list keyed by size class and
+//! are handed out again, so a steady-state training step (which asks for the same sizes every
+//! step) makes no cuMemAlloc call. Everything runs on one stream, so a block freed by the host
+//! while kernels that read it are still queued can be reused at once: the kernels that write
+//! it next are queued behind them.
+//!
+//! Size classes: at least 256 bytes, then 8 classes per power of two (at most 12.5% waste).
+//! When cuMemAlloc fails, the pool waits for the device, returns every cached block to the
+//! driver and tries once more; the final error gives the size asked for and the free memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, result, sys};
+
+use super::nvrtc::err;
+use crate::error::Result;
+
+pub(crate) fn size_class(bytes: usize) -> usize {
+    if bytes == 0 {
+        return 0;
+    }
+    if bytes <= 256 {
+        return 256;
+    }
+    let p = bytes.next_power_of_two();
+    let step = (p / 16).max(256);
+    bytes.div_ceil(step) * step
+}
+
+#[derive(Default)]
+struct State {
+    free: HashMap<usize, Vec<u64>>,
+    pooled_bytes: usize,
+    live_bytes: usize,
+    /// Dry run: the next fake address.
+    fake_next: u64,
+}
+
+/// Where the memory comes from.
+pub(crate) enum Memory {
+    /// cuMemAlloc on this context.
+    Cuda(Arc<CudaContext>),
+    /// Dry run: fake addresses, nothing allocated.
+    Fake,
+    /// Host emulation: 256-byte-aligned host memory (the "device pointers" are host pointers).
+    Host,
+}
+
+pub(crate) struct Pool {
+    mem: Memory,
+    /// `SSL_ENGINE_CUDA_NO_POOL=1`: exact sizes and no caching (every free waits for the device
+    /// and returns the block), so compute-sanitizer's memcheck sees every overrun.
+    exact: bool,
+    state: Mutex<State>,
+}
+
+const HOST_ALIGN: usize = 256;
+
+impl Pool {
+    pub fn new(mem: Memory) -> Self {
+        let exact = matches!(mem, Memory::Cuda(_)) && std::env::var("SSL_ENGINE_CUDA_NO_POOL").is_ok_and(|v| v == "1");
+        Pool { mem, exact, state: Mutex::new(State { fake_next: 1 << 32, ..State::default() }) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A block of `size_class(bytes)` bytes; the pointer is 256-byte aligned (or 0 for 0 bytes).
+    pub fn take(&self, bytes: usize) -> Result<(u64, usize)> {
+        let class = if self.exact { bytes } else { size_class(bytes) };
+        if class == 0 {
+            return Ok((0, 0));
+        }
+        let mut st = self.lock();
+        if let Some(p) = st.free.get_mut(&class).and_then(|v| v.pop()) {
+            st.pooled_bytes -= class;
+            st.live_bytes += class;
+            return Ok((p, class));
+        }
+        let ctx = match &self.mem {
+            Memory::Cuda(ctx) => ctx,
+            Memory::Fake => {
+                let p = st.fake_next;
+                st.fake_next += class as u64;
+                st.live_bytes += class;
+                return Ok((p, class));
+            }
+            Memory::Host => {
+                let layout = std::alloc::Layout::from_size_align(class, HOST_ALIGN).map_err(|e| err(format!("host alloc: {e}")))?;
+                // SAFETY: non-zero size; freed with the same layout in release_locked.
+                let p = unsafe { std::alloc::alloc(layout) };
+                if p.is_null() {
+                    return Err(err(format!("host alloc of {class} bytes failed")));
+                }
+                st.live_bytes += class;
+                return Ok((p as u64, class));
+            }
+        };
+        ctx.bind_to_thread().map_err(|e| err(format!("bind context: {e}")))?;
+        // SAFETY: plain allocation in the current (bound) context.
+        let first = unsafe { result::malloc_sync(class) };
+        let p = match first {
+            Ok(p) => p,
+            Err(e) if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY => {
+                self.release_locked(&mut st)?;
+                // SAFETY: as above.
+                unsafe { result::malloc_sync(class) }.map_err(|e| {
+                    let (free, total) = result::mem_get_info().unwrap_or((0, 0));
+                    err(format!(
+                        "out of GPU memory: asked for {} MiB with {} MiB free of {} MiB ({} MiB live in tensors) ({e}); try a smaller batch",
+                        class >> 20,
+                        free >> 20,
+                        total >> 20,
+                        st.live_bytes >> 20
+                    ))
+                })?
+            }
+            Err(e) => return Err(err(format!("cuMemAlloc of {class} bytes: {e}"))),
+        };
+        st.live_bytes += class;
+        Ok((p, class))
+    }
+
+    /// Returns a block to its free list (the device may still be using it: see the module doc).
+    pub fn give(&self, ptr: u64, class: usize) {
+        if class == 0 {
+            return;
+        }
+        let mut st = self.lock();
+        if self.exact && let Memory::Cuda(ctx) = &self.mem {
+            st.live_bytes = st.live_bytes.saturating_sub(class);
+            if ctx.bind_to_thread().is_ok() && ctx.synchronize().is_ok() {
+                // SAFETY: from cuMemAlloc; the device is idle, so no queued kernel uses it.
+                unsafe {
+                    let _ = result::free_sync(ptr);
+                }
+            }
+            return;
+        }
+        st.live_bytes = st.live_bytes.saturating_sub(class);
+        st.pooled_bytes += class;
+        st.free.entry(class).or_default().push(ptr);
+    }
+
+    fn release_locked(&self, st: &mut State) -> Result<()> {
+        let ctx = match &self.mem {
+            Memory::Cuda(ctx) => ctx,
+            Memory::Fake => {
+                st.free.clear();
+                st.pooled_bytes = 0;
+                return Ok(());
+            }
+            Memory::Host => {
+                for (class, v) in st.free.drain() {
+                    for p in v {
+                        // SAFETY: allocated in `take` with this class and alignment, now unused.
+                        unsafe { std::alloc::dealloc(p as *mut u8, std::alloc::Layout::from_size_align_unchecked(class, HOST_ALIGN)) };
+                    }
+                }
+                st.pooled_bytes = 0;
+                return Ok(());
+            }
+        };
+        ctx.bind_to_thread().map_err(|e| err(format!("bind context: {e}")))?;
+        // Queued kernels may still use cached blocks: wait for them before freeing.
+        ctx.synchronize().map_err(|e| err(format!("synchronize before releasing memory: {e}")))?;
+        for (_, v) in st.free.drain() {
+            for p in v {
+                // SAFETY: p came from cuMemAlloc and is no longer in use (device idle, block free).
+                unsafe {
+                    let _ = result::free_sync(p);
+                }
+            }
+        }
+        st.pooled_bytes = 0;
+        Ok(())
+    }
+
+    /// Returns every cached block to the driver.
+    pub fn release(&self) -> Result<()> {
+        let mut st = self.lock();
+        self.release_locked(&mut st)
+    }
+
+    pub fn pooled_bytes(&self) -> usize {
+        self.lock().pooled_bytes
+    }
+    pub fn live_bytes(&self) -> usize {
+        self.lock().live_bytes
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Every storage holds an Arc of the pool, so no tensor is live here; cached blocks go back.
+        let _ = self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_class;
+
+    #[test]
+    fn size_classes_cover_the_request_with_little_waste() {
+        for b in [1usize, 255, 256, 257, 1000, 4096, 4097, 1 << 20, (1 << 20) + 1, 123_456_789] {
+            let c = size_class(b);
+            assert!(c >= b && c.is_multiple_of(256), "{b} -> {c}");
+            assert!(c as f64 <= (b as f64 * 1.125).max(256.0) + 256.0, "{b} -> {c}");
+        }
+        assert_eq!(size_class(0), 0);
+    }
+}

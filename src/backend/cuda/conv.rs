@@ -1,0 +1,99 @@
+//! Launches for kernels/conv.cu: NHWC convolution as implicit GEMM (forward, backward-data,
+//! backward-weight), split-K when the output is small and the reduction long (backward-weight
+//! on the late ResNet layers).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::matmul::{BM, BN, MAX_Z, THREADS};
+use super::{Arg, CudaBackend, CudaStorage, elementwise, i32c, i64a, ptr};
+use crate::backend::Conv2dDims;
+use crate::error::{Error, Result};
+
+/// Mirror of `struct ConvDims` in kernels/conv.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ConvDims {
+    n: i32,
+    h: i32,
+    w: i32,
+    c_in: i32,
+    c_out: i32,
+    kh: i32,
+    kw: i32,
+    sh: i32,
+    sw: i32,
+    ph: i32,
+    pw: i32,
+    groups: i32,
+    oh: i32,
+    ow: i32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Pass {
+    Fwd,
+    BwdData,
+    BwdWeight,
+}
+
+/// `in0`, `in1`: (x, w) forward, (dy, w) backward-data, (x, dy) backward-weight.
+pub(super) fn conv2d(b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaStorage, out: &CudaStorage, d: &Conv2dDims) -> Result<()> {
+    const OP: &str = "conv2d";
+    let (cg, og) = (d.c_in / d.groups, d.c_out / d.groups);
+    let kcols = d.kh * d.kw * cg;
+    // The GEMM of one group: M x N outputs, reduction length K.
+    let (m, n, k) = match pass {
+        Pass::Fwd => (d.n * d.oh * d.ow, og, kcols),
+        Pass::BwdData => (d.n * d.h * d.w, cg, d.kh * d.kw * og),
+        Pass::BwdWeight => (og, kcols, d.n * d.oh * d.ow),
+    };
+    let out_len = match pass {
+        Pass::Fwd => d.n * d.oh * d.ow * d.c_out,
+        Pass::BwdData => d.n * d.h * d.w * d.c_in,
+        Pass::BwdWeight => d.c_out * kcols,
+    };
+    if out_len == 0 {
+        return Ok(());
+    }
+    // Every pixel and channel index is an `int` in the kernels.
+    for v in [m, n, k, d.n * d.h * d.w, d.n * d.oh * d.ow] {
+        i32c(OP, v)?;
+    }
+    let cd = ConvDims {
+        n: d.n as i32,
+        h: d.h as i32,
+        w: d.w as i32,
+        c_in: d.c_in as i32,
+        c_out: d.c_out as i32,
+        kh: d.kh as i32,
+        kw: d.kw as i32,
+        sh: d.stride[0] as i32,
+        sw: d.stride[1] as i32,
+        ph: d.pad[0] as i32,
+        pw: d.pad[1] as i32,
+        groups: d.groups as i32,
+        oh: d.oh as i32,
+        ow: d.ow as i32,
+    };
+    let (tm, tn) = (m.div_ceil(BM), n.div_ceil(BN));
+    let splits = b.split_k(tm * tn * d.groups, k);
+    if tn > 65535 || d.groups * splits > MAX_Z {
+        return Err(Error::Invalid { op: OP, msg: format!("{pass:?}: {} groups x {n} columns is too large for the cuda kernels", d.groups) });
+    }
+    let tc = if b.tf32() { "_tc" } else { "" };
+    let kernel = match pass {
+        Pass::Fwd => format!("conv2d{tc}_fwd_f32"),
+        Pass::BwdData => format!("conv2d{tc}_data_bwd_f32"),
+        Pass::BwdWeight => format!("conv2d{tc}_weight_bwd_f32"),
+    };
+    let grid = (tm as u32, tn as u32, (d.groups * splits) as u32);
+    let run = |dst: &CudaStorage, stride: usize| {
+        b.launch(&kernel, grid, (THREADS, 1, 1), &[ptr(in0), ptr(in1), ptr(dst), i64a(stride), Arg::Bytes(bytemuck::bytes_of(&cd)), Arg::I32(splits as i32)])
+    };
+    if splits == 1 {
+        return run(out, 0);
+    }
+    let part = b.scratch(splits * out_len)?;
+    run(&part, out_len)?;
+    elementwise::sum_splits(b, &part, out, splits, out_len)
+}

@@ -1,0 +1,87 @@
+//! Launches for kernels/loss.cu: cross-entropy and the negative-cosine loss.
+
+use super::{Arg, CudaBackend, CudaStorage, i32a, i64a, opt_ptr, ptr};
+use crate::error::Result;
+
+const OP: &str = "loss";
+const THREADS: u32 = 256;
+/// Rows per block of the one-warp-per-row kernels.
+const WARP_ROWS: usize = 8;
+
+fn rows_grid(rows: usize) -> (u32, u32, u32) {
+    (rows.div_ceil(WARP_ROWS).max(1) as u32, 1, 1)
+}
+
+/// loss[0] = alpha * sum(v[..n]), one block, fixed order.
+fn reduce(b: &CudaBackend, v: &CudaStorage, loss: &CudaStorage, n: usize, alpha: f32) -> Result<()> {
+    b.launch("loss_reduce_fwd_f32", (1, 1, 1), (1024, 1, 1), &[ptr(v), ptr(loss), i64a(n), Arg::F32(alpha)])
+}
+
+pub(super) fn cross_entropy_fwd(b: &CudaBackend, logits: &CudaStorage, labels: &CudaStorage, loss: &CudaStorage, rows: usize, classes: usize) -> Result<()> {
+    let per_row = b.scratch(rows.max(1))?;
+    if rows > 0 {
+        b.launch(
+            "cross_entropy_rows_fwd_f32",
+            rows_grid(rows),
+            (THREADS, 1, 1),
+            &[ptr(logits), ptr(labels), ptr(&per_row), i32a(OP, rows)?, i32a(OP, classes)?],
+        )?;
+    }
+    reduce(b, &per_row, loss, rows, 1.0 / rows.max(1) as f32)
+}
+
+pub(super) fn cross_entropy_bwd(
+    b: &CudaBackend,
+    logits: &CudaStorage,
+    labels: &CudaStorage,
+    dloss: &CudaStorage,
+    dlogits: &CudaStorage,
+    rows: usize,
+    classes: usize,
+) -> Result<()> {
+    if rows * classes == 0 {
+        return Ok(());
+    }
+    b.launch(
+        "cross_entropy_bwd_f32",
+        rows_grid(rows),
+        (THREADS, 1, 1),
+        &[ptr(logits), ptr(labels), ptr(dloss), ptr(dlogits), i32a(OP, rows)?, i32a(OP, classes)?],
+    )
+}
+
+pub(super) fn cosine_loss_fwd(b: &CudaBackend, p: &CudaStorage, z: &CudaStorage, loss: &CudaStorage, rows: usize, dim: usize, eps: f32) -> Result<()> {
+    let cos = b.scratch(rows.max(1))?;
+    if rows > 0 {
+        b.launch(
+            "cosine_rows_fwd_f32",
+            rows_grid(rows),
+            (THREADS, 1, 1),
+            &[ptr(p), ptr(z), ptr(&cos), i32a(OP, rows)?, i32a(OP, dim)?, Arg::F32(eps)],
+        )?;
+    }
+    reduce(b, &cos, loss, rows, -1.0 / rows.max(1) as f32)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn cosine_loss_bwd(
+    b: &CudaBackend,
+    p: &CudaStorage,
+    z: &CudaStorage,
+    dloss: &CudaStorage,
+    dp: &CudaStorage,
+    dz: Option<&CudaStorage>,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+) -> Result<()> {
+    if rows * dim == 0 {
+        return Ok(());
+    }
+    b.launch(
+        "cosine_loss_bwd_f32",
+        rows_grid(rows),
+        (THREADS, 1, 1),
+        &[ptr(p), ptr(z), ptr(dloss), ptr(dp), opt_ptr(dz), i32a(OP, rows)?, i32a(OP, dim)?, Arg::F32(eps)],
+    )
+}

@@ -1,0 +1,399 @@
+//! The CUDA backend on cudarc (driver API + NVRTC, both loaded at run time, so the binary builds
+//! and runs on machines without CUDA: `CudaBackend::new` then returns one clear error).
+//!
+//! Kernels live in `kernels/<family>.cu`, one file per op family with symbols named
+//! `<op>_<fwd|bwd>_f32`; `src/backend/cuda/<family>.rs` holds the launch code of the family.
+//! They are compiled by NVRTC for the device's own architecture (sm_90a on Hopper) and cached on
+//! disk (see `nvrtc.rs`). Everything is enqueued on one stream; only downloads and
+//! `synchronize` wait. Memory comes from a caching pool (`alloc.rs`).
+//!
+//! Precision: the default matmul and convolutions are exact FP32 (SIMT), matching the CPU
+//! reference to ~1e-6; `with_tf32(true)` switches them to TF32 tensor cores (~1e-3 relative, like
+//! PyTorch's allow_tf32). Reductions have a fixed order (no atomics), so results are
+//! deterministic on a given GPU.
+//!
+//! Differences from the CPU backend: f32 only; a cross-entropy label that is not a class index
+//! gives a NaN loss (a kernel cannot return an error); attention head dims up to 128.
+
+mod alloc;
+mod attention;
+mod conv;
+mod device;
+mod elementwise;
+mod layout;
+mod loss;
+mod matmul;
+mod norm;
+pub mod nvrtc;
+mod optim;
+mod pool;
+
+use std::sync::Arc;
+
+use alloc::Pool;
+pub use device::LaunchRecord;
+use device::{Arg, Device};
+use nvrtc::err;
+
+use super::*;
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+
+/// A device buffer of f32 values, returned to the pool when dropped.
+pub struct CudaStorage {
+    ptr: u64,
+    len: usize,
+    class: usize,
+    pool: Arc<Pool>,
+}
+
+impl Drop for CudaStorage {
+    fn drop(&mut self) {
+        self.pool.give(self.ptr, self.class);
+    }
+}
+
+impl CudaStorage {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn dtype(&self) -> DType {
+        DType::F32
+    }
+}
+
+#[derive(Clone)]
+pub struct CudaBackend {
+    dev: Arc<Device>,
+    tf32: bool,
+}
+
+impl CudaBackend {
+    /// Opens GPU `device`, compiling (or loading from the disk cache) every kernel family.
+    /// Without a driver, a GPU or NVRTC, returns one error line naming what is missing.
+    pub fn new(device: usize) -> Result<Self> {
+        Ok(CudaBackend { dev: Arc::new(Device::open(device)?), tf32: false })
+    }
+
+    /// A backend with no GPU behind it, for tests: kernels are compiled for their signatures
+    /// only, launches are checked and recorded (`take_launches`) but not run, downloads give
+    /// zeros. Needs libnvrtc. `sm_count` sizes the grids as a GPU with that many SMs would.
+    pub fn dry_run(sm_count: u32) -> Result<Self> {
+        Ok(CudaBackend { dev: Arc::new(Device::dry_run(sm_count)?), tf32: false })
+    }
+
+    /// For tests: the kernels compiled for the host (`lib`, built from kernels/*.cu with
+    /// tests/emu/cuda_emu.h) run on host threads and host memory, with the real launch code.
+    #[doc(hidden)]
+    pub fn emulated(lib: &std::path::Path, sm_count: u32) -> Result<Self> {
+        Ok(CudaBackend { dev: Arc::new(Device::emulated(lib, sm_count)?), tf32: false })
+    }
+
+    /// TF32 tensor cores for matmul and convolution (faster, ~1e-3 relative error).
+    pub fn with_tf32(mut self, on: bool) -> Self {
+        self.tf32 = on;
+        self
+    }
+    pub fn tf32(&self) -> bool {
+        self.tf32
+    }
+    /// The NVRTC target the kernels were built for (e.g. sm_90a).
+    pub fn target(&self) -> &str {
+        &self.dev.target.0
+    }
+    pub fn sm_count(&self) -> u32 {
+        self.dev.sm_count
+    }
+    pub fn kernel_names(&self) -> Vec<String> {
+        self.dev.kernel_names()
+    }
+    /// Dry run only: the launches made since the last call.
+    pub fn take_launches(&self) -> Vec<LaunchRecord> {
+        self.dev.take_launches()
+    }
+    /// Bytes held by freed buffers waiting for reuse.
+    pub fn pooled_bytes(&self) -> usize {
+        self.dev.pool.pooled_bytes()
+    }
+    /// Bytes held by live tensors.
+    pub fn live_bytes(&self) -> usize {
+        self.dev.pool.live_bytes()
+    }
+    /// Returns pooled buffers to the driver.
+    pub fn release_pooled(&self) -> Result<()> {
+        self.dev.pool.release()
+    }
+
+    // ---- helpers for the family files ----------------------------------------------------
+
+    pub(crate) fn launch(&self, kernel: &str, grid: (u32, u32, u32), block: (u32, u32, u32), args: &[Arg<'_>]) -> Result<()> {
+        self.dev.launch(kernel, grid, block, args)
+    }
+
+    /// A scratch buffer of `len` f32 values (contents unspecified), back to the pool when dropped.
+    /// Dropping it right after the launches that use it is safe: see alloc.rs.
+    pub(crate) fn scratch(&self, len: usize) -> Result<CudaStorage> {
+        self.alloc(len, DType::F32)
+    }
+
+    /// Blocks for a grid-stride kernel over `n` elements with `threads` per block.
+    pub(crate) fn blocks_for(&self, n: usize, threads: u32) -> u32 {
+        let cap = self.dev.sm_count as usize * 32;
+        n.div_ceil(threads as usize).clamp(1, cap.max(1)) as u32
+    }
+
+    /// Split-K factor for a GEMM of `tiles` output tiles with reduction length `k`: enough
+    /// pieces to give the GPU about two blocks per SM, each piece at least 256 long.
+    pub(crate) fn split_k(&self, tiles: usize, k: usize) -> usize {
+        let target = 2 * self.dev.sm_count as usize;
+        if tiles >= target || k < 512 {
+            return 1;
+        }
+        target.div_ceil(tiles.max(1)).min(k / 256).clamp(1, 64)
+    }
+}
+
+pub(crate) fn ptr(s: &CudaStorage) -> Arg<'static> {
+    Arg::Ptr(s.ptr)
+}
+pub(crate) fn opt_ptr(s: Option<&CudaStorage>) -> Arg<'static> {
+    Arg::Ptr(s.map_or(0, |s| s.ptr))
+}
+/// `base` advanced by `elems` f32 elements.
+pub(crate) fn ptr_at(s: &CudaStorage, elems: usize) -> Arg<'static> {
+    Arg::Ptr(s.ptr + 4 * elems as u64)
+}
+pub(crate) fn i64a(v: usize) -> Arg<'static> {
+    Arg::I64(v as i64)
+}
+/// A dim passed as `int`: an error, not a wrap-around, when it does not fit.
+pub(crate) fn i32a(op: &'static str, v: usize) -> Result<Arg<'static>> {
+    Ok(Arg::I32(i32c(op, v)?))
+}
+pub(crate) fn i32c(op: &'static str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Invalid { op, msg: format!("size {v} is too large for the cuda kernels (over 2^31 - 1)") })
+}
+
+impl Backend for CudaBackend {
+    type Storage = CudaStorage;
+
+    fn name(&self) -> String {
+        if self.tf32 { format!("{}, tf32", self.dev.name) } else { self.dev.name.clone() }
+    }
+    fn supports(&self, dtype: DType) -> bool {
+        dtype == DType::F32
+    }
+
+    fn alloc(&self, len: usize, dtype: DType) -> Result<CudaStorage> {
+        if dtype != DType::F32 {
+            return Err(Error::DType { op: "alloc", dtype: dtype.to_string(), backend: self.name() });
+        }
+        let bytes = len.checked_mul(4).ok_or_else(|| err(format!("alloc of {len} elements overflows")))?;
+        let (ptr, class) = self.dev.pool.take(bytes)?;
+        Ok(CudaStorage { ptr, len, class, pool: self.dev.pool.clone() })
+    }
+    fn upload_f32(&self, data: &[f32], dtype: DType) -> Result<CudaStorage> {
+        let s = self.alloc(data.len(), dtype)?;
+        self.dev.upload_bytes(s.ptr, bytemuck::cast_slice(data))?;
+        Ok(s)
+    }
+    fn download_f32(&self, s: &CudaStorage) -> Result<Vec<f32>> {
+        let mut v = vec![0f32; s.len];
+        self.dev.download_bytes(s.ptr, bytemuck::cast_slice_mut(&mut v))?;
+        Ok(v)
+    }
+    fn fill(&self, s: &CudaStorage, value: f32) -> Result<()> {
+        elementwise::fill(self, s, value)
+    }
+    fn copy(&self, src: &CudaStorage, dst: &CudaStorage) -> Result<()> {
+        if src.len != dst.len {
+            return Err(Error::Invalid { op: "copy", msg: format!("lengths differ: {} vs {}", src.len, dst.len) });
+        }
+        self.dev.copy_d2d(dst.ptr, src.ptr, 4 * dst.len)
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.dev.synchronize()
+    }
+
+    fn matmul(&self, a: &CudaStorage, b: &CudaStorage, c: &CudaStorage, d: &MatmulDims) -> Result<()> {
+        matmul::matmul(self, a, b, c, d)
+    }
+
+    fn conv2d_fwd(&self, x: &CudaStorage, w: &CudaStorage, y: &CudaStorage, d: &Conv2dDims) -> Result<()> {
+        conv::conv2d(self, conv::Pass::Fwd, x, w, y, d)
+    }
+    fn conv2d_bwd_data(&self, dy: &CudaStorage, w: &CudaStorage, dx: &CudaStorage, d: &Conv2dDims) -> Result<()> {
+        conv::conv2d(self, conv::Pass::BwdData, dy, w, dx, d)
+    }
+    fn conv2d_bwd_weight(&self, x: &CudaStorage, dy: &CudaStorage, dw: &CudaStorage, d: &Conv2dDims) -> Result<()> {
+        conv::conv2d(self, conv::Pass::BwdWeight, x, dy, dw, d)
+    }
+
+    fn batchnorm_fwd_train(
+        &self,
+        x: &CudaStorage,
+        gamma: Option<&CudaStorage>,
+        beta: Option<&CudaStorage>,
+        y: &CudaStorage,
+        save_mean: &CudaStorage,
+        save_invstd: &CudaStorage,
+        running: Option<RunningStats<'_, CudaStorage>>,
+        d: &NormDims,
+    ) -> Result<()> {
+        norm::batchnorm_fwd_train(self, x, gamma, beta, y, save_mean, save_invstd, running, d)
+    }
+    fn batchnorm_fwd_eval(
+        &self,
+        x: &CudaStorage,
+        gamma: Option<&CudaStorage>,
+        beta: Option<&CudaStorage>,
+        running_mean: &CudaStorage,
+        running_var: &CudaStorage,
+        y: &CudaStorage,
+        d: &NormDims,
+    ) -> Result<()> {
+        norm::batchnorm_fwd_eval(self, x, gamma, beta, running_mean, running_var, y, d)
+    }
+    fn batchnorm_bwd(
+        &self,
+        x: &CudaStorage,
+        dy: &CudaStorage,
+        gamma: Option<&CudaStorage>,
+        save_mean: &CudaStorage,
+        save_invstd: &CudaStorage,
+        dx: &CudaStorage,
+        dgamma: Option<&CudaStorage>,
+        dbeta: Option<&CudaStorage>,
+        d: &NormDims,
+    ) -> Result<()> {
+        norm::batchnorm_bwd(self, x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta, d)
+    }
+    fn layernorm_fwd(
+        &self,
+        x: &CudaStorage,
+        gamma: &CudaStorage,
+        beta: &CudaStorage,
+        y: &CudaStorage,
+        save_mean: &CudaStorage,
+        save_rstd: &CudaStorage,
+        d: &NormDims,
+    ) -> Result<()> {
+        norm::layernorm_fwd(self, x, gamma, beta, y, save_mean, save_rstd, d)
+    }
+    fn layernorm_bwd(
+        &self,
+        x: &CudaStorage,
+        dy: &CudaStorage,
+        gamma: &CudaStorage,
+        save_mean: &CudaStorage,
+        save_rstd: &CudaStorage,
+        dx: &CudaStorage,
+        dgamma: &CudaStorage,
+        dbeta: &CudaStorage,
+        d: &NormDims,
+    ) -> Result<()> {
+        norm::layernorm_bwd(self, x, dy, gamma, save_mean, save_rstd, dx, dgamma, dbeta, d)
+    }
+    fn softmax_fwd(&self, x: &CudaStorage, y: &CudaStorage, d: &NormDims) -> Result<()> {
+        norm::softmax(self, "softmax_fwd_f32", x, None, y, d)
+    }
+    fn softmax_bwd(&self, y: &CudaStorage, dy: &CudaStorage, dx: &CudaStorage, d: &NormDims) -> Result<()> {
+        norm::softmax(self, "softmax_bwd_f32", y, Some(dy), dx, d)
+    }
+
+    fn attention_fwd(&self, q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, o: &CudaStorage, lse: &CudaStorage, d: &AttnDims) -> Result<()> {
+        attention::attention_fwd(self, q, k, v, o, lse, d)
+    }
+    fn attention_bwd(
+        &self,
+        q: &CudaStorage,
+        k: &CudaStorage,
+        v: &CudaStorage,
+        o: &CudaStorage,
+        lse: &CudaStorage,
+        dout: &CudaStorage,
+        dq: &CudaStorage,
+        dk: &CudaStorage,
+        dv: &CudaStorage,
+        d: &AttnDims,
+    ) -> Result<()> {
+        attention::attention_bwd(self, q, k, v, o, lse, dout, dq, dk, dv, d)
+    }
+
+    fn unary_fwd(&self, op: Unary, x: &CudaStorage, y: &CudaStorage, n: usize) -> Result<()> {
+        elementwise::unary_fwd(self, op, x, y, n)
+    }
+    fn unary_bwd(&self, op: Unary, x: &CudaStorage, dy: &CudaStorage, dx: &CudaStorage, n: usize) -> Result<()> {
+        elementwise::unary_bwd(self, op, x, dy, dx, n)
+    }
+    fn binary(&self, op: Binary, a: &CudaStorage, b: &CudaStorage, out: &CudaStorage, n: usize, b_len: usize) -> Result<()> {
+        elementwise::binary(self, op, a, b, out, n, b_len)
+    }
+    fn scale(&self, x: &CudaStorage, y: &CudaStorage, alpha: f32, n: usize) -> Result<()> {
+        elementwise::scale(self, x, y, alpha, n)
+    }
+    fn sum_axis(&self, x: &CudaStorage, y: &CudaStorage, d: &AxisDims) -> Result<()> {
+        elementwise::sum_axis(self, x, y, d)
+    }
+
+    fn maxpool2d_fwd(&self, x: &CudaStorage, y: &CudaStorage, d: &PoolDims) -> Result<()> {
+        pool::maxpool2d_fwd(self, x, y, d)
+    }
+    fn maxpool2d_bwd(&self, x: &CudaStorage, dy: &CudaStorage, dx: &CudaStorage, d: &PoolDims) -> Result<()> {
+        pool::maxpool2d_bwd(self, x, dy, dx, d)
+    }
+    fn avgpool_global_fwd(&self, x: &CudaStorage, y: &CudaStorage, d: &AxisDims) -> Result<()> {
+        pool::avgpool_global(self, "avgpool_global_fwd_f32", x, y, d)
+    }
+    fn avgpool_global_bwd(&self, dy: &CudaStorage, dx: &CudaStorage, d: &AxisDims) -> Result<()> {
+        pool::avgpool_global(self, "avgpool_global_bwd_f32", dy, dx, d)
+    }
+
+    fn cross_entropy_fwd(&self, logits: &CudaStorage, labels: &CudaStorage, loss: &CudaStorage, rows: usize, classes: usize) -> Result<()> {
+        loss::cross_entropy_fwd(self, logits, labels, loss, rows, classes)
+    }
+    fn cross_entropy_bwd(
+        &self,
+        logits: &CudaStorage,
+        labels: &CudaStorage,
+        dloss: &CudaStorage,
+        dlogits: &CudaStorage,
+        rows: usize,
+        classes: usize,
+    ) -> Result<()> {
+        loss::cross_entropy_bwd(self, logits, labels, dloss, dlogits, rows, classes)
+    }
+    fn cosine_loss_fwd(&self, p: &CudaStorage, z: &CudaStorage, out: &CudaStorage, rows: usize, dim: usize, eps: f32) -> Result<()> {
+        loss::cosine_loss_fwd(self, p, z, out, rows, dim, eps)
+    }
+    fn cosine_loss_bwd(
+        &self,
+        p: &CudaStorage,
+        z: &CudaStorage,
+        dloss: &CudaStorage,
+        dp: &CudaStorage,
+        dz: Option<&CudaStorage>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        loss::cosine_loss_bwd(self, p, z, dloss, dp, dz, rows, dim, eps)
+    }
+
+    fn sgd_step(&self, tensors: &[SgdTensor<'_, CudaStorage>], momentum: f32) -> Result<()> {
+        optim::sgd_step(self, tensors, momentum)
+    }
+
+    fn permute(&self, x: &CudaStorage, y: &CudaStorage, shape: &[usize], perm: &[usize]) -> Result<()> {
+        layout::permute(self, x, y, shape, perm)
+    }
+    fn slice(&self, x: &CudaStorage, y: &CudaStorage, d: &SliceDims) -> Result<()> {
+        layout::slice(self, "slice_fwd_f32", x, y, d)
+    }
+    fn slice_assign(&self, src: &CudaStorage, dst: &CudaStorage, d: &SliceDims) -> Result<()> {
+        layout::slice(self, "slice_assign_fwd_f32", src, dst, d)
+    }
+}

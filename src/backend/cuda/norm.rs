@@ -1,0 +1,219 @@
+//! Launches for kernels/norm.cu: batch norm (train, eval, backward), layer norm, softmax.
+
+use super::{Arg, CudaBackend, CudaStorage, i32a, i64a, opt_ptr, ptr};
+use crate::backend::{NormDims, RunningStats};
+use crate::error::Result;
+
+const OP: &str = "norm";
+const THREADS: u32 = 256;
+/// Rows per block of the one-warp-per-row kernels (256 threads).
+const WARP_ROWS: usize = 8;
+
+/// Blocks of the column-statistics kernels: (channel blocks, row blocks, rows per row block).
+/// About four blocks per SM, at least 32 rows each, at most 65535 row blocks.
+fn colstats_grid(b: &CudaBackend, rows: usize, c: usize) -> (usize, usize, usize) {
+    let cb = c.div_ceil(32);
+    let want = (4 * b.sm_count() as usize).div_ceil(cb).max(1);
+    let rpb = rows.div_ceil(want).max(32).max(rows.div_ceil(65535));
+    (cb, rows.div_ceil(rpb).max(1), rpb)
+}
+
+/// Scratch for `nb` row blocks x 2 x C partial sums in double (2 f32 slots each).
+fn partials(b: &CudaBackend, nb: usize, c: usize) -> Result<CudaStorage> {
+    b.scratch(nb * 2 * c * 2)
+}
+
+fn per_channel_blocks(c: usize) -> u32 {
+    c.div_ceil(THREADS as usize) as u32
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn batchnorm_fwd_train(
+    b: &CudaBackend,
+    x: &CudaStorage,
+    gamma: Option<&CudaStorage>,
+    beta: Option<&CudaStorage>,
+    y: &CudaStorage,
+    save_mean: &CudaStorage,
+    save_invstd: &CudaStorage,
+    running: Option<RunningStats<'_, CudaStorage>>,
+    d: &NormDims,
+) -> Result<()> {
+    let (rows, c) = (d.rows, d.channels);
+    if rows * c == 0 {
+        return Ok(());
+    }
+    let (cb, nb, rpb) = colstats_grid(b, rows, c);
+    let part = partials(b, nb, c)?;
+    b.launch("batchnorm_stats_fwd_f32", (cb as u32, nb as u32, 1), (32, 8, 1), &[ptr(x), ptr(&part), i32a(OP, rows)?, i32a(OP, c)?, i32a(OP, rpb)?])?;
+    let ss = b.scratch(2 * c)?;
+    let (rm, rv, momentum) = match &running {
+        Some(r) => (Some(r.mean), Some(r.var), r.momentum),
+        None => (None, None, 0.0),
+    };
+    b.launch(
+        "batchnorm_finalize_fwd_f32",
+        (per_channel_blocks(c), 1, 1),
+        (THREADS, 1, 1),
+        &[
+            ptr(&part),
+            i32a(OP, nb)?,
+            i32a(OP, rows)?,
+            i32a(OP, c)?,
+            Arg::F32(d.eps),
+            opt_ptr(gamma),
+            opt_ptr(beta),
+            ptr(save_mean),
+            ptr(save_invstd),
+            opt_ptr(rm),
+            opt_ptr(rv),
+            Arg::F32(momentum),
+            ptr(&ss),
+        ],
+    )?;
+    let n = rows * c;
+    b.launch("batchnorm_apply_fwd_f32", (b.blocks_for(n, THREADS), 1, 1), (THREADS, 1, 1), &[ptr(x), ptr(&ss), ptr(y), i64a(n), i32a(OP, c)?])
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn batchnorm_fwd_eval(
+    b: &CudaBackend,
+    x: &CudaStorage,
+    gamma: Option<&CudaStorage>,
+    beta: Option<&CudaStorage>,
+    rm: &CudaStorage,
+    rv: &CudaStorage,
+    y: &CudaStorage,
+    d: &NormDims,
+) -> Result<()> {
+    let n = d.rows * d.channels;
+    if n == 0 {
+        return Ok(());
+    }
+    b.launch(
+        "batchnorm_eval_fwd_f32",
+        (b.blocks_for(n, THREADS), 1, 1),
+        (THREADS, 1, 1),
+        &[ptr(x), opt_ptr(gamma), opt_ptr(beta), ptr(rm), ptr(rv), ptr(y), i64a(n), i32a(OP, d.channels)?, Arg::F32(d.eps)],
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn batchnorm_bwd(
+    b: &CudaBackend,
+    x: &CudaStorage,
+    dy: &CudaStorage,
+    gamma: Option<&CudaStorage>,
+    mean: &CudaStorage,
+    invstd: &CudaStorage,
+    dx: &CudaStorage,
+    dgamma: Option<&CudaStorage>,
+    dbeta: Option<&CudaStorage>,
+    d: &NormDims,
+) -> Result<()> {
+    let (rows, c) = (d.rows, d.channels);
+    if rows * c == 0 {
+        return Ok(());
+    }
+    let (cb, nb, rpb) = colstats_grid(b, rows, c);
+    let part = partials(b, nb, c)?;
+    b.launch(
+        "batchnorm_stats_bwd_f32",
+        (cb as u32, nb as u32, 1),
+        (32, 8, 1),
+        &[ptr(x), ptr(dy), ptr(mean), ptr(invstd), ptr(&part), i32a(OP, rows)?, i32a(OP, c)?, i32a(OP, rpb)?],
+    )?;
+    // sums = (sum dy, sum dy xhat) = (dbeta, dgamma)
+    let sums = b.scratch(2 * c)?;
+    b.launch(
+        "colstats_finalize_bwd_f32",
+        (per_channel_blocks(c), 1, 1),
+        (THREADS, 1, 1),
+        &[ptr(&part), i32a(OP, nb)?, i32a(OP, c)?, ptr(&sums), opt_ptr(dbeta), opt_ptr(dgamma)],
+    )?;
+    let n = rows * c;
+    b.launch(
+        "batchnorm_dx_bwd_f32",
+        (b.blocks_for(n, THREADS), 1, 1),
+        (THREADS, 1, 1),
+        &[ptr(x), ptr(dy), opt_ptr(gamma), ptr(mean), ptr(invstd), ptr(&sums), ptr(dx), i64a(n), i32a(OP, c)?, i32a(OP, rows)?],
+    )
+}
+
+fn warp_rows_grid(rows: usize) -> (u32, u32, u32) {
+    (rows.div_ceil(WARP_ROWS) as u32, 1, 1)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn layernorm_fwd(
+    b: &CudaBackend,
+    x: &CudaStorage,
+    gamma: &CudaStorage,
+    beta: &CudaStorage,
+    y: &CudaStorage,
+    mean: &CudaStorage,
+    rstd: &CudaStorage,
+    d: &NormDims,
+) -> Result<()> {
+    if d.rows * d.channels == 0 {
+        return Ok(());
+    }
+    b.launch(
+        "layernorm_fwd_f32",
+        warp_rows_grid(d.rows),
+        (THREADS, 1, 1),
+        &[ptr(x), ptr(gamma), ptr(beta), ptr(y), ptr(mean), ptr(rstd), i32a(OP, d.rows)?, i32a(OP, d.channels)?, Arg::F32(d.eps)],
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn layernorm_bwd(
+    b: &CudaBackend,
+    x: &CudaStorage,
+    dy: &CudaStorage,
+    gamma: &CudaStorage,
+    mean: &CudaStorage,
+    rstd: &CudaStorage,
+    dx: &CudaStorage,
+    dgamma: &CudaStorage,
+    dbeta: &CudaStorage,
+    d: &NormDims,
+) -> Result<()> {
+    let (rows, c) = (d.rows, d.channels);
+    if rows * c == 0 {
+        return Ok(());
+    }
+    b.launch(
+        "layernorm_dx_bwd_f32",
+        warp_rows_grid(rows),
+        (THREADS, 1, 1),
+        &[ptr(x), ptr(dy), ptr(gamma), ptr(mean), ptr(rstd), ptr(dx), i32a(OP, rows)?, i32a(OP, c)?],
+    )?;
+    let (cb, nb, rpb) = colstats_grid(b, rows, c);
+    let part = partials(b, nb, c)?;
+    b.launch(
+        "layernorm_stats_bwd_f32",
+        (cb as u32, nb as u32, 1),
+        (32, 8, 1),
+        &[ptr(x), ptr(dy), ptr(mean), ptr(rstd), ptr(&part), i32a(OP, rows)?, i32a(OP, c)?, i32a(OP, rpb)?],
+    )?;
+    // (sum dy xhat, sum dy) = (dgamma, dbeta)
+    b.launch(
+        "colstats_finalize_bwd_f32",
+        (per_channel_blocks(c), 1, 1),
+        (THREADS, 1, 1),
+        &[ptr(&part), i32a(OP, nb)?, i32a(OP, c)?, Arg::Ptr(0), ptr(dgamma), ptr(dbeta)],
+    )
+}
+
+/// softmax_fwd_f32 (x, -, y) or softmax_bwd_f32 (y, dy, dx).
+pub(super) fn softmax(b: &CudaBackend, kernel: &str, a: &CudaStorage, g: Option<&CudaStorage>, out: &CudaStorage, d: &NormDims) -> Result<()> {
+    if d.rows * d.channels == 0 {
+        return Ok(());
+    }
+    let (rows, c) = (i32a(OP, d.rows)?, i32a(OP, d.channels)?);
+    match g {
+        None => b.launch(kernel, warp_rows_grid(d.rows), (THREADS, 1, 1), &[ptr(a), ptr(out), rows, c]),
+        Some(g) => b.launch(kernel, warp_rows_grid(d.rows), (THREADS, 1, 1), &[ptr(a), ptr(g), ptr(out), rows, c]),
+    }
+}

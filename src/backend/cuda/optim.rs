@@ -1,0 +1,54 @@
+//! Launch for kernels/optim.cu: the fused multi-tensor SGD step, up to MAX_TENSORS tensors per
+//! launch (one launch for SimSiam's ResNet-18 with its heads, about 72 tensors), described by a
+//! struct passed by value (3848 bytes: under the classic 4 KB kernel-parameter limit).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{Arg, CudaBackend, CudaStorage};
+use crate::backend::SgdTensor;
+use crate::error::Result;
+
+/// SGD_MAX_TENSORS, SGD_THREADS and SGD_CHUNK of optim.cu.
+const MAX_TENSORS: usize = 80;
+const THREADS: u32 = 256;
+const CHUNK: usize = THREADS as usize * 4;
+
+/// Mirror of `struct SgdTensor` in kernels/optim.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct KTensor {
+    param: u64,
+    grad: u64,
+    buf: u64,
+    len: i64,
+    lr: f32,
+    weight_decay: f32,
+}
+
+/// Mirror of `struct SgdBatch` in kernels/optim.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct KBatch {
+    t: [KTensor; MAX_TENSORS],
+    block_end: [i64; MAX_TENSORS],
+    count: i32,
+    momentum: f32,
+}
+
+pub(super) fn sgd_step(b: &CudaBackend, tensors: &[SgdTensor<'_, CudaStorage>], momentum: f32) -> Result<()> {
+    let live: Vec<&SgdTensor<'_, CudaStorage>> = tensors.iter().filter(|t| t.len > 0).collect();
+    for group in live.chunks(MAX_TENSORS) {
+        let mut batch = KBatch::zeroed();
+        let mut blocks = 0usize;
+        for (i, t) in group.iter().enumerate() {
+            batch.t[i] = KTensor { param: t.param.ptr, grad: t.grad.ptr, buf: t.momentum_buf.ptr, len: t.len as i64, lr: t.lr, weight_decay: t.weight_decay };
+            blocks += t.len.div_ceil(CHUNK);
+            batch.block_end[i] = blocks as i64;
+        }
+        batch.count = group.len() as i32;
+        batch.momentum = momentum;
+        let grid = u32::try_from(blocks).ok().filter(|&g| g <= i32::MAX as u32).ok_or_else(|| super::err(format!("sgd_step: {blocks} blocks is over the grid limit")))?;
+        b.launch("sgd_fwd_f32", (grid, 1, 1), (THREADS, 1, 1), &[Arg::Bytes(bytemuck::bytes_of(&batch))])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! The CUDA kernels run on the host: kernels/*.cu compiled as C++ with tests/emu/cuda_emu.h
+//! (host threads for CUDA threads, real barriers and warp exchanges, mma.sync emulated), driven
+//! by the real CUDA backend's launch code, checked by the conformance suite against the CPU
+//! reference in f64 (exact FP32 at 1e-5, TF32 at 1e-2), plus larger shapes that take the
+//! split-K, multi-block reduction and wide-head paths. Needs g++ (C++20) and libnvrtc (for the
+//! kernel signatures); prints "skipped: <reason>" otherwise.
+//!
+//! This checks the kernels' indexing, bounds and arithmetic without a GPU. It cannot check
+//! timing, scheduling-dependent races, register or shared-memory limits: that needs a GPU
+//! (tests/conformance_cuda.rs and benches/gpu_run.sh).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::conformance::{Case, run_cases};
+use ssl_engine::DType;
+use ssl_engine::backend::cuda::CudaBackend;
+use ssl_engine::backend::cuda::nvrtc::{self, FAMILIES, HEADERS, Target};
+use ssl_engine::rng::Rng;
+
+const SHIM: &str = include_str!("emu/cuda_emu.h");
+const LAUNCH: &str = include_str!("emu/cuda_emu_launch.cpp");
+
+fn fnv64(parts: &[&str]) -> u64 {
+    parts.iter().flat_map(|p| p.bytes().chain([0xff])).fold(0xCBF2_9CE4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01B3))
+}
+
+fn build() -> Result<PathBuf, String> {
+    nvrtc::nvrtc_available().map_err(|e| e.to_string())?;
+    match Command::new("g++").arg("--version").output() {
+        Ok(o) if o.status.success() => {}
+        _ => return Err("g++ not found".into()),
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cuda-emu");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut parts = vec![SHIM, LAUNCH];
+    parts.extend(FAMILIES.iter().map(|(_, s)| *s));
+    parts.extend(HEADERS.iter().map(|(_, s)| *s));
+    let lib = dir.join(format!("libssl_cuda_emu-{:016x}.so", fnv64(&parts)));
+    if lib.exists() {
+        return Ok(lib);
+    }
+    // One translation unit per family: the shim, the family's source, its kernels registered.
+    let target = Target("compute_80".into());
+    let mut units = vec![root.join("tests/emu/cuda_emu_launch.cpp")];
+    for (file, src) in FAMILIES {
+        let c = nvrtc::compile_cached(file, src, &target, nvrtc::cache_dir().as_deref(), false).map_err(|e| e.to_string())?;
+        let names: Vec<String> = nvrtc::ptx_entries(c.ptx.as_deref().unwrap_or("")).into_iter().map(|(n, _)| n).collect();
+        let mut tu = format!("#include \"cuda_emu.h\"\n#include \"{}\"\n", root.join("kernels").join(file).display());
+        for n in names {
+            tu.push_str(&format!("EMU_REGISTER({n})\n"));
+        }
+        let path = dir.join(format!("{}.cpp", file.trim_end_matches(".cu")));
+        std::fs::write(&path, tu).map_err(|e| e.to_string())?;
+        units.push(path);
+    }
+    // Two compilers at a time (the machine has two cores), then one link.
+    let mut objs = Vec::new();
+    for chunk in units.chunks(2) {
+        let children: Vec<_> = chunk
+            .iter()
+            .map(|u| {
+                let obj = dir.join(format!("{}.o", u.file_stem().unwrap().to_string_lossy()));
+                let child = Command::new("g++")
+                    .args(["-std=c++20", "-O1", "-fPIC", "-pthread", "-w", "-c"])
+                    .arg("-I").arg(root.join("kernels"))
+                    .arg("-I").arg(root.join("tests/emu"))
+                    .arg(u)
+                    .arg("-o")
+                    .arg(&obj)
+                    .spawn()
+                    .map_err(|e| e.to_string());
+                (u.clone(), obj, child)
+            })
+            .collect();
+        for (u, obj, child) in children {
+            let out = child?.wait_with_output().map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!("g++ failed on {}", u.display()));
+            }
+            objs.push(obj);
+        }
+    }
+    let tmp = dir.join(format!("tmp-{}.so", std::process::id()));
+    let st = Command::new("g++").args(["-shared", "-pthread", "-o"]).arg(&tmp).args(&objs).status().map_err(|e| e.to_string())?;
+    if !st.success() {
+        return Err("link failed".into());
+    }
+    std::fs::rename(&tmp, &lib).map_err(|e| e.to_string())?;
+    Ok(lib)
+}
+
+fn emulator() -> Option<CudaBackend> {
+    static LIB: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match LIB.get_or_init(build) {
+        Ok(lib) => Some(CudaBackend::emulated(lib, 4).expect("load the emulator")),
+        Err(e) => {
+            println!("skipped: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn emulated_kernels_conform_in_fp32() {
+    let Some(dev) = emulator() else { return };
+    let r = common::conformance::run_suite(&dev, DType::F32, 1e-5, 42);
+    println!("{}: {} checks, worst relative L2 {:.2e}", ssl_engine::backend::Backend::name(&dev), r.lines.len(), r.worst);
+}
+
+#[test]
+fn emulated_tf32_kernels_conform_loosely() {
+    let Some(dev) = emulator() else { return };
+    let dev = dev.with_tf32(true);
+    let r = common::conformance::run_suite(&dev, DType::F32, 1e-2, 43);
+    println!("tf32: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
+    assert!(r.worst > 1e-7, "TF32 results are exact: the tensor-core path did not run");
+}
+
+/// Shapes past the suite's: split-K matmuls and convolutions, split axis sums, column
+/// statistics over many row blocks, several attention tiles and the 128-wide head variant.
+#[test]
+fn emulated_kernels_conform_on_split_and_multi_block_paths() {
+    let Some(dev) = emulator() else { return };
+    use Case::*;
+    let cases = vec![
+        (Matmul { ta: false, tb: false }, vec![vec![3, 1000], vec![1000, 5]]),
+        (Matmul { ta: true, tb: true }, vec![vec![2, 700, 9], vec![2, 11, 700]]),
+        (Matmul { ta: false, tb: true }, vec![vec![130, 70], vec![67, 70]]),
+        (Conv { stride: 1, pad: 1, groups: 1 }, vec![vec![8, 16, 16, 4], vec![6, 3, 3, 4]]),
+        (Conv { stride: 2, pad: 1, groups: 2 }, vec![vec![4, 17, 15, 6], vec![4, 3, 3, 3]]),
+        (SumAxis(1), vec![vec![2, 3000, 3]]),
+        (SumAxis(0), vec![vec![5000, 2]]),
+        (BatchNorm { affine: true }, vec![vec![4000, 5], vec![5], vec![5]]),
+        (BatchNorm { affine: false }, vec![vec![50, 70]]),
+        (LayerNorm, vec![vec![700, 40], vec![40], vec![40]]),
+        (Softmax, vec![vec![9, 100]]),
+        (Attention { scale: 0.2 }, vec![vec![2, 70, 100], vec![2, 40, 100], vec![2, 40, 100]]),
+        (Attention { scale: 0.125 }, vec![vec![1, 3, 70, 64], vec![1, 3, 65, 64], vec![1, 3, 65, 64]]),
+        (CrossEntropy { labels: (0..40).map(|i| (i % 37) as f32).collect() }, vec![vec![40, 37]]),
+        (Cosine { stop_grad: false }, vec![vec![20, 300], vec![20, 300]]),
+        (MaxPool { k: 3, stride: 1, pad: 1 }, vec![vec![2, 5, 6, 3]]),
+        (AvgPool, vec![vec![2, 7, 9, 33]]),
+        (Permute(vec![1, 0]), vec![vec![70, 3]]),
+    ];
+    for tf32 in [false, true] {
+        let dev = dev.clone().with_tf32(tf32);
+        let mut rng = Rng::new(5);
+        let tol = if tf32 { 1e-2 } else { 1e-5 };
+        let r = run_cases(&dev, DType::F32, tol, &mut rng, cases.clone());
+        println!("tf32 {tf32}: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
+    }
+}

@@ -1,0 +1,249 @@
+//! The CUDA backend without a GPU: every kernel file compiles through NVRTC for sm_80 and
+//! compute_90a (and sm_90a with register/spill report), kernel symbols follow the naming rule,
+//! the disk cache hits on the second compile, `CudaBackend::new` fails with one clear line,
+//! and a dry-run device drives every Backend op (the conformance cases, forward and backward,
+//! the SGD step, the benchmark shapes and whole training steps) through the real launch code,
+//! checking every launch against its kernel's PTX signature and the grid limits.
+//! Tests that need libnvrtc print "skipped: <reason>" when it is absent.
+
+mod common;
+
+use ssl_engine::DType;
+use ssl_engine::autograd::Tape;
+use ssl_engine::backend::Backend;
+use ssl_engine::backend::cuda::CudaBackend;
+use ssl_engine::backend::cuda::nvrtc::{self, FAMILIES, ParamKind, Target};
+use ssl_engine::ops;
+use ssl_engine::Tensor;
+
+fn nvrtc_or_skip() -> bool {
+    match nvrtc::nvrtc_available() {
+        Ok(()) => true,
+        Err(e) => {
+            println!("skipped: {e}");
+            false
+        }
+    }
+}
+
+#[test]
+fn every_kernel_file_compiles_for_sm80_and_compute90a() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    println!("nvrtc {:?}, archs {:?}", nvrtc::version().unwrap(), nvrtc::supported_archs().unwrap());
+    for arch in ["sm_80", "compute_90a"] {
+        let target = Target(arch.into());
+        let mut total = 0;
+        for (file, src) in FAMILIES {
+            let c = nvrtc::compile(file, src, &target).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!c.image.is_empty(), "{file} {arch}: empty image");
+            let entries = nvrtc::ptx_entries(c.ptx.as_deref().expect("PTX"));
+            assert!(!entries.is_empty(), "{file} {arch}: no kernels");
+            for (name, params) in &entries {
+                assert!(name.ends_with("_fwd_f32") || name.ends_with("_bwd_f32"), "{file}: kernel {name} breaks the <op>_<fwd|bwd>_<dtype> rule");
+                assert!(!params.is_empty(), "{name}: no parameters");
+            }
+            total += entries.len();
+        }
+        println!("{arch}: {} files, {total} kernels", FAMILIES.len());
+    }
+}
+
+/// sm_90a cubins, with ptxas' report: no kernel spills registers to local memory, except the
+/// 128-wide attention variants (a fallback for head dims over 64).
+#[test]
+fn sm90a_cubins_build_without_spills() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let target = Target("sm_90a".into());
+    for (file, src) in FAMILIES {
+        let c = nvrtc::compile_with(file, src, &target, &["--ptxas-options=--verbose"]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.image.len() > 4 && &c.image[..4] == b"\x7fELF", "{file}: sm_90a image is not a cubin");
+        let mut kernel = String::new();
+        for line in c.log.lines() {
+            if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+                kernel = rest.split('\'').next().unwrap_or("").to_string();
+            }
+            if line.contains("Used") && line.contains("registers") {
+                println!("{kernel}: {}", line.split("info    : ").nth(1).unwrap_or(line).trim());
+            }
+            if let Some(n) = line.split(" bytes spill stores").next().and_then(|s| s.rsplit(' ').next()).and_then(|s| s.parse::<u64>().ok()) {
+                assert!(n == 0 || kernel.contains("d128"), "{kernel} ({file}) spills {n} bytes on sm_90a");
+            }
+        }
+    }
+}
+
+#[test]
+fn compiled_kernels_are_cached_on_disk() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ssl-engine-kcache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = Target("compute_80".into());
+    let (file, src) = FAMILIES.iter().find(|(f, _)| *f == "optim.cu").unwrap();
+    let t0 = std::time::Instant::now();
+    let a = nvrtc::compile_cached(file, src, &target, Some(&dir), false).unwrap();
+    let first = t0.elapsed();
+    let files = std::fs::read_dir(&dir).unwrap().count();
+    assert!(files >= 1, "nothing written to the cache");
+    let t1 = std::time::Instant::now();
+    let b = nvrtc::compile_cached(file, src, &target, Some(&dir), false).unwrap();
+    let second = t1.elapsed();
+    assert_eq!(a.image, b.image);
+    assert!(b.log.is_empty(), "second compile did not come from the cache");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), files);
+    // A different source gets a different entry.
+    nvrtc::compile_cached(file, &format!("{src}\n// changed\n"), &target, Some(&dir), false).unwrap();
+    assert!(std::fs::read_dir(&dir).unwrap().count() > files);
+    println!("compile {first:?}, cached {second:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn compile_errors_carry_the_nvrtc_log() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let e = nvrtc::compile("broken.cu", "extern \"C\" __global__ void broken_fwd_f32(float* x) { x[0] = undefined_thing; }", &Target("sm_80".into()))
+        .err()
+        .expect("compile error");
+    let s = e.to_string();
+    assert!(s.contains("broken.cu") && s.contains("undefined_thing"), "{s}");
+}
+
+#[test]
+fn target_follows_the_device() {
+    let archs = [75, 80, 86, 89, 90, 100, 120];
+    assert_eq!(Target::for_device(9, 0, &archs).unwrap().0, "sm_90a");
+    assert_eq!(Target::for_device(8, 0, &archs).unwrap().0, "sm_80");
+    assert_eq!(Target::for_device(12, 1, &archs).unwrap().0, "compute_120");
+    assert!(Target::for_device(7, 0, &archs).is_err());
+}
+
+#[test]
+fn ptx_signatures_are_parsed() {
+    let ptx = ".visible .entry k_fwd_f32(\n\t.param .u64 .ptr .align 1 k_fwd_f32_param_0,\n\t.param .u32 k_fwd_f32_param_1,\n\t.param .f32 k_fwd_f32_param_2,\n\t.param .align 4 .b8 k_fwd_f32_param_3[56]\n)\n{\n}\n.visible .entry j_bwd_f32()\n{\n}";
+    let e = nvrtc::ptx_entries(ptx);
+    assert_eq!(e[0].0, "k_fwd_f32");
+    assert_eq!(e[0].1, vec![ParamKind::B64, ParamKind::B32, ParamKind::F32, ParamKind::Bytes(56)]);
+    assert_eq!(e[1], ("j_bwd_f32".to_string(), vec![]));
+}
+
+/// Without a GPU, `CudaBackend::new` returns one line naming what is missing (no panic).
+#[test]
+fn new_without_a_gpu_is_a_clear_error() {
+    match CudaBackend::new(0) {
+        Ok(b) => println!("a GPU is present: {}", b.name()),
+        Err(e) => {
+            let s = e.to_string();
+            println!("CudaBackend::new(0): {s}");
+            assert!(!s.contains('\n'), "not one line: {s}");
+            assert!(
+                s.contains("libcuda not found") || s.contains("no CUDA device") || s.contains("libnvrtc not found") || s.contains("cuInit"),
+                "unclear error: {s}"
+            );
+        }
+    }
+    // A device index past the last one is an error too, never a panic.
+    if let Err(e) = CudaBackend::new(1 << 20) {
+        assert!(!e.to_string().is_empty());
+    }
+}
+
+fn dry() -> Option<CudaBackend> {
+    if !nvrtc_or_skip() {
+        return None;
+    }
+    Some(CudaBackend::dry_run(132).expect("dry-run device"))
+}
+
+/// Every conformance case, forward and backward, through the launch code of a dry-run device
+/// (exact FP32 and TF32 kernels): each launch is checked against its kernel's signature.
+#[test]
+fn dry_run_every_op_launches_valid_kernels() {
+    let Some(dev) = dry() else { return };
+    for tf32 in [false, true] {
+        let dev = dev.clone().with_tf32(tf32);
+        for (case, shapes) in common::conformance::cases() {
+            let tape = Tape::new();
+            let vars: Vec<_> = shapes
+                .iter()
+                .map(|s| {
+                    let n: usize = s.iter().product();
+                    tape.leaf(Tensor::from_f32(&dev, &vec![0.5; n], s, DType::F32).unwrap())
+                })
+                .collect();
+            let out = case.run(&tape, &vars).unwrap_or_else(|e| panic!("{case:?} forward: {e}"));
+            let seed = Tensor::full(&dev, out.shape(), 1.0, DType::F32).unwrap();
+            tape.backward_with(&out, seed).unwrap_or_else(|e| panic!("{case:?} backward: {e}"));
+            let launches = dev.take_launches();
+            assert!(!launches.is_empty(), "{case:?}: no kernel launched");
+        }
+    }
+    let ts: Vec<[Tensor<CudaBackend>; 3]> = [1usize, 37, 1001, 0, 5000]
+        .iter()
+        .map(|&n| [0, 1, 2].map(|_| Tensor::zeros(&dev, &[n], DType::F32).unwrap()))
+        .collect();
+    let slots: Vec<ops::SgdSlot<'_, CudaBackend>> = ts
+        .iter()
+        .map(|t| ops::SgdSlot { param: &t[0], grad: &t[1], momentum_buf: &t[2], lr: 0.1, weight_decay: 5e-4 })
+        .collect();
+    dev.take_launches(); // the fills of Tensor::zeros
+    ops::sgd_step(&slots, 0.9).unwrap();
+    let l = dev.take_launches();
+    assert_eq!(l.len(), 1, "one SGD launch for all tensors");
+    assert_eq!(l[0].grid.0 as usize, 1 + 1 + 1 + 5, "blocks of 1024 elements");
+    // More tensors than one launch holds: split into launches of 80.
+    let many: Vec<[Tensor<CudaBackend>; 3]> = (0..170).map(|_| [0, 1, 2].map(|_| Tensor::zeros(&dev, &[3], DType::F32).unwrap())).collect();
+    let slots: Vec<ops::SgdSlot<'_, CudaBackend>> = many
+        .iter()
+        .map(|t| ops::SgdSlot { param: &t[0], grad: &t[1], momentum_buf: &t[2], lr: 0.1, weight_decay: 0.0 })
+        .collect();
+    dev.take_launches();
+    ops::sgd_step(&slots, 0.9).unwrap();
+    assert_eq!(dev.take_launches().len(), 3);
+}
+
+/// The kernel benchmark at batch 512 and whole training steps (ResNet-18 CIFAR, ViT-tiny),
+/// on a dry-run device: real shapes, split-K and grid-limit paths, every launch checked.
+#[test]
+fn dry_run_benchmark_shapes_and_train_steps() {
+    let Some(dev) = dry() else { return };
+    for tf32 in [false, true] {
+        let dev = dev.clone().with_tf32(tf32);
+        let t = ssl_engine::bench::bench_kernels(&dev, 512, None, 1).unwrap();
+        assert!(t.len() > 30, "{} kernel timings", t.len());
+        let n = dev.take_launches().len();
+        println!("bench kernels (tf32 {tf32}): {} timings, {n} launches", t.len());
+        for model in ["resnet18-cifar", "vit-tiny"] {
+            ssl_engine::bench::bench_step(&dev, model, 8, 32, 0, 1).unwrap();
+            let l = dev.take_launches();
+            println!("{model} step: {} launches", l.len());
+            assert!(l.len() > 50);
+        }
+    }
+    // The pool reuses blocks: a second identical step allocates nothing new.
+    dev.release_pooled().unwrap();
+    ssl_engine::bench::bench_step(&dev, "resnet18-cifar", 8, 32, 0, 1).unwrap();
+    let live = dev.live_bytes() + dev.pooled_bytes();
+    ssl_engine::bench::bench_step(&dev, "resnet18-cifar", 8, 32, 0, 1).unwrap();
+    assert_eq!(dev.live_bytes() + dev.pooled_bytes(), live, "a steady-state step allocated new memory");
+    dev.take_launches();
+}
+
+/// Kernel argument checking: a wrong argument list is an error naming the kernel.
+#[test]
+fn dry_run_rejects_unsupported_sizes_cleanly() {
+    let Some(dev) = dry() else { return };
+    // Head dim over 128: a clear error, not a bad launch.
+    let q = Tensor::zeros(&dev, &[1, 2, 129], DType::F32).unwrap();
+    let e = ops::attention(&q, &q, &q, 1.0).expect_err("head dim 129");
+    assert!(e.to_string().contains("head dim"), "{e}");
+    // f64 is not supported on this backend.
+    assert!(Tensor::zeros(&dev, &[3], DType::F64).is_err());
+    assert!(!dev.supports(DType::F64));
+}

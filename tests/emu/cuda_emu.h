@@ -1,0 +1,167 @@
+// Host emulation of the CUDA kernels, for tests on machines without a GPU.
+//
+// kernels/*.cu are compiled as C++20 for the host with this header first (see
+// tests/cuda_emulated.rs, which generates one translation unit per family). A launch runs the
+// grid's blocks one after another; the threads of a block are real host threads, so
+// __syncthreads (a barrier over the block), warp shuffles (an exchange over the 32 threads of a
+// warp) and __shared__ memory (a static variable, shared by the one block that runs at a time)
+// keep their meaning. mma.sync m16n8k8 TF32 and cvt.rna.tf32 are emulated from the PTX ISA's
+// fragment layout. Threads that return early drop out of the barriers, as on the GPU.
+//
+// What this checks: indexing, bounds, reductions and numerics of every kernel against the CPU
+// reference. What it cannot: timing, races that a different schedule would expose, register or
+// shared-memory limits, the real tensor-core hardware.
+#pragma once
+#include <math.h>
+
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#define SSL_EMU 1
+
+struct emu_dim3 {
+    unsigned x, y, z;
+};
+
+struct emu_block;
+
+struct emu_thread {
+    emu_dim3 tid, bid, bdim, gdim;
+    int linear, lane, warp;
+    emu_block* block;
+};
+
+inline thread_local emu_thread emu_t;
+
+#define threadIdx (emu_t.tid)
+#define blockIdx (emu_t.bid)
+#define blockDim (emu_t.bdim)
+#define gridDim (emu_t.gdim)
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+
+struct emu_mma_slot {
+    unsigned a[4], b[2];
+    float c[4];
+};
+
+struct emu_block {
+    std::unique_ptr<std::barrier<>> bar;
+    std::vector<std::unique_ptr<std::barrier<>>> warp_bars;
+    std::vector<uint64_t> xch;          // one 8-byte slot per thread, for shuffles
+    std::vector<emu_mma_slot> mma;      // one slot per thread, for mma.sync
+};
+
+inline void __syncthreads() { emu_t.block->bar->arrive_and_wait(); }
+
+inline void emu_warp_sync() { emu_t.block->warp_bars[emu_t.warp]->arrive_and_wait(); }
+
+template <class T>
+inline T __shfl_xor_sync(unsigned, T v, int offset) {
+    static_assert(sizeof(T) <= 8, "shuffle of a wide type");
+    uint64_t bits = 0;
+    std::memcpy(&bits, &v, sizeof(T));
+    emu_t.block->xch[emu_t.linear] = bits;
+    emu_warp_sync();
+    const int src = emu_t.warp * 32 + (emu_t.lane ^ offset);
+    uint64_t got = emu_t.block->xch[src];
+    emu_warp_sync();
+    T r;
+    std::memcpy(&r, &got, sizeof(T));
+    return r;
+}
+
+inline float __int_as_float(int i) {
+    float f;
+    std::memcpy(&f, &i, 4);
+    return f;
+}
+
+[[noreturn]] inline void __trap() { std::abort(); }
+
+// cvt.rna.tf32.f32: round to 10 mantissa bits, ties away from zero; inf and NaN kept.
+inline unsigned emu_tf32(float f) {
+    unsigned u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    return u;
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, D = A B + C over the warp. Fragments
+// (PTX ISA, m16n8k8 .tf32), g = lane / 4, t = lane % 4:
+//   A 16x8: a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4)
+//   B 8x8:  b0 (t, g), b1 (t + 4, g)
+//   C 16x8: c0 (g, 2t), c1 (g, 2t + 1), c2 (g + 8, 2t), c3 (g + 8, 2t + 1)
+inline void emu_mma_tf32(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+    emu_block& blk = *emu_t.block;
+    emu_mma_slot& me = blk.mma[emu_t.linear];
+    me.a[0] = a0, me.a[1] = a1, me.a[2] = a2, me.a[3] = a3, me.b[0] = b0, me.b[1] = b1;
+    emu_warp_sync();
+    float A[16][8], B[8][8];
+    for (int l = 0; l < 32; ++l) {
+        const emu_mma_slot& s = blk.mma[emu_t.warp * 32 + l];
+        const int g = l / 4, t = l % 4;
+        auto f = [](unsigned u) {
+            float x;
+            std::memcpy(&x, &u, 4);
+            return x;
+        };
+        A[g][t] = f(s.a[0]);
+        A[g + 8][t] = f(s.a[1]);
+        A[g][t + 4] = f(s.a[2]);
+        A[g + 8][t + 4] = f(s.a[3]);
+        B[t][g] = f(s.b[0]);
+        B[t + 4][g] = f(s.b[1]);
+    }
+    emu_warp_sync();
+    const int g = emu_t.lane / 4, t = emu_t.lane % 4;
+    for (int e = 0; e < 4; ++e) {
+        const int row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
+        float acc = c[e];
+        for (int k = 0; k < 8; ++k) acc += A[row][k] * B[k][col];
+        c[e] = acc;
+    }
+}
+
+// ---- kernel registry and launch ------------------------------------------------------------
+
+using emu_entry = void (*)(void**);
+
+inline std::map<std::string, emu_entry>& emu_registry() {
+    static std::map<std::string, emu_entry> r;
+    return r;
+}
+
+template <class... A, size_t... I>
+void emu_call_impl(void (*f)(A...), void** p, std::index_sequence<I...>) {
+    f(*reinterpret_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(p[I])...);
+}
+template <class... A>
+void emu_call(void (*f)(A...), void** p) {
+    emu_call_impl(f, p, std::index_sequence_for<A...>{});
+}
+
+#define EMU_REGISTER(name) \
+    static const bool emu_registered_##name = (emu_registry()[#name] = [](void** p) { emu_call(name, p); }, true);
+
+// Runs the grid; 0 on success, 1 for an unknown kernel.
+extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsigned* block, void** params);

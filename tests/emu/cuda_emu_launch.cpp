@@ -1,0 +1,44 @@
+// The launch side of the host emulation (see cuda_emu.h): blocks in order, each block's
+// threads as host threads. One launch at a time in the whole process: __shared__ variables are
+// statics, so two blocks must never run at once (tests run on several threads).
+#include <mutex>
+
+#include "cuda_emu.h"
+
+extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsigned* block, void** params) {
+    static std::mutex one_at_a_time;
+    std::lock_guard<std::mutex> lock(one_at_a_time);
+    auto it = emu_registry().find(name);
+    if (it == emu_registry().end()) return 1;
+    const emu_entry f = it->second;
+    const unsigned nt = block[0] * block[1] * block[2];
+    if (nt == 0 || nt > 1024) return 2;
+    for (unsigned bz = 0; bz < grid[2]; ++bz)
+        for (unsigned by = 0; by < grid[1]; ++by)
+            for (unsigned bx = 0; bx < grid[0]; ++bx) {
+                emu_block blk;
+                blk.bar = std::make_unique<std::barrier<>>(nt);
+                for (unsigned w = 0; w * 32 < nt; ++w)
+                    blk.warp_bars.push_back(std::make_unique<std::barrier<>>(std::min(32u, nt - w * 32)));
+                blk.xch.assign(nt, 0);
+                blk.mma.assign(nt, emu_mma_slot{});
+                std::vector<std::thread> ts;
+                ts.reserve(nt);
+                for (unsigned i = 0; i < nt; ++i)
+                    ts.emplace_back([&, i] {
+                        emu_t.tid = {i % block[0], (i / block[0]) % block[1], i / (block[0] * block[1])};
+                        emu_t.bid = {bx, by, bz};
+                        emu_t.bdim = {block[0], block[1], block[2]};
+                        emu_t.gdim = {grid[0], grid[1], grid[2]};
+                        emu_t.linear = (int)i;
+                        emu_t.lane = (int)(i % 32);
+                        emu_t.warp = (int)(i / 32);
+                        emu_t.block = &blk;
+                        f(params);
+                        blk.warp_bars[i / 32]->arrive_and_drop();
+                        blk.bar->arrive_and_drop();
+                    });
+                for (auto& t : ts) t.join();
+            }
+    return 0;
+}
