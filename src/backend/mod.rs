@@ -7,6 +7,8 @@
 //! read back. Shapes are validated once, in `ops.rs`; a kernel trusts the dims it is given.
 
 pub mod cpu;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use crate::error::Result;
 use crate::tensor::DType;
