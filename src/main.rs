@@ -2,6 +2,7 @@
 //! non-zero.
 
 use clap::{Parser, Subcommand};
+use ssl_engine::backend::Backend;
 use ssl_engine::backend::cpu::CpuBackend;
 use ssl_engine::bench;
 
@@ -24,8 +25,11 @@ enum Cmd {
 #[derive(clap::Args, Clone)]
 struct BackendArgs {
     /// Compute backend.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "wgpu"])]
     backend: String,
+    /// WebGPU adapter index (wgpu backend; default: the best adapter).
+    #[arg(long)]
+    device: Option<usize>,
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -65,23 +69,38 @@ enum BenchCmd {
     },
 }
 
+/// Calls `$f(&backend)` with the backend the flags name (a generic function of `B: Backend`).
+macro_rules! with_backend {
+    ($args:expr, $f:expr) => {
+        match $args.backend.as_str() {
+            #[cfg(feature = "wgpu")]
+            "wgpu" => $f(&ssl_engine::backend::wgpu::WgpuBackend::new($args.device)?),
+            "cpu" => $f(&CpuBackend::new($args.threads)?),
+            other => Err(ssl_engine::Error::Other(format!("backend {other} is not compiled in (cargo feature)"))),
+        }
+    };
+}
+
 fn run(cli: Cli) -> ssl_engine::Result<()> {
     match cli.cmd {
         Cmd::Bench { what } => match what {
-            BenchCmd::Step { backend, model, batch, image_size, warmup, runs } => {
-                let b = CpuBackend::new(backend.threads)?;
-                println!("backend: {}", ssl_engine::backend::Backend::name(&b));
-                let t = bench::bench_step(&b, &model, batch, image_size, warmup, runs)?;
-                println!("{}: median {:.4} s (min {:.4}, max {:.4}), {}", t.name, t.median_s, t.min_s, t.max_s, t.rate());
-            }
-            BenchCmd::Kernels { backend, batch, filter, runs } => {
-                let b = CpuBackend::new(backend.threads)?;
-                println!("backend: {}", ssl_engine::backend::Backend::name(&b));
-                for t in bench::bench_kernels(&b, batch, filter.as_deref(), runs)? {
-                    println!("{:<42} {:>10.3} ms  {}", t.name, t.median_s * 1e3, t.rate());
-                }
-            }
+            BenchCmd::Step { backend, model, batch, image_size, warmup, runs } => with_backend!(backend, |b: &_| bench_step(b, &model, batch, image_size, warmup, runs)),
+            BenchCmd::Kernels { backend, batch, filter, runs } => with_backend!(backend, |b: &_| bench_kernels(b, batch, filter.as_deref(), runs)),
         },
+    }
+}
+
+fn bench_step<B: Backend>(b: &B, model: &str, batch: usize, image_size: usize, warmup: usize, runs: usize) -> ssl_engine::Result<()> {
+    println!("backend: {}", b.name());
+    let t = bench::bench_step(b, model, batch, image_size, warmup, runs)?;
+    println!("{}: median {:.4} s (min {:.4}, max {:.4}), {}", t.name, t.median_s, t.min_s, t.max_s, t.rate());
+    Ok(())
+}
+
+fn bench_kernels<B: Backend>(b: &B, batch: usize, filter: Option<&str>, runs: usize) -> ssl_engine::Result<()> {
+    println!("backend: {}", b.name());
+    for t in bench::bench_kernels(b, batch, filter, runs)? {
+        println!("{:<42} {:>10.3} ms  {}", t.name, t.median_s * 1e3, t.rate());
     }
     Ok(())
 }
