@@ -95,15 +95,13 @@ fn attention_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
 // o1[row] = sum_dd dout[row, dd] * o[row, dd], one invocation per row of [bh * tq].
 @compute @workgroup_size(WG)
 fn attention_bwd_dot_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let row = flat_id(wid, nwg, li);
-    if (row >= p.bh * p.tq) {
-        return;
+    for (var row = flat_id(wid, nwg, li); row < p.bh * p.tq; row += grid_stride(nwg)) {
+        var s = 0.0;
+        for (var dd = 0u; dd < p.d; dd++) {
+            s += dout[row * p.d + dd] * oin[row * p.d + dd];
+        }
+        o1[row] = s;
     }
-    var s = 0.0;
-    for (var dd = 0u; dd < p.d; dd++) {
-        s += dout[row * p.d + dd] * oin[row * p.d + dd];
-    }
-    o1[row] = s;
 }
 
 // dq_i = sum_j dS_ij k_j, dS_ij = P_ij (dout_i . v_j - D_i) scale. Grid as the forward.

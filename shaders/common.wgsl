@@ -14,3 +14,9 @@ fn flat_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 
 // A finite stand-in for -infinity (max and exp behave, no inf arithmetic).
 const NEG_BIG: f32 = -3.0e38;
+
+// Invocations in a 1-D launch: kernels loop `i += grid_stride(nwg)`, so the host may launch
+// fewer workgroups than elements (`Context::grid1` caps them per adapter).
+fn grid_stride(nwg: vec3<u32>) -> u32 {
+    return nwg.x * nwg.y * WG;
+}

@@ -84,16 +84,14 @@ fn gelu_grad(v: f32) -> f32 {
 
 @compute @workgroup_size(WG)
 fn fill_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let i = flat_id(wid, nwg, li);
-    if (i < p.n) {
+    for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
         y[i] = p.alpha;
     }
 }
 
 @compute @workgroup_size(WG)
 fn copy_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let i = flat_id(wid, nwg, li);
-    if (i < p.n) {
+    for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
         y[i] = x[i];
     }
 }
@@ -101,8 +99,7 @@ fn copy_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 // op 0: relu, 1: gelu
 @compute @workgroup_size(WG)
 fn unary_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let i = flat_id(wid, nwg, li);
-    if (i < p.n) {
+    for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
         let v = x[i];
         if (p.op == 0u) {
             y[i] = max(v, 0.0);
@@ -115,8 +112,7 @@ fn unary_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 // dx = dy * f'(x); x2 holds dy. ReLU's gradient at 0 is 0 (PyTorch's choice).
 @compute @workgroup_size(WG)
 fn unary_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let i = flat_id(wid, nwg, li);
-    if (i < p.n) {
+    for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
         let v = x[i];
         let g = x2[i];
         if (p.op == 0u) {
@@ -130,8 +126,7 @@ fn unary_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 // out[i] = a[i] op b[i % b_len]; op 0: add, 1: mul
 @compute @workgroup_size(WG)
 fn binary_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let i = flat_id(wid, nwg, li);
-    if (i < p.n) {
+    for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
         let a = x[i];
         let b = x2[i % p.b_len];
         if (p.op == 0u) {
@@ -144,8 +139,7 @@ fn binary_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 
 @compute @workgroup_size(WG)
 fn scale_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let i = flat_id(wid, nwg, li);
-    if (i < p.n) {
+    for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
         y[i] = x[i] * p.alpha;
     }
 }
@@ -153,19 +147,17 @@ fn scale_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 // One invocation per (o, s, i): a sequential sum over its axis range, so the order is fixed.
 @compute @workgroup_size(WG)
 fn sum_axis_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let idx = flat_id(wid, nwg, li);
-    if (idx >= p.outer * p.nsplit * p.inner) {
-        return;
+    for (var idx = flat_id(wid, nwg, li); idx < p.outer * p.nsplit * p.inner; idx += grid_stride(nwg)) {
+        let i = idx % p.inner;
+        let s = (idx / p.inner) % p.nsplit;
+        let o = idx / (p.inner * p.nsplit);
+        let a0 = s * p.chunk;
+        let a1 = min(p.axis, a0 + p.chunk);
+        var acc = 0.0;
+        for (var a = a0; a < a1; a++) {
+            acc += x[(o * p.axis + a) * p.inner + i];
+        }
+        y[idx] = acc;
     }
-    let i = idx % p.inner;
-    let s = (idx / p.inner) % p.nsplit;
-    let o = idx / (p.inner * p.nsplit);
-    let a0 = s * p.chunk;
-    let a1 = min(p.axis, a0 + p.chunk);
-    var acc = 0.0;
-    for (var a = a0; a < a1; a++) {
-        acc += x[(o * p.axis + a) * p.inner + i];
-    }
-    y[idx] = acc;
 }
 

@@ -21,43 +21,37 @@ struct P {
 
 @compute @workgroup_size(WG)
 fn permute_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let idx = flat_id(wid, nwg, li);
-    if (idx >= p.n) {
-        return;
+    for (var idx = flat_id(wid, nwg, li); idx < p.n; idx += grid_stride(nwg)) {
+        var rem = idx;
+        var src = 0u;
+        for (var ax = i32(p.rank) - 1; ax >= 0; ax--) {
+            let a = u32(ax);
+            let extent = p.out_shape[a / 4u][a % 4u];
+            src += (rem % extent) * p.src_stride[a / 4u][a % 4u];
+            rem = rem / extent;
+        }
+        y[idx] = x[src];
     }
-    var rem = idx;
-    var src = 0u;
-    for (var ax = i32(p.rank) - 1; ax >= 0; ax--) {
-        let a = u32(ax);
-        let extent = p.out_shape[a / 4u][a % 4u];
-        src += (rem % extent) * p.src_stride[a / 4u][a % 4u];
-        rem = rem / extent;
-    }
-    y[idx] = x[src];
 }
 
 // y [outer, len, inner] = x [outer, start..start+len, inner]
 @compute @workgroup_size(WG)
 fn slice_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let idx = flat_id(wid, nwg, li);
-    if (idx >= p.n) {
-        return;
+    for (var idx = flat_id(wid, nwg, li); idx < p.n; idx += grid_stride(nwg)) {
+        let block = p.len * p.inner;
+        let o = idx / block;
+        let rest = idx % block;
+        y[idx] = x[(o * p.axis + p.start) * p.inner + rest];
     }
-    let block = p.len * p.inner;
-    let o = idx / block;
-    let rest = idx % block;
-    y[idx] = x[(o * p.axis + p.start) * p.inner + rest];
 }
 
 // y [outer, start..start+len, inner] = x [outer, len, inner]; the rest of y is kept
 @compute @workgroup_size(WG)
 fn slice_assign_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let idx = flat_id(wid, nwg, li);
-    if (idx >= p.n) {
-        return;
+    for (var idx = flat_id(wid, nwg, li); idx < p.n; idx += grid_stride(nwg)) {
+        let block = p.len * p.inner;
+        let o = idx / block;
+        let rest = idx % block;
+        y[(o * p.axis + p.start) * p.inner + rest] = x[idx];
     }
-    let block = p.len * p.inner;
-    let o = idx / block;
-    let rest = idx % block;
-    y[(o * p.axis + p.start) * p.inner + rest] = x[idx];
 }

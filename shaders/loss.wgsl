@@ -81,21 +81,19 @@ fn cross_entropy_fwd_f32(@builtin(local_invocation_index) li: u32) {
 // One invocation per row: o1[r, j] = dloss / rows * (softmax_j - [j == label])
 @compute @workgroup_size(WG)
 fn cross_entropy_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let r = flat_id(wid, nwg, li);
-    if (r >= p.rows) {
-        return;
-    }
-    let g = dloss[0] / f32(p.rows);
-    let y = label_of(r);
-    let lse = row_lse(r);
-    let base = r * p.cols;
-    for (var j = 0u; j < p.cols; j++) {
-        let pr = exp(a[base + j] - lse);
-        var v = g * (pr - select(0.0, 1.0, i32(j) == y));
-        if (y < 0) {
-            v = bitcast<f32>(NAN_BITS);
+    for (var r = flat_id(wid, nwg, li); r < p.rows; r += grid_stride(nwg)) {
+        let g = dloss[0] / f32(p.rows);
+        let y = label_of(r);
+        let lse = row_lse(r);
+        let base = r * p.cols;
+        for (var j = 0u; j < p.cols; j++) {
+            let pr = exp(a[base + j] - lse);
+            var v = g * (pr - select(0.0, 1.0, i32(j) == y));
+            if (y < 0) {
+                v = bitcast<f32>(NAN_BITS);
+            }
+            o1[base + j] = v;
         }
-        o1[base + j] = v;
     }
 }
 

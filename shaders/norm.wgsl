@@ -50,81 +50,73 @@ fn beta_at(c: u32) -> f32 {
 // o1[s, c] = sum_(r in split s) x[r, c]
 @compute @workgroup_size(WG)
 fn col_sum_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let idx = flat_id(wid, nwg, li);
-    if (idx >= p.nsplit * p.ch) {
-        return;
+    for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
+        let c = idx % p.ch;
+        let s = idx / p.ch;
+        let r1 = min(p.rows, (s + 1u) * p.chunk);
+        var acc = 0.0;
+        for (var r = s * p.chunk; r < r1; r++) {
+            acc += x[r * p.ch + c];
+        }
+        o1[idx] = acc;
     }
-    let c = idx % p.ch;
-    let s = idx / p.ch;
-    let r1 = min(p.rows, (s + 1u) * p.chunk);
-    var acc = 0.0;
-    for (var r = s * p.chunk; r < r1; r++) {
-        acc += x[r * p.ch + c];
-    }
-    o1[idx] = acc;
 }
 
 // o1[s, c] = sum_(r in split s) (x[r, c] - mean[c])^2
 @compute @workgroup_size(WG)
 fn col_sqdev_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let idx = flat_id(wid, nwg, li);
-    if (idx >= p.nsplit * p.ch) {
-        return;
+    for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
+        let c = idx % p.ch;
+        let s = idx / p.ch;
+        let m = sa[c];
+        let r1 = min(p.rows, (s + 1u) * p.chunk);
+        var acc = 0.0;
+        for (var r = s * p.chunk; r < r1; r++) {
+            let d = x[r * p.ch + c] - m;
+            acc += d * d;
+        }
+        o1[idx] = acc;
     }
-    let c = idx % p.ch;
-    let s = idx / p.ch;
-    let m = sa[c];
-    let r1 = min(p.rows, (s + 1u) * p.chunk);
-    var acc = 0.0;
-    for (var r = s * p.chunk; r < r1; r++) {
-        let d = x[r * p.ch + c] - m;
-        acc += d * d;
-    }
-    o1[idx] = acc;
 }
 
 // o1[s, c, 0] = sum dy, o1[s, c, 1] = sum dy * xhat with per-channel statistics (batch norm)
 @compute @workgroup_size(WG)
 fn col_bn_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let idx = flat_id(wid, nwg, li);
-    if (idx >= p.nsplit * p.ch) {
-        return;
+    for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
+        let c = idx % p.ch;
+        let s = idx / p.ch;
+        let m = sa[c];
+        let is = sb[c];
+        let r1 = min(p.rows, (s + 1u) * p.chunk);
+        var a0 = 0.0;
+        var a1 = 0.0;
+        for (var r = s * p.chunk; r < r1; r++) {
+            let g = dy[r * p.ch + c];
+            a0 += g;
+            a1 += g * ((x[r * p.ch + c] - m) * is);
+        }
+        o1[idx * 2u] = a0;
+        o1[idx * 2u + 1u] = a1;
     }
-    let c = idx % p.ch;
-    let s = idx / p.ch;
-    let m = sa[c];
-    let is = sb[c];
-    let r1 = min(p.rows, (s + 1u) * p.chunk);
-    var a0 = 0.0;
-    var a1 = 0.0;
-    for (var r = s * p.chunk; r < r1; r++) {
-        let g = dy[r * p.ch + c];
-        a0 += g;
-        a1 += g * ((x[r * p.ch + c] - m) * is);
-    }
-    o1[idx * 2u] = a0;
-    o1[idx * 2u + 1u] = a1;
 }
 
 // o1[s, c, 0] = sum dy * xhat, o1[s, c, 1] = sum dy with per-row statistics (layer norm)
 @compute @workgroup_size(WG)
 fn col_ln_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let idx = flat_id(wid, nwg, li);
-    if (idx >= p.nsplit * p.ch) {
-        return;
+    for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
+        let c = idx % p.ch;
+        let s = idx / p.ch;
+        let r1 = min(p.rows, (s + 1u) * p.chunk);
+        var a0 = 0.0;
+        var a1 = 0.0;
+        for (var r = s * p.chunk; r < r1; r++) {
+            let g = dy[r * p.ch + c];
+            a0 += g * ((x[r * p.ch + c] - sa[r]) * sb[r]);
+            a1 += g;
+        }
+        o1[idx * 2u] = a0;
+        o1[idx * 2u + 1u] = a1;
     }
-    let c = idx % p.ch;
-    let s = idx / p.ch;
-    let r1 = min(p.rows, (s + 1u) * p.chunk);
-    var a0 = 0.0;
-    var a1 = 0.0;
-    for (var r = s * p.chunk; r < r1; r++) {
-        let g = dy[r * p.ch + c];
-        a0 += g * ((x[r * p.ch + c] - sa[r]) * sb[r]);
-        a1 += g;
-    }
-    o1[idx * 2u] = a0;
-    o1[idx * 2u + 1u] = a1;
 }
 
 // ---- column reductions, stage 2: one invocation per channel -----------------------------
@@ -132,63 +124,55 @@ fn col_ln_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 // o1[c] = sum_s part[s, c] / rows  (the batch mean)
 @compute @workgroup_size(WG)
 fn bn_mean_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let c = flat_id(wid, nwg, li);
-    if (c >= p.ch) {
-        return;
+    for (var c = flat_id(wid, nwg, li); c < p.ch; c += grid_stride(nwg)) {
+        var acc = 0.0;
+        for (var s = 0u; s < p.nsplit; s++) {
+            acc += part[s * p.ch + c];
+        }
+        o1[c] = acc / f32(p.rows);
     }
-    var acc = 0.0;
-    for (var s = 0u; s < p.nsplit; s++) {
-        acc += part[s * p.ch + c];
-    }
-    o1[c] = acc / f32(p.rows);
 }
 
 // o1[c] = 1 / sqrt(var + eps), var = sum_s part[s, c] / rows (biased)
 @compute @workgroup_size(WG)
 fn bn_invstd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let c = flat_id(wid, nwg, li);
-    if (c >= p.ch) {
-        return;
+    for (var c = flat_id(wid, nwg, li); c < p.ch; c += grid_stride(nwg)) {
+        var acc = 0.0;
+        for (var s = 0u; s < p.nsplit; s++) {
+            acc += part[s * p.ch + c];
+        }
+        o1[c] = 1.0 / sqrt(acc / f32(p.rows) + p.eps);
     }
-    var acc = 0.0;
-    for (var s = 0u; s < p.nsplit; s++) {
-        acc += part[s * p.ch + c];
-    }
-    o1[c] = 1.0 / sqrt(acc / f32(p.rows) + p.eps);
 }
 
 // running = (1 - momentum) running + momentum batch; o2 = running mean, o3 = running var
 @compute @workgroup_size(WG)
 fn bn_running_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let c = flat_id(wid, nwg, li);
-    if (c >= p.ch) {
-        return;
+    for (var c = flat_id(wid, nwg, li); c < p.ch; c += grid_stride(nwg)) {
+        var acc = 0.0;
+        for (var s = 0u; s < p.nsplit; s++) {
+            acc += part[s * p.ch + c];
+        }
+        let var_b = acc / f32(p.rows);
+        let m = p.momentum;
+        o2[c] = (1.0 - m) * o2[c] + m * sa[c];
+        o3[c] = (1.0 - m) * o3[c] + m * var_b * p.unbias;
     }
-    var acc = 0.0;
-    for (var s = 0u; s < p.nsplit; s++) {
-        acc += part[s * p.ch + c];
-    }
-    let var_b = acc / f32(p.rows);
-    let m = p.momentum;
-    o2[c] = (1.0 - m) * o2[c] + m * sa[c];
-    o3[c] = (1.0 - m) * o3[c] + m * var_b * p.unbias;
 }
 
 // o1[c] = sum_s part[s, c, 0], o2[c] = sum_s part[s, c, 1]
 @compute @workgroup_size(WG)
 fn col_pair_sum_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let c = flat_id(wid, nwg, li);
-    if (c >= p.ch) {
-        return;
+    for (var c = flat_id(wid, nwg, li); c < p.ch; c += grid_stride(nwg)) {
+        var a0 = 0.0;
+        var a1 = 0.0;
+        for (var s = 0u; s < p.nsplit; s++) {
+            a0 += part[(s * p.ch + c) * 2u];
+            a1 += part[(s * p.ch + c) * 2u + 1u];
+        }
+        o1[c] = a0;
+        o2[c] = a1;
     }
-    var a0 = 0.0;
-    var a1 = 0.0;
-    for (var s = 0u; s < p.nsplit; s++) {
-        a0 += part[(s * p.ch + c) * 2u];
-        a1 += part[(s * p.ch + c) * 2u + 1u];
-    }
-    o1[c] = a0;
-    o2[c] = a1;
 }
 
 // ---- batch norm, elementwise ------------------------------------------------------------
@@ -196,42 +180,36 @@ fn col_pair_sum_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 // y = x * scale + shift, scale = invstd * gamma, shift = beta - mean * scale
 @compute @workgroup_size(WG)
 fn bn_apply_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let i = flat_id(wid, nwg, li);
-    if (i >= p.rows * p.ch) {
-        return;
+    for (var i = flat_id(wid, nwg, li); i < p.rows * p.ch; i += grid_stride(nwg)) {
+        let c = i % p.ch;
+        let scale = sb[c] * gamma_at(c);
+        let shift = beta_at(c) - sa[c] * scale;
+        o1[i] = x[i] * scale + shift;
     }
-    let c = i % p.ch;
-    let scale = sb[c] * gamma_at(c);
-    let shift = beta_at(c) - sa[c] * scale;
-    o1[i] = x[i] * scale + shift;
 }
 
 // Eval: scale = gamma / sqrt(running_var + eps), shift = beta - running_mean * scale
 @compute @workgroup_size(WG)
 fn bn_eval_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let i = flat_id(wid, nwg, li);
-    if (i >= p.rows * p.ch) {
-        return;
+    for (var i = flat_id(wid, nwg, li); i < p.rows * p.ch; i += grid_stride(nwg)) {
+        let c = i % p.ch;
+        let scale = gamma_at(c) / sqrt(sb[c] + p.eps);
+        let shift = beta_at(c) - sa[c] * scale;
+        o1[i] = x[i] * scale + shift;
     }
-    let c = i % p.ch;
-    let scale = gamma_at(c) / sqrt(sb[c] + p.eps);
-    let shift = beta_at(c) - sa[c] * scale;
-    o1[i] = x[i] * scale + shift;
 }
 
 // dx = gamma * invstd / N * (N dy - sum(dy) - xhat * sum(dy xhat))
 @compute @workgroup_size(WG)
 fn bn_bwd_dx_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let i = flat_id(wid, nwg, li);
-    if (i >= p.rows * p.ch) {
-        return;
+    for (var i = flat_id(wid, nwg, li); i < p.rows * p.ch; i += grid_stride(nwg)) {
+        let c = i % p.ch;
+        let n = f32(p.rows);
+        let is = sb[c];
+        let xhat = (x[i] - sa[c]) * is;
+        let k = gamma_at(c) * is / n;
+        o1[i] = k * (n * dy[i] - t1[c] - xhat * t2[c]);
     }
-    let c = i % p.ch;
-    let n = f32(p.rows);
-    let is = sb[c];
-    let xhat = (x[i] - sa[c]) * is;
-    let k = gamma_at(c) * is / n;
-    o1[i] = k * (n * dy[i] - t1[c] - xhat * t2[c]);
 }
 
 // ---- row reductions: one workgroup per row ------------------------------------------------

@@ -16,13 +16,11 @@ struct P {
 
 @compute @workgroup_size(WG)
 fn sgd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let i = flat_id(wid, nwg, li);
-    if (i >= p.n) {
-        return;
+    for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
+        let w = param[i];
+        let d = grad[i] + p.wd * w;
+        let nb = p.momentum * buf[i] + d;
+        buf[i] = nb;
+        param[i] = w - p.lr * nb;
     }
-    let w = param[i];
-    let d = grad[i] + p.wd * w;
-    let nb = p.momentum * buf[i] + d;
-    buf[i] = nb;
-    param[i] = w - p.lr * nb;
 }

@@ -2,7 +2,7 @@
 //! log-sum-exp; backward as three kernels (rowsum(dout * o); dq per query row; dk and dv per
 //! key row), each output written by one invocation, so no atomics and a fixed order.
 
-use super::context::{Context, Kernel, Params, grid, r, w};
+use super::context::{Context, Kernel, Params, r, w};
 use super::{WgpuBackend, WgpuStorage};
 use crate::backend::AttnDims;
 use crate::error::{Error, Result};
@@ -50,7 +50,7 @@ pub fn bwd(
     let ctx = &*be.ctx;
     let dvec = be.storage(d.bh * d.tq)?;
     let kern = kernel("attention_bwd", "attention_bwd_dot_f32", d.d)?;
-    ctx.launch(kern, params(d), &[r(4, o.buf()), r(6, dout.buf()), w(8, dvec.buf())], grid(d.bh * d.tq, ctx.tiles.wg))?;
+    ctx.launch(kern, params(d), &[r(4, o.buf()), r(6, dout.buf()), w(8, dvec.buf())], ctx.grid1(d.bh * d.tq))?;
     let ins = [r(1, q.buf()), r(2, k.buf()), r(3, v.buf()), r(5, lse.buf()), r(6, dout.buf()), r(7, dvec.buf())];
     let kern = kernel("attention_bwd", "attention_bwd_dq_f32", d.d)?;
     let mut binds = ins.to_vec();

@@ -35,6 +35,9 @@ pub struct Tiles {
     /// Attention: query rows per workgroup (one per thread) and keys per shared tile.
     pub att_bq: u32,
     pub att_bk: u32,
+    /// Most workgroups of a 1-D (grid-stride) launch. llvmpipe pays about a microsecond per
+    /// workgroup, so a CPU adapter gets few large ones; a GPU gets enough to fill it.
+    pub max_groups: u32,
 }
 
 impl Tiles {
@@ -62,7 +65,11 @@ impl Tiles {
         while att_bk > 1 && att_bk * (2 * 128 * 4 + 16) > smem {
             att_bk /= 2;
         }
-        let mut tiles = Tiles { wg, mm_tx: t, mm_ty: t, mm_tm: tm, mm_tn: tm, mm_bk: bk, row_wg, att_bq, att_bk };
+        let max_groups = if cpu { 256 } else { 16384 };
+        let mut tiles = Tiles { wg, mm_tx: t, mm_ty: t, mm_tm: tm, mm_tn: tm, mm_bk: bk, row_wg, att_bq, att_bk, max_groups };
+        if let Some(g) = std::env::var("SSL_WGPU_GROUPS").ok().and_then(|v| v.parse().ok()) {
+            tiles.max_groups = g;
+        }
         // SSL_WGPU_GEMM=tx,ty,tm,tn,bk overrides the GEMM tiling (for tuning on a new device);
         // ignored unless it fits the adapter's limits.
         if let Ok(v) = std::env::var("SSL_WGPU_GEMM") {
@@ -588,6 +595,12 @@ impl Context {
         self.staging.give(staging);
         self.check_errors("download")?;
         Ok(out)
+    }
+
+    /// Workgroups for `n` elements of a grid-stride kernel (WG invocations each, capped).
+    pub fn grid1(&self, n: usize) -> [u32; 3] {
+        let wg = self.tiles.wg as usize;
+        grid(n.min(self.tiles.max_groups as usize * wg), self.tiles.wg)
     }
 
     pub fn counters(&self) -> (u64, u64) {

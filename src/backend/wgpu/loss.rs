@@ -28,7 +28,7 @@ pub fn cross_entropy_bwd(
 ) -> Result<()> {
     let k = kernel("cross_entropy_bwd", FAMILY, "cross_entropy_bwd_f32");
     let binds = [r(1, logits.buf()), r(2, labels.buf()), r(3, dloss.buf()), w(5, dlogits.buf())];
-    ctx.launch(k, params(rows, classes, 0.0, false), &binds, grid(rows, ctx.tiles.wg))
+    ctx.launch(k, params(rows, classes, 0.0, false), &binds, ctx.grid1(rows))
 }
 
 pub fn cosine_loss_fwd(be: &WgpuBackend, p: &WgpuStorage, z: &WgpuStorage, out: &WgpuStorage, rows: usize, dim: usize, eps: f32) -> Result<()> {

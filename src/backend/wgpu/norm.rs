@@ -46,16 +46,15 @@ pub fn batchnorm_fwd_train(
     let (nsplit, chunk) = split(d.rows, c);
     let momentum = running.as_ref().map_or(0.0, |rs| rs.momentum);
     let p = || params(d, flags(gamma, beta), nsplit, chunk, momentum);
-    let wg = ctx.tiles.wg;
     let part = be.storage(nsplit * c)?;
     let k = |entry| kernel("batchnorm", FAMILY, entry);
-    ctx.launch(k("col_sum_f32"), p(), &[r(1, x.buf()), w(8, part.buf())], grid(nsplit * c, wg))?;
-    ctx.launch(k("bn_mean_f32"), p(), &[r(7, part.buf()), w(8, save_mean.buf())], grid(c, wg))?;
-    ctx.launch(k("col_sqdev_f32"), p(), &[r(1, x.buf()), r(3, save_mean.buf()), w(8, part.buf())], grid(nsplit * c, wg))?;
-    ctx.launch(k("bn_invstd_f32"), p(), &[r(7, part.buf()), w(8, save_invstd.buf())], grid(c, wg))?;
+    ctx.launch(k("col_sum_f32"), p(), &[r(1, x.buf()), w(8, part.buf())], ctx.grid1(nsplit * c))?;
+    ctx.launch(k("bn_mean_f32"), p(), &[r(7, part.buf()), w(8, save_mean.buf())], ctx.grid1(c))?;
+    ctx.launch(k("col_sqdev_f32"), p(), &[r(1, x.buf()), r(3, save_mean.buf()), w(8, part.buf())], ctx.grid1(nsplit * c))?;
+    ctx.launch(k("bn_invstd_f32"), p(), &[r(7, part.buf()), w(8, save_invstd.buf())], ctx.grid1(c))?;
     if let Some(rs) = running {
         let binds = [r(3, save_mean.buf()), r(7, part.buf()), w(9, rs.mean.buf()), w(10, rs.var.buf())];
-        ctx.launch(k("bn_running_f32"), p(), &binds, grid(c, wg))?;
+        ctx.launch(k("bn_running_f32"), p(), &binds, ctx.grid1(c))?;
     }
     let binds = [
         r(1, x.buf()),
@@ -65,7 +64,7 @@ pub fn batchnorm_fwd_train(
         r(6, beta.map_or(&ctx.dummy, |b| b.buf())),
         w(8, y.buf()),
     ];
-    ctx.launch(k("bn_apply_f32"), p(), &binds, grid(d.rows * c, wg))
+    ctx.launch(k("bn_apply_f32"), p(), &binds, ctx.grid1(d.rows * c))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -88,7 +87,7 @@ pub fn batchnorm_fwd_eval(
         w(8, y.buf()),
     ];
     let k = kernel("batchnorm_eval", FAMILY, "bn_eval_f32");
-    ctx.launch(k, params(d, flags(gamma, beta), 1, 1, 0.0), &binds, grid(d.rows * d.channels, ctx.tiles.wg))
+    ctx.launch(k, params(d, flags(gamma, beta), 1, 1, 0.0), &binds, ctx.grid1(d.rows * d.channels))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -108,11 +107,10 @@ pub fn batchnorm_bwd(
     let c = d.channels;
     let (nsplit, chunk) = split(d.rows, c);
     let p = || params(d, flags(gamma, None), nsplit, chunk, 0.0);
-    let wg = ctx.tiles.wg;
     let k = |entry| kernel("batchnorm_bwd", FAMILY, entry);
     let part = be.storage(nsplit * c * 2)?;
     let binds = [r(1, x.buf()), r(2, dy.buf()), r(3, mean.buf()), r(4, invstd.buf()), w(8, part.buf())];
-    ctx.launch(k("col_bn_bwd_f32"), p(), &binds, grid(nsplit * c, wg))?;
+    ctx.launch(k("col_bn_bwd_f32"), p(), &binds, ctx.grid1(nsplit * c))?;
     // sum(dy) is dbeta and sum(dy * xhat) is dgamma; temporaries when not wanted.
     let tmp_b = if dbeta.is_none() { Some(be.storage(c)?) } else { None };
     let tmp_g = if dgamma.is_none() { Some(be.storage(c)?) } else { None };
@@ -120,7 +118,7 @@ pub fn batchnorm_bwd(
         (Some(b), Some(g)) => (b, g),
         _ => return Err(crate::error::Error::Invalid { op: "batchnorm_bwd", msg: "internal: missing sum buffers".into() }),
     };
-    ctx.launch(k("col_pair_sum_f32"), p(), &[r(7, part.buf()), w(8, sum_dy.buf()), w(9, sum_dyx.buf())], grid(c, wg))?;
+    ctx.launch(k("col_pair_sum_f32"), p(), &[r(7, part.buf()), w(8, sum_dy.buf()), w(9, sum_dyx.buf())], ctx.grid1(c))?;
     let binds = [
         r(1, x.buf()),
         r(2, dy.buf()),
@@ -131,7 +129,7 @@ pub fn batchnorm_bwd(
         r(12, sum_dyx.buf()),
         w(8, dx.buf()),
     ];
-    ctx.launch(k("bn_bwd_dx_f32"), p(), &binds, grid(d.rows * c, wg))
+    ctx.launch(k("bn_bwd_dx_f32"), p(), &binds, ctx.grid1(d.rows * c))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -171,8 +169,8 @@ pub fn layernorm_bwd(
     ctx.launch(k("ln_bwd_dx_f32"), p(), &binds, grid(d.rows, 1))?;
     let part = be.storage(nsplit * c * 2)?;
     let binds = [r(1, x.buf()), r(2, dy.buf()), r(3, mean.buf()), r(4, rstd.buf()), w(8, part.buf())];
-    ctx.launch(k("col_ln_bwd_f32"), p(), &binds, grid(nsplit * c, ctx.tiles.wg))?;
-    ctx.launch(k("col_pair_sum_f32"), p(), &[r(7, part.buf()), w(8, dgamma.buf()), w(9, dbeta.buf())], grid(c, ctx.tiles.wg))
+    ctx.launch(k("col_ln_bwd_f32"), p(), &binds, ctx.grid1(nsplit * c))?;
+    ctx.launch(k("col_pair_sum_f32"), p(), &[r(7, part.buf()), w(8, dgamma.buf()), w(9, dbeta.buf())], ctx.grid1(c))
 }
 
 pub fn softmax_fwd(ctx: &Context, x: &WgpuStorage, y: &WgpuStorage, d: &NormDims) -> Result<()> {

@@ -2,7 +2,7 @@
 //! the windows containing each input pixel, in the CPU's order; no zeroing, no atomics.
 
 use super::WgpuStorage;
-use super::context::{Context, Params, grid, kernel, r, w};
+use super::context::{Context, Params, kernel, r, w};
 use crate::backend::{AxisDims, PoolDims};
 use crate::error::Result;
 
@@ -18,20 +18,20 @@ fn avg_params(d: &AxisDims) -> Params {
 
 pub fn maxpool2d_fwd(ctx: &Context, x: &WgpuStorage, y: &WgpuStorage, d: &PoolDims) -> Result<()> {
     let k = kernel("maxpool2d", FAMILY, "maxpool2d_fwd_f32");
-    ctx.launch(k, max_params(d), &[r(1, x.buf()), w(3, y.buf())], grid(d.n * d.oh * d.ow * d.c, ctx.tiles.wg))
+    ctx.launch(k, max_params(d), &[r(1, x.buf()), w(3, y.buf())], ctx.grid1(d.n * d.oh * d.ow * d.c))
 }
 
 pub fn maxpool2d_bwd(ctx: &Context, x: &WgpuStorage, dy: &WgpuStorage, dx: &WgpuStorage, d: &PoolDims) -> Result<()> {
     let k = kernel("maxpool2d_bwd", FAMILY, "maxpool2d_bwd_f32");
-    ctx.launch(k, max_params(d), &[r(1, x.buf()), r(2, dy.buf()), w(3, dx.buf())], grid(d.n * d.h * d.w * d.c, ctx.tiles.wg))
+    ctx.launch(k, max_params(d), &[r(1, x.buf()), r(2, dy.buf()), w(3, dx.buf())], ctx.grid1(d.n * d.h * d.w * d.c))
 }
 
 pub fn avgpool_global_fwd(ctx: &Context, x: &WgpuStorage, y: &WgpuStorage, d: &AxisDims) -> Result<()> {
     let k = kernel("avgpool_global", FAMILY, "avgpool_global_fwd_f32");
-    ctx.launch(k, avg_params(d), &[r(1, x.buf()), w(3, y.buf())], grid(d.outer * d.inner, ctx.tiles.wg))
+    ctx.launch(k, avg_params(d), &[r(1, x.buf()), w(3, y.buf())], ctx.grid1(d.outer * d.inner))
 }
 
 pub fn avgpool_global_bwd(ctx: &Context, dy: &WgpuStorage, dx: &WgpuStorage, d: &AxisDims) -> Result<()> {
     let k = kernel("avgpool_global_bwd", FAMILY, "avgpool_global_bwd_f32");
-    ctx.launch(k, avg_params(d), &[r(2, dy.buf()), w(3, dx.buf())], grid(d.outer * d.axis * d.inner, ctx.tiles.wg))
+    ctx.launch(k, avg_params(d), &[r(2, dy.buf()), w(3, dx.buf())], ctx.grid1(d.outer * d.axis * d.inner))
 }
