@@ -137,8 +137,9 @@ fn train_trace<B: Backend>(b: &B, steps: usize, created: impl Fn() -> u64) -> (V
     (losses, made)
 }
 
-/// Five SGD steps on the WGSL backend follow the CPU backend's loss trace to 1e-4, and from
-/// the second step on a step creates no device buffer (the pool serves every allocation).
+/// Five SGD steps on the WGSL backend follow the CPU backend's loss trace to 1e-4, from the
+/// second step on a step creates no device buffer (the pool serves every allocation), and a
+/// rerun gives bit-identical losses (every reduction has a fixed order).
 #[test]
 fn wgpu_sgd_training_matches_cpu() {
     let Some(dev) = common::wgpu_or_skip() else { return };
@@ -154,4 +155,6 @@ fn wgpu_sgd_training_matches_cpu() {
     }
     eprintln!("{} dispatches in {} submissions over {steps} steps", d1 - d0, s1 - s0);
     assert!(made[1..].windows(2).all(|w| w[0] == w[1]), "steady-state steps created device buffers: {made:?}");
+    let (again, _) = train_trace(&dev, 2, || 0);
+    assert!(again.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "rerun differs: {again:?} vs {got:?}");
 }
