@@ -23,20 +23,28 @@ use crate::tensor::DType;
 /// Runs `$body` with `$b` bound to the backend named by `$name`.
 #[macro_export]
 macro_rules! with_backend {
-    ($name:expr, $threads:expr, |$b:ident| $body:expr) => {{
+    ($name:expr, $threads:expr, $device:expr, |$b:ident| $body:expr) => {{
+        let device: Option<usize> = $device;
         match $name {
             "cpu" => {
                 let $b = $crate::backend::cpu::CpuBackend::new($threads)?;
                 $body
             }
-            // GPU 0; SSL_ENGINE_TF32=1 runs matmul and convolutions on TF32 tensor cores.
+            // SSL_ENGINE_TF32=1 runs matmul and convolutions on TF32 tensor cores.
             "cuda" => {
                 let tf32 = std::env::var("SSL_ENGINE_TF32").is_ok_and(|v| v == "1");
-                let $b = $crate::backend::cuda::CudaBackend::new(0)?.with_tf32(tf32);
+                let $b = $crate::backend::cuda::CudaBackend::new(device.unwrap_or(0))?.with_tf32(tf32);
+                $body
+            }
+            #[cfg(feature = "wgpu")]
+            "wgpu" => {
+                let $b = $crate::backend::wgpu::WgpuBackend::new(device)?;
+                eprintln!("wgpu adapter: {}", $crate::backend::Backend::name(&$b));
                 $body
             }
             other => Err($crate::Error::Config(format!(
-                "backend {other:?} is not available in this build of ssl-engine (available: cpu, cuda)"
+                "backend {other:?} is not available in this build of ssl-engine (available: cpu, cuda{})",
+                if cfg!(feature = "wgpu") { ", wgpu" } else { "" }
             ))),
         }
     }};

@@ -38,9 +38,12 @@ enum Cmd {
         /// Continue from a checkpoint (e.g. <out>/last.safetensors): weights, momentum, position.
         #[arg(long)]
         resume: Option<PathBuf>,
-        /// Compute backend (overrides the recipe's `backend`).
+        /// Compute backend: cpu, cuda or wgpu (overrides the recipe's `backend`).
         #[arg(long)]
         backend: Option<String>,
+        /// GPU index (cuda) or WebGPU adapter index (wgpu); default: the first / best one.
+        #[arg(long)]
+        device: Option<usize>,
         /// No progress bar or per-epoch lines.
         #[arg(long)]
         quiet: bool,
@@ -93,8 +96,12 @@ struct EvalArgs {
     config: Option<PathBuf>,
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    /// cpu, cuda or wgpu.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// GPU index (cuda) or WebGPU adapter index (wgpu).
+    #[arg(long)]
+    device: Option<usize>,
     /// Write the metrics as JSON here as well.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -141,9 +148,12 @@ enum EvalCmd {
 
 #[derive(Args, Clone)]
 struct BackendArgs {
-    /// Compute backend.
+    /// Compute backend: cpu, cuda or wgpu.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// GPU index (cuda) or WebGPU adapter index (wgpu); default: the first / best one.
+    #[arg(long)]
+    device: Option<usize>,
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -238,14 +248,14 @@ fn write_json(path: &Option<PathBuf>, v: &impl serde::Serialize) -> ssl_engine::
 
 fn run(cli: Cli) -> ssl_engine::Result<()> {
     match cli.cmd {
-        Cmd::Train { config, overrides, resume, backend, quiet } => {
+        Cmd::Train { config, overrides, resume, backend, device, quiet } => {
             let mut cfg = Config::load(config.as_deref(), &overrides)?;
             if let Some(bk) = backend {
                 cfg.backend = bk;
                 cfg.validate()?;
             }
             let interrupt = app::install_interrupt();
-            let s = with_backend!(cfg.backend.as_str(), cfg.threads, |b| ssl_engine::train::train(&b, &cfg, resume.as_deref(), &interrupt, !quiet))?;
+            let s = with_backend!(cfg.backend.as_str(), cfg.threads, device, |b| ssl_engine::train::train(&b, &cfg, resume.as_deref(), &interrupt, !quiet))?;
             println!("trained {} epochs ({} steps) at {:.1} images/s; run folder {}", s.epochs_done, s.steps_done, s.images_per_s, s.out.display());
             if let Some(l) = s.last_loss {
                 println!("final loss {l:.4}");
@@ -257,7 +267,7 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
             }
         }
         Cmd::Eval { what } => match what {
-            EvalCmd::Knn { common, k, t } => with_backend!(common.backend.as_str(), 0, |b| {
+            EvalCmd::Knn { common, k, t } => with_backend!(common.backend.as_str(), 0, common.device, |b| {
                 let (mut cfg, model, train, test) = eval_setup(&b, &common)?;
                 cfg.monitor.knn_k = k;
                 cfg.monitor.knn_t = t;
@@ -265,7 +275,7 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                 print_metrics(&format!("kNN (k={k}, T={t}) of {}", common.checkpoint), &m);
                 write_json(&common.json, &m)
             })?,
-            EvalCmd::Linear { common, epochs, optimizer, lr, batch_size, labels_per_class, finetune, weight_decay, raw_features } => with_backend!(common.backend.as_str(), 0, |b| {
+            EvalCmd::Linear { common, epochs, optimizer, lr, batch_size, labels_per_class, finetune, weight_decay, raw_features } => with_backend!(common.backend.as_str(), 0, common.device, |b| {
                 let (cfg, model, train, test) = eval_setup(&b, &common)?;
                 let lr = lr.unwrap_or(if finetune { 0.1 } else if optimizer == "lars" { 0.02 } else if !raw_features { 0.5 } else { 30.0 });
                 let wd = weight_decay.unwrap_or(if finetune { 5e-4 } else { cfg.linear.weight_decay });
@@ -286,7 +296,7 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                 write_json(&common.json, &r)
             })?,
         },
-        Cmd::Embed { common, out } => with_backend!(common.backend.as_str(), 0, |b| {
+        Cmd::Embed { common, out } => with_backend!(common.backend.as_str(), 0, common.device, |b| {
             let (cfg, model, train, _) = eval_setup(&b, &EvalArgs { test_data: Some(common.data.clone()), ..common.clone() })?;
             let (f, l) = app::embed(&model, &train, &cfg, &out)?;
             println!("wrote {} and {}", f.display(), l.display());
@@ -303,7 +313,7 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
             }
         }
         Cmd::Bench { what } => match what {
-            BenchCmd::Step { backend, model, batch, image_size, warmup, runs, simsiam } => with_backend!(backend.backend.as_str(), backend.threads, |b| {
+            BenchCmd::Step { backend, model, batch, image_size, warmup, runs, simsiam } => with_backend!(backend.backend.as_str(), backend.threads, backend.device, |b| {
                 println!("backend: {}", b.name());
                 let t = if simsiam {
                     bench::bench_simsiam_step(&b, &model, batch, image_size, warmup, runs)?
@@ -313,7 +323,7 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                 println!("{}: median {:.4} s (min {:.4}, max {:.4}), {}", t.name, t.median_s, t.min_s, t.max_s, t.rate());
                 Ok::<(), ssl_engine::Error>(())
             })?,
-            BenchCmd::Kernels { backend, batch, filter, runs } => with_backend!(backend.backend.as_str(), backend.threads, |b| {
+            BenchCmd::Kernels { backend, batch, filter, runs } => with_backend!(backend.backend.as_str(), backend.threads, backend.device, |b| {
                 println!("backend: {}", b.name());
                 for t in bench::bench_kernels(&b, batch, filter.as_deref(), runs)? {
                     println!("{:<42} {:>10.3} ms  {}", t.name, t.median_s * 1e3, t.rate());

@@ -1,12 +1,13 @@
 //! Whole models against PyTorch (tests/reference/models.safetensors): ResNet-18 (CIFAR stem,
 //! torchvision) and ViT-tiny (timm) forward + backward, every parameter gradient compared
-//! (large gradients through a strided sample plus the full norm), and three SGD steps.
+//! (large gradients through a strided sample plus the full norm), and three SGD steps; the
+//! same checks on the WGSL backend when a WebGPU adapter exists ("skipped: ..." otherwise).
 
 mod common;
 
 use common::*;
 use ssl_engine::autograd::{Tape, Var};
-use ssl_engine::backend::cpu::CpuBackend;
+use ssl_engine::backend::Backend;
 use ssl_engine::models::{BackboneConfig, ResNetConfig, Stem};
 use ssl_engine::nn::{Ctx, Kind, ParamStore};
 use ssl_engine::optim::Sgd;
@@ -15,7 +16,7 @@ use ssl_engine::{DType, ops};
 const TOL: f64 = 1e-4;
 const SAMPLE: usize = 4096;
 
-fn nhwc_input(b: &CpuBackend, f: &Fixtures, name: &str) -> Var<CpuBackend> {
+fn nhwc_input<B: Backend>(b: &B, f: &Fixtures, name: &str) -> Var<B> {
     let (v, s) = nchw_to_nhwc(&f.f32(name), &f.shape(name));
     Var::constant(tensor(b, &v, &s))
 }
@@ -38,13 +39,13 @@ fn check_grad(f: &Fixtures, prefix: &str, name: &str, g: &[f32]) -> f64 {
     e
 }
 
-fn model_matches(prefix: &str, cfg: BackboneConfig) {
-    let (b, f) = (cpu(2), Fixtures::load("models.safetensors"));
-    let mut ps = ParamStore::new(&b, DType::F32, 0);
+fn model_matches<B: Backend>(b: &B, prefix: &str, cfg: BackboneConfig) {
+    let f = Fixtures::load("models.safetensors");
+    let mut ps = ParamStore::new(b, DType::F32, 0);
     let model = cfg.build(&mut ps, "").unwrap();
     set_det_weights(&mut ps);
     let tape = Tape::new();
-    let x = nhwc_input(&b, &f, &format!("{prefix}.x"));
+    let x = nhwc_input(b, &f, &format!("{prefix}.x"));
     let x = tape.leaf(x.value);
     let cx = Ctx::new(&tape, &ps, true);
     let y = model.forward(&cx, &x).unwrap();
@@ -52,7 +53,7 @@ fn model_matches(prefix: &str, cfg: BackboneConfig) {
     eprintln!("{prefix} output: rel L2 {e:.2e}");
     // loss = sum(y * R)
     // The seed gradient of sum(y * R) is R itself.
-    let r = tensor(&b, &det_uniform(&format!("{prefix}.R"), y.value.numel(), 1.0, 0.0), y.shape());
+    let r = tensor(b, &det_uniform(&format!("{prefix}.R"), y.value.numel(), 1.0, 0.0), y.shape());
     let loss = ops::sum_axis(&ops::mul(&y.value, &r).unwrap().reshape(&[y.value.numel()]).unwrap(), 0).unwrap();
     let el = assert_close(&format!("{prefix} loss"), &[loss.scalar().unwrap() as f64], f.get(&format!("{prefix}.loss")).1, TOL);
     eprintln!("{prefix} loss: rel {el:.2e}");
@@ -74,29 +75,61 @@ fn model_matches(prefix: &str, cfg: BackboneConfig) {
         let err = assert_close(&key, &to64(&e.value.to_f32().unwrap()), f.get(&key).1, TOL);
         worst = worst.max(err);
     }
-    eprintln!("{prefix}: {trainable} parameter gradients, worst rel L2 {worst:.2e}");
+    eprintln!("{prefix} on {}: {trainable} parameter gradients, worst rel L2 {worst:.2e}", b.name());
+}
+
+fn resnet18() -> BackboneConfig {
+    BackboneConfig::ResNet(ResNetConfig { depth: 18, stem: Stem::Cifar, width: 64, zero_init_residual: false, num_classes: None })
 }
 
 #[test]
 fn resnet18_cifar_forward_backward_matches_torchvision() {
-    let cfg = ResNetConfig { depth: 18, stem: Stem::Cifar, width: 64, zero_init_residual: false, num_classes: None };
-    model_matches("resnet18", BackboneConfig::ResNet(cfg));
+    model_matches(&cpu(2), "resnet18", resnet18());
 }
 
 #[test]
 fn vit_tiny_forward_backward_matches_timm() {
-    model_matches("vit_tiny", BackboneConfig::preset("vit-tiny", 32).unwrap());
+    model_matches(&cpu(2), "vit_tiny", BackboneConfig::preset("vit-tiny", 32).unwrap());
 }
 
 #[test]
 fn resnet18_three_sgd_steps_match_pytorch() {
-    let (b, f) = (cpu(2), Fixtures::load("models.safetensors"));
+    three_sgd_steps(&cpu(2), 1e-5);
+}
+
+/// The fixture takes 16 images at lr 0.002, where the trace is well conditioned (at lr 0.05 on
+/// 4 images one ReLU input within f32 rounding of zero flipped and moved step 1 by ~1e-4).
+/// The WGSL kernels accumulate in f32 as PyTorch does, and PyTorch's own float32 trace lies
+/// 8e-5 from the float64 reference at step 3; the CPU backend (f64 statistics) stays under 1e-5.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_resnet18_three_sgd_steps_match_pytorch() {
+    let Some(b) = wgpu_or_skip() else { return };
+    three_sgd_steps(&b, 1e-4);
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_resnet18_cifar_forward_backward_matches_torchvision() {
+    let Some(b) = wgpu_or_skip() else { return };
+    model_matches(&b.with_poison(), "resnet18", resnet18());
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_vit_tiny_forward_backward_matches_timm() {
+    let Some(b) = wgpu_or_skip() else { return };
+    model_matches(&b.with_poison(), "vit_tiny", BackboneConfig::preset("vit-tiny", 32).unwrap());
+}
+
+fn three_sgd_steps<B: Backend>(b: &B, tol: f64) {
+    let f = Fixtures::load("models.safetensors");
     let cfg = ResNetConfig { depth: 18, stem: Stem::Cifar, width: 64, zero_init_residual: false, num_classes: Some(10) };
-    let mut ps = ParamStore::new(&b, DType::F32, 0);
+    let mut ps = ParamStore::new(b, DType::F32, 0);
     let model = BackboneConfig::ResNet(cfg).build(&mut ps, "").unwrap();
     set_det_weights(&mut ps);
-    let x = nhwc_input(&b, &f, "sgd.x");
-    let labels = tensor(&b, &f.f32("sgd.labels"), &[16]);
+    let x = nhwc_input(b, &f, "sgd.x");
+    let labels = tensor(b, &f.f32("sgd.labels"), &[16]);
     let mut opt = Sgd::new(0.9);
     let want = f.get("sgd.losses").1.to_vec();
     for (step, &w) in want.iter().enumerate() {
@@ -109,7 +142,7 @@ fn resnet18_three_sgd_steps_match_pytorch() {
         drop(cx);
         opt.step(&ps, &pg, |_| (0.002, 5e-4)).unwrap();
         let e = (got - w).abs() / w.abs();
-        eprintln!("sgd step {step}: loss {got:.7} vs PyTorch {w:.7} (rel {e:.2e})");
-        assert!(e <= 1e-5, "step {step}: loss {got} vs {w}");
+        eprintln!("sgd step {step} on {}: loss {got:.7} vs PyTorch {w:.7} (rel {e:.2e})", b.name());
+        assert!(e <= tol, "step {step}: loss {got} vs {w}");
     }
 }

@@ -8,6 +8,8 @@
 
 pub mod cpu;
 pub mod cuda;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use crate::error::Result;
 use crate::tensor::DType;

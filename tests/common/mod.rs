@@ -168,3 +168,19 @@ pub fn repo(p: &str) -> String {
 pub fn cpu(threads: usize) -> ssl_engine::backend::cpu::CpuBackend {
     ssl_engine::backend::cpu::CpuBackend::new(threads).unwrap()
 }
+
+/// The WGSL backend on the best adapter, or None after printing "skipped: <reason>" (CI
+/// without a Vulkan driver still passes; .ci/run installs mesa's llvmpipe so they run there).
+#[cfg(feature = "wgpu")]
+pub fn wgpu_or_skip() -> Option<ssl_engine::backend::wgpu::WgpuBackend> {
+    match ssl_engine::backend::wgpu::WgpuBackend::new(None) {
+        Ok(b) => {
+            eprintln!("{}", ssl_engine::backend::Backend::name(&b));
+            Some(b)
+        }
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}

@@ -1,0 +1,57 @@
+// Permute, slice and slice-assign: explicit copies (CPU: backend/cpu/layout.rs).
+
+struct P {
+    n: u32,
+    rank: u32,
+    // slice: [outer, axis, inner], range [start, start + len) of the middle axis
+    outer: u32,
+    axis: u32,
+    start: u32,
+    len: u32,
+    inner: u32,
+    _pad: u32,
+    // permute: the output's shape and, per output axis, its stride in the input (rank <= 8)
+    out_shape: array<vec4<u32>, 2>,
+    src_stride: array<vec4<u32>, 2>,
+}
+
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size(WG)
+fn permute_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var idx = flat_id(wid, nwg, li); idx < p.n; idx += grid_stride(nwg)) {
+        var rem = idx;
+        var src = 0u;
+        for (var ax = i32(p.rank) - 1; ax >= 0; ax--) {
+            let a = u32(ax);
+            let extent = p.out_shape[a / 4u][a % 4u];
+            src += (rem % extent) * p.src_stride[a / 4u][a % 4u];
+            rem = rem / extent;
+        }
+        y[idx] = x[src];
+    }
+}
+
+// y [outer, len, inner] = x [outer, start..start+len, inner]
+@compute @workgroup_size(WG)
+fn slice_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var idx = flat_id(wid, nwg, li); idx < p.n; idx += grid_stride(nwg)) {
+        let block = p.len * p.inner;
+        let o = idx / block;
+        let rest = idx % block;
+        y[idx] = x[(o * p.axis + p.start) * p.inner + rest];
+    }
+}
+
+// y [outer, start..start+len, inner] = x [outer, len, inner]; the rest of y is kept
+@compute @workgroup_size(WG)
+fn slice_assign_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var idx = flat_id(wid, nwg, li); idx < p.n; idx += grid_stride(nwg)) {
+        let block = p.len * p.inner;
+        let o = idx / block;
+        let rest = idx % block;
+        y[(o * p.axis + p.start) * p.inner + rest] = x[idx];
+    }
+}

@@ -1,0 +1,177 @@
+// Cross-entropy with logits and the negative-cosine loss (CPU: backend/cpu/loss.rs).
+// Losses land in one-element device buffers; backward reads the upstream gradient dloss[0]
+// on the device, so a training step never waits for the host. An invalid label (not an
+// integer class in 0..classes) makes its row's loss and gradient NaN (the CPU returns an
+// error; a GPU kernel cannot).
+
+struct P {
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    // cosine backward: also write dz
+    want_dz: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> a: array<f32>;      // logits, or p
+@group(0) @binding(2) var<storage, read> b: array<f32>;      // labels, or z
+@group(0) @binding(3) var<storage, read> dloss: array<f32>;  // [1]
+@group(0) @binding(4) var<storage, read> part: array<f32>;   // per-row cosines
+@group(0) @binding(5) var<storage, read_write> o1: array<f32>;
+@group(0) @binding(6) var<storage, read_write> o2: array<f32>;
+
+const NAN_BITS: u32 = 0x7fc00000u;
+
+var<workgroup> red: array<f32, WG>;
+
+fn wg_sum(v: f32, li: u32) -> f32 {
+    red[li] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (li < s) {
+            red[li] += red[li + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+// The class of row r, or -1 when the label is not one.
+fn label_of(r: u32) -> i32 {
+    let l = b[r];
+    if (!(l >= 0.0 && l < f32(p.cols) && fract(l) == 0.0)) {
+        return -1;
+    }
+    return i32(l);
+}
+
+fn row_lse(r: u32) -> f32 {
+    let base = r * p.cols;
+    var m = NEG_BIG;
+    for (var j = 0u; j < p.cols; j++) {
+        m = max(m, a[base + j]);
+    }
+    var s = 0.0;
+    for (var j = 0u; j < p.cols; j++) {
+        s += exp(a[base + j] - m);
+    }
+    return m + log(s);
+}
+
+// One workgroup: o1[0] = mean over rows of (lse - logit[label]).
+@compute @workgroup_size(WG)
+fn cross_entropy_fwd_f32(@builtin(local_invocation_index) li: u32) {
+    var acc = 0.0;
+    for (var r = li; r < p.rows; r += WG) {
+        let y = label_of(r);
+        if (y < 0) {
+            acc += bitcast<f32>(NAN_BITS);
+        } else {
+            acc += row_lse(r) - a[r * p.cols + u32(y)];
+        }
+    }
+    let total = wg_sum(acc, li);
+    if (li == 0u) {
+        o1[0] = total / f32(p.rows);
+    }
+}
+
+// One invocation per row: o1[r, j] = dloss / rows * (softmax_j - [j == label])
+@compute @workgroup_size(WG)
+fn cross_entropy_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var r = flat_id(wid, nwg, li); r < p.rows; r += grid_stride(nwg)) {
+        let g = dloss[0] / f32(p.rows);
+        let y = label_of(r);
+        let lse = row_lse(r);
+        let base = r * p.cols;
+        for (var j = 0u; j < p.cols; j++) {
+            let pr = exp(a[base + j] - lse);
+            var v = g * (pr - select(0.0, 1.0, i32(j) == y));
+            if (y < 0) {
+                v = bitcast<f32>(NAN_BITS);
+            }
+            o1[base + j] = v;
+        }
+    }
+}
+
+// (p.z, max(|p|, eps), max(|z|, eps)) of one row, by the workgroup.
+fn row_stats(r: u32, li: u32) -> vec3<f32> {
+    let base = r * p.cols;
+    var pz = 0.0;
+    var pp = 0.0;
+    var zz = 0.0;
+    for (var j = li; j < p.cols; j += WG) {
+        let u = a[base + j];
+        let v = b[base + j];
+        pz += u * v;
+        pp += u * u;
+        zz += v * v;
+    }
+    let spz = wg_sum(pz, li);
+    let spp = wg_sum(pp, li);
+    let szz = wg_sum(zz, li);
+    return vec3<f32>(spz, max(sqrt(spp), p.eps), max(sqrt(szz), p.eps));
+}
+
+// One workgroup per row: o1[r] = cos(p_r, z_r)
+@compute @workgroup_size(WG)
+fn cosine_rows_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let r = flat_group(wid, nwg);
+    if (r >= p.rows) {
+        return;
+    }
+    let st = row_stats(r, li);
+    if (li == 0u) {
+        o1[r] = st.x / (st.y * st.z);
+    }
+}
+
+// One workgroup: o1[0] = -mean_r part[r]
+@compute @workgroup_size(WG)
+fn cosine_mean_f32(@builtin(local_invocation_index) li: u32) {
+    var acc = 0.0;
+    for (var r = li; r < p.rows; r += WG) {
+        acc += part[r];
+    }
+    let total = wg_sum(acc, li);
+    if (li == 0u) {
+        o1[0] = -total / f32(p.rows);
+    }
+}
+
+// One workgroup per row. d cos / dp = z / (|p| |z|) - cos p / |p|^2 (a norm clamped at eps
+// is a constant); o1 = dp, o2 = dz when want_dz.
+@compute @workgroup_size(WG)
+fn cosine_loss_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let r = flat_group(wid, nwg);
+    if (r >= p.rows) {
+        return;
+    }
+    let st = row_stats(r, li);
+    let g = -dloss[0] / f32(p.rows);
+    let pn = st.y;
+    let zn = st.z;
+    let cosv = st.x / (pn * zn);
+    let p_clamped = pn <= p.eps;
+    let z_clamped = zn <= p.eps;
+    let base = r * p.cols;
+    for (var j = li; j < p.cols; j += WG) {
+        let u = a[base + j];
+        let v = b[base + j];
+        var gp = v / (pn * zn);
+        if (!p_clamped) {
+            gp -= cosv * u / (pn * pn);
+        }
+        o1[base + j] = g * gp;
+        if (p.want_dz != 0u) {
+            var gz = u / (zn * pn);
+            if (!z_clamped) {
+                gz -= cosv * v / (zn * zn);
+            }
+            o2[base + j] = g * gz;
+        }
+    }
+}

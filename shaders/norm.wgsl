@@ -1,0 +1,339 @@
+// Batch norm, layer norm and softmax over channels-last data [rows, ch]
+// (CPU: backend/cpu/norm.rs). Column statistics (batch norm, layer-norm dgamma/dbeta) are
+// reduced in two fixed-order stages: `col_*` kernels give one invocation per (split s,
+// channel c) that sums the rows of split s in order; the finishing kernels sum the splits in
+// order. Row statistics (layer norm, softmax) use one workgroup per row and a fixed tree.
+
+struct P {
+    rows: u32,
+    ch: u32,
+    eps: f32,
+    // bit 1: gamma given, bit 2: beta given
+    flags: u32,
+    nsplit: u32,
+    chunk: u32,
+    momentum: f32,
+    // rows / (rows - 1): running variance is unbiased
+    unbias: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> dy: array<f32>;
+@group(0) @binding(3) var<storage, read> sa: array<f32>; // mean (per channel, or per row in layer norm)
+@group(0) @binding(4) var<storage, read> sb: array<f32>; // invstd / rstd (or running var in eval)
+@group(0) @binding(5) var<storage, read> gamma: array<f32>;
+@group(0) @binding(6) var<storage, read> beta: array<f32>;
+@group(0) @binding(7) var<storage, read> part: array<f32>; // partial column sums
+@group(0) @binding(8) var<storage, read_write> o1: array<f32>;
+@group(0) @binding(9) var<storage, read_write> o2: array<f32>;
+@group(0) @binding(10) var<storage, read_write> o3: array<f32>;
+@group(0) @binding(11) var<storage, read> t1: array<f32>; // batch-norm backward: sum dy
+@group(0) @binding(12) var<storage, read> t2: array<f32>; // batch-norm backward: sum dy * xhat
+
+fn gamma_at(c: u32) -> f32 {
+    if ((p.flags & 1u) != 0u) {
+        return gamma[c];
+    }
+    return 1.0;
+}
+
+fn beta_at(c: u32) -> f32 {
+    if ((p.flags & 2u) != 0u) {
+        return beta[c];
+    }
+    return 0.0;
+}
+
+// ---- column reductions, stage 1: one invocation per (split, channel) ---------------------
+
+// o1[s, c] = sum_(r in split s) x[r, c]
+@compute @workgroup_size(WG)
+fn col_sum_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
+        let c = idx % p.ch;
+        let s = idx / p.ch;
+        let r1 = min(p.rows, (s + 1u) * p.chunk);
+        var acc = 0.0;
+        for (var r = s * p.chunk; r < r1; r++) {
+            acc += x[r * p.ch + c];
+        }
+        o1[idx] = acc;
+    }
+}
+
+// o1[s, c] = sum_(r in split s) (x[r, c] - mean[c])^2
+@compute @workgroup_size(WG)
+fn col_sqdev_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
+        let c = idx % p.ch;
+        let s = idx / p.ch;
+        let m = sa[c];
+        let r1 = min(p.rows, (s + 1u) * p.chunk);
+        var acc = 0.0;
+        for (var r = s * p.chunk; r < r1; r++) {
+            let d = x[r * p.ch + c] - m;
+            acc += d * d;
+        }
+        o1[idx] = acc;
+    }
+}
+
+// o1[s, c, 0] = sum dy, o1[s, c, 1] = sum dy * xhat with per-channel statistics (batch norm)
+@compute @workgroup_size(WG)
+fn col_bn_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
+        let c = idx % p.ch;
+        let s = idx / p.ch;
+        let m = sa[c];
+        let is = sb[c];
+        let r1 = min(p.rows, (s + 1u) * p.chunk);
+        var a0 = 0.0;
+        var a1 = 0.0;
+        for (var r = s * p.chunk; r < r1; r++) {
+            let g = dy[r * p.ch + c];
+            a0 += g;
+            a1 += g * ((x[r * p.ch + c] - m) * is);
+        }
+        o1[idx * 2u] = a0;
+        o1[idx * 2u + 1u] = a1;
+    }
+}
+
+// o1[s, c, 0] = sum dy * xhat, o1[s, c, 1] = sum dy with per-row statistics (layer norm)
+@compute @workgroup_size(WG)
+fn col_ln_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
+        let c = idx % p.ch;
+        let s = idx / p.ch;
+        let r1 = min(p.rows, (s + 1u) * p.chunk);
+        var a0 = 0.0;
+        var a1 = 0.0;
+        for (var r = s * p.chunk; r < r1; r++) {
+            let g = dy[r * p.ch + c];
+            a0 += g * ((x[r * p.ch + c] - sa[r]) * sb[r]);
+            a1 += g;
+        }
+        o1[idx * 2u] = a0;
+        o1[idx * 2u + 1u] = a1;
+    }
+}
+
+// ---- column reductions, stage 2: one invocation per channel -----------------------------
+
+// o1[c] = sum_s part[s, c] / rows  (the batch mean)
+@compute @workgroup_size(WG)
+fn bn_mean_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var c = flat_id(wid, nwg, li); c < p.ch; c += grid_stride(nwg)) {
+        var acc = 0.0;
+        for (var s = 0u; s < p.nsplit; s++) {
+            acc += part[s * p.ch + c];
+        }
+        o1[c] = acc / f32(p.rows);
+    }
+}
+
+// o1[c] = 1 / sqrt(var + eps), var = sum_s part[s, c] / rows (biased)
+@compute @workgroup_size(WG)
+fn bn_invstd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var c = flat_id(wid, nwg, li); c < p.ch; c += grid_stride(nwg)) {
+        var acc = 0.0;
+        for (var s = 0u; s < p.nsplit; s++) {
+            acc += part[s * p.ch + c];
+        }
+        o1[c] = 1.0 / sqrt(acc / f32(p.rows) + p.eps);
+    }
+}
+
+// running = (1 - momentum) running + momentum batch; o2 = running mean, o3 = running var
+@compute @workgroup_size(WG)
+fn bn_running_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var c = flat_id(wid, nwg, li); c < p.ch; c += grid_stride(nwg)) {
+        var acc = 0.0;
+        for (var s = 0u; s < p.nsplit; s++) {
+            acc += part[s * p.ch + c];
+        }
+        let var_b = acc / f32(p.rows);
+        let m = p.momentum;
+        o2[c] = (1.0 - m) * o2[c] + m * sa[c];
+        o3[c] = (1.0 - m) * o3[c] + m * var_b * p.unbias;
+    }
+}
+
+// o1[c] = sum_s part[s, c, 0], o2[c] = sum_s part[s, c, 1]
+@compute @workgroup_size(WG)
+fn col_pair_sum_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var c = flat_id(wid, nwg, li); c < p.ch; c += grid_stride(nwg)) {
+        var a0 = 0.0;
+        var a1 = 0.0;
+        for (var s = 0u; s < p.nsplit; s++) {
+            a0 += part[(s * p.ch + c) * 2u];
+            a1 += part[(s * p.ch + c) * 2u + 1u];
+        }
+        o1[c] = a0;
+        o2[c] = a1;
+    }
+}
+
+// ---- batch norm, elementwise ------------------------------------------------------------
+
+// y = x * scale + shift, scale = invstd * gamma, shift = beta - mean * scale
+@compute @workgroup_size(WG)
+fn bn_apply_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var i = flat_id(wid, nwg, li); i < p.rows * p.ch; i += grid_stride(nwg)) {
+        let c = i % p.ch;
+        let scale = sb[c] * gamma_at(c);
+        let shift = beta_at(c) - sa[c] * scale;
+        o1[i] = x[i] * scale + shift;
+    }
+}
+
+// Eval: scale = gamma / sqrt(running_var + eps), shift = beta - running_mean * scale
+@compute @workgroup_size(WG)
+fn bn_eval_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var i = flat_id(wid, nwg, li); i < p.rows * p.ch; i += grid_stride(nwg)) {
+        let c = i % p.ch;
+        let scale = gamma_at(c) / sqrt(sb[c] + p.eps);
+        let shift = beta_at(c) - sa[c] * scale;
+        o1[i] = x[i] * scale + shift;
+    }
+}
+
+// dx = gamma * invstd / N * (N dy - sum(dy) - xhat * sum(dy xhat))
+@compute @workgroup_size(WG)
+fn bn_bwd_dx_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var i = flat_id(wid, nwg, li); i < p.rows * p.ch; i += grid_stride(nwg)) {
+        let c = i % p.ch;
+        let n = f32(p.rows);
+        let is = sb[c];
+        let xhat = (x[i] - sa[c]) * is;
+        let k = gamma_at(c) * is / n;
+        o1[i] = k * (n * dy[i] - t1[c] - xhat * t2[c]);
+    }
+}
+
+// ---- row reductions: one workgroup per row ------------------------------------------------
+
+var<workgroup> red: array<f32, ROW_WG>;
+
+fn row_sum(v: f32, li: u32) -> f32 {
+    red[li] = v;
+    workgroupBarrier();
+    for (var s = ROW_WG / 2u; s > 0u; s >>= 1u) {
+        if (li < s) {
+            red[li] += red[li + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn row_max(v: f32, li: u32) -> f32 {
+    red[li] = v;
+    workgroupBarrier();
+    for (var s = ROW_WG / 2u; s > 0u; s >>= 1u) {
+        if (li < s) {
+            red[li] = max(red[li], red[li + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+// y = (x - mean) * rstd * gamma + beta; o1 = y, o2 = mean, o3 = rstd
+@compute @workgroup_size(ROW_WG)
+fn ln_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let row = flat_group(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.ch;
+    var s = 0.0;
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        s += x[base + j];
+    }
+    let mean = row_sum(s, li) / f32(p.ch);
+    var q = 0.0;
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        let d = x[base + j] - mean;
+        q += d * d;
+    }
+    let rstd = 1.0 / sqrt(row_sum(q, li) / f32(p.ch) + p.eps);
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        o1[base + j] = (x[base + j] - mean) * rstd * gamma[j] + beta[j];
+    }
+    if (li == 0u) {
+        o2[row] = mean;
+        o3[row] = rstd;
+    }
+}
+
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma
+@compute @workgroup_size(ROW_WG)
+fn ln_bwd_dx_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let row = flat_group(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.ch;
+    let mean = sa[row];
+    let rstd = sb[row];
+    var s1 = 0.0;
+    var s2 = 0.0;
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        let g = dy[base + j] * gamma[j];
+        s1 += g;
+        s2 += g * ((x[base + j] - mean) * rstd);
+    }
+    let m1 = row_sum(s1, li) / f32(p.ch);
+    let m2 = row_sum(s2, li) / f32(p.ch);
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        let g = dy[base + j] * gamma[j];
+        let xhat = (x[base + j] - mean) * rstd;
+        o1[base + j] = rstd * (g - m1 - xhat * m2);
+    }
+}
+
+@compute @workgroup_size(ROW_WG)
+fn softmax_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let row = flat_group(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.ch;
+    var m = NEG_BIG;
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        m = max(m, x[base + j]);
+    }
+    let mx = row_max(m, li);
+    var s = 0.0;
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        s += exp(x[base + j] - mx);
+    }
+    let inv = 1.0 / row_sum(s, li);
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        o1[base + j] = exp(x[base + j] - mx) * inv;
+    }
+}
+
+// dx = y * (dy - sum(y * dy)); x holds y
+@compute @workgroup_size(ROW_WG)
+fn softmax_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let row = flat_group(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.ch;
+    var s = 0.0;
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        s += x[base + j] * dy[base + j];
+    }
+    let dot = row_sum(s, li);
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        o1[base + j] = x[base + j] * (dy[base + j] - dot);
+    }
+}

@@ -1,0 +1,623 @@
+//! The device side of the WGSL backend: adapter choice, the buffer pool, shader modules and
+//! pipelines (compiled lazily, errors named by op), and the recorder that turns kernel calls
+//! into dispatches in one open compute pass and submits them in batches.
+//!
+//! Submission model: every kernel call appends a dispatch to the current compute pass; its
+//! parameters (a few u32/f32 words) go into a per-batch host array that becomes one uniform
+//! buffer, bound with a dynamic offset. The batch is submitted when it holds `MAX_BATCH`
+//! dispatches, before an upload, and on download/synchronize. Only downloads wait and map.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+
+/// Dispatches per submission (the parameter buffer holds this many slots).
+const MAX_BATCH: usize = 1024;
+/// Bytes of parameters one dispatch may use (64 words).
+const PARAM_BYTES: u64 = 256;
+
+/// Tile sizes and workgroup shapes, chosen from the adapter's limits and written into every
+/// shader as constants (see `prelude`).
+#[derive(Clone, Copy, Debug)]
+pub struct Tiles {
+    /// 1-D workgroup size of elementwise kernels.
+    pub wg: u32,
+    /// GEMM: a workgroup of mm_tx x mm_ty threads computes a (mm_ty*mm_tm) x (mm_tx*mm_tn)
+    /// tile, each thread an mm_tm x mm_tn register block; mm_bk is the depth of a shared tile.
+    pub mm_tx: u32,
+    pub mm_ty: u32,
+    pub mm_tm: u32,
+    pub mm_tn: u32,
+    pub mm_bk: u32,
+    /// Threads of the workgroup that reduces one row (layer norm, softmax, cosine).
+    pub row_wg: u32,
+    /// Attention: query rows per workgroup (one per thread) and keys per shared tile.
+    pub att_bq: u32,
+    pub att_bk: u32,
+    /// Most workgroups of a 1-D (grid-stride) launch. llvmpipe pays about a microsecond per
+    /// workgroup, so a CPU adapter gets few large ones; a GPU gets enough to fill it.
+    pub max_groups: u32,
+}
+
+impl Tiles {
+    fn from_limits(l: &wgpu::Limits, cpu: bool) -> Tiles {
+        let inv = l.max_compute_invocations_per_workgroup;
+        let (sx, sy) = (l.max_compute_workgroup_size_x, l.max_compute_workgroup_size_y);
+        let smem = l.max_compute_workgroup_storage_size;
+        let wg = [256, 128, 64].into_iter().find(|&w| w <= inv && w <= sx).unwrap_or(32);
+        // GPUs: 16x16 threads with 4x4 blocks (64x64 tiles, 256 threads) when the adapter
+        // allows, else 8x8 threads. CPU implementations (llvmpipe runs an invocation per SIMD
+        // lane and pays per workgroup and per shared-memory load): 8x8 threads with 8x8 blocks,
+        // measured 1.5-2.5x faster there.
+        let big = inv >= 256 && sx >= 16 && sy >= 16 && smem >= 2 * 16 * 64 * 4;
+        let (t, tm, bk) = if cpu && smem >= 2 * 16 * 64 * 4 {
+            (8, 8, 16)
+        } else if big {
+            (16, 4, 16)
+        } else {
+            (8, 4, 8)
+        };
+        let row_wg = wg.min(64);
+        let att_bq = wg.min(64);
+        // Two shared tiles of att_bk keys x ATT_DMAX (<= 128) floats, plus per-key scalars.
+        let mut att_bk = 32;
+        while att_bk > 1 && att_bk * (2 * 128 * 4 + 16) > smem {
+            att_bk /= 2;
+        }
+        let max_groups = if cpu { 256 } else { 16384 };
+        let mut tiles = Tiles { wg, mm_tx: t, mm_ty: t, mm_tm: tm, mm_tn: tm, mm_bk: bk, row_wg, att_bq, att_bk, max_groups };
+        if let Some(g) = std::env::var("SSL_WGPU_GROUPS").ok().and_then(|v| v.parse().ok()) {
+            tiles.max_groups = g;
+        }
+        // SSL_WGPU_GEMM=tx,ty,tm,tn,bk overrides the GEMM tiling (for tuning on a new device);
+        // ignored unless it fits the adapter's limits.
+        if let Ok(v) = std::env::var("SSL_WGPU_GEMM") {
+            let f: Vec<u32> = v.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+            if let [tx, ty, tm, tn, bk] = f[..] {
+                let fits = tx * ty <= inv && tx <= sx && ty <= sy && bk * (ty * tm + tx * tn) * 4 <= smem && tm % 4 == 0 && tn % 4 == 0;
+                if fits && tx * ty > 0 && tm * tn * bk > 0 {
+                    (tiles.mm_tx, tiles.mm_ty, tiles.mm_tm, tiles.mm_tn, tiles.mm_bk) = (tx, ty, tm, tn, bk);
+                }
+            }
+        }
+        tiles
+    }
+    pub fn mm_bm(&self) -> u32 {
+        self.mm_ty * self.mm_tm
+    }
+    pub fn mm_bn(&self) -> u32 {
+        self.mm_tx * self.mm_tn
+    }
+}
+
+/// Uniform parameters of one dispatch, in the order of the shader's `P` struct.
+#[derive(Default)]
+pub struct Params {
+    words: Vec<u32>,
+    overflow: bool,
+}
+
+impl Params {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// A count or index; values beyond u32 make the launch fail with a clear error.
+    pub fn u(mut self, v: usize) -> Self {
+        match u32::try_from(v) {
+            Ok(x) => self.words.push(x),
+            Err(_) => {
+                self.overflow = true;
+                self.words.push(0)
+            }
+        }
+        self
+    }
+    pub fn f(mut self, v: f32) -> Self {
+        self.words.push(v.to_bits());
+        self
+    }
+    pub fn b(self, v: bool) -> Self {
+        self.u(v as usize)
+    }
+}
+
+/// One buffer binding of a dispatch: (binding index, buffer, writable).
+pub type Bind<'a> = (u32, &'a wgpu::Buffer, bool);
+
+pub fn r(binding: u32, b: &wgpu::Buffer) -> Bind<'_> {
+    (binding, b, false)
+}
+pub fn w(binding: u32, b: &wgpu::Buffer) -> Bind<'_> {
+    (binding, b, true)
+}
+
+/// A kernel: an entry point of `shaders/<family>.wgsl`, with the op name used in errors.
+/// `variant` selects a specialisation (written into the shader as `const VARIANT`).
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    pub op: &'static str,
+    pub family: &'static str,
+    pub entry: &'static str,
+    pub variant: u32,
+}
+
+pub const fn kernel(op: &'static str, family: &'static str, entry: &'static str) -> Kernel {
+    Kernel { op, family, entry, variant: 0 }
+}
+
+const COMMON: &str = include_str!("../../../shaders/common.wgsl");
+const GEMM: &str = include_str!("../../../shaders/gemm.wgsl");
+
+/// The WGSL source of a family (`shaders/<family>.wgsl`), and whether it uses the GEMM core.
+fn family_source(family: &str) -> Option<(&'static str, bool)> {
+    Some(match family {
+        "matmul" => (include_str!("../../../shaders/matmul.wgsl"), true),
+        "conv" => (include_str!("../../../shaders/conv.wgsl"), true),
+        "norm" => (include_str!("../../../shaders/norm.wgsl"), false),
+        "attention" => (include_str!("../../../shaders/attention.wgsl"), false),
+        "elementwise" => (include_str!("../../../shaders/elementwise.wgsl"), false),
+        "pool" => (include_str!("../../../shaders/pool.wgsl"), false),
+        "loss" => (include_str!("../../../shaders/loss.wgsl"), false),
+        "optim" => (include_str!("../../../shaders/optim.wgsl"), false),
+        "layout" => (include_str!("../../../shaders/layout.wgsl"), false),
+        _ => return None,
+    })
+}
+
+/// (family, entry point, variant)
+type PipeKey = (&'static str, &'static str, u32);
+/// The storage bindings of a dispatch: (binding, writable).
+type Signature = Vec<(u32, bool)>;
+
+struct Pipe {
+    pipeline: wgpu::ComputePipeline,
+    layout: Arc<wgpu::BindGroupLayout>,
+    sig: Signature,
+}
+
+/// Buffers waiting for reuse, keyed by byte size.
+#[derive(Default)]
+pub struct BufferPool {
+    free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+}
+
+impl BufferPool {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Vec<wgpu::Buffer>>> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn take(&self, bytes: u64) -> Option<wgpu::Buffer> {
+        self.lock().get_mut(&bytes).and_then(|v| v.pop())
+    }
+    pub fn give(&self, b: wgpu::Buffer) {
+        self.lock().entry(b.size()).or_default().push(b);
+    }
+    pub fn clear(&self) {
+        self.lock().clear()
+    }
+    pub fn pooled_bytes(&self) -> u64 {
+        self.lock().iter().map(|(s, v)| s * v.len() as u64).sum()
+    }
+}
+
+#[derive(Default)]
+struct Recorder {
+    encoder: Option<wgpu::CommandEncoder>,
+    pass: Option<wgpu::ComputePass<'static>>,
+    params: Vec<u8>,
+    count: usize,
+    /// Dispatches and submissions since the backend was created (for tests and benchmarks).
+    total_dispatches: u64,
+    total_submits: u64,
+}
+
+pub struct Context {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub subgroups: bool,
+    pub tiles: Tiles,
+    pub pool: Arc<BufferPool>,
+    staging: BufferPool,
+    rec: Mutex<Recorder>,
+    modules: Mutex<HashMap<(&'static str, u32), wgpu::ShaderModule>>,
+    pipes: Mutex<HashMap<PipeKey, Arc<Pipe>>>,
+    layouts: Mutex<HashMap<Signature, Arc<wgpu::BindGroupLayout>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    params_buf: wgpu::Buffer,
+    /// A small buffer bound where a kernel's optional input is absent.
+    pub dummy: wgpu::Buffer,
+    pub buffers_created: std::sync::atomic::AtomicU64,
+}
+
+fn dev_err(op: &str, e: impl std::fmt::Display) -> Error {
+    Error::Other(format!("wgpu {op}: {e}"))
+}
+
+impl Context {
+    pub fn new(device_index: Option<usize>) -> Result<Context> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        let none = || Error::Other("no WebGPU adapter found (install a Vulkan driver such as mesa-vulkan-drivers)".into());
+        if adapters.is_empty() {
+            return Err(none());
+        }
+        let adapter = match device_index {
+            Some(i) => {
+                if i >= adapters.len() {
+                    let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                    return Err(Error::Other(format!("wgpu: adapter {i} requested, {} found: {}", adapters.len(), names.join(", "))));
+                }
+                adapters.swap_remove(i)
+            }
+            None => {
+                // Prefer a real GPU, then a virtual one, then a CPU rasteriser (llvmpipe).
+                let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
+                    wgpu::DeviceType::DiscreteGpu => 0,
+                    wgpu::DeviceType::IntegratedGpu => 1,
+                    wgpu::DeviceType::VirtualGpu => 2,
+                    wgpu::DeviceType::Other => 3,
+                    wgpu::DeviceType::Cpu => 4,
+                };
+                let best = (0..adapters.len()).min_by_key(|&i| rank(&adapters[i])).ok_or_else(none)?;
+                adapters.swap_remove(best)
+            }
+        };
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        if limits.max_storage_buffers_per_shader_stage < 8 {
+            return Err(Error::Other(format!("wgpu: adapter {} offers {} storage buffers per stage; 8 are needed", info.name, limits.max_storage_buffers_per_shader_stage)));
+        }
+        // Subgroup operations are requested when offered; the kernels do not depend on them.
+        let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP);
+        let features = if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() };
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("ssl-engine"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Other(format!("wgpu: cannot open adapter {}: {e}", info.name)))?;
+        // Errors outside an error scope are collected here and returned by the next
+        // submit, download or synchronize (wgpu's default handler would panic).
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+        }));
+        let tiles = Tiles::from_limits(&limits, info.device_type == wgpu::DeviceType::Cpu);
+        let slot = slot_size(&limits);
+        let params_buf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params"),
+            size: slot * MAX_BATCH as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(Context {
+            device,
+            queue,
+            info,
+            limits,
+            subgroups,
+            tiles,
+            pool: Arc::default(),
+            staging: BufferPool::default(),
+            rec: Mutex::default(),
+            modules: Mutex::default(),
+            pipes: Mutex::default(),
+            layouts: Mutex::default(),
+            errors,
+            params_buf,
+            dummy,
+            buffers_created: Default::default(),
+        })
+    }
+
+    fn slot(&self) -> u64 {
+        slot_size(&self.limits)
+    }
+
+    fn lock_rec(&self) -> MutexGuard<'_, Recorder> {
+        self.rec.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns (and clears) the errors wgpu reported since the last check.
+    pub fn check_errors(&self, op: &str) -> Result<()> {
+        let mut errs = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if errs.is_empty() {
+            return Ok(());
+        }
+        let n = errs.len();
+        let first = errs.remove(0);
+        errs.clear();
+        Err(Error::Other(format!("wgpu ({op}): {first}{}", if n > 1 { format!(" (and {} more errors)", n - 1) } else { String::new() })))
+    }
+
+    /// A device buffer of at least `bytes` (rounded up to 4), from the pool when one is free.
+    pub fn alloc_buffer(&self, bytes: u64) -> Result<wgpu::Buffer> {
+        let bytes = bytes.max(4).div_ceil(4) * 4;
+        if bytes > self.limits.max_buffer_size || bytes > self.limits.max_storage_buffer_binding_size {
+            return Err(Error::Other(format!(
+                "wgpu alloc: {bytes} bytes exceed the adapter's buffer limit ({} bytes) on {}",
+                self.limits.max_buffer_size.min(self.limits.max_storage_buffer_binding_size),
+                self.info.name
+            )));
+        }
+        if let Some(b) = self.pool.take(bytes) {
+            return Ok(b);
+        }
+        self.buffers_created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    fn module(&self, k: &Kernel) -> Result<wgpu::ShaderModule> {
+        let mut mods = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = mods.get(&(k.family, k.variant)) {
+            return Ok(m.clone());
+        }
+        let (src, gemm) = family_source(k.family)
+            .ok_or_else(|| Error::Invalid { op: k.op, msg: format!("no shader family {}", k.family) })?;
+        let mut text = self.prelude(k.variant);
+        text.push_str(COMMON);
+        if gemm {
+            text.push_str(GEMM);
+        }
+        text.push_str(src);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let m = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(k.family),
+            source: wgpu::ShaderSource::Wgsl(text.into()),
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Other(format!("{}: shaders/{}.wgsl does not compile: {e}", k.op, k.family)));
+        }
+        mods.insert((k.family, k.variant), m.clone());
+        Ok(m)
+    }
+
+    /// Constants every shader sees: tile sizes from the adapter's limits, and the variant.
+    fn prelude(&self, variant: u32) -> String {
+        let t = &self.tiles;
+        format!(
+            "// generated by src/backend/wgpu/context.rs from the adapter's limits\n\
+             const WG: u32 = {}u;\nconst MM_TX: u32 = {}u;\nconst MM_TY: u32 = {}u;\nconst MM_TM: u32 = {}u;\n\
+             const MM_TN: u32 = {}u;\nconst MM_BK: u32 = {}u;\nconst ROW_WG: u32 = {}u;\nconst ATT_BQ: u32 = {}u;\n\
+             const ATT_BK: u32 = {}u;\nconst VARIANT: u32 = {}u;\n",
+            t.wg, t.mm_tx, t.mm_ty, t.mm_tm, t.mm_tn, t.mm_bk, t.row_wg, t.att_bq, t.att_bk, variant
+        )
+    }
+
+    fn bind_layout(&self, sig: &[(u32, bool)]) -> Arc<wgpu::BindGroupLayout> {
+        let mut layouts = self.layouts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = layouts.get(sig) {
+            return l.clone();
+        }
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: true,
+                min_binding_size: std::num::NonZeroU64::new(PARAM_BYTES),
+            },
+            count: None,
+        }];
+        for &(binding, writable) in sig {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: !writable },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
+        let l = Arc::new(self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries }));
+        layouts.insert(sig.to_vec(), l.clone());
+        l
+    }
+
+    fn pipeline(&self, k: &Kernel, sig: &[(u32, bool)]) -> Result<Arc<Pipe>> {
+        let key = (k.family, k.entry, k.variant);
+        if let Some(p) = self.pipes.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            if p.sig != sig {
+                return Err(Error::Invalid { op: k.op, msg: format!("{}: bindings {sig:?} differ from {:?}", k.entry, p.sig) });
+            }
+            return Ok(p.clone());
+        }
+        let module = self.module(k)?;
+        let layout = self.bind_layout(sig);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(k.entry),
+            bind_group_layouts: &[Some(&*layout)],
+            immediate_size: 0,
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(k.entry),
+            layout: Some(&pl),
+            module: &module,
+            entry_point: Some(k.entry),
+            compilation_options: wgpu::PipelineCompilationOptions { constants: &[], zero_initialize_workgroup_memory: false },
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Other(format!("{}: pipeline {} (shaders/{}.wgsl) failed: {e}", k.op, k.entry, k.family)));
+        }
+        let p = Arc::new(Pipe { pipeline, layout, sig: sig.to_vec() });
+        self.pipes.lock().unwrap_or_else(|e| e.into_inner()).insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// Records one dispatch of `groups` workgroups. Returns at once; the work runs when the
+    /// batch is submitted.
+    pub fn launch(&self, k: Kernel, params: Params, binds: &[Bind<'_>], groups: [u32; 3]) -> Result<()> {
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) || params.overflow || params.words.len() * 4 > PARAM_BYTES as usize {
+            return Err(Error::Invalid {
+                op: k.op,
+                msg: format!("{}: problem too large for one dispatch (workgroups {groups:?}, limit {max})", k.entry),
+            });
+        }
+        let sig: Signature = binds.iter().map(|&(i, _, wr)| (i, wr)).collect();
+        let pipe = self.pipeline(&k, &sig)?;
+        let mut guard = self.lock_rec();
+        if guard.count >= MAX_BATCH {
+            self.flush_locked(&mut guard)?;
+        }
+        let rec = &mut *guard;
+        let offset = rec.params.len() as u64;
+        for w in &params.words {
+            rec.params.extend_from_slice(&w.to_le_bytes());
+        }
+        rec.params.resize((offset + self.slot()) as usize, 0);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.params_buf,
+                offset: 0,
+                size: std::num::NonZeroU64::new(PARAM_BYTES),
+            }),
+        }];
+        for &(binding, buf, _) in binds {
+            entries.push(wgpu::BindGroupEntry { binding, resource: buf.as_entire_binding() });
+        }
+        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipe.layout, entries: &entries });
+        let encoder = rec
+            .encoder
+            .get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") }));
+        let pass = rec.pass.get_or_insert_with(|| encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default()).forget_lifetime());
+        pass.set_pipeline(&pipe.pipeline);
+        pass.set_bind_group(0, &bg, &[offset as u32]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        rec.count += 1;
+        rec.total_dispatches += 1;
+        Ok(())
+    }
+
+    fn flush_locked(&self, rec: &mut Recorder) -> Result<()> {
+        drop(rec.pass.take());
+        if let Some(enc) = rec.encoder.take() {
+            if !rec.params.is_empty() {
+                self.queue.write_buffer(&self.params_buf, 0, &rec.params);
+            }
+            self.queue.submit([enc.finish()]);
+            rec.total_submits += 1;
+        }
+        rec.params.clear();
+        rec.count = 0;
+        self.check_errors("submit")
+    }
+
+    /// Submits the recorded batch without waiting.
+    pub fn flush(&self) -> Result<()> {
+        let mut rec = self.lock_rec();
+        self.flush_locked(&mut rec)
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        let mut rec = self.lock_rec();
+        self.flush_locked(&mut rec)?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| dev_err("synchronize", e))?;
+        self.check_errors("synchronize")
+    }
+
+    /// Writes host data into a device buffer, after all work recorded so far.
+    pub fn upload(&self, dst: &wgpu::Buffer, data: &[u8]) -> Result<()> {
+        let mut rec = self.lock_rec();
+        // queue.write_buffer runs at the start of the next submission, so work recorded
+        // earlier (which may still read a pooled buffer) is submitted first.
+        if rec.encoder.is_some() {
+            self.flush_locked(&mut rec)?;
+        }
+        if !data.is_empty() {
+            self.queue.write_buffer(dst, 0, data);
+        }
+        Ok(())
+    }
+
+    /// Waits for all work, then copies `bytes` bytes of `src` to the host.
+    pub fn download(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let size = bytes.div_ceil(4) * 4;
+        let staging = match self.staging.take(size) {
+            Some(b) => b,
+            None => self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        };
+        let mut guard = self.lock_rec();
+        let rec = &mut *guard;
+        drop(rec.pass.take());
+        let encoder = rec
+            .encoder
+            .get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") }));
+        encoder.copy_buffer_to_buffer(src, 0, &staging, 0, size);
+        self.flush_locked(rec)?;
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| dev_err("download", e))?;
+        rx.recv()
+            .map_err(|e| dev_err("download", e))?
+            .map_err(|e| dev_err("download", e))?;
+        let out = {
+            let view = slice.get_mapped_range().map_err(|e| dev_err("download", e))?;
+            view[..bytes as usize].to_vec()
+        };
+        staging.unmap();
+        self.staging.give(staging);
+        self.check_errors("download")?;
+        Ok(out)
+    }
+
+    /// Workgroups for `n` elements of a grid-stride kernel (WG invocations each, capped).
+    pub fn grid1(&self, n: usize) -> [u32; 3] {
+        let wg = self.tiles.wg as usize;
+        grid(n.min(self.tiles.max_groups as usize * wg), self.tiles.wg)
+    }
+
+    pub fn counters(&self) -> (u64, u64) {
+        let rec = self.lock_rec();
+        (rec.total_dispatches, rec.total_submits)
+    }
+}
+
+fn slot_size(l: &wgpu::Limits) -> u64 {
+    let a = l.min_uniform_buffer_offset_alignment.max(1) as u64;
+    PARAM_BYTES.div_ceil(a) * a
+}
+
+/// Workgroups for `n` threads of `per` each, as (x, y) so no dimension passes 32768.
+pub fn grid(n: usize, per: u32) -> [u32; 3] {
+    let g = n.div_ceil(per as usize);
+    let x = g.min(32768);
+    let y = g.div_ceil(x.max(1));
+    [x as u32, y.min(u32::MAX as usize) as u32, 1]
+}

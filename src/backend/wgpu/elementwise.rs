@@ -1,0 +1,80 @@
+//! Elementwise maps, fill/copy and the fixed-order axis sum (shaders/elementwise.wgsl).
+
+use super::context::{Context, Params, kernel, r, w};
+use super::{WgpuBackend, WgpuStorage};
+use crate::backend::{AxisDims, Binary, Unary};
+use crate::error::Result;
+
+const FAMILY: &str = "elementwise";
+
+/// The leading fields of elementwise.wgsl's `P`: n, b_len, op, alpha.
+fn params(n: usize, b_len: usize, op: u32, alpha: f32) -> Params {
+    Params::new().u(n).u(b_len).u(op as usize).f(alpha)
+}
+
+pub fn fill(ctx: &Context, s: &WgpuStorage, value: f32) -> Result<()> {
+    fill_buf(ctx, s.buf(), s.len(), value)
+}
+
+pub(crate) fn fill_buf(ctx: &Context, b: &wgpu::Buffer, n: usize, value: f32) -> Result<()> {
+    ctx.launch(kernel("fill", FAMILY, "fill_f32"), params(n, 0, 0, value), &[w(3, b)], ctx.grid1(n))
+}
+
+pub fn copy(ctx: &Context, src: &WgpuStorage, dst: &WgpuStorage) -> Result<()> {
+    let n = dst.len().min(src.len());
+    ctx.launch(kernel("copy", FAMILY, "copy_f32"), params(n, 0, 0, 0.0), &[r(1, src.buf()), w(3, dst.buf())], ctx.grid1(n))
+}
+
+fn unary_code(op: Unary) -> u32 {
+    match op {
+        Unary::Relu => 0,
+        Unary::Gelu => 1,
+    }
+}
+
+pub fn unary_fwd(ctx: &Context, op: Unary, x: &WgpuStorage, y: &WgpuStorage, n: usize) -> Result<()> {
+    let k = kernel("unary", FAMILY, "unary_fwd_f32");
+    ctx.launch(k, params(n, 0, unary_code(op), 0.0), &[r(1, x.buf()), w(3, y.buf())], ctx.grid1(n))
+}
+
+pub fn unary_bwd(ctx: &Context, op: Unary, x: &WgpuStorage, dy: &WgpuStorage, dx: &WgpuStorage, n: usize) -> Result<()> {
+    let k = kernel("unary_bwd", FAMILY, "unary_bwd_f32");
+    ctx.launch(k, params(n, 0, unary_code(op), 0.0), &[r(1, x.buf()), r(2, dy.buf()), w(3, dx.buf())], ctx.grid1(n))
+}
+
+pub fn binary(ctx: &Context, op: Binary, a: &WgpuStorage, b: &WgpuStorage, out: &WgpuStorage, n: usize, b_len: usize) -> Result<()> {
+    let code = match op {
+        Binary::Add => 0,
+        Binary::Mul => 1,
+    };
+    let k = kernel("binary", FAMILY, "binary_f32");
+    ctx.launch(k, params(n, b_len.max(1), code, 0.0), &[r(1, a.buf()), r(2, b.buf()), w(3, out.buf())], ctx.grid1(n))
+}
+
+pub fn scale(ctx: &Context, x: &WgpuStorage, y: &WgpuStorage, alpha: f32, n: usize) -> Result<()> {
+    ctx.launch(kernel("scale", FAMILY, "scale_f32"), params(n, 0, 0, alpha), &[r(1, x.buf()), w(3, y.buf())], ctx.grid1(n))
+}
+
+/// Enough independent sums to occupy a GPU; below this a long axis is split in two stages.
+const TARGET_THREADS: usize = 16384;
+
+/// y[o, i] = sum_a x[o, a, i]. One sequential sum per output when there are many outputs;
+/// otherwise each output's axis is cut into fixed ranges summed in order, then the partial
+/// sums are added in order (so the result never depends on scheduling).
+pub(crate) fn sum_axis(be: &WgpuBackend, x: &wgpu::Buffer, y: &wgpu::Buffer, d: &AxisDims) -> Result<()> {
+    let ctx = &*be.ctx;
+    let outs = d.outer * d.inner;
+    if outs == 0 {
+        return Ok(());
+    }
+    let nsplit = if outs >= TARGET_THREADS || d.axis < 64 { 1 } else { TARGET_THREADS.div_ceil(outs).min(d.axis / 32).max(1) };
+    let chunk = d.axis.div_ceil(nsplit).max(1);
+    let k = kernel("sum_axis", FAMILY, "sum_axis_f32");
+    let p = |axis: usize, nsplit: usize, chunk: usize| params(0, 0, 0, 0.0).u(d.outer).u(axis).u(d.inner).u(nsplit).u(chunk);
+    if nsplit == 1 {
+        return ctx.launch(k, p(d.axis, 1, d.axis), &[r(1, x), w(3, y)], ctx.grid1(outs));
+    }
+    let part = be.storage(d.outer * nsplit * d.inner)?;
+    ctx.launch(k, p(d.axis, nsplit, chunk), &[r(1, x), w(3, part.buf())], ctx.grid1(outs * nsplit))?;
+    ctx.launch(k, p(nsplit, 1, nsplit), &[r(1, part.buf()), w(3, y)], ctx.grid1(outs))
+}

@@ -1,0 +1,184 @@
+//! Batch norm, layer norm and softmax (shaders/norm.wgsl). Column statistics are reduced in
+//! two fixed-order stages (per split of rows, then over splits); batch statistics use two
+//! passes (mean, then squared deviations), like the CPU reference.
+
+use super::context::{Context, Params, grid, kernel, r, w};
+use super::{WgpuBackend, WgpuStorage};
+use crate::backend::{NormDims, RunningStats};
+use crate::error::Result;
+
+const FAMILY: &str = "norm";
+
+/// Column sums aim for this many independent sums (splits x channels).
+const TARGET_THREADS: usize = 16384;
+
+/// norm.wgsl's `P`.
+fn params(d: &NormDims, flags: u32, nsplit: usize, chunk: usize, momentum: f32) -> Params {
+    let unbias = if d.rows > 1 { (d.rows as f64 / (d.rows as f64 - 1.0)) as f32 } else { 1.0 };
+    Params::new().u(d.rows).u(d.channels).f(d.eps).u(flags as usize).u(nsplit).u(chunk).f(momentum).f(unbias)
+}
+
+/// (splits, rows per split) of a column reduction over `rows`.
+fn split(rows: usize, ch: usize) -> (usize, usize) {
+    let want = if ch >= TARGET_THREADS { 1 } else { TARGET_THREADS.div_ceil(ch).min(rows.div_ceil(16)).max(1) };
+    let chunk = rows.div_ceil(want).max(1);
+    (rows.div_ceil(chunk).max(1), chunk)
+}
+
+fn flags(gamma: Option<&WgpuStorage>, beta: Option<&WgpuStorage>) -> u32 {
+    gamma.is_some() as u32 | (beta.is_some() as u32) << 1
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_fwd_train(
+    be: &WgpuBackend,
+    x: &WgpuStorage,
+    gamma: Option<&WgpuStorage>,
+    beta: Option<&WgpuStorage>,
+    y: &WgpuStorage,
+    save_mean: &WgpuStorage,
+    save_invstd: &WgpuStorage,
+    running: Option<RunningStats<'_, WgpuStorage>>,
+    d: &NormDims,
+) -> Result<()> {
+    let ctx = &*be.ctx;
+    let c = d.channels;
+    let (nsplit, chunk) = split(d.rows, c);
+    let momentum = running.as_ref().map_or(0.0, |rs| rs.momentum);
+    let p = || params(d, flags(gamma, beta), nsplit, chunk, momentum);
+    let part = be.storage(nsplit * c)?;
+    let k = |entry| kernel("batchnorm", FAMILY, entry);
+    ctx.launch(k("col_sum_f32"), p(), &[r(1, x.buf()), w(8, part.buf())], ctx.grid1(nsplit * c))?;
+    ctx.launch(k("bn_mean_f32"), p(), &[r(7, part.buf()), w(8, save_mean.buf())], ctx.grid1(c))?;
+    ctx.launch(k("col_sqdev_f32"), p(), &[r(1, x.buf()), r(3, save_mean.buf()), w(8, part.buf())], ctx.grid1(nsplit * c))?;
+    ctx.launch(k("bn_invstd_f32"), p(), &[r(7, part.buf()), w(8, save_invstd.buf())], ctx.grid1(c))?;
+    if let Some(rs) = running {
+        let binds = [r(3, save_mean.buf()), r(7, part.buf()), w(9, rs.mean.buf()), w(10, rs.var.buf())];
+        ctx.launch(k("bn_running_f32"), p(), &binds, ctx.grid1(c))?;
+    }
+    let binds = [
+        r(1, x.buf()),
+        r(3, save_mean.buf()),
+        r(4, save_invstd.buf()),
+        r(5, gamma.map_or(&ctx.dummy, |g| g.buf())),
+        r(6, beta.map_or(&ctx.dummy, |b| b.buf())),
+        w(8, y.buf()),
+    ];
+    ctx.launch(k("bn_apply_f32"), p(), &binds, ctx.grid1(d.rows * c))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_fwd_eval(
+    ctx: &Context,
+    x: &WgpuStorage,
+    gamma: Option<&WgpuStorage>,
+    beta: Option<&WgpuStorage>,
+    running_mean: &WgpuStorage,
+    running_var: &WgpuStorage,
+    y: &WgpuStorage,
+    d: &NormDims,
+) -> Result<()> {
+    let binds = [
+        r(1, x.buf()),
+        r(3, running_mean.buf()),
+        r(4, running_var.buf()),
+        r(5, gamma.map_or(&ctx.dummy, |g| g.buf())),
+        r(6, beta.map_or(&ctx.dummy, |b| b.buf())),
+        w(8, y.buf()),
+    ];
+    let k = kernel("batchnorm_eval", FAMILY, "bn_eval_f32");
+    ctx.launch(k, params(d, flags(gamma, beta), 1, 1, 0.0), &binds, ctx.grid1(d.rows * d.channels))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_bwd(
+    be: &WgpuBackend,
+    x: &WgpuStorage,
+    dy: &WgpuStorage,
+    gamma: Option<&WgpuStorage>,
+    mean: &WgpuStorage,
+    invstd: &WgpuStorage,
+    dx: &WgpuStorage,
+    dgamma: Option<&WgpuStorage>,
+    dbeta: Option<&WgpuStorage>,
+    d: &NormDims,
+) -> Result<()> {
+    let ctx = &*be.ctx;
+    let c = d.channels;
+    let (nsplit, chunk) = split(d.rows, c);
+    let p = || params(d, flags(gamma, None), nsplit, chunk, 0.0);
+    let k = |entry| kernel("batchnorm_bwd", FAMILY, entry);
+    let part = be.storage(nsplit * c * 2)?;
+    let binds = [r(1, x.buf()), r(2, dy.buf()), r(3, mean.buf()), r(4, invstd.buf()), w(8, part.buf())];
+    ctx.launch(k("col_bn_bwd_f32"), p(), &binds, ctx.grid1(nsplit * c))?;
+    // sum(dy) is dbeta and sum(dy * xhat) is dgamma; temporaries when not wanted.
+    let tmp_b = if dbeta.is_none() { Some(be.storage(c)?) } else { None };
+    let tmp_g = if dgamma.is_none() { Some(be.storage(c)?) } else { None };
+    let (sum_dy, sum_dyx) = match (dbeta.or(tmp_b.as_ref()), dgamma.or(tmp_g.as_ref())) {
+        (Some(b), Some(g)) => (b, g),
+        _ => return Err(crate::error::Error::Invalid { op: "batchnorm_bwd", msg: "internal: missing sum buffers".into() }),
+    };
+    ctx.launch(k("col_pair_sum_f32"), p(), &[r(7, part.buf()), w(8, sum_dy.buf()), w(9, sum_dyx.buf())], ctx.grid1(c))?;
+    let binds = [
+        r(1, x.buf()),
+        r(2, dy.buf()),
+        r(3, mean.buf()),
+        r(4, invstd.buf()),
+        r(5, gamma.map_or(&ctx.dummy, |g| g.buf())),
+        r(11, sum_dy.buf()),
+        r(12, sum_dyx.buf()),
+        w(8, dx.buf()),
+    ];
+    ctx.launch(k("bn_bwd_dx_f32"), p(), &binds, ctx.grid1(d.rows * c))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_fwd(
+    ctx: &Context,
+    x: &WgpuStorage,
+    gamma: &WgpuStorage,
+    beta: &WgpuStorage,
+    y: &WgpuStorage,
+    save_mean: &WgpuStorage,
+    save_rstd: &WgpuStorage,
+    d: &NormDims,
+) -> Result<()> {
+    let binds = [r(1, x.buf()), r(5, gamma.buf()), r(6, beta.buf()), w(8, y.buf()), w(9, save_mean.buf()), w(10, save_rstd.buf())];
+    ctx.launch(kernel("layernorm", FAMILY, "ln_fwd_f32"), params(d, 3, 1, 1, 0.0), &binds, grid(d.rows, 1))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_bwd(
+    be: &WgpuBackend,
+    x: &WgpuStorage,
+    dy: &WgpuStorage,
+    gamma: &WgpuStorage,
+    mean: &WgpuStorage,
+    rstd: &WgpuStorage,
+    dx: &WgpuStorage,
+    dgamma: &WgpuStorage,
+    dbeta: &WgpuStorage,
+    d: &NormDims,
+) -> Result<()> {
+    let ctx = &*be.ctx;
+    let c = d.channels;
+    let (nsplit, chunk) = split(d.rows, c);
+    let p = || params(d, 3, nsplit, chunk, 0.0);
+    let k = |entry| kernel("layernorm_bwd", FAMILY, entry);
+    let binds = [r(1, x.buf()), r(2, dy.buf()), r(3, mean.buf()), r(4, rstd.buf()), r(5, gamma.buf()), w(8, dx.buf())];
+    ctx.launch(k("ln_bwd_dx_f32"), p(), &binds, grid(d.rows, 1))?;
+    let part = be.storage(nsplit * c * 2)?;
+    let binds = [r(1, x.buf()), r(2, dy.buf()), r(3, mean.buf()), r(4, rstd.buf()), w(8, part.buf())];
+    ctx.launch(k("col_ln_bwd_f32"), p(), &binds, ctx.grid1(nsplit * c))?;
+    ctx.launch(k("col_pair_sum_f32"), p(), &[r(7, part.buf()), w(8, dgamma.buf()), w(9, dbeta.buf())], ctx.grid1(c))
+}
+
+pub fn softmax_fwd(ctx: &Context, x: &WgpuStorage, y: &WgpuStorage, d: &NormDims) -> Result<()> {
+    let k = kernel("softmax", FAMILY, "softmax_fwd_f32");
+    ctx.launch(k, params(d, 0, 1, 1, 0.0), &[r(1, x.buf()), w(8, y.buf())], grid(d.rows, 1))
+}
+
+pub fn softmax_bwd(ctx: &Context, y: &WgpuStorage, dy: &WgpuStorage, dx: &WgpuStorage, d: &NormDims) -> Result<()> {
+    let k = kernel("softmax_bwd", FAMILY, "softmax_bwd_f32");
+    ctx.launch(k, params(d, 0, 1, 1, 0.0), &[r(1, y.buf()), r(2, dy.buf()), w(8, dx.buf())], grid(d.rows, 1))
+}

@@ -1,0 +1,16 @@
+//! The SGD step (shaders/optim.wgsl): one dispatch per tensor, all in the same compute pass and
+//! submission (WebGPU cannot bind a variable number of buffers to one dispatch).
+
+use super::WgpuStorage;
+use super::context::{Context, Params, kernel, r, w};
+use crate::backend::SgdTensor;
+use crate::error::Result;
+
+pub fn sgd_step(ctx: &Context, tensors: &[SgdTensor<'_, WgpuStorage>], momentum: f32) -> Result<()> {
+    for t in tensors {
+        let p = Params::new().u(t.len).f(t.lr).f(t.weight_decay).f(momentum);
+        let binds = [r(1, t.grad.buf()), w(2, t.param.buf()), w(3, t.momentum_buf.buf())];
+        ctx.launch(kernel("sgd_step", "optim", "sgd_f32"), p, &binds, ctx.grid1(t.len))?;
+    }
+    Ok(())
+}
