@@ -153,3 +153,28 @@ fn disk_full_while_checkpointing_keeps_the_previous_checkpoint() {
     }
     let _ = Command::new("umount").arg(&mnt).status();
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_that_resumes() {
+    let out = tmp_dir("sigint");
+    let a = tiny_args(&out, &repo("data/cifar10-demo/train"), &["epochs=1000", "data.limit_per_class=8"]);
+    let child = Command::new(env!("CARGO_BIN_EXE_ssl-engine")).args(&a).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Let it take a few steps, then interrupt it like a user pressing Ctrl-C.
+    let ckpt = out.join("last.safetensors");
+    let t0 = std::time::Instant::now();
+    while !ckpt.exists() && t0.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted; state saved to"), "{err}");
+    let state = ssl_engine::checkpoint::WeightFile::read(&ckpt).unwrap().state().unwrap();
+    assert!(state.global_step > 0, "{state:?}");
+    // The saved state resumes.
+    let mut r = tiny_args(&out, &repo("data/cifar10-demo/train"), &[&format!("max_steps={}", state.global_step + 2), "epochs=1000", "data.limit_per_class=8"]);
+    r.extend(["--resume".into(), ckpt.display().to_string()]);
+    let (c, e) = ssl(&r.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(c, 0, "{e}");
+}
