@@ -2,7 +2,7 @@
 //! log-sum-exp; backward as three kernels (rowsum(dout * o); dq per query row; dk and dv per
 //! key row), each output written by one invocation, so no atomics and a fixed order.
 
-use super::context::{Context, Kernel, Params, r, w};
+use super::context::{Context, Kernel, Params, r, sat, w};
 use super::{WgpuBackend, WgpuStorage};
 use crate::backend::AttnDims;
 use crate::error::{Error, Result};
@@ -24,7 +24,7 @@ fn params(d: &AttnDims) -> Params {
 
 fn rows_grid(ctx: &Context, rows: usize, bh: usize) -> [u32; 3] {
     let ymax = ctx.limits.max_compute_workgroups_per_dimension as usize;
-    [rows.div_ceil(ctx.tiles.att_bq as usize) as u32, bh.min(ymax) as u32, 1]
+    [sat(rows.div_ceil(ctx.tiles.att_bq as usize)), sat(bh.min(ymax)), 1]
 }
 
 pub fn fwd(ctx: &Context, q: &WgpuStorage, k: &WgpuStorage, v: &WgpuStorage, o: &WgpuStorage, lse: &WgpuStorage, d: &AttnDims) -> Result<()> {

@@ -614,10 +614,15 @@ fn slot_size(l: &wgpu::Limits) -> u64 {
     PARAM_BYTES.div_ceil(a) * a
 }
 
+/// A workgroup count; values past u32 saturate so `launch` reports them as too large.
+pub fn sat(x: usize) -> u32 {
+    u32::try_from(x).unwrap_or(u32::MAX)
+}
+
 /// Workgroups for `n` threads of `per` each, as (x, y) so no dimension passes 32768.
 pub fn grid(n: usize, per: u32) -> [u32; 3] {
     let g = n.div_ceil(per as usize);
     let x = g.min(32768);
     let y = g.div_ceil(x.max(1));
-    [x as u32, y.min(u32::MAX as usize) as u32, 1]
+    [sat(x), sat(y), 1]
 }

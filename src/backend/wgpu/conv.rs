@@ -2,7 +2,7 @@
 //! (a gather over output pixels, so dx needs no zeroing) and backward-weight (split over output
 //! pixels, partial results summed in a fixed order by the axis-sum kernel).
 
-use super::context::{Context, Params, kernel, r, w};
+use super::context::{Context, Params, kernel, r, sat, w};
 use super::{WgpuBackend, WgpuStorage, elementwise};
 use crate::backend::{AxisDims, Conv2dDims};
 use crate::error::Result;
@@ -36,7 +36,7 @@ fn params(d: &Conv2dDims, gm: usize, gn: usize, gk: usize, nsplit: usize, chunk:
 
 fn tiles(ctx: &Context, rows: usize, cols: usize, z: usize) -> [u32; 3] {
     let t = &ctx.tiles;
-    [cols.div_ceil(t.mm_bn() as usize) as u32, rows.div_ceil(t.mm_bm() as usize) as u32, z as u32]
+    [sat(cols.div_ceil(t.mm_bn() as usize)), sat(rows.div_ceil(t.mm_bm() as usize)), sat(z)]
 }
 
 pub fn fwd(ctx: &Context, x: &WgpuStorage, wt: &WgpuStorage, y: &WgpuStorage, d: &Conv2dDims) -> Result<()> {
@@ -73,7 +73,7 @@ pub fn bwd_weight(be: &WgpuBackend, ctx: &Context, x: &WgpuStorage, dy: &WgpuSto
     let chunk = rows.div_ceil(nsplit).div_ceil(bk) * bk;
     let nsplit = rows.div_ceil(chunk.max(1)).max(1);
     let kern = kernel("conv2d_bwd_weight", "conv", "conv2d_bwd_weight_f32");
-    let groups = [out_tiles[0], out_tiles[1], (nsplit * d.groups) as u32];
+    let groups = [out_tiles[0], out_tiles[1], sat(nsplit * d.groups)];
     let p = params(d, og, kdim, kdim, nsplit, chunk.max(1));
     if nsplit == 1 {
         return ctx.launch(kern, p, &[r(1, x.buf()), r(2, &ctx.dummy), r(3, dy.buf()), w(4, dw.buf())], groups);

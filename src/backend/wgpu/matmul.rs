@@ -1,7 +1,7 @@
 //! Batched matmul with transposed operands (shaders/matmul.wgsl + the GEMM core in gemm.wgsl).
 
 use super::WgpuStorage;
-use super::context::{Context, Params, kernel, r, w};
+use super::context::{Context, Params, kernel, r, sat, w};
 use crate::backend::MatmulDims;
 use crate::error::Result;
 
@@ -9,6 +9,6 @@ pub fn matmul(ctx: &Context, a: &WgpuStorage, b: &WgpuStorage, c: &WgpuStorage, 
     let t = &ctx.tiles;
     let p = Params::new().u(d.m).u(d.n).u(d.k).u(d.batch).b(d.trans_a).b(d.trans_b);
     let zmax = ctx.limits.max_compute_workgroups_per_dimension as usize;
-    let groups = [d.n.div_ceil(t.mm_bn() as usize) as u32, d.m.div_ceil(t.mm_bm() as usize) as u32, d.batch.min(zmax) as u32];
+    let groups = [sat(d.n.div_ceil(t.mm_bn() as usize)), sat(d.m.div_ceil(t.mm_bm() as usize)), sat(d.batch.min(zmax))];
     ctx.launch(kernel("matmul", "matmul", "matmul_f32"), p, &[r(1, a.buf()), r(2, b.buf()), w(3, c.buf())], groups)
 }
