@@ -149,7 +149,8 @@ impl<B: Backend> Tape<B> {
         let nodes = std::mem::take(&mut self.state.borrow_mut().nodes);
         for node in nodes.into_iter().rev() {
             let Some(g) = grads.remove(&node.out) else { continue };
-            let input_grads = rules::backward(&node.op, &g)?;
+            let needs: Vec<bool> = node.inputs.iter().map(Option::is_some).collect();
+            let input_grads = rules::backward(&node.op, &g, &needs)?;
             if input_grads.len() != node.inputs.len() {
                 return Err(Error::Autograd(format!("rule for {} returned {} gradients for {} inputs", node.op.name(), input_grads.len(), node.inputs.len())));
             }

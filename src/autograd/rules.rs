@@ -75,17 +75,30 @@ impl<B: Backend> Op<B> {
 
 type Grads<B> = Vec<Option<Tensor<B>>>;
 
-pub(super) fn backward<B: Backend>(op: &Op<B>, g: &Tensor<B>) -> Result<Grads<B>> {
+/// `needs[i]` says whether input i wants a gradient; the expensive rules skip the others (the
+/// images' gradient at a network's first conv is never used).
+pub(super) fn backward<B: Backend>(op: &Op<B>, g: &Tensor<B>, needs: &[bool]) -> Result<Grads<B>> {
+    let need = |i: usize| needs.get(i).copied().unwrap_or(true);
     Ok(match op {
         // C = op(A) op(B): d op(A) = dC op(B)^T, d op(B) = op(A)^T dC, transposed back to storage.
         Op::Matmul { a, b, trans_a, trans_b } => {
             let (ta, tb) = (*trans_a, *trans_b);
-            let da = if ta { ops::matmul(b, g, tb, true)? } else { ops::matmul(g, b, false, !tb)? };
-            let db = if tb { ops::matmul(g, a, true, ta)? } else { ops::matmul(a, g, !ta, false)? };
-            vec![Some(da), Some(db)]
+            let da = match (need(0), ta) {
+                (false, _) => None,
+                (true, true) => Some(ops::matmul(b, g, tb, true)?),
+                (true, false) => Some(ops::matmul(g, b, false, !tb)?),
+            };
+            let db = match (need(1), tb) {
+                (false, _) => None,
+                (true, true) => Some(ops::matmul(g, a, true, ta)?),
+                (true, false) => Some(ops::matmul(a, g, !ta, false)?),
+            };
+            vec![da, db]
         }
         Op::Conv2d { x, w, dims } => {
-            vec![Some(ops::conv2d_bwd_data(g, w, dims)?), Some(ops::conv2d_bwd_weight(x, g, dims)?)]
+            let dx = if need(0) { Some(ops::conv2d_bwd_data(g, w, dims)?) } else { None };
+            let dw = if need(1) { Some(ops::conv2d_bwd_weight(x, g, dims)?) } else { None };
+            vec![dx, dw]
         }
         Op::BatchNorm { x, gamma, saved } => {
             let (dx, dgb) = ops::batchnorm_bwd(x, g, gamma.as_ref(), saved, gamma.is_some())?;
