@@ -36,13 +36,7 @@ pub struct Batch {
 
 /// The epoch's permutation of `0..n` (Fisher-Yates), keyed by (seed, epoch).
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut rng = Rng::new(seed).stream("shuffle").derive(&[epoch as u64]);
-    let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        order.swap(i, j);
-    }
-    order
+    crate::rng::permutation(n, &mut Rng::new(seed).stream("shuffle").derive(&[epoch as u64]))
 }
 
 struct Spec {
