@@ -143,3 +143,20 @@ fn export_matches_torchvision_state_dict_and_round_trips() {
         assert_eq!(ea.value.to_f32().unwrap(), ec.value.to_f32().unwrap(), "{}", ea.name);
     }
 }
+
+/// A few SimSiam steps on the WGSL backend against the CPU backend: same data, same seeds.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_simsiam_steps_match_the_cpu_backend() {
+    let Some(w) = common::wgpu_or_skip() else { return };
+    let cfg_cpu = tiny(&tmp_dir("simsiam-cpu"), &["epochs=2", "monitor.knn_every=0"]);
+    let cfg_gpu = tiny(&tmp_dir("simsiam-wgpu"), &["epochs=2", "monitor.knn_every=0"]);
+    let cpu = run(&cfg_cpu, None).unwrap();
+    let gpu = train(&w, &cfg_gpu, None, &AtomicBool::new(false), false).unwrap();
+    assert_eq!(cpu.losses.len(), gpu.losses.len());
+    for ((s, a), (_, b)) in cpu.losses.iter().zip(&gpu.losses) {
+        let e = (a - b).abs() / a.abs().max(1e-3);
+        eprintln!("step {s}: cpu {a:.6} wgpu {b:.6} (rel {e:.1e})");
+        assert!(e < 1e-4, "step {s}: loss {a} on cpu vs {b} on wgpu");
+    }
+}
