@@ -157,7 +157,10 @@ pub fn eval_linear<B: Backend>(
     let dim = m.backbone.feature_dim();
     let all = feats(m, train, cfg)?;
     let (x, y): (Vec<f32>, Vec<u32>) = match subset {
-        Some(idx) => (idx.iter().flat_map(|&i| all[i * dim..(i + 1) * dim].iter().copied()).collect(), idx.iter().map(|&i| train.labels[i]).collect()),
+        Some(idx) => (
+            idx.iter().flat_map(|&i| all[i * dim..(i + 1) * dim].iter().copied()).collect(),
+            idx.iter().map(|&i| train.labels[i]).collect(),
+        ),
         None => (all, train.labels.clone()),
     };
     let classes = train.classes.len().max(test.classes.len());
@@ -167,7 +170,11 @@ pub fn eval_linear<B: Backend>(
         on_epoch(e, l)
     })?;
     let logits = model.logits(&feats(m, test, cfg)?)?;
-    Ok(LinearReport { metrics: classification_metrics(&softmax_rows(&logits, classes), &test.labels, classes), train_images: y.len(), final_loss: last })
+    Ok(LinearReport {
+        metrics: classification_metrics(&softmax_rows(&logits, classes), &test.labels, classes),
+        train_images: y.len(),
+        final_loss: last,
+    })
 }
 
 /// Few-label fine-tuning of the whole backbone with a linear head (train-mode BN, crop + flip).
@@ -193,7 +200,11 @@ pub fn eval_finetune<B: Backend>(
         last = l;
         on_epoch(e, l)
     })?;
-    Ok(LinearReport { metrics: classification_metrics(&softmax_rows(&logits, classes), &test.labels, classes), train_images: n, final_loss: last })
+    Ok(LinearReport {
+        metrics: classification_metrics(&softmax_rows(&logits, classes), &test.labels, classes),
+        train_images: n,
+        final_loss: last,
+    })
 }
 
 /// Writes a float32 [rows, cols] array as NumPy .npy (version 1.0).

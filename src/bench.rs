@@ -93,7 +93,10 @@ pub fn bench_step<B: Backend>(b: &B, model: &str, batch: usize, image: usize, wa
 /// One SimSiam step: two views through backbone + projector + predictor (CIFAR heads, 2048-d),
 /// the symmetric loss, backward, fused SGD. The same step as `benches/pytorch_step.py --simsiam`.
 pub fn bench_simsiam_step<B: Backend>(b: &B, model: &str, batch: usize, image: usize, warmup: usize, runs: usize) -> Result<Timing> {
-    use crate::ssl::{Method, simsiam::{SimSiam, SimSiamConfig}};
+    use crate::ssl::{
+        Method,
+        simsiam::{SimSiam, SimSiamConfig},
+    };
     let backbone = BackboneConfig::preset(model, image)?;
     let mut ps = ParamStore::new(b, DType::F32, 0);
     let method = SimSiam::new(&mut ps, &backbone, &SimSiamConfig::default())?;
@@ -109,7 +112,13 @@ pub fn bench_simsiam_step<B: Backend>(b: &B, model: &str, batch: usize, image: u
         let pg = cx.param_grads(&mut grads);
         opt.step(&ps, &pg, |_| (0.06, 5e-4))
     })?;
-    Ok(Timing { name: format!("simsiam step {model} batch {batch} (2 views)"), median_s, min_s, max_s, work: Work::Images(2.0 * batch as f64) })
+    Ok(Timing {
+        name: format!("simsiam step {model} batch {batch} (2 views)"),
+        median_s,
+        min_s,
+        max_s,
+        work: Work::Images(2.0 * batch as f64),
+    })
 }
 
 /// Each kernel family on the shapes ResNet-18 (CIFAR, batch `batch`) and ViT-tiny use.
@@ -134,7 +143,17 @@ pub fn bench_kernels<B: Backend>(b: &B, batch: usize, filter: Option<&str>, runs
         })?;
     }
     // Every distinct convolution of ResNet-18 CIFAR: (h, c_in, c_out, k, stride).
-    for (h, ci, co, k, s) in [(32, 3, 64, 3, 1), (32, 64, 64, 3, 1), (32, 64, 128, 3, 2), (16, 128, 128, 3, 1), (32, 64, 128, 1, 2), (16, 128, 256, 3, 2), (8, 256, 256, 3, 1), (8, 256, 512, 3, 2), (4, 512, 512, 3, 1)] {
+    for (h, ci, co, k, s) in [
+        (32, 3, 64, 3, 1),
+        (32, 64, 64, 3, 1),
+        (32, 64, 128, 3, 2),
+        (16, 128, 128, 3, 1),
+        (32, 64, 128, 1, 2),
+        (16, 128, 256, 3, 2),
+        (8, 256, 256, 3, 1),
+        (8, 256, 512, 3, 2),
+        (4, 512, 512, 3, 1),
+    ] {
         let x = random(b, &mut rng, &[n, h, h, ci])?;
         let w = random(b, &mut rng, &[co, k, k, ci])?;
         let d = ops::conv2d_dims(x.shape(), w.shape(), [s, s], [k / 2, k / 2], 1)?;
@@ -150,9 +169,13 @@ pub fn bench_kernels<B: Backend>(b: &B, batch: usize, filter: Option<&str>, runs
         let x = random(b, &mut rng, &[n, 32, 32, 64])?;
         let (g, be) = (random(b, &mut rng, &[64])?, random(b, &mut rng, &[64])?);
         let bytes = (x.numel() * 4 * 2) as f64;
-        push("batchnorm fwd 32x32x64".into(), Work::Bytes(bytes), &mut || ops::batchnorm_train(&x, Some(&g), Some(&be), None, 1e-5).map(drop))?;
+        push("batchnorm fwd 32x32x64".into(), Work::Bytes(bytes), &mut || {
+            ops::batchnorm_train(&x, Some(&g), Some(&be), None, 1e-5).map(drop)
+        })?;
         let (_, saved) = ops::batchnorm_train(&x, Some(&g), Some(&be), None, 1e-5)?;
-        push("batchnorm bwd 32x32x64".into(), Work::Bytes(bytes * 1.5), &mut || ops::batchnorm_bwd(&x, &x, Some(&g), &saved, true).map(drop))?;
+        push("batchnorm bwd 32x32x64".into(), Work::Bytes(bytes * 1.5), &mut || {
+            ops::batchnorm_bwd(&x, &x, Some(&g), &saved, true).map(drop)
+        })?;
         push("relu fwd 32x32x64".into(), Work::Bytes(bytes), &mut || ops::unary(Unary::Relu, &x).map(drop))?;
         push("add 32x32x64".into(), Work::Bytes(bytes * 1.5), &mut || ops::add(&x, &x).map(drop))?;
     }
@@ -170,7 +193,9 @@ pub fn bench_kernels<B: Backend>(b: &B, batch: usize, filter: Option<&str>, runs
             let flops = 4.0 * (n * heads * 65 * 65 * 64) as f64;
             push(format!("attention fwd {heads}x65x64"), Work::Flops(flops), &mut || ops::attention(&q, &k, &v, 0.125).map(drop))?;
             let (o, lse) = ops::attention(&q, &k, &v, 0.125)?;
-            push(format!("attention bwd {heads}x65x64"), Work::Flops(2.5 * flops), &mut || ops::attention_bwd(&q, &k, &v, &o, &lse, &o, 0.125).map(drop))?;
+            push(format!("attention bwd {heads}x65x64"), Work::Flops(2.5 * flops), &mut || {
+                ops::attention_bwd(&q, &k, &v, &o, &lse, &o, 0.125).map(drop)
+            })?;
         }
     }
     // SimSiam's loss on [2 x batch, 2048] and an 11.2M-parameter SGD step (ResNet-18's size).
@@ -178,7 +203,9 @@ pub fn bench_kernels<B: Backend>(b: &B, batch: usize, filter: Option<&str>, runs
         let (p, z) = (random(b, &mut rng, &[2 * n, 2048])?, random(b, &mut rng, &[2 * n, 2048])?);
         push("cosine loss fwd 2048".into(), Work::Bytes((p.numel() * 8) as f64), &mut || ops::cosine_loss(&p, &z, 1e-12).map(drop))?;
         let one = Tensor::full(b, &[1], 1.0, DType::F32)?;
-        push("cosine loss bwd 2048".into(), Work::Bytes((p.numel() * 12) as f64), &mut || ops::cosine_loss_bwd(&p, &z, &one, 1e-12, false).map(drop))?;
+        push("cosine loss bwd 2048".into(), Work::Bytes((p.numel() * 12) as f64), &mut || {
+            ops::cosine_loss_bwd(&p, &z, &one, 1e-12, false).map(drop)
+        })?;
         let len = 11_173_962;
         let (w, g, m) = (random(b, &mut rng, &[len])?, random(b, &mut rng, &[len])?, Tensor::zeros(b, &[len], DType::F32)?);
         push("sgd step 11.2M params".into(), Work::Bytes((len * 20) as f64), &mut || {

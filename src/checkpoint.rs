@@ -159,10 +159,16 @@ impl WeightFile {
             let key = format!("{file_prefix}{}", &name[store_prefix.len()..]);
             let want = ps.torch_shape(id);
             let Some((shape, vals)) = self.tensors.get(&key) else {
-                return Err(file_err(&self.path, format!("tensor {key} is missing; the file holds another architecture (model expects {name} {want:?})")));
+                return Err(file_err(
+                    &self.path,
+                    format!("tensor {key} is missing; the file holds another architecture (model expects {name} {want:?})"),
+                ));
             };
             if *shape != want {
-                return Err(file_err(&self.path, format!("tensor {key} has shape {shape:?} but the model expects {want:?}: another architecture")));
+                return Err(file_err(
+                    &self.path,
+                    format!("tensor {key} has shape {shape:?} but the model expects {want:?}: another architecture"),
+                ));
             }
             if let Some(bad) = vals.iter().find(|v| !v.is_finite()) {
                 return Err(file_err(&self.path, format!("tensor {key} holds {bad}")));

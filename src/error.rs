@@ -26,7 +26,9 @@ pub enum Error {
     File { path: String, msg: String },
 
     /// A loss or tensor became NaN or infinite during training.
-    #[error("non-finite {what} at epoch {epoch}, step {step}; stopping without writing a checkpoint (the last good one is kept). Try a lower learning rate")]
+    #[error(
+        "non-finite {what} at epoch {epoch}, step {step}; stopping without writing a checkpoint (the last good one is kept). Try a lower learning rate"
+    )]
     NonFinite { what: String, epoch: usize, step: usize },
 
     /// A configuration key or value is wrong.

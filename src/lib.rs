@@ -5,18 +5,18 @@
 
 pub mod app;
 pub mod autograd;
+pub mod backend;
 pub mod bench;
 pub mod checkpoint;
-pub mod data;
 pub mod config;
-pub mod backend;
+pub mod data;
 pub mod error;
 pub mod eval;
+pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod plot;
-pub mod models;
 pub mod rng;
 pub mod ssl;
 pub mod tensor;

@@ -221,7 +221,10 @@ fn print_metrics(title: &str, m: &ssl_engine::eval::metrics::Metrics) {
     println!("  one-vs-rest AUC: macro {:.4}  micro {:.4}", m.macro_auc, m.micro_auc);
 }
 
-fn eval_setup<B: Backend>(b: &B, a: &EvalArgs) -> ssl_engine::Result<(Config, LoadedBackbone<B>, std::sync::Arc<ssl_engine::data::Dataset>, std::sync::Arc<ssl_engine::data::Dataset>)> {
+/// The recipe, the backbone, and the train and test sets of an eval command.
+type EvalSetup<B> = (Config, LoadedBackbone<B>, std::sync::Arc<ssl_engine::data::Dataset>, std::sync::Arc<ssl_engine::data::Dataset>);
+
+fn eval_setup<B: Backend>(b: &B, a: &EvalArgs) -> ssl_engine::Result<EvalSetup<B>> {
     let mut cfg = Config::load(a.config.as_deref(), &a.overrides)?;
     if let Some(m) = &a.model {
         cfg.model = m.clone();
@@ -255,8 +258,20 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                 cfg.validate()?;
             }
             let interrupt = app::install_interrupt();
-            let s = with_backend!(cfg.backend.as_str(), cfg.threads, device, |b| ssl_engine::train::train(&b, &cfg, resume.as_deref(), &interrupt, !quiet))?;
-            println!("trained {} epochs ({} steps) at {:.1} images/s; run folder {}", s.epochs_done, s.steps_done, s.images_per_s, s.out.display());
+            let s = with_backend!(cfg.backend.as_str(), cfg.threads, device, |b| ssl_engine::train::train(
+                &b,
+                &cfg,
+                resume.as_deref(),
+                &interrupt,
+                !quiet
+            ))?;
+            println!(
+                "trained {} epochs ({} steps) at {:.1} images/s; run folder {}",
+                s.epochs_done,
+                s.steps_done,
+                s.images_per_s,
+                s.out.display()
+            );
             if let Some(l) = s.last_loss {
                 println!("final loss {l:.4}");
             }
@@ -275,26 +290,44 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                 print_metrics(&format!("kNN (k={k}, T={t}) of {}", common.checkpoint), &m);
                 write_json(&common.json, &m)
             })?,
-            EvalCmd::Linear { common, epochs, optimizer, lr, batch_size, labels_per_class, finetune, weight_decay, raw_features } => with_backend!(common.backend.as_str(), 0, common.device, |b| {
-                let (cfg, model, train, test) = eval_setup(&b, &common)?;
-                let lr = lr.unwrap_or(if finetune { 0.1 } else if optimizer == "lars" { 0.02 } else if !raw_features { 0.5 } else { 30.0 });
-                let wd = weight_decay.unwrap_or(if finetune { 5e-4 } else { cfg.linear.weight_decay });
-                let probe = ssl_engine::eval::linear::LinearProbeConfig { epochs, batch_size, optimizer, lr, weight_decay: wd, standardize: !raw_features, ..cfg.linear.clone() };
-                let subset = labels_per_class.map(|n| app::labels_per_class(&train, n, cfg.seed));
-                let what = if finetune { "fine-tuning" } else { "linear probe" };
-                let progress = |e: usize, l: f64| {
-                    if e == 0 || (e + 1) % 10 == 0 {
-                        eprintln!("{what} epoch {}/{epochs}: loss {l:.4}", e + 1);
-                    }
-                };
-                let r = if finetune {
-                    app::eval_finetune(model, &train, &test, &cfg, &probe, subset.as_deref(), progress)?
-                } else {
-                    app::eval_linear(&model, &train, &test, &cfg, &probe, subset.as_deref(), progress)?
-                };
-                print_metrics(&format!("{what} of {} ({} training images)", common.checkpoint, r.train_images), &r.metrics);
-                write_json(&common.json, &r)
-            })?,
+            EvalCmd::Linear { common, epochs, optimizer, lr, batch_size, labels_per_class, finetune, weight_decay, raw_features } => {
+                with_backend!(common.backend.as_str(), 0, common.device, |b| {
+                    let (cfg, model, train, test) = eval_setup(&b, &common)?;
+                    let lr = lr.unwrap_or(if finetune {
+                        0.1
+                    } else if optimizer == "lars" {
+                        0.02
+                    } else if !raw_features {
+                        0.5
+                    } else {
+                        30.0
+                    });
+                    let wd = weight_decay.unwrap_or(if finetune { 5e-4 } else { cfg.linear.weight_decay });
+                    let probe = ssl_engine::eval::linear::LinearProbeConfig {
+                        epochs,
+                        batch_size,
+                        optimizer,
+                        lr,
+                        weight_decay: wd,
+                        standardize: !raw_features,
+                        ..cfg.linear.clone()
+                    };
+                    let subset = labels_per_class.map(|n| app::labels_per_class(&train, n, cfg.seed));
+                    let what = if finetune { "fine-tuning" } else { "linear probe" };
+                    let progress = |e: usize, l: f64| {
+                        if e == 0 || (e + 1).is_multiple_of(10) {
+                            eprintln!("{what} epoch {}/{epochs}: loss {l:.4}", e + 1);
+                        }
+                    };
+                    let r = if finetune {
+                        app::eval_finetune(model, &train, &test, &cfg, &probe, subset.as_deref(), progress)?
+                    } else {
+                        app::eval_linear(&model, &train, &test, &cfg, &probe, subset.as_deref(), progress)?
+                    };
+                    print_metrics(&format!("{what} of {} ({} training images)", common.checkpoint, r.train_images), &r.metrics);
+                    write_json(&common.json, &r)
+                })?
+            }
         },
         Cmd::Embed { common, out } => with_backend!(common.backend.as_str(), 0, common.device, |b| {
             let (cfg, model, train, _) = eval_setup(&b, &EvalArgs { test_data: Some(common.data.clone()), ..common.clone() })?;
@@ -313,28 +346,33 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
             }
         }
         Cmd::Bench { what } => match what {
-            BenchCmd::Step { backend, model, batch, image_size, warmup, runs, simsiam } => with_backend!(backend.backend.as_str(), backend.threads, backend.device, |b| {
-                println!("backend: {}", b.name());
-                let t = if simsiam {
-                    bench::bench_simsiam_step(&b, &model, batch, image_size, warmup, runs)?
-                } else {
-                    bench::bench_step(&b, &model, batch, image_size, warmup, runs)?
-                };
-                println!("{}: median {:.4} s (min {:.4}, max {:.4}), {}", t.name, t.median_s, t.min_s, t.max_s, t.rate());
-                Ok::<(), ssl_engine::Error>(())
-            })?,
-            BenchCmd::Kernels { backend, batch, filter, runs } => with_backend!(backend.backend.as_str(), backend.threads, backend.device, |b| {
-                println!("backend: {}", b.name());
-                for t in bench::bench_kernels(&b, batch, filter.as_deref(), runs)? {
-                    println!("{:<42} {:>10.3} ms  {}", t.name, t.median_s * 1e3, t.rate());
-                }
-                Ok::<(), ssl_engine::Error>(())
-            })?,
+            BenchCmd::Step { backend, model, batch, image_size, warmup, runs, simsiam } => {
+                with_backend!(backend.backend.as_str(), backend.threads, backend.device, |b| {
+                    println!("backend: {}", b.name());
+                    let t = if simsiam {
+                        bench::bench_simsiam_step(&b, &model, batch, image_size, warmup, runs)?
+                    } else {
+                        bench::bench_step(&b, &model, batch, image_size, warmup, runs)?
+                    };
+                    println!("{}: median {:.4} s (min {:.4}, max {:.4}), {}", t.name, t.median_s, t.min_s, t.max_s, t.rate());
+                    Ok::<(), ssl_engine::Error>(())
+                })?
+            }
+            BenchCmd::Kernels { backend, batch, filter, runs } => {
+                with_backend!(backend.backend.as_str(), backend.threads, backend.device, |b| {
+                    println!("backend: {}", b.name());
+                    for t in bench::bench_kernels(&b, batch, filter.as_deref(), runs)? {
+                        println!("{:<42} {:>10.3} ms  {}", t.name, t.median_s * 1e3, t.rate());
+                    }
+                    Ok::<(), ssl_engine::Error>(())
+                })?
+            }
             BenchCmd::Loader { data, workers, batch, batches } => {
                 let cfg = Config::load(None, &[])?;
                 let ds = app::load(&data, Split::Train, &cfg)?;
                 let workers = if workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { workers };
-                let (total, per) = ssl_engine::data::measure_throughput(ds, &ssl_engine::train::augment_config(&cfg), 32, batch, workers, batches)?;
+                let (total, per) =
+                    ssl_engine::data::measure_throughput(ds, &ssl_engine::train::augment_config(&cfg), 32, batch, workers, batches)?;
                 println!("loader: {total:.0} augmented 32x32 views/s with {workers} workers ({per:.0} views/s per worker)");
             }
         },

@@ -409,7 +409,11 @@ pub fn mean_all<B: Backend>(x: &Tensor<B>) -> Result<Tensor<B>> {
 
 pub fn pool_dims(x: &[usize], k: usize, stride: usize, pad: usize) -> Result<PoolDims> {
     if x.len() != 4 || k == 0 || stride == 0 || pad * 2 > k || x[1] + 2 * pad < k || x[2] + 2 * pad < k {
-        return Err(shape_err("maxpool2d", format!("needs [n, h, w, c], kernel {k} stride {stride} pad {pad} (pad at most half the kernel)"), &[x]));
+        return Err(shape_err(
+            "maxpool2d",
+            format!("needs [n, h, w, c], kernel {k} stride {stride} pad {pad} (pad at most half the kernel)"),
+            &[x],
+        ));
     }
     let oh = (x[1] + 2 * pad - k) / stride + 1;
     let ow = (x[2] + 2 * pad - k) / stride + 1;
@@ -509,7 +513,16 @@ pub fn cosine_loss_bwd<B: Backend>(
     scalar_grad("cosine_loss_bwd", dloss)?;
     let dp = out(p, p.shape())?;
     let dz = if want_dz { Some(out(z, z.shape())?) } else { None };
-    p.backend().cosine_loss_bwd(p.storage(), z.storage(), dloss.storage(), dp.storage(), dz.as_ref().map(|t| t.storage()), rows, dim, eps)?;
+    p.backend().cosine_loss_bwd(
+        p.storage(),
+        z.storage(),
+        dloss.storage(),
+        dp.storage(),
+        dz.as_ref().map(|t| t.storage()),
+        rows,
+        dim,
+        eps,
+    )?;
     Ok((dp, dz))
 }
 
@@ -531,7 +544,11 @@ pub fn sgd_step<B: Backend>(slots: &[SgdSlot<'_, B>], momentum: f32) -> Result<(
     for s in slots {
         same_dtype("sgd_step", &[s.param, s.grad, s.momentum_buf])?;
         if s.grad.shape() != s.param.shape() || s.momentum_buf.shape() != s.param.shape() {
-            return Err(shape_err("sgd_step", "param, grad and momentum must agree", &[s.param.shape(), s.grad.shape(), s.momentum_buf.shape()]));
+            return Err(shape_err(
+                "sgd_step",
+                "param, grad and momentum must agree",
+                &[s.param.shape(), s.grad.shape(), s.momentum_buf.shape()],
+            ));
         }
         if s.param.same_storage(s.grad) || s.param.same_storage(s.momentum_buf) || s.grad.same_storage(s.momentum_buf) {
             return Err(Error::Invalid { op: "sgd_step", msg: "param, grad and momentum must be distinct buffers".into() });
@@ -613,8 +630,8 @@ pub fn concat<B: Backend>(xs: &[&Tensor<B>], axis: usize) -> Result<Tensor<B>> {
     same_dtype("concat", xs)?;
     let mut shape = first.shape().to_vec();
     let shapes: Vec<&[usize]> = xs.iter().map(|t| t.shape()).collect();
-    let ok = axis < shape.len()
-        && xs.iter().all(|t| t.dims() == shape.len() && (0..shape.len()).all(|a| a == axis || t.shape()[a] == shape[a]));
+    let ok =
+        axis < shape.len() && xs.iter().all(|t| t.dims() == shape.len() && (0..shape.len()).all(|a| a == axis || t.shape()[a] == shape[a]));
     if !ok {
         return Err(shape_err("concat", format!("shapes disagree off axis {axis}"), &shapes));
     }

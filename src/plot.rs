@@ -31,7 +31,8 @@ pub struct Series {
 
 pub fn read_metrics(run: &Path) -> Result<Series> {
     let path = run.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::File { path: path.display().to_string(), msg: format!("cannot read: {e}") })?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| Error::File { path: path.display().to_string(), msg: format!("cannot read: {e}") })?;
     let mut s = Series::default();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };

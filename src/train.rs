@@ -109,7 +109,9 @@ impl MetricsLog {
         Ok(MetricsLog { file, path })
     }
     fn write(&mut self, v: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{v}").and_then(|_| self.file.flush()).map_err(|e| Error::File { path: self.path.display().to_string(), msg: format!("cannot write: {e}") })
+        writeln!(self.file, "{v}")
+            .and_then(|_| self.file.flush())
+            .map_err(|e| Error::File { path: self.path.display().to_string(), msg: format!("cannot write: {e}") })
     }
 }
 
@@ -134,7 +136,8 @@ fn prune_checkpoints(out: &Path, keep: usize) {
 /// Runs (or resumes) a training run. `interrupt` is set by the Ctrl-C handler; the loop checks it
 /// between steps, saves `last.safetensors` and returns `Error::Interrupted`.
 pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: &AtomicBool, show_progress: bool) -> Result<TrainSummary> {
-    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::File { path: cfg.out.display().to_string(), msg: format!("cannot create run folder: {e}") })?;
+    std::fs::create_dir_all(&cfg.out)
+        .map_err(|e| Error::File { path: cfg.out.display().to_string(), msg: format!("cannot create run folder: {e}") })?;
     let say = |s: String| {
         if show_progress {
             eprintln!("{s}");
@@ -142,7 +145,12 @@ pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
     };
     let train_set = Arc::new(load_split(&cfg.data.path, Split::Train, cfg)?);
     if train_set.len() < cfg.batch_size {
-        return Err(Error::Config(format!("data.path {}: {} images, fewer than one batch of {}", cfg.data.path.display(), train_set.len(), cfg.batch_size)));
+        return Err(Error::Config(format!(
+            "data.path {}: {} images, fewer than one batch of {}",
+            cfg.data.path.display(),
+            train_set.len(),
+            cfg.batch_size
+        )));
     }
     let test_set = match &cfg.data.test_path {
         Some(p) => Some(load_split(p, Split::Test, cfg)?),
@@ -166,7 +174,12 @@ pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
         let wf = WeightFile::read(path)?;
         let saved = wf.state()?;
         if saved.method != cfg.method {
-            return Err(Error::Config(format!("{}: checkpoint of method {:?}, config asks for {:?}", path.display(), saved.method, cfg.method)));
+            return Err(Error::Config(format!(
+                "{}: checkpoint of method {:?}, config asks for {:?}",
+                path.display(),
+                saved.method,
+                cfg.method
+            )));
         }
         wf.load_into(&mut ps, "", "")?;
         wf.load_momentum(&ps, &mut opt)?;
@@ -176,13 +189,13 @@ pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
     }
     say(format!("model: {} ({} parameters), method {}, backend {}", cfg.model, ps.num_params(), cfg.method, b.name()));
 
-    if state.global_step == 0 {
-        if let Some(test) = &test_set {
-            let acc = knn_monitor(method.as_ref(), &ps, &train_set, test, cfg)?;
-            say(format!("kNN top-1 of the randomly initialised backbone: {:.2}%", acc * 100.0));
-            summary.knn_init = Some(acc);
-            log.write(json!({"type": "knn", "epoch": 0, "knn_top1": acc, "init": true}))?;
-        }
+    if state.global_step == 0
+        && let Some(test) = &test_set
+    {
+        let acc = knn_monitor(method.as_ref(), &ps, &train_set, test, cfg)?;
+        say(format!("kNN top-1 of the randomly initialised backbone: {:.2}%", acc * 100.0));
+        summary.knn_init = Some(acc);
+        log.write(json!({"type": "knn", "epoch": 0, "knn_top1": acc, "init": true}))?;
     }
 
     let views = vec![augment_config(cfg); method.views()];
@@ -242,7 +255,7 @@ pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
             images += batch.labels.len();
             state.global_step += 1;
             state.step_in_epoch += 1;
-            let logging = state.global_step % cfg.monitor.log_every == 0 || state.step_in_epoch == per_epoch;
+            let logging = state.global_step.is_multiple_of(cfg.monitor.log_every) || state.step_in_epoch == per_epoch;
             if logging {
                 let loss = out.loss.value.scalar()? as f64;
                 if !loss.is_finite() {
@@ -272,14 +285,14 @@ pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
             Some(z) => Some(normalized_std(&z.to_f32()?, z.shape()[0], z.shape()[1])),
             None => None,
         };
-        let knn_due = finished_epoch && test_set.is_some() && ((cfg.monitor.knn_every > 0 && state.epoch % cfg.monitor.knn_every == 0) || state.epoch == cfg.epochs);
+        let knn_due = finished_epoch
+            && test_set.is_some()
+            && ((cfg.monitor.knn_every > 0 && state.epoch.is_multiple_of(cfg.monitor.knn_every)) || state.epoch == cfg.epochs);
         let mut knn_acc = None;
-        if knn_due {
-            if let Some(test) = &test_set {
-                let acc = knn_monitor(method.as_ref(), &ps, &train_set, test, cfg)?;
-                knn_acc = Some(acc);
-                summary.knn_final = Some(acc);
-            }
+        if knn_due && let Some(test) = &test_set {
+            let acc = knn_monitor(method.as_ref(), &ps, &train_set, test, cfg)?;
+            knn_acc = Some(acc);
+            summary.knn_final = Some(acc);
         }
         let mean_loss = if epoch_losses.is_empty() { None } else { Some(epoch_losses.iter().sum::<f64>() / epoch_losses.len() as f64) };
         summary.last_loss = mean_loss.or(summary.last_loss);
@@ -304,7 +317,7 @@ pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
             return Err(Error::NonFinite { what: format!("value in {t}"), epoch, step: state.step_in_epoch });
         }
         save_checkpoint(&cfg.out.join("last.safetensors"), &ps, &opt, &state)?;
-        if finished_epoch && cfg.checkpoint.every > 0 && state.epoch % cfg.checkpoint.every == 0 {
+        if finished_epoch && cfg.checkpoint.every > 0 && state.epoch.is_multiple_of(cfg.checkpoint.every) {
             save_checkpoint(&cfg.out.join(format!("epoch-{:04}.safetensors", state.epoch)), &ps, &opt, &state)?;
             prune_checkpoints(&cfg.out, cfg.checkpoint.keep);
         }

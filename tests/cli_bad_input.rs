@@ -133,7 +133,11 @@ fn checkpoint_of_another_architecture_is_rejected_naming_the_tensor() {
 fn disk_full_while_checkpointing_keeps_the_previous_checkpoint() {
     // A 600 KB tmpfs holds one checkpoint of the tiny model (~350 KB) but not a second copy.
     let mnt = tmp_dir("full");
-    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=600k", "tmpfs", mnt.to_str().unwrap()]).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=600k", "tmpfs", mnt.to_str().unwrap()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     if !ok {
         eprintln!("skipped: cannot mount a small tmpfs here (needs root) to simulate a full disk");
         return;
@@ -173,7 +177,11 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
     let state = ssl_engine::checkpoint::WeightFile::read(&ckpt).unwrap().state().unwrap();
     assert!(state.global_step > 0, "{state:?}");
     // The saved state resumes.
-    let mut r = tiny_args(&out, &repo("data/cifar10-demo/train"), &[&format!("max_steps={}", state.global_step + 2), "epochs=1000", "data.limit_per_class=8"]);
+    let mut r = tiny_args(
+        &out,
+        &repo("data/cifar10-demo/train"),
+        &[&format!("max_steps={}", state.global_step + 2), "epochs=1000", "data.limit_per_class=8"],
+    );
     r.extend(["--resume".into(), ckpt.display().to_string()]);
     let (c, e) = ssl(&r.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(c, 0, "{e}");

@@ -67,8 +67,10 @@ fn build() -> Result<PathBuf, String> {
                 let obj = dir.join(format!("{}.o", u.file_stem().unwrap().to_string_lossy()));
                 let child = Command::new("g++")
                     .args(["-std=c++20", "-O1", "-fPIC", "-pthread", "-w", "-c"])
-                    .arg("-I").arg(root.join("kernels"))
-                    .arg("-I").arg(root.join("tests/emu"))
+                    .arg("-I")
+                    .arg(root.join("kernels"))
+                    .arg("-I")
+                    .arg(root.join("tests/emu"))
                     .arg(u)
                     .arg("-o")
                     .arg(&obj)

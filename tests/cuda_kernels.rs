@@ -9,12 +9,12 @@
 mod common;
 
 use ssl_engine::DType;
+use ssl_engine::Tensor;
 use ssl_engine::autograd::Tape;
 use ssl_engine::backend::Backend;
 use ssl_engine::backend::cuda::CudaBackend;
 use ssl_engine::backend::cuda::nvrtc::{self, FAMILIES, ParamKind, Target};
 use ssl_engine::ops;
-use ssl_engine::Tensor;
 
 fn nvrtc_or_skip() -> bool {
     match nvrtc::nvrtc_available() {
@@ -41,7 +41,10 @@ fn every_kernel_file_compiles_for_sm80_and_compute90a() {
             let entries = nvrtc::ptx_entries(c.ptx.as_deref().expect("PTX"));
             assert!(!entries.is_empty(), "{file} {arch}: no kernels");
             for (name, params) in &entries {
-                assert!(name.ends_with("_fwd_f32") || name.ends_with("_bwd_f32"), "{file}: kernel {name} breaks the <op>_<fwd|bwd>_<dtype> rule");
+                assert!(
+                    name.ends_with("_fwd_f32") || name.ends_with("_bwd_f32"),
+                    "{file}: kernel {name} breaks the <op>_<fwd|bwd>_<dtype> rule"
+                );
                 assert!(!params.is_empty(), "{name}: no parameters");
             }
             total += entries.len();
@@ -69,7 +72,8 @@ fn sm90a_cubins_build_without_spills() {
             if line.contains("Used") && line.contains("registers") {
                 println!("{kernel}: {}", line.split("info    : ").nth(1).unwrap_or(line).trim());
             }
-            if let Some(n) = line.split(" bytes spill stores").next().and_then(|s| s.rsplit(' ').next()).and_then(|s| s.parse::<u64>().ok()) {
+            if let Some(n) = line.split(" bytes spill stores").next().and_then(|s| s.rsplit(' ').next()).and_then(|s| s.parse::<u64>().ok())
+            {
                 assert!(n == 0 || kernel.contains("d128"), "{kernel} ({file}) spills {n} bytes on sm_90a");
             }
         }
@@ -108,9 +112,13 @@ fn compile_errors_carry_the_nvrtc_log() {
     if !nvrtc_or_skip() {
         return;
     }
-    let e = nvrtc::compile("broken.cu", "extern \"C\" __global__ void broken_fwd_f32(float* x) { x[0] = undefined_thing; }", &Target("sm_80".into()))
-        .err()
-        .expect("compile error");
+    let e = nvrtc::compile(
+        "broken.cu",
+        "extern \"C\" __global__ void broken_fwd_f32(float* x) { x[0] = undefined_thing; }",
+        &Target("sm_80".into()),
+    )
+    .err()
+    .expect("compile error");
     let s = e.to_string();
     assert!(s.contains("broken.cu") && s.contains("undefined_thing"), "{s}");
 }
@@ -184,14 +192,10 @@ fn dry_run_every_op_launches_valid_kernels() {
             assert!(!launches.is_empty(), "{case:?}: no kernel launched");
         }
     }
-    let ts: Vec<[Tensor<CudaBackend>; 3]> = [1usize, 37, 1001, 0, 5000]
-        .iter()
-        .map(|&n| [0, 1, 2].map(|_| Tensor::zeros(&dev, &[n], DType::F32).unwrap()))
-        .collect();
-    let slots: Vec<ops::SgdSlot<'_, CudaBackend>> = ts
-        .iter()
-        .map(|t| ops::SgdSlot { param: &t[0], grad: &t[1], momentum_buf: &t[2], lr: 0.1, weight_decay: 5e-4 })
-        .collect();
+    let ts: Vec<[Tensor<CudaBackend>; 3]> =
+        [1usize, 37, 1001, 0, 5000].iter().map(|&n| [0, 1, 2].map(|_| Tensor::zeros(&dev, &[n], DType::F32).unwrap())).collect();
+    let slots: Vec<ops::SgdSlot<'_, CudaBackend>> =
+        ts.iter().map(|t| ops::SgdSlot { param: &t[0], grad: &t[1], momentum_buf: &t[2], lr: 0.1, weight_decay: 5e-4 }).collect();
     dev.take_launches(); // the fills of Tensor::zeros
     ops::sgd_step(&slots, 0.9).unwrap();
     let l = dev.take_launches();
@@ -199,10 +203,8 @@ fn dry_run_every_op_launches_valid_kernels() {
     assert_eq!(l[0].grid.0 as usize, 1 + 1 + 1 + 5, "blocks of 1024 elements");
     // More tensors than one launch holds: split into launches of 80.
     let many: Vec<[Tensor<CudaBackend>; 3]> = (0..170).map(|_| [0, 1, 2].map(|_| Tensor::zeros(&dev, &[3], DType::F32).unwrap())).collect();
-    let slots: Vec<ops::SgdSlot<'_, CudaBackend>> = many
-        .iter()
-        .map(|t| ops::SgdSlot { param: &t[0], grad: &t[1], momentum_buf: &t[2], lr: 0.1, weight_decay: 0.0 })
-        .collect();
+    let slots: Vec<ops::SgdSlot<'_, CudaBackend>> =
+        many.iter().map(|t| ops::SgdSlot { param: &t[0], grad: &t[1], momentum_buf: &t[2], lr: 0.1, weight_decay: 0.0 }).collect();
     dev.take_launches();
     ops::sgd_step(&slots, 0.9).unwrap();
     assert_eq!(dev.take_launches().len(), 3);

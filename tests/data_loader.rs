@@ -12,7 +12,13 @@ use ssl_engine::rng::Rng;
 /// A synthetic dataset: n images of `size x size`, pixel values from a hash of (image, position).
 fn synthetic(n: usize, size: usize) -> Arc<Dataset> {
     let images = (0..n * size * size * 3).map(|k| ((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8).collect();
-    Arc::new(Dataset { images, labels: (0..n).map(|i| (i % 7) as u32).collect(), classes: (0..7).map(|c| c.to_string()).collect(), size, skipped: vec![] })
+    Arc::new(Dataset {
+        images,
+        labels: (0..n).map(|i| (i % 7) as u32).collect(),
+        classes: (0..7).map(|c| c.to_string()).collect(),
+        size,
+        skipped: vec![],
+    })
 }
 
 fn two_views() -> Vec<AugmentConfig> {

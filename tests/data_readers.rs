@@ -511,7 +511,15 @@ fn data_imagefolder_mutated_files_never_panic() {
     let jpg = std::fs::read(demo().join("test/cat/0000.jpg")).unwrap();
     let mut png = Vec::new();
     let px: Vec<u8> = (0..20 * 20 * 3).map(|i| (i * 7 % 256) as u8).collect();
-    image::write_buffer_with_format(&mut std::io::Cursor::new(&mut png), &px, 20, 20, image::ExtendedColorType::Rgb8, image::ImageFormat::Png).unwrap();
+    image::write_buffer_with_format(
+        &mut std::io::Cursor::new(&mut png),
+        &px,
+        20,
+        20,
+        image::ExtendedColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+    .unwrap();
     let mut state = 0x1234_5678_9abc_def0u64;
     let mut next = || {
         state ^= state << 13;

@@ -63,8 +63,12 @@ fn linear_probe_separates_separable_classes() {
     let mut rng = ssl_engine::rng::Rng::new(3);
     let (n, dim, classes) = (300, 8, 3);
     let y: Vec<u32> = (0..n).map(|i| (i % classes) as u32).collect();
-    let x: Vec<f32> = y.iter().flat_map(|&c| (0..dim).map(move |d| if d == c as usize { 2.0 } else { 0.0 })).zip((0..).map(|_| ()))
-        .map(|(v, _)| v + rng.uniform_range(-0.5, 0.5) as f32).collect();
+    let x: Vec<f32> = y
+        .iter()
+        .flat_map(|&c| (0..dim).map(move |d| if d == c as usize { 2.0 } else { 0.0 }))
+        .zip((0..).map(|_| ()))
+        .map(|(v, _)| v + rng.uniform_range(-0.5, 0.5) as f32)
+        .collect();
     for opt in ["sgd", "lars"] {
         // SGD on standardised features (the default), LARS on raw ones: both code paths.
         let cfg = LinearProbeConfig {

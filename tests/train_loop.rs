@@ -81,7 +81,7 @@ fn without_stop_gradient_simsiam_collapses_and_with_it_does_not() {
     ];
     let z_std = |out: &Path| -> f64 {
         let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-        let last = text.lines().filter(|l| l.contains("\"type\":\"epoch\"")).last().unwrap().to_string();
+        let last = text.lines().rfind(|l| l.contains("\"type\":\"epoch\"")).unwrap().to_string();
         let v: serde_json::Value = serde_json::from_str(&last).unwrap();
         v["z_std"].as_f64().unwrap()
     };
@@ -93,7 +93,10 @@ fn without_stop_gradient_simsiam_collapses_and_with_it_does_not() {
     let collapsed = run(&tiny(&collapsed_dir, &sets), None).unwrap();
     let (h, c) = (z_std(&healthy_dir), z_std(&collapsed_dir));
     let ideal = 1.0 / (64f64).sqrt();
-    eprintln!("z-std: default {h:.4}, no stop-grad {c:.4} (1/sqrt(d) = {ideal:.4}); final loss {:?} vs {:?}", healthy.last_loss, collapsed.last_loss);
+    eprintln!(
+        "z-std: default {h:.4}, no stop-grad {c:.4} (1/sqrt(d) = {ideal:.4}); final loss {:?} vs {:?}",
+        healthy.last_loss, collapsed.last_loss
+    );
     assert!(c < 0.5 * h, "no stop-gradient should collapse: z-std {c} vs default {h}");
     assert!(h > 0.6 * ideal, "default run should not collapse: z-std {h}");
     let (hl, cl) = (healthy.last_loss.unwrap(), collapsed.last_loss.unwrap());
@@ -116,14 +119,18 @@ fn non_finite_loss_stops_with_exit_code_3_and_keeps_the_last_checkpoint() {
 #[test]
 fn export_matches_torchvision_state_dict_and_round_trips() {
     let out = tmp_dir("export");
-    let mut cfg = tiny(&out, &["epochs=1", "model_opts.width=64", "data.limit_per_class=2", "batch_size=4", "data.image_size=8", "monitor.knn_every=0"]);
+    let mut cfg = tiny(
+        &out,
+        &["epochs=1", "model_opts.width=64", "data.limit_per_class=2", "batch_size=4", "data.image_size=8", "monitor.knn_every=0"],
+    );
     cfg.data.test_path = None;
     run(&cfg, None).unwrap();
     let b = CpuBackend::new(2).unwrap();
     let exported = out.join("backbone.safetensors");
     app::export(&b, &out.join("last.safetensors"), &exported).unwrap();
     // Names and shapes: exactly torchvision's resnet18 (CIFAR stem, no fc) state dict.
-    let keys: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo("tests/reference/state_dict_keys.json")).unwrap()).unwrap();
+    let keys: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo("tests/reference/state_dict_keys.json")).unwrap()).unwrap();
     let want = keys["resnet18-cifar"].as_object().unwrap();
     let wf = ssl_engine::checkpoint::WeightFile::read(&exported).unwrap();
     let mut got: Vec<&String> = wf.tensors.keys().collect();

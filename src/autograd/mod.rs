@@ -152,7 +152,12 @@ impl<B: Backend> Tape<B> {
             let needs: Vec<bool> = node.inputs.iter().map(Option::is_some).collect();
             let input_grads = rules::backward(&node.op, &g, &needs)?;
             if input_grads.len() != node.inputs.len() {
-                return Err(Error::Autograd(format!("rule for {} returned {} gradients for {} inputs", node.op.name(), input_grads.len(), node.inputs.len())));
+                return Err(Error::Autograd(format!(
+                    "rule for {} returned {} gradients for {} inputs",
+                    node.op.name(),
+                    input_grads.len(),
+                    node.inputs.len()
+                )));
             }
             for (id, gi) in node.inputs.iter().zip(input_grads) {
                 let (Some(id), Some(gi)) = (id, gi) else { continue };

@@ -274,7 +274,14 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     // ---- losses --------------------------------------------------------------------------
     /// Mean cross-entropy of logits [rows, channels] against class indices stored as floats.
-    fn cross_entropy_fwd(&self, logits: &Self::Storage, labels: &Self::Storage, loss: &Self::Storage, rows: usize, classes: usize) -> Result<()>;
+    fn cross_entropy_fwd(
+        &self,
+        logits: &Self::Storage,
+        labels: &Self::Storage,
+        loss: &Self::Storage,
+        rows: usize,
+        classes: usize,
+    ) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
     fn cross_entropy_bwd(
         &self,

@@ -87,7 +87,13 @@ impl AugmentConfig {
         if !(r0 > 0.0 && r0 <= r1 && r1.is_finite()) {
             return bad(format!("crop_ratio {:?} must satisfy 0 < lo <= hi", self.crop_ratio));
         }
-        for (name, p) in [("flip_p", self.flip_p), ("jitter_p", self.jitter_p), ("gray_p", self.gray_p), ("blur_p", self.blur_p), ("solarize_p", self.solarize_p)] {
+        for (name, p) in [
+            ("flip_p", self.flip_p),
+            ("jitter_p", self.jitter_p),
+            ("gray_p", self.gray_p),
+            ("blur_p", self.blur_p),
+            ("solarize_p", self.solarize_p),
+        ] {
             if !(0.0..=1.0).contains(&p) {
                 return bad(format!("{name} = {p} is not a probability"));
             }
@@ -339,7 +345,17 @@ thread_local! {
 /// `out_h x out_w x 3` f32 in [0, 1], mirrored left-right when `flip`. This is torchvision's
 /// `resized_crop` (then `hflip`) on a float image; `antialias` as torchvision's argument.
 #[allow(clippy::too_many_arguments)]
-pub fn resize_into<T: Texel>(src: &[T], h: usize, w: usize, crop: (usize, usize, usize, usize), out_h: usize, out_w: usize, antialias: bool, flip: bool, out: &mut [f32]) {
+pub fn resize_into<T: Texel>(
+    src: &[T],
+    h: usize,
+    w: usize,
+    crop: (usize, usize, usize, usize),
+    out_h: usize,
+    out_w: usize,
+    antialias: bool,
+    flip: bool,
+    out: &mut [f32],
+) {
     resize_window(src, h, w, crop, (out_h, out_w), (0, 0, out_h, out_w), antialias, flip, out);
 }
 

@@ -88,8 +88,15 @@ pub fn load_file(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
         match (len > 0 && len % a == 0, len > 0 && len % b == 0) {
             (true, false) => Kind::Cifar10,
             (false, true) => Kind::Cifar100,
-            (true, true) => return Err(file_err(path, "ambiguous CIFAR file: its length fits both CIFAR-10 and CIFAR-100 records; rename it as in the release")),
-            (false, false) => return Err(file_err(path, format!("file length {len} is not a multiple of a CIFAR-10 ({a}) or CIFAR-100 ({b}) record"))),
+            (true, true) => {
+                return Err(file_err(
+                    path,
+                    "ambiguous CIFAR file: its length fits both CIFAR-10 and CIFAR-100 records; rename it as in the release",
+                ));
+            }
+            (false, false) => {
+                return Err(file_err(path, format!("file length {len} is not a multiple of a CIFAR-10 ({a}) or CIFAR-100 ({b}) record")));
+            }
         }
     };
     let dir = path.parent().unwrap_or(Path::new("."));

@@ -132,7 +132,8 @@ pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
         dims.push(u32::from_be_bytes(d) as usize);
     }
     let header = 4 + 4 * ndim as u64;
-    let expected = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).ok_or_else(|| err(format!("IDX dimensions {dims:?} overflow")))?;
+    let expected =
+        dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).ok_or_else(|| err(format!("IDX dimensions {dims:?} overflow")))?;
     if gzip {
         if expected.saturating_add(header) > file_len.saturating_mul(MAX_GZIP_RATIO) {
             return Err(err(format!("IDX header claims {dims:?} = {expected} bytes, more than a {file_len}-byte gzip file can hold")));

@@ -80,7 +80,15 @@ pub struct Loader {
 impl Loader {
     /// `views`: one `AugmentConfig` per view (SimSiam: two identical ones). `workers` threads make
     /// batches ahead of the consumer, at most `prefetch` at a time.
-    pub fn new(data: Arc<Dataset>, views: Vec<AugmentConfig>, out_size: usize, batch_size: usize, seed: u64, workers: usize, prefetch: usize) -> Result<Self> {
+    pub fn new(
+        data: Arc<Dataset>,
+        views: Vec<AugmentConfig>,
+        out_size: usize,
+        batch_size: usize,
+        seed: u64,
+        workers: usize,
+        prefetch: usize,
+    ) -> Result<Self> {
         let bad = |msg: String| Err(Error::Invalid { op: "Loader::new", msg });
         if views.is_empty() {
             return bad("at least one view is needed".into());
@@ -89,7 +97,9 @@ impl Loader {
             cfg.validate()?;
         }
         if out_size == 0 || batch_size == 0 || workers == 0 || prefetch == 0 {
-            return bad(format!("out_size {out_size}, batch_size {batch_size}, workers {workers} and prefetch {prefetch} must all be at least 1"));
+            return bad(format!(
+                "out_size {out_size}, batch_size {batch_size}, workers {workers} and prefetch {prefetch} must all be at least 1"
+            ));
         }
         let n = data.len();
         if data.size == 0 || data.images.len() != n * data.size * data.size * 3 {
@@ -120,7 +130,8 @@ impl Loader {
 
     /// One batch computed on the calling thread (the same as `epoch(epoch, step).next()`).
     pub fn batch(&self, epoch: usize, step: usize) -> Option<Batch> {
-        (step < self.batches_per_epoch()).then(|| self.spec.make_batch(epoch, step, &epoch_order(self.spec.data.len(), self.spec.seed, epoch)))
+        (step < self.batches_per_epoch())
+            .then(|| self.spec.make_batch(epoch, step, &epoch_order(self.spec.data.len(), self.spec.seed, epoch)))
     }
 
     /// The batches `start..` of `epoch`, in order.
@@ -243,7 +254,13 @@ impl Drop for EpochIter {
 /// Evaluation batches: normalised images (resized to `out_size` when needed) in dataset order,
 /// no shuffle, the last batch possibly short. A `batch_size` of 0 is taken as 1. The dataset must
 /// be well formed (`images.len() == len() * size * size * 3`, as `load_dataset` makes it).
-pub fn eval_batches(data: &Dataset, out_size: usize, batch_size: usize, mean: [f32; 3], std: [f32; 3]) -> impl Iterator<Item = (Vec<f32>, Vec<u32>)> + '_ {
+pub fn eval_batches(
+    data: &Dataset,
+    out_size: usize,
+    batch_size: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> impl Iterator<Item = (Vec<f32>, Vec<u32>)> + '_ {
     let bs = batch_size.max(1);
     let n = data.len();
     let per = out_size * out_size * 3;

@@ -11,7 +11,14 @@ use crate::error::{Error, Result};
 /// Runs `batches` batches of two views (SimSiam) of `cfg` through a `Loader` with `workers`
 /// threads (prefetch 2 per worker) and returns (views per second, views per second per worker).
 /// Runs past the end of an epoch into the next when `batches` is larger than one epoch.
-pub fn measure_throughput(data: Arc<Dataset>, cfg: &AugmentConfig, out_size: usize, batch: usize, workers: usize, batches: usize) -> Result<(f64, f64)> {
+pub fn measure_throughput(
+    data: Arc<Dataset>,
+    cfg: &AugmentConfig,
+    out_size: usize,
+    batch: usize,
+    workers: usize,
+    batches: usize,
+) -> Result<(f64, f64)> {
     if batches == 0 {
         return Err(Error::Invalid { op: "measure_throughput", msg: "batches must be at least 1".into() });
     }

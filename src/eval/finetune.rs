@@ -16,7 +16,16 @@ use crate::tensor::{DType, Tensor};
 
 /// Crop + flip only: the usual supervised CIFAR augmentation, normalised like pretraining.
 pub fn finetune_augment(mean: [f32; 3], std: [f32; 3]) -> AugmentConfig {
-    AugmentConfig { crop_scale: (0.5, 1.0), jitter_p: 0.0, gray_p: 0.0, blur_p: 0.0, solarize_p: 0.0, mean, std, ..AugmentConfig::simsiam_cifar() }
+    AugmentConfig {
+        crop_scale: (0.5, 1.0),
+        jitter_p: 0.0,
+        gray_p: 0.0,
+        blur_p: 0.0,
+        solarize_p: 0.0,
+        mean,
+        std,
+        ..AugmentConfig::simsiam_cifar()
+    }
 }
 
 /// Fine-tunes `backbone` (its parameters in `ps`) with a new head on `train`; returns test logits.

@@ -33,8 +33,11 @@ pub fn knn_scores<B: Backend>(
     temperature: f32,
 ) -> Result<Vec<f32>> {
     let n_bank = bank_labels.len();
-    if dim == 0 || bank.len() != n_bank * dim || test.len() % dim != 0 || n_bank == 0 {
-        return Err(Error::Invalid { op: "knn", msg: format!("bank {} values for {n_bank} labels of dim {dim}, test {} values", bank.len(), test.len()) });
+    if dim == 0 || bank.len() != n_bank * dim || !test.len().is_multiple_of(dim) || n_bank == 0 {
+        return Err(Error::Invalid {
+            op: "knn",
+            msg: format!("bank {} values for {n_bank} labels of dim {dim}, test {} values", bank.len(), test.len()),
+        });
     }
     if let Some(&l) = bank_labels.iter().find(|&&l| l as usize >= classes) {
         return Err(Error::Invalid { op: "knn", msg: format!("bank label {l} is not below {classes} classes") });

@@ -35,7 +35,16 @@ pub struct LinearProbeConfig {
 
 impl Default for LinearProbeConfig {
     fn default() -> Self {
-        LinearProbeConfig { epochs: 100, batch_size: 256, optimizer: "sgd".into(), lr: 0.5, momentum: 0.9, weight_decay: 0.0, seed: 0, standardize: true }
+        LinearProbeConfig {
+            epochs: 100,
+            batch_size: 256,
+            optimizer: "sgd".into(),
+            lr: 0.5,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            seed: 0,
+            standardize: true,
+        }
     }
 }
 
@@ -100,7 +109,10 @@ pub fn train_linear_probe<B: Backend>(
         return Err(Error::Invalid { op: "linear probe", msg: format!("{} feature values for {n} labels of dim {dim}", x.len()) });
     }
     if cfg.batch_size == 0 || !(cfg.optimizer == "sgd" || cfg.optimizer == "lars") {
-        return Err(Error::Invalid { op: "linear probe", msg: format!("optimizer must be sgd or lars (got {:?}) and batch_size positive", cfg.optimizer) });
+        return Err(Error::Invalid {
+            op: "linear probe",
+            msg: format!("optimizer must be sgd or lars (got {:?}) and batch_size positive", cfg.optimizer),
+        });
     }
     let scaler = cfg.standardize.then(|| fit_scaler(x, dim));
     let scaled = apply_scaler(x, dim, &scaler);

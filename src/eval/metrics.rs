@@ -96,10 +96,13 @@ pub fn softmax_rows(logits: &[f32], classes: usize) -> Vec<f32> {
     let mut out = logits.to_vec();
     for row in out.chunks_mut(classes) {
         let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let s: f32 = row.iter_mut().map(|v| {
-            *v = (*v - m).exp();
-            *v
-        }).sum();
+        let s: f32 = row
+            .iter_mut()
+            .map(|v| {
+                *v = (*v - m).exp();
+                *v
+            })
+            .sum();
         row.iter_mut().for_each(|v| *v /= s);
     }
     out

@@ -18,16 +18,8 @@ pub enum Backbone {
 }
 
 /// The presets `--model` accepts.
-pub const PRESETS: &[&str] = &[
-    "resnet18-cifar",
-    "resnet34-cifar",
-    "resnet50-cifar",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "vit-tiny",
-    "vit-small",
-];
+pub const PRESETS: &[&str] =
+    &["resnet18-cifar", "resnet34-cifar", "resnet50-cifar", "resnet18", "resnet34", "resnet50", "vit-tiny", "vit-small"];
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum BackboneConfig {

@@ -120,7 +120,18 @@ impl ResNet {
                     (convs, bns)
                 };
                 let downsample = if stride != 1 || inplanes != planes * expansion {
-                    let c = Conv2d::new(ps, &format!("{name}.downsample.0"), inplanes, planes * expansion, 1, stride, 0, 1, false, Some(Init::KaimingNormalFanOut(planes * expansion)))?;
+                    let c = Conv2d::new(
+                        ps,
+                        &format!("{name}.downsample.0"),
+                        inplanes,
+                        planes * expansion,
+                        1,
+                        stride,
+                        0,
+                        1,
+                        false,
+                        Some(Init::KaimingNormalFanOut(planes * expansion)),
+                    )?;
                     Some((c, BatchNorm::new(ps, &format!("{name}.downsample.1"), planes * expansion, true, 1.0)?))
                 } else {
                     None

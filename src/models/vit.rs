@@ -47,7 +47,7 @@ const LN_EPS: f32 = 1e-6;
 
 impl Vit {
     pub fn new<B: Backend>(ps: &mut ParamStore<B>, prefix: &str, c: &VitConfig) -> Result<Self> {
-        if c.patch == 0 || c.image_size % c.patch != 0 {
+        if c.patch == 0 || !c.image_size.is_multiple_of(c.patch) {
             return Err(Error::Invalid { op: "vit", msg: format!("image size {} is not a multiple of patch {}", c.image_size, c.patch) });
         }
         let p = |n: &str| if prefix.is_empty() { n.to_string() } else { format!("{prefix}.{n}") };
@@ -81,7 +81,11 @@ impl Vit {
         let d = self.dim;
         let patches = self.patch_embed.forward(cx, x)?; // [n, gh, gw, d]: row-major patches, as timm
         if patches.shape()[1] * patches.shape()[2] + 1 != self.tokens {
-            return Err(crate::error::shape_err("vit", format!("input gives another token count than the {} the model was built for", self.tokens), &[x.shape()]));
+            return Err(crate::error::shape_err(
+                "vit",
+                format!("input gives another token count than the {} the model was built for", self.tokens),
+                &[x.shape()],
+            ));
         }
         let patches = t.reshape(&patches, &[n, self.tokens - 1, d])?;
         // The class token, repeated over the batch by adding it to zeros.

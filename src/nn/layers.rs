@@ -38,7 +38,8 @@ impl Conv2d {
         let fan_in = c_in / groups * k * k;
         let init = weight_init.unwrap_or(Init::UniformFanIn(fan_in));
         let w = ps.add(&join(prefix, "weight"), &[c_out, c_in / groups, k, k], init, Kind::Param, Layout::ConvWeight)?;
-        let b = if bias { Some(ps.add(&join(prefix, "bias"), &[c_out], Init::UniformFanIn(fan_in), Kind::Param, Layout::Same)?) } else { None };
+        let b =
+            if bias { Some(ps.add(&join(prefix, "bias"), &[c_out], Init::UniformFanIn(fan_in), Kind::Param, Layout::Same)?) } else { None };
         Ok(Conv2d { w, b, stride, pad, groups })
     }
     pub fn forward<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
@@ -106,7 +107,13 @@ impl Linear {
         weight_init: Option<Init>,
         bias_init: Option<Init>,
     ) -> Result<Self> {
-        let w = ps.add(&join(prefix, "weight"), &[fan_out, fan_in], weight_init.unwrap_or(Init::UniformFanIn(fan_in)), Kind::Param, Layout::Same)?;
+        let w = ps.add(
+            &join(prefix, "weight"),
+            &[fan_out, fan_in],
+            weight_init.unwrap_or(Init::UniformFanIn(fan_in)),
+            Kind::Param,
+            Layout::Same,
+        )?;
         let b = if bias {
             Some(ps.add(&join(prefix, "bias"), &[fan_out], bias_init.unwrap_or(Init::UniformFanIn(fan_in)), Kind::Param, Layout::Same)?)
         } else {
@@ -146,7 +153,7 @@ pub struct Attention {
 
 impl Attention {
     pub fn new<B: Backend>(ps: &mut ParamStore<B>, prefix: &str, dim: usize, heads: usize, init: Option<Init>) -> Result<Self> {
-        if heads == 0 || dim % heads != 0 {
+        if heads == 0 || !dim.is_multiple_of(heads) {
             return Err(Error::Invalid { op: "attention", msg: format!("dim {dim} is not divisible by {heads} heads") });
         }
         let bias0 = init.map(|_| Init::Zeros);

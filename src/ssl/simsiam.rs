@@ -36,7 +36,15 @@ pub struct SimSiamConfig {
 
 impl Default for SimSiamConfig {
     fn default() -> Self {
-        SimSiamConfig { proj_layers: 2, proj_hidden: 2048, proj_dim: 2048, pred_hidden: 512, no_stop_grad: false, no_predictor: false, fix_pred_lr: false }
+        SimSiamConfig {
+            proj_layers: 2,
+            proj_hidden: 2048,
+            proj_dim: 2048,
+            pred_hidden: 512,
+            no_stop_grad: false,
+            no_predictor: false,
+            fix_pred_lr: false,
+        }
     }
 }
 

@@ -112,7 +112,13 @@ pub fn cases() -> Vec<(Case, Vec<Vec<usize>>)> {
 }
 
 /// Output and input gradients of one case on one backend, as f64.
-fn evaluate<B: Backend>(dev: &B, dtype: DType, case: &Case, inputs: &[(Vec<usize>, Vec<f64>)], seed: &[f64]) -> (Vec<f64>, Vec<Option<Vec<f64>>>) {
+fn evaluate<B: Backend>(
+    dev: &B,
+    dtype: DType,
+    case: &Case,
+    inputs: &[(Vec<usize>, Vec<f64>)],
+    seed: &[f64],
+) -> (Vec<f64>, Vec<Option<Vec<f64>>>) {
     let tape = Tape::new();
     let vars: Vec<Var<B>> = inputs.iter().map(|(s, v)| tape.leaf(Tensor::from_f64(dev, v, s, dtype).unwrap())).collect();
     let out = case.run(&tape, &vars).unwrap_or_else(|e| panic!("{case:?}: {e}"));
@@ -190,13 +196,21 @@ pub fn run_cases<B: Backend>(dev: &B, dtype: DType, tol: f64, rng: &mut Rng, cas
 fn sgd_conforms<B: Backend>(dev: &B, dtype: DType, tol: f64, rng: &mut Rng) -> String {
     let reference = CpuBackend::new(2).unwrap();
     let sizes = [1usize, 37, 1001];
-    let data: Vec<[Vec<f64>; 3]> = sizes.iter().map(|&n| [0, 1, 2].map(|_| (0..n).map(|_| rng.uniform_range(-1.0, 1.0) as f32 as f64).collect())).collect();
+    let data: Vec<[Vec<f64>; 3]> =
+        sizes.iter().map(|&n| [0, 1, 2].map(|_| (0..n).map(|_| rng.uniform_range(-1.0, 1.0) as f32 as f64).collect())).collect();
     fn step<B: Backend>(dev: &B, dtype: DType, data: &[[Vec<f64>; 3]]) -> Vec<f64> {
-        let ts: Vec<[Tensor<B>; 3]> = data.iter().map(|d| d.clone().map(|v| Tensor::from_f64(dev, &v, &[v.len()], dtype).unwrap())).collect();
+        let ts: Vec<[Tensor<B>; 3]> =
+            data.iter().map(|d| d.clone().map(|v| Tensor::from_f64(dev, &v, &[v.len()], dtype).unwrap())).collect();
         let slots: Vec<SgdSlot<'_, B>> = ts
             .iter()
             .enumerate()
-            .map(|(i, t)| SgdSlot { param: &t[0], grad: &t[1], momentum_buf: &t[2], lr: 0.1 * (i + 1) as f32, weight_decay: 5e-4 * i as f32 })
+            .map(|(i, t)| SgdSlot {
+                param: &t[0],
+                grad: &t[1],
+                momentum_buf: &t[2],
+                lr: 0.1 * (i + 1) as f32,
+                weight_decay: 5e-4 * i as f32,
+            })
             .collect();
         ops::sgd_step(&slots, 0.9).unwrap();
         ts.iter().flat_map(|t| [t[0].to_f64().unwrap(), t[2].to_f64().unwrap()].concat()).collect()

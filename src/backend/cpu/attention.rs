@@ -50,30 +50,27 @@ pub fn attention_bwd<T: Real>(
     d: &AttnDims,
 ) {
     let (sq, sk) = (d.tq * d.d, d.tk * d.d);
-    dq.par_chunks_mut(sq)
-        .zip(dk.par_chunks_mut(sk).zip(dv.par_chunks_mut(sk)))
-        .enumerate()
-        .for_each(|(b, (dqb, (dkb, dvb)))| {
-            let (qb, kb, vb) = (&q[b * sq..(b + 1) * sq], &k[b * sk..(b + 1) * sk], &v[b * sk..(b + 1) * sk]);
-            let (ob, dob) = (&o[b * sq..(b + 1) * sq], &dout[b * sq..(b + 1) * sq]);
-            let mut p = vec![T::zero(); d.tq * d.tk];
-            let mut lse = vec![T::zero(); d.tq];
-            probs(qb, kb, d, &mut p, &mut lse);
-            // dv = P^T dO
-            gemm(d.tk, d.d, d.tq, dvb, d.d, false, Mat::new(&p, d.tk, true), Mat::new(dob, d.d, false), false);
-            // dP = dO v^T, then dS = P * (dP - rowsum(dO * O)) * scale, in place
-            let mut ds = vec![T::zero(); d.tq * d.tk];
-            gemm(d.tq, d.tk, d.d, &mut ds, d.tk, false, Mat::new(dob, d.d, false), Mat::new(vb, d.d, true), false);
-            let scale = T::c(d.scale as f64);
-            for i in 0..d.tq {
-                let di: T = (0..d.d).map(|j| dob[i * d.d + j] * ob[i * d.d + j]).sum();
-                for j in 0..d.tk {
-                    let idx = i * d.tk + j;
-                    ds[idx] = p[idx] * (ds[idx] - di) * scale;
-                }
+    dq.par_chunks_mut(sq).zip(dk.par_chunks_mut(sk).zip(dv.par_chunks_mut(sk))).enumerate().for_each(|(b, (dqb, (dkb, dvb)))| {
+        let (qb, kb, vb) = (&q[b * sq..(b + 1) * sq], &k[b * sk..(b + 1) * sk], &v[b * sk..(b + 1) * sk]);
+        let (ob, dob) = (&o[b * sq..(b + 1) * sq], &dout[b * sq..(b + 1) * sq]);
+        let mut p = vec![T::zero(); d.tq * d.tk];
+        let mut lse = vec![T::zero(); d.tq];
+        probs(qb, kb, d, &mut p, &mut lse);
+        // dv = P^T dO
+        gemm(d.tk, d.d, d.tq, dvb, d.d, false, Mat::new(&p, d.tk, true), Mat::new(dob, d.d, false), false);
+        // dP = dO v^T, then dS = P * (dP - rowsum(dO * O)) * scale, in place
+        let mut ds = vec![T::zero(); d.tq * d.tk];
+        gemm(d.tq, d.tk, d.d, &mut ds, d.tk, false, Mat::new(dob, d.d, false), Mat::new(vb, d.d, true), false);
+        let scale = T::c(d.scale as f64);
+        for i in 0..d.tq {
+            let di: T = (0..d.d).map(|j| dob[i * d.d + j] * ob[i * d.d + j]).sum();
+            for j in 0..d.tk {
+                let idx = i * d.tk + j;
+                ds[idx] = p[idx] * (ds[idx] - di) * scale;
             }
-            // dq = dS k; dk = dS^T q
-            gemm(d.tq, d.d, d.tk, dqb, d.d, false, Mat::new(&ds, d.tk, false), Mat::new(kb, d.d, false), false);
-            gemm(d.tk, d.d, d.tq, dkb, d.d, false, Mat::new(&ds, d.tk, true), Mat::new(qb, d.d, false), false);
-        });
+        }
+        // dq = dS k; dk = dS^T q
+        gemm(d.tq, d.d, d.tk, dqb, d.d, false, Mat::new(&ds, d.tk, false), Mat::new(kb, d.d, false), false);
+        gemm(d.tk, d.d, d.tq, dkb, d.d, false, Mat::new(&ds, d.tk, true), Mat::new(qb, d.d, false), false);
+    });
 }

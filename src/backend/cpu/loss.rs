@@ -70,16 +70,7 @@ pub fn cosine_loss_fwd<T: Real>(p: &[T], z: &[T], loss: &mut [T], rows: usize, d
 
 /// d cos / dp = z / (|p| |z|) - cos p / |p|^2, where a norm clamped at eps is a constant.
 #[allow(clippy::too_many_arguments)]
-pub fn cosine_loss_bwd<T: Real>(
-    p: &[T],
-    z: &[T],
-    dloss: T,
-    dp: &mut [T],
-    dz: Option<&mut [T]>,
-    rows: usize,
-    dim: usize,
-    eps: f64,
-) {
+pub fn cosine_loss_bwd<T: Real>(p: &[T], z: &[T], dloss: T, dp: &mut [T], dz: Option<&mut [T]>, rows: usize, dim: usize, eps: f64) {
     let g = -dloss.f64() / rows as f64;
     let grad = |a: &[T], b: &[T], out: &mut [T]| {
         let (ab, an, bn) = row_stats(a, b, eps);

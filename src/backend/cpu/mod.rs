@@ -4,6 +4,7 @@
 //! number of threads. Implements f32 and f64 (f64 for gradient checks) with the same generic code.
 
 mod attention;
+mod buffer_pool;
 mod conv;
 mod elementwise;
 mod layout;
@@ -13,7 +14,6 @@ mod norm;
 mod optim;
 mod pool;
 mod real;
-mod buffer_pool;
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 

@@ -88,15 +88,7 @@ pub fn update_running<T: Real>(rm: &mut [T], rv: &mut [T], mean: &[f64], var: &[
     }
 }
 
-pub fn batchnorm_fwd_eval<T: Real>(
-    x: &[T],
-    gamma: Option<&[T]>,
-    beta: Option<&[T]>,
-    rm: &[T],
-    rv: &[T],
-    y: &mut [T],
-    d: &NormDims,
-) {
+pub fn batchnorm_fwd_eval<T: Real>(x: &[T], gamma: Option<&[T]>, beta: Option<&[T]>, rm: &[T], rv: &[T], y: &mut [T], d: &NormDims) {
     let c = d.channels;
     let scale: Vec<f64> = (0..c).map(|j| param(gamma, j, 1.0) / (rv[j].f64() + d.eps as f64).sqrt()).collect();
     let shift: Vec<f64> = (0..c).map(|j| param(beta, j, 0.0) - rm[j].f64() * scale[j]).collect();
@@ -140,29 +132,18 @@ pub fn batchnorm_bwd<T: Real>(
     (dgamma, dbeta)
 }
 
-pub fn layernorm_fwd<T: Real>(
-    x: &[T],
-    gamma: &[T],
-    beta: &[T],
-    y: &mut [T],
-    save_mean: &mut [T],
-    save_rstd: &mut [T],
-    d: &NormDims,
-) {
+pub fn layernorm_fwd<T: Real>(x: &[T], gamma: &[T], beta: &[T], y: &mut [T], save_mean: &mut [T], save_rstd: &mut [T], d: &NormDims) {
     let c = d.channels;
-    y.par_chunks_mut(c)
-        .zip(x.par_chunks(c))
-        .zip(save_mean.par_iter_mut().zip(save_rstd.par_iter_mut()))
-        .for_each(|((yr, xr), (m, rs))| {
-            let mean = xr.iter().map(|v| v.f64()).sum::<f64>() / c as f64;
-            let var = xr.iter().map(|v| (v.f64() - mean).powi(2)).sum::<f64>() / c as f64;
-            let rstd = 1.0 / (var + d.eps as f64).sqrt();
-            for j in 0..c {
-                yr[j] = T::c((xr[j].f64() - mean) * rstd * gamma[j].f64() + beta[j].f64());
-            }
-            *m = T::c(mean);
-            *rs = T::c(rstd);
-        });
+    y.par_chunks_mut(c).zip(x.par_chunks(c)).zip(save_mean.par_iter_mut().zip(save_rstd.par_iter_mut())).for_each(|((yr, xr), (m, rs))| {
+        let mean = xr.iter().map(|v| v.f64()).sum::<f64>() / c as f64;
+        let var = xr.iter().map(|v| (v.f64() - mean).powi(2)).sum::<f64>() / c as f64;
+        let rstd = 1.0 / (var + d.eps as f64).sqrt();
+        for j in 0..c {
+            yr[j] = T::c((xr[j].f64() - mean) * rstd * gamma[j].f64() + beta[j].f64());
+        }
+        *m = T::c(mean);
+        *rs = T::c(rstd);
+    });
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -2,9 +2,7 @@
 
 use super::CpuData;
 
-pub trait Real:
-    num_traits::Float + Default + Send + Sync + std::fmt::Debug + std::iter::Sum + std::ops::AddAssign + 'static
-{
+pub trait Real: num_traits::Float + Default + Send + Sync + std::fmt::Debug + std::iter::Sum + std::ops::AddAssign + 'static {
     fn slice(d: &CpuData) -> &[Self];
     fn slice_mut(d: &mut CpuData) -> &mut [Self];
     /// Converts a constant (always representable, so no error path).

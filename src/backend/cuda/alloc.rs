@@ -129,7 +129,9 @@ impl Pool {
             return;
         }
         let mut st = self.lock();
-        if self.exact && let Memory::Cuda(ctx) = &self.mem {
+        if self.exact
+            && let Memory::Cuda(ctx) = &self.mem
+        {
             st.live_bytes = st.live_bytes.saturating_sub(class);
             if ctx.bind_to_thread().is_ok() && ctx.synchronize().is_ok() {
                 // SAFETY: from cuMemAlloc; the device is idle, so no queued kernel uses it.

@@ -27,7 +27,15 @@ fn by_slices(bh: usize, mut f: impl FnMut(usize, usize) -> Result<()>) -> Result
     Ok(())
 }
 
-pub(super) fn attention_fwd(b: &CudaBackend, q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, o: &CudaStorage, lse: &CudaStorage, d: &AttnDims) -> Result<()> {
+pub(super) fn attention_fwd(
+    b: &CudaBackend,
+    q: &CudaStorage,
+    k: &CudaStorage,
+    v: &CudaStorage,
+    o: &CudaStorage,
+    lse: &CudaStorage,
+    d: &AttnDims,
+) -> Result<()> {
     if d.bh * d.tq * d.d == 0 {
         return Ok(());
     }

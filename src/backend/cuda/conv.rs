@@ -78,7 +78,10 @@ pub(super) fn conv2d(b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaS
     let (tm, tn) = (m.div_ceil(BM), n.div_ceil(BN));
     let splits = b.split_k(tm * tn * d.groups, k);
     if tn > 65535 || d.groups * splits > MAX_Z {
-        return Err(Error::Invalid { op: OP, msg: format!("{pass:?}: {} groups x {n} columns is too large for the cuda kernels", d.groups) });
+        return Err(Error::Invalid {
+            op: OP,
+            msg: format!("{pass:?}: {} groups x {n} columns is too large for the cuda kernels", d.groups),
+        });
     }
     let tc = if b.tf32() { "_tc" } else { "" };
     let kernel = match pass {
@@ -88,7 +91,12 @@ pub(super) fn conv2d(b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaS
     };
     let grid = (tm as u32, tn as u32, (d.groups * splits) as u32);
     let run = |dst: &CudaStorage, stride: usize| {
-        b.launch(&kernel, grid, (THREADS, 1, 1), &[ptr(in0), ptr(in1), ptr(dst), i64a(stride), Arg::Bytes(bytemuck::bytes_of(&cd)), Arg::I32(splits as i32)])
+        b.launch(
+            &kernel,
+            grid,
+            (THREADS, 1, 1),
+            &[ptr(in0), ptr(in1), ptr(dst), i64a(stride), Arg::Bytes(bytemuck::bytes_of(&cd)), Arg::I32(splits as i32)],
+        )
     };
     if splits == 1 {
         return run(out, 0);

@@ -139,7 +139,8 @@ impl Device {
         let dir = nvrtc::cache_dir();
         // Compile (or read from the cache) every family in parallel, then load in order.
         let compiled: Vec<Result<nvrtc::Compiled>> = std::thread::scope(|s| {
-            let hs: Vec<_> = nvrtc::FAMILIES.iter().map(|(f, src)| s.spawn(|| nvrtc::compile_cached(f, src, &target, dir.as_deref(), false))).collect();
+            let hs: Vec<_> =
+                nvrtc::FAMILIES.iter().map(|(f, src)| s.spawn(|| nvrtc::compile_cached(f, src, &target, dir.as_deref(), false))).collect();
             hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(err("compiler thread panicked")))).collect()
         });
         let pool = Arc::new(Pool::new(Memory::Cuda(ctx.clone())));
@@ -170,7 +171,8 @@ impl Device {
             for (name, params) in nvrtc::ptx_entries(ptx) {
                 let cname = CString::new(name.clone()).map_err(|_| err("bad kernel name"))?;
                 // SAFETY: the module was just loaded and is kept until the device is dropped.
-                let f = unsafe { result::module::get_function(module, cname) }.map_err(|e| err(format!("kernel {name} in kernels/{file}: {e}")))?;
+                let f = unsafe { result::module::get_function(module, cname) }
+                    .map_err(|e| err(format!("kernel {name} in kernels/{file}: {e}")))?;
                 dev.kernels.insert(name, Kernel { func: Some(Func(f)), params });
             }
         }
@@ -256,7 +258,15 @@ impl Device {
             return Err(err(format!("{kernel}: arguments {kinds:?} do not match the kernel's parameters {:?}", k.params)));
         }
         let threads = block.0 as u64 * block.1 as u64 * block.2 as u64;
-        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 || grid.0 > i32::MAX as u32 || grid.1 > 65535 || grid.2 > 65535 || threads == 0 || threads > 1024 {
+        if grid.0 == 0
+            || grid.1 == 0
+            || grid.2 == 0
+            || grid.0 > i32::MAX as u32
+            || grid.1 > 65535
+            || grid.2 > 65535
+            || threads == 0
+            || threads > 1024
+        {
             return Err(err(format!("{kernel}: launch grid {grid:?} block {block:?} outside the hardware limits")));
         }
         if let Some(emu) = &self.emu {
@@ -340,7 +350,8 @@ impl Device {
         }
         self.bind()?;
         // SAFETY: the stream is live.
-        unsafe { result::stream::synchronize(self.stream.0) }.map_err(|e| err(format!("synchronize (a kernel failed, or the device was lost): {e}")))
+        unsafe { result::stream::synchronize(self.stream.0) }
+            .map_err(|e| err(format!("synchronize (a kernel failed, or the device was lost): {e}")))
     }
 }
 

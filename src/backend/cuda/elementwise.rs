@@ -35,7 +35,15 @@ pub(super) fn unary_bwd(b: &CudaBackend, op: Unary, x: &CudaStorage, dy: &CudaSt
     map(b, unary_name(op, true), n, &[ptr(x), ptr(dy), ptr(dx), i64a(n)])
 }
 
-pub(super) fn binary(b: &CudaBackend, op: Binary, a: &CudaStorage, bb: &CudaStorage, out: &CudaStorage, n: usize, b_len: usize) -> Result<()> {
+pub(super) fn binary(
+    b: &CudaBackend,
+    op: Binary,
+    a: &CudaStorage,
+    bb: &CudaStorage,
+    out: &CudaStorage,
+    n: usize,
+    b_len: usize,
+) -> Result<()> {
     let name = match op {
         Binary::Add => "add_fwd_f32",
         Binary::Mul => "mul_fwd_f32",

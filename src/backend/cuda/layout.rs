@@ -39,7 +39,12 @@ pub(super) fn permute(b: &CudaBackend, x: &CudaStorage, y: &CudaStorage, shape: 
         k.out_shape[a] = shape[p] as i64;
         k.src_stride[a] = in_strides[p] as i64;
     }
-    b.launch("permute_fwd_f32", (b.blocks_for(n, THREADS), 1, 1), (THREADS, 1, 1), &[ptr(x), ptr(y), i64a(n), Arg::Bytes(bytemuck::bytes_of(&k))])
+    b.launch(
+        "permute_fwd_f32",
+        (b.blocks_for(n, THREADS), 1, 1),
+        (THREADS, 1, 1),
+        &[ptr(x), ptr(y), i64a(n), Arg::Bytes(bytemuck::bytes_of(&k))],
+    )
 }
 
 /// slice_fwd_f32 (x -> y) or slice_assign_fwd_f32 (src -> the slice of dst).

@@ -17,7 +17,14 @@ fn reduce(b: &CudaBackend, v: &CudaStorage, loss: &CudaStorage, n: usize, alpha:
     b.launch("loss_reduce_fwd_f32", (1, 1, 1), (1024, 1, 1), &[ptr(v), ptr(loss), i64a(n), Arg::F32(alpha)])
 }
 
-pub(super) fn cross_entropy_fwd(b: &CudaBackend, logits: &CudaStorage, labels: &CudaStorage, loss: &CudaStorage, rows: usize, classes: usize) -> Result<()> {
+pub(super) fn cross_entropy_fwd(
+    b: &CudaBackend,
+    logits: &CudaStorage,
+    labels: &CudaStorage,
+    loss: &CudaStorage,
+    rows: usize,
+    classes: usize,
+) -> Result<()> {
     let per_row = b.scratch(rows.max(1))?;
     if rows > 0 {
         b.launch(
@@ -50,7 +57,15 @@ pub(super) fn cross_entropy_bwd(
     )
 }
 
-pub(super) fn cosine_loss_fwd(b: &CudaBackend, p: &CudaStorage, z: &CudaStorage, loss: &CudaStorage, rows: usize, dim: usize, eps: f32) -> Result<()> {
+pub(super) fn cosine_loss_fwd(
+    b: &CudaBackend,
+    p: &CudaStorage,
+    z: &CudaStorage,
+    loss: &CudaStorage,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+) -> Result<()> {
     let cos = b.scratch(rows.max(1))?;
     if rows > 0 {
         b.launch(

@@ -39,7 +39,18 @@ pub(super) fn matmul(b: &CudaBackend, a: &CudaStorage, bm: &CudaStorage, c: &Cud
             kernel,
             (super::i32c(OP, tm)? as u32, tn32, (nb * splits) as u32),
             (THREADS, 1, 1),
-            &[ptr_at(a, b0 * mk), ptr_at(bm, b0 * kn), out, i64a(stride), m, n, i64a(d.k), Arg::I32(d.trans_a as i32), Arg::I32(d.trans_b as i32), Arg::I32(splits as i32)],
+            &[
+                ptr_at(a, b0 * mk),
+                ptr_at(bm, b0 * kn),
+                out,
+                i64a(stride),
+                m,
+                n,
+                i64a(d.k),
+                Arg::I32(d.trans_a as i32),
+                Arg::I32(d.trans_b as i32),
+                Arg::I32(splits as i32),
+            ],
         )?;
         if let Some(p) = &part {
             elementwise::sum_splits_at(b, p, c, b0 * mn, splits, nb * mn)?;

@@ -304,7 +304,15 @@ impl Backend for CudaBackend {
         norm::softmax(self, "softmax_bwd_f32", y, Some(dy), dx, d)
     }
 
-    fn attention_fwd(&self, q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, o: &CudaStorage, lse: &CudaStorage, d: &AttnDims) -> Result<()> {
+    fn attention_fwd(
+        &self,
+        q: &CudaStorage,
+        k: &CudaStorage,
+        v: &CudaStorage,
+        o: &CudaStorage,
+        lse: &CudaStorage,
+        d: &AttnDims,
+    ) -> Result<()> {
         attention::attention_fwd(self, q, k, v, o, lse, d)
     }
     fn attention_bwd(

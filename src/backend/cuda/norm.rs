@@ -45,7 +45,12 @@ pub(super) fn batchnorm_fwd_train(
     }
     let (cb, nb, rpb) = colstats_grid(b, rows, c);
     let part = partials(b, nb, c)?;
-    b.launch("batchnorm_stats_fwd_f32", (cb as u32, nb as u32, 1), (32, 8, 1), &[ptr(x), ptr(&part), i32a(OP, rows)?, i32a(OP, c)?, i32a(OP, rpb)?])?;
+    b.launch(
+        "batchnorm_stats_fwd_f32",
+        (cb as u32, nb as u32, 1),
+        (32, 8, 1),
+        &[ptr(x), ptr(&part), i32a(OP, rows)?, i32a(OP, c)?, i32a(OP, rpb)?],
+    )?;
     let ss = b.scratch(2 * c)?;
     let (rm, rv, momentum) = match &running {
         Some(r) => (Some(r.mean), Some(r.var), r.momentum),
@@ -72,7 +77,12 @@ pub(super) fn batchnorm_fwd_train(
         ],
     )?;
     let n = rows * c;
-    b.launch("batchnorm_apply_fwd_f32", (b.blocks_for(n, THREADS), 1, 1), (THREADS, 1, 1), &[ptr(x), ptr(&ss), ptr(y), i64a(n), i32a(OP, c)?])
+    b.launch(
+        "batchnorm_apply_fwd_f32",
+        (b.blocks_for(n, THREADS), 1, 1),
+        (THREADS, 1, 1),
+        &[ptr(x), ptr(&ss), ptr(y), i64a(n), i32a(OP, c)?],
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -207,7 +217,14 @@ pub(super) fn layernorm_bwd(
 }
 
 /// softmax_fwd_f32 (x, -, y) or softmax_bwd_f32 (y, dy, dx).
-pub(super) fn softmax(b: &CudaBackend, kernel: &str, a: &CudaStorage, g: Option<&CudaStorage>, out: &CudaStorage, d: &NormDims) -> Result<()> {
+pub(super) fn softmax(
+    b: &CudaBackend,
+    kernel: &str,
+    a: &CudaStorage,
+    g: Option<&CudaStorage>,
+    out: &CudaStorage,
+    d: &NormDims,
+) -> Result<()> {
     if d.rows * d.channels == 0 {
         return Ok(());
     }

@@ -15,10 +15,8 @@ use cudarc::nvrtc::sys;
 use crate::error::{Error, Result};
 
 /// Headers every family may include.
-pub const HEADERS: &[(&str, &str)] = &[
-    ("common.cuh", include_str!("../../../kernels/common.cuh")),
-    ("gemm_tile.cuh", include_str!("../../../kernels/gemm_tile.cuh")),
-];
+pub const HEADERS: &[(&str, &str)] =
+    &[("common.cuh", include_str!("../../../kernels/common.cuh")), ("gemm_tile.cuh", include_str!("../../../kernels/gemm_tile.cuh"))];
 
 /// One source file per op family (DESIGN.md: one op, four places, one name).
 pub const FAMILIES: &[(&str, &str)] = &[
@@ -48,10 +46,8 @@ pub fn nvrtc_available() -> Result<()> {
     if unsafe { sys::is_culib_present() } {
         Ok(())
     } else {
-        Err(err(
-            "libnvrtc not found (CUDA 13 NVRTC: `pip install \"nvidia-cuda-nvrtc==13.0.*\"` and add its \
-             site-packages/nvidia/cu13/lib to LD_LIBRARY_PATH, or install the CUDA toolkit)",
-        ))
+        Err(err("libnvrtc not found (CUDA 13 NVRTC: `pip install \"nvidia-cuda-nvrtc==13.0.*\"` and add its \
+             site-packages/nvidia/cu13/lib to LD_LIBRARY_PATH, or install the CUDA toolkit)"))
     }
 }
 
@@ -158,15 +154,24 @@ pub fn compile_with(file: &str, src: &str, target: &Target, extra: &[&str]) -> R
     nvrtc_available()?;
     let csrc = CString::new(src).map_err(|_| err(format!("{file}: NUL byte in source")))?;
     let cname = CString::new(file).map_err(|_| err("bad file name"))?;
-    let hdr_src: Vec<CString> = HEADERS.iter().map(|(_, s)| CString::new(*s)).collect::<std::result::Result<_, _>>().map_err(|_| err("NUL in header"))?;
-    let hdr_name: Vec<CString> = HEADERS.iter().map(|(n, _)| CString::new(*n)).collect::<std::result::Result<_, _>>().map_err(|_| err("NUL in header name"))?;
+    let hdr_src: Vec<CString> =
+        HEADERS.iter().map(|(_, s)| CString::new(*s)).collect::<std::result::Result<_, _>>().map_err(|_| err("NUL in header"))?;
+    let hdr_name: Vec<CString> =
+        HEADERS.iter().map(|(n, _)| CString::new(*n)).collect::<std::result::Result<_, _>>().map_err(|_| err("NUL in header name"))?;
     let hdr_src_p: Vec<*const c_char> = hdr_src.iter().map(|s| s.as_ptr()).collect();
     let hdr_name_p: Vec<*const c_char> = hdr_name.iter().map(|s| s.as_ptr()).collect();
     let mut raw: sys::nvrtcProgram = std::ptr::null_mut();
     // SAFETY: every pointer refers to a live NUL-terminated string for the duration of the call.
     check(
         unsafe {
-            sys::nvrtcCreateProgram(&mut raw, csrc.as_ptr(), cname.as_ptr(), HEADERS.len() as c_int, hdr_src_p.as_ptr(), hdr_name_p.as_ptr())
+            sys::nvrtcCreateProgram(
+                &mut raw,
+                csrc.as_ptr(),
+                cname.as_ptr(),
+                HEADERS.len() as c_int,
+                hdr_src_p.as_ptr(),
+                hdr_name_p.as_ptr(),
+            )
         },
         &format!("create program {file}"),
     )?;

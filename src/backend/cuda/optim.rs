@@ -41,13 +41,23 @@ pub(super) fn sgd_step(b: &CudaBackend, tensors: &[SgdTensor<'_, CudaStorage>], 
         let mut batch = KBatch::zeroed();
         let mut blocks = 0usize;
         for (i, t) in group.iter().enumerate() {
-            batch.t[i] = KTensor { param: t.param.ptr, grad: t.grad.ptr, buf: t.momentum_buf.ptr, len: t.len as i64, lr: t.lr, weight_decay: t.weight_decay };
+            batch.t[i] = KTensor {
+                param: t.param.ptr,
+                grad: t.grad.ptr,
+                buf: t.momentum_buf.ptr,
+                len: t.len as i64,
+                lr: t.lr,
+                weight_decay: t.weight_decay,
+            };
             blocks += t.len.div_ceil(CHUNK);
             batch.block_end[i] = blocks as i64;
         }
         batch.count = group.len() as i32;
         batch.momentum = momentum;
-        let grid = u32::try_from(blocks).ok().filter(|&g| g <= i32::MAX as u32).ok_or_else(|| super::err(format!("sgd_step: {blocks} blocks is over the grid limit")))?;
+        let grid = u32::try_from(blocks)
+            .ok()
+            .filter(|&g| g <= i32::MAX as u32)
+            .ok_or_else(|| super::err(format!("sgd_step: {blocks} blocks is over the grid limit")))?;
         b.launch("sgd_fwd_f32", (grid, 1, 1), (THREADS, 1, 1), &[Arg::Bytes(bytemuck::bytes_of(&batch))])?;
     }
     Ok(())

@@ -55,7 +55,12 @@ pub(super) fn maxpool2d_bwd(b: &CudaBackend, x: &CudaStorage, dy: &CudaStorage, 
         return Ok(());
     }
     let kd = dims(d)?;
-    b.launch("maxpool2d_bwd_f32", (b.blocks_for(n, THREADS), 1, 1), (THREADS, 1, 1), &[ptr(x), ptr(dy), ptr(dx), Arg::Bytes(bytemuck::bytes_of(&kd))])
+    b.launch(
+        "maxpool2d_bwd_f32",
+        (b.blocks_for(n, THREADS), 1, 1),
+        (THREADS, 1, 1),
+        &[ptr(x), ptr(dy), ptr(dx), Arg::Bytes(bytemuck::bytes_of(&kd))],
+    )
 }
 
 /// avgpool_global_fwd_f32 (x -> y, one thread per output) or avgpool_global_bwd_f32 (dy -> dx,

@@ -27,7 +27,15 @@ fn rows_grid(ctx: &Context, rows: usize, bh: usize) -> [u32; 3] {
     [sat(rows.div_ceil(ctx.tiles.att_bq as usize)), sat(bh.min(ymax)), 1]
 }
 
-pub fn fwd(ctx: &Context, q: &WgpuStorage, k: &WgpuStorage, v: &WgpuStorage, o: &WgpuStorage, lse: &WgpuStorage, d: &AttnDims) -> Result<()> {
+pub fn fwd(
+    ctx: &Context,
+    q: &WgpuStorage,
+    k: &WgpuStorage,
+    v: &WgpuStorage,
+    o: &WgpuStorage,
+    lse: &WgpuStorage,
+    d: &AttnDims,
+) -> Result<()> {
     let kern = kernel("attention", "attention_fwd_f32", d.d)?;
     let binds = [r(1, q.buf()), r(2, k.buf()), r(3, v.buf()), w(8, o.buf()), w(9, lse.buf())];
     ctx.launch(kern, params(d), &binds, rows_grid(ctx, d.tq, d.bh))

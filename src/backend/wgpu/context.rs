@@ -267,7 +267,10 @@ impl Context {
         let info = adapter.get_info();
         let limits = adapter.limits();
         if limits.max_storage_buffers_per_shader_stage < 8 {
-            return Err(Error::Other(format!("wgpu: adapter {} offers {} storage buffers per stage; 8 are needed", info.name, limits.max_storage_buffers_per_shader_stage)));
+            return Err(Error::Other(format!(
+                "wgpu: adapter {} offers {} storage buffers per stage; 8 are needed",
+                info.name, limits.max_storage_buffers_per_shader_stage
+            )));
         }
         // Subgroup operations are requested when offered; the kernels do not depend on them.
         let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP);
@@ -369,8 +372,8 @@ impl Context {
         if let Some(m) = mods.get(&(k.family, k.variant)) {
             return Ok(m.clone());
         }
-        let (src, gemm) = family_source(k.family)
-            .ok_or_else(|| Error::Invalid { op: k.op, msg: format!("no shader family {}", k.family) })?;
+        let (src, gemm) =
+            family_source(k.family).ok_or_else(|| Error::Invalid { op: k.op, msg: format!("no shader family {}", k.family) })?;
         let mut text = self.prelude(k.variant);
         text.push_str(COMMON);
         if gemm {
@@ -378,10 +381,9 @@ impl Context {
         }
         text.push_str(src);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let m = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(k.family),
-            source: wgpu::ShaderSource::Wgsl(text.into()),
-        });
+        let m = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(k.family), source: wgpu::ShaderSource::Wgsl(text.into()) });
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Other(format!("{}: shaders/{}.wgsl does not compile: {e}", k.op, k.family)));
         }
@@ -502,9 +504,8 @@ impl Context {
             entries.push(wgpu::BindGroupEntry { binding, resource: buf.as_entire_binding() });
         }
         let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipe.layout, entries: &entries });
-        let encoder = rec
-            .encoder
-            .get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") }));
+        let encoder =
+            rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") }));
         let pass = rec.pass.get_or_insert_with(|| encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default()).forget_lifetime());
         pass.set_pipeline(&pipe.pipeline);
         pass.set_bind_group(0, &bg, &[offset as u32]);
@@ -573,9 +574,8 @@ impl Context {
         let mut guard = self.lock_rec();
         let rec = &mut *guard;
         drop(rec.pass.take());
-        let encoder = rec
-            .encoder
-            .get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") }));
+        let encoder =
+            rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") }));
         encoder.copy_buffer_to_buffer(src, 0, &staging, 0, size);
         self.flush_locked(rec)?;
         let slice = staging.slice(..);
@@ -584,9 +584,7 @@ impl Context {
             let _ = tx.send(r);
         });
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| dev_err("download", e))?;
-        rx.recv()
-            .map_err(|e| dev_err("download", e))?
-            .map_err(|e| dev_err("download", e))?;
+        rx.recv().map_err(|e| dev_err("download", e))?.map_err(|e| dev_err("download", e))?;
         let out = {
             let view = slice.get_mapped_range().map_err(|e| dev_err("download", e))?;
             view[..bytes as usize].to_vec()

@@ -12,7 +12,14 @@ fn params(rows: usize, cols: usize, eps: f32, want_dz: bool) -> Params {
 }
 
 /// An invalid label gives a NaN loss (the CPU backend returns an error instead).
-pub fn cross_entropy_fwd(ctx: &Context, logits: &WgpuStorage, labels: &WgpuStorage, out: &WgpuStorage, rows: usize, classes: usize) -> Result<()> {
+pub fn cross_entropy_fwd(
+    ctx: &Context,
+    logits: &WgpuStorage,
+    labels: &WgpuStorage,
+    out: &WgpuStorage,
+    rows: usize,
+    classes: usize,
+) -> Result<()> {
     let k = kernel("cross_entropy", FAMILY, "cross_entropy_fwd_f32");
     ctx.launch(k, params(rows, classes, 0.0, false), &[r(1, logits.buf()), r(2, labels.buf()), w(5, out.buf())], [1, 1, 1])
 }
@@ -31,7 +38,15 @@ pub fn cross_entropy_bwd(
     ctx.launch(k, params(rows, classes, 0.0, false), &binds, ctx.grid1(rows))
 }
 
-pub fn cosine_loss_fwd(be: &WgpuBackend, p: &WgpuStorage, z: &WgpuStorage, out: &WgpuStorage, rows: usize, dim: usize, eps: f32) -> Result<()> {
+pub fn cosine_loss_fwd(
+    be: &WgpuBackend,
+    p: &WgpuStorage,
+    z: &WgpuStorage,
+    out: &WgpuStorage,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+) -> Result<()> {
     let ctx = &*be.ctx;
     let cos = be.storage(rows)?;
     let k = kernel("cosine_loss", FAMILY, "cosine_rows_f32");

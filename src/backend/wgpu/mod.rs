@@ -252,7 +252,15 @@ impl Backend for WgpuBackend {
         norm::softmax_bwd(&self.ctx, y, dy, dx, d)
     }
 
-    fn attention_fwd(&self, q: &WgpuStorage, k: &WgpuStorage, v: &WgpuStorage, o: &WgpuStorage, lse: &WgpuStorage, d: &AttnDims) -> Result<()> {
+    fn attention_fwd(
+        &self,
+        q: &WgpuStorage,
+        k: &WgpuStorage,
+        v: &WgpuStorage,
+        o: &WgpuStorage,
+        lse: &WgpuStorage,
+        d: &AttnDims,
+    ) -> Result<()> {
         attention::fwd(&self.ctx, q, k, v, o, lse, d)
     }
     fn attention_bwd(
