@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::models::{BackboneConfig, ResNetConfig, Stem, VitConfig};
 use crate::nn::{Kind, ParamId, ParamStore};
 use crate::optim::Sgd;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 const FORMAT: &str = "ssl-engine-checkpoint";
 const MOMENTUM: &str = "optimizer.momentum.";
@@ -258,9 +258,4 @@ pub fn export_backbone<B: Backend>(ps: &ParamStore<B>, path: &Path, prefix: &str
     meta.insert("exported_by".into(), "ssl-engine".into());
     write_atomic(path, &serialize(&records, meta, path)?)?;
     Ok(n)
-}
-
-/// A fresh store of the same dtype/backend, for building a model to load weights into.
-pub fn new_store<B: Backend>(backend: &B) -> ParamStore<B> {
-    ParamStore::new(backend, DType::F32, 0)
 }
