@@ -180,7 +180,7 @@ pub fn eval_linear<B: Backend>(
 /// Few-label fine-tuning of the whole backbone with a linear head (train-mode BN, crop + flip).
 pub fn eval_finetune<B: Backend>(
     mut m: LoadedBackbone<B>,
-    train: &Dataset,
+    train: &Arc<Dataset>,
     test: &Dataset,
     cfg: &Config,
     probe: &LinearProbeConfig,
@@ -188,15 +188,15 @@ pub fn eval_finetune<B: Backend>(
     on_epoch: impl FnMut(usize, f64),
 ) -> Result<LinearReport> {
     let data = match subset {
-        Some(idx) => train.subset(idx),
-        None => train.subset(&(0..train.len()).collect::<Vec<_>>()),
+        Some(idx) => Arc::new(train.subset(idx)),
+        None => train.clone(),
     };
     let n = data.len();
     let classes = train.classes.len().max(test.classes.len());
     let aug = crate::eval::finetune::finetune_augment(cfg.augment.mean, cfg.augment.std);
     let mut last = f64::NAN;
     let mut on_epoch = on_epoch;
-    let logits = crate::eval::finetune::finetune(&m.backbone, &mut m.ps, Arc::new(data), test, cfg.data.image_size, aug, probe, |e, l| {
+    let logits = crate::eval::finetune::finetune(&m.backbone, &mut m.ps, data, test, cfg.data.image_size, aug, probe, |e, l| {
         last = l;
         on_epoch(e, l)
     })?;

@@ -81,26 +81,30 @@ fn serialize(records: &[Record], meta: HashMap<String, String>, path: &Path) -> 
     safetensors::serialize(views, Some(meta)).map_err(|e| file_err(path, format!("cannot encode: {e}")))
 }
 
-fn torch_record<B: Backend>(ps: &ParamStore<B>, id: ParamId, name: String, path: &Path) -> Result<Record> {
+/// A tensor in PyTorch layout; a non-finite value becomes the error `non_finite(tensor name)`.
+fn torch_record<B: Backend>(ps: &ParamStore<B>, id: ParamId, name: String, non_finite: &dyn Fn(String) -> Error) -> Result<Record> {
     let (vals, shape) = ps.to_torch(id)?;
-    if let Some(bad) = vals.iter().find(|v| !v.is_finite()) {
-        return Err(file_err(path, format!("refusing to write: tensor {} holds {bad}", ps.entry(id).name)));
+    if vals.iter().any(|v| !v.is_finite()) {
+        return Err(non_finite(ps.entry(id).name.clone()));
     }
     Ok((name, shape, f32_bytes(&vals), Dtype::F32))
 }
 
-/// Saves weights, buffers, momentum and the loop state.
+/// Saves weights, buffers, momentum and the loop state. A non-finite value anywhere is
+/// `Error::NonFinite` naming the tensor (a finite loss can hide overflowed BN statistics), and
+/// nothing is written.
 pub fn save_checkpoint<B: Backend>(path: &Path, ps: &ParamStore<B>, opt: &Sgd<B>, state: &TrainState) -> Result<()> {
+    let non_finite = |what: String| Error::NonFinite { what, epoch: state.epoch, step: state.step_in_epoch };
     let mut records = Vec::new();
     for id in ps.ids() {
-        records.push(torch_record(ps, id, ps.entry(id).name.clone(), path)?);
+        records.push(torch_record(ps, id, ps.entry(id).name.clone(), &|t| non_finite(format!("value in {t}")))?);
     }
     for (id, buf) in opt.buffers() {
         let e = ps.entry(*id);
         let v = buf.to_f32()?;
         let (vals, shape) = crate::nn::params_layout::from_internal(&v, buf.shape(), e.layout);
         if vals.iter().any(|v| !v.is_finite()) {
-            return Err(file_err(path, format!("refusing to write: momentum of {} is not finite", e.name)));
+            return Err(non_finite(format!("momentum of {}", e.name)));
         }
         records.push((format!("{MOMENTUM}{}", e.name), shape, f32_bytes(&vals), Dtype::F32));
     }
@@ -243,7 +247,7 @@ pub fn export_backbone<B: Backend>(ps: &ParamStore<B>, path: &Path, prefix: &str
     for id in ps.ids().filter(|id| ps.entry(*id).name.starts_with(prefix)) {
         let e = ps.entry(id);
         let name = e.name[prefix.len()..].to_string();
-        records.push(torch_record(ps, id, name.clone(), path)?);
+        records.push(torch_record(ps, id, name.clone(), &|t| file_err(path, format!("refusing to write: tensor {t} is not finite")))?);
         // torchvision's BatchNorm state dict also has num_batches_tracked (unused with momentum).
         if e.kind == Kind::Buffer && name.ends_with(".running_var") {
             let nbt = name.replace(".running_var", ".num_batches_tracked");

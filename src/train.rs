@@ -311,11 +311,7 @@ pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
             });
         }
         let stop = cfg.max_steps.is_some_and(|m| state.global_step >= m);
-        // A finite loss can hide an overflow elsewhere (a collapsed run's BN statistics).
-        if let Some(t) = first_non_finite(&ps) {
-            bar.abandon();
-            return Err(Error::NonFinite { what: format!("value in {t}"), epoch, step: state.step_in_epoch });
-        }
+        // Saving also checks every tensor: a finite loss can hide overflowed BN statistics.
         save_checkpoint(&cfg.out.join("last.safetensors"), &ps, &opt, &state)?;
         if finished_epoch && cfg.checkpoint.every > 0 && state.epoch.is_multiple_of(cfg.checkpoint.every) {
             save_checkpoint(&cfg.out.join(format!("epoch-{:04}.safetensors", state.epoch)), &ps, &opt, &state)?;
