@@ -2,19 +2,28 @@
 # The CUDA backend's checks and benchmarks on a GPU machine, which has CUDA, PyTorch and
 # compute-sanitizer but no Rust: the binaries are built on a Rust machine and carried.
 #
-#   bash benches/gpu_run.sh --build        # on the Rust machine: build, copy binaries to device-bin/
+#   bash benches/gpu_run.sh --build        # on the Rust machine: build, strip, copy to device-bin/
 #   bash benches/gpu_run.sh [STEP...]      # on the GPU machine, from the repository root, with
-#                                          # device-bin/ beside (carried); logs go to $OUT (or ./gpu-logs)
+#                                          # device-bin/ carried; logs go to $OUT (or ./gpu-logs)
 #
-# The device tool returns at most 8 files from $OUT and runs a command for at most 10 minutes, so
-# run the steps in groups, one call each: `info test`, `sanitize`, `bench torch`.
+# Made for the device tool's limits: the whole default run fits one 10-minute command (every
+# command has its own time limit, and the limits of the default steps add up to 565 s),
+# the carried binaries stay under 64 MiB (stripped; --build checks), and at most 8 files come
+# back: one log per step plus summary.log, which lists every command with its exit code and
+# says FAIL for a non-zero exit, a time-out, or a test that printed "skipped" (on the GPU machine
+# a skipped GPU test is a failure; SSL_ENGINE_REQUIRE_GPU=1 also makes the tests panic).
 #
-# STEPs (default: all, in this order; each command has its own time limit):
-#   info      nvidia-smi, the driver, where libnvrtc was found
-#   test      the CUDA conformance suite (exact FP32 at 1e-5, TF32 at 1e-2) vs the CPU in f64
-#   sanitize  compute-sanitizer memcheck, racecheck, initcheck and synccheck over the FP32 suite
-#   bench     ssl-engine bench kernels --backend cuda (FP32, then TF32), and a ResNet-18 step
-#   torch     benches/pytorch_kernels.py, the PyTorch twin (FP32, then TF32)
+# STEPs (default: info test kernels step; then, in a second command, sanitize compile wgpu):
+#   info      nvidia-smi, the driver, the compute capability, where libnvrtc was found
+#   test      NVRTC cold and warm start; the conformance suite (exact FP32 at 1e-5, TF32 at 1e-2,
+#             suite + split-K / multi-tile / head-dim-128 / model-sized shapes); ResNet-18 and
+#             ViT-tiny forward+backward and three SGD steps against the PyTorch fixtures
+#   kernels   bench kernels --backend cuda (FP32, TF32) beside benches/pytorch_kernels.py
+#   step      bench step --simsiam --batch 512 beside benches/pytorch_step.py: eager FP32,
+#             eager AMP bf16 + channels_last, torch.compile
+#   sanitize  compute-sanitizer memcheck and racecheck over the TF32 suite (one seed)
+#   compile   the torch.compile step alone (slow to compile; also part of `step`)
+#   wgpu      bench step --backend wgpu on the same GPU through Vulkan (needs the loader, .gl/)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=device-bin
@@ -22,26 +31,32 @@ BIN=device-bin
 if [ "${1:-}" = "--build" ]; then
   set -e
   cargo build --release
-  exe="$(cargo test --release --no-run --message-format=json --test conformance_cuda 2>/dev/null |
-    python3 -c 'import sys, json
+  json="$(cargo test --release --no-run --message-format=json --test conformance_cuda --test torch_models 2>/dev/null)"
+  mkdir -p "$BIN"
+  for t in conformance_cuda torch_models; do
+    exe="$(printf '%s\n' "$json" | python3 -c 'import sys, json
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "conformance_cuda":
-        print(m["executable"])')"
-  [ -n "$exe" ] || { echo "conformance_cuda test binary not found" >&2; exit 1; }
-  mkdir -p "$BIN"
-  cp target/release/ssl-engine "$BIN/ssl-engine"
-  cp "$exe" "$BIN/conformance_cuda"
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$t")"
+    [ -n "$exe" ] || { echo "$t test binary not found" >&2; exit 1; }
+    strip -o "$BIN/$t" "$exe"
+  done
+  strip -o "$BIN/ssl-engine" target/release/ssl-engine
   ls -la "$BIN"
+  total=$(du -cb "$BIN"/* | tail -n 1 | cut -f1)
+  [ "$total" -lt $((60 * 1024 * 1024)) ] || { echo "$BIN is $total bytes: over the 64 MiB the device tool carries" >&2; exit 1; }
   echo "now carry $BIN to the GPU machine and run: bash benches/gpu_run.sh"
   exit 0
 fi
 
 OUT="${OUT:-$PWD/gpu-logs}"
 mkdir -p "$OUT"
-for f in ssl-engine conformance_cuda; do
-  [ -x "$BIN/$f" ] || { echo "missing $BIN/$f: build it with 'bash benches/gpu_run.sh --build' and carry $BIN" | tee "$OUT/error.log"; exit 1; }
+SUMMARY="$OUT/summary.log"
+for f in ssl-engine conformance_cuda torch_models; do
+  [ -x "$BIN/$f" ] || { echo "missing $BIN/$f: build it with 'bash benches/gpu_run.sh --build' and carry $BIN" | tee -a "$SUMMARY"; exit 1; }
 done
+export SSL_ENGINE_REQUIRE_GPU=1 PYTHONUNBUFFERED=1
 
 # libnvrtc (CUDA 13): the pip wheel of the image's Python, else the toolkit, else a search.
 find_nvrtc() {
@@ -61,61 +76,85 @@ if [ -n "$NVRTC_DIR" ]; then export LD_LIBRARY_PATH="$NVRTC_DIR${LD_LIBRARY_PATH
 export SSL_ENGINE_CACHE_DIR="${SSL_ENGINE_CACHE_DIR:-/tmp/ssl-engine-kernel-cache}"
 SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
 
-# run LOG LIMIT_S CMD...: runs CMD with a time limit, output to $OUT/LOG.log and the terminal.
+# run LOG NAME LIMIT_S CMD...: runs CMD with a time limit, appends its output to $OUT/LOG.log,
+# and one line to summary.log: PASS, or FAIL with the exit code (124: timed out) or "skipped".
 run() {
-  local log="$OUT/$1.log" limit="$2"
-  shift 2
-  echo "== $* (limit ${limit}s) -> $log"
+  local log="$OUT/$1.log" name="$2" limit="$3"
+  shift 3
+  echo "== $name: $* (limit ${limit}s)" | tee -a "$log"
   local t0=$SECONDS
-  timeout "$limit" "$@" 2>&1 | tee "$log"
-  local rc=${PIPESTATUS[0]}
-  echo "== exit $rc after $((SECONDS - t0)) s" | tee -a "$log"
-  return 0
+  timeout -k 5 "$limit" "$@" > >(tee -a "$log") 2>&1
+  local rc=$?
+  sleep 0.2
+  local verdict=PASS
+  [ "$rc" -ne 0 ] && verdict="FAIL (exit $rc$([ "$rc" -eq 124 ] && echo ', timed out'))"
+  if [ "$rc" -eq 0 ] && sed -n "/^== $name: /,\$p" "$log" | grep -q "skipped"; then verdict="FAIL (a test was skipped)"; fi
+  echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$log"
+  printf '%-28s %-34s %4d s\n' "$name" "$verdict" "$((SECONDS - t0))" | tee -a "$SUMMARY"
 }
 
 step_info() {
   {
     nvidia-smi || true
+    nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total,clocks.sm,clocks.max.sm --format=csv || true
     echo "libnvrtc dir: ${NVRTC_DIR:-NOT FOUND}"
     echo "compute-sanitizer: ${SANITIZER:-NOT FOUND}"
     echo "kernel cache: $SSL_ENGINE_CACHE_DIR"
-  } 2>&1 | tee "$OUT/info.log"
+    python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())' || true
+    ls -la "$BIN"
+  } 2>&1 | tee -a "$OUT/info.log"
 }
 
 step_test() {
   rm -rf "$SSL_ENGINE_CACHE_DIR"
   # The first start compiles every family through NVRTC; the second reads the cache.
-  run start_cold 300 "$BIN/ssl-engine" bench kernels --backend cuda --filter "relu" --runs 1
-  run start_warm 120 "$BIN/ssl-engine" bench kernels --backend cuda --filter "relu" --runs 1
-  run conformance 600 "$BIN/conformance_cuda" --test-threads 1 --nocapture
+  run test start_cold 90 "$BIN/ssl-engine" bench kernels --backend cuda --filter "relu" --runs 1
+  run test start_warm 20 "$BIN/ssl-engine" bench kernels --backend cuda --filter "relu" --runs 1
+  run test conformance 120 "$BIN/conformance_cuda" --test-threads 1 --nocapture
+  run test models 45 "$BIN/torch_models" cuda_ --test-threads 1 --nocapture
 }
 
 step_sanitize() {
-  if [ -z "$SANITIZER" ]; then echo "compute-sanitizer not found" | tee "$OUT/sanitize.log"; return; fi
+  if [ -z "$SANITIZER" ]; then echo "compute-sanitizer not found" | tee -a "$SUMMARY"; return; fi
   # Exact-size allocations without the caching pool, so memcheck sees every overrun.
-  for tool in memcheck racecheck initcheck synccheck; do
-    run "sanitize_$tool" 140 env SSL_ENGINE_CUDA_NO_POOL=1 "$SANITIZER" --tool "$tool" --error-exitcode 3 \
-      "$BIN/conformance_cuda" cuda_f32_conforms_to_f64_reference --test-threads 1 --nocapture
+  for tool in memcheck racecheck; do
+    run sanitize "sanitize_$tool" 45 env SSL_ENGINE_CUDA_NO_POOL=1 "$SANITIZER" --tool "$tool" --error-exitcode 3 \
+      "$BIN/conformance_cuda" cuda_tf32_conforms_loosely --test-threads 1 --nocapture
   done
 }
 
-step_bench() {
-  run bench_kernels_fp32 180 "$BIN/ssl-engine" bench kernels --backend cuda --batch 512 --runs 20
-  run bench_kernels_tf32 180 env SSL_ENGINE_TF32=1 "$BIN/ssl-engine" bench kernels --backend cuda --batch 512 --runs 20
-  run bench_step_resnet18 180 "$BIN/ssl-engine" bench step --backend cuda --model resnet18-cifar --batch 512 --runs 10
+step_kernels() {
+  run kernels ours_fp32 45 "$BIN/ssl-engine" bench kernels --backend cuda --batch 512 --runs 10
+  run kernels ours_tf32 45 env SSL_ENGINE_TF32=1 "$BIN/ssl-engine" bench kernels --backend cuda --batch 512 --runs 10
+  run kernels torch_fp32 35 python3 benches/pytorch_kernels.py --batch 512 --runs 10
+  run kernels torch_tf32 35 python3 benches/pytorch_kernels.py --batch 512 --runs 10 --tf32
 }
 
-step_torch() {
-  run torch_kernels_fp32 240 python3 benches/pytorch_kernels.py --batch 512 --runs 20
-  run torch_kernels_tf32 240 python3 benches/pytorch_kernels.py --batch 512 --runs 20 --tf32
+step_step() {
+  run step ours_simsiam_fp32 40 "$BIN/ssl-engine" bench step --simsiam --backend cuda --batch 512 --warmup 2 --runs 10
+  run step ours_simsiam_tf32 40 env SSL_ENGINE_TF32=1 "$BIN/ssl-engine" bench step --simsiam --backend cuda --batch 512 --warmup 2 --runs 10
+  local t=(python3 benches/pytorch_step.py --simsiam --batch 512 --device cuda --warmup 3 --runs 20)
+  run step torch_eager_fp32 25 "${t[@]}"
+  run step torch_eager_amp_cl 25 "${t[@]}" --amp --channels-last
+}
+
+step_compile() {
+  run step torch_compile 150 python3 benches/pytorch_step.py --simsiam --batch 512 --device cuda --warmup 3 --runs 20 --compile --amp --channels-last
+}
+
+step_wgpu() {
+  if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  run wgpu wgpu_step 60 "$BIN/ssl-engine" bench step --simsiam --backend wgpu --batch 512 --warmup 1 --runs 5
 }
 
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(info test sanitize bench torch)
+[ ${#steps[@]} -eq 0 ] && steps=(info test kernels step)
 for s in "${steps[@]}"; do
   case "$s" in
-    info|test|sanitize|bench|torch) "step_$s" ;;
-    *) echo "unknown step $s (info test sanitize bench torch)"; exit 2 ;;
+    info|test|sanitize|kernels|step|compile|wgpu) "step_$s" ;;
+    *) echo "unknown step $s (info test kernels step sanitize compile wgpu)"; exit 2 ;;
   esac
 done
 echo "logs in $OUT"
+cat "$SUMMARY"

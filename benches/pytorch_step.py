@@ -2,6 +2,12 @@
 forward + cross-entropy + backward + SGD (momentum 0.9, weight decay 5e-4), median of --runs.
 
     python benches/pytorch_step.py --model resnet18-cifar --batch 64 --threads 2
+    python benches/pytorch_step.py --simsiam --batch 512 --device cuda                 # eager FP32
+    python benches/pytorch_step.py --simsiam --batch 512 --device cuda --amp --channels-last
+    python benches/pytorch_step.py --simsiam --batch 512 --device cuda --compile
+
+On a GPU the step is synchronised before the clock is read; --amp is autocast to bf16 (FP32
+master weights, as `--precision bf16` will be); TF32 stays off unless --tf32.
 """
 import argparse
 import statistics
@@ -62,37 +68,52 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--simsiam", action="store_true", help="time a whole SimSiam step (two views)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--amp", action="store_true", help="autocast to bf16 (GPU)")
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 matmul/conv (GPU)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    m = build(a.model, a.image_size).train()
-    x = torch.randn(a.batch, 3, a.image_size, a.image_size)
+    dev = torch.device(a.device)
+    torch.backends.cuda.matmul.allow_tf32 = a.tf32
+    torch.backends.cudnn.allow_tf32 = a.tf32
+    torch.backends.cudnn.benchmark = dev.type == "cuda"
+    m = build(a.model, a.image_size).train().to(dev)
+    x = torch.randn(a.batch, 3, a.image_size, a.image_size, device=dev)
     if a.channels_last:
         m = m.to(memory_format=torch.channels_last)
         x = x.to(memory_format=torch.channels_last)
-    y = torch.arange(a.batch) % 10
+    y = torch.arange(a.batch, device=dev) % 10
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
     if a.simsiam:
         feat = m.fc.in_features if hasattr(m, "fc") else m.head.in_features
-        m = SimSiam(m, feat).train()
+        m = SimSiam(m, feat).train().to(dev)
         x2 = torch.randn_like(x)
         opt = torch.optim.SGD(m.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
+    fwd = torch.compile(m) if a.compile else m
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = m(x, x2) if a.simsiam else F.cross_entropy(m(x), y)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.amp):
+            loss = fwd(x, x2) if a.simsiam else F.cross_entropy(fwd(x), y)
         loss.backward()
         opt.step()
 
     for _ in range(a.warmup):
         step()
+    sync()
     ts = []
     for _ in range(a.runs):
         t0 = time.perf_counter()
         step()
+        sync()
         ts.append(time.perf_counter() - t0)
     med = statistics.median(ts)
     kind = "simsiam step" if a.simsiam else "step"
+    kind += "".join(f" {f}" for f, on in [("amp-bf16", a.amp), ("channels-last", a.channels_last), ("tf32", a.tf32),
+                                          ("compile", a.compile)] if on) + f" on {a.device}"
     imgs = a.batch * (2 if a.simsiam else 1)
     print(f"pytorch {torch.__version__} {kind} {a.model} batch {a.batch}: median {med:.4f} s "
           f"(min {min(ts):.4f}, max {max(ts):.4f}), {imgs / med:.1f} img/s")

@@ -56,8 +56,10 @@ DEV double block_sum_d(double v, double* scratch) {
     __syncthreads();  // scratch may still be read by a previous call
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    double t = (lane < nwarps) ? scratch[lane] : 0.0;
+    // Only warp 0 reads the warp totals: another warp reading scratch[0] here would race with
+    // lane 0's write of the block total below (racecheck's read-after-write hazard).
     if (warp == 0) {
+        double t = (lane < nwarps) ? scratch[lane] : 0.0;
         t = warp_sum_d(t);
         if (lane == 0) scratch[0] = t;
     }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::conformance::{Case, run_cases};
+use common::conformance::{large_cases, run_cases};
 use ssl_engine::DType;
 use ssl_engine::backend::cuda::CudaBackend;
 use ssl_engine::backend::cuda::nvrtc::{self, FAMILIES, HEADERS, Target};
@@ -128,27 +128,7 @@ fn emulated_tf32_kernels_conform_loosely() {
 #[test]
 fn emulated_kernels_conform_on_split_and_multi_block_paths() {
     let Some(dev) = emulator() else { return };
-    use Case::*;
-    let cases = vec![
-        (Matmul { ta: false, tb: false }, vec![vec![3, 1000], vec![1000, 5]]),
-        (Matmul { ta: true, tb: true }, vec![vec![2, 700, 9], vec![2, 11, 700]]),
-        (Matmul { ta: false, tb: true }, vec![vec![130, 70], vec![67, 70]]),
-        (Conv { stride: 1, pad: 1, groups: 1 }, vec![vec![8, 16, 16, 4], vec![6, 3, 3, 4]]),
-        (Conv { stride: 2, pad: 1, groups: 2 }, vec![vec![4, 17, 15, 6], vec![4, 3, 3, 3]]),
-        (SumAxis(1), vec![vec![2, 3000, 3]]),
-        (SumAxis(0), vec![vec![5000, 2]]),
-        (BatchNorm { affine: true }, vec![vec![4000, 5], vec![5], vec![5]]),
-        (BatchNorm { affine: false }, vec![vec![50, 70]]),
-        (LayerNorm, vec![vec![700, 40], vec![40], vec![40]]),
-        (Softmax, vec![vec![9, 100]]),
-        (Attention { scale: 0.2 }, vec![vec![2, 70, 100], vec![2, 40, 100], vec![2, 40, 100]]),
-        (Attention { scale: 0.125 }, vec![vec![1, 3, 70, 64], vec![1, 3, 65, 64], vec![1, 3, 65, 64]]),
-        (CrossEntropy { labels: (0..40).map(|i| (i % 37) as f32).collect() }, vec![vec![40, 37]]),
-        (Cosine { stop_grad: false }, vec![vec![20, 300], vec![20, 300]]),
-        (MaxPool { k: 3, stride: 1, pad: 1 }, vec![vec![2, 5, 6, 3]]),
-        (AvgPool, vec![vec![2, 7, 9, 33]]),
-        (Permute(vec![1, 0]), vec![vec![70, 3]]),
-    ];
+    let cases = large_cases();
     for tf32 in [false, true] {
         let dev = dev.clone().with_tf32(tf32);
         let mut rng = Rng::new(5);

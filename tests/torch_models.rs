@@ -1,7 +1,8 @@
 //! Whole models against PyTorch (tests/reference/models.safetensors): ResNet-18 (CIFAR stem,
 //! torchvision) and ViT-tiny (timm) forward + backward, every parameter gradient compared
 //! (large gradients through a strided sample plus the full norm), and three SGD steps; the
-//! same checks on the WGSL backend when a WebGPU adapter exists ("skipped: ..." otherwise).
+//! same checks on the WGSL backend when a WebGPU adapter exists and on the CUDA backend when a
+//! GPU does ("skipped: ..." otherwise).
 
 mod common;
 
@@ -92,15 +93,19 @@ fn vit_tiny_forward_backward_matches_timm() {
     model_matches(&cpu(2), "vit_tiny", BackboneConfig::preset("vit-tiny", 32).unwrap());
 }
 
+/// The trace depends on the GEMM's summation order, which the gemm crate picks per CPU: step 3
+/// stayed under 1e-5 from the float64 reference on AVX2 (Zen 3) and lands at 1.01e-5 on AVX-512
+/// (Xeon).
+/// PyTorch's own float32 trace lies 8e-5 from it, so 3e-5 is still well inside PyTorch's spread.
 #[test]
 fn resnet18_three_sgd_steps_match_pytorch() {
-    three_sgd_steps(&cpu(2), 1e-5);
+    three_sgd_steps(&cpu(2), 3e-5);
 }
 
 /// The fixture takes 16 images at lr 0.002, where the trace is well conditioned (at lr 0.05 on
 /// 4 images one ReLU input within f32 rounding of zero flipped and moved step 1 by ~1e-4).
 /// The WGSL kernels accumulate in f32 as PyTorch does, and PyTorch's own float32 trace lies
-/// 8e-5 from the float64 reference at step 3; the CPU backend (f64 statistics) stays under 1e-5.
+/// 8e-5 from the float64 reference at step 3; the CPU backend (f64 statistics) stays within 3e-5.
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_resnet18_three_sgd_steps_match_pytorch() {
@@ -120,6 +125,27 @@ fn wgpu_resnet18_cifar_forward_backward_matches_torchvision() {
 fn wgpu_vit_tiny_forward_backward_matches_timm() {
     let Some(b) = wgpu_or_skip() else { return };
     model_matches(&b.with_poison(), "vit_tiny", BackboneConfig::preset("vit-tiny", 32).unwrap());
+}
+
+/// On a GPU (tests/conformance_cuda.rs's rules: "skipped" without one, a failure with
+/// SSL_ENGINE_REQUIRE_GPU=1). Exact FP32 kernels, so the CPU's tolerances hold.
+#[test]
+fn cuda_resnet18_cifar_forward_backward_matches_torchvision() {
+    let Some(b) = cuda_or_skip() else { return };
+    model_matches(&b, "resnet18", resnet18());
+}
+
+#[test]
+fn cuda_vit_tiny_forward_backward_matches_timm() {
+    let Some(b) = cuda_or_skip() else { return };
+    model_matches(&b, "vit_tiny", BackboneConfig::preset("vit-tiny", 32).unwrap());
+}
+
+/// f32 accumulation as PyTorch's own float32 trace, hence the WGSL backend's 1e-4.
+#[test]
+fn cuda_resnet18_three_sgd_steps_match_pytorch() {
+    let Some(b) = cuda_or_skip() else { return };
+    three_sgd_steps(&b, 1e-4);
 }
 
 fn three_sgd_steps<B: Backend>(b: &B, tol: f64) {

@@ -111,6 +111,51 @@ pub fn cases() -> Vec<(Case, Vec<Vec<usize>>)> {
     ]
 }
 
+/// Shapes past the suite's: split-K matmuls and convolutions (k >= 512), split axis sums, column
+/// statistics over many row blocks, several attention key tiles and the 128-wide head variant.
+/// The host emulation and the GPU both run them.
+pub fn large_cases() -> Vec<(Case, Vec<Vec<usize>>)> {
+    use Case::*;
+    vec![
+        (Matmul { ta: false, tb: false }, vec![vec![3, 1000], vec![1000, 5]]),
+        (Matmul { ta: true, tb: true }, vec![vec![2, 700, 9], vec![2, 11, 700]]),
+        (Matmul { ta: false, tb: true }, vec![vec![130, 70], vec![67, 70]]),
+        (Conv { stride: 1, pad: 1, groups: 1 }, vec![vec![8, 16, 16, 4], vec![6, 3, 3, 4]]),
+        (Conv { stride: 2, pad: 1, groups: 2 }, vec![vec![4, 17, 15, 6], vec![4, 3, 3, 3]]),
+        (SumAxis(1), vec![vec![2, 3000, 3]]),
+        (SumAxis(0), vec![vec![5000, 2]]),
+        (BatchNorm { affine: true }, vec![vec![4000, 5], vec![5], vec![5]]),
+        (BatchNorm { affine: false }, vec![vec![50, 70]]),
+        (LayerNorm, vec![vec![700, 40], vec![40], vec![40]]),
+        (Softmax, vec![vec![9, 100]]),
+        (Attention { scale: 0.2 }, vec![vec![2, 70, 100], vec![2, 40, 100], vec![2, 40, 100]]),
+        (Attention { scale: 0.125 }, vec![vec![1, 3, 70, 64], vec![1, 3, 65, 64], vec![1, 3, 65, 64]]),
+        (CrossEntropy { labels: (0..40).map(|i| (i % 37) as f32).collect() }, vec![vec![40, 37]]),
+        (Cosine { stop_grad: false }, vec![vec![20, 300], vec![20, 300]]),
+        (MaxPool { k: 3, stride: 1, pad: 1 }, vec![vec![2, 5, 6, 3]]),
+        (AvgPool, vec![vec![2, 7, 9, 33]]),
+        (Permute(vec![1, 0]), vec![vec![70, 3]]),
+    ]
+}
+
+/// Shapes of a real ResNet-18 / ViT-tiny step, too slow for the host emulation: run on a GPU.
+pub fn model_sized_cases() -> Vec<(Case, Vec<Vec<usize>>)> {
+    use Case::*;
+    vec![
+        (Matmul { ta: false, tb: true }, vec![vec![1040, 192], vec![576, 192]]),
+        (Matmul { ta: false, tb: false }, vec![vec![257, 2048], vec![2048, 513]]),
+        (Conv { stride: 1, pad: 1, groups: 1 }, vec![vec![16, 32, 32, 64], vec![64, 3, 3, 64]]),
+        (Conv { stride: 2, pad: 1, groups: 1 }, vec![vec![16, 16, 16, 128], vec![256, 3, 3, 128]]),
+        (Conv { stride: 2, pad: 0, groups: 1 }, vec![vec![16, 32, 32, 64], vec![128, 1, 1, 64]]),
+        (Conv { stride: 1, pad: 1, groups: 1 }, vec![vec![16, 4, 4, 512], vec![512, 3, 3, 512]]),
+        (BatchNorm { affine: true }, vec![vec![64, 32, 32, 64], vec![64], vec![64]]),
+        (Attention { scale: 0.125 }, vec![vec![8, 3, 65, 64], vec![8, 3, 65, 64], vec![8, 3, 65, 64]]),
+        (Attention { scale: 0.088 }, vec![vec![2, 2, 197, 128], vec![2, 2, 197, 128], vec![2, 2, 197, 128]]),
+        (Cosine { stop_grad: true }, vec![vec![512, 2048], vec![512, 2048]]),
+        (CrossEntropy { labels: (0..512).map(|i| (i % 10) as f32).collect() }, vec![vec![512, 10]]),
+    ]
+}
+
 /// Output and input gradients of one case on one backend, as f64.
 fn evaluate<B: Backend>(
     dev: &B,

@@ -66,7 +66,7 @@ pub struct Fixtures {
 
 impl Fixtures {
     pub fn load(file: &str) -> Self {
-        let path = format!("{}/tests/reference/{file}", env!("CARGO_MANIFEST_DIR"));
+        let path = repo(&format!("tests/reference/{file}"));
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let mut tensors = HashMap::new();
@@ -160,9 +160,35 @@ pub fn tmp_dir(name: &str) -> std::path::PathBuf {
     d
 }
 
-/// A path inside the repository.
+/// A path inside the repository: the one the tests were built in, or, for a test binary carried
+/// to another machine (benches/gpu_run.sh), the current folder when it is a checkout.
 pub fn repo(p: &str) -> String {
-    format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = if built.join("Cargo.toml").exists() || !std::path::Path::new("Cargo.toml").exists() {
+        built.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap()
+    };
+    format!("{}/{p}", root.display())
+}
+
+/// The CUDA backend on GPU 0, or None after printing "skipped: <reason>". With
+/// SSL_ENGINE_REQUIRE_GPU=1 (set by benches/gpu_run.sh on the GPU machine) a missing GPU is a
+/// failure, so a run there can never pass by skipping.
+pub fn cuda_or_skip() -> Option<ssl_engine::backend::cuda::CudaBackend> {
+    match ssl_engine::backend::cuda::CudaBackend::new(0) {
+        Ok(b) => {
+            eprintln!("{}", ssl_engine::backend::Backend::name(&b));
+            Some(b.with_poison())
+        }
+        Err(e) if std::env::var("SSL_ENGINE_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("SSL_ENGINE_REQUIRE_GPU=1 but the CUDA backend did not open: {e}")
+        }
+        Err(e) => {
+            println!("skipped: {e}");
+            None
+        }
+    }
 }
 
 pub fn cpu(threads: usize) -> ssl_engine::backend::cpu::CpuBackend {

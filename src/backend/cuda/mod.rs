@@ -69,32 +69,39 @@ impl CudaStorage {
 pub struct CudaBackend {
     dev: Arc<Device>,
     tf32: bool,
+    /// Tests: every allocation is filled with NaN, so an output element a kernel never writes fails.
+    poison: bool,
 }
 
 impl CudaBackend {
     /// Opens GPU `device`, compiling (or loading from the disk cache) every kernel family.
     /// Without a driver, a GPU or NVRTC, returns one error line naming what is missing.
     pub fn new(device: usize) -> Result<Self> {
-        Ok(CudaBackend { dev: Arc::new(Device::open(device)?), tf32: false })
+        Ok(CudaBackend { dev: Arc::new(Device::open(device)?), tf32: false, poison: false })
     }
 
     /// A backend with no GPU behind it, for tests: kernels are compiled for their signatures
     /// only, launches are checked and recorded (`take_launches`) but not run, downloads give
     /// zeros. Needs libnvrtc. `sm_count` sizes the grids as a GPU with that many SMs would.
     pub fn dry_run(sm_count: u32) -> Result<Self> {
-        Ok(CudaBackend { dev: Arc::new(Device::dry_run(sm_count)?), tf32: false })
+        Ok(CudaBackend { dev: Arc::new(Device::dry_run(sm_count)?), tf32: false, poison: false })
     }
 
     /// For tests: the kernels compiled for the host (`lib`, built from kernels/*.cu with
     /// tests/emu/cuda_emu.h) run on host threads and host memory, with the real launch code.
     #[doc(hidden)]
     pub fn emulated(lib: &std::path::Path, sm_count: u32) -> Result<Self> {
-        Ok(CudaBackend { dev: Arc::new(Device::emulated(lib, sm_count)?), tf32: false })
+        Ok(CudaBackend { dev: Arc::new(Device::emulated(lib, sm_count)?), tf32: false, poison: false })
     }
 
     /// TF32 tensor cores for matmul and convolution (faster, ~1e-3 relative error).
     pub fn with_tf32(mut self, on: bool) -> Self {
         self.tf32 = on;
+        self
+    }
+    /// For tests: fill every new buffer with NaN, so unwritten outputs show up as NaN.
+    pub fn with_poison(mut self) -> Self {
+        self.poison = true;
         self
     }
     pub fn tf32(&self) -> bool {
@@ -193,7 +200,11 @@ impl Backend for CudaBackend {
         }
         let bytes = len.checked_mul(4).ok_or_else(|| err(format!("alloc of {len} elements overflows")))?;
         let (ptr, class) = self.dev.pool.take(bytes)?;
-        Ok(CudaStorage { ptr, len, class, pool: self.dev.pool.clone() })
+        let s = CudaStorage { ptr, len, class, pool: self.dev.pool.clone() };
+        if self.poison && len > 0 {
+            elementwise::fill(self, &s, f32::NAN)?;
+        }
+        Ok(s)
     }
     fn upload_f32(&self, data: &[f32], dtype: DType) -> Result<CudaStorage> {
         let s = self.alloc(data.len(), dtype)?;
