@@ -1,7 +1,8 @@
 // NHWC convolution as implicit GEMM (no im2col buffer): x [n, h, w, c_in],
 // weight [c_out, kh, kw, c_in / groups], y [n, oh, ow, c_out]. Twin of src/backend/cpu/conv.rs.
 // The main loop is in gemm_tile.cuh; only the operand loaders differ. Group g is blockIdx.z /
-// splits, split-K piece blockIdx.z % splits (pieces summed by sum_splits_fwd_f32).
+// splits, split-K piece blockIdx.z % splits (pieces summed by sum_splits_fwd_f32); backward-data
+// has the stride phase as the fastest part of blockIdx.z.
 //
 // forward:       y[p, g*og + o]  = sum_q  col(x)[p, q] . w[g*og + o, q]          p = (img, oy, ox)
 //                                                      q = (ki, kj, c), c fastest (the weight's
@@ -9,7 +10,9 @@
 // backward-data: dx[p, g*cg + c] = sum_q' dy~[p, q'] . w[g*og + o, ki, kj, c]    p = (img, iy, ix)
 //                                                      q' = (ki, kj, o), o fastest; dy~ is dy at
 //                                                      (oy, ox) = ((iy + pad - ki) / s, ...)
-//                                                      when that divides exactly and is in range
+//                                                      when that divides exactly and is in range;
+//                                                      computed per stride phase (ConvPhase), so
+//                                                      only the taps that divide are visited
 // backward-weight: dw[g*og + o, q] = sum_p dy[p, g*og + o] . col(x)[p, q]        (k = pixels)
 #include "gemm_tile.cuh"
 
@@ -17,21 +20,25 @@ struct ConvDims {
     int n, h, w, c_in, c_out, kh, kw, sh, sw, ph, pw, groups, oh, ow;
 };
 
-// col(x)[p, q] for group g: the input pixel under kernel tap (ki, kj) of output pixel p.
-DEV float im2col_at(const float* x, const ConvDims& d, int g, int p, i64 q) {
-    const int cg = d.c_in / d.groups;
-    const int c = (int)(q % cg);
-    const int t = (int)(q / cg);
-    const int kj = t % d.kw, ki = t / d.kw;
-    const int ox = p % d.ow;
-    const int oy = (p / d.ow) % d.oh;
-    const int img = p / (d.ow * d.oh);
-    const int iy = oy * d.sh - d.ph + ki;
-    const int ix = ox * d.sw - d.pw + kj;
-    if (iy < 0 || ix < 0 || iy >= d.h || ix >= d.w) return 0.0f;
-    return x[(((i64)img * d.h + iy) * d.w + ix) * d.c_in + (i64)g * cg + c];
+// The loaders keep, per thread, what depends only on the rows and columns it loads (the same in
+// every k tile: see tile_coord), and advance their k indices by BK per tile with a compare and a
+// subtraction. So the main loop makes no division; the few in the constructors run once per
+// block. Offsets inside one image are `int` (the Rust side checks h * w * c fits); image offsets
+// are 64-bit.
+
+// Advances (ki, kj, inner) by BK along k = (ki, kj, inner), inner fastest with `len` values.
+DEV void advance_tap(int& inner, int& ki, int& kj, int len, int kw) {
+    inner += BK;
+    while (inner >= len) {
+        inner -= len;
+        if (++kj == kw) {
+            kj = 0;
+            ++ki;
+        }
+    }
 }
 
+// forward: A = col(x) [pixel p, q = (ki, kj, c)], B = w [q, o].
 struct ConvFwdLoader {
     static constexpr bool A_K_FAST = true;  // c is contiguous in x
     static constexpr bool B_K_FAST = true;  // a weight row is contiguous
@@ -40,39 +47,156 @@ struct ConvFwdLoader {
     ConvDims d;
     int g;
     i64 kcols;
-    DEVM float a(int p, i64 q) const { return im2col_at(x, d, g, p, q); }
-    DEVM float b(i64 q, int o) const { return wt[((i64)g * (d.c_out / d.groups) + o) * kcols + q]; }
+    struct Thread {
+        const float* xrow[4];  // the row's image at channel g * cg; null outside [0, M)
+        const float* wrow[4];  // the column's weight row; null outside [0, N)
+        int iy0[4], ix0[4];    // the row's top-left input pixel
+        int k, k1, c, ki, kj;  // this thread's k in the next tile and its tap
+        int cg, kw, h, w, c_in;
+        DEVM Thread(const ConvFwdLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
+            const ConvDims& d = l.d;
+            cg = d.c_in / d.groups, kw = d.kw, h = d.h, w = d.w, c_in = d.c_in;
+            const int og = d.c_out / d.groups;
+            int kk = 0;
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                int i, j;
+                tile_coord<true, BM>(threadIdx.x, r, i, kk);
+                tile_coord<true, BN>(threadIdx.x, r, j, kk);
+                const int p = m0 + i, o = n0 + j;
+                xrow[r] = nullptr, iy0[r] = 0, ix0[r] = 0;
+                if (p < M) {
+                    const int ox = p % d.ow, oy = (p / d.ow) % d.oh, img = p / (d.ow * d.oh);
+                    xrow[r] = l.x + (i64)img * d.h * d.w * d.c_in + (i64)l.g * cg;
+                    iy0[r] = oy * d.sh - d.ph;
+                    ix0[r] = ox * d.sw - d.pw;
+                }
+                wrow[r] = o < N ? l.wt + ((i64)l.g * og + o) * l.kcols : nullptr;
+            }
+            k = (int)k0 + kk, k1 = (int)k1_;
+            c = k % cg;
+            const int t = k / cg;
+            kj = t % kw, ki = t / kw;
+        }
+        DEVM void load(float* ra, float* rb) {
+            const bool kin = k < k1;
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                float v = 0.0f;
+                const int iy = iy0[r] + ki, ix = ix0[r] + kj;
+                if (kin && xrow[r] && iy >= 0 && ix >= 0 && iy < h && ix < w) v = xrow[r][(iy * w + ix) * c_in + c];
+                ra[r] = v;
+                rb[r] = (kin && wrow[r]) ? wrow[r][k] : 0.0f;
+            }
+            k += BK;
+            advance_tap(c, ki, kj, cg, kw);
+        }
+    };
 };
 
+// backward-data, one GEMM per stride phase (py, px): the input pixels with (iy + ph) % sh == py
+// and (ix + pw) % sw == px receive gradient only through the taps ki = py + sh * ti,
+// kj = px + sw * tj, from output pixel oy = by + a - ti (iy = iy0 + sh * a), ox likewise. So no
+// product is spent on taps that miss (3 in 4 at stride 2), and no index is divided in the main
+// loop. At stride 1 there is one phase and this is the plain transposed convolution.
+struct ConvPhase {
+    int py, px;    // the phase
+    int iy0, ix0;  // its first input row and column
+    int ny, nx;    // how many input rows and columns it has
+    int nty, ntx;  // how many kernel rows and columns reach it
+    int by, bx;    // the output row (column) that tap 0 of its first input row (column) sees
+    DEVM ConvPhase(const ConvDims& d, int phase) {
+        py = phase / d.sw, px = phase % d.sw;
+        iy0 = ((py - d.ph) % d.sh + d.sh) % d.sh;
+        ix0 = ((px - d.pw) % d.sw + d.sw) % d.sw;
+        ny = iy0 < d.h ? (d.h - 1 - iy0) / d.sh + 1 : 0;
+        nx = ix0 < d.w ? (d.w - 1 - ix0) / d.sw + 1 : 0;
+        nty = py < d.kh ? (d.kh - 1 - py) / d.sh + 1 : 0;
+        ntx = px < d.kw ? (d.kw - 1 - px) / d.sw + 1 : 0;
+        by = (iy0 + d.ph - py) / d.sh;  // exact: iy0 + ph = py (mod sh), and it is >= 0
+        bx = (ix0 + d.pw - px) / d.sw;
+    }
+};
+
+// A = dy~ [phase pixel p, q' = (ti, tj, o)], B = w [q', c].
 struct ConvBwdDataLoader {
     static constexpr bool A_K_FAST = true;   // o is contiguous in dy
     static constexpr bool B_K_FAST = false;  // c is contiguous in the weight
     const float* dy;
     const float* wt;
     ConvDims d;
+    ConvPhase ph;
     int g;
-    DEVM float a(int p, i64 q) const {
-        const int og = d.c_out / d.groups;
-        const int o = (int)(q % og);
-        const int t = (int)(q / og);
-        const int kj = t % d.kw, ki = t / d.kw;
-        const int ix = p % d.w;
-        const int iy = (p / d.w) % d.h;
-        const int img = p / (d.w * d.h);
-        const int ty = iy + d.ph - ki, tx = ix + d.pw - kj;
-        if (ty < 0 || tx < 0 || ty % d.sh != 0 || tx % d.sw != 0) return 0.0f;
-        const int oy = ty / d.sh, ox = tx / d.sw;
-        if (oy >= d.oh || ox >= d.ow) return 0.0f;
-        return dy[(((i64)img * d.oh + oy) * d.ow + ox) * d.c_out + (i64)g * og + o];
-    }
-    DEVM float b(i64 q, int c) const {
-        const int og = d.c_out / d.groups, cg = d.c_in / d.groups;
-        const int o = (int)(q % og);
-        const int t = (int)(q / og);  // t = ki * kw + kj
-        return wt[(((i64)g * og + o) * d.kh * d.kw + t) * cg + c];
+    struct Thread {
+        const float* dyimg[4];  // the row's image of dy at channel g * og; null outside [0, M)
+        int oyb[4], oxb[4];     // the output pixel that tap (0, 0) of the row sees
+        const float* wcol;      // the weight at group g, channel c; null outside [0, N)
+        int kb[4], ob[4], tib[4], tjb[4];  // B: this thread's k values, each as (ti, tj, o)
+        int ka, k1, o, ti, tj;             // A: this thread's k and its (ti, tj, o)
+        int og, ntx, kw, khkw, cg, py, px, sh, sw, oh, ow, c_out;
+        DEVM Thread(const ConvBwdDataLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
+            const ConvDims& d = l.d;
+            // A phase no tap reaches (ntx = 0: a 1x1 kernel at stride 2) has K = 0 and loads
+            // nothing; taking it as 1 only keeps the index set-up below from dividing by zero.
+            og = d.c_out / d.groups, ntx = l.ph.ntx > 0 ? l.ph.ntx : 1, kw = d.kw, khkw = d.kh * d.kw, cg = d.c_in / d.groups;
+            py = l.ph.py, px = l.ph.px, sh = d.sh, sw = d.sw, oh = d.oh, ow = d.ow, c_out = d.c_out;
+            k1 = (int)k1_;
+            int kk = 0, j = 0;
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                int i, kbr;
+                tile_coord<true, BM>(threadIdx.x, r, i, kk);
+                tile_coord<false, BN>(threadIdx.x, r, j, kbr);
+                const int p = m0 + i;
+                dyimg[r] = nullptr, oyb[r] = 0, oxb[r] = 0;
+                if (p < M) {
+                    const int b = p % l.ph.nx, a = (p / l.ph.nx) % l.ph.ny, img = p / (l.ph.nx * l.ph.ny);
+                    dyimg[r] = l.dy + (i64)img * d.oh * d.ow * d.c_out + (i64)l.g * og;
+                    oyb[r] = l.ph.by + a;
+                    oxb[r] = l.ph.bx + b;
+                }
+                kb[r] = (int)k0 + kbr;
+                ob[r] = kb[r] % og;
+                const int t = kb[r] / og;
+                tjb[r] = t % ntx, tib[r] = t / ntx;
+            }
+            const int c = n0 + j;
+            wcol = c < N ? l.wt + (i64)l.g * og * khkw * cg + c : nullptr;
+            ka = (int)k0 + kk;
+            o = ka % og;
+            const int t = ka / og;
+            tj = t % ntx, ti = t / ntx;
+        }
+        DEVM void load(float* ra, float* rb) {
+            const bool kin = ka < k1;
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                float v = 0.0f;
+                const int oy = oyb[r] - ti, ox = oxb[r] - tj;
+                if (kin && dyimg[r] && oy >= 0 && ox >= 0 && oy < oh && ox < ow) v = dyimg[r][(oy * ow + ox) * c_out + o];
+                ra[r] = v;
+                const int tap = (py + sh * tib[r]) * kw + px + sw * tjb[r];
+                rb[r] = (wcol && kb[r] < k1) ? wcol[(ob[r] * khkw + tap) * cg] : 0.0f;
+                kb[r] += BK;
+                advance_tap(ob[r], tib[r], tjb[r], og, ntx);
+            }
+            ka += BK;
+            advance_tap(o, ti, tj, og, ntx);
+        }
+    };
+};
+
+// Where row p of phase `ph` lands in dx: input pixel (img, iy0 + sh * a, ix0 + sw * b).
+struct PhaseRows {
+    ConvDims d;
+    ConvPhase ph;
+    DEVM i64 operator()(int p) const {
+        const int b = p % ph.nx, a = (p / ph.nx) % ph.ny, img = p / (ph.nx * ph.ny);
+        return (((i64)img * d.h + ph.iy0 + d.sh * a) * d.w + ph.ix0 + d.sw * b) * d.c_in;
     }
 };
 
+// backward-weight: A = dy [o, pixel p], B = col(x) [p, q = (ki, kj, c)].
 struct ConvBwdWeightLoader {
     static constexpr bool A_K_FAST = false;  // o (the row) is contiguous in dy
     static constexpr bool B_K_FAST = false;  // q (the column) is contiguous in x
@@ -80,8 +204,57 @@ struct ConvBwdWeightLoader {
     const float* dy;
     ConvDims d;
     int g;
-    DEVM float a(int o, i64 p) const { return dy[p * d.c_out + (i64)g * (d.c_out / d.groups) + o]; }
-    DEVM float b(i64 p, int q) const { return im2col_at(x, d, g, (int)p, q); }
+    struct Thread {
+        const float* dcol;  // dy at channel g * og + o; null outside [0, M)
+        const float* xch;   // x at channel g * cg + c of column q; null outside [0, N)
+        int yoff, xoff;     // the column's tap minus the padding
+        int p[4], oy[4], ox[4], img[4];  // this thread's pixels (A's and B's k) in the next tile
+        int k1, sh, sw, oh, ow, h, w, c_in, c_out;
+        DEVM Thread(const ConvBwdWeightLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
+            const ConvDims& d = l.d;
+            const int og = d.c_out / d.groups, cg = d.c_in / d.groups;
+            k1 = (int)k1_, sh = d.sh, sw = d.sw, oh = d.oh, ow = d.ow, h = d.h, w = d.w;
+            c_in = d.c_in, c_out = d.c_out;
+            int i = 0, j = 0;
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                int kk;
+                tile_coord<false, BM>(threadIdx.x, r, i, kk);
+                tile_coord<false, BN>(threadIdx.x, r, j, kk);
+                p[r] = (int)k0 + kk;
+                ox[r] = p[r] % ow;
+                oy[r] = (p[r] / ow) % oh;
+                img[r] = p[r] / (ow * oh);
+            }
+            const int o = m0 + i, q = n0 + j;
+            dcol = o < M ? l.dy + (i64)l.g * og + o : nullptr;
+            xch = nullptr, yoff = 0, xoff = 0;
+            if (q < N) {
+                const int c = q % cg, t = q / cg;
+                xch = l.x + (i64)l.g * cg + c;
+                yoff = t / d.kw - d.ph;
+                xoff = t % d.kw - d.pw;
+            }
+        }
+        DEVM void load(float* ra, float* rb) {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const bool kin = p[r] < k1;
+                ra[r] = (kin && dcol) ? dcol[(i64)p[r] * c_out] : 0.0f;
+                float v = 0.0f;
+                const int iy = oy[r] * sh + yoff, ix = ox[r] * sw + xoff;
+                if (kin && xch && iy >= 0 && ix >= 0 && iy < h && ix < w)
+                    v = xch[(((i64)img[r] * h + iy) * w + ix) * c_in];
+                rb[r] = v;
+                p[r] += BK;
+                ox[r] += BK;
+                while (ox[r] >= ow) {
+                    ox[r] -= ow;
+                    if (++oy[r] == oh) oy[r] = 0, ++img[r];
+                }
+            }
+        }
+    };
 };
 
 template <bool TC>
@@ -94,20 +267,24 @@ DEV void conv_fwd_impl(const float* x, const float* wt, float* out, i64 split_st
     i64 k0, k1;
     split_range(kcols, splits, sp, k0, k1);
     float* y = out + (i64)sp * split_stride + (i64)g * og;
-    gemm_block<ConvFwdLoader, TC>(s, ConvFwdLoader{x, wt, d, g, kcols}, M, og, k0, k1, y, d.c_out);
+    gemm_block<ConvFwdLoader, TC>(s, ConvFwdLoader{x, wt, d, g, kcols}, M, og, k0, k1, y, DenseRows{d.c_out});
 }
 
+// Grid z = groups x splits x phases (sh * sw), phase fastest.
 template <bool TC>
 DEV void conv_bwd_data_impl(const float* dy, const float* wt, float* out, i64 split_stride, ConvDims d, int splits) {
     __shared__ GemmSmem s;
-    const int g = blockIdx.z / splits, sp = blockIdx.z % splits;
+    const int phases = d.sh * d.sw;
+    const int phase = blockIdx.z % phases, gs = blockIdx.z / phases;
+    const int g = gs / splits, sp = gs % splits;
     const int cg = d.c_in / d.groups, og = d.c_out / d.groups;
-    const i64 K = (i64)d.kh * d.kw * og;
-    const int M = d.n * d.h * d.w;
+    const ConvPhase ph(d, phase);
+    const i64 K = (i64)ph.nty * ph.ntx * og;
+    const int M = d.n * ph.ny * ph.nx;
     i64 k0, k1;
     split_range(K, splits, sp, k0, k1);
     float* dx = out + (i64)sp * split_stride + (i64)g * cg;
-    gemm_block<ConvBwdDataLoader, TC>(s, ConvBwdDataLoader{dy, wt, d, g}, M, cg, k0, k1, dx, d.c_in);
+    gemm_block<ConvBwdDataLoader, TC>(s, ConvBwdDataLoader{dy, wt, d, ph, g}, M, cg, k0, k1, dx, PhaseRows{d, ph});
 }
 
 template <bool TC>
@@ -120,7 +297,7 @@ DEV void conv_bwd_weight_impl(const float* x, const float* dy, float* out, i64 s
     i64 k0, k1;
     split_range(K, splits, sp, k0, k1);
     float* dw = out + (i64)sp * split_stride + (i64)g * og * kcols;
-    gemm_block<ConvBwdWeightLoader, TC>(s, ConvBwdWeightLoader{x, dy, d, g}, og, (int)kcols, k0, k1, dw, kcols);
+    gemm_block<ConvBwdWeightLoader, TC>(s, ConvBwdWeightLoader{x, dy, d, g}, og, (int)kcols, k0, k1, dw, DenseRows{kcols});
 }
 
 #define CONV_KERNEL(name, impl, TC, in0, in1)                                                             \

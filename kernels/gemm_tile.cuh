@@ -13,9 +13,13 @@
 //
 // A loader is a struct with
 //   static constexpr bool A_K_FAST / B_K_FAST: consecutive k are adjacent in memory for A / B
-//     (picks the thread-to-element map that makes tile loads coalesced);
-//   float a(int row, i64 k) const / float b(i64 k, int col) const: the element, already known to
-//     be inside [0, M) x [k0, k1) / [k0, k1) x [0, N); a loader returns 0 for padding.
+//     (picks the thread-to-element map that makes tile loads coalesced, see tile_coord);
+//   a type Thread, made once per thread and block by Thread(loader, M, N, m0, n0, k0, k1), whose
+//     load(ra, rb) fills this thread's 4 + 4 elements of the next BK-deep tile pair (zeros outside
+//     [0, M) x [k0, k1) and [k0, k1) x [0, N), and for padding). Tiles are asked for in order,
+//     so a Thread may keep per-row tables and advance its k indices incrementally: the
+//     convolution loaders do, and make no division in the main loop.
+// The matmul loaders' Thread is two StridedOperands.
 #pragma once
 #include "common.cuh"
 
@@ -70,45 +74,66 @@ DEV void tile_coord(int tid, int r, int& mn, int& kk) {
     }
 }
 
-// Loads this thread's 4 + 4 elements of the tiles starting at (m0, n0, kt) into registers.
-template <class L>
-DEV void load_tiles(const L& ld, int M, int N, i64 kt, i64 k1, int m0, int n0, float* ra, float* rb) {
-    const int tid = threadIdx.x;
+// One operand whose element (mn, k) is P[mn * mn_stride + k * k_stride] (a row-major matrix or
+// its transpose): this thread's 4 elements of each tile, as pointers advanced by BK * k_stride
+// per tile. The matmul loaders use one for A and one for B.
+template <bool K_FAST, int W>
+struct StridedOperand {
+    const float* cur[4];  // null outside [0, limit)
+    int k[4], k1;
+    i64 step;
+    DEVM StridedOperand(const float* P, i64 mn_stride, i64 k_stride, int mn0, int limit, i64 k0, i64 k1_) {
+        step = BK * k_stride;
+        k1 = (int)k1_;
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-        int i, kk;
-        tile_coord<L::A_K_FAST, BM>(tid, r, i, kk);
-        const int row = m0 + i;
-        const i64 k = kt + kk;
-        ra[r] = (row < M && k < k1) ? ld.a(row, k) : 0.0f;
-        int j, kb;
-        tile_coord<L::B_K_FAST, BN>(tid, r, j, kb);
-        const int col = n0 + j;
-        const i64 kq = kt + kb;
-        rb[r] = (col < N && kq < k1) ? ld.b(kq, col) : 0.0f;
+        for (int r = 0; r < 4; ++r) {
+            int i, kk;
+            tile_coord<K_FAST, W>(threadIdx.x, r, i, kk);
+            k[r] = (int)k0 + kk;
+            cur[r] = mn0 + i < limit ? P + (i64)(mn0 + i) * mn_stride + (i64)k[r] * k_stride : nullptr;
+        }
     }
-}
+    DEVM void load(float* v) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            v[r] = (cur[r] && k[r] < k1) ? *cur[r] : 0.0f;
+            if (cur[r]) cur[r] += step;
+            k[r] += BK;
+        }
+    }
+};
 
-template <class L>
+// The TC path stores operands already rounded to TF32 (as float bit patterns), so each element
+// is converted once per tile rather than once per warp that reads it.
+template <class L, bool TC>
 DEV void store_tiles(GemmSmem& s, const float* ra, const float* rb) {
     const int tid = threadIdx.x;
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
         int i, kk;
         tile_coord<L::A_K_FAST, BM>(tid, r, i, kk);
-        s.a[kk][i] = ra[r];
+        s.a[kk][i] = TC ? __int_as_float((int)to_tf32(ra[r])) : ra[r];
         int j, kb;
         tile_coord<L::B_K_FAST, BN>(tid, r, j, kb);
-        s.b[kb][j] = rb[r];
+        s.b[kb][j] = TC ? __int_as_float((int)to_tf32(rb[r])) : rb[r];
     }
 }
 
+DEV u32 tf32_bits(float f) { return (u32)__float_as_int(f); }
+
 // `s` is the kernel's one __shared__ GemmSmem (declared in the kernel, so that several
 // instantiations in one kernel share it).
-// C[row * ldc + col] = the (row, col) element of the product over k in [k0, k1), for the tile at
+// C[out_row(row) + col] = the (row, col) element of the product over k in [k0, k1), for the tile at
 // (row blockIdx.x * BM, column blockIdx.y * BN). Must be reached by all GEMM_THREADS threads of the block.
-template <class L, bool TC>
-DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, i64 ldc) {
+// Where output row `row` starts in C: row * ldc for a dense matrix. The strided convolution's
+// backward-data (one GEMM per stride phase) scatters its rows with a mapper of its own.
+struct DenseRows {
+    i64 ldc;
+    DEVM i64 operator()(int row) const { return (i64)row * ldc; }
+};
+
+template <class L, bool TC, class Rows = DenseRows>
+DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row) {
     const int tid = threadIdx.x;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
 
@@ -118,12 +143,13 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
     for (int i = 0; i < 16; ++i) acc[i] = 0.0f;
 
     float ra[4], rb[4];
-    if (k0 < k1) load_tiles(ld, M, N, k0, k1, m0, n0, ra, rb);
+    typename L::Thread th(ld, M, N, m0, n0, k0, k1);
+    if (k0 < k1) th.load(ra, rb);
     for (i64 kt = k0; kt < k1; kt += BK) {
         __syncthreads();  // everyone is done reading the previous tile
-        store_tiles<L>(s, ra, rb);
+        store_tiles<L, TC>(s, ra, rb);
         __syncthreads();
-        if (kt + BK < k1) load_tiles(ld, M, N, kt + BK, k1, m0, n0, ra, rb);
+        if (kt + BK < k1) th.load(ra, rb);
         if (!TC) {
             const int ty = tid / 16, tx = tid % 16;
 #pragma unroll
@@ -148,16 +174,16 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt) {
                     const int rb0 = wm + mt * 16;
-                    af[mt][0] = to_tf32(s.a[ks + t][rb0 + g]);
-                    af[mt][1] = to_tf32(s.a[ks + t][rb0 + g + 8]);
-                    af[mt][2] = to_tf32(s.a[ks + t + 4][rb0 + g]);
-                    af[mt][3] = to_tf32(s.a[ks + t + 4][rb0 + g + 8]);
+                    af[mt][0] = tf32_bits(s.a[ks + t][rb0 + g]);
+                    af[mt][1] = tf32_bits(s.a[ks + t][rb0 + g + 8]);
+                    af[mt][2] = tf32_bits(s.a[ks + t + 4][rb0 + g]);
+                    af[mt][3] = tf32_bits(s.a[ks + t + 4][rb0 + g + 8]);
                 }
 #pragma unroll
                 for (int nt = 0; nt < 2; ++nt) {
                     const int cb = wn + nt * 8;
-                    bf[nt][0] = to_tf32(s.b[ks + t][cb + g]);
-                    bf[nt][1] = to_tf32(s.b[ks + t + 4][cb + g]);
+                    bf[nt][0] = tf32_bits(s.b[ks + t][cb + g]);
+                    bf[nt][1] = tf32_bits(s.b[ks + t + 4][cb + g]);
                 }
 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt)
@@ -179,7 +205,7 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
                 const int col = n0 + 4 * tx + c;
-                if (col < N) C[(i64)row * ldc + col] = acc[r * 4 + c];
+                if (col < N) C[out_row(row) + col] = acc[r * 4 + c];
             }
         }
     } else {
@@ -194,7 +220,7 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
                 for (int e = 0; e < 4; ++e) {
                     const int row = m0 + wm + mt * 16 + g + (e >= 2 ? 8 : 0);
                     const int col = n0 + wn + nt * 8 + 2 * t + (e & 1);
-                    if (row < M && col < N) C[(i64)row * ldc + col] = acc[(mt * 2 + nt) * 4 + e];
+                    if (row < M && col < N) C[out_row(row) + col] = acc[(mt * 2 + nt) * 4 + e];
                 }
     }
 }

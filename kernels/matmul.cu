@@ -15,8 +15,18 @@ struct MatmulLoader {
     const float* B;
     int m, n;
     i64 k;
-    DEVM float a(int row, i64 kk) const { return TA ? A[kk * m + row] : A[(i64)row * k + kk]; }
-    DEVM float b(i64 kk, int col) const { return TB ? B[(i64)col * k + kk] : B[kk * n + col]; }
+    // k is an `int` inside one split (the Rust side checks k < 2^31).
+    struct Thread {
+        StridedOperand<A_K_FAST, BM> a;
+        StridedOperand<B_K_FAST, BN> b;
+        // A (m x k) is stored k x m with TA; B (k x n) is stored n x k with TB.
+        DEVM Thread(const MatmulLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1)
+            : a(l.A, TA ? 1 : l.k, TA ? l.m : 1, m0, M, k0, k1), b(l.B, TB ? l.k : 1, TB ? 1 : l.n, n0, N, k0, k1) {}
+        DEVM void load(float* ra, float* rb) {
+            a.load(ra);
+            b.load(rb);
+        }
+    };
 };
 
 template <bool TC>
@@ -30,10 +40,10 @@ DEV void matmul_impl(const float* a, const float* b, float* out, i64 split_strid
     const float* ab = a + (i64)bi * m * k;
     const float* bb = b + (i64)bi * k * n;
     float* c = out + (i64)sp * split_stride + (i64)bi * m * n;
-    if (!ta && !tb) gemm_block<MatmulLoader<false, false>, TC>(s, MatmulLoader<false, false>{ab, bb, m, n, k}, m, n, k0, k1, c, n);
-    else if (ta && !tb) gemm_block<MatmulLoader<true, false>, TC>(s, MatmulLoader<true, false>{ab, bb, m, n, k}, m, n, k0, k1, c, n);
-    else if (!ta && tb) gemm_block<MatmulLoader<false, true>, TC>(s, MatmulLoader<false, true>{ab, bb, m, n, k}, m, n, k0, k1, c, n);
-    else gemm_block<MatmulLoader<true, true>, TC>(s, MatmulLoader<true, true>{ab, bb, m, n, k}, m, n, k0, k1, c, n);
+    if (!ta && !tb) gemm_block<MatmulLoader<false, false>, TC>(s, MatmulLoader<false, false>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n});
+    else if (ta && !tb) gemm_block<MatmulLoader<true, false>, TC>(s, MatmulLoader<true, false>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n});
+    else if (!ta && tb) gemm_block<MatmulLoader<false, true>, TC>(s, MatmulLoader<false, true>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n});
+    else gemm_block<MatmulLoader<true, true>, TC>(s, MatmulLoader<true, true>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n});
 }
 
 // Exact FP32 (SIMT) path: the default, used for parity with the CPU reference.

@@ -96,6 +96,12 @@ inline float __int_as_float(int i) {
     return f;
 }
 
+inline int __float_as_int(float f) {
+    int i;
+    std::memcpy(&i, &f, 4);
+    return i;
+}
+
 [[noreturn]] inline void __trap() { std::abort(); }
 
 // cvt.rna.tf32.f32: round to 10 mantissa bits, ties away from zero; inf and NaN kept.

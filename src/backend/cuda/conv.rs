@@ -41,10 +41,18 @@ pub(super) fn conv2d(b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaS
     const OP: &str = "conv2d";
     let (cg, og) = (d.c_in / d.groups, d.c_out / d.groups);
     let kcols = d.kh * d.kw * cg;
-    // The GEMM of one group: M x N outputs, reduction length K.
+    // The GEMM of one group: M x N outputs, reduction length K. Backward-data runs one GEMM per
+    // stride phase (kernels/conv.cu, ConvPhase); M and K are the largest phase's.
+    let phases = match pass {
+        Pass::BwdData => d.stride[0] * d.stride[1],
+        _ => 1,
+    };
     let (m, n, k) = match pass {
         Pass::Fwd => (d.n * d.oh * d.ow, og, kcols),
-        Pass::BwdData => (d.n * d.h * d.w, cg, d.kh * d.kw * og),
+        Pass::BwdData => {
+            let (s0, s1) = (d.stride[0], d.stride[1]);
+            (d.n * d.h.div_ceil(s0) * d.w.div_ceil(s1), cg, d.kh.div_ceil(s0) * d.kw.div_ceil(s1) * og)
+        }
         Pass::BwdWeight => (og, kcols, d.n * d.oh * d.ow),
     };
     let out_len = match pass {
@@ -55,8 +63,9 @@ pub(super) fn conv2d(b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaS
     if out_len == 0 {
         return Ok(());
     }
-    // Every pixel and channel index is an `int` in the kernels.
-    for v in [m, n, k, d.n * d.h * d.w, d.n * d.oh * d.ow] {
+    // Every pixel and channel index is an `int` in the kernels, and so is an offset inside one
+    // image of x or dy, or inside the weight.
+    for v in [m, n, k, d.n * d.h * d.w, d.n * d.oh * d.ow, d.h * d.w * d.c_in, d.oh * d.ow * d.c_out, d.c_out * kcols] {
         i32c(OP, v)?;
     }
     let cd = ConvDims {
@@ -76,8 +85,8 @@ pub(super) fn conv2d(b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaS
         ow: d.ow as i32,
     };
     let (tm, tn) = (m.div_ceil(BM), n.div_ceil(BN));
-    let splits = b.split_k(tm * tn * d.groups, k);
-    if tn > 65535 || d.groups * splits > MAX_Z {
+    let splits = b.split_k(tm * tn * d.groups * phases, k);
+    if tn > 65535 || d.groups * splits * phases > MAX_Z {
         return Err(Error::Invalid {
             op: OP,
             msg: format!("{pass:?}: {} groups x {n} columns is too large for the cuda kernels", d.groups),
@@ -89,7 +98,7 @@ pub(super) fn conv2d(b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaS
         Pass::BwdData => format!("conv2d{tc}_data_bwd_f32"),
         Pass::BwdWeight => format!("conv2d{tc}_weight_bwd_f32"),
     };
-    let grid = (tm as u32, tn as u32, (d.groups * splits) as u32);
+    let grid = (tm as u32, tn as u32, (d.groups * splits * phases) as u32);
     let run = |dst: &CudaStorage, stride: usize| {
         b.launch(
             &kernel,

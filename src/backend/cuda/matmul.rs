@@ -21,6 +21,8 @@ pub(super) fn matmul(b: &CudaBackend, a: &CudaStorage, bm: &CudaStorage, c: &Cud
     let splits = b.split_k(tm * tn * d.batch, d.k);
     let kernel = if b.tf32() { "matmul_tc_fwd_f32" } else { "matmul_fwd_f32" };
     let (m, n) = (i32a(OP, d.m)?, i32a(OP, d.n)?);
+    // The kernels keep k indices as `int`.
+    super::i32c(OP, d.k)?;
     let tn32 = super::i32c(OP, tn)? as u32;
     if tn32 > 65535 {
         return Err(crate::error::Error::Invalid { op: OP, msg: format!("n = {} is too large for the cuda kernels", d.n) });
