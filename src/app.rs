@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
@@ -72,7 +71,23 @@ pub struct LoadedBackbone<B: Backend> {
 pub fn load_backbone<B: Backend>(b: &B, path: &Path, model: Option<&str>, image_size: usize) -> Result<LoadedBackbone<B>> {
     let wf = WeightFile::read(path)?;
     let mut cfg = match model {
-        Some(m) => crate::models::BackboneConfig::preset(m, image_size)?,
+        Some(m) => {
+            let asked = crate::models::BackboneConfig::preset(m, image_size)?;
+            // --model only fills in what the file cannot tell; it never overrides what it does.
+            if let Ok(held) = wf.infer_backbone()
+                && architecture(&held) != architecture(&asked)
+            {
+                return Err(Error::File {
+                    path: path.display().to_string(),
+                    msg: format!(
+                        "--model {m} is {}, but this file holds {}; leave out --model (the architecture is read from the file) or pass a {m} file",
+                        architecture(&asked),
+                        architecture(&held)
+                    ),
+                });
+            }
+            asked
+        }
         None => wf.infer_backbone()?,
     };
     // A classification head in the file is not part of the backbone we evaluate.
@@ -89,6 +104,16 @@ pub fn load_backbone<B: Backend>(b: &B, path: &Path, model: Option<&str>, image_
     Ok(LoadedBackbone { ps, backbone })
 }
 
+/// The architecture as a user names it, for the messages that compare two.
+fn architecture(c: &crate::models::BackboneConfig) -> String {
+    match c {
+        crate::models::BackboneConfig::ResNet(r) => {
+            format!("ResNet-{} ({} stem, width {})", r.depth, format!("{:?}", r.stem).to_lowercase(), r.width)
+        }
+        crate::models::BackboneConfig::Vit(v) => format!("a ViT (patch {}, dim {}, depth {}, {} heads)", v.patch, v.dim, v.depth, v.heads),
+    }
+}
+
 /// A randomly initialised backbone of the recipe's model (the "random" baseline).
 pub fn random_backbone<B: Backend>(b: &B, cfg: &Config) -> Result<LoadedBackbone<B>> {
     let mut ps = ParamStore::new(b, DType::F32, cfg.seed);
@@ -96,15 +121,15 @@ pub fn random_backbone<B: Backend>(b: &B, cfg: &Config) -> Result<LoadedBackbone
     Ok(LoadedBackbone { ps, backbone })
 }
 
-fn feats<B: Backend>(m: &LoadedBackbone<B>, data: &Dataset, cfg: &Config) -> Result<Vec<f32>> {
-    features::extract(&m.backbone, &m.ps, data, cfg.data.image_size, cfg.augment.mean, cfg.augment.std, cfg.batch_size.min(256))
+fn feats<B: Backend>(m: &LoadedBackbone<B>, data: &Dataset, cfg: &Config, what: &str) -> Result<Vec<f32>> {
+    features::extract(&m.backbone, &m.ps, data, cfg.data.image_size, cfg.augment.mean, cfg.augment.std, cfg.batch_size.min(256), what, true)
 }
 
 /// kNN top-1 and full metrics (from the vote scores) of a backbone.
 pub fn eval_knn<B: Backend>(m: &LoadedBackbone<B>, train: &Dataset, test: &Dataset, cfg: &Config) -> Result<Metrics> {
     let dim = m.backbone.feature_dim();
-    let mut bank = feats(m, train, cfg)?;
-    let mut q = feats(m, test, cfg)?;
+    let mut bank = feats(m, train, cfg, "kNN bank features")?;
+    let mut q = feats(m, test, cfg, "kNN query features")?;
     knn::l2_normalize(&mut bank, dim);
     knn::l2_normalize(&mut q, dim);
     let classes = train.classes.len().max(test.classes.len());
@@ -155,7 +180,7 @@ pub fn eval_linear<B: Backend>(
     mut on_epoch: impl FnMut(usize, f64),
 ) -> Result<LinearReport> {
     let dim = m.backbone.feature_dim();
-    let all = feats(m, train, cfg)?;
+    let all = feats(m, train, cfg, "probe training features")?;
     let (x, y): (Vec<f32>, Vec<u32>) = match subset {
         Some(idx) => (
             idx.iter().flat_map(|&i| all[i * dim..(i + 1) * dim].iter().copied()).collect(),
@@ -169,7 +194,7 @@ pub fn eval_linear<B: Backend>(
         last = l;
         on_epoch(e, l)
     })?;
-    let logits = model.logits(&feats(m, test, cfg)?)?;
+    let logits = model.logits(&feats(m, test, cfg, "probe test features")?)?;
     Ok(LinearReport {
         metrics: classification_metrics(&softmax_rows(&logits, classes), &test.labels, classes),
         train_images: y.len(),
@@ -236,7 +261,7 @@ fn write_npy(path: &Path, descr: &str, shape: &str, body: &[u8]) -> Result<()> {
 /// labels, as `<out>` (features) and `<out stem>_labels.npy`.
 pub fn embed<B: Backend>(m: &LoadedBackbone<B>, data: &Dataset, cfg: &Config, out: &Path) -> Result<(PathBuf, PathBuf)> {
     let dim = m.backbone.feature_dim();
-    let f = feats(m, data, cfg)?;
+    let f = feats(m, data, cfg, "embed")?;
     write_npy_f32(out, &f, data.len(), dim)?;
     let stem = out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "features".into());
     let labels_path = out.with_file_name(format!("{stem}_labels.npy"));
@@ -255,18 +280,3 @@ pub fn load(path: &Path, split: Split, cfg: &Config) -> Result<Arc<Dataset>> {
     Ok(Arc::new(crate::train::load_split(&split_path(path, split), split, cfg)?))
 }
 
-/// A Ctrl-C / SIGTERM flag: the first signal asks the loop to save and stop at the next safe
-/// point; a second one exits at once.
-pub fn install_interrupt() -> Arc<AtomicBool> {
-    use std::sync::atomic::Ordering;
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    let _ = ctrlc::set_handler(move || {
-        if f.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond interrupt: exiting now");
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupt: saving a checkpoint at the next step (Ctrl-C again to abort)");
-    });
-    flag
-}

@@ -54,6 +54,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        save_pause_for_tests();
         std::fs::rename(&tmp, path)?;
         // Make the rename itself durable.
         std::fs::File::open(dir)?.sync_all()
@@ -63,6 +64,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(file_err(path, format!("write failed ({e}); any previous file at this path is intact")));
     }
     Ok(())
+}
+
+/// Test hook: `SSL_ENGINE_TEST_SAVE_PAUSE_MS` holds every atomic write between the durable temp
+/// file and its rename, so the kill tests hit that window often.
+fn save_pause_for_tests() {
+    if let Some(ms) = std::env::var("SSL_ENGINE_TEST_SAVE_PAUSE_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// Deletes the temp files (`.<name>.tmp.<pid>`) that a killed process left in `dir`. Called when
+/// a run starts in its folder; a temp file is never a checkpoint (the rename makes it one).
+pub fn remove_stale_temp_files(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') && name.contains(".tmp.") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {

@@ -27,6 +27,9 @@ pub struct Config {
     pub threads: usize,
     /// Stop after this many optimiser steps in total (quick checks); none = run every epoch.
     pub max_steps: Option<usize>,
+    /// Steps with a non-finite loss that may be skipped (no update, batch-norm statistics
+    /// restored) before the run stops; 0 = stop at the first (exit code 3).
+    pub skip_nonfinite: usize,
     pub data: DataConfig,
     pub model_opts: ModelOpts,
     pub augment: AugmentToml,
@@ -49,6 +52,7 @@ impl Default for Config {
             backend: "cpu".into(),
             threads: 0,
             max_steps: None,
+            skip_nonfinite: 0,
             data: DataConfig::default(),
             model_opts: ModelOpts::default(),
             augment: AugmentToml::default(),
@@ -79,6 +83,9 @@ pub struct DataConfig {
     pub on_corrupt: String,
     /// Use at most this many images per class (quick runs).
     pub limit_per_class: Option<usize>,
+    /// The largest width x height an image file may declare (Pillow's limit, 89,478,485 pixels):
+    /// a larger one is refused before any pixel buffer exists (a decompression bomb).
+    pub max_pixels: u64,
 }
 
 impl Default for DataConfig {
@@ -91,6 +98,7 @@ impl Default for DataConfig {
             prefetch: 4,
             on_corrupt: "skip".into(),
             limit_per_class: None,
+            max_pixels: 89_478_485,
         }
     }
 }

@@ -35,8 +35,9 @@ pub enum Error {
     #[error("config: {0}")]
     Config(String),
 
-    /// Ctrl-C / SIGTERM: the run saved its state and stopped.
-    #[error("interrupted; state saved to {0}")]
+    /// Ctrl-C / SIGTERM: the command stopped at a safe point; the text says what it saved
+    /// ("state saved to <path>") or what it was doing.
+    #[error("interrupted; {0}")]
     Interrupted(String),
 
     /// A GPU backend failure: a missing driver, device or compiler library, a kernel that did
@@ -44,11 +45,31 @@ pub enum Error {
     #[error("{backend}: {msg}")]
     Device { backend: &'static str, msg: String },
 
+    /// A GPU allocation that did not fit: what was asked for and what was free, so the user
+    /// can size the batch. `context` is filled in by the caller that knows it (" at batch_size 512").
+    #[error(
+        "{backend}: out of memory{context}: asked for {} MiB with {} MiB free of {} MiB; try a smaller batch_size (or image_size)",
+        asked >> 20, free >> 20, total >> 20
+    )]
+    OutOfMemory { backend: String, asked: u64, free: u64, total: u64, context: String },
+
     #[error("{0}")]
     Other(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Adds what the caller knows (the batch size) to an out-of-memory error; others pass through.
+    pub fn oom_context(self, ctx: impl FnOnce() -> String) -> Error {
+        match self {
+            Error::OutOfMemory { backend, asked, free, total, context } if context.is_empty() => {
+                Error::OutOfMemory { backend, asked, free, total, context: ctx() }
+            }
+            e => e,
+        }
+    }
+}
 
 /// Formats a list of shapes for error messages: `[2, 3] x [4, 5]`.
 pub fn fmt_shapes(shapes: &[&[usize]]) -> String {
@@ -65,6 +86,7 @@ impl Error {
         match self {
             Error::NonFinite { .. } => 3,
             Error::Interrupted(_) => 130,
+            Error::OutOfMemory { .. } => 4,
             _ => 1,
         }
     }

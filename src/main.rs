@@ -47,6 +47,10 @@ enum Cmd {
         /// No progress bar or per-epoch lines.
         #[arg(long)]
         quiet: bool,
+        /// Skip at most N steps whose loss is NaN/Inf (no update; batch-norm statistics restored)
+        /// before stopping with exit code 3; each skip is reported. Default: stop at the first.
+        #[arg(long, value_name = "N")]
+        skip_nonfinite: Option<usize>,
     },
     /// Evaluate a backbone: kNN classifier or linear probe.
     Eval {
@@ -56,20 +60,22 @@ enum Cmd {
     /// Write backbone features of every image as .npy (rows in sorted order: class folders, then files) plus labels.
     Embed {
         #[command(flatten)]
-        common: EvalArgs,
-        /// Output .npy file for the features; labels go to <stem>_labels.npy beside it.
-        #[arg(long)]
-        out: PathBuf,
+        args: EmbedArgs,
     },
     /// Export the backbone with torchvision / timm names (load with model.load_state_dict(safetensors.torch.load_file(...))).
     Export {
+        /// The training checkpoint (or a backbone file) to export from.
         #[arg(long)]
         checkpoint: PathBuf,
+        /// The .safetensors file to write (atomically): the backbone alone, PyTorch names and layouts.
         #[arg(long)]
         out: PathBuf,
     },
     /// Redraw the PNG plots (loss, lr, kNN, z-std) of a run folder from its metrics.jsonl.
-    Plot { run: PathBuf },
+    Plot {
+        /// The run folder (the recipe's `out`), holding metrics.jsonl.
+        run: PathBuf,
+    },
     /// Benchmarks: a whole training step, or each kernel family.
     Bench {
         #[command(subcommand)]
@@ -77,6 +83,37 @@ enum Cmd {
     },
 }
 
+/// The flags of `embed`.
+#[derive(Args, Clone)]
+struct EmbedArgs {
+    /// Our checkpoint, a PyTorch-named backbone .safetensors (torchvision / timm), or `random`.
+    #[arg(long)]
+    checkpoint: String,
+    /// The images to embed: an image folder, CIFAR binary or IDX data (every image, in sorted order).
+    #[arg(long)]
+    data: PathBuf,
+    /// Output .npy file for the features; labels go to <stem>_labels.npy beside it.
+    #[arg(long)]
+    out: PathBuf,
+    /// Backbone preset, only where the weight file cannot tell (and for `random`); an error if it
+    /// contradicts the file.
+    #[arg(long)]
+    model: Option<String>,
+    /// Recipe whose data settings (image size, normalisation) to use.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a recipe key, e.g. --set data.image_size=64 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Compute backend: cpu, cuda or wgpu.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// GPU index (cuda) or WebGPU adapter index (wgpu).
+    #[arg(long)]
+    device: Option<usize>,
+}
+
+/// The flags shared by `eval knn` and `eval linear`.
 #[derive(Args, Clone)]
 struct EvalArgs {
     /// Our checkpoint, a PyTorch-named backbone .safetensors (torchvision / timm), or `random`.
@@ -88,21 +125,23 @@ struct EvalArgs {
     /// Test images (default: <data>/test when it exists).
     #[arg(long)]
     test_data: Option<PathBuf>,
-    /// Backbone preset when it cannot be read from the weight file (or for `random`).
+    /// Backbone preset, only where the weight file cannot tell (and for `random`); an error if it
+    /// contradicts the file.
     #[arg(long)]
     model: Option<String>,
     /// Recipe whose data settings (image size, normalisation) and model to use.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Override a recipe key, e.g. --set data.image_size=64 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
-    /// cpu, cuda or wgpu.
+    /// Compute backend: cpu, cuda or wgpu.
     #[arg(long, default_value = "cpu")]
     backend: String,
     /// GPU index (cuda) or WebGPU adapter index (wgpu).
     #[arg(long)]
     device: Option<usize>,
-    /// Write the metrics as JSON here as well.
+    /// Also write the metrics (top-1/top-5, macro/micro accuracy and AUC) as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -113,8 +152,10 @@ enum EvalCmd {
     Knn {
         #[command(flatten)]
         common: EvalArgs,
+        /// Neighbours that vote.
         #[arg(long, default_value_t = 200)]
         k: usize,
+        /// Temperature of the exp(similarity / T) vote weights.
         #[arg(long, default_value_t = 0.1)]
         t: f32,
     },
@@ -122,13 +163,16 @@ enum EvalCmd {
     Linear {
         #[command(flatten)]
         common: EvalArgs,
+        /// Epochs of probe (or fine-tuning) training.
         #[arg(long, default_value_t = 100)]
         epochs: usize,
         /// sgd (lr 0.5 on standardised features, 30 on raw ones, at batch 256) or lars (lr 0.02).
         #[arg(long, default_value = "sgd")]
         optimizer: String,
+        /// Peak learning rate (cosine decay); default by protocol: 0.5 sgd, 0.02 lars, 30 raw features, 0.1 fine-tuning.
         #[arg(long)]
         lr: Option<f64>,
+        /// Probe training batch size.
         #[arg(long, default_value_t = 256)]
         batch_size: usize,
         /// Train the probe on only N labelled images per class (few-label evaluation).
@@ -138,6 +182,7 @@ enum EvalCmd {
         /// frozen-feature probe; use a small --lr such as 0.1.
         #[arg(long)]
         finetune: bool,
+        /// Weight decay of the probe (default: the recipe's linear.weight_decay; 5e-4 when fine-tuning).
         #[arg(long)]
         weight_decay: Option<f32>,
         /// Probe the raw features (MoCo's protocol, default lr 30) instead of standardised ones.
@@ -168,13 +213,16 @@ enum BenchCmd {
         /// Backbone preset: resnet18-cifar, resnet34-cifar, resnet50-cifar, resnet18, vit-tiny, vit-small, ...
         #[arg(long, default_value = "resnet18-cifar")]
         model: String,
+        /// Batch size (per view with --simsiam).
         #[arg(long, default_value_t = 64)]
         batch: usize,
         /// Input image side in pixels.
         #[arg(long, default_value_t = 32)]
         image_size: usize,
+        /// Untimed steps first (kernel compilation, caches, allocator).
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        /// Timed steps; the median is reported with the min and max.
         #[arg(long, default_value_t = 5)]
         runs: usize,
         /// Time a whole SimSiam step (two views, projector, predictor, loss) instead of the
@@ -192,6 +240,7 @@ enum BenchCmd {
         /// Only kernels whose name contains this text.
         #[arg(long)]
         filter: Option<String>,
+        /// Timed runs per kernel after one warm-up; the median is reported.
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
@@ -203,8 +252,10 @@ enum BenchCmd {
         /// Loader threads (0 = all cores).
         #[arg(long, default_value_t = 0)]
         workers: usize,
+        /// Images per batch (two views each).
         #[arg(long, default_value_t = 256)]
         batch: usize,
+        /// Batches to time.
         #[arg(long, default_value_t = 20)]
         batches: usize,
     },
@@ -250,19 +301,24 @@ fn write_json(path: &Option<PathBuf>, v: &impl serde::Serialize) -> ssl_engine::
 }
 
 fn run(cli: Cli) -> ssl_engine::Result<()> {
+    // Every command stops cleanly on the first Ctrl-C / SIGTERM (exit 130), and at once on a second.
+    ssl_engine::interrupt::install();
     match cli.cmd {
-        Cmd::Train { config, overrides, resume, backend, device, quiet } => {
+        Cmd::Train { config, overrides, resume, backend, device, quiet, skip_nonfinite } => {
             let mut cfg = Config::load(config.as_deref(), &overrides)?;
+            if let Some(n) = skip_nonfinite {
+                cfg.skip_nonfinite = n;
+            }
             if let Some(bk) = backend {
                 cfg.backend = bk;
                 cfg.validate()?;
             }
-            let interrupt = app::install_interrupt();
+            let interrupt = ssl_engine::interrupt::install();
             let s = with_backend!(cfg.backend.as_str(), cfg.threads, device, |b| ssl_engine::train::train(
                 &b,
                 &cfg,
                 resume.as_deref(),
-                &interrupt,
+                interrupt,
                 !quiet
             ))?;
             println!(
@@ -329,9 +385,20 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                 })?
             }
         },
-        Cmd::Embed { common, out } => with_backend!(common.backend.as_str(), 0, common.device, |b| {
-            let (cfg, model, train, _) = eval_setup(&b, &EvalArgs { test_data: Some(common.data.clone()), ..common.clone() })?;
-            let (f, l) = app::embed(&model, &train, &cfg, &out)?;
+        Cmd::Embed { args: a } => with_backend!(a.backend.as_str(), 0, a.device, |b| {
+            let common = EvalArgs {
+                checkpoint: a.checkpoint.clone(),
+                data: a.data.clone(),
+                test_data: Some(a.data.clone()),
+                model: a.model.clone(),
+                config: a.config.clone(),
+                overrides: a.overrides.clone(),
+                backend: a.backend.clone(),
+                device: a.device,
+                json: None,
+            };
+            let (cfg, model, train, _) = eval_setup(&b, &common)?;
+            let (f, l) = app::embed(&model, &train, &cfg, &a.out)?;
             println!("wrote {} and {}", f.display(), l.display());
             Ok::<(), ssl_engine::Error>(())
         })?,

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::autograd::{Tape, Var};
@@ -18,7 +19,7 @@ use crate::config::Config;
 use crate::data::{AugmentConfig, Dataset, LoadOptions, Loader, OnCorrupt, Split, load_dataset};
 use crate::error::{Error, Result};
 use crate::eval::{features, knn};
-use crate::nn::{Ctx, ParamStore};
+use crate::nn::{Ctx, Kind, ParamId, ParamStore};
 use crate::optim::{Sgd, schedule::warmup_cosine};
 use crate::ssl::{LrPolicy, Method, normalized_std, simsiam::SimSiam};
 use crate::tensor::{DType, Tensor};
@@ -63,7 +64,7 @@ pub fn load_split(path: &Path, split: Split, cfg: &Config) -> Result<Dataset> {
         split,
         on_corrupt: if cfg.data.on_corrupt == "fail" { OnCorrupt::Fail } else { OnCorrupt::Skip },
         limit_per_class: cfg.data.limit_per_class,
-        ..LoadOptions::default()
+        max_pixels: cfg.data.max_pixels,
     };
     load_dataset(path, &opts)
 }
@@ -80,12 +81,19 @@ pub fn build_method<B: Backend>(b: &B, cfg: &Config) -> Result<(ParamStore<B>, B
 }
 
 /// kNN top-1 of the current backbone: train set as the bank, test set as queries.
-pub fn knn_monitor<B: Backend>(method: &dyn Method<B>, ps: &ParamStore<B>, train: &Dataset, test: &Dataset, cfg: &Config) -> Result<f64> {
+pub fn knn_monitor<B: Backend>(
+    method: &dyn Method<B>,
+    ps: &ParamStore<B>,
+    train: &Dataset,
+    test: &Dataset,
+    cfg: &Config,
+    show: bool,
+) -> Result<f64> {
     let s = cfg.data.image_size;
     let (mean, std) = (cfg.augment.mean, cfg.augment.std);
     let dim = method.backbone().feature_dim();
-    let mut bank = features::extract(method.backbone(), ps, train, s, mean, std, cfg.batch_size)?;
-    let mut queries = features::extract(method.backbone(), ps, test, s, mean, std, cfg.batch_size)?;
+    let mut bank = features::extract(method.backbone(), ps, train, s, mean, std, cfg.batch_size, "kNN monitor: bank", show)?;
+    let mut queries = features::extract(method.backbone(), ps, test, s, mean, std, cfg.batch_size, "kNN monitor: queries", show)?;
     knn::l2_normalize(&mut bank, dim);
     knn::l2_normalize(&mut queries, dim);
     let classes = train.classes.len().max(test.classes.len());
@@ -115,9 +123,91 @@ impl MetricsLog {
     }
 }
 
+/// Whether every element of `ts` is finite: one sum per tensor, one scalar read in all (a NaN or
+/// Inf anywhere makes the sum non-finite).
+fn all_finite<'a, B: Backend + 'a>(ts: impl Iterator<Item = &'a Tensor<B>>) -> Result<bool> {
+    let mut acc: Option<Tensor<B>> = None;
+    for t in ts {
+        let s = crate::ops::sum_axis(&t.reshape(&[t.numel()])?, 0)?;
+        acc = Some(match acc {
+            None => s,
+            Some(a) => crate::ops::add(&a, &s)?,
+        });
+    }
+    match acc {
+        Some(a) => Ok(a.scalar()?.is_finite()),
+        None => Ok(true),
+    }
+}
+
 /// Names the first parameter holding a non-finite value, for the NaN message.
 fn first_non_finite<B: Backend>(ps: &ParamStore<B>) -> Option<String> {
     ps.entries().iter().find(|e| e.value.to_f32().map(|v| v.iter().any(|x| !x.is_finite())).unwrap_or(false)).map(|e| e.name.clone())
+}
+
+/// Turns a stop request into a saved state: `Error::Interrupted` becomes "state saved to
+/// <out>/last.safetensors" after saving the last completed step; any other error passes through.
+fn save_on_interrupt<B: Backend>(e: Error, cfg: &Config, ps: &ParamStore<B>, opt: &Sgd<B>, state: &TrainState) -> Error {
+    let Error::Interrupted(what) = e else { return e };
+    let path = cfg.out.join("last.safetensors");
+    match save_checkpoint(&path, ps, opt, state) {
+        Ok(()) => Error::Interrupted(format!(
+            "state saved to {} at epoch {}, step {} (stopped {what})",
+            path.display(),
+            state.epoch,
+            state.step_in_epoch
+        )),
+        Err(se) => se,
+    }
+}
+
+/// A resume must continue the same run: the settings that change what a step computes or how
+/// the data is cut into steps may not differ from the checkpoint's.
+fn check_resume_compatible(path: &Path, saved: &TrainState, cfg: &Config) -> Result<()> {
+    let differ = |key: &str, was: String, now: String| {
+        Err(Error::Config(format!(
+            "--resume {}: the checkpoint was trained with {key} = {was}, this run asks for {now}; resume with the same {key}, or start a new run",
+            path.display()
+        )))
+    };
+    if saved.method != cfg.method {
+        return differ("method", format!("{:?}", saved.method), format!("{:?}", cfg.method));
+    }
+    // Checkpoints written before the config was stored carry an empty string: nothing to check.
+    let Ok(old) = Config::deserialize(toml::Value::Table(toml::from_str::<toml::Table>(&saved.config).unwrap_or_default())) else {
+        return Ok(());
+    };
+    if saved.config.trim().is_empty() {
+        return Ok(());
+    }
+    if old.model != cfg.model {
+        return differ("model", format!("{:?}", old.model), format!("{:?}", cfg.model));
+    }
+    if old.batch_size != cfg.batch_size {
+        return differ("batch_size", old.batch_size.to_string(), cfg.batch_size.to_string());
+    }
+    if old.backend != cfg.backend {
+        return differ("backend", format!("{:?}", old.backend), format!("{:?}", cfg.backend));
+    }
+    if old.data.image_size != cfg.data.image_size {
+        return differ("data.image_size", old.data.image_size.to_string(), cfg.data.image_size.to_string());
+    }
+    Ok(())
+}
+
+/// The batch-norm running statistics (every buffer), to restore after a skipped step.
+fn buffer_snapshot<B: Backend>(ps: &ParamStore<B>) -> Result<Vec<(ParamId, Vec<f32>, Vec<usize>)>> {
+    ps.ids()
+        .filter(|&id| ps.entry(id).kind == Kind::Buffer)
+        .map(|id| ps.to_torch(id).map(|(v, s)| (id, v, s)))
+        .collect()
+}
+
+fn buffer_restore<B: Backend>(ps: &mut ParamStore<B>, snap: &[(ParamId, Vec<f32>, Vec<usize>)]) -> Result<()> {
+    for (id, v, s) in snap {
+        ps.set_from_torch(*id, v, s)?;
+    }
+    Ok(())
 }
 
 /// Epoch checkpoints kept on disk: deletes the oldest beyond `keep`, after the new one is written.
@@ -135,9 +225,27 @@ fn prune_checkpoints(out: &Path, keep: usize) {
 
 /// Runs (or resumes) a training run. `interrupt` is set by the Ctrl-C handler; the loop checks it
 /// between steps, saves `last.safetensors` and returns `Error::Interrupted`.
+/// An allocation that does not fit the GPU fails with `Error::OutOfMemory` naming the batch size
+/// (exit code 4); nothing is written for the step that failed.
 pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: &AtomicBool, show_progress: bool) -> Result<TrainSummary> {
+    train_run(b, cfg, resume, interrupt, show_progress)
+        .map_err(|e| e.oom_context(|| format!(" at batch_size {} (image_size {})", cfg.batch_size, cfg.data.image_size)))
+}
+
+fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: &AtomicBool, show_progress: bool) -> Result<TrainSummary> {
     std::fs::create_dir_all(&cfg.out)
         .map_err(|e| Error::File { path: cfg.out.display().to_string(), msg: format!("cannot create run folder: {e}") })?;
+    crate::checkpoint::remove_stale_temp_files(&cfg.out);
+    // A resume is checked before anything is loaded or built: a mismatch is one clear line.
+    let resume_from = match resume {
+        Some(path) => {
+            let wf = WeightFile::read(path)?;
+            let saved = wf.state()?;
+            check_resume_compatible(path, &saved, cfg)?;
+            Some((path, wf, saved))
+        }
+        None => None,
+    };
     let say = |s: String| {
         if show_progress {
             eprintln!("{s}");
@@ -170,17 +278,7 @@ pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
     let mut state = TrainState { epoch: 0, step_in_epoch: 0, global_step: 0, method: cfg.method.clone(), config: cfg.to_toml() };
     let mut log = MetricsLog::open(&cfg.out)?;
     let mut summary = TrainSummary { out: cfg.out.clone(), skipped_images: skipped, ..Default::default() };
-    if let Some(path) = resume {
-        let wf = WeightFile::read(path)?;
-        let saved = wf.state()?;
-        if saved.method != cfg.method {
-            return Err(Error::Config(format!(
-                "{}: checkpoint of method {:?}, config asks for {:?}",
-                path.display(),
-                saved.method,
-                cfg.method
-            )));
-        }
+    if let Some((path, wf, saved)) = resume_from {
         wf.load_into(&mut ps, "", "")?;
         wf.load_momentum(&ps, &mut opt)?;
         state = TrainState { config: cfg.to_toml(), ..saved };
@@ -192,7 +290,8 @@ pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
     if state.global_step == 0
         && let Some(test) = &test_set
     {
-        let acc = knn_monitor(method.as_ref(), &ps, &train_set, test, cfg)?;
+        let acc = knn_monitor(method.as_ref(), &ps, &train_set, test, cfg, show_progress)
+            .map_err(|e| save_on_interrupt(e, cfg, &ps, &opt, &state))?;
         say(format!("kNN top-1 of the randomly initialised backbone: {:.2}%", acc * 100.0));
         summary.knn_init = Some(acc);
         log.write(json!({"type": "knn", "epoch": 0, "knn_top1": acc, "init": true}))?;
@@ -217,6 +316,8 @@ pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
             .progress_chars("=> "),
     );
     bar.set_position(state.global_step as u64);
+    let nan_hook: Option<usize> = std::env::var("SSL_ENGINE_TEST_NAN_AT_STEP").ok().and_then(|v| v.parse().ok());
+    let mut skipped_steps = 0usize;
 
     while state.epoch < cfg.epochs {
         let epoch = state.epoch;
@@ -224,11 +325,9 @@ pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
         let mut epoch_losses = Vec::new();
         let mut last_z: Option<Tensor<B>> = None;
         for batch in loader.epoch(epoch, state.step_in_epoch) {
-            if interrupt.load(Ordering::SeqCst) {
-                let path = cfg.out.join("last.safetensors");
-                save_checkpoint(&path, &ps, &opt, &state)?;
+            if interrupt.load(Ordering::SeqCst) || crate::interrupt::requested() {
                 bar.abandon();
-                return Err(Error::Interrupted(path.display().to_string()));
+                return Err(save_on_interrupt(Error::Interrupted("between steps".into()), cfg, &ps, &opt, &state));
             }
             if cfg.max_steps.is_some_and(|m| state.global_step >= m) {
                 break;
@@ -236,17 +335,57 @@ pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
             let lr = warmup_cosine(peak, state.global_step, total_steps, warmup);
             let tape = Tape::new();
             let cx = Ctx::new(&tape, &ps, true);
-            let xs: Vec<Var<B>> = batch
-                .views
+            let mut views = batch.views;
+            // Test hook: a NaN pixel in this step's batch, as a corrupt input would bring.
+            if nan_hook == Some(state.global_step)
+                && let Some(v) = views.first_mut().and_then(|v| v.first_mut())
+            {
+                *v = f32::NAN;
+            }
+            let xs: Vec<Var<B>> = views
                 .iter()
                 .map(|v| Tensor::from_f32(b, v, &[batch.labels.len(), s, s, 3], DType::F32).map(Var::constant))
                 .collect::<Result<_>>()?;
             let labels: Vec<f32> = batch.labels.iter().map(|&l| l as f32).collect();
             let labels = Tensor::from_f32(b, &labels, &[labels.len()], DType::F32)?;
+            // Batch-norm statistics move in the forward pass: keep them, to undo a skipped step.
+            let stats = if cfg.skip_nonfinite > 0 { Some(buffer_snapshot(&ps)?) } else { None };
             let out = method.forward(&cx, &xs, Some(&labels))?;
+            // Every step's loss and gradients are checked before anything is updated: a NaN can
+            // hide from the loss (a max() or an epsilon clamp swallows it) but not from a sum.
+            let loss = out.loss.value.scalar()? as f64;
             let mut grads = tape.backward(&out.loss)?;
             let pg = cx.param_grads(&mut grads);
             drop(cx);
+            if !loss.is_finite() || !all_finite(pg.iter().map(|(_, g)| g))? {
+                let first_grad = || {
+                    pg.iter()
+                        .find(|(_, g)| g.to_f32().map(|v| v.iter().any(|x| !x.is_finite())).unwrap_or(false))
+                        .map(|(id, _)| format!("the gradient of {}", ps.entry(*id).name))
+                };
+                let what = match first_non_finite(&ps).or_else(first_grad) {
+                    Some(t) => format!("loss or gradient (loss {loss}); first non-finite tensor: {t}"),
+                    None => format!("loss ({loss})"),
+                };
+                if skipped_steps < cfg.skip_nonfinite {
+                    skipped_steps += 1;
+                    if let Some(st) = &stats {
+                        buffer_restore(&mut ps, st)?;
+                    }
+                    bar.suspend(|| {
+                        eprintln!(
+                            "warning: non-finite {what} at epoch {epoch}, step {}: step skipped ({skipped_steps} of at most {})",
+                            state.step_in_epoch, cfg.skip_nonfinite
+                        )
+                    });
+                    log.write(json!({"type": "skipped", "epoch": epoch, "step": state.step_in_epoch, "global_step": state.global_step, "loss": loss.to_string()}))?;
+                    state.global_step += 1;
+                    state.step_in_epoch += 1;
+                    continue;
+                }
+                bar.abandon();
+                return Err(Error::NonFinite { what, epoch, step: state.step_in_epoch });
+            }
             opt.step(&ps, &pg, |id| {
                 let l = if policies[id.0] == LrPolicy::Fixed { peak } else { lr };
                 (l as f32, cfg.optim.weight_decay)
@@ -257,15 +396,6 @@ pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
             state.step_in_epoch += 1;
             let logging = state.global_step.is_multiple_of(cfg.monitor.log_every) || state.step_in_epoch == per_epoch;
             if logging {
-                let loss = out.loss.value.scalar()? as f64;
-                if !loss.is_finite() {
-                    bar.abandon();
-                    let what = match first_non_finite(&ps) {
-                        Some(t) => format!("loss ({loss}); first non-finite tensor: {t}"),
-                        None => format!("loss ({loss})"),
-                    };
-                    return Err(Error::NonFinite { what, epoch, step: state.step_in_epoch - 1 });
-                }
                 let ips = images as f64 / started.elapsed().as_secs_f64();
                 epoch_losses.push(loss);
                 summary.losses.push((state.global_step, loss));
@@ -290,7 +420,8 @@ pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
             && ((cfg.monitor.knn_every > 0 && state.epoch.is_multiple_of(cfg.monitor.knn_every)) || state.epoch == cfg.epochs);
         let mut knn_acc = None;
         if knn_due && let Some(test) = &test_set {
-            let acc = knn_monitor(method.as_ref(), &ps, &train_set, test, cfg)?;
+            let acc = knn_monitor(method.as_ref(), &ps, &train_set, test, cfg, show_progress)
+                .map_err(|e| save_on_interrupt(e, cfg, &ps, &opt, &state))?;
             knn_acc = Some(acc);
             summary.knn_final = Some(acc);
         }

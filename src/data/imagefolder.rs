@@ -108,7 +108,7 @@ fn decode_unchecked(bytes: &[u8], size: usize, max_pixels: u64) -> std::result::
         return Err(format!("image has zero size ({w}x{h})"));
     }
     if pixels > max_pixels {
-        return Err(format!("{w}x{h} = {pixels} pixels exceeds the limit of {max_pixels} (LoadOptions::max_pixels)"));
+        return Err(format!("{w}x{h} = {pixels} pixels exceeds the limit of {max_pixels} (data.max_pixels)"));
     }
     if format == image::ImageFormat::Jpeg && !jpeg_has_eoi(bytes) {
         return Err("truncated JPEG (no end-of-image marker)".into());
@@ -150,8 +150,23 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
         files.extend(found.into_iter().map(|p| (label as u32, p)));
     }
     let files = keep_first_per_class(files, opts.limit_per_class);
-    let decoded: Vec<std::result::Result<Vec<u8>, String>> =
-        files.par_iter().map(|(_, p)| decode_file(p, opts.size, opts.max_pixels)).collect();
+    // Decoding is the long part of loading a large folder: a progress bar, and a Ctrl-C stops it
+    // (the remaining files are not decoded; the caller gets Error::Interrupted).
+    let what = format!("decoding {}", root.display());
+    let bar = crate::progress::bar(files.len(), &what, true);
+    let decoded: Vec<std::result::Result<Vec<u8>, String>> = files
+        .par_iter()
+        .map(|(_, p)| {
+            if crate::interrupt::requested() {
+                return Err("interrupted".into());
+            }
+            let r = decode_file(p, opts.size, opts.max_pixels);
+            bar.inc(1);
+            r
+        })
+        .collect();
+    bar.finish_and_clear();
+    crate::interrupt::check(&what)?;
 
     let per = opts.size * opts.size * 3;
     let mut data = Dataset { images: Vec::with_capacity(files.len() * per), size: opts.size, classes, ..Default::default() };

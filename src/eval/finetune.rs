@@ -58,6 +58,7 @@ pub fn finetune<B: Backend>(
     for epoch in 0..cfg.epochs {
         let mut sum = 0.0;
         for bt in loader.epoch(epoch, 0) {
+            crate::interrupt::check("fine-tuning")?;
             let n = bt.labels.len();
             let tape = Tape::new();
             let cx = Ctx::new(&tape, ps, true);

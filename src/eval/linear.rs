@@ -126,6 +126,7 @@ pub fn train_linear_probe<B: Backend>(
     let rng = Rng::new(cfg.seed).stream("linear-probe");
     let mut step = 0;
     for epoch in 0..cfg.epochs {
+        crate::interrupt::check("linear-probe training")?;
         let order = permutation(n, &mut rng.derive(&[epoch as u64]));
         let mut loss_sum = 0.0;
         for chunk in order.chunks(cfg.batch_size) {

@@ -9,6 +9,7 @@ use ssl_engine::backend::Backend;
 use ssl_engine::nn::ParamStore;
 use ssl_engine::{DType, Tensor};
 
+pub mod cli;
 pub mod conformance;
 
 pub fn fnv(s: &str) -> u64 {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaContext, result, sys};
 
 use super::nvrtc::err;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub(crate) fn size_class(bytes: usize) -> usize {
     if bytes == 0 {
@@ -52,6 +52,8 @@ pub(crate) struct Pool {
     /// `SSL_ENGINE_CUDA_NO_POOL=1`: exact sizes and no caching (every free waits for the device
     /// and returns the block), so compute-sanitizer's memcheck sees every overrun.
     exact: bool,
+    /// Dry run: the memory of the GPU being imitated (None: unlimited).
+    pub fake_capacity: Option<usize>,
     state: Mutex<State>,
 }
 
@@ -60,7 +62,7 @@ const HOST_ALIGN: usize = 256;
 impl Pool {
     pub fn new(mem: Memory) -> Self {
         let exact = matches!(mem, Memory::Cuda(_)) && std::env::var("SSL_ENGINE_CUDA_NO_POOL").is_ok_and(|v| v == "1");
-        Pool { mem, exact, state: Mutex::new(State { fake_next: 1 << 32, ..State::default() }) }
+        Pool { mem, exact, fake_capacity: None, state: Mutex::new(State { fake_next: 1 << 32, ..State::default() }) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -82,6 +84,18 @@ impl Pool {
         let ctx = match &self.mem {
             Memory::Cuda(ctx) => ctx,
             Memory::Fake => {
+                // A dry run with a memory size (tests) runs out of memory as that GPU would.
+                if let Some(cap) = self.fake_capacity
+                    && st.live_bytes + st.pooled_bytes + class > cap
+                {
+                    return Err(Error::OutOfMemory {
+                        backend: "cuda (dry run)".into(),
+                        asked: class as u64,
+                        free: cap.saturating_sub(st.live_bytes + st.pooled_bytes) as u64,
+                        total: cap as u64,
+                        context: String::new(),
+                    });
+                }
                 let p = st.fake_next;
                 st.fake_next += class as u64;
                 st.live_bytes += class;
@@ -106,15 +120,15 @@ impl Pool {
             Err(e) if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY => {
                 self.release_locked(&mut st)?;
                 // SAFETY: as above.
-                unsafe { result::malloc_sync(class) }.map_err(|e| {
+                unsafe { result::malloc_sync(class) }.map_err(|_| {
                     let (free, total) = result::mem_get_info().unwrap_or((0, 0));
-                    err(format!(
-                        "out of GPU memory: asked for {} MiB with {} MiB free of {} MiB ({} MiB live in tensors) ({e}); try a smaller batch",
-                        class >> 20,
-                        free >> 20,
-                        total >> 20,
-                        st.live_bytes >> 20
-                    ))
+                    Error::OutOfMemory {
+                        backend: "cuda".into(),
+                        asked: class as u64,
+                        free: free as u64,
+                        total: total as u64,
+                        context: String::new(),
+                    }
                 })?
             }
             Err(e) => return Err(err(format!("cuMemAlloc of {class} bytes: {e}"))),

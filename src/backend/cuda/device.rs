@@ -184,6 +184,15 @@ impl Device {
         Self::without_gpu(sm_count, None)
     }
 
+    /// A dry run whose allocations fail, as on a GPU with `bytes` of memory, once they exceed it.
+    pub fn dry_run_with_memory(sm_count: u32, bytes: usize) -> Result<Device> {
+        let mut d = Self::without_gpu(sm_count, None)?;
+        let mut pool = Pool::new(Memory::Fake);
+        pool.fake_capacity = Some(bytes);
+        d.pool = Arc::new(pool);
+        Ok(d)
+    }
+
     /// Host emulation: launches run the kernels compiled for the host (library `lib`, built by
     /// the tests from kernels/*.cu and tests/emu/cuda_emu.h) on host memory.
     pub fn emulated(lib: &std::path::Path, sm_count: u32) -> Result<Device> {

@@ -87,6 +87,12 @@ impl CudaBackend {
         Ok(CudaBackend { dev: Arc::new(Device::dry_run(sm_count)?), tf32: false, poison: false })
     }
 
+    /// A dry run imitating a GPU with `bytes` of memory: allocations beyond it fail with
+    /// `Error::OutOfMemory`, as they would there (the out-of-memory tests).
+    pub fn dry_run_with_memory(sm_count: u32, bytes: usize) -> Result<Self> {
+        Ok(CudaBackend { dev: Arc::new(Device::dry_run_with_memory(sm_count, bytes)?), tf32: false, poison: false })
+    }
+
     /// For tests: the kernels compiled for the host (`lib`, built from kernels/*.cu with
     /// tests/emu/cuda_emu.h) run on host threads and host memory, with the real launch code.
     #[doc(hidden)]

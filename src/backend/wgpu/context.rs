@@ -229,6 +229,11 @@ pub struct Context {
     /// A small buffer bound where a kernel's optional input is absent.
     pub dummy: wgpu::Buffer,
     pub buffers_created: std::sync::atomic::AtomicU64,
+    /// Bytes of the storage buffers made and not yet released (live tensors plus the pool).
+    bytes_created: std::sync::atomic::AtomicU64,
+    /// `SSL_ENGINE_WGPU_MEMORY_LIMIT_MB`: allocations beyond it fail with Error::OutOfMemory, as
+    /// on a GPU of that size (software adapters share the host's memory and would swap instead).
+    memory_limit: Option<u64>,
 }
 
 fn dev_err(op: &str, e: impl std::fmt::Display) -> Error {
@@ -322,6 +327,8 @@ impl Context {
             params_buf,
             dummy,
             buffers_created: Default::default(),
+            bytes_created: Default::default(),
+            memory_limit: std::env::var("SSL_ENGINE_WGPU_MEMORY_LIMIT_MB").ok().and_then(|v| v.parse::<u64>().ok()).map(|mb| mb << 20),
         })
     }
 
@@ -346,18 +353,42 @@ impl Context {
     }
 
     /// A device buffer of at least `bytes` (rounded up to 4), from the pool when one is free.
+    /// Returns the cached buffers to the driver.
+    pub fn release_pool(&self) {
+        let freed = self.pool.pooled_bytes();
+        self.pool.clear();
+        self.bytes_created.fetch_sub(freed.min(self.bytes_created.load(std::sync::atomic::Ordering::Relaxed)), std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn alloc_buffer(&self, bytes: u64) -> Result<wgpu::Buffer> {
         let bytes = bytes.max(4).div_ceil(4) * 4;
-        if bytes > self.limits.max_buffer_size || bytes > self.limits.max_storage_buffer_binding_size {
-            return Err(Error::Other(format!(
-                "wgpu alloc: {bytes} bytes exceed the adapter's buffer limit ({} bytes) on {}",
-                self.limits.max_buffer_size.min(self.limits.max_storage_buffer_binding_size),
-                self.info.name
-            )));
+        use std::sync::atomic::Ordering::Relaxed;
+        let oom = |free: u64, total: u64| Error::OutOfMemory {
+            backend: format!("wgpu ({})", self.info.name),
+            asked: bytes,
+            free,
+            total,
+            context: String::new(),
+        };
+        // One buffer larger than the adapter allows: the same remedy as running out of memory.
+        let max = self.limits.max_buffer_size.min(self.limits.max_storage_buffer_binding_size as u64);
+        if bytes > max {
+            return Err(oom(max, max));
         }
         if let Some(b) = self.pool.take(bytes) {
             return Ok(b);
         }
+        // A memory budget (SSL_ENGINE_WGPU_MEMORY_LIMIT_MB): cached buffers go back first.
+        if let Some(limit) = self.memory_limit {
+            if self.bytes_created.load(Relaxed) + bytes > limit {
+                self.release_pool();
+            }
+            let used = self.bytes_created.load(Relaxed);
+            if used + bytes > limit {
+                return Err(oom(limit.saturating_sub(used), limit));
+            }
+        }
+        self.bytes_created.fetch_add(bytes, Relaxed);
         self.buffers_created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,

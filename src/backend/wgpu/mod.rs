@@ -107,7 +107,7 @@ impl WgpuBackend {
     }
     /// Releases pooled buffers (e.g. between training and a large evaluation).
     pub fn release_pooled(&self) {
-        self.ctx.pool.clear()
+        self.ctx.release_pool()
     }
     /// Submits recorded work without waiting.
     pub fn flush(&self) -> Result<()> {
