@@ -279,4 +279,3 @@ pub fn export<B: Backend>(b: &B, checkpoint: &Path, out: &Path) -> Result<usize>
 pub fn load(path: &Path, split: Split, cfg: &Config) -> Result<Arc<Dataset>> {
     Ok(Arc::new(crate::train::load_split(&split_path(path, split), split, cfg)?))
 }
-

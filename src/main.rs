@@ -1,5 +1,5 @@
 //! The `ssl-engine` command line: parse, then call the library. Errors print one line and exit
-//! non-zero (3 for a non-finite loss, 130 after Ctrl-C with the state saved).
+//! non-zero (3 for a non-finite loss, 4 out of GPU memory, 130 after Ctrl-C / SIGTERM).
 
 use std::path::PathBuf;
 
@@ -83,48 +83,12 @@ enum Cmd {
     },
 }
 
-/// The flags of `embed`.
+/// Which backbone, with which recipe, on which device: the flags `eval` and `embed` share.
 #[derive(Args, Clone)]
-struct EmbedArgs {
+struct BackboneArgs {
     /// Our checkpoint, a PyTorch-named backbone .safetensors (torchvision / timm), or `random`.
     #[arg(long)]
     checkpoint: String,
-    /// The images to embed: an image folder, CIFAR binary or IDX data (every image, in sorted order).
-    #[arg(long)]
-    data: PathBuf,
-    /// Output .npy file for the features; labels go to <stem>_labels.npy beside it.
-    #[arg(long)]
-    out: PathBuf,
-    /// Backbone preset, only where the weight file cannot tell (and for `random`); an error if it
-    /// contradicts the file.
-    #[arg(long)]
-    model: Option<String>,
-    /// Recipe whose data settings (image size, normalisation) to use.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Override a recipe key, e.g. --set data.image_size=64 (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    overrides: Vec<String>,
-    /// Compute backend: cpu, cuda or wgpu.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
-    /// GPU index (cuda) or WebGPU adapter index (wgpu).
-    #[arg(long)]
-    device: Option<usize>,
-}
-
-/// The flags shared by `eval knn` and `eval linear`.
-#[derive(Args, Clone)]
-struct EvalArgs {
-    /// Our checkpoint, a PyTorch-named backbone .safetensors (torchvision / timm), or `random`.
-    #[arg(long)]
-    checkpoint: String,
-    /// Training images (the kNN bank / probe training set). A folder with train/ and test/ inside works too.
-    #[arg(long)]
-    data: PathBuf,
-    /// Test images (default: <data>/test when it exists).
-    #[arg(long)]
-    test_data: Option<PathBuf>,
     /// Backbone preset, only where the weight file cannot tell (and for `random`); an error if it
     /// contradicts the file.
     #[arg(long)]
@@ -141,6 +105,32 @@ struct EvalArgs {
     /// GPU index (cuda) or WebGPU adapter index (wgpu).
     #[arg(long)]
     device: Option<usize>,
+}
+
+/// The flags of `embed`.
+#[derive(Args, Clone)]
+struct EmbedArgs {
+    #[command(flatten)]
+    net: BackboneArgs,
+    /// The images to embed: an image folder, CIFAR binary or IDX data (every image, in sorted order).
+    #[arg(long)]
+    data: PathBuf,
+    /// Output .npy file for the features; labels go to <stem>_labels.npy beside it.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// The flags shared by `eval knn` and `eval linear`.
+#[derive(Args, Clone)]
+struct EvalArgs {
+    #[command(flatten)]
+    net: BackboneArgs,
+    /// Training images (the kNN bank / probe training set). A folder with train/ and test/ inside works too.
+    #[arg(long)]
+    data: PathBuf,
+    /// Test images (default: <data>/test when it exists).
+    #[arg(long)]
+    test_data: Option<PathBuf>,
     /// Also write the metrics (top-1/top-5, macro/micro accuracy and AUC) as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -276,14 +266,15 @@ fn print_metrics(title: &str, m: &ssl_engine::eval::metrics::Metrics) {
 type EvalSetup<B> = (Config, LoadedBackbone<B>, std::sync::Arc<ssl_engine::data::Dataset>, std::sync::Arc<ssl_engine::data::Dataset>);
 
 fn eval_setup<B: Backend>(b: &B, a: &EvalArgs) -> ssl_engine::Result<EvalSetup<B>> {
-    let mut cfg = Config::load(a.config.as_deref(), &a.overrides)?;
-    if let Some(m) = &a.model {
+    let n = &a.net;
+    let mut cfg = Config::load(n.config.as_deref(), &n.overrides)?;
+    if let Some(m) = &n.model {
         cfg.model = m.clone();
     }
-    let model = if a.checkpoint == "random" {
+    let model = if n.checkpoint == "random" {
         app::random_backbone(b, &cfg)?
     } else {
-        app::load_backbone(b, std::path::Path::new(&a.checkpoint), a.model.as_deref(), cfg.data.image_size)?
+        app::load_backbone(b, std::path::Path::new(&n.checkpoint), n.model.as_deref(), cfg.data.image_size)?
     };
     let train = app::load(&a.data, Split::Train, &cfg)?;
     let test_path = a.test_data.clone().unwrap_or_else(|| a.data.clone());
@@ -338,16 +329,16 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
             }
         }
         Cmd::Eval { what } => match what {
-            EvalCmd::Knn { common, k, t } => with_backend!(common.backend.as_str(), 0, common.device, |b| {
+            EvalCmd::Knn { common, k, t } => with_backend!(common.net.backend.as_str(), 0, common.net.device, |b| {
                 let (mut cfg, model, train, test) = eval_setup(&b, &common)?;
                 cfg.monitor.knn_k = k;
                 cfg.monitor.knn_t = t;
                 let m = app::eval_knn(&model, &train, &test, &cfg)?;
-                print_metrics(&format!("kNN (k={k}, T={t}) of {}", common.checkpoint), &m);
+                print_metrics(&format!("kNN (k={k}, T={t}) of {}", common.net.checkpoint), &m);
                 write_json(&common.json, &m)
             })?,
             EvalCmd::Linear { common, epochs, optimizer, lr, batch_size, labels_per_class, finetune, weight_decay, raw_features } => {
-                with_backend!(common.backend.as_str(), 0, common.device, |b| {
+                with_backend!(common.net.backend.as_str(), 0, common.net.device, |b| {
                     let (cfg, model, train, test) = eval_setup(&b, &common)?;
                     let lr = lr.unwrap_or(if finetune {
                         0.1
@@ -380,23 +371,13 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                     } else {
                         app::eval_linear(&model, &train, &test, &cfg, &probe, subset.as_deref(), progress)?
                     };
-                    print_metrics(&format!("{what} of {} ({} training images)", common.checkpoint, r.train_images), &r.metrics);
+                    print_metrics(&format!("{what} of {} ({} training images)", common.net.checkpoint, r.train_images), &r.metrics);
                     write_json(&common.json, &r)
                 })?
             }
         },
-        Cmd::Embed { args: a } => with_backend!(a.backend.as_str(), 0, a.device, |b| {
-            let common = EvalArgs {
-                checkpoint: a.checkpoint.clone(),
-                data: a.data.clone(),
-                test_data: Some(a.data.clone()),
-                model: a.model.clone(),
-                config: a.config.clone(),
-                overrides: a.overrides.clone(),
-                backend: a.backend.clone(),
-                device: a.device,
-                json: None,
-            };
+        Cmd::Embed { args: a } => with_backend!(a.net.backend.as_str(), 0, a.net.device, |b| {
+            let common = EvalArgs { net: a.net.clone(), data: a.data.clone(), test_data: Some(a.data.clone()), json: None };
             let (cfg, model, train, _) = eval_setup(&b, &common)?;
             let (f, l) = app::embed(&model, &train, &cfg, &a.out)?;
             println!("wrote {} and {}", f.display(), l.display());

@@ -195,15 +195,15 @@ fn check_resume_compatible(path: &Path, saved: &TrainState, cfg: &Config) -> Res
     Ok(())
 }
 
+/// Every buffer (the batch-norm running statistics) as (id, values, PyTorch shape).
+type BufferSnapshot = Vec<(ParamId, Vec<f32>, Vec<usize>)>;
+
 /// The batch-norm running statistics (every buffer), to restore after a skipped step.
-fn buffer_snapshot<B: Backend>(ps: &ParamStore<B>) -> Result<Vec<(ParamId, Vec<f32>, Vec<usize>)>> {
-    ps.ids()
-        .filter(|&id| ps.entry(id).kind == Kind::Buffer)
-        .map(|id| ps.to_torch(id).map(|(v, s)| (id, v, s)))
-        .collect()
+fn buffer_snapshot<B: Backend>(ps: &ParamStore<B>) -> Result<BufferSnapshot> {
+    ps.ids().filter(|&id| ps.entry(id).kind == Kind::Buffer).map(|id| ps.to_torch(id).map(|(v, s)| (id, v, s))).collect()
 }
 
-fn buffer_restore<B: Backend>(ps: &mut ParamStore<B>, snap: &[(ParamId, Vec<f32>, Vec<usize>)]) -> Result<()> {
+fn buffer_restore<B: Backend>(ps: &mut ParamStore<B>, snap: &BufferSnapshot) -> Result<()> {
     for (id, v, s) in snap {
         ps.set_from_torch(*id, v, s)?;
     }

@@ -20,6 +20,20 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ssl-engine"))
 }
 
+/// Waits until the process catches SIGTERM (bit 14 of SigCgt in /proc/<pid>/status).
+fn wait_until_catching_sigterm(child: &Child) {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+        let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok());
+        if caught.is_some_and(|m| m & (1 << 14) != 0) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("the process never installed its SIGTERM handler");
+}
+
 fn signal(child: &Child, sig: &str) {
     let _ = Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status();
 }
@@ -30,7 +44,9 @@ fn checkpoints(out: &Path) -> Vec<PathBuf> {
         .map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<PathBuf>>())
         .unwrap_or_default()
         .into_iter()
-        .filter(|p: &PathBuf| p.file_name().unwrap().to_string_lossy().ends_with(".safetensors") && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .filter(|p: &PathBuf| {
+            p.file_name().unwrap().to_string_lossy().ends_with(".safetensors") && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+        })
         .collect();
     v.sort();
     v
@@ -72,11 +88,13 @@ fn sigkill_anywhere_leaves_only_valid_checkpoints_that_resume() {
         }
         kills += 1;
         for ck in checkpoints(&out) {
-            let wf = WeightFile::read(&ck).unwrap_or_else(|e| panic!("after kill {kills}: {} is not a valid checkpoint: {e}", ck.display()));
+            let wf =
+                WeightFile::read(&ck).unwrap_or_else(|e| panic!("after kill {kills}: {} is not a valid checkpoint: {e}", ck.display()));
             wf.state().unwrap_or_else(|e| panic!("after kill {kills}: {}: {e}", ck.display()));
             validated += 1;
         }
-        let epochs: Vec<_> = checkpoints(&out).into_iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("epoch-")).collect();
+        let epochs: Vec<_> =
+            checkpoints(&out).into_iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("epoch-")).collect();
         // keep = 2; a kill between a durable save and the pruning may leave one more.
         assert!(epochs.len() <= 3, "keep-last-2 left {epochs:?}");
     }
@@ -215,8 +233,8 @@ fn monitored(out: &Path, extra: &[&str]) -> Vec<String> {
 fn sigterm_while_decoding_stops_at_once_and_writes_nothing() {
     let out = tmp_dir("sig-decode");
     let (child, rx) = spawn_reading(&monitored(&out, &[]), &[]);
-    // Past the handler's installation (the first thing the binary does), inside the decoding.
-    std::thread::sleep(Duration::from_millis(120));
+    // As soon as the handler is installed (the first thing the binary does): inside the decoding.
+    wait_until_catching_sigterm(&child);
     signal(&child, "TERM");
     let (code, err) = finish(child, rx, Duration::from_secs(10), "SIGTERM while decoding");
     assert_eq!(code, 130, "{err}");
@@ -385,7 +403,10 @@ fn out_of_gpu_memory_names_the_batch_and_memory_with_exit_code_4_and_writes_noth
     let err = ssl_engine::train::train(&dev, &cfg, None, &AtomicBool::new(false), false).unwrap_err();
     let msg = err.to_string();
     assert_eq!(err.exit_code(), 4, "{msg}");
-    assert!(msg.contains("out of memory at batch_size 512") && msg.contains("MiB free of 256 MiB") && msg.contains("smaller batch_size"), "{msg}");
+    assert!(
+        msg.contains("out of memory at batch_size 512") && msg.contains("MiB free of 256 MiB") && msg.contains("smaller batch_size"),
+        "{msg}"
+    );
     assert_eq!(std::fs::read(out.join("last.safetensors")).unwrap(), before, "no partial checkpoint");
     println!("dry-run CUDA: {msg}");
 }
@@ -397,7 +418,11 @@ fn out_of_memory_on_webgpu_with_a_memory_cap_exits_4() {
         return;
     }
     let out = tmp_dir("oom-wgpu");
-    let mut a = tiny_args(&out, &repo("data/cifar10-demo/train"), &["data.limit_per_class=52", "batch_size=512", "data.image_size=32", "model_opts.width=16"]);
+    let mut a = tiny_args(
+        &out,
+        &repo("data/cifar10-demo/train"),
+        &["data.limit_per_class=52", "batch_size=512", "data.image_size=32", "model_opts.width=16"],
+    );
     a.extend(["--backend".into(), "wgpu".into()]);
     let o = bin().args(&a).env("SSL_ENGINE_WGPU_MEMORY_LIMIT_MB", "32").output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
@@ -440,7 +465,17 @@ fn every_subcommand_help_describes_its_own_flags() {
     assert!(!embed.contains("kNN bank") && !embed.contains("--json"), "embed --help describes eval's flags: {embed}");
     assert!(help(&["train"]).contains("--skip-nonfinite"));
     // Every flag of every subcommand has a description.
-    for cmd in [&["train"][..], &["eval", "knn"], &["eval", "linear"], &["embed"], &["export"], &["plot"], &["bench", "step"], &["bench", "kernels"], &["bench", "loader"]] {
+    for cmd in [
+        &["train"][..],
+        &["eval", "knn"],
+        &["eval", "linear"],
+        &["embed"],
+        &["export"],
+        &["plot"],
+        &["bench", "step"],
+        &["bench", "kernels"],
+        &["bench", "loader"],
+    ] {
         let h = help(cmd);
         let mut lines = h.lines().peekable();
         while let Some(l) = lines.next() {

@@ -117,7 +117,8 @@ fn fuzz(name: &str, seeds: &[Vec<u8>], mut target: impl FnMut(&[u8]) -> bool) ->
 /// A small real checkpoint, made by training the tiny model for a step.
 fn checkpoint_seed() -> Vec<u8> {
     let out = tmp_dir("fuzz-ckpt-seed");
-    let a = common::cli::tiny_args(&out, &repo("data/cifar10-demo/train"), &["data.limit_per_class=1", "batch_size=8", "model_opts.width=2"]);
+    let a =
+        common::cli::tiny_args(&out, &repo("data/cifar10-demo/train"), &["data.limit_per_class=1", "batch_size=8", "model_opts.width=2"]);
     let (c, e) = common::cli::ssl(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(c, 0, "{e}");
     std::fs::read(out.join("last.safetensors")).unwrap()
@@ -250,7 +251,12 @@ fn crafted_inputs_are_named_errors_with_bounded_memory() {
     let mut overlap = (hdr.len() as u64).to_le_bytes().to_vec();
     overlap.extend(hdr);
     overlap.extend([0u8; 8]);
-    expect_err("overlapping offsets", ck("overlap.safetensors", overlap), &["overlap.safetensors", "not a valid safetensors"], Instant::now());
+    expect_err(
+        "overlapping offsets",
+        ck("overlap.safetensors", overlap),
+        &["overlap.safetensors", "not a valid safetensors"],
+        Instant::now(),
+    );
     // A tensor that claims a billion elements in a file of a few bytes.
     let hdr = br#"{"a":{"dtype":"F32","shape":[1000000000],"data_offsets":[0,4000000000]}}"#;
     let mut count = (hdr.len() as u64).to_le_bytes().to_vec();
@@ -287,7 +293,12 @@ fn crafted_inputs_are_named_errors_with_bounded_memory() {
     expect_err("IDX count larger than the file", idx::read_idx(&p).map(drop), &["big-idx3-ubyte", "needs"], Instant::now());
     let p = dir.join("test_batch.bin");
     std::fs::write(&p, vec![3u8; 3073 * 2 + 100]).unwrap();
-    expect_err("CIFAR file of a partial record", cifar::load_file(&p, &LoadOptions::default()).map(drop), &["test_batch.bin"], Instant::now());
+    expect_err(
+        "CIFAR file of a partial record",
+        cifar::load_file(&p, &LoadOptions::default()).map(drop),
+        &["test_batch.bin"],
+        Instant::now(),
+    );
 
     let grown = peak_rss_mib().saturating_sub(rss0);
     println!("peak memory grew by {grown} MiB over the crafted cases");

@@ -152,7 +152,15 @@ fn export_matches_torchvision_state_dict_and_round_trips() {
     let b = CpuBackend::new(2).unwrap();
     let exported = out.join("backbone.safetensors");
     app::export(&b, &out.join("last.safetensors"), &exported).unwrap();
-    // Names and shapes: exactly torchvision's resnet18 (CIFAR stem, no fc) state dict.
+    // A safetensors file (8-byte header length, then JSON), never a pickle (0x80 ...) or a
+    // torch.save zip ("PK"): loading it runs no code.
+    let raw = std::fs::read(&exported).unwrap();
+    let hlen = u64::from_le_bytes(raw[..8].try_into().unwrap()) as usize;
+    assert!(raw[8] == b'{' && 8 + hlen <= raw.len(), "not a safetensors layout");
+    assert!(raw[0] != 0x80 && &raw[..2] != b"PK");
+    // Names and shapes: exactly torchvision's resnet18 (CIFAR stem, no fc) state dict, as
+    // PyTorch's own state_dict() listed them (tests/reference/make_fixtures.py): the two checks
+    // load_state_dict(strict=True) makes, missing/unexpected keys and shapes.
     let keys: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(repo("tests/reference/state_dict_keys.json")).unwrap()).unwrap();
     let want = keys["resnet18-cifar"].as_object().unwrap();

@@ -357,7 +357,8 @@ impl Context {
     pub fn release_pool(&self) {
         let freed = self.pool.pooled_bytes();
         self.pool.clear();
-        self.bytes_created.fetch_sub(freed.min(self.bytes_created.load(std::sync::atomic::Ordering::Relaxed)), std::sync::atomic::Ordering::Relaxed);
+        self.bytes_created
+            .fetch_sub(freed.min(self.bytes_created.load(std::sync::atomic::Ordering::Relaxed)), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn alloc_buffer(&self, bytes: u64) -> Result<wgpu::Buffer> {
@@ -371,7 +372,7 @@ impl Context {
             context: String::new(),
         };
         // One buffer larger than the adapter allows: the same remedy as running out of memory.
-        let max = self.limits.max_buffer_size.min(self.limits.max_storage_buffer_binding_size as u64);
+        let max = self.limits.max_buffer_size.min(self.limits.max_storage_buffer_binding_size);
         if bytes > max {
             return Err(oom(max, max));
         }
