@@ -225,11 +225,13 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
     }
 }
 
-// The k range of split `s` out of `splits`: pieces of `per` (a multiple of BK) elements.
+// The k range of split `s` out of `splits`: pieces of `per` (a multiple of BK) elements. In
+// 32-bit arithmetic (the Rust side checks K < 2^31): a 64-bit division is a subroutine call.
 DEV void split_range(i64 K, int splits, int s, i64& k0, i64& k1) {
-    i64 per = (K + splits - 1) / splits;
+    const int k = (int)K;
+    int per = (k + splits - 1) / splits;
     per = (per + BK - 1) / BK * BK;
-    k0 = (i64)s * per;
-    if (k0 > K) k0 = K;
-    k1 = k0 + per < K ? k0 + per : K;
+    const int lo = s * per < k ? s * per : k;
+    k0 = lo;
+    k1 = lo + per < k ? lo + per : k;
 }

@@ -233,6 +233,11 @@ enum BenchCmd {
         /// Timed runs per kernel after one warm-up; the median is reported.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// No timing: compile every CUDA kernel for sm_90a and print registers, spills, shared
+        /// memory, theoretical occupancy and the instruction mix (HMMA, LDGSTS, LDSM, local
+        /// memory, division calls). Needs libnvrtc and cuobjdump, not a GPU.
+        #[arg(long = "static")]
+        static_report: bool,
     },
     /// Augmented 32x32 views per second of the data loader (SimSiam recipe).
     Loader {
@@ -406,7 +411,19 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                     Ok::<(), ssl_engine::Error>(())
                 })?
             }
-            BenchCmd::Kernels { backend, batch, filter, runs } => {
+            BenchCmd::Kernels { static_report: true, filter, .. } => {
+                use ssl_engine::backend::cuda::report;
+                let tool = report::find_cuobjdump().ok_or_else(|| {
+                    ssl_engine::Error::Other(
+                        "cuobjdump not found (CUDA toolkit, or pip install nvidia-cuda-cuobjdump and put its bin/ on PATH, or set CUOBJDUMP)"
+                            .into(),
+                    )
+                })?;
+                let ks: Vec<_> =
+                    report::static_report(&tool)?.into_iter().filter(|k| filter.as_deref().is_none_or(|f| k.name.contains(f))).collect();
+                print!("{}", report::format_report(&ks));
+            }
+            BenchCmd::Kernels { backend, batch, filter, runs, .. } => {
                 with_backend!(backend.backend.as_str(), backend.threads, backend.device, |b| {
                     println!("backend: {}", b.name());
                     for t in bench::bench_kernels(&b, batch, filter.as_deref(), runs)? {

@@ -249,3 +249,31 @@ fn dry_run_rejects_unsupported_sizes_cleanly() {
     assert!(Tensor::zeros(&dev, &[3], DType::F64).is_err());
     assert!(!dev.supports(DType::F64));
 }
+
+/// The static report (`ssl-engine bench kernels --static`): every GEMM and convolution kernel
+/// on sm_90a keeps everything in registers (no spill, no local memory), makes no 64-bit
+/// division call (they used to: two per loaded element in the convolution loaders, one per block
+/// in split_range), and the TF32 variants run on tensor cores (HMMA). Needs cuobjdump too.
+#[test]
+fn static_report_gemm_and_conv_kernels_are_spill_free_division_free_and_use_tensor_cores() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    use ssl_engine::backend::cuda::report;
+    let Some(tool) = report::find_cuobjdump() else {
+        println!("skipped: cuobjdump not found (pip install nvidia-cuda-cuobjdump)");
+        return;
+    };
+    let ks = report::static_report(&tool).unwrap();
+    println!("{}", report::format_report(&ks));
+    let gemm: Vec<_> = ks.iter().filter(|k| k.name.starts_with("matmul") || k.name.starts_with("conv2d")).collect();
+    assert_eq!(gemm.len(), 8, "2 matmul + 6 convolution kernels expected");
+    for k in &gemm {
+        assert!(k.instructions > 100, "{}: no SASS parsed", k.name);
+        assert_eq!((k.spill_bytes, k.local_ops), (0, 0), "{}: spills or local memory", k.name);
+        assert_eq!(k.calls, 0, "{}: integer-division calls", k.name);
+        assert_eq!(k.block_threads, Some(256), "{}: launch bounds", k.name);
+        assert!(k.occupancy().unwrap() >= 0.25, "{}: occupancy under 25%", k.name);
+        assert_eq!(k.hmma > 0, k.name.contains("_tc_"), "{}: HMMA only and always in the TF32 variants", k.name);
+    }
+}

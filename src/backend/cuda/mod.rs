@@ -27,6 +27,7 @@ mod norm;
 pub mod nvrtc;
 mod optim;
 mod pool;
+pub mod report;
 
 use std::sync::Arc;
 
