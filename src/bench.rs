@@ -42,11 +42,23 @@ impl Timing {
 }
 
 /// Runs `f` `warmup` times, then `runs` timed times; returns (median, min, max) seconds.
-pub fn time<B: Backend>(b: &B, warmup: usize, runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64)> {
+pub fn time<B: Backend>(b: &B, warmup: usize, runs: usize, f: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64)> {
+    time_with(b, warmup, runs, || {}, f)
+}
+
+/// `time`, calling `on_warm` between the warm-up and the timed runs.
+pub fn time_with<B: Backend>(
+    b: &B,
+    warmup: usize,
+    runs: usize,
+    on_warm: impl FnOnce(),
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(f64, f64, f64)> {
     for _ in 0..warmup {
         f()?;
     }
     b.synchronize()?;
+    on_warm();
     let mut ts = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
         let t0 = Instant::now();
@@ -93,6 +105,20 @@ pub fn bench_step<B: Backend>(b: &B, model: &str, batch: usize, image: usize, wa
 /// One SimSiam step: two views through backbone + projector + predictor (CIFAR heads, 2048-d),
 /// the symmetric loss, backward, fused SGD. The same step as `benches/pytorch_step.py --simsiam`.
 pub fn bench_simsiam_step<B: Backend>(b: &B, model: &str, batch: usize, image: usize, warmup: usize, runs: usize) -> Result<Timing> {
+    bench_simsiam_step_with(b, model, batch, image, warmup, runs, || {})
+}
+
+/// `bench_simsiam_step`, calling `on_warm` after the warm-up steps (the census clears the
+/// launch log there, so it holds the timed steps alone).
+pub fn bench_simsiam_step_with<B: Backend>(
+    b: &B,
+    model: &str,
+    batch: usize,
+    image: usize,
+    warmup: usize,
+    runs: usize,
+    on_warm: impl FnOnce(),
+) -> Result<Timing> {
     use crate::ssl::{
         Method,
         simsiam::{SimSiam, SimSiamConfig},
@@ -103,7 +129,7 @@ pub fn bench_simsiam_step<B: Backend>(b: &B, model: &str, batch: usize, image: u
     let mut rng = Rng::new(1);
     let views = [random(b, &mut rng, &[batch, image, image, 3])?, random(b, &mut rng, &[batch, image, image, 3])?];
     let mut opt = Sgd::new(0.9);
-    let (median_s, min_s, max_s) = time(b, warmup, runs, || {
+    let (median_s, min_s, max_s) = time_with(b, warmup, runs, on_warm, || {
         let tape = Tape::new();
         let cx = Ctx::new(&tape, &ps, true);
         let xs: Vec<Var<B>> = views.iter().map(|v| Var::constant(v.clone())).collect();
@@ -213,4 +239,33 @@ pub fn bench_kernels<B: Backend>(b: &B, batch: usize, filter: Option<&str>, runs
         })?;
     }
     Ok(out)
+}
+
+/// One kernel's share of a step: launches and the bytes they reach.
+#[derive(Clone, Debug)]
+pub struct CensusRow {
+    pub kernel: String,
+    pub launches: usize,
+    pub bytes: u64,
+}
+
+/// The kernel launches of one SimSiam step (after a warm-up step) on the dry-run CUDA device,
+/// grouped by kernel, most bytes first: how many launches a step makes and how much memory they
+/// reach, before anything runs on a GPU.
+pub fn simsiam_step_census(b: &crate::backend::cuda::CudaBackend, model: &str, batch: usize, image: usize) -> Result<Vec<CensusRow>> {
+    bench_simsiam_step_with(b, model, batch, image, 1, 1, || {
+        b.take_launches();
+    })?;
+    let mut rows: Vec<CensusRow> = Vec::new();
+    for l in b.take_launches() {
+        match rows.iter_mut().find(|r| r.kernel == l.kernel) {
+            Some(r) => {
+                r.launches += 1;
+                r.bytes += l.bytes;
+            }
+            None => rows.push(CensusRow { kernel: l.kernel, launches: 1, bytes: l.bytes }),
+        }
+    }
+    rows.sort_by(|a, c| c.bytes.cmp(&a.bytes));
+    Ok(rows)
 }

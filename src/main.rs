@@ -219,6 +219,10 @@ enum BenchCmd {
         /// supervised step; images/s then counts views.
         #[arg(long)]
         simsiam: bool,
+        /// With --backend cuda --simsiam: no GPU, no timing; run one step on the dry-run device
+        /// and list its kernel launches and the bytes they reach (the step census).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Times each kernel family on ResNet-18 (CIFAR) and ViT-tiny shapes.
     Kernels {
@@ -399,7 +403,23 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
             }
         }
         Cmd::Bench { what } => match what {
-            BenchCmd::Step { backend, model, batch, image_size, warmup, runs, simsiam } => {
+            BenchCmd::Step { backend, model, batch, image_size, simsiam, dry_run: true, .. } => {
+                if backend.backend != "cuda" || !simsiam {
+                    return Err(ssl_engine::Error::Config(
+                        "--dry-run is the CUDA step census: use it with --backend cuda --simsiam".into(),
+                    ));
+                }
+                let b = ssl_engine::backend::cuda::CudaBackend::dry_run(132)?;
+                let rows = bench::simsiam_step_census(&b, &model, batch, image_size)?;
+                let (n, bytes): (usize, u64) = rows.iter().fold((0, 0), |(n, by), r| (n + r.launches, by + r.bytes));
+                println!("SimSiam step census, {model} batch {batch} (2 views), dry-run CUDA device, FP32:");
+                println!("{:<32} {:>9} {:>12}", "kernel", "launches", "MB reached");
+                for r in &rows {
+                    println!("{:<32} {:>9} {:>12.1}", r.kernel, r.launches, r.bytes as f64 / 1e6);
+                }
+                println!("{:<32} {:>9} {:>12.1}", "total", n, bytes as f64 / 1e6);
+            }
+            BenchCmd::Step { backend, model, batch, image_size, warmup, runs, simsiam, .. } => {
                 with_backend!(backend.backend.as_str(), backend.threads, backend.device, |b| {
                     println!("backend: {}", b.name());
                     let t = if simsiam {

@@ -277,3 +277,30 @@ fn static_report_gemm_and_conv_kernels_are_spill_free_division_free_and_use_tens
         assert_eq!(k.hmma > 0, k.name.contains("_tc_"), "{}: HMMA only and always in the TF32 variants", k.name);
     }
 }
+
+/// The step census (`bench step --backend cuda --simsiam --dry-run`): one SimSiam step's kernel
+/// launches on the dry-run device and the bytes they reach. Every convolution of ResNet-18 runs
+/// its three passes (the stem's backward-data is skipped: the input needs no gradient), the
+/// count is the same step after step, and the bytes follow the buffers' sizes.
+#[test]
+fn step_census_counts_launches_and_bytes_of_one_simsiam_step() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let b = CudaBackend::dry_run(132).unwrap();
+    let rows = ssl_engine::bench::simsiam_step_census(&b, "resnet18-cifar", 8, 16).unwrap();
+    let get = |k: &str| rows.iter().find(|r| r.kernel == k).unwrap_or_else(|| panic!("no {k} in {rows:?}"));
+    // 20 convolutions per view (17 3x3 + 3 1x1 shortcuts), two views.
+    assert_eq!(get("conv2d_fwd_f32").launches, 40);
+    assert_eq!(get("conv2d_weight_bwd_f32").launches, 40);
+    assert_eq!(get("conv2d_data_bwd_f32").launches, 38);
+    assert_eq!(get("sgd_fwd_f32").launches, 1, "one fused optimizer launch");
+    // The first convolution reaches at least its input, weight and output: 8 x 16 x 16 x 3 inputs,
+    // 64 x 3 x 3 x 3 weights, 8 x 16 x 16 x 64 outputs, in f32.
+    let min_fwd = 4 * (8 * 16 * 16 * 3 + 64 * 27 + 8 * 16 * 16 * 64) as u64;
+    assert!(get("conv2d_fwd_f32").bytes >= 2 * min_fwd);
+    let again = ssl_engine::bench::simsiam_step_census(&b, "resnet18-cifar", 8, 16).unwrap();
+    let total = |r: &[ssl_engine::bench::CensusRow]| r.iter().map(|x| x.launches).sum::<usize>();
+    assert_eq!(total(&rows), total(&again), "the same step makes the same launches");
+    println!("census at batch 8: {} launches", total(&rows));
+}

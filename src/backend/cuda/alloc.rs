@@ -35,6 +35,8 @@ struct State {
     live_bytes: usize,
     /// Dry run: the next fake address.
     fake_next: u64,
+    /// Dry run: every fake block (base -> size), for the bytes a recorded launch touches.
+    fake_blocks: std::collections::BTreeMap<u64, usize>,
 }
 
 /// Where the memory comes from.
@@ -98,6 +100,7 @@ impl Pool {
                 }
                 let p = st.fake_next;
                 st.fake_next += class as u64;
+                st.fake_blocks.insert(p, class);
                 st.live_bytes += class;
                 return Ok((p, class));
             }
@@ -135,6 +138,15 @@ impl Pool {
         };
         st.live_bytes += class;
         Ok((p, class))
+    }
+
+    /// Dry run: the bytes from `ptr` to the end of the fake block holding it (0 if none does).
+    pub fn fake_extent(&self, ptr: u64) -> u64 {
+        let st = self.lock();
+        match st.fake_blocks.range(..=ptr).next_back() {
+            Some((&base, &size)) if ptr < base + size as u64 => base + size as u64 - ptr,
+            _ => 0,
+        }
     }
 
     /// Returns a block to its free list (the device may still be using it: see the module doc).

@@ -57,6 +57,9 @@ pub struct LaunchRecord {
     pub kernel: String,
     pub grid: (u32, u32, u32),
     pub block: (u32, u32, u32),
+    /// The bytes of device memory its pointer arguments reach (from each pointer to the end of
+    /// its buffer): what the kernel may read or write, an upper bound of its memory traffic.
+    pub bytes: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -288,7 +291,8 @@ impl Device {
             return if rc == 0 { Ok(()) } else { Err(err(format!("emulated launch of {kernel} failed ({rc})"))) };
         }
         let Some(func) = k.func else {
-            self.dry_log.lock().unwrap_or_else(|e| e.into_inner()).push(LaunchRecord { kernel: kernel.to_string(), grid, block });
+            let bytes = args.iter().map(|a| if let Arg::Ptr(p) = a { self.pool.fake_extent(*p) } else { 0 }).sum();
+            self.dry_log.lock().unwrap_or_else(|e| e.into_inner()).push(LaunchRecord { kernel: kernel.to_string(), grid, block, bytes });
             return Ok(());
         };
         self.bind()?;
