@@ -266,6 +266,6 @@ pub fn simsiam_step_census(b: &crate::backend::cuda::CudaBackend, model: &str, b
             None => rows.push(CensusRow { kernel: l.kernel, launches: 1, bytes: l.bytes }),
         }
     }
-    rows.sort_by(|a, c| c.bytes.cmp(&a.bytes));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.bytes));
     Ok(rows)
 }
