@@ -3,7 +3,7 @@
 // (natural log-sum-exp of each row of scale * q k^T).
 //
 // Simple and exact rather than fast: one thread per query row (forward, dq) or per key row
-// (dk, dv); the rows a block owns live in padded shared memory (stride DM + 1: conflict-free),
+// (dk, dv; two per key at head dim 128); the rows a block owns live in padded shared memory (stride DM + 1: conflict-free),
 // the other side streams through shared-memory tiles that every thread reads by broadcast, and
 // each thread accumulates its output row in registers (loops over DM are unrolled, so the
 // arrays stay in registers; loops over keys or queries are not). Online softmax, rescaling
@@ -146,8 +146,10 @@ DEV void attn_bwd_dq(const float* q, const float* k, const float* v, const float
     }
 }
 
-// dv_j = sum_i p_ij dout_i; dk_j = sum_i ds_ij q_i. One thread per key row, queries in tiles.
-template <int DM, int BKEY, int BT>
+// dv_j = sum_i p_ij dout_i; dk_j = sum_i ds_ij q_i. SPLIT threads per key row (each owns
+// DM / SPLIT columns of dk and dv: at DM = 128 one thread would hold 256 accumulators and spill),
+// queries in tiles. Block: BKEY * SPLIT threads; thread t has key t % BKEY, column part t / BKEY.
+template <int DM, int BKEY, int BT, int SPLIT>
 DEV void attn_bwd_dkdv(const float* q, const float* k, const float* v, const float* lse, const float* drow,
                        const float* dout, float* dk, float* dv, int tq, int tk, int d, float scale) {
     __shared__ float ks[BKEY][DM + 1];
@@ -156,7 +158,8 @@ DEV void attn_bwd_dkdv(const float* q, const float* k, const float* v, const flo
     __shared__ float gs[BT][DM];
     __shared__ float ls[BT];
     __shared__ float ds_[BT];
-    const int t = threadIdx.x;
+    constexpr int DP = DM / SPLIT;  // the columns of dk and dv this thread accumulates
+    const int t = threadIdx.x % BKEY, c0 = (threadIdx.x / BKEY) * DP;
     const i64 slice = blockIdx.y;
     const i64 k0 = (i64)blockIdx.x * BKEY;
     const int kj = (int)k0 + t;
@@ -165,9 +168,9 @@ DEV void attn_bwd_dkdv(const float* q, const float* k, const float* v, const flo
     const float* qb = q + slice * tq * d;
     const float* gb = dout + slice * tq * d;
 
-    float adk[DM], adv[DM];
+    float adk[DP], adv[DP];
 #pragma unroll
-    for (int j = 0; j < DM; ++j) {
+    for (int j = 0; j < DP; ++j) {
         adk[j] = 0.0f;
         adv[j] = 0.0f;
     }
@@ -195,10 +198,10 @@ DEV void attn_bwd_dkdv(const float* q, const float* k, const float* v, const flo
                 const float p = expf(sd * scale - ls[ii]);
                 const float ds = p * (dp - ds_[ii]) * scale;
 #pragma unroll
-                for (int j = 0; j < DM; ++j)
-                    if (j < d) {
-                        adv[j] = fmaf(p, gs[ii][j], adv[j]);
-                        adk[j] = fmaf(ds, qs[ii][j], adk[j]);
+                for (int j = 0; j < DP; ++j)
+                    if (c0 + j < d) {
+                        adv[j] = fmaf(p, gs[ii][c0 + j], adv[j]);
+                        adk[j] = fmaf(ds, qs[ii][c0 + j], adk[j]);
                     }
             }
         }
@@ -207,10 +210,10 @@ DEV void attn_bwd_dkdv(const float* q, const float* k, const float* v, const flo
         float* rk = dk + (slice * tk + kj) * d;
         float* rv = dv + (slice * tk + kj) * d;
 #pragma unroll
-        for (int j = 0; j < DM; ++j)
-            if (j < d) {
-                rk[j] = adk[j];
-                rv[j] = adv[j];
+        for (int j = 0; j < DP; ++j)
+            if (c0 + j < d) {
+                rk[c0 + j] = adk[j];
+                rv[c0 + j] = adv[j];
             }
     }
 }
@@ -243,11 +246,13 @@ extern "C" __global__ void __launch_bounds__(ATT128_BQ)
 extern "C" __global__ void __launch_bounds__(ATT64_BQ)
     attention_dkdv_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow,
                            const float* dout, float* dk, float* dv, int tq, int tk, int d, float scale) {
-    attn_bwd_dkdv<64, ATT64_BQ, 16>(q, k, v, lse, drow, dout, dk, dv, tq, tk, d, scale);
+    attn_bwd_dkdv<64, ATT64_BQ, 16, 1>(q, k, v, lse, drow, dout, dk, dv, tq, tk, d, scale);
 }
-extern "C" __global__ void __launch_bounds__(ATT128_BQ)
+// Two threads per key (ATT128_DKDV_SPLIT): 128 accumulators each, as the 64-wide variant.
+#define ATT128_DKDV_SPLIT 2
+extern "C" __global__ void __launch_bounds__(ATT128_BQ * ATT128_DKDV_SPLIT)
     attention_d128_dkdv_bwd_f32(const float* q, const float* k, const float* v, const float* lse,
                                 const float* drow, const float* dout, float* dk, float* dv, int tq, int tk, int d,
                                 float scale) {
-    attn_bwd_dkdv<128, ATT128_BQ, 8>(q, k, v, lse, drow, dout, dk, dv, tq, tk, d, scale);
+    attn_bwd_dkdv<128, ATT128_BQ, 8, ATT128_DKDV_SPLIT>(q, k, v, lse, drow, dout, dk, dv, tq, tk, d, scale);
 }

@@ -6,12 +6,12 @@ use crate::error::{Error, Result};
 
 const OP: &str = "attention";
 
-/// (kernel name prefix, rows per block) for head dim `d`; the block sizes are the ATT*_BQ of
-/// attention.cu.
-fn variant(d: usize) -> Result<(&'static str, usize)> {
+/// (kernel name prefix, rows per block, threads per key row in dk/dv) for head dim `d`: the
+/// ATT*_BQ and ATT128_DKDV_SPLIT of attention.cu.
+fn variant(d: usize) -> Result<(&'static str, usize, usize)> {
     match d {
-        0..=64 => Ok(("attention", 64)),
-        65..=128 => Ok(("attention_d128", 32)),
+        0..=64 => Ok(("attention", 64, 1)),
+        65..=128 => Ok(("attention_d128", 32, 2)),
         _ => Err(Error::Invalid { op: OP, msg: format!("head dim {d} is over the cuda kernels' limit of 128") }),
     }
 }
@@ -39,7 +39,7 @@ pub(super) fn attention_fwd(
     if d.bh * d.tq * d.d == 0 {
         return Ok(());
     }
-    let (pre, bq) = variant(d.d)?;
+    let (pre, bq, _) = variant(d.d)?;
     let kernel = format!("{pre}_fwd_f32");
     let (sq, sk) = (d.tq * d.d, d.tk * d.d);
     by_slices(d.bh, |s0, n| {
@@ -79,7 +79,7 @@ pub(super) fn attention_bwd(
     if d.bh * d.d == 0 || (d.tq == 0 && d.tk == 0) {
         return Ok(());
     }
-    let (pre, bq) = variant(d.d)?;
+    let (pre, bq, split) = variant(d.d)?;
     let rows = d.bh * d.tq;
     // D_i = dout_i . o_i
     let drow = b.scratch(rows.max(1))?;
@@ -109,7 +109,7 @@ pub(super) fn attention_bwd(
         }
         if d.tk > 0 {
             let args: Vec<Arg<'_>> = common.iter().copied().chain([ptr_at(dk, s0 * sk), ptr_at(dv, s0 * sk)]).chain(dims).collect();
-            b.launch(&dkdv_k, (d.tk.div_ceil(bq) as u32, n as u32, 1), (bq as u32, 1, 1), &args)?;
+            b.launch(&dkdv_k, (d.tk.div_ceil(bq) as u32, n as u32, 1), ((bq * split) as u32, 1, 1), &args)?;
         }
         Ok(())
     })
