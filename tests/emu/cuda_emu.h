@@ -6,7 +6,10 @@
 // __syncthreads (a barrier over the block), warp shuffles (an exchange over the 32 threads of a
 // warp) and __shared__ memory (a static variable, shared by the one block that runs at a time)
 // keep their meaning. mma.sync m16n8k8 TF32 and cvt.rna.tf32 are emulated from the PTX ISA's
-// fragment layout. Threads that return early drop out of the barriers, as on the GPU.
+// fragment layout. Threads that return early drop out of the barriers, as on the GPU. Blocks run
+// in a shuffled order (seeded), so a kernel that assumes an order between blocks fails here too.
+// (Shared memory is not poisoned between blocks: GCC ignores a section attribute on the statics
+// of function templates, so they cannot be gathered for a memset.)
 //
 // What this checks: indexing, bounds, reductions and numerics of every kernel against the CPU
 // reference. What it cannot: timing, races that a different schedule would expose, register or

@@ -1,7 +1,10 @@
-// The launch side of the host emulation (see cuda_emu.h): blocks in order, each block's
-// threads as host threads. One launch at a time in the whole process: __shared__ variables are
-// statics, so two blocks must never run at once (tests run on several threads).
+// The launch side of the host emulation (see cuda_emu.h): blocks in a shuffled order (a seeded
+// permutation per launch), each block's threads as host threads. One launch at a time in the
+// whole process: __shared__ variables are statics, so two blocks must never run at once (tests
+// run on several threads).
+#include <algorithm>
 #include <mutex>
+#include <random>
 
 #include "cuda_emu.h"
 
@@ -13,32 +16,39 @@ extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsi
     const emu_entry f = it->second;
     const unsigned nt = block[0] * block[1] * block[2];
     if (nt == 0 || nt > 1024) return 2;
+    // Every block of the grid, in a shuffled order (the same for the same launch sequence).
+    static std::mt19937_64 order_rng(20261130);
+    std::vector<emu_dim3> blocks;
+    blocks.reserve((size_t)grid[0] * grid[1] * grid[2]);
     for (unsigned bz = 0; bz < grid[2]; ++bz)
         for (unsigned by = 0; by < grid[1]; ++by)
-            for (unsigned bx = 0; bx < grid[0]; ++bx) {
-                emu_block blk;
-                blk.bar = std::make_unique<std::barrier<>>(nt);
-                for (unsigned w = 0; w * 32 < nt; ++w)
-                    blk.warp_bars.push_back(std::make_unique<std::barrier<>>(std::min(32u, nt - w * 32)));
-                blk.xch.assign(nt, 0);
-                blk.mma.assign(nt, emu_mma_slot{});
-                std::vector<std::thread> ts;
-                ts.reserve(nt);
-                for (unsigned i = 0; i < nt; ++i)
-                    ts.emplace_back([&, i] {
-                        emu_t.tid = {i % block[0], (i / block[0]) % block[1], i / (block[0] * block[1])};
-                        emu_t.bid = {bx, by, bz};
-                        emu_t.bdim = {block[0], block[1], block[2]};
-                        emu_t.gdim = {grid[0], grid[1], grid[2]};
-                        emu_t.linear = (int)i;
-                        emu_t.lane = (int)(i % 32);
-                        emu_t.warp = (int)(i / 32);
-                        emu_t.block = &blk;
-                        f(params);
-                        blk.warp_bars[i / 32]->arrive_and_drop();
-                        blk.bar->arrive_and_drop();
-                    });
-                for (auto& t : ts) t.join();
-            }
+            for (unsigned bx = 0; bx < grid[0]; ++bx) blocks.push_back({bx, by, bz});
+    std::shuffle(blocks.begin(), blocks.end(), order_rng);
+    for (const emu_dim3 b : blocks) {
+        const unsigned bx = b.x, by = b.y, bz = b.z;
+        emu_block blk;
+        blk.bar = std::make_unique<std::barrier<>>(nt);
+        for (unsigned w = 0; w * 32 < nt; ++w)
+            blk.warp_bars.push_back(std::make_unique<std::barrier<>>(std::min(32u, nt - w * 32)));
+        blk.xch.assign(nt, 0);
+        blk.mma.assign(nt, emu_mma_slot{});
+        std::vector<std::thread> ts;
+        ts.reserve(nt);
+        for (unsigned i = 0; i < nt; ++i)
+            ts.emplace_back([&, i] {
+                emu_t.tid = {i % block[0], (i / block[0]) % block[1], i / (block[0] * block[1])};
+                emu_t.bid = {bx, by, bz};
+                emu_t.bdim = {block[0], block[1], block[2]};
+                emu_t.gdim = {grid[0], grid[1], grid[2]};
+                emu_t.linear = (int)i;
+                emu_t.lane = (int)(i % 32);
+                emu_t.warp = (int)(i / 32);
+                emu_t.block = &blk;
+                f(params);
+                blk.warp_bars[i / 32]->arrive_and_drop();
+                blk.bar->arrive_and_drop();
+            });
+        for (auto& t : ts) t.join();
+    }
     return 0;
 }
