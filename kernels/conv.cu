@@ -26,6 +26,14 @@ struct ConvDims {
 // block. Offsets inside one image are `int` (the Rust side checks h * w * c fits); image offsets
 // are 64-bit.
 
+// Splits k = (ki, kj, inner), inner fastest with `len` values and kj with `kw`: the divisions
+// of a Thread's set-up, once per block.
+DEV void split_tap(int k, int len, int kw, int& inner, int& ki, int& kj) {
+    inner = k % len;
+    const int t = k / len;
+    kj = t % kw, ki = t / kw;
+}
+
 // Advances (ki, kj, inner) by BK along k = (ki, kj, inner), inner fastest with `len` values.
 DEV void advance_tap(int& inner, int& ki, int& kj, int len, int kw) {
     inner += BK;
@@ -74,9 +82,7 @@ struct ConvFwdLoader {
                 wrow[r] = o < N ? l.wt + ((i64)l.g * og + o) * l.kcols : nullptr;
             }
             k = (int)k0 + kk, k1 = (int)k1_;
-            c = k % cg;
-            const int t = k / cg;
-            kj = t % kw, ki = t / kw;
+            split_tap(k, cg, kw, c, ki, kj);
         }
         DEVM void load(float* ra, float* rb) {
             const bool kin = k < k1;
@@ -156,16 +162,12 @@ struct ConvBwdDataLoader {
                     oxb[r] = l.ph.bx + b;
                 }
                 kb[r] = (int)k0 + kbr;
-                ob[r] = kb[r] % og;
-                const int t = kb[r] / og;
-                tjb[r] = t % ntx, tib[r] = t / ntx;
+                split_tap(kb[r], og, ntx, ob[r], tib[r], tjb[r]);
             }
             const int c = n0 + j;
             wcol = c < N ? l.wt + (i64)l.g * og * khkw * cg + c : nullptr;
             ka = (int)k0 + kk;
-            o = ka % og;
-            const int t = ka / og;
-            tj = t % ntx, ti = t / ntx;
+            split_tap(ka, og, ntx, o, ti, tj);
         }
         DEVM void load(float* ra, float* rb) {
             const bool kin = ka < k1;
