@@ -174,25 +174,22 @@ fn check_resume_compatible(path: &Path, saved: &TrainState, cfg: &Config) -> Res
         return differ("method", format!("{:?}", saved.method), format!("{:?}", cfg.method));
     }
     // Checkpoints written before the config was stored carry an empty string: nothing to check.
-    let Ok(old) = Config::deserialize(toml::Value::Table(toml::from_str::<toml::Table>(&saved.config).unwrap_or_default())) else {
-        return Ok(());
-    };
     if saved.config.trim().is_empty() {
         return Ok(());
     }
-    if old.model != cfg.model {
-        return differ("model", format!("{:?}", old.model), format!("{:?}", cfg.model));
+    let Ok(old) = Config::deserialize(toml::Value::Table(toml::from_str::<toml::Table>(&saved.config).unwrap_or_default())) else {
+        return Ok(());
+    };
+    let settings = [
+        ("model", format!("{:?}", old.model), format!("{:?}", cfg.model)),
+        ("batch_size", old.batch_size.to_string(), cfg.batch_size.to_string()),
+        ("backend", format!("{:?}", old.backend), format!("{:?}", cfg.backend)),
+        ("data.image_size", old.data.image_size.to_string(), cfg.data.image_size.to_string()),
+    ];
+    match settings.into_iter().find(|(_, was, now)| was != now) {
+        Some((key, was, now)) => differ(key, was, now),
+        None => Ok(()),
     }
-    if old.batch_size != cfg.batch_size {
-        return differ("batch_size", old.batch_size.to_string(), cfg.batch_size.to_string());
-    }
-    if old.backend != cfg.backend {
-        return differ("backend", format!("{:?}", old.backend), format!("{:?}", cfg.backend));
-    }
-    if old.data.image_size != cfg.data.image_size {
-        return differ("data.image_size", old.data.image_size.to_string(), cfg.data.image_size.to_string());
-    }
-    Ok(())
 }
 
 /// Every buffer (the batch-norm running statistics) as (id, values, PyTorch shape).

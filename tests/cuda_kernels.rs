@@ -64,18 +64,12 @@ fn sm90a_cubins_build_without_spills() {
     for (file, src) in FAMILIES {
         let c = nvrtc::compile_with(file, src, &target, &["--ptxas-options=--verbose"]).unwrap_or_else(|e| panic!("{e}"));
         assert!(c.image.len() > 4 && &c.image[..4] == b"\x7fELF", "{file}: sm_90a image is not a cubin");
-        let mut kernel = String::new();
-        for line in c.log.lines() {
-            if let Some(rest) = line.split("Compiling entry function '").nth(1) {
-                kernel = rest.split('\'').next().unwrap_or("").to_string();
-            }
-            if line.contains("Used") && line.contains("registers") {
-                println!("{kernel}: {}", line.split("info    : ").nth(1).unwrap_or(line).trim());
-            }
-            if let Some(n) = line.split(" bytes spill stores").next().and_then(|s| s.rsplit(' ').next()).and_then(|s| s.parse::<u64>().ok())
-            {
-                assert_eq!(n, 0, "{kernel} ({file}) spills {n} bytes on sm_90a");
-            }
+        let kernels = ssl_engine::backend::cuda::report::parse_ptxas_log(&c.log, file);
+        assert!(!kernels.is_empty(), "{file}: no kernel in the ptxas log");
+        for k in kernels.values() {
+            println!("{}: {} registers, {} bytes smem, {} bytes spilled", k.name, k.registers, k.smem_bytes, k.spill_bytes);
+            assert!(k.registers > 0, "{} ({file}): no register count in the ptxas log", k.name);
+            assert_eq!(k.spill_bytes, 0, "{} ({file}) spills {} bytes on sm_90a", k.name, k.spill_bytes);
         }
     }
 }

@@ -109,8 +109,9 @@ pub fn static_report(cuobjdump: &Path) -> Result<Vec<KernelStatic>> {
     Ok(out)
 }
 
-/// Registers, spills, stack and shared memory of each kernel, from ptxas' verbose log.
-fn parse_ptxas_log(log: &str, file: &str) -> HashMap<String, KernelStatic> {
+/// Registers, spills, stack and shared memory of each kernel of `file`, from the log of an
+/// NVRTC compile with `--ptxas-options=--verbose`.
+pub fn parse_ptxas_log(log: &str, file: &str) -> HashMap<String, KernelStatic> {
     let mut out: HashMap<String, KernelStatic> = HashMap::new();
     let mut current = String::new();
     let num_before = |line: &str, unit: &str| -> Option<u32> {
@@ -204,7 +205,7 @@ fn parse_sass(text: &str) -> Vec<(String, Mix)> {
 /// The report as a table.
 pub fn format_report(ks: &[KernelStatic]) -> String {
     let mut s = format!(
-        "{:<34} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>5} {:>6}\n",
+        "{:<34} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>7} {:>5}\n",
         "kernel (sm_90a)", "file", "regs", "spill", "stack", "smem", "block", "occup", "HMMA", "LDGSTS", "LDSM", "LDL/STL", "calls"
     );
     for k in ks {

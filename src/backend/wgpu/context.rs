@@ -352,15 +352,16 @@ impl Context {
         Err(Error::Other(format!("wgpu ({op}): {first}{}", if n > 1 { format!(" (and {} more errors)", n - 1) } else { String::new() })))
     }
 
-    /// A device buffer of at least `bytes` (rounded up to 4), from the pool when one is free.
     /// Returns the cached buffers to the driver.
     pub fn release_pool(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
         let freed = self.pool.pooled_bytes();
         self.pool.clear();
-        self.bytes_created
-            .fetch_sub(freed.min(self.bytes_created.load(std::sync::atomic::Ordering::Relaxed)), std::sync::atomic::Ordering::Relaxed);
+        // Every pooled buffer was counted when alloc_buffer made it.
+        self.bytes_created.fetch_sub(freed.min(self.bytes_created.load(Relaxed)), Relaxed);
     }
 
+    /// A device buffer of at least `bytes` (rounded up to 4), from the pool when one is free.
     pub fn alloc_buffer(&self, bytes: u64) -> Result<wgpu::Buffer> {
         let bytes = bytes.max(4).div_ceil(4) * 4;
         use std::sync::atomic::Ordering::Relaxed;
@@ -390,7 +391,7 @@ impl Context {
             }
         }
         self.bytes_created.fetch_add(bytes, Relaxed);
-        self.buffers_created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.buffers_created.fetch_add(1, Relaxed);
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: bytes,
