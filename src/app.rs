@@ -114,10 +114,18 @@ fn architecture(c: &crate::models::BackboneConfig) -> String {
     }
 }
 
-/// A randomly initialised backbone of the recipe's model (the "random" baseline).
+/// The "random" baseline: the randomly initialised backbone a training run of this recipe
+/// (method, model, seed) starts from, weight for weight, so random vs pretrained compares the
+/// same network before and after training.
 pub fn random_backbone<B: Backend>(b: &B, cfg: &Config) -> Result<LoadedBackbone<B>> {
+    let (start, _method) = crate::train::build_method(b, cfg)?;
     let mut ps = ParamStore::new(b, DType::F32, cfg.seed);
     let backbone = cfg.backbone()?.build(&mut ps, "")?;
+    for id in ps.ids().collect::<Vec<_>>() {
+        let name = format!("backbone.{}", ps.entry(id).name);
+        let from = start.find(&name).ok_or_else(|| Error::Other(format!("random backbone: the method has no tensor {name}")))?;
+        ps.set(id, start.get(from).clone())?;
+    }
     Ok(LoadedBackbone { ps, backbone })
 }
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::eval::linear::LinearProbeConfig;
+use crate::eval::summary::ReportConfig;
 use crate::models::BackboneConfig;
 use crate::ssl::simsiam::SimSiamConfig;
 
@@ -38,6 +39,7 @@ pub struct Config {
     pub monitor: MonitorConfig,
     pub checkpoint: CheckpointConfig,
     pub linear: LinearProbeConfig,
+    pub report: ReportConfig,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             monitor: MonitorConfig::default(),
             checkpoint: CheckpointConfig::default(),
             linear: LinearProbeConfig::default(),
+            report: ReportConfig::default(),
         }
     }
 }

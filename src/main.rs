@@ -305,6 +305,7 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
     ssl_engine::interrupt::install();
     match cli.cmd {
         Cmd::Train { config, overrides, resume, backend, device, quiet, skip_nonfinite } => {
+            let started = std::time::Instant::now();
             let mut cfg = Config::load(config.as_deref(), &overrides)?;
             if let Some(n) = skip_nonfinite {
                 cfg.skip_nonfinite = n;
@@ -314,13 +315,17 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                 cfg.validate()?;
             }
             let interrupt = ssl_engine::interrupt::install();
-            let s = with_backend!(cfg.backend.as_str(), cfg.threads, device, |b| ssl_engine::train::train(
-                &b,
-                &cfg,
-                resume.as_deref(),
-                interrupt,
-                !quiet
-            ))?;
+            let (s, report) = with_backend!(cfg.backend.as_str(), cfg.threads, device, |b| {
+                let s = ssl_engine::train::train(&b, &cfg, resume.as_deref(), interrupt, !quiet)?;
+                // The table is measured on the checkpoint file the run leaves behind.
+                let last = s.out.join("last.safetensors");
+                let report = cfg
+                    .report
+                    .compare_random
+                    .then(|| ssl_engine::eval::summary::compare_with_random(&b, &cfg, &last, started))
+                    .transpose()?;
+                Ok::<_, ssl_engine::Error>((s, report))
+            })?;
             println!(
                 "trained {} epochs ({} steps) at {:.1} images/s; run folder {}",
                 s.epochs_done,
@@ -331,10 +336,15 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
             if let Some(l) = s.last_loss {
                 println!("final loss {l:.4}");
             }
-            match (s.knn_init, s.knn_final) {
-                (Some(a), Some(b)) => println!("kNN top-1: randomly initialised backbone {} -> pretrained {}", pct(a), pct(b)),
-                (None, Some(b)) => println!("kNN top-1: {}", pct(b)),
-                _ => {}
+            if let Some(r) = report {
+                let path = r.write(&s.out)?;
+                println!("\n{}\n(written to {})", r.markdown().trim_end(), path.display());
+            } else {
+                match (s.knn_init, s.knn_final) {
+                    (Some(a), Some(b)) => println!("kNN top-1: randomly initialised backbone {} -> pretrained {}", pct(a), pct(b)),
+                    (None, Some(b)) => println!("kNN top-1: {}", pct(b)),
+                    _ => {}
+                }
             }
         }
         Cmd::Eval { what } => match what {

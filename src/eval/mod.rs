@@ -5,3 +5,4 @@ pub mod finetune;
 pub mod knn;
 pub mod linear;
 pub mod metrics;
+pub mod summary;

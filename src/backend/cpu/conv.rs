@@ -94,13 +94,14 @@ pub fn conv2d_fwd<T: Real>(x: &[T], wt: &[T], y: &mut [T], d: &Conv2dDims) {
     }
     y.par_chunks_mut(TILE_ROWS * d.c_out).enumerate().for_each(|(tile, yt)| {
         let rows = yt.len() / d.c_out;
-        let mut col = vec![T::zero(); rows * kcols];
-        for g in 0..d.groups {
-            im2col(x, &mut col, d, tile * TILE_ROWS, g);
-            // rhs[q, o] = weight[g*og + o, q]: the weight rows of this group, read transposed.
-            let rhs = Mat::new(&wt[g * og * kcols..(g + 1) * og * kcols], kcols, true);
-            gemm(rows, og, kcols, &mut yt[g * og..], d.c_out, false, Mat::new(&col, kcols, false), rhs, false);
-        }
+        T::scratch(rows * kcols, |col| {
+            for g in 0..d.groups {
+                im2col(x, col, d, tile * TILE_ROWS, g);
+                // rhs[q, o] = weight[g*og + o, q]: the weight rows of this group, read transposed.
+                let rhs = Mat::new(&wt[g * og * kcols..(g + 1) * og * kcols], kcols, true);
+                gemm(rows, og, kcols, &mut yt[g * og..], d.c_out, false, Mat::new(col, kcols, false), rhs, false);
+            }
+        })
     });
 }
 
@@ -158,14 +159,15 @@ pub fn conv2d_bwd_data<T: Real>(dy: &[T], wt: &[T], dx: &mut [T], d: &Conv2dDims
     dx.par_chunks_mut(per * img).enumerate().for_each(|(tile, dxt)| {
         dxt.fill(T::zero());
         let rows = dxt.len() / img * npix;
-        let mut col = vec![T::zero(); rows * kcols];
-        for g in 0..d.groups {
-            // dcol [rows, kcols] = dy[:, group g] [rows, og] . weight_g [og, kcols]
-            let lhs = Mat { data: &dy[tile * per * npix * d.c_out + g * og..], rs: d.c_out, cs: 1 };
-            let rhs = Mat::new(&wt[g * og * kcols..(g + 1) * og * kcols], kcols, false);
-            gemm(rows, kcols, og, &mut col, kcols, false, lhs, rhs, false);
-            col2im(&col, dxt, d, g);
-        }
+        T::scratch(rows * kcols, |col| {
+            for g in 0..d.groups {
+                // dcol [rows, kcols] = dy[:, group g] [rows, og] . weight_g [og, kcols]
+                let lhs = Mat { data: &dy[tile * per * npix * d.c_out + g * og..], rs: d.c_out, cs: 1 };
+                let rhs = Mat::new(&wt[g * og * kcols..(g + 1) * og * kcols], kcols, false);
+                gemm(rows, kcols, og, col, kcols, false, lhs, rhs, false);
+                col2im(col, dxt, d, g);
+            }
+        })
     });
 }
 
@@ -188,18 +190,19 @@ pub fn conv2d_bwd_weight<T: Real>(x: &[T], dy: &[T], dw: &mut [T], d: &Conv2dDim
         .into_par_iter()
         .map(|wg| {
             let mut part = vec![T::zero(); dw.len()];
-            let mut col = Vec::new();
-            for tile in wg * tiles / groups..(wg + 1) * tiles / groups {
-                let r0 = tile * TILE_ROWS;
-                let rows = TILE_ROWS.min(total - r0);
-                col.resize(rows * kcols, T::zero());
-                for g in 0..d.groups {
-                    im2col(x, &mut col, d, r0, g);
-                    // dw_g [og, kcols] += dy[:, group g]^T [og, rows] . col [rows, kcols]
-                    let lhs = Mat { data: &dy[r0 * d.c_out + g * og..], rs: 1, cs: d.c_out };
-                    gemm(og, kcols, rows, &mut part[g * og * kcols..], kcols, true, lhs, Mat::new(&col, kcols, false), false);
+            T::scratch(TILE_ROWS * kcols, |scratch| {
+                for tile in wg * tiles / groups..(wg + 1) * tiles / groups {
+                    let r0 = tile * TILE_ROWS;
+                    let rows = TILE_ROWS.min(total - r0);
+                    let col = &mut scratch[..rows * kcols];
+                    for g in 0..d.groups {
+                        im2col(x, col, d, r0, g);
+                        // dw_g [og, kcols] += dy[:, group g]^T [og, rows] . col [rows, kcols]
+                        let lhs = Mat { data: &dy[r0 * d.c_out + g * og..], rs: 1, cs: d.c_out };
+                        gemm(og, kcols, rows, &mut part[g * og * kcols..], kcols, true, lhs, Mat::new(col, kcols, false), false);
+                    }
                 }
-            }
+            });
             part
         })
         .collect();

@@ -1,6 +1,28 @@
 //! The element types the CPU kernels are generic over: f32 (training) and f64 (gradient checks).
 
+use std::cell::RefCell;
+
 use super::CpuData;
+
+thread_local! {
+    static SCRATCH_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH_F64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch buffer, grown to `len` (contents unspecified: callers
+/// overwrite what they read). Reused across calls, so the convolutions' column tiles cost no
+/// allocation, page faults or zero-fill per tile; a nested call gets a fresh buffer instead.
+fn with_scratch<T: Default + Clone, R>(key: &'static std::thread::LocalKey<RefCell<Vec<T>>>, len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, T::default());
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![T::default(); len]),
+    })
+}
 
 pub trait Real: num_traits::Float + Default + Send + Sync + std::fmt::Debug + std::iter::Sum + std::ops::AddAssign + 'static {
     fn slice(d: &CpuData) -> &[Self];
@@ -9,6 +31,8 @@ pub trait Real: num_traits::Float + Default + Send + Sync + std::fmt::Debug + st
     fn c(x: f64) -> Self;
     fn f64(self) -> f64;
     fn erf(self) -> Self;
+    /// `with_scratch` for this element type.
+    fn scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
 }
 
 impl Real for f32 {
@@ -33,6 +57,9 @@ impl Real for f32 {
     fn erf(self) -> f32 {
         libm::erff(self)
     }
+    fn scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        with_scratch(&SCRATCH_F32, len, f)
+    }
 }
 
 impl Real for f64 {
@@ -56,5 +83,8 @@ impl Real for f64 {
     }
     fn erf(self) -> f64 {
         libm::erf(self)
+    }
+    fn scratch<R>(len: usize, f: impl FnOnce(&mut [f64]) -> R) -> R {
+        with_scratch(&SCRATCH_F64, len, f)
     }
 }
