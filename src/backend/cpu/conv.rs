@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::Real;
 use super::matmul::{Mat, gemm};
+use super::winograd;
 use crate::backend::Conv2dDims;
 
 /// Output rows per task (whole images for backward-data): a task's column buffer (rows x kh*kw*c_in) stays near the L2 cache
@@ -19,6 +20,13 @@ const MAX_WEIGHT_GROUPS: usize = 16;
 
 fn images_per_tile(d: &Conv2dDims) -> usize {
     (TILE_ROWS / (d.oh * d.ow).max(1)).clamp(1, d.n.max(1))
+}
+
+/// Winograd F(2x2, 3x3) for stride-1 3x3 layers (forward, and backward-data through
+/// `bwd_data_as_conv`) unless `SSL_ENGINE_CPU_WINOGRAD=0` asks for direct im2col + GEMM.
+fn winograd_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SSL_ENGINE_CPU_WINOGRAD").map_or(true, |v| v != "0"))
 }
 
 /// A 1x1, stride-1, unpadded, ungrouped conv is a plain GEMM on the activations.
@@ -90,6 +98,10 @@ pub fn conv2d_fwd<T: Real>(x: &[T], wt: &[T], y: &mut [T], d: &Conv2dDims) {
     let npix = d.oh * d.ow;
     if is_pointwise(d) {
         gemm(d.n * npix, d.c_out, d.c_in, y, d.c_out, false, Mat::new(x, d.c_in, false), Mat::new(wt, d.c_in, true), true);
+        return;
+    }
+    if winograd::applies(d) && winograd_enabled() {
+        winograd::conv2d_fwd(x, wt, y, d);
         return;
     }
     y.par_chunks_mut(TILE_ROWS * d.c_out).enumerate().for_each(|(tile, yt)| {

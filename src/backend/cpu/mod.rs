@@ -14,6 +14,7 @@ mod norm;
 mod optim;
 mod pool;
 mod real;
+mod winograd;
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 

@@ -1,0 +1,240 @@
+//! Winograd F(2x2, 3x3) for the stride-1 3x3 convolutions (Lavin & Gray, 2015): each 2x2 output
+//! tile is A^T [ (G g G^T) . (B^T d B) ] A over a 4x4 input tile d, so the multiply-adds become
+//! 16 GEMMs (tiles x c_in) . (c_in x c_out) with 16/36 of direct convolution's multiplies. The
+//! transforms only add, subtract and halve, so the result stays within a few ulps of direct
+//! convolution (the conformance and PyTorch tests hold it to the same tolerances).
+//!
+//! NHWC throughout: every transform is a vector operation along the channel axis. Work is split
+//! into chunks of whole images sized so one chunk's transformed tiles (16 x tiles x (c_in + c_out))
+//! stay near the L2 cache; the 16 GEMMs of a chunk run back to back on one thread.
+
+use rayon::prelude::*;
+
+use super::Real;
+use super::matmul::{Mat, gemm};
+use crate::backend::Conv2dDims;
+
+/// Whether F(2x2, 3x3) applies and pays: 3x3, stride 1, ungrouped, enough channels that the
+/// GEMMs dominate the transforms (the RGB stem stays direct), and outputs of at least 8x8 (at
+/// 4x4 the per-call weight transform ate the gain: measured even or slower).
+pub fn applies(d: &Conv2dDims) -> bool {
+    d.kh == 3 && d.kw == 3 && d.stride == [1, 1] && d.groups == 1 && d.c_in >= 16 && d.c_out >= 16 && d.oh * d.ow >= 64
+}
+
+fn sub<T: Real>(o: &mut [T], a: &[T], b: &[T]) {
+    for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+        *o = *a - *b;
+    }
+}
+
+fn add<T: Real>(o: &mut [T], a: &[T], b: &[T]) {
+    for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+        *o = *a + *b;
+    }
+}
+
+/// B^T applied to four vectors (rows or columns of a 4x4 tile): d0-d2, d1+d2, d2-d1, d1-d3.
+fn bt<T: Real>(out: [&mut [T]; 4], d: [&[T]; 4]) {
+    let [o0, o1, o2, o3] = out;
+    sub(o0, d[0], d[2]);
+    add(o1, d[1], d[2]);
+    sub(o2, d[2], d[1]);
+    sub(o3, d[1], d[3]);
+}
+
+/// U[xi][o][c] = (G g G^T)[xi] for each output channel o and input channel c; G's rows are
+/// g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2.
+fn transform_weights<T: Real>(wt: &[T], ci: usize, co: usize) -> Vec<T> {
+    let mut u = vec![T::zero(); 16 * co * ci];
+    let half = T::c(0.5);
+    let g_rows = |g: [&[T]; 3], out: &mut [Vec<T>; 4]| {
+        for c in 0..ci {
+            let (a, b, e) = (g[0][c], g[1][c], g[2][c]);
+            out[0][c] = a;
+            out[1][c] = (a + b + e) * half;
+            out[2][c] = (a - b + e) * half;
+            out[3][c] = e;
+        }
+    };
+    let mut rows: [[Vec<T>; 4]; 3] = std::array::from_fn(|_| std::array::from_fn(|_| vec![T::zero(); ci]));
+    let mut cols: [Vec<T>; 4] = std::array::from_fn(|_| vec![T::zero(); ci]);
+    for o in 0..co {
+        let tap = |ki: usize, kj: usize| &wt[((o * 3 + ki) * 3 + kj) * ci..((o * 3 + ki) * 3 + kj + 1) * ci];
+        // Along ki for each kj: rows[kj][a] = (G g[:, kj])[a].
+        for (kj, r) in rows.iter_mut().enumerate() {
+            g_rows([tap(0, kj), tap(1, kj), tap(2, kj)], r);
+        }
+        // Along kj for each a.
+        for a in 0..4 {
+            g_rows([&rows[0][a], &rows[1][a], &rows[2][a]], &mut cols);
+            for (b, col) in cols.iter().enumerate() {
+                let xi = a * 4 + b;
+                u[(xi * co + o) * ci..(xi * co + o + 1) * ci].copy_from_slice(col);
+            }
+        }
+    }
+    u
+}
+
+/// Scratch for one chunk: the transformed inputs V[xi][tile][c_in] and products M[xi][tile][c_out].
+struct Chunk<T> {
+    v: Vec<T>,
+    m: Vec<T>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_chunk<T: Real>(x: &[T], u: &[T], yc: &mut [T], d: &Conv2dDims, img0: usize, imgs: usize, s: &mut Chunk<T>, par_gemm: bool) {
+    let (ci, co) = (d.c_in, d.c_out);
+    let (th, tw) = (d.oh.div_ceil(2), d.ow.div_ceil(2));
+    let tiles = imgs * th * tw;
+    s.v.resize(16 * tiles * ci, T::zero());
+    s.m.resize(16 * tiles * co, T::zero());
+    let zeros = vec![T::zero(); ci];
+    let mut t: [Vec<T>; 16] = std::array::from_fn(|_| vec![T::zero(); ci]);
+    // Input transform, tile by tile: rows of B^T d, then columns, straight into V.
+    for tile in 0..tiles {
+        let (img, ty, tx) = (img0 + tile / (th * tw), (tile / tw) % th, tile % tw);
+        let px = |a: usize, b: usize| -> &[T] {
+            let iy = (2 * ty + a) as isize - d.pad[0] as isize;
+            let ix = (2 * tx + b) as isize - d.pad[1] as isize;
+            if iy < 0 || ix < 0 || iy >= d.h as isize || ix >= d.w as isize {
+                &zeros
+            } else {
+                let at = ((img * d.h + iy as usize) * d.w + ix as usize) * ci;
+                &x[at..at + ci]
+            }
+        };
+        for b in 0..4 {
+            let [t0, t1, t2, t3] = t.get_disjoint_mut([b, 4 + b, 8 + b, 12 + b]).unwrap_or_else(|_| unreachable!());
+            bt([t0, t1, t2, t3], [px(0, b), px(1, b), px(2, b), px(3, b)]);
+        }
+        for a in 0..4 {
+            let mut outs = s.v.chunks_mut(tiles * ci).skip(a * 4).take(4).map(|blk| &mut blk[tile * ci..(tile + 1) * ci]);
+            let (o0, o1, o2, o3) = (outs.next().unwrap(), outs.next().unwrap(), outs.next().unwrap(), outs.next().unwrap());
+            bt([o0, o1, o2, o3], [&t[a * 4], &t[a * 4 + 1], &t[a * 4 + 2], &t[a * 4 + 3]]);
+        }
+    }
+    // The 16 products M[xi] = V[xi] . U[xi]^T (U is stored [c_out][c_in]).
+    for xi in 0..16 {
+        let lhs = Mat::new(&s.v[xi * tiles * ci..(xi + 1) * tiles * ci], ci, false);
+        let rhs = Mat::new(&u[xi * co * ci..(xi + 1) * co * ci], ci, true);
+        gemm(tiles, co, ci, &mut s.m[xi * tiles * co..(xi + 1) * tiles * co], co, false, lhs, rhs, par_gemm);
+    }
+    // Output transform: A^T m A with A^T rows (1, 1, 1, 0) and (0, 1, -1, -1).
+    let mut r: [Vec<T>; 8] = std::array::from_fn(|_| vec![T::zero(); co]);
+    let mut tmp = vec![T::zero(); co];
+    for tile in 0..tiles {
+        let (img, ty, tx) = (tile / (th * tw), (tile / tw) % th, tile % tw);
+        let m = |xi: usize| &s.m[(xi * tiles + tile) * co..(xi * tiles + tile + 1) * co];
+        for b in 0..4 {
+            add(&mut tmp, m(b), m(4 + b));
+            add(&mut r[b], &tmp, m(8 + b));
+            sub(&mut tmp, m(4 + b), m(8 + b));
+            sub(&mut r[4 + b], &tmp, m(12 + b));
+        }
+        for i in 0..2 {
+            let oy = 2 * ty + i;
+            if oy >= d.oh {
+                continue;
+            }
+            let row = &r[i * 4..i * 4 + 4];
+            for j in 0..2 {
+                let ox = 2 * tx + j;
+                if ox >= d.ow {
+                    continue;
+                }
+                let at = ((img * d.oh + oy) * d.ow + ox) * co;
+                let out = &mut yc[at..at + co];
+                if j == 0 {
+                    add(&mut tmp, &row[0], &row[1]);
+                    add(out, &tmp, &row[2]);
+                } else {
+                    sub(&mut tmp, &row[1], &row[2]);
+                    sub(out, &tmp, &row[3]);
+                }
+            }
+        }
+    }
+}
+
+/// y = conv(x, wt) for a layer where `applies(d)`.
+pub fn conv2d_fwd<T: Real>(x: &[T], wt: &[T], y: &mut [T], d: &Conv2dDims) {
+    let u = transform_weights(wt, d.c_in, d.c_out);
+    let tiles_per_img = d.oh.div_ceil(2) * d.ow.div_ceil(2);
+    // ~2 MB of V + M per chunk, but never fewer than 128 tiles (the GEMMs' row count).
+    let want = (32768 / (d.c_in + d.c_out)).max(128);
+    let imgs = want.div_ceil(tiles_per_img).clamp(1, d.n.max(1));
+    let chunks = d.n.div_ceil(imgs);
+    let img_len = d.oh * d.ow * d.c_out;
+    if chunks >= rayon::current_num_threads() {
+        y.par_chunks_mut(imgs * img_len).enumerate().for_each(|(k, yc)| {
+            let mut s = Chunk { v: Vec::new(), m: Vec::new() };
+            run_chunk(x, &u, yc, d, k * imgs, yc.len() / img_len, &mut s, false);
+        });
+    } else {
+        // Too few chunks to spread over the threads: the GEMMs split instead.
+        let mut s = Chunk { v: Vec::new(), m: Vec::new() };
+        for (k, yc) in y.chunks_mut(imgs * img_len).enumerate() {
+            run_chunk(x, &u, yc, d, k * imgs, yc.len() / img_len, &mut s, true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct cross-correlation in f64 loops: the independent reference.
+    fn naive(x: &[f64], wt: &[f64], d: &Conv2dDims) -> Vec<f64> {
+        let mut y = vec![0.0; d.n * d.oh * d.ow * d.c_out];
+        for n in 0..d.n {
+            for oy in 0..d.oh {
+                for ox in 0..d.ow {
+                    for o in 0..d.c_out {
+                        let mut acc = 0.0;
+                        for ki in 0..3 {
+                            for kj in 0..3 {
+                                let (iy, ix) = ((oy + ki) as isize - d.pad[0] as isize, (ox + kj) as isize - d.pad[1] as isize);
+                                if iy < 0 || ix < 0 || iy >= d.h as isize || ix >= d.w as isize {
+                                    continue;
+                                }
+                                for c in 0..d.c_in {
+                                    acc += x[((n * d.h + iy as usize) * d.w + ix as usize) * d.c_in + c] * wt[((o * 3 + ki) * 3 + kj) * d.c_in + c];
+                                }
+                            }
+                        }
+                        y[((n * d.oh + oy) * d.ow + ox) * d.c_out + o] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn dims(n: usize, h: usize, w: usize, ci: usize, co: usize, pad: usize) -> Conv2dDims {
+        let (oh, ow) = (h + 2 * pad - 2, w + 2 * pad - 2);
+        Conv2dDims { n, h, w, c_in: ci, c_out: co, kh: 3, kw: 3, stride: [1, 1], pad: [pad, pad], groups: 1, oh, ow }
+    }
+
+    #[test]
+    fn winograd_matches_direct_convolution_on_odd_and_even_sizes_in_f32_and_f64() {
+        let mut rng = crate::rng::Rng::new(7).stream("winograd");
+        // Even and odd outputs, pad 0 and 1, one and many chunks (the 4x4 case splits the GEMMs).
+        for d in [dims(2, 8, 8, 16, 24, 1), dims(3, 7, 5, 20, 16, 1), dims(2, 9, 6, 16, 16, 0), dims(64, 8, 8, 32, 32, 1)] {
+            let x: Vec<f64> = (0..d.n * d.h * d.w * d.c_in).map(|_| rng.uniform_range(-1.0, 1.0)).collect();
+            let wt: Vec<f64> = (0..d.c_out * 9 * d.c_in).map(|_| rng.uniform_range(-1.0, 1.0)).collect();
+            let want = naive(&x, &wt, &d);
+            let mut y64 = vec![f64::NAN; want.len()];
+            conv2d_fwd(&x, &wt, &mut y64, &d);
+            let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            let w32: Vec<f32> = wt.iter().map(|&v| v as f32).collect();
+            let mut y32 = vec![f32::NAN; want.len()];
+            conv2d_fwd(&x32, &w32, &mut y32, &d);
+            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let err64 = want.iter().zip(&y64).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            let err32 = want.iter().zip(&y32).fold(0.0f64, |m, (a, b)| m.max((a - *b as f64).abs()));
+            assert!(err64 <= 1e-12 * scale, "{d:?}: f64 error {err64} (scale {scale})");
+            assert!(err32 <= 2e-6 * scale, "{d:?}: f32 error {err32} (scale {scale})");
+        }
+    }
+}
