@@ -212,6 +212,39 @@ extern "C" __global__ void layernorm_dx_bwd_f32(const float* x, const float* dy,
     }
 }
 
+// ---- row-wise L2 normalisation (F.normalize): one warp per row ------------------------------
+
+// y = x / n, n = max(|x|, eps); the sum of squares in double, like the CPU reference.
+extern "C" __global__ void l2_normalize_fwd_f32(const float* x, float* y, float* norm, int rows, int C, float eps) {
+    const int lane = threadIdx.x & 31;
+    const i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    const float* xr = x + r * C;
+    double s = 0.0;
+    for (int j = lane; j < C; j += 32) s += (double)xr[j] * (double)xr[j];
+    const double n = fmax(sqrt(warp_sum_d(s)), (double)eps);
+    float* yr = y + r * C;
+    for (int j = lane; j < C; j += 32) yr[j] = (float)((double)xr[j] / n);
+    if (lane == 0) norm[r] = (float)n;
+}
+
+// dx = dy / n - x (x . dy) / n^3, or dy / n where the norm was clamped at eps.
+extern "C" __global__ void l2_normalize_bwd_f32(const float* x, const float* dy, const float* norm, float* dx, int rows,
+                                                int C, float eps) {
+    const int lane = threadIdx.x & 31;
+    const i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    const float* xr = x + r * C;
+    const float* gr = dy + r * C;
+    const double n = (double)norm[r];
+    double s = 0.0;
+    for (int j = lane; j < C; j += 32) s += (double)xr[j] * (double)gr[j];
+    s = warp_sum_d(s);
+    const double k = n > (double)eps ? s / (n * n * n) : 0.0;
+    float* dr = dx + r * C;
+    for (int j = lane; j < C; j += 32) dr[j] = (float)((double)gr[j] / n - (double)xr[j] * k);
+}
+
 // ---- softmax over the last axis: one warp per row -------------------------------------------
 
 extern "C" __global__ void softmax_fwd_f32(const float* x, float* y, int rows, int C) {

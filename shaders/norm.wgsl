@@ -272,6 +272,50 @@ fn ln_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
 }
 
+// Row-wise L2 normalisation (F.normalize): o1 = x / n, o2 = n = max(|x|, eps)
+@compute @workgroup_size(ROW_WG)
+fn l2_normalize_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let row = flat_group(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.ch;
+    var s = 0.0;
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        s += x[base + j] * x[base + j];
+    }
+    let n = max(sqrt(row_sum(s, li)), p.eps);
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        o1[base + j] = x[base + j] / n;
+    }
+    if (li == 0u) {
+        o2[row] = n;
+    }
+}
+
+// o1 = dx = dy / n - x (x . dy) / n^3 (dy / n where n was clamped at eps); sa = n
+@compute @workgroup_size(ROW_WG)
+fn l2_normalize_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let row = flat_group(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.ch;
+    let n = sa[row];
+    var s = 0.0;
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        s += x[base + j] * dy[base + j];
+    }
+    let dot = row_sum(s, li);
+    var k = 0.0;
+    if (n > p.eps) {
+        k = dot / (n * n * n);
+    }
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        o1[base + j] = dy[base + j] / n - x[base + j] * k;
+    }
+}
+
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma
 @compute @workgroup_size(ROW_WG)
 fn ln_bwd_dx_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {

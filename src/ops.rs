@@ -261,6 +261,27 @@ pub fn layernorm_bwd<B: Backend>(
     Ok((dx, dg, db))
 }
 
+/// Row-wise L2 normalisation over the last axis: (y, the clamped row norms).
+pub fn l2_normalize<B: Backend>(x: &Tensor<B>, eps: f32) -> Result<(Tensor<B>, Tensor<B>)> {
+    const OP: &str = "l2_normalize";
+    same_dtype(OP, &[x])?;
+    let d = norm_dims(OP, x, eps)?;
+    let (y, norm) = (out(x, x.shape())?, out(x, &[d.rows])?);
+    x.backend().l2_normalize_fwd(x.storage(), y.storage(), norm.storage(), &d)?;
+    Ok((y, norm))
+}
+
+pub fn l2_normalize_bwd<B: Backend>(x: &Tensor<B>, dy: &Tensor<B>, norm: &Tensor<B>, eps: f32) -> Result<Tensor<B>> {
+    const OP: &str = "l2_normalize_bwd";
+    same_dtype(OP, &[x, dy, norm])?;
+    expect_shape(OP, "dy", dy, x.shape())?;
+    let d = norm_dims(OP, x, eps)?;
+    expect_shape(OP, "norm", norm, &[d.rows])?;
+    let dx = out(x, x.shape())?;
+    x.backend().l2_normalize_bwd(x.storage(), dy.storage(), norm.storage(), dx.storage(), &d)?;
+    Ok(dx)
+}
+
 /// Softmax over the last axis.
 pub fn softmax<B: Backend>(x: &Tensor<B>) -> Result<Tensor<B>> {
     same_dtype("softmax", &[x])?;

@@ -101,6 +101,7 @@ fn layernorm_softmax_attention() {
         t.layernorm(&v[0], &v[1], &v[2], 1e-6).unwrap()
     });
     gradcheck("softmax", &[input(&mut r, &[4, 5])], |t, v| t.softmax(&v[0]).unwrap());
+    gradcheck("l2_normalize", &[input(&mut r, &[4, 6])], |t, v| t.l2_normalize(&v[0], 1e-12).unwrap());
     gradcheck("attention", &[input(&mut r, &[2, 5, 3]), input(&mut r, &[2, 4, 3]), input(&mut r, &[2, 4, 3])], |t, v| {
         t.attention(&v[0], &v[1], &v[2], 0.7).unwrap()
     });

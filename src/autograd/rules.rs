@@ -15,6 +15,7 @@ pub enum Op<B: Backend> {
     BatchNorm { x: Tensor<B>, gamma: Option<Tensor<B>>, saved: BnSaved<B> },
     /// inputs: x, gamma, beta
     LayerNorm { x: Tensor<B>, gamma: Tensor<B>, saved: BnSaved<B> },
+    L2Normalize { x: Tensor<B>, norm: Tensor<B>, eps: f32 },
     /// inputs: x
     Softmax { y: Tensor<B> },
     /// inputs: q, k, v
@@ -54,6 +55,7 @@ impl<B: Backend> Op<B> {
             Op::Conv2d { .. } => "conv2d",
             Op::BatchNorm { .. } => "batchnorm",
             Op::LayerNorm { .. } => "layernorm",
+            Op::L2Normalize { .. } => "l2_normalize",
             Op::Softmax { .. } => "softmax",
             Op::Attention { .. } => "attention",
             Op::Unary { .. } => "unary",
@@ -112,6 +114,7 @@ pub(super) fn backward<B: Backend>(op: &Op<B>, g: &Tensor<B>, needs: &[bool]) ->
             let (dx, dg, db) = ops::layernorm_bwd(x, g, gamma, saved)?;
             vec![Some(dx), Some(dg), Some(db)]
         }
+        Op::L2Normalize { x, norm, eps } => vec![Some(ops::l2_normalize_bwd(x, g, norm, *eps)?)],
         Op::Softmax { y } => vec![Some(ops::softmax_bwd(y, g)?)],
         Op::Attention { q, k, v, o, lse, scale } => {
             let (dq, dk, dv) = ops::attention_bwd(q, k, v, o, lse, g, *scale)?;

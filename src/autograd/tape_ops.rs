@@ -41,6 +41,12 @@ impl<B: Backend> Tape<B> {
         Ok(self.record(y, &[x, gamma, beta], || Op::LayerNorm { x: x.value.clone(), gamma: gamma.value.clone(), saved }))
     }
 
+    /// x / max(|x|, eps) per row of the last axis (F.normalize).
+    pub fn l2_normalize(&self, x: &Var<B>, eps: f32) -> Result<Var<B>> {
+        let (y, norm) = ops::l2_normalize(&x.value, eps)?;
+        Ok(self.record(y, &[x], || Op::L2Normalize { x: x.value.clone(), norm, eps }))
+    }
+
     pub fn softmax(&self, x: &Var<B>) -> Result<Var<B>> {
         let y = ops::softmax(&x.value)?;
         let saved = y.clone();

@@ -342,6 +342,20 @@ impl Backend for CpuBackend {
             Ok(())
         })
     }
+    fn l2_normalize_fwd(&self, x: &CpuStorage, y: &CpuStorage, norm: &CpuStorage, d: &NormDims) -> Result<()> {
+        on_dtype!(self, y, T => {
+            let (gx, mut gy, mut gn) = (x.read(), y.write(), norm.write());
+            norm::l2_normalize_fwd::<T>(r(&gx), w(&mut gy), w(&mut gn), d);
+            Ok(())
+        })
+    }
+    fn l2_normalize_bwd(&self, x: &CpuStorage, dy: &CpuStorage, norm: &CpuStorage, dx: &CpuStorage, d: &NormDims) -> Result<()> {
+        on_dtype!(self, dx, T => {
+            let (gx, gdy, gn, mut gdx) = (x.read(), dy.read(), norm.read(), dx.write());
+            norm::l2_normalize_bwd::<T>(r(&gx), r(&gdy), r(&gn), w(&mut gdx), d);
+            Ok(())
+        })
+    }
     fn softmax_fwd(&self, x: &CpuStorage, y: &CpuStorage, d: &NormDims) -> Result<()> {
         on_dtype!(self, y, T => {
             let (gx, mut gy) = (x.read(), y.write());

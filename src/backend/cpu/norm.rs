@@ -197,6 +197,30 @@ pub fn layernorm_bwd<T: Real>(
     store_f64(dbeta, &sums[c..]);
 }
 
+/// y = x / n, n = max(|x|, eps) per row (sum of squares in f64); saves n.
+pub fn l2_normalize_fwd<T: Real>(x: &[T], y: &mut [T], norm: &mut [T], d: &NormDims) {
+    let c = d.channels;
+    y.par_chunks_mut(c).zip(x.par_chunks(c)).zip(norm.par_iter_mut()).for_each(|((yr, xr), n)| {
+        let len = xr.iter().map(|v| v.f64() * v.f64()).sum::<f64>().sqrt().max(d.eps as f64);
+        for (o, v) in yr.iter_mut().zip(xr) {
+            *o = T::c(v.f64() / len);
+        }
+        *n = T::c(len);
+    });
+}
+
+/// dx = dy / n - x (x . dy) / n^3; where n was clamped at eps it is a constant: dx = dy / n.
+pub fn l2_normalize_bwd<T: Real>(x: &[T], dy: &[T], norm: &[T], dx: &mut [T], d: &NormDims) {
+    let c = d.channels;
+    dx.par_chunks_mut(c).zip(x.par_chunks(c).zip(dy.par_chunks(c))).zip(norm.par_iter()).for_each(|((o, (xr, gr)), n)| {
+        let n = n.f64();
+        let k = if n > d.eps as f64 { xr.iter().zip(gr).map(|(a, b)| a.f64() * b.f64()).sum::<f64>() / (n * n * n) } else { 0.0 };
+        for ((o, v), g) in o.iter_mut().zip(xr).zip(gr) {
+            *o = T::c(g.f64() / n - v.f64() * k);
+        }
+    });
+}
+
 pub fn softmax_fwd<T: Real>(x: &[T], y: &mut [T], c: usize) {
     y.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(yr, xr)| softmax_row(xr, yr));
 }

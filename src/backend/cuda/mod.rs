@@ -289,6 +289,12 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         norm::batchnorm_bwd(self, x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta, d)
     }
+    fn l2_normalize_fwd(&self, x: &CudaStorage, y: &CudaStorage, norm: &CudaStorage, d: &NormDims) -> Result<()> {
+        norm::l2_normalize_fwd(self, x, y, norm, d)
+    }
+    fn l2_normalize_bwd(&self, x: &CudaStorage, dy: &CudaStorage, norm: &CudaStorage, dx: &CudaStorage, d: &NormDims) -> Result<()> {
+        norm::l2_normalize_bwd(self, x, dy, norm, dx, d)
+    }
     fn layernorm_fwd(
         &self,
         x: &CudaStorage,

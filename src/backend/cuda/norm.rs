@@ -154,6 +154,37 @@ fn warp_rows_grid(rows: usize) -> (u32, u32, u32) {
     (rows.div_ceil(WARP_ROWS) as u32, 1, 1)
 }
 
+pub(super) fn l2_normalize_fwd(b: &CudaBackend, x: &CudaStorage, y: &CudaStorage, norm: &CudaStorage, d: &NormDims) -> Result<()> {
+    if d.rows * d.channels == 0 {
+        return Ok(());
+    }
+    b.launch(
+        "l2_normalize_fwd_f32",
+        warp_rows_grid(d.rows),
+        (THREADS, 1, 1),
+        &[ptr(x), ptr(y), ptr(norm), i32a(OP, d.rows)?, i32a(OP, d.channels)?, Arg::F32(d.eps)],
+    )
+}
+
+pub(super) fn l2_normalize_bwd(
+    b: &CudaBackend,
+    x: &CudaStorage,
+    dy: &CudaStorage,
+    norm: &CudaStorage,
+    dx: &CudaStorage,
+    d: &NormDims,
+) -> Result<()> {
+    if d.rows * d.channels == 0 {
+        return Ok(());
+    }
+    b.launch(
+        "l2_normalize_bwd_f32",
+        warp_rows_grid(d.rows),
+        (THREADS, 1, 1),
+        &[ptr(x), ptr(dy), ptr(norm), ptr(dx), i32a(OP, d.rows)?, i32a(OP, d.channels)?, Arg::F32(d.eps)],
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn layernorm_fwd(
     b: &CudaBackend,

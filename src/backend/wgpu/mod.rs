@@ -219,6 +219,12 @@ impl Backend for WgpuBackend {
     ) -> Result<()> {
         norm::batchnorm_bwd(self, x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta, d)
     }
+    fn l2_normalize_fwd(&self, x: &WgpuStorage, y: &WgpuStorage, norm: &WgpuStorage, d: &NormDims) -> Result<()> {
+        norm::l2_normalize_fwd(&self.ctx, x, y, norm, d)
+    }
+    fn l2_normalize_bwd(&self, x: &WgpuStorage, dy: &WgpuStorage, norm: &WgpuStorage, dx: &WgpuStorage, d: &NormDims) -> Result<()> {
+        norm::l2_normalize_bwd(&self.ctx, x, dy, norm, dx, d)
+    }
     fn layernorm_fwd(
         &self,
         x: &WgpuStorage,
