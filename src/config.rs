@@ -9,7 +9,11 @@ use crate::error::{Error, Result};
 use crate::eval::linear::LinearProbeConfig;
 use crate::eval::summary::ReportConfig;
 use crate::models::BackboneConfig;
+use crate::ssl::simclr::SimClrConfig;
 use crate::ssl::simsiam::SimSiamConfig;
+
+/// The self-supervised methods `method` accepts (each with its own table of settings).
+pub const METHODS: &[&str] = &["simsiam", "simclr"];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -35,6 +39,7 @@ pub struct Config {
     pub model_opts: ModelOpts,
     pub augment: AugmentToml,
     pub simsiam: SimSiamConfig,
+    pub simclr: SimClrConfig,
     pub optim: OptimConfig,
     pub monitor: MonitorConfig,
     pub checkpoint: CheckpointConfig,
@@ -59,6 +64,7 @@ impl Default for Config {
             model_opts: ModelOpts::default(),
             augment: AugmentToml::default(),
             simsiam: SimSiamConfig::default(),
+            simclr: SimClrConfig::default(),
             optim: OptimConfig::default(),
             monitor: MonitorConfig::default(),
             checkpoint: CheckpointConfig::default(),
@@ -260,8 +266,8 @@ impl Config {
         if self.batch_size < 2 {
             return bad("batch_size", "must be at least 2 (batch norm needs two samples)");
         }
-        if self.method != "simsiam" {
-            return bad("method", &format!("unknown method {:?}; available: simsiam", self.method));
+        if !METHODS.contains(&self.method.as_str()) {
+            return bad("method", &format!("unknown method {:?}; available: {}", self.method, METHODS.join(", ")));
         }
         if !["cpu", "wgpu", "cuda"].contains(&self.backend.as_str()) {
             return bad("backend", &format!("unknown backend {:?}; choose cpu, wgpu or cuda", self.backend));

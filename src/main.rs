@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Pretrain a backbone (SimSiam) from a TOML recipe; writes checkpoints, metrics.jsonl and plots to `out`.
+    /// Pretrain a backbone (SimSiam or SimCLR) from a TOML recipe; writes checkpoints, metrics.jsonl and plots to `out`.
     Train {
         /// Recipe file (configs/*.toml). Without it, the defaults (the CIFAR-10 paper recipe) apply.
         #[arg(long)]

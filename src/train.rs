@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::eval::{features, knn};
 use crate::nn::{Ctx, Kind, ParamId, ParamStore};
 use crate::optim::{Sgd, schedule::warmup_cosine};
-use crate::ssl::{LrPolicy, Method, normalized_std, simsiam::SimSiam};
+use crate::ssl::{LrPolicy, Method, normalized_std, simclr::SimClr, simsiam::SimSiam};
 use crate::tensor::{DType, Tensor};
 
 /// What a finished (or interrupted) run reports.
@@ -75,6 +75,7 @@ pub fn build_method<B: Backend>(b: &B, cfg: &Config) -> Result<(ParamStore<B>, B
     let backbone = cfg.backbone()?;
     let method: Box<dyn Method<B>> = match cfg.method.as_str() {
         "simsiam" => Box::new(SimSiam::new(&mut ps, &backbone, &cfg.simsiam)?),
+        "simclr" => Box::new(SimClr::new(&mut ps, &backbone, &cfg.simclr)?),
         m => return Err(Error::Config(format!("method: unknown {m:?}"))),
     };
     Ok((ps, method))

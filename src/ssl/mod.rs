@@ -4,6 +4,7 @@
 //! SimSiam is the first; SimCLR, BYOL, SupCon, SwAV and MoCo slot in beside it.
 
 pub mod heads;
+pub mod simclr;
 pub mod simsiam;
 
 use crate::autograd::Var;

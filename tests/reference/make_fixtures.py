@@ -175,6 +175,40 @@ def layer_fixtures():
     save_file(t, os.path.join(OUT, "layers.safetensors"))
 
 
+def simclr_loss_func(z, indexes, temperature):
+    """solo-learn's solo/losses/simclr.py, verbatim but for the distributed gather."""
+    z = F.normalize(z, dim=-1)
+    sim = torch.exp(torch.einsum("if, jf -> ij", z, z) / temperature)
+    pos_mask = indexes.unsqueeze(0) == indexes.unsqueeze(1)
+    pos_mask.fill_diagonal_(0)
+    neg_mask = indexes.unsqueeze(0) != indexes.unsqueeze(1)
+    pos = torch.sum(sim * pos_mask, 1)
+    neg = torch.sum(sim * neg_mask, 1)
+    return -(torch.mean(torch.log(pos / (pos + neg))))
+
+
+def loss_fixtures():
+    """The self-supervised losses (losses.safetensors): F.normalize, and SimCLR's NT-Xent."""
+    t = {}
+    x = det_uniform("normalize.x", (5, 7), 2.0).requires_grad_(True)
+    w = det_uniform("normalize.w", (5, 7))
+    t["normalize.x"], t["normalize.w"] = x.detach().clone(), w
+    y = F.normalize(x, dim=1)
+    t["normalize.y"] = y.detach().clone()
+    (y * w).sum().backward()
+    t["normalize.dx"] = x.grad.clone()
+    for temp in (0.2, 0.5):
+        name = f"ntxent.t{temp}"
+        z1 = det_uniform(name + ".z1", (6, 8)).requires_grad_(True)
+        z2 = det_uniform(name + ".z2", (6, 8)).requires_grad_(True)
+        t[name + ".z1"], t[name + ".z2"] = z1.detach().clone(), z2.detach().clone()
+        loss = simclr_loss_func(torch.cat([z1, z2]), torch.arange(6).repeat(2), temp)
+        t[name + ".loss"] = loss.detach().reshape(1)
+        loss.backward()
+        t[name + ".dz1"], t[name + ".dz2"] = z1.grad.clone(), z2.grad.clone()
+    save_file(t, os.path.join(OUT, "losses.safetensors"))
+
+
 def set_det_weights(model):
     with torch.no_grad():
         for name, p in list(model.named_parameters()) + list(model.named_buffers()):
@@ -295,7 +329,12 @@ def key_fixtures():
 
 
 if __name__ == "__main__":
+    import sys
+
     torch.manual_seed(0)
+    loss_fixtures()
+    if sys.argv[1:] == ["losses"]:  # only losses.safetensors
+        sys.exit(0)
     key_fixtures()
     metric_fixtures()
     layer_fixtures()

@@ -1,0 +1,104 @@
+//! SimCLR (Chen et al., ICML 2020): encoder f = backbone + projector, and the NT-Xent loss over
+//! the 2N projections of a batch: each view's positive is the other view of its image, the
+//! other 2N - 2 views are its negatives. As solo-learn's `simclr_loss_func`:
+//! L = mean_i [ -s(i, pos(i)) / T + log sum_{j != i} exp(s(i, j) / T) ], s = cosine similarity.
+//! Built from real ops: row L2 normalisation, one [2N, 2N] similarity matmul, and cross-entropy
+//! with the diagonal masked out. Each view goes through the network on its own (per-view BN).
+
+use serde::{Deserialize, Serialize};
+
+use super::heads::{Head, LayerSpec};
+use super::{Method, StepOutput};
+use crate::autograd::Var;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::models::{Backbone, BackboneConfig};
+use crate::nn::{Ctx, ParamStore};
+use crate::tensor::{DType, Tensor};
+
+/// F.normalize's eps.
+const NORM_EPS: f32 = 1e-12;
+/// Added to a view's similarity with itself: exp of it is exactly 0 in f32, so the diagonal
+/// drops out of the log-sum-exp as solo-learn's mask removes it.
+const SELF_MASK: f32 = -1e9;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimClrConfig {
+    pub proj_hidden: usize,
+    pub proj_dim: usize,
+    /// The softmax temperature T of NT-Xent.
+    pub temperature: f32,
+}
+
+impl Default for SimClrConfig {
+    /// solo-learn's CIFAR recipe.
+    fn default() -> Self {
+        SimClrConfig { proj_hidden: 2048, proj_dim: 256, temperature: 0.2 }
+    }
+}
+
+pub struct SimClr {
+    cfg: SimClrConfig,
+    backbone: Backbone,
+    projector: Head,
+}
+
+impl SimClr {
+    /// Registers `backbone.*` and `projector.*` (Linear -> BN -> ReLU -> Linear) in `ps`.
+    pub fn new<B: Backend>(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &SimClrConfig) -> Result<Self> {
+        if cfg.proj_dim == 0 || cfg.proj_hidden == 0 || !(cfg.temperature > 0.0 && cfg.temperature.is_finite()) {
+            return Err(Error::Config(format!(
+                "simclr: proj_hidden and proj_dim must be positive and temperature a positive number (got {}, {}, {})",
+                cfg.proj_hidden, cfg.proj_dim, cfg.temperature
+            )));
+        }
+        let backbone = backbone.build(ps, "backbone")?;
+        let proj = [
+            LayerSpec { out: cfg.proj_hidden, bias: true, bn: Some(true), relu: true },
+            LayerSpec { out: cfg.proj_dim, bias: true, bn: None, relu: false },
+        ];
+        let projector = Head::new(ps, "projector", backbone.feature_dim(), &proj)?;
+        Ok(SimClr { cfg: cfg.clone(), backbone, projector })
+    }
+}
+
+/// NT-Xent of the projections `zs` (one [N, d] per view, V views): logits s / T over all V*N
+/// rows with the diagonal masked, target = the same image's next view.
+pub fn nt_xent<B: Backend>(cx: &Ctx<B>, zs: &[Var<B>], temperature: f32) -> Result<Var<B>> {
+    let t = cx.tape;
+    let n = zs[0].value.shape()[0];
+    let rows = n * zs.len();
+    let z = t.l2_normalize(&t.concat(&zs.iter().collect::<Vec<_>>(), 0)?, NORM_EPS)?;
+    let logits = t.scale(&t.matmul(&z, &z, false, true)?, 1.0 / temperature)?;
+    let mut mask = vec![0.0f32; rows * rows];
+    for i in 0..rows {
+        mask[i * rows + i] = SELF_MASK;
+    }
+    let b = z.value.backend();
+    let mask = Var::constant(Tensor::from_f32(b, &mask, &[rows, rows], DType::F32)?);
+    let labels: Vec<f32> = (0..rows).map(|i| ((i + n) % rows) as f32).collect();
+    let labels = Tensor::from_f32(b, &labels, &[rows], DType::F32)?;
+    t.cross_entropy(&t.add(&logits, &mask)?, &labels)
+}
+
+impl<B: Backend> Method<B> for SimClr {
+    fn name(&self) -> &'static str {
+        "simclr"
+    }
+    fn views(&self) -> usize {
+        2
+    }
+    fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
+        if views.len() != 2 {
+            return Err(Error::Invalid { op: "simclr", msg: format!("needs 2 views, got {}", views.len()) });
+        }
+        let zs = views.iter().map(|x| self.projector.forward(cx, &self.backbone.forward(cx, x)?)).collect::<Result<Vec<_>>>()?;
+        let loss = nt_xent(cx, &zs, self.cfg.temperature)?;
+        Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })
+    }
+}
