@@ -22,8 +22,8 @@ fn images_per_tile(d: &Conv2dDims) -> usize {
     (TILE_ROWS / (d.oh * d.ow).max(1)).clamp(1, d.n.max(1))
 }
 
-/// Winograd F(2x2, 3x3) for stride-1 3x3 layers (forward, and backward-data through
-/// `bwd_data_as_conv`) unless `SSL_ENGINE_CPU_WINOGRAD=0` asks for direct im2col + GEMM.
+/// Winograd F(2x2, 3x3) for stride-1 3x3 layers (forward, backward-weight, and backward-data
+/// through `bwd_data_as_conv`) unless `SSL_ENGINE_CPU_WINOGRAD=0` asks for direct im2col + GEMM.
 fn winograd_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("SSL_ENGINE_CPU_WINOGRAD").map_or(true, |v| v != "0"))
@@ -191,6 +191,10 @@ pub fn conv2d_bwd_weight<T: Real>(x: &[T], dy: &[T], dw: &mut [T], d: &Conv2dDim
         let rows = d.n * npix;
         let lhs = Mat { data: dy, rs: 1, cs: d.c_out };
         gemm(d.c_out, d.c_in, rows, dw, d.c_in, false, lhs, Mat::new(x, d.c_in, false), true);
+        return;
+    }
+    if winograd::applies(d) && winograd_enabled() {
+        winograd::conv2d_bwd_weight(x, dy, dw, d);
         return;
     }
     let total = d.n * npix;

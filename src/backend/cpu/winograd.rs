@@ -89,31 +89,7 @@ fn run_chunk<T: Real>(x: &[T], u: &[T], yc: &mut [T], d: &Conv2dDims, img0: usiz
     let tiles = imgs * th * tw;
     s.v.resize(16 * tiles * ci, T::zero());
     s.m.resize(16 * tiles * co, T::zero());
-    let zeros = vec![T::zero(); ci];
-    let mut t: [Vec<T>; 16] = std::array::from_fn(|_| vec![T::zero(); ci]);
-    // Input transform, tile by tile: rows of B^T d, then columns, straight into V.
-    for tile in 0..tiles {
-        let (img, ty, tx) = (img0 + tile / (th * tw), (tile / tw) % th, tile % tw);
-        let px = |a: usize, b: usize| -> &[T] {
-            let iy = (2 * ty + a) as isize - d.pad[0] as isize;
-            let ix = (2 * tx + b) as isize - d.pad[1] as isize;
-            if iy < 0 || ix < 0 || iy >= d.h as isize || ix >= d.w as isize {
-                &zeros
-            } else {
-                let at = ((img * d.h + iy as usize) * d.w + ix as usize) * ci;
-                &x[at..at + ci]
-            }
-        };
-        for b in 0..4 {
-            let [t0, t1, t2, t3] = t.get_disjoint_mut([b, 4 + b, 8 + b, 12 + b]).unwrap_or_else(|_| unreachable!());
-            bt([t0, t1, t2, t3], [px(0, b), px(1, b), px(2, b), px(3, b)]);
-        }
-        for a in 0..4 {
-            let mut outs = s.v.chunks_mut(tiles * ci).skip(a * 4).take(4).map(|blk| &mut blk[tile * ci..(tile + 1) * ci]);
-            let (o0, o1, o2, o3) = (outs.next().unwrap(), outs.next().unwrap(), outs.next().unwrap(), outs.next().unwrap());
-            bt([o0, o1, o2, o3], [&t[a * 4], &t[a * 4 + 1], &t[a * 4 + 2], &t[a * 4 + 3]]);
-        }
-    }
+    transform_inputs(x, d, img0, tiles, &mut s.v);
     // The 16 products M[xi] = V[xi] . U[xi]^T (U is stored [c_out][c_in]).
     for xi in 0..16 {
         let lhs = Mat::new(&s.v[xi * tiles * ci..(xi + 1) * tiles * ci], ci, false);
@@ -180,6 +156,130 @@ pub fn conv2d_fwd<T: Real>(x: &[T], wt: &[T], y: &mut [T], d: &Conv2dDims) {
     }
 }
 
+/// Fills V[xi][tile][c_in] (`v`, `tiles` rows per xi) with B^T d B of the chunk's tiles, images
+/// img0.. of `x`.
+fn transform_inputs<T: Real>(x: &[T], d: &Conv2dDims, img0: usize, tiles: usize, v: &mut [T]) {
+    let ci = d.c_in;
+    let (th, tw) = (d.oh.div_ceil(2), d.ow.div_ceil(2));
+    let zeros = vec![T::zero(); ci];
+    let mut t: [Vec<T>; 16] = std::array::from_fn(|_| vec![T::zero(); ci]);
+    for tile in 0..tiles {
+        let (img, ty, tx) = (img0 + tile / (th * tw), (tile / tw) % th, tile % tw);
+        let px = |a: usize, b: usize| -> &[T] {
+            let iy = (2 * ty + a) as isize - d.pad[0] as isize;
+            let ix = (2 * tx + b) as isize - d.pad[1] as isize;
+            if iy < 0 || ix < 0 || iy >= d.h as isize || ix >= d.w as isize {
+                &zeros
+            } else {
+                let at = ((img * d.h + iy as usize) * d.w + ix as usize) * ci;
+                &x[at..at + ci]
+            }
+        };
+        for b in 0..4 {
+            let [t0, t1, t2, t3] = t.get_disjoint_mut([b, 4 + b, 8 + b, 12 + b]).unwrap_or_else(|_| unreachable!());
+            bt([t0, t1, t2, t3], [px(0, b), px(1, b), px(2, b), px(3, b)]);
+        }
+        for a in 0..4 {
+            let mut outs = v.chunks_mut(tiles * ci).skip(a * 4).take(4).map(|blk| &mut blk[tile * ci..(tile + 1) * ci]);
+            let (o0, o1, o2, o3) = (outs.next().unwrap(), outs.next().unwrap(), outs.next().unwrap(), outs.next().unwrap());
+            bt([o0, o1, o2, o3], [&t[a * 4], &t[a * 4 + 1], &t[a * 4 + 2], &t[a * 4 + 3]]);
+        }
+    }
+}
+
+/// A applied to two vectors (rows or columns of a 2x2 gradient tile): g0, g0+g1, g0-g1, -g1.
+fn a_mul<T: Real>(out: [&mut [T]; 4], g: [&[T]; 2]) {
+    let [o0, o1, o2, o3] = out;
+    o0.copy_from_slice(g[0]);
+    add(o1, g[0], g[1]);
+    sub(o2, g[0], g[1]);
+    for (o, v) in o3.iter_mut().zip(g[1]) {
+        *o = -*v;
+    }
+}
+
+/// Backward-weight of a layer where `applies(d)`: dU[xi] = sum over tiles of (A dy A^T)[xi]^T
+/// (B^T x B)[xi], as 16 GEMMs per chunk, then dW = G^T dU G. Chunks are summed in fixed groups
+/// and the groups in order, so the result does not depend on the thread count.
+pub fn conv2d_bwd_weight<T: Real>(x: &[T], dy: &[T], dw: &mut [T], d: &Conv2dDims) {
+    let (ci, co) = (d.c_in, d.c_out);
+    let (th, tw) = (d.oh.div_ceil(2), d.ow.div_ceil(2));
+    let tiles_per_img = th * tw;
+    let want = (32768 / (ci + co)).max(128);
+    let imgs = want.div_ceil(tiles_per_img).clamp(1, d.n.max(1));
+    let chunks = d.n.div_ceil(imgs);
+    let groups = chunks.min(8);
+    let partials: Vec<Vec<T>> = (0..groups)
+        .into_par_iter()
+        .map(|g| {
+            let mut du = vec![T::zero(); 16 * co * ci];
+            let (mut v, mut yh) = (Vec::new(), Vec::new());
+            let mut r: [Vec<T>; 8] = std::array::from_fn(|_| vec![T::zero(); co]);
+            let zeros = vec![T::zero(); co];
+            for k in g * chunks / groups..(g + 1) * chunks / groups {
+                let img0 = k * imgs;
+                let n_img = imgs.min(d.n - img0);
+                let tiles = n_img * tiles_per_img;
+                v.resize(16 * tiles * ci, T::zero());
+                yh.resize(16 * tiles * co, T::zero());
+                transform_inputs(x, d, img0, tiles, &mut v);
+                // Yh[xi][tile][c_out] = A dy A^T; outputs past the edge are zero.
+                for tile in 0..tiles {
+                    let (img, ty, tx) = (img0 + tile / tiles_per_img, (tile / tw) % th, tile % tw);
+                    let g_at = |i: usize, j: usize| -> &[T] {
+                        let (oy, ox) = (2 * ty + i, 2 * tx + j);
+                        if oy >= d.oh || ox >= d.ow {
+                            &zeros
+                        } else {
+                            let at = ((img * d.oh + oy) * d.ow + ox) * co;
+                            &dy[at..at + co]
+                        }
+                    };
+                    // Along i for each j: r[j * 4 + a].
+                    for j in 0..2 {
+                        let [r0, r1, r2, r3] = r.get_disjoint_mut([j * 4, j * 4 + 1, j * 4 + 2, j * 4 + 3]).unwrap_or_else(|_| unreachable!());
+                        a_mul([r0, r1, r2, r3], [g_at(0, j), g_at(1, j)]);
+                    }
+                    // Along j for each a: xi = a * 4 + b.
+                    for a in 0..4 {
+                        let mut outs = yh.chunks_mut(tiles * co).skip(a * 4).take(4).map(|blk| &mut blk[tile * co..(tile + 1) * co]);
+                        let (o0, o1, o2, o3) = (outs.next().unwrap(), outs.next().unwrap(), outs.next().unwrap(), outs.next().unwrap());
+                        a_mul([o0, o1, o2, o3], [&r[a], &r[4 + a]]);
+                    }
+                }
+                for xi in 0..16 {
+                    // dU[xi] [c_out, c_in] += Yh[xi]^T [c_out, tiles] . V[xi] [tiles, c_in]
+                    let lhs = Mat { data: &yh[xi * tiles * co..(xi + 1) * tiles * co], rs: 1, cs: co };
+                    let rhs = Mat::new(&v[xi * tiles * ci..(xi + 1) * tiles * ci], ci, false);
+                    gemm(co, ci, tiles, &mut du[xi * co * ci..(xi + 1) * co * ci], ci, true, lhs, rhs, groups < rayon::current_num_threads());
+                }
+            }
+            du
+        })
+        .collect();
+    let mut du = vec![T::zero(); 16 * co * ci];
+    for p in partials {
+        for (o, v) in du.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+    // dW[o][ki][kj][c] = (G^T dU G)[ki][kj]; G^T rows: (1, 1/2, 1/2, 0), (0, 1/2, -1/2, 0), (0, 1/2, 1/2, 1).
+    let half = T::c(0.5);
+    let gt = |u: [T; 4]| [u[0] + (u[1] + u[2]) * half, (u[1] - u[2]) * half, (u[1] + u[2]) * half + u[3]];
+    dw.par_chunks_mut(9 * ci).enumerate().for_each(|(o, dwo)| {
+        for c in 0..ci {
+            let at = |xi: usize| du[(xi * co + o) * ci + c];
+            let rows: [[T; 3]; 4] = std::array::from_fn(|a| gt([at(a * 4), at(a * 4 + 1), at(a * 4 + 2), at(a * 4 + 3)]));
+            for kj in 0..3 {
+                let col = gt([rows[0][kj], rows[1][kj], rows[2][kj], rows[3][kj]]);
+                for (ki, v) in col.iter().enumerate() {
+                    dwo[(ki * 3 + kj) * ci + c] = *v;
+                }
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,13 +311,39 @@ mod tests {
         y
     }
 
+    /// dW[o][ki][kj][c] = sum over images and outputs of dy[o] x[c] at the tap, in f64 loops.
+    fn naive_dw(x: &[f64], dy: &[f64], d: &Conv2dDims) -> Vec<f64> {
+        let mut dw = vec![0.0; d.c_out * 9 * d.c_in];
+        for n in 0..d.n {
+            for oy in 0..d.oh {
+                for ox in 0..d.ow {
+                    for ki in 0..3 {
+                        for kj in 0..3 {
+                            let (iy, ix) = ((oy + ki) as isize - d.pad[0] as isize, (ox + kj) as isize - d.pad[1] as isize);
+                            if iy < 0 || ix < 0 || iy >= d.h as isize || ix >= d.w as isize {
+                                continue;
+                            }
+                            for o in 0..d.c_out {
+                                let g = dy[((n * d.oh + oy) * d.ow + ox) * d.c_out + o];
+                                for c in 0..d.c_in {
+                                    dw[((o * 3 + ki) * 3 + kj) * d.c_in + c] += g * x[((n * d.h + iy as usize) * d.w + ix as usize) * d.c_in + c];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        dw
+    }
+
     fn dims(n: usize, h: usize, w: usize, ci: usize, co: usize, pad: usize) -> Conv2dDims {
         let (oh, ow) = (h + 2 * pad - 2, w + 2 * pad - 2);
         Conv2dDims { n, h, w, c_in: ci, c_out: co, kh: 3, kw: 3, stride: [1, 1], pad: [pad, pad], groups: 1, oh, ow }
     }
 
     #[test]
-    fn winograd_matches_direct_convolution_on_odd_and_even_sizes_in_f32_and_f64() {
+    fn winograd_forward_and_weight_gradient_match_direct_loops_on_odd_and_even_sizes() {
         let mut rng = crate::rng::Rng::new(7).stream("winograd");
         // Even and odd outputs, pad 0 and 1, one and many chunks (the 4x4 case splits the GEMMs).
         for d in [dims(2, 8, 8, 16, 24, 1), dims(3, 7, 5, 20, 16, 1), dims(2, 9, 6, 16, 16, 0), dims(64, 8, 8, 32, 32, 1)] {
@@ -235,6 +361,19 @@ mod tests {
             let err32 = want.iter().zip(&y32).fold(0.0f64, |m, (a, b)| m.max((a - *b as f64).abs()));
             assert!(err64 <= 1e-12 * scale, "{d:?}: f64 error {err64} (scale {scale})");
             assert!(err32 <= 2e-6 * scale, "{d:?}: f32 error {err32} (scale {scale})");
+
+            let dy: Vec<f64> = (0..want.len()).map(|_| rng.uniform_range(-1.0, 1.0)).collect();
+            let want = naive_dw(&x, &dy, &d);
+            let mut dw64 = vec![f64::NAN; want.len()];
+            conv2d_bwd_weight(&x, &dy, &mut dw64, &d);
+            let dy32: Vec<f32> = dy.iter().map(|&v| v as f32).collect();
+            let mut dw32 = vec![f32::NAN; want.len()];
+            conv2d_bwd_weight(&x32, &dy32, &mut dw32, &d);
+            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let err64 = want.iter().zip(&dw64).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            let err32 = want.iter().zip(&dw32).fold(0.0f64, |m, (a, b)| m.max((a - *b as f64).abs()));
+            assert!(err64 <= 1e-12 * scale, "{d:?}: dW f64 error {err64} (scale {scale})");
+            assert!(err32 <= 1e-5 * scale, "{d:?}: dW f32 error {err32} (scale {scale})");
         }
     }
 }
