@@ -75,9 +75,27 @@ pub struct CpuBackend {
     poison: bool,
 }
 
+/// Keeps freed memory in the process (glibc): the kernels' per-call temporaries (Winograd tiles,
+/// weight-gradient partials) are megabytes each, and by default glibc hands such blocks back to
+/// the system and takes them again on the next call, so every step paid page faults and the
+/// kernel's page clearing (11% of a ResNet-18 step in `perf`). Freed blocks up to 32 MB now
+/// stay in the heap for reuse; larger ones are tensors, which the buffer pool keeps anyway.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // SAFETY: mallopt only changes allocator tunables; called once, before our allocations matter.
+        ONCE.call_once(|| unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        });
+    }
+}
+
 impl CpuBackend {
     /// `threads == 0` uses every core.
     pub fn new(threads: usize) -> Result<Self> {
+        keep_freed_memory();
         let threads = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

@@ -76,32 +76,46 @@ fn transform_weights<T: Real>(wt: &[T], ci: usize, co: usize) -> Vec<T> {
     u
 }
 
-/// Scratch for one chunk: the transformed inputs V[xi][tile][c_in] and products M[xi][tile][c_out].
-struct Chunk<T> {
-    v: Vec<T>,
-    m: Vec<T>,
-}
-
 #[allow(clippy::too_many_arguments)]
-fn run_chunk<T: Real>(x: &[T], u: &[T], yc: &mut [T], d: &Conv2dDims, img0: usize, imgs: usize, s: &mut Chunk<T>, par_gemm: bool) {
+fn run_chunk<T: Real>(x: &[T], u: &[T], yc: &mut [T], d: &Conv2dDims, img0: usize, imgs: usize, par_gemm: bool) {
     let (ci, co) = (d.c_in, d.c_out);
     let (th, tw) = (d.oh.div_ceil(2), d.ow.div_ceil(2));
     let tiles = imgs * th * tw;
-    s.v.resize(16 * tiles * ci, T::zero());
-    s.m.resize(16 * tiles * co, T::zero());
-    transform_inputs(x, d, img0, tiles, &mut s.v);
+    // This thread's scratch (no allocation or zero-fill per chunk): V[xi][tile][c_in], then the
+    // products M[xi][tile][c_out]; both are fully written before they are read.
+    T::scratch(16 * tiles * (ci + co), |buf| {
+        let (v, m) = buf.split_at_mut(16 * tiles * ci);
+        run_chunk_in(x, u, yc, d, tiles, img0, v, m, par_gemm)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_chunk_in<T: Real>(
+    x: &[T],
+    u: &[T],
+    yc: &mut [T],
+    d: &Conv2dDims,
+    tiles: usize,
+    img0: usize,
+    v: &mut [T],
+    mm: &mut [T],
+    par_gemm: bool,
+) {
+    let (ci, co) = (d.c_in, d.c_out);
+    let (th, tw) = (d.oh.div_ceil(2), d.ow.div_ceil(2));
+    transform_inputs(x, d, img0, tiles, v);
     // The 16 products M[xi] = V[xi] . U[xi]^T (U is stored [c_out][c_in]).
     for xi in 0..16 {
-        let lhs = Mat::new(&s.v[xi * tiles * ci..(xi + 1) * tiles * ci], ci, false);
+        let lhs = Mat::new(&v[xi * tiles * ci..(xi + 1) * tiles * ci], ci, false);
         let rhs = Mat::new(&u[xi * co * ci..(xi + 1) * co * ci], ci, true);
-        gemm(tiles, co, ci, &mut s.m[xi * tiles * co..(xi + 1) * tiles * co], co, false, lhs, rhs, par_gemm);
+        gemm(tiles, co, ci, &mut mm[xi * tiles * co..(xi + 1) * tiles * co], co, false, lhs, rhs, par_gemm);
     }
     // Output transform: A^T m A with A^T rows (1, 1, 1, 0) and (0, 1, -1, -1).
     let mut r: [Vec<T>; 8] = std::array::from_fn(|_| vec![T::zero(); co]);
     let mut tmp = vec![T::zero(); co];
     for tile in 0..tiles {
         let (img, ty, tx) = (tile / (th * tw), (tile / tw) % th, tile % tw);
-        let m = |xi: usize| &s.m[(xi * tiles + tile) * co..(xi * tiles + tile + 1) * co];
+        let m = |xi: usize| &mm[(xi * tiles + tile) * co..(xi * tiles + tile + 1) * co];
         for b in 0..4 {
             add(&mut tmp, m(b), m(4 + b));
             add(&mut r[b], &tmp, m(8 + b));
@@ -144,14 +158,12 @@ pub fn conv2d_fwd<T: Real>(x: &[T], wt: &[T], y: &mut [T], d: &Conv2dDims) {
     let img_len = d.oh * d.ow * d.c_out;
     if chunks >= rayon::current_num_threads() {
         y.par_chunks_mut(imgs * img_len).enumerate().for_each(|(k, yc)| {
-            let mut s = Chunk { v: Vec::new(), m: Vec::new() };
-            run_chunk(x, &u, yc, d, k * imgs, yc.len() / img_len, &mut s, false);
+            run_chunk(x, &u, yc, d, k * imgs, yc.len() / img_len, false);
         });
     } else {
         // Too few chunks to spread over the threads: the GEMMs split instead.
-        let mut s = Chunk { v: Vec::new(), m: Vec::new() };
         for (k, yc) in y.chunks_mut(imgs * img_len).enumerate() {
-            run_chunk(x, &u, yc, d, k * imgs, yc.len() / img_len, &mut s, true);
+            run_chunk(x, &u, yc, d, k * imgs, yc.len() / img_len, true);
         }
     }
 }
@@ -213,47 +225,58 @@ pub fn conv2d_bwd_weight<T: Real>(x: &[T], dy: &[T], dw: &mut [T], d: &Conv2dDim
         .into_par_iter()
         .map(|g| {
             let mut du = vec![T::zero(); 16 * co * ci];
-            let (mut v, mut yh) = (Vec::new(), Vec::new());
-            let mut r: [Vec<T>; 8] = std::array::from_fn(|_| vec![T::zero(); co]);
-            let zeros = vec![T::zero(); co];
-            for k in g * chunks / groups..(g + 1) * chunks / groups {
-                let img0 = k * imgs;
-                let n_img = imgs.min(d.n - img0);
-                let tiles = n_img * tiles_per_img;
-                v.resize(16 * tiles * ci, T::zero());
-                yh.resize(16 * tiles * co, T::zero());
-                transform_inputs(x, d, img0, tiles, &mut v);
-                // Yh[xi][tile][c_out] = A dy A^T; outputs past the edge are zero.
-                for tile in 0..tiles {
-                    let (img, ty, tx) = (img0 + tile / tiles_per_img, (tile / tw) % th, tile % tw);
-                    let g_at = |i: usize, j: usize| -> &[T] {
-                        let (oy, ox) = (2 * ty + i, 2 * tx + j);
-                        if oy >= d.oh || ox >= d.ow {
-                            &zeros
-                        } else {
-                            let at = ((img * d.oh + oy) * d.ow + ox) * co;
-                            &dy[at..at + co]
+            T::scratch(16 * imgs * tiles_per_img * (ci + co), |buf| {
+                let (v, yh) = buf.split_at_mut(16 * imgs * tiles_per_img * ci);
+                let mut r: [Vec<T>; 8] = std::array::from_fn(|_| vec![T::zero(); co]);
+                let zeros = vec![T::zero(); co];
+                for k in g * chunks / groups..(g + 1) * chunks / groups {
+                    let img0 = k * imgs;
+                    let n_img = imgs.min(d.n - img0);
+                    let tiles = n_img * tiles_per_img;
+                    transform_inputs(x, d, img0, tiles, v);
+                    // Yh[xi][tile][c_out] = A dy A^T; outputs past the edge are zero.
+                    for tile in 0..tiles {
+                        let (img, ty, tx) = (img0 + tile / tiles_per_img, (tile / tw) % th, tile % tw);
+                        let g_at = |i: usize, j: usize| -> &[T] {
+                            let (oy, ox) = (2 * ty + i, 2 * tx + j);
+                            if oy >= d.oh || ox >= d.ow {
+                                &zeros
+                            } else {
+                                let at = ((img * d.oh + oy) * d.ow + ox) * co;
+                                &dy[at..at + co]
+                            }
+                        };
+                        // Along i for each j: r[j * 4 + a].
+                        for j in 0..2 {
+                            let [r0, r1, r2, r3] =
+                                r.get_disjoint_mut([j * 4, j * 4 + 1, j * 4 + 2, j * 4 + 3]).unwrap_or_else(|_| unreachable!());
+                            a_mul([r0, r1, r2, r3], [g_at(0, j), g_at(1, j)]);
                         }
-                    };
-                    // Along i for each j: r[j * 4 + a].
-                    for j in 0..2 {
-                        let [r0, r1, r2, r3] = r.get_disjoint_mut([j * 4, j * 4 + 1, j * 4 + 2, j * 4 + 3]).unwrap_or_else(|_| unreachable!());
-                        a_mul([r0, r1, r2, r3], [g_at(0, j), g_at(1, j)]);
+                        // Along j for each a: xi = a * 4 + b.
+                        for a in 0..4 {
+                            let mut outs = yh.chunks_mut(tiles * co).skip(a * 4).take(4).map(|blk| &mut blk[tile * co..(tile + 1) * co]);
+                            let (o0, o1, o2, o3) = (outs.next().unwrap(), outs.next().unwrap(), outs.next().unwrap(), outs.next().unwrap());
+                            a_mul([o0, o1, o2, o3], [&r[a], &r[4 + a]]);
+                        }
                     }
-                    // Along j for each a: xi = a * 4 + b.
-                    for a in 0..4 {
-                        let mut outs = yh.chunks_mut(tiles * co).skip(a * 4).take(4).map(|blk| &mut blk[tile * co..(tile + 1) * co]);
-                        let (o0, o1, o2, o3) = (outs.next().unwrap(), outs.next().unwrap(), outs.next().unwrap(), outs.next().unwrap());
-                        a_mul([o0, o1, o2, o3], [&r[a], &r[4 + a]]);
+                    for xi in 0..16 {
+                        // dU[xi] [c_out, c_in] += Yh[xi]^T [c_out, tiles] . V[xi] [tiles, c_in]
+                        let lhs = Mat { data: &yh[xi * tiles * co..(xi + 1) * tiles * co], rs: 1, cs: co };
+                        let rhs = Mat::new(&v[xi * tiles * ci..(xi + 1) * tiles * ci], ci, false);
+                        gemm(
+                            co,
+                            ci,
+                            tiles,
+                            &mut du[xi * co * ci..(xi + 1) * co * ci],
+                            ci,
+                            true,
+                            lhs,
+                            rhs,
+                            groups < rayon::current_num_threads(),
+                        );
                     }
                 }
-                for xi in 0..16 {
-                    // dU[xi] [c_out, c_in] += Yh[xi]^T [c_out, tiles] . V[xi] [tiles, c_in]
-                    let lhs = Mat { data: &yh[xi * tiles * co..(xi + 1) * tiles * co], rs: 1, cs: co };
-                    let rhs = Mat::new(&v[xi * tiles * ci..(xi + 1) * tiles * ci], ci, false);
-                    gemm(co, ci, tiles, &mut du[xi * co * ci..(xi + 1) * co * ci], ci, true, lhs, rhs, groups < rayon::current_num_threads());
-                }
-            }
+            });
             du
         })
         .collect();
@@ -299,7 +322,8 @@ mod tests {
                                     continue;
                                 }
                                 for c in 0..d.c_in {
-                                    acc += x[((n * d.h + iy as usize) * d.w + ix as usize) * d.c_in + c] * wt[((o * 3 + ki) * 3 + kj) * d.c_in + c];
+                                    acc += x[((n * d.h + iy as usize) * d.w + ix as usize) * d.c_in + c]
+                                        * wt[((o * 3 + ki) * 3 + kj) * d.c_in + c];
                                 }
                             }
                         }
@@ -326,7 +350,8 @@ mod tests {
                             for o in 0..d.c_out {
                                 let g = dy[((n * d.oh + oy) * d.ow + ox) * d.c_out + o];
                                 for c in 0..d.c_in {
-                                    dw[((o * 3 + ki) * 3 + kj) * d.c_in + c] += g * x[((n * d.h + iy as usize) * d.w + ix as usize) * d.c_in + c];
+                                    dw[((o * 3 + ki) * 3 + kj) * d.c_in + c] +=
+                                        g * x[((n * d.h + iy as usize) * d.w + ix as usize) * d.c_in + c];
                                 }
                             }
                         }
