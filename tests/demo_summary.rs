@@ -116,3 +116,18 @@ fn demo_summary_table_layout_and_numbers_come_from_the_final_checkpoint() {
     assert_eq!(numbers(&table), numbers(&again));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn every_shipped_recipe_loads_and_names_a_known_method() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let cfg = ssl_engine::config::Config::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert!(ssl_engine::config::METHODS.contains(&cfg.method.as_str()), "{}", p.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "recipes found: {n}");
+}

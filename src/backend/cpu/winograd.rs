@@ -367,38 +367,37 @@ mod tests {
         Conv2dDims { n, h, w, c_in: ci, c_out: co, kh: 3, kw: 3, stride: [1, 1], pad: [pad, pad], groups: 1, oh, ow }
     }
 
+    /// Runs `f` into NaN-filled f64 and f32 outputs and compares both with `want`: f64 to 1e-12
+    /// and f32 to `tol32` of the largest magnitude.
+    fn check(what: &str, want: &[f64], tol32: f64, f: impl FnOnce(&mut [f64], &mut [f32])) {
+        let (mut o64, mut o32) = (vec![f64::NAN; want.len()], vec![f32::NAN; want.len()]);
+        f(&mut o64, &mut o32);
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let err64 = want.iter().zip(&o64).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        let err32 = want.iter().zip(&o32).fold(0.0f64, |m, (a, b)| m.max((a - *b as f64).abs()));
+        assert!(err64 <= 1e-12 * scale, "{what}: f64 error {err64} (scale {scale})");
+        assert!(err32 <= tol32 * scale, "{what}: f32 error {err32} (scale {scale})");
+    }
+
     #[test]
     fn winograd_forward_and_weight_gradient_match_direct_loops_on_odd_and_even_sizes() {
         let mut rng = crate::rng::Rng::new(7).stream("winograd");
-        // Even and odd outputs, pad 0 and 1, one and many chunks (the 4x4 case splits the GEMMs).
+        // Even and odd outputs, pad 0 and 1; one chunk (the GEMMs split over threads) and, with 64
+        // images, chunks spread over threads.
         for d in [dims(2, 8, 8, 16, 24, 1), dims(3, 7, 5, 20, 16, 1), dims(2, 9, 6, 16, 16, 0), dims(64, 8, 8, 32, 32, 1)] {
             let x: Vec<f64> = (0..d.n * d.h * d.w * d.c_in).map(|_| rng.uniform_range(-1.0, 1.0)).collect();
             let wt: Vec<f64> = (0..d.c_out * 9 * d.c_in).map(|_| rng.uniform_range(-1.0, 1.0)).collect();
-            let want = naive(&x, &wt, &d);
-            let mut y64 = vec![f64::NAN; want.len()];
-            conv2d_fwd(&x, &wt, &mut y64, &d);
-            let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-            let w32: Vec<f32> = wt.iter().map(|&v| v as f32).collect();
-            let mut y32 = vec![f32::NAN; want.len()];
-            conv2d_fwd(&x32, &w32, &mut y32, &d);
-            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            let err64 = want.iter().zip(&y64).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-            let err32 = want.iter().zip(&y32).fold(0.0f64, |m, (a, b)| m.max((a - *b as f64).abs()));
-            assert!(err64 <= 1e-12 * scale, "{d:?}: f64 error {err64} (scale {scale})");
-            assert!(err32 <= 2e-6 * scale, "{d:?}: f32 error {err32} (scale {scale})");
-
-            let dy: Vec<f64> = (0..want.len()).map(|_| rng.uniform_range(-1.0, 1.0)).collect();
-            let want = naive_dw(&x, &dy, &d);
-            let mut dw64 = vec![f64::NAN; want.len()];
-            conv2d_bwd_weight(&x, &dy, &mut dw64, &d);
-            let dy32: Vec<f32> = dy.iter().map(|&v| v as f32).collect();
-            let mut dw32 = vec![f32::NAN; want.len()];
-            conv2d_bwd_weight(&x32, &dy32, &mut dw32, &d);
-            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            let err64 = want.iter().zip(&dw64).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-            let err32 = want.iter().zip(&dw32).fold(0.0f64, |m, (a, b)| m.max((a - *b as f64).abs()));
-            assert!(err64 <= 1e-12 * scale, "{d:?}: dW f64 error {err64} (scale {scale})");
-            assert!(err32 <= 1e-5 * scale, "{d:?}: dW f32 error {err32} (scale {scale})");
+            let to32 = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+            let y = naive(&x, &wt, &d);
+            check(&format!("{d:?} forward"), &y, 2e-6, |o64, o32| {
+                conv2d_fwd(&x, &wt, o64, &d);
+                conv2d_fwd(&to32(&x), &to32(&wt), o32, &d);
+            });
+            let dy: Vec<f64> = (0..y.len()).map(|_| rng.uniform_range(-1.0, 1.0)).collect();
+            check(&format!("{d:?} weight gradient"), &naive_dw(&x, &dy, &d), 1e-5, |o64, o32| {
+                conv2d_bwd_weight(&x, &dy, o64, &d);
+                conv2d_bwd_weight(&to32(&x), &to32(&dy), o32, &d);
+            });
         }
     }
 }
