@@ -228,7 +228,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// row of `channels`; n is saved for the backward pass.
     fn l2_normalize_fwd(&self, x: &Self::Storage, y: &Self::Storage, norm: &Self::Storage, d: &NormDims) -> Result<()>;
     /// dx = dy / n - x (x . dy) / n^3 (dy / n where the norm was clamped at eps).
-    fn l2_normalize_bwd(&self, x: &Self::Storage, dy: &Self::Storage, norm: &Self::Storage, dx: &Self::Storage, d: &NormDims) -> Result<()>;
+    fn l2_normalize_bwd(&self, x: &Self::Storage, dy: &Self::Storage, norm: &Self::Storage, dx: &Self::Storage, d: &NormDims)
+    -> Result<()>;
     /// Softmax over the last axis (`channels` of NormDims; eps unused).
     fn softmax_fwd(&self, x: &Self::Storage, y: &Self::Storage, d: &NormDims) -> Result<()>;
     fn softmax_bwd(&self, y: &Self::Storage, dy: &Self::Storage, dx: &Self::Storage, d: &NormDims) -> Result<()>;

@@ -119,7 +119,8 @@ pub fn batchnorm_bwd<T: Real>(
     // acc[0..c] = sum dy, acc[c..2c] = sum dy * (x - mean); sum dy * xhat = invstd * the latter.
     let sums = column_sums(rows, 2 * c, |r, acc| {
         let (s1, s2) = acc.split_at_mut(c);
-        for ((((a1, a2), g), v), m) in s1.iter_mut().zip(s2.iter_mut()).zip(&dy[r * c..(r + 1) * c]).zip(&x[r * c..(r + 1) * c]).zip(&mean) {
+        for ((((a1, a2), g), v), m) in s1.iter_mut().zip(s2.iter_mut()).zip(&dy[r * c..(r + 1) * c]).zip(&x[r * c..(r + 1) * c]).zip(&mean)
+        {
             let g = g.f64();
             *a1 += g;
             *a2 += g * (v.f64() - m);

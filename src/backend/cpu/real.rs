@@ -12,7 +12,11 @@ thread_local! {
 /// Runs `f` on this thread's scratch buffer, grown to `len` (contents unspecified: callers
 /// overwrite what they read). Reused across calls, so the convolutions' column tiles cost no
 /// allocation, page faults or zero-fill per tile; a nested call gets a fresh buffer instead.
-fn with_scratch<T: Default + Clone, R>(key: &'static std::thread::LocalKey<RefCell<Vec<T>>>, len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+fn with_scratch<T: Default + Clone, R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {

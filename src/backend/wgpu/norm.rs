@@ -137,7 +137,14 @@ pub fn l2_normalize_fwd(ctx: &Context, x: &WgpuStorage, y: &WgpuStorage, norm: &
     ctx.launch(kernel("l2_normalize", FAMILY, "l2_normalize_fwd_f32"), params(d, 0, 1, 1, 0.0), &binds, grid(d.rows, 1))
 }
 
-pub fn l2_normalize_bwd(ctx: &Context, x: &WgpuStorage, dy: &WgpuStorage, norm: &WgpuStorage, dx: &WgpuStorage, d: &NormDims) -> Result<()> {
+pub fn l2_normalize_bwd(
+    ctx: &Context,
+    x: &WgpuStorage,
+    dy: &WgpuStorage,
+    norm: &WgpuStorage,
+    dx: &WgpuStorage,
+    d: &NormDims,
+) -> Result<()> {
     let binds = [r(1, x.buf()), r(2, dy.buf()), r(3, norm.buf()), w(8, dx.buf())];
     ctx.launch(kernel("l2_normalize_bwd", FAMILY, "l2_normalize_bwd_f32"), params(d, 0, 1, 1, 0.0), &binds, grid(d.rows, 1))
 }
