@@ -272,6 +272,15 @@ fn ln_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
 }
 
+// sum over the row at `base` of x * dy, reduced over the workgroup
+fn row_dot_x_dy(base: u32, li: u32) -> f32 {
+    var s = 0.0;
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        s += x[base + j] * dy[base + j];
+    }
+    return row_sum(s, li);
+}
+
 // Row-wise L2 normalisation (F.normalize): o1 = x / n, o2 = n = max(|x|, eps)
 @compute @workgroup_size(ROW_WG)
 fn l2_normalize_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -302,11 +311,7 @@ fn l2_normalize_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     }
     let base = row * p.ch;
     let n = sa[row];
-    var s = 0.0;
-    for (var j = li; j < p.ch; j += ROW_WG) {
-        s += x[base + j] * dy[base + j];
-    }
-    let dot = row_sum(s, li);
+    let dot = row_dot_x_dy(base, li);
     var k = 0.0;
     if (n > p.eps) {
         k = dot / (n * n * n);
@@ -372,11 +377,7 @@ fn softmax_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
         return;
     }
     let base = row * p.ch;
-    var s = 0.0;
-    for (var j = li; j < p.ch; j += ROW_WG) {
-        s += x[base + j] * dy[base + j];
-    }
-    let dot = row_sum(s, li);
+    let dot = row_dot_x_dy(base, li);
     for (var j = li; j < p.ch; j += ROW_WG) {
         o1[base + j] = x[base + j] * (dy[base + j] - dot);
     }

@@ -307,29 +307,32 @@ pub fn conv2d_bwd_weight<T: Real>(x: &[T], dy: &[T], dw: &mut [T], d: &Conv2dDim
 mod tests {
     use super::*;
 
-    /// Direct cross-correlation in f64 loops: the independent reference.
-    fn naive(x: &[f64], wt: &[f64], d: &Conv2dDims) -> Vec<f64> {
-        let mut y = vec![0.0; d.n * d.oh * d.ow * d.c_out];
+    /// Every valid (output pixel, input pixel, tap) of a 3x3 stride-1 layer, as the element
+    /// offsets of the pixels in y / x and the tap index ki * 3 + kj.
+    fn taps(d: &Conv2dDims) -> Vec<(usize, usize, usize)> {
+        let mut v = Vec::new();
         for n in 0..d.n {
             for oy in 0..d.oh {
                 for ox in 0..d.ow {
-                    for o in 0..d.c_out {
-                        let mut acc = 0.0;
-                        for ki in 0..3 {
-                            for kj in 0..3 {
-                                let (iy, ix) = ((oy + ki) as isize - d.pad[0] as isize, (ox + kj) as isize - d.pad[1] as isize);
-                                if iy < 0 || ix < 0 || iy >= d.h as isize || ix >= d.w as isize {
-                                    continue;
-                                }
-                                for c in 0..d.c_in {
-                                    acc += x[((n * d.h + iy as usize) * d.w + ix as usize) * d.c_in + c]
-                                        * wt[((o * 3 + ki) * 3 + kj) * d.c_in + c];
-                                }
-                            }
+                    for k in 0..9 {
+                        let (iy, ix) = ((oy + k / 3) as isize - d.pad[0] as isize, (ox + k % 3) as isize - d.pad[1] as isize);
+                        if iy >= 0 && ix >= 0 && iy < d.h as isize && ix < d.w as isize {
+                            let xb = ((n * d.h + iy as usize) * d.w + ix as usize) * d.c_in;
+                            v.push((((n * d.oh + oy) * d.ow + ox) * d.c_out, xb, k));
                         }
-                        y[((n * d.oh + oy) * d.ow + ox) * d.c_out + o] = acc;
                     }
                 }
+            }
+        }
+        v
+    }
+
+    /// Direct cross-correlation in f64 loops: the independent reference.
+    fn naive(x: &[f64], wt: &[f64], d: &Conv2dDims) -> Vec<f64> {
+        let mut y = vec![0.0; d.n * d.oh * d.ow * d.c_out];
+        for (yb, xb, k) in taps(d) {
+            for o in 0..d.c_out {
+                y[yb + o] += (0..d.c_in).map(|c| x[xb + c] * wt[(o * 9 + k) * d.c_in + c]).sum::<f64>();
             }
         }
         y
@@ -338,24 +341,10 @@ mod tests {
     /// dW[o][ki][kj][c] = sum over images and outputs of dy[o] x[c] at the tap, in f64 loops.
     fn naive_dw(x: &[f64], dy: &[f64], d: &Conv2dDims) -> Vec<f64> {
         let mut dw = vec![0.0; d.c_out * 9 * d.c_in];
-        for n in 0..d.n {
-            for oy in 0..d.oh {
-                for ox in 0..d.ow {
-                    for ki in 0..3 {
-                        for kj in 0..3 {
-                            let (iy, ix) = ((oy + ki) as isize - d.pad[0] as isize, (ox + kj) as isize - d.pad[1] as isize);
-                            if iy < 0 || ix < 0 || iy >= d.h as isize || ix >= d.w as isize {
-                                continue;
-                            }
-                            for o in 0..d.c_out {
-                                let g = dy[((n * d.oh + oy) * d.ow + ox) * d.c_out + o];
-                                for c in 0..d.c_in {
-                                    dw[((o * 3 + ki) * 3 + kj) * d.c_in + c] +=
-                                        g * x[((n * d.h + iy as usize) * d.w + ix as usize) * d.c_in + c];
-                                }
-                            }
-                        }
-                    }
+        for (yb, xb, k) in taps(d) {
+            for o in 0..d.c_out {
+                for c in 0..d.c_in {
+                    dw[(o * 9 + k) * d.c_in + c] += dy[yb + o] * x[xb + c];
                 }
             }
         }
