@@ -124,7 +124,11 @@ fn without_stop_gradient_simsiam_collapses_and_with_it_does_not() {
     assert!(c < 0.5 * h, "no stop-gradient should collapse: z-std {c} vs default {h}");
     assert!(h > 0.6 * ideal, "default run should not collapse: z-std {h}");
     let (hl, cl) = (healthy.last_loss.unwrap(), collapsed.last_loss.unwrap());
-    assert!(cl < -0.9 && cl < hl - 0.2, "collapsed loss {cl} should approach -1, well below the default's {hl}");
+    // Collapse shows one of two ways: a constant direction (loss -> -1), or a constant input to
+    // the projector's last BN (no affine), whose output is then exactly 0, as is the loss.
+    let constant_direction = cl < -0.9 && cl < hl - 0.2;
+    let zero_output = cl == 0.0 && c == 0.0;
+    assert!(constant_direction || zero_output, "collapsed loss {cl} should approach -1 (or z be all zero), default's {hl}");
 }
 
 #[test]

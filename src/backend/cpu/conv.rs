@@ -122,20 +122,6 @@ pub fn conv2d_fwd<T: Real>(x: &[T], wt: &[T], y: &mut [T], d: &Conv2dDims) {
 /// the forward pass instead of scattering whole images (1.3-1.5x faster on the 32x32 layers).
 fn bwd_data_as_conv<T: Real>(dy: &[T], wt: &[T], dx: &mut [T], d: &Conv2dDims) {
     let (cg, og) = (d.c_in / d.groups, d.c_out / d.groups);
-    let mut flipped = vec![T::zero(); wt.len()];
-    for g in 0..d.groups {
-        for o in 0..og {
-            for ki in 0..d.kh {
-                for kj in 0..d.kw {
-                    for c in 0..cg {
-                        let src = (((g * og + o) * d.kh + ki) * d.kw + kj) * cg + c;
-                        let dst = (((g * cg + c) * d.kh + (d.kh - 1 - ki)) * d.kw + (d.kw - 1 - kj)) * og + o;
-                        flipped[dst] = wt[src];
-                    }
-                }
-            }
-        }
-    }
     let t = Conv2dDims {
         n: d.n,
         h: d.oh,
@@ -150,6 +136,23 @@ fn bwd_data_as_conv<T: Real>(dy: &[T], wt: &[T], dx: &mut [T], d: &Conv2dDims) {
         oh: d.h,
         ow: d.w,
     };
+    if winograd::applies(&t) && winograd_enabled() {
+        winograd::conv2d_bwd_data(dy, wt, dx, d, &t);
+        return;
+    }
+    // Rows of the flipped weight are (group, input channel) pairs: filled in parallel.
+    let mut flipped = vec![T::zero(); wt.len()];
+    flipped.par_chunks_mut(d.kh * d.kw * og).enumerate().for_each(|(gc, row)| {
+        let (g, c) = (gc / cg, gc % cg);
+        for o in 0..og {
+            for ki in 0..d.kh {
+                for kj in 0..d.kw {
+                    let src = (((g * og + o) * d.kh + ki) * d.kw + kj) * cg + c;
+                    row[((d.kh - 1 - ki) * d.kw + (d.kw - 1 - kj)) * og + o] = wt[src];
+                }
+            }
+        }
+    });
     conv2d_fwd(dy, &flipped, dx, &t);
 }
 
