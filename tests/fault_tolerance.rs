@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::cli::{one_line_naming, ssl, tiny_args};
+use common::cli::{one_line_naming, run_tiny, ssl, tiny_args};
 use common::{repo, tmp_dir};
 
 use std::io::{BufRead, BufReader};
@@ -148,7 +148,7 @@ fn output_as_nobody(args: &[String]) -> Option<std::process::Output> {
 fn read_only_run_folder_is_one_clear_error_and_keeps_the_checkpoint() {
     use std::os::unix::fs::PermissionsExt;
     let out = tmp_dir("readonly");
-    let (c, e) = ssl(&tiny_args(&out, &repo("data/cifar10-demo/train"), &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let (c, e) = run_tiny(&out, &repo("data/cifar10-demo/train"), &[]);
     assert_eq!(c, 0, "{e}");
     let ckpt = out.join("last.safetensors");
     let before = std::fs::read(&ckpt).unwrap();
@@ -381,7 +381,7 @@ fn resume_with_another_batch_size_backend_or_method_is_refused_naming_it() {
     use std::sync::atomic::AtomicBool;
     let out = tmp_dir("resume-diff");
     let data = repo("data/cifar10-demo/train");
-    let (c, e) = ssl(&tiny_args(&out, &data, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let (c, e) = run_tiny(&out, &data, &[]);
     assert_eq!(c, 0, "{e}");
     let ckpt = out.join("last.safetensors");
     for (set, key) in [("batch_size=4", "batch_size"), ("model=\"resnet34-cifar\"", "model"), ("data.image_size=8", "data.image_size")] {
@@ -420,7 +420,7 @@ fn out_of_gpu_memory_names_the_batch_and_memory_with_exit_code_4_and_writes_noth
     };
     let out = tmp_dir("oom");
     // A good checkpoint from an earlier run in the same folder must survive.
-    let (c, e) = ssl(&tiny_args(&out, &repo("data/cifar10-demo/train"), &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let (c, e) = run_tiny(&out, &repo("data/cifar10-demo/train"), &[]);
     assert_eq!(c, 0, "{e}");
     let before = std::fs::read(out.join("last.safetensors")).unwrap();
     let sets: Vec<String> = vec![
@@ -466,7 +466,7 @@ fn out_of_memory_on_webgpu_with_a_memory_cap_exits_4() {
 #[test]
 fn model_flag_that_contradicts_the_weight_file_is_an_error_naming_both() {
     let out = tmp_dir("embed-arch");
-    let (c, e) = ssl(&tiny_args(&out, &repo("data/cifar10-demo/train"), &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let (c, e) = run_tiny(&out, &repo("data/cifar10-demo/train"), &[]);
     assert_eq!(c, 0, "{e}");
     let ckpt = out.join("last.safetensors");
     let (c, e) = ssl(&[

@@ -180,21 +180,27 @@ pub fn conv2d_fwd<T: Real>(x: &[T], wt: &[T], y: &mut [T], d: &Conv2dDims) {
     run(x, UView { u: &u, ci: d.c_in, backward: false }, y, d);
 }
 
-/// dx of a layer `d` where `applies(d)` and the padding is at most 1 (so backward-data is the
-/// stride-1 convolution `t` of dy, padded by 2 - pad, with the flipped weight): reads the forward
+/// dx of a stride-1 3x3 layer `d` with padding below 3, where `applies(t)` for its backward-data
+/// form `t` (the stride-1 convolution of dy, padded by 2 - pad, with the flipped weight): reads the forward
 /// transform through `UView`'s permutation instead of flipping and transforming a copy.
 pub fn conv2d_bwd_data<T: Real>(dy: &[T], wt: &[T], dx: &mut [T], d: &Conv2dDims, t: &Conv2dDims) {
     let u = transform_weights(wt, d.c_in, d.c_out);
     run(dy, UView { u: &u, ci: d.c_in, backward: true }, dx, t);
 }
 
-/// The chunked forward pass of layer `d` (input x, output y) with weights read through `u`.
-fn run<T: Real>(x: &[T], u: UView<'_, T>, y: &mut [T], d: &Conv2dDims) {
+/// (images per chunk, chunks) over the 2x2 output tiles of layer `d`: ~2 MB of transformed
+/// tiles (16 x tiles x (c_in + c_out)) per chunk, but never fewer than 128 tiles (the GEMMs' row
+/// count). Fixed by the shape alone, so sums over chunks do not depend on the thread count.
+fn chunking(d: &Conv2dDims) -> (usize, usize) {
     let tiles_per_img = d.oh.div_ceil(2) * d.ow.div_ceil(2);
-    // ~2 MB of V + M per chunk, but never fewer than 128 tiles (the GEMMs' row count).
     let want = (32768 / (d.c_in + d.c_out)).max(128);
     let imgs = want.div_ceil(tiles_per_img).clamp(1, d.n.max(1));
-    let chunks = d.n.div_ceil(imgs);
+    (imgs, d.n.div_ceil(imgs))
+}
+
+/// The chunked forward pass of layer `d` (input x, output y) with weights read through `u`.
+fn run<T: Real>(x: &[T], u: UView<'_, T>, y: &mut [T], d: &Conv2dDims) {
+    let (imgs, chunks) = chunking(d);
     let img_len = d.oh * d.ow * d.c_out;
     if chunks >= rayon::current_num_threads() {
         y.par_chunks_mut(imgs * img_len).enumerate().for_each(|(k, yc)| {
@@ -257,9 +263,7 @@ pub fn conv2d_bwd_weight<T: Real>(x: &[T], dy: &[T], dw: &mut [T], d: &Conv2dDim
     let (ci, co) = (d.c_in, d.c_out);
     let (th, tw) = (d.oh.div_ceil(2), d.ow.div_ceil(2));
     let tiles_per_img = th * tw;
-    let want = (32768 / (ci + co)).max(128);
-    let imgs = want.div_ceil(tiles_per_img).clamp(1, d.n.max(1));
-    let chunks = d.n.div_ceil(imgs);
+    let (imgs, chunks) = chunking(d);
     let groups = chunks.min(8);
     let partials: Vec<Vec<T>> = (0..groups)
         .into_par_iter()
