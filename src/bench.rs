@@ -203,6 +203,7 @@ pub fn bench_kernels<B: Backend>(b: &B, batch: usize, filter: Option<&str>, runs
             ops::batchnorm_bwd(&x, &x, Some(&g), &saved, true).map(drop)
         })?;
         push("relu fwd 32x32x64".into(), Work::Bytes(bytes), &mut || ops::unary(Unary::Relu, &x).map(drop))?;
+        push("relu bwd 32x32x64".into(), Work::Bytes(bytes * 1.5), &mut || ops::unary_bwd(Unary::Relu, &x, &x).map(drop))?;
         push("add 32x32x64".into(), Work::Bytes(bytes * 1.5), &mut || ops::add(&x, &x).map(drop))?;
     }
     // ViT-tiny: layer norm, GELU, attention (3 heads of 64, 65 tokens).

@@ -40,36 +40,37 @@ pub fn unary_fwd<T: Real>(op: Unary, x: &[T], y: &mut [T]) {
 }
 
 pub fn unary_bwd<T: Real>(op: Unary, x: &[T], dy: &[T], dx: &mut [T]) {
-    dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(o, (xc, gc))| {
-        for ((o, &v), &g) in o.iter_mut().zip(xc).zip(gc) {
-            *o = match op {
-                // PyTorch's choice at 0: gradient 0.
-                Unary::Relu => {
-                    if v > T::zero() {
-                        g
-                    } else {
-                        T::zero()
-                    }
-                }
-                Unary::Gelu => g * gelu_grad(v),
-            };
+    // One loop per op, so each inner loop is branch-free and vectorises (matching on `op`
+    // inside the loop kept ReLU's backward scalar: 6% of a ResNet-18 step).
+    match op {
+        // PyTorch's choice at 0: gradient 0.
+        Unary::Relu => map2(x, dy, dx, |v, g| if v > T::zero() { g } else { T::zero() }),
+        Unary::Gelu => map2(x, dy, dx, |v, g| g * gelu_grad(v)),
+    }
+}
+
+/// out = f(a, b) elementwise, in fixed chunks.
+fn map2<T: Real>(a: &[T], b: &[T], out: &mut [T], f: impl Fn(T, T) -> T + Sync) {
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (ac, bc))| {
+        for ((o, &x), &y) in o.iter_mut().zip(ac).zip(bc) {
+            *o = f(x, y);
         }
     });
 }
 
 pub fn binary<T: Real>(op: Binary, a: &[T], b: &[T], out: &mut [T], b_len: usize) {
-    let f = |x: T, y: T| match op {
-        Binary::Add => x + y,
-        Binary::Mul => x * y,
-    };
+    match op {
+        Binary::Add => broadcast(a, b, out, b_len, |x, y| x + y),
+        Binary::Mul => broadcast(a, b, out, b_len, |x, y| x * y),
+    }
+}
+
+/// out = f(a, b) where b repeats over the leading axes of a (b_len divides a's length).
+fn broadcast<T: Real>(a: &[T], b: &[T], out: &mut [T], b_len: usize, f: impl Fn(T, T) -> T + Sync) {
     if b_len == a.len() {
-        out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (ac, bc))| {
-            for ((o, &x), &y) in o.iter_mut().zip(ac).zip(bc) {
-                *o = f(x, y);
-            }
-        });
+        map2(a, b, out, f);
     } else {
-        // b repeats over the leading axes of a: one row of a per repetition.
+        // One row of a per repetition of b.
         out.par_chunks_mut(b_len).zip(a.par_chunks(b_len)).for_each(|(o, ac)| {
             for ((o, &x), &y) in o.iter_mut().zip(ac).zip(b) {
                 *o = f(x, y);
