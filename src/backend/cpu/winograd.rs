@@ -42,14 +42,12 @@ fn bt<T: Real>(out: [&mut [T]; 4], d: [&[T]; 4]) {
     sub(o3, d[1], d[3]);
 }
 
-/// U[o][xi][c] = (G g G^T)[xi] for each output channel o and input channel c; G's rows are
-/// g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2. Output channels in parallel (it runs on every call, and
-/// single-threaded it cost as much as the 4x4 layers' GEMMs).
-fn transform_weights<T: Real>(wt: &[T], ci: usize, co: usize) -> Vec<T> {
-    let mut u = vec![T::zero(); 16 * co * ci];
+/// out[xi][..len] = (G g G^T)[xi] for the 3x3 taps `tap(ki, kj)`, vectors of `len` channels;
+/// G's rows are g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2.
+fn g_transform<'a, T: Real>(tap: impl Fn(usize, usize) -> &'a [T], len: usize, out: &mut [T]) {
     let half = T::c(0.5);
     let g_rows = |g: [&[T]; 3], out: &mut [Vec<T>; 4]| {
-        for c in 0..ci {
+        for c in 0..len {
             let (a, b, e) = (g[0][c], g[1][c], g[2][c]);
             out[0][c] = a;
             out[1][c] = (a + b + e) * half;
@@ -57,48 +55,81 @@ fn transform_weights<T: Real>(wt: &[T], ci: usize, co: usize) -> Vec<T> {
             out[3][c] = e;
         }
     };
-    u.par_chunks_mut(16 * ci).enumerate().for_each(|(o, uo)| {
-        let mut rows: [[Vec<T>; 4]; 3] = std::array::from_fn(|_| std::array::from_fn(|_| vec![T::zero(); ci]));
-        let mut cols: [Vec<T>; 4] = std::array::from_fn(|_| vec![T::zero(); ci]);
-        let tap = |ki: usize, kj: usize| &wt[((o * 3 + ki) * 3 + kj) * ci..((o * 3 + ki) * 3 + kj + 1) * ci];
-        // Along ki for each kj: rows[kj][a] = (G g[:, kj])[a].
-        for (kj, r) in rows.iter_mut().enumerate() {
-            g_rows([tap(0, kj), tap(1, kj), tap(2, kj)], r);
+    let mut rows: [[Vec<T>; 4]; 3] = std::array::from_fn(|_| std::array::from_fn(|_| vec![T::zero(); len]));
+    let mut cols: [Vec<T>; 4] = std::array::from_fn(|_| vec![T::zero(); len]);
+    // Along ki for each kj: rows[kj][a] = (G g[:, kj])[a].
+    for (kj, r) in rows.iter_mut().enumerate() {
+        g_rows([tap(0, kj), tap(1, kj), tap(2, kj)], r);
+    }
+    // Along kj for each a.
+    for a in 0..4 {
+        g_rows([&rows[0][a], &rows[1][a], &rows[2][a]], &mut cols);
+        for (b, col) in cols.iter().enumerate() {
+            let xi = a * 4 + b;
+            out[xi * len..(xi + 1) * len].copy_from_slice(col);
         }
-        // Along kj for each a.
-        for a in 0..4 {
-            g_rows([&rows[0][a], &rows[1][a], &rows[2][a]], &mut cols);
-            for (b, col) in cols.iter().enumerate() {
-                let xi = a * 4 + b;
-                uo[xi * ci..(xi + 1) * ci].copy_from_slice(col);
+    }
+}
+
+/// U[o][xi][c] (input channels contiguous), the layout backward-data reads: output channels in
+/// parallel (it runs on every call, and single-threaded it cost as much as the 4x4 layers' GEMMs).
+fn transform_weights_oxc<T: Real>(wt: &[T], ci: usize, co: usize) -> Vec<T> {
+    let mut u = vec![T::zero(); 16 * co * ci];
+    u.par_chunks_mut(16 * ci).enumerate().for_each(|(o, uo)| {
+        g_transform(|ki, kj| &wt[((o * 3 + ki) * 3 + kj) * ci..((o * 3 + ki) * 3 + kj + 1) * ci], ci, uo);
+    });
+    u
+}
+
+/// U[c][xi][o] (output channels contiguous), the layout the forward pass reads: GEMM then gets
+/// its packed operand from contiguous columns instead of gathering it at a stride of 16 c_in
+/// (the gather cost as much as the multiplies on the 512-channel layers). Blocks of 16 input
+/// channels gather their taps [9][16][c_out] in one pass over the weight's cache lines.
+fn transform_weights_cxo<T: Real>(wt: &[T], ci: usize, co: usize) -> Vec<T> {
+    const CB: usize = 16;
+    let mut u = vec![T::zero(); 16 * co * ci];
+    u.par_chunks_mut(CB * 16 * co).enumerate().for_each(|(blk, ub)| {
+        let (c0, nc) = (blk * CB, ub.len() / (16 * co));
+        let mut taps = vec![T::zero(); 9 * nc * co];
+        for o in 0..co {
+            for k in 0..9 {
+                let src = &wt[(o * 9 + k) * ci + c0..(o * 9 + k) * ci + c0 + nc];
+                for (cl, v) in src.iter().enumerate() {
+                    taps[(k * nc + cl) * co + o] = *v;
+                }
             }
+        }
+        for (cl, uc) in ub.chunks_mut(16 * co).enumerate() {
+            g_transform(|ki, kj| &taps[((ki * 3 + kj) * nc + cl) * co..][..co], co, uc);
         }
     });
     u
 }
 
-/// How the 16 GEMMs read transformed weights U [c_out][xi][c_in] of a forward layer: as
-/// (c_in x c_out) for the forward pass, or, for backward-data (a stride-1 convolution of dy with
-/// the weight flipped in space and transposed in channels), as (c_out x c_in) with rows and
-/// columns 0 and 3 of the 4x4 index swapped: flipping g is G J = P G (G's rows 0 and 3 trade
-/// places, rows 1 and 2 are symmetric), so the flipped weight's transform is the same U
-/// permuted, and no flipped copy is made.
+/// How the 16 GEMMs read transformed weights: the forward pass reads U [c_in][xi][c_out]
+/// (`transform_weights_cxo`) as (c_in x c_out). Backward-data (a stride-1 convolution of dy with
+/// the weight flipped in space and transposed in channels) reads U [c_out][xi][c_in]
+/// (`transform_weights_oxc`) as (c_out x c_in), with rows and columns 0 and 3 of the 4x4 index
+/// swapped: flipping g is G J = P G (G's rows 0 and 3 trade places, rows 1 and 2 are
+/// symmetric), so the flipped weight's transform is the same U permuted, and no flipped copy
+/// is made. Either way the GEMM's packed operand has unit stride along its rows.
 #[derive(Clone, Copy)]
 struct UView<'a, T> {
     u: &'a [T],
-    ci: usize,
+    /// Channels of the GEMM's n axis (c_out forward, c_in backward).
+    n: usize,
     backward: bool,
 }
 
 impl<'a, T> UView<'a, T> {
     fn rhs(&self, xi: usize) -> Mat<'a, T> {
-        let s = 16 * self.ci;
+        let s = 16 * self.n;
         if self.backward {
             // G J = P G with P swapping rows 0 and 3 (rows 1 and 2 are symmetric).
             const P: [usize; 4] = [3, 1, 2, 0];
-            Mat { data: &self.u[(P[xi / 4] * 4 + P[xi % 4]) * self.ci..], rs: s, cs: 1 }
+            Mat { data: &self.u[(P[xi / 4] * 4 + P[xi % 4]) * self.n..], rs: s, cs: 1 }
         } else {
-            Mat { data: &self.u[xi * self.ci..], rs: 1, cs: s }
+            Mat { data: &self.u[xi * self.n..], rs: s, cs: 1 }
         }
     }
 }
@@ -131,7 +162,7 @@ fn run_chunk_in<T: Real>(
     let (ci, co) = (d.c_in, d.c_out);
     let (th, tw) = (d.oh.div_ceil(2), d.ow.div_ceil(2));
     transform_inputs(x, d, img0, tiles, v);
-    // The 16 products M[xi] = V[xi] . U[xi]^T (U is stored [c_out][c_in]).
+    // The 16 products M[xi] = V[xi] . U[xi], U read through `u` as (c_in x c_out).
     for xi in 0..16 {
         let lhs = Mat::new(&v[xi * tiles * ci..(xi + 1) * tiles * ci], ci, false);
         let rhs = u.rhs(xi);
@@ -176,16 +207,16 @@ fn run_chunk_in<T: Real>(
 
 /// y = conv(x, wt) for a layer where `applies(d)`.
 pub fn conv2d_fwd<T: Real>(x: &[T], wt: &[T], y: &mut [T], d: &Conv2dDims) {
-    let u = transform_weights(wt, d.c_in, d.c_out);
-    run(x, UView { u: &u, ci: d.c_in, backward: false }, y, d);
+    let u = transform_weights_cxo(wt, d.c_in, d.c_out);
+    run(x, UView { u: &u, n: d.c_out, backward: false }, y, d);
 }
 
 /// dx of a stride-1 3x3 layer `d` with padding below 3, where `applies(t)` for its backward-data
 /// form `t` (the stride-1 convolution of dy, padded by 2 - pad, with the flipped weight): reads the forward
 /// transform through `UView`'s permutation instead of flipping and transforming a copy.
 pub fn conv2d_bwd_data<T: Real>(dy: &[T], wt: &[T], dx: &mut [T], d: &Conv2dDims, t: &Conv2dDims) {
-    let u = transform_weights(wt, d.c_in, d.c_out);
-    run(dy, UView { u: &u, ci: d.c_in, backward: true }, dx, t);
+    let u = transform_weights_oxc(wt, d.c_in, d.c_out);
+    run(dy, UView { u: &u, n: d.c_in, backward: true }, dx, t);
 }
 
 /// (images per chunk, chunks) over the 2x2 output tiles of layer `d`: ~2 MB of transformed
