@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use super::Real;
+use super::elementwise::add_in_order;
 use super::matmul::{Mat, gemm};
 use super::winograd;
 use crate::backend::Conv2dDims;
@@ -225,10 +226,6 @@ pub fn conv2d_bwd_weight<T: Real>(x: &[T], dy: &[T], dw: &mut [T], d: &Conv2dDim
             part
         })
         .collect();
-    dw.fill(T::zero());
-    for p in partials {
-        for (o, v) in dw.iter_mut().zip(p) {
-            *o += v;
-        }
-    }
+    dw.copy_from_slice(&partials[0]);
+    add_in_order(dw, &partials[1..]);
 }
