@@ -4,13 +4,13 @@
 
 use std::time::Instant;
 
-use crate::autograd::{Tape, Var};
+use crate::autograd::Var;
 use crate::backend::{Backend, Unary};
 use crate::error::Result;
 use crate::models::BackboneConfig;
 use crate::nn::{Ctx, ParamStore};
 use crate::ops;
-use crate::optim::Sgd;
+use crate::optim::{Sgd, always, train_step};
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 
@@ -92,12 +92,8 @@ pub fn bench_step<B: Backend>(b: &B, model: &str, batch: usize, image: usize, wa
     let labels = Tensor::from_f32(b, &labels, &[batch], DType::F32)?;
     let mut opt = Sgd::new(0.9);
     let (median_s, min_s, max_s) = time(b, warmup, runs, || {
-        let tape = Tape::new();
-        let cx = Ctx::new(&tape, &ps, true);
-        let loss = tape.cross_entropy(&net.forward(&cx, &Var::constant(x.clone()))?, &labels)?;
-        let mut grads = tape.backward(&loss)?;
-        let pg = cx.param_grads(&mut grads);
-        opt.step(&ps, &pg, |_| (0.01, 5e-4))
+        let forward = |cx: &Ctx<B>| Ok((cx.tape.cross_entropy(&net.forward(cx, &Var::constant(x.clone()))?, &labels)?, ()));
+        train_step(&ps, &mut opt, &|_| (0.01, 5e-4), forward, always).map(drop)
     })?;
     Ok(Timing { name: format!("step {model} batch {batch}"), median_s, min_s, max_s, work: Work::Images(batch as f64) })
 }
@@ -130,13 +126,9 @@ pub fn bench_simsiam_step_with<B: Backend>(
     let views = [random(b, &mut rng, &[batch, image, image, 3])?, random(b, &mut rng, &[batch, image, image, 3])?];
     let mut opt = Sgd::new(0.9);
     let (median_s, min_s, max_s) = time_with(b, warmup, runs, on_warm, || {
-        let tape = Tape::new();
-        let cx = Ctx::new(&tape, &ps, true);
         let xs: Vec<Var<B>> = views.iter().map(|v| Var::constant(v.clone())).collect();
-        let out = Method::<B>::forward(&method, &cx, &xs, None)?;
-        let mut grads = tape.backward(&out.loss)?;
-        let pg = cx.param_grads(&mut grads);
-        opt.step(&ps, &pg, |_| (0.06, 5e-4))
+        let forward = |cx: &Ctx<B>| Ok((Method::<B>::forward(&method, cx, &xs, None)?.loss, ()));
+        train_step(&ps, &mut opt, &|_| (0.06, 5e-4), forward, always).map(drop)
     })?;
     Ok(Timing {
         name: format!("simsiam step {model} batch {batch} (2 views)"),

@@ -22,11 +22,12 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::models::{BackboneConfig, ResNetConfig, Stem, VitConfig};
 use crate::nn::{Kind, ParamId, ParamStore};
-use crate::optim::Sgd;
+use crate::optim::Optimizer;
 use crate::tensor::Tensor;
 
 const FORMAT: &str = "ssl-engine-checkpoint";
-const MOMENTUM: &str = "optimizer.momentum.";
+/// Optimiser state is saved as `optimizer.<kind>.<parameter name>` (SGD and LARS: `momentum`).
+const OPTIMIZER: &str = "optimizer.";
 
 /// The training loop's position, saved with the weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -114,20 +115,20 @@ fn torch_record<B: Backend>(ps: &ParamStore<B>, id: ParamId, name: String, non_f
 /// Saves weights, buffers, momentum and the loop state. A non-finite value anywhere is
 /// `Error::NonFinite` naming the tensor (a finite loss can hide overflowed BN statistics), and
 /// nothing is written.
-pub fn save_checkpoint<B: Backend>(path: &Path, ps: &ParamStore<B>, opt: &Sgd<B>, state: &TrainState) -> Result<()> {
+pub fn save_checkpoint<B: Backend>(path: &Path, ps: &ParamStore<B>, opt: &dyn Optimizer<B>, state: &TrainState) -> Result<()> {
     let non_finite = |what: String| Error::NonFinite { what, epoch: state.epoch, step: state.step_in_epoch };
     let mut records = Vec::new();
     for id in ps.ids() {
         records.push(torch_record(ps, id, ps.entry(id).name.clone(), &|t| non_finite(format!("value in {t}")))?);
     }
-    for (id, buf) in opt.buffers() {
-        let e = ps.entry(*id);
+    for (kind, id, buf) in opt.state() {
+        let e = ps.entry(id);
         let v = buf.to_f32()?;
         let (vals, shape) = crate::nn::params_layout::from_internal(&v, buf.shape(), e.layout);
         if vals.iter().any(|v| !v.is_finite()) {
-            return Err(non_finite(format!("momentum of {}", e.name)));
+            return Err(non_finite(format!("{kind} of {}", e.name)));
         }
-        records.push((format!("{MOMENTUM}{}", e.name), shape, f32_bytes(&vals), Dtype::F32));
+        records.push((format!("{OPTIMIZER}{kind}.{}", e.name), shape, f32_bytes(&vals), Dtype::F32));
     }
     let mut meta = HashMap::new();
     meta.insert("format".into(), FORMAT.into());
@@ -204,16 +205,18 @@ impl WeightFile {
         Ok(loaded)
     }
 
-    /// Restores the optimiser's momentum buffers saved by `save_checkpoint`.
-    pub fn load_momentum<B: Backend>(&self, ps: &ParamStore<B>, opt: &mut Sgd<B>) -> Result<()> {
-        for id in ps.ids() {
-            let e = ps.entry(id);
-            if let Some((shape, vals)) = self.tensors.get(&format!("{MOMENTUM}{}", e.name)) {
-                let (v, s) = crate::nn::params_layout::to_internal(vals, shape, e.layout);
-                if s != e.value.shape() {
-                    return Err(file_err(&self.path, format!("momentum of {} has shape {shape:?}", e.name)));
+    /// Restores the optimiser state saved by `save_checkpoint` (the kinds `opt` keeps).
+    pub fn load_optimizer_state<B: Backend>(&self, ps: &ParamStore<B>, opt: &mut dyn Optimizer<B>) -> Result<()> {
+        for kind in opt.state_kinds() {
+            for id in ps.ids() {
+                let e = ps.entry(id);
+                if let Some((shape, vals)) = self.tensors.get(&format!("{OPTIMIZER}{kind}.{}", e.name)) {
+                    let (v, s) = crate::nn::params_layout::to_internal(vals, shape, e.layout);
+                    if s != e.value.shape() {
+                        return Err(file_err(&self.path, format!("{kind} of {} has shape {shape:?}", e.name)));
+                    }
+                    opt.load_state(kind, id, Tensor::from_f32(ps.backend(), &v, &s, e.value.dtype())?)?;
                 }
-                opt.set_buffer(id, Tensor::from_f32(ps.backend(), &v, &s, e.value.dtype())?);
             }
         }
         Ok(())

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::eval::linear::LinearProbeConfig;
 use crate::eval::summary::ReportConfig;
 use crate::models::BackboneConfig;
+use crate::optim::{LarsConfig, OptimizerKind};
 use crate::ssl::simclr::SimClrConfig;
 use crate::ssl::simsiam::SimSiamConfig;
 
@@ -168,6 +169,8 @@ impl Default for AugmentToml {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
+    /// "sgd" (SimSiam's recipe) or "lars" (solo-learn's recipes for the other methods).
+    pub optimizer: OptimizerKind,
     /// Learning rate at batch 256: lr = base_lr x batch_size / 256 (paper: 0.03 -> 0.06 at 512).
     pub base_lr: f64,
     pub momentum: f32,
@@ -176,11 +179,21 @@ pub struct OptimConfig {
     pub warmup_epochs: usize,
     /// false: use base_lr as the learning rate whatever the batch size (lightly's choice).
     pub scale_lr_with_batch: bool,
+    /// `[optim.lars]`: trust coefficient, clipping and exclusions, when optimizer = "lars".
+    pub lars: LarsConfig,
 }
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        OptimConfig { base_lr: 0.03, momentum: 0.9, weight_decay: 5e-4, warmup_epochs: 0, scale_lr_with_batch: true }
+        OptimConfig {
+            optimizer: OptimizerKind::Sgd,
+            base_lr: 0.03,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            warmup_epochs: 0,
+            scale_lr_with_batch: true,
+            lars: LarsConfig::default(),
+        }
     }
 }
 
@@ -277,6 +290,10 @@ impl Config {
         }
         if !(0.0..1.0).contains(&self.optim.momentum) {
             return bad("optim.momentum", "must be in [0, 1)");
+        }
+        let lars = &self.optim.lars;
+        if !(lars.eta > 0.0 && lars.eta.is_finite() && lars.eps >= 0.0 && lars.eps.is_finite()) {
+            return bad("optim.lars", "eta must be a positive number and eps a non-negative one");
         }
         if self.data.image_size < 8 {
             return bad("data.image_size", "must be at least 8");

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::autograd::{Tape, Var};
+use crate::autograd::Var;
 use crate::backend::Backend;
 use crate::checkpoint::{TrainState, WeightFile, save_checkpoint};
 use crate::config::Config;
@@ -20,8 +20,8 @@ use crate::data::{AugmentConfig, Dataset, LoadOptions, Loader, OnCorrupt, Split,
 use crate::error::{Error, Result};
 use crate::eval::{features, knn};
 use crate::nn::{Ctx, Kind, ParamId, ParamStore};
-use crate::optim::{Sgd, schedule::warmup_cosine};
-use crate::ssl::{LrPolicy, Method, normalized_std, simclr::SimClr, simsiam::SimSiam};
+use crate::optim::{self, Optimizer, schedule::warmup_cosine, train_step};
+use crate::ssl::{LrPolicy, Method, StepInfo, normalized_std, simclr::SimClr, simsiam::SimSiam};
 use crate::tensor::{DType, Tensor};
 
 /// What a finished (or interrupted) run reports.
@@ -148,7 +148,7 @@ fn first_non_finite<B: Backend>(ps: &ParamStore<B>) -> Option<String> {
 
 /// Turns a stop request into a saved state: `Error::Interrupted` becomes "state saved to
 /// <out>/last.safetensors" after saving the last completed step; any other error passes through.
-fn save_on_interrupt<B: Backend>(e: Error, cfg: &Config, ps: &ParamStore<B>, opt: &Sgd<B>, state: &TrainState) -> Error {
+fn save_on_interrupt<B: Backend>(e: Error, cfg: &Config, ps: &ParamStore<B>, opt: &dyn Optimizer<B>, state: &TrainState) -> Error {
     let Error::Interrupted(what) = e else { return e };
     let path = cfg.out.join("last.safetensors");
     match save_checkpoint(&path, ps, opt, state) {
@@ -272,13 +272,13 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
     ));
 
     let (mut ps, mut method) = build_method(b, cfg)?;
-    let mut opt = Sgd::new(cfg.optim.momentum);
+    let mut opt = optim::build::<B>(cfg.optim.optimizer, cfg.optim.momentum, &cfg.optim.lars);
     let mut state = TrainState { epoch: 0, step_in_epoch: 0, global_step: 0, method: cfg.method.clone(), config: cfg.to_toml() };
     let mut log = MetricsLog::open(&cfg.out)?;
     let mut summary = TrainSummary { out: cfg.out.clone(), skipped_images: skipped, ..Default::default() };
     if let Some((path, wf, saved)) = resume_from {
         wf.load_into(&mut ps, "", "")?;
-        wf.load_momentum(&ps, &mut opt)?;
+        wf.load_optimizer_state(&ps, opt.as_mut())?;
         state = TrainState { config: cfg.to_toml(), ..saved };
         say(format!("resumed from {} at epoch {}, step {}", path.display(), state.epoch, state.step_in_epoch));
         log.write(json!({"type": "resume", "from": path.display().to_string(), "epoch": state.epoch, "global_step": state.global_step}))?;
@@ -289,7 +289,7 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
         && let Some(test) = &test_set
     {
         let acc = knn_monitor(method.as_ref(), &ps, &train_set, test, cfg, show_progress)
-            .map_err(|e| save_on_interrupt(e, cfg, &ps, &opt, &state))?;
+            .map_err(|e| save_on_interrupt(e, cfg, &ps, opt.as_ref(), &state))?;
         say(format!("kNN top-1 of the randomly initialised backbone: {:.2}%", acc * 100.0));
         summary.knn_init = Some(acc);
         log.write(json!({"type": "knn", "epoch": 0, "knn_top1": acc, "init": true}))?;
@@ -325,14 +325,12 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
         for batch in loader.epoch(epoch, state.step_in_epoch) {
             if interrupt.load(Ordering::SeqCst) || crate::interrupt::requested() {
                 bar.abandon();
-                return Err(save_on_interrupt(Error::Interrupted("between steps".into()), cfg, &ps, &opt, &state));
+                return Err(save_on_interrupt(Error::Interrupted("between steps".into()), cfg, &ps, opt.as_ref(), &state));
             }
             if cfg.max_steps.is_some_and(|m| state.global_step >= m) {
                 break;
             }
             let lr = warmup_cosine(peak, state.global_step, total_steps, warmup);
-            let tape = Tape::new();
-            let cx = Ctx::new(&tape, &ps, true);
             let mut views = batch.views;
             // Test hook: a NaN pixel in this step's batch, as a corrupt input would bring.
             if nan_hook == Some(state.global_step)
@@ -348,23 +346,37 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
             let labels = Tensor::from_f32(b, &labels, &[labels.len()], DType::F32)?;
             // Batch-norm statistics move in the forward pass: keep them, to undo a skipped step.
             let stats = if cfg.skip_nonfinite > 0 { Some(buffer_snapshot(&ps)?) } else { None };
-            let out = method.forward(&cx, &xs, Some(&labels))?;
+            let info = StepInfo { step: state.global_step, total_steps, epoch, steps_per_epoch: per_epoch };
+            let hyper = |id: ParamId| {
+                let l = if policies[id.0] == LrPolicy::Fixed { peak } else { lr };
+                (l as f32, cfg.optim.weight_decay)
+            };
+            let forward = |cx: &Ctx<B>| {
+                let out = method.forward(cx, &xs, Some(&labels))?;
+                Ok((out.loss, out.embedding))
+            };
             // Every step's loss and gradients are checked before anything is updated: a NaN can
             // hide from the loss (a max() or an epsilon clamp swallows it) but not from a sum.
-            let loss = out.loss.value.scalar()? as f64;
-            let mut grads = tape.backward(&out.loss)?;
-            let pg = cx.param_grads(&mut grads);
-            drop(cx);
-            if !loss.is_finite() || !all_finite(pg.iter().map(|(_, g)| g))? {
+            let mut non_finite: Option<String> = None;
+            let check = |loss: f64, pg: &mut Vec<(ParamId, Tensor<B>)>| -> Result<bool> {
+                if loss.is_finite() && all_finite(pg.iter().map(|(_, g)| g))? {
+                    method.before_update(&info, pg)?;
+                    return Ok(true);
+                }
                 let first_grad = || {
                     pg.iter()
                         .find(|(_, g)| g.to_f32().map(|v| v.iter().any(|x| !x.is_finite())).unwrap_or(false))
                         .map(|(id, _)| format!("the gradient of {}", ps.entry(*id).name))
                 };
-                let what = match first_non_finite(&ps).or_else(first_grad) {
+                non_finite = Some(match first_non_finite(&ps).or_else(first_grad) {
                     Some(t) => format!("loss or gradient (loss {loss}); first non-finite tensor: {t}"),
                     None => format!("loss ({loss})"),
-                };
+                });
+                Ok(false)
+            };
+            let stepped = train_step(&ps, opt.as_mut(), &hyper, forward, check)?;
+            let loss = stepped.loss;
+            if let Some(what) = non_finite {
                 if skipped_steps < cfg.skip_nonfinite {
                     skipped_steps += 1;
                     if let Some(st) = &stats {
@@ -384,11 +396,7 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
                 bar.abandon();
                 return Err(Error::NonFinite { what, epoch, step: state.step_in_epoch });
             }
-            opt.step(&ps, &pg, |id| {
-                let l = if policies[id.0] == LrPolicy::Fixed { peak } else { lr };
-                (l as f32, cfg.optim.weight_decay)
-            })?;
-            method.after_step(&mut ps, state.global_step)?;
+            method.after_step(&mut ps, &info)?;
             images += batch.labels.len();
             state.global_step += 1;
             state.step_in_epoch += 1;
@@ -399,7 +407,7 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
                 summary.losses.push((state.global_step, loss));
                 bar.set_message(format!("loss {loss:.4} lr {lr:.4} {ips:.0} img/s"));
                 log.write(json!({"type": "step", "epoch": epoch, "step": state.step_in_epoch, "global_step": state.global_step, "loss": loss, "lr": lr, "img_per_s": ips}))?;
-                last_z = out.embedding;
+                last_z = stepped.out;
             }
             bar.set_position(state.global_step as u64);
         }
@@ -419,7 +427,7 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
         let mut knn_acc = None;
         if knn_due && let Some(test) = &test_set {
             let acc = knn_monitor(method.as_ref(), &ps, &train_set, test, cfg, show_progress)
-                .map_err(|e| save_on_interrupt(e, cfg, &ps, &opt, &state))?;
+                .map_err(|e| save_on_interrupt(e, cfg, &ps, opt.as_ref(), &state))?;
             knn_acc = Some(acc);
             summary.knn_final = Some(acc);
         }
@@ -441,9 +449,9 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
         }
         let stop = cfg.max_steps.is_some_and(|m| state.global_step >= m);
         // Saving also checks every tensor: a finite loss can hide overflowed BN statistics.
-        save_checkpoint(&cfg.out.join("last.safetensors"), &ps, &opt, &state)?;
+        save_checkpoint(&cfg.out.join("last.safetensors"), &ps, opt.as_ref(), &state)?;
         if finished_epoch && cfg.checkpoint.every > 0 && state.epoch.is_multiple_of(cfg.checkpoint.every) {
-            save_checkpoint(&cfg.out.join(format!("epoch-{:04}.safetensors", state.epoch)), &ps, &opt, &state)?;
+            save_checkpoint(&cfg.out.join(format!("epoch-{:04}.safetensors", state.epoch)), &ps, opt.as_ref(), &state)?;
             prune_checkpoints(&cfg.out, cfg.checkpoint.keep);
         }
         let _ = crate::plot::plot_run(&cfg.out);

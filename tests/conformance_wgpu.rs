@@ -108,10 +108,10 @@ fn wgpu_large_shapes_match_reference() {
 /// Losses of `steps` SGD steps of a small ResNet (CIFAR stem, width 16) on 16x16 images, and
 /// the device buffers created after each step.
 fn train_trace<B: Backend>(b: &B, steps: usize, created: impl Fn() -> u64) -> (Vec<f64>, Vec<u64>) {
-    use ssl_engine::autograd::{Tape, Var};
+    use ssl_engine::autograd::Var;
     use ssl_engine::models::{BackboneConfig, ResNetConfig, Stem};
     use ssl_engine::nn::{Ctx, ParamStore};
-    use ssl_engine::optim::Sgd;
+    use ssl_engine::optim::{Sgd, always, train_step};
     let cfg = ResNetConfig { depth: 18, stem: Stem::Cifar, width: 16, zero_init_residual: false, num_classes: Some(10) };
     let mut ps = ParamStore::new(b, DType::F32, 0);
     let model = BackboneConfig::ResNet(cfg).build(&mut ps, "").unwrap();
@@ -123,15 +123,8 @@ fn train_trace<B: Backend>(b: &B, steps: usize, created: impl Fn() -> u64) -> (V
     let mut opt = Sgd::new(0.9);
     let (mut losses, mut made) = (Vec::new(), Vec::new());
     for _ in 0..steps {
-        let tape = Tape::new();
-        let cx = Ctx::new(&tape, &ps, true);
-        let loss = tape.cross_entropy(&model.forward(&cx, &Var::constant(x.clone())).unwrap(), &labels).unwrap();
-        let mut grads = tape.backward(&loss).unwrap();
-        let pg = cx.param_grads(&mut grads);
-        drop(cx);
-        opt.step(&ps, &pg, |_| (0.02, 5e-4)).unwrap();
-        drop((pg, grads));
-        losses.push(loss.value.scalar().unwrap() as f64);
+        let forward = |cx: &Ctx<B>| Ok((cx.tape.cross_entropy(&model.forward(cx, &Var::constant(x.clone()))?, &labels)?, ()));
+        losses.push(train_step(&ps, &mut opt, &|_| (0.02, 5e-4), forward, always).unwrap().loss);
         made.push(created());
     }
     (losses, made)

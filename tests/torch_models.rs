@@ -11,7 +11,7 @@ use ssl_engine::autograd::{Tape, Var};
 use ssl_engine::backend::Backend;
 use ssl_engine::models::{BackboneConfig, ResNetConfig, Stem};
 use ssl_engine::nn::{Ctx, Kind, ParamStore};
-use ssl_engine::optim::Sgd;
+use ssl_engine::optim::{Sgd, always, train_step};
 use ssl_engine::{DType, ops};
 
 const TOL: f64 = 1e-4;
@@ -159,14 +159,8 @@ fn three_sgd_steps<B: Backend>(b: &B, tol: f64) {
     let mut opt = Sgd::new(0.9);
     let want = f.get("sgd.losses").1.to_vec();
     for (step, &w) in want.iter().enumerate() {
-        let tape = Tape::new();
-        let cx = Ctx::new(&tape, &ps, true);
-        let loss = tape.cross_entropy(&model.forward(&cx, &x).unwrap(), &labels).unwrap();
-        let got = loss.value.scalar().unwrap() as f64;
-        let mut grads = tape.backward(&loss).unwrap();
-        let pg = cx.param_grads(&mut grads);
-        drop(cx);
-        opt.step(&ps, &pg, |_| (0.002, 5e-4)).unwrap();
+        let forward = |cx: &Ctx<B>| Ok((cx.tape.cross_entropy(&model.forward(cx, &x)?, &labels)?, ()));
+        let got = train_step(&ps, &mut opt, &|_| (0.002, 5e-4), forward, always).unwrap().loss;
         let e = (got - w).abs() / w.abs();
         eprintln!("sgd step {step} on {}: loss {got:.7} vs PyTorch {w:.7} (rel {e:.2e})", b.name());
         assert!(e <= tol, "step {step}: loss {got} vs {w}");

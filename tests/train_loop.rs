@@ -71,23 +71,30 @@ fn state_digest(path: &Path) -> (String, (usize, usize, usize)) {
 
 #[test]
 fn resume_mid_epoch_and_at_epoch_boundary_is_bit_identical() {
-    let straight_dir = tmp_dir("straight");
-    let straight = run(&tiny(&straight_dir, &[]), None).unwrap();
-    assert_eq!(straight.steps_done, 9, "3 epochs of 3 steps");
-    let want = state_digest(&straight_dir.join("last.safetensors"));
-    for stop in [4, 6] {
-        // 4 stops inside epoch 2, 6 at the end of epoch 2.
-        let out = tmp_dir(&format!("resume{stop}"));
-        let first = run(&tiny(&out, &[&format!("max_steps={stop}")]), None).unwrap();
-        assert_eq!(first.steps_done, stop);
-        let rest = run(&tiny(&out, &[]), Some(&out.join("last.safetensors"))).unwrap();
-        let mut joined = bits(&first);
-        joined.extend(bits(&rest));
-        assert_eq!(joined, bits(&straight), "loss trace after resuming at step {stop} differs from the uninterrupted run");
-        let got = state_digest(&out.join("last.safetensors"));
-        assert_eq!(got, want, "weights, momentum or loop state after resuming at step {stop} differ");
-        println!("resumed at step {stop}: SHA-256 of weights + momentum {} (same as straight), state {:?}", &got.0[..16], got.1);
+    // With SGD and with LARS: the optimiser's state (momentum) travels in the checkpoint either way.
+    let mut finals = Vec::new();
+    for opt in ["sgd", "lars"] {
+        let o = format!("optim.optimizer=\"{opt}\"");
+        let straight_dir = tmp_dir(&format!("straight-{opt}"));
+        let straight = run(&tiny(&straight_dir, &[&o]), None).unwrap();
+        assert_eq!(straight.steps_done, 9, "3 epochs of 3 steps");
+        let want = state_digest(&straight_dir.join("last.safetensors"));
+        for stop in [4, 6] {
+            // 4 stops inside epoch 2, 6 at the end of epoch 2.
+            let out = tmp_dir(&format!("resume{stop}-{opt}"));
+            let first = run(&tiny(&out, &[&o, &format!("max_steps={stop}")]), None).unwrap();
+            assert_eq!(first.steps_done, stop);
+            let rest = run(&tiny(&out, &[&o]), Some(&out.join("last.safetensors"))).unwrap();
+            let mut joined = bits(&first);
+            joined.extend(bits(&rest));
+            assert_eq!(joined, bits(&straight), "{opt}: loss trace after resuming at step {stop} differs from the uninterrupted run");
+            let got = state_digest(&out.join("last.safetensors"));
+            assert_eq!(got, want, "{opt}: weights, momentum or loop state after resuming at step {stop} differ");
+            println!("{opt}: resumed at step {stop}: SHA-256 of weights + momentum {} (same as straight), state {:?}", &got.0[..16], got.1);
+        }
+        finals.push(want.0);
     }
+    assert_ne!(finals[0], finals[1], "LARS trained exactly as SGD did: the optimizer setting was ignored");
 }
 
 #[test]

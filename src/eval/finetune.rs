@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::eval::linear::LinearProbeConfig;
 use crate::models::Backbone;
 use crate::nn::{Ctx, Linear, ParamStore};
-use crate::optim::{Sgd, schedule::warmup_cosine};
+use crate::optim::{Sgd, always, schedule::warmup_cosine, train_step};
 use crate::tensor::{DType, Tensor};
 
 /// Crop + flip only: the usual supervised CIFAR augmentation, normalised like pretraining.
@@ -60,18 +60,12 @@ pub fn finetune<B: Backend>(
         for bt in loader.epoch(epoch, 0) {
             crate::interrupt::check("fine-tuning")?;
             let n = bt.labels.len();
-            let tape = Tape::new();
-            let cx = Ctx::new(&tape, ps, true);
             let x = Var::constant(Tensor::from_f32(&b, &bt.views[0], &[n, image_size, image_size, 3], DType::F32)?);
             let y: Vec<f32> = bt.labels.iter().map(|&l| l as f32).collect();
             let y = Tensor::from_f32(&b, &y, &[n], DType::F32)?;
-            let loss = tape.cross_entropy(&head.forward(&cx, &backbone.forward(&cx, &x)?)?, &y)?;
-            sum += loss.value.scalar()? as f64;
-            let mut grads = tape.backward(&loss)?;
-            let pg = cx.param_grads(&mut grads);
-            drop(cx);
             let lr = warmup_cosine(base_lr, step, total, 0) as f32;
-            opt.step(ps, &pg, |_| (lr, cfg.weight_decay))?;
+            let forward = |cx: &Ctx<B>| Ok((cx.tape.cross_entropy(&head.forward(cx, &backbone.forward(cx, &x)?)?, &y)?, ()));
+            sum += train_step(ps, &mut opt, &|_| (lr, cfg.weight_decay), forward, always)?.loss;
             step += 1;
         }
         on_epoch(epoch, sum / per_epoch.max(1) as f64);

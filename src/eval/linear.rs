@@ -1,6 +1,6 @@
 //! The linear probe: a linear classifier trained with cross-entropy on frozen features
 //! (extracted once, eval-mode BN, no augmentation), SGD with momentum 0.9, no weight decay,
-//! cosine, or LARS. By default each feature is standardised first (MAE's BatchNorm without
+//! cosine, or LARS (solo-learn's, the one pretraining uses: `optim::Lars`). By default each feature is standardised first (MAE's BatchNorm without
 //! affine), with lr 0.5 at batch 256; `standardize = false, lr = 30` is MoCo's raw-feature
 //! protocol, LARS with lr 0.02 REFERENCE.md's other one.
 
@@ -10,8 +10,7 @@ use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::nn::{Ctx, Linear, ParamStore};
-use crate::ops;
-use crate::optim::{Sgd, schedule::warmup_cosine};
+use crate::optim::{self, LarsConfig, OptimizerKind, always, schedule::warmup_cosine, train_step};
 use crate::rng::{Rng, permutation};
 use crate::tensor::{DType, Tensor};
 
@@ -47,9 +46,6 @@ impl Default for LinearProbeConfig {
         }
     }
 }
-
-/// LARS trust-ratio coefficient.
-const LARS_ETA: f64 = 0.02;
 
 pub struct LinearProbe<B: Backend> {
     ps: ParamStore<B>,
@@ -119,7 +115,8 @@ pub fn train_linear_probe<B: Backend>(
     let x = &scaled[..];
     let mut ps = ParamStore::new(b, DType::F32, cfg.seed);
     let fc = Linear::new(&mut ps, "fc", dim, classes, true, None, None)?;
-    let mut opt = Sgd::new(cfg.momentum);
+    let kind = if cfg.optimizer == "lars" { OptimizerKind::Lars } else { OptimizerKind::Sgd };
+    let mut opt = optim::build::<B>(kind, cfg.momentum, &LarsConfig::default());
     let base_lr = cfg.lr * cfg.batch_size as f64 / 256.0;
     let steps_per_epoch = n.div_ceil(cfg.batch_size);
     let total = cfg.epochs * steps_per_epoch;
@@ -135,43 +132,15 @@ pub fn train_linear_probe<B: Backend>(
                 xb.extend_from_slice(&x[i * dim..(i + 1) * dim]);
             }
             let yb: Vec<f32> = chunk.iter().map(|&i| y[i] as f32).collect();
-            let tape = Tape::new();
-            let cx = Ctx::new(&tape, &ps, true);
             let xt = Var::constant(Tensor::from_f32(b, &xb, &[chunk.len(), dim], DType::F32)?);
             let yt = Tensor::from_f32(b, &yb, &[chunk.len()], DType::F32)?;
-            let loss = tape.cross_entropy(&fc.forward(&cx, &xt)?, &yt)?;
-            loss_sum += loss.value.scalar()? as f64 * chunk.len() as f64;
-            let mut grads = tape.backward(&loss)?;
-            let pg = cx.param_grads(&mut grads);
-            drop(cx);
             let lr = warmup_cosine(base_lr, step, total, 0) as f32;
-            if cfg.optimizer == "lars" {
-                // Per-tensor trust ratio eta |w| / (|g| + wd |w|); biases are excluded.
-                let mut scale = Vec::new();
-                for (id, g) in &pg {
-                    let is_bias = ps.entry(*id).name.ends_with("bias");
-                    let r = if is_bias { 1.0 } else { trust_ratio(ps.get(*id), g, cfg.weight_decay as f64)? };
-                    scale.push((*id, r, is_bias));
-                }
-                opt.step(&ps, &pg, |id| {
-                    let (_, r, bias) = scale.iter().find(|s| s.0 == id).copied().unwrap_or((id, 1.0, true));
-                    (lr * r as f32, if bias { 0.0 } else { cfg.weight_decay })
-                })?;
-            } else {
-                opt.step(&ps, &pg, |_| (lr, cfg.weight_decay))?;
-            }
+            let forward = |cx: &Ctx<B>| Ok((cx.tape.cross_entropy(&fc.forward(cx, &xt)?, &yt)?, ()));
+            let loss = train_step(&ps, opt.as_mut(), &|_| (lr, cfg.weight_decay), forward, always)?.loss;
+            loss_sum += loss * chunk.len() as f64;
             step += 1;
         }
         on_epoch(epoch, loss_sum / n as f64);
     }
     Ok(LinearProbe { ps, fc, classes, dim, scaler })
-}
-
-fn trust_ratio<B: Backend>(w: &Tensor<B>, g: &Tensor<B>, wd: f64) -> Result<f64> {
-    let norm = |t: &Tensor<B>| -> Result<f64> {
-        let sq = ops::sum_axis(&ops::mul(t, t)?.reshape(&[t.numel()])?, 0)?;
-        Ok((sq.scalar()? as f64).sqrt())
-    };
-    let (wn, gn) = (norm(w)?, norm(g)?);
-    Ok(if wn > 0.0 && gn > 0.0 { LARS_ETA * wn / (gn + wd * wn) } else { 1.0 })
 }

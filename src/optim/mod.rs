@@ -1,7 +1,61 @@
-//! Optimisers and schedules. SGD with momentum and weight decay runs as one fused backend call
-//! per step; LARS (for the linear probe) scales each layer's step by its trust ratio.
+//! Optimisers and schedules. Every optimiser answers to one trait, so the training loop, the
+//! linear probe, fine-tuning and the benches take any of them, and a checkpoint saves and
+//! restores their state without knowing which one it holds. SGD with momentum and weight decay
+//! runs as one fused backend call per step; LARS scales each tensor's update by its trust ratio
+//! and then takes the same fused SGD step.
 
+mod lars;
 pub mod schedule;
 mod sgd;
+mod step;
 
+use serde::{Deserialize, Serialize};
+
+pub use lars::{Lars, LarsConfig};
 pub use sgd::Sgd;
+pub use step::{Stepped, always, train_step};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::nn::{ParamId, ParamStore};
+use crate::tensor::Tensor;
+
+/// A parameter's learning rate and weight decay for this step (parameter groups: SimSiam's
+/// fixed-lr predictor, a probe without decay).
+pub type Hyper<'a> = &'a dyn Fn(ParamId) -> (f32, f32);
+
+pub trait Optimizer<B: Backend> {
+    /// "sgd" or "lars": the name in configs and logs.
+    fn name(&self) -> &'static str;
+    /// Updates, in place, every parameter that has a gradient in `grads`.
+    fn step(&mut self, ps: &ParamStore<B>, grads: &[(ParamId, Tensor<B>)], hyper: Hyper<'_>) -> Result<()>;
+    /// The state kept per parameter, as (kind, parameter, tensor): what a checkpoint saves as
+    /// `optimizer.<kind>.<parameter name>`.
+    fn state(&self) -> Vec<(&'static str, ParamId, &Tensor<B>)>;
+    /// The kinds `state` returns, so a loader knows what to look for.
+    fn state_kinds(&self) -> &'static [&'static str];
+    /// Restores one tensor that `state` returned.
+    fn load_state(&mut self, kind: &str, id: ParamId, t: Tensor<B>) -> Result<()>;
+}
+
+/// `[optim]`'s choice of optimiser.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    #[default]
+    Sgd,
+    Lars,
+}
+
+/// The optimiser `kind` with `momentum` (LARS settings from `lars`).
+pub fn build<B: Backend>(kind: OptimizerKind, momentum: f32, lars: &LarsConfig) -> Box<dyn Optimizer<B>> {
+    match kind {
+        OptimizerKind::Sgd => Box::new(Sgd::new(momentum)),
+        OptimizerKind::Lars => Box::new(Lars::new(momentum, lars.clone())),
+    }
+}
+
+/// An error for a state tensor an optimiser does not keep.
+pub(crate) fn unknown_state(opt: &str, kind: &str) -> Error {
+    Error::Invalid { op: "optimizer state", msg: format!("{opt} keeps no state called {kind:?}") }
+}

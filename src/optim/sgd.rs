@@ -1,7 +1,9 @@
-//! SGD with momentum and decoupled-from-nothing (PyTorch-style, L2) weight decay.
+//! SGD with momentum and L2 weight decay, PyTorch's semantics (dampening 0, no Nesterov):
+//! buf = m buf + (g + wd p); p -= lr buf. All parameters in one fused backend call.
 
 use std::collections::BTreeMap;
 
+use super::{Hyper, Optimizer, unknown_state};
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::nn::{ParamId, ParamStore};
@@ -10,7 +12,7 @@ use crate::tensor::Tensor;
 
 pub struct Sgd<B: Backend> {
     pub momentum: f32,
-    /// One momentum buffer per parameter, created at its first update.
+    /// One momentum buffer per parameter, created (zero) at its first update.
     bufs: BTreeMap<ParamId, Tensor<B>>,
 }
 
@@ -18,10 +20,16 @@ impl<B: Backend> Sgd<B> {
     pub fn new(momentum: f32) -> Self {
         Sgd { momentum, bufs: BTreeMap::new() }
     }
+}
 
-    /// Updates every parameter that has a gradient, in place; `lr_wd(id)` gives its learning
-    /// rate and weight decay (parameter groups: a predictor with a fixed lr, LARS exclusions).
-    pub fn step(&mut self, ps: &ParamStore<B>, grads: &[(ParamId, Tensor<B>)], lr_wd: impl Fn(ParamId) -> (f32, f32)) -> Result<()> {
+const MOMENTUM: &str = "momentum";
+
+impl<B: Backend> Optimizer<B> for Sgd<B> {
+    fn name(&self) -> &'static str {
+        "sgd"
+    }
+
+    fn step(&mut self, ps: &ParamStore<B>, grads: &[(ParamId, Tensor<B>)], hyper: Hyper<'_>) -> Result<()> {
         for (id, g) in grads {
             if !self.bufs.contains_key(id) {
                 self.bufs.insert(*id, Tensor::zeros(g.backend(), g.shape(), g.dtype())?);
@@ -30,18 +38,26 @@ impl<B: Backend> Sgd<B> {
         let slots: Vec<SgdSlot<'_, B>> = grads
             .iter()
             .map(|(id, g)| {
-                let (lr, weight_decay) = lr_wd(*id);
+                let (lr, weight_decay) = hyper(*id);
                 SgdSlot { param: ps.get(*id), grad: g, momentum_buf: &self.bufs[id], lr, weight_decay }
             })
             .collect();
         ops::sgd_step(&slots, self.momentum)
     }
 
-    /// The momentum buffers, for checkpoints.
-    pub fn buffers(&self) -> &BTreeMap<ParamId, Tensor<B>> {
-        &self.bufs
+    fn state(&self) -> Vec<(&'static str, ParamId, &Tensor<B>)> {
+        self.bufs.iter().map(|(id, t)| (MOMENTUM, *id, t)).collect()
     }
-    pub fn set_buffer(&mut self, id: ParamId, t: Tensor<B>) {
+
+    fn state_kinds(&self) -> &'static [&'static str] {
+        &[MOMENTUM]
+    }
+
+    fn load_state(&mut self, kind: &str, id: ParamId, t: Tensor<B>) -> Result<()> {
+        if kind != MOMENTUM {
+            return Err(unknown_state("sgd", kind));
+        }
         self.bufs.insert(id, t);
+        Ok(())
     }
 }

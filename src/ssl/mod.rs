@@ -34,11 +34,27 @@ pub trait Method<B: Backend> {
         let _ = (ps, id);
         LrPolicy::Scheduled
     }
-    /// Runs after every optimiser step (EMA targets, queues). SimSiam needs none.
-    fn after_step(&mut self, ps: &mut ParamStore<B>, step: usize) -> Result<()> {
-        let _ = (ps, step);
+    /// Runs between backward and the optimiser step, on the parameter gradients (SwAV freezes
+    /// its prototypes early on; DINO cancels its last layer's gradient). Most methods need none.
+    fn before_update(&self, info: &StepInfo, grads: &mut Vec<(ParamId, Tensor<B>)>) -> Result<()> {
+        let _ = (info, grads);
         Ok(())
     }
+    /// Runs after every optimiser step (EMA targets, queues). SimSiam and SimCLR need none.
+    fn after_step(&mut self, ps: &mut ParamStore<B>, info: &StepInfo) -> Result<()> {
+        let _ = (ps, info);
+        Ok(())
+    }
+}
+
+/// Where a step sits in the run, for the hooks (EMA and temperature schedules need the total).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepInfo {
+    /// Steps taken before this one, over the whole run.
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: usize,
+    pub steps_per_epoch: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

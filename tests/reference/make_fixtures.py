@@ -209,6 +209,78 @@ def loss_fixtures():
     save_file(t, os.path.join(OUT, "losses.safetensors"))
 
 
+class SoloLars(torch.optim.Optimizer):
+    """solo-learn's solo/utils/lars.py LARS step, verbatim but for Nesterov and dampening
+    (both off in every recipe)."""
+
+    def __init__(self, params, lr, momentum, weight_decay, eta, eps, clip_lars_lr, exclude_bias_n_norm_lars):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, eps=eps,
+                                      clip_lars_lr=clip_lars_lr, exclude_bias_n_norm_lars=exclude_bias_n_norm_lars))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            weight_decay, momentum = group["weight_decay"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d_p = p.grad
+                p_norm = torch.norm(p.data)
+                g_norm = torch.norm(p.grad.data)
+                if p.ndim != 1 or not group["exclude_bias_n_norm_lars"]:
+                    if p_norm != 0 and g_norm != 0:
+                        lars_lr = p_norm / (g_norm + p_norm * weight_decay + group["eps"])
+                        lars_lr *= group["eta"]
+                        if group["clip_lars_lr"]:
+                            lars_lr = min(lars_lr / group["lr"], 1)
+                        d_p = d_p.add(p, alpha=weight_decay)
+                        d_p *= lars_lr
+                if momentum != 0:
+                    param_state = self.state[p]
+                    if "momentum_buffer" not in param_state:
+                        buf = param_state["momentum_buffer"] = torch.clone(d_p).detach()
+                    else:
+                        buf = param_state["momentum_buffer"]
+                        buf.mul_(momentum).add_(d_p)
+                    d_p = buf
+                p.add_(d_p, alpha=-group["lr"])
+
+
+OPTIM_PARAMS = [("fc1.weight", (5, 6)), ("fc1.bias", (5,)), ("bn.weight", (5,)), ("bn.bias", (5,)),
+                ("fc2.weight", (3, 5)), ("zero.weight", (3, 4))]
+OPTIM_LRS = [0.3, 0.25, 0.2, 0.1]
+
+
+def optim_fixtures():
+    """Four steps of each optimiser on fixed parameters and gradients (optim.safetensors): SGD
+    (torch.optim.SGD) and solo-learn's LARS with clipping and exclusions, and without. The
+    learning rate changes every step (clipping depends on it); "zero.weight" starts at zero (LARS
+    falls back to plain SGD); gradients are given, not computed, so only the update is tested."""
+    t = {}
+    for name, shape in OPTIM_PARAMS:
+        init = torch.zeros(shape) if name.startswith("zero") else det_uniform("optim.p." + name, shape, 0.5)
+        t["init." + name] = init
+        for step in range(len(OPTIM_LRS)):
+            t[f"grad{step}.{name}"] = det_uniform(f"optim.g{step}." + name, shape, 0.1)
+    runs = {
+        "sgd": lambda ps: torch.optim.SGD(ps, lr=OPTIM_LRS[0], momentum=0.9, weight_decay=5e-3),
+        "lars": lambda ps: SoloLars(ps, OPTIM_LRS[0], 0.9, 5e-3, 0.02, 1e-8, True, True),
+        "lars_plain": lambda ps: SoloLars(ps, OPTIM_LRS[0], 0.9, 5e-3, 0.02, 1e-8, False, False),
+    }
+    for run, make in runs.items():
+        ps = [t["init." + name].clone().requires_grad_(True) for name, _ in OPTIM_PARAMS]
+        opt = make(ps)
+        for step, lr in enumerate(OPTIM_LRS):
+            for g in opt.param_groups:
+                g["lr"] = lr
+            for p, (name, _) in zip(ps, OPTIM_PARAMS):
+                p.grad = t[f"grad{step}.{name}"].clone()
+            opt.step()
+            for p, (name, _) in zip(ps, OPTIM_PARAMS):
+                t[f"{run}.step{step}.{name}"] = p.detach().clone()
+    save_file(t, os.path.join(OUT, "optim.safetensors"))
+
+
 def set_det_weights(model):
     with torch.no_grad():
         for name, p in list(model.named_parameters()) + list(model.named_buffers()):
@@ -333,7 +405,8 @@ if __name__ == "__main__":
 
     torch.manual_seed(0)
     loss_fixtures()
-    if sys.argv[1:] == ["losses"]:  # only losses.safetensors
+    optim_fixtures()
+    if sys.argv[1:] == ["losses"]:  # only losses.safetensors and optim.safetensors
         sys.exit(0)
     key_fixtures()
     metric_fixtures()
