@@ -14,7 +14,6 @@ use crate::ssl::simclr::SimClrConfig;
 use crate::ssl::simsiam::SimSiamConfig;
 
 /// The self-supervised methods `method` accepts (each with its own table of settings).
-pub const METHODS: &[&str] = &["simsiam", "simclr"];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -279,8 +278,8 @@ impl Config {
         if self.batch_size < 2 {
             return bad("batch_size", "must be at least 2 (batch norm needs two samples)");
         }
-        if !METHODS.contains(&self.method.as_str()) {
-            return bad("method", &format!("unknown method {:?}; available: {}", self.method, METHODS.join(", ")));
+        if !crate::ssl::is_method(&self.method) {
+            return bad("method", &format!("unknown method {:?}; available: {}", self.method, crate::ssl::method_names()));
         }
         if !["cpu", "wgpu", "cuda"].contains(&self.backend.as_str()) {
             return bad("backend", &format!("unknown backend {:?}; choose cpu, wgpu or cuda", self.backend));

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::eval::{features, knn};
 use crate::nn::{Ctx, Kind, ParamId, ParamStore};
 use crate::optim::{self, Optimizer, schedule::warmup_cosine, train_step};
-use crate::ssl::{LrPolicy, Method, StepInfo, normalized_std, simclr::SimClr, simsiam::SimSiam};
+use crate::ssl::{LrPolicy, Method, StepInfo, normalized_std};
 use crate::tensor::{DType, Tensor};
 
 /// What a finished (or interrupted) run reports.
@@ -73,11 +73,7 @@ pub fn load_split(path: &Path, split: Split, cfg: &Config) -> Result<Dataset> {
 pub fn build_method<B: Backend>(b: &B, cfg: &Config) -> Result<(ParamStore<B>, Box<dyn Method<B>>)> {
     let mut ps = ParamStore::new(b, DType::F32, cfg.seed);
     let backbone = cfg.backbone()?;
-    let method: Box<dyn Method<B>> = match cfg.method.as_str() {
-        "simsiam" => Box::new(SimSiam::new(&mut ps, &backbone, &cfg.simsiam)?),
-        "simclr" => Box::new(SimClr::new(&mut ps, &backbone, &cfg.simclr)?),
-        m => return Err(Error::Config(format!("method: unknown {m:?}"))),
-    };
+    let method = crate::ssl::build(cfg, &mut ps, &backbone)?;
     Ok((ps, method))
 }
 
@@ -295,15 +291,14 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
         log.write(json!({"type": "knn", "epoch": 0, "knn_top1": acc, "init": true}))?;
     }
 
-    let views = vec![augment_config(cfg); method.views()];
+    let views = method.views(&augment_config(cfg), cfg.data.image_size);
     let workers = if cfg.data.workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { cfg.data.workers };
-    let loader = Loader::new(train_set.clone(), views, cfg.data.image_size, cfg.batch_size, cfg.seed, workers, cfg.data.prefetch)?;
+    let loader = Loader::with_views(train_set.clone(), views, cfg.batch_size, cfg.seed, workers, cfg.data.prefetch)?;
     let per_epoch = loader.batches_per_epoch();
     let total_steps = cfg.epochs * per_epoch;
     let warmup = cfg.optim.warmup_epochs * per_epoch;
     let peak = cfg.peak_lr();
     let policies: Vec<LrPolicy> = ps.ids().map(|id| method.lr_policy(&ps, id)).collect();
-    let s = cfg.data.image_size;
     let started = Instant::now();
     let mut images = 0usize;
 
@@ -340,7 +335,8 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
             }
             let xs: Vec<Var<B>> = views
                 .iter()
-                .map(|v| Tensor::from_f32(b, v, &[batch.labels.len(), s, s, 3], DType::F32).map(Var::constant))
+                .zip(loader.views())
+                .map(|(v, spec)| Tensor::from_f32(b, v, &[batch.labels.len(), spec.size, spec.size, 3], DType::F32).map(Var::constant))
                 .collect::<Result<_>>()?;
             let labels: Vec<f32> = batch.labels.iter().map(|&l| l as f32).collect();
             let labels = Tensor::from_f32(b, &labels, &[labels.len()], DType::F32)?;

@@ -6,7 +6,7 @@ mod data_common;
 use std::sync::Arc;
 
 use ssl_engine::data::augment::{self, AugmentConfig};
-use ssl_engine::data::{Batch, Dataset, LoadOptions, Loader, Split, epoch_order, eval_batches, load_dataset, measure_throughput};
+use ssl_engine::data::{Batch, Dataset, LoadOptions, Loader, Split, ViewSpec, epoch_order, eval_batches, load_dataset, measure_throughput};
 use ssl_engine::rng::Rng;
 
 /// A synthetic dataset: n images of `size x size`, pixel values from a hash of (image, position).
@@ -64,31 +64,42 @@ fn data_loader_start_mid_epoch_equals_skipping() {
     assert!(loader.batch(2, 13).is_none());
 }
 
-/// Every view of every sample equals `augment` with the documented stream, recomputed here.
+/// Every view of every sample equals `augment` with the documented stream, recomputed here; with
+/// a size per view (multi-crop: one large view and two small ones of another recipe).
 #[test]
 fn data_loader_batch_contents() {
     let data = synthetic(50, 32);
-    let views = two_views();
-    let (seed, out, bs) = (7u64, 24usize, 10usize);
-    let loader = Loader::new(data.clone(), views.clone(), out, bs, seed, 2, 2).unwrap();
+    let recipes = two_views();
+    let specs = vec![
+        ViewSpec { augment: recipes[0].clone(), size: 24 },
+        ViewSpec { augment: recipes[1].clone(), size: 12 },
+        ViewSpec { augment: recipes[1].clone(), size: 12 },
+    ];
+    let (seed, bs) = (7u64, 10usize);
+    let loader = Loader::with_views(data.clone(), specs.clone(), bs, seed, 2, 2).unwrap();
     let epoch = 1;
     let order = epoch_order(data.len(), seed, epoch);
-    let per = out * out * 3;
     for batch in loader.epoch(epoch, 0) {
         assert_eq!(batch.indices, order[batch.step * bs..(batch.step + 1) * bs]);
         assert_eq!(batch.labels, batch.indices.iter().map(|&i| data.labels[i]).collect::<Vec<_>>());
-        assert_eq!(batch.views.len(), 2);
-        for (v, (view, cfg)) in batch.views.iter().zip(&views).enumerate() {
+        assert_eq!(batch.views.len(), 3);
+        for (v, (view, spec)) in batch.views.iter().zip(&specs).enumerate() {
+            let per = spec.size * spec.size * 3;
             assert_eq!(view.len(), bs * per);
             for (b, &i) in batch.indices.iter().enumerate() {
                 let mut rng = Rng::new(seed).stream("augment").derive(&[epoch as u64, i as u64, v as u64]);
                 let mut want = vec![0f32; per];
-                augment::augment(data.image(i), data.size, out, cfg, &mut rng, &mut want);
+                augment::augment(data.image(i), data.size, spec.size, &spec.augment, &mut rng, &mut want);
                 assert!(view[b * per..(b + 1) * per] == want[..], "epoch {epoch} sample {i} view {v}");
             }
         }
-        assert_ne!(batch.views[0], batch.views[1], "two views of one sample should differ");
+        assert_ne!(batch.views[1], batch.views[2], "two views of one sample should differ");
     }
+    // Uniform views through `new` are the same views as `with_views` at one size.
+    let uniform = Loader::new(data.clone(), recipes.clone(), 24, bs, seed, 2, 2).unwrap();
+    let same = Loader::with_views(data, recipes.iter().map(|r| ViewSpec { augment: r.clone(), size: 24 }).collect(), bs, seed, 1, 1).unwrap();
+    assert!(uniform.batch(1, 2) == same.batch(1, 2));
+    assert!(uniform.batch(1, 2).unwrap().views[0] == loader.batch(1, 2).unwrap().views[0], "view 0 does not depend on the other views");
 }
 
 #[test]

@@ -22,10 +22,19 @@ use super::augment::{AugmentConfig, augment, normalize};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
+/// One view the loader makes of every image: its augmentation and its output side. Methods with
+/// asymmetric views (BYOL's solarisation on one view) or multi-crop (SwAV, DINO: two large
+/// crops and several small ones) list one per view.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViewSpec {
+    pub augment: AugmentConfig,
+    pub size: usize,
+}
+
 /// One batch: a tensor per view, the labels and dataset indices of its samples.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
-    /// One per view, each `[batch, out, out, 3]` NHWC f32, normalised.
+    /// One per view, each `[batch, size, size, 3]` NHWC f32 (its `ViewSpec`'s size), normalised.
     pub views: Vec<Vec<f32>>,
     pub labels: Vec<u32>,
     pub indices: Vec<usize>,
@@ -41,8 +50,7 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 
 struct Spec {
     data: Arc<Dataset>,
-    views: Vec<AugmentConfig>,
-    out_size: usize,
+    views: Vec<ViewSpec>,
     batch_size: usize,
     seed: u64,
 }
@@ -51,17 +59,17 @@ impl Spec {
     fn make_batch(&self, epoch: usize, step: usize, order: &[usize]) -> Batch {
         let bs = self.batch_size;
         let indices = order[step * bs..(step + 1) * bs].to_vec();
-        let per = self.out_size * self.out_size * 3;
         let base = Rng::new(self.seed).stream("augment");
         let views = self
             .views
             .iter()
             .enumerate()
-            .map(|(v, cfg)| {
+            .map(|(v, spec)| {
+                let per = spec.size * spec.size * 3;
                 let mut buf = vec![0f32; bs * per];
                 for (out, &i) in buf.chunks_exact_mut(per).zip(&indices) {
                     let mut rng = base.derive(&[epoch as u64, i as u64, v as u64]);
-                    augment(self.data.image(i), self.data.size, self.out_size, cfg, &mut rng, out);
+                    augment(self.data.image(i), self.data.size, spec.size, &spec.augment, &mut rng, out);
                 }
                 buf
             })
@@ -78,8 +86,8 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// `views`: one `AugmentConfig` per view (SimSiam: two identical ones). `workers` threads make
-    /// batches ahead of the consumer, at most `prefetch` at a time.
+    /// `views`: one `AugmentConfig` per view (SimSiam: two identical ones), all `out_size`
+    /// square. `workers` threads make batches ahead of the consumer, at most `prefetch` at a time.
     pub fn new(
         data: Arc<Dataset>,
         views: Vec<AugmentConfig>,
@@ -89,17 +97,24 @@ impl Loader {
         workers: usize,
         prefetch: usize,
     ) -> Result<Self> {
+        let views = views.into_iter().map(|augment| ViewSpec { augment, size: out_size }).collect();
+        Self::with_views(data, views, batch_size, seed, workers, prefetch)
+    }
+
+    /// `new` with a recipe and an output size per view.
+    pub fn with_views(data: Arc<Dataset>, views: Vec<ViewSpec>, batch_size: usize, seed: u64, workers: usize, prefetch: usize) -> Result<Self> {
         let bad = |msg: String| Err(Error::Invalid { op: "Loader::new", msg });
         if views.is_empty() {
             return bad("at least one view is needed".into());
         }
-        for cfg in &views {
-            cfg.validate()?;
+        for v in &views {
+            v.augment.validate()?;
+            if v.size == 0 {
+                return bad("every view's output size must be at least 1".into());
+            }
         }
-        if out_size == 0 || batch_size == 0 || workers == 0 || prefetch == 0 {
-            return bad(format!(
-                "out_size {out_size}, batch_size {batch_size}, workers {workers} and prefetch {prefetch} must all be at least 1"
-            ));
+        if batch_size == 0 || workers == 0 || prefetch == 0 {
+            return bad(format!("batch_size {batch_size}, workers {workers} and prefetch {prefetch} must all be at least 1"));
         }
         let n = data.len();
         if data.size == 0 || data.images.len() != n * data.size * data.size * 3 {
@@ -108,7 +123,7 @@ impl Loader {
         if batch_size > n {
             return bad(format!("batch size {batch_size} is larger than the dataset ({n} images); with drop_last an epoch would be empty"));
         }
-        Ok(Loader { spec: Arc::new(Spec { data, views, out_size, batch_size, seed }), workers, prefetch })
+        Ok(Loader { spec: Arc::new(Spec { data, views, batch_size, seed }), workers, prefetch })
     }
 
     /// Full batches per epoch (drop_last).
@@ -126,6 +141,11 @@ impl Loader {
 
     pub fn num_views(&self) -> usize {
         self.spec.views.len()
+    }
+
+    /// The view specs, in the order of `Batch::views`.
+    pub fn views(&self) -> &[ViewSpec] {
+        &self.spec.views
     }
 
     /// One batch computed on the calling thread (the same as `epoch(epoch, step).next()`).

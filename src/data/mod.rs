@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 pub use augment::{AugmentConfig, ViewParams, augment, normalize};
-pub use loader::{Batch, EpochIter, Loader, epoch_order, eval_batches};
+pub use loader::{Batch, EpochIter, Loader, ViewSpec, epoch_order, eval_batches};
 pub use throughput::measure_throughput;
 
 /// A decoded dataset held in memory: every image `size x size x 3` uint8 RGB, HWC.

@@ -1,7 +1,8 @@
-//! Self-supervised methods. The training loop only knows the `Method` trait: a method owns its
-//! heads (registered in the same parameter store as the backbone), computes its loss from the
-//! augmented views, and may run a hook after each optimiser step (an EMA target, a queue).
-//! SimSiam is the first; SimCLR, BYOL, SupCon, SwAV and MoCo slot in beside it.
+//! Self-supervised methods. The training loop only knows the `Method` trait and this module's
+//! registry (`METHODS`, `build`): a method owns its heads (registered in the same parameter
+//! store as the backbone), says which views it needs, computes its loss from them, and may hook
+//! in before the optimiser step (edit gradients) and after it (an EMA target, a queue). A new
+//! method is a file here, a line in `METHODS` and `build`, and its own `[<name>]` config table.
 
 pub mod heads;
 pub mod simclr;
@@ -9,10 +10,38 @@ pub mod simsiam;
 
 use crate::autograd::Var;
 use crate::backend::Backend;
-use crate::error::Result;
-use crate::models::Backbone;
+use crate::config::Config;
+use crate::data::{AugmentConfig, ViewSpec};
+use crate::error::{Error, Result};
+use crate::models::{Backbone, BackboneConfig};
 use crate::nn::{Ctx, ParamId, ParamStore};
 use crate::tensor::Tensor;
+
+/// Every method, by the name `method = "..."` takes, with what it is.
+pub const METHODS: &[(&str, &str)] = &[
+    ("simsiam", "SimSiam: projector + predictor, symmetric negative cosine with stop-gradient"),
+    ("simclr", "SimCLR: projector, NT-Xent over the 2N views of a batch"),
+];
+
+/// Whether `name` is a registered method.
+pub fn is_method(name: &str) -> bool {
+    METHODS.iter().any(|(n, _)| *n == name)
+}
+
+/// The registered method names, for messages.
+pub fn method_names() -> String {
+    METHODS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+}
+
+/// Builds the method `cfg.method` names from its config table, its heads registered in `ps`
+/// beside the backbone.
+pub fn build<B: Backend>(cfg: &Config, ps: &mut ParamStore<B>, backbone: &BackboneConfig) -> Result<Box<dyn Method<B>>> {
+    Ok(match cfg.method.as_str() {
+        "simsiam" => Box::new(simsiam::SimSiam::new(ps, backbone, &cfg.simsiam)?),
+        "simclr" => Box::new(simclr::SimClr::new(ps, backbone, &cfg.simclr)?),
+        m => return Err(Error::Config(format!("method: unknown {m:?}; available: {}", method_names()))),
+    })
+}
 
 /// What one training step's forward pass produced.
 pub struct StepOutput<B: Backend> {
@@ -23,8 +52,12 @@ pub struct StepOutput<B: Backend> {
 
 pub trait Method<B: Backend> {
     fn name(&self) -> &'static str;
-    /// Number of augmented views per image the loop must supply.
-    fn views(&self) -> usize;
+    /// The augmented views of each image the loop must supply, given the run's recipe and image
+    /// size. The default is two views of that recipe (SimSiam, SimCLR); asymmetric or multi-crop
+    /// methods override it.
+    fn views(&self, recipe: &AugmentConfig, size: usize) -> Vec<ViewSpec> {
+        vec![ViewSpec { augment: recipe.clone(), size }; 2]
+    }
     fn backbone(&self) -> &Backbone;
     /// The loss of one batch; `views[v]` is [batch, h, w, 3]; labels for supervised variants.
     fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], labels: Option<&Tensor<B>>) -> Result<StepOutput<B>>;

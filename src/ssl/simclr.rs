@@ -86,9 +86,6 @@ impl<B: Backend> Method<B> for SimClr {
     fn name(&self) -> &'static str {
         "simclr"
     }
-    fn views(&self) -> usize {
-        2
-    }
     fn backbone(&self) -> &Backbone {
         &self.backbone
     }

@@ -87,9 +87,6 @@ impl<B: Backend> Method<B> for SimSiam {
     fn name(&self) -> &'static str {
         "simsiam"
     }
-    fn views(&self) -> usize {
-        2
-    }
     fn backbone(&self) -> &Backbone {
         &self.backbone
     }
