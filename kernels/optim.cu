@@ -47,3 +47,35 @@ extern "C" __global__ void __launch_bounds__(SGD_THREADS) sgd_fwd_f32(const SgdB
         t.param[i] = (float)(p - lr * nb);
     }
 }
+
+// The fused multi-tensor EMA update of a momentum encoder (BYOL, MoCo). Twin of ema_update in
+// src/backend/cpu/optim.rs: target = tau * target + (1 - tau) * source. The same batching as
+// the SGD step: tensor t owns blocks [block_end[t - 1], block_end[t]), SGD_CHUNK elements each.
+struct EmaTensor {
+    float* target;
+    const float* source;
+    i64 len;
+};
+
+struct EmaBatch {
+    EmaTensor t[SGD_MAX_TENSORS];
+    i64 block_end[SGD_MAX_TENSORS];
+    int count;
+    float tau;
+};
+
+extern "C" __global__ void __launch_bounds__(SGD_THREADS) ema_update_fwd_f32(const EmaBatch batch) {
+    const i64 b = blockIdx.x;
+    int ti = 0;
+    while (ti < batch.count && batch.block_end[ti] <= b) ++ti;
+    if (ti >= batch.count) return;
+    const i64 first = ti == 0 ? 0 : batch.block_end[ti - 1];
+    const EmaTensor& t = batch.t[ti];
+    const i64 base = (b - first) * SGD_CHUNK;
+    const double tau = (double)batch.tau;
+    for (int e = threadIdx.x; e < SGD_CHUNK; e += blockDim.x) {
+        const i64 i = base + e;
+        if (i >= t.len) break;
+        t.target[i] = (float)(tau * (double)t.target[i] + (1.0 - tau) * (double)t.source[i]);
+    }
+}

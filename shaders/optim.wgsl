@@ -24,3 +24,13 @@ fn sgd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         param[i] = w - p.lr * nb;
     }
 }
+
+// The EMA update of a momentum encoder (CPU: ema_update in backend/cpu/optim.rs):
+// target = tau * target + (1 - tau) * source, with the source bound as `grad`, the target as
+// `param` and tau in `p.lr` (one parameter block for the module's two entry points).
+@compute @workgroup_size(WG)
+fn ema_update_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
+        param[i] = p.lr * param[i] + (1.0 - p.lr) * grad[i];
+    }
+}

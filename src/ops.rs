@@ -586,6 +586,27 @@ pub fn sgd_step<B: Backend>(slots: &[SgdSlot<'_, B>], momentum: f32) -> Result<(
     first.param.backend().sgd_step(&ts, momentum)
 }
 
+/// target = tau * target + (1 - tau) * source for every (target, source) pair, in place, in one
+/// backend call: the momentum encoder of BYOL and MoCo following the online network.
+pub fn ema_update<B: Backend>(pairs: &[(&Tensor<B>, &Tensor<B>)], tau: f32) -> Result<()> {
+    let Some(first) = pairs.first() else { return Ok(()) };
+    if !(0.0..=1.0).contains(&tau) {
+        return Err(Error::Invalid { op: "ema_update", msg: format!("tau {tau} is outside [0, 1]") });
+    }
+    let mut ts = Vec::with_capacity(pairs.len());
+    for (t, s) in pairs {
+        same_dtype("ema_update", &[t, s])?;
+        if t.shape() != s.shape() {
+            return Err(shape_err("ema_update", "target and source must agree", &[t.shape(), s.shape()]));
+        }
+        if t.same_storage(s) {
+            return Err(Error::Invalid { op: "ema_update", msg: "target and source must be distinct buffers".into() });
+        }
+        ts.push(EmaTensor { target: t.storage(), source: s.storage(), len: t.numel() });
+    }
+    first.0.backend().ema_update(&ts, tau)
+}
+
 // ---- layout ----------------------------------------------------------------------------------
 
 pub fn permute<B: Backend>(x: &Tensor<B>, perm: &[usize]) -> Result<Tensor<B>> {

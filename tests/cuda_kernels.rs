@@ -202,6 +202,16 @@ fn dry_run_every_op_launches_valid_kernels() {
     dev.take_launches();
     ops::sgd_step(&slots, 0.9).unwrap();
     assert_eq!(dev.take_launches().len(), 3);
+    // The EMA update batches the same way: one launch for all tensors, then launches of 80.
+    let pairs: Vec<(&Tensor<CudaBackend>, &Tensor<CudaBackend>)> = ts.iter().map(|t| (&t[0], &t[1])).collect();
+    dev.take_launches();
+    ops::ema_update(&pairs, 0.99).unwrap();
+    let l = dev.take_launches();
+    assert_eq!(l.len(), 1, "one EMA launch for all tensors");
+    assert_eq!(l[0].grid.0 as usize, 1 + 1 + 1 + 5, "blocks of 1024 elements");
+    let pairs: Vec<(&Tensor<CudaBackend>, &Tensor<CudaBackend>)> = many.iter().map(|t| (&t[0], &t[1])).collect();
+    ops::ema_update(&pairs, 0.99).unwrap();
+    assert_eq!(dev.take_launches().len(), 3);
 }
 
 /// The kernel benchmark at batch 512 and whole training steps (ResNet-18 CIFAR, ViT-tiny),

@@ -127,6 +127,14 @@ pub struct SgdTensor<'a, S> {
     pub weight_decay: f32,
 }
 
+/// One target tensor of a fused EMA update and the tensor it follows:
+/// target = tau * target + (1 - tau) * source (BYOL's and MoCo's momentum encoders).
+pub struct EmaTensor<'a, S> {
+    pub target: &'a S,
+    pub source: &'a S,
+    pub len: usize,
+}
+
 pub trait Backend: Clone + Send + Sync + 'static {
     /// A device buffer. It carries its own dtype and length.
     type Storage: Send + Sync;
@@ -317,6 +325,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
     // ---- optimiser -----------------------------------------------------------------------
     /// One fused SGD-momentum-weight-decay update over many tensors (one launch on a GPU).
     fn sgd_step(&self, tensors: &[SgdTensor<'_, Self::Storage>], momentum: f32) -> Result<()>;
+    /// One fused in-place EMA update over many tensors (one launch on a GPU):
+    /// target = tau * target + (1 - tau) * source.
+    fn ema_update(&self, tensors: &[EmaTensor<'_, Self::Storage>], tau: f32) -> Result<()>;
 
     // ---- layout --------------------------------------------------------------------------
     /// y = x.permute(perm), written contiguously. `shape` is x's shape.

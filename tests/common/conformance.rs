@@ -189,6 +189,7 @@ pub fn run_suite<B: Backend>(dev: &B, dtype: DType, tol: f64, seed: u64) -> Repo
     let mut rng = Rng::new(seed);
     let mut report = run_cases(dev, dtype, tol, &mut rng, cases());
     report.lines.push(sgd_conforms(dev, dtype, tol, &mut rng));
+    report.lines.push(ema_conforms(dev, dtype, tol, &mut rng));
     report
 }
 
@@ -269,4 +270,27 @@ fn sgd_conforms<B: Backend>(dev: &B, dtype: DType, tol: f64, rng: &mut Rng) -> S
     let e = super::rel_l2(&step(dev, dtype, &data), &step(&reference, DType::F64, &data));
     assert!(e <= tol, "sgd_step: relative L2 {e:.3e} > {tol:.0e}");
     format!("sgd_step: {e:.2e}")
+}
+
+/// The fused EMA update over three tensors of odd sizes, against the CPU in f64, which is
+/// itself checked against target = tau target + (1 - tau) source written out here.
+fn ema_conforms<B: Backend>(dev: &B, dtype: DType, tol: f64, rng: &mut Rng) -> String {
+    let reference = CpuBackend::new(2).unwrap();
+    let tau = 0.996f32;
+    let sizes = [1usize, 37, 1001];
+    let data: Vec<[Vec<f64>; 2]> =
+        sizes.iter().map(|&n| [0, 1].map(|_| (0..n).map(|_| rng.uniform_range(-1.0, 1.0) as f32 as f64).collect())).collect();
+    fn update<B: Backend>(dev: &B, dtype: DType, data: &[[Vec<f64>; 2]], tau: f32) -> Vec<f64> {
+        let ts: Vec<[Tensor<B>; 2]> =
+            data.iter().map(|d| d.clone().map(|v| Tensor::from_f64(dev, &v, &[v.len()], dtype).unwrap())).collect();
+        let pairs: Vec<(&Tensor<B>, &Tensor<B>)> = ts.iter().map(|t| (&t[0], &t[1])).collect();
+        ops::ema_update(&pairs, tau).unwrap();
+        ts.iter().flat_map(|t| t[0].to_f64().unwrap()).collect()
+    }
+    let want = update(&reference, DType::F64, &data, tau);
+    let by_hand: Vec<f64> = data.iter().flat_map(|[t, s]| t.iter().zip(s).map(|(t, s)| tau as f64 * t + (1.0 - tau as f64) * s).collect::<Vec<_>>()).collect();
+    assert!(super::rel_l2(&want, &by_hand) < 1e-15, "CPU ema_update differs from the formula");
+    let e = super::rel_l2(&update(dev, dtype, &data, tau), &want);
+    assert!(e <= tol, "ema_update: relative L2 {e:.3e} > {tol:.0e}");
+    format!("ema_update: {e:.2e}")
 }

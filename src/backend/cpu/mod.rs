@@ -543,6 +543,18 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn ema_update(&self, tensors: &[EmaTensor<'_, CpuStorage>], tau: f32) -> Result<()> {
+        for t in tensors {
+            on_dtype!(self, t.target, T => {
+                let src = t.source.read();
+                let mut tgt = t.target.write();
+                optim::ema_update::<T>(w(&mut tgt), r(&src), tau as f64);
+                Ok::<(), Error>(())
+            })?;
+        }
+        Ok(())
+    }
+
     fn permute(&self, x: &CpuStorage, y: &CpuStorage, shape: &[usize], perm: &[usize]) -> Result<()> {
         on_dtype!(self, y, T => {
             let (gx, mut gy) = (x.read(), y.write());

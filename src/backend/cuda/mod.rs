@@ -418,6 +418,9 @@ impl Backend for CudaBackend {
     fn sgd_step(&self, tensors: &[SgdTensor<'_, CudaStorage>], momentum: f32) -> Result<()> {
         optim::sgd_step(self, tensors, momentum)
     }
+    fn ema_update(&self, tensors: &[EmaTensor<'_, CudaStorage>], tau: f32) -> Result<()> {
+        optim::ema_update(self, tensors, tau)
+    }
 
     fn permute(&self, x: &CudaStorage, y: &CudaStorage, shape: &[usize], perm: &[usize]) -> Result<()> {
         layout::permute(self, x, y, shape, perm)

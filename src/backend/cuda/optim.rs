@@ -1,11 +1,12 @@
-//! Launch for kernels/optim.cu: the fused multi-tensor SGD step, up to MAX_TENSORS tensors per
-//! launch (one launch for SimSiam's ResNet-18 with its heads, about 72 tensors), described by a
-//! struct passed by value (3848 bytes: under the classic 4 KB kernel-parameter limit).
+//! Launch for kernels/optim.cu: the fused multi-tensor SGD step and EMA update, up to MAX_TENSORS
+//! tensors per launch (one launch for SimSiam's ResNet-18 with its heads, about 72 tensors),
+//! described by a struct passed by value (SGD: 3848 bytes, under the classic 4 KB
+//! kernel-parameter limit; EMA: 2568 bytes).
 
 use bytemuck::{Pod, Zeroable};
 
 use super::{Arg, CudaBackend, CudaStorage};
-use crate::backend::SgdTensor;
+use crate::backend::{EmaTensor, SgdTensor};
 use crate::error::Result;
 
 /// SGD_MAX_TENSORS, SGD_THREADS and SGD_CHUNK of optim.cu.
@@ -59,6 +60,46 @@ pub(super) fn sgd_step(b: &CudaBackend, tensors: &[SgdTensor<'_, CudaStorage>], 
             .filter(|&g| g <= i32::MAX as u32)
             .ok_or_else(|| super::err(format!("sgd_step: {blocks} blocks is over the grid limit")))?;
         b.launch("sgd_fwd_f32", (grid, 1, 1), (THREADS, 1, 1), &[Arg::Bytes(bytemuck::bytes_of(&batch))])?;
+    }
+    Ok(())
+}
+
+/// Mirror of `struct EmaTensor` in kernels/optim.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct KEmaTensor {
+    target: u64,
+    source: u64,
+    len: i64,
+}
+
+/// Mirror of `struct EmaBatch` in kernels/optim.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct KEmaBatch {
+    t: [KEmaTensor; MAX_TENSORS],
+    block_end: [i64; MAX_TENSORS],
+    count: i32,
+    tau: f32,
+}
+
+pub(super) fn ema_update(b: &CudaBackend, tensors: &[EmaTensor<'_, CudaStorage>], tau: f32) -> Result<()> {
+    let live: Vec<&EmaTensor<'_, CudaStorage>> = tensors.iter().filter(|t| t.len > 0).collect();
+    for group in live.chunks(MAX_TENSORS) {
+        let mut batch = KEmaBatch::zeroed();
+        let mut blocks = 0usize;
+        for (i, t) in group.iter().enumerate() {
+            batch.t[i] = KEmaTensor { target: t.target.ptr, source: t.source.ptr, len: t.len as i64 };
+            blocks += t.len.div_ceil(CHUNK);
+            batch.block_end[i] = blocks as i64;
+        }
+        batch.count = group.len() as i32;
+        batch.tau = tau;
+        let grid = u32::try_from(blocks)
+            .ok()
+            .filter(|&g| g <= i32::MAX as u32)
+            .ok_or_else(|| super::err(format!("ema_update: {blocks} blocks is over the grid limit")))?;
+        b.launch("ema_update_fwd_f32", (grid, 1, 1), (THREADS, 1, 1), &[Arg::Bytes(bytemuck::bytes_of(&batch))])?;
     }
     Ok(())
 }

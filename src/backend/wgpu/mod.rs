@@ -348,6 +348,9 @@ impl Backend for WgpuBackend {
     fn sgd_step(&self, tensors: &[SgdTensor<'_, WgpuStorage>], momentum: f32) -> Result<()> {
         optim::sgd_step(&self.ctx, tensors, momentum)
     }
+    fn ema_update(&self, tensors: &[EmaTensor<'_, WgpuStorage>], tau: f32) -> Result<()> {
+        optim::ema_update(&self.ctx, tensors, tau)
+    }
 
     fn permute(&self, x: &WgpuStorage, y: &WgpuStorage, shape: &[usize], perm: &[usize]) -> Result<()> {
         layout::permute(&self.ctx, x, y, shape, perm)

@@ -1,9 +1,9 @@
-//! The SGD step (shaders/optim.wgsl): one dispatch per tensor, all in the same compute pass and
-//! submission (WebGPU cannot bind a variable number of buffers to one dispatch).
+//! The SGD step and the EMA update (shaders/optim.wgsl): one dispatch per tensor, all in the same
+//! compute pass and submission (WebGPU cannot bind a variable number of buffers to one dispatch).
 
 use super::WgpuStorage;
 use super::context::{Context, Params, kernel, r, w};
-use crate::backend::SgdTensor;
+use crate::backend::{EmaTensor, SgdTensor};
 use crate::error::Result;
 
 pub fn sgd_step(ctx: &Context, tensors: &[SgdTensor<'_, WgpuStorage>], momentum: f32) -> Result<()> {
@@ -11,6 +11,16 @@ pub fn sgd_step(ctx: &Context, tensors: &[SgdTensor<'_, WgpuStorage>], momentum:
         let p = Params::new().u(t.len).f(t.lr).f(t.weight_decay).f(momentum);
         let binds = [r(1, t.grad.buf()), w(2, t.param.buf()), w(3, t.momentum_buf.buf())];
         ctx.launch(kernel("sgd_step", "optim", "sgd_f32"), p, &binds, ctx.grid1(t.len))?;
+    }
+    Ok(())
+}
+
+pub fn ema_update(ctx: &Context, tensors: &[EmaTensor<'_, WgpuStorage>], tau: f32) -> Result<()> {
+    for t in tensors {
+        // optim.wgsl's parameter block: n, tau in the lr slot, two unused.
+        let p = Params::new().u(t.len).f(tau).f(0.0).f(0.0);
+        let binds = [r(1, t.source.buf()), w(2, t.target.buf())];
+        ctx.launch(kernel("ema_update", "optim", "ema_update_fwd_f32"), p, &binds, ctx.grid1(t.len))?;
     }
     Ok(())
 }
