@@ -10,6 +10,7 @@ use crate::eval::linear::LinearProbeConfig;
 use crate::eval::summary::ReportConfig;
 use crate::models::BackboneConfig;
 use crate::optim::{LarsConfig, OptimizerKind};
+use crate::ssl::byol::ByolConfig;
 use crate::ssl::simclr::SimClrConfig;
 use crate::ssl::simsiam::SimSiamConfig;
 
@@ -40,6 +41,7 @@ pub struct Config {
     pub augment: AugmentToml,
     pub simsiam: SimSiamConfig,
     pub simclr: SimClrConfig,
+    pub byol: ByolConfig,
     pub optim: OptimConfig,
     pub monitor: MonitorConfig,
     pub checkpoint: CheckpointConfig,
@@ -65,6 +67,7 @@ impl Default for Config {
             augment: AugmentToml::default(),
             simsiam: SimSiamConfig::default(),
             simclr: SimClrConfig::default(),
+            byol: ByolConfig::default(),
             optim: OptimConfig::default(),
             monitor: MonitorConfig::default(),
             checkpoint: CheckpointConfig::default(),

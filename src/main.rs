@@ -14,8 +14,8 @@ use ssl_engine::{bench, with_backend};
 #[command(
     name = "ssl-engine",
     version,
-    about = "Self-supervised pretraining of vision backbones (SimSiam), from scratch in Rust",
-    long_about = "Self-supervised pretraining of vision backbones (SimSiam), from scratch in Rust.\n\n\
+    about = "Self-supervised pretraining of vision backbones (SimSiam, SimCLR, BYOL), from scratch in Rust",
+    long_about = "Self-supervised pretraining of vision backbones (SimSiam, SimCLR, BYOL), from scratch in Rust.\n\n\
         Typical use:\n  ssl-engine train --config configs/demo-cpu.toml\n  \
         ssl-engine eval linear --checkpoint runs/demo/last.safetensors --data data/cifar10-demo\n  \
         ssl-engine export --checkpoint runs/demo/last.safetensors --out backbone.safetensors"
@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Pretrain a backbone (SimSiam or SimCLR) from a TOML recipe; writes checkpoints, metrics.jsonl and plots to `out`.
+    /// Pretrain a backbone (SimSiam, SimCLR or BYOL) from a TOML recipe; writes checkpoints, metrics.jsonl and plots to `out`.
     Train {
         /// Recipe file (configs/*.toml). Without it, the defaults (the CIFAR-10 paper recipe) apply.
         #[arg(long)]

@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use ssl_engine::autograd::Tape;
 use ssl_engine::nn::{Ctx, ParamStore};
+use ssl_engine::ssl::byol::{byol_loss, tau_at};
 use ssl_engine::ssl::simclr::nt_xent;
 use ssl_engine::{DType, Tensor};
 
@@ -47,5 +48,33 @@ fn nt_xent_matches_solo_learn_simclr_loss() {
         let grads = tape.backward(&loss).unwrap();
         check(&f, &format!("{name}.dz1"), grads.get(&z1).unwrap());
         check(&f, &format!("{name}.dz2"), grads.get(&z2).unwrap());
+    }
+}
+
+#[test]
+fn byol_loss_matches_solo_learn_and_gives_the_momentum_views_no_gradient() {
+    let (b, f) = (cpu(2), Fixtures::load("losses.safetensors"));
+    let tape = Tape::new();
+    let leaf = |name: &str| tape.leaf(tensor(&b, &f.f32(name), f.get(name).0));
+    let (p1, p2, z1, z2) = (leaf("byol.p1"), leaf("byol.p2"), leaf("byol.z1m"), leaf("byol.z2m"));
+    let loss = byol_loss(&tape, [&p1, &p2], [&z1, &z2]).unwrap();
+    check(&f, "byol.loss", &loss.value);
+    let grads = tape.backward(&loss).unwrap();
+    check(&f, "byol.dp1", grads.get(&p1).unwrap());
+    check(&f, "byol.dp2", grads.get(&p2).unwrap());
+    assert!(grads.get(&z1).is_none() && grads.get(&z2).is_none(), "the momentum projections must take no gradient");
+}
+
+/// Three EMA steps of a ten-step run through `tau_at` and the fused `ema_update`, against
+/// solo-learn's MomentumUpdater (update with the current tau, then move tau).
+#[test]
+fn momentum_update_matches_solo_learn_momentum_updater() {
+    let (b, f) = (cpu(2), Fixtures::load("losses.safetensors"));
+    let m = tensor(&b, &f.f32("ema.m0"), f.get("ema.m0").0);
+    for step in 0..3 {
+        let o = tensor(&b, &f.f32(&format!("ema.o{step}")), f.get("ema.m0").0);
+        let tau = tau_at(0.99, 1.0, step, 10) as f32;
+        ssl_engine::ops::ema_update(&[(&m, &o)], tau).unwrap();
+        check(&f, &format!("ema.m{}", step + 1), &m);
     }
 }

@@ -198,10 +198,18 @@ fn export_matches_torchvision_state_dict_and_round_trips() {
 /// seeds.
 #[cfg(feature = "wgpu")]
 #[test]
-fn wgpu_simsiam_and_simclr_steps_match_the_cpu_backend() {
+fn wgpu_simsiam_simclr_and_byol_steps_match_the_cpu_backend() {
     let Some(w) = common::wgpu_or_skip() else { return };
-    for method in ["simsiam", "simclr"] {
-        let sets = ["epochs=2", "monitor.knn_every=0", "simclr.proj_hidden=32", "simclr.proj_dim=16"];
+    for method in ["simsiam", "simclr", "byol"] {
+        let sets = [
+            "epochs=2",
+            "monitor.knn_every=0",
+            "simclr.proj_hidden=32",
+            "simclr.proj_dim=16",
+            "byol.proj_hidden=32",
+            "byol.proj_dim=16",
+            "byol.pred_hidden=32",
+        ];
         let m = format!("method={method}");
         let cfg_cpu = tiny(&tmp_dir(&format!("{method}-cpu")), &[&sets[..], &[&m[..]]].concat());
         let cfg_gpu = tiny(&tmp_dir(&format!("{method}-wgpu")), &[&sets[..], &[&m[..]]].concat());
@@ -245,4 +253,62 @@ fn simclr_loss_falls_and_its_projections_do_not_collapse() {
     eprintln!("simclr: epoch loss {first:.4} -> {last:.4}, z-std {z_std:.4} (1/sqrt(d) = {ideal:.4}), {} steps", s.steps_done);
     assert!(last < first - 0.2, "NT-Xent should fall: {first} -> {last}");
     assert!(z_std > 0.5 * ideal, "SimCLR projections collapsed: z-std {z_std}");
+}
+
+/// BYOL on a CI-sized subset: the loss falls, the online projections stay spread (z-std above
+/// half of 1/sqrt(d)), and the momentum network moved away from its start but, with tau near 1,
+/// less than the online network did.
+#[test]
+fn byol_loss_falls_its_projections_do_not_collapse_and_the_momentum_network_follows() {
+    let dir = tmp_dir("byol");
+    let sets = [
+        "method=byol",
+        "model_opts.width=8",
+        "epochs=20",
+        "data.limit_per_class=13",
+        "batch_size=64",
+        "byol.proj_hidden=64",
+        "byol.proj_dim=32",
+        "byol.pred_hidden=64",
+        "optim.base_lr=0.3",
+        "optim.scale_lr_with_batch=false",
+        "monitor.knn_every=0",
+    ];
+    let cfg = tiny(&dir, &sets);
+    let s = run(&cfg, None).unwrap();
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let epochs: Vec<serde_json::Value> =
+        text.lines().filter(|l| l.contains("\"type\":\"epoch\"")).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (first, last) = (epochs[0]["loss"].as_f64().unwrap(), epochs[epochs.len() - 1]["loss"].as_f64().unwrap());
+    let z_std = epochs[epochs.len() - 1]["z_std"].as_f64().unwrap();
+    let ideal = 1.0 / (32f64).sqrt();
+    eprintln!("byol: epoch loss {first:.4} -> {last:.4}, z-std {z_std:.4} (1/sqrt(d) = {ideal:.4}), {} steps", s.steps_done);
+    assert!(last < first - 0.2, "BYOL loss should fall: {first} -> {last}");
+    assert!(z_std > 0.5 * ideal, "BYOL projections collapsed: z-std {z_std}");
+    // The momentum network in the checkpoint: moved from the start (the online init, which a
+    // fresh build reproduces), by less than the online network.
+    let wf = ssl_engine::checkpoint::WeightFile::read(&dir.join("last.safetensors")).unwrap();
+    let b = CpuBackend::new(2).unwrap();
+    let (start, _) = ssl_engine::train::build_method(&b, &cfg).unwrap();
+    let name = "backbone.layer1.0.conv1.weight";
+    let init = start.to_torch(start.find(name).unwrap()).unwrap().0;
+    let dist = |v: &[f32]| v.iter().zip(&init).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+    let (online, momentum) = (dist(&wf.tensors[name].1), dist(&wf.tensors[&format!("momentum_{name}")].1));
+    eprintln!("byol: {name} moved {online:.4} online, {momentum:.4} momentum");
+    assert!(momentum > 0.0 && momentum < online, "momentum network moved {momentum}, online {online}");
+}
+
+/// A BYOL run stopped mid-epoch resumes bit for bit: the momentum network is in the checkpoint.
+#[test]
+fn byol_resumes_bit_identically() {
+    let sets = ["method=byol", "byol.proj_hidden=16", "byol.proj_dim=8", "byol.pred_hidden=16"];
+    let straight_dir = tmp_dir("byol-straight");
+    let straight = run(&tiny(&straight_dir, &sets), None).unwrap();
+    let out = tmp_dir("byol-resume4");
+    let first = run(&tiny(&out, &[&sets[..], &["max_steps=4"]].concat()), None).unwrap();
+    let rest = run(&tiny(&out, &sets), Some(&out.join("last.safetensors"))).unwrap();
+    let mut joined = bits(&first);
+    joined.extend(bits(&rest));
+    assert_eq!(joined, bits(&straight), "BYOL loss trace after resuming at step 4 differs");
+    assert_eq!(state_digest(&out.join("last.safetensors")), state_digest(&straight_dir.join("last.safetensors")));
 }

@@ -4,6 +4,7 @@
 //! in before the optimiser step (edit gradients) and after it (an EMA target, a queue). A new
 //! method is a file here, a line in `METHODS` and `build`, and its own `[<name>]` config table.
 
+pub mod byol;
 pub mod heads;
 pub mod simclr;
 pub mod simsiam;
@@ -21,6 +22,7 @@ use crate::tensor::Tensor;
 pub const METHODS: &[(&str, &str)] = &[
     ("simsiam", "SimSiam: projector + predictor, symmetric negative cosine with stop-gradient"),
     ("simclr", "SimCLR: projector, NT-Xent over the 2N views of a batch"),
+    ("byol", "BYOL: online projector + predictor against an EMA momentum network, asymmetric views"),
 ];
 
 /// Whether `name` is a registered method.
@@ -39,6 +41,7 @@ pub fn build<B: Backend>(cfg: &Config, ps: &mut ParamStore<B>, backbone: &Backbo
     Ok(match cfg.method.as_str() {
         "simsiam" => Box::new(simsiam::SimSiam::new(ps, backbone, &cfg.simsiam)?),
         "simclr" => Box::new(simclr::SimClr::new(ps, backbone, &cfg.simclr)?),
+        "byol" => Box::new(byol::Byol::new(ps, backbone, &cfg.byol)?),
         m => return Err(Error::Config(format!("method: unknown {m:?}; available: {}", method_names()))),
     })
 }

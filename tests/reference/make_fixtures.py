@@ -9,6 +9,7 @@ tests/common/mod.rs implements bit for bit, so the whole-model fixtures need not
 weights (ResNet-18 alone would be 45 MB): both sides build the same weights from the names.
 Large gradients are stored as a strided sample plus the full tensor's L2 norm.
 """
+import math
 import os
 
 import numpy as np
@@ -187,6 +188,56 @@ def simclr_loss_func(z, indexes, temperature):
     return -(torch.mean(torch.log(pos / (pos + neg))))
 
 
+def byol_loss_func(p, z, simplified=True):
+    """solo-learn's solo/losses/byol.py, verbatim."""
+    if simplified:
+        return 2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1).mean()
+    p = F.normalize(p, dim=-1)
+    z = F.normalize(z, dim=-1)
+    return 2 - 2 * (p * z.detach()).sum(dim=1).mean()
+
+
+class MomentumUpdater:
+    """solo-learn's solo/utils/momentum.py MomentumUpdater, verbatim but for the nn.Module walk
+    (a list of tensors here)."""
+
+    def __init__(self, base_tau=0.996, final_tau=1.0):
+        self.base_tau = base_tau
+        self.cur_tau = base_tau
+        self.final_tau = final_tau
+
+    @torch.no_grad()
+    def update(self, online, momentum):
+        for op, mp in zip(online, momentum):
+            mp.data = self.cur_tau * mp.data + (1 - self.cur_tau) * op.data
+
+    def update_tau(self, cur_step, max_steps):
+        self.cur_tau = self.final_tau - (self.final_tau - self.base_tau) * (math.cos(math.pi * cur_step / max_steps) + 1) / 2
+
+
+def byol_fixtures(t):
+    """BYOL's loss over two views, forward and backward, and the momentum network after three
+    EMA steps of a ten-step run (solo-learn updates with the current tau, then moves tau)."""
+    p1 = det_uniform("byol.p1", (6, 8)).requires_grad_(True)
+    p2 = det_uniform("byol.p2", (6, 8)).requires_grad_(True)
+    z1 = det_uniform("byol.z1m", (6, 8))
+    z2 = det_uniform("byol.z2m", (6, 8))
+    t["byol.p1"], t["byol.p2"], t["byol.z1m"], t["byol.z2m"] = p1.detach().clone(), p2.detach().clone(), z1, z2
+    loss = byol_loss_func(p2, z1) + byol_loss_func(p1, z2)
+    t["byol.loss"] = loss.detach().reshape(1)
+    loss.backward()
+    t["byol.dp1"], t["byol.dp2"] = p1.grad.clone(), p2.grad.clone()
+    updater = MomentumUpdater(0.99, 1.0)
+    momentum = [det_uniform("ema.m", (5, 3))]
+    t["ema.m0"] = momentum[0].clone()
+    for step in range(3):
+        online = [det_uniform(f"ema.o{step}", (5, 3))]
+        t[f"ema.o{step}"] = online[0]
+        updater.update(online, momentum)
+        updater.update_tau(step + 1, 10)
+        t[f"ema.m{step + 1}"] = momentum[0].clone()
+
+
 def loss_fixtures():
     """The self-supervised losses (losses.safetensors): F.normalize, and SimCLR's NT-Xent."""
     t = {}
@@ -206,6 +257,7 @@ def loss_fixtures():
         t[name + ".loss"] = loss.detach().reshape(1)
         loss.backward()
         t[name + ".dz1"], t[name + ".dz2"] = z1.grad.clone(), z2.grad.clone()
+    byol_fixtures(t)
     save_file(t, os.path.join(OUT, "losses.safetensors"))
 
 
