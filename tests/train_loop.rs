@@ -224,6 +224,15 @@ fn wgpu_simsiam_simclr_and_byol_steps_match_the_cpu_backend() {
     }
 }
 
+/// The first and last epoch's mean loss and the last epoch's z-std, from a run's metrics.jsonl.
+fn loss_and_z_std(dir: &Path) -> (f64, f64, f64) {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let epochs: Vec<serde_json::Value> =
+        text.lines().filter(|l| l.contains("\"type\":\"epoch\"")).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let last = &epochs[epochs.len() - 1];
+    (epochs[0]["loss"].as_f64().unwrap(), last["loss"].as_f64().unwrap(), last["z_std"].as_f64().unwrap())
+}
+
 /// SimCLR on a CI-sized subset: the NT-Xent loss falls and the projections stay spread
 /// (z-std above half of 1/sqrt(d)).
 #[test]
@@ -244,11 +253,7 @@ fn simclr_loss_falls_and_its_projections_do_not_collapse() {
         "monitor.knn_every=0",
     ];
     let s = run(&tiny(&dir, &sets), None).unwrap();
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let epochs: Vec<serde_json::Value> =
-        text.lines().filter(|l| l.contains("\"type\":\"epoch\"")).map(|l| serde_json::from_str(l).unwrap()).collect();
-    let (first, last) = (epochs[0]["loss"].as_f64().unwrap(), epochs[epochs.len() - 1]["loss"].as_f64().unwrap());
-    let z_std = epochs[epochs.len() - 1]["z_std"].as_f64().unwrap();
+    let (first, last, z_std) = loss_and_z_std(&dir);
     let ideal = 1.0 / (32f64).sqrt();
     eprintln!("simclr: epoch loss {first:.4} -> {last:.4}, z-std {z_std:.4} (1/sqrt(d) = {ideal:.4}), {} steps", s.steps_done);
     assert!(last < first - 0.2, "NT-Xent should fall: {first} -> {last}");
@@ -276,11 +281,7 @@ fn byol_loss_falls_its_projections_do_not_collapse_and_the_momentum_network_foll
     ];
     let cfg = tiny(&dir, &sets);
     let s = run(&cfg, None).unwrap();
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let epochs: Vec<serde_json::Value> =
-        text.lines().filter(|l| l.contains("\"type\":\"epoch\"")).map(|l| serde_json::from_str(l).unwrap()).collect();
-    let (first, last) = (epochs[0]["loss"].as_f64().unwrap(), epochs[epochs.len() - 1]["loss"].as_f64().unwrap());
-    let z_std = epochs[epochs.len() - 1]["z_std"].as_f64().unwrap();
+    let (first, last, z_std) = loss_and_z_std(&dir);
     let ideal = 1.0 / (32f64).sqrt();
     eprintln!("byol: epoch loss {first:.4} -> {last:.4}, z-std {z_std:.4} (1/sqrt(d) = {ideal:.4}), {} steps", s.steps_done);
     assert!(last < first - 0.2, "BYOL loss should fall: {first} -> {last}");
