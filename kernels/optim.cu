@@ -12,6 +12,13 @@
 #define SGD_THREADS 256
 #define SGD_CHUNK (SGD_THREADS * 4)
 
+// The tensor of a multi-tensor batch that block b updates (count when none).
+__device__ __forceinline__ int batch_tensor(const i64* block_end, int count, i64 b) {
+    int ti = 0;
+    while (ti < count && block_end[ti] <= b) ++ti;
+    return ti;
+}
+
 struct SgdTensor {
     float* param;
     const float* grad;
@@ -30,8 +37,7 @@ struct SgdBatch {
 
 extern "C" __global__ void __launch_bounds__(SGD_THREADS) sgd_fwd_f32(const SgdBatch batch) {
     const i64 b = blockIdx.x;
-    int ti = 0;
-    while (ti < batch.count && batch.block_end[ti] <= b) ++ti;
+    const int ti = batch_tensor(batch.block_end, batch.count, b);
     if (ti >= batch.count) return;
     const i64 first = ti == 0 ? 0 : batch.block_end[ti - 1];
     const SgdTensor& t = batch.t[ti];
@@ -66,8 +72,7 @@ struct EmaBatch {
 
 extern "C" __global__ void __launch_bounds__(SGD_THREADS) ema_update_fwd_f32(const EmaBatch batch) {
     const i64 b = blockIdx.x;
-    int ti = 0;
-    while (ti < batch.count && batch.block_end[ti] <= b) ++ti;
+    const int ti = batch_tensor(batch.block_end, batch.count, b);
     if (ti >= batch.count) return;
     const i64 first = ti == 0 ? 0 : batch.block_end[ti - 1];
     const EmaTensor& t = batch.t[ti];

@@ -36,11 +36,24 @@ struct KBatch {
     momentum: f32,
 }
 
+/// Fills `block_end` for tensors of `lens` elements (tensor i owns blocks
+/// [block_end[i - 1], block_end[i]) of CHUNK elements) and returns the grid size.
+fn block_ends(lens: impl Iterator<Item = usize>, block_end: &mut [i64; MAX_TENSORS], op: &str) -> Result<u32> {
+    let mut blocks = 0usize;
+    for (end, len) in block_end.iter_mut().zip(lens) {
+        blocks += len.div_ceil(CHUNK);
+        *end = blocks as i64;
+    }
+    u32::try_from(blocks)
+        .ok()
+        .filter(|&g| g <= i32::MAX as u32)
+        .ok_or_else(|| super::err(format!("{op}: {blocks} blocks is over the grid limit")))
+}
+
 pub(super) fn sgd_step(b: &CudaBackend, tensors: &[SgdTensor<'_, CudaStorage>], momentum: f32) -> Result<()> {
     let live: Vec<&SgdTensor<'_, CudaStorage>> = tensors.iter().filter(|t| t.len > 0).collect();
     for group in live.chunks(MAX_TENSORS) {
         let mut batch = KBatch::zeroed();
-        let mut blocks = 0usize;
         for (i, t) in group.iter().enumerate() {
             batch.t[i] = KTensor {
                 param: t.param.ptr,
@@ -50,15 +63,10 @@ pub(super) fn sgd_step(b: &CudaBackend, tensors: &[SgdTensor<'_, CudaStorage>], 
                 lr: t.lr,
                 weight_decay: t.weight_decay,
             };
-            blocks += t.len.div_ceil(CHUNK);
-            batch.block_end[i] = blocks as i64;
         }
+        let grid = block_ends(group.iter().map(|t| t.len), &mut batch.block_end, "sgd_step")?;
         batch.count = group.len() as i32;
         batch.momentum = momentum;
-        let grid = u32::try_from(blocks)
-            .ok()
-            .filter(|&g| g <= i32::MAX as u32)
-            .ok_or_else(|| super::err(format!("sgd_step: {blocks} blocks is over the grid limit")))?;
         b.launch("sgd_fwd_f32", (grid, 1, 1), (THREADS, 1, 1), &[Arg::Bytes(bytemuck::bytes_of(&batch))])?;
     }
     Ok(())
@@ -87,18 +95,12 @@ pub(super) fn ema_update(b: &CudaBackend, tensors: &[EmaTensor<'_, CudaStorage>]
     let live: Vec<&EmaTensor<'_, CudaStorage>> = tensors.iter().filter(|t| t.len > 0).collect();
     for group in live.chunks(MAX_TENSORS) {
         let mut batch = KEmaBatch::zeroed();
-        let mut blocks = 0usize;
         for (i, t) in group.iter().enumerate() {
             batch.t[i] = KEmaTensor { target: t.target.ptr, source: t.source.ptr, len: t.len as i64 };
-            blocks += t.len.div_ceil(CHUNK);
-            batch.block_end[i] = blocks as i64;
         }
+        let grid = block_ends(group.iter().map(|t| t.len), &mut batch.block_end, "ema_update")?;
         batch.count = group.len() as i32;
         batch.tau = tau;
-        let grid = u32::try_from(blocks)
-            .ok()
-            .filter(|&g| g <= i32::MAX as u32)
-            .ok_or_else(|| super::err(format!("ema_update: {blocks} blocks is over the grid limit")))?;
         b.launch("ema_update_fwd_f32", (grid, 1, 1), (THREADS, 1, 1), &[Arg::Bytes(bytemuck::bytes_of(&batch))])?;
     }
     Ok(())
