@@ -14,8 +14,6 @@ use crate::ssl::byol::ByolConfig;
 use crate::ssl::simclr::SimClrConfig;
 use crate::ssl::simsiam::SimSiamConfig;
 
-/// The self-supervised methods `method` accepts (each with its own table of settings).
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {

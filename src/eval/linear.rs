@@ -1,8 +1,9 @@
 //! The linear probe: a linear classifier trained with cross-entropy on frozen features
 //! (extracted once, eval-mode BN, no augmentation), SGD with momentum 0.9, no weight decay,
-//! cosine, or LARS (solo-learn's, the one pretraining uses: `optim::Lars`). By default each feature is standardised first (MAE's BatchNorm without
-//! affine), with lr 0.5 at batch 256; `standardize = false, lr = 30` is MoCo's raw-feature
-//! protocol, LARS with lr 0.02 REFERENCE.md's other one.
+//! cosine, or LARS (solo-learn's, the one pretraining uses: `optim::Lars`). By default each
+//! feature is standardised first (MAE's BatchNorm without affine), with lr 0.5 at batch 256;
+//! `standardize = false, lr = 30` is MoCo's raw-feature protocol, LARS with lr 0.02
+//! REFERENCE.md's other one.
 
 use serde::{Deserialize, Serialize};
 

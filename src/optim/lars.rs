@@ -53,10 +53,10 @@ impl<B: Backend> Lars<B> {
     }
 }
 
-/// ||t||, summed in f64 on the host from the backend's per-element squares.
+/// ||t||, reduced on the backend: only the sum of squares comes back, not the tensor.
 fn l2_norm<B: Backend>(t: &Tensor<B>) -> Result<f64> {
-    let sq = ops::mul(t, t)?.to_f32()?;
-    Ok(sq.iter().map(|&v| v as f64).sum::<f64>().sqrt())
+    let sq = ops::sum_axis(&ops::mul(t, t)?.reshape(&[t.numel()])?, 0)?;
+    Ok((sq.scalar()? as f64).sqrt())
 }
 
 impl<B: Backend> Optimizer<B> for Lars<B> {

@@ -15,8 +15,6 @@ pub struct Stepped<T> {
     pub loss: f64,
     /// What `forward` returned beside the loss (an embedding for the collapse monitor).
     pub out: T,
-    /// False when `before_update` declined the update (a skipped non-finite step).
-    pub applied: bool,
 }
 
 /// Records `forward` on a fresh tape in training mode, takes the gradient of its loss for every
@@ -37,11 +35,10 @@ pub fn train_step<B: Backend, T>(
     let mut grads = tape.backward(&loss)?;
     let mut pg = cx.param_grads(&mut grads);
     drop(cx);
-    let applied = before_update(value, &mut pg)?;
-    if applied {
+    if before_update(value, &mut pg)? {
         opt.step(ps, &pg, hyper)?;
     }
-    Ok(Stepped { loss: value, out, applied })
+    Ok(Stepped { loss: value, out })
 }
 
 /// `before_update` for callers that take every step as it comes.
