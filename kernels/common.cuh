@@ -67,5 +67,15 @@ DEV double block_sum_d(double v, double* scratch) {
     return scratch[0];
 }
 
+// log(sum(exp(row))) of one row, computed by a whole warp (max-shifted, summed in double).
+DEV float warp_logsumexp(const float* row, int C, int lane) {
+    float m = neg_inf();
+    for (int j = lane; j < C; j += 32) m = fmaxf(m, row[j]);
+    m = warp_max(m);
+    double s = 0.0;
+    for (int j = lane; j < C; j += 32) s += (double)expf(row[j] - m);
+    return m + (float)log(warp_sum_d(s));
+}
+
 // Grid-stride loop over [0, n).
 #define FOR_EACH(i, n) for (i64 i = global_index(); i < (i64)(n); i += grid_stride())

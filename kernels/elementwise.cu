@@ -37,6 +37,30 @@ extern "C" __global__ void gelu_bwd_f32(const float* x, const float* dy, float* 
     }
 }
 
+extern "C" __global__ void exp_fwd_f32(const float* x, float* y, i64 n) {
+    FOR_EACH(i, n) y[i] = expf(x[i]);
+}
+
+extern "C" __global__ void exp_bwd_f32(const float* x, const float* dy, float* dx, i64 n) {
+    FOR_EACH(i, n) dx[i] = dy[i] * expf(x[i]);
+}
+
+extern "C" __global__ void log_fwd_f32(const float* x, float* y, i64 n) {
+    FOR_EACH(i, n) y[i] = logf(x[i]);
+}
+
+extern "C" __global__ void log_bwd_f32(const float* x, const float* dy, float* dx, i64 n) {
+    FOR_EACH(i, n) dx[i] = dy[i] / x[i];
+}
+
+extern "C" __global__ void sqrt_fwd_f32(const float* x, float* y, i64 n) {
+    FOR_EACH(i, n) y[i] = sqrtf(x[i]);
+}
+
+extern "C" __global__ void sqrt_bwd_f32(const float* x, const float* dy, float* dx, i64 n) {
+    FOR_EACH(i, n) dx[i] = dy[i] * 0.5f / sqrtf(x[i]);
+}
+
 // out[i] = a[i] op b[i % b_len]: b repeats over the leading axes of a.
 extern "C" __global__ void add_fwd_f32(const float* a, const float* b, float* out, i64 n, i64 b_len) {
     FOR_EACH(i, n) out[i] = a[i] + b[b_len == n ? i : i % b_len];
@@ -44,6 +68,14 @@ extern "C" __global__ void add_fwd_f32(const float* a, const float* b, float* ou
 
 extern "C" __global__ void mul_fwd_f32(const float* a, const float* b, float* out, i64 n, i64 b_len) {
     FOR_EACH(i, n) out[i] = a[i] * b[b_len == n ? i : i % b_len];
+}
+
+extern "C" __global__ void sub_fwd_f32(const float* a, const float* b, float* out, i64 n, i64 b_len) {
+    FOR_EACH(i, n) out[i] = a[i] - b[b_len == n ? i : i % b_len];
+}
+
+extern "C" __global__ void div_fwd_f32(const float* a, const float* b, float* out, i64 n, i64 b_len) {
+    FOR_EACH(i, n) out[i] = a[i] / b[b_len == n ? i : i % b_len];
 }
 
 extern "C" __global__ void scale_fwd_f32(const float* x, float* y, float alpha, i64 n) {

@@ -9,15 +9,6 @@
 
 DEV bool valid_label(float l, int classes) { return l >= 0.0f && l < (float)classes && l == floorf(l); }
 
-// log(sum(exp(row))) of one row, computed by a whole warp.
-DEV float warp_logsumexp(const float* row, int C, int lane) {
-    float m = neg_inf();
-    for (int j = lane; j < C; j += 32) m = fmaxf(m, row[j]);
-    m = warp_max(m);
-    double s = 0.0;
-    for (int j = lane; j < C; j += 32) s += (double)expf(row[j] - m);
-    return m + (float)log(warp_sum_d(s));
-}
 
 // per_row[r] = logsumexp(logits[r]) - logits[r, label[r]]
 extern "C" __global__ void cross_entropy_rows_fwd_f32(const float* logits, const float* labels, float* per_row,

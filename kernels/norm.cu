@@ -1,4 +1,4 @@
-// Batch norm, layer norm and softmax over channels-last data [rows, C].
+// Batch norm, layer norm, log-sum-exp and softmax over channels-last data [rows, C].
 // Twin of src/backend/cpu/norm.rs.
 //
 // Column (per-channel) statistics are two-stage and fixed-order: colstats_* gives each block
@@ -243,6 +243,28 @@ extern "C" __global__ void l2_normalize_bwd_f32(const float* x, const float* dy,
     const double k = n > (double)eps ? s / (n * n * n) : 0.0;
     float* dr = dx + r * C;
     for (int j = lane; j < C; j += 32) dr[j] = (float)((double)gr[j] / n - (double)xr[j] * k);
+}
+
+// ---- log-sum-exp over the last axis: one warp per row ----------------------------------------
+
+extern "C" __global__ void logsumexp_fwd_f32(const float* x, float* lse, int rows, int C) {
+    const int lane = threadIdx.x & 31;
+    const i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    const float l = warp_logsumexp(x + r * C, C, lane);
+    if (lane == 0) lse[r] = l;
+}
+
+// dx = dlse * exp(x - lse): the row's softmax, scaled
+extern "C" __global__ void logsumexp_bwd_f32(const float* x, const float* lse, const float* dlse, float* dx, int rows,
+                                             int C) {
+    const int lane = threadIdx.x & 31;
+    const i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    const float* xr = x + r * C;
+    const float l = lse[r], g = dlse[r];
+    float* dr = dx + r * C;
+    for (int j = lane; j < C; j += 32) dr[j] = g * expf(xr[j] - l);
 }
 
 // ---- softmax over the last axis: one warp per row -------------------------------------------

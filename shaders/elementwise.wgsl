@@ -96,15 +96,17 @@ fn copy_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
 }
 
-// op 0: relu, 1: gelu
+// op 0: relu, 1: gelu, 2: exp, 3: log, 4: sqrt
 @compute @workgroup_size(WG)
 fn unary_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
         let v = x[i];
-        if (p.op == 0u) {
-            y[i] = max(v, 0.0);
-        } else {
-            y[i] = gelu(v);
+        switch p.op {
+            case 0u: { y[i] = max(v, 0.0); }
+            case 1u: { y[i] = gelu(v); }
+            case 2u: { y[i] = exp(v); }
+            case 3u: { y[i] = log(v); }
+            default: { y[i] = sqrt(v); }
         }
     }
 }
@@ -115,24 +117,27 @@ fn unary_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
         let v = x[i];
         let g = x2[i];
-        if (p.op == 0u) {
-            y[i] = select(0.0, g, v > 0.0);
-        } else {
-            y[i] = g * gelu_grad(v);
+        switch p.op {
+            case 0u: { y[i] = select(0.0, g, v > 0.0); }
+            case 1u: { y[i] = g * gelu_grad(v); }
+            case 2u: { y[i] = g * exp(v); }
+            case 3u: { y[i] = g / v; }
+            default: { y[i] = g * 0.5 / sqrt(v); }
         }
     }
 }
 
-// out[i] = a[i] op b[i % b_len]; op 0: add, 1: mul
+// out[i] = a[i] op b[i % b_len]; op 0: add, 1: mul, 2: sub, 3: div
 @compute @workgroup_size(WG)
 fn binary_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
         let a = x[i];
         let b = x2[i % p.b_len];
-        if (p.op == 0u) {
-            y[i] = a + b;
-        } else {
-            y[i] = a * b;
+        switch p.op {
+            case 0u: { y[i] = a + b; }
+            case 1u: { y[i] = a * b; }
+            case 2u: { y[i] = a - b; }
+            default: { y[i] = a / b; }
         }
     }
 }

@@ -1,4 +1,4 @@
-// Batch norm, layer norm and softmax over channels-last data [rows, ch]
+// Batch norm, layer norm, log-sum-exp and softmax over channels-last data [rows, ch]
 // (CPU: backend/cpu/norm.rs). Column statistics (batch norm, layer-norm dgamma/dbeta) are
 // reduced in two fixed-order stages: `col_*` kernels give one invocation per (split s,
 // channel c) that sums the rows of split s in order; the finishing kernels sum the splits in
@@ -344,6 +344,44 @@ fn ln_bwd_dx_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         let g = dy[base + j] * gamma[j];
         let xhat = (x[base + j] - mean) * rstd;
         o1[base + j] = rstd * (g - m1 - xhat * m2);
+    }
+}
+
+// o1[row] = log sum_j exp(x[row, j]), max-shifted
+@compute @workgroup_size(ROW_WG)
+fn logsumexp_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let row = flat_group(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.ch;
+    var m = NEG_BIG;
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        m = max(m, x[base + j]);
+    }
+    let mx = row_max(m, li);
+    var s = 0.0;
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        s += exp(x[base + j] - mx);
+    }
+    let total = row_sum(s, li);
+    if (li == 0u) {
+        o1[row] = mx + log(total);
+    }
+}
+
+// dx = dlse * exp(x - lse); sa holds lse, dy holds dlse (one value per row)
+@compute @workgroup_size(ROW_WG)
+fn logsumexp_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let row = flat_group(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.ch;
+    let l = sa[row];
+    let g = dy[row];
+    for (var j = li; j < p.ch; j += ROW_WG) {
+        o1[base + j] = g * exp(x[base + j] - l);
     }
 }
 

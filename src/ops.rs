@@ -300,6 +300,27 @@ pub fn softmax_bwd<B: Backend>(y: &Tensor<B>, dy: &Tensor<B>) -> Result<Tensor<B
     Ok(dx)
 }
 
+/// log sum exp over the last axis: [.., c] -> [..].
+pub fn logsumexp<B: Backend>(x: &Tensor<B>) -> Result<Tensor<B>> {
+    same_dtype("logsumexp", &[x])?;
+    let d = norm_dims("logsumexp", x, 0.0)?;
+    let lse = out(x, &x.shape()[..x.dims() - 1])?;
+    x.backend().logsumexp_fwd(x.storage(), lse.storage(), &d)?;
+    Ok(lse)
+}
+
+/// dx = dlse exp(x - lse), dlse broadcast along the last axis.
+pub fn logsumexp_bwd<B: Backend>(x: &Tensor<B>, lse: &Tensor<B>, dlse: &Tensor<B>) -> Result<Tensor<B>> {
+    same_dtype("logsumexp_bwd", &[x, lse, dlse])?;
+    let rows = &x.shape()[..x.dims().saturating_sub(1)];
+    expect_shape("logsumexp_bwd", "lse", lse, rows)?;
+    expect_shape("logsumexp_bwd", "dlse", dlse, rows)?;
+    let d = norm_dims("logsumexp_bwd", x, 0.0)?;
+    let dx = out(x, x.shape())?;
+    x.backend().logsumexp_bwd(x.storage(), lse.storage(), dlse.storage(), dx.storage(), &d)?;
+    Ok(dx)
+}
+
 // ---- attention -------------------------------------------------------------------------------
 
 fn attn_dims<B: Backend>(q: &Tensor<B>, k: &Tensor<B>, v: &Tensor<B>, scale: f32) -> Result<AttnDims> {
@@ -386,6 +407,14 @@ pub fn add<B: Backend>(a: &Tensor<B>, b: &Tensor<B>) -> Result<Tensor<B>> {
 
 pub fn mul<B: Backend>(a: &Tensor<B>, b: &Tensor<B>) -> Result<Tensor<B>> {
     binary(Binary::Mul, a, b)
+}
+
+pub fn sub<B: Backend>(a: &Tensor<B>, b: &Tensor<B>) -> Result<Tensor<B>> {
+    binary(Binary::Sub, a, b)
+}
+
+pub fn div<B: Backend>(a: &Tensor<B>, b: &Tensor<B>) -> Result<Tensor<B>> {
+    binary(Binary::Div, a, b)
 }
 
 pub fn scale<B: Backend>(x: &Tensor<B>, alpha: f32) -> Result<Tensor<B>> {

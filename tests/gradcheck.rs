@@ -117,6 +117,14 @@ fn activations_and_elementwise() {
     gradcheck("add broadcast", &[input(&mut r, &[2, 3, 4]), input(&mut r, &[3, 4])], |t, v| t.add(&v[0], &v[1]).unwrap());
     gradcheck("mul broadcast", &[input(&mut r, &[2, 3, 4]), input(&mut r, &[4])], |t, v| t.mul(&v[0], &v[1]).unwrap());
     gradcheck("scale", &[input(&mut r, &[5])], |t, v| t.scale(&v[0], -1.7).unwrap());
+    gradcheck("exp", &[input(&mut r, &[3, 4])], |t, v| t.exp(&v[0]).unwrap());
+    // log and sqrt on positive inputs; division by values away from 0.
+    let pos = |r: &mut Rng, n: usize| rand(r, n, 0.3, 2.0);
+    gradcheck("log", &[(vec![3, 4], pos(&mut r, 12))], |t, v| t.log(&v[0]).unwrap());
+    gradcheck("sqrt", &[(vec![3, 4], pos(&mut r, 12))], |t, v| t.sqrt(&v[0]).unwrap());
+    gradcheck("sub broadcast", &[input(&mut r, &[2, 3, 4]), input(&mut r, &[3, 4])], |t, v| t.sub(&v[0], &v[1]).unwrap());
+    gradcheck("div broadcast", &[input(&mut r, &[2, 3, 4]), (vec![4], pos(&mut r, 4))], |t, v| t.div(&v[0], &v[1]).unwrap());
+    gradcheck("logsumexp", &[input(&mut r, &[2, 3, 5])], |t, v| t.logsumexp(&v[0]).unwrap());
     for axis in 0..3 {
         gradcheck("sum_axis", &[input(&mut r, &[2, 3, 4])], |t, v| t.sum_axis(&v[0], axis).unwrap());
     }

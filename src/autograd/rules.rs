@@ -18,6 +18,8 @@ pub enum Op<B: Backend> {
     L2Normalize { x: Tensor<B>, norm: Tensor<B>, eps: f32 },
     /// inputs: x
     Softmax { y: Tensor<B> },
+    /// inputs: x
+    LogSumExp { x: Tensor<B>, lse: Tensor<B> },
     /// inputs: q, k, v
     Attention { q: Tensor<B>, k: Tensor<B>, v: Tensor<B>, o: Tensor<B>, lse: Tensor<B>, scale: f32 },
     /// inputs: x
@@ -26,6 +28,10 @@ pub enum Op<B: Backend> {
     Add { b_shape: Vec<usize> },
     /// inputs: a, b (b broadcast over a's leading axes)
     Mul { a: Tensor<B>, b: Tensor<B> },
+    /// inputs: a, b (b broadcast over a's leading axes)
+    Sub { b_shape: Vec<usize> },
+    /// inputs: a, b (b broadcast over a's leading axes); out = a / b
+    Div { out: Tensor<B>, b: Tensor<B> },
     /// inputs: x
     Scale { alpha: f32 },
     /// inputs: x
@@ -57,10 +63,13 @@ impl<B: Backend> Op<B> {
             Op::LayerNorm { .. } => "layernorm",
             Op::L2Normalize { .. } => "l2_normalize",
             Op::Softmax { .. } => "softmax",
+            Op::LogSumExp { .. } => "logsumexp",
             Op::Attention { .. } => "attention",
             Op::Unary { .. } => "unary",
             Op::Add { .. } => "add",
             Op::Mul { .. } => "mul",
+            Op::Sub { .. } => "sub",
+            Op::Div { .. } => "div",
             Op::Scale { .. } => "scale",
             Op::SumAxis { .. } => "sum_axis",
             Op::MaxPool { .. } => "maxpool2d",
@@ -116,6 +125,7 @@ pub(super) fn backward<B: Backend>(op: &Op<B>, g: &Tensor<B>, needs: &[bool]) ->
         }
         Op::L2Normalize { x, norm, eps } => vec![Some(ops::l2_normalize_bwd(x, g, norm, *eps)?)],
         Op::Softmax { y } => vec![Some(ops::softmax_bwd(y, g)?)],
+        Op::LogSumExp { x, lse } => vec![Some(ops::logsumexp_bwd(x, lse, g)?)],
         Op::Attention { q, k, v, o, lse, scale } => {
             let (dq, dk, dv) = ops::attention_bwd(q, k, v, o, lse, g, *scale)?;
             vec![Some(dq), Some(dk), Some(dv)]
@@ -126,6 +136,13 @@ pub(super) fn backward<B: Backend>(op: &Op<B>, g: &Tensor<B>, needs: &[bool]) ->
             let da = ops::mul(g, b)?;
             let db = ops::sum_to_suffix(&ops::mul(g, a)?, b.shape())?;
             vec![Some(da), Some(db)]
+        }
+        Op::Sub { b_shape } => vec![Some(g.clone()), Some(ops::scale(&ops::sum_to_suffix(g, b_shape)?, -1.0)?)],
+        // d(a/b)/da = 1/b; d(a/b)/db = -a/b^2 = -out/b.
+        Op::Div { out, b } => {
+            let da = ops::div(g, b)?;
+            let db = ops::sum_to_suffix(&ops::div(&ops::mul(g, out)?, b)?, b.shape())?;
+            vec![Some(da), Some(ops::scale(&db, -1.0)?)]
         }
         Op::Scale { alpha } => vec![Some(ops::scale(g, *alpha)?)],
         // Broadcast g back along the summed axis: add it to zeros laid out [axis, outer, inner],

@@ -53,6 +53,13 @@ impl<B: Backend> Tape<B> {
         Ok(self.record(y, &[x], || Op::Softmax { y: saved }))
     }
 
+    /// log sum exp over the last axis: [.., c] -> [..].
+    pub fn logsumexp(&self, x: &Var<B>) -> Result<Var<B>> {
+        let lse = ops::logsumexp(&x.value)?;
+        let saved = lse.clone();
+        Ok(self.record(lse, &[x], || Op::LogSumExp { x: x.value.clone(), lse: saved }))
+    }
+
     pub fn attention(&self, q: &Var<B>, k: &Var<B>, v: &Var<B>, scale: f32) -> Result<Var<B>> {
         let (o, lse) = ops::attention(&q.value, &k.value, &v.value, scale)?;
         let saved_o = o.clone();
@@ -76,6 +83,15 @@ impl<B: Backend> Tape<B> {
     pub fn gelu(&self, x: &Var<B>) -> Result<Var<B>> {
         self.unary(Unary::Gelu, x)
     }
+    pub fn exp(&self, x: &Var<B>) -> Result<Var<B>> {
+        self.unary(Unary::Exp, x)
+    }
+    pub fn log(&self, x: &Var<B>) -> Result<Var<B>> {
+        self.unary(Unary::Log, x)
+    }
+    pub fn sqrt(&self, x: &Var<B>) -> Result<Var<B>> {
+        self.unary(Unary::Sqrt, x)
+    }
 
     /// a + b, b's shape a suffix of a's.
     pub fn add(&self, a: &Var<B>, b: &Var<B>) -> Result<Var<B>> {
@@ -86,6 +102,17 @@ impl<B: Backend> Tape<B> {
     pub fn mul(&self, a: &Var<B>, b: &Var<B>) -> Result<Var<B>> {
         let y = ops::mul(&a.value, &b.value)?;
         Ok(self.record(y, &[a, b], || Op::Mul { a: a.value.clone(), b: b.value.clone() }))
+    }
+    /// a - b, b's shape a suffix of a's.
+    pub fn sub(&self, a: &Var<B>, b: &Var<B>) -> Result<Var<B>> {
+        let y = ops::sub(&a.value, &b.value)?;
+        Ok(self.record(y, &[a, b], || Op::Sub { b_shape: b.shape().to_vec() }))
+    }
+    /// a / b, b's shape a suffix of a's.
+    pub fn div(&self, a: &Var<B>, b: &Var<B>) -> Result<Var<B>> {
+        let y = ops::div(&a.value, &b.value)?;
+        let saved = y.clone();
+        Ok(self.record(y, &[a, b], || Op::Div { out: saved, b: b.value.clone() }))
     }
     pub fn scale(&self, x: &Var<B>, alpha: f32) -> Result<Var<B>> {
         let y = ops::scale(&x.value, alpha)?;

@@ -76,12 +76,18 @@ pub enum Unary {
     Relu,
     /// The exact (erf) GELU, PyTorch's and timm's default.
     Gelu,
+    Exp,
+    /// The natural logarithm.
+    Log,
+    Sqrt,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Binary {
     Add,
     Mul,
+    Sub,
+    Div,
 }
 
 /// A max-pool window over NHWC: x [n, h, w, c] -> y [n, oh, ow, c].
@@ -241,6 +247,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Softmax over the last axis (`channels` of NormDims; eps unused).
     fn softmax_fwd(&self, x: &Self::Storage, y: &Self::Storage, d: &NormDims) -> Result<()>;
     fn softmax_bwd(&self, y: &Self::Storage, dy: &Self::Storage, dx: &Self::Storage, d: &NormDims) -> Result<()>;
+    /// lse[r] = log sum_j exp(x[r, j]) over the last axis (rows x channels; eps unused).
+    fn logsumexp_fwd(&self, x: &Self::Storage, lse: &Self::Storage, d: &NormDims) -> Result<()>;
+    /// dx[r, j] = dlse[r] exp(x[r, j] - lse[r]).
+    fn logsumexp_bwd(&self, x: &Self::Storage, lse: &Self::Storage, dlse: &Self::Storage, dx: &Self::Storage, d: &NormDims)
+    -> Result<()>;
 
     // ---- attention -----------------------------------------------------------------------
     #[allow(clippy::too_many_arguments)]

@@ -22,8 +22,16 @@ pub enum Case {
     Attention { scale: f32 },
     Relu,
     Gelu,
+    Exp,
+    /// log and sqrt see |x| + 0.5 (see `positive_input`).
+    Log,
+    Sqrt,
+    LogSumExp,
     Add,
     Mul,
+    Sub,
+    /// The divisor sees |x| + 0.5.
+    Div,
     Scale(f32),
     SumAxis(usize),
     MaxPool { k: usize, stride: usize, pad: usize },
@@ -49,8 +57,14 @@ impl Case {
             Case::Attention { scale } => t.attention(&v[0], &v[1], &v[2], *scale),
             Case::Relu => t.relu(&v[0]),
             Case::Gelu => t.gelu(&v[0]),
+            Case::Exp => t.exp(&v[0]),
+            Case::Log => t.log(&v[0]),
+            Case::Sqrt => t.sqrt(&v[0]),
+            Case::LogSumExp => t.logsumexp(&v[0]),
             Case::Add => t.add(&v[0], &v[1]),
             Case::Mul => t.mul(&v[0], &v[1]),
+            Case::Sub => t.sub(&v[0], &v[1]),
+            Case::Div => t.div(&v[0], &v[1]),
             Case::Scale(a) => t.scale(&v[0], *a),
             Case::SumAxis(a) => t.sum_axis(&v[0], *a),
             Case::MaxPool { k, stride, pad } => t.maxpool2d(&v[0], *k, *stride, *pad),
@@ -65,6 +79,13 @@ impl Case {
             Case::Concat(axis) => t.concat(&v.iter().collect::<Vec<_>>(), *axis),
             Case::Linear => t.linear(&v[0], &v[1], Some(&v[2])),
         }
+    }
+}
+
+impl Case {
+    /// Whether input `i` must be positive (log and sqrt of it, division by it).
+    fn positive_input(&self, i: usize) -> bool {
+        matches!((self, i), (Case::Log | Case::Sqrt, 0) | (Case::Div, 1))
     }
 }
 
@@ -92,6 +113,13 @@ pub fn cases() -> Vec<(Case, Vec<Vec<usize>>)> {
         (Attention { scale: 0.37 }, vec![vec![2, 3, 17, 5], vec![2, 3, 13, 5], vec![2, 3, 13, 5]]),
         (Relu, vec![vec![7, 13, 3]]),
         (Gelu, vec![vec![7, 13, 3]]),
+        (Exp, vec![vec![7, 13, 3]]),
+        (Log, vec![vec![7, 13, 3]]),
+        (Sqrt, vec![vec![7, 13, 3]]),
+        (LogSumExp, vec![vec![5, 7, 33]]),
+        (Sub, vec![vec![5, 7, 9], vec![7, 9]]),
+        (Div, vec![vec![3, 5, 7], vec![5, 7]]),
+        (Div, vec![vec![5, 9], vec![5, 9]]),
         (Add, vec![vec![5, 7, 9], vec![7, 9]]),
         (Add, vec![vec![5, 9], vec![5, 9]]),
         (Mul, vec![vec![3, 5, 7], vec![7]]),
@@ -132,6 +160,7 @@ pub fn large_cases() -> Vec<(Case, Vec<Vec<usize>>)> {
         (LayerNorm, vec![vec![700, 40], vec![40], vec![40]]),
         (L2Normalize, vec![vec![70, 300]]),
         (Softmax, vec![vec![9, 100]]),
+        (LogSumExp, vec![vec![40, 300]]),
         // The CPU reference takes Winograd F(2x2, 3x3) here (>= 16 channels, >= 8x8 outputs).
         (Conv { stride: 1, pad: 1, groups: 1 }, vec![vec![2, 9, 10, 17], vec![19, 3, 3, 17]]),
         (Attention { scale: 0.2 }, vec![vec![2, 70, 100], vec![2, 40, 100], vec![2, 40, 100]]),
@@ -201,7 +230,8 @@ pub fn run_cases<B: Backend>(dev: &B, dtype: DType, tol: f64, rng: &mut Rng, cas
         // Fresh random inputs each run; max-pool inputs get distinct values (no ties).
         let inputs: Vec<(Vec<usize>, Vec<f64>)> = shapes
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 let n: usize = s.iter().product();
                 let v = if matches!(case, Case::MaxPool { .. }) {
                     let mut v: Vec<f64> = (0..n).map(|i| i as f64 / n as f64 - 0.5).collect();
@@ -209,6 +239,8 @@ pub fn run_cases<B: Backend>(dev: &B, dtype: DType, tol: f64, rng: &mut Rng, cas
                         v.swap(i, rng.below(i as u64 + 1) as usize);
                     }
                     v
+                } else if case.positive_input(i) {
+                    (0..n).map(|_| rng.uniform_range(-1.0, 1.0).abs() + 0.5).collect()
                 } else {
                     (0..n).map(|_| rng.uniform_range(-1.0, 1.0)).collect()
                 };

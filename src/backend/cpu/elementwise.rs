@@ -36,6 +36,9 @@ pub fn unary_fwd<T: Real>(op: Unary, x: &[T], y: &mut [T]) {
     match op {
         Unary::Relu => map(x, y, |v| v.max(T::zero())),
         Unary::Gelu => map(x, y, gelu),
+        Unary::Exp => map(x, y, |v| v.exp()),
+        Unary::Log => map(x, y, |v| v.ln()),
+        Unary::Sqrt => map(x, y, |v| v.sqrt()),
     }
 }
 
@@ -46,6 +49,9 @@ pub fn unary_bwd<T: Real>(op: Unary, x: &[T], dy: &[T], dx: &mut [T]) {
         // PyTorch's choice at 0: gradient 0.
         Unary::Relu => map2(x, dy, dx, |v, g| if v > T::zero() { g } else { T::zero() }),
         Unary::Gelu => map2(x, dy, dx, |v, g| g * gelu_grad(v)),
+        Unary::Exp => map2(x, dy, dx, |v, g| g * v.exp()),
+        Unary::Log => map2(x, dy, dx, |v, g| g / v),
+        Unary::Sqrt => map2(x, dy, dx, |v, g| g * T::c(0.5) / v.sqrt()),
     }
 }
 
@@ -62,6 +68,8 @@ pub fn binary<T: Real>(op: Binary, a: &[T], b: &[T], out: &mut [T], b_len: usize
     match op {
         Binary::Add => broadcast(a, b, out, b_len, |x, y| x + y),
         Binary::Mul => broadcast(a, b, out, b_len, |x, y| x * y),
+        Binary::Sub => broadcast(a, b, out, b_len, |x, y| x - y),
+        Binary::Div => broadcast(a, b, out, b_len, |x, y| x / y),
     }
 }
 

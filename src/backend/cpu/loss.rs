@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::Real;
+use super::norm::row_logsumexp as logsumexp;
 use crate::error::{Error, Result};
 
 fn label(labels: &[impl Real], r: usize, classes: usize) -> Result<usize> {
@@ -11,12 +12,6 @@ fn label(labels: &[impl Real], r: usize, classes: usize) -> Result<usize> {
         return Err(Error::Invalid { op: "cross_entropy", msg: format!("label {l} of row {r} is not a class in 0..{classes}") });
     }
     Ok(l as usize)
-}
-
-/// log(sum(exp(row))), stably.
-fn logsumexp<T: Real>(row: &[T]) -> f64 {
-    let max = row.iter().fold(f64::NEG_INFINITY, |a, b| a.max(b.f64()));
-    max + row.iter().map(|v| (v.f64() - max).exp()).sum::<f64>().ln()
 }
 
 pub fn cross_entropy_fwd<T: Real>(logits: &[T], labels: &[T], loss: &mut [T], rows: usize, classes: usize) -> Result<()> {

@@ -388,6 +388,20 @@ impl Backend for CpuBackend {
             Ok(())
         })
     }
+    fn logsumexp_fwd(&self, x: &CpuStorage, lse: &CpuStorage, d: &NormDims) -> Result<()> {
+        on_dtype!(self, lse, T => {
+            let (gx, mut gl) = (x.read(), lse.write());
+            norm::logsumexp_fwd::<T>(r(&gx), w(&mut gl), d.channels);
+            Ok(())
+        })
+    }
+    fn logsumexp_bwd(&self, x: &CpuStorage, lse: &CpuStorage, dlse: &CpuStorage, dx: &CpuStorage, d: &NormDims) -> Result<()> {
+        on_dtype!(self, dx, T => {
+            let (gx, gl, gg, mut gdx) = (x.read(), lse.read(), dlse.read(), dx.write());
+            norm::logsumexp_bwd::<T>(r(&gx), r(&gl), r(&gg), w(&mut gdx), d.channels);
+            Ok(())
+        })
+    }
 
     fn attention_fwd(&self, q: &CpuStorage, k: &CpuStorage, v: &CpuStorage, o: &CpuStorage, lse: &CpuStorage, d: &AttnDims) -> Result<()> {
         on_dtype!(self, o, T => {

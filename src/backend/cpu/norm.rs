@@ -239,6 +239,29 @@ pub(crate) fn softmax_row<T: Real>(xr: &[T], yr: &mut [T]) {
     }
 }
 
+/// lse[r] = log sum_j exp(x[r, j]), max-shifted, accumulated in f64.
+pub fn logsumexp_fwd<T: Real>(x: &[T], lse: &mut [T], c: usize) {
+    lse.par_iter_mut().zip(x.par_chunks(c)).for_each(|(o, xr)| *o = T::c(row_logsumexp(xr)));
+}
+
+pub(crate) fn row_logsumexp<T: Real>(xr: &[T]) -> f64 {
+    let max = xr.iter().fold(f64::NEG_INFINITY, |a, b| a.max(b.f64()));
+    if max == f64::NEG_INFINITY {
+        return max;
+    }
+    max + xr.iter().map(|v| (v.f64() - max).exp()).sum::<f64>().ln()
+}
+
+/// dx[r, j] = dlse[r] exp(x[r, j] - lse[r]): the row's softmax scaled by its gradient.
+pub fn logsumexp_bwd<T: Real>(x: &[T], lse: &[T], dlse: &[T], dx: &mut [T], c: usize) {
+    dx.par_chunks_mut(c).zip(x.par_chunks(c)).enumerate().for_each(|(r, (dxr, xr))| {
+        let (l, g) = (lse[r].f64(), dlse[r].f64());
+        for (o, v) in dxr.iter_mut().zip(xr) {
+            *o = T::c(g * (v.f64() - l).exp());
+        }
+    });
+}
+
 pub fn softmax_bwd<T: Real>(y: &[T], dy: &[T], dx: &mut [T], c: usize) {
     dx.par_chunks_mut(c).zip(y.par_chunks(c).zip(dy.par_chunks(c))).for_each(|(dxr, (yr, dyr))| {
         let dot: T = yr.iter().zip(dyr).map(|(&a, &b)| a * b).sum();

@@ -24,6 +24,12 @@ fn unary_name(op: Unary, bwd: bool) -> &'static str {
         (Unary::Relu, true) => "relu_bwd_f32",
         (Unary::Gelu, false) => "gelu_fwd_f32",
         (Unary::Gelu, true) => "gelu_bwd_f32",
+        (Unary::Exp, false) => "exp_fwd_f32",
+        (Unary::Exp, true) => "exp_bwd_f32",
+        (Unary::Log, false) => "log_fwd_f32",
+        (Unary::Log, true) => "log_bwd_f32",
+        (Unary::Sqrt, false) => "sqrt_fwd_f32",
+        (Unary::Sqrt, true) => "sqrt_bwd_f32",
     }
 }
 
@@ -47,6 +53,8 @@ pub(super) fn binary(
     let name = match op {
         Binary::Add => "add_fwd_f32",
         Binary::Mul => "mul_fwd_f32",
+        Binary::Sub => "sub_fwd_f32",
+        Binary::Div => "div_fwd_f32",
     };
     if b_len == 0 {
         return Ok(()); // ops.rs allows an empty b only with an empty a

@@ -327,6 +327,12 @@ impl Backend for CudaBackend {
     fn softmax_bwd(&self, y: &CudaStorage, dy: &CudaStorage, dx: &CudaStorage, d: &NormDims) -> Result<()> {
         norm::softmax(self, "softmax_bwd_f32", y, Some(dy), dx, d)
     }
+    fn logsumexp_fwd(&self, x: &CudaStorage, lse: &CudaStorage, d: &NormDims) -> Result<()> {
+        norm::logsumexp_fwd(self, x, lse, d)
+    }
+    fn logsumexp_bwd(&self, x: &CudaStorage, lse: &CudaStorage, dlse: &CudaStorage, dx: &CudaStorage, d: &NormDims) -> Result<()> {
+        norm::logsumexp_bwd(self, x, lse, dlse, dx, d)
+    }
 
     fn attention_fwd(
         &self,

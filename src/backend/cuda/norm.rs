@@ -247,6 +247,30 @@ pub(super) fn layernorm_bwd(
     )
 }
 
+/// logsumexp_fwd_f32: one warp per row.
+pub(super) fn logsumexp_fwd(b: &CudaBackend, x: &CudaStorage, lse: &CudaStorage, d: &NormDims) -> Result<()> {
+    if d.rows * d.channels == 0 {
+        return Ok(());
+    }
+    let (rows, c) = (i32a(OP, d.rows)?, i32a(OP, d.channels)?);
+    b.launch("logsumexp_fwd_f32", warp_rows_grid(d.rows), (THREADS, 1, 1), &[ptr(x), ptr(lse), rows, c])
+}
+
+pub(super) fn logsumexp_bwd(
+    b: &CudaBackend,
+    x: &CudaStorage,
+    lse: &CudaStorage,
+    dlse: &CudaStorage,
+    dx: &CudaStorage,
+    d: &NormDims,
+) -> Result<()> {
+    if d.rows * d.channels == 0 {
+        return Ok(());
+    }
+    let (rows, c) = (i32a(OP, d.rows)?, i32a(OP, d.channels)?);
+    b.launch("logsumexp_bwd_f32", warp_rows_grid(d.rows), (THREADS, 1, 1), &[ptr(x), ptr(lse), ptr(dlse), ptr(dx), rows, c])
+}
+
 /// softmax_fwd_f32 (x, -, y) or softmax_bwd_f32 (y, dy, dx).
 pub(super) fn softmax(
     b: &CudaBackend,

@@ -29,6 +29,9 @@ fn unary_code(op: Unary) -> u32 {
     match op {
         Unary::Relu => 0,
         Unary::Gelu => 1,
+        Unary::Exp => 2,
+        Unary::Log => 3,
+        Unary::Sqrt => 4,
     }
 }
 
@@ -46,6 +49,8 @@ pub fn binary(ctx: &Context, op: Binary, a: &WgpuStorage, b: &WgpuStorage, out: 
     let code = match op {
         Binary::Add => 0,
         Binary::Mul => 1,
+        Binary::Sub => 2,
+        Binary::Div => 3,
     };
     let k = kernel("binary", FAMILY, "binary_f32");
     ctx.launch(k, params(n, b_len.max(1), code, 0.0), &[r(1, a.buf()), r(2, b.buf()), w(3, out.buf())], ctx.grid1(n))

@@ -251,6 +251,12 @@ impl Backend for WgpuBackend {
     ) -> Result<()> {
         norm::layernorm_bwd(self, x, dy, gamma, save_mean, save_rstd, dx, dgamma, dbeta, d)
     }
+    fn logsumexp_fwd(&self, x: &WgpuStorage, lse: &WgpuStorage, d: &NormDims) -> Result<()> {
+        norm::logsumexp_fwd(&self.ctx, x, lse, d)
+    }
+    fn logsumexp_bwd(&self, x: &WgpuStorage, lse: &WgpuStorage, dlse: &WgpuStorage, dx: &WgpuStorage, d: &NormDims) -> Result<()> {
+        norm::logsumexp_bwd(&self.ctx, x, lse, dlse, dx, d)
+    }
     fn softmax_fwd(&self, x: &WgpuStorage, y: &WgpuStorage, d: &NormDims) -> Result<()> {
         norm::softmax_fwd(&self.ctx, x, y, d)
     }

@@ -1,4 +1,4 @@
-//! Batch norm, layer norm and softmax (shaders/norm.wgsl). Column statistics are reduced in
+//! Batch norm, layer norm, log-sum-exp and softmax (shaders/norm.wgsl). Column statistics are reduced in
 //! two fixed-order stages (per split of rows, then over splits); batch statistics use two
 //! passes (mean, then squared deviations), like the CPU reference.
 
@@ -188,6 +188,16 @@ pub fn layernorm_bwd(
     let binds = [r(1, x.buf()), r(2, dy.buf()), r(3, mean.buf()), r(4, rstd.buf()), w(8, part.buf())];
     ctx.launch(k("col_ln_bwd_f32"), p(), &binds, ctx.grid1(nsplit * c))?;
     ctx.launch(k("col_pair_sum_f32"), p(), &[r(7, part.buf()), w(8, dgamma.buf()), w(9, dbeta.buf())], ctx.grid1(c))
+}
+
+pub fn logsumexp_fwd(ctx: &Context, x: &WgpuStorage, lse: &WgpuStorage, d: &NormDims) -> Result<()> {
+    let k = kernel("logsumexp", FAMILY, "logsumexp_fwd_f32");
+    ctx.launch(k, params(d, 0, 1, 1, 0.0), &[r(1, x.buf()), w(8, lse.buf())], grid(d.rows, 1))
+}
+
+pub fn logsumexp_bwd(ctx: &Context, x: &WgpuStorage, lse: &WgpuStorage, dlse: &WgpuStorage, dx: &WgpuStorage, d: &NormDims) -> Result<()> {
+    let k = kernel("logsumexp_bwd", FAMILY, "logsumexp_bwd_f32");
+    ctx.launch(k, params(d, 0, 1, 1, 0.0), &[r(1, x.buf()), r(2, dlse.buf()), r(3, lse.buf()), w(8, dx.buf())], grid(d.rows, 1))
 }
 
 pub fn softmax_fwd(ctx: &Context, x: &WgpuStorage, y: &WgpuStorage, d: &NormDims) -> Result<()> {
