@@ -28,6 +28,8 @@ use crate::tensor::Tensor;
 const FORMAT: &str = "ssl-engine-checkpoint";
 /// Optimiser state is saved as `optimizer.<kind>.<parameter name>` (SGD and LARS: `momentum`).
 const OPTIMIZER: &str = "optimizer.";
+/// A method's own state (queues, centres) is saved as `method.<name>`.
+const METHOD: &str = "method.";
 
 /// The training loop's position, saved with the weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -115,7 +117,13 @@ fn torch_record<B: Backend>(ps: &ParamStore<B>, id: ParamId, name: String, non_f
 /// Saves weights, buffers, momentum and the loop state. A non-finite value anywhere is
 /// `Error::NonFinite` naming the tensor (a finite loss can hide overflowed BN statistics), and
 /// nothing is written.
-pub fn save_checkpoint<B: Backend>(path: &Path, ps: &ParamStore<B>, opt: &dyn Optimizer<B>, state: &TrainState) -> Result<()> {
+pub fn save_checkpoint<B: Backend>(
+    path: &Path,
+    ps: &ParamStore<B>,
+    opt: &dyn Optimizer<B>,
+    method_state: &[(String, Tensor<B>)],
+    state: &TrainState,
+) -> Result<()> {
     let non_finite = |what: String| Error::NonFinite { what, epoch: state.epoch, step: state.step_in_epoch };
     let mut records = Vec::new();
     for id in ps.ids() {
@@ -129,6 +137,13 @@ pub fn save_checkpoint<B: Backend>(path: &Path, ps: &ParamStore<B>, opt: &dyn Op
             return Err(non_finite(format!("{kind} of {}", e.name)));
         }
         records.push((format!("{OPTIMIZER}{kind}.{}", e.name), shape, f32_bytes(&vals), Dtype::F32));
+    }
+    for (name, t) in method_state {
+        let vals = t.to_f32()?;
+        if vals.iter().any(|v| !v.is_finite()) {
+            return Err(non_finite(format!("method state {name}")));
+        }
+        records.push((format!("{METHOD}{name}"), t.shape().to_vec(), f32_bytes(&vals), Dtype::F32));
     }
     let mut meta = HashMap::new();
     meta.insert("format".into(), FORMAT.into());
@@ -220,6 +235,17 @@ impl WeightFile {
             }
         }
         Ok(())
+    }
+
+    /// The method state saved by `save_checkpoint`, by name, on backend `b`.
+    pub fn method_state<B: Backend>(&self, b: &B) -> Result<HashMap<String, Tensor<B>>> {
+        let mut out = HashMap::new();
+        for (key, (shape, vals)) in &self.tensors {
+            if let Some(name) = key.strip_prefix(METHOD) {
+                out.insert(name.to_string(), Tensor::from_f32(b, vals, shape, crate::tensor::DType::F32)?);
+            }
+        }
+        Ok(out)
     }
 
     /// The backbone's tensor-name prefix in this file: "backbone." for our checkpoints, "" for

@@ -10,7 +10,14 @@ use crate::eval::linear::LinearProbeConfig;
 use crate::eval::summary::ReportConfig;
 use crate::models::BackboneConfig;
 use crate::optim::{LarsConfig, OptimizerKind};
+use crate::ssl::barlow::BarlowConfig;
 use crate::ssl::byol::ByolConfig;
+use crate::ssl::dino::DinoConfig;
+use crate::ssl::mocov2plus::MocoV2PlusConfig;
+use crate::ssl::mocov3::MocoV3Config;
+use crate::ssl::supcon::SupConConfig;
+use crate::ssl::swav::SwavConfig;
+use crate::ssl::vicreg::VicregConfig;
 use crate::ssl::simclr::SimClrConfig;
 use crate::ssl::simsiam::SimSiamConfig;
 
@@ -40,6 +47,13 @@ pub struct Config {
     pub simsiam: SimSiamConfig,
     pub simclr: SimClrConfig,
     pub byol: ByolConfig,
+    pub supcon: SupConConfig,
+    pub swav: SwavConfig,
+    pub mocov2plus: MocoV2PlusConfig,
+    pub mocov3: MocoV3Config,
+    pub dino: DinoConfig,
+    pub barlow: BarlowConfig,
+    pub vicreg: VicregConfig,
     pub optim: OptimConfig,
     pub monitor: MonitorConfig,
     pub checkpoint: CheckpointConfig,
@@ -66,6 +80,13 @@ impl Default for Config {
             simsiam: SimSiamConfig::default(),
             simclr: SimClrConfig::default(),
             byol: ByolConfig::default(),
+            supcon: SupConConfig::default(),
+            swav: SwavConfig::default(),
+            mocov2plus: MocoV2PlusConfig::default(),
+            mocov3: MocoV3Config::default(),
+            dino: DinoConfig::default(),
+            barlow: BarlowConfig::default(),
+            vicreg: VicregConfig::default(),
             optim: OptimConfig::default(),
             monitor: MonitorConfig::default(),
             checkpoint: CheckpointConfig::default(),

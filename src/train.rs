@@ -144,10 +144,17 @@ fn first_non_finite<B: Backend>(ps: &ParamStore<B>) -> Option<String> {
 
 /// Turns a stop request into a saved state: `Error::Interrupted` becomes "state saved to
 /// <out>/last.safetensors" after saving the last completed step; any other error passes through.
-fn save_on_interrupt<B: Backend>(e: Error, cfg: &Config, ps: &ParamStore<B>, opt: &dyn Optimizer<B>, state: &TrainState) -> Error {
+fn save_on_interrupt<B: Backend>(
+    e: Error,
+    cfg: &Config,
+    ps: &ParamStore<B>,
+    opt: &dyn Optimizer<B>,
+    method: &dyn Method<B>,
+    state: &TrainState,
+) -> Error {
     let Error::Interrupted(what) = e else { return e };
     let path = cfg.out.join("last.safetensors");
-    match save_checkpoint(&path, ps, opt, state) {
+    match save_checkpoint(&path, ps, opt, &method.state(), state) {
         Ok(()) => Error::Interrupted(format!(
             "state saved to {} at epoch {}, step {} (stopped {what})",
             path.display(),
@@ -275,6 +282,7 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
     if let Some((path, wf, saved)) = resume_from {
         wf.load_into(&mut ps, "", "")?;
         wf.load_optimizer_state(&ps, opt.as_mut())?;
+        method.load_state(&wf.method_state(b)?)?;
         state = TrainState { config: cfg.to_toml(), ..saved };
         say(format!("resumed from {} at epoch {}, step {}", path.display(), state.epoch, state.step_in_epoch));
         log.write(json!({"type": "resume", "from": path.display().to_string(), "epoch": state.epoch, "global_step": state.global_step}))?;
@@ -285,7 +293,7 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
         && let Some(test) = &test_set
     {
         let acc = knn_monitor(method.as_ref(), &ps, &train_set, test, cfg, show_progress)
-            .map_err(|e| save_on_interrupt(e, cfg, &ps, opt.as_ref(), &state))?;
+            .map_err(|e| save_on_interrupt(e, cfg, &ps, opt.as_ref(), method.as_ref(), &state))?;
         say(format!("kNN top-1 of the randomly initialised backbone: {:.2}%", acc * 100.0));
         summary.knn_init = Some(acc);
         log.write(json!({"type": "knn", "epoch": 0, "knn_top1": acc, "init": true}))?;
@@ -320,7 +328,7 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
         for batch in loader.epoch(epoch, state.step_in_epoch) {
             if interrupt.load(Ordering::SeqCst) || crate::interrupt::requested() {
                 bar.abandon();
-                return Err(save_on_interrupt(Error::Interrupted("between steps".into()), cfg, &ps, opt.as_ref(), &state));
+                return Err(save_on_interrupt(Error::Interrupted("between steps".into()), cfg, &ps, opt.as_ref(), method.as_ref(), &state));
             }
             if cfg.max_steps.is_some_and(|m| state.global_step >= m) {
                 break;
@@ -343,6 +351,7 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
             // Batch-norm statistics move in the forward pass: keep them, to undo a skipped step.
             let stats = if cfg.skip_nonfinite > 0 { Some(buffer_snapshot(&ps)?) } else { None };
             let info = StepInfo { step: state.global_step, total_steps, epoch, steps_per_epoch: per_epoch };
+            method.begin_step(&info)?;
             let hyper = |id: ParamId| {
                 let l = if policies[id.0] == LrPolicy::Fixed { peak } else { lr };
                 (l as f32, cfg.optim.weight_decay)
@@ -423,7 +432,7 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
         let mut knn_acc = None;
         if knn_due && let Some(test) = &test_set {
             let acc = knn_monitor(method.as_ref(), &ps, &train_set, test, cfg, show_progress)
-                .map_err(|e| save_on_interrupt(e, cfg, &ps, opt.as_ref(), &state))?;
+                .map_err(|e| save_on_interrupt(e, cfg, &ps, opt.as_ref(), method.as_ref(), &state))?;
             knn_acc = Some(acc);
             summary.knn_final = Some(acc);
         }
@@ -445,9 +454,9 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
         }
         let stop = cfg.max_steps.is_some_and(|m| state.global_step >= m);
         // Saving also checks every tensor: a finite loss can hide overflowed BN statistics.
-        save_checkpoint(&cfg.out.join("last.safetensors"), &ps, opt.as_ref(), &state)?;
+        save_checkpoint(&cfg.out.join("last.safetensors"), &ps, opt.as_ref(), &method.state(), &state)?;
         if finished_epoch && cfg.checkpoint.every > 0 && state.epoch.is_multiple_of(cfg.checkpoint.every) {
-            save_checkpoint(&cfg.out.join(format!("epoch-{:04}.safetensors", state.epoch)), &ps, opt.as_ref(), &state)?;
+            save_checkpoint(&cfg.out.join(format!("epoch-{:04}.safetensors", state.epoch)), &ps, opt.as_ref(), &method.state(), &state)?;
             prune_checkpoints(&cfg.out, cfg.checkpoint.keep);
         }
         let _ = crate::plot::plot_run(&cfg.out);

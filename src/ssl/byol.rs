@@ -5,26 +5,23 @@
 //! with tau rising from `base_tau` to `final_tau` on a cosine over the run (solo-learn's
 //! MomentumUpdater). Loss: (2 - 2 cos(p2, z1')) + (2 - 2 cos(p1, z2')), means over the batch.
 //! The views are asymmetric: solarisation probability per view (`solarize`, 0.0 and 0.2).
-//! The momentum network lives in the parameter store, so checkpoints carry it and a resumed run
-//! continues it bit for bit.
+//! The momentum network is kept by `momentum::MomentumPairs`.
 
 use serde::{Deserialize, Serialize};
 
-use super::heads::{Head, LayerSpec};
+use super::heads::{Act, Head, LayerSpec};
+use super::momentum::{MOMENTUM, MomentumPairs, check_taus, tau_at};
 use super::{Method, StepInfo, StepOutput};
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
 use crate::data::{AugmentConfig, ViewSpec};
 use crate::error::{Error, Result};
 use crate::models::{Backbone, BackboneConfig};
-use crate::nn::{Ctx, Kind, ParamId, ParamStore};
-use crate::ops;
+use crate::nn::{Ctx, ParamStore};
 use crate::tensor::{DType, Tensor};
 
 /// F.cosine_similarity's eps.
 const COS_EPS: f32 = 1e-8;
-/// The momentum network's name prefix.
-const MOMENTUM: &str = "momentum_";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -54,14 +51,7 @@ pub struct Byol {
     predictor: Head,
     momentum_backbone: Backbone,
     momentum_projector: Head,
-    /// (momentum parameter, online parameter) pairs, in store order.
-    pairs: Vec<(ParamId, ParamId)>,
-}
-
-/// solo-learn's MomentumUpdater.update_tau: tau after `step` of `total` steps.
-pub fn tau_at(base: f64, final_tau: f64, step: usize, total: usize) -> f64 {
-    let progress = step as f64 / total.max(1) as f64;
-    final_tau - (final_tau - base) * ((std::f64::consts::PI * progress).cos() + 1.0) / 2.0
+    pairs: MomentumPairs,
 }
 
 /// BYOL's loss over two views: byol_loss_func(p2, z1') + byol_loss_func(p1, z2'), with
@@ -79,40 +69,25 @@ impl Byol {
     /// Registers the online `backbone.*`, `projector.*`, `predictor.*` and the momentum copies
     /// `momentum_backbone.*`, `momentum_projector.*` (frozen, equal to the online weights).
     pub fn new<B: Backend>(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &ByolConfig) -> Result<Self> {
-        let taus_ok = (0.0..=1.0).contains(&cfg.base_tau) && (0.0..=1.0).contains(&cfg.final_tau);
-        if cfg.proj_dim == 0 || cfg.proj_hidden == 0 || cfg.pred_hidden == 0 || !taus_ok || cfg.solarize.iter().any(|p| !(0.0..=1.0).contains(p)) {
-            return Err(Error::Config(format!(
-                "byol: widths must be positive, base_tau and final_tau in [0, 1], solarize probabilities in [0, 1] (got {cfg:?})"
-            )));
+        check_taus("byol", cfg.base_tau, cfg.final_tau)?;
+        if cfg.proj_dim == 0 || cfg.proj_hidden == 0 || cfg.pred_hidden == 0 || cfg.solarize.iter().any(|p| !(0.0..=1.0).contains(p)) {
+            return Err(Error::Config(format!("byol: widths must be positive and solarize probabilities in [0, 1] (got {cfg:?})")));
         }
         // Linear -> BN -> ReLU -> Linear, with biases (solo-learn's nn.Sequential).
         let mlp = |out| [
-            LayerSpec { out: cfg.proj_hidden, bias: true, bn: Some(true), relu: true },
-            LayerSpec { out, bias: true, bn: None, relu: false },
+            LayerSpec { out: cfg.proj_hidden, bias: true, bn: Some(true), act: Act::Relu },
+            LayerSpec { out, bias: true, bn: None, act: Act::None },
         ];
         let online = backbone.build(ps, "backbone")?;
         let projector = Head::new(ps, "projector", online.feature_dim(), &mlp(cfg.proj_dim))?;
         let pred = [
-            LayerSpec { out: cfg.pred_hidden, bias: true, bn: Some(true), relu: true },
-            LayerSpec { out: cfg.proj_dim, bias: true, bn: None, relu: false },
+            LayerSpec { out: cfg.pred_hidden, bias: true, bn: Some(true), act: Act::Relu },
+            LayerSpec { out: cfg.proj_dim, bias: true, bn: None, act: Act::None },
         ];
         let predictor = Head::new(ps, "predictor", cfg.proj_dim, &pred)?;
         let momentum_backbone = backbone.build(ps, &format!("{MOMENTUM}backbone"))?;
         let momentum_projector = Head::new(ps, &format!("{MOMENTUM}projector"), online.feature_dim(), &mlp(cfg.proj_dim))?;
-        // Pair every momentum parameter with its online twin and start it as a copy.
-        let mut pairs = Vec::new();
-        for id in ps.ids().collect::<Vec<_>>() {
-            let e = ps.entry(id);
-            if e.kind != Kind::Param || !e.name.starts_with(MOMENTUM) {
-                continue;
-            }
-            let twin = &e.name[MOMENTUM.len()..];
-            let online_id = ps.find(twin).ok_or_else(|| Error::Invalid { op: "byol", msg: format!("no online twin for {}", e.name) })?;
-            let (v, s) = ps.to_torch(online_id)?;
-            ps.set_from_torch(id, &v, &s)?;
-            pairs.push((id, online_id));
-        }
-        ps.set_trainable(MOMENTUM, false);
+        let pairs = MomentumPairs::copy_and_freeze(ps, "byol")?;
         Ok(Byol { cfg: cfg.clone(), backbone: online, projector, predictor, momentum_backbone, momentum_projector, pairs })
     }
 }
@@ -149,8 +124,6 @@ impl<B: Backend> Method<B> for Byol {
 
     /// The EMA of the momentum network, every parameter in one fused update.
     fn after_step(&mut self, ps: &mut ParamStore<B>, info: &StepInfo) -> Result<()> {
-        let tau = tau_at(self.cfg.base_tau, self.cfg.final_tau, info.step, info.total_steps);
-        let pairs: Vec<(&Tensor<B>, &Tensor<B>)> = self.pairs.iter().map(|(m, o)| (ps.get(*m), ps.get(*o))).collect();
-        ops::ema_update(&pairs, tau as f32)
+        self.pairs.update(ps, tau_at(self.cfg.base_tau, self.cfg.final_tau, info.step, info.total_steps))
     }
 }

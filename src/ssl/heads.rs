@@ -9,17 +9,27 @@ use crate::nn::{BatchNorm, Ctx, Linear, ParamStore};
 pub enum Layer {
     Linear(Linear),
     BatchNorm(BatchNorm),
-    Relu,
+    Act(Act),
 }
 
-/// One step of a head: a linear layer, optionally followed by BN (affine or not) and ReLU.
+/// A head layer's activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    None,
+    Relu,
+    /// DINO's head.
+    Gelu,
+}
+
+/// One step of a head: a linear layer, optionally followed by BN (affine or not) and an
+/// activation.
 #[derive(Clone, Copy, Debug)]
 pub struct LayerSpec {
     pub out: usize,
     pub bias: bool,
     /// None: no BN; Some(affine).
     pub bn: Option<bool>,
-    pub relu: bool,
+    pub act: Act,
 }
 
 pub struct Head {
@@ -38,8 +48,8 @@ impl Head {
                 let i = layers.len();
                 layers.push(Layer::BatchNorm(BatchNorm::new(ps, &format!("{prefix}.{i}"), s.out, affine, 1.0)?));
             }
-            if s.relu {
-                layers.push(Layer::Relu);
+            if s.act != Act::None {
+                layers.push(Layer::Act(s.act));
             }
             dim = s.out;
         }
@@ -52,7 +62,9 @@ impl Head {
             h = match l {
                 Layer::Linear(lin) => lin.forward(cx, &h)?,
                 Layer::BatchNorm(bn) => bn.forward(cx, &h)?,
-                Layer::Relu => cx.tape.relu(&h)?,
+                Layer::Act(Act::Relu) => cx.tape.relu(&h)?,
+                Layer::Act(Act::Gelu) => cx.tape.gelu(&h)?,
+                Layer::Act(Act::None) => h,
             };
         }
         Ok(h)

@@ -2,12 +2,29 @@
 //! registry (`METHODS`, `build`): a method owns its heads (registered in the same parameter
 //! store as the backbone), says which views it needs, computes its loss from them, and may hook
 //! in before the optimiser step (edit gradients) and after it (an EMA target, a queue). A new
-//! method is a file here, a line in `METHODS` and `build`, and its own `[<name>]` config table.
+//! method is a file here, a line in `METHODS` and `build`, and its own `[<name>]` config table;
+//! or, from outside the crate, one call to `register`.
 
+pub mod barlow;
 pub mod byol;
+pub mod dino;
 pub mod heads;
+pub mod losses;
+pub mod mocov2plus;
+pub mod mocov3;
+pub mod momentum;
+pub mod queue;
 pub mod simclr;
 pub mod simsiam;
+pub mod supcon;
+pub mod swav;
+pub mod vicreg;
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
 
 use crate::autograd::Var;
 use crate::backend::Backend;
@@ -22,17 +39,46 @@ use crate::tensor::Tensor;
 pub const METHODS: &[(&str, &str)] = &[
     ("simsiam", "SimSiam: projector + predictor, symmetric negative cosine with stop-gradient"),
     ("simclr", "SimCLR: projector, NT-Xent over the 2N views of a batch"),
+    ("supcon", "SupCon: SimCLR whose positives are every other view of the same label (uses labels)"),
     ("byol", "BYOL: online projector + predictor against an EMA momentum network, asymmetric views"),
+    ("swav", "SwAV: swapped prediction of Sinkhorn-Knopp assignments to learned prototypes, queue"),
+    ("mocov2plus", "MoCo v2+: InfoNCE against a momentum encoder's keys and a queue of past keys per view"),
+    ("mocov3", "MoCo v3: predictor + momentum encoder, InfoNCE over the batch, no queue"),
+    ("dino", "DINO: self-distillation from an EMA teacher with centring and sharpening"),
+    ("barlow", "Barlow Twins: the cross-correlation of the two views' embeddings pushed to identity"),
+    ("vicreg", "VICReg: invariance, variance and covariance terms"),
 ];
 
-/// Whether `name` is a registered method.
-pub fn is_method(name: &str) -> bool {
-    METHODS.iter().any(|(n, _)| *n == name)
+/// How `register` builds a method on backend B.
+pub type Builder<B> = fn(&Config, &mut ParamStore<B>, &BackboneConfig) -> Result<Box<dyn Method<B>>>;
+
+/// Methods registered at run time: (name, builder as `Builder<B>` for some backend B).
+static REGISTERED: Mutex<Vec<(&'static str, Box<dyn Any + Send>)>> = Mutex::new(Vec::new());
+
+/// Registers a method defined outside this module (another crate, a test): `method = "<name>"`
+/// then trains it on backend B with the unchanged loop. Its settings come from the shared
+/// config (it has no table of its own).
+pub fn register<B: Backend>(name: &'static str, build: Builder<B>) {
+    let mut reg = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
+    reg.retain(|(n, b)| !(*n == name && b.is::<Builder<B>>()));
+    reg.push((name, Box::new(build)));
 }
 
-/// The registered method names, for messages.
+fn registered<B: Backend>(name: &str) -> Option<Builder<B>> {
+    let reg = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
+    reg.iter().rev().find(|(n, _)| *n == name).and_then(|(_, b)| b.downcast_ref::<Builder<B>>().copied())
+}
+
+/// Whether `name` is a built-in or registered method.
+pub fn is_method(name: &str) -> bool {
+    METHODS.iter().any(|(n, _)| *n == name) || REGISTERED.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|(n, _)| *n == name)
+}
+
+/// The method names, for messages.
 pub fn method_names() -> String {
-    METHODS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    let mut names: Vec<&str> = METHODS.iter().map(|(n, _)| *n).collect();
+    names.extend(REGISTERED.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(n, _)| *n));
+    names.join(", ")
 }
 
 /// Builds the method `cfg.method` names from its config table, its heads registered in `ps`
@@ -41,8 +87,18 @@ pub fn build<B: Backend>(cfg: &Config, ps: &mut ParamStore<B>, backbone: &Backbo
     Ok(match cfg.method.as_str() {
         "simsiam" => Box::new(simsiam::SimSiam::new(ps, backbone, &cfg.simsiam)?),
         "simclr" => Box::new(simclr::SimClr::new(ps, backbone, &cfg.simclr)?),
+        "supcon" => Box::new(supcon::SupCon::new(ps, backbone, &cfg.supcon)?),
         "byol" => Box::new(byol::Byol::new(ps, backbone, &cfg.byol)?),
-        m => return Err(Error::Config(format!("method: unknown {m:?}; available: {}", method_names()))),
+        "swav" => Box::new(swav::Swav::new(ps, backbone, &cfg.swav)?),
+        "mocov2plus" => Box::new(mocov2plus::MocoV2Plus::new(ps, backbone, &cfg.mocov2plus, cfg.seed)?),
+        "mocov3" => Box::new(mocov3::MocoV3::new(ps, backbone, &cfg.mocov3)?),
+        "dino" => Box::new(dino::Dino::new(ps, backbone, &cfg.dino, cfg.seed)?),
+        "barlow" => Box::new(barlow::Barlow::new(ps, backbone, &cfg.barlow)?),
+        "vicreg" => Box::new(vicreg::Vicreg::new(ps, backbone, &cfg.vicreg)?),
+        m => match registered::<B>(m) {
+            Some(build) => build(cfg, ps, backbone)?,
+            None => return Err(Error::Config(format!("method: unknown {m:?}; available: {}", method_names()))),
+        },
     })
 }
 
@@ -62,6 +118,12 @@ pub trait Method<B: Backend> {
         vec![ViewSpec { augment: recipe.clone(), size }; 2]
     }
     fn backbone(&self) -> &Backbone;
+    /// Runs before each step's forward pass (SwAV's queue and DINO's teacher temperature
+    /// depend on the epoch).
+    fn begin_step(&mut self, info: &StepInfo) -> Result<()> {
+        let _ = info;
+        Ok(())
+    }
     /// The loss of one batch; `views[v]` is [batch, h, w, 3]; labels for supervised variants.
     fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], labels: Option<&Tensor<B>>) -> Result<StepOutput<B>>;
     /// Learning-rate multiplier and whether the schedule decays it, per parameter
@@ -80,6 +142,67 @@ pub trait Method<B: Backend> {
     fn after_step(&mut self, ps: &mut ParamStore<B>, info: &StepInfo) -> Result<()> {
         let _ = (ps, info);
         Ok(())
+    }
+    /// Tensors the method keeps outside the parameter store (queues, centres, their
+    /// positions), by name, for the checkpoint. Momentum networks live in the store instead.
+    fn state(&self) -> Vec<(String, Tensor<B>)> {
+        Vec::new()
+    }
+    /// Restores `state()` from a checkpoint; `saved` maps each saved name to its tensor.
+    fn load_state(&mut self, saved: &HashMap<String, Tensor<B>>) -> Result<()> {
+        let _ = saved;
+        Ok(())
+    }
+}
+
+/// The saved state tensor `name` with `shape`, or an error naming what is missing or wrong.
+pub fn saved_state<B: Backend>(saved: &HashMap<String, Tensor<B>>, method: &str, name: &str, shape: &[usize]) -> Result<Tensor<B>> {
+    let t = saved.get(name).ok_or_else(|| {
+        Error::Config(format!("the checkpoint has no {method} state {name:?}: written by another method or version"))
+    })?;
+    if t.shape() != shape {
+        return Err(Error::Config(format!(
+            "the checkpoint's {method} state {name:?} has shape {:?}, the config asks for {shape:?}",
+            t.shape()
+        )));
+    }
+    Ok(t.clone())
+}
+
+/// SwAV's and DINO's multi-crop: the two large crops, plus `small_crops` crops of
+/// `small_size` pixels cut from `small_crop_scale` of the image (the large crops keep the
+/// recipe's scale and the run's image size).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MultiCrop {
+    pub small_crops: usize,
+    pub small_size: usize,
+    pub small_crop_scale: (f32, f32),
+}
+
+impl Default for MultiCrop {
+    /// No small crops (solo-learn's CIFAR recipes); when asked for, 16-pixel crops of 5-40%.
+    fn default() -> Self {
+        MultiCrop { small_crops: 0, small_size: 16, small_crop_scale: (0.05, 0.4) }
+    }
+}
+
+impl MultiCrop {
+    pub fn check(&self, method: &str) -> Result<()> {
+        let (lo, hi) = self.small_crop_scale;
+        if self.small_crops > 0 && (self.small_size == 0 || !(0.0 < lo && lo <= hi && hi <= 1.0)) {
+            return Err(Error::Config(format!(
+                "{method}.multicrop: small_size must be positive and 0 < small_crop_scale[0] <= small_crop_scale[1] <= 1 (got {self:?})"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn views(&self, recipe: &AugmentConfig, size: usize) -> Vec<ViewSpec> {
+        let mut v = vec![ViewSpec { augment: recipe.clone(), size }; 2];
+        let small = AugmentConfig { crop_scale: self.small_crop_scale, ..recipe.clone() };
+        v.extend(std::iter::repeat_n(ViewSpec { augment: small, size: self.small_size }, self.small_crops));
+        v
     }
 }
 

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::heads::{Head, LayerSpec};
+use super::heads::{Act, Head, LayerSpec};
 use super::{Method, StepOutput};
 use crate::autograd::Var;
 use crate::backend::Backend;
@@ -17,10 +17,10 @@ use crate::nn::{Ctx, ParamStore};
 use crate::tensor::{DType, Tensor};
 
 /// F.normalize's eps.
-const NORM_EPS: f32 = 1e-12;
+pub(super) const NORM_EPS: f32 = 1e-12;
 /// Added to a view's similarity with itself: exp of it is exactly 0 in f32, so the diagonal
 /// drops out of the log-sum-exp as solo-learn's mask removes it.
-const SELF_MASK: f32 = -1e9;
+pub(super) const SELF_MASK: f32 = -1e9;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -40,7 +40,7 @@ impl Default for SimClrConfig {
 
 pub struct SimClr {
     cfg: SimClrConfig,
-    backbone: Backbone,
+    pub(super) backbone: Backbone,
     projector: Head,
 }
 
@@ -55,11 +55,21 @@ impl SimClr {
         }
         let backbone = backbone.build(ps, "backbone")?;
         let proj = [
-            LayerSpec { out: cfg.proj_hidden, bias: true, bn: Some(true), relu: true },
-            LayerSpec { out: cfg.proj_dim, bias: true, bn: None, relu: false },
+            LayerSpec { out: cfg.proj_hidden, bias: true, bn: Some(true), act: Act::Relu },
+            LayerSpec { out: cfg.proj_dim, bias: true, bn: None, act: Act::None },
         ];
         let projector = Head::new(ps, "projector", backbone.feature_dim(), &proj)?;
         Ok(SimClr { cfg: cfg.clone(), backbone, projector })
+    }
+}
+
+impl SimClr {
+    /// The projections z of every view, each view through the network on its own.
+    pub(super) fn project<B: Backend>(&self, cx: &Ctx<B>, views: &[Var<B>], method: &'static str) -> Result<Vec<Var<B>>> {
+        if views.len() != 2 {
+            return Err(Error::Invalid { op: method, msg: format!("needs 2 views, got {}", views.len()) });
+        }
+        views.iter().map(|x| self.projector.forward(cx, &self.backbone.forward(cx, x)?)).collect()
     }
 }
 
@@ -91,10 +101,7 @@ impl<B: Backend> Method<B> for SimClr {
     }
 
     fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
-        if views.len() != 2 {
-            return Err(Error::Invalid { op: "simclr", msg: format!("needs 2 views, got {}", views.len()) });
-        }
-        let zs = views.iter().map(|x| self.projector.forward(cx, &self.backbone.forward(cx, x)?)).collect::<Result<Vec<_>>>()?;
+        let zs = self.project(cx, views, "simclr")?;
         let loss = nt_xent(cx, &zs, self.cfg.temperature)?;
         Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })
     }

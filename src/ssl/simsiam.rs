@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::heads::{Head, LayerSpec};
+use super::heads::{Act, Head, LayerSpec};
 use super::{LrPolicy, Method, StepOutput};
 use crate::autograd::Var;
 use crate::backend::Backend;
@@ -67,15 +67,15 @@ impl SimSiam {
         for i in 0..cfg.proj_layers {
             let last = i + 1 == cfg.proj_layers;
             let out = if last { cfg.proj_dim } else { cfg.proj_hidden };
-            proj.push(LayerSpec { out, bias: false, bn: Some(!last), relu: !last });
+            proj.push(LayerSpec { out, bias: false, bn: Some(!last), act: if last { Act::None } else { Act::Relu } });
         }
         let projector = Head::new(ps, "projector", backbone.feature_dim(), &proj)?;
         let predictor = if cfg.no_predictor {
             None
         } else {
             let pred = [
-                LayerSpec { out: cfg.pred_hidden, bias: false, bn: Some(true), relu: true },
-                LayerSpec { out: cfg.proj_dim, bias: true, bn: None, relu: false },
+                LayerSpec { out: cfg.pred_hidden, bias: false, bn: Some(true), act: Act::Relu },
+                LayerSpec { out: cfg.proj_dim, bias: true, bn: None, act: Act::None },
             ];
             Some(Head::new(ps, "predictor", cfg.proj_dim, &pred)?)
         };

@@ -238,8 +238,344 @@ def byol_fixtures(t):
         t[f"ema.m{step + 1}"] = momentum[0].clone()
 
 
+# ---- solo-learn losses, copied from vturrisi/solo-learn @ 9187ea39c2c3f43c455ab06664d2b019a9802954
+# (the loss files last changed in 3b357ee5). Distributed gathers/all-reduces dropped (world size 1).
+
+
+def mocov2plus_loss_func(query, key, queue, temperature=0.1):
+    """solo-learn's solo/losses/mocov2plus.py, verbatim."""
+    pos = torch.einsum("nc,nc->n", [query, key]).unsqueeze(-1)
+    neg = torch.einsum("nc,ck->nk", [query, queue])
+    logits = torch.cat([pos, neg], dim=1)
+    logits /= temperature
+    targets = torch.zeros(query.size(0), device=query.device, dtype=torch.long)
+    return F.cross_entropy(logits, targets)
+
+
+def mocov2plus_dequeue_and_enqueue(queue, queue_ptr, keys):
+    """solo-learn's solo/methods/mocov2plus.py MoCoV2Plus._dequeue_and_enqueue, verbatim but for
+    `self.` (queue [2, dim, K] and queue_ptr [1] long, both updated in place)."""
+    queue_size = queue.shape[2]
+    batch_size = keys.shape[1]
+    ptr = int(queue_ptr)  # type: ignore
+    assert queue_size % batch_size == 0  # for simplicity
+
+    # replace the keys at ptr (dequeue and enqueue)
+    keys = keys.permute(0, 2, 1)
+    queue[:, :, ptr : ptr + batch_size] = keys
+    ptr = (ptr + batch_size) % queue_size  # move pointer
+    queue_ptr[0] = ptr  # type: ignore
+
+
+def mocov3_loss_func(query, key, temperature=0.2):
+    """solo-learn's solo/losses/mocov3.py, verbatim but for the distributed gather (rank 0)."""
+    n = query.size(0)
+    device = query.device
+    rank = 0
+
+    query = F.normalize(query, dim=1)
+    key = F.normalize(key, dim=1)
+
+    logits = torch.einsum("nc,mc->nm", [query, key]) / temperature
+    labels = torch.arange(n, dtype=torch.long, device=device) + n * rank
+
+    return F.cross_entropy(logits, labels) * (2 * temperature)
+
+
+def barlow_loss_func(z1, z2, lamb=5e-3, scale_loss=0.025):
+    """solo-learn's solo/losses/barlow.py, verbatim but for the distributed all-reduce."""
+    N, D = z1.size()
+
+    # to match the original code
+    bn = torch.nn.BatchNorm1d(D, affine=False).to(z1.device)
+    z1 = bn(z1)
+    z2 = bn(z2)
+
+    corr = torch.einsum("bi, bj -> ij", z1, z2) / N
+
+    diag = torch.eye(D, device=corr.device)
+    cdif = (corr - diag).pow(2)
+    cdif[~diag.bool()] *= lamb
+    loss = scale_loss * cdif.sum()
+    return loss
+
+
+def invariance_loss(z1, z2):
+    """solo-learn's solo/losses/vicreg.py, verbatim."""
+    return F.mse_loss(z1, z2)
+
+
+def variance_loss(z1, z2):
+    """solo-learn's solo/losses/vicreg.py, verbatim."""
+    eps = 1e-4
+    std_z1 = torch.sqrt(z1.var(dim=0) + eps)
+    std_z2 = torch.sqrt(z2.var(dim=0) + eps)
+    std_loss = torch.mean(F.relu(1 - std_z1)) + torch.mean(F.relu(1 - std_z2))
+    return std_loss
+
+
+def covariance_loss(z1, z2):
+    """solo-learn's solo/losses/vicreg.py, verbatim."""
+    N, D = z1.size()
+
+    z1 = z1 - z1.mean(dim=0)
+    z2 = z2 - z2.mean(dim=0)
+    cov_z1 = (z1.T @ z1) / (N - 1)
+    cov_z2 = (z2.T @ z2) / (N - 1)
+
+    diag = torch.eye(D, device=z1.device)
+    cov_loss = cov_z1[~diag.bool()].pow_(2).sum() / D + cov_z2[~diag.bool()].pow_(2).sum() / D
+    return cov_loss
+
+
+def vicreg_loss_func(z1, z2, sim_loss_weight=25.0, var_loss_weight=25.0, cov_loss_weight=1.0):
+    """solo-learn's solo/losses/vicreg.py, verbatim but for the distributed gather."""
+    sim_loss = invariance_loss(z1, z2)
+
+    var_loss = variance_loss(z1, z2)
+    cov_loss = covariance_loss(z1, z2)
+
+    loss = sim_loss_weight * sim_loss + var_loss_weight * var_loss + cov_loss_weight * cov_loss
+    return loss
+
+
+class SinkhornKnopp(torch.nn.Module):
+    """solo-learn's solo/utils/sinkhorn_knopp.py, verbatim but for the distributed all-reduces."""
+
+    def __init__(self, num_iters=3, epsilon=0.05, world_size=1):
+        super().__init__()
+        self.num_iters = num_iters
+        self.epsilon = epsilon
+        self.world_size = world_size
+
+    @torch.no_grad()
+    def forward(self, Q):
+        Q = torch.exp(Q / self.epsilon).t()
+        B = Q.shape[1] * self.world_size
+        K = Q.shape[0]  # num prototypes
+
+        # make the matrix sums to 1
+        sum_Q = torch.sum(Q)
+        Q /= sum_Q
+
+        for _ in range(self.num_iters):
+            # normalize each row: total weight per prototype must be 1/K
+            sum_of_rows = torch.sum(Q, dim=1, keepdim=True)
+            Q /= sum_of_rows
+            Q /= K
+
+            # normalize each column: total weight per sample must be 1/B
+            Q /= torch.sum(Q, dim=0, keepdim=True)
+            Q /= B
+
+        Q *= B  # the colomns must sum to 1 so that Q is an assignment
+        return Q.t()
+
+
+def swav_loss_func(preds, assignments, temperature=0.1):
+    """solo-learn's solo/losses/swav.py, verbatim."""
+    losses = []
+    for v1, a in enumerate(assignments):
+        for v2 in np.delete(np.arange(len(preds)), v1):
+            p = preds[v2] / temperature
+            loss = -torch.mean(torch.sum(a * torch.log_softmax(p, dim=1), dim=1))
+            losses.append(loss)
+    return sum(losses) / len(losses)
+
+
+class DINOLoss(nn.Module):
+    """solo-learn's solo/losses/dino.py, verbatim but for the distributed all-reduce. Note that
+    `student_output.chunk(num_large_crops)`: the student is cut into num_large_crops equal chunks,
+    so with small crops the argument must be the total crop count (see dino_fixtures)."""
+
+    def __init__(
+        self,
+        num_prototypes,
+        warmup_teacher_temp,
+        teacher_temp,
+        warmup_teacher_temp_epochs,
+        num_epochs,
+        student_temp=0.1,
+        num_large_crops=2,
+        center_momentum=0.9,
+    ):
+        super().__init__()
+        self.epoch = 0
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.num_large_crops = num_large_crops
+        self.register_buffer("center", torch.zeros(1, num_prototypes))
+        # we apply a warm up for the teacher temperature because
+        # a too high temperature makes the training unstable at the beginning
+        self.teacher_temp_schedule = np.concatenate(
+            (
+                np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs),
+                np.ones(num_epochs - warmup_teacher_temp_epochs) * teacher_temp,
+            )
+        )
+
+    def forward(self, student_output, teacher_output):
+        student_out = student_output / self.student_temp
+        student_out = student_out.chunk(self.num_large_crops)
+
+        # teacher centering and sharpening
+        temp = self.teacher_temp_schedule[self.epoch]
+        teacher_out = F.softmax((teacher_output - self.center) / temp, dim=-1)
+        teacher_out = teacher_out.detach().chunk(2)
+
+        total_loss = 0
+        n_loss_terms = 0
+        for iq, q in enumerate(teacher_out):
+            for iv, v in enumerate(student_out):
+                if iv == iq:
+                    # we skip cases where student and teacher operate on the same view
+                    continue
+                loss = torch.sum(-q * F.log_softmax(v, dim=-1), dim=-1)
+                total_loss += loss.mean()
+                n_loss_terms += 1
+        total_loss /= n_loss_terms
+        self.update_center(teacher_output)
+        return total_loss
+
+    @torch.no_grad()
+    def update_center(self, teacher_output):
+        batch_center = torch.sum(teacher_output, dim=0, keepdim=True)
+        batch_center = batch_center / len(teacher_output)
+
+        # ema update
+        self.center = self.center * self.center_momentum + batch_center * (1 - self.center_momentum)
+
+
+def supcon_fixtures(t):
+    """SupCon: solo-learn's solo/methods/supcon.py calls simclr_loss_func on cat(z) with the
+    class targets repeated per crop as the indexes (positives = same class, other rows)."""
+    z1 = det_uniform("supcon.z1", (8, 8)).requires_grad_(True)
+    z2 = det_uniform("supcon.z2", (8, 8)).requires_grad_(True)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2], dtype=torch.long)
+    t["supcon.z1"], t["supcon.z2"] = z1.detach().clone(), z2.detach().clone()
+    t["supcon.labels"] = labels.float()
+    loss = simclr_loss_func(torch.cat([z1, z2]), indexes=labels.repeat(2), temperature=0.2)
+    t["supcon.loss"] = loss.detach().reshape(1)
+    loss.backward()
+    t["supcon.dz1"], t["supcon.dz2"] = z1.grad.clone(), z2.grad.clone()
+
+
+def mocov2_fixtures(t):
+    """MoCo v2+ as solo/methods/mocov2plus.py training_step: queries and keys L2-normalised, the
+    symmetric loss averaged, queue[1] (past view-2 keys) for q1, then the FIFO queue update."""
+    z1 = det_uniform("mocov2.z1", (6, 8)).requires_grad_(True)
+    z2 = det_uniform("mocov2.z2", (6, 8)).requires_grad_(True)
+    k1 = det_uniform("mocov2.k1", (6, 8))
+    k2 = det_uniform("mocov2.k2", (6, 8))
+    queue = F.normalize(det_uniform("mocov2.queue", (2, 8, 18)), dim=1)
+    t["mocov2.z1"], t["mocov2.z2"], t["mocov2.k1"], t["mocov2.k2"] = z1.detach().clone(), z2.detach().clone(), k1, k2
+    t["mocov2.queue"] = queue.clone()
+    q1, q2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
+    k1, k2 = F.normalize(k1, dim=-1), F.normalize(k2, dim=-1)
+    temperature = 0.2
+    q = queue.clone().detach()
+    loss = (mocov2plus_loss_func(q1, k2, q[1], temperature) + mocov2plus_loss_func(q2, k1, q[0], temperature)) / 2
+    t["mocov2.loss"] = loss.detach().reshape(1)
+    loss.backward()
+    t["mocov2.dz1"], t["mocov2.dz2"] = z1.grad.clone(), z2.grad.clone()
+    queue_ptr = torch.tensor([12], dtype=torch.long)
+    mocov2plus_dequeue_and_enqueue(queue, queue_ptr, torch.stack((k1, k2)))
+    t["mocov2.queue_after"] = queue.clone()
+    t["mocov2.ptr_after"] = queue_ptr.float()
+
+
+def mocov3_fixtures(t):
+    """MoCo v3 as solo/methods/mocov3.py training_step: the two directions summed (not averaged);
+    each term already carries the factor 2 * temperature."""
+    q1 = det_uniform("mocov3.q1", (6, 8)).requires_grad_(True)
+    q2 = det_uniform("mocov3.q2", (6, 8)).requires_grad_(True)
+    k1 = det_uniform("mocov3.k1", (6, 8))
+    k2 = det_uniform("mocov3.k2", (6, 8))
+    t["mocov3.q1"], t["mocov3.q2"], t["mocov3.k1"], t["mocov3.k2"] = q1.detach().clone(), q2.detach().clone(), k1, k2
+    loss = mocov3_loss_func(q1, k2, temperature=0.2) + mocov3_loss_func(q2, k1, temperature=0.2)
+    t["mocov3.loss"] = loss.detach().reshape(1)
+    loss.backward()
+    t["mocov3.dq1"], t["mocov3.dq2"] = q1.grad.clone(), q2.grad.clone()
+
+
+def barlow_fixtures(t):
+    """Barlow Twins with solo-learn's CIFAR settings (lamb 0.0051, scale_loss 0.1)."""
+    z1 = det_uniform("barlow.z1", (8, 6)).requires_grad_(True)
+    z2 = det_uniform("barlow.z2", (8, 6)).requires_grad_(True)
+    t["barlow.z1"], t["barlow.z2"] = z1.detach().clone(), z2.detach().clone()
+    loss = barlow_loss_func(z1, z2, lamb=0.0051, scale_loss=0.1)
+    t["barlow.loss"] = loss.detach().reshape(1)
+    loss.backward()
+    t["barlow.dz1"], t["barlow.dz2"] = z1.grad.clone(), z2.grad.clone()
+
+
+def vicreg_fixtures(t):
+    """VICReg with solo-learn's CIFAR weights (25, 25, 1); the columns are scaled so that some
+    stds are under 1 (hinge active) and some over (hinge inactive)."""
+    cols = torch.tensor([0.3, 0.6, 1.0, 2.0, 3.0, 4.0])
+    z1 = (det_uniform("vicreg.z1", (8, 6)) * cols).requires_grad_(True)
+    z2 = (det_uniform("vicreg.z2", (8, 6)) * cols).requires_grad_(True)
+    t["vicreg.z1"], t["vicreg.z2"] = z1.detach().clone(), z2.detach().clone()
+    loss = vicreg_loss_func(z1, z2, sim_loss_weight=25.0, var_loss_weight=25.0, cov_loss_weight=1.0)
+    t["vicreg.loss"] = loss.detach().reshape(1)
+    loss.backward()
+    t["vicreg.dz1"], t["vicreg.dz2"] = z1.grad.clone(), z2.grad.clone()
+
+
+def swav_fixtures(t):
+    """SwAV: Sinkhorn-Knopp assignments (3 iterations, epsilon 0.05) of the detached scores, and
+    solo-learn's swav_loss_func at temperature 0.1. `swav.a1_queue` is what
+    solo/methods/swav.py get_assignments gives view 1 once the queue is on: the queue's scores
+    (prototypes applied to the stored projections of the same view) appended below the batch's,
+    Sinkhorn over all rows, and the first batch-size rows kept."""
+    p1 = det_uniform("swav.p1", (6, 10)).requires_grad_(True)
+    p2 = det_uniform("swav.p2", (6, 10)).requires_grad_(True)
+    qext = det_uniform("swav.qext", (4, 10))
+    t["swav.p1"], t["swav.p2"], t["swav.qext"] = p1.detach().clone(), p2.detach().clone(), qext
+    sk = SinkhornKnopp(num_iters=3, epsilon=0.05, world_size=1)
+    a1, a2 = sk(p1.detach()), sk(p2.detach())
+    t["swav.a1"], t["swav.a2"] = a1.clone(), a2.clone()
+    t["swav.a1_queue"] = sk(torch.cat((p1.detach(), qext)))[:6].clone()
+    loss = swav_loss_func([p1, p2], [a1, a2], temperature=0.1)
+    t["swav.loss"] = loss.detach().reshape(1)
+    loss.backward()
+    t["swav.dp1"], t["swav.dp2"] = p1.grad.clone(), p2.grad.clone()
+
+
+def dino_fixtures(t):
+    """DINO: solo-learn's DINOLoss at epoch 1 (teacher temperature 0.055 of the schedule
+    linspace(0.04, 0.07, 3) then 0.07), with a 6-row small crop after the two large ones.
+    solo-learn's loss cuts the student into `num_large_crops` chunks, so it is built here with 3
+    (the total crop count; with the default 2 the 18 student rows would split 9/9 and the loss
+    would fail to broadcast against the 6-row teacher chunks)."""
+    s = det_uniform("dino.s", (18, 10)).requires_grad_(True)
+    teacher = det_uniform("dino.t", (12, 10))
+    center0 = det_uniform("dino.center0", (1, 10), 0.5)
+    t["dino.s"], t["dino.t"], t["dino.center0"] = s.detach().clone(), teacher, center0
+    loss_fn = DINOLoss(
+        num_prototypes=10,
+        warmup_teacher_temp=0.04,
+        teacher_temp=0.07,
+        warmup_teacher_temp_epochs=3,
+        num_epochs=5,
+        student_temp=0.1,
+        num_large_crops=3,
+        center_momentum=0.9,
+    )
+    loss_fn.center = center0.clone()
+    loss_fn.epoch = 1  # solo-learn's DINO.on_train_epoch_start sets it to current_epoch
+    t["dino.temp"] = torch.tensor([loss_fn.teacher_temp_schedule[loss_fn.epoch]], dtype=torch.float32)
+    loss = loss_fn(s, teacher)
+    assert loss.dtype == torch.float32
+    t["dino.loss"] = loss.detach().reshape(1)
+    loss.backward()
+    t["dino.ds"] = s.grad.clone()
+    t["dino.center1"] = loss_fn.center.detach().clone()
+
+
 def loss_fixtures():
-    """The self-supervised losses (losses.safetensors): F.normalize, and SimCLR's NT-Xent."""
+    """The self-supervised losses (losses.safetensors): F.normalize, SimCLR's NT-Xent, BYOL,
+    SupCon, MoCo v2+ (with its queue update), MoCo v3, Barlow Twins, VICReg, SwAV and DINO."""
     t = {}
     x = det_uniform("normalize.x", (5, 7), 2.0).requires_grad_(True)
     w = det_uniform("normalize.w", (5, 7))
@@ -258,6 +594,13 @@ def loss_fixtures():
         loss.backward()
         t[name + ".dz1"], t[name + ".dz2"] = z1.grad.clone(), z2.grad.clone()
     byol_fixtures(t)
+    supcon_fixtures(t)
+    mocov2_fixtures(t)
+    mocov3_fixtures(t)
+    barlow_fixtures(t)
+    vicreg_fixtures(t)
+    swav_fixtures(t)
+    dino_fixtures(t)
     save_file(t, os.path.join(OUT, "losses.safetensors"))
 
 

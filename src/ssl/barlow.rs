@@ -1,0 +1,92 @@
+//! Barlow Twins (Zbontar et al., ICML 2021) as solo-learn trains it on CIFAR: backbone +
+//! projector (Linear-BN-ReLU, twice, then Linear). Each view's z is batch-normalised without
+//! affine (its own statistics); C = z1^T z2 / N; the loss pushes C to the identity:
+//! L = scale [ sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2 ].
+
+use serde::{Deserialize, Serialize};
+
+use super::heads::{Act, Head, LayerSpec};
+use super::{Method, StepOutput, losses};
+use crate::autograd::{Tape, Var};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::models::{Backbone, BackboneConfig};
+use crate::nn::{Ctx, ParamStore};
+use crate::tensor::Tensor;
+
+/// BatchNorm1d's eps.
+const BN_EPS: f32 = 1e-5;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BarlowConfig {
+    pub proj_hidden: usize,
+    pub proj_dim: usize,
+    /// Weight of the off-diagonal terms.
+    pub lamb: f32,
+    /// Factor on the whole loss.
+    pub scale_loss: f32,
+}
+
+impl Default for BarlowConfig {
+    /// solo-learn's CIFAR recipe (scripts/pretrain/cifar/barlow.yaml).
+    fn default() -> Self {
+        BarlowConfig { proj_hidden: 2048, proj_dim: 2048, lamb: 0.0051, scale_loss: 0.1 }
+    }
+}
+
+pub struct Barlow {
+    cfg: BarlowConfig,
+    backbone: Backbone,
+    projector: Head,
+}
+
+/// The projector Barlow Twins and VICReg share: Linear-BN-ReLU, Linear-BN-ReLU, Linear.
+pub(super) fn expander<B: Backend>(ps: &mut ParamStore<B>, in_dim: usize, hidden: usize, out: usize) -> Result<Head> {
+    let spec = [
+        LayerSpec { out: hidden, bias: true, bn: Some(true), act: Act::Relu },
+        LayerSpec { out: hidden, bias: true, bn: Some(true), act: Act::Relu },
+        LayerSpec { out, bias: true, bn: None, act: Act::None },
+    ];
+    Head::new(ps, "projector", in_dim, &spec)
+}
+
+/// solo-learn's barlow_loss_func.
+pub fn barlow_loss<B: Backend>(t: &Tape<B>, z1: &Var<B>, z2: &Var<B>, lamb: f32, scale_loss: f32) -> Result<Var<B>> {
+    let (n, d) = (z1.shape()[0], z1.shape()[1]);
+    let z1 = t.batchnorm_train(z1, None, None, BN_EPS)?;
+    let z2 = t.batchnorm_train(z2, None, None, BN_EPS)?;
+    let c = t.scale(&t.matmul(&z1, &z2, true, false)?, 1.0 / n as f32)?;
+    let diff = t.sub(&c, &losses::diag_mask(&c.value, d, 1.0, 0.0)?)?;
+    let weighted = t.mul(&t.mul(&diff, &diff)?, &losses::diag_mask(&c.value, d, 1.0, lamb)?)?;
+    t.scale(&losses::total(t, &weighted)?, scale_loss)
+}
+
+impl Barlow {
+    pub fn new<B: Backend>(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &BarlowConfig) -> Result<Self> {
+        if cfg.proj_dim == 0 || cfg.proj_hidden == 0 || !(cfg.lamb >= 0.0) || !(cfg.scale_loss > 0.0) {
+            return Err(Error::Config(format!("barlow: widths and scale_loss must be positive, lamb not negative (got {cfg:?})")));
+        }
+        let backbone = backbone.build(ps, "backbone")?;
+        let projector = expander(ps, backbone.feature_dim(), cfg.proj_hidden, cfg.proj_dim)?;
+        Ok(Barlow { cfg: cfg.clone(), backbone, projector })
+    }
+}
+
+impl<B: Backend> Method<B> for Barlow {
+    fn name(&self) -> &'static str {
+        "barlow"
+    }
+    fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
+        if views.len() != 2 {
+            return Err(Error::Invalid { op: "barlow", msg: format!("needs 2 views, got {}", views.len()) });
+        }
+        let zs = views.iter().map(|x| self.projector.forward(cx, &self.backbone.forward(cx, x)?)).collect::<Result<Vec<_>>>()?;
+        let loss = barlow_loss(cx.tape, &zs[0], &zs[1], self.cfg.lamb, self.cfg.scale_loss)?;
+        Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })
+    }
+}

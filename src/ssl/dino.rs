@@ -1,0 +1,254 @@
+//! DINO (Caron et al., ICCV 2021) as solo-learn trains it on CIFAR: a student (backbone + head)
+//! matches a teacher that is an EMA of it. The head is an MLP (Linear-GELU, Linear-GELU,
+//! Linear to a bottleneck; weights trunc-normal 0.02, biases 0), L2-normalised, then a
+//! weight-normalised Linear to the prototypes without bias whose norm stays 1 (`last_layer`).
+//! The teacher sees the two large crops; its outputs are centred (the centre is an EMA of its
+//! batch means) and sharpened, softmax((t - c) / tau_t); the student sees every crop at
+//! temperature 0.1. Loss: the mean over (teacher crop, other student crop) pairs of the soft
+//! cross-entropy. tau_t warms up linearly over the first epochs; the last layer takes no update
+//! for the first `freeze_last_layer` epochs.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::heads::{Act, Head, LayerSpec};
+use super::momentum::{MOMENTUM, MomentumPairs, check_taus, tau_at};
+use super::swav::mean_of;
+use super::{Method, MultiCrop, StepInfo, StepOutput, losses, saved_state};
+use crate::autograd::{Tape, Var};
+use crate::backend::Backend;
+use crate::data::{AugmentConfig, ViewSpec};
+use crate::error::{Error, Result};
+use crate::models::{Backbone, BackboneConfig};
+use crate::nn::{Ctx, Init, Linear, ParamId, ParamStore};
+use crate::ops;
+use crate::rng::Rng;
+use crate::tensor::{DType, Tensor};
+
+const NORM_EPS: f32 = 1e-12;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DinoConfig {
+    pub proj_hidden: usize,
+    /// The bottleneck before the prototypes.
+    pub proj_dim: usize,
+    pub num_prototypes: usize,
+    pub student_temperature: f32,
+    pub teacher_temperature: f32,
+    /// The teacher temperature rises linearly from this over `warmup_teacher_temperature_epochs`.
+    pub warmup_teacher_temperature: f32,
+    pub warmup_teacher_temperature_epochs: usize,
+    pub center_momentum: f32,
+    pub base_tau: f64,
+    pub final_tau: f64,
+    pub freeze_last_layer: usize,
+    pub multicrop: MultiCrop,
+}
+
+impl Default for DinoConfig {
+    /// solo-learn's CIFAR recipe (scripts/pretrain/cifar/dino.yaml).
+    fn default() -> Self {
+        DinoConfig {
+            proj_hidden: 2048,
+            proj_dim: 256,
+            num_prototypes: 4096,
+            student_temperature: 0.1,
+            teacher_temperature: 0.07,
+            warmup_teacher_temperature: 0.04,
+            warmup_teacher_temperature_epochs: 0,
+            center_momentum: 0.9,
+            base_tau: 0.9995,
+            final_tau: 1.0,
+            freeze_last_layer: 1,
+            multicrop: MultiCrop::default(),
+        }
+    }
+}
+
+impl DinoConfig {
+    /// solo-learn's teacher_temp_schedule at `epoch`: linspace(warm-up, final, warm-up epochs)
+    /// over the warm-up, then the final temperature.
+    pub fn teacher_temperature_at(&self, epoch: usize) -> f32 {
+        let n = self.warmup_teacher_temperature_epochs;
+        if epoch >= n {
+            return self.teacher_temperature;
+        }
+        if n == 1 {
+            return self.warmup_teacher_temperature;
+        }
+        let (a, b) = (self.warmup_teacher_temperature as f64, self.teacher_temperature as f64);
+        (a + (b - a) * epoch as f64 / (n - 1) as f64) as f32
+    }
+}
+
+/// DINO's head: MLP, L2 normalisation, weight-normalised prototypes.
+struct DinoHead {
+    mlp: Head,
+    last_layer: ParamId,
+}
+
+impl DinoHead {
+    fn new<B: Backend>(ps: &mut ParamStore<B>, prefix: &str, in_dim: usize, cfg: &DinoConfig, rng: &mut Rng) -> Result<Self> {
+        let spec = [
+            LayerSpec { out: cfg.proj_hidden, bias: true, bn: None, act: Act::Gelu },
+            LayerSpec { out: cfg.proj_hidden, bias: true, bn: None, act: Act::Gelu },
+            LayerSpec { out: cfg.proj_dim, bias: true, bn: None, act: Act::None },
+        ];
+        let mlp_prefix = format!("{prefix}.mlp");
+        let mlp = Head::new(ps, &mlp_prefix, in_dim, &spec)?;
+        // DINOHead._init_weights: trunc-normal(0.02) weights, zero biases.
+        for id in ps.ids().filter(|id| ps.entry(*id).name.starts_with(&format!("{mlp_prefix}."))).collect::<Vec<_>>() {
+            let e = ps.entry(id);
+            let init = if e.name.ends_with(".weight") { Init::TruncNormal(0.02) } else { Init::Zeros };
+            let vals = init.sample(e.value.numel(), rng);
+            let t = Tensor::from_f32(ps.backend(), &vals, e.value.shape(), DType::F32)?;
+            ps.set(id, t)?;
+        }
+        let last = Linear::new(ps, &format!("{prefix}.last_layer"), cfg.proj_dim, cfg.num_prototypes, false, None, None)?;
+        Ok(DinoHead { mlp, last_layer: last.w })
+    }
+
+    /// (bottleneck output, prototype logits).
+    fn forward<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<(Var<B>, Var<B>)> {
+        let t = cx.tape;
+        let h = self.mlp.forward(cx, x)?;
+        let w = t.l2_normalize(&cx.param(self.last_layer), NORM_EPS)?;
+        let logits = t.matmul(&t.l2_normalize(&h, NORM_EPS)?, &w, false, true)?;
+        Ok((h, logits))
+    }
+}
+
+pub struct Dino<B: Backend> {
+    cfg: DinoConfig,
+    backbone: Backbone,
+    head: DinoHead,
+    teacher_backbone: Backbone,
+    teacher_head: DinoHead,
+    pairs: MomentumPairs,
+    /// [num_prototypes]
+    center: Tensor<B>,
+    epoch: Cell<usize>,
+    /// This step's teacher batch mean, for the centre's update after the optimiser step.
+    batch_center: RefCell<Option<Tensor<B>>>,
+}
+
+/// solo-learn's DINOLoss.forward: student logits per crop, teacher logits per large crop; returns
+/// the loss and the teacher's batch mean (for the centre).
+pub fn dino_loss<B: Backend>(
+    t: &Tape<B>,
+    student: &[Var<B>],
+    teacher: &[Tensor<B>],
+    center: &Tensor<B>,
+    student_temperature: f32,
+    teacher_temperature: f32,
+) -> Result<(Var<B>, Tensor<B>)> {
+    let mut terms = Vec::new();
+    for (iq, tq) in teacher.iter().enumerate() {
+        let q = ops::softmax(&ops::scale(&ops::sub(tq, center)?, 1.0 / teacher_temperature)?)?;
+        for (_, s) in student.iter().enumerate().filter(|(iv, _)| *iv != iq) {
+            terms.push(losses::soft_cross_entropy(t, &t.scale(s, 1.0 / student_temperature)?, &q)?);
+        }
+    }
+    let all = ops::concat(&teacher.iter().collect::<Vec<_>>(), 0)?;
+    let mean = ops::scale(&ops::sum_axis(&all, 0)?, 1.0 / all.shape()[0] as f32)?;
+    Ok((mean_of(t, &terms)?, mean))
+}
+
+impl<B: Backend> Dino<B> {
+    pub fn new(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &DinoConfig, seed: u64) -> Result<Self> {
+        check_taus("dino", cfg.base_tau, cfg.final_tau)?;
+        cfg.multicrop.check("dino")?;
+        let temps = [cfg.student_temperature, cfg.teacher_temperature, cfg.warmup_teacher_temperature];
+        if cfg.proj_dim == 0 || cfg.proj_hidden == 0 || cfg.num_prototypes == 0 || temps.iter().any(|t| !(*t > 0.0)) || !(0.0..=1.0).contains(&cfg.center_momentum) {
+            return Err(Error::Config(format!(
+                "dino: widths must be positive, temperatures positive numbers, center_momentum in [0, 1] (got {cfg:?})"
+            )));
+        }
+        let mut rng = Rng::new(seed).stream("dino head");
+        let online = backbone.build(ps, "backbone")?;
+        let head = DinoHead::new(ps, "head", online.feature_dim(), cfg, &mut rng)?;
+        let teacher_backbone = backbone.build(ps, &format!("{MOMENTUM}backbone"))?;
+        let teacher_head = DinoHead::new(ps, &format!("{MOMENTUM}head"), online.feature_dim(), cfg, &mut rng)?;
+        let pairs = MomentumPairs::copy_and_freeze(ps, "dino")?;
+        let center = Tensor::zeros(ps.backend(), &[cfg.num_prototypes], DType::F32)?;
+        Ok(Dino {
+            cfg: cfg.clone(),
+            backbone: online,
+            head,
+            teacher_backbone,
+            teacher_head,
+            pairs,
+            center,
+            epoch: Cell::new(0),
+            batch_center: RefCell::new(None),
+        })
+    }
+}
+
+impl<B: Backend> Method<B> for Dino<B> {
+    fn name(&self) -> &'static str {
+        "dino"
+    }
+    fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    fn views(&self, recipe: &AugmentConfig, size: usize) -> Vec<ViewSpec> {
+        self.cfg.multicrop.views(recipe, size)
+    }
+
+    fn begin_step(&mut self, info: &StepInfo) -> Result<()> {
+        self.epoch.set(info.epoch);
+        Ok(())
+    }
+
+    fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
+        let want = 2 + self.cfg.multicrop.small_crops;
+        if views.len() != want {
+            return Err(Error::Invalid { op: "dino", msg: format!("needs {want} views, got {}", views.len()) });
+        }
+        let mut student = Vec::new();
+        let mut embedding = None;
+        for x in views {
+            let (h, logits) = self.head.forward(cx, &self.backbone.forward(cx, x)?)?;
+            embedding.get_or_insert(h.value);
+            student.push(logits);
+        }
+        let teacher = views[..2]
+            .iter()
+            .map(|x| Ok(self.teacher_head.forward(cx, &self.teacher_backbone.forward(cx, x)?)?.1.value))
+            .collect::<Result<Vec<_>>>()?;
+        let temp = self.cfg.teacher_temperature_at(self.epoch.get());
+        let (loss, batch_center) = dino_loss(cx.tape, &student, &teacher, &self.center, self.cfg.student_temperature, temp)?;
+        *self.batch_center.borrow_mut() = Some(batch_center);
+        Ok(StepOutput { loss, embedding })
+    }
+
+    fn before_update(&self, info: &StepInfo, grads: &mut Vec<(ParamId, Tensor<B>)>) -> Result<()> {
+        if info.epoch < self.cfg.freeze_last_layer {
+            grads.retain(|(id, _)| *id != self.head.last_layer);
+        }
+        Ok(())
+    }
+
+    /// The teacher's EMA, then the centre's: c = m c + (1 - m) batch mean.
+    fn after_step(&mut self, ps: &mut ParamStore<B>, info: &StepInfo) -> Result<()> {
+        self.pairs.update(ps, tau_at(self.cfg.base_tau, self.cfg.final_tau, info.step, info.total_steps))?;
+        if let Some(mean) = self.batch_center.borrow_mut().take() {
+            ops::ema_update(&[(&self.center, &mean)], self.cfg.center_momentum)?;
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Vec<(String, Tensor<B>)> {
+        vec![("center".into(), self.center.clone())]
+    }
+
+    fn load_state(&mut self, saved: &HashMap<String, Tensor<B>>) -> Result<()> {
+        self.center = saved_state(saved, "dino", "center", self.center.shape())?;
+        Ok(())
+    }
+}

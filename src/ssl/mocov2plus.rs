@@ -1,0 +1,156 @@
+//! MoCo v2+ (Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning"; the
+//! "+" is solo-learn's symmetric loss), as solo-learn trains it on CIFAR: a query encoder
+//! (backbone + projector Linear-ReLU-Linear, L2-normalised) against a momentum key encoder,
+//! and one queue of past keys per view. Loss: (L(q1, k2, queue2) + L(q2, k1, queue1)) / 2 with
+//! L(q, k, Q) = cross-entropy of [q.k, q.Q^T] / T against the first column. After each step the
+//! key encoder moves by EMA and each view's keys enter its queue (the loss used the queue as it
+//! was before).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::heads::{Act, Head, LayerSpec};
+use super::momentum::{MOMENTUM, MomentumPairs, check_taus, tau_at};
+use super::queue::Queue;
+use super::{Method, StepInfo, StepOutput, losses};
+use crate::autograd::{Tape, Var};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::models::{Backbone, BackboneConfig};
+use crate::nn::{Ctx, ParamStore};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+
+const NORM_EPS: f32 = 1e-12;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MocoV2PlusConfig {
+    pub proj_hidden: usize,
+    pub proj_dim: usize,
+    pub temperature: f32,
+    /// Keys kept per view.
+    pub queue_size: usize,
+    pub base_tau: f64,
+    pub final_tau: f64,
+}
+
+impl Default for MocoV2PlusConfig {
+    /// solo-learn's CIFAR recipe (scripts/pretrain/cifar/mocov2plus.yaml).
+    fn default() -> Self {
+        MocoV2PlusConfig { proj_hidden: 2048, proj_dim: 256, temperature: 0.2, queue_size: 32768, base_tau: 0.99, final_tau: 0.999 }
+    }
+}
+
+pub struct MocoV2Plus<B: Backend> {
+    cfg: MocoV2PlusConfig,
+    backbone: Backbone,
+    projector: Head,
+    momentum_backbone: Backbone,
+    momentum_projector: Head,
+    pairs: MomentumPairs,
+    queues: [Queue<B>; 2],
+    /// This step's normalised keys per view, queued after the optimiser step.
+    keys: RefCell<Option<[Tensor<B>; 2]>>,
+}
+
+/// L(q, k, Q): q, k [n, d] unit rows (k and the queue take no gradient), queue [len, d].
+pub fn mocov2plus_loss<B: Backend>(t: &Tape<B>, q: &Var<B>, k: &Tensor<B>, queue: &Tensor<B>, temperature: f32) -> Result<Var<B>> {
+    let n = q.shape()[0];
+    let pos = t.reshape(&t.sum_axis(&t.mul(q, &Var::constant(k.clone()))?, 1)?, &[n, 1])?;
+    let neg = t.matmul(q, &Var::constant(queue.clone()), false, true)?;
+    losses::info_nce(t, &t.concat(&[&pos, &neg], 1)?, temperature, |_| 0)
+}
+
+impl<B: Backend> MocoV2Plus<B> {
+    pub fn new(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &MocoV2PlusConfig, seed: u64) -> Result<Self> {
+        check_taus("mocov2plus", cfg.base_tau, cfg.final_tau)?;
+        if cfg.proj_dim == 0 || cfg.proj_hidden == 0 || cfg.queue_size == 0 || !(cfg.temperature > 0.0) {
+            return Err(Error::Config(format!(
+                "mocov2plus: widths and queue_size must be positive, temperature a positive number (got {cfg:?})"
+            )));
+        }
+        let mlp = [
+            LayerSpec { out: cfg.proj_hidden, bias: true, bn: None, act: Act::Relu },
+            LayerSpec { out: cfg.proj_dim, bias: true, bn: None, act: Act::None },
+        ];
+        let online = backbone.build(ps, "backbone")?;
+        let projector = Head::new(ps, "projector", online.feature_dim(), &mlp)?;
+        let momentum_backbone = backbone.build(ps, &format!("{MOMENTUM}backbone"))?;
+        let momentum_projector = Head::new(ps, &format!("{MOMENTUM}projector"), online.feature_dim(), &mlp)?;
+        let pairs = MomentumPairs::copy_and_freeze(ps, "mocov2plus")?;
+        let mut rng = Rng::new(seed).stream("mocov2plus queue");
+        let b = ps.backend().clone();
+        let queues = [
+            Queue::new(&b, cfg.queue_size, cfg.proj_dim, Some(&mut rng))?,
+            Queue::new(&b, cfg.queue_size, cfg.proj_dim, Some(&mut rng))?,
+        ];
+        Ok(MocoV2Plus {
+            cfg: cfg.clone(),
+            backbone: online,
+            projector,
+            momentum_backbone,
+            momentum_projector,
+            pairs,
+            queues,
+            keys: RefCell::new(None),
+        })
+    }
+}
+
+impl<B: Backend> Method<B> for MocoV2Plus<B> {
+    fn name(&self) -> &'static str {
+        "mocov2plus"
+    }
+    fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
+        if views.len() != 2 {
+            return Err(Error::Invalid { op: "mocov2plus", msg: format!("needs 2 views, got {}", views.len()) });
+        }
+        let t = cx.tape;
+        let mut zs = Vec::new();
+        let mut qs = Vec::new();
+        let mut ks = Vec::new();
+        for x in views {
+            let z = self.projector.forward(cx, &self.backbone.forward(cx, x)?)?;
+            qs.push(t.l2_normalize(&z, NORM_EPS)?);
+            zs.push(z);
+            let k = self.momentum_projector.forward(cx, &self.momentum_backbone.forward(cx, x)?)?;
+            ks.push(crate::ops::l2_normalize(&k.value, NORM_EPS)?.0);
+        }
+        let temp = self.cfg.temperature;
+        let a = mocov2plus_loss(t, &qs[0], &ks[1], &self.queues[1].rows, temp)?;
+        let b = mocov2plus_loss(t, &qs[1], &ks[0], &self.queues[0].rows, temp)?;
+        let loss = t.scale(&t.add(&a, &b)?, 0.5)?;
+        *self.keys.borrow_mut() = Some([ks[0].clone(), ks[1].clone()]);
+        Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })
+    }
+
+    fn after_step(&mut self, ps: &mut ParamStore<B>, info: &StepInfo) -> Result<()> {
+        if let Some([k1, k2]) = self.keys.borrow_mut().take() {
+            self.queues[0].push(&k1)?;
+            self.queues[1].push(&k2)?;
+        }
+        self.pairs.update(ps, tau_at(self.cfg.base_tau, self.cfg.final_tau, info.step, info.total_steps))
+    }
+
+    fn state(&self) -> Vec<(String, Tensor<B>)> {
+        let mut out = Vec::new();
+        for (v, q) in self.queues.iter().enumerate() {
+            out.extend(q.state(&format!("queue{}", v + 1)).unwrap_or_default());
+        }
+        out
+    }
+
+    fn load_state(&mut self, saved: &HashMap<String, Tensor<B>>) -> Result<()> {
+        for (v, q) in self.queues.iter_mut().enumerate() {
+            q.load_state(saved, "mocov2plus", &format!("queue{}", v + 1))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,99 @@
+//! VICReg (Bardes, Ponce & LeCun, ICLR 2022) as solo-learn trains it on CIFAR: Barlow Twins'
+//! projector, and three terms on the two views' z:
+//! - invariance: the mean squared difference of z1 and z2;
+//! - variance: per view, mean_j ReLU(1 - sqrt(Var_j + 1e-4)) (unbiased variance over the batch);
+//! - covariance: per view, sum_{i != j} Cov_ij^2 / D (unbiased).
+//!
+//! L = 25 invariance + 25 variance + 1 covariance.
+
+use serde::{Deserialize, Serialize};
+
+use super::barlow::expander;
+use super::heads::Head;
+use super::{Method, StepOutput, losses};
+use crate::autograd::{Tape, Var};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::models::{Backbone, BackboneConfig};
+use crate::nn::{Ctx, ParamStore};
+use crate::tensor::Tensor;
+
+/// Added to the variance under the square root.
+const VAR_EPS: f32 = 1e-4;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VicregConfig {
+    pub proj_hidden: usize,
+    pub proj_dim: usize,
+    pub sim_loss_weight: f32,
+    pub var_loss_weight: f32,
+    pub cov_loss_weight: f32,
+}
+
+impl Default for VicregConfig {
+    /// solo-learn's CIFAR recipe (scripts/pretrain/cifar/vicreg.yaml).
+    fn default() -> Self {
+        VicregConfig { proj_hidden: 2048, proj_dim: 2048, sim_loss_weight: 25.0, var_loss_weight: 25.0, cov_loss_weight: 1.0 }
+    }
+}
+
+pub struct Vicreg {
+    cfg: VicregConfig,
+    backbone: Backbone,
+    projector: Head,
+}
+
+/// (variance term, covariance term) of one view's z [n, d].
+fn variance_covariance<B: Backend>(t: &Tape<B>, z: &Var<B>) -> Result<(Var<B>, Var<B>)> {
+    let (n, d) = (z.shape()[0], z.shape()[1]);
+    let centred = t.sub(z, &t.mean_axis(z, 0)?)?;
+    let var = t.scale(&t.sum_axis(&t.mul(&centred, &centred)?, 0)?, 1.0 / (n as f32 - 1.0))?;
+    let std = t.sqrt(&t.add(&var, &losses::constant(&z.value, &vec![VAR_EPS; d], &[d])?)?)?;
+    let hinge = t.relu(&t.sub(&losses::constant(&z.value, &vec![1.0; d], &[d])?, &std)?)?;
+    let cov = t.scale(&t.matmul(&centred, &centred, true, false)?, 1.0 / (n as f32 - 1.0))?;
+    let off = t.mul(&t.mul(&cov, &cov)?, &losses::diag_mask(&z.value, d, 0.0, 1.0)?)?;
+    Ok((losses::mean_all(t, &hinge)?, t.scale(&losses::total(t, &off)?, 1.0 / d as f32)?))
+}
+
+/// solo-learn's vicreg_loss_func.
+pub fn vicreg_loss<B: Backend>(t: &Tape<B>, z1: &Var<B>, z2: &Var<B>, cfg: &VicregConfig) -> Result<Var<B>> {
+    let diff = t.sub(z1, z2)?;
+    let sim = losses::mean_all(t, &t.mul(&diff, &diff)?)?;
+    let (v1, c1) = variance_covariance(t, z1)?;
+    let (v2, c2) = variance_covariance(t, z2)?;
+    let var = t.add(&v1, &v2)?;
+    let cov = t.add(&c1, &c2)?;
+    let weighted = t.add(&t.scale(&sim, cfg.sim_loss_weight)?, &t.scale(&var, cfg.var_loss_weight)?)?;
+    t.add(&weighted, &t.scale(&cov, cfg.cov_loss_weight)?)
+}
+
+impl Vicreg {
+    pub fn new<B: Backend>(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &VicregConfig) -> Result<Self> {
+        let weights_ok = [cfg.sim_loss_weight, cfg.var_loss_weight, cfg.cov_loss_weight].iter().all(|w| *w >= 0.0);
+        if cfg.proj_dim == 0 || cfg.proj_hidden == 0 || !weights_ok {
+            return Err(Error::Config(format!("vicreg: widths must be positive and the loss weights not negative (got {cfg:?})")));
+        }
+        let backbone = backbone.build(ps, "backbone")?;
+        let projector = expander(ps, backbone.feature_dim(), cfg.proj_hidden, cfg.proj_dim)?;
+        Ok(Vicreg { cfg: cfg.clone(), backbone, projector })
+    }
+}
+
+impl<B: Backend> Method<B> for Vicreg {
+    fn name(&self) -> &'static str {
+        "vicreg"
+    }
+    fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
+        if views.len() != 2 {
+            return Err(Error::Invalid { op: "vicreg", msg: format!("needs 2 views, got {}", views.len()) });
+        }
+        let zs = views.iter().map(|x| self.projector.forward(cx, &self.backbone.forward(cx, x)?)).collect::<Result<Vec<_>>>()?;
+        let loss = vicreg_loss(cx.tape, &zs[0], &zs[1], &self.cfg)?;
+        Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })
+    }
+}
