@@ -5,69 +5,15 @@
 
 mod common;
 
+use common::tiny_run::{bits, loss_and_z_std, run, state_digest, tiny};
 use common::{repo, tmp_dir};
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use ssl_engine::backend::cpu::CpuBackend;
-use ssl_engine::config::Config;
-use ssl_engine::train::{TrainSummary, train};
+use ssl_engine::train::train;
 use ssl_engine::{Error, app};
-
-/// A tiny SimSiam run: ResNet-18 of width 4 on 16x16 crops of 60 demo images.
-fn tiny(out: &Path, extra: &[&str]) -> Config {
-    let mut sets: Vec<String> = vec![
-        format!("out={:?}", out.display().to_string()),
-        "model=\"resnet18-cifar\"".into(),
-        "model_opts.width=4".into(),
-        format!("data.path={:?}", repo("data/cifar10-demo/train")),
-        format!("data.test_path={:?}", repo("data/cifar10-demo/test")),
-        "data.limit_per_class=6".into(),
-        "data.image_size=16".into(),
-        "data.workers=2".into(),
-        "batch_size=16".into(),
-        "epochs=3".into(),
-        "threads=2".into(),
-        "simsiam.proj_hidden=32".into(),
-        "simsiam.proj_dim=32".into(),
-        "simsiam.pred_hidden=8".into(),
-        "monitor.log_every=1".into(),
-        "monitor.knn_k=10".into(),
-        "optim.base_lr=0.2".into(),
-        "checkpoint.every=1".into(),
-    ];
-    sets.extend(extra.iter().map(|s| s.to_string()));
-    Config::load(None, &sets).unwrap()
-}
-
-fn run(cfg: &Config, resume: Option<&Path>) -> ssl_engine::Result<TrainSummary> {
-    let b = CpuBackend::new(cfg.threads).unwrap();
-    train(&b, cfg, resume, &AtomicBool::new(false), false)
-}
-
-fn bits(s: &TrainSummary) -> Vec<(usize, u64)> {
-    s.losses.iter().map(|&(g, l)| (g, l.to_bits())).collect()
-}
-
-/// SHA-256 over every tensor of a checkpoint (name and bytes, sorted by name): the weights, the
-/// batch-norm buffers and the optimizer's momentum; plus the loop state (epoch, step). The
-/// randomness is counter-based (seed, epoch, step), so the loop state is the whole RNG state.
-fn state_digest(path: &Path) -> (String, (usize, usize, usize)) {
-    use sha2::{Digest, Sha256};
-    let wf = ssl_engine::checkpoint::WeightFile::read(path).unwrap();
-    let mut names: Vec<&String> = wf.tensors.keys().collect();
-    names.sort();
-    let mut h = Sha256::new();
-    for n in names {
-        h.update(n.as_bytes());
-        for v in &wf.tensors[n].1 {
-            h.update(v.to_le_bytes());
-        }
-    }
-    let st = wf.state().unwrap();
-    (h.finalize().iter().map(|b| format!("{b:02x}")).collect(), (st.epoch, st.step_in_epoch, st.global_step))
-}
 
 #[test]
 fn resume_mid_epoch_and_at_epoch_boundary_is_bit_identical() {
@@ -194,25 +140,47 @@ fn export_matches_torchvision_state_dict_and_round_trips() {
     }
 }
 
-/// A few SimSiam and SimCLR steps on the WGSL backend against the CPU backend: same data, same
-/// seeds.
+/// A few steps of every method on the WGSL backend against the CPU backend: same data, same
+/// seeds, small heads.
 #[cfg(feature = "wgpu")]
 #[test]
-fn wgpu_simsiam_simclr_and_byol_steps_match_the_cpu_backend() {
+fn wgpu_steps_of_every_method_match_the_cpu_backend() {
     let Some(w) = common::wgpu_or_skip() else { return };
-    for method in ["simsiam", "simclr", "byol"] {
-        let sets = [
-            "epochs=2",
-            "monitor.knn_every=0",
-            "simclr.proj_hidden=32",
-            "simclr.proj_dim=16",
-            "byol.proj_hidden=32",
-            "byol.proj_dim=16",
-            "byol.pred_hidden=32",
-        ];
+    let heads = [
+        "simclr.proj_hidden=32",
+        "simclr.proj_dim=16",
+        "byol.proj_hidden=32",
+        "byol.proj_dim=16",
+        "byol.pred_hidden=32",
+        "supcon.proj_hidden=32",
+        "supcon.proj_dim=16",
+        "swav.proj_hidden=32",
+        "swav.proj_dim=16",
+        "swav.num_prototypes=20",
+        "swav.queue_size=32",
+        "swav.epoch_queue_starts=1",
+        "swav.freeze_prototypes_epochs=1",
+        "mocov2plus.proj_hidden=32",
+        "mocov2plus.proj_dim=16",
+        "mocov2plus.queue_size=48",
+        "mocov3.proj_hidden=32",
+        "mocov3.proj_dim=16",
+        "mocov3.pred_hidden=32",
+        "dino.proj_hidden=32",
+        "dino.proj_dim=16",
+        "dino.num_prototypes=24",
+        "barlow.proj_hidden=32",
+        "barlow.proj_dim=32",
+        "vicreg.proj_hidden=32",
+        "vicreg.proj_dim=32",
+    ];
+    for method in ssl_engine::ssl::METHODS.iter().map(|(m, _)| *m) {
+        let mut sets = vec!["epochs=2", "monitor.knn_every=0"];
+        sets.extend(heads);
         let m = format!("method={method}");
-        let cfg_cpu = tiny(&tmp_dir(&format!("{method}-cpu")), &[&sets[..], &[&m[..]]].concat());
-        let cfg_gpu = tiny(&tmp_dir(&format!("{method}-wgpu")), &[&sets[..], &[&m[..]]].concat());
+        sets.push(&m);
+        let cfg_cpu = tiny(&tmp_dir(&format!("{method}-cpu")), &sets);
+        let cfg_gpu = tiny(&tmp_dir(&format!("{method}-wgpu")), &sets);
         let cpu = run(&cfg_cpu, None).unwrap();
         let gpu = train(&w, &cfg_gpu, None, &AtomicBool::new(false), false).unwrap();
         assert_eq!(cpu.losses.len(), gpu.losses.len());
@@ -222,15 +190,6 @@ fn wgpu_simsiam_simclr_and_byol_steps_match_the_cpu_backend() {
             assert!(e < 1e-4, "{method} step {s}: loss {a} on cpu vs {b} on wgpu");
         }
     }
-}
-
-/// The first and last epoch's mean loss and the last epoch's z-std, from a run's metrics.jsonl.
-fn loss_and_z_std(dir: &Path) -> (f64, f64, f64) {
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let epochs: Vec<serde_json::Value> =
-        text.lines().filter(|l| l.contains("\"type\":\"epoch\"")).map(|l| serde_json::from_str(l).unwrap()).collect();
-    let last = &epochs[epochs.len() - 1];
-    (epochs[0]["loss"].as_f64().unwrap(), last["loss"].as_f64().unwrap(), last["z_std"].as_f64().unwrap())
 }
 
 /// SimCLR on a CI-sized subset: the NT-Xent loss falls and the projections stay spread

@@ -11,6 +11,7 @@ use ssl_engine::{DType, Tensor};
 
 pub mod cli;
 pub mod conformance;
+pub mod tiny_run;
 
 pub fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01B3))
