@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Pretrain a backbone (SimSiam, SimCLR or BYOL) from a TOML recipe; writes checkpoints, metrics.jsonl and plots to `out`.
+    /// Pretrain a backbone with one of ten methods (`method =` simsiam, simclr, supcon, byol, swav, mocov2plus, mocov3, dino, barlow, vicreg) from a TOML recipe; writes checkpoints, metrics.jsonl and plots to `out`.
     Train {
         /// Recipe file (configs/*.toml). Without it, the defaults (the CIFAR-10 paper recipe) apply.
         #[arg(long)]

@@ -137,3 +137,59 @@ fn emulated_kernels_conform_on_split_and_multi_block_paths() {
         println!("tf32 {tf32}: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
     }
 }
+
+/// One training step of every method on the emulated CUDA device against the CPU backend: the
+/// real loop, the real launch code, the kernels run on the host. Tiny heads, 8-pixel crops and
+/// a batch of 8 keep the emulation to seconds per method (every launch runs its CUDA threads as
+/// host threads, so the step's ~1,000 launches dominate).
+#[test]
+fn emulated_steps_of_every_method_match_the_cpu_backend() {
+    use common::tiny_run::{run, tiny};
+    let Some(dev) = emulator() else { return };
+    let heads = [
+        "simsiam.proj_hidden=16",
+        "simsiam.proj_dim=16",
+        "simclr.proj_hidden=16",
+        "simclr.proj_dim=8",
+        "byol.proj_hidden=16",
+        "byol.proj_dim=8",
+        "byol.pred_hidden=16",
+        "supcon.proj_hidden=16",
+        "supcon.proj_dim=8",
+        "swav.proj_hidden=16",
+        "swav.proj_dim=8",
+        "swav.num_prototypes=10",
+        "swav.queue_size=32",
+        "swav.epoch_queue_starts=0",
+        "swav.freeze_prototypes_epochs=0",
+        "mocov2plus.proj_hidden=16",
+        "mocov2plus.proj_dim=8",
+        "mocov2plus.queue_size=32",
+        "mocov3.proj_hidden=16",
+        "mocov3.proj_dim=8",
+        "mocov3.pred_hidden=16",
+        "dino.proj_hidden=16",
+        "dino.proj_dim=8",
+        "dino.num_prototypes=12",
+        "barlow.proj_hidden=16",
+        "barlow.proj_dim=16",
+        "vicreg.proj_hidden=16",
+        "vicreg.proj_dim=16",
+    ];
+    for method in ssl_engine::ssl::METHODS.iter().map(|(m, _)| *m) {
+        let m = format!("method={method}");
+        let mut sets =
+            vec!["epochs=1", "max_steps=1", "batch_size=8", "data.limit_per_class=1", "monitor.knn_every=0", "data.image_size=8", "checkpoint.every=0"];
+        sets.extend(heads);
+        sets.push(&m);
+        let cpu = run(&tiny(&common::tmp_dir(&format!("emu-{method}-cpu")), &sets), None).unwrap();
+        let cfg = tiny(&common::tmp_dir(&format!("emu-{method}-cuda")), &sets);
+        let emu = ssl_engine::train::train(&dev, &cfg, None, &std::sync::atomic::AtomicBool::new(false), false).unwrap();
+        assert_eq!(cpu.losses.len(), emu.losses.len());
+        for ((s, a), (_, b)) in cpu.losses.iter().zip(&emu.losses) {
+            let e = (a - b).abs() / a.abs().max(1e-3);
+            println!("{method} step {s}: cpu {a:.6} emulated cuda {b:.6} (rel {e:.1e})");
+            assert!(e < 1e-4, "{method} step {s}: loss {a} on cpu vs {b} on the emulated CUDA device");
+        }
+    }
+}
