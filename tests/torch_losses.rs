@@ -129,7 +129,7 @@ fn mocov2plus_loss_and_queue_update_match_solo_learn() {
     // The enqueue: solo-learn's pointer starts at 12 of 18; ours reaches 12 after two batches.
     let want = queues_as_rows(&b, &f, "mocov2.queue_after");
     for (v, k) in [k1, k2].iter().enumerate() {
-        let mut q = Queue::new(&b, 18, 8, None).unwrap();
+        let mut q = Queue::new(&b, 18, 8, DType::F32, None).unwrap();
         q.rows = queue[v].clone();
         // Two pushes of the current contents' own rows 0..12 keep them, and move ptr to 12.
         q.push(&ssl_engine::ops::slice(&queue[v], 0, 0, 6).unwrap()).unwrap();

@@ -18,7 +18,7 @@ use crate::data::{AugmentConfig, ViewSpec};
 use crate::error::{Error, Result};
 use crate::models::{Backbone, BackboneConfig};
 use crate::nn::{Ctx, ParamStore};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 /// F.cosine_similarity's eps.
 const COS_EPS: f32 = 1e-8;
@@ -61,7 +61,7 @@ pub fn byol_loss<B: Backend>(t: &Tape<B>, p: [&Var<B>; 2], z_momentum: [&Var<B>;
     let a = t.cosine_loss(p[1], &z_momentum[0].detach(), COS_EPS)?;
     let b = t.cosine_loss(p[0], &z_momentum[1].detach(), COS_EPS)?;
     let sum = t.scale(&t.add(&a, &b)?, 2.0)?;
-    let four = Tensor::full(sum.value.backend(), sum.value.shape(), 4.0, DType::F32)?;
+    let four = Tensor::full(sum.value.backend(), sum.value.shape(), 4.0, sum.value.dtype())?;
     t.add(&sum, &Var::constant(four))
 }
 

@@ -25,7 +25,7 @@ use crate::models::{Backbone, BackboneConfig};
 use crate::nn::{Ctx, Init, Linear, ParamId, ParamStore};
 use crate::ops;
 use crate::rng::Rng;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 const NORM_EPS: f32 = 1e-12;
 
@@ -104,7 +104,7 @@ impl DinoHead {
             let e = ps.entry(id);
             let init = if e.name.ends_with(".weight") { Init::TruncNormal(0.02) } else { Init::Zeros };
             let vals = init.sample(e.value.numel(), rng);
-            let t = Tensor::from_f32(ps.backend(), &vals, e.value.shape(), DType::F32)?;
+            let t = Tensor::from_f32(ps.backend(), &vals, e.value.shape(), e.value.dtype())?;
             ps.set(id, t)?;
         }
         let last = Linear::new(ps, &format!("{prefix}.last_layer"), cfg.proj_dim, cfg.num_prototypes, false, None, None)?;
@@ -173,7 +173,7 @@ impl<B: Backend> Dino<B> {
         let teacher_backbone = backbone.build(ps, &format!("{MOMENTUM}backbone"))?;
         let teacher_head = DinoHead::new(ps, &format!("{MOMENTUM}head"), online.feature_dim(), cfg, &mut rng)?;
         let pairs = MomentumPairs::copy_and_freeze(ps, "dino")?;
-        let center = Tensor::zeros(ps.backend(), &[cfg.num_prototypes], DType::F32)?;
+        let center = Tensor::zeros(ps.backend(), &[cfg.num_prototypes], ps.dtype())?;
         Ok(Dino {
             cfg: cfg.clone(),
             backbone: online,

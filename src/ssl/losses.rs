@@ -7,11 +7,11 @@ use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::ops;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 /// A constant tensor on `like`'s backend.
 pub fn constant<B: Backend>(like: &Tensor<B>, vals: &[f32], shape: &[usize]) -> Result<Var<B>> {
-    Ok(Var::constant(Tensor::from_f32(like.backend(), vals, shape, DType::F32)?))
+    Ok(Var::constant(Tensor::from_f32(like.backend(), vals, shape, like.dtype())?))
 }
 
 /// The sum of every element, as the one-element tensor a loss is.
@@ -39,7 +39,7 @@ pub fn soft_cross_entropy<B: Backend>(t: &Tape<B>, logits: &Var<B>, q: &Tensor<B
 pub fn info_nce<B: Backend>(t: &Tape<B>, logits: &Var<B>, temperature: f32, target: impl Fn(usize) -> usize) -> Result<Var<B>> {
     let rows = logits.shape()[0];
     let labels: Vec<f32> = (0..rows).map(|r| target(r) as f32).collect();
-    let labels = Tensor::from_f32(logits.value.backend(), &labels, &[rows], DType::F32)?;
+    let labels = Tensor::from_f32(logits.value.backend(), &labels, &[rows], logits.value.dtype())?;
     t.cross_entropy(&t.scale(logits, 1.0 / temperature)?, &labels)
 }
 

@@ -84,8 +84,8 @@ impl<B: Backend> MocoV2Plus<B> {
         let mut rng = Rng::new(seed).stream("mocov2plus queue");
         let b = ps.backend().clone();
         let queues = [
-            Queue::new(&b, cfg.queue_size, cfg.proj_dim, Some(&mut rng))?,
-            Queue::new(&b, cfg.queue_size, cfg.proj_dim, Some(&mut rng))?,
+            Queue::new(&b, cfg.queue_size, cfg.proj_dim, ps.dtype(), Some(&mut rng))?,
+            Queue::new(&b, cfg.queue_size, cfg.proj_dim, ps.dtype(), Some(&mut rng))?,
         ];
         Ok(MocoV2Plus {
             cfg: cfg.clone(),

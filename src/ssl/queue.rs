@@ -19,16 +19,16 @@ pub struct Queue<B: Backend> {
 
 impl<B: Backend> Queue<B> {
     /// `len` rows of `dim`: zeros, or with `rng` unit-norm Gaussian rows (MoCo's start).
-    pub fn new(b: &B, len: usize, dim: usize, rng: Option<&mut Rng>) -> Result<Self> {
+    pub fn new(b: &B, len: usize, dim: usize, dtype: DType, rng: Option<&mut Rng>) -> Result<Self> {
         let rows = match rng {
-            None => Tensor::zeros(b, &[len, dim], DType::F32)?,
+            None => Tensor::zeros(b, &[len, dim], dtype)?,
             Some(rng) => {
                 let mut v: Vec<f32> = (0..len * dim).map(|_| rng.normal() as f32).collect();
                 for row in v.chunks_mut(dim.max(1)) {
                     let n = row.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
                     row.iter_mut().for_each(|x| *x = (*x as f64 / n) as f32);
                 }
-                Tensor::from_f32(b, &v, &[len, dim], DType::F32)?
+                Tensor::from_f32(b, &v, &[len, dim], dtype)?
             }
         };
         Ok(Queue { rows, ptr: 0 })

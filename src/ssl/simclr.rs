@@ -14,7 +14,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::models::{Backbone, BackboneConfig};
 use crate::nn::{Ctx, ParamStore};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 /// F.normalize's eps.
 pub(super) const NORM_EPS: f32 = 1e-12;
@@ -86,9 +86,9 @@ pub fn nt_xent<B: Backend>(cx: &Ctx<B>, zs: &[Var<B>], temperature: f32) -> Resu
         mask[i * rows + i] = SELF_MASK;
     }
     let b = z.value.backend();
-    let mask = Var::constant(Tensor::from_f32(b, &mask, &[rows, rows], DType::F32)?);
+    let mask = Var::constant(Tensor::from_f32(b, &mask, &[rows, rows], z.value.dtype())?);
     let labels: Vec<f32> = (0..rows).map(|i| ((i + n) % rows) as f32).collect();
-    let labels = Tensor::from_f32(b, &labels, &[rows], DType::F32)?;
+    let labels = Tensor::from_f32(b, &labels, &[rows], z.value.dtype())?;
     t.cross_entropy(&t.add(&logits, &mask)?, &labels)
 }
 

@@ -112,7 +112,7 @@ impl<B: Backend> Swav<B> {
             ps.add("prototypes.weight", &[cfg.num_prototypes, cfg.proj_dim], Init::UniformFanIn(cfg.proj_dim), Kind::Param, Layout::Same)?;
         let b = ps.backend().clone();
         let queues = if cfg.queue_size > 0 {
-            (0..2).map(|_| Queue::new(&b, cfg.queue_size, cfg.proj_dim, None)).collect::<Result<_>>()?
+            (0..2).map(|_| Queue::new(&b, cfg.queue_size, cfg.proj_dim, ps.dtype(), None)).collect::<Result<_>>()?
         } else {
             Vec::new()
         };

@@ -795,10 +795,361 @@ def key_fixtures():
         json.dump(keys, f, indent=0, sort_keys=True)
 
 
+# ---- Five training steps of every method (methods.safetensors) -----------------------------
+# The modules mirror src/ssl/*.rs parameter for parameter (names included), so set_det_weights
+# gives both sides the same weights. Everything trains in train mode (batch statistics in every
+# BN, the momentum networks' too), with torch.optim.SGD(lr 0.05, momentum 0.9, wd 1e-4).
+
+STEPS = 5
+STEP_BATCH = 8
+
+
+def ssl_head(in_dim, specs):
+    """src/ssl/heads.rs's Head as an nn.Sequential: per (out, bias, bn, act) a Linear, then
+    BatchNorm1d(affine=bn) unless bn is None, then the activation ("relu", "gelu") if any; the
+    indices count every module (Linear 0, BN 1, ReLU 2, Linear 3, ...)."""
+    layers = []
+    for out, bias, bn, act in specs:
+        layers.append(nn.Linear(in_dim, out, bias=bias))
+        if bn is not None:
+            layers.append(nn.BatchNorm1d(out, affine=bn))
+        if act == "relu":
+            layers.append(nn.ReLU())
+        elif act == "gelu":
+            layers.append(nn.GELU())
+        in_dim = out
+    return nn.Sequential(*layers)
+
+
+def two_layer(hidden, out, bn=True, out_bn=None):
+    """Linear(bias) [-> BN] -> ReLU -> Linear(bias) [-> BN(affine=out_bn)]."""
+    return [(hidden, True, True if bn else None, "relu"), (out, True, out_bn, None)]
+
+
+def expander(hidden, out):
+    """barlow.rs's expander (Barlow Twins, VICReg): two Linear-BN-ReLU, then a Linear."""
+    return [(hidden, True, True, "relu"), (hidden, True, True, "relu"), (out, True, None, None)]
+
+
+class DinoHeadRef(nn.Module):
+    """dino.rs's DinoHead: mlp (Linear-GELU, Linear-GELU, Linear), F.normalize, then the
+    prototypes F.normalize(last_layer.weight, dim=1) (weight_norm with g fixed at 1), no bias."""
+
+    def __init__(self, in_dim, hidden, bottleneck, num_prototypes):
+        super().__init__()
+        self.mlp = ssl_head(in_dim, [(hidden, True, None, "gelu"), (hidden, True, None, "gelu"), (bottleneck, True, None, None)])
+        self.last_layer = nn.Linear(bottleneck, num_prototypes, bias=False)
+
+    def forward(self, x):
+        x = F.normalize(self.mlp(x), dim=-1)
+        return F.linear(x, F.normalize(self.last_layer.weight, dim=1))
+
+
+class StepMethod:
+    """One method for method_step_fixtures: `net` holds every parameter and buffer under the
+    engine's names; `loss(views, step)` is the training-step loss; `after_step(step)` the
+    updates after the optimiser step (EMA, queues, DINO's centre)."""
+
+    base_tau = final_tau = None
+
+    def __init__(self, net, dtype):
+        self.net, self.dtype = net, dtype
+        set_det_weights(net)
+        params = dict(net.named_parameters())
+        # solo-learn's initialize_momentum_params: parameters only, not buffers.
+        self.pairs = [(params[n[len("momentum_"):]], p) for n, p in params.items() if n.startswith("momentum_")]
+        with torch.no_grad():
+            for online, mom in self.pairs:
+                mom.copy_(online)
+                mom.requires_grad_(False)
+        if self.pairs:
+            self.updater = MomentumUpdater(self.base_tau, self.final_tau)
+        net.to(dtype).train()
+
+    def trainable(self):
+        return [p for p in self.net.parameters() if p.requires_grad]
+
+    def momentum_forward(self, x, backbone="momentum_backbone", head="momentum_projector"):
+        with torch.no_grad():
+            out = getattr(self.net, head)(getattr(self.net, backbone)(x))
+        assert not out.requires_grad
+        return out
+
+    def after_step(self, step):
+        if self.pairs:
+            # solo-learn: update with the current tau, the tau of this step (tau_at(step)).
+            self.updater.update_tau(step, STEPS)
+            self.updater.update([o for o, _ in self.pairs], [m for _, m in self.pairs])
+
+
+def _net(**modules):
+    net = nn.Module()
+    for k, v in modules.items():
+        setattr(net, k, v)
+    return net
+
+
+class SimSiamRef(StepMethod):
+    def __init__(self, dtype):
+        proj = [(32, False, True, "relu"), (32, False, False, None)]  # proj_layers 2, last BN without affine
+        pred = [(8, False, True, "relu"), (32, True, None, None)]
+        super().__init__(_net(backbone=resnet18_cifar(None), projector=ssl_head(512, proj), predictor=ssl_head(32, pred)), dtype)
+
+    def loss(self, views, step):
+        n = self.net
+        z = [n.projector(n.backbone(x)) for x in views]
+        p = [n.predictor(zi) for zi in z]
+
+        def d(p, z):
+            return -(F.normalize(p, dim=1) * F.normalize(z.detach(), dim=1)).sum(dim=1).mean()
+
+        return d(p[0], z[1]) / 2 + d(p[1], z[0]) / 2
+
+
+class SimClrRef(StepMethod):
+    def __init__(self, dtype):
+        super().__init__(_net(backbone=resnet18_cifar(None), projector=ssl_head(512, two_layer(32, 16))), dtype)
+
+    def project(self, views):
+        return torch.cat([self.net.projector(self.net.backbone(x)) for x in views])
+
+    def loss(self, views, step):
+        return simclr_loss_func(self.project(views), torch.arange(STEP_BATCH).repeat(2), 0.2)
+
+
+def supcon_step_labels(step):
+    return torch.tensor([(3 * i + step) % 4 for i in range(STEP_BATCH)], dtype=torch.long)
+
+
+class SupConRef(SimClrRef):
+    def loss(self, views, step):
+        return simclr_loss_func(self.project(views), supcon_step_labels(step).repeat(2), 0.2)
+
+
+class ByolRef(StepMethod):
+    base_tau, final_tau = 0.99, 1.0
+
+    def __init__(self, dtype):
+        super().__init__(_net(
+            backbone=resnet18_cifar(None),
+            projector=ssl_head(512, two_layer(32, 16)),
+            predictor=ssl_head(16, two_layer(32, 16)),
+            momentum_backbone=resnet18_cifar(None),
+            momentum_projector=ssl_head(512, two_layer(32, 16)),
+        ), dtype)
+
+    def loss(self, views, step):
+        n = self.net
+        p = [n.predictor(n.projector(n.backbone(x))) for x in views]
+        zm = [self.momentum_forward(x) for x in views]
+        return byol_loss_func(p[0], zm[1]) + byol_loss_func(p[1], zm[0])
+
+
+class SwavRef(StepMethod):
+    def __init__(self, dtype):
+        super().__init__(_net(
+            backbone=resnet18_cifar(None),
+            projector=ssl_head(512, two_layer(32, 16)),
+            prototypes=nn.Linear(16, 20, bias=False),
+        ), dtype)
+        # epsilon and temperature exact in float32 (the engine's hyperparameters are float32):
+        # Sinkhorn's exp(p / epsilon) turns a 1e-8 difference in epsilon into 1e-3 in the
+        # fourth step's loss.
+        self.sk = SinkhornKnopp(num_iters=3, epsilon=0.0625, world_size=1)
+        # queue_size 16 per large crop, zeros at the start, in use from the first step.
+        self.queue = torch.zeros(2, 16, 16, dtype=dtype)
+        self.ptr = 0
+        self.pending = None
+
+    def loss(self, views, step):
+        n = self.net
+        protos = F.normalize(n.prototypes.weight, dim=1)
+        z = [F.normalize(n.projector(n.backbone(x)), dim=1) for x in views]
+        preds = [F.linear(zi, protos) for zi in z]
+        with torch.no_grad():  # solo-learn's get_assignments, the queue's scores under the batch's
+            assignments = []
+            for i, p in enumerate(preds):
+                p = torch.cat((p.detach(), F.linear(self.queue[i], protos.detach())))
+                assignments.append(self.sk(p)[:STEP_BATCH])
+        self.pending = torch.stack([zi.detach() for zi in z])
+        return swav_loss_func(preds, assignments, temperature=0.125)
+
+    def after_step(self, step):
+        # A ring buffer as queue.rs (solo-learn shifts rows instead: the same set of rows, and
+        # Sinkhorn does not depend on their order).
+        self.queue[:, self.ptr : self.ptr + STEP_BATCH] = self.pending
+        self.ptr = (self.ptr + STEP_BATCH) % self.queue.shape[1]
+
+
+def mocov2plus_initial_queues():
+    """The two initial queues [16, 16] (row = one key), F.normalize'd in float32."""
+    return [F.normalize(det_uniform(f"mocov2plus.queue{v}", (16, 16)), dim=1) for v in (1, 2)]
+
+
+class MocoV2PlusRef(StepMethod):
+    base_tau, final_tau = 0.99, 0.999
+
+    def __init__(self, dtype):
+        mlp = two_layer(32, 16, bn=False)  # Linear-ReLU-Linear: projector.0, projector.2
+        super().__init__(_net(
+            backbone=resnet18_cifar(None),
+            projector=ssl_head(512, mlp),
+            momentum_backbone=resnet18_cifar(None),
+            momentum_projector=ssl_head(512, mlp),
+        ), dtype)
+        self.queue = torch.stack(mocov2plus_initial_queues()).to(dtype)  # [2, K, d]
+        self.ptr = 0
+        self.pending = None
+
+    def loss(self, views, step):
+        n = self.net
+        q = [F.normalize(n.projector(n.backbone(x)), dim=-1) for x in views]
+        k = [F.normalize(self.momentum_forward(x), dim=-1) for x in views]
+        queue = self.queue.clone().detach()
+        # solo-learn's queue is [2, d, K]: queue[1] (view 2's keys) for q1, queue[0] for q2.
+        loss = (mocov2plus_loss_func(q[0], k[1], queue[1].t(), 0.2) + mocov2plus_loss_func(q[1], k[0], queue[0].t(), 0.2)) / 2
+        self.pending = torch.stack(k)
+        return loss
+
+    def after_step(self, step):
+        self.queue[:, self.ptr : self.ptr + STEP_BATCH] = self.pending
+        self.ptr = (self.ptr + STEP_BATCH) % self.queue.shape[1]
+        super().after_step(step)
+
+
+class MocoV3Ref(StepMethod):
+    base_tau, final_tau = 0.99, 1.0
+
+    def __init__(self, dtype):
+        proj = two_layer(32, 16, out_bn=False)  # Linear-BN-ReLU-Linear-BN(no affine)
+        super().__init__(_net(
+            backbone=resnet18_cifar(None),
+            projector=ssl_head(512, proj),
+            predictor=ssl_head(16, two_layer(32, 16)),
+            momentum_backbone=resnet18_cifar(None),
+            momentum_projector=ssl_head(512, proj),
+        ), dtype)
+
+    def loss(self, views, step):
+        n = self.net
+        q = [n.predictor(n.projector(n.backbone(x))) for x in views]
+        k = [self.momentum_forward(x) for x in views]
+        return mocov3_loss_func(q[0], k[1], temperature=0.2) + mocov3_loss_func(q[1], k[0], temperature=0.2)
+
+
+class DinoRef(StepMethod):
+    base_tau, final_tau = 0.99, 1.0
+
+    def __init__(self, dtype):
+        super().__init__(_net(
+            backbone=resnet18_cifar(None),
+            head=DinoHeadRef(512, 32, 16, 24),
+            momentum_backbone=resnet18_cifar(None),
+            momentum_head=DinoHeadRef(512, 32, 16, 24),
+        ), dtype)
+        # Teacher temperature 0.07 from the start (no warm-up epochs); the centre starts at 0.
+        self.loss_fn = DINOLoss(num_prototypes=24, warmup_teacher_temp=0.07, teacher_temp=0.07, warmup_teacher_temp_epochs=0,
+                                num_epochs=1, student_temp=0.1, num_large_crops=2, center_momentum=0.9).to(dtype)
+
+    def loss(self, views, step):
+        n = self.net
+        student = torch.cat([n.head(n.backbone(x)) for x in views])
+        teacher = torch.cat([self.momentum_forward(x, head="momentum_head") for x in views])
+        # DINOLoss moves its centre inside forward, from this step's teacher outputs; the centre
+        # is only read by the next step's loss, so this equals updating it after the step.
+        return self.loss_fn(student, teacher)
+
+
+class BarlowRef(StepMethod):
+    def __init__(self, dtype):
+        super().__init__(_net(backbone=resnet18_cifar(None), projector=ssl_head(512, expander(32, 32))), dtype)
+
+    def loss(self, views, step):
+        z = [self.net.projector(self.net.backbone(x)) for x in views]
+        return barlow_loss_func(z[0], z[1], lamb=0.0051, scale_loss=0.1)
+
+
+class VicregRef(BarlowRef):
+    def loss(self, views, step):
+        z = [self.net.projector(self.net.backbone(x)) for x in views]
+        return vicreg_loss_func(z[0], z[1], sim_loss_weight=25.0, var_loss_weight=25.0, cov_loss_weight=1.0)
+
+
+STEP_METHODS = {
+    "simsiam": SimSiamRef,
+    "simclr": SimClrRef,
+    "supcon": SupConRef,
+    "byol": ByolRef,
+    "swav": SwavRef,
+    "mocov2plus": MocoV2PlusRef,
+    "mocov3": MocoV3Ref,
+    "dino": DinoRef,
+    "barlow": BarlowRef,
+    "vicreg": VicregRef,
+}
+
+
+def method_step_losses(make, dtype):
+    """The five losses of one method's five training steps in `dtype`."""
+    old_default = torch.get_default_dtype()
+    # barlow_loss_func builds its BatchNorm1d in the default dtype: float64 in the float64 run.
+    torch.set_default_dtype(dtype)
+    try:
+        m = make(dtype)
+        opt = torch.optim.SGD(m.trainable(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+        x1 = det_uniform("steps.x1", (STEPS, STEP_BATCH, 3, 16, 16))
+        x2 = det_uniform("steps.x2", (STEPS, STEP_BATCH, 3, 16, 16))
+        losses = []
+        for step in range(STEPS):
+            loss = m.loss([x1[step].to(dtype), x2[step].to(dtype)], step)
+            assert loss.dtype == dtype and loss.numel() == 1
+            losses.append(loss.item())
+            opt.zero_grad()
+            loss.backward()
+            for _, mom in getattr(m, "pairs", []):
+                assert mom.grad is None  # the momentum networks take no gradient
+            assert all(p.grad is not None for p in m.trainable())
+            opt.step()
+            m.after_step(step)
+        if m.pairs:  # the EMA really moved the momentum networks, and they trail the online ones
+            diff = max((o - mm).abs().max().item() for o, mm in m.pairs)
+            assert diff > 0, "momentum network equals the online one"
+        return losses
+    finally:
+        torch.set_default_dtype(old_default)
+
+
+def method_step_fixtures():
+    """Five training steps of every method on ResNet-18 (CIFAR stem) with small heads
+    (methods.safetensors): `<method>.losses` the float64 trace (the reference), `<method>.losses_f32`
+    the float32 one. Views x1, x2 = det_uniform("steps.x{1,2}", (5, 8, 3, 16, 16))[step], each
+    through the network on its own. The EMA uses tau_at(step, 5) after step `step`; SwAV's and
+    MoCo v2+'s queues are ring buffers of 16 rows per view written after the step.
+    Also stored: `supcon.labels` [5, 8] (per step, (3 i + step) % 4) and MoCo v2+'s initial
+    queues `mocov2plus.queue{1,2}` [16, 16] (float32, rows normalised; the float64 run casts)."""
+    torch.set_num_threads(2)
+    t = {}
+    for name, make in STEP_METHODS.items():
+        for dtype, key in ((torch.float64, "losses"), (torch.float32, "losses_f32")):
+            losses = method_step_losses(make, dtype)
+            assert all(math.isfinite(v) for v in losses), (name, losses)
+            assert len(set(losses)) == STEPS, (name, losses)
+            t[f"{name}.{key}"] = torch.tensor(losses, dtype=torch.float64)
+        print(name, " ".join(f"{v:.10f}" for v in t[f"{name}.losses"].tolist()),
+              f"(f32 max diff {(t[name + '.losses'] - t[name + '.losses_f32']).abs().max().item():.2e})")
+    t["supcon.labels"] = torch.stack([supcon_step_labels(s) for s in range(STEPS)]).float()
+    t["mocov2plus.queue1"], t["mocov2plus.queue2"] = mocov2plus_initial_queues()
+    save_file(t, os.path.join(OUT, "methods.safetensors"))
+    print("methods.safetensors", os.path.getsize(os.path.join(OUT, "methods.safetensors")), "bytes")
+
+
 if __name__ == "__main__":
     import sys
 
     torch.manual_seed(0)
+    if sys.argv[1:] == ["methods"]:  # only methods.safetensors
+        method_step_fixtures()
+        sys.exit(0)
     loss_fixtures()
     optim_fixtures()
     if sys.argv[1:] == ["losses"]:  # only losses.safetensors and optim.safetensors
@@ -807,5 +1158,6 @@ if __name__ == "__main__":
     metric_fixtures()
     layer_fixtures()
     model_fixtures()
+    method_step_fixtures()
     for f in ("metrics.safetensors", "layers.safetensors", "models.safetensors"):
         print(f, os.path.getsize(os.path.join(OUT, f)) // 1024, "KiB")
