@@ -347,14 +347,8 @@ fn ln_bwd_dx_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
 }
 
-// o1[row] = log sum_j exp(x[row, j]), max-shifted
-@compute @workgroup_size(ROW_WG)
-fn logsumexp_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let row = flat_group(wid, nwg);
-    if (row >= p.rows) {
-        return;
-    }
-    let base = row * p.ch;
+// (max, sum of exp(x - max)) over the row of x at `base`, by the whole workgroup.
+fn row_max_expsum(base: u32, li: u32) -> vec2<f32> {
     var m = NEG_BIG;
     for (var j = li; j < p.ch; j += ROW_WG) {
         m = max(m, x[base + j]);
@@ -364,9 +358,19 @@ fn logsumexp_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     for (var j = li; j < p.ch; j += ROW_WG) {
         s += exp(x[base + j] - mx);
     }
-    let total = row_sum(s, li);
+    return vec2<f32>(mx, row_sum(s, li));
+}
+
+// o1[row] = log sum_j exp(x[row, j]), max-shifted
+@compute @workgroup_size(ROW_WG)
+fn logsumexp_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let row = flat_group(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let ms = row_max_expsum(row * p.ch, li);
     if (li == 0u) {
-        o1[row] = mx + log(total);
+        o1[row] = ms.x + log(ms.y);
     }
 }
 
@@ -392,18 +396,10 @@ fn softmax_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
         return;
     }
     let base = row * p.ch;
-    var m = NEG_BIG;
+    let ms = row_max_expsum(base, li);
+    let inv = 1.0 / ms.y;
     for (var j = li; j < p.ch; j += ROW_WG) {
-        m = max(m, x[base + j]);
-    }
-    let mx = row_max(m, li);
-    var s = 0.0;
-    for (var j = li; j < p.ch; j += ROW_WG) {
-        s += exp(x[base + j] - mx);
-    }
-    let inv = 1.0 / row_sum(s, li);
-    for (var j = li; j < p.ch; j += ROW_WG) {
-        o1[base + j] = exp(x[base + j] - mx) * inv;
+        o1[base + j] = exp(x[base + j] - ms.x) * inv;
     }
 }
 

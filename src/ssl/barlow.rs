@@ -82,9 +82,7 @@ impl<B: Backend> Method<B> for Barlow {
     }
 
     fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
-        if views.len() != 2 {
-            return Err(Error::Invalid { op: "barlow", msg: format!("needs 2 views, got {}", views.len()) });
-        }
+        super::check_views("barlow", views, 2)?;
         let zs = views.iter().map(|x| self.projector.forward(cx, &self.backbone.forward(cx, x)?)).collect::<Result<Vec<_>>>()?;
         let loss = barlow_loss(cx.tape, &zs[0], &zs[1], self.cfg.lamb, self.cfg.scale_loss)?;
         Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })

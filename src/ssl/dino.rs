@@ -206,10 +206,7 @@ impl<B: Backend> Method<B> for Dino<B> {
     }
 
     fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
-        let want = 2 + self.cfg.multicrop.small_crops;
-        if views.len() != want {
-            return Err(Error::Invalid { op: "dino", msg: format!("needs {want} views, got {}", views.len()) });
-        }
+        super::check_views("dino", views, 2 + self.cfg.multicrop.small_crops)?;
         let mut student = Vec::new();
         let mut embedding = None;
         for x in views {

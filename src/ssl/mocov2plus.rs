@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::heads::{Act, Head, LayerSpec};
 use super::momentum::{MOMENTUM, MomentumPairs, check_taus, tau_at};
-use super::queue::Queue;
+use super::queue::{Queue, load_queues, queues_state};
 use super::{Method, StepInfo, StepOutput, losses};
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
@@ -109,9 +109,7 @@ impl<B: Backend> Method<B> for MocoV2Plus<B> {
     }
 
     fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
-        if views.len() != 2 {
-            return Err(Error::Invalid { op: "mocov2plus", msg: format!("needs 2 views, got {}", views.len()) });
-        }
+        super::check_views("mocov2plus", views, 2)?;
         let t = cx.tape;
         let mut zs = Vec::new();
         let mut qs = Vec::new();
@@ -140,17 +138,10 @@ impl<B: Backend> Method<B> for MocoV2Plus<B> {
     }
 
     fn state(&self) -> Vec<(String, Tensor<B>)> {
-        let mut out = Vec::new();
-        for (v, q) in self.queues.iter().enumerate() {
-            out.extend(q.state(&format!("queue{}", v + 1)).unwrap_or_default());
-        }
-        out
+        queues_state(&self.queues)
     }
 
     fn load_state(&mut self, saved: &HashMap<String, Tensor<B>>) -> Result<()> {
-        for (v, q) in self.queues.iter_mut().enumerate() {
-            q.load_state(saved, "mocov2plus", &format!("queue{}", v + 1))?;
-        }
-        Ok(())
+        load_queues(&mut self.queues, saved, "mocov2plus")
     }
 }

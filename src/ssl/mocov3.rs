@@ -101,13 +101,11 @@ impl<B: Backend> Method<B> for MocoV3 {
     }
 
     fn views(&self, recipe: &AugmentConfig, size: usize) -> Vec<ViewSpec> {
-        self.cfg.solarize.iter().map(|&p| ViewSpec { augment: AugmentConfig { solarize_p: p, ..recipe.clone() }, size }).collect()
+        super::solarized_views(&self.cfg.solarize, recipe, size)
     }
 
     fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
-        if views.len() != 2 {
-            return Err(Error::Invalid { op: "mocov3", msg: format!("needs 2 views, got {}", views.len()) });
-        }
+        super::check_views("mocov3", views, 2)?;
         let (mut zs, mut qs, mut ks) = (Vec::new(), Vec::new(), Vec::new());
         for x in views {
             let z = self.projector.forward(cx, &self.backbone.forward(cx, x)?)?;

@@ -155,6 +155,20 @@ pub trait Method<B: Backend> {
     }
 }
 
+/// An error unless the loop supplied `want` views (a method's forward checks its input).
+pub fn check_views<B: Backend>(method: &'static str, views: &[Var<B>], want: usize) -> Result<()> {
+    if views.len() != want {
+        return Err(Error::Invalid { op: method, msg: format!("needs {want} views, got {}", views.len()) });
+    }
+    Ok(())
+}
+
+/// Two views of `recipe`, solarised with probability `solarize[v]` (BYOL's and MoCo v3's
+/// asymmetric views).
+pub fn solarized_views(solarize: &[f32; 2], recipe: &AugmentConfig, size: usize) -> Vec<ViewSpec> {
+    solarize.iter().map(|&p| ViewSpec { augment: AugmentConfig { solarize_p: p, ..recipe.clone() }, size }).collect()
+}
+
 /// The saved state tensor `name` with `shape`, or an error naming what is missing or wrong.
 pub fn saved_state<B: Backend>(saved: &HashMap<String, Tensor<B>>, method: &str, name: &str, shape: &[usize]) -> Result<Tensor<B>> {
     let t = saved.get(name).ok_or_else(|| {

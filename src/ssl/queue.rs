@@ -70,3 +70,16 @@ impl<B: Backend> Queue<B> {
         Ok(())
     }
 }
+
+/// Every queue's state, as `queue<v>` and `queue<v>_ptr` (v from 1).
+pub fn queues_state<B: Backend>(queues: &[Queue<B>]) -> Vec<(String, Tensor<B>)> {
+    queues.iter().enumerate().flat_map(|(v, q)| q.state(&format!("queue{}", v + 1)).unwrap_or_default()).collect()
+}
+
+/// Restores what `queues_state` saved.
+pub fn load_queues<B: Backend>(queues: &mut [Queue<B>], saved: &HashMap<String, Tensor<B>>, method: &str) -> Result<()> {
+    for (v, q) in queues.iter_mut().enumerate() {
+        q.load_state(saved, method, &format!("queue{}", v + 1))?;
+    }
+    Ok(())
+}

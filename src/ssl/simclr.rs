@@ -66,9 +66,7 @@ impl SimClr {
 impl SimClr {
     /// The projections z of every view, each view through the network on its own.
     pub(super) fn project<B: Backend>(&self, cx: &Ctx<B>, views: &[Var<B>], method: &'static str) -> Result<Vec<Var<B>>> {
-        if views.len() != 2 {
-            return Err(Error::Invalid { op: method, msg: format!("needs 2 views, got {}", views.len()) });
-        }
+        super::check_views(method, views, 2)?;
         views.iter().map(|x| self.projector.forward(cx, &self.backbone.forward(cx, x)?)).collect()
     }
 }

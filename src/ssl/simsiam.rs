@@ -92,9 +92,7 @@ impl<B: Backend> Method<B> for SimSiam {
     }
 
     fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
-        if views.len() != 2 {
-            return Err(Error::Invalid { op: "simsiam", msg: format!("needs 2 views, got {}", views.len()) });
-        }
+        super::check_views("simsiam", views, 2)?;
         let t = cx.tape;
         let mut zs = Vec::new();
         let mut ps = Vec::new();

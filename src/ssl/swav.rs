@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::heads::{Act, Head, LayerSpec};
-use super::queue::Queue;
+use super::queue::{Queue, load_queues, queues_state};
 use super::{Method, MultiCrop, StepInfo, StepOutput, losses};
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
@@ -151,10 +151,7 @@ impl<B: Backend> Method<B> for Swav<B> {
     }
 
     fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
-        let want = 2 + self.cfg.multicrop.small_crops;
-        if views.len() != want {
-            return Err(Error::Invalid { op: "swav", msg: format!("needs {want} views, got {}", views.len()) });
-        }
+        super::check_views("swav", views, 2 + self.cfg.multicrop.small_crops)?;
         let t = cx.tape;
         let protos = t.l2_normalize(&cx.param(self.prototypes), NORM_EPS)?;
         let mut zs = Vec::new();
@@ -188,17 +185,10 @@ impl<B: Backend> Method<B> for Swav<B> {
     }
 
     fn state(&self) -> Vec<(String, Tensor<B>)> {
-        let mut out = Vec::new();
-        for (v, q) in self.queues.iter().enumerate() {
-            out.extend(q.state(&format!("queue{}", v + 1)).unwrap_or_default());
-        }
-        out
+        queues_state(&self.queues)
     }
 
     fn load_state(&mut self, saved: &HashMap<String, Tensor<B>>) -> Result<()> {
-        for (v, q) in self.queues.iter_mut().enumerate() {
-            q.load_state(saved, "swav", &format!("queue{}", v + 1))?;
-        }
-        Ok(())
+        load_queues(&mut self.queues, saved, "swav")
     }
 }
