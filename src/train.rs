@@ -154,7 +154,7 @@ fn save_on_interrupt<B: Backend>(
 ) -> Error {
     let Error::Interrupted(what) = e else { return e };
     let path = cfg.out.join("last.safetensors");
-    match save_checkpoint(&path, ps, opt, &method.state(), state) {
+    match method.state().and_then(|ms| save_checkpoint(&path, ps, opt, &ms, state)) {
         Ok(()) => Error::Interrupted(format!(
             "state saved to {} at epoch {}, step {} (stopped {what})",
             path.display(),
@@ -454,9 +454,9 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
         }
         let stop = cfg.max_steps.is_some_and(|m| state.global_step >= m);
         // Saving also checks every tensor: a finite loss can hide overflowed BN statistics.
-        save_checkpoint(&cfg.out.join("last.safetensors"), &ps, opt.as_ref(), &method.state(), &state)?;
+        save_checkpoint(&cfg.out.join("last.safetensors"), &ps, opt.as_ref(), &method.state()?, &state)?;
         if finished_epoch && cfg.checkpoint.every > 0 && state.epoch.is_multiple_of(cfg.checkpoint.every) {
-            save_checkpoint(&cfg.out.join(format!("epoch-{:04}.safetensors", state.epoch)), &ps, opt.as_ref(), &method.state(), &state)?;
+            save_checkpoint(&cfg.out.join(format!("epoch-{:04}.safetensors", state.epoch)), &ps, opt.as_ref(), &method.state()?, &state)?;
             prune_checkpoints(&cfg.out, cfg.checkpoint.keep);
         }
         let _ = crate::plot::plot_run(&cfg.out);

@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 
 use super::heads::{Act, Head, LayerSpec};
 use super::momentum::{MOMENTUM, MomentumPairs, check_taus, tau_at};
-use super::swav::mean_of;
 use super::{Method, MultiCrop, StepInfo, StepOutput, losses, saved_state};
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
@@ -154,7 +153,7 @@ pub fn dino_loss<B: Backend>(
     }
     let all = ops::concat(&teacher.iter().collect::<Vec<_>>(), 0)?;
     let mean = ops::scale(&ops::sum_axis(&all, 0)?, 1.0 / all.shape()[0] as f32)?;
-    Ok((mean_of(t, &terms)?, mean))
+    Ok((losses::mean_of(t, &terms)?, mean))
 }
 
 impl<B: Backend> Dino<B> {
@@ -240,8 +239,8 @@ impl<B: Backend> Method<B> for Dino<B> {
         Ok(())
     }
 
-    fn state(&self) -> Vec<(String, Tensor<B>)> {
-        vec![("center".into(), self.center.clone())]
+    fn state(&self) -> Result<Vec<(String, Tensor<B>)>> {
+        Ok(vec![("center".into(), self.center.clone())])
     }
 
     fn load_state(&mut self, saved: &HashMap<String, Tensor<B>>) -> Result<()> {

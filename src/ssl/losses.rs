@@ -66,3 +66,12 @@ pub fn sinkhorn<B: Backend>(scores: &Tensor<B>, eps: f32, iters: usize) -> Resul
     }
     ops::scale(&q, b as f32)
 }
+
+/// The mean of one-element losses.
+pub fn mean_of<B: Backend>(t: &Tape<B>, terms: &[Var<B>]) -> Result<Var<B>> {
+    let mut sum = terms.first().cloned().ok_or_else(|| crate::error::Error::Invalid { op: "loss", msg: "no loss terms".into() })?;
+    for term in &terms[1..] {
+        sum = t.add(&sum, term)?;
+    }
+    t.scale(&sum, 1.0 / terms.len() as f32)
+}

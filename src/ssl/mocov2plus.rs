@@ -137,7 +137,7 @@ impl<B: Backend> Method<B> for MocoV2Plus<B> {
         self.pairs.update(ps, tau_at(self.cfg.base_tau, self.cfg.final_tau, info.step, info.total_steps))
     }
 
-    fn state(&self) -> Vec<(String, Tensor<B>)> {
+    fn state(&self) -> Result<Vec<(String, Tensor<B>)>> {
         queues_state(&self.queues)
     }
 

@@ -145,8 +145,8 @@ pub trait Method<B: Backend> {
     }
     /// Tensors the method keeps outside the parameter store (queues, centres, their
     /// positions), by name, for the checkpoint. Momentum networks live in the store instead.
-    fn state(&self) -> Vec<(String, Tensor<B>)> {
-        Vec::new()
+    fn state(&self) -> Result<Vec<(String, Tensor<B>)>> {
+        Ok(Vec::new())
     }
     /// Restores `state()` from a checkpoint; `saved` maps each saved name to its tensor.
     fn load_state(&mut self, saved: &HashMap<String, Tensor<B>>) -> Result<()> {

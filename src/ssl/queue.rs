@@ -72,8 +72,12 @@ impl<B: Backend> Queue<B> {
 }
 
 /// Every queue's state, as `queue<v>` and `queue<v>_ptr` (v from 1).
-pub fn queues_state<B: Backend>(queues: &[Queue<B>]) -> Vec<(String, Tensor<B>)> {
-    queues.iter().enumerate().flat_map(|(v, q)| q.state(&format!("queue{}", v + 1)).unwrap_or_default()).collect()
+pub fn queues_state<B: Backend>(queues: &[Queue<B>]) -> Result<Vec<(String, Tensor<B>)>> {
+    let mut out = Vec::new();
+    for (v, q) in queues.iter().enumerate() {
+        out.extend(q.state(&format!("queue{}", v + 1))?);
+    }
+    Ok(out)
 }
 
 /// Restores what `queues_state` saved.

@@ -82,16 +82,7 @@ pub fn swav_loss<B: Backend>(t: &Tape<B>, preds: &[Var<B>], assignments: &[Tenso
             terms.push(losses::soft_cross_entropy(t, &t.scale(p, 1.0 / temperature)?, q)?);
         }
     }
-    mean_of(t, &terms)
-}
-
-/// The mean of one-element losses.
-pub(super) fn mean_of<B: Backend>(t: &Tape<B>, terms: &[Var<B>]) -> Result<Var<B>> {
-    let mut sum = terms.first().cloned().ok_or_else(|| Error::Invalid { op: "loss", msg: "no loss terms".into() })?;
-    for term in &terms[1..] {
-        sum = t.add(&sum, term)?;
-    }
-    t.scale(&sum, 1.0 / terms.len() as f32)
+    losses::mean_of(t, &terms)
 }
 
 impl<B: Backend> Swav<B> {
@@ -184,7 +175,7 @@ impl<B: Backend> Method<B> for Swav<B> {
         Ok(())
     }
 
-    fn state(&self) -> Vec<(String, Tensor<B>)> {
+    fn state(&self) -> Result<Vec<(String, Tensor<B>)>> {
         queues_state(&self.queues)
     }
 
