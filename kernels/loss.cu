@@ -1,4 +1,4 @@
-// Cross-entropy with logits and the negative-cosine loss. Twin of src/backend/cpu/loss.rs.
+// Cross-entropy with logits, the negative-cosine loss, NT-Xent and the identity penalty. Twin of src/backend/cpu/loss.rs.
 // Per-row work is one warp per row (8 rows per 256-thread block); the batch mean is a separate
 // single-block reduction (loss_reduce_fwd_f32) with a fixed order. Upstream gradients arrive as
 // one-element device buffers, read on the device.
@@ -105,5 +105,106 @@ extern "C" __global__ void cosine_loss_bwd_f32(const float* p, const float* z, c
             if (!z_clamped) v -= cs * (double)zr[j] / (zn * zn);
             dz[r * dim + j] = (float)(g * v);
         }
+    }
+}
+
+// ---- NT-Xent over a similarity matrix [rows, rows]: one warp per row -------------------------
+// x = sim / T. Row r's denominator is every j != r, its positives the j != r of its group.
+// Each lane keeps an online (max, sum) for both sets; the warp merges them. A row without a
+// positive gets NaN (the CPU backend returns an error).
+
+// Merge two online log-sum-exp accumulators (m, s): s is the sum of exp(x - m).
+DEV void lse_merge(float& m, double& s, float om, double os) {
+    const float nm = fmaxf(m, om);
+    if (nm == neg_inf()) return;
+    s = s * exp((double)(m - nm)) + os * exp((double)(om - nm));
+    m = nm;
+}
+
+DEV void lse_push(float& m, double& s, float x) { lse_merge(m, s, x, 1.0); }
+
+DEV float warp_lse_finish(float m, double s) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const float om = __shfl_xor_sync(0xffffffffu, m, o);
+        const double os = __shfl_xor_sync(0xffffffffu, s, o);
+        lse_merge(m, s, om, os);
+    }
+    return m == neg_inf() ? neg_inf() : m + (float)log(s);
+}
+
+// (lse over j != r, lse over the positives j != r) of row r, by the whole warp.
+DEV void nt_xent_row(const float* sim, const float* groups, int rows, int r, float inv_t, int lane, float& all,
+                     float& pos) {
+    float am = neg_inf(), pm = neg_inf();
+    double as = 0.0, ps = 0.0;
+    const float* row = sim + (i64)r * rows;
+    const float g = groups[r];
+    for (int j = lane; j < rows; j += 32) {
+        if (j == r) continue;
+        const float x = row[j] * inv_t;
+        lse_push(am, as, x);
+        if (groups[j] == g) lse_push(pm, ps, x);
+    }
+    all = warp_lse_finish(am, as);
+    pos = warp_lse_finish(pm, ps);
+}
+
+// per_row[r] = lse_all - lse_pos; the loss is loss_reduce_fwd_f32(per_row, 1 / rows).
+extern "C" __global__ void nt_xent_fwd_f32(const float* sim, const float* groups, float* per_row, int rows,
+                                           float inv_t) {
+    const int lane = threadIdx.x & 31;
+    const i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    float all, pos;
+    nt_xent_row(sim, groups, rows, (int)r, inv_t, lane, all, pos);
+    if (lane == 0) per_row[r] = pos == neg_inf() ? qnan() : all - pos;
+}
+
+// dsim[r, j] = dloss / (rows T) [j != r] (exp(x - lse_all) - [g_j = g_r] exp(x - lse_pos))
+extern "C" __global__ void nt_xent_bwd_f32(const float* sim, const float* groups, const float* dloss, float* dsim,
+                                           int rows, float inv_t) {
+    const int lane = threadIdx.x & 31;
+    const i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    float all, pos;
+    nt_xent_row(sim, groups, rows, (int)r, inv_t, lane, all, pos);
+    const float gr = groups[r];
+    const float scale = dloss[0] / (float)rows * inv_t;
+    const float* row = sim + r * rows;
+    float* out = dsim + r * rows;
+    for (int j = lane; j < rows; j += 32) {
+        const float x = row[j] * inv_t;
+        const float p = (groups[j] == gr ? expf(x - pos) : 0.0f);
+        out[j] = j == r ? 0.0f : (pos == neg_inf() ? qnan() : scale * (expf(x - all) - p));
+    }
+}
+
+// ---- identity penalty of a square matrix c [d, d] ----------------------------------------------
+// loss = diag_weight sum_i (c_ii - 1)^2 + off_weight sum_{i != j} c_ij^2 (Barlow Twins' and
+// VICReg's terms): per_row by one warp per row, then loss_reduce_fwd_f32(per_row, 1).
+extern "C" __global__ void identity_penalty_fwd_f32(const float* c, float* per_row, int d, float diag_weight,
+                                                    float off_weight) {
+    const int lane = threadIdx.x & 31;
+    const i64 i = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (i >= d) return;
+    const float* row = c + i * d;
+    double off = 0.0;
+    for (int j = lane; j < d; j += 32) {
+        if (j != i) off += (double)row[j] * (double)row[j];
+    }
+    off = warp_sum_d(off);
+    if (lane == 0) {
+        const double diag = (double)row[i] - 1.0;
+        per_row[i] = (float)((double)diag_weight * diag * diag + (double)off_weight * off);
+    }
+}
+
+// dc_ij = 2 dloss (diag_weight (c_ii - 1) if i = j, else off_weight c_ij), one thread per element.
+extern "C" __global__ void identity_penalty_bwd_f32(const float* c, const float* dloss, float* dc, int d,
+                                                    float diag_weight, float off_weight) {
+    const float g = 2.0f * dloss[0];
+    FOR_EACH(k, (i64)d * d) {
+        const i64 i = k / d, j = k - i * d;
+        dc[k] = g * (i == j ? diag_weight * (c[k] - 1.0f) : off_weight * c[k]);
     }
 }

@@ -576,6 +576,61 @@ pub fn cosine_loss_bwd<B: Backend>(
     Ok((dp, dz))
 }
 
+fn nt_xent_rows<B: Backend>(op: &'static str, sim: &Tensor<B>, groups: &Tensor<B>, temperature: f32) -> Result<usize> {
+    same_dtype(op, &[sim, groups])?;
+    let rows = sim.shape().first().copied().unwrap_or(0);
+    if sim.shape() != [rows, rows] || rows == 0 || groups.shape() != [rows] {
+        return Err(shape_err(op, "needs similarities [rows, rows] and groups [rows]", &[sim.shape(), groups.shape()]));
+    }
+    if !(temperature > 0.0 && temperature.is_finite()) {
+        return Err(crate::error::Error::Invalid { op, msg: format!("temperature must be a positive number (got {temperature})") });
+    }
+    Ok(rows)
+}
+
+/// NT-Xent over similarities sim [rows, rows] whose rows carry `groups` [rows] (ids as floats):
+/// mean_r [lse_{j != r}(sim_rj / T) - lse_{j != r, g_j = g_r}(sim_rj / T)]. SimCLR's groups
+/// are the image of each view; SupCon's are the labels.
+pub fn nt_xent<B: Backend>(sim: &Tensor<B>, groups: &Tensor<B>, temperature: f32) -> Result<Tensor<B>> {
+    let rows = nt_xent_rows("nt_xent", sim, groups, temperature)?;
+    let loss = out(sim, &[1])?;
+    sim.backend().nt_xent_fwd(sim.storage(), groups.storage(), loss.storage(), rows, temperature)?;
+    Ok(loss)
+}
+
+pub fn nt_xent_bwd<B: Backend>(sim: &Tensor<B>, groups: &Tensor<B>, dloss: &Tensor<B>, temperature: f32) -> Result<Tensor<B>> {
+    let rows = nt_xent_rows("nt_xent_bwd", sim, groups, temperature)?;
+    scalar_grad("nt_xent_bwd", dloss)?;
+    let dsim = out(sim, sim.shape())?;
+    sim.backend().nt_xent_bwd(sim.storage(), groups.storage(), dloss.storage(), dsim.storage(), rows, temperature)?;
+    Ok(dsim)
+}
+
+fn square_side<B: Backend>(op: &'static str, c: &Tensor<B>) -> Result<usize> {
+    same_dtype(op, &[c])?;
+    match c.shape() {
+        [a, b] if a == b => Ok(*a),
+        s => Err(shape_err(op, "needs a square matrix [d, d]", &[s])),
+    }
+}
+
+/// diag_weight sum_i (c_ii - 1)^2 + off_weight sum_{i != j} c_ij^2 of c [d, d]: Barlow Twins'
+/// loss on its cross-correlation, VICReg's covariance term (diag_weight 0).
+pub fn identity_penalty<B: Backend>(c: &Tensor<B>, diag_weight: f32, off_weight: f32) -> Result<Tensor<B>> {
+    let d = square_side("identity_penalty", c)?;
+    let loss = out(c, &[1])?;
+    c.backend().identity_penalty_fwd(c.storage(), loss.storage(), d, diag_weight, off_weight)?;
+    Ok(loss)
+}
+
+pub fn identity_penalty_bwd<B: Backend>(c: &Tensor<B>, dloss: &Tensor<B>, diag_weight: f32, off_weight: f32) -> Result<Tensor<B>> {
+    let d = square_side("identity_penalty_bwd", c)?;
+    scalar_grad("identity_penalty_bwd", dloss)?;
+    let dc = out(c, c.shape())?;
+    c.backend().identity_penalty_bwd(c.storage(), dloss.storage(), dc.storage(), d, diag_weight, off_weight)?;
+    Ok(dc)
+}
+
 // ---- optimiser -------------------------------------------------------------------------------
 
 /// One parameter's share of a fused SGD step.

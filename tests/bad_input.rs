@@ -55,6 +55,13 @@ fn invalid_labels_and_autograd_misuse_are_errors() {
     let logits = Tensor::zeros(&b, &[2, 3], DType::F32).unwrap();
     let labels = Tensor::from_f32(&b, &[0.0, 3.0], &[2], DType::F32).unwrap();
     expect_err(ops::cross_entropy(&logits, &labels), &["cross_entropy", "label 3"]);
+    // NT-Xent: a row whose group has no other member has no positive; bad shapes and temperatures.
+    let sim = Tensor::zeros(&b, &[3, 3], DType::F32).unwrap();
+    let groups = Tensor::from_f32(&b, &[0.0, 1.0, 0.0], &[3], DType::F32).unwrap();
+    expect_err(ops::nt_xent(&sim, &groups, 0.2), &["nt_xent", "row 1", "no positive"]);
+    expect_err(ops::nt_xent(&logits, &labels, 0.2), &["nt_xent", "[2, 3]"]);
+    expect_err(ops::nt_xent(&sim, &groups, 0.0), &["nt_xent", "temperature"]);
+    expect_err(ops::identity_penalty(&logits, 1.0, 0.1), &["identity_penalty", "square", "[2, 3]"]);
     let tape = Tape::new();
     let x = tape.leaf(Tensor::zeros(&b, &[2, 3], DType::F32).unwrap());
     let y = tape.relu(&x).unwrap();

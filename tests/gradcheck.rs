@@ -154,6 +154,10 @@ fn losses() {
     let labels = Tensor::from_f64(&b, &[2.0, 0.0, 3.0], &[3], DType::F64).unwrap();
     gradcheck("cross_entropy", &[input(&mut r, &[3, 4])], |t, v| t.cross_entropy(&v[0], &labels).unwrap());
     gradcheck("cosine", &[input(&mut r, &[4, 6]), input(&mut r, &[4, 6])], |t, v| t.cosine_loss(&v[0], &v[1], 1e-12).unwrap());
+    // Two groups of two and one of three: single and multiple positives per row.
+    let groups = Tensor::from_f64(&b, &[0.0, 1.0, 2.0, 0.0, 1.0, 2.0, 2.0], &[7], DType::F64).unwrap();
+    gradcheck("nt_xent", &[input(&mut r, &[7, 7])], |t, v| t.nt_xent(&v[0], &groups, 0.3).unwrap());
+    gradcheck("identity_penalty", &[input(&mut r, &[5, 5])], |t, v| t.identity_penalty(&v[0], 0.7, 0.2).unwrap());
 }
 
 #[test]

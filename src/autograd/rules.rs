@@ -44,6 +44,10 @@ pub enum Op<B: Backend> {
     CrossEntropy { logits: Tensor<B>, labels: Tensor<B> },
     /// inputs: p, z
     CosineLoss { p: Tensor<B>, z: Tensor<B>, eps: f32 },
+    /// inputs: sim (groups are constants)
+    NtXent { sim: Tensor<B>, groups: Tensor<B>, temperature: f32 },
+    /// inputs: c
+    IdentityPenalty { c: Tensor<B>, diag_weight: f32, off_weight: f32 },
     /// inputs: x
     Permute { perm: Vec<usize> },
     /// inputs: x
@@ -76,6 +80,8 @@ impl<B: Backend> Op<B> {
             Op::GlobalAvgPool { .. } => "avgpool_global",
             Op::CrossEntropy { .. } => "cross_entropy",
             Op::CosineLoss { .. } => "cosine_loss",
+            Op::NtXent { .. } => "nt_xent",
+            Op::IdentityPenalty { .. } => "identity_penalty",
             Op::Permute { .. } => "permute",
             Op::Reshape { .. } => "reshape",
             Op::Slice { .. } => "slice",
@@ -157,6 +163,8 @@ pub(super) fn backward<B: Backend>(op: &Op<B>, g: &Tensor<B>, needs: &[bool]) ->
         Op::MaxPool { x, dims } => vec![Some(ops::maxpool2d_bwd(x, g, dims)?)],
         Op::GlobalAvgPool { in_shape } => vec![Some(ops::avgpool_global_bwd(g, in_shape)?)],
         Op::CrossEntropy { logits, labels } => vec![Some(ops::cross_entropy_bwd(logits, labels, g)?)],
+        Op::NtXent { sim, groups, temperature } => vec![Some(ops::nt_xent_bwd(sim, groups, g, *temperature)?)],
+        Op::IdentityPenalty { c, diag_weight, off_weight } => vec![Some(ops::identity_penalty_bwd(c, g, *diag_weight, *off_weight)?)],
         Op::CosineLoss { p, z, eps } => {
             let (dp, dz) = ops::cosine_loss_bwd(p, z, g, *eps, true)?;
             vec![Some(dp), dz]

@@ -150,6 +150,17 @@ impl<B: Backend> Tape<B> {
         Ok(self.record(y, &[p, z], || Op::CosineLoss { p: p.value.clone(), z: z.value.clone(), eps }))
     }
 
+    /// NT-Xent over similarities [rows, rows]; `groups` [rows] says which rows are positives.
+    pub fn nt_xent(&self, sim: &Var<B>, groups: &crate::Tensor<B>, temperature: f32) -> Result<Var<B>> {
+        let y = ops::nt_xent(&sim.value, groups, temperature)?;
+        Ok(self.record(y, &[sim], || Op::NtXent { sim: sim.value.clone(), groups: groups.clone(), temperature }))
+    }
+    /// diag_weight sum_i (c_ii - 1)^2 + off_weight sum_{i != j} c_ij^2.
+    pub fn identity_penalty(&self, c: &Var<B>, diag_weight: f32, off_weight: f32) -> Result<Var<B>> {
+        let y = ops::identity_penalty(&c.value, diag_weight, off_weight)?;
+        Ok(self.record(y, &[c], || Op::IdentityPenalty { c: c.value.clone(), diag_weight, off_weight }))
+    }
+
     pub fn permute(&self, x: &Var<B>, perm: &[usize]) -> Result<Var<B>> {
         let y = ops::permute(&x.value, perm)?;
         Ok(self.record(y, &[x], || Op::Permute { perm: perm.to_vec() }))

@@ -250,8 +250,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// lse[r] = log sum_j exp(x[r, j]) over the last axis (rows x channels; eps unused).
     fn logsumexp_fwd(&self, x: &Self::Storage, lse: &Self::Storage, d: &NormDims) -> Result<()>;
     /// dx[r, j] = dlse[r] exp(x[r, j] - lse[r]).
-    fn logsumexp_bwd(&self, x: &Self::Storage, lse: &Self::Storage, dlse: &Self::Storage, dx: &Self::Storage, d: &NormDims)
-    -> Result<()>;
+    fn logsumexp_bwd(&self, x: &Self::Storage, lse: &Self::Storage, dlse: &Self::Storage, dx: &Self::Storage, d: &NormDims) -> Result<()>;
 
     // ---- attention -----------------------------------------------------------------------
     #[allow(clippy::too_many_arguments)]
@@ -331,6 +330,33 @@ pub trait Backend: Clone + Send + Sync + 'static {
         rows: usize,
         dim: usize,
         eps: f32,
+    ) -> Result<()>;
+
+    /// NT-Xent over similarities sim [rows, rows] of rows carrying `groups` [rows] (ids stored
+    /// as floats): loss = mean_r [lse_{j != r}(sim_rj / T) - lse_{j != r, g_j = g_r}(sim_rj / T)].
+    /// One pass over sim; it is never copied, scaled or masked in memory.
+    fn nt_xent_fwd(&self, sim: &Self::Storage, groups: &Self::Storage, loss: &Self::Storage, rows: usize, temperature: f32) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn nt_xent_bwd(
+        &self,
+        sim: &Self::Storage,
+        groups: &Self::Storage,
+        dloss: &Self::Storage,
+        dsim: &Self::Storage,
+        rows: usize,
+        temperature: f32,
+    ) -> Result<()>;
+    /// loss = diag_weight sum_i (c_ii - 1)^2 + off_weight sum_{i != j} c_ij^2 for c [d, d].
+    fn identity_penalty_fwd(&self, c: &Self::Storage, loss: &Self::Storage, d: usize, diag_weight: f32, off_weight: f32) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn identity_penalty_bwd(
+        &self,
+        c: &Self::Storage,
+        dloss: &Self::Storage,
+        dc: &Self::Storage,
+        d: usize,
+        diag_weight: f32,
+        off_weight: f32,
     ) -> Result<()>;
 
     // ---- optimiser -----------------------------------------------------------------------

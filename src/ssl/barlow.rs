@@ -1,12 +1,13 @@
 //! Barlow Twins (Zbontar et al., ICML 2021) as solo-learn trains it on CIFAR: backbone +
 //! projector (Linear-BN-ReLU, twice, then Linear). Each view's z is batch-normalised without
 //! affine (its own statistics); C = z1^T z2 / N; the loss pushes C to the identity:
-//! L = scale [ sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2 ].
+//! L = scale [ sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2 ], the fused `identity_penalty`
+//! op on the GEMM's output.
 
 use serde::{Deserialize, Serialize};
 
 use super::heads::{Act, Head, LayerSpec};
-use super::{Method, StepOutput, losses};
+use super::{Method, StepOutput};
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -53,13 +54,11 @@ pub(super) fn expander<B: Backend>(ps: &mut ParamStore<B>, in_dim: usize, hidden
 
 /// solo-learn's barlow_loss_func.
 pub fn barlow_loss<B: Backend>(t: &Tape<B>, z1: &Var<B>, z2: &Var<B>, lamb: f32, scale_loss: f32) -> Result<Var<B>> {
-    let (n, d) = (z1.shape()[0], z1.shape()[1]);
+    let n = z1.shape()[0];
     let z1 = t.batchnorm_train(z1, None, None, BN_EPS)?;
     let z2 = t.batchnorm_train(z2, None, None, BN_EPS)?;
     let c = t.scale(&t.matmul(&z1, &z2, true, false)?, 1.0 / n as f32)?;
-    let diff = t.sub(&c, &losses::diag_mask(&c.value, d, 1.0, 0.0)?)?;
-    let weighted = t.mul(&t.mul(&diff, &diff)?, &losses::diag_mask(&c.value, d, 1.0, lamb)?)?;
-    t.scale(&losses::total(t, &weighted)?, scale_loss)
+    t.scale(&t.identity_penalty(&c, 1.0, lamb)?, scale_loss)
 }
 
 impl Barlow {

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::heads::{Act, Head, LayerSpec};
+use super::losses::NORM_EPS;
 use super::momentum::{MOMENTUM, MomentumPairs, check_taus, tau_at};
 use super::{Method, MultiCrop, StepInfo, StepOutput, losses, saved_state};
 use crate::autograd::{Tape, Var};
@@ -25,8 +26,6 @@ use crate::nn::{Ctx, Init, Linear, ParamId, ParamStore};
 use crate::ops;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-
-const NORM_EPS: f32 = 1e-12;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -161,7 +160,12 @@ impl<B: Backend> Dino<B> {
         check_taus("dino", cfg.base_tau, cfg.final_tau)?;
         cfg.multicrop.check("dino")?;
         let temps = [cfg.student_temperature, cfg.teacher_temperature, cfg.warmup_teacher_temperature];
-        if cfg.proj_dim == 0 || cfg.proj_hidden == 0 || cfg.num_prototypes == 0 || temps.iter().any(|t| !(*t > 0.0)) || !(0.0..=1.0).contains(&cfg.center_momentum) {
+        if cfg.proj_dim == 0
+            || cfg.proj_hidden == 0
+            || cfg.num_prototypes == 0
+            || temps.iter().any(|t| !(*t > 0.0))
+            || !(0.0..=1.0).contains(&cfg.center_momentum)
+        {
             return Err(Error::Config(format!(
                 "dino: widths must be positive, temperatures positive numbers, center_momentum in [0, 1] (got {cfg:?})"
             )));

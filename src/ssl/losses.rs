@@ -1,13 +1,15 @@
 //! Loss pieces shared by several methods, composed from real ops so every backend runs them
 //! and the tape differentiates them: whole-tensor sums, a soft-target cross-entropy (SwAV,
-//! DINO), an InfoNCE over given logits (MoCo), the off-diagonal mask (Barlow Twins, VICReg), and
-//! Sinkhorn-Knopp (SwAV).
+//! DINO), an InfoNCE over given logits (MoCo), and Sinkhorn-Knopp (SwAV).
 
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::ops;
 use crate::tensor::Tensor;
+
+/// F.normalize's eps, used by every method that normalises rows.
+pub const NORM_EPS: f32 = 1e-12;
 
 /// A constant tensor on `like`'s backend.
 pub fn constant<B: Backend>(like: &Tensor<B>, vals: &[f32], shape: &[usize]) -> Result<Var<B>> {
@@ -41,12 +43,6 @@ pub fn info_nce<B: Backend>(t: &Tape<B>, logits: &Var<B>, temperature: f32, targ
     let labels: Vec<f32> = (0..rows).map(|r| target(r) as f32).collect();
     let labels = Tensor::from_f32(logits.value.backend(), &labels, &[rows], logits.value.dtype())?;
     t.cross_entropy(&t.scale(logits, 1.0 / temperature)?, &labels)
-}
-
-/// [d, d] with `diag` on the diagonal and `off` elsewhere.
-pub fn diag_mask<B: Backend>(like: &Tensor<B>, d: usize, diag: f32, off: f32) -> Result<Var<B>> {
-    let vals: Vec<f32> = (0..d * d).map(|i| if i / d == i % d { diag } else { off }).collect();
-    constant(like, &vals, &[d, d])
 }
 
 /// solo-learn's SinkhornKnopp on prototype scores [b, k]: Q = exp(scores / eps), then `iters`

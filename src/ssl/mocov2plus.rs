@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::heads::{Act, Head, LayerSpec};
+use super::losses::NORM_EPS;
 use super::momentum::{MOMENTUM, MomentumPairs, check_taus, tau_at};
 use super::queue::{Queue, load_queues, queues_state};
 use super::{Method, StepInfo, StepOutput, losses};
@@ -22,8 +23,6 @@ use crate::models::{Backbone, BackboneConfig};
 use crate::nn::{Ctx, ParamStore};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-
-const NORM_EPS: f32 = 1e-12;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::heads::{Act, Head, LayerSpec};
+use super::losses::NORM_EPS;
 use super::momentum::{MOMENTUM, MomentumPairs, check_taus, tau_at};
 use super::{Method, StepInfo, StepOutput, losses};
 use crate::autograd::{Tape, Var};
@@ -17,8 +18,6 @@ use crate::error::{Error, Result};
 use crate::models::{Backbone, BackboneConfig};
 use crate::nn::{Ctx, ParamStore};
 use crate::tensor::Tensor;
-
-const NORM_EPS: f32 = 1e-12;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -69,7 +68,12 @@ pub fn mocov3_loss<B: Backend>(t: &Tape<B>, q: &Var<B>, k: &Var<B>, temperature:
 impl MocoV3 {
     pub fn new<B: Backend>(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &MocoV3Config) -> Result<Self> {
         check_taus("mocov3", cfg.base_tau, cfg.final_tau)?;
-        if cfg.proj_dim == 0 || cfg.proj_hidden == 0 || cfg.pred_hidden == 0 || !(cfg.temperature > 0.0) || cfg.solarize.iter().any(|p| !(0.0..=1.0).contains(p)) {
+        if cfg.proj_dim == 0
+            || cfg.proj_hidden == 0
+            || cfg.pred_hidden == 0
+            || !(cfg.temperature > 0.0)
+            || cfg.solarize.iter().any(|p| !(0.0..=1.0).contains(p))
+        {
             return Err(Error::Config(format!(
                 "mocov3: widths must be positive, temperature a positive number, solarize probabilities in [0, 1] (got {cfg:?})"
             )));

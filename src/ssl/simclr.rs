@@ -2,12 +2,15 @@
 //! the 2N projections of a batch: each view's positive is the other view of its image, the
 //! other 2N - 2 views are its negatives. As solo-learn's `simclr_loss_func`:
 //! L = mean_i [ -s(i, pos(i)) / T + log sum_{j != i} exp(s(i, j) / T) ], s = cosine similarity.
-//! Built from real ops: row L2 normalisation, one [2N, 2N] similarity matmul, and cross-entropy
-//! with the diagonal masked out. Each view goes through the network on its own (per-view BN).
+//! Built from real ops: row L2 normalisation, one [2N, 2N] similarity matmul, and the fused
+//! `nt_xent` op, which reads that matrix once forward and writes its gradient once backward
+//! (no scaled, masked or softmaxed copies). Each view goes through the network on its own
+//! (per-view BN).
 
 use serde::{Deserialize, Serialize};
 
 use super::heads::{Act, Head, LayerSpec};
+use super::losses::NORM_EPS;
 use super::{Method, StepOutput};
 use crate::autograd::Var;
 use crate::backend::Backend;
@@ -15,12 +18,6 @@ use crate::error::{Error, Result};
 use crate::models::{Backbone, BackboneConfig};
 use crate::nn::{Ctx, ParamStore};
 use crate::tensor::Tensor;
-
-/// F.normalize's eps.
-pub(super) const NORM_EPS: f32 = 1e-12;
-/// Added to a view's similarity with itself: exp of it is exactly 0 in f32, so the diagonal
-/// drops out of the log-sum-exp as solo-learn's mask removes it.
-pub(super) const SELF_MASK: f32 = -1e9;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -71,23 +68,16 @@ impl SimClr {
     }
 }
 
-/// NT-Xent of the projections `zs` (one [N, d] per view, V views): logits s / T over all V*N
-/// rows with the diagonal masked, target = the same image's next view.
-pub fn nt_xent<B: Backend>(cx: &Ctx<B>, zs: &[Var<B>], temperature: f32) -> Result<Var<B>> {
+/// NT-Xent of the projections `zs` (one [n, d] per view) of images in `groups` (one id per
+/// image): each view's positives are the other views of its group, its negatives every other
+/// view. SimCLR's groups are the images themselves, SupCon's their labels.
+pub fn nt_xent<B: Backend>(cx: &Ctx<B>, zs: &[Var<B>], groups: &[usize], temperature: f32) -> Result<Var<B>> {
     let t = cx.tape;
-    let n = zs[0].value.shape()[0];
-    let rows = n * zs.len();
     let z = t.l2_normalize(&t.concat(&zs.iter().collect::<Vec<_>>(), 0)?, NORM_EPS)?;
-    let logits = t.scale(&t.matmul(&z, &z, false, true)?, 1.0 / temperature)?;
-    let mut mask = vec![0.0f32; rows * rows];
-    for i in 0..rows {
-        mask[i * rows + i] = SELF_MASK;
-    }
-    let b = z.value.backend();
-    let mask = Var::constant(Tensor::from_f32(b, &mask, &[rows, rows], z.value.dtype())?);
-    let labels: Vec<f32> = (0..rows).map(|i| ((i + n) % rows) as f32).collect();
-    let labels = Tensor::from_f32(b, &labels, &[rows], z.value.dtype())?;
-    t.cross_entropy(&t.add(&logits, &mask)?, &labels)
+    let rows = z.shape()[0];
+    let ids: Vec<f32> = (0..rows).map(|i| groups[i % groups.len()] as f32).collect();
+    let ids = Tensor::from_f32(z.value.backend(), &ids, &[rows], z.value.dtype())?;
+    t.nt_xent(&t.matmul(&z, &z, false, true)?, &ids, temperature)
 }
 
 impl<B: Backend> Method<B> for SimClr {
@@ -100,7 +90,8 @@ impl<B: Backend> Method<B> for SimClr {
 
     fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
         let zs = self.project(cx, views, "simclr")?;
-        let loss = nt_xent(cx, &zs, self.cfg.temperature)?;
+        let images: Vec<usize> = (0..zs[0].shape()[0]).collect();
+        let loss = nt_xent(cx, &zs, &images, self.cfg.temperature)?;
         Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })
     }
 }

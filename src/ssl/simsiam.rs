@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::heads::{Act, Head, LayerSpec};
+use super::losses::NORM_EPS;
 use super::{LrPolicy, Method, StepOutput};
 use crate::autograd::Var;
 use crate::backend::Backend;
@@ -13,9 +14,6 @@ use crate::error::{Error, Result};
 use crate::models::{Backbone, BackboneConfig};
 use crate::nn::{Ctx, ParamId, ParamStore};
 use crate::tensor::Tensor;
-
-/// F.normalize's eps.
-const NORM_EPS: f32 = 1e-12;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::heads::{Act, Head, LayerSpec};
+use super::losses::NORM_EPS;
 use super::queue::{Queue, load_queues, queues_state};
 use super::{Method, MultiCrop, StepInfo, StepOutput, losses};
 use crate::autograd::{Tape, Var};
@@ -23,8 +24,6 @@ use crate::models::{Backbone, BackboneConfig};
 use crate::nn::{Ctx, Init, Kind, Layout, ParamId, ParamStore};
 use crate::ops;
 use crate::tensor::Tensor;
-
-const NORM_EPS: f32 = 1e-12;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -107,7 +106,15 @@ impl<B: Backend> Swav<B> {
         } else {
             Vec::new()
         };
-        Ok(Swav { cfg: cfg.clone(), backbone: online, projector, prototypes, queues, epoch: Cell::new(0), pending: RefCell::new(Vec::new()) })
+        Ok(Swav {
+            cfg: cfg.clone(),
+            backbone: online,
+            projector,
+            prototypes,
+            queues,
+            epoch: Cell::new(0),
+            pending: RefCell::new(Vec::new()),
+        })
     }
 
     /// Sinkhorn assignments of large crop `v`'s scores, with its queue's under them when the

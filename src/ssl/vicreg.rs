@@ -52,8 +52,8 @@ fn variance_covariance<B: Backend>(t: &Tape<B>, z: &Var<B>) -> Result<(Var<B>, V
     let std = t.sqrt(&t.add(&var, &losses::constant(&z.value, &vec![VAR_EPS; d], &[d])?)?)?;
     let hinge = t.relu(&t.sub(&losses::constant(&z.value, &vec![1.0; d], &[d])?, &std)?)?;
     let cov = t.scale(&t.matmul(&centred, &centred, true, false)?, 1.0 / (n as f32 - 1.0))?;
-    let off = t.mul(&t.mul(&cov, &cov)?, &losses::diag_mask(&z.value, d, 0.0, 1.0)?)?;
-    Ok((losses::mean_all(t, &hinge)?, t.scale(&losses::total(t, &off)?, 1.0 / d as f32)?))
+    let off = t.identity_penalty(&cov, 0.0, 1.0 / d as f32)?;
+    Ok((losses::mean_all(t, &hinge)?, off))
 }
 
 /// solo-learn's vicreg_loss_func.

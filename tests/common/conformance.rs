@@ -38,6 +38,9 @@ pub enum Case {
     AvgPool,
     CrossEntropy { labels: Vec<f32> },
     Cosine { stop_grad: bool },
+    /// Similarities [rows, rows]; groups [rows] name the positives.
+    NtXent { groups: Vec<f32>, temperature: f32 },
+    IdentityPenalty { diag_weight: f32, off_weight: f32 },
     Permute(Vec<usize>),
     Slice { axis: usize, start: usize, len: usize },
     Concat(usize),
@@ -74,6 +77,11 @@ impl Case {
                 t.cross_entropy(&v[0], &l)
             }
             Case::Cosine { stop_grad } => t.cosine_loss(&v[0], &if *stop_grad { v[1].detach() } else { v[1].clone() }, 1e-12),
+            Case::NtXent { groups, temperature } => {
+                let g = Tensor::from_f32(v[0].value.backend(), groups, &[groups.len()], v[0].value.dtype())?;
+                t.nt_xent(&v[0], &g, *temperature)
+            }
+            Case::IdentityPenalty { diag_weight, off_weight } => t.identity_penalty(&v[0], *diag_weight, *off_weight),
             Case::Permute(p) => t.permute(&v[0], p),
             Case::Slice { axis, start, len } => t.slice(&v[0], *axis, *start, *len),
             Case::Concat(axis) => t.concat(&v.iter().collect::<Vec<_>>(), *axis),
@@ -133,6 +141,11 @@ pub fn cases() -> Vec<(Case, Vec<Vec<usize>>)> {
         (CrossEntropy { labels: vec![0.0, 6.0, 3.0, 3.0, 1.0] }, vec![vec![5, 7]]),
         (Cosine { stop_grad: true }, vec![vec![9, 13], vec![9, 13]]),
         (Cosine { stop_grad: false }, vec![vec![9, 13], vec![9, 13]]),
+        // SimCLR's pairing (row i with i + 5) and SupCon's repeated labels.
+        (NtXent { groups: (0..10).map(|i| (i % 5) as f32).collect(), temperature: 0.2 }, vec![vec![10, 10]]),
+        (NtXent { groups: vec![0.0, 1.0, 1.0, 2.0, 0.0, 2.0, 1.0], temperature: 0.5 }, vec![vec![7, 7]]),
+        (IdentityPenalty { diag_weight: 1.0, off_weight: 0.0051 }, vec![vec![11, 11]]),
+        (IdentityPenalty { diag_weight: 0.0, off_weight: 0.3 }, vec![vec![9, 9]]),
         (Permute(vec![2, 0, 3, 1]), vec![vec![2, 3, 5, 7]]),
         (Slice { axis: 1, start: 2, len: 3 }, vec![vec![3, 7, 5]]),
         (Slice { axis: 0, start: 1, len: 2 }, vec![vec![4, 3]]),
@@ -170,6 +183,8 @@ pub fn large_cases() -> Vec<(Case, Vec<Vec<usize>>)> {
         (MaxPool { k: 3, stride: 1, pad: 1 }, vec![vec![2, 5, 6, 3]]),
         (AvgPool, vec![vec![2, 7, 9, 33]]),
         (Permute(vec![1, 0]), vec![vec![70, 3]]),
+        (NtXent { groups: (0..130).map(|i| (i % 65) as f32).collect(), temperature: 0.1 }, vec![vec![130, 130]]),
+        (IdentityPenalty { diag_weight: 1.0, off_weight: 0.0051 }, vec![vec![300, 300]]),
     ]
 }
 
@@ -188,6 +203,8 @@ pub fn model_sized_cases() -> Vec<(Case, Vec<Vec<usize>>)> {
         (Attention { scale: 0.088 }, vec![vec![2, 2, 197, 128], vec![2, 2, 197, 128], vec![2, 2, 197, 128]]),
         (Cosine { stop_grad: true }, vec![vec![512, 2048], vec![512, 2048]]),
         (CrossEntropy { labels: (0..512).map(|i| (i % 10) as f32).collect() }, vec![vec![512, 10]]),
+        (NtXent { groups: (0..1024).map(|i| (i % 512) as f32).collect(), temperature: 0.2 }, vec![vec![1024, 1024]]),
+        (IdentityPenalty { diag_weight: 1.0, off_weight: 0.0051 }, vec![vec![2048, 2048]]),
     ]
 }
 

@@ -1,4 +1,5 @@
-//! Cross-entropy with logits and the negative-cosine loss. Batch means are summed in row order.
+//! Cross-entropy with logits, the negative-cosine loss, NT-Xent over a similarity matrix and the
+//! identity penalty of a correlation matrix. Batch means are summed in row order.
 
 use rayon::prelude::*;
 
@@ -84,4 +85,90 @@ pub fn cosine_loss_bwd<T: Real>(p: &[T], z: &[T], dloss: T, dp: &mut [T], dz: Op
         dz.par_chunks_mut(dim).enumerate().for_each(|(r, o)| grad(&z[r * dim..(r + 1) * dim], &p[r * dim..(r + 1) * dim], o));
     }
     let _ = rows;
+}
+
+/// The row's (log-sum-exp over every other column, log-sum-exp over the other columns of its
+/// group) of x = sim / temperature; the second is -inf when the row has no positive.
+fn nt_xent_row<T: Real>(row: &[T], groups: &[T], r: usize, temperature: f64) -> (f64, f64) {
+    let (mut all_max, mut pos_max) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+    for (j, v) in row.iter().enumerate().filter(|&(j, _)| j != r) {
+        let x = v.f64() / temperature;
+        all_max = all_max.max(x);
+        if groups[j].f64() == groups[r].f64() {
+            pos_max = pos_max.max(x);
+        }
+    }
+    let (mut all, mut pos) = (0.0, 0.0);
+    for (j, v) in row.iter().enumerate().filter(|&(j, _)| j != r) {
+        let x = v.f64() / temperature;
+        all += (x - all_max).exp();
+        if groups[j].f64() == groups[r].f64() {
+            pos += (x - pos_max).exp();
+        }
+    }
+    (all_max + all.ln(), if pos_max == f64::NEG_INFINITY { pos_max } else { pos_max + pos.ln() })
+}
+
+fn positive_lse(pos: f64, groups: &[impl Real], r: usize) -> Result<f64> {
+    if pos == f64::NEG_INFINITY {
+        let msg = format!("row {r} (group {}) has no positive: no other row shares its group", groups[r].f64());
+        return Err(Error::Invalid { op: "nt_xent", msg });
+    }
+    Ok(pos)
+}
+
+/// NT-Xent over a similarity matrix sim [rows, rows] whose rows carry `groups` [rows]: the
+/// positives of row r are the other rows of its group, every other row is in its denominator.
+/// loss = mean_r [ lse_{j != r}(sim_rj / T) - lse_{j != r, g_j = g_r}(sim_rj / T) ].
+pub fn nt_xent_fwd<T: Real>(sim: &[T], groups: &[T], loss: &mut [T], rows: usize, temperature: f64) -> Result<()> {
+    let per_row: Vec<f64> = (0..rows)
+        .into_par_iter()
+        .map(|r| {
+            let (all, pos) = nt_xent_row(&sim[r * rows..(r + 1) * rows], groups, r, temperature);
+            Ok(all - positive_lse(pos, groups, r)?)
+        })
+        .collect::<Result<_>>()?;
+    loss[0] = T::c(per_row.iter().sum::<f64>() / rows as f64);
+    Ok(())
+}
+
+/// dsim_rj = dloss / (rows T) [j != r] (softmax_all_rj - [g_j = g_r] softmax_pos_rj).
+pub fn nt_xent_bwd<T: Real>(sim: &[T], groups: &[T], dloss: T, dsim: &mut [T], rows: usize, temperature: f64) -> Result<()> {
+    let g = dloss.f64() / (rows as f64 * temperature);
+    dsim.par_chunks_mut(rows).enumerate().try_for_each(|(r, out)| {
+        let row = &sim[r * rows..(r + 1) * rows];
+        let (all, pos) = nt_xent_row(row, groups, r, temperature);
+        let pos = positive_lse(pos, groups, r)?;
+        for (j, o) in out.iter_mut().enumerate() {
+            let x = row[j].f64() / temperature;
+            let positive = if groups[j].f64() == groups[r].f64() { (x - pos).exp() } else { 0.0 };
+            *o = T::c(if j == r { 0.0 } else { g * ((x - all).exp() - positive) });
+        }
+        Ok(())
+    })
+}
+
+/// How far a square matrix c [d, d] is from the identity, as Barlow Twins and VICReg weigh it:
+/// loss = diag_weight sum_i (c_ii - 1)^2 + off_weight sum_{i != j} c_ij^2.
+pub fn identity_penalty_fwd<T: Real>(c: &[T], loss: &mut [T], d: usize, diag_weight: f64, off_weight: f64) {
+    let per_row: Vec<f64> = c
+        .par_chunks(d)
+        .enumerate()
+        .map(|(i, row)| {
+            let off: f64 = row.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, v)| v.f64() * v.f64()).sum();
+            let diag = row[i].f64() - 1.0;
+            diag_weight * diag * diag + off_weight * off
+        })
+        .collect();
+    loss[0] = T::c(per_row.iter().sum());
+}
+
+/// dc_ij = 2 dloss (diag_weight (c_ii - 1) if i = j, else off_weight c_ij).
+pub fn identity_penalty_bwd<T: Real>(c: &[T], dloss: T, dc: &mut [T], d: usize, diag_weight: f64, off_weight: f64) {
+    let g = 2.0 * dloss.f64();
+    dc.par_chunks_mut(d).zip(c.par_chunks(d)).enumerate().for_each(|(i, (out, row))| {
+        for (j, (o, v)) in out.iter_mut().zip(row).enumerate() {
+            *o = T::c(g * if i == j { diag_weight * (v.f64() - 1.0) } else { off_weight * v.f64() });
+        }
+    });
 }

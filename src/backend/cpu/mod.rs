@@ -518,6 +518,48 @@ impl Backend for CpuBackend {
             loss::cross_entropy_bwd::<T>(r(&gx), r(&gl), r::<T>(&gd)[0], w(&mut go), rows, classes)
         })
     }
+    fn nt_xent_fwd(&self, sim: &CpuStorage, groups: &CpuStorage, loss: &CpuStorage, rows: usize, temperature: f32) -> Result<()> {
+        on_dtype!(self, loss, T => {
+            let (gs, gg, mut go) = (sim.read(), groups.read(), loss.write());
+            loss::nt_xent_fwd::<T>(r(&gs), r(&gg), w(&mut go), rows, temperature as f64)
+        })
+    }
+    fn nt_xent_bwd(
+        &self,
+        sim: &CpuStorage,
+        groups: &CpuStorage,
+        dloss: &CpuStorage,
+        dsim: &CpuStorage,
+        rows: usize,
+        temperature: f32,
+    ) -> Result<()> {
+        on_dtype!(self, dsim, T => {
+            let (gs, gg, gd, mut go) = (sim.read(), groups.read(), dloss.read(), dsim.write());
+            loss::nt_xent_bwd::<T>(r(&gs), r(&gg), r::<T>(&gd)[0], w(&mut go), rows, temperature as f64)
+        })
+    }
+    fn identity_penalty_fwd(&self, c: &CpuStorage, loss: &CpuStorage, d: usize, diag_weight: f32, off_weight: f32) -> Result<()> {
+        on_dtype!(self, loss, T => {
+            let (gc, mut go) = (c.read(), loss.write());
+            loss::identity_penalty_fwd::<T>(r(&gc), w(&mut go), d, diag_weight as f64, off_weight as f64);
+            Ok(())
+        })
+    }
+    fn identity_penalty_bwd(
+        &self,
+        c: &CpuStorage,
+        dloss: &CpuStorage,
+        dc: &CpuStorage,
+        d: usize,
+        diag_weight: f32,
+        off_weight: f32,
+    ) -> Result<()> {
+        on_dtype!(self, dc, T => {
+            let (gc, gd, mut go) = (c.read(), dloss.read(), dc.write());
+            loss::identity_penalty_bwd::<T>(r(&gc), r::<T>(&gd)[0], w(&mut go), d, diag_weight as f64, off_weight as f64);
+            Ok(())
+        })
+    }
     fn cosine_loss_fwd(&self, p: &CpuStorage, z: &CpuStorage, out: &CpuStorage, rows: usize, dim: usize, eps: f32) -> Result<()> {
         on_dtype!(self, out, T => {
             let (gp, gz, mut go) = (p.read(), z.read(), out.write());

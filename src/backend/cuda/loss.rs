@@ -100,3 +100,83 @@ pub(super) fn cosine_loss_bwd(
         &[ptr(p), ptr(z), ptr(dloss), ptr(dp), opt_ptr(dz), i32a(OP, rows)?, i32a(OP, dim)?, Arg::F32(eps)],
     )
 }
+
+pub(super) fn nt_xent_fwd(
+    b: &CudaBackend,
+    sim: &CudaStorage,
+    groups: &CudaStorage,
+    loss: &CudaStorage,
+    rows: usize,
+    temperature: f32,
+) -> Result<()> {
+    let per_row = b.scratch(rows.max(1))?;
+    if rows > 0 {
+        b.launch(
+            "nt_xent_fwd_f32",
+            rows_grid(rows),
+            (THREADS, 1, 1),
+            &[ptr(sim), ptr(groups), ptr(&per_row), i32a(OP, rows)?, Arg::F32(1.0 / temperature)],
+        )?;
+    }
+    reduce(b, &per_row, loss, rows, 1.0 / rows.max(1) as f32)
+}
+
+pub(super) fn nt_xent_bwd(
+    b: &CudaBackend,
+    sim: &CudaStorage,
+    groups: &CudaStorage,
+    dloss: &CudaStorage,
+    dsim: &CudaStorage,
+    rows: usize,
+    temperature: f32,
+) -> Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    b.launch(
+        "nt_xent_bwd_f32",
+        rows_grid(rows),
+        (THREADS, 1, 1),
+        &[ptr(sim), ptr(groups), ptr(dloss), ptr(dsim), i32a(OP, rows)?, Arg::F32(1.0 / temperature)],
+    )
+}
+
+pub(super) fn identity_penalty_fwd(
+    b: &CudaBackend,
+    c: &CudaStorage,
+    loss: &CudaStorage,
+    d: usize,
+    diag_weight: f32,
+    off_weight: f32,
+) -> Result<()> {
+    let per_row = b.scratch(d.max(1))?;
+    if d > 0 {
+        b.launch(
+            "identity_penalty_fwd_f32",
+            rows_grid(d),
+            (THREADS, 1, 1),
+            &[ptr(c), ptr(&per_row), i32a(OP, d)?, Arg::F32(diag_weight), Arg::F32(off_weight)],
+        )?;
+    }
+    reduce(b, &per_row, loss, d, 1.0)
+}
+
+pub(super) fn identity_penalty_bwd(
+    b: &CudaBackend,
+    c: &CudaStorage,
+    dloss: &CudaStorage,
+    dc: &CudaStorage,
+    d: usize,
+    diag_weight: f32,
+    off_weight: f32,
+) -> Result<()> {
+    if d == 0 {
+        return Ok(());
+    }
+    b.launch(
+        "identity_penalty_bwd_f32",
+        (b.blocks_for(d * d, THREADS), 1, 1),
+        (THREADS, 1, 1),
+        &[ptr(c), ptr(dloss), ptr(dc), i32a(OP, d)?, Arg::F32(diag_weight), Arg::F32(off_weight)],
+    )
+}

@@ -404,6 +404,34 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         loss::cross_entropy_bwd(self, logits, labels, dloss, dlogits, rows, classes)
     }
+    fn nt_xent_fwd(&self, sim: &CudaStorage, groups: &CudaStorage, loss: &CudaStorage, rows: usize, temperature: f32) -> Result<()> {
+        loss::nt_xent_fwd(self, sim, groups, loss, rows, temperature)
+    }
+    fn nt_xent_bwd(
+        &self,
+        sim: &CudaStorage,
+        groups: &CudaStorage,
+        dloss: &CudaStorage,
+        dsim: &CudaStorage,
+        rows: usize,
+        temperature: f32,
+    ) -> Result<()> {
+        loss::nt_xent_bwd(self, sim, groups, dloss, dsim, rows, temperature)
+    }
+    fn identity_penalty_fwd(&self, c: &CudaStorage, loss: &CudaStorage, d: usize, diag_weight: f32, off_weight: f32) -> Result<()> {
+        loss::identity_penalty_fwd(self, c, loss, d, diag_weight, off_weight)
+    }
+    fn identity_penalty_bwd(
+        &self,
+        c: &CudaStorage,
+        dloss: &CudaStorage,
+        dc: &CudaStorage,
+        d: usize,
+        diag_weight: f32,
+        off_weight: f32,
+    ) -> Result<()> {
+        loss::identity_penalty_bwd(self, c, dloss, dc, d, diag_weight, off_weight)
+    }
     fn cosine_loss_fwd(&self, p: &CudaStorage, z: &CudaStorage, out: &CudaStorage, rows: usize, dim: usize, eps: f32) -> Result<()> {
         loss::cosine_loss_fwd(self, p, z, out, rows, dim, eps)
     }

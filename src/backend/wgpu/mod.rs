@@ -334,6 +334,34 @@ impl Backend for WgpuBackend {
     ) -> Result<()> {
         loss::cross_entropy_bwd(&self.ctx, logits, labels, dloss, dlogits, rows, classes)
     }
+    fn nt_xent_fwd(&self, sim: &WgpuStorage, groups: &WgpuStorage, out: &WgpuStorage, rows: usize, temperature: f32) -> Result<()> {
+        loss::nt_xent_fwd(self, sim, groups, out, rows, temperature)
+    }
+    fn nt_xent_bwd(
+        &self,
+        sim: &WgpuStorage,
+        groups: &WgpuStorage,
+        dloss: &WgpuStorage,
+        dsim: &WgpuStorage,
+        rows: usize,
+        temperature: f32,
+    ) -> Result<()> {
+        loss::nt_xent_bwd(&self.ctx, sim, groups, dloss, dsim, rows, temperature)
+    }
+    fn identity_penalty_fwd(&self, c: &WgpuStorage, out: &WgpuStorage, d: usize, diag_weight: f32, off_weight: f32) -> Result<()> {
+        loss::identity_penalty_fwd(self, c, out, d, diag_weight, off_weight)
+    }
+    fn identity_penalty_bwd(
+        &self,
+        c: &WgpuStorage,
+        dloss: &WgpuStorage,
+        dc: &WgpuStorage,
+        d: usize,
+        diag_weight: f32,
+        off_weight: f32,
+    ) -> Result<()> {
+        loss::identity_penalty_bwd(&self.ctx, c, dloss, dc, d, diag_weight, off_weight)
+    }
     fn cosine_loss_fwd(&self, p: &WgpuStorage, z: &WgpuStorage, out: &WgpuStorage, rows: usize, dim: usize, eps: f32) -> Result<()> {
         loss::cosine_loss_fwd(self, p, z, out, rows, dim, eps)
     }
