@@ -35,20 +35,33 @@ fn small_heads() -> Vec<(&'static str, Vec<&'static str>, usize)> {
         ),
         ("mocov2plus", vec!["mocov2plus.proj_hidden=64", "mocov2plus.proj_dim=32", "mocov2plus.queue_size=64"], 32),
         ("mocov3", vec!["mocov3.proj_hidden=64", "mocov3.proj_dim=32", "mocov3.pred_hidden=64"], 32),
-        ("dino", vec!["dino.proj_hidden=64", "dino.proj_dim=32", "dino.num_prototypes=64", "dino.base_tau=0.99"], 32),
+        ("dino", vec!["dino.proj_hidden=64", "dino.proj_dim=32", "dino.num_prototypes=64", "dino.base_tau=0.99", "dino.use_bn_in_head=true"], 32),
         ("barlow", vec!["barlow.proj_hidden=64", "barlow.proj_dim=64"], 64),
         ("vicreg", vec!["vicreg.proj_hidden=64", "vicreg.proj_dim=64"], 64),
     ]
 }
 
+/// What a method needs, beyond its small head, to learn in 24 steps of a width-8 network on
+/// 16-pixel crops. SwAV's 30 prototypes need a softer prediction temperature and sharper
+/// Sinkhorn targets, or its loss sits at ln K. DINO's bottleneck needs batch norm in the head
+/// (solo-learn's use_bn_in_head, lightly's default): without it every image starts in one
+/// direction and the centred teacher goes uniform. With LARS's step on the biases, DINO's
+/// bottleneck narrows to a cone too tight for this test's spread bound (z-std 0.026 with lr 0.3),
+/// hence plain SGD.
+fn ci_run_overrides(method: &str) -> Vec<&'static str> {
+    match method {
+        "swav" => vec!["swav.sk_epsilon=0.02", "swav.temperature=0.2", "swav.queue_size=0"],
+        "dino" => vec!["optim.optimizer=\"sgd\"", "optim.base_lr=0.01"],
+        _ => vec![],
+    }
+}
+
 /// The loss is compared from the second epoch on: MoCo's loss rises while its queue fills
-/// with real keys in place of the random start. SwAV and DINO are left out: at this size
-/// (width-8 ResNet, 16-pixel crops, 24 steps) neither learns: SwAV's loss sits at ln K and
-/// DINO's bottleneck starts and stays at one direction, so they need longer runs than CI has.
+/// with real keys in place of the random start.
 #[test]
 fn every_method_loss_falls_and_its_projections_do_not_collapse() {
     let mut failures = Vec::new();
-    for (method, heads, d) in small_heads().into_iter().filter(|(m, _, _)| !["swav", "dino"].contains(m)) {
+    for (method, heads, d) in small_heads() {
         let dir = tmp_dir(&format!("falls-{method}"));
         let m = format!("method={method}");
         let mut sets = vec![
@@ -63,6 +76,7 @@ fn every_method_loss_falls_and_its_projections_do_not_collapse() {
             "monitor.knn_every=0",
         ];
         sets.extend(heads.iter().copied());
+        sets.extend(ci_run_overrides(method));
         let s = run(&tiny(&dir, &sets), None).unwrap();
         let (_, last, z_std) = loss_and_z_std(&dir);
         let first = epoch_losses(&dir)[1];

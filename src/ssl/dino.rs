@@ -24,7 +24,6 @@ use crate::error::{Error, Result};
 use crate::models::{Backbone, BackboneConfig};
 use crate::nn::{Ctx, Init, Linear, ParamId, ParamStore};
 use crate::ops;
-use crate::rng::Rng;
 use crate::tensor::Tensor;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,6 +42,10 @@ pub struct DinoConfig {
     pub base_tau: f64,
     pub final_tau: f64,
     pub freeze_last_layer: usize,
+    /// Batch norm after the head's hidden layers (solo-learn's use_bn_in_head; lightly's
+    /// default). Off in solo-learn's CIFAR recipe; on, a small network's features are centred
+    /// per batch, which keeps the teacher from starting collapsed (see configs/dino-demo.toml).
+    pub use_bn_in_head: bool,
     pub multicrop: MultiCrop,
 }
 
@@ -61,6 +64,7 @@ impl Default for DinoConfig {
             base_tau: 0.9995,
             final_tau: 1.0,
             freeze_last_layer: 1,
+            use_bn_in_head: false,
             multicrop: MultiCrop::default(),
         }
     }
@@ -89,22 +93,15 @@ struct DinoHead {
 }
 
 impl DinoHead {
-    fn new<B: Backend>(ps: &mut ParamStore<B>, prefix: &str, in_dim: usize, cfg: &DinoConfig, rng: &mut Rng) -> Result<Self> {
+    fn new<B: Backend>(ps: &mut ParamStore<B>, prefix: &str, in_dim: usize, cfg: &DinoConfig) -> Result<Self> {
+        let bn = cfg.use_bn_in_head.then_some(true);
         let spec = [
-            LayerSpec { out: cfg.proj_hidden, bias: true, bn: None, act: Act::Gelu },
-            LayerSpec { out: cfg.proj_hidden, bias: true, bn: None, act: Act::Gelu },
+            LayerSpec { out: cfg.proj_hidden, bias: true, bn, act: Act::Gelu },
+            LayerSpec { out: cfg.proj_hidden, bias: true, bn, act: Act::Gelu },
             LayerSpec { out: cfg.proj_dim, bias: true, bn: None, act: Act::None },
         ];
-        let mlp_prefix = format!("{prefix}.mlp");
-        let mlp = Head::new(ps, &mlp_prefix, in_dim, &spec)?;
         // DINOHead._init_weights: trunc-normal(0.02) weights, zero biases.
-        for id in ps.ids().filter(|id| ps.entry(*id).name.starts_with(&format!("{mlp_prefix}."))).collect::<Vec<_>>() {
-            let e = ps.entry(id);
-            let init = if e.name.ends_with(".weight") { Init::TruncNormal(0.02) } else { Init::Zeros };
-            let vals = init.sample(e.value.numel(), rng);
-            let t = Tensor::from_f32(ps.backend(), &vals, e.value.shape(), e.value.dtype())?;
-            ps.set(id, t)?;
-        }
+        let mlp = Head::with_init(ps, &format!("{prefix}.mlp"), in_dim, &spec, Some((Init::TruncNormal(0.02), Init::Zeros)))?;
         let last = Linear::new(ps, &format!("{prefix}.last_layer"), cfg.proj_dim, cfg.num_prototypes, false, None, None)?;
         Ok(DinoHead { mlp, last_layer: last.w })
     }
@@ -156,7 +153,7 @@ pub fn dino_loss<B: Backend>(
 }
 
 impl<B: Backend> Dino<B> {
-    pub fn new(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &DinoConfig, seed: u64) -> Result<Self> {
+    pub fn new(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &DinoConfig) -> Result<Self> {
         check_taus("dino", cfg.base_tau, cfg.final_tau)?;
         cfg.multicrop.check("dino")?;
         let temps = [cfg.student_temperature, cfg.teacher_temperature, cfg.warmup_teacher_temperature];
@@ -170,11 +167,10 @@ impl<B: Backend> Dino<B> {
                 "dino: widths must be positive, temperatures positive numbers, center_momentum in [0, 1] (got {cfg:?})"
             )));
         }
-        let mut rng = Rng::new(seed).stream("dino head");
         let online = backbone.build(ps, "backbone")?;
-        let head = DinoHead::new(ps, "head", online.feature_dim(), cfg, &mut rng)?;
+        let head = DinoHead::new(ps, "head", online.feature_dim(), cfg)?;
         let teacher_backbone = backbone.build(ps, &format!("{MOMENTUM}backbone"))?;
-        let teacher_head = DinoHead::new(ps, &format!("{MOMENTUM}head"), online.feature_dim(), cfg, &mut rng)?;
+        let teacher_head = DinoHead::new(ps, &format!("{MOMENTUM}head"), online.feature_dim(), cfg)?;
         let pairs = MomentumPairs::copy_and_freeze(ps, "dino")?;
         let center = Tensor::zeros(ps.backend(), &[cfg.num_prototypes], ps.dtype())?;
         Ok(Dino {

@@ -4,7 +4,7 @@
 use crate::autograd::Var;
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::nn::{BatchNorm, Ctx, Linear, ParamStore};
+use crate::nn::{BatchNorm, Ctx, Init, Linear, ParamStore};
 
 pub enum Layer {
     Linear(Linear),
@@ -38,12 +38,26 @@ pub struct Head {
 }
 
 impl Head {
+    /// PyTorch's default Linear init (uniform in 1/sqrt(fan_in)).
     pub fn new<B: Backend>(ps: &mut ParamStore<B>, prefix: &str, in_dim: usize, specs: &[LayerSpec]) -> Result<Self> {
+        Self::with_init(ps, prefix, in_dim, specs, None)
+    }
+
+    /// Every Linear's (weight, bias) drawn from `init` when given (DINO's trunc-normal 0.02 and
+    /// zero biases); batch norms keep gamma 1, beta 0.
+    pub fn with_init<B: Backend>(
+        ps: &mut ParamStore<B>,
+        prefix: &str,
+        in_dim: usize,
+        specs: &[LayerSpec],
+        init: Option<(Init, Init)>,
+    ) -> Result<Self> {
         let mut layers = Vec::new();
         let mut dim = in_dim;
         for s in specs {
             let i = layers.len();
-            layers.push(Layer::Linear(Linear::new(ps, &format!("{prefix}.{i}"), dim, s.out, s.bias, None, None)?));
+            let (w, b) = (init.map(|(w, _)| w), init.map(|(_, b)| b));
+            layers.push(Layer::Linear(Linear::new(ps, &format!("{prefix}.{i}"), dim, s.out, s.bias, w, b)?));
             if let Some(affine) = s.bn {
                 let i = layers.len();
                 layers.push(Layer::BatchNorm(BatchNorm::new(ps, &format!("{prefix}.{i}"), s.out, affine, 1.0)?));

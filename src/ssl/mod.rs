@@ -92,7 +92,7 @@ pub fn build<B: Backend>(cfg: &Config, ps: &mut ParamStore<B>, backbone: &Backbo
         "swav" => Box::new(swav::Swav::new(ps, backbone, &cfg.swav)?),
         "mocov2plus" => Box::new(mocov2plus::MocoV2Plus::new(ps, backbone, &cfg.mocov2plus, cfg.seed)?),
         "mocov3" => Box::new(mocov3::MocoV3::new(ps, backbone, &cfg.mocov3)?),
-        "dino" => Box::new(dino::Dino::new(ps, backbone, &cfg.dino, cfg.seed)?),
+        "dino" => Box::new(dino::Dino::new(ps, backbone, &cfg.dino)?),
         "barlow" => Box::new(barlow::Barlow::new(ps, backbone, &cfg.barlow)?),
         "vicreg" => Box::new(vicreg::Vicreg::new(ps, backbone, &cfg.vicreg)?),
         m => match registered::<B>(m) {
