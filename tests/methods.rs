@@ -161,3 +161,24 @@ fn a_method_defined_outside_the_crate_registers_and_trains() {
     let err = Config::load(None, &["method=\"nope\"".to_string()]).unwrap_err().to_string();
     assert!(err.contains("nope") && err.contains("toy") && err.contains("dino"), "{err}");
 }
+
+/// BYOL, MoCo v3, Barlow Twins and DINO see solo-learn's asymmetric views: solarisation 0 on the
+/// first view and 0.2 on the second (DINO: on its two large crops; small crops keep the recipe's).
+#[test]
+fn asymmetric_methods_solarise_their_second_view() {
+    for method in ["byol", "mocov3", "barlow", "dino"] {
+        let dir = tmp_dir(&format!("views-{method}"));
+        let m = format!("method={method}");
+        let mut sets = vec![m.as_str(), "augment.solarize_p=0.5"];
+        if method == "dino" {
+            sets.extend(["dino.multicrop.small_crops=2", "dino.multicrop.small_size=8"]);
+        }
+        let cfg = tiny(&dir, &sets);
+        let mut ps = ParamStore::new(&common::cpu(1), ssl_engine::DType::F32, 0);
+        let built = ssl_engine::ssl::build(&cfg, &mut ps, &cfg.backbone().unwrap()).unwrap();
+        let views = built.views(&ssl_engine::train::augment_config(&cfg), cfg.data.image_size);
+        let p: Vec<f32> = views.iter().map(|v| v.augment.solarize_p).collect();
+        let want: &[f32] = if method == "dino" { &[0.0, 0.2, 0.5, 0.5] } else { &[0.0, 0.2] };
+        assert_eq!(p, want, "{method}");
+    }
+}

@@ -1,5 +1,5 @@
 //! Barlow Twins (Zbontar et al., ICML 2021) as solo-learn trains it on CIFAR: backbone +
-//! projector (Linear-BN-ReLU, twice, then Linear). Each view's z is batch-normalised without
+//! projector (Linear-BN-ReLU, twice, then Linear), asymmetric views (solarisation 0 / 0.2). Each view's z is batch-normalised without
 //! affine (its own statistics); C = z1^T z2 / N; the loss pushes C to the identity:
 //! L = scale [ sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2 ], the fused `identity_penalty`
 //! op on the GEMM's output.
@@ -10,6 +10,7 @@ use super::heads::{Act, Head, LayerSpec};
 use super::{Method, StepOutput};
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
+use crate::data::{AugmentConfig, ViewSpec};
 use crate::error::{Error, Result};
 use crate::models::{Backbone, BackboneConfig};
 use crate::nn::{Ctx, ParamStore};
@@ -27,12 +28,14 @@ pub struct BarlowConfig {
     pub lamb: f32,
     /// Factor on the whole loss.
     pub scale_loss: f32,
+    /// Solarisation probability of view 1 and view 2 (replaces `augment.solarize_p`).
+    pub solarize: [f32; 2],
 }
 
 impl Default for BarlowConfig {
     /// solo-learn's CIFAR recipe (scripts/pretrain/cifar/barlow.yaml).
     fn default() -> Self {
-        BarlowConfig { proj_hidden: 2048, proj_dim: 2048, lamb: 0.0051, scale_loss: 0.1 }
+        BarlowConfig { proj_hidden: 2048, proj_dim: 2048, lamb: 0.0051, scale_loss: 0.1, solarize: [0.0, 0.2] }
     }
 }
 
@@ -63,8 +66,11 @@ pub fn barlow_loss<B: Backend>(t: &Tape<B>, z1: &Var<B>, z2: &Var<B>, lamb: f32,
 
 impl Barlow {
     pub fn new<B: Backend>(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &BarlowConfig) -> Result<Self> {
-        if cfg.proj_dim == 0 || cfg.proj_hidden == 0 || !(cfg.lamb >= 0.0) || !(cfg.scale_loss > 0.0) {
-            return Err(Error::Config(format!("barlow: widths and scale_loss must be positive, lamb not negative (got {cfg:?})")));
+        let solarize_ok = cfg.solarize.iter().all(|p| (0.0..=1.0).contains(p));
+        if cfg.proj_dim == 0 || cfg.proj_hidden == 0 || !(cfg.lamb >= 0.0) || !(cfg.scale_loss > 0.0) || !solarize_ok {
+            return Err(Error::Config(format!(
+                "barlow: widths and scale_loss must be positive, lamb not negative, solarize probabilities in [0, 1] (got {cfg:?})"
+            )));
         }
         let backbone = backbone.build(ps, "backbone")?;
         let projector = expander(ps, backbone.feature_dim(), cfg.proj_hidden, cfg.proj_dim)?;
@@ -78,6 +84,10 @@ impl<B: Backend> Method<B> for Barlow {
     }
     fn backbone(&self) -> &Backbone {
         &self.backbone
+    }
+
+    fn views(&self, recipe: &AugmentConfig, size: usize) -> Vec<ViewSpec> {
+        super::solarized_views(&self.cfg.solarize, recipe, size)
     }
 
     fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {

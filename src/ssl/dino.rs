@@ -46,6 +46,8 @@ pub struct DinoConfig {
     /// default). Off in solo-learn's CIFAR recipe; on, a small network's features are centred
     /// per batch, which keeps the teacher from starting collapsed (see configs/dino-demo.toml).
     pub use_bn_in_head: bool,
+    /// Solarisation probability of the two large crops (replaces `augment.solarize_p`).
+    pub solarize: [f32; 2],
     pub multicrop: MultiCrop,
 }
 
@@ -65,6 +67,7 @@ impl Default for DinoConfig {
             final_tau: 1.0,
             freeze_last_layer: 1,
             use_bn_in_head: false,
+            solarize: [0.0, 0.2],
             multicrop: MultiCrop::default(),
         }
     }
@@ -162,9 +165,10 @@ impl<B: Backend> Dino<B> {
             || cfg.num_prototypes == 0
             || temps.iter().any(|t| !(*t > 0.0))
             || !(0.0..=1.0).contains(&cfg.center_momentum)
+            || cfg.solarize.iter().any(|p| !(0.0..=1.0).contains(p))
         {
             return Err(Error::Config(format!(
-                "dino: widths must be positive, temperatures positive numbers, center_momentum in [0, 1] (got {cfg:?})"
+                "dino: widths must be positive, temperatures positive numbers, center_momentum and solarize probabilities in [0, 1] (got {cfg:?})"
             )));
         }
         let online = backbone.build(ps, "backbone")?;
@@ -195,8 +199,13 @@ impl<B: Backend> Method<B> for Dino<B> {
         &self.backbone
     }
 
+    /// The multi-crop views; the two large ones solarised asymmetrically, as in the paper.
     fn views(&self, recipe: &AugmentConfig, size: usize) -> Vec<ViewSpec> {
-        self.cfg.multicrop.views(recipe, size)
+        let mut views = self.cfg.multicrop.views(recipe, size);
+        for (v, &p) in views.iter_mut().zip(&self.cfg.solarize) {
+            v.augment.solarize_p = p;
+        }
+        views
     }
 
     fn begin_step(&mut self, info: &StepInfo) -> Result<()> {
