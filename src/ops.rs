@@ -631,6 +631,12 @@ pub fn identity_penalty_bwd<B: Backend>(c: &Tensor<B>, dloss: &Tensor<B>, diag_w
     Ok(dc)
 }
 
+/// ||t||, reduced on the backend: only the sum of squares comes back, not the tensor.
+pub fn l2_norm<B: Backend>(t: &Tensor<B>) -> Result<f64> {
+    let sq = sum_axis(&mul(t, t)?.reshape(&[t.numel()])?, 0)?;
+    Ok((sq.scalar()? as f64).sqrt())
+}
+
 // ---- optimiser -------------------------------------------------------------------------------
 
 /// One parameter's share of a fused SGD step.

@@ -44,19 +44,13 @@ impl<B: Backend> Lars<B> {
 
     /// The factor that multiplies (g + wd p), or None for plain SGD without weight decay.
     fn trust(&self, p: &Tensor<B>, g: &Tensor<B>, lr: f64, wd: f64) -> Result<Option<f64>> {
-        let (pn, gn) = (l2_norm(p)?, l2_norm(g)?);
+        let (pn, gn) = (ops::l2_norm(p)?, ops::l2_norm(g)?);
         if pn == 0.0 || gn == 0.0 {
             return Ok(None);
         }
         let t = self.cfg.eta * pn / (gn + pn * wd + self.cfg.eps);
         Ok(Some(if self.cfg.clip_lr && lr > 0.0 { (t / lr).min(1.0) } else { t }))
     }
-}
-
-/// ||t||, reduced on the backend: only the sum of squares comes back, not the tensor.
-fn l2_norm<B: Backend>(t: &Tensor<B>) -> Result<f64> {
-    let sq = ops::sum_axis(&ops::mul(t, t)?.reshape(&[t.numel()])?, 0)?;
-    Ok((sq.scalar()? as f64).sqrt())
 }
 
 impl<B: Backend> Optimizer<B> for Lars<B> {

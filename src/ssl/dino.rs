@@ -9,7 +9,7 @@
 //! for the first `freeze_last_layer` epochs.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +42,9 @@ pub struct DinoConfig {
     pub base_tau: f64,
     pub final_tau: f64,
     pub freeze_last_layer: usize,
+    /// solo-learn's clip_gradients: each backbone parameter's gradient scaled down to norm at
+    /// most this (clip / (norm + 1e-6) when below 1), before the update; 0 turns it off.
+    pub clip_grad: f32,
     /// Batch norm after the head's hidden layers (solo-learn's use_bn_in_head; lightly's
     /// default). Off in solo-learn's CIFAR recipe; on, a small network's features are centred
     /// per batch, which keeps the teacher from starting collapsed (see configs/dino-demo.toml).
@@ -66,6 +69,7 @@ impl Default for DinoConfig {
             base_tau: 0.9995,
             final_tau: 1.0,
             freeze_last_layer: 1,
+            clip_grad: 0.0,
             use_bn_in_head: false,
             solarize: [0.0, 0.2],
             multicrop: MultiCrop::default(),
@@ -126,6 +130,8 @@ pub struct Dino<B: Backend> {
     teacher_backbone: Backbone,
     teacher_head: DinoHead,
     pairs: MomentumPairs,
+    /// The student backbone's parameters, whose gradients `clip_grad` clips.
+    backbone_params: HashSet<ParamId>,
     /// [num_prototypes]
     center: Tensor<B>,
     epoch: Cell<usize>,
@@ -166,12 +172,14 @@ impl<B: Backend> Dino<B> {
             || temps.iter().any(|t| !(*t > 0.0))
             || !(0.0..=1.0).contains(&cfg.center_momentum)
             || cfg.solarize.iter().any(|p| !(0.0..=1.0).contains(p))
+            || !(cfg.clip_grad >= 0.0)
         {
             return Err(Error::Config(format!(
-                "dino: widths must be positive, temperatures positive numbers, center_momentum and solarize probabilities in [0, 1] (got {cfg:?})"
+                "dino: widths must be positive, temperatures positive numbers, clip_grad not negative, center_momentum and solarize probabilities in [0, 1] (got {cfg:?})"
             )));
         }
         let online = backbone.build(ps, "backbone")?;
+        let backbone_params = ps.ids().filter(|id| ps.entry(*id).name.starts_with("backbone.")).collect();
         let head = DinoHead::new(ps, "head", online.feature_dim(), cfg)?;
         let teacher_backbone = backbone.build(ps, &format!("{MOMENTUM}backbone"))?;
         let teacher_head = DinoHead::new(ps, &format!("{MOMENTUM}head"), online.feature_dim(), cfg)?;
@@ -184,6 +192,7 @@ impl<B: Backend> Dino<B> {
             teacher_backbone,
             teacher_head,
             pairs,
+            backbone_params,
             center,
             epoch: Cell::new(0),
             batch_center: RefCell::new(None),
@@ -232,7 +241,17 @@ impl<B: Backend> Method<B> for Dino<B> {
         Ok(StepOutput { loss, embedding })
     }
 
+    /// solo-learn's on_after_backward: clip the backbone's gradients, then cancel the last
+    /// layer's while it is frozen.
     fn before_update(&self, info: &StepInfo, grads: &mut Vec<(ParamId, Tensor<B>)>) -> Result<()> {
+        if self.cfg.clip_grad > 0.0 {
+            for (_, g) in grads.iter_mut().filter(|(id, _)| self.backbone_params.contains(id)) {
+                let coef = self.cfg.clip_grad as f64 / (ops::l2_norm(g)? + 1e-6);
+                if coef < 1.0 {
+                    *g = ops::scale(g, coef as f32)?;
+                }
+            }
+        }
         if info.epoch < self.cfg.freeze_last_layer {
             grads.retain(|(id, _)| *id != self.head.last_layer);
         }

@@ -875,6 +875,9 @@ class StepMethod:
         assert not out.requires_grad
         return out
 
+    def after_backward(self, step):
+        """Between backward and the optimiser step (solo-learn's on_after_backward)."""
+
     def after_step(self, step):
         if self.pairs:
             # solo-learn: update with the current tau, the tau of this step (tau_at(step)).
@@ -1037,6 +1040,10 @@ class MocoV3Ref(StepMethod):
         return mocov3_loss_func(q[0], k[1], temperature=0.2) + mocov3_loss_func(q[1], k[0], temperature=0.2)
 
 
+# DINO's clip_grad in the step fixture: some backbone gradients above it, some below.
+DINO_CLIP = 0.05
+
+
 class DinoRef(StepMethod):
     base_tau, final_tau = 0.99, 1.0
 
@@ -1058,6 +1065,19 @@ class DinoRef(StepMethod):
         # DINOLoss moves its centre inside forward, from this step's teacher outputs; the centre
         # is only read by the next step's loss, so this equals updating it after the step.
         return self.loss_fn(student, teacher)
+
+    def after_backward(self, step):
+        # solo-learn's DINO.clip_gradients over the student backbone ("encoder"), verbatim.
+        clipped = 0
+        for p in self.net.backbone.parameters():
+            if p.grad is not None:
+                param_norm = p.grad.data.norm(2)
+                clip_coef = DINO_CLIP / (param_norm + 1e-6)
+                if clip_coef < 1:
+                    p.grad.data.mul_(clip_coef)
+                    clipped += 1
+        # The threshold is chosen so that both branches run.
+        assert 0 < clipped < len(list(self.net.backbone.parameters())), clipped
 
 
 class BarlowRef(StepMethod):
@@ -1106,6 +1126,7 @@ def method_step_losses(make, dtype):
             losses.append(loss.item())
             opt.zero_grad()
             loss.backward()
+            m.after_backward(step)
             for _, mom in getattr(m, "pairs", []):
                 assert mom.grad is None  # the momentum networks take no gradient
             assert all(p.grad is not None for p in m.trainable())
