@@ -56,39 +56,56 @@ fn ci_run_overrides(method: &str) -> Vec<&'static str> {
     }
 }
 
-/// The loss is compared from the second epoch on: MoCo's loss rises while its queue fills
-/// with real keys in place of the random start.
+/// A CI-sized run of `method` with `sets` on top of the common ones: the loss falls by 5% from
+/// the second epoch to the last (MoCo's loss rises in the first while its queue fills with real
+/// keys in place of the random start) and z-std stays above half of 1/sqrt(d). Returns failures.
+fn falls_and_stays_spread(label: &str, method: &str, sets: &[&str], d: usize) -> Vec<String> {
+    let dir = tmp_dir(&format!("falls-{label}"));
+    let m = format!("method={method}");
+    let mut all = vec![
+        m.as_str(),
+        "model_opts.width=8",
+        "epochs=12",
+        "data.limit_per_class=13",
+        "batch_size=64",
+        "optim.optimizer=\"lars\"",
+        "optim.base_lr=0.3",
+        "optim.scale_lr_with_batch=false",
+        "monitor.knn_every=0",
+    ];
+    all.extend(sets.iter().copied());
+    let s = run(&tiny(&dir, &all), None).unwrap();
+    let (_, last, z_std) = loss_and_z_std(&dir);
+    let first = epoch_losses(&dir)[1];
+    let ideal = 1.0 / (d as f64).sqrt();
+    eprintln!("{label}: epoch-2 loss {first:.4} -> last {last:.4}, z-std {z_std:.4} (1/sqrt(d) = {ideal:.4}), {} steps", s.steps_done);
+    let mut failures = Vec::new();
+    if !(last < first - 0.05 * first.abs()) {
+        failures.push(format!("{label}: loss did not fall by 5%: {first} -> {last}"));
+    }
+    if !(z_std > 0.5 * ideal) {
+        failures.push(format!("{label}: projections collapsed: z-std {z_std} <= {}", 0.5 * ideal));
+    }
+    failures
+}
+
 #[test]
 fn every_method_loss_falls_and_its_projections_do_not_collapse() {
     let mut failures = Vec::new();
     for (method, heads, d) in small_heads() {
-        let dir = tmp_dir(&format!("falls-{method}"));
-        let m = format!("method={method}");
-        let mut sets = vec![
-            m.as_str(),
-            "model_opts.width=8",
-            "epochs=12",
-            "data.limit_per_class=13",
-            "batch_size=64",
-            "optim.optimizer=\"lars\"",
-            "optim.base_lr=0.3",
-            "optim.scale_lr_with_batch=false",
-            "monitor.knn_every=0",
-        ];
-        sets.extend(heads.iter().copied());
-        sets.extend(ci_run_overrides(method));
-        let s = run(&tiny(&dir, &sets), None).unwrap();
-        let (_, last, z_std) = loss_and_z_std(&dir);
-        let first = epoch_losses(&dir)[1];
-        let ideal = 1.0 / (d as f64).sqrt();
-        eprintln!("{method}: epoch-2 loss {first:.4} -> last {last:.4}, z-std {z_std:.4} (1/sqrt(d) = {ideal:.4}), {} steps", s.steps_done);
-        if !(last < first - 0.05 * first.abs()) {
-            failures.push(format!("{method}: loss did not fall by 5%: {first} -> {last}"));
-        }
-        if !(z_std > 0.5 * ideal) {
-            failures.push(format!("{method}: projections collapsed: z-std {z_std} <= {}", 0.5 * ideal));
-        }
+        let sets: Vec<&str> = heads.iter().copied().chain(ci_run_overrides(method)).collect();
+        failures.extend(falls_and_stays_spread(method, method, &sets, d));
     }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// MoCo v3 was written for ViTs: a ViT-tiny (patch 8 on 16-pixel crops, 5 tokens) trains too.
+#[test]
+fn mocov3_trains_a_vit_backbone() {
+    let (_, heads, d) = small_heads().into_iter().find(|(m, _, _)| *m == "mocov3").unwrap();
+    let mut sets = heads.clone();
+    sets.extend(["model=\"vit-tiny\"", "model_opts.patch=8", "epochs=6"]);
+    let failures = falls_and_stays_spread("mocov3-vit", "mocov3", &sets, d);
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
