@@ -70,6 +70,43 @@ extern "C" __global__ void mul_fwd_f32(const float* a, const float* b, float* ou
     FOR_EACH(i, n) out[i] = a[i] * b[b_len == n ? i : i % b_len];
 }
 
+// 1 / (1 + e^-x) without overflow: e^-|x| never exceeds 1.
+DEV float sigmoidf(float v) {
+    const float e = expf(-fabsf(v));
+    return v >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
+}
+
+extern "C" __global__ void sigmoid_fwd_f32(const float* x, float* y, i64 n) {
+    FOR_EACH(i, n) y[i] = sigmoidf(x[i]);
+}
+
+extern "C" __global__ void sigmoid_bwd_f32(const float* x, const float* dy, float* dx, i64 n) {
+    FOR_EACH(i, n) {
+        const float s = sigmoidf(x[i]);
+        dx[i] = dy[i] * s * (1.0f - s);
+    }
+}
+
+extern "C" __global__ void silu_fwd_f32(const float* x, float* y, i64 n) {
+    FOR_EACH(i, n) y[i] = x[i] * sigmoidf(x[i]);
+}
+
+// d/dx x s(x) = s(x) (1 + x (1 - s(x)))
+extern "C" __global__ void silu_bwd_f32(const float* x, const float* dy, float* dx, i64 n) {
+    FOR_EACH(i, n) {
+        const float v = x[i], s = sigmoidf(v);
+        dx[i] = dy[i] * s * (1.0f + v * (1.0f - s));
+    }
+}
+
+// y[o, a, i] = x[o, a, i] s[o, i]: squeeze-excitation's gate; per = axis * inner.
+extern "C" __global__ void channel_scale_fwd_f32(const float* x, const float* s, float* y, i64 n, i64 per, i64 inner) {
+    FOR_EACH(i, n) {
+        const i64 o = i / per;
+        y[i] = x[i] * s[o * inner + (i - o * per) % inner];
+    }
+}
+
 extern "C" __global__ void sub_fwd_f32(const float* a, const float* b, float* out, i64 n, i64 b_len) {
     FOR_EACH(i, n) out[i] = a[i] - b[b_len == n ? i : i % b_len];
 }

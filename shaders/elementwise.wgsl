@@ -96,7 +96,13 @@ fn copy_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
 }
 
-// op 0: relu, 1: gelu, 2: exp, 3: log, 4: sqrt
+// 1 / (1 + e^-x) without overflow: e^-|x| never exceeds 1.
+fn sigmoid(v: f32) -> f32 {
+    let e = exp(-abs(v));
+    return select(e / (1.0 + e), 1.0 / (1.0 + e), v >= 0.0);
+}
+
+// op 0: relu, 1: gelu, 2: exp, 3: log, 4: sqrt, 5: sigmoid, 6: silu
 @compute @workgroup_size(WG)
 fn unary_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
@@ -106,7 +112,9 @@ fn unary_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
             case 1u: { y[i] = gelu(v); }
             case 2u: { y[i] = exp(v); }
             case 3u: { y[i] = log(v); }
-            default: { y[i] = sqrt(v); }
+            case 4u: { y[i] = sqrt(v); }
+            case 5u: { y[i] = sigmoid(v); }
+            default: { y[i] = v * sigmoid(v); }
         }
     }
 }
@@ -122,7 +130,15 @@ fn unary_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
             case 1u: { y[i] = g * gelu_grad(v); }
             case 2u: { y[i] = g * exp(v); }
             case 3u: { y[i] = g / v; }
-            default: { y[i] = g * 0.5 / sqrt(v); }
+            case 4u: { y[i] = g * 0.5 / sqrt(v); }
+            case 5u: {
+                let s = sigmoid(v);
+                y[i] = g * s * (1.0 - s);
+            }
+            default: {
+                let s = sigmoid(v);
+                y[i] = g * s * (1.0 + v * (1.0 - s));
+            }
         }
     }
 }
@@ -139,6 +155,15 @@ fn binary_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
             case 2u: { y[i] = a - b; }
             default: { y[i] = a / b; }
         }
+    }
+}
+
+// y[o, a, i] = x[o, a, i] s[o, i] (s in x2): squeeze-excitation's gate; b_len = axis * inner.
+@compute @workgroup_size(WG)
+fn channel_scale_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
+        let o = i / p.b_len;
+        y[i] = x[i] * x2[o * p.inner + (i - o * p.b_len) % p.inner];
     }
 }
 

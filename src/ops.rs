@@ -425,6 +425,32 @@ pub fn scale<B: Backend>(x: &Tensor<B>, alpha: f32) -> Result<Tensor<B>> {
 }
 
 /// Sum over one axis; the axis is removed from the shape.
+/// x [n, h, w, c] scaled by s [n, c] per sample and channel (squeeze-excitation's gate).
+pub fn channel_scale<B: Backend>(x: &Tensor<B>, s: &Tensor<B>) -> Result<Tensor<B>> {
+    let d = channel_scale_dims("channel_scale", x, s)?;
+    let y = out(x, x.shape())?;
+    x.backend().channel_scale(x.storage(), s.storage(), y.storage(), &d)?;
+    Ok(y)
+}
+
+/// (dx, ds) of channel_scale: dx = dy s, ds[n, c] = sum over h w of dy x.
+pub fn channel_scale_bwd<B: Backend>(x: &Tensor<B>, s: &Tensor<B>, dy: &Tensor<B>) -> Result<(Tensor<B>, Tensor<B>)> {
+    let d = channel_scale_dims("channel_scale_bwd", x, s)?;
+    expect_shape("channel_scale_bwd", "dy", dy, x.shape())?;
+    let dx = channel_scale(dy, s)?;
+    let ds = sum_axis(&mul(dy, x)?.reshape(&[d.outer, d.axis, d.inner])?, 1)?;
+    Ok((dx, ds))
+}
+
+fn channel_scale_dims<B: Backend>(op: &'static str, x: &Tensor<B>, s: &Tensor<B>) -> Result<AxisDims> {
+    same_dtype(op, &[x, s])?;
+    let xs = x.shape();
+    if xs.len() < 2 || s.shape() != [xs[0], xs[xs.len() - 1]] {
+        return Err(shape_err(op, "needs x [n, .., c] and s [n, c]", &[xs, s.shape()]));
+    }
+    Ok(AxisDims { outer: xs[0], axis: numel(&xs[1..xs.len() - 1]), inner: xs[xs.len() - 1] })
+}
+
 pub fn sum_axis<B: Backend>(x: &Tensor<B>, axis: usize) -> Result<Tensor<B>> {
     same_dtype("sum_axis", &[x])?;
     if axis >= x.dims() {

@@ -118,6 +118,9 @@ fn activations_and_elementwise() {
     gradcheck("mul broadcast", &[input(&mut r, &[2, 3, 4]), input(&mut r, &[4])], |t, v| t.mul(&v[0], &v[1]).unwrap());
     gradcheck("scale", &[input(&mut r, &[5])], |t, v| t.scale(&v[0], -1.7).unwrap());
     gradcheck("exp", &[input(&mut r, &[3, 4])], |t, v| t.exp(&v[0]).unwrap());
+    gradcheck("sigmoid", &[input(&mut r, &[3, 4])], |t, v| t.sigmoid(&v[0]).unwrap());
+    gradcheck("silu", &[input(&mut r, &[3, 4])], |t, v| t.silu(&v[0]).unwrap());
+    gradcheck("channel_scale", &[input(&mut r, &[2, 3, 2, 4]), input(&mut r, &[2, 4])], |t, v| t.channel_scale(&v[0], &v[1]).unwrap());
     // log and sqrt on positive inputs; division by values away from 0.
     let pos = |r: &mut Rng, n: usize| rand(r, n, 0.3, 2.0);
     gradcheck("log", &[(vec![3, 4], pos(&mut r, 12))], |t, v| t.log(&v[0]).unwrap());

@@ -34,6 +34,8 @@ pub enum Op<B: Backend> {
     Div { out: Tensor<B>, b: Tensor<B> },
     /// inputs: x
     Scale { alpha: f32 },
+    /// inputs: x, s
+    ChannelScale { x: Tensor<B>, s: Tensor<B> },
     /// inputs: x
     SumAxis { in_shape: Vec<usize>, axis: usize },
     /// inputs: x
@@ -81,6 +83,7 @@ impl<B: Backend> Op<B> {
             Op::CrossEntropy { .. } => "cross_entropy",
             Op::CosineLoss { .. } => "cosine_loss",
             Op::NtXent { .. } => "nt_xent",
+            Op::ChannelScale { .. } => "channel_scale",
             Op::IdentityPenalty { .. } => "identity_penalty",
             Op::Permute { .. } => "permute",
             Op::Reshape { .. } => "reshape",
@@ -151,6 +154,10 @@ pub(super) fn backward<B: Backend>(op: &Op<B>, g: &Tensor<B>, needs: &[bool]) ->
             vec![Some(da), Some(ops::scale(&db, -1.0)?)]
         }
         Op::Scale { alpha } => vec![Some(ops::scale(g, *alpha)?)],
+        Op::ChannelScale { x, s } => {
+            let (dx, ds) = ops::channel_scale_bwd(x, s, g)?;
+            vec![Some(dx), Some(ds)]
+        }
         // Broadcast g back along the summed axis: add it to zeros laid out [axis, outer, inner],
         // then move the axis back into place.
         Op::SumAxis { in_shape, axis } => {

@@ -92,6 +92,17 @@ impl<B: Backend> Tape<B> {
     pub fn sqrt(&self, x: &Var<B>) -> Result<Var<B>> {
         self.unary(Unary::Sqrt, x)
     }
+    /// x [n, .., c] scaled by s [n, c] per sample and channel (squeeze-excitation's gate).
+    pub fn channel_scale(&self, x: &Var<B>, s: &Var<B>) -> Result<Var<B>> {
+        let y = ops::channel_scale(&x.value, &s.value)?;
+        Ok(self.record(y, &[x, s], || Op::ChannelScale { x: x.value.clone(), s: s.value.clone() }))
+    }
+    pub fn sigmoid(&self, x: &Var<B>) -> Result<Var<B>> {
+        self.unary(Unary::Sigmoid, x)
+    }
+    pub fn silu(&self, x: &Var<B>) -> Result<Var<B>> {
+        self.unary(Unary::Silu, x)
+    }
 
     /// a + b, b's shape a suffix of a's.
     pub fn add(&self, a: &Var<B>, b: &Var<B>) -> Result<Var<B>> {

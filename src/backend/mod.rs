@@ -80,6 +80,10 @@ pub enum Unary {
     /// The natural logarithm.
     Log,
     Sqrt,
+    /// 1 / (1 + exp(-x)): squeeze-excitation gates.
+    Sigmoid,
+    /// x sigmoid(x) (swish): EfficientNet's activation.
+    Silu,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -287,6 +291,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn scale(&self, x: &Self::Storage, y: &Self::Storage, alpha: f32, n: usize) -> Result<()>;
     /// y[o, i] = sum_a x[o, a, i], in a fixed order.
     fn sum_axis(&self, x: &Self::Storage, y: &Self::Storage, d: &AxisDims) -> Result<()>;
+    /// y[o, a, i] = x[o, a, i] s[o, i]: x [outer = n, axis = h w, inner = c] scaled per sample and
+    /// channel by s [n, c] (squeeze-excitation's gate).
+    fn channel_scale(&self, x: &Self::Storage, s: &Self::Storage, y: &Self::Storage, d: &AxisDims) -> Result<()>;
 
     // ---- pooling -------------------------------------------------------------------------
     fn maxpool2d_fwd(&self, x: &Self::Storage, y: &Self::Storage, d: &PoolDims) -> Result<()>;

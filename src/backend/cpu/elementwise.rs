@@ -25,6 +25,12 @@ fn gelu<T: Real>(x: T) -> T {
     h * x * (T::one() + (x * T::c(std::f64::consts::FRAC_1_SQRT_2)).erf())
 }
 
+/// 1 / (1 + e^-x) without overflow: e^-|x| never exceeds 1.
+fn sigmoid<T: Real>(x: T) -> T {
+    let e = (-x.abs()).exp();
+    if x >= T::zero() { T::one() / (T::one() + e) } else { e / (T::one() + e) }
+}
+
 /// d/dx [x Phi(x)] = Phi(x) + x phi(x)
 fn gelu_grad<T: Real>(x: T) -> T {
     let cdf = T::c(0.5) * (T::one() + (x * T::c(std::f64::consts::FRAC_1_SQRT_2)).erf());
@@ -39,6 +45,8 @@ pub fn unary_fwd<T: Real>(op: Unary, x: &[T], y: &mut [T]) {
         Unary::Exp => map(x, y, |v| v.exp()),
         Unary::Log => map(x, y, |v| v.ln()),
         Unary::Sqrt => map(x, y, |v| v.sqrt()),
+        Unary::Sigmoid => map(x, y, sigmoid),
+        Unary::Silu => map(x, y, |v| v * sigmoid(v)),
     }
 }
 
@@ -52,6 +60,15 @@ pub fn unary_bwd<T: Real>(op: Unary, x: &[T], dy: &[T], dx: &mut [T]) {
         Unary::Exp => map2(x, dy, dx, |v, g| g * v.exp()),
         Unary::Log => map2(x, dy, dx, |v, g| g / v),
         Unary::Sqrt => map2(x, dy, dx, |v, g| g * T::c(0.5) / v.sqrt()),
+        Unary::Sigmoid => map2(x, dy, dx, |v, g| {
+            let s = sigmoid(v);
+            g * s * (T::one() - s)
+        }),
+        // d/dx x s(x) = s(x) (1 + x (1 - s(x))).
+        Unary::Silu => map2(x, dy, dx, |v, g| {
+            let s = sigmoid(v);
+            g * s * (T::one() + v * (T::one() - s))
+        }),
     }
 }
 
@@ -96,6 +113,22 @@ pub(crate) fn add_in_order<T: Real>(acc: &mut [T], parts: &[Vec<T>]) {
         for p in parts {
             for (o, v) in out.iter_mut().zip(&p[b * CHUNK..]) {
                 *o += *v;
+            }
+        }
+    });
+}
+
+/// y[o, a, i] = x[o, a, i] s[o, i].
+pub fn channel_scale<T: Real>(x: &[T], s: &[T], y: &mut [T], d: &AxisDims) {
+    let per = d.axis * d.inner;
+    if per == 0 {
+        return;
+    }
+    y.par_chunks_mut(per).zip(x.par_chunks(per)).enumerate().for_each(|(o, (yo, xo))| {
+        let so = &s[o * d.inner..(o + 1) * d.inner];
+        for (yr, xr) in yo.chunks_mut(d.inner).zip(xo.chunks(d.inner)) {
+            for ((v, &a), &g) in yr.iter_mut().zip(xr).zip(so) {
+                *v = a * g;
             }
         }
     });

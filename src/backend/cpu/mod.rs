@@ -461,6 +461,13 @@ impl Backend for CpuBackend {
             Ok(())
         })
     }
+    fn channel_scale(&self, x: &CpuStorage, s: &CpuStorage, y: &CpuStorage, d: &AxisDims) -> Result<()> {
+        on_dtype!(self, y, T => {
+            let (gx, gs, mut gy) = (x.read(), s.read(), y.write());
+            elementwise::channel_scale::<T>(r(&gx), r(&gs), w(&mut gy), d);
+            Ok(())
+        })
+    }
     fn sum_axis(&self, x: &CpuStorage, y: &CpuStorage, d: &AxisDims) -> Result<()> {
         on_dtype!(self, y, T => {
             let (gx, mut gy) = (x.read(), y.write());

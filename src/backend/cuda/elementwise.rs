@@ -30,6 +30,10 @@ fn unary_name(op: Unary, bwd: bool) -> &'static str {
         (Unary::Log, true) => "log_bwd_f32",
         (Unary::Sqrt, false) => "sqrt_fwd_f32",
         (Unary::Sqrt, true) => "sqrt_bwd_f32",
+        (Unary::Sigmoid, false) => "sigmoid_fwd_f32",
+        (Unary::Sigmoid, true) => "sigmoid_bwd_f32",
+        (Unary::Silu, false) => "silu_fwd_f32",
+        (Unary::Silu, true) => "silu_bwd_f32",
     }
 }
 
@@ -60,6 +64,15 @@ pub(super) fn binary(
         return Ok(()); // ops.rs allows an empty b only with an empty a
     }
     map(b, name, n, &[ptr(a), ptr(bb), ptr(out), i64a(n), i64a(b_len)])
+}
+
+/// y[o, a, i] = x[o, a, i] s[o, i] (channel_scale_fwd_f32).
+pub(super) fn channel_scale(b: &CudaBackend, x: &CudaStorage, s: &CudaStorage, y: &CudaStorage, d: &AxisDims) -> Result<()> {
+    let n = d.outer * d.axis * d.inner;
+    if n == 0 {
+        return Ok(());
+    }
+    map(b, "channel_scale_fwd_f32", n, &[ptr(x), ptr(s), ptr(y), i64a(n), i64a(d.axis * d.inner), i64a(d.inner)])
 }
 
 pub(super) fn scale(b: &CudaBackend, x: &CudaStorage, y: &CudaStorage, alpha: f32, n: usize) -> Result<()> {

@@ -373,6 +373,9 @@ impl Backend for CudaBackend {
     fn scale(&self, x: &CudaStorage, y: &CudaStorage, alpha: f32, n: usize) -> Result<()> {
         elementwise::scale(self, x, y, alpha, n)
     }
+    fn channel_scale(&self, x: &CudaStorage, s: &CudaStorage, y: &CudaStorage, d: &AxisDims) -> Result<()> {
+        elementwise::channel_scale(self, x, s, y, d)
+    }
     fn sum_axis(&self, x: &CudaStorage, y: &CudaStorage, d: &AxisDims) -> Result<()> {
         elementwise::sum_axis(self, x, y, d)
     }

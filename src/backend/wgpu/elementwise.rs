@@ -32,6 +32,8 @@ fn unary_code(op: Unary) -> u32 {
         Unary::Exp => 2,
         Unary::Log => 3,
         Unary::Sqrt => 4,
+        Unary::Sigmoid => 5,
+        Unary::Silu => 6,
     }
 }
 
@@ -54,6 +56,14 @@ pub fn binary(ctx: &Context, op: Binary, a: &WgpuStorage, b: &WgpuStorage, out: 
     };
     let k = kernel("binary", FAMILY, "binary_f32");
     ctx.launch(k, params(n, b_len.max(1), code, 0.0), &[r(1, a.buf()), r(2, b.buf()), w(3, out.buf())], ctx.grid1(n))
+}
+
+/// y[o, a, i] = x[o, a, i] s[o, i]; b_len carries axis * inner.
+pub fn channel_scale(ctx: &Context, x: &WgpuStorage, s: &WgpuStorage, y: &WgpuStorage, d: &AxisDims) -> Result<()> {
+    let n = d.outer * d.axis * d.inner;
+    let k = kernel("channel_scale", FAMILY, "channel_scale_fwd_f32");
+    let p = params(n, d.axis * d.inner, 0, 0.0).u(d.outer).u(d.axis).u(d.inner);
+    ctx.launch(k, p, &[r(1, x.buf()), r(2, s.buf()), w(3, y.buf())], ctx.grid1(n))
 }
 
 pub fn scale(ctx: &Context, x: &WgpuStorage, y: &WgpuStorage, alpha: f32, n: usize) -> Result<()> {

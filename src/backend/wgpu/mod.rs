@@ -303,6 +303,9 @@ impl Backend for WgpuBackend {
     fn scale(&self, x: &WgpuStorage, y: &WgpuStorage, alpha: f32, n: usize) -> Result<()> {
         elementwise::scale(&self.ctx, x, y, alpha, n)
     }
+    fn channel_scale(&self, x: &WgpuStorage, s: &WgpuStorage, y: &WgpuStorage, d: &AxisDims) -> Result<()> {
+        elementwise::channel_scale(&self.ctx, x, s, y, d)
+    }
     fn sum_axis(&self, x: &WgpuStorage, y: &WgpuStorage, d: &AxisDims) -> Result<()> {
         elementwise::sum_axis(self, x.buf(), y.buf(), d)
     }
