@@ -91,10 +91,7 @@ pub fn load_backbone<B: Backend>(b: &B, path: &Path, model: Option<&str>, image_
         None => wf.infer_backbone()?,
     };
     // A classification head in the file is not part of the backbone we evaluate.
-    match &mut cfg {
-        crate::models::BackboneConfig::ResNet(r) => r.num_classes = None,
-        crate::models::BackboneConfig::Vit(v) => v.num_classes = None,
-    }
+    cfg.set_num_classes(None);
     let mut ps = ParamStore::new(b, DType::F32, 0);
     let backbone = cfg.build(&mut ps, "")?;
     let n = wf.load_into(&mut ps, "", wf.backbone_prefix())?;
@@ -111,6 +108,7 @@ fn architecture(c: &crate::models::BackboneConfig) -> String {
             format!("ResNet-{} ({} stem, width {})", r.depth, format!("{:?}", r.stem).to_lowercase(), r.width)
         }
         crate::models::BackboneConfig::Vit(v) => format!("a ViT (patch {}, dim {}, depth {}, {} heads)", v.patch, v.dim, v.depth, v.heads),
+        crate::models::BackboneConfig::EfficientNet(_) => "EfficientNet-B0".into(),
     }
 }
 

@@ -80,10 +80,7 @@ fn random<B: Backend>(b: &B, rng: &mut Rng, shape: &[usize]) -> Result<Tensor<B>
 /// fused SGD (momentum 0.9, weight decay 5e-4). The same step as benches/pytorch_step.py.
 pub fn bench_step<B: Backend>(b: &B, model: &str, batch: usize, image: usize, warmup: usize, runs: usize) -> Result<Timing> {
     let mut cfg = BackboneConfig::preset(model, image)?;
-    match &mut cfg {
-        BackboneConfig::ResNet(c) => c.num_classes = Some(10),
-        BackboneConfig::Vit(c) => c.num_classes = Some(10),
-    }
+    cfg.set_num_classes(Some(10));
     let mut ps = ParamStore::new(b, DType::F32, 0);
     let net = cfg.build(&mut ps, "")?;
     let mut rng = Rng::new(1);

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::models::{BackboneConfig, ResNetConfig, Stem, VitConfig};
+use crate::models::{BackboneConfig, EfficientNetConfig, ResNetConfig, Stem, VitConfig};
 use crate::nn::{Kind, ParamId, ParamStore};
 use crate::optim::Optimizer;
 use crate::tensor::Tensor;
@@ -287,7 +287,14 @@ impl WeightFile {
             let num_classes = get("head.weight").map(|s| s[0]);
             return Ok(BackboneConfig::Vit(VitConfig { image_size: side * patch, patch, dim, depth, heads, mlp_ratio: mlp, num_classes }));
         }
-        Err(file_err(&self.path, "no ResNet (conv1.weight) or ViT (patch_embed.proj.weight) backbone found"))
+        if get("features.1.0.block.0.0.weight").is_some() {
+            let num_classes = get("classifier.1.weight").map(|s| s[0]);
+            return Ok(BackboneConfig::EfficientNet(EfficientNetConfig { num_classes, ..EfficientNetConfig::default() }));
+        }
+        Err(file_err(
+            &self.path,
+            "no ResNet (conv1.weight), ViT (patch_embed.proj.weight) or EfficientNet (features.1.0.block.0.0.weight) backbone found",
+        ))
     }
 }
 

@@ -351,6 +351,7 @@ impl Config {
                     v.patch = p;
                 }
             }
+            BackboneConfig::EfficientNet(_) => {}
         }
         Ok(b)
     }

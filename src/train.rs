@@ -357,6 +357,8 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
                 (l as f32, cfg.optim.weight_decay)
             };
             let forward = |cx: &Ctx<B>| {
+                // Stochastic depth and dropout draw from (seed, step): a resumed run redraws them.
+                cx.seed_noise(crate::rng::Rng::new(cfg.seed).stream("forward noise").derive(&[info.step as u64]));
                 let out = method.forward(cx, &xs, Some(&labels))?;
                 Ok((out.loss, out.embedding))
             };

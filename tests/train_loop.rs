@@ -99,11 +99,24 @@ fn non_finite_loss_stops_with_exit_code_3_and_keeps_the_last_checkpoint() {
 
 #[test]
 fn export_matches_torchvision_state_dict_and_round_trips() {
-    let out = tmp_dir("export");
-    let mut cfg = tiny(
-        &out,
-        &["epochs=1", "model_opts.width=64", "data.limit_per_class=2", "batch_size=4", "data.image_size=8", "monitor.knn_every=0"],
-    );
+    export_round_trip("resnet18-cifar", &["model_opts.width=64"]);
+}
+
+/// EfficientNet-B0 with torchvision's names (`features.1.0.block.0.0.weight`, ...), found again
+/// by the importer from the names alone.
+#[test]
+fn efficientnet_export_matches_torchvision_state_dict_and_round_trips() {
+    export_round_trip("efficientnet-b0", &["model=\"efficientnet-b0\""]);
+}
+
+/// Trains one short epoch of `model`, exports the backbone and checks it against the keys and
+/// shapes PyTorch's own state_dict() listed (tests/reference/make_fixtures.py): the two checks
+/// load_state_dict(strict=True) makes, missing/unexpected keys and shapes.
+fn export_round_trip(model: &str, sets: &[&str]) {
+    let out = tmp_dir(&format!("export-{model}"));
+    let mut all = vec!["epochs=1", "data.limit_per_class=2", "batch_size=4", "data.image_size=8", "monitor.knn_every=0"];
+    all.extend(sets);
+    let mut cfg = tiny(&out, &all);
     cfg.data.test_path = None;
     run(&cfg, None).unwrap();
     let b = CpuBackend::new(2).unwrap();
@@ -115,12 +128,9 @@ fn export_matches_torchvision_state_dict_and_round_trips() {
     let hlen = u64::from_le_bytes(raw[..8].try_into().unwrap()) as usize;
     assert!(raw[8] == b'{' && 8 + hlen <= raw.len(), "not a safetensors layout");
     assert!(raw[0] != 0x80 && &raw[..2] != b"PK");
-    // Names and shapes: exactly torchvision's resnet18 (CIFAR stem, no fc) state dict, as
-    // PyTorch's own state_dict() listed them (tests/reference/make_fixtures.py): the two checks
-    // load_state_dict(strict=True) makes, missing/unexpected keys and shapes.
     let keys: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(repo("tests/reference/state_dict_keys.json")).unwrap()).unwrap();
-    let want = keys["resnet18-cifar"].as_object().unwrap();
+    let want = keys[model].as_object().unwrap();
     let wf = ssl_engine::checkpoint::WeightFile::read(&exported).unwrap();
     let mut got: Vec<&String> = wf.tensors.keys().collect();
     got.sort();

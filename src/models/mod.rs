@@ -1,6 +1,7 @@
-//! Backbones: ResNet-18/34/50 (torchvision names) and ViT (timm names), behind one enum so
+//! Backbones: ResNet-18/34/50 and EfficientNet-B0 (torchvision names) and ViT (timm names), behind one enum so
 //! the training loop and the CLI pick one by name.
 
+pub mod efficientnet;
 pub mod resnet;
 pub mod vit;
 
@@ -9,22 +10,25 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::nn::{Ctx, ParamStore};
 
+pub use efficientnet::{EfficientNet, EfficientNetConfig};
 pub use resnet::{ResNet, ResNetConfig, Stem};
 pub use vit::{Vit, VitConfig};
 
 pub enum Backbone {
     ResNet(ResNet),
     Vit(Vit),
+    EfficientNet(EfficientNet),
 }
 
 /// The presets `--model` accepts.
 pub const PRESETS: &[&str] =
-    &["resnet18-cifar", "resnet34-cifar", "resnet50-cifar", "resnet18", "resnet34", "resnet50", "vit-tiny", "vit-small"];
+    &["resnet18-cifar", "resnet34-cifar", "resnet50-cifar", "resnet18", "resnet34", "resnet50", "vit-tiny", "vit-small", "efficientnet-b0"];
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum BackboneConfig {
     ResNet(ResNetConfig),
     Vit(VitConfig),
+    EfficientNet(EfficientNetConfig),
 }
 
 impl BackboneConfig {
@@ -42,7 +46,17 @@ impl BackboneConfig {
             "resnet50" => resnet(50, Stem::ImageNet),
             "vit-tiny" => vit(192, 3),
             "vit-small" => vit(384, 6),
+            "efficientnet-b0" => Ok(BackboneConfig::EfficientNet(EfficientNetConfig::default())),
             _ => Err(Error::Invalid { op: "model", msg: format!("unknown model '{name}'; choose one of {}", PRESETS.join(", ")) }),
+        }
+    }
+
+    /// Adds (Some) or removes (None) the classification head.
+    pub fn set_num_classes(&mut self, n: Option<usize>) {
+        match self {
+            BackboneConfig::ResNet(c) => c.num_classes = n,
+            BackboneConfig::Vit(c) => c.num_classes = n,
+            BackboneConfig::EfficientNet(c) => c.num_classes = n,
         }
     }
 
@@ -50,6 +64,7 @@ impl BackboneConfig {
         Ok(match self {
             BackboneConfig::ResNet(c) => Backbone::ResNet(ResNet::new(ps, prefix, c)?),
             BackboneConfig::Vit(c) => Backbone::Vit(Vit::new(ps, prefix, c)?),
+            BackboneConfig::EfficientNet(c) => Backbone::EfficientNet(EfficientNet::new(ps, prefix, c)?),
         })
     }
 }
@@ -60,12 +75,14 @@ impl Backbone {
         match self {
             Backbone::ResNet(m) => m.forward(cx, x),
             Backbone::Vit(m) => m.forward(cx, x),
+            Backbone::EfficientNet(m) => m.forward(cx, x),
         }
     }
     pub fn feature_dim(&self) -> usize {
         match self {
             Backbone::ResNet(m) => m.feature_dim,
             Backbone::Vit(m) => m.dim,
+            Backbone::EfficientNet(m) => m.feature_dim,
         }
     }
 }

@@ -189,11 +189,23 @@ pub struct Ctx<'a, B: Backend> {
     pub params: &'a ParamStore<B>,
     pub train: bool,
     leaves: RefCell<HashMap<ParamId, Var<B>>>,
+    /// The forward pass's randomness (stochastic depth, dropout). The training loop seeds it per
+    /// step, so a resumed run draws the same masks.
+    noise: RefCell<Rng>,
 }
 
 impl<'a, B: Backend> Ctx<'a, B> {
     pub fn new(tape: &'a Tape<B>, params: &'a ParamStore<B>, train: bool) -> Self {
-        Ctx { tape, params, train, leaves: RefCell::new(HashMap::new()) }
+        Ctx { tape, params, train, leaves: RefCell::new(HashMap::new()), noise: RefCell::new(Rng::new(0).stream("forward noise")) }
+    }
+    /// Seeds the forward pass's randomness.
+    pub fn seed_noise(&self, rng: Rng) {
+        *self.noise.borrow_mut() = rng;
+    }
+    /// n draws of a Bernoulli(keep) mask scaled by 1 / keep (dropout's and stochastic depth's).
+    pub fn keep_mask(&self, n: usize, keep: f64) -> Vec<f32> {
+        let mut rng = self.noise.borrow_mut();
+        (0..n).map(|_| if rng.uniform() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect()
     }
     /// The parameter as a tape value (a constant when frozen).
     pub fn param(&self, id: ParamId) -> Var<B> {

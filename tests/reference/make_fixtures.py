@@ -750,6 +750,24 @@ def model_fixtures():
     save_file(t, os.path.join(OUT, "models.safetensors"))
 
 
+def efficientnet_fixtures():
+    """torchvision's EfficientNet-B0 as a backbone (classifier removed: pooled 1280 features),
+    forward + backward in train mode on four 64x64 images (efficientnet.safetensors; the last
+    stage runs at 2x2). Stochastic depth is set to 0 on both sides: its masks are random."""
+    import torchvision
+
+    torch.set_num_threads(2)
+    t = {}
+    m = torchvision.models.efficientnet_b0()
+    m.classifier = nn.Identity()
+    for mod in m.modules():
+        if isinstance(mod, torchvision.ops.StochasticDepth):
+            mod.p = 0.0
+    model_fixture(t, "efficientnet_b0", m, det_uniform("efficientnet_b0.input", (4, 3, 64, 64)))
+    save_file(t, os.path.join(OUT, "efficientnet.safetensors"))
+    print("efficientnet.safetensors", os.path.getsize(os.path.join(OUT, "efficientnet.safetensors")) // 1024, "KiB")
+
+
 def metric_fixtures():
     """scikit-learn's accuracy / balanced accuracy / one-vs-rest AUCs on random scores."""
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score, top_k_accuracy_score
@@ -778,8 +796,8 @@ def metric_fixtures():
 
 
 def key_fixtures():
-    """State-dict keys and shapes of torchvision's ResNet-18 (CIFAR stem, no fc) and timm's
-    ViT-tiny (no head): what an exported backbone must match for load_state_dict(strict=True)."""
+    """State-dict keys and shapes of torchvision's ResNet-18 (CIFAR stem, no fc), EfficientNet-B0
+    (no classifier) and timm's ViT-tiny (no head): what an exported backbone must match for load_state_dict(strict=True)."""
     import json
 
     import timm
@@ -787,9 +805,14 @@ def key_fixtures():
     vit = timm.models.vision_transformer.VisionTransformer(
         img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3, num_classes=0
     )
+    import torchvision
+
+    effnet = torchvision.models.efficientnet_b0()
+    effnet.classifier = nn.Identity()
     keys = {
         "resnet18-cifar": {k: list(v.shape) for k, v in resnet18_cifar(None).state_dict().items()},
         "vit-tiny": {k: list(v.shape) for k, v in vit.state_dict().items()},
+        "efficientnet-b0": {k: list(v.shape) for k, v in effnet.state_dict().items()},
     }
     with open(os.path.join(OUT, "state_dict_keys.json"), "w") as f:
         json.dump(keys, f, indent=0, sort_keys=True)
@@ -1171,6 +1194,9 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["methods"]:  # only methods.safetensors
         method_step_fixtures()
         sys.exit(0)
+    if sys.argv[1:] == ["efficientnet"]:  # only efficientnet.safetensors
+        efficientnet_fixtures()
+        sys.exit(0)
     loss_fixtures()
     optim_fixtures()
     if sys.argv[1:] == ["losses"]:  # only losses.safetensors and optim.safetensors
@@ -1179,6 +1205,7 @@ if __name__ == "__main__":
     metric_fixtures()
     layer_fixtures()
     model_fixtures()
+    efficientnet_fixtures()
     method_step_fixtures()
     for f in ("metrics.safetensors", "layers.safetensors", "models.safetensors"):
         print(f, os.path.getsize(os.path.join(OUT, f)) // 1024, "KiB")
