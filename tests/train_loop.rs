@@ -282,3 +282,17 @@ fn byol_resumes_bit_identically() {
     assert_eq!(joined, bits(&straight), "BYOL loss trace after resuming at step 4 differs");
     assert_eq!(state_digest(&out.join("last.safetensors")), state_digest(&straight_dir.join("last.safetensors")));
 }
+
+/// EfficientNet's stochastic depth draws its masks from (seed, step): a run stopped at step 4
+/// and resumed takes the same losses, bit for bit, as one that never stopped.
+#[test]
+fn efficientnet_stochastic_depth_resumes_bit_identically() {
+    let sets = ["model=\"efficientnet-b0\"", "data.image_size=16", "batch_size=8", "data.limit_per_class=3", "epochs=2", "monitor.knn_every=0"];
+    let straight = run(&tiny(&tmp_dir("effnet-straight"), &sets), None).unwrap();
+    let out = tmp_dir("effnet-resume");
+    let first = run(&tiny(&out, &[&sets[..], &["max_steps=4"]].concat()), None).unwrap();
+    let rest = run(&tiny(&out, &sets), Some(&out.join("last.safetensors"))).unwrap();
+    let mut joined = bits(&first);
+    joined.extend(bits(&rest));
+    assert_eq!(joined, bits(&straight), "loss trace after resuming at step 4 differs");
+}
