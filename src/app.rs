@@ -109,6 +109,7 @@ fn architecture(c: &crate::models::BackboneConfig) -> String {
         }
         crate::models::BackboneConfig::Vit(v) => format!("a ViT (patch {}, dim {}, depth {}, {} heads)", v.patch, v.dim, v.depth, v.heads),
         crate::models::BackboneConfig::EfficientNet(_) => "EfficientNet-B0".into(),
+        crate::models::BackboneConfig::Pit(p) => format!("a PiT (base dims {:?}, patch {}, stride {})", p.base_dims, p.patch, p.stride),
     }
 }
 

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::models::{BackboneConfig, EfficientNetConfig, ResNetConfig, Stem, VitConfig};
+use crate::models::{BackboneConfig, EfficientNetConfig, PitConfig, ResNetConfig, Stem, VitConfig};
 use crate::nn::{Kind, ParamId, ParamStore};
 use crate::optim::Optimizer;
 use crate::tensor::Tensor;
@@ -287,13 +287,27 @@ impl WeightFile {
             let num_classes = get("head.weight").map(|s| s[0]);
             return Ok(BackboneConfig::Vit(VitConfig { image_size: side * patch, patch, dim, depth, heads, mlp_ratio: mlp, num_classes }));
         }
+        if let (Some(w), Some(pos)) = (get("patch_embed.conv.weight"), get("pos_embed")) {
+            // timm's PiT: the stride is half the patch; heads 2, 4, 8 by stage.
+            let (patch, grid) = (w[2], pos[2]);
+            let stride = (patch / 2).max(1);
+            let heads = [2, 4, 8];
+            let dims: Vec<usize> = (0..3).map(|s| if s == 0 { w[0] } else { get(&format!("transformers.{s}.pool.fc.weight")).map_or(0, |f| f[0]) }).collect();
+            let depth = |s: usize| (0..).take_while(|i| get(&format!("transformers.{s}.blocks.{i}.norm1.weight")).is_some()).count();
+            let base_dims = [dims[0] / heads[0], dims[1] / heads[1], dims[2] / heads[2]];
+            let num_classes = get("head.weight").map(|s| s[0]);
+            let image_size = (grid - 1) * stride + patch;
+            let (depth, mlp_ratio) = ([depth(0), depth(1), depth(2)], get("transformers.0.blocks.0.mlp.fc1.weight").map_or(4, |f| f[0] / dims[0]));
+            return Ok(BackboneConfig::Pit(PitConfig { image_size, patch, stride, base_dims, heads, depth, mlp_ratio, num_classes }));
+        }
         if get("features.1.0.block.0.0.weight").is_some() {
             let num_classes = get("classifier.1.weight").map(|s| s[0]);
             return Ok(BackboneConfig::EfficientNet(EfficientNetConfig { num_classes, ..EfficientNetConfig::default() }));
         }
         Err(file_err(
             &self.path,
-            "no ResNet (conv1.weight), ViT (patch_embed.proj.weight) or EfficientNet (features.1.0.block.0.0.weight) backbone found",
+            "no ResNet (conv1.weight), ViT (patch_embed.proj.weight), PiT (patch_embed.conv.weight) or EfficientNet \
+             (features.1.0.block.0.0.weight) backbone found",
         ))
     }
 }

@@ -351,7 +351,7 @@ impl Config {
                     v.patch = p;
                 }
             }
-            BackboneConfig::EfficientNet(_) => {}
+            BackboneConfig::EfficientNet(_) | BackboneConfig::Pit(_) => {}
         }
         Ok(b)
     }

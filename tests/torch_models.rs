@@ -1,5 +1,5 @@
-//! Whole models against PyTorch (tests/reference/models.safetensors, efficientnet.safetensors):
-//! ResNet-18 (CIFAR stem, torchvision), EfficientNet-B0 (torchvision) and ViT-tiny (timm)
+//! Whole models against PyTorch (tests/reference/{models,efficientnet,pit}.safetensors):
+//! ResNet-18 (CIFAR stem, torchvision), EfficientNet-B0 (torchvision), ViT-tiny and PiT-Ti (timm)
 //! forward + backward, every parameter gradient compared (large gradients through a strided
 //! sample plus the full norm), and three SGD steps; the
 //! same checks on the WGSL backend when a WebGPU adapter exists and on the CUDA backend when a
@@ -49,7 +49,11 @@ fn check_grad(f: &Fixtures, prefix: &str, name: &str, g: &[f32], zero: f64) -> f
 }
 
 fn model_matches<B: Backend>(b: &B, prefix: &str, cfg: BackboneConfig) {
-    let file = if prefix == "efficientnet_b0" { "efficientnet.safetensors" } else { "models.safetensors" };
+    let file = match prefix {
+        "efficientnet_b0" => "efficientnet.safetensors",
+        "pit_ti" => "pit.safetensors",
+        _ => "models.safetensors",
+    };
     let f = Fixtures::load(file);
     let mut ps = ParamStore::new(b, DType::F32, 0);
     let model = cfg.build(&mut ps, "").unwrap();
@@ -118,6 +122,23 @@ fn efficientnet_b0_forward_backward_matches_torchvision() {
 fn wgpu_efficientnet_b0_forward_backward_matches_torchvision() {
     let Some(b) = wgpu_or_skip() else { return };
     model_matches(&b, "efficientnet_b0", efficientnet_b0());
+}
+
+/// PiT-Ti at 32x32 (patch 4, stride 2: a 15x15 grid pooled to 8x8 and 4x4).
+fn pit_ti() -> BackboneConfig {
+    BackboneConfig::preset("pit-ti", 32).unwrap()
+}
+
+#[test]
+fn pit_ti_forward_backward_matches_timm() {
+    model_matches(&cpu(2), "pit_ti", pit_ti());
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_pit_ti_forward_backward_matches_timm() {
+    let Some(b) = wgpu_or_skip() else { return };
+    model_matches(&b, "pit_ti", pit_ti());
 }
 
 #[test]

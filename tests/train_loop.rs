@@ -109,6 +109,13 @@ fn efficientnet_export_matches_torchvision_state_dict_and_round_trips() {
     export_round_trip("efficientnet-b0", &["model=\"efficientnet-b0\""]);
 }
 
+/// PiT-Ti with timm's names (`transformers.1.pool.conv.weight`, ...) at 32x32; the importer
+/// recovers patch, stride, widths and depths from the names and shapes.
+#[test]
+fn pit_export_matches_timm_state_dict_and_round_trips() {
+    export_round_trip("pit-ti", &["model=\"pit-ti\"", "data.image_size=32"]);
+}
+
 /// Trains one short epoch of `model`, exports the backbone and checks it against the keys and
 /// shapes PyTorch's own state_dict() listed (tests/reference/make_fixtures.py): the two checks
 /// load_state_dict(strict=True) makes, missing/unexpected keys and shapes.

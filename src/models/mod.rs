@@ -1,7 +1,8 @@
-//! Backbones: ResNet-18/34/50 and EfficientNet-B0 (torchvision names) and ViT (timm names), behind one enum so
-//! the training loop and the CLI pick one by name.
+//! Backbones: ResNet-18/34/50 and EfficientNet-B0 (torchvision names), ViT and PiT (timm names),
+//! behind one enum so the training loop and the CLI pick one by name.
 
 pub mod efficientnet;
+pub mod pit;
 pub mod resnet;
 pub mod vit;
 
@@ -11,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::nn::{Ctx, ParamStore};
 
 pub use efficientnet::{EfficientNet, EfficientNetConfig};
+pub use pit::{Pit, PitConfig};
 pub use resnet::{ResNet, ResNetConfig, Stem};
 pub use vit::{Vit, VitConfig};
 
@@ -18,17 +20,19 @@ pub enum Backbone {
     ResNet(ResNet),
     Vit(Vit),
     EfficientNet(EfficientNet),
+    Pit(Pit),
 }
 
 /// The presets `--model` accepts.
 pub const PRESETS: &[&str] =
-    &["resnet18-cifar", "resnet34-cifar", "resnet50-cifar", "resnet18", "resnet34", "resnet50", "vit-tiny", "vit-small", "efficientnet-b0"];
+    &["resnet18-cifar", "resnet34-cifar", "resnet50-cifar", "resnet18", "resnet34", "resnet50", "vit-tiny", "vit-small", "efficientnet-b0", "pit-ti", "pit-xs"];
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum BackboneConfig {
     ResNet(ResNetConfig),
     Vit(VitConfig),
     EfficientNet(EfficientNetConfig),
+    Pit(PitConfig),
 }
 
 impl BackboneConfig {
@@ -47,6 +51,8 @@ impl BackboneConfig {
             "vit-tiny" => vit(192, 3),
             "vit-small" => vit(384, 6),
             "efficientnet-b0" => Ok(BackboneConfig::EfficientNet(EfficientNetConfig::default())),
+            "pit-ti" => Ok(BackboneConfig::Pit(PitConfig::preset(32, image_size))),
+            "pit-xs" => Ok(BackboneConfig::Pit(PitConfig::preset(48, image_size))),
             _ => Err(Error::Invalid { op: "model", msg: format!("unknown model '{name}'; choose one of {}", PRESETS.join(", ")) }),
         }
     }
@@ -57,6 +63,7 @@ impl BackboneConfig {
             BackboneConfig::ResNet(c) => c.num_classes = n,
             BackboneConfig::Vit(c) => c.num_classes = n,
             BackboneConfig::EfficientNet(c) => c.num_classes = n,
+            BackboneConfig::Pit(c) => c.num_classes = n,
         }
     }
 
@@ -65,6 +72,7 @@ impl BackboneConfig {
             BackboneConfig::ResNet(c) => Backbone::ResNet(ResNet::new(ps, prefix, c)?),
             BackboneConfig::Vit(c) => Backbone::Vit(Vit::new(ps, prefix, c)?),
             BackboneConfig::EfficientNet(c) => Backbone::EfficientNet(EfficientNet::new(ps, prefix, c)?),
+            BackboneConfig::Pit(c) => Backbone::Pit(Pit::new(ps, prefix, c)?),
         })
     }
 }
@@ -76,6 +84,7 @@ impl Backbone {
             Backbone::ResNet(m) => m.forward(cx, x),
             Backbone::Vit(m) => m.forward(cx, x),
             Backbone::EfficientNet(m) => m.forward(cx, x),
+            Backbone::Pit(m) => m.forward(cx, x),
         }
     }
     pub fn feature_dim(&self) -> usize {
@@ -83,6 +92,7 @@ impl Backbone {
             Backbone::ResNet(m) => m.feature_dim,
             Backbone::Vit(m) => m.dim,
             Backbone::EfficientNet(m) => m.feature_dim,
+            Backbone::Pit(m) => m.dim,
         }
     }
 }

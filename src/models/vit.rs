@@ -25,11 +25,30 @@ impl Default for VitConfig {
     }
 }
 
-struct Block {
+/// timm's pre-norm transformer block (ViT's and PiT's): x + attn(norm1(x)), then x + mlp(norm2(x)).
+pub(super) struct Block {
     norm1: LayerNorm,
     attn: Attention,
     norm2: LayerNorm,
     mlp: Mlp,
+}
+
+impl Block {
+    pub(super) fn new<B: Backend>(ps: &mut ParamStore<B>, b: &str, dim: usize, heads: usize, mlp_ratio: usize, init: Option<Init>) -> Result<Self> {
+        Ok(Block {
+            norm1: LayerNorm::new(ps, &format!("{b}.norm1"), dim, LN_EPS)?,
+            attn: Attention::new(ps, &format!("{b}.attn"), dim, heads, init)?,
+            norm2: LayerNorm::new(ps, &format!("{b}.norm2"), dim, LN_EPS)?,
+            mlp: Mlp::new(ps, &format!("{b}.mlp"), dim, dim * mlp_ratio, init)?,
+        })
+    }
+
+    /// x [b, tokens, dim] -> [b, tokens, dim]
+    pub(super) fn forward<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
+        let t = cx.tape;
+        let h = t.add(x, &self.attn.forward(cx, &self.norm1.forward(cx, x)?)?)?;
+        t.add(&h, &self.mlp.forward(cx, &self.norm2.forward(cx, &h)?)?)
+    }
 }
 
 pub struct Vit {
@@ -43,7 +62,7 @@ pub struct Vit {
     tokens: usize,
 }
 
-const LN_EPS: f32 = 1e-6;
+pub(super) const LN_EPS: f32 = 1e-6;
 
 impl Vit {
     pub fn new<B: Backend>(ps: &mut ParamStore<B>, prefix: &str, c: &VitConfig) -> Result<Self> {
@@ -58,13 +77,7 @@ impl Vit {
         let pos_embed = ps.add(&p("pos_embed"), &[1, tokens, c.dim], Init::TruncNormal(0.02), Kind::Param, Layout::Same)?;
         let mut blocks = Vec::new();
         for i in 0..c.depth {
-            let b = p(&format!("blocks.{i}"));
-            blocks.push(Block {
-                norm1: LayerNorm::new(ps, &format!("{b}.norm1"), c.dim, LN_EPS)?,
-                attn: Attention::new(ps, &format!("{b}.attn"), c.dim, c.heads, lin)?,
-                norm2: LayerNorm::new(ps, &format!("{b}.norm2"), c.dim, LN_EPS)?,
-                mlp: Mlp::new(ps, &format!("{b}.mlp"), c.dim, c.dim * c.mlp_ratio, lin)?,
-            });
+            blocks.push(Block::new(ps, &p(&format!("blocks.{i}")), c.dim, c.heads, c.mlp_ratio, lin)?);
         }
         let norm = LayerNorm::new(ps, &p("norm"), c.dim, LN_EPS)?;
         let head = match c.num_classes {
@@ -94,8 +107,7 @@ impl Vit {
         let tokens = t.concat(&[&cls, &patches], 1)?;
         let mut h = t.add(&tokens, &t.reshape(&cx.param(self.pos_embed), &[self.tokens, d])?)?;
         for b in &self.blocks {
-            h = t.add(&h, &b.attn.forward(cx, &b.norm1.forward(cx, &h)?)?)?;
-            h = t.add(&h, &b.mlp.forward(cx, &b.norm2.forward(cx, &h)?)?)?;
+            h = b.forward(cx, &h)?;
         }
         let h = self.norm.forward(cx, &h)?;
         let f = t.reshape(&t.slice(&h, 1, 0, 1)?, &[n, d])?;

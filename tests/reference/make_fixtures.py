@@ -768,6 +768,21 @@ def efficientnet_fixtures():
     print("efficientnet.safetensors", os.path.getsize(os.path.join(OUT, "efficientnet.safetensors")) // 1024, "KiB")
 
 
+def pit_fixtures():
+    """timm's PiT-Ti (base dims 32, heads 2/4/8, depth 2/6/4) at 32x32 with patch 4, stride 2
+    (a 15x15 grid, pooled to 8x8 and 4x4) as a backbone (no head: the normed class token),
+    forward + backward (pit.safetensors)."""
+    from timm.models.pit import PoolingVisionTransformer
+
+    torch.set_num_threads(2)
+    t = {}
+    m = PoolingVisionTransformer(img_size=32, patch_size=4, stride=2, base_dims=[32, 32, 32], depth=[2, 6, 4], heads=[2, 4, 8],
+                                 mlp_ratio=4, num_classes=0)
+    model_fixture(t, "pit_ti", m, det_uniform("pit_ti.input", (2, 3, 32, 32)))
+    save_file(t, os.path.join(OUT, "pit.safetensors"))
+    print("pit.safetensors", os.path.getsize(os.path.join(OUT, "pit.safetensors")) // 1024, "KiB")
+
+
 def metric_fixtures():
     """scikit-learn's accuracy / balanced accuracy / one-vs-rest AUCs on random scores."""
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score, top_k_accuracy_score
@@ -797,7 +812,7 @@ def metric_fixtures():
 
 def key_fixtures():
     """State-dict keys and shapes of torchvision's ResNet-18 (CIFAR stem, no fc), EfficientNet-B0
-    (no classifier) and timm's ViT-tiny (no head): what an exported backbone must match for load_state_dict(strict=True)."""
+    (no classifier), timm's ViT-tiny (no head) and PiT-Ti at 32x32 (patch 4, stride 2, no head): what an exported backbone must match for load_state_dict(strict=True)."""
     import json
 
     import timm
@@ -807,12 +822,17 @@ def key_fixtures():
     )
     import torchvision
 
+    from timm.models.pit import PoolingVisionTransformer
+
+    pit = PoolingVisionTransformer(img_size=32, patch_size=4, stride=2, base_dims=[32, 32, 32], depth=[2, 6, 4], heads=[2, 4, 8],
+                                   mlp_ratio=4, num_classes=0)
     effnet = torchvision.models.efficientnet_b0()
     effnet.classifier = nn.Identity()
     keys = {
         "resnet18-cifar": {k: list(v.shape) for k, v in resnet18_cifar(None).state_dict().items()},
         "vit-tiny": {k: list(v.shape) for k, v in vit.state_dict().items()},
         "efficientnet-b0": {k: list(v.shape) for k, v in effnet.state_dict().items()},
+        "pit-ti": {k: list(v.shape) for k, v in pit.state_dict().items()},
     }
     with open(os.path.join(OUT, "state_dict_keys.json"), "w") as f:
         json.dump(keys, f, indent=0, sort_keys=True)
@@ -1197,6 +1217,9 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["efficientnet"]:  # only efficientnet.safetensors
         efficientnet_fixtures()
         sys.exit(0)
+    if sys.argv[1:] == ["pit"]:  # only pit.safetensors
+        pit_fixtures()
+        sys.exit(0)
     loss_fixtures()
     optim_fixtures()
     if sys.argv[1:] == ["losses"]:  # only losses.safetensors and optim.safetensors
@@ -1206,6 +1229,7 @@ if __name__ == "__main__":
     layer_fixtures()
     model_fixtures()
     efficientnet_fixtures()
+    pit_fixtures()
     method_step_fixtures()
     for f in ("metrics.safetensors", "layers.safetensors", "models.safetensors"):
         print(f, os.path.getsize(os.path.join(OUT, f)) // 1024, "KiB")
