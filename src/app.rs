@@ -102,7 +102,7 @@ pub fn load_backbone<B: Backend>(b: &B, path: &Path, model: Option<&str>, image_
 }
 
 /// The architecture as a user names it, for the messages that compare two.
-fn architecture(c: &crate::models::BackboneConfig) -> String {
+pub fn architecture(c: &crate::models::BackboneConfig) -> String {
     match c {
         crate::models::BackboneConfig::ResNet(r) => {
             format!("ResNet-{} ({} stem, width {})", r.depth, format!("{:?}", r.stem).to_lowercase(), r.width)
@@ -134,22 +134,32 @@ fn feats<B: Backend>(m: &LoadedBackbone<B>, data: &Dataset, cfg: &Config, what: 
 
 /// kNN top-1 and full metrics (from the vote scores) of a backbone.
 pub fn eval_knn<B: Backend>(m: &LoadedBackbone<B>, train: &Dataset, test: &Dataset, cfg: &Config) -> Result<Metrics> {
+    Ok(eval_knn_sets(m, train, &[test], cfg)?.remove(0))
+}
+
+/// kNN metrics on each query set, against one bank of `train` features.
+pub fn eval_knn_sets<B: Backend>(m: &LoadedBackbone<B>, train: &Dataset, queries: &[&Dataset], cfg: &Config) -> Result<Vec<Metrics>> {
     let dim = m.backbone.feature_dim();
     let mut bank = feats(m, train, cfg, "kNN bank features")?;
-    let mut q = feats(m, test, cfg, "kNN query features")?;
     knn::l2_normalize(&mut bank, dim);
-    knn::l2_normalize(&mut q, dim);
-    let classes = train.classes.len().max(test.classes.len());
-    let scores = knn::knn_scores(m.ps.backend(), &bank, &train.labels, &q, dim, classes, cfg.monitor.knn_k, cfg.monitor.knn_t)?;
-    // Normalised votes behave as probabilities for the AUCs.
-    let probs: Vec<f32> = scores
-        .chunks(classes)
-        .flat_map(|r| {
-            let s: f32 = r.iter().sum::<f32>().max(f32::MIN_POSITIVE);
-            r.iter().map(move |v| v / s).collect::<Vec<_>>()
+    let classes = queries.iter().map(|d| d.classes.len()).fold(train.classes.len(), usize::max);
+    queries
+        .iter()
+        .map(|test| {
+            let mut q = feats(m, test, cfg, "kNN query features")?;
+            knn::l2_normalize(&mut q, dim);
+            let scores = knn::knn_scores(m.ps.backend(), &bank, &train.labels, &q, dim, classes, cfg.monitor.knn_k, cfg.monitor.knn_t)?;
+            // Normalised votes behave as probabilities for the AUCs.
+            let probs: Vec<f32> = scores
+                .chunks(classes)
+                .flat_map(|r| {
+                    let s: f32 = r.iter().sum::<f32>().max(f32::MIN_POSITIVE);
+                    r.iter().map(move |v| v / s).collect::<Vec<_>>()
+                })
+                .collect();
+            Ok(classification_metrics(&probs, &test.labels, classes))
         })
-        .collect();
-    Ok(classification_metrics(&probs, &test.labels, classes))
+        .collect()
 }
 
 /// The first `n` images of each class of `data` (in a seeded random order), for few-label runs.
@@ -176,6 +186,22 @@ pub struct LinearReport {
     pub final_loss: f64,
 }
 
+/// A probe or fine-tuning run measured on several sets: one `Metrics` per set, in order, and
+/// the per-epoch (training loss, loss on the first set when tracked).
+#[derive(Debug, Serialize)]
+pub struct SetsReport {
+    pub metrics: Vec<Metrics>,
+    pub train_images: usize,
+    pub curve: Vec<(f64, Option<f64>)>,
+}
+
+impl SetsReport {
+    fn first(mut self) -> LinearReport {
+        let final_loss = self.curve.last().map_or(f64::NAN, |c| c.0);
+        LinearReport { metrics: self.metrics.remove(0), train_images: self.train_images, final_loss }
+    }
+}
+
 /// Linear probe on frozen features; `subset` restricts the training images (few labels).
 pub fn eval_linear<B: Backend>(
     m: &LoadedBackbone<B>,
@@ -186,6 +212,19 @@ pub fn eval_linear<B: Backend>(
     subset: Option<&[usize]>,
     mut on_epoch: impl FnMut(usize, f64),
 ) -> Result<LinearReport> {
+    Ok(eval_linear_sets(m, train, &[test], cfg, probe, subset, |e, l, _| on_epoch(e, l))?.first())
+}
+
+/// The linear probe trained once, measured on each of `tests`.
+pub fn eval_linear_sets<B: Backend>(
+    m: &LoadedBackbone<B>,
+    train: &Dataset,
+    tests: &[&Dataset],
+    cfg: &Config,
+    probe: &LinearProbeConfig,
+    subset: Option<&[usize]>,
+    mut on_epoch: impl FnMut(usize, f64, Option<f64>),
+) -> Result<SetsReport> {
     let dim = m.backbone.feature_dim();
     let all = feats(m, train, cfg, "probe training features")?;
     let (x, y): (Vec<f32>, Vec<u32>) = match subset {
@@ -195,48 +234,63 @@ pub fn eval_linear<B: Backend>(
         ),
         None => (all, train.labels.clone()),
     };
-    let classes = train.classes.len().max(test.classes.len());
-    let mut last = f64::NAN;
+    let classes = tests.iter().map(|d| d.classes.len()).fold(train.classes.len(), usize::max);
+    let mut curve = Vec::new();
     let model = train_linear_probe(m.ps.backend(), &x, &y, dim, classes, probe, |e, l| {
-        last = l;
-        on_epoch(e, l)
+        curve.push((l, None));
+        on_epoch(e, l, None)
     })?;
-    let logits = model.logits(&feats(m, test, cfg, "probe test features")?)?;
-    Ok(LinearReport {
-        metrics: classification_metrics(&softmax_rows(&logits, classes), &test.labels, classes),
-        train_images: y.len(),
-        final_loss: last,
-    })
+    let metrics = tests
+        .iter()
+        .map(|test| {
+            let logits = model.logits(&feats(m, test, cfg, "probe test features")?)?;
+            Ok(classification_metrics(&softmax_rows(&logits, classes), &test.labels, classes))
+        })
+        .collect::<Result<_>>()?;
+    Ok(SetsReport { metrics, train_images: y.len(), curve })
 }
 
 /// Few-label fine-tuning of the whole backbone with a linear head (train-mode BN, crop + flip).
 pub fn eval_finetune<B: Backend>(
-    mut m: LoadedBackbone<B>,
+    m: LoadedBackbone<B>,
     train: &Arc<Dataset>,
     test: &Dataset,
     cfg: &Config,
     probe: &LinearProbeConfig,
     subset: Option<&[usize]>,
-    on_epoch: impl FnMut(usize, f64),
+    mut on_epoch: impl FnMut(usize, f64),
 ) -> Result<LinearReport> {
+    Ok(eval_finetune_sets(m, train, &[test], cfg, probe, subset, false, |e, l, _| on_epoch(e, l))?.first())
+}
+
+/// Fine-tuning measured on each of `tests`; with `track_loss`, the loss on tests[0] after every
+/// epoch joins the curve (seed 003's train / validation curves).
+#[allow(clippy::too_many_arguments)]
+pub fn eval_finetune_sets<B: Backend>(
+    mut m: LoadedBackbone<B>,
+    train: &Arc<Dataset>,
+    tests: &[&Dataset],
+    cfg: &Config,
+    probe: &LinearProbeConfig,
+    subset: Option<&[usize]>,
+    track_loss: bool,
+    mut on_epoch: impl FnMut(usize, f64, Option<f64>),
+) -> Result<SetsReport> {
     let data = match subset {
         Some(idx) => Arc::new(train.subset(idx)),
         None => train.clone(),
     };
     let n = data.len();
-    let classes = train.classes.len().max(test.classes.len());
+    let classes = tests.iter().map(|d| d.classes.len()).fold(train.classes.len(), usize::max);
     let aug = crate::eval::finetune::finetune_augment(cfg.augment.mean, cfg.augment.std);
-    let mut last = f64::NAN;
-    let mut on_epoch = on_epoch;
-    let logits = crate::eval::finetune::finetune(&m.backbone, &mut m.ps, data, test, cfg.data.image_size, aug, probe, |e, l| {
-        last = l;
-        on_epoch(e, l)
-    })?;
-    Ok(LinearReport {
-        metrics: classification_metrics(&softmax_rows(&logits, classes), &test.labels, classes),
-        train_images: n,
-        final_loss: last,
-    })
+    let mut curve = Vec::new();
+    let logits =
+        crate::eval::finetune::finetune(&m.backbone, &mut m.ps, data, tests, cfg.data.image_size, aug, probe, track_loss, |e, l, v| {
+            curve.push((l, v));
+            on_epoch(e, l, v)
+        })?;
+    let metrics = logits.iter().zip(tests).map(|(lg, t)| classification_metrics(&softmax_rows(lg, classes), &t.labels, classes)).collect();
+    Ok(SetsReport { metrics, train_images: n, curve })
 }
 
 /// Writes a float32 [rows, cols] array as NumPy .npy (version 1.0).

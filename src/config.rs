@@ -59,6 +59,8 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     pub linear: LinearProbeConfig,
     pub report: ReportConfig,
+    /// `ssl-engine study`: starting points, protocols, the validation split.
+    pub study: crate::study::StudyConfig,
 }
 
 impl Default for Config {
@@ -92,6 +94,7 @@ impl Default for Config {
             checkpoint: CheckpointConfig::default(),
             linear: LinearProbeConfig::default(),
             report: ReportConfig::default(),
+            study: crate::study::StudyConfig::default(),
         }
     }
 }

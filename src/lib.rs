@@ -21,6 +21,7 @@ pub mod plot;
 pub mod progress;
 pub mod rng;
 pub mod ssl;
+pub mod study;
 pub mod tensor;
 pub mod train;
 

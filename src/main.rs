@@ -14,11 +14,12 @@ use ssl_engine::{bench, with_backend};
 #[command(
     name = "ssl-engine",
     version,
-    about = "Self-supervised pretraining of vision backbones (SimSiam, SimCLR, BYOL), from scratch in Rust",
-    long_about = "Self-supervised pretraining of vision backbones (SimSiam, SimCLR, BYOL), from scratch in Rust.\n\n\
+    about = "Self-supervised pretraining of vision backbones (ten methods: SimSiam, SimCLR, SupCon, BYOL, SwAV, MoCo v2+/v3, DINO, Barlow Twins, VICReg), from scratch in Rust",
+    long_about = "Self-supervised pretraining of vision backbones (ten methods: SimSiam, SimCLR, SupCon, BYOL, SwAV, MoCo v2+/v3, DINO, Barlow Twins, VICReg), from scratch in Rust.\n\n\
         Typical use:\n  ssl-engine train --config configs/demo-cpu.toml\n  \
         ssl-engine eval linear --checkpoint runs/demo/last.safetensors --data data/cifar10-demo\n  \
-        ssl-engine export --checkpoint runs/demo/last.safetensors --out backbone.safetensors"
+        ssl-engine export --checkpoint runs/demo/last.safetensors --out backbone.safetensors\n  \
+        ssl-engine study --config configs/study-demo.toml"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -70,6 +71,29 @@ enum Cmd {
         /// The .safetensors file to write (atomically): the backbone alone, PyTorch names and layouts.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Does pretraining help here? Every starting point of `[study] starts` (checkpoints, imported
+    /// weights, `random`, `supervised` from scratch) measured by every protocol (kNN, linear probe,
+    /// fine-tuning, few-label fine-tuning at `labels_per_class`) on a seeded, stratified validation
+    /// split and on the test set. Writes study.md, study.csv, study.json, study_bars.png and
+    /// study_curves.png to `[study] out`; each cell is cached there, so a rerun only computes what
+    /// is missing.
+    Study {
+        /// Study recipe (configs/study-*.toml): data, model, normalisation, `[linear]`, `[study]`.
+        #[arg(long)]
+        config: PathBuf,
+        /// Override a key, e.g. --set study.labels_per_class=[10] (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Compute backend: cpu, cuda or wgpu (overrides the recipe's `backend`).
+        #[arg(long)]
+        backend: Option<String>,
+        /// GPU index (cuda) or WebGPU adapter index (wgpu).
+        #[arg(long)]
+        device: Option<usize>,
+        /// Only the table at the end, no per-cell lines.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Redraw the PNG plots (loss, lr, kNN, z-std) of a run folder from its metrics.jsonl.
     Plot {
@@ -406,6 +430,25 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
             let b = ssl_engine::backend::cpu::CpuBackend::new(0)?;
             let n = app::export(&b, &checkpoint, &out)?;
             println!("wrote {n} tensors to {}", out.display());
+        }
+        Cmd::Study { config, overrides, backend, device, quiet } => {
+            let mut cfg = Config::load(Some(&config), &overrides)?;
+            if let Some(bk) = backend {
+                cfg.backend = bk;
+                cfg.validate()?;
+            }
+            let outcome = with_backend!(cfg.backend.as_str(), cfg.threads, device, |b| ssl_engine::study::run(&b, &cfg, !quiet))?;
+            print!("{}", ssl_engine::study::report::markdown(&outcome.cells));
+            println!(
+                "{} cells ({} computed now, {} from the cache in {})",
+                outcome.cells.len(),
+                outcome.computed,
+                outcome.cells.len() - outcome.computed,
+                cfg.study.out.join("cells").display()
+            );
+            for p in &outcome.files {
+                println!("wrote {}", p.display());
+            }
         }
         Cmd::Plot { run } => {
             for p in ssl_engine::plot::plot_run(&run)? {

@@ -28,19 +28,22 @@ pub fn finetune_augment(mean: [f32; 3], std: [f32; 3]) -> AugmentConfig {
     }
 }
 
-/// Fine-tunes `backbone` (its parameters in `ps`) with a new head on `train`; returns test logits.
+/// Fine-tunes `backbone` (its parameters in `ps`) with a new head on `train`; returns the logits
+/// of every set in `evals`. `on_epoch(epoch, train loss, loss on evals[0])` after each epoch;
+/// the evaluation loss is measured only when `track_eval_loss` (it costs a pass over evals[0]).
 #[allow(clippy::too_many_arguments)]
 pub fn finetune<B: Backend>(
     backbone: &Backbone,
     ps: &mut ParamStore<B>,
     train: Arc<Dataset>,
-    test: &Dataset,
+    evals: &[&Dataset],
     image_size: usize,
     aug: AugmentConfig,
     cfg: &LinearProbeConfig,
-    mut on_epoch: impl FnMut(usize, f64),
-) -> Result<Vec<f32>> {
-    let classes = train.classes.len().max(test.classes.len());
+    track_eval_loss: bool,
+    mut on_epoch: impl FnMut(usize, f64, Option<f64>),
+) -> Result<Vec<Vec<f32>>> {
+    let classes = evals.iter().map(|d| d.classes.len()).fold(train.classes.len(), usize::max);
     let batch = cfg.batch_size.min(train.len());
     if batch < 2 {
         return Err(Error::Config(format!("fine-tuning needs at least 2 labelled images, got {}", train.len())));
@@ -55,6 +58,17 @@ pub fn finetune<B: Backend>(
     let base_lr = cfg.lr * batch as f64 / 256.0;
     let mut opt = Sgd::new(cfg.momentum);
     let mut step = 0;
+    let logits_of = |ps: &ParamStore<B>, data: &Dataset| -> Result<Vec<f32>> {
+        let mut logits = Vec::with_capacity(data.len() * classes);
+        for (x, _) in eval_batches(data, image_size, 256, mean, std) {
+            let n = x.len() / (image_size * image_size * 3);
+            let tape = Tape::inference();
+            let cx = Ctx::new(&tape, ps, false);
+            let xt = Var::constant(Tensor::from_f32(&b, &x, &[n, image_size, image_size, 3], DType::F32)?);
+            logits.extend(head.forward(&cx, &backbone.forward(&cx, &xt)?)?.value.to_f32()?);
+        }
+        Ok(logits)
+    };
     for epoch in 0..cfg.epochs {
         let mut sum = 0.0;
         for bt in loader.epoch(epoch, 0) {
@@ -68,15 +82,24 @@ pub fn finetune<B: Backend>(
             sum += train_step(ps, &mut opt, &|_| (lr, cfg.weight_decay), forward, always)?.loss;
             step += 1;
         }
-        on_epoch(epoch, sum / per_epoch.max(1) as f64);
+        let eval_loss = match evals.first() {
+            Some(d) if track_eval_loss && !d.is_empty() => Some(mean_cross_entropy(&logits_of(ps, d)?, &d.labels, classes)),
+            _ => None,
+        };
+        on_epoch(epoch, sum / per_epoch.max(1) as f64, eval_loss);
     }
-    let mut logits = Vec::with_capacity(test.len() * classes);
-    for (x, _) in eval_batches(test, image_size, 256, mean, std) {
-        let n = x.len() / (image_size * image_size * 3);
-        let tape = Tape::inference();
-        let cx = Ctx::new(&tape, ps, false);
-        let xt = Var::constant(Tensor::from_f32(&b, &x, &[n, image_size, image_size, 3], DType::F32)?);
-        logits.extend(head.forward(&cx, &backbone.forward(&cx, &xt)?)?.value.to_f32()?);
-    }
-    Ok(logits)
+    evals.iter().map(|d| logits_of(ps, d)).collect()
+}
+
+/// Mean cross-entropy of logits [n, classes] against labels, in f64.
+pub fn mean_cross_entropy(logits: &[f32], labels: &[u32], classes: usize) -> f64 {
+    let total: f64 = logits
+        .chunks(classes)
+        .zip(labels)
+        .map(|(row, &l)| {
+            let m = row.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+            m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() - row[l as usize] as f64
+        })
+        .sum();
+    total / labels.len().max(1) as f64
 }

@@ -1,9 +1,9 @@
 //! Classification metrics from class scores: top-1/top-5, macro and micro accuracy, and
 //! macro and micro one-vs-rest ROC AUC (scikit-learn's definitions).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Metrics {
     pub top1: f64,
     pub top5: f64,
