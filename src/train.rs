@@ -261,7 +261,13 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
             cfg.batch_size
         )));
     }
+    // The kNN monitor votes with the training images' labels: unlabelled ones have none.
+    let unlabeled = train_set.classes == [crate::data::stl10::UNLABELED];
     let test_set = match &cfg.data.test_path {
+        Some(_) if unlabeled => {
+            say("kNN monitor off: the training images are unlabelled (one class, \"unlabeled\")".into());
+            None
+        }
         Some(p) => Some(load_split(p, Split::Test, cfg)?),
         None => None,
     };

@@ -197,9 +197,15 @@ fn data_imagefolder_bad_layouts() {
     // Empty directory.
     let e = err_of(root, &LoadOptions::default());
     assert!(e.contains(&root.display().to_string()) && e.contains("empty"), "{e}");
-    // Files but no class folders.
+    // Images but no class folders: one class, "unlabeled" (pretraining data); a non-image file
+    // alone is still an empty dataset.
+    std::fs::write(root.join("notes.txt"), "not an image").unwrap();
+    assert!(err_of(root, &LoadOptions::default()).contains("empty"));
     std::fs::copy(demo().join("test/cat/0000.jpg"), root.join("loose.jpg")).unwrap();
-    assert!(err_of(root, &LoadOptions::default()).contains("no class folders"));
+    std::fs::copy(demo().join("test/dog/0000.jpg"), root.join("loose2.jpg")).unwrap();
+    let d = load_dataset(root, &LoadOptions::default()).unwrap();
+    assert_eq!((d.classes.clone(), d.labels.clone()), (vec!["unlabeled".to_string()], vec![0, 0]));
+    std::fs::remove_file(root.join("loose2.jpg")).unwrap();
     // A class folder with no images.
     copy_demo(root, "cat", 2);
     std::fs::create_dir(root.join("dog")).unwrap();
@@ -217,6 +223,71 @@ fn data_imagefolder_bad_layouts() {
     // Bad options.
     assert!(err_of(root, &LoadOptions { size: 0, ..LoadOptions::default() }).contains("size"));
     assert!(err_of(root, &LoadOptions { limit_per_class: Some(0), ..LoadOptions::default() }).contains("limit_per_class"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// STL-10 binary
+
+/// The byte of channel c, row y, column x of STL-10 image k: a formula the writer and the
+/// checks share.
+fn stl_px(k: usize, c: usize, y: usize, x: usize) -> u8 {
+    ((k * 31 + c * 71 + y * 3 + x * 7) % 251) as u8
+}
+
+/// n images as the STL-10 README lays them out: channel after channel, each column-major.
+fn write_stl(path: &Path, n: usize) {
+    let mut bytes = Vec::with_capacity(n * 96 * 96 * 3);
+    for k in 0..n {
+        for c in 0..3 {
+            for x in 0..96 {
+                for y in 0..96 {
+                    bytes.push(stl_px(k, c, y, x));
+                }
+            }
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn data_stl10_binary_labelled_and_unlabelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_stl(&root.join("train_X.bin"), 3);
+    std::fs::write(root.join("train_y.bin"), [3u8, 1, 10]).unwrap();
+    write_stl(&root.join("test_X.bin"), 2);
+    std::fs::write(root.join("test_y.bin"), [2u8, 2]).unwrap();
+    write_stl(&root.join("unlabeled_X.bin"), 4);
+    let names: Vec<String> = (0..10).map(|i| format!("class{i}")).collect();
+    std::fs::write(root.join("class_names.txt"), names.join("\n")).unwrap();
+
+    let o = LoadOptions { size: 96, ..opts(Split::Train) };
+    let train = load_dataset(root, &o).unwrap();
+    assert_eq!(train.labels, [2, 0, 9], "labels 1..=10 become 0..=9");
+    assert_eq!(train.classes, names);
+    for (k, (y, x)) in [(0, (0, 0)), (1, (5, 77)), (2, (95, 1)), (0, (40, 95))] {
+        for c in 0..3 {
+            assert_eq!(train.image(k)[(y * 96 + x) * 3 + c], stl_px(k, c, y, x), "image {k} ({y}, {x}) channel {c}");
+        }
+    }
+    let test = load_dataset(root, &LoadOptions { size: 96, ..opts(Split::Test) }).unwrap();
+    assert_eq!(test.labels, [1, 1]);
+    let unlabeled = load_dataset(&root.join("unlabeled_X.bin"), &o).unwrap();
+    assert_eq!((unlabeled.len(), unlabeled.classes.clone()), (4, vec!["unlabeled".to_string()]));
+    assert_eq!(unlabeled.image(3)[(10 * 96 + 20) * 3 + 2], stl_px(3, 2, 10, 20));
+    // Resized on load like every reader.
+    assert_eq!(load_dataset(root, &LoadOptions { size: 32, ..opts(Split::Train) }).unwrap().images.len(), 3 * 32 * 32 * 3);
+
+    // Bad files name themselves.
+    std::fs::write(root.join("train_y.bin"), [3u8, 11, 10]).unwrap();
+    let e = err_of(root, &o);
+    assert!(e.contains("train_y.bin") && e.contains("label 11"), "{e}");
+    std::fs::write(root.join("train_y.bin"), [3u8, 1]).unwrap();
+    let e = err_of(root, &o);
+    assert!(e.contains("train_y.bin") && e.contains("2 labels for 3 images"), "{e}");
+    std::fs::write(root.join("test_X.bin"), [0u8; 1000]).unwrap();
+    let e = err_of(root, &LoadOptions { size: 96, ..opts(Split::Test) });
+    assert!(e.contains("test_X.bin") && e.contains("not a positive multiple"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -303,3 +303,24 @@ fn efficientnet_stochastic_depth_resumes_bit_identically() {
     joined.extend(bits(&rest));
     assert_eq!(joined, bits(&straight), "loss trace after resuming at step 4 differs");
 }
+
+/// Pretraining on a folder of images without class folders: one class, "unlabeled"; the kNN
+/// monitor (which votes with training labels) is off, and training runs.
+#[test]
+fn pretrains_on_a_folder_of_unlabelled_images() {
+    let images = tmp_dir("unlabelled-images");
+    for class in ["cat", "dog", "ship", "truck"] {
+        for i in 0..5 {
+            let from = format!("{}/{class}/{i:04}.jpg", repo("data/cifar10-demo/train"));
+            std::fs::copy(&from, images.join(format!("{class}-{i}.jpg"))).unwrap();
+        }
+    }
+    let out = tmp_dir("unlabelled-run");
+    let mut cfg = tiny(&out, &["epochs=2", "batch_size=8"]);
+    cfg.data.path = images.clone();
+    cfg.data.limit_per_class = None;
+    let s = run(&cfg, None).unwrap();
+    assert_eq!(s.steps_done, 4, "20 images, batches of 8, last partial one dropped");
+    assert_eq!((s.knn_init, s.knn_final), (None, None), "no kNN monitor without labels");
+    assert!(out.join("last.safetensors").exists());
+}

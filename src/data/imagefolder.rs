@@ -134,12 +134,18 @@ fn jpeg_has_eoi(bytes: &[u8]) -> bool {
 
 pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
     let root = split_root(root, opts.split)?;
-    let (_, class_dirs) = list_dir(&root)?;
-    if class_dirs.is_empty() {
-        return Err(file_err(&root, "empty dataset: no class folders, CIFAR .bin or IDX files found"));
-    }
+    let (loose, class_dirs) = list_dir(&root)?;
+    let loose: Vec<PathBuf> = loose.into_iter().filter(|p| is_image(p)).collect();
     let mut classes = Vec::new();
     let mut files: Vec<(u32, PathBuf)> = Vec::new();
+    if class_dirs.is_empty() {
+        if loose.is_empty() {
+            return Err(file_err(&root, "empty dataset: no class folders, images, CIFAR / STL-10 .bin or IDX files found"));
+        }
+        // Unlabelled images straight in the folder: one class, for pretraining.
+        classes.push(super::stl10::UNLABELED.to_string());
+        files.extend(loose.into_iter().map(|p| (0, p)));
+    }
     for (label, dir) in class_dirs.iter().enumerate() {
         let mut found = Vec::new();
         collect_images(dir, 0, &mut found)?;

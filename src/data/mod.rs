@@ -12,6 +12,9 @@
 //!   (or `val`) folders that themselves hold class folders, `Split` picks one of them.
 //! - CIFAR binary: a `cifar-10-batches-bin` directory (`data_batch_1..5.bin` / `test_batch.bin`), a
 //!   CIFAR-100 directory (`train.bin` / `test.bin`, fine labels) or one `.bin` file.
+//! - STL-10 binary: the `stl10_binary` directory (`train_X.bin` / `test_X.bin` with their labels) or
+//!   one `*_X.bin` file; `unlabeled_X.bin` is the 100,000 unlabelled images, one class.
+//! - a folder of images without class folders: one class, "unlabeled" (pretraining data).
 //! - IDX (MNIST, Fashion-MNIST): a directory with `train-images-idx3-ubyte[.gz]` and its labels
 //!   (`t10k-*` for `Split::Test`), or the path of one images file (its labels file is found by name).
 //!
@@ -28,6 +31,7 @@ pub mod cifar;
 pub mod idx;
 pub mod imagefolder;
 pub mod loader;
+pub mod stl10;
 pub mod throughput;
 
 use std::path::{Path, PathBuf};
@@ -137,6 +141,9 @@ pub fn load_dataset(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
     let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
     if meta.is_file() {
         let name = file_name(path);
+        if stl10::is_stl10_file(path) {
+            return stl10::load_file(path, opts);
+        }
         if name.ends_with(".bin") {
             return cifar::load_file(path, opts);
         }
@@ -150,6 +157,9 @@ pub fn load_dataset(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
     }
     if idx::is_idx_dir(path) {
         return idx::load_dir(path, opts);
+    }
+    if stl10::is_stl10_dir(path) {
+        return stl10::load_dir(path, opts);
     }
     imagefolder::load(path, opts)
 }
