@@ -107,8 +107,16 @@ pub struct DataConfig {
     pub path: PathBuf,
     /// Test images for the kNN monitor (same formats); none disables the monitor.
     pub test_path: Option<PathBuf>,
-    /// Images are resized to image_size x image_size on load.
+    /// The model's input: augmented views (and evaluation images) are image_size x image_size.
     pub image_size: usize,
+    /// Image folders keep their images at their stored size (augmentation crops from the
+    /// original, evaluation resizes to image_size / 0.875 and centre-crops, as torchvision's
+    /// ImageNet protocol); `true` resizes them to image_size x image_size once, on load (the
+    /// shorter side, then the centre), to save memory and time. Binary formats (CIFAR, IDX,
+    /// STL-10) are always resized on load.
+    pub resize_on_load: bool,
+    /// With stored sizes: the longer side is capped at this many pixels on load (memory).
+    pub max_side: Option<usize>,
     /// Loader threads; 0 = every core.
     pub workers: usize,
     /// Batches prepared ahead of the training step.
@@ -128,6 +136,8 @@ impl Default for DataConfig {
             path: PathBuf::from("data/cifar10-demo/train"),
             test_path: Some(PathBuf::from("data/cifar10-demo/test")),
             image_size: 32,
+            resize_on_load: false,
+            max_side: None,
             workers: 0,
             prefetch: 4,
             on_corrupt: "skip".into(),

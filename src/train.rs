@@ -65,6 +65,8 @@ pub fn load_split(path: &Path, split: Split, cfg: &Config) -> Result<Dataset> {
         on_corrupt: if cfg.data.on_corrupt == "fail" { OnCorrupt::Fail } else { OnCorrupt::Skip },
         limit_per_class: cfg.data.limit_per_class,
         max_pixels: cfg.data.max_pixels,
+        stored_size: !cfg.data.resize_on_load,
+        max_side: cfg.data.max_side,
     };
     load_dataset(path, &opts)
 }

@@ -17,7 +17,7 @@ fn synthetic(n: usize, size: usize) -> Arc<Dataset> {
         labels: (0..n).map(|i| (i % 7) as u32).collect(),
         classes: (0..7).map(|c| c.to_string()).collect(),
         size,
-        skipped: vec![],
+        ..Default::default()
     })
 }
 

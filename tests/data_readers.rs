@@ -71,6 +71,52 @@ fn data_imagefolder_decode_matches_pillow() {
     }
 }
 
+/// Images at their stored size (tests/reference/stored.safetensors, nonsquare.jpg): the 45x60
+/// JPEG keeps its shape (decoded as Pillow does, to JPEG rounding), `max_side` caps its longer
+/// side as torchvision's Resize([30, 40]) would, and on Pillow's pixels the evaluation transform
+/// (Resize(int(s / 0.875)) + CenterCrop(s) when larger than s, else Resize(s) + CenterCrop(s))
+/// and a fixed RandomResizedCrop box equal torchvision's.
+#[test]
+fn data_stored_size_non_square_matches_torchvision() {
+    use ssl_engine::data::augment;
+    let fx = AugmentFixtures::load_file("stored.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("ship")).unwrap();
+    std::fs::copy(data_common::repo().join("tests/reference/nonsquare.jpg"), dir.path().join("ship/a.jpg")).unwrap();
+    std::fs::copy(demo().join("test/cat/0000.jpg"), dir.path().join("ship/b.jpg")).unwrap();
+    let o = LoadOptions { stored_size: true, ..LoadOptions::default() };
+    let d = load_dataset(dir.path(), &o).unwrap();
+    assert_eq!((d.size, d.dims.clone()), (0, vec![(45, 60), (32, 32)]), "every image at its stored size");
+    let want = &fx.get("decode").data;
+    let max = d.image(0).iter().zip(want).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+    assert!(max <= 5.0, "JPEG decode: max |diff| {max}");
+    assert_eq!(d.image(1), load_dataset(&demo(), &opts(Split::Test)).unwrap().image(300), "a 32x32 image stays as it was");
+
+    let capped = load_dataset(dir.path(), &LoadOptions { max_side: Some(40), ..o.clone() }).unwrap();
+    assert_eq!(capped.dims, vec![(30, 40), (32, 32)]);
+    // Our decode against Pillow's moves a pixel by at most 5; the resize adds at most 1 of rounding.
+    let cap_max = capped.image(0).iter().zip(&fx.get("cap40").data).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+    assert!(cap_max <= 6.0, "cap 40: max |diff| {cap_max}");
+
+    // The transforms on Pillow's pixels: exact up to float rounding.
+    let src: Vec<u8> = want.iter().map(|&v| v as u8).collect();
+    let (zero, one) = ([0.0f32; 3], [1.0f32; 3]);
+    for size in [32usize, 64] {
+        let mut out = vec![0f32; size * size * 3];
+        augment::eval_view(&src, (45, 60), size, zero, one, &mut out);
+        let e = out.iter().zip(&fx.get(&format!("eval.{size}")).data).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+        println!("eval {size}: max |diff| {e:.2e}");
+        assert!(e < 1e-5, "eval {size}: max |diff| {e}");
+    }
+    let b: Vec<usize> = fx.get("crop_box").data.iter().map(|&v| v as usize).collect();
+    let p = augment::ViewParams { crop: (b[0], b[1], b[2], b[3]), flip: false, jitter: None, gray: false, blur_sigma: None, solarize: false };
+    let mut out = vec![0f32; 32 * 32 * 3];
+    augment::apply_params_hw(&src, (45, 60), 32, &p, zero, one, &mut out);
+    let e = out.iter().zip(&fx.get("crop").data).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+    println!("crop: max |diff| {e:.2e}");
+    assert!(e < 1e-5, "crop: max |diff| {e}");
+}
+
 /// Resize on load: torchvision Resize(size) + CenterCrop(size), through a lossless PNG.
 #[test]
 fn data_imagefolder_resize_on_load_matches_torchvision() {

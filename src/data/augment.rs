@@ -163,7 +163,12 @@ pub fn sample_crop(h: usize, w: usize, scale: (f32, f32), ratio: (f32, f32), rng
 /// Draws every random choice of one view of a `size x size` source, in a fixed order:
 /// crop, flip, jitter (apply?, order, factors), grayscale, blur (apply?, sigma), solarize.
 pub fn sample_params(size: usize, cfg: &AugmentConfig, rng: &mut Rng) -> ViewParams {
-    let crop = sample_crop(size, size, cfg.crop_scale, cfg.crop_ratio, rng);
+    sample_params_hw(size, size, cfg, rng)
+}
+
+/// `sample_params` for an `h x w` source: the crop is drawn on the image as it is.
+pub fn sample_params_hw(h: usize, w: usize, cfg: &AugmentConfig, rng: &mut Rng) -> ViewParams {
+    let crop = sample_crop(h, w, cfg.crop_scale, cfg.crop_ratio, rng);
     let flip = rng.uniform() < cfg.flip_p as f64;
     let jitter = if rng.uniform() < cfg.jitter_p as f64 {
         let mut order = [0u8, 1, 2, 3];
@@ -196,16 +201,26 @@ pub fn sample_params(size: usize, cfg: &AugmentConfig, rng: &mut Rng) -> ViewPar
 /// One augmented view: `src` is `size x size x 3` uint8, `out` is `out_size * out_size * 3` f32,
 /// normalised, HWC. Panics if a slice is shorter than stated (a caller bug; `Loader` checks sizes).
 pub fn augment(src: &[u8], size: usize, out_size: usize, cfg: &AugmentConfig, rng: &mut Rng, out: &mut [f32]) {
-    let p = sample_params(size, cfg, rng);
-    apply_params(src, size, out_size, &p, cfg.mean, cfg.std, out);
+    augment_hw(src, (size, size), out_size, cfg, rng, out);
+}
+
+/// `augment` of an `h x w` source (an image kept at its stored size).
+pub fn augment_hw(src: &[u8], (h, w): (usize, usize), out_size: usize, cfg: &AugmentConfig, rng: &mut Rng, out: &mut [f32]) {
+    let p = sample_params_hw(h, w, cfg, rng);
+    apply_params_hw(src, (h, w), out_size, &p, cfg.mean, cfg.std, out);
 }
 
 /// Runs the ops of `p` on a `size x size x 3` uint8 source into `out` (`out_size^2 * 3`).
 pub fn apply_params(src: &[u8], size: usize, out_size: usize, p: &ViewParams, mean: [f32; 3], std: [f32; 3], out: &mut [f32]) {
+    apply_params_hw(src, (size, size), out_size, p, mean, std, out);
+}
+
+/// `apply_params` for an `h x w x 3` source.
+pub fn apply_params_hw(src: &[u8], (h, w): (usize, usize), out_size: usize, p: &ViewParams, mean: [f32; 3], std: [f32; 3], out: &mut [f32]) {
     let n = out_size * out_size * 3;
-    assert!(src.len() >= size * size * 3 && out.len() >= n, "augment: buffers shorter than the stated sizes");
+    assert!(src.len() >= h * w * 3 && out.len() >= n, "augment: buffers shorter than the stated sizes");
     let out = &mut out[..n];
-    resize_into(src, size, size, p.crop, out_size, out_size, true, p.flip, out);
+    resize_into(src, h, w, p.crop, out_size, out_size, true, p.flip, out);
     if let Some(j) = &p.jitter {
         color_jitter(out, j);
     }
@@ -228,6 +243,23 @@ pub fn normalize(src: &[u8], size: usize, out_size: usize, mean: [f32; 3], std: 
     assert!(src.len() >= size * size * 3 && out.len() >= n, "normalize: buffers shorter than the stated sizes");
     let out = &mut out[..n];
     resize_into(src, size, size, (0, 0, size, size), out_size, out_size, true, false, out);
+    normalize_in_place(out, mean, std);
+}
+
+/// The evaluation transform of an image kept at its stored `h x w`: torchvision's ImageNet
+/// protocol, Resize(int(out_size / 0.875)) of the shorter side and CenterCrop(out_size), when the
+/// image is larger than the model input; otherwise Resize(out_size) and CenterCrop(out_size).
+/// Then normalise.
+pub fn eval_view(src: &[u8], (h, w): (usize, usize), out_size: usize, mean: [f32; 3], std: [f32; 3], out: &mut [f32]) {
+    let n = out_size * out_size * 3;
+    assert!(src.len() >= h * w * 3 && out.len() >= n, "eval_view: buffers shorter than the stated sizes");
+    let out = &mut out[..n];
+    let short = if h.min(w) > out_size { (out_size as f64 / 0.875) as usize } else { out_size };
+    // torchvision Resize: the shorter side to `short`, the longer to int(short * long / short_in).
+    let (rh, rw) = if h <= w { (short, (short * w / h).max(short)) } else { ((short * h / w).max(short), short) };
+    // CenterCrop: int(round((len - size) / 2)), rounding half to even as Python.
+    let centre = |len: usize| ((len - out_size) as f64 / 2.0).round_ties_even() as usize;
+    resize_window(src, h, w, (0, 0, h, w), (rh, rw), (centre(rh), centre(rw), out_size, out_size), true, false, out);
     normalize_in_place(out, mean, std);
 }
 

@@ -131,7 +131,7 @@ fn load_files(files: &[PathBuf], kind: Kind, dir: &Path, opts: &LoadOptions) -> 
         labels: records.iter().map(|(l, _)| *l).collect(),
         classes: class_names(&dir.join(kind.meta_file()), kind.classes()),
         size,
-        skipped: Vec::new(),
+        ..Default::default()
     })
 }
 

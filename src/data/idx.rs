@@ -95,7 +95,7 @@ pub fn load_file(images_path: &Path, opts: &LoadOptions) -> Result<Dataset> {
         labels: items.iter().map(|(l, _)| *l).collect(),
         classes: (0..nclass).map(|i| i.to_string()).collect(),
         size,
-        skipped: Vec::new(),
+        ..Default::default()
     })
 }
 

@@ -87,6 +87,26 @@ pub fn decode_file(path: &Path, size: usize, max_pixels: u64) -> std::result::Re
     decode_bytes(&bytes, size, max_pixels)
 }
 
+/// Decodes one image file at its stored size, the longer side capped at `max_side` (an
+/// anti-aliased bilinear resize keeping the aspect ratio): (pixels, height, width).
+pub fn decode_file_stored(path: &Path, max_side: Option<usize>, max_pixels: u64) -> std::result::Result<(Vec<u8>, usize, usize), String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    match std::panic::catch_unwind(|| decode_rgb(&bytes, max_pixels)) {
+        Ok(Ok((px, h, w))) => Ok(cap_side(px, h, w, max_side)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("the image decoder panicked on this file".into()),
+    }
+}
+
+/// The image scaled so its longer side is at most `max_side` (torchvision Resize rounding).
+fn cap_side(px: Vec<u8>, h: usize, w: usize, max_side: Option<usize>) -> (Vec<u8>, usize, usize) {
+    let Some(m) = max_side.filter(|&m| m > 0 && h.max(w) > m) else { return (px, h, w) };
+    let (rh, rw) = if h >= w { (m, (m * w / h).max(1)) } else { ((m * h / w).max(1), m) };
+    let mut buf = vec![0f32; rh * rw * 3];
+    super::augment::resize_window(&px, h, w, (0, 0, h, w), (rh, rw), (0, 0, rh, rw), true, false, &mut buf);
+    ((buf.iter().map(|&v| (v * 255.0).round_ties_even().clamp(0.0, 255.0) as u8).collect()), rh, rw)
+}
+
 /// Decodes an in-memory JPEG or PNG to `size x size x 3` uint8 RGB (see the module notes).
 /// Never panics: a panic inside a decoder is caught and returned as an error.
 pub fn decode_bytes(bytes: &[u8], size: usize, max_pixels: u64) -> std::result::Result<Vec<u8>, String> {
@@ -97,6 +117,12 @@ pub fn decode_bytes(bytes: &[u8], size: usize, max_pixels: u64) -> std::result::
 }
 
 fn decode_unchecked(bytes: &[u8], size: usize, max_pixels: u64) -> std::result::Result<Vec<u8>, String> {
+    let (rgb, h, w) = decode_rgb(bytes, max_pixels)?;
+    Ok(fit_to_size(&rgb, h, w, size))
+}
+
+/// The file's pixels, RGB uint8, at their stored size: (pixels, height, width).
+fn decode_rgb(bytes: &[u8], max_pixels: u64) -> std::result::Result<(Vec<u8>, usize, usize), String> {
     if bytes.is_empty() {
         return Err("empty file".into());
     }
@@ -122,8 +148,7 @@ fn decode_unchecked(bytes: &[u8], size: usize, max_pixels: u64) -> std::result::
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| e.to_string())?;
-    let rgb = img.to_rgb8();
-    Ok(fit_to_size(rgb.as_raw(), h as usize, w as usize, size))
+    Ok((img.to_rgb8().into_raw(), h as usize, w as usize))
 }
 
 /// A complete JPEG ends with FF D9 (a few trailing padding bytes are tolerated).
@@ -160,13 +185,17 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
     // (the remaining files are not decoded; the caller gets Error::Interrupted).
     let what = format!("decoding {}", root.display());
     let bar = crate::progress::bar(files.len(), &what, true);
-    let decoded: Vec<std::result::Result<Vec<u8>, String>> = files
+    let decoded: Vec<std::result::Result<(Vec<u8>, usize, usize), String>> = files
         .par_iter()
         .map(|(_, p)| {
             if crate::interrupt::requested() {
                 return Err("interrupted".into());
             }
-            let r = decode_file(p, opts.size, opts.max_pixels);
+            let r = if opts.stored_size {
+                decode_file_stored(p, opts.max_side, opts.max_pixels)
+            } else {
+                decode_file(p, opts.size, opts.max_pixels).map(|px| (px, opts.size, opts.size))
+            };
             bar.inc(1);
             r
         })
@@ -174,11 +203,14 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
     bar.finish_and_clear();
     crate::interrupt::check(&what)?;
 
-    let per = opts.size * opts.size * 3;
-    let mut data = Dataset { images: Vec::with_capacity(files.len() * per), size: opts.size, classes, ..Default::default() };
+    let mut data = Dataset { size: opts.size, classes, ..Default::default() };
     for ((label, path), img) in files.into_iter().zip(decoded) {
         match img {
-            Ok(px) => {
+            Ok((px, h, w)) => {
+                if opts.stored_size {
+                    data.dims.push((h, w));
+                    data.offsets.push(data.images.len());
+                }
                 data.images.extend_from_slice(&px);
                 data.labels.push(label);
             }
@@ -190,6 +222,13 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
     }
     if data.is_empty() {
         return Err(file_err(&root, format!("no image could be decoded ({} skipped)", data.skipped.len())));
+    }
+    // Stored sizes that all equal `size` are the uniform layout: the same pixels, no table.
+    if opts.stored_size && data.dims.iter().all(|&d| d == (opts.size, opts.size)) {
+        data.dims.clear();
+        data.offsets.clear();
+    } else if opts.stored_size {
+        data.size = 0;
     }
     Ok(data)
 }

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use rayon::prelude::*;
 
 use super::Dataset;
-use super::augment::{AugmentConfig, augment, normalize};
+use super::augment::{AugmentConfig, augment_hw, eval_view, normalize};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -69,7 +69,7 @@ impl Spec {
                 let mut buf = vec![0f32; bs * per];
                 for (out, &i) in buf.chunks_exact_mut(per).zip(&indices) {
                     let mut rng = base.derive(&[epoch as u64, i as u64, v as u64]);
-                    augment(self.data.image(i), self.data.size, spec.size, &spec.augment, &mut rng, out);
+                    augment_hw(self.data.image(i), self.data.dims_of(i), spec.size, &spec.augment, &mut rng, out);
                 }
                 buf
             })
@@ -117,7 +117,7 @@ impl Loader {
             return bad(format!("batch_size {batch_size}, workers {workers} and prefetch {prefetch} must all be at least 1"));
         }
         let n = data.len();
-        if data.size == 0 || data.images.len() != n * data.size * data.size * 3 {
+        if !data.well_formed() {
             return bad(format!("dataset holds {} bytes, not {n} images of {}x{}x3", data.images.len(), data.size, data.size));
         }
         if batch_size > n {
@@ -288,7 +288,14 @@ pub fn eval_batches(
         let (lo, hi) = (b * bs, ((b + 1) * bs).min(n));
         let mut x = vec![0f32; (hi - lo) * per];
         if per > 0 {
-            x.par_chunks_mut(per).enumerate().for_each(|(k, out)| normalize(data.image(lo + k), data.size, out_size, mean, std, out));
+            x.par_chunks_mut(per).enumerate().for_each(|(k, out)| {
+                let i = lo + k;
+                if data.dims.is_empty() {
+                    normalize(data.image(i), data.size, out_size, mean, std, out)
+                } else {
+                    eval_view(data.image(i), data.dims_of(i), out_size, mean, std, out)
+                }
+            });
         }
         (x, data.labels[lo..hi].to_vec())
     })

@@ -51,8 +51,12 @@ pub struct Dataset {
     pub labels: Vec<u32>,
     /// Class names: sorted folder names, or "0", "1", ... (CIFAR's names when its meta file exists).
     pub classes: Vec<String>,
-    /// Every image is `size x size`.
+    /// Every image is `size x size`; 0 when images keep their own sizes (`dims`).
     pub size: usize,
+    /// Per image (height, width) and byte offset in `images`, when images keep their stored
+    /// sizes (an image folder without `data.resize_on_load`); empty when every one is `size x size`.
+    pub dims: Vec<(usize, usize)>,
+    pub offsets: Vec<usize>,
     /// Files left out because they could not be decoded (`OnCorrupt::Skip`), with the reason.
     pub skipped: Vec<(PathBuf, String)>,
 }
@@ -60,9 +64,13 @@ pub struct Dataset {
 impl Dataset {
     /// The images at `indices` (in that order), as a dataset of their own.
     pub fn subset(&self, indices: &[usize]) -> Dataset {
-        let px = self.size * self.size * 3;
-        let mut images = Vec::with_capacity(indices.len() * px);
+        let mut images = Vec::with_capacity(indices.iter().map(|&i| self.image(i).len()).sum());
+        let (mut dims, mut offsets) = (Vec::new(), Vec::new());
         for &i in indices {
+            if !self.dims.is_empty() {
+                dims.push(self.dims[i]);
+                offsets.push(images.len());
+            }
             images.extend_from_slice(self.image(i));
         }
         Dataset {
@@ -70,6 +78,8 @@ impl Dataset {
             labels: indices.iter().map(|&i| self.labels[i]).collect(),
             classes: self.classes.clone(),
             size: self.size,
+            dims,
+            offsets,
             skipped: Vec::new(),
         }
     }
@@ -82,8 +92,26 @@ impl Dataset {
     }
     /// The `size * size * 3` bytes of image `i` (panics when `i >= len()`, like slice indexing).
     pub fn image(&self, i: usize) -> &[u8] {
-        let n = self.size * self.size * 3;
-        &self.images[i * n..(i + 1) * n]
+        if self.dims.is_empty() {
+            let n = self.size * self.size * 3;
+            return &self.images[i * n..(i + 1) * n];
+        }
+        let (h, w) = self.dims[i];
+        &self.images[self.offsets[i]..self.offsets[i] + h * w * 3]
+    }
+    /// (height, width) of image `i`.
+    pub fn dims_of(&self, i: usize) -> (usize, usize) {
+        if self.dims.is_empty() { (self.size, self.size) } else { self.dims[i] }
+    }
+    /// Whether the dataset's bytes are exactly its images (what the loaders rely on).
+    pub fn well_formed(&self) -> bool {
+        let n = self.len();
+        if self.dims.is_empty() {
+            return self.size > 0 && self.images.len() == n * self.size * self.size * 3;
+        }
+        self.dims.len() == n
+            && self.offsets.len() == n
+            && self.dims.iter().zip(&self.offsets).all(|(&(h, w), &o)| h > 0 && w > 0 && o + h * w * 3 <= self.images.len())
     }
 }
 
@@ -106,8 +134,12 @@ pub enum OnCorrupt {
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Images are stored `size x size` (resized on load when different).
+    /// Images are stored `size x size` (resized on load when different), unless `stored_size`.
     pub size: usize,
+    /// Image folders: keep every image at its stored size (the longer side capped at
+    /// `max_side`); augmentation then crops from the original, as torchvision does.
+    pub stored_size: bool,
+    pub max_side: Option<usize>,
     pub split: Split,
     pub on_corrupt: OnCorrupt,
     /// The largest width x height a decoder may open (Pillow's default, 89,478,485).
@@ -118,7 +150,15 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { size: 32, split: Split::Train, on_corrupt: OnCorrupt::Skip, max_pixels: 89_478_485, limit_per_class: None }
+        LoadOptions {
+            size: 32,
+            stored_size: false,
+            max_side: None,
+            split: Split::Train,
+            on_corrupt: OnCorrupt::Skip,
+            max_pixels: 89_478_485,
+            limit_per_class: None,
+        }
     }
 }
 

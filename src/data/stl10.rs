@@ -76,7 +76,7 @@ pub fn load_file(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
         labels: records.iter().map(|(l, _)| *l).collect(),
         classes,
         size: opts.size,
-        skipped: Vec::new(),
+        ..Default::default()
     })
 }
 

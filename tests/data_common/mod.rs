@@ -27,12 +27,18 @@ pub struct AugmentFixtures {
 
 impl AugmentFixtures {
     pub fn load() -> Self {
-        let path = repo().join("tests/reference/augment.safetensors");
+        Self::load_file("augment.safetensors")
+    }
+    /// A fixture file of tests/reference/; its "cases" metadata, when it has one.
+    pub fn load_file(file: &str) -> Self {
+        let path = repo().join("tests/reference").join(file);
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let st = SafeTensors::deserialize(&bytes).expect("augment.safetensors");
+        let st = SafeTensors::deserialize(&bytes).expect(file);
         let (_, meta) = SafeTensors::read_metadata(&bytes).expect("metadata");
-        let cases_json = meta.metadata().as_ref().and_then(|m| m.get("cases")).expect("cases metadata").clone();
-        let cases: Vec<serde_json::Value> = serde_json::from_str(&cases_json).expect("cases json");
+        let cases: Vec<serde_json::Value> = match meta.metadata().as_ref().and_then(|m| m.get("cases")) {
+            Some(json) => serde_json::from_str(json).expect("cases json"),
+            None => Vec::new(),
+        };
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
             let d = view.data();

@@ -188,5 +188,39 @@ def main():
     print(f"wrote {OUT}: {len(tensors)} tensors, {os.path.getsize(OUT)} bytes")
 
 
+STORED_OUT = os.path.join(ROOT, "tests", "reference", "stored.safetensors")
+NONSQUARE = os.path.join(ROOT, "tests", "reference", "nonsquare.jpg")
+STORED_CROP = (5, 7, 30, 41)  # top, left, height, width
+
+
+def stored_fixtures():
+    """Images kept at their stored size (stored.safetensors and nonsquare.jpg): a 45x60 JPEG made
+    from a demo image (Pillow bicubic upscale, quality 90), Pillow's decoding of it, and on that
+    decoding (float, x / 255): the evaluation transform Resize(int(s / 0.875)) + CenterCrop(s)
+    for s = 32 (the image is larger) and s = 64 (it is not: Resize(64) + CenterCrop(64)); a fixed
+    RandomResizedCrop box resized to 32x32; and the longer side capped at 40 (Resize([30, 40]),
+    rounded to uint8). All anti-aliased bilinear, stored HWC."""
+    img = Image.open(os.path.join(DEMO, "ship", sorted(os.listdir(os.path.join(DEMO, "ship")))[0])).convert("RGB")
+    img.resize((60, 45), Image.BICUBIC).save(NONSQUARE, quality=90)
+    px = np.asarray(Image.open(NONSQUARE).convert("RGB"), dtype=np.uint8)
+    x = to_float_chw(px)
+    t = {"decode": torch.from_numpy(px.copy())}
+    for size in (32, 64):
+        short = int(size / 0.875) if min(px.shape[:2]) > size else size
+        t[f"eval.{size}"] = to_hwc(F.center_crop(F.resize(x, [short], antialias=True), [size, size])).float()
+    top, left, h, w = STORED_CROP
+    t["crop"] = to_hwc(F.resized_crop(x, top, left, h, w, [32, 32], antialias=True)).float()
+    t["crop_box"] = torch.tensor(STORED_CROP, dtype=torch.float64)
+    t["cap40"] = to_hwc(F.resize(x, [30, 40], antialias=True).mul(255).round().clamp(0, 255).to(torch.uint8))
+    save_file(t, STORED_OUT)
+    print(f"wrote {STORED_OUT} and {NONSQUARE}")
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:] == ["stored"]:
+        stored_fixtures()
+    else:
+        main()
+        stored_fixtures()
