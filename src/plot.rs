@@ -129,7 +129,7 @@ pub fn draw_lines(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: 
             }
         }
         if series.iter().any(|(n, _)| !n.is_empty()) {
-            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|x| e(&x))?;
+            chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|x| e(&x))?;
         }
         Ok(())
     })
@@ -147,7 +147,8 @@ pub fn draw_bars(path: &Path, title: &str, ylabel: &str, groups: &[String], seri
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..groups.len().max(1) as f64, 0.0..(top * 1.1).max(1e-9))
+            // Headroom above the tallest bar for the legend.
+            .build_cartesian_2d(0.0..groups.len().max(1) as f64, 0.0..(top * 1.35).max(1e-9))
             .map_err(|x| e(&x))?;
         let names = groups.to_vec();
         chart
@@ -173,7 +174,7 @@ pub fn draw_bars(path: &Path, title: &str, ylabel: &str, groups: &[String], seri
                 .label(name.as_str())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], c.filled()));
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|x| e(&x))?;
+        chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|x| e(&x))?;
         Ok(())
     })
 }
