@@ -208,3 +208,36 @@ extern "C" __global__ void identity_penalty_bwd_f32(const float* c, const float*
         dc[k] = g * (i == j ? diag_weight * (c[k] - 1.0f) : off_weight * c[k]);
     }
 }
+
+// ---- cross-entropy against soft targets q [rows, classes] (SwAV, DINO): one warp per row ------
+// per_row[r] = sum_j q_rj (lse_r - x_rj); the loss is loss_reduce_fwd_f32(per_row, 1 / rows).
+extern "C" __global__ void soft_cross_entropy_fwd_f32(const float* logits, const float* q, float* per_row, int rows,
+                                                      int classes) {
+    const int lane = threadIdx.x & 31;
+    const i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    const float* x = logits + r * classes;
+    const float* qr = q + r * classes;
+    const float lse = warp_logsumexp(x, classes, lane);
+    double s = 0.0;
+    for (int j = lane; j < classes; j += 32) s += (double)qr[j] * (double)(lse - x[j]);
+    s = warp_sum_d(s);
+    if (lane == 0) per_row[r] = (float)s;
+}
+
+// dlogits_rj = dloss / rows (softmax_rj sum_k q_rk - q_rj)
+extern "C" __global__ void soft_cross_entropy_bwd_f32(const float* logits, const float* q, const float* dloss,
+                                                      float* dlogits, int rows, int classes) {
+    const int lane = threadIdx.x & 31;
+    const i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    const float* x = logits + r * classes;
+    const float* qr = q + r * classes;
+    const float lse = warp_logsumexp(x, classes, lane);
+    double qs = 0.0;
+    for (int j = lane; j < classes; j += 32) qs += (double)qr[j];
+    const float qsum = (float)warp_sum_d(qs);
+    const float g = dloss[0] / (float)rows;
+    float* out = dlogits + r * classes;
+    for (int j = lane; j < classes; j += 32) out[j] = g * (expf(x[j] - lse) * qsum - qr[j]);
+}

@@ -305,3 +305,56 @@ fn identity_penalty_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
         o1[k] = g * select(p.w2 * a[k], p.eps * (a[k] - 1.0), i == j);
     }
 }
+
+// ---- cross-entropy against soft targets b [rows, cols] (SwAV, DINO) ------------------------
+
+// (lse, sum_j q_j) of row r, by the workgroup.
+fn soft_row(r: u32, li: u32) -> vec2<f32> {
+    let base = r * p.cols;
+    var m = NEG_BIG;
+    var qs = 0.0;
+    for (var j = li; j < p.cols; j += WG) {
+        m = max(m, a[base + j]);
+        qs += b[base + j];
+    }
+    let mx = wg_max(m, li);
+    var s = 0.0;
+    for (var j = li; j < p.cols; j += WG) {
+        s += exp(a[base + j] - mx);
+    }
+    return vec2<f32>(mx + log(wg_sum(s, li)), wg_sum(qs, li));
+}
+
+// One workgroup per row: o1[r] = sum_j q_rj (lse_r - x_rj); the loss is loss_reduce_fwd_f32(eps = 1 / rows).
+@compute @workgroup_size(WG)
+fn soft_cross_entropy_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let r = flat_group(wid, nwg);
+    if (r >= p.rows) {
+        return;
+    }
+    let st = soft_row(r, li);
+    let base = r * p.cols;
+    var acc = 0.0;
+    for (var j = li; j < p.cols; j += WG) {
+        acc += b[base + j] * (st.x - a[base + j]);
+    }
+    let total = wg_sum(acc, li);
+    if (li == 0u) {
+        o1[r] = total;
+    }
+}
+
+// One workgroup per row: o1[r, j] = dloss / rows (softmax_rj sum_k q_rk - q_rj)
+@compute @workgroup_size(WG)
+fn soft_cross_entropy_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let r = flat_group(wid, nwg);
+    if (r >= p.rows) {
+        return;
+    }
+    let st = soft_row(r, li);
+    let g = dloss[0] / f32(p.rows);
+    let base = r * p.cols;
+    for (var j = li; j < p.cols; j += WG) {
+        o1[base + j] = g * (exp(a[base + j] - st.x) * st.y - b[base + j]);
+    }
+}

@@ -602,6 +602,22 @@ pub fn cosine_loss_bwd<B: Backend>(
     Ok((dp, dz))
 }
 
+/// Mean cross-entropy of logits [rows, classes] against soft targets q of the same shape.
+pub fn soft_cross_entropy<B: Backend>(logits: &Tensor<B>, q: &Tensor<B>) -> Result<Tensor<B>> {
+    let (rows, classes) = loss_rows("soft_cross_entropy", logits, q, false)?;
+    let loss = out(logits, &[1])?;
+    logits.backend().soft_cross_entropy_fwd(logits.storage(), q.storage(), loss.storage(), rows, classes)?;
+    Ok(loss)
+}
+
+pub fn soft_cross_entropy_bwd<B: Backend>(logits: &Tensor<B>, q: &Tensor<B>, dloss: &Tensor<B>) -> Result<Tensor<B>> {
+    let (rows, classes) = loss_rows("soft_cross_entropy_bwd", logits, q, false)?;
+    scalar_grad("soft_cross_entropy_bwd", dloss)?;
+    let dx = out(logits, logits.shape())?;
+    logits.backend().soft_cross_entropy_bwd(logits.storage(), q.storage(), dloss.storage(), dx.storage(), rows, classes)?;
+    Ok(dx)
+}
+
 fn nt_xent_rows<B: Backend>(op: &'static str, sim: &Tensor<B>, groups: &Tensor<B>, temperature: f32) -> Result<usize> {
     same_dtype(op, &[sim, groups])?;
     let rows = sim.shape().first().copied().unwrap_or(0);

@@ -160,6 +160,8 @@ fn losses() {
     // Two groups of two and one of three: single and multiple positives per row.
     let groups = Tensor::from_f64(&b, &[0.0, 1.0, 2.0, 0.0, 1.0, 2.0, 2.0], &[7], DType::F64).unwrap();
     gradcheck("nt_xent", &[input(&mut r, &[7, 7])], |t, v| t.nt_xent(&v[0], &groups, 0.3).unwrap());
+    let q = Tensor::from_f64(&b, &[0.1, 0.5, 0.2, 0.2, 0.7, 0.0, 0.3, 0.4, 0.3, 0.3, 0.3, 0.1], &[3, 4], DType::F64).unwrap();
+    gradcheck("soft_cross_entropy", &[input(&mut r, &[3, 4])], |t, v| t.soft_cross_entropy(&v[0], &q).unwrap());
     gradcheck("identity_penalty", &[input(&mut r, &[5, 5])], |t, v| t.identity_penalty(&v[0], 0.7, 0.2).unwrap());
 }
 

@@ -46,6 +46,8 @@ pub enum Op<B: Backend> {
     CrossEntropy { logits: Tensor<B>, labels: Tensor<B> },
     /// inputs: p, z
     CosineLoss { p: Tensor<B>, z: Tensor<B>, eps: f32 },
+    /// inputs: logits (the soft targets are constants)
+    SoftCrossEntropy { logits: Tensor<B>, q: Tensor<B> },
     /// inputs: sim (groups are constants)
     NtXent { sim: Tensor<B>, groups: Tensor<B>, temperature: f32 },
     /// inputs: c
@@ -83,6 +85,7 @@ impl<B: Backend> Op<B> {
             Op::CrossEntropy { .. } => "cross_entropy",
             Op::CosineLoss { .. } => "cosine_loss",
             Op::NtXent { .. } => "nt_xent",
+            Op::SoftCrossEntropy { .. } => "soft_cross_entropy",
             Op::ChannelScale { .. } => "channel_scale",
             Op::IdentityPenalty { .. } => "identity_penalty",
             Op::Permute { .. } => "permute",
@@ -170,6 +173,7 @@ pub(super) fn backward<B: Backend>(op: &Op<B>, g: &Tensor<B>, needs: &[bool]) ->
         Op::MaxPool { x, dims } => vec![Some(ops::maxpool2d_bwd(x, g, dims)?)],
         Op::GlobalAvgPool { in_shape } => vec![Some(ops::avgpool_global_bwd(g, in_shape)?)],
         Op::CrossEntropy { logits, labels } => vec![Some(ops::cross_entropy_bwd(logits, labels, g)?)],
+        Op::SoftCrossEntropy { logits, q } => vec![Some(ops::soft_cross_entropy_bwd(logits, q, g)?)],
         Op::NtXent { sim, groups, temperature } => vec![Some(ops::nt_xent_bwd(sim, groups, g, *temperature)?)],
         Op::IdentityPenalty { c, diag_weight, off_weight } => vec![Some(ops::identity_penalty_bwd(c, g, *diag_weight, *off_weight)?)],
         Op::CosineLoss { p, z, eps } => {

@@ -161,6 +161,11 @@ impl<B: Backend> Tape<B> {
         Ok(self.record(y, &[p, z], || Op::CosineLoss { p: p.value.clone(), z: z.value.clone(), eps }))
     }
 
+    /// Mean cross-entropy against soft targets `q` [rows, classes] (constants).
+    pub fn soft_cross_entropy(&self, logits: &Var<B>, q: &crate::Tensor<B>) -> Result<Var<B>> {
+        let y = ops::soft_cross_entropy(&logits.value, q)?;
+        Ok(self.record(y, &[logits], || Op::SoftCrossEntropy { logits: logits.value.clone(), q: q.clone() }))
+    }
     /// NT-Xent over similarities [rows, rows]; `groups` [rows] says which rows are positives.
     pub fn nt_xent(&self, sim: &Var<B>, groups: &crate::Tensor<B>, temperature: f32) -> Result<Var<B>> {
         let y = ops::nt_xent(&sim.value, groups, temperature)?;

@@ -339,6 +339,19 @@ pub trait Backend: Clone + Send + Sync + 'static {
         eps: f32,
     ) -> Result<()>;
 
+    /// Mean cross-entropy of logits [rows, classes] against soft targets q [rows, classes]:
+    /// mean_r sum_j q_rj (logsumexp(x_r) - x_rj).
+    fn soft_cross_entropy_fwd(&self, logits: &Self::Storage, q: &Self::Storage, loss: &Self::Storage, rows: usize, classes: usize) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn soft_cross_entropy_bwd(
+        &self,
+        logits: &Self::Storage,
+        q: &Self::Storage,
+        dloss: &Self::Storage,
+        dlogits: &Self::Storage,
+        rows: usize,
+        classes: usize,
+    ) -> Result<()>;
     /// NT-Xent over similarities sim [rows, rows] of rows carrying `groups` [rows] (ids stored
     /// as floats): loss = mean_r [lse_{j != r}(sim_rj / T) - lse_{j != r, g_j = g_r}(sim_rj / T)].
     /// One pass over sim; it is never copied, scaled or masked in memory.

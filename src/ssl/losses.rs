@@ -1,6 +1,6 @@
-//! Loss pieces shared by several methods, composed from real ops so every backend runs them
-//! and the tape differentiates them: whole-tensor sums, a soft-target cross-entropy (SwAV,
-//! DINO), an InfoNCE over given logits (MoCo), and Sinkhorn-Knopp (SwAV).
+//! Loss pieces shared by several methods, real ops or compositions of them, so every backend runs
+//! them and the tape differentiates them: whole-tensor sums, the soft-target cross-entropy (SwAV,
+//! DINO; a fused op), an InfoNCE over given logits (MoCo), and Sinkhorn-Knopp (SwAV).
 
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
@@ -27,14 +27,10 @@ pub fn mean_all<B: Backend>(t: &Tape<B>, x: &Var<B>) -> Result<Var<B>> {
     t.scale(&total(t, x)?, 1.0 / x.value.numel().max(1) as f32)
 }
 
-/// mean_r -sum_j q[r, j] log_softmax(x)[r, j] = mean_r [lse(x_r) sum_j q_rj - sum_j q_rj x_rj],
-/// for targets `q` [rows, c] that take no gradient.
+/// mean_r -sum_j q[r, j] log_softmax(x)[r, j], for targets `q` [rows, c] that take no gradient:
+/// the fused `soft_cross_entropy` op.
 pub fn soft_cross_entropy<B: Backend>(t: &Tape<B>, logits: &Var<B>, q: &Tensor<B>) -> Result<Var<B>> {
-    let q_sum = Var::constant(ops::sum_axis(q, 1)?);
-    let q = Var::constant(q.clone());
-    let lse = t.logsumexp(logits)?;
-    let per_row = t.sub(&t.mul(&lse, &q_sum)?, &t.sum_axis(&t.mul(logits, &q)?, 1)?)?;
-    mean_all(t, &per_row)
+    t.soft_cross_entropy(logits, q)
 }
 
 /// Cross-entropy of `logits` [rows, c] / `temperature` against class `target(r)` of each row.

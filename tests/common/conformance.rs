@@ -44,6 +44,8 @@ pub enum Case {
     /// Similarities [rows, rows]; groups [rows] name the positives.
     NtXent { groups: Vec<f32>, temperature: f32 },
     IdentityPenalty { diag_weight: f32, off_weight: f32 },
+    /// Logits, then soft targets (taken as constants).
+    SoftCrossEntropy,
     Permute(Vec<usize>),
     Slice { axis: usize, start: usize, len: usize },
     Concat(usize),
@@ -87,6 +89,7 @@ impl Case {
                 let g = Tensor::from_f32(v[0].value.backend(), groups, &[groups.len()], v[0].value.dtype())?;
                 t.nt_xent(&v[0], &g, *temperature)
             }
+            Case::SoftCrossEntropy => t.soft_cross_entropy(&v[0], &v[1].value),
             Case::IdentityPenalty { diag_weight, off_weight } => t.identity_penalty(&v[0], *diag_weight, *off_weight),
             Case::Permute(p) => t.permute(&v[0], p),
             Case::Slice { axis, start, len } => t.slice(&v[0], *axis, *start, *len),
@@ -154,6 +157,7 @@ pub fn cases() -> Vec<(Case, Vec<Vec<usize>>)> {
         (NtXent { groups: (0..10).map(|i| (i % 5) as f32).collect(), temperature: 0.2 }, vec![vec![10, 10]]),
         (NtXent { groups: vec![0.0, 1.0, 1.0, 2.0, 0.0, 2.0, 1.0], temperature: 0.5 }, vec![vec![7, 7]]),
         (IdentityPenalty { diag_weight: 1.0, off_weight: 0.0051 }, vec![vec![11, 11]]),
+        (SoftCrossEntropy, vec![vec![7, 13], vec![7, 13]]),
         (IdentityPenalty { diag_weight: 0.0, off_weight: 0.3 }, vec![vec![9, 9]]),
         (Permute(vec![2, 0, 3, 1]), vec![vec![2, 3, 5, 7]]),
         (Slice { axis: 1, start: 2, len: 3 }, vec![vec![3, 7, 5]]),
@@ -195,6 +199,7 @@ pub fn large_cases() -> Vec<(Case, Vec<Vec<usize>>)> {
         (ChannelScale, vec![vec![4, 17, 15, 40], vec![4, 40]]),
         (NtXent { groups: (0..130).map(|i| (i % 65) as f32).collect(), temperature: 0.1 }, vec![vec![130, 130]]),
         (IdentityPenalty { diag_weight: 1.0, off_weight: 0.0051 }, vec![vec![300, 300]]),
+        (SoftCrossEntropy, vec![vec![40, 300], vec![40, 300]]),
     ]
 }
 

@@ -172,3 +172,30 @@ pub fn identity_penalty_bwd<T: Real>(c: &[T], dloss: T, dc: &mut [T], d: usize, 
         }
     });
 }
+
+/// Cross-entropy of logits [rows, classes] against soft targets q [rows, classes] (SwAV's and
+/// DINO's): loss = mean_r sum_j q_rj (lse_r - x_rj).
+pub fn soft_cross_entropy_fwd<T: Real>(logits: &[T], q: &[T], loss: &mut [T], rows: usize, classes: usize) {
+    let per_row: Vec<f64> = (0..rows)
+        .into_par_iter()
+        .map(|r| {
+            let (x, qr) = (&logits[r * classes..(r + 1) * classes], &q[r * classes..(r + 1) * classes]);
+            let lse = logsumexp(x);
+            x.iter().zip(qr).map(|(a, b)| b.f64() * (lse - a.f64())).sum::<f64>()
+        })
+        .collect();
+    loss[0] = T::c(per_row.iter().sum::<f64>() / rows as f64);
+}
+
+/// dx_rj = dloss / rows (softmax_rj sum_k q_rk - q_rj).
+pub fn soft_cross_entropy_bwd<T: Real>(logits: &[T], q: &[T], dloss: T, dlogits: &mut [T], rows: usize, classes: usize) {
+    let g = dloss.f64() / rows as f64;
+    dlogits.par_chunks_mut(classes).enumerate().for_each(|(r, out)| {
+        let (x, qr) = (&logits[r * classes..(r + 1) * classes], &q[r * classes..(r + 1) * classes]);
+        let lse = logsumexp(x);
+        let qsum: f64 = qr.iter().map(|v| v.f64()).sum();
+        for ((o, a), b) in out.iter_mut().zip(x).zip(qr) {
+            *o = T::c(g * ((a.f64() - lse).exp() * qsum - b.f64()));
+        }
+    });
+}

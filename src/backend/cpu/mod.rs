@@ -525,6 +525,28 @@ impl Backend for CpuBackend {
             loss::cross_entropy_bwd::<T>(r(&gx), r(&gl), r::<T>(&gd)[0], w(&mut go), rows, classes)
         })
     }
+    fn soft_cross_entropy_fwd(&self, logits: &CpuStorage, q: &CpuStorage, loss: &CpuStorage, rows: usize, classes: usize) -> Result<()> {
+        on_dtype!(self, loss, T => {
+            let (gx, gq, mut go) = (logits.read(), q.read(), loss.write());
+            loss::soft_cross_entropy_fwd::<T>(r(&gx), r(&gq), w(&mut go), rows, classes);
+            Ok(())
+        })
+    }
+    fn soft_cross_entropy_bwd(
+        &self,
+        logits: &CpuStorage,
+        q: &CpuStorage,
+        dloss: &CpuStorage,
+        dlogits: &CpuStorage,
+        rows: usize,
+        classes: usize,
+    ) -> Result<()> {
+        on_dtype!(self, dlogits, T => {
+            let (gx, gq, gd, mut go) = (logits.read(), q.read(), dloss.read(), dlogits.write());
+            loss::soft_cross_entropy_bwd::<T>(r(&gx), r(&gq), r::<T>(&gd)[0], w(&mut go), rows, classes);
+            Ok(())
+        })
+    }
     fn nt_xent_fwd(&self, sim: &CpuStorage, groups: &CpuStorage, loss: &CpuStorage, rows: usize, temperature: f32) -> Result<()> {
         on_dtype!(self, loss, T => {
             let (gs, gg, mut go) = (sim.read(), groups.read(), loss.write());

@@ -180,3 +180,43 @@ pub(super) fn identity_penalty_bwd(
         &[ptr(c), ptr(dloss), ptr(dc), i32a(OP, d)?, Arg::F32(diag_weight), Arg::F32(off_weight)],
     )
 }
+
+pub(super) fn soft_cross_entropy_fwd(
+    b: &CudaBackend,
+    logits: &CudaStorage,
+    q: &CudaStorage,
+    loss: &CudaStorage,
+    rows: usize,
+    classes: usize,
+) -> Result<()> {
+    let per_row = b.scratch(rows.max(1))?;
+    if rows > 0 {
+        b.launch(
+            "soft_cross_entropy_fwd_f32",
+            rows_grid(rows),
+            (THREADS, 1, 1),
+            &[ptr(logits), ptr(q), ptr(&per_row), i32a(OP, rows)?, i32a(OP, classes)?],
+        )?;
+    }
+    reduce(b, &per_row, loss, rows, 1.0 / rows.max(1) as f32)
+}
+
+pub(super) fn soft_cross_entropy_bwd(
+    b: &CudaBackend,
+    logits: &CudaStorage,
+    q: &CudaStorage,
+    dloss: &CudaStorage,
+    dlogits: &CudaStorage,
+    rows: usize,
+    classes: usize,
+) -> Result<()> {
+    if rows * classes == 0 {
+        return Ok(());
+    }
+    b.launch(
+        "soft_cross_entropy_bwd_f32",
+        rows_grid(rows),
+        (THREADS, 1, 1),
+        &[ptr(logits), ptr(q), ptr(dloss), ptr(dlogits), i32a(OP, rows)?, i32a(OP, classes)?],
+    )
+}

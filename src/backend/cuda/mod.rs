@@ -407,6 +407,20 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         loss::cross_entropy_bwd(self, logits, labels, dloss, dlogits, rows, classes)
     }
+    fn soft_cross_entropy_fwd(&self, logits: &CudaStorage, q: &CudaStorage, loss: &CudaStorage, rows: usize, classes: usize) -> Result<()> {
+        loss::soft_cross_entropy_fwd(self, logits, q, loss, rows, classes)
+    }
+    fn soft_cross_entropy_bwd(
+        &self,
+        logits: &CudaStorage,
+        q: &CudaStorage,
+        dloss: &CudaStorage,
+        dlogits: &CudaStorage,
+        rows: usize,
+        classes: usize,
+    ) -> Result<()> {
+        loss::soft_cross_entropy_bwd(self, logits, q, dloss, dlogits, rows, classes)
+    }
     fn nt_xent_fwd(&self, sim: &CudaStorage, groups: &CudaStorage, loss: &CudaStorage, rows: usize, temperature: f32) -> Result<()> {
         loss::nt_xent_fwd(self, sim, groups, loss, rows, temperature)
     }

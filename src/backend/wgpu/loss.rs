@@ -142,3 +142,26 @@ pub fn identity_penalty_bwd(
     let binds = [r(1, c.buf()), r(3, dloss.buf()), w(5, dc.buf())];
     ctx.launch(k, penalty_params(d, diag_weight, off_weight), &binds, ctx.grid1(d * d))
 }
+
+pub fn soft_cross_entropy_fwd(be: &WgpuBackend, logits: &WgpuStorage, q: &WgpuStorage, out: &WgpuStorage, rows: usize, classes: usize) -> Result<()> {
+    let ctx = &*be.ctx;
+    let per_row = be.storage(rows)?;
+    let k = kernel("soft_cross_entropy", FAMILY, "soft_cross_entropy_fwd_f32");
+    let binds = [r(1, logits.buf()), r(2, q.buf()), w(5, per_row.buf())];
+    ctx.launch(k, params(rows, classes, 0.0, false), &binds, grid(rows, 1))?;
+    reduce(ctx, &per_row, out, rows, 1.0 / rows as f32)
+}
+
+pub fn soft_cross_entropy_bwd(
+    ctx: &Context,
+    logits: &WgpuStorage,
+    q: &WgpuStorage,
+    dloss: &WgpuStorage,
+    dlogits: &WgpuStorage,
+    rows: usize,
+    classes: usize,
+) -> Result<()> {
+    let k = kernel("soft_cross_entropy_bwd", FAMILY, "soft_cross_entropy_bwd_f32");
+    let binds = [r(1, logits.buf()), r(2, q.buf()), r(3, dloss.buf()), w(5, dlogits.buf())];
+    ctx.launch(k, params(rows, classes, 0.0, false), &binds, grid(rows, 1))
+}

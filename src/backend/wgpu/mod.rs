@@ -337,6 +337,20 @@ impl Backend for WgpuBackend {
     ) -> Result<()> {
         loss::cross_entropy_bwd(&self.ctx, logits, labels, dloss, dlogits, rows, classes)
     }
+    fn soft_cross_entropy_fwd(&self, logits: &WgpuStorage, q: &WgpuStorage, out: &WgpuStorage, rows: usize, classes: usize) -> Result<()> {
+        loss::soft_cross_entropy_fwd(self, logits, q, out, rows, classes)
+    }
+    fn soft_cross_entropy_bwd(
+        &self,
+        logits: &WgpuStorage,
+        q: &WgpuStorage,
+        dloss: &WgpuStorage,
+        dlogits: &WgpuStorage,
+        rows: usize,
+        classes: usize,
+    ) -> Result<()> {
+        loss::soft_cross_entropy_bwd(&self.ctx, logits, q, dloss, dlogits, rows, classes)
+    }
     fn nt_xent_fwd(&self, sim: &WgpuStorage, groups: &WgpuStorage, out: &WgpuStorage, rows: usize, temperature: f32) -> Result<()> {
         loss::nt_xent_fwd(self, sim, groups, out, rows, temperature)
     }
