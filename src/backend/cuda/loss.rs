@@ -17,6 +17,17 @@ fn reduce(b: &CudaBackend, v: &CudaStorage, loss: &CudaStorage, n: usize, alpha:
     b.launch("loss_reduce_fwd_f32", (1, 1, 1), (1024, 1, 1), &[ptr(v), ptr(loss), i64a(n), Arg::F32(alpha)])
 }
 
+/// A loss whose kernel writes one term per row, `kernel(inputs.., per_row, rest..)` with one
+/// warp per row, into scratch; then loss[0] = alpha * their sum (`reduce`).
+fn per_row_loss(b: &CudaBackend, kernel: &str, rows: usize, inputs: &[Arg<'static>], rest: &[Arg<'static>], loss: &CudaStorage, alpha: f32) -> Result<()> {
+    let per_row = b.scratch(rows.max(1))?;
+    if rows > 0 {
+        let args: Vec<Arg<'static>> = inputs.iter().copied().chain([ptr(&per_row)]).chain(rest.iter().copied()).collect();
+        b.launch(kernel, rows_grid(rows), (THREADS, 1, 1), &args)?;
+    }
+    reduce(b, &per_row, loss, rows, alpha)
+}
+
 pub(super) fn cross_entropy_fwd(
     b: &CudaBackend,
     logits: &CudaStorage,
@@ -25,16 +36,8 @@ pub(super) fn cross_entropy_fwd(
     rows: usize,
     classes: usize,
 ) -> Result<()> {
-    let per_row = b.scratch(rows.max(1))?;
-    if rows > 0 {
-        b.launch(
-            "cross_entropy_rows_fwd_f32",
-            rows_grid(rows),
-            (THREADS, 1, 1),
-            &[ptr(logits), ptr(labels), ptr(&per_row), i32a(OP, rows)?, i32a(OP, classes)?],
-        )?;
-    }
-    reduce(b, &per_row, loss, rows, 1.0 / rows.max(1) as f32)
+    let dims = [i32a(OP, rows)?, i32a(OP, classes)?];
+    per_row_loss(b, "cross_entropy_rows_fwd_f32", rows, &[ptr(logits), ptr(labels)], &dims, loss, 1.0 / rows.max(1) as f32)
 }
 
 pub(super) fn cross_entropy_bwd(
@@ -66,16 +69,8 @@ pub(super) fn cosine_loss_fwd(
     dim: usize,
     eps: f32,
 ) -> Result<()> {
-    let cos = b.scratch(rows.max(1))?;
-    if rows > 0 {
-        b.launch(
-            "cosine_rows_fwd_f32",
-            rows_grid(rows),
-            (THREADS, 1, 1),
-            &[ptr(p), ptr(z), ptr(&cos), i32a(OP, rows)?, i32a(OP, dim)?, Arg::F32(eps)],
-        )?;
-    }
-    reduce(b, &cos, loss, rows, -1.0 / rows.max(1) as f32)
+    let rest = [i32a(OP, rows)?, i32a(OP, dim)?, Arg::F32(eps)];
+    per_row_loss(b, "cosine_rows_fwd_f32", rows, &[ptr(p), ptr(z)], &rest, loss, -1.0 / rows.max(1) as f32)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -109,16 +104,8 @@ pub(super) fn nt_xent_fwd(
     rows: usize,
     temperature: f32,
 ) -> Result<()> {
-    let per_row = b.scratch(rows.max(1))?;
-    if rows > 0 {
-        b.launch(
-            "nt_xent_fwd_f32",
-            rows_grid(rows),
-            (THREADS, 1, 1),
-            &[ptr(sim), ptr(groups), ptr(&per_row), i32a(OP, rows)?, Arg::F32(1.0 / temperature)],
-        )?;
-    }
-    reduce(b, &per_row, loss, rows, 1.0 / rows.max(1) as f32)
+    let rest = [i32a(OP, rows)?, Arg::F32(1.0 / temperature)];
+    per_row_loss(b, "nt_xent_fwd_f32", rows, &[ptr(sim), ptr(groups)], &rest, loss, 1.0 / rows.max(1) as f32)
 }
 
 pub(super) fn nt_xent_bwd(
@@ -149,16 +136,8 @@ pub(super) fn identity_penalty_fwd(
     diag_weight: f32,
     off_weight: f32,
 ) -> Result<()> {
-    let per_row = b.scratch(d.max(1))?;
-    if d > 0 {
-        b.launch(
-            "identity_penalty_fwd_f32",
-            rows_grid(d),
-            (THREADS, 1, 1),
-            &[ptr(c), ptr(&per_row), i32a(OP, d)?, Arg::F32(diag_weight), Arg::F32(off_weight)],
-        )?;
-    }
-    reduce(b, &per_row, loss, d, 1.0)
+    let rest = [i32a(OP, d)?, Arg::F32(diag_weight), Arg::F32(off_weight)];
+    per_row_loss(b, "identity_penalty_fwd_f32", d, &[ptr(c)], &rest, loss, 1.0)
 }
 
 pub(super) fn identity_penalty_bwd(
@@ -189,16 +168,8 @@ pub(super) fn soft_cross_entropy_fwd(
     rows: usize,
     classes: usize,
 ) -> Result<()> {
-    let per_row = b.scratch(rows.max(1))?;
-    if rows > 0 {
-        b.launch(
-            "soft_cross_entropy_fwd_f32",
-            rows_grid(rows),
-            (THREADS, 1, 1),
-            &[ptr(logits), ptr(q), ptr(&per_row), i32a(OP, rows)?, i32a(OP, classes)?],
-        )?;
-    }
-    reduce(b, &per_row, loss, rows, 1.0 / rows.max(1) as f32)
+    let dims = [i32a(OP, rows)?, i32a(OP, classes)?];
+    per_row_loss(b, "soft_cross_entropy_fwd_f32", rows, &[ptr(logits), ptr(q)], &dims, loss, 1.0 / rows.max(1) as f32)
 }
 
 pub(super) fn soft_cross_entropy_bwd(
