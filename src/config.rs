@@ -117,6 +117,11 @@ pub struct DataConfig {
     pub resize_on_load: bool,
     /// With stored sizes: the longer side is capped at this many pixels on load (memory).
     pub max_side: Option<usize>,
+    /// "ram": image folders are decoded once, at load, and held in memory. "none": only the file
+    /// list is kept (each header checked at load) and the loader's workers decode every image
+    /// when a batch needs it, as torchvision does: for datasets larger than memory. The batches
+    /// are the same either way. Binary formats (CIFAR, IDX, STL-10) are always held in memory.
+    pub cache: String,
     /// Loader threads; 0 = every core.
     pub workers: usize,
     /// Batches prepared ahead of the training step.
@@ -138,6 +143,7 @@ impl Default for DataConfig {
             image_size: 32,
             resize_on_load: false,
             max_side: None,
+            cache: "ram".into(),
             workers: 0,
             prefetch: 4,
             on_corrupt: "skip".into(),
@@ -334,6 +340,9 @@ impl Config {
         }
         if !["skip", "fail"].contains(&self.data.on_corrupt.as_str()) {
             return bad("data.on_corrupt", "must be \"skip\" or \"fail\"");
+        }
+        if !["ram", "none"].contains(&self.data.cache.as_str()) {
+            return bad("data.cache", "must be \"ram\" (decode once, hold in memory) or \"none\" (decode per batch)");
         }
         if self.monitor.log_every == 0 || self.monitor.knn_k == 0 || self.monitor.knn_t <= 0.0 {
             return bad("monitor", "log_every and knn_k must be positive, knn_t > 0");

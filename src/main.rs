@@ -267,7 +267,8 @@ enum BenchCmd {
         #[arg(long = "static")]
         static_report: bool,
     },
-    /// Augmented 32x32 views per second of the data loader (SimSiam recipe).
+    /// Images per second of the data loader (decode when streaming, augment, normalise) and the
+    /// process's peak memory.
     Loader {
         /// Image folder, CIFAR binary or IDX data.
         #[arg(long, default_value = "data/cifar10-demo/train")]
@@ -275,12 +276,26 @@ enum BenchCmd {
         /// Loader threads (0 = all cores).
         #[arg(long, default_value_t = 0)]
         workers: usize,
-        /// Images per batch (two views each).
+        /// Images per batch.
         #[arg(long, default_value_t = 256)]
         batch: usize,
-        /// Batches to time.
+        /// Batches to time (after one warm-up batch).
         #[arg(long, default_value_t = 20)]
         batches: usize,
+        /// The views' side in pixels (data.image_size).
+        #[arg(long, default_value_t = 32)]
+        image_size: usize,
+        /// "ram": decode every image once, before timing; "none": decode per batch (data.cache).
+        #[arg(long, default_value = "ram")]
+        cache: String,
+        /// "simsiam": the full SimSiam recipe (crop, flip, colour jitter, grey, blur); "crop":
+        /// RandomResizedCrop + horizontal flip + normalise only (what torchvision's ImageNet
+        /// training transform does).
+        #[arg(long, default_value = "simsiam")]
+        recipe: String,
+        /// Augmented views per image (2 for SimSiam).
+        #[arg(long, default_value_t = 2)]
+        views: usize,
     },
 }
 
@@ -505,13 +520,27 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                     Ok::<(), ssl_engine::Error>(())
                 })?
             }
-            BenchCmd::Loader { data, workers, batch, batches } => {
-                let cfg = Config::load(None, &[])?;
+            BenchCmd::Loader { data, workers, batch, batches, image_size, cache, recipe, views } => {
+                let sets = [format!("data.image_size={image_size}"), format!("data.cache=\"{cache}\"")];
+                let cfg = Config::load(None, &sets)?;
+                let mut aug = ssl_engine::train::augment_config(&cfg);
+                match recipe.as_str() {
+                    "simsiam" => {}
+                    "crop" => aug = ssl_engine::data::AugmentConfig { jitter_p: 0.0, gray_p: 0.0, blur_p: 0.0, solarize_p: 0.0, ..aug },
+                    other => return Err(ssl_engine::Error::Config(format!("--recipe {other:?}: expected \"simsiam\" or \"crop\""))),
+                }
+                if views == 0 {
+                    return Err(ssl_engine::Error::Config("--views must be at least 1".into()));
+                }
                 let ds = app::load(&data, Split::Train, &cfg)?;
                 let workers = if workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { workers };
-                let (total, per) =
-                    ssl_engine::data::measure_throughput(ds, &ssl_engine::train::augment_config(&cfg), 32, batch, workers, batches)?;
-                println!("loader: {total:.0} augmented 32x32 views/s with {workers} workers ({per:.0} views/s per worker)");
+                let loader = ssl_engine::data::Loader::new(ds, vec![aug; views], image_size, batch, 0, workers, 2 * workers)?;
+                let t = ssl_engine::data::measure_throughput(&loader, batches)?;
+                let peak = ssl_engine::data::peak_memory_bytes().map_or("unknown".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64));
+                println!(
+                    "loader: {:.1} images/s ({:.0} augmented {image_size}x{image_size} views/s) over {} batches of {batch}, {workers} workers, cache {cache}, recipe {recipe}; peak memory {peak}",
+                    t.images_per_s, t.views_per_s, t.batches
+                );
             }
         },
     }

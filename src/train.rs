@@ -67,6 +67,7 @@ pub fn load_split(path: &Path, split: Split, cfg: &Config) -> Result<Dataset> {
         max_pixels: cfg.data.max_pixels,
         stored_size: !cfg.data.resize_on_load,
         max_side: cfg.data.max_side,
+        stream: cfg.data.cache == "none",
     };
     load_dataset(path, &opts)
 }
@@ -334,6 +335,9 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
         let mut epoch_losses = Vec::new();
         let mut last_z: Option<Tensor<B>> = None;
         for batch in loader.epoch(epoch, state.step_in_epoch) {
+            // A streaming dataset's file that no longer decodes stops the run; the last
+            // checkpoint stays as it was.
+            let batch = batch?;
             if interrupt.load(Ordering::SeqCst) || crate::interrupt::requested() {
                 bar.abandon();
                 return Err(save_on_interrupt(Error::Interrupted("between steps".into()), cfg, &ps, opt.as_ref(), method.as_ref(), &state));

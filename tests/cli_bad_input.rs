@@ -46,6 +46,9 @@ fn corrupt_images_are_skipped_and_counted_or_fail_naming_the_file() {
     one_line_naming(c, &e, "zz-");
     let (c, e) = run_tiny(&out, &d.display().to_string(), &["data.limit_per_class=100"]);
     assert_eq!(c, 0, "skip mode should train: {e}");
+    // Streaming checks the same headers at load, without decoding.
+    let (c, e) = run_tiny(&out, &d.display().to_string(), &["data.limit_per_class=100", "data.on_corrupt=\"fail\"", "data.cache=\"none\""]);
+    one_line_naming(c, &e, "zz-");
 }
 
 #[test]
@@ -57,6 +60,8 @@ fn config_errors_name_the_key() {
     one_line_naming(c, &e, "epochs");
     let (c, e) = run_tiny(&out, &repo("data/cifar10-demo/train"), &["batch_size=\"many\""]);
     one_line_naming(c, &e, "batch_size");
+    let (c, e) = run_tiny(&out, &repo("data/cifar10-demo/train"), &["data.cache=\"disk\""]);
+    one_line_naming(c, &e, "data.cache");
     let bad = out.join("bad.toml");
     std::fs::write(&bad, "epochs = [").unwrap();
     let (c, e) = ssl(&["train", "--config", bad.to_str().unwrap()]);

@@ -10,13 +10,16 @@
 //! checked against `max_pixels` before any pixel buffer exists, the decoder runs under
 //! `image::Limits`, a JPEG must end with its EOI marker (a truncated file is reported, not
 //! silently grey-filled), and a panic inside a decoder becomes a per-file error.
+//!
+//! Streaming (`LoadOptions::stream`) runs the same header checks on every file but decodes no
+//! pixels: a file that fails them is skipped (or fails the load) exactly as on a cached load.
 
-use std::io::Cursor;
+use std::io::{BufRead, BufReader, Cursor, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::{Dataset, LoadOptions, OnCorrupt, Split, file_err, fit_to_size, keep_first_per_class};
+use super::{Dataset, LoadOptions, OnCorrupt, Split, Stream, file_err, fit_to_size, keep_first_per_class};
 use crate::error::Result;
 
 const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
@@ -98,10 +101,21 @@ pub fn decode_file_stored(path: &Path, max_side: Option<usize>, max_pixels: u64)
     }
 }
 
-/// The image scaled so its longer side is at most `max_side` (torchvision Resize rounding).
+/// (height, width) once the longer side is capped at `max_side` (torchvision Resize rounding).
+fn capped_dims(h: usize, w: usize, max_side: Option<usize>) -> (usize, usize) {
+    match max_side.filter(|&m| m > 0 && h.max(w) > m) {
+        Some(m) if h >= w => (m, (m * w / h).max(1)),
+        Some(m) => ((m * h / w).max(1), m),
+        None => (h, w),
+    }
+}
+
+/// The image scaled so its longer side is at most `max_side`.
 fn cap_side(px: Vec<u8>, h: usize, w: usize, max_side: Option<usize>) -> (Vec<u8>, usize, usize) {
-    let Some(m) = max_side.filter(|&m| m > 0 && h.max(w) > m) else { return (px, h, w) };
-    let (rh, rw) = if h >= w { (m, (m * w / h).max(1)) } else { ((m * h / w).max(1), m) };
+    let (rh, rw) = capped_dims(h, w, max_side);
+    if (rh, rw) == (h, w) {
+        return (px, h, w);
+    }
     let mut buf = vec![0f32; rh * rw * 3];
     super::augment::resize_window(&px, h, w, (0, 0, h, w), (rh, rw), (0, 0, rh, rw), true, false, &mut buf);
     ((buf.iter().map(|&v| (v * 255.0).round_ties_even().clamp(0.0, 255.0) as u8).collect()), rh, rw)
@@ -121,14 +135,19 @@ fn decode_unchecked(bytes: &[u8], size: usize, max_pixels: u64) -> std::result::
     Ok(fit_to_size(&rgb, h, w, size))
 }
 
-/// The file's pixels, RGB uint8, at their stored size: (pixels, height, width).
-fn decode_rgb(bytes: &[u8], max_pixels: u64) -> std::result::Result<(Vec<u8>, usize, usize), String> {
-    if bytes.is_empty() {
+/// Checks what can be checked without decoding pixels: a JPEG or PNG signature, a non-zero size
+/// within `max_pixels`, and a JPEG's end-of-image marker. Returns (format, height, width).
+fn checked_header<R: BufRead + Seek>(mut r: R, max_pixels: u64) -> std::result::Result<(image::ImageFormat, usize, usize), String> {
+    let io = |e: std::io::Error| e.to_string();
+    let len = r.seek(SeekFrom::End(0)).map_err(io)?;
+    if len == 0 {
         return Err("empty file".into());
     }
-    let reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
+    r.seek(SeekFrom::Start(0)).map_err(io)?;
+    let reader = image::ImageReader::new(&mut r).with_guessed_format().map_err(io)?;
     let format = reader.format().ok_or("not a JPEG or PNG file (unrecognised signature)")?;
-    let (w, h) = image::ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(|e| e.to_string())?;
+    r.seek(SeekFrom::Start(0)).map_err(io)?;
+    let (w, h) = image::ImageReader::with_format(&mut r, format).into_dimensions().map_err(|e| e.to_string())?;
     let pixels = w as u64 * h as u64;
     if pixels == 0 {
         return Err(format!("image has zero size ({w}x{h})"));
@@ -136,9 +155,32 @@ fn decode_rgb(bytes: &[u8], max_pixels: u64) -> std::result::Result<(Vec<u8>, us
     if pixels > max_pixels {
         return Err(format!("{w}x{h} = {pixels} pixels exceeds the limit of {max_pixels} (data.max_pixels)"));
     }
-    if format == image::ImageFormat::Jpeg && !jpeg_has_eoi(bytes) {
-        return Err("truncated JPEG (no end-of-image marker)".into());
+    if format == image::ImageFormat::Jpeg {
+        // A complete JPEG ends with FF D9 (a few trailing padding bytes are tolerated).
+        let mut tail = Vec::with_capacity(64);
+        r.seek(SeekFrom::Start(len.saturating_sub(64))).map_err(io)?;
+        r.read_to_end(&mut tail).map_err(io)?;
+        if !tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+            return Err("truncated JPEG (no end-of-image marker)".into());
+        }
     }
+    Ok((format, h as usize, w as usize))
+}
+
+/// The (height, width) an image file will decode to, from its header alone (see
+/// `checked_header`), the longer side capped at `max_side`. Never panics.
+pub fn probe_file(path: &Path, max_side: Option<usize>, max_pixels: u64) -> std::result::Result<(usize, usize), String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    match std::panic::catch_unwind(move || checked_header(BufReader::new(file), max_pixels)) {
+        Ok(Ok((_, h, w))) => Ok(capped_dims(h, w, max_side)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("the image decoder panicked on this file's header".into()),
+    }
+}
+
+/// The file's pixels, RGB uint8, at their stored size: (pixels, height, width).
+fn decode_rgb(bytes: &[u8], max_pixels: u64) -> std::result::Result<(Vec<u8>, usize, usize), String> {
+    let (format, h, w) = checked_header(Cursor::new(bytes), max_pixels)?;
     let mut limits = image::Limits::default();
     let side = max_pixels.min(u32::MAX as u64) as u32;
     limits.max_image_width = Some(side);
@@ -148,13 +190,7 @@ fn decode_rgb(bytes: &[u8], max_pixels: u64) -> std::result::Result<(Vec<u8>, us
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| e.to_string())?;
-    Ok((img.to_rgb8().into_raw(), h as usize, w as usize))
-}
-
-/// A complete JPEG ends with FF D9 (a few trailing padding bytes are tolerated).
-fn jpeg_has_eoi(bytes: &[u8]) -> bool {
-    let tail = &bytes[bytes.len().saturating_sub(64)..];
-    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+    Ok((img.to_rgb8().into_raw(), h, w))
 }
 
 pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
@@ -183,7 +219,7 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
     let files = keep_first_per_class(files, opts.limit_per_class);
     // Decoding is the long part of loading a large folder: a progress bar, and a Ctrl-C stops it
     // (the remaining files are not decoded; the caller gets Error::Interrupted).
-    let what = format!("decoding {}", root.display());
+    let what = format!("{} {}", if opts.stream { "checking" } else { "decoding" }, root.display());
     let bar = crate::progress::bar(files.len(), &what, true);
     let decoded: Vec<std::result::Result<(Vec<u8>, usize, usize), String>> = files
         .par_iter()
@@ -191,7 +227,11 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
             if crate::interrupt::requested() {
                 return Err("interrupted".into());
             }
-            let r = if opts.stored_size {
+            let r = if opts.stream {
+                // No pixels: the header's size, as the decode below would produce it.
+                let size = if opts.stored_size { None } else { Some((opts.size, opts.size)) };
+                probe_file(p, opts.max_side, opts.max_pixels).map(|hw| (Vec::new(), size.unwrap_or(hw).0, size.unwrap_or(hw).1))
+            } else if opts.stored_size {
                 decode_file_stored(p, opts.max_side, opts.max_pixels)
             } else {
                 decode_file(p, opts.size, opts.max_pixels).map(|px| (px, opts.size, opts.size))
@@ -204,12 +244,18 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
     crate::interrupt::check(&what)?;
 
     let mut data = Dataset { size: opts.size, classes, ..Default::default() };
+    let mut stream = Stream { stored_size: opts.stored_size, max_side: opts.max_side, max_pixels: opts.max_pixels, ..Default::default() };
     for ((label, path), img) in files.into_iter().zip(decoded) {
         match img {
             Ok((px, h, w)) => {
                 if opts.stored_size {
                     data.dims.push((h, w));
-                    data.offsets.push(data.images.len());
+                    if !opts.stream {
+                        data.offsets.push(data.images.len());
+                    }
+                }
+                if opts.stream {
+                    stream.files.push(path);
                 }
                 data.images.extend_from_slice(&px);
                 data.labels.push(label);
@@ -222,6 +268,9 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
     }
     if data.is_empty() {
         return Err(file_err(&root, format!("no image could be decoded ({} skipped)", data.skipped.len())));
+    }
+    if opts.stream {
+        data.stream = Some(stream);
     }
     // Stored sizes that all equal `size` are the uniform layout: the same pixels, no table.
     if opts.stored_size && data.dims.iter().all(|&d| d == (opts.size, opts.size)) {

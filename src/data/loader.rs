@@ -4,7 +4,9 @@
 //! random draw for sample `i`, view `v`, epoch `e` comes from
 //! `Rng::new(seed).stream("augment").derive(&[e, i, v])`. A batch is therefore a pure function of
 //! (dataset, views, seed, epoch, step): thread count and scheduling change only the speed, and
-//! starting an epoch at batch `k` gives exactly the batches `k..` of a full pass.
+//! starting an epoch at batch `k` gives exactly the batches `k..` of a full pass. A streaming
+//! dataset (`data.cache = "none"`) decodes each sample's file once per batch, in the worker, and
+//! makes all its views from those pixels: the batches are the same as from memory.
 //!
 //! Flow: workers claim batch indices in increasing order under a lock that also counts the
 //! batches in flight (claimed, not yet handed to the consumer; at most `prefetch`); finished
@@ -56,26 +58,22 @@ struct Spec {
 }
 
 impl Spec {
-    fn make_batch(&self, epoch: usize, step: usize, order: &[usize]) -> Batch {
+    fn make_batch(&self, epoch: usize, step: usize, order: &[usize]) -> Result<Batch> {
         let bs = self.batch_size;
         let indices = order[step * bs..(step + 1) * bs].to_vec();
         let base = Rng::new(self.seed).stream("augment");
-        let views = self
-            .views
-            .iter()
-            .enumerate()
-            .map(|(v, spec)| {
+        let mut views: Vec<Vec<f32>> = self.views.iter().map(|spec| vec![0f32; bs * spec.size * spec.size * 3]).collect();
+        for (k, &i) in indices.iter().enumerate() {
+            // Once per sample, whatever the number of views: a streaming dataset decodes here.
+            let pixels = self.data.pixels(i)?;
+            for (v, (spec, buf)) in self.views.iter().zip(&mut views).enumerate() {
                 let per = spec.size * spec.size * 3;
-                let mut buf = vec![0f32; bs * per];
-                for (out, &i) in buf.chunks_exact_mut(per).zip(&indices) {
-                    let mut rng = base.derive(&[epoch as u64, i as u64, v as u64]);
-                    augment_hw(self.data.image(i), self.data.dims_of(i), spec.size, &spec.augment, &mut rng, out);
-                }
-                buf
-            })
-            .collect();
+                let mut rng = base.derive(&[epoch as u64, i as u64, v as u64]);
+                augment_hw(&pixels, self.data.dims_of(i), spec.size, &spec.augment, &mut rng, &mut buf[k * per..(k + 1) * per]);
+            }
+        }
         let labels = indices.iter().map(|&i| self.data.labels[i]).collect();
-        Batch { views, labels, indices, epoch, step }
+        Ok(Batch { views, labels, indices, epoch, step })
     }
 }
 
@@ -118,7 +116,7 @@ impl Loader {
         }
         let n = data.len();
         if !data.well_formed() {
-            return bad(format!("dataset holds {} bytes, not {n} images of {}x{}x3", data.images.len(), data.size, data.size));
+            return bad(format!("dataset holds {} bytes, not {n} images of {}x{}x3 (or {n} files to stream)", data.images.len(), data.size, data.size));
         }
         if batch_size > n {
             return bad(format!("batch size {batch_size} is larger than the dataset ({n} images); with drop_last an epoch would be empty"));
@@ -149,12 +147,13 @@ impl Loader {
     }
 
     /// One batch computed on the calling thread (the same as `epoch(epoch, step).next()`).
-    pub fn batch(&self, epoch: usize, step: usize) -> Option<Batch> {
+    pub fn batch(&self, epoch: usize, step: usize) -> Option<Result<Batch>> {
         (step < self.batches_per_epoch())
             .then(|| self.spec.make_batch(epoch, step, &epoch_order(self.spec.data.len(), self.spec.seed, epoch)))
     }
 
-    /// The batches `start..` of `epoch`, in order.
+    /// The batches `start..` of `epoch`, in order. A batch whose image cannot be decoded (a
+    /// streaming dataset's file changed or corrupt) is an error naming the file, and the last item.
     pub fn epoch(&self, epoch: usize, start: usize) -> EpochIter {
         let end = self.batches_per_epoch();
         let start = start.min(end);
@@ -169,7 +168,8 @@ impl Loader {
                 std::thread::spawn(move || {
                     while let Some(step) = shared.claim(end, prefetch) {
                         let batch = spec.make_batch(epoch, step, &order);
-                        if tx.send((step, batch)).is_err() {
+                        let failed = batch.is_err();
+                        if tx.send((step, batch)).is_err() || failed {
                             break;
                         }
                     }
@@ -222,21 +222,22 @@ impl Shared {
 pub struct EpochIter {
     next: usize,
     end: usize,
-    rx: Receiver<(usize, Batch)>,
-    pending: BTreeMap<usize, Batch>,
+    rx: Receiver<(usize, Result<Batch>)>,
+    pending: BTreeMap<usize, Result<Batch>>,
     shared: Arc<Shared>,
     handles: Vec<JoinHandle<()>>,
 }
 
 impl Iterator for EpochIter {
-    type Item = Batch;
-    fn next(&mut self) -> Option<Batch> {
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Result<Batch>> {
         if self.next >= self.end {
             return None;
         }
         loop {
             if let Some(b) = self.pending.remove(&self.next) {
-                self.next += 1;
+                // After an error the epoch is over: the caller has the file's name.
+                self.next = if b.is_err() { self.end } else { self.next + 1 };
                 self.shared.release();
                 return Some(b);
             }
@@ -273,14 +274,15 @@ impl Drop for EpochIter {
 
 /// Evaluation batches: normalised images (resized to `out_size` when needed) in dataset order,
 /// no shuffle, the last batch possibly short. A `batch_size` of 0 is taken as 1. The dataset must
-/// be well formed (`images.len() == len() * size * size * 3`, as `load_dataset` makes it).
+/// be well formed (as `load_dataset` makes it); a streaming one decodes each batch's files, and a
+/// file that cannot be decoded is an error naming it.
 pub fn eval_batches(
     data: &Dataset,
     out_size: usize,
     batch_size: usize,
     mean: [f32; 3],
     std: [f32; 3],
-) -> impl Iterator<Item = (Vec<f32>, Vec<u32>)> + '_ {
+) -> impl Iterator<Item = Result<(Vec<f32>, Vec<u32>)>> + '_ {
     let bs = batch_size.max(1);
     let n = data.len();
     let per = out_size * out_size * 3;
@@ -288,15 +290,17 @@ pub fn eval_batches(
         let (lo, hi) = (b * bs, ((b + 1) * bs).min(n));
         let mut x = vec![0f32; (hi - lo) * per];
         if per > 0 {
-            x.par_chunks_mut(per).enumerate().for_each(|(k, out)| {
+            x.par_chunks_mut(per).enumerate().try_for_each(|(k, out)| -> Result<()> {
                 let i = lo + k;
+                let pixels = data.pixels(i)?;
                 if data.dims.is_empty() {
-                    normalize(data.image(i), data.size, out_size, mean, std, out)
+                    normalize(&pixels, data.size, out_size, mean, std, out)
                 } else {
-                    eval_view(data.image(i), data.dims_of(i), out_size, mean, std, out)
+                    eval_view(&pixels, data.dims_of(i), out_size, mean, std, out)
                 }
-            });
+                Ok(())
+            })?;
         }
-        (x, data.labels[lo..hi].to_vec())
+        Ok((x, data.labels[lo..hi].to_vec()))
     })
 }

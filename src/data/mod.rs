@@ -25,6 +25,13 @@
 //!
 //! Images of another size are resized on load to `size x size`: the shorter side is resized to
 //! `size` (anti-aliased bilinear, as Pillow and torchvision's `Resize`), then the centre is cropped.
+//!
+//! Datasets larger than memory (`LoadOptions::stream`, `data.cache = "none"`): an image folder is
+//! listed and every file's header checked (format, dimensions, `max_pixels`, a JPEG's end marker)
+//! without decoding any pixels; the loader's workers then decode each image when a batch needs it,
+//! as torchvision's `DataLoader` does. Pixels are a pure function of the file, so batches are the
+//! same as with the images held in memory. Binary formats (CIFAR, IDX, STL-10) are always held
+//! in memory: their decoded bytes are their file's size.
 
 pub mod augment;
 pub mod cifar;
@@ -34,13 +41,15 @@ pub mod loader;
 pub mod stl10;
 pub mod throughput;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
 pub use augment::{AugmentConfig, ViewParams, augment, normalize};
 pub use loader::{Batch, EpochIter, Loader, ViewSpec, epoch_order, eval_batches};
-pub use throughput::measure_throughput;
+pub use imagefolder::probe_file;
+pub use throughput::{Throughput, measure_throughput, peak_memory_bytes};
 
 /// A decoded dataset held in memory: every image `size x size x 3` uint8 RGB, HWC.
 #[derive(Clone, Debug, Default)]
@@ -59,29 +68,40 @@ pub struct Dataset {
     pub offsets: Vec<usize>,
     /// Files left out because they could not be decoded (`OnCorrupt::Skip`), with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Streaming (`data.cache = "none"`): the files pixels are decoded from, one per image, and
+    /// `images` is empty. `dims` still holds every image's size (read from its header).
+    pub stream: Option<Stream>,
+}
+
+/// The files of a streaming dataset and how each is decoded (the same as on a cached load).
+#[derive(Clone, Debug, Default)]
+pub struct Stream {
+    pub files: Vec<PathBuf>,
+    /// Keep the stored size (longer side capped at `max_side`), or fit to `Dataset::size`.
+    pub stored_size: bool,
+    pub max_side: Option<usize>,
+    pub max_pixels: u64,
 }
 
 impl Dataset {
     /// The images at `indices` (in that order), as a dataset of their own.
     pub fn subset(&self, indices: &[usize]) -> Dataset {
+        let labels = indices.iter().map(|&i| self.labels[i]).collect();
+        let dims: Vec<_> = if self.dims.is_empty() { Vec::new() } else { indices.iter().map(|&i| self.dims[i]).collect() };
+        if let Some(s) = &self.stream {
+            let files = indices.iter().map(|&i| s.files[i].clone()).collect();
+            let stream = Some(Stream { files, ..s.clone() });
+            return Dataset { labels, classes: self.classes.clone(), size: self.size, dims, stream, ..Default::default() };
+        }
         let mut images = Vec::with_capacity(indices.iter().map(|&i| self.image(i).len()).sum());
-        let (mut dims, mut offsets) = (Vec::new(), Vec::new());
+        let mut offsets = Vec::new();
         for &i in indices {
             if !self.dims.is_empty() {
-                dims.push(self.dims[i]);
                 offsets.push(images.len());
             }
             images.extend_from_slice(self.image(i));
         }
-        Dataset {
-            images,
-            labels: indices.iter().map(|&i| self.labels[i]).collect(),
-            classes: self.classes.clone(),
-            size: self.size,
-            dims,
-            offsets,
-            skipped: Vec::new(),
-        }
+        Dataset { images, labels, classes: self.classes.clone(), size: self.size, dims, offsets, ..Default::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -90,14 +110,35 @@ impl Dataset {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
-    /// The `size * size * 3` bytes of image `i` (panics when `i >= len()`, like slice indexing).
+    /// The bytes of image `i` of an in-memory dataset (panics when `i >= len()`, like slice
+    /// indexing, and on a streaming dataset, which holds no pixels: use `pixels`).
     pub fn image(&self, i: usize) -> &[u8] {
+        assert!(self.stream.is_none(), "Dataset::image on a streaming dataset; use Dataset::pixels");
         if self.dims.is_empty() {
             let n = self.size * self.size * 3;
             return &self.images[i * n..(i + 1) * n];
         }
         let (h, w) = self.dims[i];
         &self.images[self.offsets[i]..self.offsets[i] + h * w * 3]
+    }
+    /// The `dims_of(i)` HWC bytes of image `i`: borrowed from memory, or decoded from its file
+    /// (streaming), which fails with an error naming the file.
+    pub fn pixels(&self, i: usize) -> Result<Cow<'_, [u8]>> {
+        let Some(s) = &self.stream else { return Ok(Cow::Borrowed(self.image(i))) };
+        let path = &s.files[i];
+        let decoded = if s.stored_size {
+            imagefolder::decode_file_stored(path, s.max_side, s.max_pixels).map(|(px, h, w)| (px, (h, w)))
+        } else {
+            imagefolder::decode_file(path, self.size, s.max_pixels).map(|px| (px, (self.size, self.size)))
+        };
+        match decoded {
+            Ok((px, hw)) if hw == self.dims_of(i) => Ok(Cow::Owned(px)),
+            Ok((_, (h, w))) => {
+                let (eh, ew) = self.dims_of(i);
+                Err(file_err(path, format!("decodes to {w}x{h}, but its header said {ew}x{eh} when the dataset was listed (was the file replaced?)")))
+            }
+            Err(msg) => Err(file_err(path, format!("cannot decode image: {msg}"))),
+        }
     }
     /// (height, width) of image `i`.
     pub fn dims_of(&self, i: usize) -> (usize, usize) {
@@ -106,6 +147,10 @@ impl Dataset {
     /// Whether the dataset's bytes are exactly its images (what the loaders rely on).
     pub fn well_formed(&self) -> bool {
         let n = self.len();
+        if let Some(s) = &self.stream {
+            let dims_ok = if self.dims.is_empty() { self.size > 0 } else { self.dims.len() == n };
+            return s.files.len() == n && self.images.is_empty() && dims_ok;
+        }
         if self.dims.is_empty() {
             return self.size > 0 && self.images.len() == n * self.size * self.size * 3;
         }
@@ -146,6 +191,9 @@ pub struct LoadOptions {
     pub max_pixels: u64,
     /// Keep only the first N images of every class (in file order).
     pub limit_per_class: Option<usize>,
+    /// Image folders: list the files and check their headers, but decode no pixels until a batch
+    /// needs them (datasets larger than memory; `data.cache = "none"`).
+    pub stream: bool,
 }
 
 impl Default for LoadOptions {
@@ -158,6 +206,7 @@ impl Default for LoadOptions {
             on_corrupt: OnCorrupt::Skip,
             max_pixels: 89_478_485,
             limit_per_class: None,
+            stream: false,
         }
     }
 }

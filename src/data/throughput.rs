@@ -1,41 +1,55 @@
-//! Loader throughput: how many augmented views per second the CPU workers produce.
+//! Loader throughput: how many images (and augmented views) per second the CPU workers produce,
+//! and the process's peak memory, for `ssl-engine bench loader`.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use super::Dataset;
-use super::augment::AugmentConfig;
 use super::loader::Loader;
 use crate::error::{Error, Result};
 
-/// Runs `batches` batches of two views (SimSiam) of `cfg` through a `Loader` with `workers`
-/// threads (prefetch 2 per worker) and returns (views per second, views per second per worker).
-/// Runs past the end of an epoch into the next when `batches` is larger than one epoch.
-pub fn measure_throughput(
-    data: Arc<Dataset>,
-    cfg: &AugmentConfig,
-    out_size: usize,
-    batch: usize,
-    workers: usize,
-    batches: usize,
-) -> Result<(f64, f64)> {
+#[derive(Clone, Copy, Debug)]
+pub struct Throughput {
+    /// Samples per second (each decoded once, whatever the number of views).
+    pub images_per_s: f64,
+    /// Augmented views per second (`images_per_s` times the loader's views).
+    pub views_per_s: f64,
+    /// The batches timed (the first, which fills the pipeline, is not).
+    pub batches: usize,
+}
+
+/// Times `batches` batches of `loader` after one warm-up batch (thread start and pipeline fill
+/// are not the steady state), running on into the next epochs when an epoch is shorter.
+pub fn measure_throughput(loader: &Loader, batches: usize) -> Result<Throughput> {
     if batches == 0 {
         return Err(Error::Invalid { op: "measure_throughput", msg: "batches must be at least 1".into() });
     }
-    let loader = Loader::new(data, vec![cfg.clone(), cfg.clone()], out_size, batch, 0, workers, 2 * workers)?;
-    let start = Instant::now();
-    let mut done = 0usize;
-    let mut checksum = 0f32;
-    let mut epoch = 0;
-    while done < batches {
-        for b in loader.epoch(epoch, 0).take(batches - done) {
-            checksum += b.views[0][0] + b.views[1][0];
+    let mut start = None;
+    let (mut done, mut checksum, mut epoch) = (0usize, 0f32, 0usize);
+    // Every epoch has at least one batch (`Loader::new` refuses a batch larger than the data).
+    'timing: loop {
+        for b in loader.epoch(epoch, 0) {
+            let b = b?;
+            checksum += b.views.iter().map(|v| v[0]).sum::<f32>();
+            if start.is_none() {
+                start = Some(Instant::now());
+                continue;
+            }
             done += 1;
+            if done == batches {
+                break 'timing;
+            }
         }
         epoch += 1;
     }
     std::hint::black_box(checksum);
-    let secs = start.elapsed().as_secs_f64().max(1e-9);
-    let views = (done * batch * 2) as f64 / secs;
-    Ok((views, views / workers as f64))
+    let secs = start.map_or(0.0, |s| s.elapsed().as_secs_f64()).max(1e-9);
+    let images_per_s = (done * loader.batch_size()) as f64 / secs;
+    Ok(Throughput { images_per_s, views_per_s: images_per_s * loader.num_views() as f64, batches: done })
+}
+
+/// The process's peak resident memory in bytes (Linux `VmHWM`), or `None` elsewhere.
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -25,7 +25,8 @@ pub fn extract<B: Backend>(
     let b = ps.backend();
     let mut out = Vec::with_capacity(data.len() * backbone.feature_dim());
     let bar = crate::progress::bar(data.len(), what, show);
-    for (x, _labels) in eval_batches(data, image_size, batch.max(1), mean, std) {
+    for batch in eval_batches(data, image_size, batch.max(1), mean, std) {
+        let (x, _labels) = batch?;
         crate::interrupt::check(what)?;
         let n = x.len() / (image_size * image_size * 3);
         let tape = Tape::inference();

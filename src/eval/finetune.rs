@@ -60,7 +60,8 @@ pub fn finetune<B: Backend>(
     let mut step = 0;
     let logits_of = |ps: &ParamStore<B>, data: &Dataset| -> Result<Vec<f32>> {
         let mut logits = Vec::with_capacity(data.len() * classes);
-        for (x, _) in eval_batches(data, image_size, 256, mean, std) {
+        for batch in eval_batches(data, image_size, 256, mean, std) {
+            let (x, _) = batch?;
             let n = x.len() / (image_size * image_size * 3);
             let tape = Tape::inference();
             let cx = Ctx::new(&tape, ps, false);
@@ -72,6 +73,7 @@ pub fn finetune<B: Backend>(
     for epoch in 0..cfg.epochs {
         let mut sum = 0.0;
         for bt in loader.epoch(epoch, 0) {
+            let bt = bt?;
             crate::interrupt::check("fine-tuning")?;
             let n = bt.labels.len();
             let x = Var::constant(Tensor::from_f32(&b, &bt.views[0], &[n, image_size, image_size, 3], DType::F32)?);
