@@ -28,6 +28,48 @@ fn fnv64(parts: &[&str]) -> u64 {
     parts.iter().flat_map(|p| p.bytes().chain([0xff])).fold(0xCBF2_9CE4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01B3))
 }
 
+/// Bumped when `shared_in_arena` changes, so a cached library is rebuilt.
+const SHARED_REWRITE_VERSION: &str = "shared-arena-1";
+
+/// A probe of the emulator itself, built into its library: even threads write shared memory, every
+/// thread reads its own slot back. On a GPU the odd slots hold whatever was there; the emulator
+/// must show them as poison in every block, never as zeros or as another block's values.
+const PROBE: &str = "__global__ void emu_probe_shared(float* out) {
+    __shared__ float s[64];
+    if (threadIdx.x % 2 == 0) s[threadIdx.x] = (float)(blockIdx.x + 1);
+    __syncthreads();
+    out[blockIdx.x * 64 + threadIdx.x] = s[threadIdx.x];
+}
+";
+
+/// Rewrites every `__shared__ T name[..];` line into a reference to a slot of the emulator's
+/// poisoned arena (`emu_shared` in tests/emu/cuda_emu.h), on the same line so line numbers hold:
+/// `static char emu_tag_name; auto& name = *emu_shared<T[..]>(&emu_tag_name);`.
+fn shared_in_arena(src: &str) -> String {
+    let mut out = String::with_capacity(src.len() + 1024);
+    for line in src.lines() {
+        let t = line.trim_start();
+        let decl = t.strip_prefix("__shared__ ").and_then(|d| d.trim_end().strip_suffix(';'));
+        match decl {
+            Some(d) => {
+                // "float qs[BQ][DM + 1]" or "GemmSmem s": the name is the last word before any '['.
+                let (head, dims) = d.split_at(d.find('[').unwrap_or(d.len()));
+                let head = head.trim_end();
+                let split = head.rfind(|c: char| !(c.is_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
+                let (ty, name) = (head[..split].trim(), &head[split..]);
+                assert!(!ty.is_empty() && !name.is_empty(), "cannot parse shared declaration: {line}");
+                let indent = &line[..line.len() - t.len()];
+                out.push_str(&format!("{indent}static char emu_tag_{name}; auto& {name} = *emu_shared<{ty}{dims}>(&emu_tag_{name});\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 fn build() -> Result<PathBuf, String> {
     nvrtc::nvrtc_available().map_err(|e| e.to_string())?;
     match Command::new("g++").arg("--version").output() {
@@ -37,20 +79,28 @@ fn build() -> Result<PathBuf, String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cuda-emu");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let mut parts = vec![SHIM, LAUNCH];
+    let mut parts = vec![SHIM, LAUNCH, SHARED_REWRITE_VERSION, PROBE];
     parts.extend(FAMILIES.iter().map(|(_, s)| *s));
     parts.extend(HEADERS.iter().map(|(_, s)| *s));
     let lib = dir.join(format!("libssl_cuda_emu-{:016x}.so", fnv64(&parts)));
     if lib.exists() {
         return Ok(lib);
     }
+    // The kernel sources with their __shared__ declarations moved into the poisoned arena.
+    let src_dir = dir.join(format!("src-{:016x}", fnv64(&parts)));
+    std::fs::create_dir_all(&src_dir).map_err(|e| e.to_string())?;
+    for (file, src) in FAMILIES.iter().chain(HEADERS) {
+        std::fs::write(src_dir.join(file), shared_in_arena(src)).map_err(|e| e.to_string())?;
+    }
     // One translation unit per family: the shim, the family's source, its kernels registered.
     let target = Target("compute_80".into());
-    let mut units = vec![root.join("tests/emu/cuda_emu_launch.cpp")];
+    let probe = src_dir.join("emu_probe.cpp");
+    std::fs::write(&probe, format!("#include \"cuda_emu.h\"\n{}EMU_REGISTER(emu_probe_shared)\n", shared_in_arena(PROBE))).map_err(|e| e.to_string())?;
+    let mut units = vec![root.join("tests/emu/cuda_emu_launch.cpp"), probe];
     for (file, src) in FAMILIES {
         let c = nvrtc::compile_cached(file, src, &target, nvrtc::cache_dir().as_deref(), false).map_err(|e| e.to_string())?;
         let names: Vec<String> = nvrtc::ptx_entries(c.ptx.as_deref().unwrap_or("")).into_iter().map(|(n, _)| n).collect();
-        let mut tu = format!("#include \"cuda_emu.h\"\n#include \"{}\"\n", root.join("kernels").join(file).display());
+        let mut tu = format!("#include \"cuda_emu.h\"\n#include \"{}\"\n", src_dir.join(file).display());
         for n in names {
             tu.push_str(&format!("EMU_REGISTER({n})\n"));
         }
@@ -68,7 +118,7 @@ fn build() -> Result<PathBuf, String> {
                 let child = Command::new("g++")
                     .args(["-std=c++20", "-O1", "-fPIC", "-pthread", "-w", "-c"])
                     .arg("-I")
-                    .arg(root.join("kernels"))
+                    .arg(&src_dir)
                     .arg("-I")
                     .arg(root.join("tests/emu"))
                     .arg(u)
@@ -96,13 +146,45 @@ fn build() -> Result<PathBuf, String> {
     Ok(lib)
 }
 
+static LIBRARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
 fn emulator() -> Option<CudaBackend> {
-    static LIB: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match LIB.get_or_init(build) {
+    match LIBRARY.get_or_init(build) {
         Ok(lib) => Some(CudaBackend::emulated(lib, 4).expect("load the emulator")),
         Err(e) => {
             println!("skipped: {e}");
             None
+        }
+    }
+}
+
+/// Shared memory a block did not write reads as poison (NaN), in the first block of a launch
+/// and in every later one: the emulator no longer hides a missing write or barrier.
+#[test]
+fn emulator_poisons_shared_memory_at_every_block() {
+    if emulator().is_none() {
+        return;
+    }
+    let Some(Ok(lib)) = LIBRARY.get() else { unreachable!() };
+    type Launch = unsafe extern "C" fn(*const std::ffi::c_char, *const u32, *const u32, *mut *mut std::ffi::c_void) -> i32;
+    let path = std::ffi::CString::new(lib.to_string_lossy().as_bytes()).unwrap();
+    // SAFETY: the library was built above and stays loaded (the emulated backend holds it);
+    // ssl_emu_launch has this signature (tests/emu/cuda_emu.h); `out` outlives the call.
+    unsafe {
+        let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW);
+        assert!(!h.is_null(), "dlopen {}", lib.display());
+        let f: Launch = std::mem::transmute(libc::dlsym(h, c"ssl_emu_launch".as_ptr()));
+        let mut out = vec![0f32; 3 * 64];
+        let mut ptr = out.as_mut_ptr();
+        let mut params = [&mut ptr as *mut *mut f32 as *mut std::ffi::c_void];
+        assert_eq!(f(c"emu_probe_shared".as_ptr(), [3, 1, 1].as_ptr(), [64, 1, 1].as_ptr(), params.as_mut_ptr()), 0);
+        for (i, v) in out.iter().enumerate() {
+            let (block, thread) = (i / 64, i % 64);
+            if thread % 2 == 0 {
+                assert_eq!(*v, (block + 1) as f32, "block {block} thread {thread}");
+            } else {
+                assert!(v.is_nan(), "block {block} thread {thread} read {v} from shared memory it never wrote");
+            }
         }
     }
 }

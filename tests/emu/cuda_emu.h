@@ -8,8 +8,10 @@
 // keep their meaning. mma.sync m16n8k8 TF32 and cvt.rna.tf32 are emulated from the PTX ISA's
 // fragment layout. Threads that return early drop out of the barriers, as on the GPU. Blocks run
 // in a shuffled order (seeded), so a kernel that assumes an order between blocks fails here too.
-// (Shared memory is not poisoned between blocks: GCC ignores a section attribute on the statics
-// of function templates, so they cannot be gathered for a memset.)
+// Shared memory is poisoned: tests/cuda_emulated.rs rewrites each `__shared__ T name[..];` into a
+// reference to `emu_shared<T[..]>`, a slot of one 48 KB arena (the static shared-memory limit)
+// that the launcher fills with 0xFF bytes (NaN as float or double, -1 as an integer) before
+// every block, so a kernel reading shared memory it did not write this block sees garbage.
 //
 // What this checks: indexing, bounds, reductions and numerics of every kernel against the CPU
 // reference. What it cannot: timing, races that a different schedule would expose, register or
@@ -23,6 +25,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <mutex>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
@@ -73,6 +77,45 @@ struct emu_block {
     std::vector<uint64_t> xch;          // one 8-byte slot per thread, for shuffles
     std::vector<emu_mma_slot> mma;      // one slot per thread, for mma.sync
 };
+
+// ---- shared memory -----------------------------------------------------------------------
+
+// One arena for the one block that runs at a time. Slots are handed out per declaration (its
+// key: the address of a static tag beside it, unique per template instantiation) on first use
+// in a launch; the launcher resets the slots at each launch and poisons the bytes at each block.
+constexpr size_t EMU_SHARED_BYTES = 48 * 1024;
+struct emu_shared_arena {
+    alignas(64) unsigned char bytes[EMU_SHARED_BYTES];
+    std::map<const void*, size_t> slots;
+    size_t used = 0;
+    std::mutex mu;
+};
+inline emu_shared_arena& emu_arena() {
+    static emu_shared_arena a;
+    return a;
+}
+template <class T>
+T* emu_shared(const void* key) {
+    emu_shared_arena& a = emu_arena();
+    std::lock_guard<std::mutex> g(a.mu);
+    auto it = a.slots.find(key);
+    if (it == a.slots.end()) {
+        const size_t off = (a.used + 15) & ~size_t(15);
+        if (off + sizeof(T) > EMU_SHARED_BYTES) {
+            std::fprintf(stderr, "emulated kernel uses more than %zu bytes of static shared memory\n", EMU_SHARED_BYTES);
+            std::abort();
+        }
+        it = a.slots.emplace(key, off).first;
+        a.used = off + sizeof(T);
+    }
+    return reinterpret_cast<T*>(a.bytes + it->second);
+}
+// Called by the launcher, which runs one launch (and one block) at a time.
+inline void emu_shared_new_launch() {
+    emu_arena().slots.clear();
+    emu_arena().used = 0;
+}
+inline void emu_shared_poison() { std::memset(emu_arena().bytes, 0xFF, EMU_SHARED_BYTES); }
 
 inline void __syncthreads() { emu_t.block->bar->arrive_and_wait(); }
 

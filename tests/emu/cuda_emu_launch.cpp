@@ -24,8 +24,10 @@ extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsi
         for (unsigned by = 0; by < grid[1]; ++by)
             for (unsigned bx = 0; bx < grid[0]; ++bx) blocks.push_back({bx, by, bz});
     std::shuffle(blocks.begin(), blocks.end(), order_rng);
+    emu_shared_new_launch();
     for (const emu_dim3 b : blocks) {
         const unsigned bx = b.x, by = b.y, bz = b.z;
+        emu_shared_poison();
         emu_block blk;
         blk.bar = std::make_unique<std::barrier<>>(nt);
         for (unsigned w = 0; w * 32 < nt; ++w)
