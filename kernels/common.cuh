@@ -24,6 +24,14 @@ DEV float pos_inf() { return __int_as_float(0x7f800000); }
 DEV float neg_inf() { return __int_as_float(0xff800000); }
 DEV float qnan() { return __int_as_float(0x7fffffff); }
 
+// The nearest bfloat16, ties to even, as a float (the `half` crate's rule, so the CPU reference
+// agrees bit for bit): a NaN stays NaN (quieted), a finite value past bf16's range becomes inf.
+DEV float round_bf16f(float v) {
+    const u32 u = (u32)__float_as_int(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return __int_as_float((int)((u | 0x00400000u) & 0xffff0000u));
+    return __int_as_float((int)((u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u));
+}
+
 // The global index of this thread and the grid-wide stride, both 64-bit.
 DEV i64 global_index() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
 DEV i64 grid_stride() { return (i64)gridDim.x * blockDim.x; }

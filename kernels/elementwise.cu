@@ -99,6 +99,15 @@ extern "C" __global__ void silu_bwd_f32(const float* x, const float* dy, float* 
     }
 }
 
+// Precision::Bf16's rounding point; the gradient of a bf16 tensor is rounded the same way.
+extern "C" __global__ void round_bf16_fwd_f32(const float* x, float* y, i64 n) {
+    FOR_EACH(i, n) y[i] = round_bf16f(x[i]);
+}
+
+extern "C" __global__ void round_bf16_bwd_f32(const float* x, const float* dy, float* dx, i64 n) {
+    FOR_EACH(i, n) dx[i] = round_bf16f(dy[i]);
+}
+
 // y[o, a, i] = x[o, a, i] s[o, i]: squeeze-excitation's gate; per = axis * inner.
 extern "C" __global__ void channel_scale_fwd_f32(const float* x, const float* s, float* y, i64 n, i64 per, i64 inner) {
     FOR_EACH(i, n) {

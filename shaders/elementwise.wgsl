@@ -102,7 +102,14 @@ fn sigmoid(v: f32) -> f32 {
     return select(e / (1.0 + e), 1.0 / (1.0 + e), v >= 0.0);
 }
 
-// op 0: relu, 1: gelu, 2: exp, 3: log, 4: sqrt, 5: sigmoid, 6: silu
+// The nearest bfloat16, ties to even, as an f32 (the `half` crate's rule): NaN stays NaN.
+fn round_bf16(v: f32) -> f32 {
+    let u = bitcast<u32>(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) { return bitcast<f32>((u | 0x00400000u) & 0xffff0000u); }
+    return bitcast<f32>((u + 0x7fffu + ((u >> 16u) & 1u)) & 0xffff0000u);
+}
+
+// op 0: relu, 1: gelu, 2: exp, 3: log, 4: sqrt, 5: sigmoid, 6: silu, 7: round to bf16
 @compute @workgroup_size(WG)
 fn unary_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
@@ -114,6 +121,7 @@ fn unary_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
             case 3u: { y[i] = log(v); }
             case 4u: { y[i] = sqrt(v); }
             case 5u: { y[i] = sigmoid(v); }
+            case 7u: { y[i] = round_bf16(v); }
             default: { y[i] = v * sigmoid(v); }
         }
     }
@@ -135,6 +143,7 @@ fn unary_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
                 let s = sigmoid(v);
                 y[i] = g * s * (1.0 - s);
             }
+            case 7u: { y[i] = round_bf16(g); }
             default: {
                 let s = sigmoid(v);
                 y[i] = g * s * (1.0 + v * (1.0 - s));

@@ -19,22 +19,28 @@ use crate::models::Backbone;
 use crate::nn::ParamStore;
 use crate::tensor::DType;
 
-/// Runs `$body` with `$b` bound to the backend named by `$name`.
+/// Runs `$body` with `$b` bound to the backend named by `$name`, computing convolutions, matmuls
+/// and attention in `$precision` (a `Precision`; the WebGPU backend refuses bf16).
 #[macro_export]
 macro_rules! with_backend {
-    ($name:expr, $threads:expr, $device:expr, |$b:ident| $body:expr) => {{
+    ($name:expr, $threads:expr, $device:expr, $precision:expr, |$b:ident| $body:expr) => {{
         let device: Option<usize> = $device;
+        let precision: $crate::backend::Precision = $precision;
         match $name {
             "cpu" => {
-                let $b = $crate::backend::cpu::CpuBackend::new($threads)?;
+                let $b = $crate::backend::cpu::CpuBackend::new($threads)?.with_precision(precision);
                 $body
             }
             // SSL_ENGINE_TF32=1 runs matmul and convolutions on TF32 tensor cores.
             "cuda" => {
                 let tf32 = std::env::var("SSL_ENGINE_TF32").is_ok_and(|v| v == "1");
-                let $b = $crate::backend::cuda::CudaBackend::new(device.unwrap_or(0))?.with_tf32(tf32);
+                let $b = $crate::backend::cuda::CudaBackend::new(device.unwrap_or(0))?.with_tf32(tf32).with_precision(precision);
                 $body
             }
+            #[cfg(feature = "wgpu")]
+            "wgpu" if precision == $crate::backend::Precision::Bf16 => Err($crate::Error::Config(
+                "precision \"bf16\" needs the cpu or cuda backend: the WebGPU backend computes in FP32 only (use --precision fp32)".into(),
+            )),
             #[cfg(feature = "wgpu")]
             "wgpu" => {
                 let $b = $crate::backend::wgpu::WgpuBackend::new(device)?;

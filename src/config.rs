@@ -34,6 +34,11 @@ pub struct Config {
     pub batch_size: usize,
     /// cpu (wgpu and cuda where built and available).
     pub backend: String,
+    /// "fp32", or "bf16": convolutions, matmuls and attention take bfloat16 operands and give
+    /// bfloat16 results (FP32 accumulation), as PyTorch's bf16 autocast; weights, optimiser
+    /// state, batch-norm statistics, losses and softmax stay FP32, and so do checkpoints.
+    /// The cpu backend is the reference; wgpu refuses bf16.
+    pub precision: String,
     /// CPU threads; 0 = every core.
     pub threads: usize,
     /// Stop after this many optimiser steps in total (quick checks); none = run every epoch.
@@ -73,6 +78,7 @@ impl Default for Config {
             epochs: 800,
             batch_size: 512,
             backend: "cpu".into(),
+            precision: "fp32".into(),
             threads: 0,
             max_steps: None,
             skip_nonfinite: 0,
@@ -287,6 +293,10 @@ fn set_dotted(table: &mut toml::Table, key: &str, value: &str) -> Result<()> {
 }
 
 impl Config {
+    /// `precision` as a `Precision` (validated at load; FP32 if somehow not).
+    pub fn precision(&self) -> crate::backend::Precision {
+        crate::backend::Precision::parse(&self.precision).unwrap_or_default()
+    }
     /// Reads a recipe (or the defaults when `path` is None) and applies `key=value` overrides.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
         let mut table = match path {
@@ -340,6 +350,9 @@ impl Config {
         }
         if !["skip", "fail"].contains(&self.data.on_corrupt.as_str()) {
             return bad("data.on_corrupt", "must be \"skip\" or \"fail\"");
+        }
+        if crate::backend::Precision::parse(&self.precision).is_err() {
+            return bad("precision", "must be \"fp32\" or \"bf16\"");
         }
         if !["ram", "none"].contains(&self.data.cache.as_str()) {
             return bad("data.cache", "must be \"ram\" (decode once, hold in memory) or \"none\" (decode per batch)");

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use ssl_engine::app::{self, LoadedBackbone};
-use ssl_engine::backend::Backend;
+use ssl_engine::backend::{Backend, Precision};
 use ssl_engine::config::Config;
 use ssl_engine::data::Split;
 use ssl_engine::{bench, with_backend};
@@ -45,6 +45,10 @@ enum Cmd {
         /// GPU index (cuda) or WebGPU adapter index (wgpu); default: the first / best one.
         #[arg(long)]
         device: Option<usize>,
+        /// fp32 or bf16: what convolutions, matmuls and attention compute in (overrides the
+        /// recipe's `precision`; weights, optimiser state and checkpoints stay FP32).
+        #[arg(long)]
+        precision: Option<String>,
         /// No progress bar or per-epoch lines.
         #[arg(long)]
         quiet: bool,
@@ -129,6 +133,9 @@ struct BackboneArgs {
     /// GPU index (cuda) or WebGPU adapter index (wgpu).
     #[arg(long)]
     device: Option<usize>,
+    /// fp32 or bf16: what convolutions, matmuls and attention compute in.
+    #[arg(long, default_value = "fp32")]
+    precision: String,
 }
 
 /// The flags of `embed`.
@@ -216,6 +223,9 @@ struct BackendArgs {
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// fp32 or bf16: what convolutions, matmuls and attention compute in.
+    #[arg(long, default_value = "fp32")]
+    precision: String,
 }
 
 #[derive(Subcommand)]
@@ -343,7 +353,7 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
     // Every command stops cleanly on the first Ctrl-C / SIGTERM (exit 130), and at once on a second.
     ssl_engine::interrupt::install();
     match cli.cmd {
-        Cmd::Train { config, overrides, resume, backend, device, quiet, skip_nonfinite } => {
+        Cmd::Train { config, overrides, resume, backend, device, precision, quiet, skip_nonfinite } => {
             let started = std::time::Instant::now();
             let mut cfg = Config::load(config.as_deref(), &overrides)?;
             if let Some(n) = skip_nonfinite {
@@ -351,10 +361,13 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
             }
             if let Some(bk) = backend {
                 cfg.backend = bk;
-                cfg.validate()?;
             }
+            if let Some(p) = precision {
+                cfg.precision = p;
+            }
+            cfg.validate()?;
             let interrupt = ssl_engine::interrupt::install();
-            let (s, report) = with_backend!(cfg.backend.as_str(), cfg.threads, device, |b| {
+            let (s, report) = with_backend!(cfg.backend.as_str(), cfg.threads, device, cfg.precision(), |b| {
                 let s = ssl_engine::train::train(&b, &cfg, resume.as_deref(), interrupt, !quiet)?;
                 // The table is measured on the checkpoint file the run leaves behind.
                 let last = s.out.join("last.safetensors");
@@ -387,7 +400,7 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
             }
         }
         Cmd::Eval { what } => match what {
-            EvalCmd::Knn { common, k, t } => with_backend!(common.net.backend.as_str(), 0, common.net.device, |b| {
+            EvalCmd::Knn { common, k, t } => with_backend!(common.net.backend.as_str(), 0, common.net.device, Precision::parse(&common.net.precision)?, |b| {
                 let (mut cfg, model, train, test) = eval_setup(&b, &common)?;
                 cfg.monitor.knn_k = k;
                 cfg.monitor.knn_t = t;
@@ -396,7 +409,7 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                 write_json(&common.json, &m)
             })?,
             EvalCmd::Linear { common, epochs, optimizer, lr, batch_size, labels_per_class, finetune, weight_decay, raw_features } => {
-                with_backend!(common.net.backend.as_str(), 0, common.net.device, |b| {
+                with_backend!(common.net.backend.as_str(), 0, common.net.device, Precision::parse(&common.net.precision)?, |b| {
                     let (cfg, model, train, test) = eval_setup(&b, &common)?;
                     let lr = lr.unwrap_or(if finetune {
                         0.1
@@ -434,7 +447,7 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                 })?
             }
         },
-        Cmd::Embed { args: a } => with_backend!(a.net.backend.as_str(), 0, a.net.device, |b| {
+        Cmd::Embed { args: a } => with_backend!(a.net.backend.as_str(), 0, a.net.device, Precision::parse(&a.net.precision)?, |b| {
             let common = EvalArgs { net: a.net.clone(), data: a.data.clone(), test_data: Some(a.data.clone()), json: None };
             let (cfg, model, train, _) = eval_setup(&b, &common)?;
             let (f, l) = app::embed(&model, &train, &cfg, &a.out)?;
@@ -452,7 +465,7 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                 cfg.backend = bk;
                 cfg.validate()?;
             }
-            let outcome = with_backend!(cfg.backend.as_str(), cfg.threads, device, |b| ssl_engine::study::run(&b, &cfg, !quiet))?;
+            let outcome = with_backend!(cfg.backend.as_str(), cfg.threads, device, cfg.precision(), |b| ssl_engine::study::run(&b, &cfg, !quiet))?;
             print!("{}", ssl_engine::study::report::markdown(&outcome.cells));
             println!(
                 "{} cells ({} computed now, {} from the cache in {})",
@@ -488,7 +501,7 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                 println!("{:<32} {:>9} {:>12.1}", "total", n, bytes as f64 / 1e6);
             }
             BenchCmd::Step { backend, model, batch, image_size, warmup, runs, simsiam, .. } => {
-                with_backend!(backend.backend.as_str(), backend.threads, backend.device, |b| {
+                with_backend!(backend.backend.as_str(), backend.threads, backend.device, Precision::parse(&backend.precision)?, |b| {
                     println!("backend: {}", b.name());
                     let t = if simsiam {
                         bench::bench_simsiam_step(&b, &model, batch, image_size, warmup, runs)?
@@ -512,7 +525,7 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                 print!("{}", report::format_report(&ks));
             }
             BenchCmd::Kernels { backend, batch, filter, runs, .. } => {
-                with_backend!(backend.backend.as_str(), backend.threads, backend.device, |b| {
+                with_backend!(backend.backend.as_str(), backend.threads, backend.device, Precision::parse(&backend.precision)?, |b| {
                     println!("backend: {}", b.name());
                     for t in bench::bench_kernels(&b, batch, filter.as_deref(), runs)? {
                         println!("{:<42} {:>10.3} ms  {}", t.name, t.median_s * 1e3, t.rate());

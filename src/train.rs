@@ -237,6 +237,14 @@ pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
 }
 
 fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: &AtomicBool, show_progress: bool) -> Result<TrainSummary> {
+    if b.precision() != cfg.precision() {
+        return Err(Error::Config(format!(
+            "precision {:?} in the config, but the {} backend was built for {:?} (build it with_precision)",
+            cfg.precision,
+            b.name(),
+            b.precision().as_str()
+        )));
+    }
     std::fs::create_dir_all(&cfg.out)
         .map_err(|e| Error::File { path: cfg.out.display().to_string(), msg: format!("cannot create run folder: {e}") })?;
     crate::checkpoint::remove_stale_temp_files(&cfg.out);
@@ -296,7 +304,7 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
         say(format!("resumed from {} at epoch {}, step {}", path.display(), state.epoch, state.step_in_epoch));
         log.write(json!({"type": "resume", "from": path.display().to_string(), "epoch": state.epoch, "global_step": state.global_step}))?;
     }
-    say(format!("model: {} ({} parameters), method {}, backend {}", cfg.model, ps.num_params(), cfg.method, b.name()));
+    say(format!("model: {} ({} parameters), method {}, backend {}, precision {}", cfg.model, ps.num_params(), cfg.method, b.name(), cfg.precision));
 
     if state.global_step == 0
         && let Some(test) = &test_set

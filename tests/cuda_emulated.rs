@@ -205,6 +205,21 @@ fn emulated_tf32_kernels_conform_loosely() {
     assert!(r.worst > 1e-7, "TF32 results are exact: the tensor-core path did not run");
 }
 
+/// `Precision::Bf16` on the emulated device: convolutions, matmuls, attention and linear layers
+/// against the CPU's bf16 reference in f64 (<= 1e-3) and against the FP32 reference (<= 1e-2).
+#[test]
+fn emulated_bf16_kernels_conform_to_the_cpu_bf16_reference() {
+    use common::conformance::{bf16_cases, run_cases_against};
+    use ssl_engine::backend::Precision;
+    let Some(dev) = emulator() else { return };
+    let dev = dev.with_precision(Precision::Bf16);
+    let reference = common::cpu(2).with_precision(Precision::Bf16);
+    let r = run_cases_against(&dev, &reference, DType::F32, 1e-3, &mut Rng::new(8), bf16_cases());
+    println!("bf16 vs cpu f64 bf16: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
+    let r = run_cases(&dev, DType::F32, 1e-2, &mut Rng::new(8), bf16_cases());
+    println!("bf16 vs cpu f64 fp32: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
+}
+
 /// Shapes past the suite's: split-K matmuls and convolutions, split axis sums, column
 /// statistics over many row blocks, several attention tiles and the 128-wide head variant.
 #[test]
@@ -280,5 +295,38 @@ fn emulated_steps_of_every_method_match_the_cpu_backend() {
             println!("{method} step {s}: cpu {a:.6} emulated cuda {b:.6} (rel {e:.1e})");
             assert!(e < 1e-4, "{method} step {s}: loss {a} on cpu vs {b} on the emulated CUDA device");
         }
+    }
+}
+
+/// Two SimSiam steps in `precision = "bf16"` on the emulated CUDA device against the CPU's bf16
+/// reference: the first loss is the bf16 forward, the second also depends on the bf16 gradients
+/// and the FP32 update. (The 20-step bf16-vs-FP32 trace runs on the CPU, tests/precision.rs: the
+/// emulation takes tens of seconds per step.)
+#[test]
+fn emulated_bf16_simsiam_steps_match_the_cpu_bf16_backend() {
+    use common::tiny_run::{run, tiny};
+    use ssl_engine::backend::Precision;
+    let Some(dev) = emulator() else { return };
+    let dev = dev.with_precision(Precision::Bf16);
+    let sets = [
+        "epochs=1",
+        "max_steps=2",
+        "batch_size=8",
+        "data.limit_per_class=2",
+        "monitor.knn_every=0",
+        "data.image_size=8",
+        "checkpoint.every=0",
+        "simsiam.proj_hidden=16",
+        "simsiam.proj_dim=16",
+        "precision=\"bf16\"",
+    ];
+    let cpu = run(&tiny(&common::tmp_dir("emu-bf16-cpu"), &sets), None).unwrap();
+    let cfg = tiny(&common::tmp_dir("emu-bf16-cuda"), &sets);
+    let emu = ssl_engine::train::train(&dev, &cfg, None, &std::sync::atomic::AtomicBool::new(false), false).unwrap();
+    assert_eq!((cpu.losses.len(), emu.losses.len()), (2, 2));
+    for ((s, a), (_, b)) in cpu.losses.iter().zip(&emu.losses) {
+        let e = (a - b).abs() / a.abs().max(1e-3);
+        println!("bf16 step {s}: cpu {a:.6} emulated cuda {b:.6} (rel {e:.1e})");
+        assert!(e < 1e-3, "bf16 step {s}: loss {a} on cpu vs {b} on the emulated CUDA device");
     }
 }

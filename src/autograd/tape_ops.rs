@@ -2,21 +2,34 @@
 //! gradient rule (in `rules.rs`) needs.
 
 use super::{Op, Tape, Var};
-use crate::backend::{Backend, PoolDims, Unary};
+use crate::backend::{Backend, PoolDims, Precision, Unary};
 use crate::error::Result;
 use crate::ops;
 
 impl<B: Backend> Tape<B> {
+    /// A rounding point of `Precision::Bf16` (the backend's): `x` rounded to bfloat16, recorded,
+    /// so the gradient through it is rounded too. Under FP32, `x` itself. Convolutions, matmuls
+    /// and attention put one on each operand and on their result, as bf16 autocast does: the
+    /// product accumulates in FP32 between them.
+    fn bf16_point(&self, x: &Var<B>) -> Result<Var<B>> {
+        match x.value.backend().precision() {
+            Precision::Bf16 => self.unary(Unary::RoundBf16, x),
+            Precision::Fp32 => Ok(x.clone()),
+        }
+    }
+
     pub fn matmul(&self, a: &Var<B>, b: &Var<B>, trans_a: bool, trans_b: bool) -> Result<Var<B>> {
+        let (a, b) = (&self.bf16_point(a)?, &self.bf16_point(b)?);
         let y = ops::matmul(&a.value, &b.value, trans_a, trans_b)?;
-        Ok(self.record(y, &[a, b], || Op::Matmul { a: a.value.clone(), b: b.value.clone(), trans_a, trans_b }))
+        self.bf16_point(&self.record(y, &[a, b], || Op::Matmul { a: a.value.clone(), b: b.value.clone(), trans_a, trans_b }))
     }
 
     /// NHWC conv; weight [c_out, kh, kw, c_in/groups].
     pub fn conv2d(&self, x: &Var<B>, w: &Var<B>, stride: [usize; 2], pad: [usize; 2], groups: usize) -> Result<Var<B>> {
         let dims = ops::conv2d_dims(x.shape(), w.shape(), stride, pad, groups)?;
+        let (x, w) = (&self.bf16_point(x)?, &self.bf16_point(w)?);
         let y = ops::conv2d(&x.value, &w.value, &dims)?;
-        Ok(self.record(y, &[x, w], || Op::Conv2d { x: x.value.clone(), w: w.value.clone(), dims }))
+        self.bf16_point(&self.record(y, &[x, w], || Op::Conv2d { x: x.value.clone(), w: w.value.clone(), dims }))
     }
 
     /// Training-mode batch norm over all axes but the last; `affine` = Some((gamma, beta)).
@@ -60,10 +73,13 @@ impl<B: Backend> Tape<B> {
         Ok(self.record(lse, &[x], || Op::LogSumExp { x: x.value.clone(), lse: saved }))
     }
 
+    /// Softmax and its log-sum-exp stay FP32 under `Precision::Bf16`; q, k, v and the output are
+    /// rounding points.
     pub fn attention(&self, q: &Var<B>, k: &Var<B>, v: &Var<B>, scale: f32) -> Result<Var<B>> {
+        let (q, k, v) = (&self.bf16_point(q)?, &self.bf16_point(k)?, &self.bf16_point(v)?);
         let (o, lse) = ops::attention(&q.value, &k.value, &v.value, scale)?;
         let saved_o = o.clone();
-        Ok(self.record(o, &[q, k, v], || Op::Attention {
+        self.bf16_point(&self.record(o, &[q, k, v], || Op::Attention {
             q: q.value.clone(),
             k: k.value.clone(),
             v: v.value.clone(),

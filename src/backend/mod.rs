@@ -84,6 +84,37 @@ pub enum Unary {
     Sigmoid,
     /// x sigmoid(x) (swish): EfficientNet's activation.
     Silu,
+    /// Rounds to the nearest bfloat16 (ties to even; NaN stays NaN), kept in the tensor's dtype:
+    /// the rounding point of `Precision::Bf16` around convolutions, matmuls and attention. Its
+    /// gradient is the incoming gradient rounded the same way, as a bf16 tensor's gradient is.
+    RoundBf16,
+}
+
+/// What convolutions, matmuls and attention compute in (`precision` in the config).
+/// `Bf16`: their operands and results are rounded to bfloat16 (FP32 accumulation), and so are
+/// the gradients through them, as under PyTorch's bf16 autocast; weights, optimiser state,
+/// batch-norm statistics, losses and softmax stay FP32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(crate::Error::Config(format!("precision {other:?}: expected \"fp32\" or \"bf16\""))),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -152,6 +183,10 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Human-readable device name, e.g. `cpu (2 threads)`.
     fn name(&self) -> String;
     fn supports(&self, dtype: DType) -> bool;
+    /// The precision the tape runs convolutions, matmuls and attention in (see `Precision`).
+    fn precision(&self) -> Precision {
+        Precision::Fp32
+    }
 
     // ---- memory --------------------------------------------------------------------------
     /// A buffer with unspecified contents (GPU backends draw it from a pool).

@@ -28,6 +28,8 @@ pub enum Case {
     Sqrt,
     Sigmoid,
     Silu,
+    /// Precision::Bf16's rounding point.
+    RoundBf16,
     ChannelScale,
     LogSumExp,
     Add,
@@ -70,6 +72,7 @@ impl Case {
             Case::Sqrt => t.sqrt(&v[0]),
             Case::Sigmoid => t.sigmoid(&v[0]),
             Case::Silu => t.silu(&v[0]),
+            Case::RoundBf16 => t.unary(ssl_engine::backend::Unary::RoundBf16, &v[0]),
             Case::ChannelScale => t.channel_scale(&v[0], &v[1]),
             Case::LogSumExp => t.logsumexp(&v[0]),
             Case::Add => t.add(&v[0], &v[1]),
@@ -135,6 +138,7 @@ pub fn cases() -> Vec<(Case, Vec<Vec<usize>>)> {
         (Sqrt, vec![vec![7, 13, 3]]),
         (Sigmoid, vec![vec![7, 13, 3]]),
         (Silu, vec![vec![7, 13, 3]]),
+        (RoundBf16, vec![vec![7, 13, 3]]),
         (ChannelScale, vec![vec![3, 5, 7, 11], vec![3, 11]]),
         (LogSumExp, vec![vec![5, 7, 33]]),
         (Sub, vec![vec![5, 7, 9], vec![7, 9]]),
@@ -166,6 +170,12 @@ pub fn cases() -> Vec<(Case, Vec<Vec<usize>>)> {
         (Concat(1), vec![vec![2, 1, 4], vec![2, 5, 4], vec![2, 2, 4]]),
         (Linear, vec![vec![3, 5, 11], vec![7, 11], vec![7]]),
     ]
+}
+
+/// The cases with bf16 rounding points (`Precision::Bf16`): convolutions, matmuls, attention and
+/// the linear layer, for the bf16 conformance runs.
+pub fn bf16_cases() -> Vec<(Case, Vec<Vec<usize>>)> {
+    cases().into_iter().filter(|(c, _)| matches!(c, Case::Matmul { .. } | Case::Conv { .. } | Case::Attention { .. } | Case::Linear)).collect()
 }
 
 /// Shapes past the suite's: split-K matmuls and convolutions (k >= 512), split axis sums, column
@@ -256,7 +266,19 @@ pub fn run_suite<B: Backend>(dev: &B, dtype: DType, tol: f64, seed: u64) -> Repo
 
 /// Runs the given cases on `dev` and on the f64 CPU reference; asserts relative L2 <= `tol`.
 pub fn run_cases<B: Backend>(dev: &B, dtype: DType, tol: f64, rng: &mut Rng, cases: Vec<(Case, Vec<Vec<usize>>)>) -> Report {
-    let reference = CpuBackend::new(2).unwrap();
+    run_cases_against(dev, &CpuBackend::new(2).unwrap(), dtype, tol, rng, cases)
+}
+
+/// `run_cases` against a given f64 CPU reference (e.g. one in `Precision::Bf16`).
+pub fn run_cases_against<B: Backend>(
+    dev: &B,
+    reference: &CpuBackend,
+    dtype: DType,
+    tol: f64,
+    rng: &mut Rng,
+    cases: Vec<(Case, Vec<Vec<usize>>)>,
+) -> Report {
+    let reference = reference.clone();
     let mut report = Report { worst: 0.0, lines: Vec::new() };
     for (case, shapes) in cases {
         // Fresh random inputs each run; max-pool inputs get distinct values (no ties).

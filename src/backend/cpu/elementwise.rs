@@ -47,6 +47,7 @@ pub fn unary_fwd<T: Real>(op: Unary, x: &[T], y: &mut [T]) {
         Unary::Sqrt => map(x, y, |v| v.sqrt()),
         Unary::Sigmoid => map(x, y, sigmoid),
         Unary::Silu => map(x, y, |v| v * sigmoid(v)),
+        Unary::RoundBf16 => map(x, y, |v| v.round_bf16()),
     }
 }
 
@@ -69,6 +70,8 @@ pub fn unary_bwd<T: Real>(op: Unary, x: &[T], dy: &[T], dx: &mut [T]) {
             let s = sigmoid(v);
             g * s * (T::one() + v * (T::one() - s))
         }),
+        // The gradient of a bf16 tensor is bf16: rounded the same way.
+        Unary::RoundBf16 => map2(x, dy, dx, |_, g| g.round_bf16()),
     }
 }
 

@@ -73,6 +73,7 @@ pub struct CpuBackend {
     buffers: Arc<BufferPool>,
     threads: usize,
     poison: bool,
+    precision: Precision,
 }
 
 /// Keeps freed memory in the process (glibc): the kernels' per-call temporaries (Winograd tiles,
@@ -101,12 +102,18 @@ impl CpuBackend {
             .num_threads(threads)
             .build()
             .map_err(|e| Error::Other(format!("cpu backend: cannot start {threads} threads: {e}")))?;
-        Ok(CpuBackend { pool: Arc::new(pool), buffers: Arc::new(BufferPool::default()), threads, poison: false })
+        Ok(CpuBackend { pool: Arc::new(pool), buffers: Arc::new(BufferPool::default()), threads, poison: false, precision: Precision::Fp32 })
     }
     /// Fills every new buffer with NaN instead of zeros, so a kernel that leaves part of its
     /// output unwritten fails the conformance suite (GPU buffers are not cleared either).
     pub fn with_poison(mut self) -> Self {
         self.poison = true;
+        self
+    }
+    /// Convolutions, matmuls and attention in `precision` (the tape adds the bf16 rounding
+    /// points): the reference the CUDA backend's bf16 answers to.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
         self
     }
     pub fn threads(&self) -> usize {
@@ -154,6 +161,9 @@ impl Backend for CpuBackend {
     }
     fn supports(&self, dtype: DType) -> bool {
         matches!(dtype, DType::F32 | DType::F64)
+    }
+    fn precision(&self) -> Precision {
+        self.precision
     }
 
     fn alloc(&self, len: usize, dtype: DType) -> Result<CpuStorage> {

@@ -35,6 +35,8 @@ pub trait Real: num_traits::Float + Default + Send + Sync + std::fmt::Debug + st
     fn c(x: f64) -> Self;
     fn f64(self) -> f64;
     fn erf(self) -> Self;
+    /// The nearest bfloat16 (ties to even, NaN kept), in this type.
+    fn round_bf16(self) -> Self;
     /// `with_scratch` for this element type.
     fn scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
 }
@@ -60,6 +62,9 @@ impl Real for f32 {
     }
     fn erf(self) -> f32 {
         libm::erff(self)
+    }
+    fn round_bf16(self) -> f32 {
+        half::bf16::from_f32(self).to_f32()
     }
     fn scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
         with_scratch(&SCRATCH_F32, len, f)
@@ -87,6 +92,22 @@ impl Real for f64 {
     }
     fn erf(self) -> f64 {
         libm::erf(self)
+    }
+    /// Rounded from all 52 mantissa bits (`half`'s `from_f64` drops the low 32 before rounding,
+    /// which misrounds f32 values whose sticky bits lie there).
+    fn round_bf16(self) -> f64 {
+        if !self.is_finite() {
+            return self;
+        }
+        // bf16's subnormals are multiples of 2^-133: round there directly (exact in f64).
+        if self.abs() < f64::from(f32::MIN_POSITIVE) {
+            return (self * 2f64.powi(133)).round_ties_even() * 2f64.powi(-133);
+        }
+        // Keep 7 of 52 mantissa bits: round the 45 below to nearest, ties to even.
+        let u = self.to_bits();
+        let r = f64::from_bits((u + (1u64 << 44) - 1 + ((u >> 45) & 1)) & !((1u64 << 45) - 1));
+        // Past bf16's largest finite value (as f32's range, 0x7f7f0000) is infinity.
+        if r.abs() > f64::from(f32::from_bits(0x7f7f_0000)) { f64::INFINITY.copysign(self) } else { r }
     }
     fn scratch<R>(len: usize, f: impl FnOnce(&mut [f64]) -> R) -> R {
         with_scratch(&SCRATCH_F64, len, f)

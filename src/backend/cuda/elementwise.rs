@@ -34,6 +34,8 @@ fn unary_name(op: Unary, bwd: bool) -> &'static str {
         (Unary::Sigmoid, true) => "sigmoid_bwd_f32",
         (Unary::Silu, false) => "silu_fwd_f32",
         (Unary::Silu, true) => "silu_bwd_f32",
+        (Unary::RoundBf16, false) => "round_bf16_fwd_f32",
+        (Unary::RoundBf16, true) => "round_bf16_bwd_f32",
     }
 }
 

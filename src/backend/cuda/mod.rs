@@ -70,6 +70,7 @@ impl CudaStorage {
 pub struct CudaBackend {
     dev: Arc<Device>,
     tf32: bool,
+    precision: Precision,
     /// Tests: every allocation is filled with NaN, so an output element a kernel never writes fails.
     poison: bool,
 }
@@ -78,32 +79,38 @@ impl CudaBackend {
     /// Opens GPU `device`, compiling (or loading from the disk cache) every kernel family.
     /// Without a driver, a GPU or NVRTC, returns one error line naming what is missing.
     pub fn new(device: usize) -> Result<Self> {
-        Ok(CudaBackend { dev: Arc::new(Device::open(device)?), tf32: false, poison: false })
+        Ok(CudaBackend { dev: Arc::new(Device::open(device)?), tf32: false, precision: Precision::Fp32, poison: false })
     }
 
     /// A backend with no GPU behind it, for tests: kernels are compiled for their signatures
     /// only, launches are checked and recorded (`take_launches`) but not run, downloads give
     /// zeros. Needs libnvrtc. `sm_count` sizes the grids as a GPU with that many SMs would.
     pub fn dry_run(sm_count: u32) -> Result<Self> {
-        Ok(CudaBackend { dev: Arc::new(Device::dry_run(sm_count)?), tf32: false, poison: false })
+        Ok(CudaBackend { dev: Arc::new(Device::dry_run(sm_count)?), tf32: false, precision: Precision::Fp32, poison: false })
     }
 
     /// A dry run imitating a GPU with `bytes` of memory: allocations beyond it fail with
     /// `Error::OutOfMemory`, as they would there (the out-of-memory tests).
     pub fn dry_run_with_memory(sm_count: u32, bytes: usize) -> Result<Self> {
-        Ok(CudaBackend { dev: Arc::new(Device::dry_run_with_memory(sm_count, bytes)?), tf32: false, poison: false })
+        Ok(CudaBackend { dev: Arc::new(Device::dry_run_with_memory(sm_count, bytes)?), tf32: false, precision: Precision::Fp32, poison: false })
     }
 
     /// For tests: the kernels compiled for the host (`lib`, built from kernels/*.cu with
     /// tests/emu/cuda_emu.h) run on host threads and host memory, with the real launch code.
     #[doc(hidden)]
     pub fn emulated(lib: &std::path::Path, sm_count: u32) -> Result<Self> {
-        Ok(CudaBackend { dev: Arc::new(Device::emulated(lib, sm_count)?), tf32: false, poison: false })
+        Ok(CudaBackend { dev: Arc::new(Device::emulated(lib, sm_count)?), tf32: false, precision: Precision::Fp32, poison: false })
     }
 
     /// TF32 tensor cores for matmul and convolution (faster, ~1e-3 relative error).
     pub fn with_tf32(mut self, on: bool) -> Self {
         self.tf32 = on;
+        self
+    }
+    /// Convolutions, matmuls and attention in `precision`: with `Bf16` the tape rounds their
+    /// operands, results and gradients to bfloat16 (`Unary::RoundBf16`), as the CPU backend does.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
         self
     }
     /// For tests: fill every new buffer with NaN, so unwritten outputs show up as NaN.
@@ -199,6 +206,9 @@ impl Backend for CudaBackend {
     }
     fn supports(&self, dtype: DType) -> bool {
         dtype == DType::F32
+    }
+    fn precision(&self) -> Precision {
+        self.precision
     }
 
     fn alloc(&self, len: usize, dtype: DType) -> Result<CudaStorage> {

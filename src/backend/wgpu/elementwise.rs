@@ -34,6 +34,7 @@ fn unary_code(op: Unary) -> u32 {
         Unary::Sqrt => 4,
         Unary::Sigmoid => 5,
         Unary::Silu => 6,
+        Unary::RoundBf16 => 7,
     }
 }
 
