@@ -2,8 +2,10 @@
 // defines the few constants and types it needs itself.
 //
 // Conventions, kept by every kernel in kernels/*.cu:
-// - Symbols are extern "C" and named <op>_<fwd|bwd>_<dtype> (e.g. relu_fwd_f32), so the Rust
-//   wrapper in src/backend/cuda/<family>.rs finds its kernel by name.
+// - Symbols are extern "C" and named <op>[_<stage>]_<fwd|bwd>_<dtype> (relu_fwd_f32,
+//   conv2d_data_bwd_f32), <op> being the Backend method (or unary / binary kind) the kernel
+//   serves, the same name as in shaders/*.wgsl; the Rust wrapper in
+//   src/backend/cuda/<family>.rs names it whole, never assembled (tests/kernel_names.rs).
 // - Device pointers are plain `float*`; element counts and offsets are 64-bit (`i64`); small
 //   dims are `int`. The Rust side passes u64 / i64 / i32 / f32 to match (checked against the
 //   PTX signatures, see src/backend/cuda/nvrtc.rs).

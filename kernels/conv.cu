@@ -1,7 +1,7 @@
 // NHWC convolution as implicit GEMM (no im2col buffer): x [n, h, w, c_in],
 // weight [c_out, kh, kw, c_in / groups], y [n, oh, ow, c_out]. Twin of src/backend/cpu/conv.rs.
 // The main loop is in gemm_tile.cuh; only the operand loaders differ. Group g is blockIdx.z /
-// splits, split-K piece blockIdx.z % splits (pieces summed by sum_splits_fwd_f32); backward-data
+// splits, split-K piece blockIdx.z % splits (pieces summed by sum_axis_splits_fwd_f32); backward-data
 // has the stride phase as the fastest part of blockIdx.z.
 //
 // forward:       y[p, g*og + o]  = sum_q  col(x)[p, q] . w[g*og + o, q]          p = (img, oy, ox)

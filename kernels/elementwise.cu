@@ -148,7 +148,7 @@ extern "C" __global__ void sum_axis_fwd_f32(const float* x, float* part, i64 out
 
 // y[i] = sum_s part[s, i] for s ascending (the second stage of every split reduction: the axis
 // sum above, split-K GEMMs and convolutions).
-extern "C" __global__ void sum_splits_fwd_f32(const float* part, float* y, i64 splits, i64 n) {
+extern "C" __global__ void sum_axis_splits_fwd_f32(const float* part, float* y, i64 splits, i64 n) {
     FOR_EACH(i, n) {
         double acc = 0.0;
         for (i64 s = 0; s < splits; ++s) acc += (double)part[s * n + i];

@@ -70,7 +70,7 @@ DEV void cosine_row_stats(const float* p, const float* z, int dim, float eps, in
 
 // cos[r] = cos(p_r, z_r) with F.normalize's eps clamp on each norm; the loss is
 // loss_reduce_fwd_f32(cos, alpha = -1 / rows).
-extern "C" __global__ void cosine_rows_fwd_f32(const float* p, const float* z, float* cos, int rows, int dim,
+extern "C" __global__ void cosine_loss_rows_fwd_f32(const float* p, const float* z, float* cos, int rows, int dim,
                                                float eps) {
     const int lane = threadIdx.x & 31;
     const i64 r = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;

@@ -4,7 +4,7 @@
 //
 // Grid: x = ceil(m / BM) row tiles, y = ceil(n / BN) column tiles, z = batch * splits.
 // With splits > 1 (split-K for small outputs with a long k), split s writes its partial product
-// to out + s * split_stride and sum_splits_fwd_f32 (elementwise.cu) adds the pieces in order.
+// to out + s * split_stride and sum_axis_splits_fwd_f32 (elementwise.cu) adds the pieces in order.
 #include "gemm_tile.cuh"
 
 template <bool TA, bool TB>

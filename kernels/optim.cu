@@ -35,7 +35,7 @@ struct SgdBatch {
     float momentum;
 };
 
-extern "C" __global__ void __launch_bounds__(SGD_THREADS) sgd_fwd_f32(const SgdBatch batch) {
+extern "C" __global__ void __launch_bounds__(SGD_THREADS) sgd_step_fwd_f32(const SgdBatch batch) {
     const i64 b = blockIdx.x;
     const int ti = batch_tensor(batch.block_end, batch.count, b);
     if (ti >= batch.count) return;

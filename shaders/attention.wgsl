@@ -94,7 +94,7 @@ fn attention_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
 
 // o1[row] = sum_dd dout[row, dd] * o[row, dd], one invocation per row of [bh * tq].
 @compute @workgroup_size(WG)
-fn attention_bwd_dot_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn attention_rowdot_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var row = flat_id(wid, nwg, li); row < p.bh * p.tq; row += grid_stride(nwg)) {
         var s = 0.0;
         for (var dd = 0u; dd < p.d; dd++) {
@@ -106,7 +106,7 @@ fn attention_bwd_dot_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
 
 // dq_i = sum_j dS_ij k_j, dS_ij = P_ij (dout_i . v_j - D_i) scale. Grid as the forward.
 @compute @workgroup_size(ATT_BQ)
-fn attention_bwd_dq_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn attention_dq_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let i = wid.x * ATT_BQ + li;
     let valid = i < p.tq;
     let qi = min(i, p.tq - 1u);
@@ -157,7 +157,7 @@ fn attention_bwd_dq_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
 // dv_j = sum_i P_ij dout_i, dk_j = sum_i dS_ij q_i; one invocation per key row.
 // Grid: (ceil(tk / ATT_BQ), min(bh, limit)); o1 = dk, o2 = dv.
 @compute @workgroup_size(ATT_BQ)
-fn attention_bwd_dkv_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn attention_dkdv_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let j = wid.x * ATT_BQ + li;
     let valid = j < p.tk;
     let kj = min(j, p.tk - 1u);

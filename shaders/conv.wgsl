@@ -169,7 +169,7 @@ fn conv2d_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 
 // Grid: (ceil(cg / MM_BN), ceil(rows of the largest phase / MM_BM), groups * sh * sw)
 @compute @workgroup_size(MM_TX, MM_TY, 1)
-fn conv2d_bwd_data_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn conv2d_data_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let row0 = wid.y * MM_BM;
     let col0 = wid.x * MM_BN;
     let nph = p.sh * p.sw;
@@ -200,7 +200,7 @@ fn conv2d_bwd_data_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
 // Grid: (ceil(kh*kw*cg / MM_BN), ceil(og / MM_BM), nsplit * groups). Split s writes
 // out[s, c_out, kh*kw*cg]; with nsplit == 1 that is dw itself.
 @compute @workgroup_size(MM_TX, MM_TY, 1)
-fn conv2d_bwd_weight_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn conv2d_weight_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let row0 = wid.y * MM_BM;
     let col0 = wid.x * MM_BN;
     let g = wid.z % p.groups;

@@ -83,14 +83,14 @@ fn gelu_grad(v: f32) -> f32 {
 }
 
 @compute @workgroup_size(WG)
-fn fill_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn fill_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
         y[i] = p.alpha;
     }
 }
 
 @compute @workgroup_size(WG)
-fn copy_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn copy_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
         y[i] = x[i];
     }
@@ -154,7 +154,7 @@ fn unary_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 
 // out[i] = a[i] op b[i % b_len]; op 0: add, 1: mul, 2: sub, 3: div
 @compute @workgroup_size(WG)
-fn binary_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn binary_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
         let a = x[i];
         let b = x2[i % p.b_len];
@@ -177,7 +177,7 @@ fn channel_scale_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
 }
 
 @compute @workgroup_size(WG)
-fn scale_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn scale_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
         y[i] = x[i] * p.alpha;
     }
@@ -185,7 +185,7 @@ fn scale_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 
 // One invocation per (o, s, i): a sequential sum over its axis range, so the order is fixed.
 @compute @workgroup_size(WG)
-fn sum_axis_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn sum_axis_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.outer * p.nsplit * p.inner; idx += grid_stride(nwg)) {
         let i = idx % p.inner;
         let s = (idx / p.inner) % p.nsplit;

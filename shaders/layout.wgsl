@@ -20,7 +20,7 @@ struct P {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
 @compute @workgroup_size(WG)
-fn permute_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn permute_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.n; idx += grid_stride(nwg)) {
         var rem = idx;
         var src = 0u;
@@ -36,7 +36,7 @@ fn permute_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 
 // y [outer, len, inner] = x [outer, start..start+len, inner]
 @compute @workgroup_size(WG)
-fn slice_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn slice_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.n; idx += grid_stride(nwg)) {
         let block = p.len * p.inner;
         let o = idx / block;
@@ -47,7 +47,7 @@ fn slice_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 
 // y [outer, start..start+len, inner] = x [outer, len, inner]; the rest of y is kept
 @compute @workgroup_size(WG)
-fn slice_assign_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn slice_assign_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.n; idx += grid_stride(nwg)) {
         let block = p.len * p.inner;
         let o = idx / block;

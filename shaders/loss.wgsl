@@ -135,7 +135,7 @@ fn row_stats(r: u32, li: u32) -> vec3<f32> {
 
 // One workgroup per row: o1[r] = cos(p_r, z_r)
 @compute @workgroup_size(WG)
-fn cosine_rows_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn cosine_loss_rows_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let r = flat_group(wid, nwg);
     if (r >= p.rows) {
         return;

@@ -39,7 +39,7 @@ fn gemm_b(mode: u32, z: u32, kk: u32, j: u32) -> f32 {
 
 // Grid: (ceil(n / MM_BN), ceil(m / MM_BM), min(batch, limit)); z loops over the batch.
 @compute @workgroup_size(MM_TX, MM_TY, 1)
-fn matmul_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn matmul_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let row0 = wid.y * MM_BM;
     let col0 = wid.x * MM_BN;
     for (var z = wid.z; z < p.batch; z += nwg.z) {

@@ -49,7 +49,7 @@ fn beta_at(c: u32) -> f32 {
 
 // o1[s, c] = sum_(r in split s) x[r, c]
 @compute @workgroup_size(WG)
-fn col_sum_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn batchnorm_colsum_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
         let c = idx % p.ch;
         let s = idx / p.ch;
@@ -64,7 +64,7 @@ fn col_sum_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 
 // o1[s, c] = sum_(r in split s) (x[r, c] - mean[c])^2
 @compute @workgroup_size(WG)
-fn col_sqdev_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn batchnorm_sqdev_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
         let c = idx % p.ch;
         let s = idx / p.ch;
@@ -81,7 +81,7 @@ fn col_sqdev_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 
 // o1[s, c, 0] = sum dy, o1[s, c, 1] = sum dy * xhat with per-channel statistics (batch norm)
 @compute @workgroup_size(WG)
-fn col_bn_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn batchnorm_stats_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
         let c = idx % p.ch;
         let s = idx / p.ch;
@@ -102,7 +102,7 @@ fn col_bn_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 
 // o1[s, c, 0] = sum dy * xhat, o1[s, c, 1] = sum dy with per-row statistics (layer norm)
 @compute @workgroup_size(WG)
-fn col_ln_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn layernorm_stats_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
         let c = idx % p.ch;
         let s = idx / p.ch;
@@ -123,7 +123,7 @@ fn col_ln_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 
 // o1[c] = sum_s part[s, c] / rows  (the batch mean)
 @compute @workgroup_size(WG)
-fn bn_mean_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn batchnorm_mean_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var c = flat_id(wid, nwg, li); c < p.ch; c += grid_stride(nwg)) {
         var acc = 0.0;
         for (var s = 0u; s < p.nsplit; s++) {
@@ -135,7 +135,7 @@ fn bn_mean_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 
 // o1[c] = 1 / sqrt(var + eps), var = sum_s part[s, c] / rows (biased)
 @compute @workgroup_size(WG)
-fn bn_invstd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn batchnorm_invstd_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var c = flat_id(wid, nwg, li); c < p.ch; c += grid_stride(nwg)) {
         var acc = 0.0;
         for (var s = 0u; s < p.nsplit; s++) {
@@ -147,7 +147,7 @@ fn bn_invstd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 
 // running = (1 - momentum) running + momentum batch; o2 = running mean, o3 = running var
 @compute @workgroup_size(WG)
-fn bn_running_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn batchnorm_running_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var c = flat_id(wid, nwg, li); c < p.ch; c += grid_stride(nwg)) {
         var acc = 0.0;
         for (var s = 0u; s < p.nsplit; s++) {
@@ -162,7 +162,7 @@ fn bn_running_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 
 // o1[c] = sum_s part[s, c, 0], o2[c] = sum_s part[s, c, 1]
 @compute @workgroup_size(WG)
-fn col_pair_sum_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn colstats_finalize_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var c = flat_id(wid, nwg, li); c < p.ch; c += grid_stride(nwg)) {
         var a0 = 0.0;
         var a1 = 0.0;
@@ -179,7 +179,7 @@ fn col_pair_sum_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 
 // y = x * scale + shift, scale = invstd * gamma, shift = beta - mean * scale
 @compute @workgroup_size(WG)
-fn bn_apply_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn batchnorm_apply_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var i = flat_id(wid, nwg, li); i < p.rows * p.ch; i += grid_stride(nwg)) {
         let c = i % p.ch;
         let scale = sb[c] * gamma_at(c);
@@ -190,7 +190,7 @@ fn bn_apply_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 
 // Eval: scale = gamma / sqrt(running_var + eps), shift = beta - running_mean * scale
 @compute @workgroup_size(WG)
-fn bn_eval_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn batchnorm_eval_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var i = flat_id(wid, nwg, li); i < p.rows * p.ch; i += grid_stride(nwg)) {
         let c = i % p.ch;
         let scale = gamma_at(c) / sqrt(sb[c] + p.eps);
@@ -201,7 +201,7 @@ fn bn_eval_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 
 // dx = gamma * invstd / N * (N dy - sum(dy) - xhat * sum(dy xhat))
 @compute @workgroup_size(WG)
-fn bn_bwd_dx_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn batchnorm_dx_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var i = flat_id(wid, nwg, li); i < p.rows * p.ch; i += grid_stride(nwg)) {
         let c = i % p.ch;
         let n = f32(p.rows);
@@ -246,7 +246,7 @@ fn row_max(v: f32, li: u32) -> f32 {
 
 // y = (x - mean) * rstd * gamma + beta; o1 = y, o2 = mean, o3 = rstd
 @compute @workgroup_size(ROW_WG)
-fn ln_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn layernorm_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let row = flat_group(wid, nwg);
     if (row >= p.rows) {
         return;
@@ -323,7 +323,7 @@ fn l2_normalize_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
 
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma
 @compute @workgroup_size(ROW_WG)
-fn ln_bwd_dx_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn layernorm_dx_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let row = flat_group(wid, nwg);
     if (row >= p.rows) {
         return;

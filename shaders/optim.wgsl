@@ -15,7 +15,7 @@ struct P {
 @group(0) @binding(3) var<storage, read_write> buf: array<f32>;
 
 @compute @workgroup_size(WG)
-fn sgd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn sgd_step_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var i = flat_id(wid, nwg, li); i < p.n; i += grid_stride(nwg)) {
         let w = param[i];
         let d = grad[i] + p.wd * w;

@@ -303,7 +303,7 @@ fn step_census_counts_launches_and_bytes_of_one_simsiam_step() {
     assert_eq!(get("conv2d_fwd_f32").launches, 40);
     assert_eq!(get("conv2d_weight_bwd_f32").launches, 40);
     assert_eq!(get("conv2d_data_bwd_f32").launches, 38);
-    assert_eq!(get("sgd_fwd_f32").launches, 1, "one fused optimizer launch");
+    assert_eq!(get("sgd_step_fwd_f32").launches, 1, "one fused optimizer launch");
     // The first convolution reaches at least its input, weight and output: 8 x 16 x 16 x 3 inputs,
     // 64 x 3 x 3 x 3 weights, 8 x 16 x 16 x 64 outputs, in f32.
     let min_fwd = 4 * (8 * 16 * 16 * 3 + 64 * 27 + 8 * 16 * 16 * 64) as u64;

@@ -6,12 +6,28 @@ use crate::error::{Error, Result};
 
 const OP: &str = "attention";
 
-/// (kernel name prefix, rows per block, threads per key row in dk/dv) for head dim `d`: the
-/// ATT*_BQ and ATT128_DKDV_SPLIT of attention.cu.
-fn variant(d: usize) -> Result<(&'static str, usize, usize)> {
+/// The kernels for one head-dim range, by their whole symbols, with the ATT*_BQ and
+/// ATT128_DKDV_SPLIT of attention.cu.
+struct Variant {
+    fwd: &'static str,
+    dq: &'static str,
+    dkdv: &'static str,
+    /// Rows per block.
+    bq: usize,
+    /// Threads per key row in dk/dv.
+    split: usize,
+}
+
+fn variant(d: usize) -> Result<Variant> {
     match d {
-        0..=64 => Ok(("attention", 64, 1)),
-        65..=128 => Ok(("attention_d128", 32, 2)),
+        0..=64 => Ok(Variant { fwd: "attention_fwd_f32", dq: "attention_dq_bwd_f32", dkdv: "attention_dkdv_bwd_f32", bq: 64, split: 1 }),
+        65..=128 => Ok(Variant {
+            fwd: "attention_d128_fwd_f32",
+            dq: "attention_d128_dq_bwd_f32",
+            dkdv: "attention_d128_dkdv_bwd_f32",
+            bq: 32,
+            split: 2,
+        }),
         _ => Err(Error::Invalid { op: OP, msg: format!("head dim {d} is over the cuda kernels' limit of 128") }),
     }
 }
@@ -39,12 +55,11 @@ pub(super) fn attention_fwd(
     if d.bh * d.tq * d.d == 0 {
         return Ok(());
     }
-    let (pre, bq, _) = variant(d.d)?;
-    let kernel = format!("{pre}_fwd_f32");
+    let Variant { fwd: kernel, bq, .. } = variant(d.d)?;
     let (sq, sk) = (d.tq * d.d, d.tk * d.d);
     by_slices(d.bh, |s0, n| {
         b.launch(
-            &kernel,
+            kernel,
             (d.tq.div_ceil(bq) as u32, n as u32, 1),
             (bq as u32, 1, 1),
             &[
@@ -79,7 +94,7 @@ pub(super) fn attention_bwd(
     if d.bh * d.d == 0 || (d.tq == 0 && d.tk == 0) {
         return Ok(());
     }
-    let (pre, bq, split) = variant(d.d)?;
+    let Variant { dq: dq_k, dkdv: dkdv_k, bq, split, .. } = variant(d.d)?;
     let rows = d.bh * d.tq;
     // D_i = dout_i . o_i
     let drow = b.scratch(rows.max(1))?;
@@ -92,7 +107,6 @@ pub(super) fn attention_bwd(
         )?;
     }
     let (sq, sk) = (d.tq * d.d, d.tk * d.d);
-    let (dq_k, dkdv_k) = (format!("{pre}_dq_bwd_f32"), format!("{pre}_dkdv_bwd_f32"));
     by_slices(d.bh, |s0, n| {
         let common = [
             ptr_at(q, s0 * sq),
@@ -105,11 +119,11 @@ pub(super) fn attention_bwd(
         let dims = [i32a(OP, d.tq)?, i32a(OP, d.tk)?, i32a(OP, d.d)?, Arg::F32(d.scale)];
         if d.tq > 0 {
             let args: Vec<Arg<'_>> = common.iter().copied().chain([ptr_at(dq, s0 * sq)]).chain(dims).collect();
-            b.launch(&dq_k, (d.tq.div_ceil(bq) as u32, n as u32, 1), (bq as u32, 1, 1), &args)?;
+            b.launch(dq_k, (d.tq.div_ceil(bq) as u32, n as u32, 1), (bq as u32, 1, 1), &args)?;
         }
         if d.tk > 0 {
             let args: Vec<Arg<'_>> = common.iter().copied().chain([ptr_at(dk, s0 * sk), ptr_at(dv, s0 * sk)]).chain(dims).collect();
-            b.launch(&dkdv_k, (d.tk.div_ceil(bq) as u32, n as u32, 1), ((bq * split) as u32, 1, 1), &args)?;
+            b.launch(dkdv_k, (d.tk.div_ceil(bq) as u32, n as u32, 1), ((bq * split) as u32, 1, 1), &args)?;
         }
         Ok(())
     })

@@ -92,16 +92,19 @@ pub(super) fn conv2d(b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaS
             msg: format!("{pass:?}: {} groups x {n} columns is too large for the cuda kernels", d.groups),
         });
     }
-    let tc = if b.tf32() { "_tc" } else { "" };
-    let kernel = match pass {
-        Pass::Fwd => format!("conv2d{tc}_fwd_f32"),
-        Pass::BwdData => format!("conv2d{tc}_data_bwd_f32"),
-        Pass::BwdWeight => format!("conv2d{tc}_weight_bwd_f32"),
+    // Whole symbols, never assembled: each is found by name in kernels/conv.cu.
+    let kernel = match (pass, b.tf32()) {
+        (Pass::Fwd, false) => "conv2d_fwd_f32",
+        (Pass::BwdData, false) => "conv2d_data_bwd_f32",
+        (Pass::BwdWeight, false) => "conv2d_weight_bwd_f32",
+        (Pass::Fwd, true) => "conv2d_tc_fwd_f32",
+        (Pass::BwdData, true) => "conv2d_tc_data_bwd_f32",
+        (Pass::BwdWeight, true) => "conv2d_tc_weight_bwd_f32",
     };
     let grid = (tm as u32, tn as u32, (d.groups * splits * phases) as u32);
     let run = |dst: &CudaStorage, stride: usize| {
         b.launch(
-            &kernel,
+            kernel,
             grid,
             (THREADS, 1, 1),
             &[ptr(in0), ptr(in1), ptr(dst), i64a(stride), Arg::Bytes(bytemuck::bytes_of(&cd)), Arg::I32(splits as i32)],

@@ -82,7 +82,7 @@ pub(super) fn scale(b: &CudaBackend, x: &CudaStorage, y: &CudaStorage, alpha: f3
 }
 
 /// y[o, i] = sum_a x[o, a, i]. When there are few outputs and a long axis, the axis is cut into
-/// pieces summed by separate threads, then the pieces are added in order (sum_splits_fwd_f32).
+/// pieces summed by separate threads, then the pieces are added in order (sum_axis_splits_fwd_f32).
 pub(super) fn sum_axis(b: &CudaBackend, x: &CudaStorage, y: &CudaStorage, d: &AxisDims) -> Result<()> {
     let n = d.outer * d.inner;
     if n == 0 {
@@ -108,5 +108,5 @@ pub(super) fn sum_splits(b: &CudaBackend, part: &CudaStorage, y: &CudaStorage, s
 
 /// As `sum_splits`, writing y[offset..offset + n].
 pub(super) fn sum_splits_at(b: &CudaBackend, part: &CudaStorage, y: &CudaStorage, offset: usize, splits: usize, n: usize) -> Result<()> {
-    map(b, "sum_splits_fwd_f32", n, &[ptr(part), super::ptr_at(y, offset), i64a(splits), i64a(n)])
+    map(b, "sum_axis_splits_fwd_f32", n, &[ptr(part), super::ptr_at(y, offset), i64a(splits), i64a(n)])
 }

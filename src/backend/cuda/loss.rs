@@ -70,7 +70,7 @@ pub(super) fn cosine_loss_fwd(
     eps: f32,
 ) -> Result<()> {
     let rest = [i32a(OP, rows)?, i32a(OP, dim)?, Arg::F32(eps)];
-    per_row_loss(b, "cosine_rows_fwd_f32", rows, &[ptr(p), ptr(z)], &rest, loss, -1.0 / rows.max(1) as f32)
+    per_row_loss(b, "cosine_loss_rows_fwd_f32", rows, &[ptr(p), ptr(z)], &rest, loss, -1.0 / rows.max(1) as f32)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -67,7 +67,7 @@ pub(super) fn sgd_step(b: &CudaBackend, tensors: &[SgdTensor<'_, CudaStorage>], 
         let grid = block_ends(group.iter().map(|t| t.len), &mut batch.block_end, "sgd_step")?;
         batch.count = group.len() as i32;
         batch.momentum = momentum;
-        b.launch("sgd_fwd_f32", (grid, 1, 1), (THREADS, 1, 1), &[Arg::Bytes(bytemuck::bytes_of(&batch))])?;
+        b.launch("sgd_step_fwd_f32", (grid, 1, 1), (THREADS, 1, 1), &[Arg::Bytes(bytemuck::bytes_of(&batch))])?;
     }
     Ok(())
 }

@@ -57,14 +57,14 @@ pub fn bwd(
 ) -> Result<()> {
     let ctx = &*be.ctx;
     let dvec = be.storage(d.bh * d.tq)?;
-    let kern = kernel("attention_bwd", "attention_bwd_dot_f32", d.d)?;
+    let kern = kernel("attention_bwd", "attention_rowdot_bwd_f32", d.d)?;
     ctx.launch(kern, params(d), &[r(4, o.buf()), r(6, dout.buf()), w(8, dvec.buf())], ctx.grid1(d.bh * d.tq))?;
     let ins = [r(1, q.buf()), r(2, k.buf()), r(3, v.buf()), r(5, lse.buf()), r(6, dout.buf()), r(7, dvec.buf())];
-    let kern = kernel("attention_bwd", "attention_bwd_dq_f32", d.d)?;
+    let kern = kernel("attention_bwd", "attention_dq_bwd_f32", d.d)?;
     let mut binds = ins.to_vec();
     binds.push(w(8, dq.buf()));
     ctx.launch(kern, params(d), &binds, rows_grid(ctx, d.tq, d.bh))?;
-    let kern = kernel("attention_bwd", "attention_bwd_dkv_f32", d.d)?;
+    let kern = kernel("attention_bwd", "attention_dkdv_bwd_f32", d.d)?;
     let mut binds = ins.to_vec();
     binds.extend([w(8, dk.buf()), w(9, dv.buf())]);
     ctx.launch(kern, params(d), &binds, rows_grid(ctx, d.tk, d.bh))

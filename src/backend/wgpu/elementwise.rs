@@ -17,12 +17,12 @@ pub fn fill(ctx: &Context, s: &WgpuStorage, value: f32) -> Result<()> {
 }
 
 pub(crate) fn fill_buf(ctx: &Context, b: &wgpu::Buffer, n: usize, value: f32) -> Result<()> {
-    ctx.launch(kernel("fill", FAMILY, "fill_f32"), params(n, 0, 0, value), &[w(3, b)], ctx.grid1(n))
+    ctx.launch(kernel("fill", FAMILY, "fill_fwd_f32"), params(n, 0, 0, value), &[w(3, b)], ctx.grid1(n))
 }
 
 pub fn copy(ctx: &Context, src: &WgpuStorage, dst: &WgpuStorage) -> Result<()> {
     let n = dst.len().min(src.len());
-    ctx.launch(kernel("copy", FAMILY, "copy_f32"), params(n, 0, 0, 0.0), &[r(1, src.buf()), w(3, dst.buf())], ctx.grid1(n))
+    ctx.launch(kernel("copy", FAMILY, "copy_fwd_f32"), params(n, 0, 0, 0.0), &[r(1, src.buf()), w(3, dst.buf())], ctx.grid1(n))
 }
 
 fn unary_code(op: Unary) -> u32 {
@@ -55,7 +55,7 @@ pub fn binary(ctx: &Context, op: Binary, a: &WgpuStorage, b: &WgpuStorage, out: 
         Binary::Sub => 2,
         Binary::Div => 3,
     };
-    let k = kernel("binary", FAMILY, "binary_f32");
+    let k = kernel("binary", FAMILY, "binary_fwd_f32");
     ctx.launch(k, params(n, b_len.max(1), code, 0.0), &[r(1, a.buf()), r(2, b.buf()), w(3, out.buf())], ctx.grid1(n))
 }
 
@@ -68,7 +68,7 @@ pub fn channel_scale(ctx: &Context, x: &WgpuStorage, s: &WgpuStorage, y: &WgpuSt
 }
 
 pub fn scale(ctx: &Context, x: &WgpuStorage, y: &WgpuStorage, alpha: f32, n: usize) -> Result<()> {
-    ctx.launch(kernel("scale", FAMILY, "scale_f32"), params(n, 0, 0, alpha), &[r(1, x.buf()), w(3, y.buf())], ctx.grid1(n))
+    ctx.launch(kernel("scale", FAMILY, "scale_fwd_f32"), params(n, 0, 0, alpha), &[r(1, x.buf()), w(3, y.buf())], ctx.grid1(n))
 }
 
 /// Enough independent sums to occupy a GPU; below this a long axis is split in two stages.
@@ -85,7 +85,7 @@ pub(crate) fn sum_axis(be: &WgpuBackend, x: &wgpu::Buffer, y: &wgpu::Buffer, d: 
     }
     let nsplit = if outs >= TARGET_THREADS || d.axis < 64 { 1 } else { TARGET_THREADS.div_ceil(outs).min(d.axis / 32).max(1) };
     let chunk = d.axis.div_ceil(nsplit).max(1);
-    let k = kernel("sum_axis", FAMILY, "sum_axis_f32");
+    let k = kernel("sum_axis", FAMILY, "sum_axis_fwd_f32");
     let p = |axis: usize, nsplit: usize, chunk: usize| params(0, 0, 0, 0.0).u(d.outer).u(axis).u(d.inner).u(nsplit).u(chunk);
     if nsplit == 1 {
         return ctx.launch(k, p(d.axis, 1, d.axis), &[r(1, x), w(3, y)], ctx.grid1(outs));

@@ -29,16 +29,16 @@ pub fn permute(ctx: &Context, x: &WgpuStorage, y: &WgpuStorage, shape: &[usize],
     for i in 0..MAX_RANK {
         p = p.u(if i < rank { in_strides[perm[i]] } else { 0 });
     }
-    ctx.launch(kernel("permute", FAMILY, "permute_f32"), p, &[r(1, x.buf()), w(2, y.buf())], ctx.grid1(n))
+    ctx.launch(kernel("permute", FAMILY, "permute_fwd_f32"), p, &[r(1, x.buf()), w(2, y.buf())], ctx.grid1(n))
 }
 
 pub fn slice(ctx: &Context, x: &WgpuStorage, y: &WgpuStorage, d: &SliceDims) -> Result<()> {
     let n = d.outer * d.len * d.inner;
-    ctx.launch(kernel("slice", FAMILY, "slice_f32"), slice_params(n, d), &[r(1, x.buf()), w(2, y.buf())], ctx.grid1(n))
+    ctx.launch(kernel("slice", FAMILY, "slice_fwd_f32"), slice_params(n, d), &[r(1, x.buf()), w(2, y.buf())], ctx.grid1(n))
 }
 
 pub fn slice_assign(ctx: &Context, src: &WgpuStorage, dst: &WgpuStorage, d: &SliceDims) -> Result<()> {
     let n = d.outer * d.len * d.inner;
-    let k = kernel("slice_assign", FAMILY, "slice_assign_f32");
+    let k = kernel("slice_assign", FAMILY, "slice_assign_fwd_f32");
     ctx.launch(k, slice_params(n, d), &[r(1, src.buf()), w(2, dst.buf())], ctx.grid1(n))
 }

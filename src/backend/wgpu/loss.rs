@@ -60,7 +60,7 @@ pub fn cosine_loss_fwd(
 ) -> Result<()> {
     let ctx = &*be.ctx;
     let cos = be.storage(rows)?;
-    let k = kernel("cosine_loss", FAMILY, "cosine_rows_f32");
+    let k = kernel("cosine_loss", FAMILY, "cosine_loss_rows_fwd_f32");
     ctx.launch(k, params(rows, dim, eps, false), &[r(1, p.buf()), r(2, z.buf()), w(5, cos.buf())], grid(rows, 1))?;
     reduce(ctx, &cos, out, rows, -1.0 / rows as f32)
 }

@@ -10,5 +10,5 @@ pub fn matmul(ctx: &Context, a: &WgpuStorage, b: &WgpuStorage, c: &WgpuStorage, 
     let p = Params::new().u(d.m).u(d.n).u(d.k).u(d.batch).b(d.trans_a).b(d.trans_b);
     let zmax = ctx.limits.max_compute_workgroups_per_dimension as usize;
     let groups = [sat(d.n.div_ceil(t.mm_bn() as usize)), sat(d.m.div_ceil(t.mm_bm() as usize)), sat(d.batch.min(zmax))];
-    ctx.launch(kernel("matmul", "matmul", "matmul_f32"), p, &[r(1, a.buf()), r(2, b.buf()), w(3, c.buf())], groups)
+    ctx.launch(kernel("matmul", "matmul", "matmul_fwd_f32"), p, &[r(1, a.buf()), r(2, b.buf()), w(3, c.buf())], groups)
 }

@@ -48,13 +48,13 @@ pub fn batchnorm_fwd_train(
     let p = || params(d, flags(gamma, beta), nsplit, chunk, momentum);
     let part = be.storage(nsplit * c)?;
     let k = |entry| kernel("batchnorm", FAMILY, entry);
-    ctx.launch(k("col_sum_f32"), p(), &[r(1, x.buf()), w(8, part.buf())], ctx.grid1(nsplit * c))?;
-    ctx.launch(k("bn_mean_f32"), p(), &[r(7, part.buf()), w(8, save_mean.buf())], ctx.grid1(c))?;
-    ctx.launch(k("col_sqdev_f32"), p(), &[r(1, x.buf()), r(3, save_mean.buf()), w(8, part.buf())], ctx.grid1(nsplit * c))?;
-    ctx.launch(k("bn_invstd_f32"), p(), &[r(7, part.buf()), w(8, save_invstd.buf())], ctx.grid1(c))?;
+    ctx.launch(k("batchnorm_colsum_fwd_f32"), p(), &[r(1, x.buf()), w(8, part.buf())], ctx.grid1(nsplit * c))?;
+    ctx.launch(k("batchnorm_mean_fwd_f32"), p(), &[r(7, part.buf()), w(8, save_mean.buf())], ctx.grid1(c))?;
+    ctx.launch(k("batchnorm_sqdev_fwd_f32"), p(), &[r(1, x.buf()), r(3, save_mean.buf()), w(8, part.buf())], ctx.grid1(nsplit * c))?;
+    ctx.launch(k("batchnorm_invstd_fwd_f32"), p(), &[r(7, part.buf()), w(8, save_invstd.buf())], ctx.grid1(c))?;
     if let Some(rs) = running {
         let binds = [r(3, save_mean.buf()), r(7, part.buf()), w(9, rs.mean.buf()), w(10, rs.var.buf())];
-        ctx.launch(k("bn_running_f32"), p(), &binds, ctx.grid1(c))?;
+        ctx.launch(k("batchnorm_running_fwd_f32"), p(), &binds, ctx.grid1(c))?;
     }
     let binds = [
         r(1, x.buf()),
@@ -64,7 +64,7 @@ pub fn batchnorm_fwd_train(
         r(6, beta.map_or(&ctx.dummy, |b| b.buf())),
         w(8, y.buf()),
     ];
-    ctx.launch(k("bn_apply_f32"), p(), &binds, ctx.grid1(d.rows * c))
+    ctx.launch(k("batchnorm_apply_fwd_f32"), p(), &binds, ctx.grid1(d.rows * c))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -86,7 +86,7 @@ pub fn batchnorm_fwd_eval(
         r(6, beta.map_or(&ctx.dummy, |b| b.buf())),
         w(8, y.buf()),
     ];
-    let k = kernel("batchnorm_eval", FAMILY, "bn_eval_f32");
+    let k = kernel("batchnorm_eval", FAMILY, "batchnorm_eval_fwd_f32");
     ctx.launch(k, params(d, flags(gamma, beta), 1, 1, 0.0), &binds, ctx.grid1(d.rows * d.channels))
 }
 
@@ -110,7 +110,7 @@ pub fn batchnorm_bwd(
     let k = |entry| kernel("batchnorm_bwd", FAMILY, entry);
     let part = be.storage(nsplit * c * 2)?;
     let binds = [r(1, x.buf()), r(2, dy.buf()), r(3, mean.buf()), r(4, invstd.buf()), w(8, part.buf())];
-    ctx.launch(k("col_bn_bwd_f32"), p(), &binds, ctx.grid1(nsplit * c))?;
+    ctx.launch(k("batchnorm_stats_bwd_f32"), p(), &binds, ctx.grid1(nsplit * c))?;
     // sum(dy) is dbeta and sum(dy * xhat) is dgamma; temporaries when not wanted.
     let tmp_b = if dbeta.is_none() { Some(be.storage(c)?) } else { None };
     let tmp_g = if dgamma.is_none() { Some(be.storage(c)?) } else { None };
@@ -118,7 +118,7 @@ pub fn batchnorm_bwd(
         (Some(b), Some(g)) => (b, g),
         _ => return Err(crate::error::Error::Invalid { op: "batchnorm_bwd", msg: "internal: missing sum buffers".into() }),
     };
-    ctx.launch(k("col_pair_sum_f32"), p(), &[r(7, part.buf()), w(8, sum_dy.buf()), w(9, sum_dyx.buf())], ctx.grid1(c))?;
+    ctx.launch(k("colstats_finalize_bwd_f32"), p(), &[r(7, part.buf()), w(8, sum_dy.buf()), w(9, sum_dyx.buf())], ctx.grid1(c))?;
     let binds = [
         r(1, x.buf()),
         r(2, dy.buf()),
@@ -129,7 +129,7 @@ pub fn batchnorm_bwd(
         r(12, sum_dyx.buf()),
         w(8, dx.buf()),
     ];
-    ctx.launch(k("bn_bwd_dx_f32"), p(), &binds, ctx.grid1(d.rows * c))
+    ctx.launch(k("batchnorm_dx_bwd_f32"), p(), &binds, ctx.grid1(d.rows * c))
 }
 
 pub fn l2_normalize_fwd(ctx: &Context, x: &WgpuStorage, y: &WgpuStorage, norm: &WgpuStorage, d: &NormDims) -> Result<()> {
@@ -161,7 +161,7 @@ pub fn layernorm_fwd(
     d: &NormDims,
 ) -> Result<()> {
     let binds = [r(1, x.buf()), r(5, gamma.buf()), r(6, beta.buf()), w(8, y.buf()), w(9, save_mean.buf()), w(10, save_rstd.buf())];
-    ctx.launch(kernel("layernorm", FAMILY, "ln_fwd_f32"), params(d, 3, 1, 1, 0.0), &binds, grid(d.rows, 1))
+    ctx.launch(kernel("layernorm", FAMILY, "layernorm_fwd_f32"), params(d, 3, 1, 1, 0.0), &binds, grid(d.rows, 1))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -183,11 +183,11 @@ pub fn layernorm_bwd(
     let p = || params(d, 3, nsplit, chunk, 0.0);
     let k = |entry| kernel("layernorm_bwd", FAMILY, entry);
     let binds = [r(1, x.buf()), r(2, dy.buf()), r(3, mean.buf()), r(4, rstd.buf()), r(5, gamma.buf()), w(8, dx.buf())];
-    ctx.launch(k("ln_bwd_dx_f32"), p(), &binds, grid(d.rows, 1))?;
+    ctx.launch(k("layernorm_dx_bwd_f32"), p(), &binds, grid(d.rows, 1))?;
     let part = be.storage(nsplit * c * 2)?;
     let binds = [r(1, x.buf()), r(2, dy.buf()), r(3, mean.buf()), r(4, rstd.buf()), w(8, part.buf())];
-    ctx.launch(k("col_ln_bwd_f32"), p(), &binds, ctx.grid1(nsplit * c))?;
-    ctx.launch(k("col_pair_sum_f32"), p(), &[r(7, part.buf()), w(8, dgamma.buf()), w(9, dbeta.buf())], ctx.grid1(c))
+    ctx.launch(k("layernorm_stats_bwd_f32"), p(), &binds, ctx.grid1(nsplit * c))?;
+    ctx.launch(k("colstats_finalize_bwd_f32"), p(), &[r(7, part.buf()), w(8, dgamma.buf()), w(9, dbeta.buf())], ctx.grid1(c))
 }
 
 pub fn logsumexp_fwd(ctx: &Context, x: &WgpuStorage, lse: &WgpuStorage, d: &NormDims) -> Result<()> {

@@ -10,7 +10,7 @@ pub fn sgd_step(ctx: &Context, tensors: &[SgdTensor<'_, WgpuStorage>], momentum:
     for t in tensors {
         let p = Params::new().u(t.len).f(t.lr).f(t.weight_decay).f(momentum);
         let binds = [r(1, t.grad.buf()), w(2, t.param.buf()), w(3, t.momentum_buf.buf())];
-        ctx.launch(kernel("sgd_step", "optim", "sgd_f32"), p, &binds, ctx.grid1(t.len))?;
+        ctx.launch(kernel("sgd_step", "optim", "sgd_step_fwd_f32"), p, &binds, ctx.grid1(t.len))?;
     }
     Ok(())
 }

@@ -1,0 +1,146 @@
+//! One op, one name: every CUDA entry point (from NVRTC's PTX, so macro-made kernels count) and
+//! every WGSL `@compute` entry point is `<op>[_<stage>]_<fwd|bwd>_f32`, where `<op>` is a method
+//! of the `Backend` trait with its `_fwd` / `_bwd` tail cut (conv2d_bwd_data -> conv2d), or a
+//! kind of the unary and binary maps (relu, add, round_bf16, ...); and every method that computes
+//! has its entry points in both languages (a `_bwd` method a `_bwd` kernel, a `_fwd` method a
+//! `_fwd` kernel). The trait and the enums are read from src/backend/mod.rs, so a new method
+//! without kernels, or a kernel named otherwise, fails here.
+
+use std::collections::BTreeSet;
+
+use ssl_engine::backend::cuda::nvrtc::{self, FAMILIES, Target};
+
+const BACKEND_RS: &str = include_str!("../src/backend/mod.rs");
+
+/// Methods that move or describe memory: no kernel of their own. (CUDA's `copy` is a driver
+/// device-to-device copy; WGSL's is a kernel, which the name rule still checks.)
+const HOST_METHODS: &[&str] =
+    &["name", "supports", "precision", "alloc", "upload_f32", "upload_f64", "download_f32", "download_f64", "synchronize", "copy"];
+
+/// Stages shared by several methods, each with the methods that launch it: the fixed-order
+/// final sum of every loss, and the column-statistics finalisation of both norms' backward.
+const SHARED_STAGES: &[(&str, &[&str])] = &[
+    ("loss_reduce", &["cross_entropy_fwd", "cosine_loss_fwd", "nt_xent_fwd", "identity_penalty_fwd", "soft_cross_entropy_fwd"]),
+    ("colstats_finalize", &["batchnorm_bwd", "layernorm_bwd"]),
+];
+
+/// The `fn` names declared in a Rust item starting at `header` (to its closing brace at column 0).
+fn block_of<'a>(header: &str) -> &'a str {
+    let start = BACKEND_RS.find(header).unwrap_or_else(|| panic!("{header} not found in src/backend/mod.rs"));
+    let len = BACKEND_RS[start..].find("\n}\n").expect("end of block");
+    &BACKEND_RS[start..start + len]
+}
+
+fn trait_methods() -> Vec<String> {
+    block_of("pub trait Backend")
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("fn "))
+        .map(|l| l[..l.find(['(', '<']).unwrap()].to_string())
+        .collect()
+}
+
+/// The variants of an enum as snake_case (RoundBf16 -> round_bf16).
+fn enum_kinds(header: &str) -> Vec<String> {
+    block_of(header)
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.starts_with("//") && !l.starts_with('#') && l.ends_with(','))
+        .map(|l| {
+            let mut s = String::new();
+            for (i, c) in l.trim_end_matches(',').chars().enumerate() {
+                if c.is_ascii_uppercase() && i > 0 {
+                    s.push('_');
+                }
+                s.push(c.to_ascii_lowercase());
+            }
+            s
+        })
+        .collect()
+}
+
+/// A method's op: its name up to `_fwd` / `_bwd` (batchnorm_fwd_train -> batchnorm).
+fn stem(method: &str) -> &str {
+    [method.find("_fwd"), method.find("_bwd")].into_iter().flatten().min().map_or(method, |i| &method[..i])
+}
+
+fn wgsl_entries() -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut out = Vec::new();
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let path = f.unwrap().path();
+        if path.extension().is_some_and(|e| e == "wgsl") {
+            let src = std::fs::read_to_string(&path).unwrap();
+            let mut after_compute = false;
+            for line in src.lines() {
+                if line.trim_start().starts_with("@compute") {
+                    after_compute = true;
+                }
+                if after_compute && let Some(rest) = line.trim_start().strip_prefix("fn ") {
+                    out.push(rest[..rest.find('(').unwrap()].trim().to_string());
+                    after_compute = false;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The CUDA kernels as NVRTC sees them; None (with a note) without libnvrtc.
+fn cuda_entries() -> Option<Vec<String>> {
+    if let Err(e) = nvrtc::nvrtc_available() {
+        println!("skipped the CUDA half: {e}");
+        return None;
+    }
+    let target = Target("compute_90a".into());
+    let mut out = Vec::new();
+    for (file, src) in FAMILIES {
+        let c = nvrtc::compile_cached(file, src, &target, nvrtc::cache_dir().as_deref(), false).unwrap();
+        out.extend(nvrtc::ptx_entries(c.ptx.as_deref().unwrap_or("")).into_iter().map(|(n, _)| n));
+    }
+    Some(out)
+}
+
+#[test]
+fn every_kernel_is_named_after_its_backend_method_in_cuda_and_wgsl() {
+    let methods = trait_methods();
+    assert!(methods.len() > 40 && methods.contains(&"conv2d_bwd_weight".to_string()), "trait parse: {methods:?}");
+    let kinds: Vec<String> = [enum_kinds("pub enum Unary"), enum_kinds("pub enum Binary")].concat();
+    assert!(kinds.contains(&"round_bf16".into()) && kinds.contains(&"div".into()), "enum parse: {kinds:?}");
+    for (stage, users) in SHARED_STAGES {
+        for u in *users {
+            assert!(methods.iter().any(|m| m == u), "shared stage {stage}: {u} is not a Backend method");
+        }
+    }
+    let computing: Vec<&String> = methods.iter().filter(|m| !HOST_METHODS.contains(&m.as_str())).collect();
+    let mut ops: BTreeSet<String> = methods.iter().map(|m| stem(m).to_string()).collect();
+    ops.extend(kinds.iter().cloned());
+    ops.extend(SHARED_STAGES.iter().map(|(s, _)| s.to_string()));
+
+    let mut langs = vec![("WGSL", wgsl_entries())];
+    langs.extend(cuda_entries().map(|e| ("CUDA", e)));
+    for (lang, entries) in &langs {
+        println!("{lang}: {} entry points", entries.len());
+        for e in entries {
+            let body = e.strip_suffix("_f32").unwrap_or_else(|| panic!("{lang} entry point {e}: not <op>_<fwd|bwd>_f32"));
+            assert!(body.ends_with("_fwd") || body.ends_with("_bwd"), "{lang} entry point {e}: not <op>_<fwd|bwd>_f32");
+            assert!(
+                ops.iter().any(|op| body.starts_with(&format!("{op}_"))),
+                "{lang} entry point {e}: its op is neither a Backend method, a unary / binary kind nor a shared stage"
+            );
+        }
+        for m in &computing {
+            let op = stem(m);
+            // The unary and binary maps may be one kernel with an op code, or one per kind.
+            let kinds_of = match op {
+                "unary" => enum_kinds("pub enum Unary"),
+                "binary" => enum_kinds("pub enum Binary"),
+                _ => vec![],
+            };
+            let pass = if m.contains("_bwd") { "_bwd_f32" } else if m.contains("_fwd") { "_fwd_f32" } else { "_f32" };
+            let has = |prefix: &str| entries.iter().any(|e| e.starts_with(&format!("{prefix}_")) && e.ends_with(pass));
+            let covered = has(op) || (!kinds_of.is_empty() && kinds_of.iter().all(|k| has(k) || (pass == "_bwd_f32" && op == "binary")));
+            assert!(covered, "{lang}: Backend::{m} has no entry point {op}_..{pass}");
+        }
+    }
+}
