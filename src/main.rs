@@ -490,10 +490,11 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                         "--dry-run is the CUDA step census: use it with --backend cuda --simsiam".into(),
                     ));
                 }
-                let b = ssl_engine::backend::cuda::CudaBackend::dry_run(132)?;
+                let precision = Precision::parse(&backend.precision)?;
+                let b = ssl_engine::backend::cuda::CudaBackend::dry_run(132)?.with_precision(precision);
                 let rows = bench::simsiam_step_census(&b, &model, batch, image_size)?;
                 let (n, bytes): (usize, u64) = rows.iter().fold((0, 0), |(n, by), r| (n + r.launches, by + r.bytes));
-                println!("SimSiam step census, {model} batch {batch} (2 views), dry-run CUDA device, FP32:");
+                println!("SimSiam step census, {model} batch {batch} (2 views), dry-run CUDA device, {}:", precision.as_str());
                 println!("{:<32} {:>9} {:>12}", "kernel", "launches", "MB reached");
                 for r in &rows {
                     println!("{:<32} {:>9} {:>12.1}", r.kernel, r.launches, r.bytes as f64 / 1e6);
