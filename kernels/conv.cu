@@ -259,7 +259,7 @@ struct ConvBwdWeightLoader {
     };
 };
 
-template <bool TC>
+template <int MATH>
 DEV void conv_fwd_impl(const float* x, const float* wt, float* out, i64 split_stride, ConvDims d, int splits) {
     __shared__ GemmSmem s;
     const int g = blockIdx.z / splits, sp = blockIdx.z % splits;
@@ -269,11 +269,11 @@ DEV void conv_fwd_impl(const float* x, const float* wt, float* out, i64 split_st
     i64 k0, k1;
     split_range(kcols, splits, sp, k0, k1);
     float* y = out + (i64)sp * split_stride + (i64)g * og;
-    gemm_block<ConvFwdLoader, TC>(s, ConvFwdLoader{x, wt, d, g, kcols}, M, og, k0, k1, y, DenseRows{d.c_out});
+    gemm_block<ConvFwdLoader, MATH>(s, ConvFwdLoader{x, wt, d, g, kcols}, M, og, k0, k1, y, DenseRows{d.c_out});
 }
 
 // Grid z = groups x splits x phases (sh * sw), phase fastest.
-template <bool TC>
+template <int MATH>
 DEV void conv_bwd_data_impl(const float* dy, const float* wt, float* out, i64 split_stride, ConvDims d, int splits) {
     __shared__ GemmSmem s;
     const int phases = d.sh * d.sw;
@@ -286,10 +286,10 @@ DEV void conv_bwd_data_impl(const float* dy, const float* wt, float* out, i64 sp
     i64 k0, k1;
     split_range(K, splits, sp, k0, k1);
     float* dx = out + (i64)sp * split_stride + (i64)g * cg;
-    gemm_block<ConvBwdDataLoader, TC>(s, ConvBwdDataLoader{dy, wt, d, ph, g}, M, cg, k0, k1, dx, PhaseRows{d, ph});
+    gemm_block<ConvBwdDataLoader, MATH>(s, ConvBwdDataLoader{dy, wt, d, ph, g}, M, cg, k0, k1, dx, PhaseRows{d, ph});
 }
 
-template <bool TC>
+template <int MATH>
 DEV void conv_bwd_weight_impl(const float* x, const float* dy, float* out, i64 split_stride, ConvDims d, int splits) {
     __shared__ GemmSmem s;
     const int g = blockIdx.z / splits, sp = blockIdx.z % splits;
@@ -299,20 +299,24 @@ DEV void conv_bwd_weight_impl(const float* x, const float* dy, float* out, i64 s
     i64 k0, k1;
     split_range(K, splits, sp, k0, k1);
     float* dw = out + (i64)sp * split_stride + (i64)g * og * kcols;
-    gemm_block<ConvBwdWeightLoader, TC>(s, ConvBwdWeightLoader{x, dy, d, g}, og, (int)kcols, k0, k1, dw, DenseRows{kcols});
+    gemm_block<ConvBwdWeightLoader, MATH>(s, ConvBwdWeightLoader{x, dy, d, g}, og, (int)kcols, k0, k1, dw, DenseRows{kcols});
 }
 
-#define CONV_KERNEL(name, impl, TC, in0, in1)                                                             \
+#define CONV_KERNEL(name, impl, MATH, in0, in1)                                                             \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                              \
         name(const float* in0, const float* in1, float* out, i64 split_stride, ConvDims d, int splits) { \
-        impl<TC>(in0, in1, out, split_stride, d, splits);                                                \
+        impl<MATH>(in0, in1, out, split_stride, d, splits);                                                \
     }
 
 // Exact FP32 (SIMT), the default.
-CONV_KERNEL(conv2d_fwd_f32, conv_fwd_impl, false, x, wt)
-CONV_KERNEL(conv2d_data_bwd_f32, conv_bwd_data_impl, false, dy, wt)
-CONV_KERNEL(conv2d_weight_bwd_f32, conv_bwd_weight_impl, false, x, dy)
+CONV_KERNEL(conv2d_fwd_f32, conv_fwd_impl, GEMM_SIMT, x, wt)
+CONV_KERNEL(conv2d_data_bwd_f32, conv_bwd_data_impl, GEMM_SIMT, dy, wt)
+CONV_KERNEL(conv2d_weight_bwd_f32, conv_bwd_weight_impl, GEMM_SIMT, x, dy)
 // TF32 tensor cores, opt-in.
-CONV_KERNEL(conv2d_tc_fwd_f32, conv_fwd_impl, true, x, wt)
-CONV_KERNEL(conv2d_tc_data_bwd_f32, conv_bwd_data_impl, true, dy, wt)
-CONV_KERNEL(conv2d_tc_weight_bwd_f32, conv_bwd_weight_impl, true, x, dy)
+CONV_KERNEL(conv2d_tc_fwd_f32, conv_fwd_impl, GEMM_TF32, x, wt)
+CONV_KERNEL(conv2d_tc_data_bwd_f32, conv_bwd_data_impl, GEMM_TF32, dy, wt)
+CONV_KERNEL(conv2d_tc_weight_bwd_f32, conv_bwd_weight_impl, GEMM_TF32, x, dy)
+// BF16 tensor cores (precision = "bf16"): bf16 operands, FP32 accumulation.
+CONV_KERNEL(conv2d_bf16_fwd_f32, conv_fwd_impl, GEMM_BF16, x, wt)
+CONV_KERNEL(conv2d_bf16_data_bwd_f32, conv_bwd_data_impl, GEMM_BF16, dy, wt)
+CONV_KERNEL(conv2d_bf16_weight_bwd_f32, conv_bwd_weight_impl, GEMM_BF16, x, dy)

@@ -8,8 +8,12 @@
 //   columns 4 tx + c), reads its 4 + 4 operands per k step as two 16-byte shared loads, and adds
 //   the products in k order with fmaf, so the result is deterministic and as accurate as a plain
 //   dot product.
-// - TC (TF32 tensor cores, opt-in): mma.sync m16n8k8 TF32 with FP32 accumulation; 8 warps in a
+// - TF32 tensor cores (opt-in): mma.sync m16n8k8 TF32 with FP32 accumulation; 8 warps in a
 //   2 x 4 layout, each warp a 32 x 16 sub-tile.
+// - BF16 tensor cores (precision = "bf16"): mma.sync m16n8k16 BF16 with FP32 accumulation, the
+//   same warp layout and epilogue; operands are rounded to bf16 (ties to even) as they are
+//   stored to shared memory, so the kernel alone gives bf16-operand semantics.
+// The math is a template argument (GEMM_SIMT, GEMM_TF32, GEMM_BF16).
 //
 // A loader is a struct with
 //   static constexpr bool A_K_FAST / B_K_FAST: consecutive k are adjacent in memory for A / B
@@ -30,6 +34,10 @@
 // Row padding of the k-major shared tiles: a stride of 72 floats (8 mod 32 banks) keeps both
 // the SIMT reads and the mma fragment reads free of bank conflicts.
 #define SPAD 8
+
+#define GEMM_SIMT 0
+#define GEMM_TF32 1
+#define GEMM_BF16 2
 
 struct __align__(16) GemmSmem {
     float a[BK][BM + SPAD];
@@ -58,6 +66,30 @@ DEV void mma_tf32(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
 #else
     __trap();
 #endif
+}
+
+// mma.sync m16n8k16 BF16, FP32 accumulation. Fragments (PTX ISA, m16n8k16 .bf16), g = lane / 4,
+// t = lane % 4, each register two bf16 with the lower k in the low half:
+//   A 16x16: a0 (g, 2t..2t+1), a1 (g + 8, 2t..), a2 (g, 2t + 8..), a3 (g + 8, 2t + 8..)
+//   B 16x8:  b0 (2t..2t+1, g), b1 (2t + 8.., g)
+//   C 16x8:  as m16n8k8.
+DEV void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#ifdef SSL_EMU
+    emu_mma_bf16(c, a0, a1, a2, a3, b0, b1);
+#elif __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    __trap();
+#endif
+}
+
+// Two floats already rounded to bf16 as one register: `lo` (the lower k) in the low half.
+DEV u32 pack_bf16(float lo, float hi) {
+    return ((u32)__float_as_int(hi) & 0xffff0000u) | ((u32)__float_as_int(lo) >> 16);
 }
 
 // Element r (0..3) of this thread's share of a BM x BK (A) or BK x BN (B) tile, as
@@ -103,19 +135,26 @@ struct StridedOperand {
     }
 };
 
-// The TC path stores operands already rounded to TF32 (as float bit patterns), so each element
-// is converted once per tile rather than once per warp that reads it.
-template <class L, bool TC>
+// The tensor-core paths store operands already rounded (to TF32 or bf16, as float bit
+// patterns), so each element is converted once per tile rather than once per warp that reads it.
+template <int MATH>
+DEV float stored(float v) {
+    if (MATH == GEMM_TF32) return __int_as_float((int)to_tf32(v));
+    if (MATH == GEMM_BF16) return round_bf16f(v);
+    return v;
+}
+
+template <class L, int MATH>
 DEV void store_tiles(GemmSmem& s, const float* ra, const float* rb) {
     const int tid = threadIdx.x;
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
         int i, kk;
         tile_coord<L::A_K_FAST, BM>(tid, r, i, kk);
-        s.a[kk][i] = TC ? __int_as_float((int)to_tf32(ra[r])) : ra[r];
+        s.a[kk][i] = stored<MATH>(ra[r]);
         int j, kb;
         tile_coord<L::B_K_FAST, BN>(tid, r, j, kb);
-        s.b[kb][j] = TC ? __int_as_float((int)to_tf32(rb[r])) : rb[r];
+        s.b[kb][j] = stored<MATH>(rb[r]);
     }
 }
 
@@ -132,12 +171,13 @@ struct DenseRows {
     DEVM i64 operator()(int row) const { return (i64)row * ldc; }
 };
 
-template <class L, bool TC, class Rows = DenseRows>
+template <class L, int MATH, class Rows = DenseRows>
 DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row) {
     const int tid = threadIdx.x;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
 
-    // SIMT: 4 x 4 outputs per thread. TC: 2 (m16) x 2 (n8) mma tiles of 4 per thread.
+    // SIMT: 4 x 4 outputs per thread. Tensor cores: 2 (m16) x 2 (n8) mma tiles of 4 per thread.
+    constexpr bool TC = MATH != GEMM_SIMT;
     float acc[16];
 #pragma unroll
     for (int i = 0; i < 16; ++i) acc[i] = 0.0f;
@@ -147,7 +187,7 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
     if (k0 < k1) th.load(ra, rb);
     for (i64 kt = k0; kt < k1; kt += BK) {
         __syncthreads();  // everyone is done reading the previous tile
-        store_tiles<L, TC>(s, ra, rb);
+        store_tiles<L, MATH>(s, ra, rb);
         __syncthreads();
         if (kt + BK < k1) th.load(ra, rb);
         if (!TC) {
@@ -164,6 +204,31 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
 #pragma unroll
                     for (int c = 0; c < 4; ++c) acc[r * 4 + c] = fmaf(av[r], bv[c], acc[r * 4 + c]);
             }
+        } else if (MATH == GEMM_BF16) {
+            // One k16 step covers the whole BK = 16 tile.
+            const int warp = tid / 32, lane = tid % 32;
+            const int g = lane / 4, t = lane % 4;
+            const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;
+            u32 af[2][4], bf[2][2];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+                const int r0 = wm + mt * 16 + g;
+                af[mt][0] = pack_bf16(s.a[2 * t][r0], s.a[2 * t + 1][r0]);
+                af[mt][1] = pack_bf16(s.a[2 * t][r0 + 8], s.a[2 * t + 1][r0 + 8]);
+                af[mt][2] = pack_bf16(s.a[2 * t + 8][r0], s.a[2 * t + 9][r0]);
+                af[mt][3] = pack_bf16(s.a[2 * t + 8][r0 + 8], s.a[2 * t + 9][r0 + 8]);
+            }
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                const int c0 = wn + nt * 8 + g;
+                bf[nt][0] = pack_bf16(s.b[2 * t][c0], s.b[2 * t + 1][c0]);
+                bf[nt][1] = pack_bf16(s.b[2 * t + 8][c0], s.b[2 * t + 9][c0]);
+            }
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+                    mma_bf16(&acc[(mt * 2 + nt) * 4], af[mt][0], af[mt][1], af[mt][2], af[mt][3], bf[nt][0], bf[nt][1]);
         } else {
             const int warp = tid / 32, lane = tid % 32;
             const int g = lane / 4, t = lane % 4;

@@ -29,7 +29,7 @@ struct MatmulLoader {
     };
 };
 
-template <bool TC>
+template <int MATH>
 DEV void matmul_impl(const float* a, const float* b, float* out, i64 split_stride, int m, int n, i64 k, int ta,
                      int tb, int splits) {
     __shared__ GemmSmem s;
@@ -40,22 +40,29 @@ DEV void matmul_impl(const float* a, const float* b, float* out, i64 split_strid
     const float* ab = a + (i64)bi * m * k;
     const float* bb = b + (i64)bi * k * n;
     float* c = out + (i64)sp * split_stride + (i64)bi * m * n;
-    if (!ta && !tb) gemm_block<MatmulLoader<false, false>, TC>(s, MatmulLoader<false, false>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n});
-    else if (ta && !tb) gemm_block<MatmulLoader<true, false>, TC>(s, MatmulLoader<true, false>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n});
-    else if (!ta && tb) gemm_block<MatmulLoader<false, true>, TC>(s, MatmulLoader<false, true>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n});
-    else gemm_block<MatmulLoader<true, true>, TC>(s, MatmulLoader<true, true>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n});
+    if (!ta && !tb) gemm_block<MatmulLoader<false, false>, MATH>(s, MatmulLoader<false, false>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n});
+    else if (ta && !tb) gemm_block<MatmulLoader<true, false>, MATH>(s, MatmulLoader<true, false>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n});
+    else if (!ta && tb) gemm_block<MatmulLoader<false, true>, MATH>(s, MatmulLoader<false, true>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n});
+    else gemm_block<MatmulLoader<true, true>, MATH>(s, MatmulLoader<true, true>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n});
 }
 
 // Exact FP32 (SIMT) path: the default, used for parity with the CPU reference.
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
     matmul_fwd_f32(const float* a, const float* b, float* out, i64 split_stride, int m, int n, i64 k, int ta,
                    int tb, int splits) {
-    matmul_impl<false>(a, b, out, split_stride, m, n, k, ta, tb, splits);
+    matmul_impl<GEMM_SIMT>(a, b, out, split_stride, m, n, k, ta, tb, splits);
 }
 
 // TF32 tensor-core path (opt-in): about 1e-3 relative error, like PyTorch's allow_tf32.
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
     matmul_tc_fwd_f32(const float* a, const float* b, float* out, i64 split_stride, int m, int n, i64 k, int ta,
                       int tb, int splits) {
-    matmul_impl<true>(a, b, out, split_stride, m, n, k, ta, tb, splits);
+    matmul_impl<GEMM_TF32>(a, b, out, split_stride, m, n, k, ta, tb, splits);
+}
+
+// BF16 tensor-core path (precision = "bf16"): bf16 operands, FP32 accumulation.
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+    matmul_bf16_fwd_f32(const float* a, const float* b, float* out, i64 split_stride, int m, int n, i64 k, int ta,
+                        int tb, int splits) {
+    matmul_impl<GEMM_BF16>(a, b, out, split_stride, m, n, k, ta, tb, splits);
 }

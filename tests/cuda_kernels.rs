@@ -257,7 +257,7 @@ fn dry_run_rejects_unsupported_sizes_cleanly() {
 /// The static report (`ssl-engine bench kernels --static`): every GEMM and convolution kernel
 /// on sm_90a keeps everything in registers (no spill, no local memory), makes no 64-bit
 /// division call (they used to: two per loaded element in the convolution loaders, one per block
-/// in split_range), and the TF32 variants run on tensor cores (HMMA). Needs cuobjdump too.
+/// in split_range), and the TF32 and BF16 variants run on tensor cores (HMMA). Needs cuobjdump.
 #[test]
 fn static_report_gemm_and_conv_kernels_are_spill_free_division_free_and_use_tensor_cores() {
     if !nvrtc_or_skip() {
@@ -271,14 +271,15 @@ fn static_report_gemm_and_conv_kernels_are_spill_free_division_free_and_use_tens
     let ks = report::static_report(&tool).unwrap();
     println!("{}", report::format_report(&ks));
     let gemm: Vec<_> = ks.iter().filter(|k| k.name.starts_with("matmul") || k.name.starts_with("conv2d")).collect();
-    assert_eq!(gemm.len(), 8, "2 matmul + 6 convolution kernels expected");
+    assert_eq!(gemm.len(), 12, "3 matmul + 9 convolution kernels expected (FP32, TF32, BF16)");
     for k in &gemm {
         assert!(k.instructions > 100, "{}: no SASS parsed", k.name);
         assert_eq!((k.spill_bytes, k.local_ops), (0, 0), "{}: spills or local memory", k.name);
         assert_eq!(k.calls, 0, "{}: integer-division calls", k.name);
         assert_eq!(k.block_threads, Some(256), "{}: launch bounds", k.name);
         assert!(k.occupancy().unwrap() >= 0.25, "{}: occupancy under 25%", k.name);
-        assert_eq!(k.hmma > 0, k.name.contains("_tc_"), "{}: HMMA only and always in the TF32 variants", k.name);
+        let tensor_cores = k.name.contains("_tc_") || k.name.contains("_bf16_");
+        assert_eq!(k.hmma > 0, tensor_cores, "{}: HMMA only and always in the TF32 and BF16 variants", k.name);
     }
     // Attention at head dim 128 used to spill 344 bytes in the dk/dv pass (256 accumulators per
     // thread); two threads per key now hold 128 each.

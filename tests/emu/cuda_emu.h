@@ -5,8 +5,8 @@
 // grid's blocks one after another; the threads of a block are real host threads, so
 // __syncthreads (a barrier over the block), warp shuffles (an exchange over the 32 threads of a
 // warp) and __shared__ memory (a static variable, shared by the one block that runs at a time)
-// keep their meaning. mma.sync m16n8k8 TF32 and cvt.rna.tf32 are emulated from the PTX ISA's
-// fragment layout. Threads that return early drop out of the barriers, as on the GPU. Blocks run
+// keep their meaning. mma.sync m16n8k8 TF32, m16n8k16 BF16 and cvt.rna.tf32 are emulated from the
+// PTX ISA's fragment layouts. Threads that return early drop out of the barriers, as on the GPU. Blocks run
 // in a shuffled order (seeded), so a kernel that assumes an order between blocks fails here too.
 // Shared memory is poisoned: tests/cuda_emulated.rs rewrites each `__shared__ T name[..];` into a
 // reference to `emu_shared<T[..]>`, a slot of one 48 KB arena (the static shared-memory limit)
@@ -190,6 +190,39 @@ inline void emu_mma_tf32(float* c, unsigned a0, unsigned a1, unsigned a2, unsign
         const int row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
         float acc = c[e];
         for (int k = 0; k < 8; ++k) acc += A[row][k] * B[k][col];
+        c[e] = acc;
+    }
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32: each register holds two bf16, the lower
+// k in the low half (PTX ISA, m16n8k16 .bf16):
+//   A 16x16: a0 (g, 2t..2t+1), a1 (g + 8, 2t..), a2 (g, 2t + 8..), a3 (g + 8, 2t + 8..)
+//   B 16x8:  b0 (2t..2t+1, g), b1 (2t + 8.., g)
+//   C 16x8:  as m16n8k8. Products of two bf16 are exact in FP32; they are added in k order.
+inline void emu_mma_bf16(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+    emu_block& blk = *emu_t.block;
+    emu_mma_slot& me = blk.mma[emu_t.linear];
+    me.a[0] = a0, me.a[1] = a1, me.a[2] = a2, me.a[3] = a3, me.b[0] = b0, me.b[1] = b1;
+    emu_warp_sync();
+    float A[16][16], B[16][8];
+    auto lo = [](unsigned u) { float x; unsigned v = u << 16; std::memcpy(&x, &v, 4); return x; };
+    auto hi = [](unsigned u) { float x; unsigned v = u & 0xffff0000u; std::memcpy(&x, &v, 4); return x; };
+    for (int l = 0; l < 32; ++l) {
+        const emu_mma_slot& s = blk.mma[emu_t.warp * 32 + l];
+        const int g = l / 4, t = l % 4;
+        A[g][2 * t] = lo(s.a[0]), A[g][2 * t + 1] = hi(s.a[0]);
+        A[g + 8][2 * t] = lo(s.a[1]), A[g + 8][2 * t + 1] = hi(s.a[1]);
+        A[g][2 * t + 8] = lo(s.a[2]), A[g][2 * t + 9] = hi(s.a[2]);
+        A[g + 8][2 * t + 8] = lo(s.a[3]), A[g + 8][2 * t + 9] = hi(s.a[3]);
+        B[2 * t][g] = lo(s.b[0]), B[2 * t + 1][g] = hi(s.b[0]);
+        B[2 * t + 8][g] = lo(s.b[1]), B[2 * t + 9][g] = hi(s.b[1]);
+    }
+    emu_warp_sync();
+    const int g = emu_t.lane / 4, t = emu_t.lane % 4;
+    for (int e = 0; e < 4; ++e) {
+        const int row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
+        float acc = c[e];
+        for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
         c[e] = acc;
     }
 }

@@ -5,7 +5,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::matmul::{BM, BN, MAX_Z, THREADS};
-use super::{Arg, CudaBackend, CudaStorage, elementwise, i32c, i64a, ptr};
+use super::{Arg, CudaBackend, CudaStorage, GemmMath, elementwise, i32c, i64a, ptr};
 use crate::backend::Conv2dDims;
 use crate::error::{Error, Result};
 
@@ -93,13 +93,16 @@ pub(super) fn conv2d(b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaS
         });
     }
     // Whole symbols, never assembled: each is found by name in kernels/conv.cu.
-    let kernel = match (pass, b.tf32()) {
-        (Pass::Fwd, false) => "conv2d_fwd_f32",
-        (Pass::BwdData, false) => "conv2d_data_bwd_f32",
-        (Pass::BwdWeight, false) => "conv2d_weight_bwd_f32",
-        (Pass::Fwd, true) => "conv2d_tc_fwd_f32",
-        (Pass::BwdData, true) => "conv2d_tc_data_bwd_f32",
-        (Pass::BwdWeight, true) => "conv2d_tc_weight_bwd_f32",
+    let kernel = match (pass, b.gemm_math()) {
+        (Pass::Fwd, GemmMath::Simt) => "conv2d_fwd_f32",
+        (Pass::BwdData, GemmMath::Simt) => "conv2d_data_bwd_f32",
+        (Pass::BwdWeight, GemmMath::Simt) => "conv2d_weight_bwd_f32",
+        (Pass::Fwd, GemmMath::Tf32) => "conv2d_tc_fwd_f32",
+        (Pass::BwdData, GemmMath::Tf32) => "conv2d_tc_data_bwd_f32",
+        (Pass::BwdWeight, GemmMath::Tf32) => "conv2d_tc_weight_bwd_f32",
+        (Pass::Fwd, GemmMath::Bf16) => "conv2d_bf16_fwd_f32",
+        (Pass::BwdData, GemmMath::Bf16) => "conv2d_bf16_data_bwd_f32",
+        (Pass::BwdWeight, GemmMath::Bf16) => "conv2d_bf16_weight_bwd_f32",
     };
     let grid = (tm as u32, tn as u32, (d.groups * splits * phases) as u32);
     let run = |dst: &CudaStorage, stride: usize| {

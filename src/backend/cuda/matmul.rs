@@ -1,6 +1,6 @@
 //! Launches for kernels/matmul.cu (main loop in kernels/gemm_tile.cuh).
 
-use super::{Arg, CudaBackend, CudaStorage, elementwise, i32a, i64a, ptr_at};
+use super::{Arg, CudaBackend, CudaStorage, GemmMath, elementwise, i32a, i64a, ptr_at};
 use crate::backend::MatmulDims;
 use crate::error::Result;
 
@@ -19,7 +19,11 @@ pub(super) fn matmul(b: &CudaBackend, a: &CudaStorage, bm: &CudaStorage, c: &Cud
     }
     let (tm, tn) = (d.m.div_ceil(BM), d.n.div_ceil(BN));
     let splits = b.split_k(tm * tn * d.batch, d.k);
-    let kernel = if b.tf32() { "matmul_tc_fwd_f32" } else { "matmul_fwd_f32" };
+    let kernel = match b.gemm_math() {
+        GemmMath::Simt => "matmul_fwd_f32",
+        GemmMath::Tf32 => "matmul_tc_fwd_f32",
+        GemmMath::Bf16 => "matmul_bf16_fwd_f32",
+    };
     let (m, n) = (i32a(OP, d.m)?, i32a(OP, d.n)?);
     // The kernels keep k indices as `int`.
     super::i32c(OP, d.k)?;

@@ -66,6 +66,14 @@ impl CudaStorage {
     }
 }
 
+/// The inner product of kernels/gemm_tile.cuh (GEMM_SIMT, GEMM_TF32, GEMM_BF16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmMath {
+    Simt,
+    Tf32,
+    Bf16,
+}
+
 #[derive(Clone)]
 pub struct CudaBackend {
     dev: Arc<Device>,
@@ -120,6 +128,15 @@ impl CudaBackend {
     }
     pub fn tf32(&self) -> bool {
         self.tf32
+    }
+    /// What the GEMM core (matmul and the three convolution passes) multiplies with:
+    /// bf16 tensor cores under `Precision::Bf16`, else TF32 ones when asked, else exact FP32.
+    pub fn gemm_math(&self) -> GemmMath {
+        match (self.precision, self.tf32) {
+            (Precision::Bf16, _) => GemmMath::Bf16,
+            (Precision::Fp32, true) => GemmMath::Tf32,
+            (Precision::Fp32, false) => GemmMath::Simt,
+        }
     }
     /// The NVRTC target the kernels were built for (e.g. sm_90a).
     pub fn target(&self) -> &str {
