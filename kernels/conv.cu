@@ -269,7 +269,7 @@ DEV void conv_fwd_impl(const float* x, const float* wt, float* out, i64 split_st
     i64 k0, k1;
     split_range(kcols, splits, sp, k0, k1);
     float* y = out + (i64)sp * split_stride + (i64)g * og;
-    gemm_block<ConvFwdLoader, MATH>(s, ConvFwdLoader{x, wt, d, g, kcols}, M, og, k0, k1, y, DenseRows{d.c_out});
+    gemm_block<ConvFwdLoader, MATH>(s, ConvFwdLoader{x, wt, d, g, kcols}, M, og, k0, k1, y, DenseRows{d.c_out}, MATH == GEMM_BF16 && splits == 1);
 }
 
 // Grid z = groups x splits x phases (sh * sw), phase fastest.
@@ -286,7 +286,7 @@ DEV void conv_bwd_data_impl(const float* dy, const float* wt, float* out, i64 sp
     i64 k0, k1;
     split_range(K, splits, sp, k0, k1);
     float* dx = out + (i64)sp * split_stride + (i64)g * cg;
-    gemm_block<ConvBwdDataLoader, MATH>(s, ConvBwdDataLoader{dy, wt, d, ph, g}, M, cg, k0, k1, dx, PhaseRows{d, ph});
+    gemm_block<ConvBwdDataLoader, MATH>(s, ConvBwdDataLoader{dy, wt, d, ph, g}, M, cg, k0, k1, dx, PhaseRows{d, ph}, MATH == GEMM_BF16 && splits == 1);
 }
 
 template <int MATH>
@@ -299,7 +299,7 @@ DEV void conv_bwd_weight_impl(const float* x, const float* dy, float* out, i64 s
     i64 k0, k1;
     split_range(K, splits, sp, k0, k1);
     float* dw = out + (i64)sp * split_stride + (i64)g * og * kcols;
-    gemm_block<ConvBwdWeightLoader, MATH>(s, ConvBwdWeightLoader{x, dy, d, g}, og, (int)kcols, k0, k1, dw, DenseRows{kcols});
+    gemm_block<ConvBwdWeightLoader, MATH>(s, ConvBwdWeightLoader{x, dy, d, g}, og, (int)kcols, k0, k1, dw, DenseRows{kcols}, MATH == GEMM_BF16 && splits == 1);
 }
 
 #define CONV_KERNEL(name, impl, MATH, in0, in1)                                                             \

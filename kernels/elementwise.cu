@@ -155,3 +155,12 @@ extern "C" __global__ void sum_axis_splits_fwd_f32(const float* part, float* y, 
         y[i] = (float)acc;
     }
 }
+
+// The same, rounded to bf16: the last stage of a split-K GEMM under precision = "bf16".
+extern "C" __global__ void sum_axis_splits_bf16_fwd_f32(const float* part, float* y, i64 splits, i64 n) {
+    FOR_EACH(i, n) {
+        double acc = 0.0;
+        for (i64 s = 0; s < splits; ++s) acc += (double)part[s * n + i];
+        y[i] = round_bf16f((float)acc);
+    }
+}

@@ -171,8 +171,10 @@ struct DenseRows {
     DEVM i64 operator()(int row) const { return (i64)row * ldc; }
 };
 
+// `round_out`: the results are rounded to bf16 as they are stored (precision = "bf16" without
+// split-K; with it, the split sum rounds).
 template <class L, int MATH, class Rows = DenseRows>
-DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row) {
+DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row, bool round_out = false) {
     const int tid = threadIdx.x;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
 
@@ -270,7 +272,7 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
                 const int col = n0 + 4 * tx + c;
-                if (col < N) C[out_row(row) + col] = acc[r * 4 + c];
+                if (col < N) C[out_row(row) + col] = round_out ? round_bf16f(acc[r * 4 + c]) : acc[r * 4 + c];
             }
         }
     } else {
@@ -285,7 +287,8 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
                 for (int e = 0; e < 4; ++e) {
                     const int row = m0 + wm + mt * 16 + g + (e >= 2 ? 8 : 0);
                     const int col = n0 + wn + nt * 8 + 2 * t + (e & 1);
-                    if (row < M && col < N) C[out_row(row) + col] = acc[(mt * 2 + nt) * 4 + e];
+                    const float v = acc[(mt * 2 + nt) * 4 + e];
+                    if (row < M && col < N) C[out_row(row) + col] = round_out ? round_bf16f(v) : v;
                 }
     }
 }

@@ -40,10 +40,11 @@ DEV void matmul_impl(const float* a, const float* b, float* out, i64 split_strid
     const float* ab = a + (i64)bi * m * k;
     const float* bb = b + (i64)bi * k * n;
     float* c = out + (i64)sp * split_stride + (i64)bi * m * n;
-    if (!ta && !tb) gemm_block<MatmulLoader<false, false>, MATH>(s, MatmulLoader<false, false>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n});
-    else if (ta && !tb) gemm_block<MatmulLoader<true, false>, MATH>(s, MatmulLoader<true, false>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n});
-    else if (!ta && tb) gemm_block<MatmulLoader<false, true>, MATH>(s, MatmulLoader<false, true>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n});
-    else gemm_block<MatmulLoader<true, true>, MATH>(s, MatmulLoader<true, true>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n});
+    const bool round_out = MATH == GEMM_BF16 && splits == 1;
+    if (!ta && !tb) gemm_block<MatmulLoader<false, false>, MATH>(s, MatmulLoader<false, false>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n}, round_out);
+    else if (ta && !tb) gemm_block<MatmulLoader<true, false>, MATH>(s, MatmulLoader<true, false>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n}, round_out);
+    else if (!ta && tb) gemm_block<MatmulLoader<false, true>, MATH>(s, MatmulLoader<false, true>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n}, round_out);
+    else gemm_block<MatmulLoader<true, true>, MATH>(s, MatmulLoader<true, true>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n}, round_out);
 }
 
 // Exact FP32 (SIMT) path: the default, used for parity with the CPU reference.

@@ -205,15 +205,19 @@ fn emulated_tf32_kernels_conform_loosely() {
     assert!(r.worst > 1e-7, "TF32 results are exact: the tensor-core path did not run");
 }
 
-/// `Precision::Bf16` on the emulated device: convolutions, matmuls, attention and linear layers
-/// against the CPU's bf16 reference in f64 (<= 1e-3) and against the FP32 reference (<= 1e-2).
+/// `Precision::Bf16` on the emulated device (bf16 tensor cores, rounding inside the GEMM kernels
+/// and the split-K sum): convolutions, matmuls, attention and linear layers, on the suite's
+/// shapes and the split-K / multi-tile ones, against the CPU's bf16 reference in f64 (<= 1e-3)
+/// and against the FP32 reference (<= 1e-2).
 #[test]
 fn emulated_bf16_kernels_conform_to_the_cpu_bf16_reference() {
-    use common::conformance::{bf16_cases, run_cases_against};
+    use common::conformance::{bf16_cases, bf16_cases_of, run_cases_against};
     use ssl_engine::backend::Precision;
     let Some(dev) = emulator() else { return };
     let dev = dev.with_precision(Precision::Bf16);
     let reference = common::cpu(2).with_precision(Precision::Bf16);
+    let r = run_cases_against(&dev, &reference, DType::F32, 1e-3, &mut Rng::new(9), bf16_cases_of(large_cases()));
+    println!("bf16 split-K / multi-tile vs cpu f64 bf16: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
     let r = run_cases_against(&dev, &reference, DType::F32, 1e-3, &mut Rng::new(8), bf16_cases());
     println!("bf16 vs cpu f64 bf16: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
     let r = run_cases(&dev, DType::F32, 1e-2, &mut Rng::new(8), bf16_cases());

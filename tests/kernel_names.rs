@@ -12,10 +12,21 @@ use ssl_engine::backend::cuda::nvrtc::{self, FAMILIES, Target};
 
 const BACKEND_RS: &str = include_str!("../src/backend/mod.rs");
 
-/// Methods that move or describe memory: no kernel of their own. (CUDA's `copy` is a driver
-/// device-to-device copy; WGSL's is a kernel, which the name rule still checks.)
-const HOST_METHODS: &[&str] =
-    &["name", "supports", "precision", "alloc", "upload_f32", "upload_f64", "download_f32", "download_f64", "synchronize", "copy"];
+/// Methods that move memory or describe the backend: no kernel of their own. (CUDA's `copy` is
+/// a driver device-to-device copy; WGSL's is a kernel, which the name rule still checks.)
+const HOST_METHODS: &[&str] = &[
+    "name",
+    "supports",
+    "precision",
+    "rounds_gemm_to_bf16",
+    "alloc",
+    "upload_f32",
+    "upload_f64",
+    "download_f32",
+    "download_f64",
+    "synchronize",
+    "copy",
+];
 
 /// Stages shared by several methods, each with the methods that launch it: the fixed-order
 /// final sum of every loss, and the column-statistics finalisation of both norms' backward.

@@ -18,18 +18,24 @@ impl<B: Backend> Tape<B> {
         }
     }
 
+    /// `bf16_point` for a matmul or convolution: nothing where the backend's kernels round
+    /// their operands and results themselves (`Backend::rounds_gemm_to_bf16`).
+    fn gemm_bf16_point(&self, x: &Var<B>) -> Result<Var<B>> {
+        if x.value.backend().rounds_gemm_to_bf16() { Ok(x.clone()) } else { self.bf16_point(x) }
+    }
+
     pub fn matmul(&self, a: &Var<B>, b: &Var<B>, trans_a: bool, trans_b: bool) -> Result<Var<B>> {
-        let (a, b) = (&self.bf16_point(a)?, &self.bf16_point(b)?);
+        let (a, b) = (&self.gemm_bf16_point(a)?, &self.gemm_bf16_point(b)?);
         let y = ops::matmul(&a.value, &b.value, trans_a, trans_b)?;
-        self.bf16_point(&self.record(y, &[a, b], || Op::Matmul { a: a.value.clone(), b: b.value.clone(), trans_a, trans_b }))
+        self.gemm_bf16_point(&self.record(y, &[a, b], || Op::Matmul { a: a.value.clone(), b: b.value.clone(), trans_a, trans_b }))
     }
 
     /// NHWC conv; weight [c_out, kh, kw, c_in/groups].
     pub fn conv2d(&self, x: &Var<B>, w: &Var<B>, stride: [usize; 2], pad: [usize; 2], groups: usize) -> Result<Var<B>> {
         let dims = ops::conv2d_dims(x.shape(), w.shape(), stride, pad, groups)?;
-        let (x, w) = (&self.bf16_point(x)?, &self.bf16_point(w)?);
+        let (x, w) = (&self.gemm_bf16_point(x)?, &self.gemm_bf16_point(w)?);
         let y = ops::conv2d(&x.value, &w.value, &dims)?;
-        self.bf16_point(&self.record(y, &[x, w], || Op::Conv2d { x: x.value.clone(), w: w.value.clone(), dims }))
+        self.gemm_bf16_point(&self.record(y, &[x, w], || Op::Conv2d { x: x.value.clone(), w: w.value.clone(), dims }))
     }
 
     /// Training-mode batch norm over all axes but the last; `affine` = Some((gamma, beta)).

@@ -187,6 +187,12 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn precision(&self) -> Precision {
         Precision::Fp32
     }
+    /// Whether this backend's matmul and convolution kernels (all passes) round their operands
+    /// and results to bf16 themselves under `Precision::Bf16`, so the tape adds no rounding
+    /// points around them (the same values, without a pass over each tensor).
+    fn rounds_gemm_to_bf16(&self) -> bool {
+        false
+    }
 
     // ---- memory --------------------------------------------------------------------------
     /// A buffer with unspecified contents (GPU backends draw it from a pool).

@@ -175,7 +175,12 @@ pub fn cases() -> Vec<(Case, Vec<Vec<usize>>)> {
 /// The cases with bf16 rounding points (`Precision::Bf16`): convolutions, matmuls, attention and
 /// the linear layer, for the bf16 conformance runs.
 pub fn bf16_cases() -> Vec<(Case, Vec<Vec<usize>>)> {
-    cases().into_iter().filter(|(c, _)| matches!(c, Case::Matmul { .. } | Case::Conv { .. } | Case::Attention { .. } | Case::Linear)).collect()
+    bf16_cases_of(cases())
+}
+
+/// The cases of `cases` that have bf16 rounding points.
+pub fn bf16_cases_of(cases: Vec<(Case, Vec<Vec<usize>>)>) -> Vec<(Case, Vec<Vec<usize>>)> {
+    cases.into_iter().filter(|(c, _)| matches!(c, Case::Matmul { .. } | Case::Conv { .. } | Case::Attention { .. } | Case::Linear)).collect()
 }
 
 /// Shapes past the suite's: split-K matmuls and convolutions (k >= 512), split axis sums, column

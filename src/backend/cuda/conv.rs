@@ -118,5 +118,5 @@ pub(super) fn conv2d(b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaS
     }
     let part = b.scratch(splits * out_len)?;
     run(&part, out_len)?;
-    elementwise::sum_splits(b, &part, out, splits, out_len)
+    elementwise::sum_splits(b, &part, out, splits, out_len, b.gemm_math() == GemmMath::Bf16)
 }

@@ -59,7 +59,7 @@ pub(super) fn matmul(b: &CudaBackend, a: &CudaStorage, bm: &CudaStorage, c: &Cud
             ],
         )?;
         if let Some(p) = &part {
-            elementwise::sum_splits_at(b, p, c, b0 * mn, splits, nb * mn)?;
+            elementwise::sum_splits_at(b, p, c, b0 * mn, splits, nb * mn, b.gemm_math() == GemmMath::Bf16)?;
         }
         b0 += nb;
     }

@@ -227,6 +227,9 @@ impl Backend for CudaBackend {
     fn precision(&self) -> Precision {
         self.precision
     }
+    fn rounds_gemm_to_bf16(&self) -> bool {
+        self.gemm_math() == GemmMath::Bf16
+    }
 
     fn alloc(&self, len: usize, dtype: DType) -> Result<CudaStorage> {
         if dtype != DType::F32 {
