@@ -158,57 +158,69 @@ inline unsigned emu_tf32(float f) {
     return u;
 }
 
-// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, D = A B + C over the warp. Fragments
-// (PTX ISA, m16n8k8 .tf32), g = lane / 4, t = lane % 4:
-//   A 16x8: a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4)
-//   B 8x8:  b0 (t, g), b1 (t + 4, g)
-//   C 16x8: c0 (g, 2t), c1 (g, 2t + 1), c2 (g + 8, 2t), c3 (g + 8, 2t + 1)
-inline void emu_mma_tf32(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+// The warp-wide exchange behind an emulated mma.sync: every lane publishes its fragment
+// registers, and once all 32 have, each reads the warp's slots (then waits again, so no lane
+// overwrites its slot with the next mma's while another still reads).
+inline const emu_mma_slot* emu_mma_share(unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
     emu_block& blk = *emu_t.block;
     emu_mma_slot& me = blk.mma[emu_t.linear];
     me.a[0] = a0, me.a[1] = a1, me.a[2] = a2, me.a[3] = a3, me.b[0] = b0, me.b[1] = b1;
     emu_warp_sync();
-    float A[16][8], B[8][8];
-    for (int l = 0; l < 32; ++l) {
-        const emu_mma_slot& s = blk.mma[emu_t.warp * 32 + l];
-        const int g = l / 4, t = l % 4;
-        auto f = [](unsigned u) {
-            float x;
-            std::memcpy(&x, &u, 4);
-            return x;
-        };
-        A[g][t] = f(s.a[0]);
-        A[g + 8][t] = f(s.a[1]);
-        A[g][t + 4] = f(s.a[2]);
-        A[g + 8][t + 4] = f(s.a[3]);
-        B[t][g] = f(s.b[0]);
-        B[t + 4][g] = f(s.b[1]);
-    }
-    emu_warp_sync();
+    return &blk.mma[emu_t.warp * 32];
+}
+
+// This lane's four C elements (m16n8: c0 (g, 2t), c1 (g, 2t + 1), c2 (g + 8, 2t), c3 (g + 8,
+// 2t + 1)) += A (16 x K) B (K x 8), the products added in k order.
+template <int K>
+inline void emu_mma_accumulate(float* c, const float (&A)[16][K], const float (&B)[K][8]) {
     const int g = emu_t.lane / 4, t = emu_t.lane % 4;
     for (int e = 0; e < 4; ++e) {
         const int row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
         float acc = c[e];
-        for (int k = 0; k < 8; ++k) acc += A[row][k] * B[k][col];
+        for (int k = 0; k < K; ++k) acc += A[row][k] * B[k][col];
         c[e] = acc;
     }
+}
+
+inline float emu_bits_to_float(unsigned u) {
+    float x;
+    std::memcpy(&x, &u, 4);
+    return x;
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, D = A B + C over the warp. Fragments
+// (PTX ISA, m16n8k8 .tf32), g = lane / 4, t = lane % 4:
+//   A 16x8: a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4)
+//   B 8x8:  b0 (t, g), b1 (t + 4, g)
+inline void emu_mma_tf32(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+    const emu_mma_slot* warp = emu_mma_share(a0, a1, a2, a3, b0, b1);
+    float A[16][8], B[8][8];
+    for (int l = 0; l < 32; ++l) {
+        const emu_mma_slot& s = warp[l];
+        const int g = l / 4, t = l % 4;
+        A[g][t] = emu_bits_to_float(s.a[0]);
+        A[g + 8][t] = emu_bits_to_float(s.a[1]);
+        A[g][t + 4] = emu_bits_to_float(s.a[2]);
+        A[g + 8][t + 4] = emu_bits_to_float(s.a[3]);
+        B[t][g] = emu_bits_to_float(s.b[0]);
+        B[t + 4][g] = emu_bits_to_float(s.b[1]);
+    }
+    emu_warp_sync();
+    emu_mma_accumulate<8>(c, A, B);
 }
 
 // mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32: each register holds two bf16, the lower
 // k in the low half (PTX ISA, m16n8k16 .bf16):
 //   A 16x16: a0 (g, 2t..2t+1), a1 (g + 8, 2t..), a2 (g, 2t + 8..), a3 (g + 8, 2t + 8..)
 //   B 16x8:  b0 (2t..2t+1, g), b1 (2t + 8.., g)
-//   C 16x8:  as m16n8k8. Products of two bf16 are exact in FP32; they are added in k order.
+// Products of two bf16 are exact in FP32.
 inline void emu_mma_bf16(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
-    emu_block& blk = *emu_t.block;
-    emu_mma_slot& me = blk.mma[emu_t.linear];
-    me.a[0] = a0, me.a[1] = a1, me.a[2] = a2, me.a[3] = a3, me.b[0] = b0, me.b[1] = b1;
-    emu_warp_sync();
+    const emu_mma_slot* warp = emu_mma_share(a0, a1, a2, a3, b0, b1);
     float A[16][16], B[16][8];
-    auto lo = [](unsigned u) { float x; unsigned v = u << 16; std::memcpy(&x, &v, 4); return x; };
-    auto hi = [](unsigned u) { float x; unsigned v = u & 0xffff0000u; std::memcpy(&x, &v, 4); return x; };
+    auto lo = [](unsigned u) { return emu_bits_to_float(u << 16); };
+    auto hi = [](unsigned u) { return emu_bits_to_float(u & 0xffff0000u); };
     for (int l = 0; l < 32; ++l) {
-        const emu_mma_slot& s = blk.mma[emu_t.warp * 32 + l];
+        const emu_mma_slot& s = warp[l];
         const int g = l / 4, t = l % 4;
         A[g][2 * t] = lo(s.a[0]), A[g][2 * t + 1] = hi(s.a[0]);
         A[g + 8][2 * t] = lo(s.a[1]), A[g + 8][2 * t + 1] = hi(s.a[1]);
@@ -218,13 +230,7 @@ inline void emu_mma_bf16(float* c, unsigned a0, unsigned a1, unsigned a2, unsign
         B[2 * t + 8][g] = lo(s.b[1]), B[2 * t + 9][g] = hi(s.b[1]);
     }
     emu_warp_sync();
-    const int g = emu_t.lane / 4, t = emu_t.lane % 4;
-    for (int e = 0; e < 4; ++e) {
-        const int row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
-        float acc = c[e];
-        for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
-        c[e] = acc;
-    }
+    emu_mma_accumulate<16>(c, A, B);
 }
 
 // ---- kernel registry and launch ------------------------------------------------------------
