@@ -33,25 +33,11 @@ enum Cmd {
         /// Recipe file (configs/*.toml). Without it, the defaults (the CIFAR-10 paper recipe) apply.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Override a key, e.g. --set epochs=10 --set data.path=/data/cifar10/train (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        overrides: Vec<String>,
+        #[command(flatten)]
+        run: RunFlags,
         /// Continue from a checkpoint (e.g. <out>/last.safetensors): weights, momentum, position.
         #[arg(long)]
         resume: Option<PathBuf>,
-        /// Compute backend: cpu, cuda or wgpu (overrides the recipe's `backend`).
-        #[arg(long)]
-        backend: Option<String>,
-        /// GPU index (cuda) or WebGPU adapter index (wgpu); default: the first / best one.
-        #[arg(long)]
-        device: Option<usize>,
-        /// fp32 or bf16: what convolutions, matmuls and attention compute in (overrides the
-        /// recipe's `precision`; weights, optimiser state and checkpoints stay FP32).
-        #[arg(long)]
-        precision: Option<String>,
-        /// No progress bar or per-epoch lines.
-        #[arg(long)]
-        quiet: bool,
         /// Skip at most N steps whose loss is NaN/Inf (no update; batch-norm statistics restored)
         /// before stopping with exit code 3; each skip is reported. Default: stop at the first.
         #[arg(long, value_name = "N")]
@@ -86,18 +72,8 @@ enum Cmd {
         /// Study recipe (configs/study-*.toml): data, model, normalisation, `[linear]`, `[study]`.
         #[arg(long)]
         config: PathBuf,
-        /// Override a key, e.g. --set study.labels_per_class=[10] (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        overrides: Vec<String>,
-        /// Compute backend: cpu, cuda or wgpu (overrides the recipe's `backend`).
-        #[arg(long)]
-        backend: Option<String>,
-        /// GPU index (cuda) or WebGPU adapter index (wgpu).
-        #[arg(long)]
-        device: Option<usize>,
-        /// Only the table at the end, no per-cell lines.
-        #[arg(long)]
-        quiet: bool,
+        #[command(flatten)]
+        run: RunFlags,
     },
     /// Redraw the PNG plots (loss, lr, kNN, z-std) of a run folder from its metrics.jsonl.
     Plot {
@@ -109,6 +85,42 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
+}
+
+/// The flags `train` and `study` share: recipe overrides, the device, the precision, the output.
+#[derive(Args, Clone)]
+struct RunFlags {
+    /// Override a recipe key, e.g. --set epochs=10 --set data.path=/data/cifar10/train (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Compute backend: cpu, cuda or wgpu (overrides the recipe's `backend`).
+    #[arg(long)]
+    backend: Option<String>,
+    /// GPU index (cuda) or WebGPU adapter index (wgpu); default: the first / best one.
+    #[arg(long)]
+    device: Option<usize>,
+    /// fp32 or bf16: what convolutions, matmuls and attention compute in (overrides the
+    /// recipe's `precision`; weights, optimiser state and checkpoints stay FP32).
+    #[arg(long)]
+    precision: Option<String>,
+    /// No progress bar or per-epoch / per-cell lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl RunFlags {
+    /// The recipe with the overrides, backend and precision applied, validated.
+    fn config(&self, path: Option<&std::path::Path>) -> ssl_engine::Result<Config> {
+        let mut cfg = Config::load(path, &self.overrides)?;
+        if let Some(bk) = &self.backend {
+            cfg.backend = bk.clone();
+        }
+        if let Some(p) = &self.precision {
+            cfg.precision = p.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
 }
 
 /// Which backbone, with which recipe, on which device: the flags `eval` and `embed` share.
@@ -353,19 +365,13 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
     // Every command stops cleanly on the first Ctrl-C / SIGTERM (exit 130), and at once on a second.
     ssl_engine::interrupt::install();
     match cli.cmd {
-        Cmd::Train { config, overrides, resume, backend, device, precision, quiet, skip_nonfinite } => {
+        Cmd::Train { config, run, resume, skip_nonfinite } => {
             let started = std::time::Instant::now();
-            let mut cfg = Config::load(config.as_deref(), &overrides)?;
+            let mut cfg = run.config(config.as_deref())?;
             if let Some(n) = skip_nonfinite {
                 cfg.skip_nonfinite = n;
             }
-            if let Some(bk) = backend {
-                cfg.backend = bk;
-            }
-            if let Some(p) = precision {
-                cfg.precision = p;
-            }
-            cfg.validate()?;
+            let (device, quiet) = (run.device, run.quiet);
             let interrupt = ssl_engine::interrupt::install();
             let (s, report) = with_backend!(cfg.backend.as_str(), cfg.threads, device, cfg.precision(), |b| {
                 let s = ssl_engine::train::train(&b, &cfg, resume.as_deref(), interrupt, !quiet)?;
@@ -459,13 +465,10 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
             let n = app::export(&b, &checkpoint, &out)?;
             println!("wrote {n} tensors to {}", out.display());
         }
-        Cmd::Study { config, overrides, backend, device, quiet } => {
-            let mut cfg = Config::load(Some(&config), &overrides)?;
-            if let Some(bk) = backend {
-                cfg.backend = bk;
-                cfg.validate()?;
-            }
-            let outcome = with_backend!(cfg.backend.as_str(), cfg.threads, device, cfg.precision(), |b| ssl_engine::study::run(&b, &cfg, !quiet))?;
+        Cmd::Study { config, run } => {
+            let cfg = run.config(Some(&config))?;
+            let outcome =
+                with_backend!(cfg.backend.as_str(), cfg.threads, run.device, cfg.precision(), |b| ssl_engine::study::run(&b, &cfg, !run.quiet))?;
             print!("{}", ssl_engine::study::report::markdown(&outcome.cells));
             println!(
                 "{} cells ({} computed now, {} from the cache in {})",

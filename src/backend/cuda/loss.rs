@@ -28,6 +28,25 @@ fn per_row_loss(b: &CudaBackend, kernel: &str, rows: usize, inputs: &[Arg<'stati
     reduce(b, &per_row, loss, rows, alpha)
 }
 
+/// The backward of a row-wise softmax loss over [rows, classes] logits: one warp per row,
+/// dlogits from the logits, the row's target (`target`: labels or soft targets) and dloss.
+fn per_row_bwd(
+    b: &CudaBackend,
+    kernel: &str,
+    logits: &CudaStorage,
+    target: &CudaStorage,
+    dloss: &CudaStorage,
+    dlogits: &CudaStorage,
+    rows: usize,
+    classes: usize,
+) -> Result<()> {
+    if rows * classes == 0 {
+        return Ok(());
+    }
+    let args = [ptr(logits), ptr(target), ptr(dloss), ptr(dlogits), i32a(OP, rows)?, i32a(OP, classes)?];
+    b.launch(kernel, rows_grid(rows), (THREADS, 1, 1), &args)
+}
+
 pub(super) fn cross_entropy_fwd(
     b: &CudaBackend,
     logits: &CudaStorage,
@@ -49,15 +68,7 @@ pub(super) fn cross_entropy_bwd(
     rows: usize,
     classes: usize,
 ) -> Result<()> {
-    if rows * classes == 0 {
-        return Ok(());
-    }
-    b.launch(
-        "cross_entropy_bwd_f32",
-        rows_grid(rows),
-        (THREADS, 1, 1),
-        &[ptr(logits), ptr(labels), ptr(dloss), ptr(dlogits), i32a(OP, rows)?, i32a(OP, classes)?],
-    )
+    per_row_bwd(b, "cross_entropy_bwd_f32", logits, labels, dloss, dlogits, rows, classes)
 }
 
 pub(super) fn cosine_loss_fwd(
@@ -181,13 +192,5 @@ pub(super) fn soft_cross_entropy_bwd(
     rows: usize,
     classes: usize,
 ) -> Result<()> {
-    if rows * classes == 0 {
-        return Ok(());
-    }
-    b.launch(
-        "soft_cross_entropy_bwd_f32",
-        rows_grid(rows),
-        (THREADS, 1, 1),
-        &[ptr(logits), ptr(q), ptr(dloss), ptr(dlogits), i32a(OP, rows)?, i32a(OP, classes)?],
-    )
+    per_row_bwd(b, "soft_cross_entropy_bwd_f32", logits, q, dloss, dlogits, rows, classes)
 }
