@@ -7,7 +7,7 @@
 #                                          # device-bin/ carried; logs go to $OUT (or ./gpu-logs)
 #
 # Made for the device tool's limits: the whole default run fits one 10-minute command (every
-# command has its own time limit, and the limits of the default steps add up to 565 s),
+# command has its own time limit, and the limits of the default steps add up to 520 s),
 # the carried binaries stay under 64 MiB (stripped; --build checks), and at most 8 files come
 # back: one log per step plus summary.log, which lists every command with its exit code and
 # says FAIL for a non-zero exit, a time-out, or a test that printed "skipped" (on the GPU machine
@@ -16,11 +16,12 @@
 # STEPs (default: info test kernels step; then, in a second command, sanitize compile wgpu):
 #   info      nvidia-smi, the driver, the compute capability, where libnvrtc was found
 #   test      NVRTC cold and warm start; the conformance suite (exact FP32 at 1e-5, TF32 at 1e-2,
-#             suite + split-K / multi-tile / head-dim-128 / model-sized shapes); ResNet-18 and
-#             ViT-tiny forward+backward and three SGD steps against the PyTorch fixtures
-#   kernels   bench kernels --backend cuda (FP32, TF32) beside benches/pytorch_kernels.py
-#   step      bench step --simsiam --batch 512 beside benches/pytorch_step.py: eager FP32,
-#             eager AMP bf16 + channels_last, torch.compile
+#             bf16 at 1e-3 against the CPU's bf16; suite + split-K / multi-tile / head-dim-128 /
+#             model-sized shapes); ResNet-18 and ViT-tiny forward+backward and three SGD steps
+#             against the PyTorch fixtures
+#   kernels   bench kernels --backend cuda (FP32, TF32, bf16) beside benches/pytorch_kernels.py
+#   step      bench step --simsiam --batch 512 (FP32, TF32, bf16) beside benches/pytorch_step.py:
+#             eager FP32, eager AMP bf16 + channels_last, torch.compile
 #   sanitize  compute-sanitizer memcheck and racecheck over the TF32 suite (one seed)
 #   compile   the torch.compile step alone (slow to compile; also part of `step`)
 #   wgpu      bench step --backend wgpu on the same GPU through Vulkan (needs the loader, .gl/)
@@ -108,9 +109,9 @@ step_info() {
 step_test() {
   rm -rf "$SSL_ENGINE_CACHE_DIR"
   # The first start compiles every family through NVRTC; the second reads the cache.
-  run test start_cold 90 "$BIN/ssl-engine" bench kernels --backend cuda --filter "relu" --runs 1
+  run test start_cold 60 "$BIN/ssl-engine" bench kernels --backend cuda --filter "relu" --runs 1
   run test start_warm 20 "$BIN/ssl-engine" bench kernels --backend cuda --filter "relu" --runs 1
-  run test conformance 120 "$BIN/conformance_cuda" --test-threads 1 --nocapture
+  run test conformance 90 "$BIN/conformance_cuda" --test-threads 1 --nocapture
   run test models 45 "$BIN/torch_models" cuda_ --test-threads 1 --nocapture
 }
 
@@ -124,15 +125,19 @@ step_sanitize() {
 }
 
 step_kernels() {
-  run kernels ours_fp32 45 "$BIN/ssl-engine" bench kernels --backend cuda --batch 512 --runs 10
-  run kernels ours_tf32 45 env SSL_ENGINE_TF32=1 "$BIN/ssl-engine" bench kernels --backend cuda --batch 512 --runs 10
-  run kernels torch_fp32 35 python3 benches/pytorch_kernels.py --batch 512 --runs 10
-  run kernels torch_tf32 35 python3 benches/pytorch_kernels.py --batch 512 --runs 10 --tf32
+  # Limits: about 4x the H200's times of 2026-11-30 (ours 7 s, PyTorch 25 s).
+  run kernels ours_fp32 30 "$BIN/ssl-engine" bench kernels --backend cuda --batch 512 --runs 10
+  run kernels ours_tf32 30 env SSL_ENGINE_TF32=1 "$BIN/ssl-engine" bench kernels --backend cuda --batch 512 --runs 10
+  run kernels ours_bf16 30 "$BIN/ssl-engine" bench kernels --backend cuda --precision bf16 --batch 512 --runs 10
+  run kernels torch_fp32 30 python3 benches/pytorch_kernels.py --batch 512 --runs 10
+  run kernels torch_tf32 30 python3 benches/pytorch_kernels.py --batch 512 --runs 10 --tf32
+  run kernels torch_bf16 30 python3 benches/pytorch_kernels.py --batch 512 --runs 10 --bf16
 }
 
 step_step() {
-  run step ours_simsiam_fp32 40 "$BIN/ssl-engine" bench step --simsiam --backend cuda --batch 512 --warmup 2 --runs 10
-  run step ours_simsiam_tf32 40 env SSL_ENGINE_TF32=1 "$BIN/ssl-engine" bench step --simsiam --backend cuda --batch 512 --warmup 2 --runs 10
+  run step ours_simsiam_fp32 25 "$BIN/ssl-engine" bench step --simsiam --backend cuda --batch 512 --warmup 2 --runs 10
+  run step ours_simsiam_tf32 25 env SSL_ENGINE_TF32=1 "$BIN/ssl-engine" bench step --simsiam --backend cuda --batch 512 --warmup 2 --runs 10
+  run step ours_simsiam_bf16 25 "$BIN/ssl-engine" bench step --simsiam --backend cuda --precision bf16 --batch 512 --warmup 2 --runs 10
   local t=(python3 benches/pytorch_step.py --simsiam --batch 512 --device cuda --warmup 3 --runs 20)
   run step torch_eager_fp32 25 "${t[@]}"
   run step torch_eager_amp_cl 25 "${t[@]}" --amp --channels-last

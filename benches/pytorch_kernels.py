@@ -3,6 +3,10 @@ same names and the same work counts (FLOPs or bytes), so the two outputs compare
 
     python3 benches/pytorch_kernels.py --batch 512            # exact FP32 (TF32 off), like the default cuda backend
     python3 benches/pytorch_kernels.py --batch 512 --tf32     # TF32 tensor cores, like SSL_ENGINE_TF32=1
+    python3 benches/pytorch_kernels.py --batch 512 --bf16     # every tensor bf16 (cuBLAS / cuDNN bf16), beside --precision bf16
+
+With --bf16 the GB/s column still counts 4 bytes per element (our tensors stay FP32 in memory
+under --precision bf16): compare the times, not that column.
 
 Runs on the GPU when there is one (else on the CPU, for a smoke test). Convolutions and batch
 norm use channels-last tensors (our layout); conv backward passes are timed separately through
@@ -53,18 +57,19 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--filter", default=None, help="only kernels whose name contains this text")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 tensor cores in matmul and cuDNN")
+    ap.add_argument("--bf16", action="store_true", help="every tensor in bfloat16 (the yardstick for --precision bf16)")
     a = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
     torch.backends.cudnn.allow_tf32 = a.tf32
     torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
-    print(f"backend: pytorch {torch.__version__} on {name}, tf32 {'on' if a.tf32 else 'off'}")
+    print(f"backend: pytorch {torch.__version__} on {name}, tf32 {'on' if a.tf32 else 'off'}, {'bf16' if a.bf16 else 'fp32'} tensors")
     run = timer(dev)
     gen = torch.Generator(device=dev).manual_seed(2)
 
     def rand(*shape, cl=False):
-        t = torch.rand(*shape, device=dev, generator=gen) * 2 - 1
+        t = (torch.rand(*shape, device=dev, generator=gen) * 2 - 1).to(torch.bfloat16 if a.bf16 else torch.float32)
         return t.contiguous(memory_format=torch.channels_last) if cl else t
 
     def push(label, work, f):

@@ -49,3 +49,21 @@ fn cuda_conforms_on_split_multi_block_and_model_sized_shapes() {
         println!("{} tf32 {tf32}: {} checks, worst relative L2 {:.2e}", dev.name(), r.lines.len(), r.worst);
     }
 }
+
+/// `precision = "bf16"` on the GPU (bf16 tensor cores in the GEMM core, rounding inside the
+/// kernels): convolutions, matmuls, attention and linear layers on the suite's, the split-K /
+/// multi-tile and the model-sized shapes, against the CPU's bf16 reference in f64 (<= 1e-3).
+#[test]
+fn cuda_bf16_conforms_to_the_cpu_bf16_reference() {
+    use common::conformance::{bf16_cases_of, cases, run_cases_against};
+    use ssl_engine::backend::Precision;
+    let Some(dev) = common::cuda_or_skip() else { return };
+    let dev = dev.with_precision(Precision::Bf16);
+    let reference = common::cpu(0).with_precision(Precision::Bf16);
+    let all = cases().into_iter().chain(large_cases()).chain(model_sized_cases()).collect();
+    let r = run_cases_against(&dev, &reference, DType::F32, 1e-3, &mut Rng::new(11), bf16_cases_of(all));
+    for l in &r.lines {
+        println!("bf16: {l}");
+    }
+    println!("{} bf16: {} checks, worst relative L2 {:.2e}", dev.name(), r.lines.len(), r.worst);
+}
