@@ -84,6 +84,32 @@ fn split_root(root: &Path, split: Split) -> Result<PathBuf> {
     Ok(root.to_path_buf())
 }
 
+/// How a folder's files become a dataset's pixels: at their stored size (the longer side capped
+/// at `max_side`), or fitted to `size x size`. A cached load decodes every file this way once; a
+/// streaming one probes every header this way at load and decodes per batch (`Dataset::pixels`).
+#[derive(Clone, Debug, Default)]
+pub struct Decode {
+    pub stored_size: bool,
+    pub max_side: Option<usize>,
+    pub max_pixels: u64,
+}
+
+impl Decode {
+    /// The file's pixels as the dataset holds them: (pixels, height, width).
+    pub fn file(&self, path: &Path, size: usize) -> std::result::Result<(Vec<u8>, usize, usize), String> {
+        if self.stored_size {
+            decode_file_stored(path, self.max_side, self.max_pixels)
+        } else {
+            decode_file(path, size, self.max_pixels).map(|px| (px, size, size))
+        }
+    }
+    /// The (height, width) `file` would give, from the header alone (see `probe_file`).
+    pub fn probe(&self, path: &Path, size: usize) -> std::result::Result<(usize, usize), String> {
+        let hw = probe_file(path, self.max_side, self.max_pixels)?;
+        Ok(if self.stored_size { hw } else { (size, size) })
+    }
+}
+
 /// Decodes one image file to `size x size x 3` uint8 RGB.
 pub fn decode_file(path: &Path, size: usize, max_pixels: u64) -> std::result::Result<Vec<u8>, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
@@ -219,6 +245,7 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
     let files = keep_first_per_class(files, opts.limit_per_class);
     // Decoding is the long part of loading a large folder: a progress bar, and a Ctrl-C stops it
     // (the remaining files are not decoded; the caller gets Error::Interrupted).
+    let decode = Decode { stored_size: opts.stored_size, max_side: opts.max_side, max_pixels: opts.max_pixels };
     let what = format!("{} {}", if opts.stream { "checking" } else { "decoding" }, root.display());
     let bar = crate::progress::bar(files.len(), &what, true);
     let decoded: Vec<std::result::Result<(Vec<u8>, usize, usize), String>> = files
@@ -227,15 +254,8 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
             if crate::interrupt::requested() {
                 return Err("interrupted".into());
             }
-            let r = if opts.stream {
-                // No pixels: the header's size, as the decode below would produce it.
-                let size = if opts.stored_size { None } else { Some((opts.size, opts.size)) };
-                probe_file(p, opts.max_side, opts.max_pixels).map(|hw| (Vec::new(), size.unwrap_or(hw).0, size.unwrap_or(hw).1))
-            } else if opts.stored_size {
-                decode_file_stored(p, opts.max_side, opts.max_pixels)
-            } else {
-                decode_file(p, opts.size, opts.max_pixels).map(|px| (px, opts.size, opts.size))
-            };
+            // Streaming: no pixels, only the size the decode will give.
+            let r = if opts.stream { decode.probe(p, opts.size).map(|(h, w)| (Vec::new(), h, w)) } else { decode.file(p, opts.size) };
             bar.inc(1);
             r
         })
@@ -244,7 +264,7 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
     crate::interrupt::check(&what)?;
 
     let mut data = Dataset { size: opts.size, classes, ..Default::default() };
-    let mut stream = Stream { stored_size: opts.stored_size, max_side: opts.max_side, max_pixels: opts.max_pixels, ..Default::default() };
+    let mut stream = Stream { files: Vec::new(), decode: decode.clone() };
     for ((label, path), img) in files.into_iter().zip(decoded) {
         match img {
             Ok((px, h, w)) => {

@@ -48,7 +48,6 @@ use crate::error::{Error, Result};
 
 pub use augment::{AugmentConfig, ViewParams, augment, normalize};
 pub use loader::{Batch, EpochIter, Loader, ViewSpec, epoch_order, eval_batches};
-pub use imagefolder::probe_file;
 pub use throughput::{Throughput, measure_throughput, peak_memory_bytes};
 
 /// A decoded dataset held in memory: every image `size x size x 3` uint8 RGB, HWC.
@@ -73,14 +72,11 @@ pub struct Dataset {
     pub stream: Option<Stream>,
 }
 
-/// The files of a streaming dataset and how each is decoded (the same as on a cached load).
+/// The files of a streaming dataset and how each is decoded (as a cached load decodes it).
 #[derive(Clone, Debug, Default)]
 pub struct Stream {
     pub files: Vec<PathBuf>,
-    /// Keep the stored size (longer side capped at `max_side`), or fit to `Dataset::size`.
-    pub stored_size: bool,
-    pub max_side: Option<usize>,
-    pub max_pixels: u64,
+    pub decode: imagefolder::Decode,
 }
 
 impl Dataset {
@@ -126,14 +122,9 @@ impl Dataset {
     pub fn pixels(&self, i: usize) -> Result<Cow<'_, [u8]>> {
         let Some(s) = &self.stream else { return Ok(Cow::Borrowed(self.image(i))) };
         let path = &s.files[i];
-        let decoded = if s.stored_size {
-            imagefolder::decode_file_stored(path, s.max_side, s.max_pixels).map(|(px, h, w)| (px, (h, w)))
-        } else {
-            imagefolder::decode_file(path, self.size, s.max_pixels).map(|px| (px, (self.size, self.size)))
-        };
-        match decoded {
-            Ok((px, hw)) if hw == self.dims_of(i) => Ok(Cow::Owned(px)),
-            Ok((_, (h, w))) => {
+        match s.decode.file(path, self.size) {
+            Ok((px, h, w)) if (h, w) == self.dims_of(i) => Ok(Cow::Owned(px)),
+            Ok((_, h, w)) => {
                 let (eh, ew) = self.dims_of(i);
                 Err(file_err(path, format!("decodes to {w}x{h}, but its header said {ew}x{eh} when the dataset was listed (was the file replaced?)")))
             }
