@@ -22,7 +22,7 @@
 #   kernels   bench kernels --backend cuda (FP32, TF32, bf16) beside benches/pytorch_kernels.py
 #   step      bench step --simsiam --batch 512 (FP32, TF32, bf16) beside benches/pytorch_step.py:
 #             eager FP32, eager AMP bf16 + channels_last, torch.compile
-#   sanitize  compute-sanitizer memcheck and racecheck over the TF32 suite (one seed)
+#   sanitize  compute-sanitizer memcheck, racecheck and synccheck over the TF32 suite (one seed)
 #   compile   the torch.compile step alone (slow to compile; also part of `step`)
 #   wgpu      bench step --backend wgpu on the same GPU through Vulkan (needs the loader, .gl/)
 set -uo pipefail
@@ -117,8 +117,10 @@ step_test() {
 
 step_sanitize() {
   if [ -z "$SANITIZER" ]; then echo "compute-sanitizer not found" | tee -a "$SUMMARY"; return; fi
-  # Exact-size allocations without the caching pool, so memcheck sees every overrun.
-  for tool in memcheck racecheck; do
+  # Exact-size allocations without the caching pool, so memcheck sees every overrun. The TF32
+  # suite runs the tensor-core GEMM pipeline (cp.async stages, ldmatrix, mma.sync): racecheck
+  # for its shared-memory hazards, synccheck for its warp-synchronous instructions.
+  for tool in memcheck racecheck synccheck; do
     run sanitize "sanitize_$tool" 45 env SSL_ENGINE_CUDA_NO_POOL=1 "$SANITIZER" --tool "$tool" --error-exitcode 3 \
       "$BIN/conformance_cuda" cuda_tf32_conforms_loosely --test-threads 1 --nocapture
   done

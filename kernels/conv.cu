@@ -46,7 +46,17 @@ DEV void advance_tap(int& inner, int& ki, int& kj, int len, int kw) {
     }
 }
 
-// forward: A = col(x) [pixel p, q = (ki, kj, c)], B = w [q, o].
+// Steps (inner, ki, kj) to the next k along k = (ki, kj, inner), inner fastest with `len` values.
+DEV void next_tap(int& inner, int& ki, int& kj, int len, int kw) {
+    if (++inner == len) {
+        inner = 0;
+        if (++kj == kw) kj = 0, ++ki;
+    }
+}
+
+// forward: A = col(x) [pixel p, q = (ki, kj, c)], B = w [q, o]. Both operands are K_FAST: a
+// thread loads 4 consecutive k of one pixel row and of one weight row (tile_coord); inside one
+// tap the 4 channels are adjacent in x, so they move as one 16-byte load when cg % 4 == 0.
 struct ConvFwdLoader {
     static constexpr bool A_K_FAST = true;  // c is contiguous in x
     static constexpr bool B_K_FAST = true;  // a weight row is contiguous
@@ -56,43 +66,40 @@ struct ConvFwdLoader {
     int g;
     i64 kcols;
     struct Thread {
-        const float* xrow[4];  // the row's image at channel g * cg; null outside [0, M)
-        const float* wrow[4];  // the column's weight row; null outside [0, N)
-        int iy0[4], ix0[4];    // the row's top-left input pixel
-        int k, k1, c, ki, kj;  // this thread's k in the next tile and its tap
+        const float* xrow;     // the row's image at channel g * cg; null outside [0, M)
+        const float* wrow;     // the column's weight row; null outside [0, N)
+        int iy0, ix0;          // the row's top-left input pixel
+        int k, k1, c, ki, kj;  // this thread's first k in the next tile and its tap
         int cg, kw, h, w, c_in;
         DEVM Thread(const ConvFwdLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
             const ConvDims& d = l.d;
             cg = d.c_in / d.groups, kw = d.kw, h = d.h, w = d.w, c_in = d.c_in;
             const int og = d.c_out / d.groups;
-            int kk = 0;
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                int i, j;
-                tile_coord<true, BM>(threadIdx.x, r, i, kk);
-                tile_coord<true, BN>(threadIdx.x, r, j, kk);
-                const int p = m0 + i, o = n0 + j;
-                xrow[r] = nullptr, iy0[r] = 0, ix0[r] = 0;
-                if (p < M) {
-                    const int ox = p % d.ow, oy = (p / d.ow) % d.oh, img = p / (d.ow * d.oh);
-                    xrow[r] = l.x + (i64)img * d.h * d.w * d.c_in + (i64)l.g * cg;
-                    iy0[r] = oy * d.sh - d.ph;
-                    ix0[r] = ox * d.sw - d.pw;
-                }
-                wrow[r] = o < N ? l.wt + ((i64)l.g * og + o) * l.kcols : nullptr;
+            int i, j, kk;
+            tile_coord<true, BM>(threadIdx.x, 0, i, kk);
+            tile_coord<true, BN>(threadIdx.x, 0, j, kk);
+            const int p = m0 + i, o = n0 + j;
+            xrow = nullptr, iy0 = 0, ix0 = 0;
+            if (p < M) {
+                const int ox = p % d.ow, oy = (p / d.ow) % d.oh, img = p / (d.ow * d.oh);
+                xrow = l.x + (i64)img * d.h * d.w * d.c_in + (i64)l.g * cg;
+                iy0 = oy * d.sh - d.ph;
+                ix0 = ox * d.sw - d.pw;
             }
+            wrow = o < N ? l.wt + ((i64)l.g * og + o) * l.kcols : nullptr;
             k = (int)k0 + kk, k1 = (int)k1_;
             split_tap(k, cg, kw, c, ki, kj);
         }
-        DEVM void load(float* ra, float* rb) {
-            const bool kin = k < k1;
+        DEVM void addr(const float** pa, const float** pb) {
+            int cr = c, kir = ki, kjr = kj;
 #pragma unroll
             for (int r = 0; r < 4; ++r) {
-                float v = 0.0f;
-                const int iy = iy0[r] + ki, ix = ix0[r] + kj;
-                if (kin && xrow[r] && iy >= 0 && ix >= 0 && iy < h && ix < w) v = xrow[r][(iy * w + ix) * c_in + c];
-                ra[r] = v;
-                rb[r] = (kin && wrow[r]) ? wrow[r][k] : 0.0f;
+                const bool kin = k + r < k1;
+                const int iy = iy0 + kir, ix = ix0 + kjr;
+                const bool in = kin && xrow && iy >= 0 && ix >= 0 && iy < h && ix < w;
+                pa[r] = in ? xrow + (iy * w + ix) * c_in + cr : nullptr;
+                pb[r] = (kin && wrow) ? wrow + k + r : nullptr;
+                next_tap(cr, kir, kjr, cg, kw);
             }
             k += BK;
             advance_tap(c, ki, kj, cg, kw);
@@ -124,7 +131,8 @@ struct ConvPhase {
     }
 };
 
-// A = dy~ [phase pixel p, q' = (ti, tj, o)], B = w [q', c].
+// A = dy~ [phase pixel p, q' = (ti, tj, o)], B = w [q', c]. A is K_FAST: a thread loads 4
+// consecutive k of one phase pixel (4 adjacent channels of dy inside one tap).
 struct ConvBwdDataLoader {
     static constexpr bool A_K_FAST = true;   // o is contiguous in dy
     static constexpr bool B_K_FAST = false;  // c is contiguous in the weight
@@ -134,11 +142,11 @@ struct ConvBwdDataLoader {
     ConvPhase ph;
     int g;
     struct Thread {
-        const float* dyimg[4];  // the row's image of dy at channel g * og; null outside [0, M)
-        int oyb[4], oxb[4];     // the output pixel that tap (0, 0) of the row sees
-        const float* wcol;      // the weight at group g, channel c; null outside [0, N)
+        const float* dyimg;  // the row's image of dy at channel g * og; null outside [0, M)
+        int oyb, oxb;        // the output pixel that tap (0, 0) of the row sees
+        const float* wcol;   // the weight at group g, channel c; null outside [0, N)
         int kb[4], ob[4], tib[4], tjb[4];  // B: this thread's k values, each as (ti, tj, o)
-        int ka, k1, o, ti, tj;             // A: this thread's k and its (ti, tj, o)
+        int ka, k1, o, ti, tj;             // A: this thread's first k and its (ti, tj, o)
         int og, ntx, kw, khkw, cg, py, px, sh, sw, oh, ow, c_out;
         DEVM Thread(const ConvBwdDataLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
             const ConvDims& d = l.d;
@@ -147,38 +155,38 @@ struct ConvBwdDataLoader {
             og = d.c_out / d.groups, ntx = l.ph.ntx > 0 ? l.ph.ntx : 1, kw = d.kw, khkw = d.kh * d.kw, cg = d.c_in / d.groups;
             py = l.ph.py, px = l.ph.px, sh = d.sh, sw = d.sw, oh = d.oh, ow = d.ow, c_out = d.c_out;
             k1 = (int)k1_;
-            int kk = 0, j = 0;
+            int i, kk, j = 0;
+            tile_coord<true, BM>(threadIdx.x, 0, i, kk);
 #pragma unroll
             for (int r = 0; r < 4; ++r) {
-                int i, kbr;
-                tile_coord<true, BM>(threadIdx.x, r, i, kk);
+                int kbr;
                 tile_coord<false, BN>(threadIdx.x, r, j, kbr);
-                const int p = m0 + i;
-                dyimg[r] = nullptr, oyb[r] = 0, oxb[r] = 0;
-                if (p < M) {
-                    const int b = p % l.ph.nx, a = (p / l.ph.nx) % l.ph.ny, img = p / (l.ph.nx * l.ph.ny);
-                    dyimg[r] = l.dy + (i64)img * d.oh * d.ow * d.c_out + (i64)l.g * og;
-                    oyb[r] = l.ph.by + a;
-                    oxb[r] = l.ph.bx + b;
-                }
                 kb[r] = (int)k0 + kbr;
                 split_tap(kb[r], og, ntx, ob[r], tib[r], tjb[r]);
+            }
+            const int p = m0 + i;
+            dyimg = nullptr, oyb = 0, oxb = 0;
+            if (p < M) {
+                const int b = p % l.ph.nx, a = (p / l.ph.nx) % l.ph.ny, img = p / (l.ph.nx * l.ph.ny);
+                dyimg = l.dy + (i64)img * d.oh * d.ow * d.c_out + (i64)l.g * og;
+                oyb = l.ph.by + a;
+                oxb = l.ph.bx + b;
             }
             const int c = n0 + j;
             wcol = c < N ? l.wt + (i64)l.g * og * khkw * cg + c : nullptr;
             ka = (int)k0 + kk;
             split_tap(ka, og, ntx, o, ti, tj);
         }
-        DEVM void load(float* ra, float* rb) {
-            const bool kin = ka < k1;
+        DEVM void addr(const float** pa, const float** pb) {
+            int orr = o, tir = ti, tjr = tj;
 #pragma unroll
             for (int r = 0; r < 4; ++r) {
-                float v = 0.0f;
-                const int oy = oyb[r] - ti, ox = oxb[r] - tj;
-                if (kin && dyimg[r] && oy >= 0 && ox >= 0 && oy < oh && ox < ow) v = dyimg[r][(oy * ow + ox) * c_out + o];
-                ra[r] = v;
+                const int oy = oyb - tir, ox = oxb - tjr;
+                const bool in = ka + r < k1 && dyimg && oy >= 0 && ox >= 0 && oy < oh && ox < ow;
+                pa[r] = in ? dyimg + (oy * ow + ox) * c_out + orr : nullptr;
+                next_tap(orr, tir, tjr, og, ntx);
                 const int tap = (py + sh * tib[r]) * kw + px + sw * tjb[r];
-                rb[r] = (wcol && kb[r] < k1) ? wcol[(ob[r] * khkw + tap) * cg] : 0.0f;
+                pb[r] = (wcol && kb[r] < k1) ? wcol + (ob[r] * khkw + tap) * cg : nullptr;
                 kb[r] += BK;
                 advance_tap(ob[r], tib[r], tjb[r], og, ntx);
             }
@@ -238,16 +246,14 @@ struct ConvBwdWeightLoader {
                 xoff = t % d.kw - d.pw;
             }
         }
-        DEVM void load(float* ra, float* rb) {
+        DEVM void addr(const float** pa, const float** pb) {
 #pragma unroll
             for (int r = 0; r < 4; ++r) {
                 const bool kin = p[r] < k1;
-                ra[r] = (kin && dcol) ? dcol[(i64)p[r] * c_out] : 0.0f;
-                float v = 0.0f;
+                pa[r] = (kin && dcol) ? dcol + (i64)p[r] * c_out : nullptr;
                 const int iy = oy[r] * sh + yoff, ix = ox[r] * sw + xoff;
-                if (kin && xch && iy >= 0 && ix >= 0 && iy < h && ix < w)
-                    v = xch[(((i64)img[r] * h + iy) * w + ix) * c_in];
-                rb[r] = v;
+                const bool in = kin && xch && iy >= 0 && ix >= 0 && iy < h && ix < w;
+                pb[r] = in ? xch + (((i64)img[r] * h + iy) * w + ix) * c_in : nullptr;
                 p[r] += BK;
                 ox[r] += BK;
                 while (ox[r] >= ow) {
@@ -261,7 +267,7 @@ struct ConvBwdWeightLoader {
 
 template <int MATH>
 DEV void conv_fwd_impl(const float* x, const float* wt, float* out, i64 split_stride, ConvDims d, int splits) {
-    __shared__ GemmSmem s;
+    __shared__ typename SmemOf<MATH>::T s;
     const int g = blockIdx.z / splits, sp = blockIdx.z % splits;
     const int cg = d.c_in / d.groups, og = d.c_out / d.groups;
     const i64 kcols = (i64)d.kh * d.kw * cg;
@@ -275,7 +281,7 @@ DEV void conv_fwd_impl(const float* x, const float* wt, float* out, i64 split_st
 // Grid z = groups x splits x phases (sh * sw), phase fastest.
 template <int MATH>
 DEV void conv_bwd_data_impl(const float* dy, const float* wt, float* out, i64 split_stride, ConvDims d, int splits) {
-    __shared__ GemmSmem s;
+    __shared__ typename SmemOf<MATH>::T s;
     const int phases = d.sh * d.sw;
     const int phase = blockIdx.z % phases, gs = blockIdx.z / phases;
     const int g = gs / splits, sp = gs % splits;
@@ -291,7 +297,7 @@ DEV void conv_bwd_data_impl(const float* dy, const float* wt, float* out, i64 sp
 
 template <int MATH>
 DEV void conv_bwd_weight_impl(const float* x, const float* dy, float* out, i64 split_stride, ConvDims d, int splits) {
-    __shared__ GemmSmem s;
+    __shared__ typename SmemOf<MATH>::T s;
     const int g = blockIdx.z / splits, sp = blockIdx.z % splits;
     const int cg = d.c_in / d.groups, og = d.c_out / d.groups;
     const i64 kcols = (i64)d.kh * d.kw * cg;

@@ -1,28 +1,30 @@
-// The tiled GEMM main loop shared by matmul.cu and conv.cu (the convolutions are implicit GEMMs:
-// only the operand loaders differ).
+// The tiled GEMM main loops shared by matmul.cu and conv.cu (the convolutions are implicit
+// GEMMs: only the operand loaders differ).
 //
-// One block computes a BM x BN tile of C = A (M x K) . B (K x N) over the k range [k0, k1):
-// 256 threads, BK-deep shared-memory tiles, the next tile prefetched into registers while the
-// current one is multiplied. Two inner kernels:
-// - SIMT (exact FP32, the default): each thread owns a 4 x 4 block of outputs (rows 4 ty + r,
-//   columns 4 tx + c), reads its 4 + 4 operands per k step as two 16-byte shared loads, and adds
-//   the products in k order with fmaf, so the result is deterministic and as accurate as a plain
-//   dot product.
-// - TF32 tensor cores (opt-in): mma.sync m16n8k8 TF32 with FP32 accumulation; 8 warps in a
-//   2 x 4 layout, each warp a 32 x 16 sub-tile.
-// - BF16 tensor cores (precision = "bf16"): mma.sync m16n8k16 BF16 with FP32 accumulation, the
-//   same warp layout and epilogue; operands are rounded to bf16 (ties to even) as they are
-//   stored to shared memory, so the kernel alone gives bf16-operand semantics.
-// The math is a template argument (GEMM_SIMT, GEMM_TF32, GEMM_BF16).
+// One block computes a BM x BN tile of C = A (M x K) . B (K x N) over the k range [k0, k1) with
+// 256 threads and BK-deep tiles. The math is a template argument (GEMM_SIMT, GEMM_TF32,
+// GEMM_BF16), and the shared-memory type the kernel declares (SmemOf<MATH>) picks the loop:
+// - SIMT (exact FP32, the default; GemmSmem): k-major tiles, the next tile prefetched into
+//   registers while the current one is multiplied; each thread owns a 4 x 4 block of outputs
+//   (rows 4 ty + r, columns 4 tx + c), reads its 4 + 4 operands per k step as two 16-byte shared
+//   loads, and adds the products in k order with fmaf, so the result is deterministic and as
+//   accurate as a plain dot product.
+// - Tensor cores (GemmSmemTc): a STAGES-deep cp.async pipeline from global to shared memory
+//   (tiles k-contiguous for both operands, rows padded to 20 floats), fragments read with
+//   ldmatrix, and mma.sync with FP32 accumulation; 8 warps in a 2 x 4 layout, each warp a
+//   32 x 16 sub-tile.
+//   - TF32 (opt-in): m16n8k8, operands rounded with cvt.rna.tf32 as fragments.
+//   - BF16 (precision = "bf16"): m16n8k16, operands rounded to bf16 (ties to even) as they are
+//     packed into fragments, so the kernel alone gives bf16-operand semantics.
 //
 // A loader is a struct with
 //   static constexpr bool A_K_FAST / B_K_FAST: consecutive k are adjacent in memory for A / B
 //     (picks the thread-to-element map that makes tile loads coalesced, see tile_coord);
 //   a type Thread, made once per thread and block by Thread(loader, M, N, m0, n0, k0, k1), whose
-//     load(ra, rb) fills this thread's 4 + 4 elements of the next BK-deep tile pair (zeros outside
-//     [0, M) x [k0, k1) and [k0, k1) x [0, N), and for padding). Tiles are asked for in order,
-//     so a Thread may keep per-row tables and advance its k indices incrementally: the
-//     convolution loaders do, and make no division in the main loop.
+//     addr(pa, pb) gives where this thread's 4 + 4 elements of the next BK-deep tile pair are
+//     (null for zeros: outside [0, M) x [k0, k1) and [k0, k1) x [0, N), and padding). Tiles are
+//     asked for in order, so a Thread may keep per-row tables and advance its k indices
+//     incrementally: the convolution loaders do, and make no division in the main loop.
 // The matmul loaders' Thread is two StridedOperands.
 #pragma once
 #include "common.cuh"
@@ -39,9 +41,30 @@
 #define GEMM_TF32 1
 #define GEMM_BF16 2
 
+// Tiles in flight in the tensor-core pipeline: one being multiplied, STAGES - 1 loading.
+#define STAGES 3
+// Row stride of the tensor-core tiles, k contiguous: 20 floats (80 bytes) keeps each ldmatrix
+// row 16-byte aligned, and the 8 rows of one ldmatrix phase land on 8 distinct 4-bank groups.
+#define TCK (BK + 4)
+
 struct __align__(16) GemmSmem {
     float a[BK][BM + SPAD];
     float b[BK][BN + SPAD];
+};
+
+struct __align__(16) GemmSmemTc {
+    float a[STAGES][BM][TCK];  // [m][k]
+    float b[STAGES][BN][TCK];  // [n][k]
+};
+
+// The shared memory a kernel of math MATH declares: `__shared__ typename SmemOf<MATH>::T s;`.
+template <int MATH>
+struct SmemOf {
+    typedef GemmSmemTc T;
+};
+template <>
+struct SmemOf<GEMM_SIMT> {
+    typedef GemmSmem T;
 };
 
 DEV u32 to_tf32(float f) {
@@ -87,28 +110,33 @@ DEV void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
 #endif
 }
 
-// Two floats already rounded to bf16 as one register: `lo` (the lower k) in the low half.
-DEV u32 pack_bf16(float lo, float hi) {
-    return ((u32)__float_as_int(hi) & 0xffff0000u) | ((u32)__float_as_int(lo) >> 16);
-}
-
 // Element r (0..3) of this thread's share of a BM x BK (A) or BK x BN (B) tile, as
-// (row-or-col index within the tile, k index within the tile).
+// (row-or-col index within the tile, k index within the tile). Where k is contiguous in memory
+// (K_FAST), a thread's four elements are four consecutive k of one row, so they can move as one
+// 16-byte load; otherwise consecutive threads take consecutive rows (coalesced) at k = tid / W
+// + 4 r.
 template <bool K_FAST, int W>
 DEV void tile_coord(int tid, int r, int& mn, int& kk) {
-    const int e = tid + r * GEMM_THREADS;
     if (K_FAST) {
-        kk = e % BK;
-        mn = e / BK;
+        static_assert(W * BK == 4 * GEMM_THREADS, "one row of 4 consecutive k per thread");
+        mn = tid / 4;
+        kk = (tid % 4) * 4 + r;
     } else {
+        const int e = tid + r * GEMM_THREADS;
         mn = e % W;
         kk = e / W;
     }
 }
 
+// Whether a thread's four element pointers are one aligned run of 4 floats (a K_FAST operand
+// away from padding, tile edges and tap boundaries): then they move as one 16-byte access.
+DEV bool one_vector(const float* const* p) {
+    return p[0] && p[1] == p[0] + 1 && p[2] == p[0] + 2 && p[3] == p[0] + 3 && ((u64)p[0] & 15) == 0;
+}
+
 // One operand whose element (mn, k) is P[mn * mn_stride + k * k_stride] (a row-major matrix or
-// its transpose): this thread's 4 elements of each tile, as pointers advanced by BK * k_stride
-// per tile. The matmul loaders use one for A and one for B.
+// its transpose): where this thread's 4 elements of each tile are, as pointers advanced by
+// BK * k_stride per tile. The matmul loaders use one for A and one for B.
 template <bool K_FAST, int W>
 struct StridedOperand {
     const float* cur[4];  // null outside [0, limit)
@@ -125,45 +153,16 @@ struct StridedOperand {
             cur[r] = mn0 + i < limit ? P + (i64)(mn0 + i) * mn_stride + (i64)k[r] * k_stride : nullptr;
         }
     }
-    DEVM void load(float* v) {
+    DEVM void addr(const float** p) {
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
-            v[r] = (cur[r] && k[r] < k1) ? *cur[r] : 0.0f;
+            p[r] = (cur[r] && k[r] < k1) ? cur[r] : nullptr;
             if (cur[r]) cur[r] += step;
             k[r] += BK;
         }
     }
 };
 
-// The tensor-core paths store operands already rounded (to TF32 or bf16, as float bit
-// patterns), so each element is converted once per tile rather than once per warp that reads it.
-template <int MATH>
-DEV float stored(float v) {
-    if (MATH == GEMM_TF32) return __int_as_float((int)to_tf32(v));
-    if (MATH == GEMM_BF16) return round_bf16f(v);
-    return v;
-}
-
-template <class L, int MATH>
-DEV void store_tiles(GemmSmem& s, const float* ra, const float* rb) {
-    const int tid = threadIdx.x;
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-        int i, kk;
-        tile_coord<L::A_K_FAST, BM>(tid, r, i, kk);
-        s.a[kk][i] = stored<MATH>(ra[r]);
-        int j, kb;
-        tile_coord<L::B_K_FAST, BN>(tid, r, j, kb);
-        s.b[kb][j] = stored<MATH>(rb[r]);
-    }
-}
-
-DEV u32 tf32_bits(float f) { return (u32)__float_as_int(f); }
-
-// `s` is the kernel's one __shared__ GemmSmem (declared in the kernel, so that several
-// instantiations in one kernel share it).
-// C[out_row(row) + col] = the (row, col) element of the product over k in [k0, k1), for the tile at
-// (row blockIdx.x * BM, column blockIdx.y * BN). Must be reached by all GEMM_THREADS threads of the block.
 // Where output row `row` starts in C: row * ldc for a dense matrix. The strided convolution's
 // backward-data (one GEMM per stride phase) scatters its rows with a mapper of its own.
 struct DenseRows {
@@ -171,126 +170,288 @@ struct DenseRows {
     DEVM i64 operator()(int row) const { return (i64)row * ldc; }
 };
 
+// Loads a pointer-or-null as a value (SIMT path).
+DEV float value_or_zero(const float* p) { return p ? __ldg(p) : 0.0f; }
+
+// `s` is the kernel's one __shared__ SmemOf<MATH>::T (declared in the kernel, so that several
+// instantiations in one kernel share it); its type picks the SIMT or the tensor-core loop.
+// C[out_row(row) + col] = the (row, col) element of the product over k in [k0, k1), for the tile
+// at (row blockIdx.x * BM, column blockIdx.y * BN). Must be reached by all GEMM_THREADS threads
+// of the block. Every (row < M, col < N) of the tile is written, zeros when k0 >= k1.
 // `round_out`: the results are rounded to bf16 as they are stored (precision = "bf16" without
 // split-K; with it, the split sum rounds).
 template <class L, int MATH, class Rows = DenseRows>
 DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row, bool round_out = false) {
     const int tid = threadIdx.x;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
-
-    // SIMT: 4 x 4 outputs per thread. Tensor cores: 2 (m16) x 2 (n8) mma tiles of 4 per thread.
-    constexpr bool TC = MATH != GEMM_SIMT;
+    const int ty = tid / 16, tx = tid % 16;
     float acc[16];
 #pragma unroll
     for (int i = 0; i < 16; ++i) acc[i] = 0.0f;
 
     float ra[4], rb[4];
     typename L::Thread th(ld, M, N, m0, n0, k0, k1);
-    if (k0 < k1) th.load(ra, rb);
+    // A K_FAST operand's four values come as one float4 when they can.
+    auto fetch = [](const float* const* p, float* v, bool k_fast) {
+        if (k_fast && one_vector(p)) {
+            const float4 q = __ldg(reinterpret_cast<const float4*>(p[0]));
+            v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+            return;
+        }
+#pragma unroll
+        for (int r = 0; r < 4; ++r) v[r] = value_or_zero(p[r]);
+    };
+    auto load = [&]() {
+        const float* pa[4];
+        const float* pb[4];
+        th.addr(pa, pb);
+        fetch(pa, ra, L::A_K_FAST);
+        fetch(pb, rb, L::B_K_FAST);
+    };
+    if (k0 < k1) load();
     for (i64 kt = k0; kt < k1; kt += BK) {
         __syncthreads();  // everyone is done reading the previous tile
-        store_tiles<L, MATH>(s, ra, rb);
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            int i, kk;
+            tile_coord<L::A_K_FAST, BM>(tid, r, i, kk);
+            s.a[kk][i] = ra[r];
+            int j, kb;
+            tile_coord<L::B_K_FAST, BN>(tid, r, j, kb);
+            s.b[kb][j] = rb[r];
+        }
         __syncthreads();
-        if (kt + BK < k1) th.load(ra, rb);
-        if (!TC) {
-            const int ty = tid / 16, tx = tid % 16;
+        if (kt + BK < k1) load();
 #pragma unroll
-            for (int kk = 0; kk < BK; ++kk) {
-                // Rows of 72 floats (288 bytes) keep every 4-float group 16-byte aligned.
-                const float4 a4 = *reinterpret_cast<const float4*>(&s.a[kk][4 * ty]);
-                const float4 b4 = *reinterpret_cast<const float4*>(&s.b[kk][4 * tx]);
-                const float av[4] = {a4.x, a4.y, a4.z, a4.w};
-                const float bv[4] = {b4.x, b4.y, b4.z, b4.w};
+        for (int kk = 0; kk < BK; ++kk) {
+            // Rows of 72 floats (288 bytes) keep every 4-float group 16-byte aligned.
+            const float4 a4 = *reinterpret_cast<const float4*>(&s.a[kk][4 * ty]);
+            const float4 b4 = *reinterpret_cast<const float4*>(&s.b[kk][4 * tx]);
+            const float av[4] = {a4.x, a4.y, a4.z, a4.w};
+            const float bv[4] = {b4.x, b4.y, b4.z, b4.w};
 #pragma unroll
-                for (int r = 0; r < 4; ++r)
+            for (int r = 0; r < 4; ++r)
 #pragma unroll
-                    for (int c = 0; c < 4; ++c) acc[r * 4 + c] = fmaf(av[r], bv[c], acc[r * 4 + c]);
-            }
-        } else if (MATH == GEMM_BF16) {
-            // One k16 step covers the whole BK = 16 tile.
-            const int warp = tid / 32, lane = tid % 32;
-            const int g = lane / 4, t = lane % 4;
-            const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;
-            u32 af[2][4], bf[2][2];
-#pragma unroll
-            for (int mt = 0; mt < 2; ++mt) {
-                const int r0 = wm + mt * 16 + g;
-                af[mt][0] = pack_bf16(s.a[2 * t][r0], s.a[2 * t + 1][r0]);
-                af[mt][1] = pack_bf16(s.a[2 * t][r0 + 8], s.a[2 * t + 1][r0 + 8]);
-                af[mt][2] = pack_bf16(s.a[2 * t + 8][r0], s.a[2 * t + 9][r0]);
-                af[mt][3] = pack_bf16(s.a[2 * t + 8][r0 + 8], s.a[2 * t + 9][r0 + 8]);
-            }
-#pragma unroll
-            for (int nt = 0; nt < 2; ++nt) {
-                const int c0 = wn + nt * 8 + g;
-                bf[nt][0] = pack_bf16(s.b[2 * t][c0], s.b[2 * t + 1][c0]);
-                bf[nt][1] = pack_bf16(s.b[2 * t + 8][c0], s.b[2 * t + 9][c0]);
-            }
-#pragma unroll
-            for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt)
-                    mma_bf16(&acc[(mt * 2 + nt) * 4], af[mt][0], af[mt][1], af[mt][2], af[mt][3], bf[nt][0], bf[nt][1]);
-        } else {
-            const int warp = tid / 32, lane = tid % 32;
-            const int g = lane / 4, t = lane % 4;
-            const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;
-#pragma unroll
-            for (int ks = 0; ks < BK; ks += 8) {
-                u32 af[2][4], bf[2][2];
-#pragma unroll
-                for (int mt = 0; mt < 2; ++mt) {
-                    const int rb0 = wm + mt * 16;
-                    af[mt][0] = tf32_bits(s.a[ks + t][rb0 + g]);
-                    af[mt][1] = tf32_bits(s.a[ks + t][rb0 + g + 8]);
-                    af[mt][2] = tf32_bits(s.a[ks + t + 4][rb0 + g]);
-                    af[mt][3] = tf32_bits(s.a[ks + t + 4][rb0 + g + 8]);
-                }
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt) {
-                    const int cb = wn + nt * 8;
-                    bf[nt][0] = tf32_bits(s.b[ks + t][cb + g]);
-                    bf[nt][1] = tf32_bits(s.b[ks + t + 4][cb + g]);
-                }
-#pragma unroll
-                for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-                    for (int nt = 0; nt < 2; ++nt)
-                        mma_tf32(&acc[(mt * 2 + nt) * 4], af[mt][0], af[mt][1], af[mt][2], af[mt][3], bf[nt][0],
-                                 bf[nt][1]);
-            }
+                for (int c = 0; c < 4; ++c) acc[r * 4 + c] = fmaf(av[r], bv[c], acc[r * 4 + c]);
         }
     }
 
-    // Epilogue: every (row < M, col < N) of the tile is written, zeros when k0 >= k1.
-    if (!TC) {
-        const int ty = tid / 16, tx = tid % 16;
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            const int row = m0 + 4 * ty + r;
-            if (row >= M) continue;
+    for (int r = 0; r < 4; ++r) {
+        const int row = m0 + 4 * ty + r;
+        if (row >= M) continue;
 #pragma unroll
-            for (int c = 0; c < 4; ++c) {
-                const int col = n0 + 4 * tx + c;
-                if (col < N) C[out_row(row) + col] = round_out ? round_bf16f(acc[r * 4 + c]) : acc[r * 4 + c];
+        for (int c = 0; c < 4; ++c) {
+            const int col = n0 + 4 * tx + c;
+            if (col < N) C[out_row(row) + col] = round_out ? round_bf16f(acc[r * 4 + c]) : acc[r * 4 + c];
+        }
+    }
+}
+
+// ---- the tensor-core pipeline ---------------------------------------------------------------
+
+// The shared-memory address of a generic pointer into shared memory (cp.async and ldmatrix
+// take 32-bit shared addresses).
+DEV u32 smem_u32(const void* p) {
+#ifdef SSL_EMU
+    return 0;
+#else
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+#endif
+}
+
+// cp.async of one float, global to shared, bypassing registers; src null writes a zero (the
+// src-size 0 form reads nothing). Lands only once a cp_async_wait covers its group.
+DEV void cp_async_f32(float* dst, const float* src) {
+#ifdef SSL_EMU
+    emu_cp_async(dst, src, 4);
+#else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src ? 4 : 0));
+#endif
+}
+// cp.async of 4 floats (16 bytes, both sides 16-byte aligned), through L2 only (.cg).
+DEV void cp_async_f32x4(float* dst, const float* src) {
+#ifdef SSL_EMU
+    emu_cp_async(dst, src, 16);
+#else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(dst)), "l"(src));
+#endif
+}
+// Closes the group of cp.asyncs issued since the last commit.
+DEV void cp_async_commit() {
+#ifdef SSL_EMU
+    emu_cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits until at most N committed groups are still in flight (this thread's copies; a
+// __syncthreads then makes every thread's visible).
+template <int N>
+DEV void cp_async_wait() {
+#ifdef SSL_EMU
+    emu_cp_async_wait(N);
+#else
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+// ldmatrix .x4 .b16 over 32-bit data: lane l gives the address of row l % 8 of matrix l / 8
+// (8 rows of 16 bytes = 4 floats each); r[j] gets word l % 4 of row l / 4 of matrix j. Over
+// float tiles stored [m][k], that is exactly the element (row g, k t) of an m16n8k8 fragment.
+DEV void ldmatrix_x4(u32* r, const float* row) {
+#ifdef SSL_EMU
+    emu_ldmatrix_x4(r, row);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(row)));
+#endif
+}
+
+// Two floats rounded to bf16 (ties to even) in one register, `lo` in the low half.
+DEV u32 pack_bf16x2(float lo, float hi) {
+#ifdef SSL_EMU
+    return ((u32)__float_as_int(round_bf16f(hi)) & 0xffff0000u) | ((u32)__float_as_int(round_bf16f(lo)) >> 16);
+#else
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#endif
+}
+
+DEV float word_as_float(u32 u) { return __int_as_float((int)u); }
+
+// This thread's four elements of one operand's tile, [mn][k] in shared memory: one 16-byte
+// cp.async when they are one aligned run along k (the tile row's k slots are adjacent too),
+// else one 4-byte cp.async each.
+template <bool K_FAST, int W>
+DEV void issue_operand(float (*tile)[TCK], const float* const* p) {
+    if (K_FAST && one_vector(p)) {
+        int i, kk;
+        tile_coord<K_FAST, W>(threadIdx.x, 0, i, kk);
+        cp_async_f32x4(&tile[i][kk], p[0]);
+        return;
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        int i, kk;
+        tile_coord<K_FAST, W>(threadIdx.x, r, i, kk);
+        cp_async_f32(&tile[i][kk], p[r]);
+    }
+}
+
+// Issues the cp.asyncs of the next tile pair into pipeline stage `st`.
+template <class L>
+DEV void issue_tile(GemmSmemTc& s, typename L::Thread& th, int st) {
+    const float* pa[4];
+    const float* pb[4];
+    th.addr(pa, pb);
+    issue_operand<L::A_K_FAST, BM>(s.a[st], pa);
+    issue_operand<L::B_K_FAST, BN>(s.b[st], pb);
+}
+
+// This warp's 32 x 16 share of stage `st` (BK = 16 deep) multiplied into acc, (mt, nt) tile at
+// acc[(mt * 2 + nt) * 4]. ldmatrix gives, per m16 tile and k half h, r = {A(g, 8h + t),
+// A(g + 8, 8h + t), A(g, 8h + 4 + t), A(g + 8, 8h + 4 + t)} and per n8 tile q = {B(t, g),
+// B(4 + t, g), B(8 + t, g), B(12 + t, g)} (g = lane / 4, t = lane % 4). TF32 uses these as its
+// two k8 fragments directly. BF16 pairs physical k (t, t + 4) as the fragment's logical k
+// (2t, 2t + 1), and (8 + t, 12 + t) as (2t + 8, 2t + 9), in A and B alike: the same
+// permutation of k on both sides, so the product is the same sum.
+template <int MATH>
+DEV void mma_stage(const GemmSmemTc& s, int st, float* acc) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;
+    const int li = lane % 8, lj = lane / 8;
+    // B first, packed; then one m16 tile at a time, so few fragment registers are live at once.
+    u32 bq[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) ldmatrix_x4(bq[nt], &s.b[st][wn + nt * 8 + li][4 * lj]);
+    if (MATH == GEMM_BF16) {
+        u32 bf[2][2];
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+            bf[nt][0] = pack_bf16x2(word_as_float(bq[nt][0]), word_as_float(bq[nt][1]));
+            bf[nt][1] = pack_bf16x2(word_as_float(bq[nt][2]), word_as_float(bq[nt][3]));
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+            u32 ar[2][4], af[4];
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                ldmatrix_x4(ar[h], &s.a[st][wm + mt * 16 + (lj & 1) * 8 + li][h * 8 + (lj >> 1) * 4]);
+                af[2 * h] = pack_bf16x2(word_as_float(ar[h][0]), word_as_float(ar[h][2]));
+                af[2 * h + 1] = pack_bf16x2(word_as_float(ar[h][1]), word_as_float(ar[h][3]));
             }
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) mma_bf16(&acc[(mt * 2 + nt) * 4], af[0], af[1], af[2], af[3], bf[nt][0], bf[nt][1]);
         }
     } else {
-        const int warp = tid / 32, lane = tid % 32;
-        const int g = lane / 4, t = lane % 4;
-        const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
+        for (int h = 0; h < 2; ++h) {
+            u32 bf[2][2];
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt)
+            for (int nt = 0; nt < 2; ++nt) {
+                bf[nt][0] = to_tf32(word_as_float(bq[nt][2 * h]));
+                bf[nt][1] = to_tf32(word_as_float(bq[nt][2 * h + 1]));
+            }
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int row = m0 + wm + mt * 16 + g + (e >= 2 ? 8 : 0);
-                    const int col = n0 + wn + nt * 8 + 2 * t + (e & 1);
-                    const float v = acc[(mt * 2 + nt) * 4 + e];
-                    if (row < M && col < N) C[out_row(row) + col] = round_out ? round_bf16f(v) : v;
-                }
+            for (int mt = 0; mt < 2; ++mt) {
+                u32 ar[4];
+                ldmatrix_x4(ar, &s.a[st][wm + mt * 16 + (lj & 1) * 8 + li][h * 8 + (lj >> 1) * 4]);
+#pragma unroll
+                for (int e = 0; e < 4; ++e) ar[e] = to_tf32(word_as_float(ar[e]));
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) mma_tf32(&acc[(mt * 2 + nt) * 4], ar[0], ar[1], ar[2], ar[3], bf[nt][0], bf[nt][1]);
+            }
+        }
     }
+}
+
+// The tensor-core loop: tile kt is multiplied while tiles kt + 1 .. kt + STAGES - 1 load. One
+// group is committed per tile slot (empty past the end), so wait<STAGES - 2> always means
+// "tile kt has landed".
+template <class L, int MATH, class Rows = DenseRows>
+DEV void gemm_block(GemmSmemTc& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row, bool round_out = false) {
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    float acc[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) acc[i] = 0.0f;
+
+    typename L::Thread th(ld, M, N, m0, n0, k0, k1);
+    const int tiles = k0 < k1 ? (int)((k1 - k0 + BK - 1) / BK) : 0;
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+        if (st < tiles) issue_tile<L>(s, th, st);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < tiles; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        // Tile kt is visible to every thread, and every warp is done with tile kt - 1, whose
+        // stage the next issue refills.
+        __syncthreads();
+        if (kt + STAGES - 1 < tiles) issue_tile<L>(s, th, (kt + STAGES - 1) % STAGES);
+        cp_async_commit();
+        mma_stage<MATH>(s, kt % STAGES, acc);
+    }
+    cp_async_wait<0>();
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int row = m0 + wm + mt * 16 + g + (e >= 2 ? 8 : 0);
+                const int col = n0 + wn + nt * 8 + 2 * t + (e & 1);
+                const float v = acc[(mt * 2 + nt) * 4 + e];
+                if (row < M && col < N) C[out_row(row) + col] = round_out ? round_bf16f(v) : v;
+            }
 }
 
 // The k range of split `s` out of `splits`: pieces of `per` (a multiple of BK) elements. In

@@ -22,9 +22,9 @@ struct MatmulLoader {
         // A (m x k) is stored k x m with TA; B (k x n) is stored n x k with TB.
         DEVM Thread(const MatmulLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1)
             : a(l.A, TA ? 1 : l.k, TA ? l.m : 1, m0, M, k0, k1), b(l.B, TB ? l.k : 1, TB ? 1 : l.n, n0, N, k0, k1) {}
-        DEVM void load(float* ra, float* rb) {
-            a.load(ra);
-            b.load(rb);
+        DEVM void addr(const float** pa, const float** pb) {
+            a.addr(pa);
+            b.addr(pb);
         }
     };
 };
@@ -32,7 +32,7 @@ struct MatmulLoader {
 template <int MATH>
 DEV void matmul_impl(const float* a, const float* b, float* out, i64 split_stride, int m, int n, i64 k, int ta,
                      int tb, int splits) {
-    __shared__ GemmSmem s;
+    __shared__ typename SmemOf<MATH>::T s;
     const int z = blockIdx.z;
     const int bi = z / splits, sp = z % splits;
     i64 k0, k1;

@@ -34,11 +34,38 @@ const SHARED_REWRITE_VERSION: &str = "shared-arena-1";
 /// A probe of the emulator itself, built into its library: even threads write shared memory, every
 /// thread reads its own slot back. On a GPU the odd slots hold whatever was there; the emulator
 /// must show them as poison in every block, never as zeros or as another block's values.
-const PROBE: &str = "__global__ void emu_probe_shared(float* out) {
+///
+/// The second probe, one warp, checks cp.async and ldmatrix (kernels/gemm_tile.cuh) against
+/// the PTX ISA: lane t queues in[4t] (group 1) and in[4t + 1 .. 4t + 3] (group 2, the last one
+/// from null, which zero-fills); nothing lands before a wait, wait_group 1 lands group 1 only,
+/// wait_group 0 the rest; then ldmatrix .x4 over the 32 x 4 floats gives lane l, matrix j the
+/// word l % 4 of row l / 4 of matrix j.
+const PROBE: &str = "#include \"gemm_tile.cuh\"
+__global__ void emu_probe_shared(float* out) {
     __shared__ float s[64];
     if (threadIdx.x % 2 == 0) s[threadIdx.x] = (float)(blockIdx.x + 1);
     __syncthreads();
     out[blockIdx.x * 64 + threadIdx.x] = s[threadIdx.x];
+}
+__global__ void emu_probe_cp_async_ldmatrix(const float* in, float* out) {
+    __shared__ float t4[32][4];
+    const int t = threadIdx.x;
+    cp_async_f32(&t4[t][0], in + 4 * t);
+    cp_async_commit();
+    cp_async_f32(&t4[t][1], in + 4 * t + 1);
+    cp_async_f32(&t4[t][2], in + 4 * t + 2);
+    cp_async_f32(&t4[t][3], nullptr);
+    cp_async_commit();
+    out[t] = t4[t][0];
+    cp_async_wait<1>();
+    out[32 + t] = t4[t][0];
+    out[64 + t] = t4[t][1];
+    cp_async_wait<0>();
+    __syncthreads();
+    for (int e = 0; e < 4; ++e) out[96 + 4 * t + e] = t4[t][e];
+    u32 r[4];
+    ldmatrix_x4(r, &t4[(t / 8) * 8 + t % 8][0]);
+    for (int j = 0; j < 4; ++j) out[224 + 4 * t + j] = word_as_float(r[j]);
 }
 ";
 
@@ -95,7 +122,7 @@ fn build() -> Result<PathBuf, String> {
     // One translation unit per family: the shim, the family's source, its kernels registered.
     let target = Target("compute_80".into());
     let probe = src_dir.join("emu_probe.cpp");
-    std::fs::write(&probe, format!("#include \"cuda_emu.h\"\n{}EMU_REGISTER(emu_probe_shared)\n", shared_in_arena(PROBE))).map_err(|e| e.to_string())?;
+    std::fs::write(&probe, format!("#include \"cuda_emu.h\"\n{}EMU_REGISTER(emu_probe_shared)\nEMU_REGISTER(emu_probe_cp_async_ldmatrix)\n", shared_in_arena(PROBE))).map_err(|e| e.to_string())?;
     let mut units = vec![root.join("tests/emu/cuda_emu_launch.cpp"), probe];
     for (file, src) in FAMILIES {
         let c = nvrtc::compile_cached(file, src, &target, nvrtc::cache_dir().as_deref(), false).map_err(|e| e.to_string())?;
@@ -187,6 +214,55 @@ fn emulator_poisons_shared_memory_at_every_block() {
             }
         }
     }
+}
+
+/// cp.async lands at the wait that retires its group, not before (so a pipeline that reads a
+/// stage too early reads poison), zero-fills from null; ldmatrix hands out the fragments the PTX
+/// ISA describes.
+#[test]
+fn emulator_models_cp_async_and_ldmatrix() {
+    if emulator().is_none() {
+        return;
+    }
+    let input: Vec<f32> = (0..128).map(|i| 1.0 + i as f32).collect();
+    let out = launch_probe(c"emu_probe_cp_async_ldmatrix", &input, 224 + 128);
+    for t in 0..32 {
+        assert!(out[t].is_nan(), "lane {t} read {} before any wait", out[t]);
+        assert_eq!(out[32 + t], input[4 * t], "lane {t}: wait_group 1 lands group 1");
+        assert!(out[64 + t].is_nan(), "lane {t}: wait_group 1 landed group 2 too ({})", out[64 + t]);
+        let landed = [input[4 * t], input[4 * t + 1], input[4 * t + 2], 0.0];
+        assert_eq!(out[96 + 4 * t..100 + 4 * t], landed, "lane {t} after wait_group 0");
+        for j in 0..4 {
+            // matrix j = rows 8j .. 8j + 7 of the 32 x 4 tile; lane t gets row t / 4, word t % 4.
+            let want = landed_at(&input, 8 * j + t / 4, t % 4);
+            assert_eq!(out[224 + 4 * t + j], want, "ldmatrix lane {t} matrix {j}");
+        }
+    }
+}
+
+/// Element (row, col) of the probe's tile once every copy has landed.
+fn landed_at(input: &[f32], row: usize, col: usize) -> f32 {
+    if col == 3 { 0.0 } else { input[4 * row + col] }
+}
+
+/// Runs one probe kernel of the emulator library as a single warp: (in, out) parameters.
+fn launch_probe(name: &std::ffi::CStr, input: &[f32], out_len: usize) -> Vec<f32> {
+    let Some(Ok(lib)) = LIBRARY.get() else { unreachable!() };
+    type Launch = unsafe extern "C" fn(*const std::ffi::c_char, *const u32, *const u32, *mut *mut std::ffi::c_void) -> i32;
+    let path = std::ffi::CString::new(lib.to_string_lossy().as_bytes()).unwrap();
+    let mut out = vec![0f32; out_len];
+    // SAFETY: as in emulator_poisons_shared_memory_at_every_block; `input` and `out` outlive the
+    // call and are as long as the probe reads and writes.
+    unsafe {
+        let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW);
+        assert!(!h.is_null(), "dlopen {}", lib.display());
+        let f: Launch = std::mem::transmute(libc::dlsym(h, c"ssl_emu_launch".as_ptr()));
+        let mut inp = input.as_ptr();
+        let mut outp = out.as_mut_ptr();
+        let mut params = [&mut inp as *mut *const f32 as *mut std::ffi::c_void, &mut outp as *mut *mut f32 as *mut std::ffi::c_void];
+        assert_eq!(f(name.as_ptr(), [1, 1, 1].as_ptr(), [32, 1, 1].as_ptr(), params.as_mut_ptr()), 0);
+    }
+    out
 }
 
 #[test]

@@ -257,7 +257,8 @@ fn dry_run_rejects_unsupported_sizes_cleanly() {
 /// The static report (`ssl-engine bench kernels --static`): every GEMM and convolution kernel
 /// on sm_90a keeps everything in registers (no spill, no local memory), makes no 64-bit
 /// division call (they used to: two per loaded element in the convolution loaders, one per block
-/// in split_range), and the TF32 and BF16 variants run on tensor cores (HMMA). Needs cuobjdump.
+/// in split_range), and the TF32 and BF16 variants run on tensor cores (HMMA), fed through the
+/// cp.async pipeline (LDGSTS) and ldmatrix (LDSM). Needs cuobjdump.
 #[test]
 fn static_report_gemm_and_conv_kernels_are_spill_free_division_free_and_use_tensor_cores() {
     if !nvrtc_or_skip() {
@@ -280,6 +281,11 @@ fn static_report_gemm_and_conv_kernels_are_spill_free_division_free_and_use_tens
         assert!(k.occupancy().unwrap() >= 0.25, "{}: occupancy under 25%", k.name);
         let tensor_cores = k.name.contains("_tc_") || k.name.contains("_bf16_");
         assert_eq!(k.hmma > 0, tensor_cores, "{}: HMMA only and always in the TF32 and BF16 variants", k.name);
+        assert_eq!(k.ldgsts > 0 && k.ldsm > 0, tensor_cores, "{}: cp.async + ldmatrix only and always in the tensor-core variants", k.name);
+        // Operands with k contiguous in memory (matmul, the convolutions' activations along
+        // channels) have a 16-byte cp.async path; backward-weight has no such operand.
+        let has_k_contiguous_operand = !k.name.contains("weight_bwd");
+        assert_eq!(k.ldgsts128 > 0, tensor_cores && has_k_contiguous_operand, "{}: 16-byte cp.async", k.name);
     }
     // Attention at head dim 128 used to spill 344 bytes in the dk/dv pass (256 accumulators per
     // thread); two threads per key now hold 128 each.

@@ -76,6 +76,7 @@ struct emu_block {
     std::vector<std::unique_ptr<std::barrier<>>> warp_bars;
     std::vector<uint64_t> xch;          // one 8-byte slot per thread, for shuffles
     std::vector<emu_mma_slot> mma;      // one slot per thread, for mma.sync
+    std::vector<const void*> ldsm[2];   // one row address per thread, for ldmatrix (two in turn)
 };
 
 // ---- shared memory -----------------------------------------------------------------------
@@ -146,6 +147,12 @@ inline int __float_as_int(float f) {
     int i;
     std::memcpy(&i, &f, 4);
     return i;
+}
+
+// The read-only-cache load: a plain load here.
+template <class T>
+inline T __ldg(const T* p) {
+    return *p;
 }
 
 [[noreturn]] inline void __trap() { std::abort(); }
@@ -231,6 +238,57 @@ inline void emu_mma_bf16(float* c, unsigned a0, unsigned a1, unsigned a2, unsign
     }
     emu_warp_sync();
     emu_mma_accumulate<16>(c, A, B);
+}
+
+// ---- cp.async and ldmatrix -------------------------------------------------------------
+
+// cp.async: each thread queues its copies in groups; a copy lands only when cp.async.wait_group
+// retires its group, the latest moment the PTX ISA allows, so a kernel that reads a stage before
+// waiting for it reads the poison (or the previous tile) here. Copies still queued when the
+// thread ends are dropped with it.
+struct emu_copy {
+    void* dst;
+    const void* src;  // null: zero-fill
+    int bytes;
+};
+struct emu_cp_async_queue {
+    std::vector<std::vector<emu_copy>> committed;
+    std::vector<emu_copy> open;
+};
+inline thread_local emu_cp_async_queue emu_cpq;
+
+inline void emu_cp_async(void* dst, const void* src, int bytes) { emu_cpq.open.push_back({dst, src, bytes}); }
+inline void emu_cp_async_commit() {
+    emu_cpq.committed.push_back(std::move(emu_cpq.open));
+    emu_cpq.open.clear();
+}
+inline void emu_cp_async_wait(int n) {
+    auto& q = emu_cpq.committed;
+    const size_t retire = q.size() > (size_t)n ? q.size() - (size_t)n : 0;
+    for (size_t g = 0; g < retire; ++g)
+        for (const emu_copy& c : q[g]) {
+            if (c.src) std::memcpy(c.dst, c.src, (size_t)c.bytes);
+            else std::memset(c.dst, 0, (size_t)c.bytes);
+        }
+    q.erase(q.begin(), q.begin() + (long)retire);
+}
+
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: lane l gives the address of row l % 8 of matrix
+// l / 8; r[j] = 32-bit word l % 4 of row l / 4 of matrix j. One warp barrier per call: the
+// address slots alternate between two sets, and no lane can reach the call after next before
+// every lane has read this one.
+inline thread_local int emu_ldsm_turn = 0;
+inline void emu_ldmatrix_x4(unsigned* r, const void* row) {
+    emu_block& blk = *emu_t.block;
+    std::vector<const void*>& slots = blk.ldsm[emu_ldsm_turn];
+    emu_ldsm_turn ^= 1;
+    slots[emu_t.linear] = row;
+    emu_warp_sync();
+    const int base = emu_t.warp * 32, l = emu_t.lane;
+    for (int j = 0; j < 4; ++j) {
+        const unsigned char* p = static_cast<const unsigned char*>(slots[base + j * 8 + l / 4]);
+        std::memcpy(&r[j], p + 4 * (l % 4), 4);
+    }
 }
 
 // ---- kernel registry and launch ------------------------------------------------------------

@@ -34,6 +34,8 @@ extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsi
             blk.warp_bars.push_back(std::make_unique<std::barrier<>>(std::min(32u, nt - w * 32)));
         blk.xch.assign(nt, 0);
         blk.mma.assign(nt, emu_mma_slot{});
+        blk.ldsm[0].assign(nt, nullptr);
+        blk.ldsm[1].assign(nt, nullptr);
         std::vector<std::thread> ts;
         ts.reserve(nt);
         for (unsigned i = 0; i < nt; ++i)

@@ -27,6 +27,8 @@ pub struct KernelStatic {
     pub block_threads: Option<u32>,
     pub hmma: u32,
     pub ldgsts: u32,
+    /// The 16-byte ones among them (LDGSTS.E.BYPASS.128: cp.async.cg of 4 floats).
+    pub ldgsts128: u32,
     pub ldsm: u32,
     /// LDL + STL: local-memory traffic (spills, or arrays the compiler could not keep in registers).
     pub local_ops: u32,
@@ -94,6 +96,7 @@ pub fn static_report(cuobjdump: &Path) -> Result<Vec<KernelStatic>> {
             let k = kernels.entry(name.clone()).or_insert_with(|| KernelStatic { name, file: file.to_string(), ..Default::default() });
             k.hmma = mix.hmma;
             k.ldgsts = mix.ldgsts;
+            k.ldgsts128 = mix.ldgsts128;
             k.ldsm = mix.ldsm;
             k.local_ops = mix.local_ops;
             k.calls = mix.calls;
@@ -163,6 +166,7 @@ fn launch_bounds(ptx: &str) -> Vec<(String, u32)> {
 struct Mix {
     hmma: u32,
     ldgsts: u32,
+    ldgsts128: u32,
     ldsm: u32,
     local_ops: u32,
     calls: u32,
@@ -192,7 +196,10 @@ fn parse_sass(text: &str) -> Vec<(String, Mix)> {
         let base = op.split('.').next().unwrap_or(op);
         match base {
             "HMMA" | "HGMMA" => m.hmma += 1,
-            "LDGSTS" => m.ldgsts += 1,
+            "LDGSTS" => {
+                m.ldgsts += 1;
+                m.ldgsts128 += op.ends_with(".128") as u32;
+            }
             "LDSM" => m.ldsm += 1,
             "LDL" | "STL" => m.local_ops += 1,
             "CALL" => m.calls += 1,
@@ -205,14 +212,14 @@ fn parse_sass(text: &str) -> Vec<(String, Mix)> {
 /// The report as a table.
 pub fn format_report(ks: &[KernelStatic]) -> String {
     let mut s = format!(
-        "{:<34} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>7} {:>5}\n",
-        "kernel (sm_90a)", "file", "regs", "spill", "stack", "smem", "block", "occup", "HMMA", "LDGSTS", "LDSM", "LDL/STL", "calls"
+        "{:<34} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>5} {:>7} {:>5}\n",
+        "kernel (sm_90a)", "file", "regs", "spill", "stack", "smem", "block", "occup", "HMMA", "LDGSTS", ".128", "LDSM", "LDL/STL", "calls"
     );
     for k in ks {
         let occ = k.occupancy().map(|o| format!("{:.0}%", o * 100.0)).unwrap_or_else(|| "-".into());
         let block = k.block_threads.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
         s.push_str(&format!(
-            "{:<34} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>7} {:>5}\n",
+            "{:<34} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>5} {:>7} {:>5}\n",
             k.name,
             k.file,
             k.registers,
@@ -223,6 +230,7 @@ pub fn format_report(ks: &[KernelStatic]) -> String {
             occ,
             k.hmma,
             k.ldgsts,
+            k.ldgsts128,
             k.ldsm,
             k.local_ops,
             k.calls
