@@ -13,11 +13,12 @@
 
 // What a column-statistics pass sums per channel c of row r (two values):
 // MODE 0 (batch norm forward):  x, x^2
-// MODE 1 (batch norm backward): dy, dy * xhat with xhat = (x - mean[c]) * invstd[c]
+// MODE 1 (batch norm backward): dy, dy * xhat with xhat = (x - mean[c]) * invstd[c], dy masked
+//                                by relu_out > 0 when relu_out is given (the fused ReLU tail)
 // MODE 2 (layer norm backward): dy * xhat, dy with xhat = (x - mean[r]) * rstd[r]
 template <int MODE>
 DEV void colstats(const float* x, const float* dy, const float* mean, const float* inv, double* part, int rows,
-                  int C, int rpb) {
+                  int C, int rpb, const float* relu_out = nullptr) {
     __shared__ double s0[CS_ROWS][CS_LANES];
     __shared__ double s1[CS_ROWS][CS_LANES];
     const int tx = threadIdx.x, ty = threadIdx.y;
@@ -32,7 +33,7 @@ DEV void colstats(const float* x, const float* dy, const float* mean, const floa
                 a += (double)v;
                 b += (double)v * (double)v;
             } else if (MODE == 1) {
-                const float g = dy[r * C + c];
+                const float g = (!relu_out || relu_out[r * C + c] > 0.0f) ? dy[r * C + c] : 0.0f;
                 const double xhat = ((double)v - (double)mean[c]) * (double)inv[c];
                 a += (double)g;
                 b += (double)g * xhat;
@@ -63,9 +64,11 @@ DEV void colstats(const float* x, const float* dy, const float* mean, const floa
 extern "C" __global__ void batchnorm_stats_fwd_f32(const float* x, double* part, int rows, int C, int rpb) {
     colstats<0>(x, nullptr, nullptr, nullptr, part, rows, C, rpb);
 }
-extern "C" __global__ void batchnorm_stats_bwd_f32(const float* x, const float* dy, const float* mean,
-                                                   const float* invstd, double* part, int rows, int C, int rpb) {
-    colstats<1>(x, dy, mean, invstd, part, rows, C, rpb);
+// relu_out may be null (no ReLU in the forward tail).
+extern "C" __global__ void batchnorm_stats_bwd_f32(const float* x, const float* dy, const float* relu_out,
+                                                   const float* mean, const float* invstd, double* part, int rows,
+                                                   int C, int rpb) {
+    colstats<1>(x, dy, mean, invstd, part, rows, C, rpb, relu_out);
 }
 extern "C" __global__ void layernorm_stats_bwd_f32(const float* x, const float* dy, const float* mean,
                                                    const float* rstd, double* part, int rows, int C, int rpb) {
@@ -106,23 +109,31 @@ extern "C" __global__ void batchnorm_finalize_fwd_f32(const double* part, int nb
     }
 }
 
-// y = x * scale[c] + shift[c]
-extern "C" __global__ void batchnorm_apply_fwd_f32(const float* x, const float* scale_shift, float* y, i64 n, int C) {
+// The fused tail (BnTail): v + residual[i] when residual is given, then ReLU when relu != 0
+// (fmaxf: a NaN becomes 0, as the CPU's max does).
+DEV float bn_tail(float v, const float* residual, i64 i, int relu) {
+    if (residual) v += residual[i];
+    return relu ? fmaxf(v, 0.0f) : v;
+}
+
+// y = tail(x * scale[c] + shift[c]); residual may be null.
+extern "C" __global__ void batchnorm_apply_fwd_f32(const float* x, const float* scale_shift, const float* residual,
+                                                   float* y, i64 n, int C, int relu) {
     FOR_EACH(i, n) {
         const int c = (int)(i % C);
-        y[i] = fmaf(x[i], scale_shift[c], scale_shift[C + c]);
+        y[i] = bn_tail(fmaf(x[i], scale_shift[c], scale_shift[C + c]), residual, i, relu);
     }
 }
 
-// Eval mode: the running statistics. gamma and beta may be null.
+// Eval mode: the running statistics. gamma, beta and residual may be null.
 extern "C" __global__ void batchnorm_eval_fwd_f32(const float* x, const float* gamma, const float* beta,
-                                                  const float* running_mean, const float* running_var, float* y,
-                                                  i64 n, int C, float eps) {
+                                                  const float* running_mean, const float* running_var,
+                                                  const float* residual, float* y, i64 n, int C, float eps, int relu) {
     FOR_EACH(i, n) {
         const int c = (int)(i % C);
         const float scale = (gamma ? gamma[c] : 1.0f) / sqrtf(running_var[c] + eps);
         const float shift = (beta ? beta[c] : 0.0f) - running_mean[c] * scale;
-        y[i] = fmaf(x[i], scale, shift);
+        y[i] = bn_tail(fmaf(x[i], scale, shift), residual, i, relu);
     }
 }
 
@@ -146,9 +157,12 @@ extern "C" __global__ void colstats_finalize_bwd_f32(const double* part, int nbl
 }
 
 // dx = gamma * invstd / N * (N dy - sum(dy) - xhat * sum(dy xhat)); sums [2, C] from
-// colstats_finalize_bwd_f32. gamma may be null.
-extern "C" __global__ void batchnorm_dx_bwd_f32(const float* x, const float* dy, const float* gamma, const float* mean,
-                                                const float* invstd, const float* sums, float* dx, i64 n, int C,
+// colstats_finalize_bwd_f32. With relu_out, dy is masked by relu_out > 0 first, and the masked
+// dy is also written to dresidual when given (the shortcut's gradient, in the same pass).
+// gamma, relu_out and dresidual may be null.
+extern "C" __global__ void batchnorm_dx_bwd_f32(const float* x, const float* dy, const float* relu_out,
+                                                const float* gamma, const float* mean, const float* invstd,
+                                                const float* sums, float* dx, float* dresidual, i64 n, int C,
                                                 int rows) {
     const float N = (float)rows;
     FOR_EACH(i, n) {
@@ -156,7 +170,9 @@ extern "C" __global__ void batchnorm_dx_bwd_f32(const float* x, const float* dy,
         const float is = invstd[c];
         const float xhat = (x[i] - mean[c]) * is;
         const float k = (gamma ? gamma[c] : 1.0f) * is / N;
-        dx[i] = k * (N * dy[i] - sums[c] - xhat * sums[C + c]);
+        const float g = (!relu_out || relu_out[i] > 0.0f) ? dy[i] : 0.0f;
+        if (dresidual) dresidual[i] = g;
+        dx[i] = k * (N * g - sums[c] - xhat * sums[C + c]);
     }
 }
 

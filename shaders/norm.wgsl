@@ -8,7 +8,8 @@ struct P {
     rows: u32,
     ch: u32,
     eps: f32,
-    // bit 1: gamma given, bit 2: beta given
+    // bit 1: gamma given, bit 2: beta given, bit 4: residual given, bit 8: ReLU (batch norm's
+    // fused tail: y = relu?(bn(x) + residual?))
     flags: u32,
     nsplit: u32,
     chunk: u32,
@@ -30,6 +31,7 @@ struct P {
 @group(0) @binding(10) var<storage, read_write> o3: array<f32>;
 @group(0) @binding(11) var<storage, read> t1: array<f32>; // batch-norm backward: sum dy
 @group(0) @binding(12) var<storage, read> t2: array<f32>; // batch-norm backward: sum dy * xhat
+@group(0) @binding(13) var<storage, read> res: array<f32>; // batch-norm tail: the residual
 
 fn gamma_at(c: u32) -> f32 {
     if ((p.flags & 1u) != 0u) {
@@ -177,6 +179,18 @@ fn colstats_finalize_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
 
 // ---- batch norm, elementwise ------------------------------------------------------------
 
+// The fused tail: v + res[i] (bit 4), then ReLU (bit 8).
+fn bn_tail(v: f32, i: u32) -> f32 {
+    var o = v;
+    if ((p.flags & 4u) != 0u) {
+        o += res[i];
+    }
+    if ((p.flags & 8u) != 0u) {
+        o = max(o, 0.0);
+    }
+    return o;
+}
+
 // y = x * scale + shift, scale = invstd * gamma, shift = beta - mean * scale
 @compute @workgroup_size(WG)
 fn batchnorm_apply_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -184,7 +198,7 @@ fn batchnorm_apply_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
         let c = i % p.ch;
         let scale = sb[c] * gamma_at(c);
         let shift = beta_at(c) - sa[c] * scale;
-        o1[i] = x[i] * scale + shift;
+        o1[i] = bn_tail(x[i] * scale + shift, i);
     }
 }
 
@@ -195,7 +209,15 @@ fn batchnorm_eval_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
         let c = i % p.ch;
         let scale = gamma_at(c) / sqrt(sb[c] + p.eps);
         let shift = beta_at(c) - sa[c] * scale;
-        o1[i] = x[i] * scale + shift;
+        o1[i] = bn_tail(x[i] * scale + shift, i);
+    }
+}
+
+// The ReLU tail's backward: o1 = dy where the forward output (bound as x) is positive, else 0.
+@compute @workgroup_size(WG)
+fn batchnorm_mask_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var i = flat_id(wid, nwg, li); i < p.rows * p.ch; i += grid_stride(nwg)) {
+        o1[i] = select(0.0, dy[i], x[i] > 0.0);
     }
 }
 

@@ -137,14 +137,46 @@ pub fn batchnorm_train<B: Backend>(
     running: Option<(&Tensor<B>, &Tensor<B>, f32)>,
     eps: f32,
 ) -> Result<(Tensor<B>, BnSaved<B>)> {
+    batchnorm_train_tail(x, gamma, beta, running, eps, None, false)
+}
+
+/// The checks every batch-norm forward makes: x's dims, gamma and beta per channel, and a fused
+/// tail's shortcut of x's shape and dtype.
+fn bn_dims<B: Backend>(
+    op: &'static str,
+    x: &Tensor<B>,
+    gamma: Option<&Tensor<B>>,
+    beta: Option<&Tensor<B>>,
+    residual: Option<&Tensor<B>>,
+    eps: f32,
+) -> Result<NormDims> {
+    same_dtype(op, &[x])?;
+    if let Some(r) = residual {
+        same_dtype(op, &[x, r])?;
+        expect_shape(op, "residual", r, x.shape())?;
+    }
+    let d = norm_dims(op, x, eps)?;
+    per_channel(op, "gamma", gamma, d.channels)?;
+    per_channel(op, "beta", beta, d.channels)?;
+    Ok(d)
+}
+
+/// batchnorm_train with its output pass fused with what follows in a ResNet:
+/// y = relu?(bn(x) + residual?) (backend::BnTail).
+pub fn batchnorm_train_tail<B: Backend>(
+    x: &Tensor<B>,
+    gamma: Option<&Tensor<B>>,
+    beta: Option<&Tensor<B>>,
+    running: Option<(&Tensor<B>, &Tensor<B>, f32)>,
+    eps: f32,
+    residual: Option<&Tensor<B>>,
+    relu: bool,
+) -> Result<(Tensor<B>, BnSaved<B>)> {
     const OP: &str = "batchnorm";
-    same_dtype(OP, &[x])?;
-    let d = norm_dims(OP, x, eps)?;
+    let d = bn_dims(OP, x, gamma, beta, residual, eps)?;
     if d.rows < 2 {
         return Err(shape_err(OP, "training batch norm needs more than one value per channel", &[x.shape()]));
     }
-    per_channel(OP, "gamma", gamma, d.channels)?;
-    per_channel(OP, "beta", beta, d.channels)?;
     if let Some((m, v, _)) = running {
         per_channel(OP, "running_mean", Some(m), d.channels)?;
         per_channel(OP, "running_var", Some(v), d.channels)?;
@@ -157,6 +189,7 @@ pub fn batchnorm_train<B: Backend>(
         x.storage(),
         gamma.map(|t| t.storage()),
         beta.map(|t| t.storage()),
+        BnTail { residual: residual.map(|t| t.storage()), relu },
         y.storage(),
         mean.storage(),
         invstd.storage(),
@@ -174,11 +207,24 @@ pub fn batchnorm_eval<B: Backend>(
     running_var: &Tensor<B>,
     eps: f32,
 ) -> Result<Tensor<B>> {
+    batchnorm_eval_tail(x, gamma, beta, running_mean, running_var, eps, None, false)
+}
+
+/// batchnorm_eval with a fused tail, as batchnorm_train_tail.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_eval_tail<B: Backend>(
+    x: &Tensor<B>,
+    gamma: Option<&Tensor<B>>,
+    beta: Option<&Tensor<B>>,
+    running_mean: &Tensor<B>,
+    running_var: &Tensor<B>,
+    eps: f32,
+    residual: Option<&Tensor<B>>,
+    relu: bool,
+) -> Result<Tensor<B>> {
     const OP: &str = "batchnorm_eval";
     same_dtype(OP, &[x, running_mean, running_var])?;
-    let d = norm_dims(OP, x, eps)?;
-    per_channel(OP, "gamma", gamma, d.channels)?;
-    per_channel(OP, "beta", beta, d.channels)?;
+    let d = bn_dims(OP, x, gamma, beta, residual, eps)?;
     per_channel(OP, "running_mean", Some(running_mean), d.channels)?;
     per_channel(OP, "running_var", Some(running_var), d.channels)?;
     let y = out(x, x.shape())?;
@@ -188,6 +234,7 @@ pub fn batchnorm_eval<B: Backend>(
         beta.map(|t| t.storage()),
         running_mean.storage(),
         running_var.storage(),
+        BnTail { residual: residual.map(|t| t.storage()), relu },
         y.storage(),
         &d,
     )?;
@@ -202,25 +249,51 @@ pub fn batchnorm_bwd<B: Backend>(
     saved: &BnSaved<B>,
     affine: bool,
 ) -> Result<(Tensor<B>, Option<(Tensor<B>, Tensor<B>)>)> {
+    let (dx, dgb, _) = batchnorm_bwd_tail(x, dy, None, gamma, saved, affine, false)?;
+    Ok((dx, dgb))
+}
+
+/// Gradients of a batch norm (train mode) with a fused tail: `relu_out` is the forward output
+/// when the tail ended in a ReLU. Returns dx, (dgamma, dbeta) when `affine`, and the residual's
+/// gradient when `residual` (dy masked by the ReLU; dy itself without one).
+pub fn batchnorm_bwd_tail<B: Backend>(
+    x: &Tensor<B>,
+    dy: &Tensor<B>,
+    relu_out: Option<&Tensor<B>>,
+    gamma: Option<&Tensor<B>>,
+    saved: &BnSaved<B>,
+    affine: bool,
+    residual: bool,
+) -> Result<BnGrads<B>> {
     const OP: &str = "batchnorm_bwd";
     same_dtype(OP, &[x, dy])?;
     expect_shape(OP, "dy", dy, x.shape())?;
+    if let Some(y) = relu_out {
+        expect_shape(OP, "relu_out", y, x.shape())?;
+    }
     let d = norm_dims(OP, x, 0.0)?;
     let dx = out(x, x.shape())?;
     let dgb = if affine { Some((out(x, &[d.channels])?, out(x, &[d.channels])?)) } else { None };
+    let dres = if residual && relu_out.is_some() { Some(out(x, x.shape())?) } else { None };
     x.backend().batchnorm_bwd(
         x.storage(),
         dy.storage(),
+        relu_out.map(|t| t.storage()),
         gamma.map(|t| t.storage()),
         saved.mean.storage(),
         saved.invstd.storage(),
         dx.storage(),
+        dres.as_ref().map(|t| t.storage()),
         dgb.as_ref().map(|g| g.0.storage()),
         dgb.as_ref().map(|g| g.1.storage()),
         &d,
     )?;
-    Ok((dx, dgb))
+    let dres = if residual && relu_out.is_none() { Some(dy.clone()) } else { dres };
+    Ok((dx, dgb, dres))
 }
+
+/// dx, (dgamma, dbeta) when affine, the residual's gradient when the tail had one.
+pub type BnGrads<B> = (Tensor<B>, Option<(Tensor<B>, Tensor<B>)>, Option<Tensor<B>>);
 
 pub fn layernorm<B: Backend>(x: &Tensor<B>, gamma: &Tensor<B>, beta: &Tensor<B>, eps: f32) -> Result<(Tensor<B>, BnSaved<B>)> {
     const OP: &str = "layernorm";
@@ -330,6 +403,10 @@ fn attn_dims<B: Backend>(q: &Tensor<B>, k: &Tensor<B>, v: &Tensor<B>, scale: f32
     let (bk, tk, dk) = split_matrix(OP, k.shape())?;
     if k.shape() != v.shape() || bq != bk || dq != dk || q.shape()[..q.dims() - 2] != k.shape()[..k.dims() - 2] {
         return Err(shape_err(OP, "q [.., tq, d], k and v [.., tk, d] must agree", &[q.shape(), k.shape(), v.shape()]));
+    }
+    // A softmax over no keys is 0 / 0: refused here rather than returned as NaN.
+    if tk == 0 && tq > 0 {
+        return Err(shape_err(OP, "no keys (tk = 0): every query's softmax would be empty", &[q.shape(), k.shape()]));
     }
     Ok(AttnDims { bh: bq, tq, tk, d: dq, scale })
 }

@@ -33,6 +33,7 @@ fn shape_errors_name_the_op_and_shapes() {
     expect_err(ops::slice(&t(&[2, 3]), 1, 2, 2), &["slice", "out of bounds"]);
     expect_err(ops::concat(&[&t(&[2, 3]), &t(&[2, 4])], 0), &["concat", "[2, 3]", "[2, 4]"]);
     expect_err(ops::attention(&t(&[2, 5, 4]), &t(&[2, 6, 4]), &t(&[2, 6, 3]), 1.0), &["attention"]);
+    expect_err(ops::attention(&t(&[2, 5, 4]), &t(&[2, 0, 4]), &t(&[2, 0, 4]), 1.0), &["attention", "tk = 0", "[2, 0, 4]"]);
     expect_err(ops::pool_dims(&[1, 4, 4], 3, 2, 1), &["maxpool2d", "[1, 4, 4]"]);
     expect_err(t(&[2, 3]).reshape(&[5]), &["reshape", "[2, 3]", "[5]"]);
     expect_err(Tensor::from_f32(&common::cpu(1), &[1.0, 2.0], &[3], DType::F32), &["2 values", "3 elements"]);

@@ -94,6 +94,21 @@ fn batchnorm_affine_and_plain() {
     gradcheck("bn plain", &[input(&mut r, &[7, 4])], |t, v| t.batchnorm_train(&v[0], None, None, 1e-5).unwrap());
 }
 
+/// The fused tail relu?(bn(x) + residual?): gradients for x, gamma, beta and the residual.
+#[test]
+fn batchnorm_with_fused_tail() {
+    let mut r = Rng::new(31);
+    for (residual, relu) in [(false, true), (true, true), (true, false)] {
+        let mut ins = vec![input(&mut r, &[3, 2, 2, 5]), input(&mut r, &[5]), input(&mut r, &[5])];
+        if residual {
+            ins.push(input(&mut r, &[3, 2, 2, 5]));
+        }
+        gradcheck(&format!("bn tail residual={residual} relu={relu}"), &ins, |t, v| {
+            t.batchnorm_train_tail(&v[0], Some((&v[1], &v[2])), None, 1e-5, v.get(3), relu).unwrap()
+        });
+    }
+}
+
 #[test]
 fn layernorm_softmax_attention() {
     let mut r = Rng::new(4);

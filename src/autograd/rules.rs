@@ -11,8 +11,9 @@ pub enum Op<B: Backend> {
     Matmul { a: Tensor<B>, b: Tensor<B>, trans_a: bool, trans_b: bool },
     /// inputs: x, weight
     Conv2d { x: Tensor<B>, w: Tensor<B>, dims: Conv2dDims },
-    /// inputs: x, then gamma and beta when affine
-    BatchNorm { x: Tensor<B>, gamma: Option<Tensor<B>>, saved: BnSaved<B> },
+    /// inputs: x, then gamma and beta when affine, then the residual when the fused tail has
+    /// one; `relu_out` is the output when the tail ends in a ReLU (its mask)
+    BatchNorm { x: Tensor<B>, gamma: Option<Tensor<B>>, saved: BnSaved<B>, relu_out: Option<Tensor<B>>, residual: bool },
     /// inputs: x, gamma, beta
     LayerNorm { x: Tensor<B>, gamma: Tensor<B>, saved: BnSaved<B> },
     L2Normalize { x: Tensor<B>, norm: Tensor<B>, eps: f32 },
@@ -123,11 +124,14 @@ pub(super) fn backward<B: Backend>(op: &Op<B>, g: &Tensor<B>, needs: &[bool]) ->
             let dw = if need(1) { Some(ops::conv2d_bwd_weight(x, g, dims)?) } else { None };
             vec![dx, dw]
         }
-        Op::BatchNorm { x, gamma, saved } => {
-            let (dx, dgb) = ops::batchnorm_bwd(x, g, gamma.as_ref(), saved, gamma.is_some())?;
+        Op::BatchNorm { x, gamma, saved, relu_out, residual } => {
+            let (dx, dgb, dres) = ops::batchnorm_bwd_tail(x, g, relu_out.as_ref(), gamma.as_ref(), saved, gamma.is_some(), *residual)?;
             let mut out = vec![Some(dx)];
             if let Some((dg, db)) = dgb {
                 out.extend([Some(dg), Some(db)]);
+            }
+            if *residual {
+                out.push(dres);
             }
             out
         }

@@ -47,12 +47,36 @@ impl<B: Backend> Tape<B> {
         running: Option<(&crate::Tensor<B>, &crate::Tensor<B>, f32)>,
         eps: f32,
     ) -> Result<Var<B>> {
-        let (y, saved) = ops::batchnorm_train(&x.value, affine.map(|a| &a.0.value), affine.map(|a| &a.1.value), running, eps)?;
-        let gamma = affine.map(|a| a.0.value.clone());
-        match affine {
-            Some((g, b)) => Ok(self.record(y, &[x, g, b], || Op::BatchNorm { x: x.value.clone(), gamma, saved })),
-            None => Ok(self.record(y, &[x], || Op::BatchNorm { x: x.value.clone(), gamma, saved })),
+        self.batchnorm_train_tail(x, affine, running, eps, None, false)
+    }
+
+    /// batchnorm_train with the output pass fused with what follows it in a ResNet:
+    /// relu?(bn(x) + residual?), one op on the tape (inputs x, then gamma and beta, then the
+    /// residual). Its values and gradients are those of the three separate ops.
+    pub fn batchnorm_train_tail(
+        &self,
+        x: &Var<B>,
+        affine: Option<(&Var<B>, &Var<B>)>,
+        running: Option<(&crate::Tensor<B>, &crate::Tensor<B>, f32)>,
+        eps: f32,
+        residual: Option<&Var<B>>,
+        relu: bool,
+    ) -> Result<Var<B>> {
+        let (g, b) = (affine.map(|a| &a.0.value), affine.map(|a| &a.1.value));
+        let (y, saved) = ops::batchnorm_train_tail(&x.value, g, b, running, eps, residual.map(|r| &r.value), relu)?;
+        let mut inputs = vec![x];
+        if let Some((g, b)) = affine {
+            inputs.extend([g, b]);
         }
+        inputs.extend(residual);
+        let op = || Op::BatchNorm {
+            x: x.value.clone(),
+            gamma: affine.map(|a| a.0.value.clone()),
+            saved,
+            relu_out: relu.then(|| y.clone()),
+            residual: residual.is_some(),
+        };
+        Ok(self.record(y.clone(), &inputs, op))
     }
 
     pub fn layernorm(&self, x: &Var<B>, gamma: &Var<B>, beta: &Var<B>, eps: f32) -> Result<Var<B>> {

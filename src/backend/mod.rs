@@ -60,6 +60,26 @@ pub struct RunningStats<'a, S> {
     pub momentum: f32,
 }
 
+/// What a batch norm's output pass does after normalising, fused so the activation is written
+/// once: y = relu?(bn(x) + residual?). A ResNet block's last norm takes the shortcut and the
+/// ReLU, the others the ReLU alone.
+pub struct BnTail<'a, S> {
+    pub residual: Option<&'a S>,
+    pub relu: bool,
+}
+
+impl<S> BnTail<'_, S> {
+    /// Plain batch norm.
+    pub const NONE: Self = BnTail { residual: None, relu: false };
+}
+
+impl<S> Clone for BnTail<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for BnTail<'_, S> {}
+
 /// Scaled dot-product attention over `bh` independent (batch x head) slices:
 /// q [bh, tq, d], k and v [bh, tk, d], o [bh, tq, d], lse (log-sum-exp of each score row) [bh, tq].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -221,13 +241,15 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     // ---- norm ----------------------------------------------------------------------------
     /// Training batch norm: batch statistics (biased variance for normalising), saves mean and
-    /// 1/sqrt(var + eps) per channel for backward, updates running statistics when given.
+    /// 1/sqrt(var + eps) per channel for backward, updates running statistics when given;
+    /// `tail` is applied in the same output pass.
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_fwd_train(
         &self,
         x: &Self::Storage,
         gamma: Option<&Self::Storage>,
         beta: Option<&Self::Storage>,
+        tail: BnTail<'_, Self::Storage>,
         y: &Self::Storage,
         save_mean: &Self::Storage,
         save_invstd: &Self::Storage,
@@ -242,19 +264,24 @@ pub trait Backend: Clone + Send + Sync + 'static {
         beta: Option<&Self::Storage>,
         running_mean: &Self::Storage,
         running_var: &Self::Storage,
+        tail: BnTail<'_, Self::Storage>,
         y: &Self::Storage,
         d: &NormDims,
     ) -> Result<()>;
-    /// dgamma / dbeta are written when given (affine batch norm).
+    /// dgamma / dbeta are written when given (affine batch norm). `relu_out`: the forward output
+    /// when its tail ended in a ReLU, so dy counts only where it is positive; that masked dy is
+    /// also the residual's gradient, written to `dresidual` when given.
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_bwd(
         &self,
         x: &Self::Storage,
         dy: &Self::Storage,
+        relu_out: Option<&Self::Storage>,
         gamma: Option<&Self::Storage>,
         save_mean: &Self::Storage,
         save_invstd: &Self::Storage,
         dx: &Self::Storage,
+        dresidual: Option<&Self::Storage>,
         dgamma: Option<&Self::Storage>,
         dbeta: Option<&Self::Storage>,
         d: &NormDims,

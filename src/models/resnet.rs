@@ -38,21 +38,20 @@ struct Block {
 }
 
 impl Block {
+    /// Every norm's output pass carries what follows it: the ReLU, and for the last one the
+    /// shortcut too (relu(bn(conv(h)) + identity)), so the activation is written once.
     fn forward<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
-        let t = cx.tape;
-        let mut h = x.clone();
-        let last = self.convs.len() - 1;
-        for (i, (conv, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
-            h = bn.forward(cx, &conv.forward(cx, &h)?)?;
-            if i < last {
-                h = t.relu(&h)?;
-            }
-        }
         let identity = match &self.downsample {
             Some((conv, bn)) => bn.forward(cx, &conv.forward(cx, x)?)?,
             None => x.clone(),
         };
-        t.relu(&t.add(&h, &identity)?)
+        let mut h = x.clone();
+        let last = self.convs.len() - 1;
+        for (i, (conv, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
+            let residual = (i == last).then_some(&identity);
+            h = bn.forward_tail(cx, &conv.forward(cx, &h)?, residual, true)?;
+        }
+        Ok(h)
     }
 }
 
@@ -150,7 +149,7 @@ impl ResNet {
     /// x [n, h, w, 3] -> [n, feature_dim] (or [n, classes] with `fc`).
     pub fn forward<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
         let t = cx.tape;
-        let mut h = t.relu(&self.bn1.forward(cx, &self.conv1.forward(cx, x)?)?)?;
+        let mut h = self.bn1.forward_tail(cx, &self.conv1.forward(cx, x)?, None, true)?;
         if self.maxpool {
             h = t.maxpool2d(&h, 3, 2, 1)?;
         }

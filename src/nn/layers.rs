@@ -76,17 +76,25 @@ impl BatchNorm {
     }
 
     pub fn forward<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
+        self.forward_tail(cx, x, None, false)
+    }
+
+    /// relu?(bn(x) + residual?) in one pass (the ops' fused tail).
+    pub fn forward_tail<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>, residual: Option<&Var<B>>, relu: bool) -> Result<Var<B>> {
         let (rm, rv) = (cx.params.get(self.running_mean), cx.params.get(self.running_var));
-        if cx.train {
-            let affine = self.affine.map(|(g, b)| (cx.param(g), cx.param(b)));
-            return cx.tape.batchnorm_train(x, affine.as_ref().map(|(g, b)| (g, b)), Some((rm, rv, self.momentum)), self.eps);
-        }
         let affine = self.affine.map(|(g, b)| (cx.param(g), cx.param(b)));
-        let needs_grad = x.requires_grad() || affine.as_ref().is_some_and(|(g, b)| g.requires_grad() || b.requires_grad());
+        if cx.train {
+            let running = Some((rm, rv, self.momentum));
+            return cx.tape.batchnorm_train_tail(x, affine.as_ref().map(|(g, b)| (g, b)), running, self.eps, residual, relu);
+        }
+        let needs_grad = x.requires_grad()
+            || residual.is_some_and(|r| r.requires_grad())
+            || affine.as_ref().is_some_and(|(g, b)| g.requires_grad() || b.requires_grad());
         if needs_grad && cx.tape.is_recording() {
             return Err(Error::Autograd("eval-mode batch norm does not support gradients; freeze the layer or use train mode".into()));
         }
-        let y = ops::batchnorm_eval(&x.value, affine.as_ref().map(|a| &a.0.value), affine.as_ref().map(|a| &a.1.value), rm, rv, self.eps)?;
+        let (g, b) = (affine.as_ref().map(|a| &a.0.value), affine.as_ref().map(|a| &a.1.value));
+        let y = ops::batchnorm_eval_tail(&x.value, g, b, rm, rv, self.eps, residual.map(|r| &r.value), relu)?;
         Ok(Var::constant(y))
     }
 }

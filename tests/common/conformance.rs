@@ -16,6 +16,9 @@ pub enum Case {
     Matmul { ta: bool, tb: bool },
     Conv { stride: usize, pad: usize, groups: usize },
     BatchNorm { affine: bool },
+    /// Affine batch norm with its fused tail, relu?(bn(x) + residual?): x, gamma, beta, then
+    /// the residual when given.
+    BatchNormTail { residual: bool, relu: bool },
     LayerNorm,
     L2Normalize,
     Softmax,
@@ -61,6 +64,9 @@ impl Case {
             Case::Conv { stride, pad, groups } => t.conv2d(&v[0], &v[1], [*stride; 2], [*pad; 2], *groups),
             Case::BatchNorm { affine: true } => t.batchnorm_train(&v[0], Some((&v[1], &v[2])), None, 1e-5),
             Case::BatchNorm { affine: false } => t.batchnorm_train(&v[0], None, None, 1e-5),
+            Case::BatchNormTail { residual, relu } => {
+                t.batchnorm_train_tail(&v[0], Some((&v[1], &v[2])), None, 1e-5, residual.then(|| &v[3]), *relu)
+            }
             Case::LayerNorm => t.layernorm(&v[0], &v[1], &v[2], 1e-6),
             Case::L2Normalize => t.l2_normalize(&v[0], 1e-12),
             Case::Softmax => t.softmax(&v[0]),
@@ -127,6 +133,9 @@ pub fn cases() -> Vec<(Case, Vec<Vec<usize>>)> {
         (Conv { stride: 4, pad: 0, groups: 1 }, vec![vec![2, 12, 8, 3], vec![5, 4, 4, 3]]),
         (BatchNorm { affine: true }, vec![vec![3, 5, 7, 11], vec![11], vec![11]]),
         (BatchNorm { affine: false }, vec![vec![37, 13]]),
+        (BatchNormTail { residual: false, relu: true }, vec![vec![3, 5, 7, 11], vec![11], vec![11]]),
+        (BatchNormTail { residual: true, relu: true }, vec![vec![3, 5, 7, 11], vec![11], vec![11], vec![3, 5, 7, 11]]),
+        (BatchNormTail { residual: true, relu: false }, vec![vec![37, 13], vec![13], vec![13], vec![37, 13]]),
         (LayerNorm, vec![vec![3, 7, 19], vec![19], vec![19]]),
         (L2Normalize, vec![vec![5, 7, 33]]),
         (Softmax, vec![vec![5, 7, 33]]),

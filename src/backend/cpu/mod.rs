@@ -266,6 +266,7 @@ impl Backend for CpuBackend {
         x: &CpuStorage,
         gamma: Option<&CpuStorage>,
         beta: Option<&CpuStorage>,
+        tail: BnTail<'_, CpuStorage>,
         y: &CpuStorage,
         save_mean: &CpuStorage,
         save_invstd: &CpuStorage,
@@ -276,9 +277,11 @@ impl Backend for CpuBackend {
             let gx = x.read();
             let gg = gamma.map(|g| g.read());
             let gb = beta.map(|b| b.read());
+            let gres = tail.residual.map(|s| s.read());
+            let tl = norm::Tail { residual: gres.as_ref().map(r), relu: tail.relu };
             let (mut gy, mut gm, mut gi) = (y.write(), save_mean.write(), save_invstd.write());
             let (mean, var) = norm::batchnorm_fwd_train::<T>(
-                r(&gx), gg.as_ref().map(r), gb.as_ref().map(r), w(&mut gy), w(&mut gm), w(&mut gi), d);
+                r(&gx), gg.as_ref().map(r), gb.as_ref().map(r), tl, w(&mut gy), w(&mut gm), w(&mut gi), d);
             if let Some(rs) = running {
                 let (mut rm, mut rv) = (rs.mean.write(), rs.var.write());
                 norm::update_running::<T>(w(&mut rm), w(&mut rv), &mean, &var, d.rows, rs.momentum);
@@ -293,6 +296,7 @@ impl Backend for CpuBackend {
         beta: Option<&CpuStorage>,
         running_mean: &CpuStorage,
         running_var: &CpuStorage,
+        tail: BnTail<'_, CpuStorage>,
         y: &CpuStorage,
         d: &NormDims,
     ) -> Result<()> {
@@ -301,8 +305,10 @@ impl Backend for CpuBackend {
             let gg = gamma.map(|g| g.read());
             let gb = beta.map(|b| b.read());
             let (rm, rv) = (running_mean.read(), running_var.read());
+            let gres = tail.residual.map(|s| s.read());
+            let tl = norm::Tail { residual: gres.as_ref().map(r), relu: tail.relu };
             let mut gy = y.write();
-            norm::batchnorm_fwd_eval::<T>(r(&gx), gg.as_ref().map(r), gb.as_ref().map(r), r(&rm), r(&rv), w(&mut gy), d);
+            norm::batchnorm_fwd_eval::<T>(r(&gx), gg.as_ref().map(r), gb.as_ref().map(r), r(&rm), r(&rv), tl, w(&mut gy), d);
             Ok(())
         })
     }
@@ -310,10 +316,12 @@ impl Backend for CpuBackend {
         &self,
         x: &CpuStorage,
         dy: &CpuStorage,
+        relu_out: Option<&CpuStorage>,
         gamma: Option<&CpuStorage>,
         save_mean: &CpuStorage,
         save_invstd: &CpuStorage,
         dx: &CpuStorage,
+        dresidual: Option<&CpuStorage>,
         dgamma: Option<&CpuStorage>,
         dbeta: Option<&CpuStorage>,
         d: &NormDims,
@@ -321,8 +329,11 @@ impl Backend for CpuBackend {
         on_dtype!(self, dx, T => {
             let (gx, gdy, gm, gi) = (x.read(), dy.read(), save_mean.read(), save_invstd.read());
             let gg = gamma.map(|g| g.read());
+            let gy = relu_out.map(|s| s.read());
             let mut gdx = dx.write();
-            let (dg, db) = norm::batchnorm_bwd::<T>(r(&gx), r(&gdy), gg.as_ref().map(r), r(&gm), r(&gi), w(&mut gdx), d);
+            let mut gdr = dresidual.map(|s| s.write());
+            let (dg, db) = norm::batchnorm_bwd::<T>(
+                r(&gx), r(&gdy), gy.as_ref().map(r), gg.as_ref().map(r), r(&gm), r(&gi), w(&mut gdx), gdr.as_mut().map(w), d);
             if let Some(s) = dgamma {
                 let mut g = s.write();
                 norm::store_f64::<T>(w(&mut g), &dg);

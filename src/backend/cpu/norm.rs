@@ -41,16 +41,41 @@ fn param<T: Real>(p: Option<&[T]>, c: usize, default: f64) -> f64 {
     p.map_or(default, |p| p[c].f64())
 }
 
-/// y = x * scale[channel] + shift[channel], in blocks of rows; zipped slices so the inner loop
-/// has no bounds checks and vectorises (indexing by channel kept it scalar: 3-4x slower).
-fn scale_shift<T: Real>(x: &[T], y: &mut [T], c: usize, scale: &[f64], shift: &[f64]) {
-    y.par_chunks_mut(c * BLOCK_ROWS).zip(x.par_chunks(c * BLOCK_ROWS)).for_each(|(yb, xb)| {
-        for (yr, xr) in yb.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
+/// y = relu?(x * scale[channel] + shift[channel] + residual?), in blocks of rows; zipped slices
+/// so the inner loop has no bounds checks and vectorises (indexing by channel kept it scalar:
+/// 3-4x slower). The normalised value is rounded to T before the residual is added, as the
+/// separate ops (batch norm, add, ReLU) would.
+fn scale_shift<T: Real>(x: &[T], y: &mut [T], c: usize, scale: &[f64], shift: &[f64], tail: Tail<'_, T>) {
+    let res = tail.residual.map(|r| r.par_chunks(c * BLOCK_ROWS));
+    let rows = y.par_chunks_mut(c * BLOCK_ROWS).zip(x.par_chunks(c * BLOCK_ROWS));
+    let block = |yb: &mut [T], xb: &[T], rb: Option<&[T]>| {
+        for (i, (yr, xr)) in yb.chunks_exact_mut(c).zip(xb.chunks_exact(c)).enumerate() {
             for (((o, v), a), b) in yr.iter_mut().zip(xr).zip(scale).zip(shift) {
                 *o = T::c(v.f64() * a + b);
             }
+            if let Some(rb) = rb {
+                for (o, r) in yr.iter_mut().zip(&rb[i * c..(i + 1) * c]) {
+                    *o = T::c(o.f64() + r.f64());
+                }
+            }
+            if tail.relu {
+                for o in yr.iter_mut() {
+                    *o = o.max(T::zero());
+                }
+            }
         }
-    });
+    };
+    match res {
+        Some(res) => rows.zip(res).for_each(|((yb, xb), rb)| block(yb, xb, Some(rb))),
+        None => rows.for_each(|(yb, xb)| block(yb, xb, None)),
+    }
+}
+
+/// The CPU's view of a BnTail: the residual's values.
+#[derive(Clone, Copy)]
+pub struct Tail<'a, T> {
+    pub residual: Option<&'a [T]>,
+    pub relu: bool,
 }
 
 /// Returns the batch mean and biased variance (for the running-stat update).
@@ -58,6 +83,7 @@ pub fn batchnorm_fwd_train<T: Real>(
     x: &[T],
     gamma: Option<&[T]>,
     beta: Option<&[T]>,
+    tail: Tail<'_, T>,
     y: &mut [T],
     save_mean: &mut [T],
     save_invstd: &mut [T],
@@ -81,7 +107,7 @@ pub fn batchnorm_fwd_train<T: Real>(
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + d.eps as f64).sqrt()).collect();
     let scale: Vec<f64> = (0..c).map(|j| invstd[j] * param(gamma, j, 1.0)).collect();
     let shift: Vec<f64> = (0..c).map(|j| param(beta, j, 0.0) - mean[j] * scale[j]).collect();
-    scale_shift(x, y, c, &scale, &shift);
+    scale_shift(x, y, c, &scale, &shift, tail);
     store_f64(save_mean, &mean);
     store_f64(save_invstd, &invstd);
     (mean, var)
@@ -97,24 +123,50 @@ pub fn update_running<T: Real>(rm: &mut [T], rv: &mut [T], mean: &[f64], var: &[
     }
 }
 
-pub fn batchnorm_fwd_eval<T: Real>(x: &[T], gamma: Option<&[T]>, beta: Option<&[T]>, rm: &[T], rv: &[T], y: &mut [T], d: &NormDims) {
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_fwd_eval<T: Real>(
+    x: &[T],
+    gamma: Option<&[T]>,
+    beta: Option<&[T]>,
+    rm: &[T],
+    rv: &[T],
+    tail: Tail<'_, T>,
+    y: &mut [T],
+    d: &NormDims,
+) {
     let c = d.channels;
     let scale: Vec<f64> = (0..c).map(|j| param(gamma, j, 1.0) / (rv[j].f64() + d.eps as f64).sqrt()).collect();
     let shift: Vec<f64> = (0..c).map(|j| param(beta, j, 0.0) - rm[j].f64() * scale[j]).collect();
-    scale_shift(x, y, c, &scale, &shift);
+    scale_shift(x, y, c, &scale, &shift, tail);
 }
 
 /// dx = gamma * invstd / N * (N dy - sum(dy) - xhat * sum(dy xhat)); returns (dgamma, dbeta).
+/// With `relu_out` (the output of a tail ending in a ReLU), dy is first zeroed where the output
+/// is not positive; that masked dy goes to `dresidual` when given.
+#[allow(clippy::too_many_arguments)]
 pub fn batchnorm_bwd<T: Real>(
     x: &[T],
     dy: &[T],
+    relu_out: Option<&[T]>,
     gamma: Option<&[T]>,
     mean: &[T],
     invstd: &[T],
     dx: &mut [T],
+    dresidual: Option<&mut [T]>,
     d: &NormDims,
 ) -> (Vec<f64>, Vec<f64>) {
     let (rows, c) = (d.rows, d.channels);
+    let masked: Vec<T>;
+    let dy = match relu_out {
+        Some(y) => {
+            masked = dy.par_iter().zip(y).map(|(&g, &y)| if y > T::zero() { g } else { T::zero() }).collect();
+            &masked[..]
+        }
+        None => dy,
+    };
+    if let Some(dr) = dresidual {
+        dr.copy_from_slice(dy);
+    }
     let (mean, invstd): (Vec<f64>, Vec<f64>) = (mean.iter().map(|v| v.f64()).collect(), invstd.iter().map(|v| v.f64()).collect());
     // acc[0..c] = sum dy, acc[c..2c] = sum dy * (x - mean); sum dy * xhat = invstd * the latter.
     let sums = column_sums(rows, 2 * c, |r, acc| {

@@ -285,13 +285,14 @@ impl Backend for CudaBackend {
         x: &CudaStorage,
         gamma: Option<&CudaStorage>,
         beta: Option<&CudaStorage>,
+        tail: BnTail<'_, CudaStorage>,
         y: &CudaStorage,
         save_mean: &CudaStorage,
         save_invstd: &CudaStorage,
         running: Option<RunningStats<'_, CudaStorage>>,
         d: &NormDims,
     ) -> Result<()> {
-        norm::batchnorm_fwd_train(self, x, gamma, beta, y, save_mean, save_invstd, running, d)
+        norm::batchnorm_fwd_train(self, x, gamma, beta, tail, y, save_mean, save_invstd, running, d)
     }
     fn batchnorm_fwd_eval(
         &self,
@@ -300,24 +301,27 @@ impl Backend for CudaBackend {
         beta: Option<&CudaStorage>,
         running_mean: &CudaStorage,
         running_var: &CudaStorage,
+        tail: BnTail<'_, CudaStorage>,
         y: &CudaStorage,
         d: &NormDims,
     ) -> Result<()> {
-        norm::batchnorm_fwd_eval(self, x, gamma, beta, running_mean, running_var, y, d)
+        norm::batchnorm_fwd_eval(self, x, gamma, beta, running_mean, running_var, tail, y, d)
     }
     fn batchnorm_bwd(
         &self,
         x: &CudaStorage,
         dy: &CudaStorage,
+        relu_out: Option<&CudaStorage>,
         gamma: Option<&CudaStorage>,
         save_mean: &CudaStorage,
         save_invstd: &CudaStorage,
         dx: &CudaStorage,
+        dresidual: Option<&CudaStorage>,
         dgamma: Option<&CudaStorage>,
         dbeta: Option<&CudaStorage>,
         d: &NormDims,
     ) -> Result<()> {
-        norm::batchnorm_bwd(self, x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta, d)
+        norm::batchnorm_bwd(self, x, dy, relu_out, gamma, save_mean, save_invstd, dx, dresidual, dgamma, dbeta, d)
     }
     fn l2_normalize_fwd(&self, x: &CudaStorage, y: &CudaStorage, norm: &CudaStorage, d: &NormDims) -> Result<()> {
         norm::l2_normalize_fwd(self, x, y, norm, d)

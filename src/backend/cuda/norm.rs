@@ -1,7 +1,7 @@
 //! Launches for kernels/norm.cu: batch norm (train, eval, backward), layer norm, softmax.
 
 use super::{Arg, CudaBackend, CudaStorage, i32a, i64a, opt_ptr, ptr};
-use crate::backend::{NormDims, RunningStats};
+use crate::backend::{BnTail, NormDims, RunningStats};
 use crate::error::Result;
 
 const OP: &str = "norm";
@@ -33,6 +33,7 @@ pub(super) fn batchnorm_fwd_train(
     x: &CudaStorage,
     gamma: Option<&CudaStorage>,
     beta: Option<&CudaStorage>,
+    tail: BnTail<'_, CudaStorage>,
     y: &CudaStorage,
     save_mean: &CudaStorage,
     save_invstd: &CudaStorage,
@@ -81,7 +82,7 @@ pub(super) fn batchnorm_fwd_train(
         "batchnorm_apply_fwd_f32",
         (b.blocks_for(n, THREADS), 1, 1),
         (THREADS, 1, 1),
-        &[ptr(x), ptr(&ss), ptr(y), i64a(n), i32a(OP, c)?],
+        &[ptr(x), ptr(&ss), opt_ptr(tail.residual), ptr(y), i64a(n), i32a(OP, c)?, Arg::I32(tail.relu as i32)],
     )
 }
 
@@ -93,6 +94,7 @@ pub(super) fn batchnorm_fwd_eval(
     beta: Option<&CudaStorage>,
     rm: &CudaStorage,
     rv: &CudaStorage,
+    tail: BnTail<'_, CudaStorage>,
     y: &CudaStorage,
     d: &NormDims,
 ) -> Result<()> {
@@ -104,7 +106,19 @@ pub(super) fn batchnorm_fwd_eval(
         "batchnorm_eval_fwd_f32",
         (b.blocks_for(n, THREADS), 1, 1),
         (THREADS, 1, 1),
-        &[ptr(x), opt_ptr(gamma), opt_ptr(beta), ptr(rm), ptr(rv), ptr(y), i64a(n), i32a(OP, d.channels)?, Arg::F32(d.eps)],
+        &[
+            ptr(x),
+            opt_ptr(gamma),
+            opt_ptr(beta),
+            ptr(rm),
+            ptr(rv),
+            opt_ptr(tail.residual),
+            ptr(y),
+            i64a(n),
+            i32a(OP, d.channels)?,
+            Arg::F32(d.eps),
+            Arg::I32(tail.relu as i32),
+        ],
     )
 }
 
@@ -113,10 +127,12 @@ pub(super) fn batchnorm_bwd(
     b: &CudaBackend,
     x: &CudaStorage,
     dy: &CudaStorage,
+    relu_out: Option<&CudaStorage>,
     gamma: Option<&CudaStorage>,
     mean: &CudaStorage,
     invstd: &CudaStorage,
     dx: &CudaStorage,
+    dresidual: Option<&CudaStorage>,
     dgamma: Option<&CudaStorage>,
     dbeta: Option<&CudaStorage>,
     d: &NormDims,
@@ -131,7 +147,7 @@ pub(super) fn batchnorm_bwd(
         "batchnorm_stats_bwd_f32",
         (cb as u32, nb as u32, 1),
         (32, 8, 1),
-        &[ptr(x), ptr(dy), ptr(mean), ptr(invstd), ptr(&part), i32a(OP, rows)?, i32a(OP, c)?, i32a(OP, rpb)?],
+        &[ptr(x), ptr(dy), opt_ptr(relu_out), ptr(mean), ptr(invstd), ptr(&part), i32a(OP, rows)?, i32a(OP, c)?, i32a(OP, rpb)?],
     )?;
     // sums = (sum dy, sum dy xhat) = (dbeta, dgamma)
     let sums = b.scratch(2 * c)?;
@@ -146,7 +162,20 @@ pub(super) fn batchnorm_bwd(
         "batchnorm_dx_bwd_f32",
         (b.blocks_for(n, THREADS), 1, 1),
         (THREADS, 1, 1),
-        &[ptr(x), ptr(dy), opt_ptr(gamma), ptr(mean), ptr(invstd), ptr(&sums), ptr(dx), i64a(n), i32a(OP, c)?, i32a(OP, rows)?],
+        &[
+            ptr(x),
+            ptr(dy),
+            opt_ptr(relu_out),
+            opt_ptr(gamma),
+            ptr(mean),
+            ptr(invstd),
+            ptr(&sums),
+            ptr(dx),
+            opt_ptr(dresidual),
+            i64a(n),
+            i32a(OP, c)?,
+            i32a(OP, rows)?,
+        ],
     )
 }
 

@@ -185,13 +185,14 @@ impl Backend for WgpuBackend {
         x: &WgpuStorage,
         gamma: Option<&WgpuStorage>,
         beta: Option<&WgpuStorage>,
+        tail: BnTail<'_, WgpuStorage>,
         y: &WgpuStorage,
         save_mean: &WgpuStorage,
         save_invstd: &WgpuStorage,
         running: Option<RunningStats<'_, WgpuStorage>>,
         d: &NormDims,
     ) -> Result<()> {
-        norm::batchnorm_fwd_train(self, x, gamma, beta, y, save_mean, save_invstd, running, d)
+        norm::batchnorm_fwd_train(self, x, gamma, beta, tail, y, save_mean, save_invstd, running, d)
     }
     fn batchnorm_fwd_eval(
         &self,
@@ -200,24 +201,27 @@ impl Backend for WgpuBackend {
         beta: Option<&WgpuStorage>,
         running_mean: &WgpuStorage,
         running_var: &WgpuStorage,
+        tail: BnTail<'_, WgpuStorage>,
         y: &WgpuStorage,
         d: &NormDims,
     ) -> Result<()> {
-        norm::batchnorm_fwd_eval(&self.ctx, x, gamma, beta, running_mean, running_var, y, d)
+        norm::batchnorm_fwd_eval(&self.ctx, x, gamma, beta, running_mean, running_var, tail, y, d)
     }
     fn batchnorm_bwd(
         &self,
         x: &WgpuStorage,
         dy: &WgpuStorage,
+        relu_out: Option<&WgpuStorage>,
         gamma: Option<&WgpuStorage>,
         save_mean: &WgpuStorage,
         save_invstd: &WgpuStorage,
         dx: &WgpuStorage,
+        dresidual: Option<&WgpuStorage>,
         dgamma: Option<&WgpuStorage>,
         dbeta: Option<&WgpuStorage>,
         d: &NormDims,
     ) -> Result<()> {
-        norm::batchnorm_bwd(self, x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta, d)
+        norm::batchnorm_bwd(self, x, dy, relu_out, gamma, save_mean, save_invstd, dx, dresidual, dgamma, dbeta, d)
     }
     fn l2_normalize_fwd(&self, x: &WgpuStorage, y: &WgpuStorage, norm: &WgpuStorage, d: &NormDims) -> Result<()> {
         norm::l2_normalize_fwd(&self.ctx, x, y, norm, d)

@@ -4,7 +4,7 @@
 
 use super::context::{Context, Params, grid, kernel, r, w};
 use super::{WgpuBackend, WgpuStorage};
-use crate::backend::{NormDims, RunningStats};
+use crate::backend::{BnTail, NormDims, RunningStats};
 use crate::error::Result;
 
 const FAMILY: &str = "norm";
@@ -29,12 +29,18 @@ fn flags(gamma: Option<&WgpuStorage>, beta: Option<&WgpuStorage>) -> u32 {
     gamma.is_some() as u32 | (beta.is_some() as u32) << 1
 }
 
+/// norm.wgsl's flag bits 4 (residual given) and 8 (ReLU) for a fused tail.
+fn tail_flags(tail: &BnTail<'_, WgpuStorage>) -> u32 {
+    (tail.residual.is_some() as u32) << 2 | (tail.relu as u32) << 3
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_fwd_train(
     be: &WgpuBackend,
     x: &WgpuStorage,
     gamma: Option<&WgpuStorage>,
     beta: Option<&WgpuStorage>,
+    tail: BnTail<'_, WgpuStorage>,
     y: &WgpuStorage,
     save_mean: &WgpuStorage,
     save_invstd: &WgpuStorage,
@@ -62,9 +68,11 @@ pub fn batchnorm_fwd_train(
         r(4, save_invstd.buf()),
         r(5, gamma.map_or(&ctx.dummy, |g| g.buf())),
         r(6, beta.map_or(&ctx.dummy, |b| b.buf())),
+        r(13, tail.residual.map_or(&ctx.dummy, |t| t.buf())),
         w(8, y.buf()),
     ];
-    ctx.launch(k("batchnorm_apply_fwd_f32"), p(), &binds, ctx.grid1(d.rows * c))
+    let pt = params(d, flags(gamma, beta) | tail_flags(&tail), nsplit, chunk, momentum);
+    ctx.launch(k("batchnorm_apply_fwd_f32"), pt, &binds, ctx.grid1(d.rows * c))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -75,6 +83,7 @@ pub fn batchnorm_fwd_eval(
     beta: Option<&WgpuStorage>,
     running_mean: &WgpuStorage,
     running_var: &WgpuStorage,
+    tail: BnTail<'_, WgpuStorage>,
     y: &WgpuStorage,
     d: &NormDims,
 ) -> Result<()> {
@@ -84,10 +93,11 @@ pub fn batchnorm_fwd_eval(
         r(4, running_var.buf()),
         r(5, gamma.map_or(&ctx.dummy, |g| g.buf())),
         r(6, beta.map_or(&ctx.dummy, |b| b.buf())),
+        r(13, tail.residual.map_or(&ctx.dummy, |t| t.buf())),
         w(8, y.buf()),
     ];
     let k = kernel("batchnorm_eval", FAMILY, "batchnorm_eval_fwd_f32");
-    ctx.launch(k, params(d, flags(gamma, beta), 1, 1, 0.0), &binds, ctx.grid1(d.rows * d.channels))
+    ctx.launch(k, params(d, flags(gamma, beta) | tail_flags(&tail), 1, 1, 0.0), &binds, ctx.grid1(d.rows * d.channels))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -95,10 +105,12 @@ pub fn batchnorm_bwd(
     be: &WgpuBackend,
     x: &WgpuStorage,
     dy: &WgpuStorage,
+    relu_out: Option<&WgpuStorage>,
     gamma: Option<&WgpuStorage>,
     mean: &WgpuStorage,
     invstd: &WgpuStorage,
     dx: &WgpuStorage,
+    dresidual: Option<&WgpuStorage>,
     dgamma: Option<&WgpuStorage>,
     dbeta: Option<&WgpuStorage>,
     d: &NormDims,
@@ -108,6 +120,17 @@ pub fn batchnorm_bwd(
     let (nsplit, chunk) = split(d.rows, c);
     let p = || params(d, flags(gamma, None), nsplit, chunk, 0.0);
     let k = |entry| kernel("batchnorm_bwd", FAMILY, entry);
+    // The ReLU tail's mask as its own pass here (a fused one would bind more storage buffers
+    // than WebGPU's default 8 per stage); the masked dy is the residual's gradient too.
+    let tmp_masked = if relu_out.is_some() && dresidual.is_none() { Some(be.storage(d.rows * c)?) } else { None };
+    let dy = match relu_out {
+        Some(y) => {
+            let masked = dresidual.or(tmp_masked.as_ref()).expect("a buffer for the masked gradient");
+            ctx.launch(k("batchnorm_mask_bwd_f32"), p(), &[r(1, y.buf()), r(2, dy.buf()), w(8, masked.buf())], ctx.grid1(d.rows * c))?;
+            masked
+        }
+        None => dy,
+    };
     let part = be.storage(nsplit * c * 2)?;
     let binds = [r(1, x.buf()), r(2, dy.buf()), r(3, mean.buf()), r(4, invstd.buf()), w(8, part.buf())];
     ctx.launch(k("batchnorm_stats_bwd_f32"), p(), &binds, ctx.grid1(nsplit * c))?;
