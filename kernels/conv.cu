@@ -265,8 +265,11 @@ struct ConvBwdWeightLoader {
     };
 };
 
+// `stats` (not null only without split-K): the output's per-channel column sums for batch norm
+// (ColStats, gemm_tile.cuh), [row tiles, 2, c_out] in double.
 template <int MATH>
-DEV void conv_fwd_impl(const float* x, const float* wt, float* out, i64 split_stride, ConvDims d, int splits) {
+DEV void conv_fwd_impl(const float* x, const float* wt, float* out, i64 split_stride, ConvDims d, int splits,
+                       double* stats = nullptr) {
     __shared__ typename SmemOf<MATH>::T s;
     const int g = blockIdx.z / splits, sp = blockIdx.z % splits;
     const int cg = d.c_in / d.groups, og = d.c_out / d.groups;
@@ -275,7 +278,8 @@ DEV void conv_fwd_impl(const float* x, const float* wt, float* out, i64 split_st
     i64 k0, k1;
     split_range(kcols, splits, sp, k0, k1);
     float* y = out + (i64)sp * split_stride + (i64)g * og;
-    gemm_block<ConvFwdLoader, MATH>(s, ConvFwdLoader{x, wt, d, g, kcols}, M, og, k0, k1, y, DenseRows{d.c_out}, MATH == GEMM_BF16 && splits == 1);
+    gemm_block<ConvFwdLoader, MATH>(s, ConvFwdLoader{x, wt, d, g, kcols}, M, og, k0, k1, y, DenseRows{d.c_out},
+                                    MATH == GEMM_BF16 && splits == 1, ColStats{stats, d.c_out, g * og});
 }
 
 // Grid z = groups x splits x phases (sh * sw), phase fastest.
@@ -326,3 +330,12 @@ CONV_KERNEL(conv2d_tc_weight_bwd_f32, conv_bwd_weight_impl, GEMM_TF32, x, dy)
 CONV_KERNEL(conv2d_bf16_fwd_f32, conv_fwd_impl, GEMM_BF16, x, wt)
 CONV_KERNEL(conv2d_bf16_data_bwd_f32, conv_bwd_data_impl, GEMM_BF16, dy, wt)
 CONV_KERNEL(conv2d_bf16_weight_bwd_f32, conv_bwd_weight_impl, GEMM_BF16, x, dy)
+// The forward pass with batch norm's statistics in its epilogue (Backend::conv2d_batchnorm_fwd_train).
+#define CONV_BN_KERNEL(name, MATH)                                                                             \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                               \
+        name(const float* x, const float* wt, float* out, i64 split_stride, ConvDims d, int splits, double* stats) { \
+        conv_fwd_impl<MATH>(x, wt, out, split_stride, d, splits, stats);                                     \
+    }
+CONV_BN_KERNEL(conv2d_batchnorm_fwd_f32, GEMM_SIMT)
+CONV_BN_KERNEL(conv2d_batchnorm_tc_fwd_f32, GEMM_TF32)
+CONV_BN_KERNEL(conv2d_batchnorm_bf16_fwd_f32, GEMM_BF16)

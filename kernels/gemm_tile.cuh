@@ -170,6 +170,22 @@ struct DenseRows {
     DEVM i64 operator()(int row) const { return (i64)row * ldc; }
 };
 
+// Per-column sums of the tile as stored (the batch-norm statistics of a convolution's output,
+// computed in its epilogue instead of by a second pass over it): for the block's row tile
+// bx = blockIdx.x, part[(2 bx) * ldc + col0 + col] = the sum over the tile's rows < M and
+// part[(2 bx + 1) * ldc + col0 + col] = the sum of squares, in double, in a fixed order (the
+// layout batchnorm_finalize_fwd_f32 reads). part null: none. Only without split-K.
+struct ColStats {
+    double* part;
+    i64 ldc;   // channels in all
+    int col0;  // this GEMM's first channel (its group's)
+    DEVM void write(int n0, int col, int N, double sum, double sq) const {
+        if (n0 + col >= N) return;
+        part[(i64)blockIdx.x * 2 * ldc + col0 + n0 + col] = sum;
+        part[((i64)blockIdx.x * 2 + 1) * ldc + col0 + n0 + col] = sq;
+    }
+};
+
 // Loads a pointer-or-null as a value (SIMT path).
 DEV float value_or_zero(const float* p) { return p ? __ldg(p) : 0.0f; }
 
@@ -181,7 +197,8 @@ DEV float value_or_zero(const float* p) { return p ? __ldg(p) : 0.0f; }
 // `round_out`: the results are rounded to bf16 as they are stored (precision = "bf16" without
 // split-K; with it, the split sum rounds).
 template <class L, int MATH, class Rows = DenseRows>
-DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row, bool round_out = false) {
+DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row, bool round_out = false,
+                    ColStats stats = ColStats{nullptr, 0, 0}) {
     const int tid = threadIdx.x;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     const int ty = tid / 16, tx = tid % 16;
@@ -237,13 +254,41 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
     }
 
 #pragma unroll
+    for (int i = 0; i < 16; ++i) acc[i] = round_out ? round_bf16f(acc[i]) : acc[i];
+#pragma unroll
     for (int r = 0; r < 4; ++r) {
         const int row = m0 + 4 * ty + r;
         if (row >= M) continue;
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
             const int col = n0 + 4 * tx + c;
-            if (col < N) C[out_row(row) + col] = round_out ? round_bf16f(acc[r * 4 + c]) : acc[r * 4 + c];
+            if (col < N) C[out_row(row) + col] = acc[r * 4 + c];
+        }
+    }
+    if (stats.part) {
+        // Column sums: this thread's 4 rows, then the two ty of a warp (lanes l, l ^ 16), then
+        // the 8 warps in order through shared memory (the tiles are free once all are here).
+        double* red = reinterpret_cast<double*>(&s);  // [warp][sum, sq][BN]: 8 KB
+        __syncthreads();
+        const int warp = tid / 32;
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            double a = 0.0, b = 0.0;
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+                if (m0 + 4 * ty + r < M) {
+                    const double v = (double)acc[r * 4 + c];
+                    a += v, b += v * v;
+                }
+            a += __shfl_xor_sync(0xffffffffu, a, 16);
+            b += __shfl_xor_sync(0xffffffffu, b, 16);
+            if ((tid & 16) == 0) red[(warp * 2) * BN + 4 * tx + c] = a, red[(warp * 2 + 1) * BN + 4 * tx + c] = b;
+        }
+        __syncthreads();
+        if (tid < BN) {
+            double a = 0.0, b = 0.0;
+            for (int w = 0; w < GEMM_THREADS / 32; ++w) a += red[(w * 2) * BN + tid], b += red[(w * 2 + 1) * BN + tid];
+            stats.write(n0, tid, N, a, b);
         }
     }
 }
@@ -414,7 +459,8 @@ DEV void mma_stage(const GemmSmemTc& s, int st, float* acc) {
 // group is committed per tile slot (empty past the end), so wait<STAGES - 2> always means
 // "tile kt has landed".
 template <class L, int MATH, class Rows = DenseRows>
-DEV void gemm_block(GemmSmemTc& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row, bool round_out = false) {
+DEV void gemm_block(GemmSmemTc& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row, bool round_out = false,
+                    ColStats stats = ColStats{nullptr, 0, 0}) {
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     float acc[16];
 #pragma unroll
@@ -449,9 +495,40 @@ DEV void gemm_block(GemmSmemTc& s, const L& ld, int M, int N, i64 k0, i64 k1, fl
             for (int e = 0; e < 4; ++e) {
                 const int row = m0 + wm + mt * 16 + g + (e >= 2 ? 8 : 0);
                 const int col = n0 + wn + nt * 8 + 2 * t + (e & 1);
-                const float v = acc[(mt * 2 + nt) * 4 + e];
-                if (row < M && col < N) C[out_row(row) + col] = round_out ? round_bf16f(v) : v;
+                const float v = round_out ? round_bf16f(acc[(mt * 2 + nt) * 4 + e]) : acc[(mt * 2 + nt) * 4 + e];
+                acc[(mt * 2 + nt) * 4 + e] = v;
+                if (row < M && col < N) C[out_row(row) + col] = v;
             }
+    if (stats.part) {
+        // Column sums: this thread's 4 rows of each of its 4 columns, then the 8 lanes of a
+        // column (g: lanes xor 4, 8, 16), then the two warp rows through shared memory.
+        double* red = reinterpret_cast<double*>(&s);  // [warp row][sum, sq][BN]: 2 KB
+        __syncthreads();  // every warp is past its last fragment read
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int cc = 0; cc < 2; ++cc) {
+                double a = 0.0, b = 0.0;
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+                    for (int hr = 0; hr < 2; ++hr)
+                        if (m0 + wm + mt * 16 + g + hr * 8 < M) {
+                            const double v = (double)acc[(mt * 2 + nt) * 4 + hr * 2 + cc];
+                            a += v, b += v * v;
+                        }
+#pragma unroll
+                for (int o = 4; o < 32; o <<= 1) {
+                    a += __shfl_xor_sync(0xffffffffu, a, o);
+                    b += __shfl_xor_sync(0xffffffffu, b, o);
+                }
+                const int col = wn + nt * 8 + 2 * t + cc;
+                if (g == 0) red[((warp / 4) * 2) * BN + col] = a, red[((warp / 4) * 2 + 1) * BN + col] = b;
+            }
+        __syncthreads();
+        const int tid = threadIdx.x;
+        if (tid < BN) stats.write(n0, tid, N, red[tid] + red[2 * BN + tid], red[BN + tid] + red[3 * BN + tid]);
+    }
 }
 
 // The k range of split `s` out of `splits`: pieces of `per` (a multiple of BK) elements. In

@@ -172,31 +172,90 @@ pub fn batchnorm_train_tail<B: Backend>(
     residual: Option<&Tensor<B>>,
     relu: bool,
 ) -> Result<(Tensor<B>, BnSaved<B>)> {
-    const OP: &str = "batchnorm";
-    let d = bn_dims(OP, x, gamma, beta, residual, eps)?;
-    if d.rows < 2 {
-        return Err(shape_err(OP, "training batch norm needs more than one value per channel", &[x.shape()]));
-    }
-    if let Some((m, v, _)) = running {
-        per_channel(OP, "running_mean", Some(m), d.channels)?;
-        per_channel(OP, "running_var", Some(v), d.channels)?;
-    }
-    let y = out(x, x.shape())?;
-    let mean = out(x, &[d.channels])?;
-    let invstd = out(x, &[d.channels])?;
-    let rs = running.map(|(m, v, momentum)| RunningStats { mean: m.storage(), var: v.storage(), momentum });
+    let t = BnTrainOut::new(x, gamma, beta, running, eps, residual)?;
     x.backend().batchnorm_fwd_train(
         x.storage(),
         gamma.map(|t| t.storage()),
         beta.map(|t| t.storage()),
         BnTail { residual: residual.map(|t| t.storage()), relu },
-        y.storage(),
-        mean.storage(),
-        invstd.storage(),
-        rs,
-        &d,
+        t.y.storage(),
+        t.mean.storage(),
+        t.invstd.storage(),
+        t.running(running),
+        &t.d,
     )?;
-    Ok((y, BnSaved { mean, invstd }))
+    Ok((t.y, BnSaved { mean: t.mean, invstd: t.invstd }))
+}
+
+/// A training batch norm's checked dims and fresh outputs (y, mean, invstd).
+struct BnTrainOut<B: Backend> {
+    d: NormDims,
+    y: Tensor<B>,
+    mean: Tensor<B>,
+    invstd: Tensor<B>,
+}
+
+impl<B: Backend> BnTrainOut<B> {
+    fn new(
+        x: &Tensor<B>,
+        gamma: Option<&Tensor<B>>,
+        beta: Option<&Tensor<B>>,
+        running: Option<(&Tensor<B>, &Tensor<B>, f32)>,
+        eps: f32,
+        residual: Option<&Tensor<B>>,
+    ) -> Result<Self> {
+        const OP: &str = "batchnorm";
+        let d = bn_dims(OP, x, gamma, beta, residual, eps)?;
+        if d.rows < 2 {
+            return Err(shape_err(OP, "training batch norm needs more than one value per channel", &[x.shape()]));
+        }
+        if let Some((m, v, _)) = running {
+            per_channel(OP, "running_mean", Some(m), d.channels)?;
+            per_channel(OP, "running_var", Some(v), d.channels)?;
+        }
+        Ok(BnTrainOut { y: out(x, x.shape())?, mean: out(x, &[d.channels])?, invstd: out(x, &[d.channels])?, d })
+    }
+
+    fn running<'a>(&self, running: Option<(&'a Tensor<B>, &'a Tensor<B>, f32)>) -> Option<RunningStats<'a, B::Storage>> {
+        running.map(|(m, v, momentum)| RunningStats { mean: m.storage(), var: v.storage(), momentum })
+    }
+}
+
+/// conv2d of x, then batchnorm_train_tail of its output, in one backend call
+/// (Backend::conv2d_batchnorm_fwd_train). Returns the convolution's output (batch norm's
+/// backward reads it), y and the saved statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_batchnorm_train<B: Backend>(
+    x: &Tensor<B>,
+    w: &Tensor<B>,
+    cd: &Conv2dDims,
+    gamma: Option<&Tensor<B>>,
+    beta: Option<&Tensor<B>>,
+    running: Option<(&Tensor<B>, &Tensor<B>, f32)>,
+    eps: f32,
+    residual: Option<&Tensor<B>>,
+    relu: bool,
+) -> Result<(Tensor<B>, Tensor<B>, BnSaved<B>)> {
+    same_dtype("conv2d", &[x, w])?;
+    expect_shape("conv2d", "input", x, &[cd.n, cd.h, cd.w, cd.c_in])?;
+    expect_shape("conv2d", "weight", w, &[cd.c_out, cd.kh, cd.kw, cd.c_in / cd.groups])?;
+    let c = out(x, &[cd.n, cd.oh, cd.ow, cd.c_out])?;
+    let t = BnTrainOut::new(&c, gamma, beta, running, eps, residual)?;
+    x.backend().conv2d_batchnorm_fwd_train(
+        x.storage(),
+        w.storage(),
+        c.storage(),
+        cd,
+        gamma.map(|t| t.storage()),
+        beta.map(|t| t.storage()),
+        BnTail { residual: residual.map(|t| t.storage()), relu },
+        t.y.storage(),
+        t.mean.storage(),
+        t.invstd.storage(),
+        t.running(running),
+        &t.d,
+    )?;
+    Ok((c, t.y, BnSaved { mean: t.mean, invstd: t.invstd }))
 }
 
 pub fn batchnorm_eval<B: Backend>(

@@ -296,7 +296,7 @@ fn emulated_bf16_kernels_conform_to_the_cpu_bf16_reference() {
     println!("bf16 split-K / multi-tile vs cpu f64 bf16: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
     let r = run_cases_against(&dev, &reference, DType::F32, 1e-3, &mut Rng::new(8), bf16_cases());
     println!("bf16 vs cpu f64 bf16: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
-    let r = run_cases(&dev, DType::F32, 1e-2, &mut Rng::new(8), bf16_cases());
+    let r = run_cases(&dev, DType::F32, 1e-2, &mut Rng::new(8), common::conformance::cross_precision(bf16_cases()));
     println!("bf16 vs cpu f64 fp32: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
 }
 
@@ -305,12 +305,12 @@ fn emulated_bf16_kernels_conform_to_the_cpu_bf16_reference() {
 #[test]
 fn emulated_kernels_conform_on_split_and_multi_block_paths() {
     let Some(dev) = emulator() else { return };
-    let cases = large_cases();
     for tf32 in [false, true] {
         let dev = dev.clone().with_tf32(tf32);
         let mut rng = Rng::new(5);
         let tol = if tf32 { 1e-2 } else { 1e-5 };
-        let r = run_cases(&dev, DType::F32, tol, &mut rng, cases.clone());
+        let cases = if tf32 { common::conformance::cross_precision(large_cases()) } else { large_cases() };
+        let r = run_cases(&dev, DType::F32, tol, &mut rng, cases);
         println!("tf32 {tf32}: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
     }
 }

@@ -79,3 +79,34 @@ fn fused_batchnorm_tail_refuses_a_residual_of_another_shape() {
     let msg = e.to_string();
     assert!(msg.contains("batchnorm") && msg.contains("residual"), "{msg}");
 }
+
+/// conv2d_batchnorm_train (one backend call, recorded as the convolution and the batch norm)
+/// against conv2d then batchnorm_train_tail: the same values and gradients for the input, the
+/// weight, gamma, beta and the residual. (On the CPU the backend call is the trait's default,
+/// the two ops in turn; tests/cuda_emulated.rs checks CUDA's fused statistics.)
+#[test]
+fn conv_into_batchnorm_matches_the_two_ops() {
+    let b = common::cpu(2);
+    let mut rng = Rng::new(9);
+    let (x, w, g, be) = (random(&b, &mut rng, &[2, 7, 6, 4]), random(&b, &mut rng, &[5, 3, 3, 4]), random(&b, &mut rng, &[5]), random(&b, &mut rng, &[5]));
+    let (res, seed) = (random(&b, &mut rng, &[2, 7, 6, 5]), random(&b, &mut rng, &[2, 7, 6, 5]));
+    let run = |fused: bool| {
+        let t = Tape::new();
+        let vs: Vec<Var<B>> = [&x, &w, &g, &be, &res].iter().map(|v| t.leaf((*v).clone())).collect();
+        let affine = Some((&vs[2], &vs[3]));
+        let y = if fused {
+            t.conv2d_batchnorm_train(&vs[0], &vs[1], [1, 1], [1, 1], 1, affine, None, 1e-5, Some(&vs[4]), true).unwrap()
+        } else {
+            let c = t.conv2d(&vs[0], &vs[1], [1, 1], [1, 1], 1).unwrap();
+            t.batchnorm_train_tail(&c, affine, None, 1e-5, Some(&vs[4]), true).unwrap()
+        };
+        let grads = t.backward_with(&y, seed.clone()).unwrap();
+        let mut out = vec![bits(&y.value)];
+        out.extend(vs.iter().map(|v| bits(grads.get(v).expect("a gradient for every input"))));
+        out
+    };
+    let (fused, separate) = (run(true), run(false));
+    for (i, name) in ["y", "dx", "dw", "dgamma", "dbeta", "dresidual"].iter().enumerate() {
+        assert_eq!(fused[i], separate[i], "{name}");
+    }
+}

@@ -64,6 +64,19 @@ impl<B: Backend> Tape<B> {
     ) -> Result<Var<B>> {
         let (g, b) = (affine.map(|a| &a.0.value), affine.map(|a| &a.1.value));
         let (y, saved) = ops::batchnorm_train_tail(&x.value, g, b, running, eps, residual.map(|r| &r.value), relu)?;
+        Ok(self.record_batchnorm(x, y, saved, affine, residual, relu))
+    }
+
+    /// The batch-norm node of a forward already run: inputs x, gamma and beta, the residual.
+    fn record_batchnorm(
+        &self,
+        x: &Var<B>,
+        y: crate::Tensor<B>,
+        saved: ops::BnSaved<B>,
+        affine: Option<(&Var<B>, &Var<B>)>,
+        residual: Option<&Var<B>>,
+        relu: bool,
+    ) -> Var<B> {
         let mut inputs = vec![x];
         if let Some((g, b)) = affine {
             inputs.extend([g, b]);
@@ -76,7 +89,38 @@ impl<B: Backend> Tape<B> {
             relu_out: relu.then(|| y.clone()),
             residual: residual.is_some(),
         };
-        Ok(self.record(y.clone(), &inputs, op))
+        self.record(y.clone(), &inputs, op)
+    }
+
+    /// conv2d (bias-free) then batchnorm_train_tail, run as one backend call
+    /// (conv2d_batchnorm_fwd_train: CUDA sums the statistics in the convolution's epilogue) and
+    /// recorded as the two ops it is, so both gradient rules serve unchanged. Where the bf16
+    /// rounding of a convolution is a pass of its own (CPU and WebGPU at precision bf16), the
+    /// two run as the separate ops.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_batchnorm_train(
+        &self,
+        x: &Var<B>,
+        w: &Var<B>,
+        stride: [usize; 2],
+        pad: [usize; 2],
+        groups: usize,
+        affine: Option<(&Var<B>, &Var<B>)>,
+        running: Option<(&crate::Tensor<B>, &crate::Tensor<B>, f32)>,
+        eps: f32,
+        residual: Option<&Var<B>>,
+        relu: bool,
+    ) -> Result<Var<B>> {
+        let be = x.value.backend();
+        if be.precision() == Precision::Bf16 && !be.rounds_gemm_to_bf16() {
+            let c = self.conv2d(x, w, stride, pad, groups)?;
+            return self.batchnorm_train_tail(&c, affine, running, eps, residual, relu);
+        }
+        let dims = ops::conv2d_dims(x.shape(), w.shape(), stride, pad, groups)?;
+        let (g, b) = (affine.map(|a| &a.0.value), affine.map(|a| &a.1.value));
+        let (c, y, saved) = ops::conv2d_batchnorm_train(&x.value, &w.value, &dims, g, b, running, eps, residual.map(|r| &r.value), relu)?;
+        let c = self.record(c, &[x, w], || Op::Conv2d { x: x.value.clone(), w: w.value.clone(), dims });
+        Ok(self.record_batchnorm(&c, y, saved, affine, residual, relu))
     }
 
     pub fn layernorm(&self, x: &Var<B>, gamma: &Var<B>, beta: &Var<B>, eps: f32) -> Result<Var<B>> {

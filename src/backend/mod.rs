@@ -256,6 +256,30 @@ pub trait Backend: Clone + Send + Sync + 'static {
         running: Option<RunningStats<'_, Self::Storage>>,
         d: &NormDims,
     ) -> Result<()>;
+    /// A convolution whose output goes straight into training batch norm (a ResNet's conv + BN):
+    /// `conv_out` = conv2d(x, w) (kept: batch norm's backward reads it), then
+    /// batchnorm_fwd_train of it. A backend may fuse the two (CUDA sums the statistics in the
+    /// convolution's epilogue instead of reading its output again); this default runs them one
+    /// after the other.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_batchnorm_fwd_train(
+        &self,
+        x: &Self::Storage,
+        w: &Self::Storage,
+        conv_out: &Self::Storage,
+        cd: &Conv2dDims,
+        gamma: Option<&Self::Storage>,
+        beta: Option<&Self::Storage>,
+        tail: BnTail<'_, Self::Storage>,
+        y: &Self::Storage,
+        save_mean: &Self::Storage,
+        save_invstd: &Self::Storage,
+        running: Option<RunningStats<'_, Self::Storage>>,
+        nd: &NormDims,
+    ) -> Result<()> {
+        self.conv2d_fwd(x, w, conv_out, cd)?;
+        self.batchnorm_fwd_train(conv_out, gamma, beta, tail, y, save_mean, save_invstd, running, nd)
+    }
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_fwd_eval(
         &self,

@@ -42,14 +42,14 @@ impl Block {
     /// shortcut too (relu(bn(conv(h)) + identity)), so the activation is written once.
     fn forward<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
         let identity = match &self.downsample {
-            Some((conv, bn)) => bn.forward(cx, &conv.forward(cx, x)?)?,
+            Some((conv, bn)) => bn.forward_conv(cx, conv, x, None, false)?,
             None => x.clone(),
         };
         let mut h = x.clone();
         let last = self.convs.len() - 1;
         for (i, (conv, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
             let residual = (i == last).then_some(&identity);
-            h = bn.forward_tail(cx, &conv.forward(cx, &h)?, residual, true)?;
+            h = bn.forward_conv(cx, conv, &h, residual, true)?;
         }
         Ok(h)
     }
@@ -149,7 +149,7 @@ impl ResNet {
     /// x [n, h, w, 3] -> [n, feature_dim] (or [n, classes] with `fc`).
     pub fn forward<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
         let t = cx.tape;
-        let mut h = self.bn1.forward_tail(cx, &self.conv1.forward(cx, x)?, None, true)?;
+        let mut h = self.bn1.forward_conv(cx, &self.conv1, x, None, true)?;
         if self.maxpool {
             h = t.maxpool2d(&h, 3, 2, 1)?;
         }

@@ -79,6 +79,19 @@ impl BatchNorm {
         self.forward_tail(cx, x, None, false)
     }
 
+    /// relu?(bn(conv(x)) + residual?): in training, a bias-free convolution and this norm run as
+    /// one backend call (the tape's conv2d_batchnorm_train); otherwise one after the other.
+    pub fn forward_conv<B: Backend>(&self, cx: &Ctx<B>, conv: &Conv2d, x: &Var<B>, residual: Option<&Var<B>>, relu: bool) -> Result<Var<B>> {
+        if !cx.train || conv.b.is_some() {
+            return self.forward_tail(cx, &conv.forward(cx, x)?, residual, relu);
+        }
+        let (rm, rv) = (cx.params.get(self.running_mean), cx.params.get(self.running_var));
+        let affine = self.affine.map(|(g, b)| (cx.param(g), cx.param(b)));
+        let (w, s, p) = (cx.param(conv.w), [conv.stride; 2], [conv.pad; 2]);
+        let affine = affine.as_ref().map(|(g, b)| (g, b));
+        cx.tape.conv2d_batchnorm_train(x, &w, s, p, conv.groups, affine, Some((rm, rv, self.momentum)), self.eps, residual, relu)
+    }
+
     /// relu?(bn(x) + residual?) in one pass (the ops' fused tail).
     pub fn forward_tail<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>, residual: Option<&Var<B>>, relu: bool) -> Result<Var<B>> {
         let (rm, rv) = (cx.params.get(self.running_mean), cx.params.get(self.running_var));

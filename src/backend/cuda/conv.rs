@@ -5,8 +5,8 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::matmul::{BM, BN, MAX_Z, THREADS};
-use super::{Arg, CudaBackend, CudaStorage, GemmMath, elementwise, i32c, i64a, ptr};
-use crate::backend::Conv2dDims;
+use super::{Arg, CudaBackend, CudaStorage, GemmMath, elementwise, i32c, i64a, norm, ptr};
+use crate::backend::{BnTail, Conv2dDims, NormDims, RunningStats};
 use crate::error::{Error, Result};
 
 /// Mirror of `struct ConvDims` in kernels/conv.cu.
@@ -38,6 +38,51 @@ pub(super) enum Pass {
 
 /// `in0`, `in1`: (x, w) forward, (dy, w) backward-data, (x, dy) backward-weight.
 pub(super) fn conv2d(b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaStorage, out: &CudaStorage, d: &Conv2dDims) -> Result<()> {
+    launch_conv(b, pass, in0, in1, out, d, None).map(drop)
+}
+
+/// Convolution, then training batch norm of its output, with the statistics summed in the
+/// convolution's epilogue (ColStats in kernels/gemm_tile.cuh) instead of a pass that reads the
+/// output again; under split-K the epilogue sees partial products, so that case runs the
+/// separate statistics pass.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv2d_batchnorm(
+    b: &CudaBackend,
+    x: &CudaStorage,
+    w: &CudaStorage,
+    conv_out: &CudaStorage,
+    cd: &Conv2dDims,
+    gamma: Option<&CudaStorage>,
+    beta: Option<&CudaStorage>,
+    tail: BnTail<'_, CudaStorage>,
+    y: &CudaStorage,
+    save_mean: &CudaStorage,
+    save_invstd: &CudaStorage,
+    running: Option<RunningStats<'_, CudaStorage>>,
+    nd: &NormDims,
+) -> Result<()> {
+    let row_tiles = (cd.n * cd.oh * cd.ow).div_ceil(BM);
+    if nd.rows * nd.channels == 0 || nd.channels != cd.c_out || nd.rows != cd.n * cd.oh * cd.ow {
+        return Err(Error::Invalid { op: "conv2d_batchnorm", msg: "the batch norm's [rows, channels] are not the convolution's output".into() });
+    }
+    let part = norm::stats_partials(b, row_tiles, cd.c_out)?;
+    if launch_conv(b, Pass::Fwd, x, w, conv_out, cd, Some(&part))? {
+        return norm::batchnorm_from_partials(b, &part, row_tiles, conv_out, gamma, beta, tail, y, save_mean, save_invstd, running, nd);
+    }
+    norm::batchnorm_fwd_train(b, conv_out, gamma, beta, tail, y, save_mean, save_invstd, running, nd)
+}
+
+/// Launches one pass; with `stats` (forward only), also the output's column sums [row tiles, 2,
+/// c_out] when there is no split-K. Returns whether the statistics were written.
+fn launch_conv(
+    b: &CudaBackend,
+    pass: Pass,
+    in0: &CudaStorage,
+    in1: &CudaStorage,
+    out: &CudaStorage,
+    d: &Conv2dDims,
+    stats: Option<&CudaStorage>,
+) -> Result<bool> {
     const OP: &str = "conv2d";
     let (cg, og) = (d.c_in / d.groups, d.c_out / d.groups);
     let kcols = d.kh * d.kw * cg;
@@ -61,7 +106,7 @@ pub(super) fn conv2d(b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaS
         Pass::BwdWeight => d.c_out * kcols,
     };
     if out_len == 0 {
-        return Ok(());
+        return Ok(false);
     }
     // Every pixel and channel index is an `int` in the kernels, and so is an offset inside one
     // image of x or dy, or inside the weight.
@@ -113,10 +158,20 @@ pub(super) fn conv2d(b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaS
             &[ptr(in0), ptr(in1), ptr(dst), i64a(stride), Arg::Bytes(bytemuck::bytes_of(&cd)), Arg::I32(splits as i32)],
         )
     };
+    if let (Some(stats), Pass::Fwd, 1) = (stats, pass, splits) {
+        let kernel = match b.gemm_math() {
+            GemmMath::Simt => "conv2d_batchnorm_fwd_f32",
+            GemmMath::Tf32 => "conv2d_batchnorm_tc_fwd_f32",
+            GemmMath::Bf16 => "conv2d_batchnorm_bf16_fwd_f32",
+        };
+        let args = [ptr(in0), ptr(in1), ptr(out), i64a(0), Arg::Bytes(bytemuck::bytes_of(&cd)), Arg::I32(1), ptr(stats)];
+        b.launch(kernel, grid, (THREADS, 1, 1), &args)?;
+        return Ok(true);
+    }
     if splits == 1 {
-        return run(out, 0);
+        return run(out, 0).map(|_| false);
     }
     let part = b.scratch(splits * out_len)?;
     run(&part, out_len)?;
-    elementwise::sum_splits(b, &part, out, splits, out_len, b.gemm_math() == GemmMath::Bf16)
+    elementwise::sum_splits(b, &part, out, splits, out_len, b.gemm_math() == GemmMath::Bf16).map(|_| false)
 }

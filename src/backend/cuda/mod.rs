@@ -294,6 +294,23 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         norm::batchnorm_fwd_train(self, x, gamma, beta, tail, y, save_mean, save_invstd, running, d)
     }
+    fn conv2d_batchnorm_fwd_train(
+        &self,
+        x: &CudaStorage,
+        w: &CudaStorage,
+        conv_out: &CudaStorage,
+        cd: &Conv2dDims,
+        gamma: Option<&CudaStorage>,
+        beta: Option<&CudaStorage>,
+        tail: BnTail<'_, CudaStorage>,
+        y: &CudaStorage,
+        save_mean: &CudaStorage,
+        save_invstd: &CudaStorage,
+        running: Option<RunningStats<'_, CudaStorage>>,
+        nd: &NormDims,
+    ) -> Result<()> {
+        conv::conv2d_batchnorm(self, x, w, conv_out, cd, gamma, beta, tail, y, save_mean, save_invstd, running, nd)
+    }
     fn batchnorm_fwd_eval(
         &self,
         x: &CudaStorage,

@@ -52,6 +52,32 @@ pub(super) fn batchnorm_fwd_train(
         (32, 8, 1),
         &[ptr(x), ptr(&part), i32a(OP, rows)?, i32a(OP, c)?, i32a(OP, rpb)?],
     )?;
+    batchnorm_from_partials(b, &part, nb, x, gamma, beta, tail, y, save_mean, save_invstd, running, d)
+}
+
+/// Scratch for the per-channel partial sums of `nb` row blocks, for batchnorm_from_partials.
+pub(super) fn stats_partials(b: &CudaBackend, nb: usize, c: usize) -> Result<CudaStorage> {
+    partials(b, nb, c)
+}
+
+/// Training batch norm of x from its column partial sums `part` [nb, 2, C] in double (by
+/// batchnorm_stats_fwd_f32, or by a convolution's epilogue): the statistics, then the output.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn batchnorm_from_partials(
+    b: &CudaBackend,
+    part: &CudaStorage,
+    nb: usize,
+    x: &CudaStorage,
+    gamma: Option<&CudaStorage>,
+    beta: Option<&CudaStorage>,
+    tail: BnTail<'_, CudaStorage>,
+    y: &CudaStorage,
+    save_mean: &CudaStorage,
+    save_invstd: &CudaStorage,
+    running: Option<RunningStats<'_, CudaStorage>>,
+    d: &NormDims,
+) -> Result<()> {
+    let (rows, c) = (d.rows, d.channels);
     let ss = b.scratch(2 * c)?;
     let (rm, rv, momentum) = match &running {
         Some(r) => (Some(r.mean), Some(r.var), r.momentum),
@@ -62,7 +88,7 @@ pub(super) fn batchnorm_fwd_train(
         (per_channel_blocks(c), 1, 1),
         (THREADS, 1, 1),
         &[
-            ptr(&part),
+            ptr(part),
             i32a(OP, nb)?,
             i32a(OP, rows)?,
             i32a(OP, c)?,
