@@ -173,17 +173,7 @@ pub fn batchnorm_train_tail<B: Backend>(
     relu: bool,
 ) -> Result<(Tensor<B>, BnSaved<B>)> {
     let t = BnTrainOut::new(x, gamma, beta, running, eps, residual)?;
-    x.backend().batchnorm_fwd_train(
-        x.storage(),
-        gamma.map(|t| t.storage()),
-        beta.map(|t| t.storage()),
-        BnTail { residual: residual.map(|t| t.storage()), relu },
-        t.y.storage(),
-        t.mean.storage(),
-        t.invstd.storage(),
-        t.running(running),
-        &t.d,
-    )?;
+    x.backend().batchnorm_fwd_train(x.storage(), t.args(gamma, beta, running, residual, relu), &t.d)?;
     Ok((t.y, BnSaved { mean: t.mean, invstd: t.invstd }))
 }
 
@@ -216,8 +206,24 @@ impl<B: Backend> BnTrainOut<B> {
         Ok(BnTrainOut { y: out(x, x.shape())?, mean: out(x, &[d.channels])?, invstd: out(x, &[d.channels])?, d })
     }
 
-    fn running<'a>(&self, running: Option<(&'a Tensor<B>, &'a Tensor<B>, f32)>) -> Option<RunningStats<'a, B::Storage>> {
-        running.map(|(m, v, momentum)| RunningStats { mean: m.storage(), var: v.storage(), momentum })
+    /// The backend's view: these outputs with the given parameters and tail.
+    fn args<'a>(
+        &'a self,
+        gamma: Option<&'a Tensor<B>>,
+        beta: Option<&'a Tensor<B>>,
+        running: Option<(&'a Tensor<B>, &'a Tensor<B>, f32)>,
+        residual: Option<&'a Tensor<B>>,
+        relu: bool,
+    ) -> BnTrain<'a, B::Storage> {
+        BnTrain {
+            gamma: gamma.map(|t| t.storage()),
+            beta: beta.map(|t| t.storage()),
+            tail: BnTail { residual: residual.map(|t| t.storage()), relu },
+            y: self.y.storage(),
+            save_mean: self.mean.storage(),
+            save_invstd: self.invstd.storage(),
+            running: running.map(|(m, v, momentum)| RunningStats { mean: m.storage(), var: v.storage(), momentum }),
+        }
     }
 }
 
@@ -241,20 +247,7 @@ pub fn conv2d_batchnorm_train<B: Backend>(
     expect_shape("conv2d", "weight", w, &[cd.c_out, cd.kh, cd.kw, cd.c_in / cd.groups])?;
     let c = out(x, &[cd.n, cd.oh, cd.ow, cd.c_out])?;
     let t = BnTrainOut::new(&c, gamma, beta, running, eps, residual)?;
-    x.backend().conv2d_batchnorm_fwd_train(
-        x.storage(),
-        w.storage(),
-        c.storage(),
-        cd,
-        gamma.map(|t| t.storage()),
-        beta.map(|t| t.storage()),
-        BnTail { residual: residual.map(|t| t.storage()), relu },
-        t.y.storage(),
-        t.mean.storage(),
-        t.invstd.storage(),
-        t.running(running),
-        &t.d,
-    )?;
+    x.backend().conv2d_batchnorm_fwd_train(x.storage(), w.storage(), c.storage(), cd, t.args(gamma, beta, running, residual, relu), &t.d)?;
     Ok((c, t.y, BnSaved { mean: t.mean, invstd: t.invstd }))
 }
 

@@ -73,6 +73,19 @@ impl<S> BnTail<'_, S> {
     pub const NONE: Self = BnTail { residual: None, relu: false };
 }
 
+/// A training batch norm's parameters and outputs: gamma and beta (affine, optional), the fused
+/// tail, y, the saved mean and 1/sqrt(var + eps) per channel, and the running statistics to
+/// update when given.
+pub struct BnTrain<'a, S> {
+    pub gamma: Option<&'a S>,
+    pub beta: Option<&'a S>,
+    pub tail: BnTail<'a, S>,
+    pub y: &'a S,
+    pub save_mean: &'a S,
+    pub save_invstd: &'a S,
+    pub running: Option<RunningStats<'a, S>>,
+}
+
 impl<S> Clone for BnTail<'_, S> {
     fn clone(&self) -> Self {
         *self
@@ -244,41 +257,23 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// 1/sqrt(var + eps) per channel for backward, updates running statistics when given;
     /// `tail` is applied in the same output pass.
     #[allow(clippy::too_many_arguments)]
-    fn batchnorm_fwd_train(
-        &self,
-        x: &Self::Storage,
-        gamma: Option<&Self::Storage>,
-        beta: Option<&Self::Storage>,
-        tail: BnTail<'_, Self::Storage>,
-        y: &Self::Storage,
-        save_mean: &Self::Storage,
-        save_invstd: &Self::Storage,
-        running: Option<RunningStats<'_, Self::Storage>>,
-        d: &NormDims,
-    ) -> Result<()>;
+    fn batchnorm_fwd_train(&self, x: &Self::Storage, bn: BnTrain<'_, Self::Storage>, d: &NormDims) -> Result<()>;
     /// A convolution whose output goes straight into training batch norm (a ResNet's conv + BN):
     /// `conv_out` = conv2d(x, w) (kept: batch norm's backward reads it), then
     /// batchnorm_fwd_train of it. A backend may fuse the two (CUDA sums the statistics in the
     /// convolution's epilogue instead of reading its output again); this default runs them one
     /// after the other.
-    #[allow(clippy::too_many_arguments)]
     fn conv2d_batchnorm_fwd_train(
         &self,
         x: &Self::Storage,
         w: &Self::Storage,
         conv_out: &Self::Storage,
         cd: &Conv2dDims,
-        gamma: Option<&Self::Storage>,
-        beta: Option<&Self::Storage>,
-        tail: BnTail<'_, Self::Storage>,
-        y: &Self::Storage,
-        save_mean: &Self::Storage,
-        save_invstd: &Self::Storage,
-        running: Option<RunningStats<'_, Self::Storage>>,
+        bn: BnTrain<'_, Self::Storage>,
         nd: &NormDims,
     ) -> Result<()> {
         self.conv2d_fwd(x, w, conv_out, cd)?;
-        self.batchnorm_fwd_train(conv_out, gamma, beta, tail, y, save_mean, save_invstd, running, nd)
+        self.batchnorm_fwd_train(conv_out, bn, nd)
     }
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_fwd_eval(

@@ -326,7 +326,7 @@ pub fn run_cases_against<B: Backend>(
     let mut report = Report { worst: 0.0, lines: Vec::new() };
     for (case, shapes) in cases {
         // Fresh random inputs each run; max-pool inputs get distinct values (no ties).
-        let inputs: Vec<(Vec<usize>, Vec<f64>)> = shapes
+        let mut inputs: Vec<(Vec<usize>, Vec<f64>)> = shapes
             .iter()
             .enumerate()
             .map(|(i, s)| {
@@ -345,6 +345,15 @@ pub fn run_cases_against<B: Backend>(
                 (s.clone(), v)
             })
             .collect();
+        // The cosine loss of unrelated random rows sits near 0, where a relative error says
+        // nothing (5.8e-4 on WebGPU once, from a loss of a few hundredths): the second input
+        // is the first plus noise, so the loss is near -0.9.
+        if matches!(case, Case::Cosine { .. }) {
+            let p = inputs[0].1.clone();
+            for (z, p) in inputs[1].1.iter_mut().zip(p) {
+                *z = p + 0.5 * *z;
+            }
+        }
         // Inputs rounded to the device's precision so both sides see the same values.
         let inputs: Vec<_> = inputs.into_iter().map(|(s, v)| (s, v.iter().map(|&x| x as f32 as f64).collect::<Vec<_>>())).collect();
         let out_len = {

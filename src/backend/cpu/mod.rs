@@ -261,28 +261,17 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn batchnorm_fwd_train(
-        &self,
-        x: &CpuStorage,
-        gamma: Option<&CpuStorage>,
-        beta: Option<&CpuStorage>,
-        tail: BnTail<'_, CpuStorage>,
-        y: &CpuStorage,
-        save_mean: &CpuStorage,
-        save_invstd: &CpuStorage,
-        running: Option<RunningStats<'_, CpuStorage>>,
-        d: &NormDims,
-    ) -> Result<()> {
-        on_dtype!(self, y, T => {
+    fn batchnorm_fwd_train(&self, x: &CpuStorage, bn: BnTrain<'_, CpuStorage>, d: &NormDims) -> Result<()> {
+        on_dtype!(self, bn.y, T => {
             let gx = x.read();
-            let gg = gamma.map(|g| g.read());
-            let gb = beta.map(|b| b.read());
-            let gres = tail.residual.map(|s| s.read());
-            let tl = norm::Tail { residual: gres.as_ref().map(r), relu: tail.relu };
-            let (mut gy, mut gm, mut gi) = (y.write(), save_mean.write(), save_invstd.write());
+            let gg = bn.gamma.map(|g| g.read());
+            let gb = bn.beta.map(|b| b.read());
+            let gres = bn.tail.residual.map(|s| s.read());
+            let tl = norm::Tail { residual: gres.as_ref().map(r), relu: bn.tail.relu };
+            let (mut gy, mut gm, mut gi) = (bn.y.write(), bn.save_mean.write(), bn.save_invstd.write());
             let (mean, var) = norm::batchnorm_fwd_train::<T>(
                 r(&gx), gg.as_ref().map(r), gb.as_ref().map(r), tl, w(&mut gy), w(&mut gm), w(&mut gi), d);
-            if let Some(rs) = running {
+            if let Some(rs) = bn.running {
                 let (mut rm, mut rv) = (rs.mean.write(), rs.var.write());
                 norm::update_running::<T>(w(&mut rm), w(&mut rv), &mean, &var, d.rows, rs.momentum);
             }

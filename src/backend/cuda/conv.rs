@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::matmul::{BM, BN, MAX_Z, THREADS};
 use super::{Arg, CudaBackend, CudaStorage, GemmMath, elementwise, i32c, i64a, norm, ptr};
-use crate::backend::{BnTail, Conv2dDims, NormDims, RunningStats};
+use crate::backend::{BnTrain, Conv2dDims, NormDims};
 use crate::error::{Error, Result};
 
 /// Mirror of `struct ConvDims` in kernels/conv.cu.
@@ -45,20 +45,13 @@ pub(super) fn conv2d(b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaS
 /// convolution's epilogue (ColStats in kernels/gemm_tile.cuh) instead of a pass that reads the
 /// output again; under split-K the epilogue sees partial products, so that case runs the
 /// separate statistics pass.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn conv2d_batchnorm(
     b: &CudaBackend,
     x: &CudaStorage,
     w: &CudaStorage,
     conv_out: &CudaStorage,
     cd: &Conv2dDims,
-    gamma: Option<&CudaStorage>,
-    beta: Option<&CudaStorage>,
-    tail: BnTail<'_, CudaStorage>,
-    y: &CudaStorage,
-    save_mean: &CudaStorage,
-    save_invstd: &CudaStorage,
-    running: Option<RunningStats<'_, CudaStorage>>,
+    bn: BnTrain<'_, CudaStorage>,
     nd: &NormDims,
 ) -> Result<()> {
     let row_tiles = (cd.n * cd.oh * cd.ow).div_ceil(BM);
@@ -67,9 +60,9 @@ pub(super) fn conv2d_batchnorm(
     }
     let part = norm::stats_partials(b, row_tiles, cd.c_out)?;
     if launch_conv(b, Pass::Fwd, x, w, conv_out, cd, Some(&part))? {
-        return norm::batchnorm_from_partials(b, &part, row_tiles, conv_out, gamma, beta, tail, y, save_mean, save_invstd, running, nd);
+        return norm::batchnorm_from_partials(b, &part, row_tiles, conv_out, bn, nd);
     }
-    norm::batchnorm_fwd_train(b, conv_out, gamma, beta, tail, y, save_mean, save_invstd, running, nd)
+    norm::batchnorm_fwd_train(b, conv_out, bn, nd)
 }
 
 /// Launches one pass; with `stats` (forward only), also the output's column sums [row tiles, 2,

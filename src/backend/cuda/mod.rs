@@ -280,19 +280,8 @@ impl Backend for CudaBackend {
         conv::conv2d(self, conv::Pass::BwdWeight, x, dy, dw, d)
     }
 
-    fn batchnorm_fwd_train(
-        &self,
-        x: &CudaStorage,
-        gamma: Option<&CudaStorage>,
-        beta: Option<&CudaStorage>,
-        tail: BnTail<'_, CudaStorage>,
-        y: &CudaStorage,
-        save_mean: &CudaStorage,
-        save_invstd: &CudaStorage,
-        running: Option<RunningStats<'_, CudaStorage>>,
-        d: &NormDims,
-    ) -> Result<()> {
-        norm::batchnorm_fwd_train(self, x, gamma, beta, tail, y, save_mean, save_invstd, running, d)
+    fn batchnorm_fwd_train(&self, x: &CudaStorage, bn: BnTrain<'_, CudaStorage>, d: &NormDims) -> Result<()> {
+        norm::batchnorm_fwd_train(self, x, bn, d)
     }
     fn conv2d_batchnorm_fwd_train(
         &self,
@@ -300,16 +289,10 @@ impl Backend for CudaBackend {
         w: &CudaStorage,
         conv_out: &CudaStorage,
         cd: &Conv2dDims,
-        gamma: Option<&CudaStorage>,
-        beta: Option<&CudaStorage>,
-        tail: BnTail<'_, CudaStorage>,
-        y: &CudaStorage,
-        save_mean: &CudaStorage,
-        save_invstd: &CudaStorage,
-        running: Option<RunningStats<'_, CudaStorage>>,
+        bn: BnTrain<'_, CudaStorage>,
         nd: &NormDims,
     ) -> Result<()> {
-        conv::conv2d_batchnorm(self, x, w, conv_out, cd, gamma, beta, tail, y, save_mean, save_invstd, running, nd)
+        conv::conv2d_batchnorm(self, x, w, conv_out, cd, bn, nd)
     }
     fn batchnorm_fwd_eval(
         &self,

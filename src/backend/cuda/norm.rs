@@ -1,7 +1,7 @@
 //! Launches for kernels/norm.cu: batch norm (train, eval, backward), layer norm, softmax.
 
 use super::{Arg, CudaBackend, CudaStorage, i32a, i64a, opt_ptr, ptr};
-use crate::backend::{BnTail, NormDims, RunningStats};
+use crate::backend::{BnTail, BnTrain, NormDims};
 use crate::error::Result;
 
 const OP: &str = "norm";
@@ -28,18 +28,7 @@ fn per_channel_blocks(c: usize) -> u32 {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn batchnorm_fwd_train(
-    b: &CudaBackend,
-    x: &CudaStorage,
-    gamma: Option<&CudaStorage>,
-    beta: Option<&CudaStorage>,
-    tail: BnTail<'_, CudaStorage>,
-    y: &CudaStorage,
-    save_mean: &CudaStorage,
-    save_invstd: &CudaStorage,
-    running: Option<RunningStats<'_, CudaStorage>>,
-    d: &NormDims,
-) -> Result<()> {
+pub(super) fn batchnorm_fwd_train(b: &CudaBackend, x: &CudaStorage, bn: BnTrain<'_, CudaStorage>, d: &NormDims) -> Result<()> {
     let (rows, c) = (d.rows, d.channels);
     if rows * c == 0 {
         return Ok(());
@@ -52,7 +41,7 @@ pub(super) fn batchnorm_fwd_train(
         (32, 8, 1),
         &[ptr(x), ptr(&part), i32a(OP, rows)?, i32a(OP, c)?, i32a(OP, rpb)?],
     )?;
-    batchnorm_from_partials(b, &part, nb, x, gamma, beta, tail, y, save_mean, save_invstd, running, d)
+    batchnorm_from_partials(b, &part, nb, x, bn, d)
 }
 
 /// Scratch for the per-channel partial sums of `nb` row blocks, for batchnorm_from_partials.
@@ -62,21 +51,15 @@ pub(super) fn stats_partials(b: &CudaBackend, nb: usize, c: usize) -> Result<Cud
 
 /// Training batch norm of x from its column partial sums `part` [nb, 2, C] in double (by
 /// batchnorm_stats_fwd_f32, or by a convolution's epilogue): the statistics, then the output.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn batchnorm_from_partials(
     b: &CudaBackend,
     part: &CudaStorage,
     nb: usize,
     x: &CudaStorage,
-    gamma: Option<&CudaStorage>,
-    beta: Option<&CudaStorage>,
-    tail: BnTail<'_, CudaStorage>,
-    y: &CudaStorage,
-    save_mean: &CudaStorage,
-    save_invstd: &CudaStorage,
-    running: Option<RunningStats<'_, CudaStorage>>,
+    bn: BnTrain<'_, CudaStorage>,
     d: &NormDims,
 ) -> Result<()> {
+    let BnTrain { gamma, beta, tail, y, save_mean, save_invstd, running } = bn;
     let (rows, c) = (d.rows, d.channels);
     let ss = b.scratch(2 * c)?;
     let (rm, rv, momentum) = match &running {

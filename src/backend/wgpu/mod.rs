@@ -180,19 +180,8 @@ impl Backend for WgpuBackend {
         conv::bwd_weight(self, &self.ctx, x, dy, dw, d)
     }
 
-    fn batchnorm_fwd_train(
-        &self,
-        x: &WgpuStorage,
-        gamma: Option<&WgpuStorage>,
-        beta: Option<&WgpuStorage>,
-        tail: BnTail<'_, WgpuStorage>,
-        y: &WgpuStorage,
-        save_mean: &WgpuStorage,
-        save_invstd: &WgpuStorage,
-        running: Option<RunningStats<'_, WgpuStorage>>,
-        d: &NormDims,
-    ) -> Result<()> {
-        norm::batchnorm_fwd_train(self, x, gamma, beta, tail, y, save_mean, save_invstd, running, d)
+    fn batchnorm_fwd_train(&self, x: &WgpuStorage, bn: BnTrain<'_, WgpuStorage>, d: &NormDims) -> Result<()> {
+        norm::batchnorm_fwd_train(self, x, bn, d)
     }
     fn batchnorm_fwd_eval(
         &self,

@@ -4,7 +4,7 @@
 
 use super::context::{Context, Params, grid, kernel, r, w};
 use super::{WgpuBackend, WgpuStorage};
-use crate::backend::{BnTail, NormDims, RunningStats};
+use crate::backend::{BnTail, BnTrain, NormDims};
 use crate::error::Result;
 
 const FAMILY: &str = "norm";
@@ -35,18 +35,8 @@ fn tail_flags(tail: &BnTail<'_, WgpuStorage>) -> u32 {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn batchnorm_fwd_train(
-    be: &WgpuBackend,
-    x: &WgpuStorage,
-    gamma: Option<&WgpuStorage>,
-    beta: Option<&WgpuStorage>,
-    tail: BnTail<'_, WgpuStorage>,
-    y: &WgpuStorage,
-    save_mean: &WgpuStorage,
-    save_invstd: &WgpuStorage,
-    running: Option<RunningStats<'_, WgpuStorage>>,
-    d: &NormDims,
-) -> Result<()> {
+pub fn batchnorm_fwd_train(be: &WgpuBackend, x: &WgpuStorage, bn: BnTrain<'_, WgpuStorage>, d: &NormDims) -> Result<()> {
+    let BnTrain { gamma, beta, tail, y, save_mean, save_invstd, running } = bn;
     let ctx = &*be.ctx;
     let c = d.channels;
     let (nsplit, chunk) = split(d.rows, c);
