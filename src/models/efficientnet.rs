@@ -69,7 +69,7 @@ impl ConvBn {
     }
 
     fn forward<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
-        let y = self.bn.forward(cx, &self.conv.forward(cx, x)?)?;
+        let y = self.bn.forward_conv(cx, &self.conv, x, None, false)?;
         if self.silu { cx.tape.silu(&y) } else { Ok(y) }
     }
 }
