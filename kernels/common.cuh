@@ -34,6 +34,10 @@ DEV float round_bf16f(float v) {
     return __int_as_float((int)((u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u));
 }
 
+// ReLU's gradient: dy where its input x is positive (PyTorch's choice at 0: 0). Also right with
+// ReLU's output for x: relu(x) > 0 exactly where x > 0.
+DEV float relu_grad(float x, float dy) { return x > 0.0f ? dy : 0.0f; }
+
 // The global index of this thread and the grid-wide stride, both 64-bit.
 DEV i64 global_index() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
 DEV i64 grid_stride() { return (i64)gridDim.x * blockDim.x; }

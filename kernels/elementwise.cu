@@ -11,9 +11,8 @@ extern "C" __global__ void relu_fwd_f32(const float* x, float* y, i64 n) {
     FOR_EACH(i, n) y[i] = fmaxf(x[i], 0.0f);
 }
 
-// PyTorch's choice at 0: gradient 0.
 extern "C" __global__ void relu_bwd_f32(const float* x, const float* dy, float* dx, i64 n) {
-    FOR_EACH(i, n) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+    FOR_EACH(i, n) dx[i] = relu_grad(x[i], dy[i]);
 }
 
 #define SQRT1_2 0.70710678118654752440f

@@ -179,8 +179,14 @@ struct ColStats {
     double* part;
     i64 ldc;   // channels in all
     int col0;  // this GEMM's first channel (its group's)
-    DEVM void write(int n0, int col, int N, double sum, double sq) const {
-        if (n0 + col >= N) return;
+    // The last step of both loops' reductions: `red` [groups][sum, sq][BN] holds each group's
+    // column sums (a warp or a warp row, in shared memory); thread tid < BN adds the groups of
+    // column tid in order and writes them. After a __syncthreads.
+    DEVM void finish(const double* red, int groups, int n0, int N) const {
+        const int col = threadIdx.x;
+        if (col >= BN || n0 + col >= N) return;
+        double sum = 0.0, sq = 0.0;
+        for (int w = 0; w < groups; ++w) sum += red[(w * 2) * BN + col], sq += red[(w * 2 + 1) * BN + col];
         part[(i64)blockIdx.x * 2 * ldc + col0 + n0 + col] = sum;
         part[((i64)blockIdx.x * 2 + 1) * ldc + col0 + n0 + col] = sq;
     }
@@ -285,11 +291,7 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
             if ((tid & 16) == 0) red[(warp * 2) * BN + 4 * tx + c] = a, red[(warp * 2 + 1) * BN + 4 * tx + c] = b;
         }
         __syncthreads();
-        if (tid < BN) {
-            double a = 0.0, b = 0.0;
-            for (int w = 0; w < GEMM_THREADS / 32; ++w) a += red[(w * 2) * BN + tid], b += red[(w * 2 + 1) * BN + tid];
-            stats.write(n0, tid, N, a, b);
-        }
+        stats.finish(red, GEMM_THREADS / 32, n0, N);
     }
 }
 
@@ -488,6 +490,8 @@ DEV void gemm_block(GemmSmemTc& s, const L& ld, int M, int N, i64 k0, i64 k1, fl
     const int g = lane / 4, t = lane % 4;
     const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;
 #pragma unroll
+    for (int i = 0; i < 16; ++i) acc[i] = round_out ? round_bf16f(acc[i]) : acc[i];
+#pragma unroll
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt)
@@ -495,9 +499,7 @@ DEV void gemm_block(GemmSmemTc& s, const L& ld, int M, int N, i64 k0, i64 k1, fl
             for (int e = 0; e < 4; ++e) {
                 const int row = m0 + wm + mt * 16 + g + (e >= 2 ? 8 : 0);
                 const int col = n0 + wn + nt * 8 + 2 * t + (e & 1);
-                const float v = round_out ? round_bf16f(acc[(mt * 2 + nt) * 4 + e]) : acc[(mt * 2 + nt) * 4 + e];
-                acc[(mt * 2 + nt) * 4 + e] = v;
-                if (row < M && col < N) C[out_row(row) + col] = v;
+                if (row < M && col < N) C[out_row(row) + col] = acc[(mt * 2 + nt) * 4 + e];
             }
     if (stats.part) {
         // Column sums: this thread's 4 rows of each of its 4 columns, then the 8 lanes of a
@@ -526,8 +528,7 @@ DEV void gemm_block(GemmSmemTc& s, const L& ld, int M, int N, i64 k0, i64 k1, fl
                 if (g == 0) red[((warp / 4) * 2) * BN + col] = a, red[((warp / 4) * 2 + 1) * BN + col] = b;
             }
         __syncthreads();
-        const int tid = threadIdx.x;
-        if (tid < BN) stats.write(n0, tid, N, red[tid] + red[2 * BN + tid], red[BN + tid] + red[3 * BN + tid]);
+        stats.finish(red, 2, n0, N);
     }
 }
 

@@ -33,7 +33,7 @@ DEV void colstats(const float* x, const float* dy, const float* mean, const floa
                 a += (double)v;
                 b += (double)v * (double)v;
             } else if (MODE == 1) {
-                const float g = (!relu_out || relu_out[r * C + c] > 0.0f) ? dy[r * C + c] : 0.0f;
+                const float g = relu_out ? relu_grad(relu_out[r * C + c], dy[r * C + c]) : dy[r * C + c];
                 const double xhat = ((double)v - (double)mean[c]) * (double)inv[c];
                 a += (double)g;
                 b += (double)g * xhat;
@@ -170,7 +170,7 @@ extern "C" __global__ void batchnorm_dx_bwd_f32(const float* x, const float* dy,
         const float is = invstd[c];
         const float xhat = (x[i] - mean[c]) * is;
         const float k = (gamma ? gamma[c] : 1.0f) * is / N;
-        const float g = (!relu_out || relu_out[i] > 0.0f) ? dy[i] : 0.0f;
+        const float g = relu_out ? relu_grad(relu_out[i], dy[i]) : dy[i];
         if (dresidual) dresidual[i] = g;
         dx[i] = k * (N * g - sums[c] - xhat * sums[C + c]);
     }

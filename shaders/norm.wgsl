@@ -213,14 +213,6 @@ fn batchnorm_eval_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     }
 }
 
-// The ReLU tail's backward: o1 = dy where the forward output (bound as x) is positive, else 0.
-@compute @workgroup_size(WG)
-fn batchnorm_mask_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    for (var i = flat_id(wid, nwg, li); i < p.rows * p.ch; i += grid_stride(nwg)) {
-        o1[i] = select(0.0, dy[i], x[i] > 0.0);
-    }
-}
-
 // dx = gamma * invstd / N * (N dy - sum(dy) - xhat * sum(dy xhat))
 @compute @workgroup_size(WG)
 fn batchnorm_dx_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {

@@ -18,10 +18,17 @@ impl<B: Backend> Tape<B> {
         }
     }
 
-    /// `bf16_point` for a matmul or convolution: nothing where the backend's kernels round
-    /// their operands and results themselves (`Backend::rounds_gemm_to_bf16`).
+    /// Whether a matmul's or convolution's bf16 rounding is a pass of its own on this backend:
+    /// precision bf16, and kernels that do not round their operands and results themselves
+    /// (`Backend::rounds_gemm_to_bf16`).
+    fn gemm_rounds_in_passes(b: &B) -> bool {
+        b.precision() == Precision::Bf16 && !b.rounds_gemm_to_bf16()
+    }
+
+    /// `bf16_point` for a matmul or convolution: the rounding pass where
+    /// `gemm_rounds_in_passes`, nothing otherwise.
     fn gemm_bf16_point(&self, x: &Var<B>) -> Result<Var<B>> {
-        if x.value.backend().rounds_gemm_to_bf16() { Ok(x.clone()) } else { self.bf16_point(x) }
+        if Self::gemm_rounds_in_passes(x.value.backend()) { self.unary(Unary::RoundBf16, x) } else { Ok(x.clone()) }
     }
 
     pub fn matmul(&self, a: &Var<B>, b: &Var<B>, trans_a: bool, trans_b: bool) -> Result<Var<B>> {
@@ -111,8 +118,7 @@ impl<B: Backend> Tape<B> {
         residual: Option<&Var<B>>,
         relu: bool,
     ) -> Result<Var<B>> {
-        let be = x.value.backend();
-        if be.precision() == Precision::Bf16 && !be.rounds_gemm_to_bf16() {
+        if Self::gemm_rounds_in_passes(x.value.backend()) {
             let c = self.conv2d(x, w, stride, pad, groups)?;
             return self.batchnorm_train_tail(&c, affine, running, eps, residual, relu);
         }

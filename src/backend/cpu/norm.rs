@@ -156,10 +156,12 @@ pub fn batchnorm_bwd<T: Real>(
     d: &NormDims,
 ) -> (Vec<f64>, Vec<f64>) {
     let (rows, c) = (d.rows, d.channels);
-    let masked: Vec<T>;
+    // ReLU's own backward, with its output for its input (relu(z) > 0 exactly where z > 0).
+    let mut masked: Vec<T> = Vec::new();
     let dy = match relu_out {
         Some(y) => {
-            masked = dy.par_iter().zip(y).map(|(&g, &y)| if y > T::zero() { g } else { T::zero() }).collect();
+            masked.resize(dy.len(), T::zero());
+            super::elementwise::unary_bwd(crate::backend::Unary::Relu, y, dy, &mut masked);
             &masked[..]
         }
         None => dy,

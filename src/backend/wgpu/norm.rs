@@ -4,7 +4,7 @@
 
 use super::context::{Context, Params, grid, kernel, r, w};
 use super::{WgpuBackend, WgpuStorage};
-use crate::backend::{BnTail, BnTrain, NormDims};
+use crate::backend::{BnTail, BnTrain, NormDims, Unary};
 use crate::error::Result;
 
 const FAMILY: &str = "norm";
@@ -110,13 +110,14 @@ pub fn batchnorm_bwd(
     let (nsplit, chunk) = split(d.rows, c);
     let p = || params(d, flags(gamma, None), nsplit, chunk, 0.0);
     let k = |entry| kernel("batchnorm_bwd", FAMILY, entry);
-    // The ReLU tail's mask as its own pass here (a fused one would bind more storage buffers
-    // than WebGPU's default 8 per stage); the masked dy is the residual's gradient too.
+    // The ReLU tail's mask is ReLU's own backward pass here, with its output for its input
+    // (relu(z) > 0 exactly where z > 0): fused, it would bind more storage buffers than
+    // WebGPU's default 8 per stage. The masked dy is the residual's gradient too.
     let tmp_masked = if relu_out.is_some() && dresidual.is_none() { Some(be.storage(d.rows * c)?) } else { None };
     let dy = match relu_out {
         Some(y) => {
             let masked = dresidual.or(tmp_masked.as_ref()).expect("a buffer for the masked gradient");
-            ctx.launch(k("batchnorm_mask_bwd_f32"), p(), &[r(1, y.buf()), r(2, dy.buf()), w(8, masked.buf())], ctx.grid1(d.rows * c))?;
+            super::elementwise::unary_bwd(ctx, Unary::Relu, y, dy, masked, d.rows * c)?;
             masked
         }
         None => dy,
