@@ -2,7 +2,7 @@
 // src/backend/cpu/attention.rs. q [bh, tq, d], k and v [bh, tk, d], o [bh, tq, d], lse [bh, tq]
 // (natural log-sum-exp of each row of scale * q k^T).
 //
-// Simple and exact rather than fast: one thread per query row (forward, dq) or per key row
+// The exact FP32 kernels (the default) are simple rather than fast: one thread per query row (forward, dq) or per key row
 // (dk, dv; two per key at head dim 128); the rows a block owns live in padded shared memory (stride DM + 1: conflict-free),
 // the other side streams through shared-memory tiles that every thread reads by broadcast, and
 // each thread accumulates its output row in registers (loops over DM are unrolled, so the
@@ -12,7 +12,10 @@
 //
 // Variants: DM = 64 (head dims up to 64) and DM = 128 (`_d128`, head dims up to 128).
 // Grid: x = row tiles of the block's own side, y = bh. Block: BQ threads.
-#include "common.cuh"
+//
+// The tensor-core kernels (`_tc_`: TF32, `_bf16_`: precision bf16) are at the end of this file;
+// their device code is attention_tc.cuh.
+#include "attention_tc.cuh"
 
 // Cooperative load of `nrows` rows (of length d, row stride d in global memory) starting at
 // global row r0 of a slice with `total` rows, into dst[row * ld + j]; rows past the end are
@@ -255,4 +258,69 @@ extern "C" __global__ void __launch_bounds__(ATT128_BQ * ATT128_DKDV_SPLIT)
                                 const float* drow, const float* dout, float* dk, float* dv, int tq, int tk, int d,
                                 float scale) {
     attn_bwd_dkdv<128, ATT128_BQ, 8, ATT128_DKDV_SPLIT>(q, k, v, lse, drow, dout, dk, dv, tq, tk, d, scale);
+}
+
+// ---- tensor cores (attention_tc.cuh) ---------------------------------------------------------
+// Per head-dim variant: warps per block (16 rows each) and the streamed tile's rows, within
+// 48 KB of static shared memory. The Rust side uses the same numbers for its grids.
+#define FLASH64_NW 4
+#define FLASH128_NW 2
+extern "C" __global__ void __launch_bounds__(FLASH64_NW * 32)
+    attention_tc_fwd_f32(const float* q, const float* k, const float* v, float* o, float* lse, int tq, int tk, int d, float scale) {
+    flash_fwd<ATT_MATH_TF32, 64, FLASH64_NW, 32>(q, k, v, o, lse, tq, tk, d, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FLASH128_NW * 32)
+    attention_tc_d128_fwd_f32(const float* q, const float* k, const float* v, float* o, float* lse, int tq, int tk, int d, float scale) {
+    flash_fwd<ATT_MATH_TF32, 128, FLASH128_NW, 16>(q, k, v, o, lse, tq, tk, d, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FLASH64_NW * 32)
+    attention_tc_dq_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow, const float* dout, float* dq, int tq, int tk, int d, float scale) {
+    flash_dq<ATT_MATH_TF32, 64, FLASH64_NW, 16>(q, k, v, lse, drow, dout, dq, tq, tk, d, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FLASH128_NW * 32)
+    attention_tc_d128_dq_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow, const float* dout, float* dq, int tq, int tk, int d, float scale) {
+    flash_dq<ATT_MATH_TF32, 128, FLASH128_NW, 8>(q, k, v, lse, drow, dout, dq, tq, tk, d, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FLASH64_NW * 32)
+    attention_tc_dkdv_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow, const float* dout, float* dk, float* dv, int tq, int tk, int d, float scale) {
+    flash_dkdv<ATT_MATH_TF32, 64, FLASH64_NW, 16>(q, k, v, lse, drow, dout, dk, dv, tq, tk, d, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FLASH128_NW * 32)
+    attention_tc_d128_dkdv_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow, const float* dout, float* dk, float* dv, int tq, int tk, int d, float scale) {
+    flash_dkdv<ATT_MATH_TF32, 128, FLASH128_NW, 8>(q, k, v, lse, drow, dout, dk, dv, tq, tk, d, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FLASH64_NW * 32)
+    attention_bf16_fwd_f32(const float* q, const float* k, const float* v, float* o, float* lse, int tq, int tk, int d, float scale) {
+    flash_fwd<ATT_MATH_BF16, 64, FLASH64_NW, 32>(q, k, v, o, lse, tq, tk, d, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FLASH128_NW * 32)
+    attention_bf16_d128_fwd_f32(const float* q, const float* k, const float* v, float* o, float* lse, int tq, int tk, int d, float scale) {
+    flash_fwd<ATT_MATH_BF16, 128, FLASH128_NW, 16>(q, k, v, o, lse, tq, tk, d, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FLASH64_NW * 32)
+    attention_bf16_dq_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow, const float* dout, float* dq, int tq, int tk, int d, float scale) {
+    flash_dq<ATT_MATH_BF16, 64, FLASH64_NW, 16>(q, k, v, lse, drow, dout, dq, tq, tk, d, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FLASH128_NW * 32)
+    attention_bf16_d128_dq_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow, const float* dout, float* dq, int tq, int tk, int d, float scale) {
+    flash_dq<ATT_MATH_BF16, 128, FLASH128_NW, 8>(q, k, v, lse, drow, dout, dq, tq, tk, d, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FLASH64_NW * 32)
+    attention_bf16_dkdv_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow, const float* dout, float* dk, float* dv, int tq, int tk, int d, float scale) {
+    flash_dkdv<ATT_MATH_BF16, 64, FLASH64_NW, 16>(q, k, v, lse, drow, dout, dk, dv, tq, tk, d, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FLASH128_NW * 32)
+    attention_bf16_d128_dkdv_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow, const float* dout, float* dk, float* dv, int tq, int tk, int d, float scale) {
+    flash_dkdv<ATT_MATH_BF16, 128, FLASH128_NW, 8>(q, k, v, lse, drow, dout, dk, dv, tq, tk, d, scale);
 }

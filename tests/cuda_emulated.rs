@@ -35,12 +35,12 @@ const SHARED_REWRITE_VERSION: &str = "shared-arena-1";
 /// thread reads its own slot back. On a GPU the odd slots hold whatever was there; the emulator
 /// must show them as poison in every block, never as zeros or as another block's values.
 ///
-/// The second probe, one warp, checks cp.async and ldmatrix (kernels/gemm_tile.cuh) against
+/// The second probe, one warp, checks cp.async and ldmatrix (kernels/mma.cuh) against
 /// the PTX ISA: lane t queues in[4t] (group 1) and in[4t + 1 .. 4t + 3] (group 2, the last one
 /// from null, which zero-fills); nothing lands before a wait, wait_group 1 lands group 1 only,
 /// wait_group 0 the rest; then ldmatrix .x4 over the 32 x 4 floats gives lane l, matrix j the
 /// word l % 4 of row l / 4 of matrix j.
-const PROBE: &str = "#include \"gemm_tile.cuh\"
+const PROBE: &str = "#include \"mma.cuh\"
 __global__ void emu_probe_shared(float* out) {
     __shared__ float s[64];
     if (threadIdx.x % 2 == 0) s[threadIdx.x] = (float)(blockIdx.x + 1);

@@ -260,7 +260,7 @@ fn dry_run_rejects_unsupported_sizes_cleanly() {
 /// in split_range), and the TF32 and BF16 variants run on tensor cores (HMMA), fed through the
 /// cp.async pipeline (LDGSTS) and ldmatrix (LDSM). Needs cuobjdump.
 #[test]
-fn static_report_gemm_and_conv_kernels_are_spill_free_division_free_and_use_tensor_cores() {
+fn static_report_gemm_conv_and_attention_kernels_are_spill_free_division_free_and_use_tensor_cores() {
     if !nvrtc_or_skip() {
         return;
     }
@@ -288,9 +288,19 @@ fn static_report_gemm_and_conv_kernels_are_spill_free_division_free_and_use_tens
         assert_eq!(k.ldgsts128 > 0, tensor_cores && has_k_contiguous_operand, "{}: 16-byte cp.async", k.name);
     }
     // Attention at head dim 128 used to spill 344 bytes in the dk/dv pass (256 accumulators per
-    // thread); two threads per key now hold 128 each.
-    for k in ks.iter().filter(|k| k.name.starts_with("attention")) {
+    // thread); two threads per key now hold 128 each. The flash kernels (TF32 and bf16, three
+    // passes, two head-dim variants) run on tensor cores, fed by 16-byte cp.async and ldmatrix,
+    // and call nothing (the IEEE division's slow path used to spill in the forward).
+    let attention: Vec<_> = ks.iter().filter(|k| k.name.starts_with("attention")).collect();
+    assert_eq!(attention.len(), 19, "6 exact + 12 tensor-core attention kernels + the row-dot pass expected");
+    for k in &attention {
         assert_eq!((k.spill_bytes, k.local_ops), (0, 0), "{}: spills or local memory", k.name);
+        let tensor_cores = k.name.contains("_tc_") || k.name.contains("_bf16_");
+        assert_eq!(k.hmma > 0, tensor_cores, "{}: HMMA only and always in the flash kernels", k.name);
+        assert_eq!(k.ldgsts128 > 0 && k.ldsm > 0, tensor_cores, "{}: 16-byte cp.async + ldmatrix in the flash kernels", k.name);
+        if tensor_cores {
+            assert_eq!(k.calls, 0, "{}: calls", k.name);
+        }
     }
 }
 

@@ -1,35 +1,44 @@
-//! Launches for kernels/attention.cu: flash-style attention forward and backward.
+//! Launches for kernels/attention.cu: flash-style attention forward and backward, exact FP32 or
+//! on tensor cores (attention_tc.cuh) under TF32 and bf16.
 
-use super::{Arg, CudaBackend, CudaStorage, i32a, i64a, ptr_at};
+use super::{Arg, CudaBackend, CudaStorage, GemmMath, i32a, i64a, ptr_at};
 use crate::backend::AttnDims;
 use crate::error::{Error, Result};
 
 const OP: &str = "attention";
 
-/// The kernels for one head-dim range, by their whole symbols, with the ATT*_BQ and
-/// ATT128_DKDV_SPLIT of attention.cu.
+/// The kernels for one head-dim range and math, by their whole symbols, with the block shapes
+/// of attention.cu (ATT*_BQ, ATT128_DKDV_SPLIT, FLASH*_NW).
 struct Variant {
     fwd: &'static str,
     dq: &'static str,
     dkdv: &'static str,
-    /// Rows per block.
-    bq: usize,
-    /// Threads per key row in dk/dv.
-    split: usize,
+    /// Rows of the block's own side (queries, or keys in dk/dv) per block.
+    rows: usize,
+    /// Threads per block in the forward and dq passes, and in dk/dv.
+    threads: usize,
+    dkdv_threads: usize,
 }
 
-fn variant(d: usize) -> Result<Variant> {
-    match d {
-        0..=64 => Ok(Variant { fwd: "attention_fwd_f32", dq: "attention_dq_bwd_f32", dkdv: "attention_dkdv_bwd_f32", bq: 64, split: 1 }),
-        65..=128 => Ok(Variant {
-            fwd: "attention_d128_fwd_f32",
-            dq: "attention_d128_dq_bwd_f32",
-            dkdv: "attention_d128_dkdv_bwd_f32",
-            bq: 32,
-            split: 2,
-        }),
-        _ => Err(Error::Invalid { op: OP, msg: format!("head dim {d} is over the cuda kernels' limit of 128") }),
-    }
+/// Exact FP32 kernels (one thread per row), or the tensor-core ones (16 rows per warp) under
+/// TF32 and bf16.
+fn variant(d: usize, math: GemmMath) -> Result<Variant> {
+    let wide = match d {
+        0..=64 => false,
+        65..=128 => true,
+        _ => return Err(Error::Invalid { op: OP, msg: format!("head dim {d} is over the cuda kernels' limit of 128") }),
+    };
+    let v = |fwd, dq, dkdv, rows, threads, dkdv_threads| Variant { fwd, dq, dkdv, rows, threads, dkdv_threads };
+    Ok(match (math, wide) {
+        (GemmMath::Simt, false) => v("attention_fwd_f32", "attention_dq_bwd_f32", "attention_dkdv_bwd_f32", 64, 64, 64),
+        (GemmMath::Simt, true) => v("attention_d128_fwd_f32", "attention_d128_dq_bwd_f32", "attention_d128_dkdv_bwd_f32", 32, 32, 64),
+        (GemmMath::Tf32, false) => v("attention_tc_fwd_f32", "attention_tc_dq_bwd_f32", "attention_tc_dkdv_bwd_f32", 64, 128, 128),
+        (GemmMath::Tf32, true) => v("attention_tc_d128_fwd_f32", "attention_tc_d128_dq_bwd_f32", "attention_tc_d128_dkdv_bwd_f32", 32, 64, 64),
+        (GemmMath::Bf16, false) => v("attention_bf16_fwd_f32", "attention_bf16_dq_bwd_f32", "attention_bf16_dkdv_bwd_f32", 64, 128, 128),
+        (GemmMath::Bf16, true) => {
+            v("attention_bf16_d128_fwd_f32", "attention_bf16_d128_dq_bwd_f32", "attention_bf16_d128_dkdv_bwd_f32", 32, 64, 64)
+        }
+    })
 }
 
 /// Runs `f(first slice, slices)` over chunks of at most 65535 slices (the grid's y limit).
@@ -55,13 +64,13 @@ pub(super) fn attention_fwd(
     if d.bh * d.tq * d.d == 0 {
         return Ok(());
     }
-    let Variant { fwd: kernel, bq, .. } = variant(d.d)?;
+    let Variant { fwd: kernel, rows, threads, .. } = variant(d.d, b.gemm_math())?;
     let (sq, sk) = (d.tq * d.d, d.tk * d.d);
     by_slices(d.bh, |s0, n| {
         b.launch(
             kernel,
-            (d.tq.div_ceil(bq) as u32, n as u32, 1),
-            (bq as u32, 1, 1),
+            (d.tq.div_ceil(rows) as u32, n as u32, 1),
+            (threads as u32, 1, 1),
             &[
                 ptr_at(q, s0 * sq),
                 ptr_at(k, s0 * sk),
@@ -94,16 +103,16 @@ pub(super) fn attention_bwd(
     if d.bh * d.d == 0 || (d.tq == 0 && d.tk == 0) {
         return Ok(());
     }
-    let Variant { dq: dq_k, dkdv: dkdv_k, bq, split, .. } = variant(d.d)?;
-    let rows = d.bh * d.tq;
+    let Variant { dq: dq_k, dkdv: dkdv_k, rows, threads, dkdv_threads, .. } = variant(d.d, b.gemm_math())?;
+    let all_rows = d.bh * d.tq;
     // D_i = dout_i . o_i
-    let drow = b.scratch(rows.max(1))?;
-    if rows > 0 {
+    let drow = b.scratch(all_rows.max(1))?;
+    if all_rows > 0 {
         b.launch(
             "attention_rowdot_bwd_f32",
-            (b.blocks_for(rows, 256), 1, 1),
+            (b.blocks_for(all_rows, 256), 1, 1),
             (256, 1, 1),
-            &[super::ptr(o), super::ptr(dout), super::ptr(&drow), i64a(rows), i32a(OP, d.d)?],
+            &[super::ptr(o), super::ptr(dout), super::ptr(&drow), i64a(all_rows), i32a(OP, d.d)?],
         )?;
     }
     let (sq, sk) = (d.tq * d.d, d.tk * d.d);
@@ -119,11 +128,11 @@ pub(super) fn attention_bwd(
         let dims = [i32a(OP, d.tq)?, i32a(OP, d.tk)?, i32a(OP, d.d)?, Arg::F32(d.scale)];
         if d.tq > 0 {
             let args: Vec<Arg<'_>> = common.iter().copied().chain([ptr_at(dq, s0 * sq)]).chain(dims).collect();
-            b.launch(dq_k, (d.tq.div_ceil(bq) as u32, n as u32, 1), (bq as u32, 1, 1), &args)?;
+            b.launch(dq_k, (d.tq.div_ceil(rows) as u32, n as u32, 1), (threads as u32, 1, 1), &args)?;
         }
         if d.tk > 0 {
             let args: Vec<Arg<'_>> = common.iter().copied().chain([ptr_at(dk, s0 * sk), ptr_at(dv, s0 * sk)]).chain(dims).collect();
-            b.launch(dkdv_k, (d.tk.div_ceil(bq) as u32, n as u32, 1), ((bq * split) as u32, 1, 1), &args)?;
+            b.launch(dkdv_k, (d.tk.div_ceil(rows) as u32, n as u32, 1), (dkdv_threads as u32, 1, 1), &args)?;
         }
         Ok(())
     })

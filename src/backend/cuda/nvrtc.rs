@@ -15,8 +15,12 @@ use cudarc::nvrtc::sys;
 use crate::error::{Error, Result};
 
 /// Headers every family may include.
-pub const HEADERS: &[(&str, &str)] =
-    &[("common.cuh", include_str!("../../../kernels/common.cuh")), ("gemm_tile.cuh", include_str!("../../../kernels/gemm_tile.cuh"))];
+pub const HEADERS: &[(&str, &str)] = &[
+    ("common.cuh", include_str!("../../../kernels/common.cuh")),
+    ("mma.cuh", include_str!("../../../kernels/mma.cuh")),
+    ("gemm_tile.cuh", include_str!("../../../kernels/gemm_tile.cuh")),
+    ("attention_tc.cuh", include_str!("../../../kernels/attention_tc.cuh")),
+];
 
 /// One source file per op family (DESIGN.md: one op, four places, one name).
 pub const FAMILIES: &[(&str, &str)] = &[
