@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::models::BackboneConfig;
 use crate::nn::{Ctx, ParamStore};
 use crate::ops;
-use crate::optim::{Sgd, always, train_step};
+use crate::optim::{Sgd, StepGraph, always, train_step};
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 
@@ -97,12 +97,16 @@ pub fn bench_step<B: Backend>(b: &B, model: &str, batch: usize, image: usize, wa
 
 /// One SimSiam step: two views through backbone + projector + predictor (CIFAR heads, 2048-d),
 /// the symmetric loss, backward, fused SGD. The same step as `benches/pytorch_step.py --simsiam`.
-pub fn bench_simsiam_step<B: Backend>(b: &B, model: &str, batch: usize, image: usize, warmup: usize, runs: usize) -> Result<Timing> {
-    bench_simsiam_step_with(b, model, batch, image, warmup, runs, || {})
+/// With `graph`, forward and backward replay as one CUDA graph where the backend has graphs
+/// (recorded in the warm-up, which then takes at least two steps).
+pub fn bench_simsiam_step<B: Backend>(b: &B, model: &str, batch: usize, image: usize, warmup: usize, runs: usize, graph: bool) -> Result<Timing> {
+    bench_simsiam_step_with(b, model, batch, image, warmup, runs, graph, |_| {})
 }
 
-/// `bench_simsiam_step`, calling `on_warm` after the warm-up steps (the census clears the
-/// launch log there, so it holds the timed steps alone).
+/// `bench_simsiam_step`, calling `on_warm` with the step graph's kernel count (0 without one)
+/// after the warm-up steps (the census clears the launch log there, so it holds the timed
+/// steps alone).
+#[allow(clippy::too_many_arguments)]
 pub fn bench_simsiam_step_with<B: Backend>(
     b: &B,
     model: &str,
@@ -110,7 +114,8 @@ pub fn bench_simsiam_step_with<B: Backend>(
     image: usize,
     warmup: usize,
     runs: usize,
-    on_warm: impl FnOnce(),
+    graph: bool,
+    on_warm: impl FnOnce(usize),
 ) -> Result<Timing> {
     use crate::ssl::{
         Method,
@@ -120,12 +125,17 @@ pub fn bench_simsiam_step_with<B: Backend>(
     let mut ps = ParamStore::new(b, DType::F32, 0);
     let method = SimSiam::new(&mut ps, &backbone, &SimSiamConfig::default())?;
     let mut rng = Rng::new(1);
-    let views = [random(b, &mut rng, &[batch, image, image, 3])?, random(b, &mut rng, &[batch, image, image, 3])?];
+    let views = vec![random(b, &mut rng, &[batch, image, image, 3])?, random(b, &mut rng, &[batch, image, image, 3])?];
     let mut opt = Sgd::new(0.9);
-    let (median_s, min_s, max_s) = time_with(b, warmup, runs, on_warm, || {
-        let xs: Vec<Var<B>> = views.iter().map(|v| Var::constant(v.clone())).collect();
-        let forward = |cx: &Ctx<B>| Ok((Method::<B>::forward(&method, cx, &xs, None)?.loss, ()));
-        train_step(&ps, &mut opt, &|_| (0.06, 5e-4), forward, always).map(drop)
+    let mut steps = if graph { StepGraph::new(b) } else { StepGraph::disabled(b, "--no-graph") };
+    let warmup = if graph { warmup.max(2) } else { warmup };
+    let steps = std::cell::RefCell::new(&mut steps);
+    let (median_s, min_s, max_s) = time_with(b, warmup, runs, || on_warm(steps.borrow().launches()), || {
+        let forward = |cx: &Ctx<B>, inputs: &[Tensor<B>]| {
+            let xs: Vec<Var<B>> = inputs.iter().map(|v| Var::constant(v.clone())).collect();
+            Ok((Method::<B>::forward(&method, cx, &xs, None)?.loss, ()))
+        };
+        steps.borrow_mut().step(&ps, &mut opt, &|_| (0.06, 5e-4), views.clone(), forward, always).map(drop)
     })?;
     Ok(Timing {
         name: format!("simsiam step {model} batch {batch} (2 views)"),
@@ -239,11 +249,22 @@ pub struct CensusRow {
     pub bytes: u64,
 }
 
-/// The kernel launches of one SimSiam step (after a warm-up step) on the dry-run CUDA device,
+/// The step census: one SimSiam step's kernels, and how many of them a CUDA graph replays.
+pub struct Census {
+    /// By kernel, most bytes first.
+    pub rows: Vec<CensusRow>,
+    /// Kernels inside the step graph (0 without one); the rest are launched one by one.
+    pub graph_kernels: usize,
+}
+
+/// The kernel launches of one SimSiam step (after the warm-up) on the dry-run CUDA device,
 /// grouped by kernel, most bytes first: how many launches a step makes and how much memory they
-/// reach, before anything runs on a GPU.
-pub fn simsiam_step_census(b: &crate::backend::cuda::CudaBackend, model: &str, batch: usize, image: usize) -> Result<Vec<CensusRow>> {
-    bench_simsiam_step_with(b, model, batch, image, 1, 1, || {
+/// reach, before anything runs on a GPU. With `graph`, the step replays its graph (whose
+/// kernels the dry run lists as it replays them).
+pub fn simsiam_step_census(b: &crate::backend::cuda::CudaBackend, model: &str, batch: usize, image: usize, graph: bool) -> Result<Census> {
+    let mut graph_kernels = 0;
+    bench_simsiam_step_with(b, model, batch, image, 1, 1, graph, |n| {
+        graph_kernels = n;
         b.take_launches();
     })?;
     let mut rows: Vec<CensusRow> = Vec::new();
@@ -257,5 +278,5 @@ pub fn simsiam_step_census(b: &crate::backend::cuda::CudaBackend, model: &str, b
         }
     }
     rows.sort_by_key(|r| std::cmp::Reverse(r.bytes));
-    Ok(rows)
+    Ok(Census { rows, graph_kernels })
 }

@@ -46,6 +46,10 @@ pub struct Config {
     /// Steps with a non-finite loss that may be skipped (no update, batch-norm statistics
     /// restored) before the run stops; 0 = stop at the first (exit code 3).
     pub skip_nonfinite: usize,
+    /// On the cuda backend, replay each step's forward and backward as one CUDA graph
+    /// (recorded after a warm-up step; batches of other shapes run eagerly). Only for methods
+    /// whose forward keeps no per-step state (SimSiam), and not with skip_nonfinite.
+    pub cuda_graph: bool,
     pub data: DataConfig,
     pub model_opts: ModelOpts,
     pub augment: AugmentToml,
@@ -82,6 +86,7 @@ impl Default for Config {
             threads: 0,
             max_steps: None,
             skip_nonfinite: 0,
+            cuda_graph: true,
             data: DataConfig::default(),
             model_opts: ModelOpts::default(),
             augment: AugmentToml::default(),

@@ -269,6 +269,10 @@ enum BenchCmd {
         /// and list its kernel launches and the bytes they reach (the step census).
         #[arg(long)]
         dry_run: bool,
+        /// With --simsiam on cuda: launch every kernel of the step eagerly instead of replaying
+        /// forward and backward as one CUDA graph (recorded in the warm-up).
+        #[arg(long)]
+        no_graph: bool,
     },
     /// Times each kernel family on ResNet-18 (CIFAR) and ViT-tiny shapes.
     Kernels {
@@ -487,7 +491,7 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
             }
         }
         Cmd::Bench { what } => match what {
-            BenchCmd::Step { backend, model, batch, image_size, simsiam, dry_run: true, .. } => {
+            BenchCmd::Step { backend, model, batch, image_size, simsiam, dry_run: true, no_graph, .. } => {
                 if backend.backend != "cuda" || !simsiam {
                     return Err(ssl_engine::Error::Config(
                         "--dry-run is the CUDA step census: use it with --backend cuda --simsiam".into(),
@@ -495,20 +499,30 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                 }
                 let precision = Precision::parse(&backend.precision)?;
                 let b = ssl_engine::backend::cuda::CudaBackend::dry_run(132)?.with_precision(precision);
-                let rows = bench::simsiam_step_census(&b, &model, batch, image_size)?;
-                let (n, bytes): (usize, u64) = rows.iter().fold((0, 0), |(n, by), r| (n + r.launches, by + r.bytes));
+                let census = bench::simsiam_step_census(&b, &model, batch, image_size, !no_graph)?;
+                let (n, bytes): (usize, u64) = census.rows.iter().fold((0, 0), |(n, by), r| (n + r.launches, by + r.bytes));
                 println!("SimSiam step census, {model} batch {batch} (2 views), dry-run CUDA device, {}:", precision.as_str());
                 println!("{:<32} {:>9} {:>12}", "kernel", "launches", "MB reached");
-                for r in &rows {
+                for r in &census.rows {
                     println!("{:<32} {:>9} {:>12.1}", r.kernel, r.launches, r.bytes as f64 / 1e6);
                 }
                 println!("{:<32} {:>9} {:>12.1}", "total", n, bytes as f64 / 1e6);
+                if census.graph_kernels > 0 {
+                    println!(
+                        "host launches per step: {} = 1 CUDA graph (forward + backward, {} kernels) + {} outside it (input copies, optimizer)",
+                        1 + n - census.graph_kernels,
+                        census.graph_kernels,
+                        n - census.graph_kernels
+                    );
+                } else {
+                    println!("host launches per step: {n} (no CUDA graph)");
+                }
             }
-            BenchCmd::Step { backend, model, batch, image_size, warmup, runs, simsiam, .. } => {
+            BenchCmd::Step { backend, model, batch, image_size, warmup, runs, simsiam, no_graph, .. } => {
                 with_backend!(backend.backend.as_str(), backend.threads, backend.device, Precision::parse(&backend.precision)?, |b| {
                     println!("backend: {}", b.name());
                     let t = if simsiam {
-                        bench::bench_simsiam_step(&b, &model, batch, image_size, warmup, runs)?
+                        bench::bench_simsiam_step(&b, &model, batch, image_size, warmup, runs, !no_graph)?
                     } else {
                         bench::bench_step(&b, &model, batch, image_size, warmup, runs)?
                     };

@@ -20,7 +20,7 @@ use crate::data::{AugmentConfig, Dataset, LoadOptions, Loader, OnCorrupt, Split,
 use crate::error::{Error, Result};
 use crate::eval::{features, knn};
 use crate::nn::{Ctx, Kind, ParamId, ParamStore};
-use crate::optim::{self, Optimizer, schedule::warmup_cosine, train_step};
+use crate::optim::{self, Optimizer, StepGraph, schedule::warmup_cosine};
 use crate::ssl::{LrPolicy, Method, StepInfo, normalized_std};
 use crate::tensor::{DType, Tensor};
 
@@ -336,6 +336,16 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
     bar.set_position(state.global_step as u64);
     let nan_hook: Option<usize> = std::env::var("SSL_ENGINE_TEST_NAN_AT_STEP").ok().and_then(|v| v.parse().ok());
     let mut skipped_steps = 0usize;
+    // Forward and backward replayed as one graph where the backend has graphs (CUDA) and the
+    // method's forward depends on nothing but its inputs and parameters.
+    let mut graph = match (cfg.cuda_graph, method.graph_safe(), cfg.skip_nonfinite) {
+        (false, _, _) => StepGraph::disabled(b, "cuda_graph = false"),
+        (_, false, _) => StepGraph::disabled(b, "the method keeps per-step state in its forward"),
+        // A skipped step restores batch-norm buffers the graph would already have updated.
+        (_, _, 1..) => StepGraph::disabled(b, "skip_nonfinite > 0"),
+        _ => StepGraph::new(b),
+    };
+    let mut graph_said = std::collections::HashSet::new();
 
     while state.epoch < cfg.epochs {
         let epoch = state.epoch;
@@ -361,13 +371,15 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
             {
                 *v = f32::NAN;
             }
-            let xs: Vec<Var<B>> = views
+            // The step's inputs: the views, then the labels (the step graph copies them into
+            // the buffers it reads).
+            let mut inputs: Vec<Tensor<B>> = views
                 .iter()
                 .zip(loader.views())
-                .map(|(v, spec)| Tensor::from_f32(b, v, &[batch.labels.len(), spec.size, spec.size, 3], DType::F32).map(Var::constant))
+                .map(|(v, spec)| Tensor::from_f32(b, v, &[batch.labels.len(), spec.size, spec.size, 3], DType::F32))
                 .collect::<Result<_>>()?;
             let labels: Vec<f32> = batch.labels.iter().map(|&l| l as f32).collect();
-            let labels = Tensor::from_f32(b, &labels, &[labels.len()], DType::F32)?;
+            inputs.push(Tensor::from_f32(b, &labels, &[labels.len()], DType::F32)?);
             // Batch-norm statistics move in the forward pass: keep them, to undo a skipped step.
             let stats = if cfg.skip_nonfinite > 0 { Some(buffer_snapshot(&ps)?) } else { None };
             let info = StepInfo { step: state.global_step, total_steps, epoch, steps_per_epoch: per_epoch };
@@ -376,10 +388,12 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
                 let l = if policies[id.0] == LrPolicy::Fixed { peak } else { lr };
                 (l as f32, cfg.optim.weight_decay)
             };
-            let forward = |cx: &Ctx<B>| {
+            let forward = |cx: &Ctx<B>, inputs: &[Tensor<B>]| {
                 // Stochastic depth and dropout draw from (seed, step): a resumed run redraws them.
                 cx.seed_noise(crate::rng::Rng::new(cfg.seed).stream("forward noise").derive(&[info.step as u64]));
-                let out = method.forward(cx, &xs, Some(&labels))?;
+                let (labels, views) = inputs.split_last().expect("views and labels");
+                let xs: Vec<Var<B>> = views.iter().cloned().map(Var::constant).collect();
+                let out = method.forward(cx, &xs, Some(labels))?;
                 Ok((out.loss, out.embedding))
             };
             // Every step's loss and gradients are checked before anything is updated: a NaN can
@@ -401,7 +415,13 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
                 });
                 Ok(false)
             };
-            let stepped = train_step(&ps, opt.as_mut(), &hyper, forward, check)?;
+            let stepped = graph.step(&ps, opt.as_mut(), &hyper, inputs, forward, check)?;
+            for e in graph.events.drain(..) {
+                if graph_said.insert(e.clone()) {
+                    bar.suspend(|| eprintln!("cuda graph: {e}"));
+                }
+                log.write(json!({"type": "cuda_graph", "global_step": state.global_step, "event": e}))?;
+            }
             let loss = stepped.loss;
             if let Some(what) = non_finite {
                 if skipped_steps < cfg.skip_nonfinite {

@@ -410,3 +410,43 @@ fn emulated_bf16_simsiam_steps_match_the_cpu_bf16_backend() {
         assert!(e < 1e-3, "bf16 step {s}: loss {a} on cpu vs {b} on the emulated CUDA device");
     }
 }
+
+/// CUDA graphs on the emulated device, which records a capture and replays it as a GPU would
+/// (nothing runs while recording): four SimSiam steps with the step graph (a warm-up step, the
+/// captured step replayed, two more replays across an epoch boundary, with the learning rate
+/// changing every step) give the same losses, bit for bit, and the same weights, batch-norm
+/// statistics and momentum as four eager steps. The run's log says when the graph was captured.
+#[test]
+fn emulated_step_graph_replays_match_eager_steps() {
+    use common::tiny_run::{state_digest, tiny};
+    let Some(dev) = emulator() else { return };
+    let sets = [
+        "epochs=2",
+        "batch_size=8",
+        "data.limit_per_class=2",
+        "monitor.knn_every=0",
+        "data.image_size=8",
+        "checkpoint.every=1",
+        "simsiam.proj_hidden=16",
+        "simsiam.proj_dim=16",
+    ];
+    let mut runs = Vec::new();
+    for graph in [true, false] {
+        let mut s: Vec<&str> = sets.to_vec();
+        let flag = format!("cuda_graph={graph}");
+        s.push(&flag);
+        let cfg = tiny(&common::tmp_dir(&format!("emu-graph-{graph}")), &s);
+        let summary = ssl_engine::train::train(&dev, &cfg, None, &std::sync::atomic::AtomicBool::new(false), false).unwrap();
+        let log = std::fs::read_to_string(cfg.out.join("metrics.jsonl")).unwrap();
+        runs.push((summary, state_digest(&cfg.out.join("last.safetensors")), log));
+    }
+    let ((graphed, g_state, g_log), (eager, e_state, e_log)) = (&runs[0], &runs[1]);
+    assert_eq!(graphed.losses.len(), 4);
+    for ((s, a), (_, b)) in graphed.losses.iter().zip(&eager.losses) {
+        println!("step {s}: graph {a:.8} eager {b:.8}");
+        assert_eq!(a.to_bits(), b.to_bits(), "step {s}: the replayed step's loss differs");
+    }
+    assert_eq!(g_state, e_state, "weights, statistics or momentum differ after the replays");
+    assert!(g_log.contains("captured the step graph for inputs [[8, 8, 8, 3], [8, 8, 8, 3], [8]]"), "{g_log}");
+    assert!(!e_log.contains("cuda_graph"), "{e_log}");
+}

@@ -314,7 +314,7 @@ fn step_census_counts_launches_and_bytes_of_one_simsiam_step() {
         return;
     }
     let b = CudaBackend::dry_run(132).unwrap();
-    let rows = ssl_engine::bench::simsiam_step_census(&b, "resnet18-cifar", 8, 16).unwrap();
+    let rows = ssl_engine::bench::simsiam_step_census(&b, "resnet18-cifar", 8, 16, false).unwrap().rows;
     let get = |k: &str| rows.iter().find(|r| r.kernel == k).unwrap_or_else(|| panic!("no {k} in {rows:?}"));
     let launches = |k: &str| rows.iter().find(|r| r.kernel == k).map_or(0, |r| r.launches);
     // 20 convolutions per view (17 3x3 + 3 1x1 shortcuts), two views, each into a batch norm:
@@ -333,8 +333,97 @@ fn step_census_counts_launches_and_bytes_of_one_simsiam_step() {
     let min_fwd = 4 * (8 * 16 * 16 * 3 + 64 * 27 + 8 * 16 * 16 * 64) as u64;
     let fwd_bytes: u64 = rows.iter().filter(|r| r.kernel == "conv2d_fwd_f32" || r.kernel == "conv2d_batchnorm_fwd_f32").map(|r| r.bytes).sum();
     assert!(fwd_bytes >= 2 * min_fwd);
-    let again = ssl_engine::bench::simsiam_step_census(&b, "resnet18-cifar", 8, 16).unwrap();
+    let again = ssl_engine::bench::simsiam_step_census(&b, "resnet18-cifar", 8, 16, false).unwrap().rows;
     let total = |r: &[ssl_engine::bench::CensusRow]| r.iter().map(|x| x.launches).sum::<usize>();
     assert_eq!(total(&rows), total(&again), "the same step makes the same launches");
     println!("census at batch 8: {} launches", total(&rows));
+    // With the step graph (the default): the same kernels, all but the optimizer's replayed by
+    // one graph launch, which the dry run counts.
+    let replays = b.graph_replays();
+    let graphed = ssl_engine::bench::simsiam_step_census(&b, "resnet18-cifar", 8, 16, true).unwrap();
+    assert_eq!(b.graph_replays(), replays + 2, "the recording step and the timed step replay the graph");
+    assert_eq!(total(&graphed.rows), total(&rows), "a replay runs the same kernels");
+    assert_eq!(graphed.graph_kernels, total(&rows) - 1, "everything but the optimizer is in the graph");
+}
+
+/// The step graph's rules on the dry-run device (which records and replays graphs as a GPU
+/// does): a warm-up step runs eagerly, the second step at the same input shapes is captured and
+/// replayed, other shapes run eagerly without losing the graph, shapes that stay are captured
+/// again, and a step that uploads data in the middle cannot be captured, so every step then runs
+/// eagerly, saying why.
+#[test]
+fn step_graph_warms_up_captures_replays_and_falls_back() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    use ssl_engine::autograd::Var;
+    use ssl_engine::nn::{Ctx, Init, Kind, Layout, ParamStore};
+    use ssl_engine::optim::{Sgd, StepGraph, always};
+    let b = CudaBackend::dry_run(132).unwrap();
+    let mut ps = ParamStore::new(&b, DType::F32, 0);
+    let w = ps.add("w", &[4, 3], Init::Zeros, Kind::Param, Layout::Same).unwrap();
+    let mut opt = Sgd::new(0.9);
+    let input = |rows: usize| vec![Tensor::zeros(&b, &[rows, 4], DType::F32).unwrap()];
+    let forward = |cx: &Ctx<CudaBackend>, x: &[Tensor<CudaBackend>]| {
+        let y = cx.tape.matmul(&Var::constant(x[0].clone()), &cx.param(w), false, false)?;
+        Ok((cx.tape.sum_axis(&cx.tape.sum_axis(&y, 0)?, 0)?, ()))
+    };
+    let mut g = StepGraph::new(&b);
+    let mut replays = Vec::new();
+    for rows in [8, 8, 8, 5, 8, 5, 5, 8] {
+        let before = b.graph_replays();
+        g.step(&ps, &mut opt, &|_| (0.1, 0.0), input(rows), forward, always).unwrap();
+        replays.push(b.graph_replays() - before);
+    }
+    assert_eq!(replays, [0, 1, 1, 0, 1, 0, 1, 0], "events: {:?}", g.events);
+    let ev = g.events.join("\n");
+    assert!(ev.contains("captured the step graph for inputs [[8, 4]]"), "{ev}");
+    assert!(ev.contains("inputs [[5, 4]] ran eagerly (the step graph is for [[8, 4]])"), "{ev}");
+    assert!(ev.contains("recaptured the step graph for inputs [[5, 4]]"), "{ev}");
+    assert!(g.launches() > 0);
+
+    // A forward that uploads a constant cannot be recorded: eager from then on.
+    let uploads = |cx: &Ctx<CudaBackend>, x: &[Tensor<CudaBackend>]| {
+        let c = Tensor::from_f32(&b, &[1.0; 12], &[4, 3], DType::F32)?;
+        let y = cx.tape.matmul(&Var::constant(x[0].clone()), &Var::constant(c), false, false)?;
+        let y = cx.tape.mul(&y, &cx.tape.matmul(&Var::constant(x[0].clone()), &cx.param(w), false, false)?)?;
+        Ok((cx.tape.sum_axis(&cx.tape.sum_axis(&y, 0)?, 0)?, ()))
+    };
+    let mut g = StepGraph::new(&b);
+    for _ in 0..4 {
+        let before = b.graph_replays();
+        g.step(&ps, &mut opt, &|_| (0.1, 0.0), input(8), uploads, always).unwrap();
+        assert_eq!(b.graph_replays(), before);
+    }
+    assert_eq!(g.events.len(), 1, "{:?}", g.events);
+    assert!(g.events[0].contains("could not be captured") && g.events[0].contains("an upload from the host"), "{:?}", g.events);
+}
+
+/// The allocator keeps a graph's memory to the graph: a block freed during the capture is not
+/// handed to work outside the graph while the graph lives (each replay writes there again), and
+/// returns to common use once the graph is dropped.
+#[test]
+fn graph_memory_stays_with_the_graph_until_it_is_dropped() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let b = CudaBackend::dry_run(132).unwrap();
+    let first = b.alloc(1000, DType::F32).unwrap();
+    let p = first.device_ptr();
+    drop(first);
+    assert_eq!(b.alloc(1000, DType::F32).unwrap().device_ptr(), p, "the pool hands a freed block out again at once");
+
+    assert!(b.graph_begin().unwrap());
+    let inside = b.alloc(1000, DType::F32).unwrap();
+    let q = inside.device_ptr();
+    drop(inside);
+    let again = b.alloc(1000, DType::F32).unwrap();
+    assert_eq!(again.device_ptr(), q, "within the capture, the graph reuses its own blocks");
+    drop(again);
+    let g = b.graph_end(true).unwrap();
+    let outside = b.alloc(1000, DType::F32).unwrap();
+    assert_ne!(outside.device_ptr(), q, "a block of the live graph went to a tensor outside it");
+    drop(outside);
+    b.graph_release(g);
+    assert_eq!(b.alloc(1000, DType::F32).unwrap().device_ptr(), q, "the dropped graph's blocks are free again");
 }

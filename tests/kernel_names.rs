@@ -26,6 +26,11 @@ const HOST_METHODS: &[&str] = &[
     "download_f64",
     "synchronize",
     "copy",
+    "graph_begin",
+    "graph_end",
+    "graph_replay",
+    "graph_launches",
+    "graph_release",
 ];
 
 /// Methods whose trait default composes other methods, with the languages that take the

@@ -209,6 +209,10 @@ pub struct EmaTensor<'a, S> {
     pub len: usize,
 }
 
+/// A graph recorded by `Backend::graph_begin` / `graph_end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GraphId(pub u64);
+
 pub trait Backend: Clone + Send + Sync + 'static {
     /// A device buffer. It carries its own dtype and length.
     type Storage: Send + Sync;
@@ -243,6 +247,33 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn fill(&self, s: &Self::Storage, value: f32) -> Result<()>;
     fn copy(&self, src: &Self::Storage, dst: &Self::Storage) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
+
+    // ---- graphs (CUDA graphs) --------------------------------------------------------------
+    /// Starts recording this backend's work as a graph to replay with one launch: true if it
+    /// has graphs (CUDA), false (and nothing recorded) otherwise. Until `graph_end`, work is
+    /// recorded rather than run, and uploads, downloads and synchronisation are errors.
+    fn graph_begin(&self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Ends the recording begun by `graph_begin`; `keep` false discards it (an error inside).
+    fn graph_end(&self, keep: bool) -> Result<GraphId> {
+        let _ = keep;
+        Err(crate::error::Error::Invalid { op: "graph", msg: format!("{} has no graphs", self.name()) })
+    }
+    /// Runs a recorded graph.
+    fn graph_replay(&self, g: GraphId) -> Result<()> {
+        let _ = g;
+        Err(crate::error::Error::Invalid { op: "graph", msg: format!("{} has no graphs", self.name()) })
+    }
+    /// The kernel launches a graph holds.
+    fn graph_launches(&self, g: GraphId) -> usize {
+        let _ = g;
+        0
+    }
+    /// Frees a graph and the memory only it used.
+    fn graph_release(&self, g: GraphId) {
+        let _ = g;
+    }
 
     // ---- matmul --------------------------------------------------------------------------
     fn matmul(&self, a: &Self::Storage, b: &Self::Storage, c: &Self::Storage, d: &MatmulDims) -> Result<()>;

@@ -4,7 +4,7 @@
 
 use super::{Hyper, Optimizer};
 use crate::autograd::{Tape, Var};
-use crate::backend::Backend;
+use crate::backend::{Backend, GraphId};
 use crate::error::Result;
 use crate::nn::{Ctx, ParamId, ParamStore};
 use crate::tensor::Tensor;
@@ -28,17 +28,191 @@ pub fn train_step<B: Backend, T>(
     forward: impl FnOnce(&Ctx<B>) -> Result<(Var<B>, T)>,
     before_update: impl FnOnce(f64, &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool>,
 ) -> Result<Stepped<T>> {
+    let (loss, mut pg, out) = forward_backward(ps, forward)?;
+    update(ps, opt, hyper, loss.scalar()? as f64, &mut pg, before_update, out)
+}
+
+/// The recorded part of a step: `forward` on a fresh tape in training mode, then the gradient
+/// of its loss for every trainable parameter. Nothing is read back to the host.
+fn forward_backward<B: Backend, T>(
+    ps: &ParamStore<B>,
+    forward: impl FnOnce(&Ctx<B>) -> Result<(Var<B>, T)>,
+) -> Result<(Tensor<B>, Vec<(ParamId, Tensor<B>)>, T)> {
     let tape = Tape::new();
     let cx = Ctx::new(&tape, ps, true);
     let (loss, out) = forward(&cx)?;
-    let value = loss.value.scalar()? as f64;
     let mut grads = tape.backward(&loss)?;
-    let mut pg = cx.param_grads(&mut grads);
-    drop(cx);
-    if before_update(value, &mut pg)? {
-        opt.step(ps, &pg, hyper)?;
+    let pg = cx.param_grads(&mut grads);
+    Ok((loss.value, pg, out))
+}
+
+/// The rest of a step: `before_update`, then the optimizer if it agrees.
+fn update<B: Backend, T>(
+    ps: &ParamStore<B>,
+    opt: &mut dyn Optimizer<B>,
+    hyper: Hyper<'_>,
+    loss: f64,
+    pg: &mut Vec<(ParamId, Tensor<B>)>,
+    before_update: impl FnOnce(f64, &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool>,
+    out: T,
+) -> Result<Stepped<T>> {
+    if before_update(loss, pg)? {
+        opt.step(ps, pg, hyper)?;
     }
-    Ok(Stepped { loss: value, out })
+    Ok(Stepped { loss, out })
+}
+
+/// What a `StepGraph` holds once it has recorded a step.
+struct Recorded<B: Backend, T> {
+    id: GraphId,
+    shapes: Vec<Vec<usize>>,
+    /// The buffers the graph reads its inputs from, its loss and gradients, `forward`'s output.
+    inputs: Vec<Tensor<B>>,
+    loss: Tensor<B>,
+    grads: Vec<(ParamId, Tensor<B>)>,
+    out: T,
+}
+
+/// One training step's forward and backward as a device graph (CUDA graphs): recorded after a
+/// warm-up step at the same input shapes, then replayed with one launch per step. Each step's
+/// inputs are copied into the buffers the graph reads; its loss, gradients and `forward`'s
+/// output are buffers the graph writes. `before_update` and the optimizer run after the replay
+/// (the learning rate changes every step). Inputs of other shapes (the last partial batch) run
+/// eagerly; shapes that stay get a new graph after their own warm-up step. A backend without
+/// graphs runs every step eagerly, and so does a step that cannot be recorded (it reads data
+/// back or uploads some in the middle: stochastic depth's masks): `events` says which, once.
+pub struct StepGraph<B: Backend, T> {
+    backend: B,
+    recorded: Option<Recorded<B, T>>,
+    /// The shapes of the last eager step (a warm-up).
+    warm: Option<Vec<Vec<usize>>>,
+    /// Why every step runs eagerly from now on.
+    off: Option<String>,
+    /// What happened, for the log: captured, recaptured, ran eagerly, fell back (and why).
+    pub events: Vec<String>,
+}
+
+impl<B: Backend, T: Clone> StepGraph<B, T> {
+    pub fn new(backend: &B) -> Self {
+        StepGraph { backend: backend.clone(), recorded: None, warm: None, off: None, events: Vec::new() }
+    }
+
+    /// Graphs off for good (configuration), with the reason.
+    pub fn disabled(backend: &B, why: &str) -> Self {
+        let mut g = Self::new(backend);
+        g.off = Some(why.to_string());
+        g
+    }
+
+    /// The kernel launches the current graph replays (0 without one).
+    pub fn launches(&self) -> usize {
+        self.recorded.as_ref().map_or(0, |r| self.backend.graph_launches(r.id))
+    }
+
+    /// `train_step` with `forward` reading its inputs from `inputs` (see the type's doc).
+    pub fn step(
+        &mut self,
+        ps: &ParamStore<B>,
+        opt: &mut dyn Optimizer<B>,
+        hyper: Hyper<'_>,
+        inputs: Vec<Tensor<B>>,
+        forward: impl Fn(&Ctx<B>, &[Tensor<B>]) -> Result<(Var<B>, T)>,
+        before_update: impl FnOnce(f64, &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool>,
+    ) -> Result<Stepped<T>> {
+        let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
+        if self.off.is_some() {
+            return train_step(ps, opt, hyper, |cx| forward(cx, &inputs), before_update);
+        }
+        if self.recorded.as_ref().is_some_and(|r| r.shapes == shapes) {
+            self.warm = None;
+            return self.replay(ps, opt, hyper, &inputs, before_update);
+        }
+        if self.warm.as_ref() != Some(&shapes) {
+            if let Some(r) = &self.recorded {
+                self.events.push(format!("inputs {shapes:?} ran eagerly (the step graph is for {:?})", r.shapes));
+            }
+            self.warm = Some(shapes);
+            return train_step(ps, opt, hyper, |cx| forward(cx, &inputs), before_update);
+        }
+        // Second step at these shapes: record it.
+        let before = self.recorded.take().map(|r| {
+            self.backend.graph_release(r.id);
+            r.shapes
+        });
+        match self.record(ps, &inputs, &forward, shapes.clone()) {
+            Ok(Some(r)) => {
+                let n = self.backend.graph_launches(r.id);
+                self.events.push(match before {
+                    Some(old) => format!("recaptured the step graph for inputs {shapes:?} ({n} launches; it was for {old:?})"),
+                    None => format!("captured the step graph for inputs {shapes:?}: {n} launches replayed as one"),
+                });
+                self.recorded = Some(r);
+                self.warm = None;
+                self.replay(ps, opt, hyper, &inputs, before_update)
+            }
+            Ok(None) => {
+                self.off = Some(format!("{} has no graphs", self.backend.name()));
+                train_step(ps, opt, hyper, |cx| forward(cx, &inputs), before_update)
+            }
+            Err(e) => {
+                let why = format!("the step could not be captured as a graph ({e}); every step runs eagerly");
+                self.events.push(why.clone());
+                self.off = Some(why);
+                train_step(ps, opt, hyper, |cx| forward(cx, &inputs), before_update)
+            }
+        }
+    }
+
+    /// Records forward and backward on `inputs` (kept as the graph's input buffers). None where
+    /// the backend has no graphs.
+    fn record(
+        &self,
+        ps: &ParamStore<B>,
+        inputs: &[Tensor<B>],
+        forward: &impl Fn(&Ctx<B>, &[Tensor<B>]) -> Result<(Var<B>, T)>,
+        shapes: Vec<Vec<usize>>,
+    ) -> Result<Option<Recorded<B, T>>> {
+        if !self.backend.graph_begin()? {
+            return Ok(None);
+        }
+        match forward_backward(ps, |cx| forward(cx, inputs)) {
+            Ok((loss, grads, out)) => {
+                let id = self.backend.graph_end(true)?;
+                Ok(Some(Recorded { id, shapes, inputs: inputs.to_vec(), loss, grads, out }))
+            }
+            Err(e) => {
+                let _ = self.backend.graph_end(false);
+                Err(e)
+            }
+        }
+    }
+
+    fn replay(
+        &mut self,
+        ps: &ParamStore<B>,
+        opt: &mut dyn Optimizer<B>,
+        hyper: Hyper<'_>,
+        inputs: &[Tensor<B>],
+        before_update: impl FnOnce(f64, &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool>,
+    ) -> Result<Stepped<T>> {
+        let r = self.recorded.as_ref().expect("replay without a graph");
+        for (dst, src) in r.inputs.iter().zip(inputs) {
+            if dst.storage() as *const _ != src.storage() as *const _ {
+                self.backend.copy(src.storage(), dst.storage())?;
+            }
+        }
+        self.backend.graph_replay(r.id)?;
+        let mut pg = r.grads.clone();
+        update(ps, opt, hyper, r.loss.scalar()? as f64, &mut pg, before_update, r.out.clone())
+    }
+}
+
+impl<B: Backend, T> Drop for StepGraph<B, T> {
+    fn drop(&mut self) {
+        if let Some(r) = self.recorded.take() {
+            self.backend.graph_release(r.id);
+        }
+    }
 }
 
 /// `before_update` for callers that take every step as it comes.

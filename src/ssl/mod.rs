@@ -132,6 +132,13 @@ pub trait Method<B: Backend> {
         let _ = (ps, id);
         LrPolicy::Scheduled
     }
+    /// Whether the forward pass depends on nothing but the step's inputs and the parameter
+    /// store, with every update in place: then a step can be recorded once and replayed as a
+    /// CUDA graph. Methods with per-step host state in their forward (a temperature schedule, a
+    /// queue) must say no: a replay would use the recorded values.
+    fn graph_safe(&self) -> bool {
+        false
+    }
     /// Runs between backward and the optimiser step, on the parameter gradients (SwAV freezes
     /// its prototypes early on; DINO cancels its last layer's gradient). Most methods need none.
     fn before_update(&self, info: &StepInfo, grads: &mut Vec<(ParamId, Tensor<B>)>) -> Result<()> {

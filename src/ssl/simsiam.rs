@@ -85,6 +85,10 @@ impl<B: Backend> Method<B> for SimSiam {
     fn name(&self) -> &'static str {
         "simsiam"
     }
+    /// Two views through one network and a symmetric loss: no state outside the parameters.
+    fn graph_safe(&self) -> bool {
+        true
+    }
     fn backbone(&self) -> &Backbone {
         &self.backbone
     }

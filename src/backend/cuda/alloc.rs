@@ -7,6 +7,11 @@
 //! Size classes: at least 256 bytes, then 8 classes per power of two (at most 12.5% waste).
 //! When cuMemAlloc fails, the pool waits for the device, returns every cached block to the
 //! driver and tries once more; the final error gives the size asked for and the free memory.
+//!
+//! CUDA graphs: every block handed out while a graph is being captured belongs to that graph
+//! until the graph is dropped. Freed, it goes to the graph's own free list, reused only by the
+//! same capture, never by work outside the graph: a replay writes the same addresses again, so
+//! no other tensor may live there.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +42,12 @@ struct State {
     fake_next: u64,
     /// Dry run: every fake block (base -> size), for the bytes a recorded launch touches.
     fake_blocks: std::collections::BTreeMap<u64, usize>,
+    /// The graph being captured, if any.
+    capture: Option<u64>,
+    /// Blocks that belong to a graph (pointer -> graph).
+    owner: HashMap<u64, u64>,
+    /// Each graph's freed blocks, by size class.
+    graph_free: HashMap<u64, HashMap<usize, Vec<u64>>>,
 }
 
 /// Where the memory comes from.
@@ -72,8 +83,30 @@ impl Pool {
     }
 
     /// A block of `size_class(bytes)` bytes; the pointer is 256-byte aligned (or 0 for 0 bytes).
+    /// While a graph is captured, from that graph's own blocks first, and the block joins it.
     pub fn take(&self, bytes: usize) -> Result<(u64, usize)> {
         let class = if self.exact { bytes } else { size_class(bytes) };
+        // (Read first: a lock held through the `if let` would deadlock the one below.)
+        let capture = self.lock().capture;
+        if let Some(g) = capture {
+            if class == 0 {
+                return Ok((0, 0));
+            }
+            let mut st = self.lock();
+            if let Some(p) = st.graph_free.get_mut(&g).and_then(|f| f.get_mut(&class)).and_then(|v| v.pop()) {
+                st.pooled_bytes -= class;
+                st.live_bytes += class;
+                return Ok((p, class));
+            }
+            drop(st);
+            let (p, c) = self.take_class(class)?;
+            self.lock().owner.insert(p, g);
+            return Ok((p, c));
+        }
+        self.take_class(class)
+    }
+
+    fn take_class(&self, class: usize) -> Result<(u64, usize)> {
         if class == 0 {
             return Ok((0, 0));
         }
@@ -155,6 +188,12 @@ impl Pool {
             return;
         }
         let mut st = self.lock();
+        if let Some(&g) = st.owner.get(&ptr) {
+            st.live_bytes = st.live_bytes.saturating_sub(class);
+            st.pooled_bytes += class;
+            st.graph_free.entry(g).or_default().entry(class).or_default().push(ptr);
+            return;
+        }
         if self.exact
             && let Memory::Cuda(ctx) = &self.mem
         {
@@ -204,6 +243,26 @@ impl Pool {
         }
         st.pooled_bytes = 0;
         Ok(())
+    }
+
+    /// Starts (Some) or ends (None) the capture of graph `g`: see the module doc.
+    pub fn set_capture(&self, g: Option<u64>) {
+        self.lock().capture = g;
+    }
+
+    /// Graph `g` is gone: its free blocks return to the common free lists, and its live ones
+    /// will when freed.
+    pub fn release_graph(&self, g: u64) {
+        let mut st = self.lock();
+        if st.capture == Some(g) {
+            st.capture = None;
+        }
+        st.owner.retain(|_, o| *o != g);
+        if let Some(free) = st.graph_free.remove(&g) {
+            for (class, v) in free {
+                st.free.entry(class).or_default().extend(v);
+            }
+        }
     }
 
     /// Returns every cached block to the driver.

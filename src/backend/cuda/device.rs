@@ -51,6 +51,80 @@ impl Arg<'_> {
     }
 }
 
+/// A kernel argument kept by a graph capture (the emulated and dry-run devices replay launches
+/// from these).
+#[derive(Clone, Debug)]
+enum OwnedArg {
+    Ptr(u64),
+    I64(i64),
+    I32(i32),
+    F32(f32),
+    Bytes(Vec<u8>),
+}
+
+impl OwnedArg {
+    fn of(a: &Arg<'_>) -> Self {
+        match *a {
+            Arg::Ptr(v) => OwnedArg::Ptr(v),
+            Arg::I64(v) => OwnedArg::I64(v),
+            Arg::I32(v) => OwnedArg::I32(v),
+            Arg::F32(v) => OwnedArg::F32(v),
+            Arg::Bytes(b) => OwnedArg::Bytes(b.to_vec()),
+        }
+    }
+    fn arg(&self) -> Arg<'_> {
+        match self {
+            OwnedArg::Ptr(v) => Arg::Ptr(*v),
+            OwnedArg::I64(v) => Arg::I64(*v),
+            OwnedArg::I32(v) => Arg::I32(*v),
+            OwnedArg::F32(v) => Arg::F32(*v),
+            OwnedArg::Bytes(b) => Arg::Bytes(b),
+        }
+    }
+}
+
+/// One operation of a captured graph.
+#[derive(Clone, Debug)]
+enum Captured {
+    Launch { kernel: String, grid: (u32, u32, u32), block: (u32, u32, u32), args: Vec<OwnedArg> },
+    Copy { dst: u64, src: u64, bytes: usize },
+}
+
+struct Exec(sys::CUgraphExec);
+// SAFETY: a graph exec is a handle usable from any thread that binds its context.
+unsafe impl Send for Exec {}
+unsafe impl Sync for Exec {}
+
+/// A captured graph: the work of a stretch of host code, replayed with one launch. On a GPU a
+/// CUDA graph (`cuGraphLaunch`); on the emulated and dry-run devices the recorded operations,
+/// run again in order. Its memory belongs to it until it is dropped (see alloc.rs).
+pub(crate) struct Graph {
+    id: u64,
+    exec: Option<Exec>,
+    ops: Vec<Captured>,
+    pool: Arc<Pool>,
+}
+
+impl Graph {
+    /// The kernel launches it holds.
+    pub fn launches(&self) -> usize {
+        self.ops.iter().filter(|o| matches!(o, Captured::Launch { .. })).count()
+    }
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        if let Some(e) = self.exec.take() {
+            // SAFETY: instantiated in end_capture, destroyed once. A replay still queued keeps
+            // the driver's own reference until it completes.
+            unsafe {
+                let _ = sys::cuGraphExecDestroy(e.0);
+            }
+        }
+        self.pool.release_graph(self.id);
+    }
+}
+
 /// A launch as recorded by a dry run.
 #[derive(Clone, Debug)]
 pub struct LaunchRecord {
@@ -102,6 +176,11 @@ pub(crate) struct Device {
     pub name: String,
     pub target: Target,
     dry_log: Mutex<Vec<LaunchRecord>>,
+    /// The graph being captured: its id and operations so far.
+    capture: Mutex<Option<(u64, Vec<Captured>)>>,
+    next_graph: std::sync::atomic::AtomicU64,
+    /// Dry run: graph replays so far (the census counts them as launches).
+    pub graph_replays: std::sync::atomic::AtomicU64,
 }
 
 /// Why the driver cannot be used, as one line: no libcuda, no device, a failing cuInit.
@@ -158,6 +237,9 @@ impl Device {
             name: format!("cuda:{ordinal} ({gpu}, {})", target.0),
             target: target.clone(),
             dry_log: Mutex::new(Vec::new()),
+            capture: Mutex::new(None),
+            next_graph: 1.into(),
+            graph_replays: 0.into(),
         };
         for ((file, src), c) in nvrtc::FAMILIES.iter().zip(compiled) {
             let c = c?;
@@ -236,6 +318,9 @@ impl Device {
             name,
             target,
             dry_log: Mutex::new(Vec::new()),
+            capture: Mutex::new(None),
+            next_graph: 1.into(),
+            graph_replays: 0.into(),
         })
     }
 
@@ -281,6 +366,17 @@ impl Device {
         {
             return Err(err(format!("{kernel}: launch grid {grid:?} block {block:?} outside the hardware limits")));
         }
+        if let Some((_, ops)) = self.capture.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            ops.push(Captured::Launch { kernel: kernel.to_string(), grid, block, args: args.iter().map(OwnedArg::of).collect() });
+            if self.ctx.is_none() {
+                return Ok(()); // run at replay; a GPU's capturing stream records the launch below
+            }
+        }
+        self.execute(kernel, k.func, grid, block, args)
+    }
+
+    /// Runs (GPU: enqueues) a checked launch.
+    fn execute(&self, kernel: &str, func: Option<Func>, grid: (u32, u32, u32), block: (u32, u32, u32), args: &[Arg<'_>]) -> Result<()> {
         if let Some(emu) = &self.emu {
             let name = CString::new(kernel).map_err(|_| err("bad kernel name"))?;
             let mut params: Vec<*mut c_void> = args.iter().map(Arg::as_param).collect();
@@ -290,7 +386,7 @@ impl Device {
             let rc = unsafe { (emu.launch)(name.as_ptr(), g.as_ptr(), b.as_ptr(), params.as_mut_ptr()) };
             return if rc == 0 { Ok(()) } else { Err(err(format!("emulated launch of {kernel} failed ({rc})"))) };
         }
-        let Some(func) = k.func else {
+        let Some(func) = func else {
             let bytes = args.iter().map(|a| if let Arg::Ptr(p) = a { self.pool.fake_extent(*p) } else { 0 }).sum();
             self.dry_log.lock().unwrap_or_else(|e| e.into_inner()).push(LaunchRecord { kernel: kernel.to_string(), grid, block, bytes });
             return Ok(());
@@ -307,6 +403,7 @@ impl Device {
     /// Copies host data into device memory at `dst` (stream-ordered; pageable host memory is
     /// staged by the driver before this returns, so `src` may be dropped right after).
     pub fn upload_bytes(&self, dst: u64, src: &[u8]) -> Result<()> {
+        self.not_capturing("an upload from the host")?;
         if src.is_empty() || self.is_dry_run() {
             return Ok(());
         }
@@ -322,6 +419,7 @@ impl Device {
 
     /// Waits for the stream, then copies device memory at `src` into `dst`.
     pub fn download_bytes(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        self.not_capturing("a download to the host")?;
         if dst.is_empty() {
             return Ok(());
         }
@@ -342,7 +440,20 @@ impl Device {
     }
 
     pub fn copy_d2d(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
-        if bytes == 0 || self.is_dry_run() {
+        if bytes == 0 {
+            return Ok(());
+        }
+        if let Some((_, ops)) = self.capture.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            ops.push(Captured::Copy { dst, src, bytes });
+            if self.ctx.is_none() {
+                return Ok(());
+            }
+        }
+        self.copy_now(dst, src, bytes)
+    }
+
+    fn copy_now(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        if self.is_dry_run() {
             return Ok(());
         }
         if self.emu.is_some() {
@@ -361,10 +472,94 @@ impl Device {
         if self.ctx.is_none() {
             return Ok(());
         }
+        self.not_capturing("a synchronisation")?;
         self.bind()?;
         // SAFETY: the stream is live.
         unsafe { result::stream::synchronize(self.stream.0) }
             .map_err(|e| err(format!("synchronize (a kernel failed, or the device was lost): {e}")))
+    }
+}
+
+impl Device {
+    fn not_capturing(&self, what: &str) -> Result<()> {
+        match self.capture.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(_) => Err(err(format!("{what} while a CUDA graph is being captured (the graph cannot hold it)"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts capturing: launches and device copies from here on are recorded (and, except on
+    /// a GPU, not run) until `end_capture`; uploads, downloads and synchronisation are errors.
+    pub fn begin_capture(&self) -> Result<()> {
+        let mut cap = self.capture.lock().unwrap_or_else(|e| e.into_inner());
+        if cap.is_some() {
+            return Err(err("a CUDA graph is already being captured"));
+        }
+        if self.ctx.is_some() {
+            self.bind()?;
+            // Relaxed: the caching allocator may call cuMemAlloc while the step is captured.
+            // SAFETY: the stream is live and not capturing.
+            unsafe { sys::cuStreamBeginCapture_v2(self.stream.0, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED) }
+                .result()
+                .map_err(|e| err(format!("begin CUDA graph capture: {e}")))?;
+        }
+        let id = self.next_graph.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.pool.set_capture(Some(id));
+        *cap = Some((id, Vec::new()));
+        Ok(())
+    }
+
+    /// Ends the capture. `keep` false (an error inside the captured code) discards it.
+    pub fn end_capture(&self, keep: bool) -> Result<Graph> {
+        let (id, ops) = self.capture.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| err("no CUDA graph is being captured"))?;
+        self.pool.set_capture(None);
+        let mut graph = Graph { id, exec: None, ops, pool: self.pool.clone() };
+        if self.ctx.is_some() {
+            self.bind()?;
+            let mut g: sys::CUgraph = std::ptr::null_mut();
+            // SAFETY: the stream is capturing (begin_capture); g receives the captured graph.
+            let ended = unsafe { sys::cuStreamEndCapture(self.stream.0, &mut g) }.result();
+            let instantiated = ended.and_then(|_| {
+                let mut exec: sys::CUgraphExec = std::ptr::null_mut();
+                // SAFETY: g is the graph just captured; it is destroyed below, exec in Graph's drop.
+                unsafe { sys::cuGraphInstantiateWithFlags(&mut exec, g, 0) }.result().map(|_| exec)
+            });
+            if !g.is_null() {
+                // SAFETY: the exec (if any) is independent of the graph it came from.
+                unsafe {
+                    let _ = sys::cuGraphDestroy(g);
+                }
+            }
+            let exec = instantiated.map_err(|e| err(format!("end CUDA graph capture: {e}")))?;
+            graph.exec = Some(Exec(exec));
+        }
+        if !keep {
+            return Err(err("CUDA graph capture discarded"));
+        }
+        Ok(graph)
+    }
+
+    /// Runs a captured graph: one launch on a GPU, its operations in order otherwise.
+    pub fn replay(&self, g: &Graph) -> Result<()> {
+        self.not_capturing("a graph replay")?;
+        if let Some(e) = &g.exec {
+            self.bind()?;
+            // SAFETY: the exec is live (owned by g) and was captured on this context.
+            return unsafe { sys::cuGraphLaunch(e.0, self.stream.0) }.result().map_err(|e| err(format!("CUDA graph launch: {e}")));
+        }
+        if self.is_dry_run() {
+            self.graph_replays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        for op in &g.ops {
+            match op {
+                Captured::Launch { kernel, grid, block, args } => {
+                    let args: Vec<Arg<'_>> = args.iter().map(OwnedArg::arg).collect();
+                    self.execute(kernel, None, *grid, *block, &args)?;
+                }
+                Captured::Copy { dst, src, bytes } => self.copy_now(*dst, *src, *bytes)?,
+            }
+        }
+        Ok(())
     }
 }
 

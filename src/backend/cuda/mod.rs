@@ -48,6 +48,13 @@ pub struct CudaStorage {
     pool: Arc<Pool>,
 }
 
+impl CudaStorage {
+    /// The buffer's device address (tests and diagnostics: which block the pool handed out).
+    pub fn device_ptr(&self) -> u64 {
+        self.ptr
+    }
+}
+
 impl Drop for CudaStorage {
     fn drop(&mut self) {
         self.pool.give(self.ptr, self.class);
@@ -81,33 +88,43 @@ pub struct CudaBackend {
     precision: Precision,
     /// Tests: every allocation is filled with NaN, so an output element a kernel never writes fails.
     poison: bool,
+    /// Captured graphs, by `GraphId`.
+    graphs: Arc<std::sync::Mutex<std::collections::HashMap<u64, device::Graph>>>,
 }
 
 impl CudaBackend {
     /// Opens GPU `device`, compiling (or loading from the disk cache) every kernel family.
     /// Without a driver, a GPU or NVRTC, returns one error line naming what is missing.
     pub fn new(device: usize) -> Result<Self> {
-        Ok(CudaBackend { dev: Arc::new(Device::open(device)?), tf32: false, precision: Precision::Fp32, poison: false })
+        Ok(CudaBackend { dev: Arc::new(Device::open(device)?), tf32: false, precision: Precision::Fp32, poison: false, graphs: Default::default() })
     }
 
     /// A backend with no GPU behind it, for tests: kernels are compiled for their signatures
     /// only, launches are checked and recorded (`take_launches`) but not run, downloads give
     /// zeros. Needs libnvrtc. `sm_count` sizes the grids as a GPU with that many SMs would.
     pub fn dry_run(sm_count: u32) -> Result<Self> {
-        Ok(CudaBackend { dev: Arc::new(Device::dry_run(sm_count)?), tf32: false, precision: Precision::Fp32, poison: false })
+        Ok(CudaBackend { dev: Arc::new(Device::dry_run(sm_count)?), tf32: false, precision: Precision::Fp32, poison: false, graphs: Default::default() })
     }
 
     /// A dry run imitating a GPU with `bytes` of memory: allocations beyond it fail with
     /// `Error::OutOfMemory`, as they would there (the out-of-memory tests).
     pub fn dry_run_with_memory(sm_count: u32, bytes: usize) -> Result<Self> {
-        Ok(CudaBackend { dev: Arc::new(Device::dry_run_with_memory(sm_count, bytes)?), tf32: false, precision: Precision::Fp32, poison: false })
+        Ok(CudaBackend { dev: Arc::new(Device::dry_run_with_memory(sm_count, bytes)?), tf32: false, precision: Precision::Fp32, poison: false, graphs: Default::default() })
     }
 
     /// For tests: the kernels compiled for the host (`lib`, built from kernels/*.cu with
     /// tests/emu/cuda_emu.h) run on host threads and host memory, with the real launch code.
     #[doc(hidden)]
     pub fn emulated(lib: &std::path::Path, sm_count: u32) -> Result<Self> {
-        Ok(CudaBackend { dev: Arc::new(Device::emulated(lib, sm_count)?), tf32: false, precision: Precision::Fp32, poison: false })
+        Ok(CudaBackend { dev: Arc::new(Device::emulated(lib, sm_count)?), tf32: false, precision: Precision::Fp32, poison: false, graphs: Default::default() })
+    }
+
+    fn next_graph_key(&self) -> u64 {
+        self.graphs.lock().unwrap_or_else(|e| e.into_inner()).keys().max().map_or(1, |k| k + 1)
+    }
+    /// Dry run: graph replays so far.
+    pub fn graph_replays(&self) -> u64 {
+        self.dev.graph_replays.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// TF32 tensor cores for matmul and convolution (faster, ~1e-3 relative error).
@@ -267,6 +284,28 @@ impl Backend for CudaBackend {
     }
     fn synchronize(&self) -> Result<()> {
         self.dev.synchronize()
+    }
+
+    fn graph_begin(&self) -> Result<bool> {
+        self.dev.begin_capture()?;
+        Ok(true)
+    }
+    fn graph_end(&self, keep: bool) -> Result<GraphId> {
+        let g = self.dev.end_capture(keep)?;
+        let id = self.next_graph_key();
+        self.graphs.lock().unwrap_or_else(|e| e.into_inner()).insert(id, g);
+        Ok(GraphId(id))
+    }
+    fn graph_replay(&self, g: GraphId) -> Result<()> {
+        let graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+        let graph = graphs.get(&g.0).ok_or_else(|| err(format!("no CUDA graph {}", g.0)))?;
+        self.dev.replay(graph)
+    }
+    fn graph_launches(&self, g: GraphId) -> usize {
+        self.graphs.lock().unwrap_or_else(|e| e.into_inner()).get(&g.0).map_or(0, |g| g.launches())
+    }
+    fn graph_release(&self, g: GraphId) {
+        self.graphs.lock().unwrap_or_else(|e| e.into_inner()).remove(&g.0);
     }
 
     fn matmul(&self, a: &CudaStorage, b: &CudaStorage, c: &CudaStorage, d: &MatmulDims) -> Result<()> {
