@@ -138,6 +138,23 @@ DEV float quad_sum(float v) {
     return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
+// Waits for this thread's cp.asyncs, then for every thread's: the tiles are ready to read.
+DEV void flash_land() {
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+}
+
+// The two products of a backward step, for one warp: s = a . b^T (scores) and dp = g . v^T.
+template <int MATH, int DM, int NT>
+DEV void flash_scores_dp(float (*s)[4], float (*dp)[4], const float (*a)[DM + 4], const float (*b)[DM + 4],
+                         const float (*g)[DM + 4], const float (*v)[DM + 4], int d) {
+    flash_zero<NT>(s);
+    flash_zero<NT>(dp);
+    flash_qk<MATH, DM, NT>(s, a, b, d);
+    flash_qk<MATH, DM, NT>(dp, g, v, d);
+}
+
 // Writes this warp's 16 x DM accumulator rows (row0 .. row0 + 15 of a [total][d] slice), each
 // row r scaled by mul[r / 8] (the thread's rows g and g + 8).
 template <int DM>
@@ -178,9 +195,7 @@ DEV void flash_fwd(const float* q, const float* k, const float* v, float* o, flo
         __syncthreads();  // every warp is done with the previous tiles
         flash_load(ks, kb, kt, tk, d);
         flash_load(vs, vb, kt, tk, d);
-        cp_async_commit();
-        cp_async_wait<0>();
-        __syncthreads();
+        flash_land();
         float s[NT][4];
         flash_zero<NT>(s);
         flash_qk<MATH, DM, NT>(s, &qs.r[warp * 16], ks.r, d);
@@ -257,14 +272,9 @@ DEV void flash_dq(const float* q, const float* k, const float* v, const float* l
         __syncthreads();
         flash_load(ks, kb, kt, tk, d);
         flash_load(vs, vb, kt, tk, d);
-        cp_async_commit();
-        cp_async_wait<0>();
-        __syncthreads();
+        flash_land();
         float s[NT][4], dp[NT][4];
-        flash_zero<NT>(s);
-        flash_zero<NT>(dp);
-        flash_qk<MATH, DM, NT>(s, &qs.r[warp * 16], ks.r, d);
-        flash_qk<MATH, DM, NT>(dp, &gs.r[warp * 16], vs.r, d);
+        flash_scores_dp<MATH, DM, NT>(s, dp, &qs.r[warp * 16], ks.r, &gs.r[warp * 16], vs.r, d);
 #pragma unroll
         for (int j = 0; j < NT; ++j)
 #pragma unroll
@@ -308,15 +318,10 @@ DEV void flash_dkdv(const float* q, const float* k, const float* v, const float*
             ls[e] = qt + e < tq ? lse[slice * tq + qt + e] : 0.0f;
             ds_[e] = qt + e < tq ? drow[slice * tq + qt + e] : 0.0f;
         }
-        cp_async_commit();
-        cp_async_wait<0>();
-        __syncthreads();
+        flash_land();
         // Transposed scores: rows this warp's keys, columns the tile's queries.
         float s[NT][4], dp[NT][4];
-        flash_zero<NT>(s);
-        flash_zero<NT>(dp);
-        flash_qk<MATH, DM, NT>(s, &ks.r[warp * 16], qs.r, d);
-        flash_qk<MATH, DM, NT>(dp, &vs.r[warp * 16], gs.r, d);
+        flash_scores_dp<MATH, DM, NT>(s, dp, &ks.r[warp * 16], qs.r, &vs.r[warp * 16], gs.r, d);
 #pragma unroll
         for (int j = 0; j < NT; ++j)
 #pragma unroll

@@ -90,7 +90,7 @@ pub fn bench_step<B: Backend>(b: &B, model: &str, batch: usize, image: usize, wa
     let mut opt = Sgd::new(0.9);
     let (median_s, min_s, max_s) = time(b, warmup, runs, || {
         let forward = |cx: &Ctx<B>| Ok((cx.tape.cross_entropy(&net.forward(cx, &Var::constant(x.clone()))?, &labels)?, ()));
-        train_step(&ps, &mut opt, &|_| (0.01, 5e-4), forward, always).map(drop)
+        train_step(&ps, &mut opt, &|_| (0.01, 5e-4), false, forward, always).map(drop)
     })?;
     Ok(Timing { name: format!("step {model} batch {batch}"), median_s, min_s, max_s, work: Work::Images(batch as f64) })
 }
@@ -127,7 +127,7 @@ pub fn bench_simsiam_step_with<B: Backend>(
     let mut rng = Rng::new(1);
     let views = vec![random(b, &mut rng, &[batch, image, image, 3])?, random(b, &mut rng, &[batch, image, image, 3])?];
     let mut opt = Sgd::new(0.9);
-    let mut steps = if graph { StepGraph::new(b) } else { StepGraph::disabled(b, "--no-graph") };
+    let mut steps = if graph { StepGraph::new(b, false) } else { StepGraph::disabled(b, false, "--no-graph") };
     let warmup = if graph { warmup.max(2) } else { warmup };
     let steps = std::cell::RefCell::new(&mut steps);
     let (median_s, min_s, max_s) = time_with(b, warmup, runs, || on_warm(steps.borrow().launches()), || {

@@ -123,23 +123,6 @@ impl MetricsLog {
     }
 }
 
-/// Whether every element of `ts` is finite: one sum per tensor, one scalar read in all (a NaN or
-/// Inf anywhere makes the sum non-finite).
-fn all_finite<'a, B: Backend + 'a>(ts: impl Iterator<Item = &'a Tensor<B>>) -> Result<bool> {
-    let mut acc: Option<Tensor<B>> = None;
-    for t in ts {
-        let s = crate::ops::sum_axis(&t.reshape(&[t.numel()])?, 0)?;
-        acc = Some(match acc {
-            None => s,
-            Some(a) => crate::ops::add(&a, &s)?,
-        });
-    }
-    match acc {
-        Some(a) => Ok(a.scalar()?.is_finite()),
-        None => Ok(true),
-    }
-}
-
 /// Names the first parameter holding a non-finite value, for the NaN message.
 fn first_non_finite<B: Backend>(ps: &ParamStore<B>) -> Option<String> {
     ps.entries().iter().find(|e| e.value.to_f32().map(|v| v.iter().any(|x| !x.is_finite())).unwrap_or(false)).map(|e| e.name.clone())
@@ -339,11 +322,11 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
     // Forward and backward replayed as one graph where the backend has graphs (CUDA) and the
     // method's forward depends on nothing but its inputs and parameters.
     let mut graph = match (cfg.cuda_graph, method.graph_safe(), cfg.skip_nonfinite) {
-        (false, _, _) => StepGraph::disabled(b, "cuda_graph = false"),
-        (_, false, _) => StepGraph::disabled(b, "the method keeps per-step state in its forward"),
+        (false, _, _) => StepGraph::disabled(b, true, "cuda_graph = false"),
+        (_, false, _) => StepGraph::disabled(b, true, "the method keeps per-step state in its forward"),
         // A skipped step restores batch-norm buffers the graph would already have updated.
-        (_, _, 1..) => StepGraph::disabled(b, "skip_nonfinite > 0"),
-        _ => StepGraph::new(b),
+        (_, _, 1..) => StepGraph::disabled(b, true, "skip_nonfinite > 0"),
+        _ => StepGraph::new(b, true),
     };
     let mut graph_said = std::collections::HashSet::new();
 
@@ -399,8 +382,9 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
             // Every step's loss and gradients are checked before anything is updated: a NaN can
             // hide from the loss (a max() or an epsilon clamp swallows it) but not from a sum.
             let mut non_finite: Option<String> = None;
-            let check = |loss: f64, pg: &mut Vec<(ParamId, Tensor<B>)>| -> Result<bool> {
-                if loss.is_finite() && all_finite(pg.iter().map(|(_, g)| g))? {
+            let check = |c: optim::Checked, pg: &mut Vec<(ParamId, Tensor<B>)>| -> Result<bool> {
+                let loss = c.loss;
+                if loss.is_finite() && c.grads_finite != Some(false) {
                     method.before_update(&info, pg)?;
                     return Ok(true);
                 }

@@ -124,7 +124,7 @@ fn train_trace<B: Backend>(b: &B, steps: usize, created: impl Fn() -> u64) -> (V
     let (mut losses, mut made) = (Vec::new(), Vec::new());
     for _ in 0..steps {
         let forward = |cx: &Ctx<B>| Ok((cx.tape.cross_entropy(&model.forward(cx, &Var::constant(x.clone()))?, &labels)?, ()));
-        losses.push(train_step(&ps, &mut opt, &|_| (0.02, 5e-4), forward, always).unwrap().loss);
+        losses.push(train_step(&ps, &mut opt, &|_| (0.02, 5e-4), false, forward, always).unwrap().loss);
         made.push(created());
     }
     (losses, made)

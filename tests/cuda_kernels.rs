@@ -368,7 +368,7 @@ fn step_graph_warms_up_captures_replays_and_falls_back() {
         let y = cx.tape.matmul(&Var::constant(x[0].clone()), &cx.param(w), false, false)?;
         Ok((cx.tape.sum_axis(&cx.tape.sum_axis(&y, 0)?, 0)?, ()))
     };
-    let mut g = StepGraph::new(&b);
+    let mut g = StepGraph::new(&b, true);
     let mut replays = Vec::new();
     for rows in [8, 8, 8, 5, 8, 5, 5, 8] {
         let before = b.graph_replays();
@@ -389,7 +389,7 @@ fn step_graph_warms_up_captures_replays_and_falls_back() {
         let y = cx.tape.mul(&y, &cx.tape.matmul(&Var::constant(x[0].clone()), &cx.param(w), false, false)?)?;
         Ok((cx.tape.sum_axis(&cx.tape.sum_axis(&y, 0)?, 0)?, ()))
     };
-    let mut g = StepGraph::new(&b);
+    let mut g = StepGraph::new(&b, true);
     for _ in 0..4 {
         let before = b.graph_replays();
         g.step(&ps, &mut opt, &|_| (0.1, 0.0), input(8), uploads, always).unwrap();

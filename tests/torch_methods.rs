@@ -115,6 +115,7 @@ fn five_steps(f: &Fixtures, method: &str) -> Vec<f64> {
             &ps,
             &mut opt,
             &|_| (0.05, 1e-4),
+            false,
             |cx| Ok((m.forward(cx, &views, Some(&labels))?.loss, ())),
             |_, grads| m.before_update(&info, grads).map(|()| true),
         )

@@ -213,7 +213,7 @@ fn three_sgd_steps<B: Backend>(b: &B, tol: f64) {
     let want = f.get("sgd.losses").1.to_vec();
     for (step, &w) in want.iter().enumerate() {
         let forward = |cx: &Ctx<B>| Ok((cx.tape.cross_entropy(&model.forward(cx, &x)?, &labels)?, ()));
-        let got = train_step(&ps, &mut opt, &|_| (0.002, 5e-4), forward, always).unwrap().loss;
+        let got = train_step(&ps, &mut opt, &|_| (0.002, 5e-4), false, forward, always).unwrap().loss;
         let e = (got - w).abs() / w.abs();
         eprintln!("sgd step {step} on {}: loss {got:.7} vs PyTorch {w:.7} (rel {e:.2e})", b.name());
         assert!(e <= tol, "step {step}: loss {got} vs {w}");

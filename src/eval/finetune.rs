@@ -81,7 +81,7 @@ pub fn finetune<B: Backend>(
             let y = Tensor::from_f32(&b, &y, &[n], DType::F32)?;
             let lr = warmup_cosine(base_lr, step, total, 0) as f32;
             let forward = |cx: &Ctx<B>| Ok((cx.tape.cross_entropy(&head.forward(cx, &backbone.forward(cx, &x)?)?, &y)?, ()));
-            sum += train_step(ps, &mut opt, &|_| (lr, cfg.weight_decay), forward, always)?.loss;
+            sum += train_step(ps, &mut opt, &|_| (lr, cfg.weight_decay), false, forward, always)?.loss;
             step += 1;
         }
         let eval_loss = match evals.first() {

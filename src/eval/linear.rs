@@ -137,7 +137,7 @@ pub fn train_linear_probe<B: Backend>(
             let yt = Tensor::from_f32(b, &yb, &[chunk.len()], DType::F32)?;
             let lr = warmup_cosine(base_lr, step, total, 0) as f32;
             let forward = |cx: &Ctx<B>| Ok((cx.tape.cross_entropy(&fc.forward(cx, &xt)?, &yt)?, ()));
-            let loss = train_step(&ps, opt.as_mut(), &|_| (lr, cfg.weight_decay), forward, always)?.loss;
+            let loss = train_step(&ps, opt.as_mut(), &|_| (lr, cfg.weight_decay), false, forward, always)?.loss;
             loss_sum += loss * chunk.len() as f64;
             step += 1;
         }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use lars::{Lars, LarsConfig};
 pub use sgd::Sgd;
-pub use step::{StepGraph, Stepped, always, train_step};
+pub use step::{Checked, StepGraph, Stepped, always, train_step};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};

@@ -7,6 +7,7 @@ use crate::autograd::{Tape, Var};
 use crate::backend::{Backend, GraphId};
 use crate::error::Result;
 use crate::nn::{Ctx, ParamId, ParamStore};
+use crate::ops;
 use crate::tensor::Tensor;
 
 /// What one step did.
@@ -17,25 +18,38 @@ pub struct Stepped<T> {
     pub out: T,
 }
 
+/// What a step knows before it updates: the loss, and (when asked for) whether every
+/// gradient is finite.
+#[derive(Clone, Copy, Debug)]
+pub struct Checked {
+    pub loss: f64,
+    /// One sum over every gradient, on the device (a NaN or Inf anywhere makes it non-finite);
+    /// None unless the step was asked to check.
+    pub grads_finite: Option<bool>,
+}
+
 /// Records `forward` on a fresh tape in training mode, takes the gradient of its loss for every
-/// trainable parameter, hands the loss and the gradients to `before_update` (which may edit the
-/// gradients: freeze, clip, cancel; or decline the update by returning false), then updates the
-/// parameters with `opt`.
+/// trainable parameter (and with `check_grads` whether they are all finite), hands that and the
+/// gradients to `before_update` (which may edit the gradients: freeze, clip, cancel; or decline
+/// the update by returning false), then updates the parameters with `opt`.
 pub fn train_step<B: Backend, T>(
     ps: &ParamStore<B>,
     opt: &mut dyn Optimizer<B>,
     hyper: Hyper<'_>,
+    check_grads: bool,
     forward: impl FnOnce(&Ctx<B>) -> Result<(Var<B>, T)>,
-    before_update: impl FnOnce(f64, &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool>,
+    before_update: impl FnOnce(Checked, &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool>,
 ) -> Result<Stepped<T>> {
-    let (loss, mut pg, out) = forward_backward(ps, forward)?;
-    update(ps, opt, hyper, loss.scalar()? as f64, &mut pg, before_update, out)
+    let (readout, mut pg, out) = forward_backward(ps, check_grads, forward)?;
+    update(ps, opt, hyper, &readout, &mut pg, before_update, out)
 }
 
 /// The recorded part of a step: `forward` on a fresh tape in training mode, then the gradient
-/// of its loss for every trainable parameter. Nothing is read back to the host.
+/// of its loss for every trainable parameter. Nothing is read back to the host: the readout
+/// holds the loss, and with `check_grads` the sum of every gradient's sum after it.
 fn forward_backward<B: Backend, T>(
     ps: &ParamStore<B>,
+    check_grads: bool,
     forward: impl FnOnce(&Ctx<B>) -> Result<(Var<B>, T)>,
 ) -> Result<(Tensor<B>, Vec<(ParamId, Tensor<B>)>, T)> {
     let tape = Tape::new();
@@ -43,23 +57,40 @@ fn forward_backward<B: Backend, T>(
     let (loss, out) = forward(&cx)?;
     let mut grads = tape.backward(&loss)?;
     let pg = cx.param_grads(&mut grads);
-    Ok((loss.value, pg, out))
+    let mut readout = loss.value.reshape(&[1])?;
+    if check_grads {
+        let mut total: Option<Tensor<B>> = None;
+        for (_, g) in &pg {
+            let s = ops::sum_axis(&g.reshape(&[g.numel()])?, 0)?;
+            total = Some(match total {
+                None => s,
+                Some(t) => ops::add(&t, &s)?,
+            });
+        }
+        if let Some(t) = total {
+            readout = ops::concat(&[&readout, &t.reshape(&[1])?], 0)?;
+        }
+    }
+    Ok((readout, pg, out))
 }
 
-/// The rest of a step: `before_update`, then the optimizer if it agrees.
+/// The rest of a step: one read of the readout, `before_update`, then the optimizer if it
+/// agrees.
 fn update<B: Backend, T>(
     ps: &ParamStore<B>,
     opt: &mut dyn Optimizer<B>,
     hyper: Hyper<'_>,
-    loss: f64,
+    readout: &Tensor<B>,
     pg: &mut Vec<(ParamId, Tensor<B>)>,
-    before_update: impl FnOnce(f64, &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool>,
+    before_update: impl FnOnce(Checked, &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool>,
     out: T,
 ) -> Result<Stepped<T>> {
-    if before_update(loss, pg)? {
+    let r = readout.to_f32()?;
+    let checked = Checked { loss: r[0] as f64, grads_finite: r.get(1).map(|s| s.is_finite()) };
+    if before_update(checked, pg)? {
         opt.step(ps, pg, hyper)?;
     }
-    Ok(Stepped { loss, out })
+    Ok(Stepped { loss: checked.loss, out })
 }
 
 /// What a `StepGraph` holds once it has recorded a step.
@@ -68,7 +99,7 @@ struct Recorded<B: Backend, T> {
     shapes: Vec<Vec<usize>>,
     /// The buffers the graph reads its inputs from, its loss and gradients, `forward`'s output.
     inputs: Vec<Tensor<B>>,
-    loss: Tensor<B>,
+    readout: Tensor<B>,
     grads: Vec<(ParamId, Tensor<B>)>,
     out: T,
 }
@@ -88,18 +119,21 @@ pub struct StepGraph<B: Backend, T> {
     warm: Option<Vec<Vec<usize>>>,
     /// Why every step runs eagerly from now on.
     off: Option<String>,
+    /// Whether steps check their gradients (`Checked::grads_finite`; inside the graph).
+    check_grads: bool,
     /// What happened, for the log: captured, recaptured, ran eagerly, fell back (and why).
     pub events: Vec<String>,
 }
 
 impl<B: Backend, T: Clone> StepGraph<B, T> {
-    pub fn new(backend: &B) -> Self {
-        StepGraph { backend: backend.clone(), recorded: None, warm: None, off: None, events: Vec::new() }
+    /// `check_grads`: see `train_step`.
+    pub fn new(backend: &B, check_grads: bool) -> Self {
+        StepGraph { backend: backend.clone(), recorded: None, warm: None, off: None, check_grads, events: Vec::new() }
     }
 
     /// Graphs off for good (configuration), with the reason.
-    pub fn disabled(backend: &B, why: &str) -> Self {
-        let mut g = Self::new(backend);
+    pub fn disabled(backend: &B, check_grads: bool, why: &str) -> Self {
+        let mut g = Self::new(backend, check_grads);
         g.off = Some(why.to_string());
         g
     }
@@ -117,11 +151,11 @@ impl<B: Backend, T: Clone> StepGraph<B, T> {
         hyper: Hyper<'_>,
         inputs: Vec<Tensor<B>>,
         forward: impl Fn(&Ctx<B>, &[Tensor<B>]) -> Result<(Var<B>, T)>,
-        before_update: impl FnOnce(f64, &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool>,
+        before_update: impl FnOnce(Checked, &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool>,
     ) -> Result<Stepped<T>> {
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
         if self.off.is_some() {
-            return train_step(ps, opt, hyper, |cx| forward(cx, &inputs), before_update);
+            return train_step(ps, opt, hyper, self.check_grads, |cx| forward(cx, &inputs), before_update);
         }
         if self.recorded.as_ref().is_some_and(|r| r.shapes == shapes) {
             self.warm = None;
@@ -132,7 +166,7 @@ impl<B: Backend, T: Clone> StepGraph<B, T> {
                 self.events.push(format!("inputs {shapes:?} ran eagerly (the step graph is for {:?})", r.shapes));
             }
             self.warm = Some(shapes);
-            return train_step(ps, opt, hyper, |cx| forward(cx, &inputs), before_update);
+            return train_step(ps, opt, hyper, self.check_grads, |cx| forward(cx, &inputs), before_update);
         }
         // Second step at these shapes: record it.
         let before = self.recorded.take().map(|r| {
@@ -152,13 +186,13 @@ impl<B: Backend, T: Clone> StepGraph<B, T> {
             }
             Ok(None) => {
                 self.off = Some(format!("{} has no graphs", self.backend.name()));
-                train_step(ps, opt, hyper, |cx| forward(cx, &inputs), before_update)
+                train_step(ps, opt, hyper, self.check_grads, |cx| forward(cx, &inputs), before_update)
             }
             Err(e) => {
                 let why = format!("the step could not be captured as a graph ({e}); every step runs eagerly");
                 self.events.push(why.clone());
                 self.off = Some(why);
-                train_step(ps, opt, hyper, |cx| forward(cx, &inputs), before_update)
+                train_step(ps, opt, hyper, self.check_grads, |cx| forward(cx, &inputs), before_update)
             }
         }
     }
@@ -175,10 +209,10 @@ impl<B: Backend, T: Clone> StepGraph<B, T> {
         if !self.backend.graph_begin()? {
             return Ok(None);
         }
-        match forward_backward(ps, |cx| forward(cx, inputs)) {
-            Ok((loss, grads, out)) => {
+        match forward_backward(ps, self.check_grads, |cx| forward(cx, inputs)) {
+            Ok((readout, grads, out)) => {
                 let id = self.backend.graph_end(true)?;
-                Ok(Some(Recorded { id, shapes, inputs: inputs.to_vec(), loss, grads, out }))
+                Ok(Some(Recorded { id, shapes, inputs: inputs.to_vec(), readout, grads, out }))
             }
             Err(e) => {
                 let _ = self.backend.graph_end(false);
@@ -193,7 +227,7 @@ impl<B: Backend, T: Clone> StepGraph<B, T> {
         opt: &mut dyn Optimizer<B>,
         hyper: Hyper<'_>,
         inputs: &[Tensor<B>],
-        before_update: impl FnOnce(f64, &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool>,
+        before_update: impl FnOnce(Checked, &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool>,
     ) -> Result<Stepped<T>> {
         let r = self.recorded.as_ref().expect("replay without a graph");
         for (dst, src) in r.inputs.iter().zip(inputs) {
@@ -203,7 +237,7 @@ impl<B: Backend, T: Clone> StepGraph<B, T> {
         }
         self.backend.graph_replay(r.id)?;
         let mut pg = r.grads.clone();
-        update(ps, opt, hyper, r.loss.scalar()? as f64, &mut pg, before_update, r.out.clone())
+        update(ps, opt, hyper, &r.readout, &mut pg, before_update, r.out.clone())
     }
 }
 
@@ -216,6 +250,6 @@ impl<B: Backend, T> Drop for StepGraph<B, T> {
 }
 
 /// `before_update` for callers that take every step as it comes.
-pub fn always<B: Backend>(_: f64, _: &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool> {
+pub fn always<B: Backend>(_: Checked, _: &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool> {
     Ok(true)
 }
