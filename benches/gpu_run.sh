@@ -20,7 +20,8 @@
 #             model-sized shapes); ResNet-18 and ViT-tiny forward+backward and three SGD steps
 #             against the PyTorch fixtures
 #   kernels   bench kernels --backend cuda (FP32, TF32, bf16) beside benches/pytorch_kernels.py
-#   step      bench step --simsiam --batch 512 (FP32, TF32, bf16) beside benches/pytorch_step.py:
+#   step      bench step --simsiam --batch 512 (FP32, TF32, bf16; forward and backward replayed as
+#             a CUDA graph, and bf16 once more with --no-graph) beside benches/pytorch_step.py:
 #             eager FP32, eager AMP bf16 + channels_last, torch.compile
 #   sanitize  compute-sanitizer memcheck, racecheck and synccheck over the TF32 suite (one seed)
 #   compile   the torch.compile step alone (slow to compile; also part of `step`)
@@ -140,6 +141,8 @@ step_step() {
   run step ours_simsiam_fp32 25 "$BIN/ssl-engine" bench step --simsiam --backend cuda --batch 512 --warmup 2 --runs 10
   run step ours_simsiam_tf32 25 env SSL_ENGINE_TF32=1 "$BIN/ssl-engine" bench step --simsiam --backend cuda --batch 512 --warmup 2 --runs 10
   run step ours_simsiam_bf16 25 "$BIN/ssl-engine" bench step --simsiam --backend cuda --precision bf16 --batch 512 --warmup 2 --runs 10
+  # The same bf16 step with every kernel launched from the host: what the step graph saves.
+  run step ours_simsiam_bf16_eager 25 "$BIN/ssl-engine" bench step --simsiam --backend cuda --precision bf16 --batch 512 --warmup 2 --runs 10 --no-graph
   local t=(python3 benches/pytorch_step.py --simsiam --batch 512 --device cuda --warmup 3 --runs 20)
   run step torch_eager_fp32 25 "${t[@]}"
   run step torch_eager_amp_cl 25 "${t[@]}" --amp --channels-last
