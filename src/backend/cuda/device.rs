@@ -469,10 +469,11 @@ impl Device {
 
     /// Waits for all queued work; a kernel fault shows up here.
     pub fn synchronize(&self) -> Result<()> {
+        // Checked before the early return, so the emulator refuses what a GPU would.
+        self.not_capturing("a synchronisation")?;
         if self.ctx.is_none() {
             return Ok(());
         }
-        self.not_capturing("a synchronisation")?;
         self.bind()?;
         // SAFETY: the stream is live.
         unsafe { result::stream::synchronize(self.stream.0) }
