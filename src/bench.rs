@@ -127,7 +127,7 @@ pub fn bench_simsiam_step_with<B: Backend>(
     let mut rng = Rng::new(1);
     let views = vec![random(b, &mut rng, &[batch, image, image, 3])?, random(b, &mut rng, &[batch, image, image, 3])?];
     let mut opt = Sgd::new(0.9);
-    let mut steps = if graph { StepGraph::new(b, false) } else { StepGraph::disabled(b, false, "--no-graph") };
+    let mut steps = if graph { StepGraph::new(b, false) } else { StepGraph::disabled(b, false) };
     let warmup = if graph { warmup.max(2) } else { warmup };
     let steps = std::cell::RefCell::new(&mut steps);
     let (median_s, min_s, max_s) = time_with(b, warmup, runs, || on_warm(steps.borrow().launches()), || {

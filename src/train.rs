@@ -321,12 +321,12 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: 
     let mut skipped_steps = 0usize;
     // Forward and backward replayed as one graph where the backend has graphs (CUDA) and the
     // method's forward depends on nothing but its inputs and parameters.
-    let mut graph = match (cfg.cuda_graph, method.graph_safe(), cfg.skip_nonfinite) {
-        (false, _, _) => StepGraph::disabled(b, true, "cuda_graph = false"),
-        (_, false, _) => StepGraph::disabled(b, true, "the method keeps per-step state in its forward"),
-        // A skipped step restores batch-norm buffers the graph would already have updated.
-        (_, _, 1..) => StepGraph::disabled(b, true, "skip_nonfinite > 0"),
-        _ => StepGraph::new(b, true),
+    // Not with skip_nonfinite: a skipped step restores batch-norm buffers the graph would
+    // already have updated.
+    let mut graph = if cfg.cuda_graph && method.graph_safe() && cfg.skip_nonfinite == 0 {
+        StepGraph::new(b, true)
+    } else {
+        StepGraph::disabled(b, true)
     };
     let mut graph_said = std::collections::HashSet::new();
 

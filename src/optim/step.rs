@@ -117,8 +117,9 @@ pub struct StepGraph<B: Backend, T> {
     recorded: Option<Recorded<B, T>>,
     /// The shapes of the last eager step (a warm-up).
     warm: Option<Vec<Vec<usize>>>,
-    /// Why every step runs eagerly from now on.
-    off: Option<String>,
+    /// Every step runs eagerly from now on (configuration, no graphs, or a failed capture;
+    /// `events` gives the reason where it is news).
+    off: bool,
     /// Whether steps check their gradients (`Checked::grads_finite`; inside the graph).
     check_grads: bool,
     /// What happened, for the log: captured, recaptured, ran eagerly, fell back (and why).
@@ -128,13 +129,13 @@ pub struct StepGraph<B: Backend, T> {
 impl<B: Backend, T: Clone> StepGraph<B, T> {
     /// `check_grads`: see `train_step`.
     pub fn new(backend: &B, check_grads: bool) -> Self {
-        StepGraph { backend: backend.clone(), recorded: None, warm: None, off: None, check_grads, events: Vec::new() }
+        StepGraph { backend: backend.clone(), recorded: None, warm: None, off: false, check_grads, events: Vec::new() }
     }
 
-    /// Graphs off for good (configuration), with the reason.
-    pub fn disabled(backend: &B, check_grads: bool, why: &str) -> Self {
+    /// Graphs off for good (configuration): every step runs eagerly.
+    pub fn disabled(backend: &B, check_grads: bool) -> Self {
         let mut g = Self::new(backend, check_grads);
-        g.off = Some(why.to_string());
+        g.off = true;
         g
     }
 
@@ -154,8 +155,8 @@ impl<B: Backend, T: Clone> StepGraph<B, T> {
         before_update: impl FnOnce(Checked, &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool>,
     ) -> Result<Stepped<T>> {
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
-        if self.off.is_some() {
-            return train_step(ps, opt, hyper, self.check_grads, |cx| forward(cx, &inputs), before_update);
+        if self.off {
+            return self.eager(ps, opt, hyper, &inputs, forward, before_update);
         }
         if self.recorded.as_ref().is_some_and(|r| r.shapes == shapes) {
             self.warm = None;
@@ -166,7 +167,7 @@ impl<B: Backend, T: Clone> StepGraph<B, T> {
                 self.events.push(format!("inputs {shapes:?} ran eagerly (the step graph is for {:?})", r.shapes));
             }
             self.warm = Some(shapes);
-            return train_step(ps, opt, hyper, self.check_grads, |cx| forward(cx, &inputs), before_update);
+            return self.eager(ps, opt, hyper, &inputs, forward, before_update);
         }
         // Second step at these shapes: record it.
         let before = self.recorded.take().map(|r| {
@@ -185,16 +186,27 @@ impl<B: Backend, T: Clone> StepGraph<B, T> {
                 self.replay(ps, opt, hyper, &inputs, before_update)
             }
             Ok(None) => {
-                self.off = Some(format!("{} has no graphs", self.backend.name()));
-                train_step(ps, opt, hyper, self.check_grads, |cx| forward(cx, &inputs), before_update)
+                self.off = true; // the backend has no graphs
+                self.eager(ps, opt, hyper, &inputs, forward, before_update)
             }
             Err(e) => {
-                let why = format!("the step could not be captured as a graph ({e}); every step runs eagerly");
-                self.events.push(why.clone());
-                self.off = Some(why);
-                train_step(ps, opt, hyper, self.check_grads, |cx| forward(cx, &inputs), before_update)
+                self.events.push(format!("the step could not be captured as a graph ({e}); every step runs eagerly"));
+                self.off = true;
+                self.eager(ps, opt, hyper, &inputs, forward, before_update)
             }
         }
+    }
+
+    fn eager(
+        &self,
+        ps: &ParamStore<B>,
+        opt: &mut dyn Optimizer<B>,
+        hyper: Hyper<'_>,
+        inputs: &[Tensor<B>],
+        forward: impl Fn(&Ctx<B>, &[Tensor<B>]) -> Result<(Var<B>, T)>,
+        before_update: impl FnOnce(Checked, &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool>,
+    ) -> Result<Stepped<T>> {
+        train_step(ps, opt, hyper, self.check_grads, |cx| forward(cx, inputs), before_update)
     }
 
     /// Records forward and backward on `inputs` (kept as the graph's input buffers). None where

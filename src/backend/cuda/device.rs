@@ -106,6 +106,10 @@ pub(crate) struct Graph {
 }
 
 impl Graph {
+    /// Its id, unique on its device.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
     /// The kernel launches it holds.
     pub fn launches(&self) -> usize {
         self.ops.iter().filter(|o| matches!(o, Captured::Launch { .. })).count()
@@ -366,11 +370,8 @@ impl Device {
         {
             return Err(err(format!("{kernel}: launch grid {grid:?} block {block:?} outside the hardware limits")));
         }
-        if let Some((_, ops)) = self.capture.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            ops.push(Captured::Launch { kernel: kernel.to_string(), grid, block, args: args.iter().map(OwnedArg::of).collect() });
-            if self.ctx.is_none() {
-                return Ok(()); // run at replay; a GPU's capturing stream records the launch below
-            }
+        if self.recorded_only(|| Captured::Launch { kernel: kernel.to_string(), grid, block, args: args.iter().map(OwnedArg::of).collect() }) {
+            return Ok(());
         }
         self.execute(kernel, k.func, grid, block, args)
     }
@@ -443,11 +444,8 @@ impl Device {
         if bytes == 0 {
             return Ok(());
         }
-        if let Some((_, ops)) = self.capture.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            ops.push(Captured::Copy { dst, src, bytes });
-            if self.ctx.is_none() {
-                return Ok(());
-            }
+        if self.recorded_only(|| Captured::Copy { dst, src, bytes }) {
+            return Ok(());
         }
         self.copy_now(dst, src, bytes)
     }
@@ -482,6 +480,19 @@ impl Device {
 }
 
 impl Device {
+    /// While a graph is captured, adds `op` to it. True when that is all: the emulated and
+    /// dry-run devices run captured work at replay only; a GPU's capturing stream records the
+    /// operation as it is enqueued.
+    fn recorded_only(&self, op: impl FnOnce() -> Captured) -> bool {
+        match self.capture.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            Some((_, ops)) => {
+                ops.push(op());
+                self.ctx.is_none()
+            }
+            None => false,
+        }
+    }
+
     fn not_capturing(&self, what: &str) -> Result<()> {
         match self.capture.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             Some(_) => Err(err(format!("{what} while a CUDA graph is being captured (the graph cannot hold it)"))),

@@ -119,9 +119,6 @@ impl CudaBackend {
         Ok(CudaBackend { dev: Arc::new(Device::emulated(lib, sm_count)?), tf32: false, precision: Precision::Fp32, poison: false, graphs: Default::default() })
     }
 
-    fn next_graph_key(&self) -> u64 {
-        self.graphs.lock().unwrap_or_else(|e| e.into_inner()).keys().max().map_or(1, |k| k + 1)
-    }
     /// Dry run: graph replays so far.
     pub fn graph_replays(&self) -> u64 {
         self.dev.graph_replays.load(std::sync::atomic::Ordering::Relaxed)
@@ -292,7 +289,7 @@ impl Backend for CudaBackend {
     }
     fn graph_end(&self, keep: bool) -> Result<GraphId> {
         let g = self.dev.end_capture(keep)?;
-        let id = self.next_graph_key();
+        let id = g.id();
         self.graphs.lock().unwrap_or_else(|e| e.into_inner()).insert(id, g);
         Ok(GraphId(id))
     }
