@@ -66,6 +66,7 @@ struct ConvFwdLoader {
     int g;
     i64 kcols;
     struct Thread {
+        Thread() = default;
         const float* xrow;     // the row's image at channel g * cg; null outside [0, M)
         const float* wrow;     // the column's weight row; null outside [0, N)
         int iy0, ix0;          // the row's top-left input pixel
@@ -142,6 +143,7 @@ struct ConvBwdDataLoader {
     ConvPhase ph;
     int g;
     struct Thread {
+        Thread() = default;
         const float* dyimg;  // the row's image of dy at channel g * og; null outside [0, M)
         int oyb, oxb;        // the output pixel that tap (0, 0) of the row sees
         const float* wcol;   // the weight at group g, channel c; null outside [0, N)
@@ -215,6 +217,7 @@ struct ConvBwdWeightLoader {
     ConvDims d;
     int g;
     struct Thread {
+        Thread() = default;
         const float* dcol;  // dy at channel g * og + o; null outside [0, M)
         const float* xch;   // x at channel g * cg + c of column q; null outside [0, N)
         int yoff, xoff;     // the column's tap minus the padding
@@ -267,10 +270,10 @@ struct ConvBwdWeightLoader {
 
 // `stats` (not null only without split-K): the output's per-channel column sums for batch norm
 // (ColStats, gemm_tile.cuh), [row tiles, 2, c_out] in double.
-template <int MATH>
+template <int MATH, class TILE>
 DEV void conv_fwd_impl(const float* x, const float* wt, float* out, i64 split_stride, ConvDims d, int splits,
                        double* stats = nullptr) {
-    __shared__ typename SmemOf<MATH>::T s;
+    auto& s = gemm_smem<typename SmemOf<MATH, TILE>::T>();
     const int g = blockIdx.z / splits, sp = blockIdx.z % splits;
     const int cg = d.c_in / d.groups, og = d.c_out / d.groups;
     const i64 kcols = (i64)d.kh * d.kw * cg;
@@ -283,9 +286,9 @@ DEV void conv_fwd_impl(const float* x, const float* wt, float* out, i64 split_st
 }
 
 // Grid z = groups x splits x phases (sh * sw), phase fastest.
-template <int MATH>
+template <int MATH, class TILE>
 DEV void conv_bwd_data_impl(const float* dy, const float* wt, float* out, i64 split_stride, ConvDims d, int splits) {
-    __shared__ typename SmemOf<MATH>::T s;
+    auto& s = gemm_smem<typename SmemOf<MATH, TILE>::T>();
     const int phases = d.sh * d.sw;
     const int phase = blockIdx.z % phases, gs = blockIdx.z / phases;
     const int g = gs / splits, sp = gs % splits;
@@ -299,9 +302,9 @@ DEV void conv_bwd_data_impl(const float* dy, const float* wt, float* out, i64 sp
     gemm_block<ConvBwdDataLoader, MATH>(s, ConvBwdDataLoader{dy, wt, d, ph, g}, M, cg, k0, k1, dx, PhaseRows{d, ph}, MATH == GEMM_BF16 && splits == 1);
 }
 
-template <int MATH>
+template <int MATH, class TILE>
 DEV void conv_bwd_weight_impl(const float* x, const float* dy, float* out, i64 split_stride, ConvDims d, int splits) {
-    __shared__ typename SmemOf<MATH>::T s;
+    auto& s = gemm_smem<typename SmemOf<MATH, TILE>::T>();
     const int g = blockIdx.z / splits, sp = blockIdx.z % splits;
     const int cg = d.c_in / d.groups, og = d.c_out / d.groups;
     const i64 kcols = (i64)d.kh * d.kw * cg;
@@ -312,30 +315,46 @@ DEV void conv_bwd_weight_impl(const float* x, const float* dy, float* out, i64 s
     gemm_block<ConvBwdWeightLoader, MATH>(s, ConvBwdWeightLoader{x, dy, d, g}, og, (int)kcols, k0, k1, dw, DenseRows{kcols}, MATH == GEMM_BF16 && splits == 1);
 }
 
-#define CONV_KERNEL(name, impl, MATH, in0, in1)                                                             \
+#define CONV_KERNEL(name, impl, MATH, TILE, in0, in1)                                                       \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                              \
         name(const float* in0, const float* in1, float* out, i64 split_stride, ConvDims d, int splits) { \
-        impl<MATH>(in0, in1, out, split_stride, d, splits);                                                \
+        impl<MATH, TILE>(in0, in1, out, split_stride, d, splits);                                          \
     }
 
 // Exact FP32 (SIMT), the default.
-CONV_KERNEL(conv2d_fwd_f32, conv_fwd_impl, GEMM_SIMT, x, wt)
-CONV_KERNEL(conv2d_data_bwd_f32, conv_bwd_data_impl, GEMM_SIMT, dy, wt)
-CONV_KERNEL(conv2d_weight_bwd_f32, conv_bwd_weight_impl, GEMM_SIMT, x, dy)
-// TF32 tensor cores, opt-in.
-CONV_KERNEL(conv2d_tc_fwd_f32, conv_fwd_impl, GEMM_TF32, x, wt)
-CONV_KERNEL(conv2d_tc_data_bwd_f32, conv_bwd_data_impl, GEMM_TF32, dy, wt)
-CONV_KERNEL(conv2d_tc_weight_bwd_f32, conv_bwd_weight_impl, GEMM_TF32, x, dy)
-// BF16 tensor cores (precision = "bf16"): bf16 operands, FP32 accumulation.
-CONV_KERNEL(conv2d_bf16_fwd_f32, conv_fwd_impl, GEMM_BF16, x, wt)
-CONV_KERNEL(conv2d_bf16_data_bwd_f32, conv_bwd_data_impl, GEMM_BF16, dy, wt)
-CONV_KERNEL(conv2d_bf16_weight_bwd_f32, conv_bwd_weight_impl, GEMM_BF16, x, dy)
+CONV_KERNEL(conv2d_fwd_f32, conv_fwd_impl, GEMM_SIMT, Tile64, x, wt)
+CONV_KERNEL(conv2d_data_bwd_f32, conv_bwd_data_impl, GEMM_SIMT, Tile64, dy, wt)
+CONV_KERNEL(conv2d_weight_bwd_f32, conv_bwd_weight_impl, GEMM_SIMT, Tile64, x, dy)
+// Tensor cores, one kernel per math (TF32 opt-in; BF16 for precision = "bf16": bf16 operands,
+// FP32 accumulation) and block tile (gemm_tile.cuh, TcTile).
+CONV_KERNEL(conv2d_tc_fwd_f32, conv_fwd_impl, GEMM_TF32, Tile64, x, wt)
+CONV_KERNEL(conv2d_tc_data_bwd_f32, conv_bwd_data_impl, GEMM_TF32, Tile64, dy, wt)
+CONV_KERNEL(conv2d_tc_weight_bwd_f32, conv_bwd_weight_impl, GEMM_TF32, Tile64, x, dy)
+CONV_KERNEL(conv2d_tc_m128n128_fwd_f32, conv_fwd_impl, GEMM_TF32, Tile128, x, wt)
+CONV_KERNEL(conv2d_tc_m128n128_data_bwd_f32, conv_bwd_data_impl, GEMM_TF32, Tile128, dy, wt)
+CONV_KERNEL(conv2d_tc_m128n128_weight_bwd_f32, conv_bwd_weight_impl, GEMM_TF32, Tile128, x, dy)
+CONV_KERNEL(conv2d_tc_m128n64_fwd_f32, conv_fwd_impl, GEMM_TF32, Tile128x64, x, wt)
+CONV_KERNEL(conv2d_tc_m128n64_data_bwd_f32, conv_bwd_data_impl, GEMM_TF32, Tile128x64, dy, wt)
+CONV_KERNEL(conv2d_tc_m128n64_weight_bwd_f32, conv_bwd_weight_impl, GEMM_TF32, Tile128x64, x, dy)
+CONV_KERNEL(conv2d_bf16_fwd_f32, conv_fwd_impl, GEMM_BF16, Tile64, x, wt)
+CONV_KERNEL(conv2d_bf16_data_bwd_f32, conv_bwd_data_impl, GEMM_BF16, Tile64, dy, wt)
+CONV_KERNEL(conv2d_bf16_weight_bwd_f32, conv_bwd_weight_impl, GEMM_BF16, Tile64, x, dy)
+CONV_KERNEL(conv2d_bf16_m128n128_fwd_f32, conv_fwd_impl, GEMM_BF16, Tile128, x, wt)
+CONV_KERNEL(conv2d_bf16_m128n128_data_bwd_f32, conv_bwd_data_impl, GEMM_BF16, Tile128, dy, wt)
+CONV_KERNEL(conv2d_bf16_m128n128_weight_bwd_f32, conv_bwd_weight_impl, GEMM_BF16, Tile128, x, dy)
+CONV_KERNEL(conv2d_bf16_m128n64_fwd_f32, conv_fwd_impl, GEMM_BF16, Tile128x64, x, wt)
+CONV_KERNEL(conv2d_bf16_m128n64_data_bwd_f32, conv_bwd_data_impl, GEMM_BF16, Tile128x64, dy, wt)
+CONV_KERNEL(conv2d_bf16_m128n64_weight_bwd_f32, conv_bwd_weight_impl, GEMM_BF16, Tile128x64, x, dy)
 // The forward pass with batch norm's statistics in its epilogue (Backend::conv2d_batchnorm_fwd_train).
-#define CONV_BN_KERNEL(name, MATH)                                                                             \
+#define CONV_BN_KERNEL(name, MATH, TILE)                                                                       \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                               \
         name(const float* x, const float* wt, float* out, i64 split_stride, ConvDims d, int splits, double* stats) { \
-        conv_fwd_impl<MATH>(x, wt, out, split_stride, d, splits, stats);                                     \
+        conv_fwd_impl<MATH, TILE>(x, wt, out, split_stride, d, splits, stats);                               \
     }
-CONV_BN_KERNEL(conv2d_batchnorm_fwd_f32, GEMM_SIMT)
-CONV_BN_KERNEL(conv2d_batchnorm_tc_fwd_f32, GEMM_TF32)
-CONV_BN_KERNEL(conv2d_batchnorm_bf16_fwd_f32, GEMM_BF16)
+CONV_BN_KERNEL(conv2d_batchnorm_fwd_f32, GEMM_SIMT, Tile64)
+CONV_BN_KERNEL(conv2d_batchnorm_tc_fwd_f32, GEMM_TF32, Tile64)
+CONV_BN_KERNEL(conv2d_batchnorm_tc_m128n128_fwd_f32, GEMM_TF32, Tile128)
+CONV_BN_KERNEL(conv2d_batchnorm_tc_m128n64_fwd_f32, GEMM_TF32, Tile128x64)
+CONV_BN_KERNEL(conv2d_batchnorm_bf16_fwd_f32, GEMM_BF16, Tile64)
+CONV_BN_KERNEL(conv2d_batchnorm_bf16_m128n128_fwd_f32, GEMM_BF16, Tile128)
+CONV_BN_KERNEL(conv2d_batchnorm_bf16_m128n64_fwd_f32, GEMM_BF16, Tile128x64)

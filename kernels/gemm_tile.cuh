@@ -1,18 +1,19 @@
 // The tiled GEMM main loops shared by matmul.cu and conv.cu (the convolutions are implicit
 // GEMMs: only the operand loaders differ).
 //
-// One block computes a BM x BN tile of C = A (M x K) . B (K x N) over the k range [k0, k1) with
-// 256 threads and BK-deep tiles. The math is a template argument (GEMM_SIMT, GEMM_TF32,
-// GEMM_BF16), and the shared-memory type the kernel declares (SmemOf<MATH>) picks the loop:
+// One block computes a tile of C = A (M x K) . B (K x N) over the k range [k0, k1) with 256
+// threads. The math is a template argument (GEMM_SIMT, GEMM_TF32, GEMM_BF16), and the type of
+// the shared memory the kernel takes (SmemOf<MATH, TILE>, dynamic: gemm_smem) picks the loop:
 // - SIMT (exact FP32, the default; GemmSmem): k-major tiles, the next tile prefetched into
 //   registers while the current one is multiplied; each thread owns a 4 x 4 block of outputs
 //   (rows 4 ty + r, columns 4 tx + c), reads its 4 + 4 operands per k step as two 16-byte shared
 //   loads, and adds the products in k order with fmaf, so the result is deterministic and as
 //   accurate as a plain dot product.
-// - Tensor cores (GemmSmemTc): a STAGES-deep cp.async pipeline from global to shared memory
-//   (tiles k-contiguous for both operands, rows padded to 20 floats), fragments read with
-//   ldmatrix, and mma.sync with FP32 accumulation; 8 warps in a 2 x 4 layout, each warp a
-//   32 x 16 sub-tile.
+// - SIMT tiles are BM x BN x BK = 64 x 64 x 16.
+// - Tensor cores (GemmSmemTc<TILE>): a STAGES-deep cp.async pipeline from global to shared
+//   memory (tiles k-contiguous for both operands, rows padded by 4 floats), fragments read with
+//   ldmatrix, and mma.sync with FP32 accumulation; 8 warps in a 2 x 4 layout. Three block tiles
+//   (TcTile): 64 x 64 x 16 (warp 32 x 16), 128 x 128 x 32 (warp 64 x 32) and 128 x 64 x 32.
 //   - TF32 (opt-in): m16n8k8, operands rounded with cvt.rna.tf32 as fragments.
 //   - BF16 (precision = "bf16"): m16n8k16, operands rounded to bf16 (ties to even) as they are
 //     packed into fragments, so the kernel alone gives bf16-operand semantics.
@@ -44,29 +45,68 @@
 
 // Tiles in flight in the tensor-core pipeline: one being multiplied, STAGES - 1 loading.
 #define STAGES 3
-// Row stride of the tensor-core tiles, k contiguous: 20 floats (80 bytes) keeps each ldmatrix
-// row 16-byte aligned, and the 8 rows of one ldmatrix phase land on 8 distinct 4-bank groups.
-#define TCK (BK + 4)
 
 struct __align__(16) GemmSmem {
     float a[BK][BM + SPAD];
     float b[BK][BN + SPAD];
 };
 
+// A tensor-core block tile: MB x NB of the loaders' BM x BN pieces, and KB of their BK-deep k
+// steps per pipeline stage. A loader Thread serves one BM x BK piece of A and one BK x BN piece
+// of B per addr() call, so a block keeps PIECES of them (at rows m0 + p BM and columns
+// n0 + p BN) and calls each KB times per stage: the loaders stay written for 64 x 64 x 16.
+// The 8 warps sit 2 x 4, each owning a WM x WN sub-tile of MT x NT mma tiles.
+template <int MB_, int NB_, int KB_>
+struct TcTile {
+    static constexpr int MB = MB_, NB = NB_, KB = KB_, PIECES = MB_ > NB_ ? MB_ : NB_;
+    static constexpr int TM = BM * MB_, TN = BN * NB_, TK = BK * KB_;
+    // Row stride, k contiguous: TK + 4 floats (20 or 36) keeps every ldmatrix row 16-byte
+    // aligned and puts the 8 rows of one ldmatrix phase on 8 distinct 4-bank groups.
+    static constexpr int ROW = TK + 4;
+    static constexpr int WM = TM / 2, WN = TN / 4, MT = WM / 16, NT = WN / 8;
+};
+// The variants (src/backend/cuda/matmul.rs, `Tile`, picks one per launch).
+typedef TcTile<1, 1, 1> Tile64;      // 64 x 64 x 16: grids too small for the big tiles, split-K
+typedef TcTile<2, 2, 2> Tile128;     // 128 x 128 x 32
+typedef TcTile<2, 1, 2> Tile128x64;  // 128 x 64 x 32: outputs at most 64 wide
+
+template <class T>
 struct __align__(16) GemmSmemTc {
-    float a[STAGES][BM][TCK];  // [m][k]
-    float b[STAGES][BN][TCK];  // [n][k]
+    float a[STAGES][T::TM][T::ROW];  // [m][k]
+    float b[STAGES][T::TN][T::ROW];  // [n][k]
 };
 
-// The shared memory a kernel of math MATH declares: `__shared__ typename SmemOf<MATH>::T s;`.
-template <int MATH>
+// The shared memory of a GEMM of math MATH and tile TILE (SIMT: always 64 x 64 x 16).
+template <int MATH, class TILE>
 struct SmemOf {
-    typedef GemmSmemTc T;
+    typedef GemmSmemTc<TILE> T;
 };
-template <>
-struct SmemOf<GEMM_SIMT> {
+template <class TILE>
+struct SmemOf<GEMM_SIMT, TILE> {
     typedef GemmSmem T;
 };
+
+// The bytes of dynamic shared memory the launch gave this block.
+DEV u32 dynamic_smem_bytes() {
+#ifdef SSL_EMU
+    return emu_dynamic_smem_bytes();
+#else
+    u32 r;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
+    return r;
+#endif
+}
+
+// The block's GEMM shared memory. It is dynamic: the 128-row tiles' pipeline takes 108 KB,
+// over the 48 KB a static declaration may hold. The launch asks for sizeof(T) (gemm_smem_bytes
+// in src/backend/cuda/matmul.rs, the same formula); a launch that gives less traps rather than
+// overrun.
+template <class T>
+DEV T& gemm_smem() {
+    extern __shared__ __align__(16) unsigned char gemm_dynamic_smem[];
+    if (dynamic_smem_bytes() < sizeof(T)) __trap();
+    return *reinterpret_cast<T*>(gemm_dynamic_smem);
+}
 
 // Element r (0..3) of this thread's share of a BM x BK (A) or BK x BN (B) tile, as
 // (row-or-col index within the tile, k index within the tile). Where k is contiguous in memory
@@ -100,6 +140,7 @@ struct StridedOperand {
     const float* cur[4];  // null outside [0, limit)
     int k[4], k1;
     i64 step;
+    StridedOperand() = default;  // for arrays of loader Threads (TcTile::PIECES)
     DEVM StridedOperand(const float* P, i64 mn_stride, i64 k_stride, int mn0, int limit, i64 k0, i64 k1_) {
         step = BK * k_stride;
         k1 = (int)k1_;
@@ -137,14 +178,14 @@ struct ColStats {
     double* part;
     i64 ldc;   // channels in all
     int col0;  // this GEMM's first channel (its group's)
-    // The last step of both loops' reductions: `red` [groups][sum, sq][BN] holds each group's
-    // column sums (a warp or a warp row, in shared memory); thread tid < BN adds the groups of
-    // column tid in order and writes them. After a __syncthreads.
-    DEVM void finish(const double* red, int groups, int n0, int N) const {
+    // The last step of both loops' reductions: `red` [groups][sum, sq][tn] holds each group's
+    // column sums (a warp or a warp row, in shared memory) of a tile tn wide; thread tid < tn
+    // adds the groups of column tid in order and writes them. After a __syncthreads.
+    DEVM void finish(const double* red, int groups, int n0, int N, int tn) const {
         const int col = threadIdx.x;
-        if (col >= BN || n0 + col >= N) return;
+        if (col >= tn || n0 + col >= N) return;
         double sum = 0.0, sq = 0.0;
-        for (int w = 0; w < groups; ++w) sum += red[(w * 2) * BN + col], sq += red[(w * 2 + 1) * BN + col];
+        for (int w = 0; w < groups; ++w) sum += red[(w * 2) * tn + col], sq += red[(w * 2 + 1) * tn + col];
         part[(i64)blockIdx.x * 2 * ldc + col0 + n0 + col] = sum;
         part[((i64)blockIdx.x * 2 + 1) * ldc + col0 + n0 + col] = sq;
     }
@@ -249,93 +290,105 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
             if ((tid & 16) == 0) red[(warp * 2) * BN + 4 * tx + c] = a, red[(warp * 2 + 1) * BN + 4 * tx + c] = b;
         }
         __syncthreads();
-        stats.finish(red, GEMM_THREADS / 32, n0, N);
+        stats.finish(red, GEMM_THREADS / 32, n0, N, BN);
     }
 }
 
 // ---- the tensor-core pipeline ---------------------------------------------------------------
 
-// This thread's four elements of one operand's tile, [mn][k] in shared memory: one 16-byte
-// cp.async when they are one aligned run along k (the tile row's k slots are adjacent too),
-// else one 4-byte cp.async each.
-template <bool K_FAST, int W>
-DEV void issue_operand(float (*tile)[TCK], const float* const* p) {
+// This thread's four elements of one operand's BM x BK (or BN x BK) piece, [mn][k] in shared
+// memory at `piece` (rows ROW floats apart): one 16-byte cp.async when they are one aligned run
+// along k (the tile row's k slots are adjacent too), else one 4-byte cp.async each.
+template <bool K_FAST, int W, int ROW>
+DEV void issue_operand(float* piece, const float* const* p) {
     if (K_FAST && one_vector(p)) {
         int i, kk;
         tile_coord<K_FAST, W>(threadIdx.x, 0, i, kk);
-        cp_async_f32x4(&tile[i][kk], p[0]);
+        cp_async_f32x4(&piece[i * ROW + kk], p[0]);
         return;
     }
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
         int i, kk;
         tile_coord<K_FAST, W>(threadIdx.x, r, i, kk);
-        cp_async_f32(&tile[i][kk], p[r]);
+        cp_async_f32(&piece[i * ROW + kk], p[r]);
     }
 }
 
-// Issues the cp.asyncs of the next tile pair into pipeline stage `st`.
-template <class L>
-DEV void issue_tile(GemmSmemTc& s, typename L::Thread& th, int st) {
-    const float* pa[4];
-    const float* pb[4];
-    th.addr(pa, pb);
-    issue_operand<L::A_K_FAST, BM>(s.a[st], pa);
-    issue_operand<L::B_K_FAST, BN>(s.b[st], pb);
+// Issues the cp.asyncs of the next tile pair into pipeline stage `st`: KB k steps, each from
+// every piece's loader Thread (one past MB or NB computes addresses nobody loads).
+template <class L, class T>
+DEV void issue_tile(GemmSmemTc<T>& s, typename L::Thread* th, int st) {
+#pragma unroll
+    for (int kb = 0; kb < T::KB; ++kb)
+#pragma unroll
+        for (int p = 0; p < T::PIECES; ++p) {
+            const float* pa[4];
+            const float* pb[4];
+            th[p].addr(pa, pb);
+            if (p < T::MB) issue_operand<L::A_K_FAST, BM, T::ROW>(&s.a[st][p * BM][kb * BK], pa);
+            if (p < T::NB) issue_operand<L::B_K_FAST, BN, T::ROW>(&s.b[st][p * BN][kb * BK], pb);
+        }
 }
 
-// This warp's 32 x 16 share of stage `st` (BK = 16 deep) multiplied into acc, (mt, nt) tile at
-// acc[(mt * 2 + nt) * 4]. ldmatrix gives, per m16 tile and k half h, r = {A(g, 8h + t),
-// A(g + 8, 8h + t), A(g, 8h + 4 + t), A(g + 8, 8h + 4 + t)} and per n8 tile q = {B(t, g),
-// B(4 + t, g), B(8 + t, g), B(12 + t, g)} (g = lane / 4, t = lane % 4). TF32 uses these as its
-// two k8 fragments directly. BF16 pairs physical k (t, t + 4) as the fragment's logical k
-// (2t, 2t + 1), and (8 + t, 12 + t) as (2t + 8, 2t + 9), in A and B alike: the same
+// This warp's WM x WN share of stage `st` (TK deep) multiplied into acc, (mt, nt) tile at
+// acc[(mt * NT + nt) * 4]. Per k16 step, ldmatrix gives per m16 tile and k half h, r =
+// {A(g, 8h + t), A(g + 8, 8h + t), A(g, 8h + 4 + t), A(g + 8, 8h + 4 + t)} and per n8 tile
+// q = {B(t, g), B(4 + t, g), B(8 + t, g), B(12 + t, g)} (g = lane / 4, t = lane % 4). TF32 uses
+// these as its two k8 fragments directly. BF16 pairs physical k (t, t + 4) as the fragment's
+// logical k (2t, 2t + 1), and (8 + t, 12 + t) as (2t + 8, 2t + 9), in A and B alike: the same
 // permutation of k on both sides, so the product is the same sum.
-template <int MATH>
-DEV void mma_stage(const GemmSmemTc& s, int st, float* acc) {
+template <int MATH, class T>
+DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;
+    const int wm = (warp / 4) * T::WM, wn = (warp % 4) * T::WN;
     const int li = lane % 8, lj = lane / 8;
-    // B first, packed; then one m16 tile at a time, so few fragment registers are live at once.
-    u32 bq[2][4];
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) ldmatrix_x4(bq[nt], &s.b[st][wn + nt * 8 + li][4 * lj]);
-    if (MATH == GEMM_BF16) {
-        u32 bf[2][2];
+    for (int ks = 0; ks < T::KB; ++ks) {
+        const int kc = ks * BK;
+        // B first, packed; then one m16 tile at a time, so few fragment registers are live at once.
+        u32 bq[T::NT][4];
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-            bf[nt][0] = pack_bf16x2(word_as_float(bq[nt][0]), word_as_float(bq[nt][1]));
-            bf[nt][1] = pack_bf16x2(word_as_float(bq[nt][2]), word_as_float(bq[nt][3]));
-        }
+        for (int nt = 0; nt < T::NT; ++nt) ldmatrix_x4(bq[nt], &s.b[st][wn + nt * 8 + li][kc + 4 * lj]);
+        if (MATH == GEMM_BF16) {
+            u32 bf[T::NT][2];
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) {
-            u32 ar[2][4], af[4];
+            for (int nt = 0; nt < T::NT; ++nt) {
+                bf[nt][0] = pack_bf16x2(word_as_float(bq[nt][0]), word_as_float(bq[nt][1]));
+                bf[nt][1] = pack_bf16x2(word_as_float(bq[nt][2]), word_as_float(bq[nt][3]));
+            }
+#pragma unroll
+            for (int mt = 0; mt < T::MT; ++mt) {
+                u32 ar[2][4], af[4];
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    ldmatrix_x4(ar[h], &s.a[st][wm + mt * 16 + (lj & 1) * 8 + li][kc + h * 8 + (lj >> 1) * 4]);
+                    af[2 * h] = pack_bf16x2(word_as_float(ar[h][0]), word_as_float(ar[h][2]));
+                    af[2 * h + 1] = pack_bf16x2(word_as_float(ar[h][1]), word_as_float(ar[h][3]));
+                }
+#pragma unroll
+                for (int nt = 0; nt < T::NT; ++nt)
+                    mma_bf16(&acc[(mt * T::NT + nt) * 4], af[0], af[1], af[2], af[3], bf[nt][0], bf[nt][1]);
+            }
+        } else {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                ldmatrix_x4(ar[h], &s.a[st][wm + mt * 16 + (lj & 1) * 8 + li][h * 8 + (lj >> 1) * 4]);
-                af[2 * h] = pack_bf16x2(word_as_float(ar[h][0]), word_as_float(ar[h][2]));
-                af[2 * h + 1] = pack_bf16x2(word_as_float(ar[h][1]), word_as_float(ar[h][3]));
-            }
+                u32 bf[T::NT][2];
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt) mma_bf16(&acc[(mt * 2 + nt) * 4], af[0], af[1], af[2], af[3], bf[nt][0], bf[nt][1]);
-        }
-    } else {
+                for (int nt = 0; nt < T::NT; ++nt) {
+                    bf[nt][0] = to_tf32(word_as_float(bq[nt][2 * h]));
+                    bf[nt][1] = to_tf32(word_as_float(bq[nt][2 * h + 1]));
+                }
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            u32 bf[2][2];
+                for (int mt = 0; mt < T::MT; ++mt) {
+                    u32 ar[4];
+                    ldmatrix_x4(ar, &s.a[st][wm + mt * 16 + (lj & 1) * 8 + li][kc + h * 8 + (lj >> 1) * 4]);
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt) {
-                bf[nt][0] = to_tf32(word_as_float(bq[nt][2 * h]));
-                bf[nt][1] = to_tf32(word_as_float(bq[nt][2 * h + 1]));
-            }
+                    for (int e = 0; e < 4; ++e) ar[e] = to_tf32(word_as_float(ar[e]));
 #pragma unroll
-            for (int mt = 0; mt < 2; ++mt) {
-                u32 ar[4];
-                ldmatrix_x4(ar, &s.a[st][wm + mt * 16 + (lj & 1) * 8 + li][h * 8 + (lj >> 1) * 4]);
-#pragma unroll
-                for (int e = 0; e < 4; ++e) ar[e] = to_tf32(word_as_float(ar[e]));
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt) mma_tf32(&acc[(mt * 2 + nt) * 4], ar[0], ar[1], ar[2], ar[3], bf[nt][0], bf[nt][1]);
+                    for (int nt = 0; nt < T::NT; ++nt)
+                        mma_tf32(&acc[(mt * T::NT + nt) * 4], ar[0], ar[1], ar[2], ar[3], bf[nt][0], bf[nt][1]);
+                }
             }
         }
     }
@@ -343,17 +396,20 @@ DEV void mma_stage(const GemmSmemTc& s, int st, float* acc) {
 
 // The tensor-core loop: tile kt is multiplied while tiles kt + 1 .. kt + STAGES - 1 load. One
 // group is committed per tile slot (empty past the end), so wait<STAGES - 2> always means
-// "tile kt has landed".
-template <class L, int MATH, class Rows = DenseRows>
-DEV void gemm_block(GemmSmemTc& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row, bool round_out = false,
+// "tile kt has landed". The block's tile is at (row blockIdx.x * TM, column blockIdx.y * TN).
+template <class L, int MATH, class T, class Rows = DenseRows>
+DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row, bool round_out = false,
                     ColStats stats = ColStats{nullptr, 0, 0}) {
-    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
-    float acc[16];
+    constexpr int ACC = T::MT * T::NT * 4;
+    const int m0 = blockIdx.x * T::TM, n0 = blockIdx.y * T::TN;
+    float acc[ACC];
 #pragma unroll
-    for (int i = 0; i < 16; ++i) acc[i] = 0.0f;
+    for (int i = 0; i < ACC; ++i) acc[i] = 0.0f;
 
-    typename L::Thread th(ld, M, N, m0, n0, k0, k1);
-    const int tiles = k0 < k1 ? (int)((k1 - k0 + BK - 1) / BK) : 0;
+    typename L::Thread th[T::PIECES];
+#pragma unroll
+    for (int p = 0; p < T::PIECES; ++p) th[p] = typename L::Thread(ld, M, N, m0 + p * BM, n0 + p * BN, k0, k1);
+    const int tiles = k0 < k1 ? (int)((k1 - k0 + T::TK - 1) / T::TK) : 0;
 #pragma unroll
     for (int st = 0; st < STAGES - 1; ++st) {
         if (st < tiles) issue_tile<L>(s, th, st);
@@ -372,35 +428,35 @@ DEV void gemm_block(GemmSmemTc& s, const L& ld, int M, int N, i64 k0, i64 k1, fl
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;
-    const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;
+    const int wm = (warp / 4) * T::WM, wn = (warp % 4) * T::WN;
 #pragma unroll
-    for (int i = 0; i < 16; ++i) acc[i] = round_out ? round_bf16f(acc[i]) : acc[i];
+    for (int i = 0; i < ACC; ++i) acc[i] = round_out ? round_bf16f(acc[i]) : acc[i];
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (int mt = 0; mt < T::MT; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
+        for (int nt = 0; nt < T::NT; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int row = m0 + wm + mt * 16 + g + (e >= 2 ? 8 : 0);
                 const int col = n0 + wn + nt * 8 + 2 * t + (e & 1);
-                if (row < M && col < N) C[out_row(row) + col] = acc[(mt * 2 + nt) * 4 + e];
+                if (row < M && col < N) C[out_row(row) + col] = acc[(mt * T::NT + nt) * 4 + e];
             }
     if (stats.part) {
-        // Column sums: this thread's 4 rows of each of its 4 columns, then the 8 lanes of a
-        // column (g: lanes xor 4, 8, 16), then the two warp rows through shared memory.
-        double* red = reinterpret_cast<double*>(&s);  // [warp row][sum, sq][BN]: 2 KB
+        // Column sums: this thread's 2 MT rows of each of its 2 NT columns, then the 8 lanes of
+        // a column (g: lanes xor 4, 8, 16), then the two warp rows through shared memory.
+        double* red = reinterpret_cast<double*>(&s);  // [warp row][sum, sq][TN]: 4 TN doubles
         __syncthreads();  // every warp is past its last fragment read
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
+        for (int nt = 0; nt < T::NT; ++nt)
 #pragma unroll
             for (int cc = 0; cc < 2; ++cc) {
                 double a = 0.0, b = 0.0;
 #pragma unroll
-                for (int mt = 0; mt < 2; ++mt)
+                for (int mt = 0; mt < T::MT; ++mt)
 #pragma unroll
                     for (int hr = 0; hr < 2; ++hr)
                         if (m0 + wm + mt * 16 + g + hr * 8 < M) {
-                            const double v = (double)acc[(mt * 2 + nt) * 4 + hr * 2 + cc];
+                            const double v = (double)acc[(mt * T::NT + nt) * 4 + hr * 2 + cc];
                             a += v, b += v * v;
                         }
 #pragma unroll
@@ -409,10 +465,10 @@ DEV void gemm_block(GemmSmemTc& s, const L& ld, int M, int N, i64 k0, i64 k1, fl
                     b += __shfl_xor_sync(0xffffffffu, b, o);
                 }
                 const int col = wn + nt * 8 + 2 * t + cc;
-                if (g == 0) red[((warp / 4) * 2) * BN + col] = a, red[((warp / 4) * 2 + 1) * BN + col] = b;
+                if (g == 0) red[((warp / 4) * 2) * T::TN + col] = a, red[((warp / 4) * 2 + 1) * T::TN + col] = b;
             }
         __syncthreads();
-        stats.finish(red, 2, n0, N);
+        stats.finish(red, 2, n0, N, T::TN);
     }
 }
 

@@ -2,7 +2,8 @@
 // With trans_a, A[b] is stored (k x m); with trans_b, B[b] is stored (n x k).
 // Twin of src/backend/cpu/matmul.rs. The main loop is in gemm_tile.cuh.
 //
-// Grid: x = ceil(m / BM) row tiles, y = ceil(n / BN) column tiles, z = batch * splits.
+// Grid: x = ceil(m / TM) row tiles, y = ceil(n / TN) column tiles (TcTile; 64 x 64 for SIMT),
+// z = batch * splits.
 // With splits > 1 (split-K for small outputs with a long k), split s writes its partial product
 // to out + s * split_stride and sum_axis_splits_fwd_f32 (elementwise.cu) adds the pieces in order.
 #include "gemm_tile.cuh"
@@ -17,6 +18,7 @@ struct MatmulLoader {
     i64 k;
     // k is an `int` inside one split (the Rust side checks k < 2^31).
     struct Thread {
+        Thread() = default;
         StridedOperand<A_K_FAST, BM> a;
         StridedOperand<B_K_FAST, BN> b;
         // A (m x k) is stored k x m with TA; B (k x n) is stored n x k with TB.
@@ -29,10 +31,10 @@ struct MatmulLoader {
     };
 };
 
-template <int MATH>
+template <int MATH, class TILE>
 DEV void matmul_impl(const float* a, const float* b, float* out, i64 split_stride, int m, int n, i64 k, int ta,
                      int tb, int splits) {
-    __shared__ typename SmemOf<MATH>::T s;
+    auto& s = gemm_smem<typename SmemOf<MATH, TILE>::T>();
     const int z = blockIdx.z;
     const int bi = z / splits, sp = z % splits;
     i64 k0, k1;
@@ -47,23 +49,21 @@ DEV void matmul_impl(const float* a, const float* b, float* out, i64 split_strid
     else gemm_block<MatmulLoader<true, true>, MATH>(s, MatmulLoader<true, true>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n}, round_out);
 }
 
+#define MATMUL_KERNEL(name, MATH, TILE)                                                                        \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                                 \
+        name(const float* a, const float* b, float* out, i64 split_stride, int m, int n, i64 k, int ta, int tb, \
+             int splits) {                                                                                      \
+        matmul_impl<MATH, TILE>(a, b, out, split_stride, m, n, k, ta, tb, splits);                             \
+    }
+
 // Exact FP32 (SIMT) path: the default, used for parity with the CPU reference.
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
-    matmul_fwd_f32(const float* a, const float* b, float* out, i64 split_stride, int m, int n, i64 k, int ta,
-                   int tb, int splits) {
-    matmul_impl<GEMM_SIMT>(a, b, out, split_stride, m, n, k, ta, tb, splits);
-}
-
-// TF32 tensor-core path (opt-in): about 1e-3 relative error, like PyTorch's allow_tf32.
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
-    matmul_tc_fwd_f32(const float* a, const float* b, float* out, i64 split_stride, int m, int n, i64 k, int ta,
-                      int tb, int splits) {
-    matmul_impl<GEMM_TF32>(a, b, out, split_stride, m, n, k, ta, tb, splits);
-}
-
+MATMUL_KERNEL(matmul_fwd_f32, GEMM_SIMT, Tile64)
+// TF32 tensor-core path (opt-in): about 1e-3 relative error, like PyTorch's allow_tf32. One
+// kernel per block tile (gemm_tile.cuh, TcTile).
+MATMUL_KERNEL(matmul_tc_fwd_f32, GEMM_TF32, Tile64)
+MATMUL_KERNEL(matmul_tc_m128n128_fwd_f32, GEMM_TF32, Tile128)
+MATMUL_KERNEL(matmul_tc_m128n64_fwd_f32, GEMM_TF32, Tile128x64)
 // BF16 tensor-core path (precision = "bf16"): bf16 operands, FP32 accumulation.
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
-    matmul_bf16_fwd_f32(const float* a, const float* b, float* out, i64 split_stride, int m, int n, i64 k, int ta,
-                        int tb, int splits) {
-    matmul_impl<GEMM_BF16>(a, b, out, split_stride, m, n, k, ta, tb, splits);
-}
+MATMUL_KERNEL(matmul_bf16_fwd_f32, GEMM_BF16, Tile64)
+MATMUL_KERNEL(matmul_bf16_m128n128_fwd_f32, GEMM_BF16, Tile128)
+MATMUL_KERNEL(matmul_bf16_m128n64_fwd_f32, GEMM_BF16, Tile128x64)

@@ -29,11 +29,12 @@ fn fnv64(parts: &[&str]) -> u64 {
 }
 
 /// Bumped when `shared_in_arena` changes, so a cached library is rebuilt.
-const SHARED_REWRITE_VERSION: &str = "shared-arena-1";
+const SHARED_REWRITE_VERSION: &str = "shared-arena-2";
 
-/// A probe of the emulator itself, built into its library: even threads write shared memory, every
-/// thread reads its own slot back. On a GPU the odd slots hold whatever was there; the emulator
-/// must show them as poison in every block, never as zeros or as another block's values.
+/// A probe of the emulator itself, built into its library: even threads write static and dynamic
+/// shared memory, every thread reads its own slots back. On a GPU the odd slots hold whatever was
+/// there; the emulator must show them as poison in every block, never as zeros or as another
+/// block's values, and the dynamic array must not overlap the static one.
 ///
 /// The second probe, one warp, checks cp.async and ldmatrix (kernels/mma.cuh) against
 /// the PTX ISA: lane t queues in[4t] (group 1) and in[4t + 1 .. 4t + 3] (group 2, the last one
@@ -43,9 +44,12 @@ const SHARED_REWRITE_VERSION: &str = "shared-arena-1";
 const PROBE: &str = "#include \"mma.cuh\"
 __global__ void emu_probe_shared(float* out) {
     __shared__ float s[64];
-    if (threadIdx.x % 2 == 0) s[threadIdx.x] = (float)(blockIdx.x + 1);
+    extern __shared__ __align__(16) unsigned char probe_dynamic[];
+    float* d = reinterpret_cast<float*>(probe_dynamic);
+    if (threadIdx.x % 2 == 0) s[threadIdx.x] = (float)(blockIdx.x + 1), d[threadIdx.x] = -(float)(blockIdx.x + 1);
     __syncthreads();
-    out[blockIdx.x * 64 + threadIdx.x] = s[threadIdx.x];
+    out[blockIdx.x * 128 + threadIdx.x] = s[threadIdx.x];
+    out[blockIdx.x * 128 + 64 + threadIdx.x] = d[threadIdx.x];
 }
 __global__ void emu_probe_cp_async_ldmatrix(const float* in, float* out) {
     __shared__ float t4[32][4];
@@ -71,11 +75,20 @@ __global__ void emu_probe_cp_async_ldmatrix(const float* in, float* out) {
 
 /// Rewrites every `__shared__ T name[..];` line into a reference to a slot of the emulator's
 /// poisoned arena (`emu_shared` in tests/emu/cuda_emu.h), on the same line so line numbers hold:
-/// `static char emu_tag_name; auto& name = *emu_shared<T[..]>(&emu_tag_name);`.
+/// `static char emu_tag_name; auto& name = *emu_shared<T[..]>(&emu_tag_name);`; and every
+/// `extern __shared__ [__align__(n)] T name[];` into a pointer to the launch's dynamic shared
+/// memory: `T* name = reinterpret_cast<T*>(emu_dynamic_shared());`.
 fn shared_in_arena(src: &str) -> String {
     let mut out = String::with_capacity(src.len() + 1024);
     for line in src.lines() {
         let t = line.trim_start();
+        let indent = &line[..line.len() - t.len()];
+        if let Some(d) = t.strip_prefix("extern __shared__ ").and_then(|d| d.trim_end().strip_suffix("[];")) {
+            let d = d.split_whitespace().filter(|w| !w.starts_with("__align__")).collect::<Vec<_>>().join(" ");
+            let (ty, name) = d.rsplit_once(' ').unwrap_or_else(|| panic!("cannot parse dynamic shared declaration: {line}"));
+            out.push_str(&format!("{indent}{ty}* {name} = reinterpret_cast<{ty}*>(emu_dynamic_shared());\n"));
+            continue;
+        }
         let decl = t.strip_prefix("__shared__ ").and_then(|d| d.trim_end().strip_suffix(';'));
         match decl {
             Some(d) => {
@@ -85,7 +98,6 @@ fn shared_in_arena(src: &str) -> String {
                 let split = head.rfind(|c: char| !(c.is_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
                 let (ty, name) = (head[..split].trim(), &head[split..]);
                 assert!(!ty.is_empty() && !name.is_empty(), "cannot parse shared declaration: {line}");
-                let indent = &line[..line.len() - t.len()];
                 out.push_str(&format!("{indent}static char emu_tag_{name}; auto& {name} = *emu_shared<{ty}{dims}>(&emu_tag_{name});\n"));
             }
             None => {
@@ -193,7 +205,7 @@ fn emulator_poisons_shared_memory_at_every_block() {
         return;
     }
     let Some(Ok(lib)) = LIBRARY.get() else { unreachable!() };
-    type Launch = unsafe extern "C" fn(*const std::ffi::c_char, *const u32, *const u32, *mut *mut std::ffi::c_void) -> i32;
+    type Launch = unsafe extern "C" fn(*const std::ffi::c_char, *const u32, *const u32, u32, *mut *mut std::ffi::c_void) -> i32;
     let path = std::ffi::CString::new(lib.to_string_lossy().as_bytes()).unwrap();
     // SAFETY: the library was built above and stays loaded (the emulated backend holds it);
     // ssl_emu_launch has this signature (tests/emu/cuda_emu.h); `out` outlives the call.
@@ -201,14 +213,15 @@ fn emulator_poisons_shared_memory_at_every_block() {
         let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW);
         assert!(!h.is_null(), "dlopen {}", lib.display());
         let f: Launch = std::mem::transmute(libc::dlsym(h, c"ssl_emu_launch".as_ptr()));
-        let mut out = vec![0f32; 3 * 64];
+        let mut out = vec![0f32; 3 * 128];
         let mut ptr = out.as_mut_ptr();
         let mut params = [&mut ptr as *mut *mut f32 as *mut std::ffi::c_void];
-        assert_eq!(f(c"emu_probe_shared".as_ptr(), [3, 1, 1].as_ptr(), [64, 1, 1].as_ptr(), params.as_mut_ptr()), 0);
+        assert_eq!(f(c"emu_probe_shared".as_ptr(), [3, 1, 1].as_ptr(), [64, 1, 1].as_ptr(), 256, params.as_mut_ptr()), 0);
         for (i, v) in out.iter().enumerate() {
-            let (block, thread) = (i / 64, i % 64);
+            let (block, thread, dynamic) = (i / 128, i % 64, i % 128 >= 64);
+            let sign = if dynamic { -1.0 } else { 1.0 };
             if thread % 2 == 0 {
-                assert_eq!(*v, (block + 1) as f32, "block {block} thread {thread}");
+                assert_eq!(*v, sign * (block + 1) as f32, "block {block} thread {thread} dynamic {dynamic}");
             } else {
                 assert!(v.is_nan(), "block {block} thread {thread} read {v} from shared memory it never wrote");
             }
@@ -248,7 +261,7 @@ fn landed_at(input: &[f32], row: usize, col: usize) -> f32 {
 /// Runs one probe kernel of the emulator library as a single warp: (in, out) parameters.
 fn launch_probe(name: &std::ffi::CStr, input: &[f32], out_len: usize) -> Vec<f32> {
     let Some(Ok(lib)) = LIBRARY.get() else { unreachable!() };
-    type Launch = unsafe extern "C" fn(*const std::ffi::c_char, *const u32, *const u32, *mut *mut std::ffi::c_void) -> i32;
+    type Launch = unsafe extern "C" fn(*const std::ffi::c_char, *const u32, *const u32, u32, *mut *mut std::ffi::c_void) -> i32;
     let path = std::ffi::CString::new(lib.to_string_lossy().as_bytes()).unwrap();
     let mut out = vec![0f32; out_len];
     // SAFETY: as in emulator_poisons_shared_memory_at_every_block; `input` and `out` outlive the
@@ -260,7 +273,7 @@ fn launch_probe(name: &std::ffi::CStr, input: &[f32], out_len: usize) -> Vec<f32
         let mut inp = input.as_ptr();
         let mut outp = out.as_mut_ptr();
         let mut params = [&mut inp as *mut *const f32 as *mut std::ffi::c_void, &mut outp as *mut *mut f32 as *mut std::ffi::c_void];
-        assert_eq!(f(name.as_ptr(), [1, 1, 1].as_ptr(), [32, 1, 1].as_ptr(), params.as_mut_ptr()), 0);
+        assert_eq!(f(name.as_ptr(), [1, 1, 1].as_ptr(), [32, 1, 1].as_ptr(), 0, params.as_mut_ptr()), 0);
     }
     out
 }

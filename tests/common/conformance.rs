@@ -224,6 +224,11 @@ pub fn large_cases() -> Vec<(Case, Vec<Vec<usize>>)> {
         (Matmul { ta: false, tb: false }, vec![vec![3, 1000], vec![1000, 5]]),
         (Matmul { ta: true, tb: true }, vec![vec![2, 700, 9], vec![2, 11, 700]]),
         (Matmul { ta: false, tb: true }, vec![vec![130, 70], vec![67, 70]]),
+        // The 128-row tiles where the grid fills the SMs (4 on the emulated device): 128 x 128
+        // over a transposed A with k = 45 (a 32-deep tile and a partial one); 128 x 64 with
+        // 16-byte loads along k = 40 for both operands.
+        (Matmul { ta: true, tb: false }, vec![vec![2, 45, 260], vec![2, 45, 140]]),
+        (Matmul { ta: false, tb: true }, vec![vec![520, 40], vec![50, 40]]),
         (Conv { stride: 1, pad: 1, groups: 1 }, vec![vec![8, 16, 16, 4], vec![6, 3, 3, 4]]),
         (Conv { stride: 2, pad: 1, groups: 2 }, vec![vec![4, 17, 15, 6], vec![4, 3, 3, 3]]),
         // Statistics summed in the epilogue over 9 row tiles and 2 column tiles (16 channels:

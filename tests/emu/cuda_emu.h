@@ -9,9 +9,10 @@
 // PTX ISA's fragment layouts. Threads that return early drop out of the barriers, as on the GPU. Blocks run
 // in a shuffled order (seeded), so a kernel that assumes an order between blocks fails here too.
 // Shared memory is poisoned: tests/cuda_emulated.rs rewrites each `__shared__ T name[..];` into a
-// reference to `emu_shared<T[..]>`, a slot of one 48 KB arena (the static shared-memory limit)
-// that the launcher fills with 0xFF bytes (NaN as float or double, -1 as an integer) before
-// every block, so a kernel reading shared memory it did not write this block sees garbage.
+// reference to `emu_shared<T[..]>`, a slot of one 48 KB arena (the static shared-memory limit),
+// and each `extern __shared__` array into the launch's dynamic shared memory after it. The
+// launcher fills both with 0xFF bytes (NaN as float or double, -1 as an integer) before every
+// block, so a kernel reading shared memory it did not write this block sees garbage.
 //
 // What this checks: indexing, bounds, reductions and numerics of every kernel against the CPU
 // reference. What it cannot: timing, races that a different schedule would expose, register or
@@ -81,14 +82,19 @@ struct emu_block {
 
 // ---- shared memory -----------------------------------------------------------------------
 
-// One arena for the one block that runs at a time. Slots are handed out per declaration (its
-// key: the address of a static tag beside it, unique per template instantiation) on first use
-// in a launch; the launcher resets the slots at each launch and poisons the bytes at each block.
+// One arena for the one block that runs at a time: EMU_SHARED_BYTES of static slots, then the
+// launch's dynamic shared memory (`extern __shared__`, rewritten into emu_dynamic_shared()).
+// Slots are handed out per declaration (its key: the address of a static tag beside it, unique
+// per template instantiation) on first use in a launch; the launcher resets the slots at each
+// launch and poisons the bytes at each block. Static and dynamic together may not pass the
+// sm_90 per-block limit, as on the GPU.
 constexpr size_t EMU_SHARED_BYTES = 48 * 1024;
+constexpr size_t EMU_BLOCK_SHARED_LIMIT = 227 * 1024;
 struct emu_shared_arena {
-    alignas(64) unsigned char bytes[EMU_SHARED_BYTES];
+    alignas(64) unsigned char bytes[EMU_SHARED_BYTES + EMU_BLOCK_SHARED_LIMIT];
     std::map<const void*, size_t> slots;
     size_t used = 0;
+    size_t dynamic = 0;  // this launch's dynamic shared memory
     std::mutex mu;
 };
 inline emu_shared_arena& emu_arena() {
@@ -102,8 +108,9 @@ T* emu_shared(const void* key) {
     auto it = a.slots.find(key);
     if (it == a.slots.end()) {
         const size_t off = (a.used + 15) & ~size_t(15);
-        if (off + sizeof(T) > EMU_SHARED_BYTES) {
-            std::fprintf(stderr, "emulated kernel uses more than %zu bytes of static shared memory\n", EMU_SHARED_BYTES);
+        if (off + sizeof(T) > EMU_SHARED_BYTES || off + sizeof(T) + a.dynamic > EMU_BLOCK_SHARED_LIMIT) {
+            std::fprintf(stderr, "emulated kernel uses more than %zu bytes of static shared memory, or more than %zu in all\n",
+                         EMU_SHARED_BYTES, EMU_BLOCK_SHARED_LIMIT);
             std::abort();
         }
         it = a.slots.emplace(key, off).first;
@@ -111,12 +118,16 @@ T* emu_shared(const void* key) {
     }
     return reinterpret_cast<T*>(a.bytes + it->second);
 }
+inline unsigned char* emu_dynamic_shared() { return emu_arena().bytes + EMU_SHARED_BYTES; }
+// %dynamic_smem_size.
+inline unsigned emu_dynamic_smem_bytes() { return (unsigned)emu_arena().dynamic; }
 // Called by the launcher, which runs one launch (and one block) at a time.
-inline void emu_shared_new_launch() {
+inline void emu_shared_new_launch(size_t dynamic) {
     emu_arena().slots.clear();
     emu_arena().used = 0;
+    emu_arena().dynamic = dynamic;
 }
-inline void emu_shared_poison() { std::memset(emu_arena().bytes, 0xFF, EMU_SHARED_BYTES); }
+inline void emu_shared_poison() { std::memset(emu_arena().bytes, 0xFF, EMU_SHARED_BYTES + emu_arena().dynamic); }
 
 inline void __syncthreads() { emu_t.block->bar->arrive_and_wait(); }
 
@@ -317,4 +328,4 @@ void emu_call(void (*f)(A...), void** p) {
     static const bool emu_registered_##name = (emu_registry()[#name] = [](void** p) { emu_call(name, p); }, true);
 
 // Runs the grid; 0 on success, 1 for an unknown kernel.
-extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsigned* block, void** params);
+extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsigned* block, unsigned shared, void** params);

@@ -8,7 +8,8 @@
 
 #include "cuda_emu.h"
 
-extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsigned* block, void** params) {
+// `shared`: the launch's dynamic shared memory in bytes.
+extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsigned* block, unsigned shared, void** params) {
     static std::mutex one_at_a_time;
     std::lock_guard<std::mutex> lock(one_at_a_time);
     auto it = emu_registry().find(name);
@@ -16,6 +17,7 @@ extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsi
     const emu_entry f = it->second;
     const unsigned nt = block[0] * block[1] * block[2];
     if (nt == 0 || nt > 1024) return 2;
+    if (shared > EMU_BLOCK_SHARED_LIMIT) return 3;
     // Every block of the grid, in a shuffled order (the same for the same launch sequence).
     static std::mt19937_64 order_rng(20261130);
     std::vector<emu_dim3> blocks;
@@ -24,7 +26,7 @@ extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsi
         for (unsigned by = 0; by < grid[1]; ++by)
             for (unsigned bx = 0; bx < grid[0]; ++bx) blocks.push_back({bx, by, bz});
     std::shuffle(blocks.begin(), blocks.end(), order_rng);
-    emu_shared_new_launch();
+    emu_shared_new_launch(shared);
     for (const emu_dim3 b : blocks) {
         const unsigned bx = b.x, by = b.y, bz = b.z;
         emu_shared_poison();

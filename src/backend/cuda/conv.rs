@@ -4,7 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::matmul::{BM, BN, MAX_Z, THREADS};
+use super::matmul::{MAX_Z, THREADS, Tile};
 use super::{Arg, CudaBackend, CudaStorage, GemmMath, elementwise, i32c, i64a, norm, ptr};
 use crate::backend::{BnTrain, Conv2dDims, NormDims};
 use crate::error::{Error, Result};
@@ -54,7 +54,7 @@ pub(super) fn conv2d_batchnorm(
     bn: BnTrain<'_, CudaStorage>,
     nd: &NormDims,
 ) -> Result<()> {
-    let row_tiles = (cd.n * cd.oh * cd.ow).div_ceil(BM);
+    let row_tiles = plan(b, Pass::Fwd, cd)?.grid.0 as usize;
     if nd.rows * nd.channels == 0 || nd.channels != cd.c_out || nd.rows != cd.n * cd.oh * cd.ow {
         return Err(Error::Invalid { op: "conv2d_batchnorm", msg: "the batch norm's [rows, channels] are not the convolution's output".into() });
     }
@@ -65,17 +65,17 @@ pub(super) fn conv2d_batchnorm(
     norm::batchnorm_fwd_train(b, conv_out, bn, nd)
 }
 
-/// Launches one pass; with `stats` (forward only), also the output's column sums [row tiles, 2,
-/// c_out] when there is no split-K. Returns whether the statistics were written.
-fn launch_conv(
-    b: &CudaBackend,
-    pass: Pass,
-    in0: &CudaStorage,
-    in1: &CudaStorage,
-    out: &CudaStorage,
-    d: &Conv2dDims,
-    stats: Option<&CudaStorage>,
-) -> Result<bool> {
+/// How one pass runs: its GEMM (M x N outputs per group, reduction length K), block tile,
+/// split-K factor and grid.
+struct Plan {
+    out_len: usize,
+    tile: Tile,
+    splits: usize,
+    grid: (u32, u32, u32),
+    dims: ConvDims,
+}
+
+fn plan(b: &CudaBackend, pass: Pass, d: &Conv2dDims) -> Result<Plan> {
     const OP: &str = "conv2d";
     let (cg, og) = (d.c_in / d.groups, d.c_out / d.groups);
     let kcols = d.kh * d.kw * cg;
@@ -98,15 +98,12 @@ fn launch_conv(
         Pass::BwdData => d.n * d.h * d.w * d.c_in,
         Pass::BwdWeight => d.c_out * kcols,
     };
-    if out_len == 0 {
-        return Ok(false);
-    }
     // Every pixel and channel index is an `int` in the kernels, and so is an offset inside one
     // image of x or dy, or inside the weight.
     for v in [m, n, k, d.n * d.h * d.w, d.n * d.oh * d.ow, d.h * d.w * d.c_in, d.oh * d.ow * d.c_out, d.c_out * kcols] {
         i32c(OP, v)?;
     }
-    let cd = ConvDims {
+    let dims = ConvDims {
         n: d.n as i32,
         h: d.h as i32,
         w: d.w as i32,
@@ -122,49 +119,96 @@ fn launch_conv(
         oh: d.oh as i32,
         ow: d.ow as i32,
     };
-    let (tm, tn) = (m.div_ceil(BM), n.div_ceil(BN));
-    let splits = b.split_k(tm * tn * d.groups * phases, k);
+    let tile = Tile::pick(b, m, n, d.groups * phases);
+    let (tm, tn) = (m.div_ceil(tile.mn().0), n.div_ceil(tile.mn().1));
+    let splits = if tile == Tile::T64 { b.split_k(tm * tn * d.groups * phases, k) } else { 1 };
     if tn > 65535 || d.groups * splits * phases > MAX_Z {
         return Err(Error::Invalid {
             op: OP,
             msg: format!("{pass:?}: {} groups x {n} columns is too large for the cuda kernels", d.groups),
         });
     }
-    // Whole symbols, never assembled: each is found by name in kernels/conv.cu.
-    let kernel = match (pass, b.gemm_math()) {
-        (Pass::Fwd, GemmMath::Simt) => "conv2d_fwd_f32",
-        (Pass::BwdData, GemmMath::Simt) => "conv2d_data_bwd_f32",
-        (Pass::BwdWeight, GemmMath::Simt) => "conv2d_weight_bwd_f32",
-        (Pass::Fwd, GemmMath::Tf32) => "conv2d_tc_fwd_f32",
-        (Pass::BwdData, GemmMath::Tf32) => "conv2d_tc_data_bwd_f32",
-        (Pass::BwdWeight, GemmMath::Tf32) => "conv2d_tc_weight_bwd_f32",
-        (Pass::Fwd, GemmMath::Bf16) => "conv2d_bf16_fwd_f32",
-        (Pass::BwdData, GemmMath::Bf16) => "conv2d_bf16_data_bwd_f32",
-        (Pass::BwdWeight, GemmMath::Bf16) => "conv2d_bf16_weight_bwd_f32",
-    };
-    let grid = (tm as u32, tn as u32, (d.groups * splits * phases) as u32);
-    let run = |dst: &CudaStorage, stride: usize| {
-        b.launch(
-            kernel,
-            grid,
-            (THREADS, 1, 1),
-            &[ptr(in0), ptr(in1), ptr(dst), i64a(stride), Arg::Bytes(bytemuck::bytes_of(&cd)), Arg::I32(splits as i32)],
-        )
-    };
+    Ok(Plan { out_len, tile, splits, grid: (i32c(OP, tm)? as u32, tn as u32, (d.groups * splits * phases) as u32), dims })
+}
+
+/// The pass's kernel: whole symbols, never assembled, each found by name in kernels/conv.cu.
+fn kernel_of(pass: Pass, math: GemmMath, tile: Tile) -> &'static str {
+    use {GemmMath::*, Pass::*, Tile::*};
+    match (pass, math, tile) {
+        (Fwd, Simt, _) => "conv2d_fwd_f32",
+        (BwdData, Simt, _) => "conv2d_data_bwd_f32",
+        (BwdWeight, Simt, _) => "conv2d_weight_bwd_f32",
+        (Fwd, Tf32, T64) => "conv2d_tc_fwd_f32",
+        (BwdData, Tf32, T64) => "conv2d_tc_data_bwd_f32",
+        (BwdWeight, Tf32, T64) => "conv2d_tc_weight_bwd_f32",
+        (Fwd, Tf32, T128) => "conv2d_tc_m128n128_fwd_f32",
+        (BwdData, Tf32, T128) => "conv2d_tc_m128n128_data_bwd_f32",
+        (BwdWeight, Tf32, T128) => "conv2d_tc_m128n128_weight_bwd_f32",
+        (Fwd, Tf32, T128x64) => "conv2d_tc_m128n64_fwd_f32",
+        (BwdData, Tf32, T128x64) => "conv2d_tc_m128n64_data_bwd_f32",
+        (BwdWeight, Tf32, T128x64) => "conv2d_tc_m128n64_weight_bwd_f32",
+        (Fwd, Bf16, T64) => "conv2d_bf16_fwd_f32",
+        (BwdData, Bf16, T64) => "conv2d_bf16_data_bwd_f32",
+        (BwdWeight, Bf16, T64) => "conv2d_bf16_weight_bwd_f32",
+        (Fwd, Bf16, T128) => "conv2d_bf16_m128n128_fwd_f32",
+        (BwdData, Bf16, T128) => "conv2d_bf16_m128n128_data_bwd_f32",
+        (BwdWeight, Bf16, T128) => "conv2d_bf16_m128n128_weight_bwd_f32",
+        (Fwd, Bf16, T128x64) => "conv2d_bf16_m128n64_fwd_f32",
+        (BwdData, Bf16, T128x64) => "conv2d_bf16_m128n64_data_bwd_f32",
+        (BwdWeight, Bf16, T128x64) => "conv2d_bf16_m128n64_weight_bwd_f32",
+    }
+}
+
+/// The forward pass with batch norm's statistics in its epilogue.
+fn batchnorm_kernel_of(math: GemmMath, tile: Tile) -> &'static str {
+    use {GemmMath::*, Tile::*};
+    match (math, tile) {
+        (Simt, _) => "conv2d_batchnorm_fwd_f32",
+        (Tf32, T64) => "conv2d_batchnorm_tc_fwd_f32",
+        (Tf32, T128) => "conv2d_batchnorm_tc_m128n128_fwd_f32",
+        (Tf32, T128x64) => "conv2d_batchnorm_tc_m128n64_fwd_f32",
+        (Bf16, T64) => "conv2d_batchnorm_bf16_fwd_f32",
+        (Bf16, T128) => "conv2d_batchnorm_bf16_m128n128_fwd_f32",
+        (Bf16, T128x64) => "conv2d_batchnorm_bf16_m128n64_fwd_f32",
+    }
+}
+
+/// The four kernels of one math and tile: the three passes and the forward with statistics.
+pub(super) fn kernels_of(math: GemmMath, tile: Tile) -> [&'static str; 4] {
+    [kernel_of(Pass::Fwd, math, tile), kernel_of(Pass::BwdData, math, tile), kernel_of(Pass::BwdWeight, math, tile), batchnorm_kernel_of(math, tile)]
+}
+
+/// Launches one pass; with `stats` (forward only), also the output's column sums [row tiles, 2,
+/// c_out] when there is no split-K. Returns whether the statistics were written.
+fn launch_conv(
+    b: &CudaBackend,
+    pass: Pass,
+    in0: &CudaStorage,
+    in1: &CudaStorage,
+    out: &CudaStorage,
+    d: &Conv2dDims,
+    stats: Option<&CudaStorage>,
+) -> Result<bool> {
+    let Plan { out_len, tile, splits, grid, dims } = plan(b, pass, d)?;
+    if out_len == 0 {
+        return Ok(false);
+    }
+    let math = b.gemm_math();
+    let smem = tile.smem_bytes(math);
+    let cd = Arg::Bytes(bytemuck::bytes_of(&dims));
     if let (Some(stats), Pass::Fwd, 1) = (stats, pass, splits) {
-        let kernel = match b.gemm_math() {
-            GemmMath::Simt => "conv2d_batchnorm_fwd_f32",
-            GemmMath::Tf32 => "conv2d_batchnorm_tc_fwd_f32",
-            GemmMath::Bf16 => "conv2d_batchnorm_bf16_fwd_f32",
-        };
-        let args = [ptr(in0), ptr(in1), ptr(out), i64a(0), Arg::Bytes(bytemuck::bytes_of(&cd)), Arg::I32(1), ptr(stats)];
-        b.launch(kernel, grid, (THREADS, 1, 1), &args)?;
+        let args = [ptr(in0), ptr(in1), ptr(out), i64a(0), cd, Arg::I32(1), ptr(stats)];
+        b.launch_shared(batchnorm_kernel_of(math, tile), grid, (THREADS, 1, 1), smem, &args)?;
         return Ok(true);
     }
+    let run = |dst: &CudaStorage, stride: usize| {
+        let args = [ptr(in0), ptr(in1), ptr(dst), i64a(stride), cd, Arg::I32(splits as i32)];
+        b.launch_shared(kernel_of(pass, math, tile), grid, (THREADS, 1, 1), smem, &args)
+    };
     if splits == 1 {
         return run(out, 0).map(|_| false);
     }
     let part = b.scratch(splits * out_len)?;
     run(&part, out_len)?;
-    elementwise::sum_splits(b, &part, out, splits, out_len, b.gemm_math() == GemmMath::Bf16).map(|_| false)
+    elementwise::sum_splits(b, &part, out, splits, out_len, math == GemmMath::Bf16).map(|_| false)
 }

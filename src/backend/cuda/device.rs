@@ -86,7 +86,7 @@ impl OwnedArg {
 /// One operation of a captured graph.
 #[derive(Clone, Debug)]
 enum Captured {
-    Launch { kernel: String, grid: (u32, u32, u32), block: (u32, u32, u32), args: Vec<OwnedArg> },
+    Launch { kernel: String, grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32, args: Vec<OwnedArg> },
     Copy { dst: u64, src: u64, bytes: usize },
 }
 
@@ -138,6 +138,8 @@ pub struct LaunchRecord {
     /// The bytes of device memory its pointer arguments reach (from each pointer to the end of
     /// its buffer): what the kernel may read or write, an upper bound of its memory traffic.
     pub bytes: u64,
+    /// Dynamic shared memory per block.
+    pub shared: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -165,7 +167,7 @@ unsafe impl Sync for Stream {}
 /// tests/emu/cuda_emu.h, whose `ssl_emu_launch` runs a grid on host threads.
 struct Emu {
     _lib: libloading::Library,
-    launch: unsafe extern "C" fn(*const std::ffi::c_char, *const u32, *const u32, *mut *mut c_void) -> i32,
+    launch: unsafe extern "C" fn(*const std::ffi::c_char, *const u32, *const u32, u32, *mut *mut c_void) -> i32,
 }
 
 pub(crate) struct Device {
@@ -177,6 +179,8 @@ pub(crate) struct Device {
     kernels: HashMap<String, Kernel>,
     pub pool: Arc<Pool>,
     pub sm_count: u32,
+    /// The most shared memory one block may have, static and dynamic (sm_90: 227 KB).
+    pub max_shared: u32,
     pub name: String,
     pub target: Target,
     dry_log: Mutex<Vec<LaunchRecord>>,
@@ -210,6 +214,21 @@ pub(crate) fn driver_available(ordinal: usize) -> Result<()> {
     Ok(())
 }
 
+/// sm_90's per-block shared-memory limit (static and dynamic), which the dry run and the
+/// emulator (tests/emu/cuda_emu.h, EMU_BLOCK_SHARED_LIMIT) keep too.
+const SM90_BLOCK_SHARED: u32 = 227 * 1024;
+
+/// Lets `f` launch with as much dynamic shared memory as the GPU allows beside its static
+/// shared memory: past 48 KB a kernel must opt in (the GEMM core's 128-row tiles take 108 KB).
+fn opt_in_to_dynamic_shared(f: sys::CUfunction, max_shared: u32) -> std::result::Result<(), cudarc::driver::DriverError> {
+    use sys::CUfunction_attribute::{CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES};
+    // SAFETY: f is a live function of a loaded module.
+    unsafe {
+        let static_bytes = result::function::get_function_attribute(f, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?;
+        result::function::set_function_attribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, max_shared as i32 - static_bytes)
+    }
+}
+
 impl Device {
     pub fn open(ordinal: usize) -> Result<Device> {
         driver_available(ordinal)?;
@@ -219,6 +238,9 @@ impl Device {
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| err(format!("multiprocessor count: {e}")))? as u32;
+        let max_shared = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| err(format!("shared memory per block: {e}")))? as u32;
         let gpu = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let target = Target::for_device(major, minor, &nvrtc::supported_archs()?)?;
         let stream = result::stream::create(result::stream::StreamKind::NonBlocking).map_err(|e| err(format!("create stream: {e}")))?;
@@ -238,6 +260,7 @@ impl Device {
             kernels: HashMap::new(),
             pool,
             sm_count: sm_count.max(1),
+            max_shared,
             name: format!("cuda:{ordinal} ({gpu}, {})", target.0),
             target: target.clone(),
             dry_log: Mutex::new(Vec::new()),
@@ -262,6 +285,7 @@ impl Device {
                 // SAFETY: the module was just loaded and is kept until the device is dropped.
                 let f = unsafe { result::module::get_function(module, cname) }
                     .map_err(|e| err(format!("kernel {name} in kernels/{file}: {e}")))?;
+                opt_in_to_dynamic_shared(f, max_shared).map_err(|e| err(format!("kernel {name} in kernels/{file}: {e}")))?;
                 dev.kernels.insert(name, Kernel { func: Some(Func(f)), params });
             }
         }
@@ -289,7 +313,7 @@ impl Device {
         let emu = unsafe {
             let l = libloading::Library::new(lib).map_err(|e| err(format!("load {}: {e}", lib.display())))?;
             let f = *l
-                .get::<unsafe extern "C" fn(*const std::ffi::c_char, *const u32, *const u32, *mut *mut c_void) -> i32>(b"ssl_emu_launch\0")
+                .get::<unsafe extern "C" fn(*const std::ffi::c_char, *const u32, *const u32, u32, *mut *mut c_void) -> i32>(b"ssl_emu_launch\0")
                 .map_err(|e| err(format!("{}: {e}", lib.display())))?;
             Emu { _lib: l, launch: f }
         };
@@ -319,6 +343,7 @@ impl Device {
             kernels,
             pool: Arc::new(Pool::new(mem)),
             sm_count,
+            max_shared: SM90_BLOCK_SHARED,
             name,
             target,
             dry_log: Mutex::new(Vec::new()),
@@ -351,8 +376,9 @@ impl Device {
         Ok(())
     }
 
-    /// Enqueues `kernel` on the stream after checking the arguments, grid and block.
-    pub fn launch(&self, kernel: &str, grid: (u32, u32, u32), block: (u32, u32, u32), args: &[Arg<'_>]) -> Result<()> {
+    /// Enqueues `kernel` on the stream after checking the arguments, grid, block and `shared`
+    /// (bytes of dynamic shared memory per block).
+    pub fn launch(&self, kernel: &str, grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32, args: &[Arg<'_>]) -> Result<()> {
         let k = self.kernels.get(kernel).ok_or_else(|| err(format!("no kernel named {kernel}")))?;
         let kinds: Vec<ParamKind> = args.iter().map(Arg::kind).collect();
         if kinds != k.params {
@@ -370,26 +396,29 @@ impl Device {
         {
             return Err(err(format!("{kernel}: launch grid {grid:?} block {block:?} outside the hardware limits")));
         }
-        if self.recorded_only(|| Captured::Launch { kernel: kernel.to_string(), grid, block, args: args.iter().map(OwnedArg::of).collect() }) {
+        if shared > self.max_shared {
+            return Err(err(format!("{kernel}: {shared} bytes of shared memory per block, over this GPU's {}", self.max_shared)));
+        }
+        if self.recorded_only(|| Captured::Launch { kernel: kernel.to_string(), grid, block, shared, args: args.iter().map(OwnedArg::of).collect() }) {
             return Ok(());
         }
-        self.execute(kernel, k.func, grid, block, args)
+        self.execute(kernel, k.func, grid, block, shared, args)
     }
 
     /// Runs (GPU: enqueues) a checked launch.
-    fn execute(&self, kernel: &str, func: Option<Func>, grid: (u32, u32, u32), block: (u32, u32, u32), args: &[Arg<'_>]) -> Result<()> {
+    fn execute(&self, kernel: &str, func: Option<Func>, grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32, args: &[Arg<'_>]) -> Result<()> {
         if let Some(emu) = &self.emu {
             let name = CString::new(kernel).map_err(|_| err("bad kernel name"))?;
             let mut params: Vec<*mut c_void> = args.iter().map(Arg::as_param).collect();
             let (g, b) = ([grid.0, grid.1, grid.2], [block.0, block.1, block.2]);
             // SAFETY: the emulator reads the parameters by the kernel's own types, which match
             // `args` (checked above); device pointers are host pointers from the host pool.
-            let rc = unsafe { (emu.launch)(name.as_ptr(), g.as_ptr(), b.as_ptr(), params.as_mut_ptr()) };
+            let rc = unsafe { (emu.launch)(name.as_ptr(), g.as_ptr(), b.as_ptr(), shared, params.as_mut_ptr()) };
             return if rc == 0 { Ok(()) } else { Err(err(format!("emulated launch of {kernel} failed ({rc})"))) };
         }
         let Some(func) = func else {
             let bytes = args.iter().map(|a| if let Arg::Ptr(p) = a { self.pool.fake_extent(*p) } else { 0 }).sum();
-            self.dry_log.lock().unwrap_or_else(|e| e.into_inner()).push(LaunchRecord { kernel: kernel.to_string(), grid, block, bytes });
+            self.dry_log.lock().unwrap_or_else(|e| e.into_inner()).push(LaunchRecord { kernel: kernel.to_string(), grid, block, bytes, shared });
             return Ok(());
         };
         self.bind()?;
@@ -397,7 +426,7 @@ impl Device {
         // SAFETY: the function is live, the argument kinds match its PTX parameter list, and every
         // parameter pointer refers to a value in `args` that outlives this call (the driver copies
         // the values at launch). Device pointers come from this device's pool.
-        unsafe { result::launch_kernel(func.0, grid, block, 0, self.stream.0, &mut params) }
+        unsafe { result::launch_kernel(func.0, grid, block, shared, self.stream.0, &mut params) }
             .map_err(|e| err(format!("launch {kernel} grid {grid:?} block {block:?}: {e}")))
     }
 
@@ -564,9 +593,9 @@ impl Device {
         }
         for op in &g.ops {
             match op {
-                Captured::Launch { kernel, grid, block, args } => {
+                Captured::Launch { kernel, grid, block, shared, args } => {
                     let args: Vec<Arg<'_>> = args.iter().map(OwnedArg::arg).collect();
-                    self.execute(kernel, None, *grid, *block, &args)?;
+                    self.execute(kernel, None, *grid, *block, *shared, &args)?;
                 }
                 Captured::Copy { dst, src, bytes } => self.copy_now(*dst, *src, *bytes)?,
             }

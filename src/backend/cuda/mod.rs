@@ -159,6 +159,11 @@ impl CudaBackend {
     pub fn sm_count(&self) -> u32 {
         self.dev.sm_count
     }
+
+    /// The most shared memory one block may have on this device, static and dynamic.
+    pub fn max_shared(&self) -> u32 {
+        self.dev.max_shared
+    }
     pub fn kernel_names(&self) -> Vec<String> {
         self.dev.kernel_names()
     }
@@ -182,7 +187,12 @@ impl CudaBackend {
     // ---- helpers for the family files ----------------------------------------------------
 
     pub(crate) fn launch(&self, kernel: &str, grid: (u32, u32, u32), block: (u32, u32, u32), args: &[Arg<'_>]) -> Result<()> {
-        self.dev.launch(kernel, grid, block, args)
+        self.dev.launch(kernel, grid, block, 0, args)
+    }
+
+    /// A launch whose blocks each get `shared` bytes of dynamic shared memory (the GEMM core).
+    pub(crate) fn launch_shared(&self, kernel: &str, grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32, args: &[Arg<'_>]) -> Result<()> {
+        self.dev.launch(kernel, grid, block, shared, args)
     }
 
     /// A scratch buffer of `len` f32 values (contents unspecified), back to the pool when dropped.

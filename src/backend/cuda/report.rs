@@ -22,6 +22,7 @@ pub struct KernelStatic {
     pub registers: u32,
     pub spill_bytes: u32,
     pub stack_bytes: u32,
+    /// Static shared memory plus the dynamic shared memory its launches ask for (the GEMM core).
     pub smem_bytes: u32,
     /// Threads per block from `__launch_bounds__`; None when the kernel declares none.
     pub block_threads: Option<u32>,
@@ -73,6 +74,7 @@ pub fn static_report(cuobjdump: &Path) -> Result<Vec<KernelStatic>> {
     let dir = keep.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("ssl-engine-sass-{}", std::process::id())));
     std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
     let mut out = Vec::new();
+    let dynamic: HashMap<&str, u32> = super::matmul::gemm_core_kernels().into_iter().collect();
     for (file, src) in FAMILIES {
         let c = nvrtc::compile_with(file, src, &target, &["--ptxas-options=--verbose"])?;
         let mut kernels = parse_ptxas_log(&c.log, file);
@@ -103,6 +105,9 @@ pub fn static_report(cuobjdump: &Path) -> Result<Vec<KernelStatic>> {
             k.instructions = mix.instructions;
         }
         let mut ks: Vec<KernelStatic> = kernels.into_values().collect();
+        for k in &mut ks {
+            k.smem_bytes += dynamic.get(k.name.as_str()).copied().unwrap_or(0);
+        }
         ks.sort_by(|a, b| a.name.cmp(&b.name));
         out.extend(ks);
     }
