@@ -33,16 +33,27 @@ struct SgdBatch {
     i64 block_end[SGD_MAX_TENSORS];
     int count;
     float momentum;
+    int first;  // this launch's first tensor among the step's: its row in `hyper`
+    int pad;
 };
 
-extern "C" __global__ void __launch_bounds__(SGD_THREADS) sgd_step_fwd_f32(const SgdBatch batch) {
+// `hyper` and `gate` (both null, or both set: Backend::sgd_step's SgdOnDevice) let a recorded
+// step (a CUDA graph) take each step's values from device memory: tensor t's learning rate and
+// weight decay are hyper[2 (first + t)] and hyper[2 (first + t) + 1], and no block updates
+// anything while one of gate[0 .. gate_len) (the step's loss and gradient sum) is not finite.
+extern "C" __global__ void __launch_bounds__(SGD_THREADS)
+    sgd_step_fwd_f32(const SgdBatch batch, const float* hyper, const float* gate, int gate_len) {
+    for (int i = 0; gate && i < gate_len; ++i)
+        if (!isfinite(gate[i])) return;
     const i64 b = blockIdx.x;
     const int ti = batch_tensor(batch.block_end, batch.count, b);
     if (ti >= batch.count) return;
     const i64 first = ti == 0 ? 0 : batch.block_end[ti - 1];
     const SgdTensor& t = batch.t[ti];
     const i64 base = (b - first) * SGD_CHUNK;
-    const double m = (double)batch.momentum, lr = (double)t.lr, wd = (double)t.weight_decay;
+    const int row = 2 * (batch.first + ti);
+    const double m = (double)batch.momentum;
+    const double lr = hyper ? (double)hyper[row] : (double)t.lr, wd = hyper ? (double)hyper[row + 1] : (double)t.weight_decay;
     for (int e = threadIdx.x; e < SGD_CHUNK; e += blockDim.x) {
         const i64 i = base + e;
         if (i >= t.len) break;

@@ -508,12 +508,10 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                 }
                 println!("{:<32} {:>9} {:>12.1}", "total", n, bytes as f64 / 1e6);
                 if census.graph_kernels > 0 {
-                    println!(
-                        "host launches per step: {} = 1 CUDA graph (forward + backward, {} kernels) + {} outside it (input copies, optimizer)",
-                        1 + n - census.graph_kernels,
-                        census.graph_kernels,
-                        n - census.graph_kernels
-                    );
+                    // The input and step-value copies before a replay are driver copies, not kernels.
+                    let outside = n - census.graph_kernels;
+                    let what = if outside == 0 { "forward, backward and optimizer".to_string() } else { format!("+ {outside} kernels outside it") };
+                    println!("host kernel launches per step: {} = 1 CUDA graph ({} kernels: {what})", 1 + outside, census.graph_kernels);
                 } else {
                     println!("host launches per step: {n} (no CUDA graph)");
                 }

@@ -822,6 +822,23 @@ pub struct SgdSlot<'a, B: Backend> {
 /// Updates every parameter (and its momentum buffer) in place, in one backend call.
 pub fn sgd_step<B: Backend>(slots: &[SgdSlot<'_, B>], momentum: f32) -> Result<()> {
     let Some(first) = slots.first() else { return Ok(()) };
+    first.param.backend().sgd_step(&sgd_tensors(slots)?, momentum, None)
+}
+
+/// `sgd_step` with every per-step value in device memory, as a recorded step (a CUDA graph)
+/// needs: row i of `hyper` [rows >= slots, 2] holds slot i's learning rate and weight decay (the
+/// slots' own are ignored), and nothing is updated when one of `gate`'s values is not finite.
+pub fn sgd_step_on_device<B: Backend>(slots: &[SgdSlot<'_, B>], momentum: f32, hyper: &Tensor<B>, gate: &Tensor<B>) -> Result<()> {
+    let Some(first) = slots.first() else { return Ok(()) };
+    if hyper.dims() != 2 || hyper.shape()[1] != 2 || hyper.shape()[0] < slots.len() || gate.dims() != 1 {
+        return Err(shape_err("sgd_step", "the step values must be [rows >= tensors, 2] and the gate a vector", &[hyper.shape(), gate.shape()]));
+    }
+    let on = SgdOnDevice { hyper: hyper.storage(), gate: gate.storage(), gate_len: gate.numel() };
+    first.param.backend().sgd_step(&sgd_tensors(slots)?, momentum, Some(on))
+}
+
+/// The slots as the backend takes them, checked.
+fn sgd_tensors<'a, B: Backend>(slots: &[SgdSlot<'a, B>]) -> Result<Vec<SgdTensor<'a, B::Storage>>> {
     let mut ts = Vec::with_capacity(slots.len());
     for s in slots {
         same_dtype("sgd_step", &[s.param, s.grad, s.momentum_buf])?;
@@ -844,7 +861,7 @@ pub fn sgd_step<B: Backend>(slots: &[SgdSlot<'_, B>], momentum: f32) -> Result<(
             weight_decay: s.weight_decay,
         });
     }
-    first.param.backend().sgd_step(&ts, momentum)
+    Ok(ts)
 }
 
 /// target = tau * target + (1 - tau) * source for every (target, source) pair, in place, in one

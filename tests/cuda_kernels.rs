@@ -395,13 +395,13 @@ fn step_census_counts_launches_and_bytes_of_one_simsiam_step() {
     let total = |r: &[ssl_engine::bench::CensusRow]| r.iter().map(|x| x.launches).sum::<usize>();
     assert_eq!(total(&rows), total(&again), "the same step makes the same launches");
     println!("census at batch 8: {} launches", total(&rows));
-    // With the step graph (the default): the same kernels, all but the optimizer's replayed by
-    // one graph launch, which the dry run counts.
+    // With the step graph (the default): the same kernels, the optimizer's too, replayed by one
+    // graph launch, which the dry run counts.
     let replays = b.graph_replays();
     let graphed = ssl_engine::bench::simsiam_step_census(&b, "resnet18-cifar", 8, 16, true).unwrap();
     assert_eq!(b.graph_replays(), replays + 2, "the recording step and the timed step replay the graph");
     assert_eq!(total(&graphed.rows), total(&rows), "a replay runs the same kernels");
-    assert_eq!(graphed.graph_kernels, total(&rows) - 1, "everything but the optimizer is in the graph");
+    assert_eq!(graphed.graph_kernels, total(&rows), "everything, the optimizer too, is in the graph");
 }
 
 /// The step graph's rules on the dry-run device (which records and replays graphs as a GPU
@@ -436,6 +436,7 @@ fn step_graph_warms_up_captures_replays_and_falls_back() {
     assert_eq!(replays, [0, 1, 1, 0, 1, 0, 1, 0], "events: {:?}", g.events);
     let ev = g.events.join("\n");
     assert!(ev.contains("captured the step graph for inputs [[8, 4]]"), "{ev}");
+    assert!(ev.contains("with the optimizer"), "SGD is recorded after its warm-up step made its momentum: {ev}");
     assert!(ev.contains("inputs [[5, 4]] ran eagerly (the step graph is for [[8, 4]])"), "{ev}");
     assert!(ev.contains("recaptured the step graph for inputs [[5, 4]]"), "{ev}");
     assert!(g.launches() > 0);

@@ -29,6 +29,15 @@ pub trait Optimizer<B: Backend> {
     fn name(&self) -> &'static str;
     /// Updates, in place, every parameter that has a gradient in `grads`.
     fn step(&mut self, ps: &ParamStore<B>, grads: &[(ParamId, Tensor<B>)], hyper: Hyper<'_>) -> Result<()>;
+    /// `step` as a recorded step graph runs it (`StepGraph`): every per-step value from device
+    /// memory, row i of `hyper` [rows >= grads, 2] holding grads[i]'s learning rate and weight decay, and
+    /// no update while one of `gate`'s values is not finite. Returns false, having done nothing,
+    /// where that cannot be recorded: an optimiser that reads values back mid-step (LARS's trust
+    /// ratios), or state not made yet (a first step).
+    fn step_on_device(&mut self, ps: &ParamStore<B>, grads: &[(ParamId, Tensor<B>)], hyper: &Tensor<B>, gate: &Tensor<B>) -> Result<bool> {
+        let _ = (ps, grads, hyper, gate);
+        Ok(false)
+    }
     /// The state kept per parameter, as (kind, parameter, tensor): what a checkpoint saves as
     /// `optimizer.<kind>.<parameter name>`.
     fn state(&self) -> Vec<(&'static str, ParamId, &Tensor<B>)>;

@@ -45,6 +45,17 @@ impl<B: Backend> Optimizer<B> for Sgd<B> {
         ops::sgd_step(&slots, self.momentum)
     }
 
+    fn step_on_device(&mut self, ps: &ParamStore<B>, grads: &[(ParamId, Tensor<B>)], hyper: &Tensor<B>, gate: &Tensor<B>) -> Result<bool> {
+        // A buffer made now would be zeroed by every replay.
+        if !grads.iter().all(|(id, _)| self.bufs.contains_key(id)) {
+            return Ok(false);
+        }
+        let slots: Vec<SgdSlot<'_, B>> =
+            grads.iter().map(|(id, g)| SgdSlot { param: ps.get(*id), grad: g, momentum_buf: &self.bufs[id], lr: 0.0, weight_decay: 0.0 }).collect();
+        ops::sgd_step_on_device(&slots, self.momentum, hyper, gate)?;
+        Ok(true)
+    }
+
     fn state(&self) -> Vec<(&'static str, ParamId, &Tensor<B>)> {
         self.bufs.iter().map(|(id, t)| (MOMENTUM, *id, t)).collect()
     }

@@ -8,7 +8,7 @@ use crate::backend::{Backend, GraphId};
 use crate::error::Result;
 use crate::nn::{Ctx, ParamId, ParamStore};
 use crate::ops;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// What one step did.
 pub struct Stepped<T> {
@@ -41,7 +41,7 @@ pub fn train_step<B: Backend, T>(
     before_update: impl FnOnce(Checked, &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool>,
 ) -> Result<Stepped<T>> {
     let (readout, mut pg, out) = forward_backward(ps, check_grads, forward)?;
-    update(ps, opt, hyper, &readout, &mut pg, before_update, out)
+    update(ps, opt, hyper, &readout, &mut pg, before_update, out, false)
 }
 
 /// The recorded part of a step: `forward` on a fresh tape in training mode, then the gradient
@@ -75,7 +75,12 @@ fn forward_backward<B: Backend, T>(
 }
 
 /// The rest of a step: one read of the readout, `before_update`, then the optimizer if it
-/// agrees.
+/// agrees. `optimizer_ran`: a step graph has run the optimizer already, gated on the device by
+/// the same readout (SgdOnDevice); `before_update` still sees the step, but what it decides
+/// was decided there: only methods whose `before_update` changes nothing use such graphs
+/// (`Method::graph_safe`), and the train loop's check declines exactly the non-finite steps
+/// the gate skips.
+#[allow(clippy::too_many_arguments)]
 fn update<B: Backend, T>(
     ps: &ParamStore<B>,
     opt: &mut dyn Optimizer<B>,
@@ -84,10 +89,11 @@ fn update<B: Backend, T>(
     pg: &mut Vec<(ParamId, Tensor<B>)>,
     before_update: impl FnOnce(Checked, &mut Vec<(ParamId, Tensor<B>)>) -> Result<bool>,
     out: T,
+    optimizer_ran: bool,
 ) -> Result<Stepped<T>> {
     let r = readout.to_f32()?;
     let checked = Checked { loss: r[0] as f64, grads_finite: r.get(1).map(|s| s.is_finite()) };
-    if before_update(checked, pg)? {
+    if before_update(checked, pg)? && !optimizer_ran {
         opt.step(ps, pg, hyper)?;
     }
     Ok(Stepped { loss: checked.loss, out })
@@ -102,13 +108,19 @@ struct Recorded<B: Backend, T> {
     readout: Tensor<B>,
     grads: Vec<(ParamId, Tensor<B>)>,
     out: T,
+    /// Where the optimizer in the graph reads each step's learning rates and weight decays
+    /// (row i for grads[i]; rows past the gradients unused); None when the optimizer runs after
+    /// the replay.
+    hyper: Option<Tensor<B>>,
 }
 
-/// One training step's forward and backward as a device graph (CUDA graphs): recorded after a
-/// warm-up step at the same input shapes, then replayed with one launch per step. Each step's
-/// inputs are copied into the buffers the graph reads; its loss, gradients and `forward`'s
-/// output are buffers the graph writes. `before_update` and the optimizer run after the replay
-/// (the learning rate changes every step). Inputs of other shapes (the last partial batch) run
+/// One training step as a device graph (CUDA graphs): forward, backward and the optimizer,
+/// recorded after a warm-up step at the same input shapes, then replayed with one launch per
+/// step. Each step's inputs are copied into the buffers the graph reads, and its learning rates
+/// and weight decays into the table the optimizer reads; its loss, gradients and `forward`'s
+/// output are buffers the graph writes. The optimizer updates only when the loss and the
+/// gradient sum are finite, checked on the device (`Optimizer::step_on_device`); one that
+/// cannot be recorded (LARS) runs after the replay. Inputs of other shapes (the last partial batch) run
 /// eagerly; shapes that stay get a new graph after their own warm-up step. A backend without
 /// graphs runs every step eagerly, and so does a step that cannot be recorded (it reads data
 /// back or uploads some in the middle: stochastic depth's masks): `events` says which, once.
@@ -174,12 +186,13 @@ impl<B: Backend, T: Clone> StepGraph<B, T> {
             self.backend.graph_release(r.id);
             r.shapes
         });
-        match self.record(ps, &inputs, &forward, shapes.clone()) {
+        match self.record(ps, opt, &inputs, &forward, shapes.clone()) {
             Ok(Some(r)) => {
                 let n = self.backend.graph_launches(r.id);
+                let with = if r.hyper.is_some() { "with" } else { "without" };
                 self.events.push(match before {
-                    Some(old) => format!("recaptured the step graph for inputs {shapes:?} ({n} launches; it was for {old:?})"),
-                    None => format!("captured the step graph for inputs {shapes:?}: {n} launches replayed as one"),
+                    Some(old) => format!("recaptured the step graph for inputs {shapes:?} ({n} launches {with} the optimizer; it was for {old:?})"),
+                    None => format!("captured the step graph for inputs {shapes:?}: {n} launches {with} the optimizer, replayed as one"),
                 });
                 self.recorded = Some(r);
                 self.warm = None;
@@ -209,22 +222,32 @@ impl<B: Backend, T: Clone> StepGraph<B, T> {
         train_step(ps, opt, hyper, self.check_grads, |cx| forward(cx, inputs), before_update)
     }
 
-    /// Records forward and backward on `inputs` (kept as the graph's input buffers). None where
-    /// the backend has no graphs.
+    /// Records forward, backward and (where it can be) the optimizer on `inputs` (kept as the
+    /// graph's input buffers). None where the backend has no graphs.
     fn record(
         &self,
         ps: &ParamStore<B>,
+        opt: &mut dyn Optimizer<B>,
         inputs: &[Tensor<B>],
         forward: &impl Fn(&Ctx<B>, &[Tensor<B>]) -> Result<(Var<B>, T)>,
         shapes: Vec<Vec<usize>>,
     ) -> Result<Option<Recorded<B, T>>> {
+        // The optimizer's step values ([learning rate, weight decay] per gradient: a row per
+        // parameter is enough) are written before each replay, so their buffer is taken before
+        // the capture: a block taken during it may be scratch an earlier kernel of the same graph
+        // writes, after the upload, on every replay.
+        let table = Tensor::empty(&self.backend, &[ps.len().max(1), 2], DType::F32)?;
         if !self.backend.graph_begin()? {
             return Ok(None);
         }
-        match forward_backward(ps, self.check_grads, |cx| forward(cx, inputs)) {
-            Ok((readout, grads, out)) => {
+        let recorded = forward_backward(ps, self.check_grads, |cx| forward(cx, inputs)).and_then(|(readout, grads, out)| {
+            let in_graph = opt.step_on_device(ps, &grads, &table, &readout)?;
+            Ok((readout, grads, out, in_graph.then_some(table)))
+        });
+        match recorded {
+            Ok((readout, grads, out, hyper)) => {
                 let id = self.backend.graph_end(true)?;
-                Ok(Some(Recorded { id, shapes, inputs: inputs.to_vec(), readout, grads, out }))
+                Ok(Some(Recorded { id, shapes, inputs: inputs.to_vec(), readout, grads, out, hyper }))
             }
             Err(e) => {
                 let _ = self.backend.graph_end(false);
@@ -247,9 +270,15 @@ impl<B: Backend, T: Clone> StepGraph<B, T> {
                 self.backend.copy(src.storage(), dst.storage())?;
             }
         }
+        if let Some(table) = &r.hyper {
+            let mut values: Vec<f32> = r.grads.iter().flat_map(|(id, _)| <[f32; 2]>::from(hyper(*id))).collect();
+            values.resize(table.numel(), 0.0);
+            let src = Tensor::from_f32(&self.backend, &values, table.shape(), DType::F32)?;
+            self.backend.copy(src.storage(), table.storage())?;
+        }
         self.backend.graph_replay(r.id)?;
         let mut pg = r.grads.clone();
-        update(ps, opt, hyper, &r.readout, &mut pg, before_update, r.out.clone())
+        update(ps, opt, hyper, &r.readout, &mut pg, before_update, r.out.clone(), r.hyper.is_some())
     }
 }
 

@@ -135,7 +135,8 @@ pub trait Method<B: Backend> {
     /// Whether the forward pass depends on nothing but the step's inputs and the parameter
     /// store, with every update in place: then a step can be recorded once and replayed as a
     /// CUDA graph. Methods with per-step host state in their forward (a temperature schedule, a
-    /// queue) must say no: a replay would use the recorded values.
+    /// queue) must say no: a replay would use the recorded values. So must a method whose
+    /// `before_update` changes the gradients: the graph runs the optimizer before it.
     fn graph_safe(&self) -> bool {
         false
     }

@@ -626,8 +626,9 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn sgd_step(&self, tensors: &[SgdTensor<'_, CpuStorage>], momentum: f32) -> Result<()> {
-        for t in tensors {
+    fn sgd_step(&self, tensors: &[SgdTensor<'_, CpuStorage>], momentum: f32, on_device: Option<SgdOnDevice<'_, CpuStorage>>) -> Result<()> {
+        let Some(tensors) = crate::backend::sgd_on_host(self, tensors, on_device)? else { return Ok(()) };
+        for t in &tensors {
             on_dtype!(self, t.param, T => {
                 let g = t.grad.read();
                 let (mut p, mut m) = (t.param.write(), t.momentum_buf.write());

@@ -549,8 +549,8 @@ impl Backend for CudaBackend {
         loss::cosine_loss_bwd(self, p, z, dloss, dp, dz, rows, dim, eps)
     }
 
-    fn sgd_step(&self, tensors: &[SgdTensor<'_, CudaStorage>], momentum: f32) -> Result<()> {
-        optim::sgd_step(self, tensors, momentum)
+    fn sgd_step(&self, tensors: &[SgdTensor<'_, CudaStorage>], momentum: f32, on_device: Option<SgdOnDevice<'_, CudaStorage>>) -> Result<()> {
+        optim::sgd_step(self, tensors, momentum, on_device)
     }
     fn ema_update(&self, tensors: &[EmaTensor<'_, CudaStorage>], tau: f32) -> Result<()> {
         optim::ema_update(self, tensors, tau)

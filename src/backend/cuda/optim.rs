@@ -1,12 +1,12 @@
 //! Launch for kernels/optim.cu: the fused multi-tensor SGD step and EMA update, up to MAX_TENSORS
 //! tensors per launch (one launch for SimSiam's ResNet-18 with its heads, about 72 tensors),
-//! described by a struct passed by value (SGD: 3848 bytes, under the classic 4 KB
+//! described by a struct passed by value (SGD: 3856 bytes, under the classic 4 KB
 //! kernel-parameter limit; EMA: 2568 bytes).
 
 use bytemuck::{Pod, Zeroable};
 
 use super::{Arg, CudaBackend, CudaStorage};
-use crate::backend::{EmaTensor, SgdTensor};
+use crate::backend::{EmaTensor, SgdOnDevice, SgdTensor};
 use crate::error::Result;
 
 /// SGD_MAX_TENSORS, SGD_THREADS and SGD_CHUNK of optim.cu.
@@ -34,6 +34,9 @@ struct KBatch {
     block_end: [i64; MAX_TENSORS],
     count: i32,
     momentum: f32,
+    /// This launch's first tensor among all of the step's (its row in SgdOnDevice::hyper).
+    first: i32,
+    _pad: i32,
 }
 
 /// Fills `block_end` for tensors of `lens` elements (tensor i owns blocks
@@ -50,9 +53,21 @@ fn block_ends(lens: impl Iterator<Item = usize>, block_end: &mut [i64; MAX_TENSO
         .ok_or_else(|| super::err(format!("{op}: {blocks} blocks is over the grid limit")))
 }
 
-pub(super) fn sgd_step(b: &CudaBackend, tensors: &[SgdTensor<'_, CudaStorage>], momentum: f32) -> Result<()> {
-    let live: Vec<&SgdTensor<'_, CudaStorage>> = tensors.iter().filter(|t| t.len > 0).collect();
-    for group in live.chunks(MAX_TENSORS) {
+/// With `on_device`, the kernel reads each tensor's learning rate and weight decay from its row
+/// of the table (by the tensor's index in `tensors`) and skips the update on a non-finite gate.
+pub(super) fn sgd_step(b: &CudaBackend, tensors: &[SgdTensor<'_, CudaStorage>], momentum: f32, on_device: Option<SgdOnDevice<'_, CudaStorage>>) -> Result<()> {
+    if let Some(d) = &on_device
+        && (d.hyper.len < 2 * tensors.len() || d.gate.len < d.gate_len)
+    {
+        return Err(super::err(format!("sgd_step: a {}-value table for {} tensors, or a short gate", d.hyper.len, tensors.len())));
+    }
+    let (hyper, gate, gate_len) = match &on_device {
+        Some(d) => (super::ptr(d.hyper), super::ptr(d.gate), d.gate_len as i32),
+        None => (Arg::Ptr(0), Arg::Ptr(0), 0),
+    };
+    // An empty tensor owns no block (batch_tensor in optim.cu passes over it), so every tensor
+    // keeps its index: launch c's tensor i is row c * MAX_TENSORS + i of the table.
+    for (c, group) in tensors.chunks(MAX_TENSORS).enumerate() {
         let mut batch = KBatch::zeroed();
         for (i, t) in group.iter().enumerate() {
             batch.t[i] = KTensor {
@@ -65,9 +80,14 @@ pub(super) fn sgd_step(b: &CudaBackend, tensors: &[SgdTensor<'_, CudaStorage>], 
             };
         }
         let grid = block_ends(group.iter().map(|t| t.len), &mut batch.block_end, "sgd_step")?;
+        if grid == 0 {
+            continue;
+        }
         batch.count = group.len() as i32;
         batch.momentum = momentum;
-        b.launch("sgd_step_fwd_f32", (grid, 1, 1), (THREADS, 1, 1), &[Arg::Bytes(bytemuck::bytes_of(&batch))])?;
+        batch.first = (c * MAX_TENSORS) as i32;
+        let args = [Arg::Bytes(bytemuck::bytes_of(&batch)), hyper, gate, Arg::I32(gate_len)];
+        b.launch("sgd_step_fwd_f32", (grid, 1, 1), (THREADS, 1, 1), &args)?;
     }
     Ok(())
 }

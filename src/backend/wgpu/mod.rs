@@ -389,8 +389,9 @@ impl Backend for WgpuBackend {
         loss::cosine_loss_bwd(&self.ctx, p, z, dloss, dp, dz, rows, dim, eps)
     }
 
-    fn sgd_step(&self, tensors: &[SgdTensor<'_, WgpuStorage>], momentum: f32) -> Result<()> {
-        optim::sgd_step(&self.ctx, tensors, momentum)
+    fn sgd_step(&self, tensors: &[SgdTensor<'_, WgpuStorage>], momentum: f32, on_device: Option<SgdOnDevice<'_, WgpuStorage>>) -> Result<()> {
+        let Some(tensors) = crate::backend::sgd_on_host(self, tensors, on_device)? else { return Ok(()) };
+        optim::sgd_step(&self.ctx, &tensors, momentum)
     }
     fn ema_update(&self, tensors: &[EmaTensor<'_, WgpuStorage>], tau: f32) -> Result<()> {
         optim::ema_update(&self.ctx, tensors, tau)
