@@ -502,18 +502,18 @@ fn run(cli: Cli) -> ssl_engine::Result<()> {
                 let census = bench::simsiam_step_census(&b, &model, batch, image_size, !no_graph)?;
                 let (n, bytes): (usize, u64) = census.rows.iter().fold((0, 0), |(n, by), r| (n + r.launches, by + r.bytes));
                 println!("SimSiam step census, {model} batch {batch} (2 views), dry-run CUDA device, {}:", precision.as_str());
-                println!("{:<32} {:>9} {:>12}", "kernel", "launches", "MB reached");
+                println!("{:<40} {:>9} {:>12}", "kernel", "launches", "MB reached");
                 for r in &census.rows {
-                    println!("{:<32} {:>9} {:>12.1}", r.kernel, r.launches, r.bytes as f64 / 1e6);
+                    println!("{:<40} {:>9} {:>12.1}", r.kernel, r.launches, r.bytes as f64 / 1e6);
                 }
-                println!("{:<32} {:>9} {:>12.1}", "total", n, bytes as f64 / 1e6);
+                println!("{:<40} {:>9} {:>12.1}", "total", n, bytes as f64 / 1e6);
                 if census.graph_kernels > 0 {
                     // The input and step-value copies before a replay are driver copies, not kernels.
                     let outside = n - census.graph_kernels;
                     let what = if outside == 0 { "forward, backward and optimizer".to_string() } else { format!("+ {outside} kernels outside it") };
                     println!("host kernel launches per step: {} = 1 CUDA graph ({} kernels: {what})", 1 + outside, census.graph_kernels);
                 } else {
-                    println!("host launches per step: {n} (no CUDA graph)");
+                    println!("host kernel launches per step: {n} (no CUDA graph)");
                 }
             }
             BenchCmd::Step { backend, model, batch, image_size, warmup, runs, simsiam, no_graph, .. } => {

@@ -217,14 +217,14 @@ fn parse_sass(text: &str) -> Vec<(String, Mix)> {
 /// The report as a table.
 pub fn format_report(ks: &[KernelStatic]) -> String {
     let mut s = format!(
-        "{:<34} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>5} {:>7} {:>5}\n",
+        "{:<40} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>5} {:>7} {:>5}\n",
         "kernel (sm_90a)", "file", "regs", "spill", "stack", "smem", "block", "occup", "HMMA", "LDGSTS", ".128", "LDSM", "LDL/STL", "calls"
     );
     for k in ks {
         let occ = k.occupancy().map(|o| format!("{:.0}%", o * 100.0)).unwrap_or_else(|| "-".into());
         let block = k.block_threads.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
         s.push_str(&format!(
-            "{:<34} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>5} {:>7} {:>5}\n",
+            "{:<40} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>5} {:>7} {:>5}\n",
             k.name,
             k.file,
             k.registers,
