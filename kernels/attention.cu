@@ -91,7 +91,7 @@ extern "C" __global__ void attention_rowdot_bwd_f32(const float* o, const float*
         float s = 0.0f;
         for (int j = 0; j < d; ++j) s = fmaf(dout[r * d + j], o[r * d + j], s);
         drow[r] = s;
-    }
+    });
 }
 
 // dq_i = sum_j ds_ij k_j, ds_ij = p_ij (dout_i . v_j - D_i) scale, p_ij = exp(scale q_i . k_j - lse_i).

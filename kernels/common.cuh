@@ -91,5 +91,19 @@ DEV float warp_logsumexp(const float* row, int C, int lane) {
     return m + (float)log(warp_sum_d(s));
 }
 
-// Grid-stride loop over [0, n).
-#define FOR_EACH(i, n) for (i64 i = global_index(); i < (i64)(n); i += grid_stride())
+// Grid-stride loop over [0, n): `FOR_EACH(i, n) { body });`. The body is compiled twice: with
+// i an `int` where n and the grid stride fit 32 bits (every tensor of a training step), so that
+// index arithmetic in it (a channel's i % C, a row's i / len) is 32-bit, where a 64-bit
+// division or modulo is a subroutine call; and with i an i64 beyond.
+template <class Body>
+DEV void for_each_index(i64 n, Body body) {
+    if (n + grid_stride() <= 0x7fffffffLL) {
+        for (int i = (int)global_index(); i < (int)n; i += (int)grid_stride()) body(i);
+    } else {
+        for (i64 i = global_index(); i < n; i += grid_stride()) body(i);
+    }
+}
+#define FOR_EACH(i, n) for_each_index((i64)(n), [&](auto i)
+// `v` as FOR_EACH's index type: inside its 32-bit path, a value no larger than n is an `int` too,
+// so that i % v and i / v stay 32-bit.
+#define AS_INDEX(i, v) ((decltype(i))(v))

@@ -3,16 +3,16 @@
 #include "common.cuh"
 
 extern "C" __global__ void fill_fwd_f32(float* y, float v, i64 n) {
-    FOR_EACH(i, n) y[i] = v;
+    FOR_EACH(i, n) { y[i] = v; });
 }
 
 extern "C" __global__ void relu_fwd_f32(const float* x, float* y, i64 n) {
     // fmaxf(NaN, 0) = 0, like the CPU's Float::max.
-    FOR_EACH(i, n) y[i] = fmaxf(x[i], 0.0f);
+    FOR_EACH(i, n) { y[i] = fmaxf(x[i], 0.0f); });
 }
 
 extern "C" __global__ void relu_bwd_f32(const float* x, const float* dy, float* dx, i64 n) {
-    FOR_EACH(i, n) dx[i] = relu_grad(x[i], dy[i]);
+    FOR_EACH(i, n) { dx[i] = relu_grad(x[i], dy[i]); });
 }
 
 #define SQRT1_2 0.70710678118654752440f
@@ -23,7 +23,7 @@ extern "C" __global__ void gelu_fwd_f32(const float* x, float* y, i64 n) {
     FOR_EACH(i, n) {
         const float v = x[i];
         y[i] = 0.5f * v * (1.0f + erff(v * SQRT1_2));
-    }
+    });
 }
 
 // d/dx [x Phi(x)] = Phi(x) + x phi(x)
@@ -33,40 +33,40 @@ extern "C" __global__ void gelu_bwd_f32(const float* x, const float* dy, float* 
         const float cdf = 0.5f * (1.0f + erff(v * SQRT1_2));
         const float pdf = expf(-0.5f * v * v) * INV_SQRT_2PI;
         dx[i] = dy[i] * (cdf + v * pdf);
-    }
+    });
 }
 
 extern "C" __global__ void exp_fwd_f32(const float* x, float* y, i64 n) {
-    FOR_EACH(i, n) y[i] = expf(x[i]);
+    FOR_EACH(i, n) { y[i] = expf(x[i]); });
 }
 
 extern "C" __global__ void exp_bwd_f32(const float* x, const float* dy, float* dx, i64 n) {
-    FOR_EACH(i, n) dx[i] = dy[i] * expf(x[i]);
+    FOR_EACH(i, n) { dx[i] = dy[i] * expf(x[i]); });
 }
 
 extern "C" __global__ void log_fwd_f32(const float* x, float* y, i64 n) {
-    FOR_EACH(i, n) y[i] = logf(x[i]);
+    FOR_EACH(i, n) { y[i] = logf(x[i]); });
 }
 
 extern "C" __global__ void log_bwd_f32(const float* x, const float* dy, float* dx, i64 n) {
-    FOR_EACH(i, n) dx[i] = dy[i] / x[i];
+    FOR_EACH(i, n) { dx[i] = dy[i] / x[i]; });
 }
 
 extern "C" __global__ void sqrt_fwd_f32(const float* x, float* y, i64 n) {
-    FOR_EACH(i, n) y[i] = sqrtf(x[i]);
+    FOR_EACH(i, n) { y[i] = sqrtf(x[i]); });
 }
 
 extern "C" __global__ void sqrt_bwd_f32(const float* x, const float* dy, float* dx, i64 n) {
-    FOR_EACH(i, n) dx[i] = dy[i] * 0.5f / sqrtf(x[i]);
+    FOR_EACH(i, n) { dx[i] = dy[i] * 0.5f / sqrtf(x[i]); });
 }
 
 // out[i] = a[i] op b[i % b_len]: b repeats over the leading axes of a.
 extern "C" __global__ void add_fwd_f32(const float* a, const float* b, float* out, i64 n, i64 b_len) {
-    FOR_EACH(i, n) out[i] = a[i] + b[b_len == n ? i : i % b_len];
+    FOR_EACH(i, n) { out[i] = a[i] + b[b_len == n ? i : i % AS_INDEX(i, b_len)]; });
 }
 
 extern "C" __global__ void mul_fwd_f32(const float* a, const float* b, float* out, i64 n, i64 b_len) {
-    FOR_EACH(i, n) out[i] = a[i] * b[b_len == n ? i : i % b_len];
+    FOR_EACH(i, n) { out[i] = a[i] * b[b_len == n ? i : i % AS_INDEX(i, b_len)]; });
 }
 
 // 1 / (1 + e^-x) without overflow: e^-|x| never exceeds 1.
@@ -76,18 +76,18 @@ DEV float sigmoidf(float v) {
 }
 
 extern "C" __global__ void sigmoid_fwd_f32(const float* x, float* y, i64 n) {
-    FOR_EACH(i, n) y[i] = sigmoidf(x[i]);
+    FOR_EACH(i, n) { y[i] = sigmoidf(x[i]); });
 }
 
 extern "C" __global__ void sigmoid_bwd_f32(const float* x, const float* dy, float* dx, i64 n) {
     FOR_EACH(i, n) {
         const float s = sigmoidf(x[i]);
         dx[i] = dy[i] * s * (1.0f - s);
-    }
+    });
 }
 
 extern "C" __global__ void silu_fwd_f32(const float* x, float* y, i64 n) {
-    FOR_EACH(i, n) y[i] = x[i] * sigmoidf(x[i]);
+    FOR_EACH(i, n) { y[i] = x[i] * sigmoidf(x[i]); });
 }
 
 // d/dx x s(x) = s(x) (1 + x (1 - s(x)))
@@ -95,36 +95,36 @@ extern "C" __global__ void silu_bwd_f32(const float* x, const float* dy, float* 
     FOR_EACH(i, n) {
         const float v = x[i], s = sigmoidf(v);
         dx[i] = dy[i] * s * (1.0f + v * (1.0f - s));
-    }
+    });
 }
 
 // Precision::Bf16's rounding point; the gradient of a bf16 tensor is rounded the same way.
 extern "C" __global__ void round_bf16_fwd_f32(const float* x, float* y, i64 n) {
-    FOR_EACH(i, n) y[i] = round_bf16f(x[i]);
+    FOR_EACH(i, n) { y[i] = round_bf16f(x[i]); });
 }
 
 extern "C" __global__ void round_bf16_bwd_f32(const float* x, const float* dy, float* dx, i64 n) {
-    FOR_EACH(i, n) dx[i] = round_bf16f(dy[i]);
+    FOR_EACH(i, n) { dx[i] = round_bf16f(dy[i]); });
 }
 
 // y[o, a, i] = x[o, a, i] s[o, i]: squeeze-excitation's gate; per = axis * inner.
 extern "C" __global__ void channel_scale_fwd_f32(const float* x, const float* s, float* y, i64 n, i64 per, i64 inner) {
     FOR_EACH(i, n) {
-        const i64 o = i / per;
-        y[i] = x[i] * s[o * inner + (i - o * per) % inner];
-    }
+        const auto o = i / AS_INDEX(i, per);
+        y[i] = x[i] * s[o * inner + (i - o * AS_INDEX(i, per)) % AS_INDEX(i, inner)];
+    });
 }
 
 extern "C" __global__ void sub_fwd_f32(const float* a, const float* b, float* out, i64 n, i64 b_len) {
-    FOR_EACH(i, n) out[i] = a[i] - b[b_len == n ? i : i % b_len];
+    FOR_EACH(i, n) { out[i] = a[i] - b[b_len == n ? i : i % AS_INDEX(i, b_len)]; });
 }
 
 extern "C" __global__ void div_fwd_f32(const float* a, const float* b, float* out, i64 n, i64 b_len) {
-    FOR_EACH(i, n) out[i] = a[i] / b[b_len == n ? i : i % b_len];
+    FOR_EACH(i, n) { out[i] = a[i] / b[b_len == n ? i : i % AS_INDEX(i, b_len)]; });
 }
 
 extern "C" __global__ void scale_fwd_f32(const float* x, float* y, float alpha, i64 n) {
-    FOR_EACH(i, n) y[i] = x[i] * alpha;
+    FOR_EACH(i, n) { y[i] = x[i] * alpha; });
 }
 
 // Axis sum of x [outer, axis, inner] in `splits` pieces along the axis:
@@ -142,7 +142,7 @@ extern "C" __global__ void sum_axis_fwd_f32(const float* x, float* part, i64 out
         const float* p = x + o * axis * inner + i;
         for (i64 a = a0; a < a1; ++a) acc += (double)p[a * inner];
         part[t] = (float)acc;
-    }
+    });
 }
 
 // y[i] = sum_s part[s, i] for s ascending (the second stage of every split reduction: the axis
@@ -152,7 +152,7 @@ DEV void sum_splits(const float* part, float* y, i64 splits, i64 n, bool round_b
         double acc = 0.0;
         for (i64 s = 0; s < splits; ++s) acc += (double)part[s * n + i];
         y[i] = round_bf16 ? round_bf16f((float)acc) : (float)acc;
-    }
+    });
 }
 
 extern "C" __global__ void sum_axis_splits_fwd_f32(const float* part, float* y, i64 splits, i64 n) {

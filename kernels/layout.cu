@@ -20,16 +20,16 @@ extern "C" __global__ void permute_fwd_f32(const float* x, float* y, i64 n, Perm
             rem /= s;
         }
         y[i] = x[src];
-    }
+    });
 }
 
 // y [outer, len, inner] = x [outer, start..start+len, inner]
 extern "C" __global__ void slice_fwd_f32(const float* x, float* y, i64 outer, i64 axis, i64 start, i64 len, i64 inner) {
     const i64 block = len * inner;
     FOR_EACH(i, outer * block) {
-        const i64 o = i / block, r = i % block;
+        const auto o = i / AS_INDEX(i, block), r = i % AS_INDEX(i, block);
         y[i] = x[(o * axis + start) * inner + r];
-    }
+    });
 }
 
 // dst [outer, start..start+len, inner] = src [outer, len, inner]; the rest of dst is kept.
@@ -37,7 +37,7 @@ extern "C" __global__ void slice_assign_fwd_f32(const float* src, float* dst, i6
                                                 i64 inner) {
     const i64 block = len * inner;
     FOR_EACH(i, outer * block) {
-        const i64 o = i / block, r = i % block;
+        const auto o = i / AS_INDEX(i, block), r = i % AS_INDEX(i, block);
         dst[(o * axis + start) * inner + r] = src[i];
-    }
+    });
 }

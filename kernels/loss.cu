@@ -206,7 +206,7 @@ extern "C" __global__ void identity_penalty_bwd_f32(const float* c, const float*
     FOR_EACH(k, (i64)d * d) {
         const i64 i = k / d, j = k - i * d;
         dc[k] = g * (i == j ? diag_weight * (c[k] - 1.0f) : off_weight * c[k]);
-    }
+    });
 }
 
 // ---- cross-entropy against soft targets q [rows, classes] (SwAV, DINO): one warp per row ------

@@ -122,7 +122,7 @@ extern "C" __global__ void batchnorm_apply_fwd_f32(const float* x, const float* 
     FOR_EACH(i, n) {
         const int c = (int)(i % C);
         y[i] = bn_tail(fmaf(x[i], scale_shift[c], scale_shift[C + c]), residual, i, relu);
-    }
+    });
 }
 
 // Eval mode: the running statistics. gamma, beta and residual may be null.
@@ -134,7 +134,7 @@ extern "C" __global__ void batchnorm_eval_fwd_f32(const float* x, const float* g
         const float scale = (gamma ? gamma[c] : 1.0f) / sqrtf(running_var[c] + eps);
         const float shift = (beta ? beta[c] : 0.0f) - running_mean[c] * scale;
         y[i] = bn_tail(fmaf(x[i], scale, shift), residual, i, relu);
-    }
+    });
 }
 
 // Adds the partials [nblocks, 2, C] in block order: first[c] = sum of the first values,
@@ -173,7 +173,7 @@ extern "C" __global__ void batchnorm_dx_bwd_f32(const float* x, const float* dy,
         const float g = relu_out ? relu_grad(relu_out[i], dy[i]) : dy[i];
         if (dresidual) dresidual[i] = g;
         dx[i] = k * (N * g - sums[c] - xhat * sums[C + c]);
-    }
+    });
 }
 
 // ---- layer norm: one warp per row, 8 rows per block of 256 threads --------------------------

@@ -32,14 +32,14 @@ extern "C" __global__ void maxpool2d_fwd_f32(const float* x, float* y, PoolDims 
     const i64 total = (i64)d.n * d.oh * d.ow * d.c;
     FOR_EACH(i, total) {
         const int ch = (int)(i % d.c);
-        const i64 p = i / d.c;
+        const auto p = i / d.c;
         const int ox = (int)(p % d.ow);
         const int oy = (int)((p / d.ow) % d.oh);
-        const int img = (int)(p / ((i64)d.ow * d.oh));
+        const int img = (int)(p / AS_INDEX(i, (i64)d.ow * d.oh));
         float best;
         window_argmax(x, d, img, oy, ox, ch, best);
         y[i] = best;
-    }
+    });
 }
 
 // One thread per input element, gathering from every window that contains it (no atomics):
@@ -48,10 +48,10 @@ extern "C" __global__ void maxpool2d_bwd_f32(const float* x, const float* dy, fl
     const i64 total = (i64)d.n * d.h * d.w * d.c;
     FOR_EACH(i, total) {
         const int ch = (int)(i % d.c);
-        const i64 p = i / d.c;
+        const auto p = i / d.c;
         const int ix = (int)(p % d.w);
         const int iy = (int)((p / d.w) % d.h);
-        const int img = (int)(p / ((i64)d.w * d.h));
+        const int img = (int)(p / AS_INDEX(i, (i64)d.w * d.h));
         // Windows (oy, ox) with oy * stride - pad <= iy <= oy * stride - pad + k - 1.
         const int ty = iy + d.pad - d.k + 1, tx = ix + d.pad - d.k + 1;
         const int oy0 = ty <= 0 ? 0 : (ty + d.stride - 1) / d.stride;
@@ -68,7 +68,7 @@ extern "C" __global__ void maxpool2d_bwd_f32(const float* x, const float* dy, fl
                     acc += dy[(((i64)img * d.oh + oy) * d.ow + ox) * d.c + ch];
             }
         dx[i] = acc;
-    }
+    });
 }
 
 // x [n, hw, c] -> y [n, c]: one thread per output, pixels summed in order.
@@ -78,13 +78,13 @@ extern "C" __global__ void avgpool_global_fwd_f32(const float* x, float* y, int 
         double s = 0.0;
         for (int p = 0; p < hw; ++p) s += (double)x[(img * hw + p) * c + ch];
         y[i] = (float)(s / (double)hw);
-    }
+    });
 }
 
 extern "C" __global__ void avgpool_global_bwd_f32(const float* dy, float* dx, int n, int hw, int c) {
     const float inv = 1.0f / (float)hw;
     FOR_EACH(i, (i64)n * hw * c) {
-        const i64 ch = i % c, img = i / ((i64)hw * c);
+        const i64 ch = i % c, img = i / AS_INDEX(i, (i64)hw * c);
         dx[i] = dy[img * c + ch] * inv;
-    }
+    });
 }

@@ -37,7 +37,10 @@ pub const FAMILIES: &[(&str, &str)] = &[
 
 /// Options for every compile. No fast-math: the default kernels must match the CPU reference.
 /// `-lineinfo` lets compute-sanitizer name source lines and costs nothing at run time.
-const OPTIONS: &[&str] = &["--std=c++17", "-lineinfo"];
+/// `-default-device`: NVRTC takes an unannotated function, a lambda's too, for host code; the
+/// grid-stride loop's body is a lambda (FOR_EACH in common.cuh), and every named function here
+/// is annotated anyway.
+const OPTIONS: &[&str] = &["--std=c++17", "-lineinfo", "-default-device"];
 
 pub(crate) fn err(msg: impl Into<String>) -> Error {
     Error::Device { backend: "cuda", msg: msg.into() }
