@@ -11,7 +11,7 @@
 //   accurate as a plain dot product.
 // - SIMT tiles are BM x BN x BK = 64 x 64 x 16.
 // - Tensor cores (GemmSmemTc<TILE>): a STAGES-deep cp.async pipeline from global to shared
-//   memory (tiles k-contiguous for both operands, rows padded by 4 floats), fragments read with
+//   memory (tiles k-contiguous for both operands, 16-byte chunks XOR-swizzled), fragments read with
 //   ldmatrix, and mma.sync with FP32 accumulation; 8 warps in a 2 x 4 layout. Three block tiles
 //   (TcTile): 64 x 64 x 16 (warp 32 x 16), 128 x 128 x 32 (warp 64 x 32) and 128 x 64 x 32.
 //   - TF32 (opt-in): m16n8k8, operands rounded with cvt.rna.tf32 as fragments.
@@ -60,10 +60,26 @@ template <int MB_, int NB_, int KB_>
 struct TcTile {
     static constexpr int MB = MB_, NB = NB_, KB = KB_, PIECES = MB_ > NB_ ? MB_ : NB_;
     static constexpr int TM = BM * MB_, TN = BN * NB_, TK = BK * KB_;
-    // Row stride, k contiguous: TK + 4 floats (20 or 36) keeps every ldmatrix row 16-byte
-    // aligned and puts the 8 rows of one ldmatrix phase on 8 distinct 4-bank groups.
-    static constexpr int ROW = TK + 4;
     static constexpr int WM = TM / 2, WN = TN / 4, MT = WM / 16, NT = WN / 8;
+    // Where element (row, k) of an operand tile sits in its stage ([mn][k], rows of TK floats,
+    // unpadded). Shared memory serves 128 bytes (eight 16-byte bank groups) per wavefront, and
+    // both of its accesses here move 16-byte chunks of a row (4 consecutive k): an ldmatrix
+    // phase reads one chunk of 8 consecutive rows, a quarter warp of 16-byte cp.async stores
+    // chunks 0-3 of 2 consecutive rows. Padding cannot serve both (the first needs an odd row
+    // stride in chunks, the second one of 4 mod 8), so the chunk index is XORed with the row:
+    // - TK = 16 (4 chunks, two rows per 128 bytes): chunk ^ ((row >> 1) & 3): the 8 rows of a
+    //   phase are 4 row pairs x 2 halves of a 128-byte line, and a row pair's chunks stay apart;
+    // - TK = 32 (8 chunks, one row per 128 bytes): chunk ^ ((row & 1) << 2 | (row >> 1) & 3):
+    //   8 rows give 8 distinct masks, and the two rows of a store phase land in different halves.
+    // (tests/cuda_emulated.rs counts the wavefronts of every such access: no conflict.)
+    // The loops split k into this thread's part kt and a constant kc (a multiple of 4 whose chunk
+    // bits kt does not use) and use at(row, kt + kc) == at(row, kt) ^ kc, and, for rows 8 apart,
+    // at(row + 8 j, k) == at(row, k) + 8 j TK: one per-thread offset, then an XOR and an add with
+    // constants per access, so no swizzled address occupies a register of its own.
+    DEVM static int at(int row, int k) {
+        const int mask = TK == 16 ? (row >> 1) & 3 : ((row & 1) << 2) | ((row >> 1) & 3);
+        return row * TK + (((k >> 2) ^ mask) << 2) + (k & 3);
+    }
 };
 // The variants (src/backend/cuda/matmul.rs, `Tile`, picks one per launch).
 typedef TcTile<1, 1, 1> Tile64;      // 64 x 64 x 16: grids too small for the big tiles, split-K
@@ -72,8 +88,8 @@ typedef TcTile<2, 1, 2> Tile128x64;  // 128 x 64 x 32: outputs at most 64 wide
 
 template <class T>
 struct __align__(16) GemmSmemTc {
-    float a[STAGES][T::TM][T::ROW];  // [m][k]
-    float b[STAGES][T::TN][T::ROW];  // [n][k]
+    float a[STAGES][T::TM * T::TK];  // [m][k], swizzled: TcTile::at
+    float b[STAGES][T::TN * T::TK];  // [n][k]
 };
 
 // The shared memory of a GEMM of math MATH and tile TILE (SIMT: always 64 x 64 x 16).
@@ -97,7 +113,7 @@ DEV u32 dynamic_smem_bytes() {
 #endif
 }
 
-// The block's GEMM shared memory. It is dynamic: the 128-row tiles' pipeline takes 108 KB,
+// The block's GEMM shared memory. It is dynamic: the 128-row tiles' pipeline takes 96 KB,
 // over the 48 KB a static declaration may hold. The launch asks for sizeof(T) (gemm_smem_bytes
 // in src/backend/cuda/matmul.rs, the same formula); a launch that gives less traps rather than
 // overrun.
@@ -296,23 +312,25 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
 
 // ---- the tensor-core pipeline ---------------------------------------------------------------
 
-// This thread's four elements of one operand's BM x BK (or BN x BK) piece, [mn][k] in shared
-// memory at `piece` (rows ROW floats apart): one 16-byte cp.async when they are one aligned run
-// along k (the tile row's k slots are adjacent too), else one 4-byte cp.async each.
-template <bool K_FAST, int W, int ROW>
-DEV void issue_operand(float* piece, const float* const* p) {
-    if (K_FAST && one_vector(p)) {
-        int i, kk;
-        tile_coord<K_FAST, W>(threadIdx.x, 0, i, kk);
-        cp_async_f32x4(&piece[i * ROW + kk], p[0]);
+// This thread's four elements of one operand's BM x BK (or BN x BK) piece, whose first element
+// is (row0, k0) of the stage: one 16-byte cp.async when they are one aligned run along k (a
+// chunk of the tile row, TcTile::at) or all zeros (padding, past k1 or M: one zero-fill, so the
+// warp's stores stay one instruction), else one 4-byte cp.async each.
+template <bool K_FAST, int W, class T>
+DEV void issue_operand(float* stage, int row0, int k0, const float* const* p) {
+    // Element r is (i, kt + r) (K_FAST: one chunk) or (i, kt + 4 r) with kt < 4 (tile_coord), and
+    // row0 is a multiple of 8: at(row0 + i, k0 + kk) is row0 TK + (at(i, kt) ^ (k0 + ...)).
+    static_assert(K_FAST || W * 4 == GEMM_THREADS, "element r of a thread is 4 r further along k");
+    int i, kt;
+    tile_coord<K_FAST, W>(threadIdx.x, 0, i, kt);
+    float* rows = stage + row0 * T::TK;
+    const int lane = T::at(i, kt);
+    if (K_FAST && (one_vector(p) || !(p[0] || p[1] || p[2] || p[3]))) {
+        cp_async_f32x4(&rows[lane ^ k0], p[0]);
         return;
     }
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-        int i, kk;
-        tile_coord<K_FAST, W>(threadIdx.x, r, i, kk);
-        cp_async_f32(&piece[i * ROW + kk], p[r]);
-    }
+    for (int r = 0; r < 4; ++r) cp_async_f32(&rows[K_FAST ? (lane ^ k0) + r : lane ^ (k0 + 4 * r)], p[r]);
 }
 
 // Issues the cp.asyncs of the next tile pair into pipeline stage `st`: KB k steps, each from
@@ -326,8 +344,8 @@ DEV void issue_tile(GemmSmemTc<T>& s, typename L::Thread* th, int st) {
             const float* pa[4];
             const float* pb[4];
             th[p].addr(pa, pb);
-            if (p < T::MB) issue_operand<L::A_K_FAST, BM, T::ROW>(&s.a[st][p * BM][kb * BK], pa);
-            if (p < T::NB) issue_operand<L::B_K_FAST, BN, T::ROW>(&s.b[st][p * BN][kb * BK], pb);
+            if (p < T::MB) issue_operand<L::A_K_FAST, BM, T>(s.a[st], p * BM, kb * BK, pa);
+            if (p < T::NB) issue_operand<L::B_K_FAST, BN, T>(s.b[st], p * BN, kb * BK, pb);
         }
 }
 
@@ -343,13 +361,16 @@ DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int wm = (warp / 4) * T::WM, wn = (warp % 4) * T::WN;
     const int li = lane % 8, lj = lane / 8;
+    // This lane's ldmatrix rows: A's at (wm + (lj & 1) 8 + li, (lj >> 1) 4) plus 16 mt rows and
+    // k kc + 8 h; B's at (wn + li, 4 lj) plus 8 nt rows and k kc (TcTile::at's XOR form).
+    const int a_lane = T::at(wm + (lj & 1) * 8 + li, (lj >> 1) * 4), b_lane = T::at(wn + li, 4 * lj);
 #pragma unroll
     for (int ks = 0; ks < T::KB; ++ks) {
         const int kc = ks * BK;
         // B first, packed; then one m16 tile at a time, so few fragment registers are live at once.
         u32 bq[T::NT][4];
 #pragma unroll
-        for (int nt = 0; nt < T::NT; ++nt) ldmatrix_x4(bq[nt], &s.b[st][wn + nt * 8 + li][kc + 4 * lj]);
+        for (int nt = 0; nt < T::NT; ++nt) ldmatrix_x4(bq[nt], &s.b[st][(b_lane ^ kc) + nt * 8 * T::TK]);
         if (MATH == GEMM_BF16) {
             u32 bf[T::NT][2];
 #pragma unroll
@@ -362,7 +383,7 @@ DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
                 u32 ar[2][4], af[4];
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    ldmatrix_x4(ar[h], &s.a[st][wm + mt * 16 + (lj & 1) * 8 + li][kc + h * 8 + (lj >> 1) * 4]);
+                    ldmatrix_x4(ar[h], &s.a[st][(a_lane ^ (kc + h * 8)) + mt * 16 * T::TK]);
                     af[2 * h] = pack_bf16x2(word_as_float(ar[h][0]), word_as_float(ar[h][2]));
                     af[2 * h + 1] = pack_bf16x2(word_as_float(ar[h][1]), word_as_float(ar[h][3]));
                 }
@@ -382,7 +403,7 @@ DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
 #pragma unroll
                 for (int mt = 0; mt < T::MT; ++mt) {
                     u32 ar[4];
-                    ldmatrix_x4(ar, &s.a[st][wm + mt * 16 + (lj & 1) * 8 + li][kc + h * 8 + (lj >> 1) * 4]);
+                    ldmatrix_x4(ar, &s.a[st][(a_lane ^ (kc + h * 8)) + mt * 16 * T::TK]);
 #pragma unroll
                     for (int e = 0; e < 4; ++e) ar[e] = to_tf32(word_as_float(ar[e]));
 #pragma unroll

@@ -74,12 +74,13 @@ DEV void cp_async_f32(float* dst, const float* src) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src ? 4 : 0));
 #endif
 }
-// cp.async of 4 floats (16 bytes, both sides 16-byte aligned), through L2 only (.cg).
+// cp.async of 4 floats (16 bytes, both sides 16-byte aligned), through L2 only (.cg); a null
+// `src` fills the 16 bytes with zeros and reads nothing.
 DEV void cp_async_f32x4(float* dst, const float* src) {
 #ifdef SSL_EMU
     emu_cp_async(dst, src, 16);
 #else
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(dst)), "l"(src));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src ? 16 : 0));
 #endif
 }
 // Closes the group of cp.asyncs issued since the last commit.

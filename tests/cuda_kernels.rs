@@ -244,7 +244,7 @@ fn dry_run_benchmark_shapes_and_train_steps() {
 /// The GEMM core's tile rule on an H200-sized dry run (132 SMs): 128 x 128 x 32 when that grid
 /// alone gives every SM a block, 128 x 64 x 32 for outputs at most 64 wide, otherwise 64 x 64
 /// (split-K where its grid is small too); the exact FP32 loop is always 64 x 64. Each launch asks
-/// for its tile's shared memory (3 stages of [rows][k + 4] floats for both operands).
+/// for its tile's shared memory (3 stages of [rows][k] floats for both operands).
 #[test]
 fn dry_run_gemm_tiles_follow_the_rule() {
     let Some(dry) = dry() else { return };
@@ -273,15 +273,15 @@ fn dry_run_gemm_tiles_follow_the_rule() {
         let [square, tall, small, fwd, data, weight] = launches_of(&dry.clone().with_tf32(true).with_precision(precision));
         let k = |name: &str| name.replace("{m}", math);
         // 4096^3: 32 x 32 tiles of 128 x 128.
-        assert_eq!(square, vec![(k("matmul_{m}_m128n128_fwd_f32"), (32, 32, 1), 110_592)]);
+        assert_eq!(square, vec![(k("matmul_{m}_m128n128_fwd_f32"), (32, 32, 1), 98_304)]);
         // 4096 x 64 outputs: 32 tiles of 128 x 64 would not fill 132 SMs; 64 x 64 tiles with split-K.
-        assert_eq!((tall[0].0.clone(), tall[0].1.0, tall[0].2), (k("matmul_{m}_fwd_f32"), 64, 30_720), "{tall:?}");
-        assert_eq!(small, vec![(k("matmul_{m}_fwd_f32"), (1, 1, 1), 30_720)]);
+        assert_eq!((tall[0].0.clone(), tall[0].1.0, tall[0].2), (k("matmul_{m}_fwd_f32"), 64, 24_576), "{tall:?}");
+        assert_eq!(small, vec![(k("matmul_{m}_fwd_f32"), (1, 1, 1), 24_576)]);
         // ResNet-18's first stage at batch 512: 524288 pixels x 64 channels, 4096 tiles of 128 x 64.
-        assert_eq!(fwd, vec![(k("conv2d_{m}_m128n64_fwd_f32"), (4096, 1, 1), 82_944)]);
-        assert_eq!(data, vec![(k("conv2d_{m}_m128n64_data_bwd_f32"), (4096, 1, 1), 82_944)]);
+        assert_eq!(fwd, vec![(k("conv2d_{m}_m128n64_fwd_f32"), (4096, 1, 1), 73_728)]);
+        assert_eq!(data, vec![(k("conv2d_{m}_m128n64_data_bwd_f32"), (4096, 1, 1), 73_728)]);
         // Backward-weight: 64 x 576 outputs over 524288 pixels, 9 tiles of 64 x 64 split along k.
-        assert_eq!((weight[0].0.clone(), weight[0].1.0, weight[0].1.1, weight[0].2), (k("conv2d_{m}_weight_bwd_f32"), 1, 9, 30_720), "{weight:?}");
+        assert_eq!((weight[0].0.clone(), weight[0].1.0, weight[0].1.1, weight[0].2), (k("conv2d_{m}_weight_bwd_f32"), 1, 9, 24_576), "{weight:?}");
         assert!(weight[0].1.2 > 1, "backward-weight is split along k: {weight:?}");
     }
     // Exact FP32: the SIMT loop, 64 x 64, whatever the shape.

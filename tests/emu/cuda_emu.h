@@ -20,6 +20,8 @@
 #pragma once
 #include <math.h>
 
+#include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -72,13 +74,57 @@ struct emu_mma_slot {
     float c[4];
 };
 
+// One cp.async as its thread issued it, for the bank accounting: the shared-memory address and
+// size (0: a commit, which separates the groups).
+struct emu_copy_trace {
+    uintptr_t dst;
+    int bytes;
+};
+
 struct emu_block {
     std::unique_ptr<std::barrier<>> bar;
     std::vector<std::unique_ptr<std::barrier<>>> warp_bars;
     std::vector<uint64_t> xch;          // one 8-byte slot per thread, for shuffles
     std::vector<emu_mma_slot> mma;      // one slot per thread, for mma.sync
     std::vector<const void*> ldsm[2];   // one row address per thread, for ldmatrix (two in turn)
+    std::vector<std::vector<emu_copy_trace>> copies;  // per thread: its cp.async stores
+    std::atomic<uint64_t> ldsm_phases{0}, ldsm_extra{0};     // ldmatrix wavefronts (see below)
 };
+
+// ---- shared-memory bank conflicts ------------------------------------------------------------
+
+// Shared memory serves 128 bytes (32 banks of 4) per wavefront. A 16-byte access is split into
+// phases of 8 lanes (a quarter warp; ldmatrix: one 8-row matrix each), a 4-byte one is served
+// to all 32 lanes at once; a phase takes as many wavefronts as the most distinct addresses that
+// fall on one bank (equal addresses are one broadcast). `extra` counts the wavefronts past the
+// first: 0 is conflict-free. The GPU's profiler counts the same (l1tex shared bank conflicts).
+struct emu_bank_stats {
+    uint64_t cp16_phases = 0, cp16_extra = 0, cp4_phases = 0, cp4_extra = 0, ldsm_phases = 0, ldsm_extra = 0;
+};
+inline uint64_t emu_phase_wavefronts(const uintptr_t* addr, int n, int width) {
+    uintptr_t distinct[32];
+    int m = 0;
+    for (int i = 0; i < n; ++i) {
+        bool seen = false;
+        for (int j = 0; j < m; ++j) seen = seen || distinct[j] == addr[i];
+        if (!seen) distinct[m++] = addr[i];
+    }
+    int on_bank[32] = {0}, most = 0;
+    for (int j = 0; j < m; ++j) {
+        const int bank = (int)((distinct[j] / width) % (128 / width));
+        most = std::max(most, ++on_bank[bank]);
+    }
+    return (uint64_t)most;
+}
+// Per kernel name, over every launch so far (ssl_emu_bank_stats reads it), under the launch lock.
+inline std::mutex& emu_launch_lock() {
+    static std::mutex m;
+    return m;
+}
+inline std::map<std::string, emu_bank_stats>& emu_bank_table() {
+    static std::map<std::string, emu_bank_stats> t;
+    return t;
+}
 
 // ---- shared memory -----------------------------------------------------------------------
 
@@ -272,8 +318,12 @@ struct emu_cp_async_queue {
 };
 inline thread_local emu_cp_async_queue emu_cpq;
 
-inline void emu_cp_async(void* dst, const void* src, int bytes) { emu_cpq.open.push_back({dst, src, bytes}); }
+inline void emu_cp_async(void* dst, const void* src, int bytes) {
+    emu_cpq.open.push_back({dst, src, bytes});
+    emu_t.block->copies[emu_t.linear].push_back({(uintptr_t)dst, bytes});
+}
 inline void emu_cp_async_commit() {
+    emu_t.block->copies[emu_t.linear].push_back({0, 0});
     emu_cpq.committed.push_back(std::move(emu_cpq.open));
     emu_cpq.open.clear();
 }
@@ -300,6 +350,14 @@ inline void emu_ldmatrix_x4(unsigned* r, const void* row) {
     slots[emu_t.linear] = row;
     emu_warp_sync();
     const int base = emu_t.warp * 32, l = emu_t.lane;
+    if (l == 0) {
+        for (int j = 0; j < 4; ++j) {
+            uintptr_t rows[8];
+            for (int i = 0; i < 8; ++i) rows[i] = (uintptr_t)slots[base + j * 8 + i];
+            blk.ldsm_phases += 1;
+            blk.ldsm_extra += emu_phase_wavefronts(rows, 8, 16) - 1;
+        }
+    }
     for (int j = 0; j < 4; ++j) {
         const unsigned char* p = static_cast<const unsigned char*>(slots[base + j * 8 + l / 4]);
         std::memcpy(&r[j], p + 4 * (l % 4), 4);
@@ -327,5 +385,54 @@ void emu_call(void (*f)(A...), void** p) {
 #define EMU_REGISTER(name) \
     static const bool emu_registered_##name = (emu_registry()[#name] = [](void** p) { emu_call(name, p); }, true);
 
+// A finished block's cp.async stores, warp by warp: the k-th store of each lane in the same
+// commit group is one warp instruction where every lane of the warp issued the same number of
+// stores in that group and the k-th ones have one size (groups where lanes diverged are left
+// out, and so are 8-byte stores).
+inline void emu_count_copies(const emu_block& blk, unsigned nt, emu_bank_stats& st) {
+    for (unsigned w = 0; w * 32 < nt; ++w) {
+        const unsigned lanes = std::min(32u, nt - w * 32);
+        std::vector<size_t> at(lanes, 0);
+        for (;;) {
+            // Group boundaries of each lane, from `at`.
+            std::vector<size_t> end(lanes);
+            bool done = true, same = true;
+            for (unsigned l = 0; l < lanes; ++l) {
+                const auto& c = blk.copies[w * 32 + l];
+                size_t e = at[l];
+                while (e < c.size() && c[e].bytes != 0) ++e;
+                end[l] = e;
+                done = done && at[l] >= c.size();
+                same = same && e - at[l] == end[0] - at[0];
+            }
+            if (done) break;
+            for (size_t k = 0; same && k < end[0] - at[0]; ++k) {
+                uintptr_t addr[32];
+                const int bytes = blk.copies[w * 32][at[0] + k].bytes;
+                bool one_size = true;
+                for (unsigned l = 0; l < lanes; ++l) {
+                    const emu_copy_trace& t = blk.copies[w * 32 + l][at[l] + k];
+                    addr[l] = t.dst;
+                    one_size = one_size && t.bytes == bytes;
+                }
+                if (!one_size) continue;
+                if (bytes == 16) {
+                    for (unsigned p = 0; p * 8 < lanes; ++p) {
+                        st.cp16_phases += 1;
+                        st.cp16_extra += emu_phase_wavefronts(addr + p * 8, (int)std::min(8u, lanes - p * 8), 16) - 1;
+                    }
+                } else if (bytes == 4) {
+                    st.cp4_phases += 1;
+                    st.cp4_extra += emu_phase_wavefronts(addr, (int)lanes, 4) - 1;
+                }
+            }
+            for (unsigned l = 0; l < lanes; ++l) at[l] = end[l] + 1;
+        }
+    }
+}
+
 // Runs the grid; 0 on success, 1 for an unknown kernel.
 extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsigned* block, unsigned shared, void** params);
+// The bank accounting of every launch of kernel `name` so far, as 6 counters in
+// emu_bank_stats's order; 1 when it never ran.
+extern "C" int ssl_emu_bank_stats(const char* name, uint64_t* out);

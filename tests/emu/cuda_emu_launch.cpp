@@ -10,8 +10,7 @@
 
 // `shared`: the launch's dynamic shared memory in bytes.
 extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsigned* block, unsigned shared, void** params) {
-    static std::mutex one_at_a_time;
-    std::lock_guard<std::mutex> lock(one_at_a_time);
+    std::lock_guard<std::mutex> lock(emu_launch_lock());
     auto it = emu_registry().find(name);
     if (it == emu_registry().end()) return 1;
     const emu_entry f = it->second;
@@ -38,6 +37,7 @@ extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsi
         blk.mma.assign(nt, emu_mma_slot{});
         blk.ldsm[0].assign(nt, nullptr);
         blk.ldsm[1].assign(nt, nullptr);
+        blk.copies.assign(nt, {});
         std::vector<std::thread> ts;
         ts.reserve(nt);
         for (unsigned i = 0; i < nt; ++i)
@@ -55,6 +55,20 @@ extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsi
                 blk.bar->arrive_and_drop();
             });
         for (auto& t : ts) t.join();
+        emu_bank_stats& st = emu_bank_table()[name];
+        emu_count_copies(blk, nt, st);
+        st.ldsm_phases += blk.ldsm_phases;
+        st.ldsm_extra += blk.ldsm_extra;
     }
+    return 0;
+}
+
+extern "C" int ssl_emu_bank_stats(const char* name, uint64_t* out) {
+    std::lock_guard<std::mutex> lock(emu_launch_lock());
+    auto it = emu_bank_table().find(name);
+    if (it == emu_bank_table().end()) return 1;
+    const emu_bank_stats& s = it->second;
+    const uint64_t v[6] = {s.cp16_phases, s.cp16_extra, s.cp4_phases, s.cp4_extra, s.ldsm_phases, s.ldsm_extra};
+    std::memcpy(out, v, sizeof v);
     return 0;
 }

@@ -35,10 +35,10 @@ impl Tile {
 
     /// The tile for an m x n GEMM repeated `batch` times under `math`. The 128-row tiles load
     /// each operand element for twice as many products as 64 x 64 (the mma.sync-to-ldmatrix
-    /// ratio goes from 2:3 to 4:3 per warp), but take 108 KB of shared memory, so one or two
+    /// ratio goes from 2:3 to 4:3 per warp), but take 96 KB of shared memory, so one or two
     /// blocks fit an SM: they are used when their grid alone gives every SM a block. Otherwise
     /// 64 x 64, which split-K can spread further (CudaBackend::split_k); also on a GPU whose
-    /// blocks cannot have that much shared memory (sm_86 and sm_89: 99 KB). SIMT: always 64.
+    /// blocks cannot have that much shared memory. SIMT: always 64.
     pub fn pick(b: &CudaBackend, m: usize, n: usize, batch: usize) -> Tile {
         let math = b.gemm_math();
         if math == GemmMath::Simt {
@@ -56,9 +56,9 @@ impl Tile {
         const F32: usize = 4;
         let bytes = match (math, self) {
             (GemmMath::Simt, _) => 2 * 16 * (64 + 8) * F32,
-            (_, Tile::T64) => STAGES * (64 + 64) * (16 + 4) * F32,
-            (_, Tile::T128) => STAGES * (128 + 128) * (32 + 4) * F32,
-            (_, Tile::T128x64) => STAGES * (128 + 64) * (32 + 4) * F32,
+            (_, Tile::T64) => STAGES * (64 + 64) * 16 * F32,
+            (_, Tile::T128) => STAGES * (128 + 128) * 32 * F32,
+            (_, Tile::T128x64) => STAGES * (128 + 64) * 32 * F32,
         };
         bytes as u32
     }

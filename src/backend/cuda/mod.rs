@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use alloc::Pool;
 pub use device::LaunchRecord;
+pub use matmul::gemm_core_kernels;
 use device::{Arg, Device};
 use nvrtc::err;
 
