@@ -286,16 +286,16 @@ fn bank_stats(name: &str) -> Option<[u64; 6]> {
     }
 }
 
-/// The tensor-core GEMM core reads and writes shared memory without bank conflicts where it
-/// moves 16 bytes: every ldmatrix read, and the cp.async stores of operands loaded 16 bytes at a
-/// time along k (NHWC channels, row-major matmul rows). Counted by the emulator per warp
+/// The tensor-core GEMM core and attention read and write shared memory without bank conflicts
+/// where they move 16 bytes: every ldmatrix read, and the cp.async stores of operands loaded 16
+/// bytes at a time along k (NHWC channels, row-major matmul rows, head dims). Counted by the emulator per warp
 /// instruction, as the GPU's wavefronts (4-byte stores of transposed operands are printed, not
 /// asserted: 32 rows at one k cannot all sit on distinct banks with 16-byte rows). Shapes reach
 /// all three block tiles, in bf16 and TF32, forward and both backwards; the counts also take in
 /// the launches of other tests in the same process. (Rows padded by 4 floats, the layout before
 /// the swizzle, took two wavefronts for every 16-byte store.)
 #[test]
-fn gemm_core_shared_memory_is_free_of_bank_conflicts() {
+fn tensor_core_shared_memory_is_free_of_bank_conflicts() {
     use common::conformance::Case::*;
     use ssl_engine::backend::Precision;
     let Some(dev) = emulator() else { return };
@@ -311,13 +311,21 @@ fn gemm_core_shared_memory_is_free_of_bank_conflicts() {
                 ConvBatchNorm { stride: 1, pad: 1, groups: 1, residual: false, relu: true },
                 vec![vec![2, 6, 6, 16], vec![24, 3, 3, 16], vec![24], vec![24]],
             ),
+            // Attention, head dims 64 and 128, two key tiles.
+            (Attention { scale: 0.125 }, vec![vec![1, 2, 70, 64], vec![1, 2, 65, 64], vec![1, 2, 65, 64]]),
+            (Attention { scale: 0.09 }, vec![vec![1, 40, 128], vec![1, 70, 128], vec![1, 70, 128]]),
         ]
     };
     let mut rng = Rng::new(12);
     run_cases(&dev.clone().with_precision(Precision::Bf16), DType::F32, 1e-2, &mut rng, cases());
     run_cases(&dev.clone().with_tf32(true), DType::F32, 1e-2, &mut rng, common::conformance::cross_precision(cases()));
+    let attention = FAMILIES.iter().find(|(file, _)| *file == "attention.cu").unwrap();
+    let ptx = nvrtc::compile_cached(attention.0, attention.1, &Target("compute_80".into()), nvrtc::cache_dir().as_deref(), false).unwrap().ptx.unwrap_or_default();
+    let attention_kernels: Vec<String> = nvrtc::ptx_entries(&ptx).into_iter().map(|(n, _)| n).collect();
+    let gemm_kernels = ssl_engine::backend::cuda::gemm_core_kernels().into_iter().map(|(n, _)| n.to_string());
     let mut ran = Vec::new();
-    for (name, _) in ssl_engine::backend::cuda::gemm_core_kernels() {
+    for name in gemm_kernels.chain(attention_kernels) {
+        let name = name.as_str();
         let Some([cp16, cp16_extra, cp4, cp4_extra, ldsm, ldsm_extra]) = bank_stats(name) else { continue };
         if !(name.contains("_tc") || name.contains("_bf16")) {
             continue; // the exact FP32 loop: no cp.async, no ldmatrix
@@ -325,9 +333,9 @@ fn gemm_core_shared_memory_is_free_of_bank_conflicts() {
         println!(
             "{name:40} cp.async 16 B: {cp16:6} phases, {cp16_extra:5} extra wavefronts; 4 B: {cp4:6} phases, {cp4_extra:6} extra; ldmatrix: {ldsm:6} phases, {ldsm_extra:5} extra"
         );
-        ran.push((name, cp16, cp16_extra, ldsm, ldsm_extra));
+        ran.push((name.to_string(), cp16, cp16_extra, ldsm, ldsm_extra));
     }
-    for &(name, _, cp16_extra, ldsm, ldsm_extra) in &ran {
+    for &(ref name, _, cp16_extra, ldsm, ldsm_extra) in &ran {
         assert!(ldsm > 0, "{name} ran without ldmatrix");
         assert_eq!(ldsm_extra, 0, "{name}: ldmatrix reads conflict on shared-memory banks");
         assert_eq!(cp16_extra, 0, "{name}: 16-byte cp.async stores conflict on shared-memory banks");
@@ -338,8 +346,12 @@ fn gemm_core_shared_memory_is_free_of_bank_conflicts() {
         _ => "64x64",
     };
     for tile in ["128x128", "128x64", "64x64"] {
-        let reached = ran.iter().any(|&(name, cp16, ..)| tile_of(name) == tile && cp16 > 0);
+        let reached = ran.iter().any(|(name, cp16, ..)| !name.starts_with("attention") && tile_of(name) == tile && *cp16 > 0);
         assert!(reached, "no {tile} kernel made 16-byte cp.async stores: {ran:?}");
+    }
+    for wide in [true, false] {
+        let reached = ran.iter().any(|(name, cp16, ..)| name.starts_with("attention") && name.contains("_d128_") == wide && *cp16 > 0);
+        assert!(reached, "no attention kernel of head dim {} made 16-byte cp.async stores: {ran:?}", if wide { 128 } else { 64 });
     }
 }
 
