@@ -94,10 +94,14 @@ DEV float warp_logsumexp(const float* row, int C, int lane) {
 // Grid-stride loop over [0, n): `FOR_EACH(i, n) { body });`. The body is compiled twice: with
 // i an `int` where n and the grid stride fit 32 bits (every tensor of a training step), so that
 // index arithmetic in it (a channel's i % C, a row's i / len) is 32-bit, where a 64-bit
-// division or modulo is a subroutine call; and with i an i64 beyond.
+// division or modulo is a subroutine call; and with i an i64 beyond. The host emulation lowers
+// the limit (tests/cuda_emulated.rs), so that its test tensors take both paths.
+#ifndef SSL_INDEX32_LIMIT
+#define SSL_INDEX32_LIMIT 0x7fffffffLL
+#endif
 template <class Body>
 DEV void for_each_index(i64 n, Body body) {
-    if (n + grid_stride() <= 0x7fffffffLL) {
+    if (n + grid_stride() <= SSL_INDEX32_LIMIT) {
         for (int i = (int)global_index(); i < (int)n; i += (int)grid_stride()) body(i);
     } else {
         for (i64 i = global_index(); i < n; i += grid_stride()) body(i);

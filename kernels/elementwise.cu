@@ -134,8 +134,8 @@ extern "C" __global__ void sum_axis_fwd_f32(const float* x, float* part, i64 out
     const i64 per = (axis + splits - 1) / splits;
     const i64 n = outer * inner;
     FOR_EACH(t, n * splits) {
-        const i64 s = t / n, oi = t % n;
-        const i64 o = oi / inner, i = oi % inner;
+        const auto s = t / AS_INDEX(t, n), oi = t % AS_INDEX(t, n);
+        const auto o = oi / AS_INDEX(t, inner), i = oi % AS_INDEX(t, inner);
         const i64 a0 = s * per;
         const i64 a1 = a0 + per < axis ? a0 + per : axis;
         double acc = 0.0;

@@ -13,10 +13,11 @@ struct PermuteDims {
 
 extern "C" __global__ void permute_fwd_f32(const float* x, float* y, i64 n, PermuteDims d) {
     FOR_EACH(i, n) {
-        i64 rem = i, src = 0;
+        // In i's type: every extent, stride and source index is below n.
+        auto rem = i, src = AS_INDEX(i, 0);
         for (int a = d.rank - 1; a >= 0; --a) {
-            const i64 s = d.out_shape[a];
-            src += (rem % s) * d.src_stride[a];
+            const auto s = AS_INDEX(i, d.out_shape[a]);
+            src += (rem % s) * AS_INDEX(i, d.src_stride[a]);
             rem /= s;
         }
         y[i] = x[src];

@@ -28,8 +28,14 @@ fn fnv64(parts: &[&str]) -> u64 {
     parts.iter().flat_map(|p| p.bytes().chain([0xff])).fold(0xCBF2_9CE4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01B3))
 }
 
-/// Bumped when `shared_in_arena` changes, so a cached library is rebuilt.
-const SHARED_REWRITE_VERSION: &str = "shared-arena-2";
+/// Bumped when `shared_in_arena` or the translation units' preamble change, so a cached library
+/// is rebuilt.
+const SHARED_REWRITE_VERSION: &str = "shared-arena-3";
+
+/// The emulated kernels' grid-stride loops index in 32 bits only while n + grid stride stays
+/// below this (kernels/common.cuh, FOR_EACH; 2^31 - 1 on a GPU): the suite's small tensors take
+/// the 32-bit path and its larger ones (the model steps) the 64-bit one, so both are checked.
+const INDEX32_LIMIT: &str = "#define SSL_INDEX32_LIMIT 4096\n";
 
 /// A probe of the emulator itself, built into its library: even threads write static and dynamic
 /// shared memory, every thread reads its own slots back. On a GPU the odd slots hold whatever was
@@ -147,7 +153,7 @@ fn build() -> Result<PathBuf, String> {
     for (file, src) in FAMILIES {
         let c = nvrtc::compile_cached(file, src, &target, nvrtc::cache_dir().as_deref(), false).map_err(|e| e.to_string())?;
         let names: Vec<String> = nvrtc::ptx_entries(c.ptx.as_deref().unwrap_or("")).into_iter().map(|(n, _)| n).collect();
-        let mut tu = format!("#include \"cuda_emu.h\"\n#include \"{}\"\n", src_dir.join(file).display());
+        let mut tu = format!("#include \"cuda_emu.h\"\n{INDEX32_LIMIT}#include \"{}\"\n", src_dir.join(file).display());
         for n in names {
             tu.push_str(&format!("EMU_REGISTER({n})\n"));
         }
