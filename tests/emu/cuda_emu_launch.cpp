@@ -3,10 +3,51 @@
 // whole process: __shared__ variables are statics, so two blocks must never run at once (tests
 // run on several threads).
 #include <algorithm>
+#include <atomic>
+#include <functional>
 #include <mutex>
 #include <random>
+#include <semaphore>
 
 #include "cuda_emu.h"
+
+// The host threads that play a block's CUDA threads, kept between blocks and launches: starting
+// a host thread per CUDA thread per block was most of the emulation's time. Worker i plays
+// thread i of each block; run() returns once all `nt` of them are through the block.
+struct emu_pool {
+    struct worker {
+        std::binary_semaphore go{0};
+        std::thread t;
+    };
+    std::vector<std::unique_ptr<worker>> workers;
+    std::function<void(unsigned)> job;
+    std::atomic<unsigned> running{0};
+
+    void run(unsigned nt, std::function<void(unsigned)> j) {
+        job = std::move(j);
+        while (workers.size() < nt) {
+            // The thread gets its worker, not an index into `workers`, which may grow meanwhile.
+            const unsigned i = (unsigned)workers.size();
+            worker* w = workers.emplace_back(std::make_unique<worker>()).get();
+            w->t = std::thread([this, w, i] { loop(*w, i); });
+        }
+        running = nt;
+        for (unsigned i = 0; i < nt; ++i) workers[i]->go.release();
+        for (unsigned r; (r = running.load()) != 0;) running.wait(r);
+    }
+    void loop(worker& w, unsigned i) {
+        for (;;) {
+            w.go.acquire();
+            job(i);
+            if (running.fetch_sub(1) == 1) running.notify_all();
+        }
+    }
+};
+// Never destroyed: its threads wait for work until the process ends.
+inline emu_pool& emu_threads() {
+    static emu_pool* p = new emu_pool;
+    return *p;
+}
 
 // `shared`: the launch's dynamic shared memory in bytes.
 extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsigned* block, unsigned shared, void** params) {
@@ -38,23 +79,23 @@ extern "C" int ssl_emu_launch(const char* name, const unsigned* grid, const unsi
         blk.ldsm[0].assign(nt, nullptr);
         blk.ldsm[1].assign(nt, nullptr);
         blk.copies.assign(nt, {});
-        std::vector<std::thread> ts;
-        ts.reserve(nt);
-        for (unsigned i = 0; i < nt; ++i)
-            ts.emplace_back([&, i] {
-                emu_t.tid = {i % block[0], (i / block[0]) % block[1], i / (block[0] * block[1])};
-                emu_t.bid = {bx, by, bz};
-                emu_t.bdim = {block[0], block[1], block[2]};
-                emu_t.gdim = {grid[0], grid[1], grid[2]};
-                emu_t.linear = (int)i;
-                emu_t.lane = (int)(i % 32);
-                emu_t.warp = (int)(i / 32);
-                emu_t.block = &blk;
-                f(params);
-                blk.warp_bars[i / 32]->arrive_and_drop();
-                blk.bar->arrive_and_drop();
-            });
-        for (auto& t : ts) t.join();
+        emu_threads().run(nt, [&](unsigned i) {
+            emu_t.tid = {i % block[0], (i / block[0]) % block[1], i / (block[0] * block[1])};
+            emu_t.bid = {bx, by, bz};
+            emu_t.bdim = {block[0], block[1], block[2]};
+            emu_t.gdim = {grid[0], grid[1], grid[2]};
+            emu_t.linear = (int)i;
+            emu_t.lane = (int)(i % 32);
+            emu_t.warp = (int)(i / 32);
+            emu_t.block = &blk;
+            // A CUDA thread starts with no cp.async in flight (copies a thread left queued end
+            // with it) and its ldmatrix slots in the first set.
+            emu_cpq = emu_cp_async_queue{};
+            emu_ldsm_turn = 0;
+            f(params);
+            blk.warp_bars[i / 32]->arrive_and_drop();
+            blk.bar->arrive_and_drop();
+        });
         emu_bank_stats& st = emu_bank_table()[name];
         emu_count_copies(blk, nt, st);
         st.ldsm_phases += blk.ldsm_phases;
