@@ -212,6 +212,25 @@ fn emulator() -> Option<CudaBackend> {
     }
 }
 
+/// `ssl_emu_launch` (tests/emu/cuda_emu.h): kernel name, grid, block, dynamic shared-memory
+/// bytes, parameters.
+type Launch = unsafe extern "C" fn(*const std::ffi::c_char, *const u32, *const u32, u32, *mut *mut std::ffi::c_void) -> i32;
+
+/// The address of `symbol` in the emulator library that `emulator()` built.
+fn library_fn(symbol: &std::ffi::CStr) -> *mut std::ffi::c_void {
+    let Some(Ok(lib)) = LIBRARY.get() else { unreachable!() };
+    let path = std::ffi::CString::new(lib.to_string_lossy().as_bytes()).unwrap();
+    // SAFETY: the library was built by emulator() and stays loaded (the emulated backend holds
+    // it), so this dlopen only takes another reference; dlsym reads its symbol table.
+    let f = unsafe {
+        let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW);
+        assert!(!h.is_null(), "dlopen {}", lib.display());
+        libc::dlsym(h, symbol.as_ptr())
+    };
+    assert!(!f.is_null(), "{symbol:?} is not in {}", lib.display());
+    f
+}
+
 /// Shared memory a block did not write reads as poison (NaN), in the first block of a launch
 /// and in every later one: the emulator no longer hides a missing write or barrier.
 #[test]
@@ -219,15 +238,10 @@ fn emulator_poisons_shared_memory_at_every_block() {
     if emulator().is_none() {
         return;
     }
-    let Some(Ok(lib)) = LIBRARY.get() else { unreachable!() };
-    type Launch = unsafe extern "C" fn(*const std::ffi::c_char, *const u32, *const u32, u32, *mut *mut std::ffi::c_void) -> i32;
-    let path = std::ffi::CString::new(lib.to_string_lossy().as_bytes()).unwrap();
-    // SAFETY: the library was built above and stays loaded (the emulated backend holds it);
-    // ssl_emu_launch has this signature (tests/emu/cuda_emu.h); `out` outlives the call.
+    // SAFETY: ssl_emu_launch has the signature `Launch`; `out` outlives the call and holds what
+    // the probe writes.
     unsafe {
-        let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW);
-        assert!(!h.is_null(), "dlopen {}", lib.display());
-        let f: Launch = std::mem::transmute(libc::dlsym(h, c"ssl_emu_launch".as_ptr()));
+        let f: Launch = std::mem::transmute(library_fn(c"ssl_emu_launch"));
         let mut out = vec![0f32; 3 * 128];
         let mut ptr = out.as_mut_ptr();
         let mut params = [&mut ptr as *mut *mut f32 as *mut std::ffi::c_void];
@@ -277,17 +291,12 @@ fn landed_at(input: &[f32], row: usize, col: usize) -> f32 {
 /// cuda_emu.h, emu_bank_stats): [16-byte cp.async phases, their extra wavefronts, 4-byte cp.async
 /// phases, extra, ldmatrix phases, extra]; None when it never ran.
 fn bank_stats(name: &str) -> Option<[u64; 6]> {
-    let Some(Ok(lib)) = LIBRARY.get() else { unreachable!() };
     type Stats = unsafe extern "C" fn(*const std::ffi::c_char, *mut u64) -> i32;
-    let path = std::ffi::CString::new(lib.to_string_lossy().as_bytes()).unwrap();
     let name = std::ffi::CString::new(name).unwrap();
     let mut out = [0u64; 6];
-    // SAFETY: as in emulator_poisons_shared_memory_at_every_block; ssl_emu_bank_stats writes 6
-    // counters into `out`.
+    // SAFETY: ssl_emu_bank_stats has the signature `Stats` and writes 6 counters into `out`.
     unsafe {
-        let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW);
-        assert!(!h.is_null(), "dlopen {}", lib.display());
-        let f: Stats = std::mem::transmute(libc::dlsym(h, c"ssl_emu_bank_stats".as_ptr()));
+        let f: Stats = std::mem::transmute(library_fn(c"ssl_emu_bank_stats"));
         (f(name.as_ptr(), out.as_mut_ptr()) == 0).then_some(out)
     }
 }
@@ -363,16 +372,11 @@ fn tensor_core_shared_memory_is_free_of_bank_conflicts() {
 
 /// Runs one probe kernel of the emulator library as a single warp: (in, out) parameters.
 fn launch_probe(name: &std::ffi::CStr, input: &[f32], out_len: usize) -> Vec<f32> {
-    let Some(Ok(lib)) = LIBRARY.get() else { unreachable!() };
-    type Launch = unsafe extern "C" fn(*const std::ffi::c_char, *const u32, *const u32, u32, *mut *mut std::ffi::c_void) -> i32;
-    let path = std::ffi::CString::new(lib.to_string_lossy().as_bytes()).unwrap();
     let mut out = vec![0f32; out_len];
-    // SAFETY: as in emulator_poisons_shared_memory_at_every_block; `input` and `out` outlive the
-    // call and are as long as the probe reads and writes.
+    // SAFETY: ssl_emu_launch has the signature `Launch`; `input` and `out` outlive the call and
+    // are as long as the probe reads and writes.
     unsafe {
-        let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW);
-        assert!(!h.is_null(), "dlopen {}", lib.display());
-        let f: Launch = std::mem::transmute(libc::dlsym(h, c"ssl_emu_launch".as_ptr()));
+        let f: Launch = std::mem::transmute(library_fn(c"ssl_emu_launch"));
         let mut inp = input.as_ptr();
         let mut outp = out.as_mut_ptr();
         let mut params = [&mut inp as *mut *const f32 as *mut std::ffi::c_void, &mut outp as *mut *mut f32 as *mut std::ffi::c_void];
