@@ -226,101 +226,59 @@ DEV void attn_bwd_dkdv(const float* q, const float* k, const float* v, const flo
 #define ATT64_BQ 64
 #define ATT128_BQ 32
 
-extern "C" __global__ void __launch_bounds__(ATT64_BQ)
-    attention_fwd_f32(const float* q, const float* k, const float* v, float* o, float* lse, int tq, int tk, int d,
-                      float scale) {
-    attn_fwd<64, ATT64_BQ, 32>(q, k, v, o, lse, tq, tk, d, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT128_BQ)
-    attention_d128_fwd_f32(const float* q, const float* k, const float* v, float* o, float* lse, int tq, int tk,
-                           int d, float scale) {
-    attn_fwd<128, ATT128_BQ, 16>(q, k, v, o, lse, tq, tk, d, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT64_BQ)
-    attention_dq_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow,
-                         const float* dout, float* dq, int tq, int tk, int d, float scale) {
-    attn_bwd_dq<64, ATT64_BQ, 16>(q, k, v, lse, drow, dout, dq, tq, tk, d, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT128_BQ)
-    attention_d128_dq_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow,
-                              const float* dout, float* dq, int tq, int tk, int d, float scale) {
-    attn_bwd_dq<128, ATT128_BQ, 8>(q, k, v, lse, drow, dout, dq, tq, tk, d, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT64_BQ)
-    attention_dkdv_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow,
-                           const float* dout, float* dk, float* dv, int tq, int tk, int d, float scale) {
-    attn_bwd_dkdv<64, ATT64_BQ, 16, 1>(q, k, v, lse, drow, dout, dk, dv, tq, tk, d, scale);
-}
-// Two threads per key (ATT128_DKDV_SPLIT): 128 accumulators each, as the 64-wide variant.
+// One head-dim variant of the SIMT kernels: NAME_fwd_f32, NAME_dq_bwd_f32 and NAME_dkdv_bwd_f32,
+// with BQ query rows (= threads) per block, FWD_BT / BWD_BT keys per streamed tile, and SPLIT
+// threads per key in dk/dv.
+#define ATTENTION_ENTRIES(NAME, DM, BQ, FWD_BT, BWD_BT, SPLIT)                                              \
+    extern "C" __global__ void __launch_bounds__(BQ)                                                         \
+        NAME##_fwd_f32(const float* q, const float* k, const float* v, float* o, float* lse, int tq, int tk,  \
+                       int d, float scale) {                                                                 \
+        attn_fwd<DM, BQ, FWD_BT>(q, k, v, o, lse, tq, tk, d, scale);                                         \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(BQ)                                                         \
+        NAME##_dq_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow, \
+                          const float* dout, float* dq, int tq, int tk, int d, float scale) {               \
+        attn_bwd_dq<DM, BQ, BWD_BT>(q, k, v, lse, drow, dout, dq, tq, tk, d, scale);                         \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(BQ * SPLIT)                                                 \
+        NAME##_dkdv_bwd_f32(const float* q, const float* k, const float* v, const float* lse,               \
+                            const float* drow, const float* dout, float* dk, float* dv, int tq, int tk, int d, \
+                            float scale) {                                                                   \
+        attn_bwd_dkdv<DM, BQ, BWD_BT, SPLIT>(q, k, v, lse, drow, dout, dk, dv, tq, tk, d, scale);            \
+    }
+
+// Head dim 128 takes two threads per key in dk/dv (ATT128_DKDV_SPLIT): 128 accumulators each, as
+// the 64-wide variant.
 #define ATT128_DKDV_SPLIT 2
-extern "C" __global__ void __launch_bounds__(ATT128_BQ * ATT128_DKDV_SPLIT)
-    attention_d128_dkdv_bwd_f32(const float* q, const float* k, const float* v, const float* lse,
-                                const float* drow, const float* dout, float* dk, float* dv, int tq, int tk, int d,
-                                float scale) {
-    attn_bwd_dkdv<128, ATT128_BQ, 8, ATT128_DKDV_SPLIT>(q, k, v, lse, drow, dout, dk, dv, tq, tk, d, scale);
-}
+ATTENTION_ENTRIES(attention, 64, ATT64_BQ, 32, 16, 1)
+ATTENTION_ENTRIES(attention_d128, 128, ATT128_BQ, 16, 8, ATT128_DKDV_SPLIT)
 
 // ---- tensor cores (attention_tc.cuh) ---------------------------------------------------------
 // Per head-dim variant: warps per block (16 rows each) and the streamed tile's rows, within
 // 48 KB of static shared memory. The Rust side uses the same numbers for its grids.
 #define FLASH64_NW 4
 #define FLASH128_NW 2
-extern "C" __global__ void __launch_bounds__(FLASH64_NW * 32)
-    attention_tc_fwd_f32(const float* q, const float* k, const float* v, float* o, float* lse, int tq, int tk, int d, float scale) {
-    flash_fwd<ATT_MATH_TF32, 64, FLASH64_NW, 32>(q, k, v, o, lse, tq, tk, d, scale);
-}
+// One math and head-dim variant of the flash kernels: NAME_fwd_f32, NAME_dq_bwd_f32 and
+// NAME_dkdv_bwd_f32, with NW warps per block and FWD_BT / BWD_BT rows per streamed tile.
+#define FLASH_ENTRIES(NAME, DT, MATH, DM, NW, FWD_BT, BWD_BT)                                                    \
+    extern "C" __global__ void __launch_bounds__(NW * 32)                                                    \
+        NAME##_fwd_##DT(const float* q, const float* k, const float* v, float* o, float* lse, int tq, int tk,  \
+                       int d, float scale) {                                                                 \
+        flash_fwd<MATH, DM, NW, FWD_BT>(q, k, v, o, lse, tq, tk, d, scale);                                  \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(NW * 32)                                                    \
+        NAME##_dq_bwd_##DT(const float* q, const float* k, const float* v, const float* lse, const float* drow, \
+                          const float* dout, float* dq, int tq, int tk, int d, float scale) {               \
+        flash_dq<MATH, DM, NW, BWD_BT>(q, k, v, lse, drow, dout, dq, tq, tk, d, scale);                      \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(NW * 32)                                                    \
+        NAME##_dkdv_bwd_##DT(const float* q, const float* k, const float* v, const float* lse,               \
+                            const float* drow, const float* dout, float* dk, float* dv, int tq, int tk, int d, \
+                            float scale) {                                                                   \
+        flash_dkdv<MATH, DM, NW, BWD_BT>(q, k, v, lse, drow, dout, dk, dv, tq, tk, d, scale);                \
+    }
 
-extern "C" __global__ void __launch_bounds__(FLASH128_NW * 32)
-    attention_tc_d128_fwd_f32(const float* q, const float* k, const float* v, float* o, float* lse, int tq, int tk, int d, float scale) {
-    flash_fwd<ATT_MATH_TF32, 128, FLASH128_NW, 16>(q, k, v, o, lse, tq, tk, d, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(FLASH64_NW * 32)
-    attention_tc_dq_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow, const float* dout, float* dq, int tq, int tk, int d, float scale) {
-    flash_dq<ATT_MATH_TF32, 64, FLASH64_NW, 16>(q, k, v, lse, drow, dout, dq, tq, tk, d, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(FLASH128_NW * 32)
-    attention_tc_d128_dq_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow, const float* dout, float* dq, int tq, int tk, int d, float scale) {
-    flash_dq<ATT_MATH_TF32, 128, FLASH128_NW, 8>(q, k, v, lse, drow, dout, dq, tq, tk, d, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(FLASH64_NW * 32)
-    attention_tc_dkdv_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow, const float* dout, float* dk, float* dv, int tq, int tk, int d, float scale) {
-    flash_dkdv<ATT_MATH_TF32, 64, FLASH64_NW, 16>(q, k, v, lse, drow, dout, dk, dv, tq, tk, d, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(FLASH128_NW * 32)
-    attention_tc_d128_dkdv_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow, const float* dout, float* dk, float* dv, int tq, int tk, int d, float scale) {
-    flash_dkdv<ATT_MATH_TF32, 128, FLASH128_NW, 8>(q, k, v, lse, drow, dout, dk, dv, tq, tk, d, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(FLASH64_NW * 32)
-    attention_bf16_fwd_f32(const float* q, const float* k, const float* v, float* o, float* lse, int tq, int tk, int d, float scale) {
-    flash_fwd<ATT_MATH_BF16, 64, FLASH64_NW, 32>(q, k, v, o, lse, tq, tk, d, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(FLASH128_NW * 32)
-    attention_bf16_d128_fwd_f32(const float* q, const float* k, const float* v, float* o, float* lse, int tq, int tk, int d, float scale) {
-    flash_fwd<ATT_MATH_BF16, 128, FLASH128_NW, 16>(q, k, v, o, lse, tq, tk, d, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(FLASH64_NW * 32)
-    attention_bf16_dq_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow, const float* dout, float* dq, int tq, int tk, int d, float scale) {
-    flash_dq<ATT_MATH_BF16, 64, FLASH64_NW, 16>(q, k, v, lse, drow, dout, dq, tq, tk, d, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(FLASH128_NW * 32)
-    attention_bf16_d128_dq_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow, const float* dout, float* dq, int tq, int tk, int d, float scale) {
-    flash_dq<ATT_MATH_BF16, 128, FLASH128_NW, 8>(q, k, v, lse, drow, dout, dq, tq, tk, d, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(FLASH64_NW * 32)
-    attention_bf16_dkdv_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow, const float* dout, float* dk, float* dv, int tq, int tk, int d, float scale) {
-    flash_dkdv<ATT_MATH_BF16, 64, FLASH64_NW, 16>(q, k, v, lse, drow, dout, dk, dv, tq, tk, d, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(FLASH128_NW * 32)
-    attention_bf16_d128_dkdv_bwd_f32(const float* q, const float* k, const float* v, const float* lse, const float* drow, const float* dout, float* dk, float* dv, int tq, int tk, int d, float scale) {
-    flash_dkdv<ATT_MATH_BF16, 128, FLASH128_NW, 8>(q, k, v, lse, drow, dout, dk, dv, tq, tk, d, scale);
-}
+FLASH_ENTRIES(attention_tc, f32, ATT_MATH_TF32, 64, FLASH64_NW, 32, 16)
+FLASH_ENTRIES(attention_tc_d128, f32, ATT_MATH_TF32, 128, FLASH128_NW, 16, 8)
+FLASH_ENTRIES(attention, bf16, ATT_MATH_BF16, 64, FLASH64_NW, 32, 16)
+FLASH_ENTRIES(attention_d128, bf16, ATT_MATH_BF16, 128, FLASH128_NW, 16, 8)

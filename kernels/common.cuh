@@ -2,8 +2,10 @@
 // defines the few constants and types it needs itself.
 //
 // Conventions, kept by every kernel in kernels/*.cu:
-// - Symbols are extern "C" and named <op>[_<stage>]_<fwd|bwd>_<dtype> (relu_fwd_f32,
-//   conv2d_data_bwd_f32), <op> being the Backend method (or unary / binary kind) the kernel
+// - Symbols are extern "C" and named <op>[_<variant>][_<stage>]_<fwd|bwd>_<dtype> (relu_fwd_f32,
+//   conv2d_data_bwd_f32, conv2d_m128n128_data_bwd_bf16): <dtype> is what the kernel computes
+//   in (f32, or bf16 for the bf16 tensor-core kernels; TF32 variants say _tc and end in _f32),
+//   <op> being the Backend method (or unary / binary kind) the kernel
 //   serves, the same name as in shaders/*.wgsl; the Rust wrapper in
 //   src/backend/cuda/<family>.rs names it whole, never assembled (tests/kernel_names.rs).
 // - Device pointers are plain `float*`; element counts and offsets are 64-bit (`i64`); small

@@ -160,6 +160,6 @@ extern "C" __global__ void sum_axis_splits_fwd_f32(const float* part, float* y, 
 }
 
 // The same, rounded to bf16: the last stage of a split-K GEMM under precision = "bf16".
-extern "C" __global__ void sum_axis_splits_bf16_fwd_f32(const float* part, float* y, i64 splits, i64 n) {
+extern "C" __global__ void sum_axis_splits_fwd_bf16(const float* part, float* y, i64 splits, i64 n) {
     sum_splits(part, y, splits, n, true);
 }

@@ -25,35 +25,8 @@ struct P {
 
 const NAN_BITS: u32 = 0x7fc00000u;
 
-var<workgroup> red: array<f32, WG>;
-
-fn wg_sum(v: f32, li: u32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red[li] += red[li + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn wg_max(v: f32, li: u32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red[li] = max(red[li], red[li + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
+// Its row reductions (wg_sum, wg_max) come from reduce.wgsl, over workgroups of WG lanes.
+const RED_WG: u32 = WG;
 
 // The class of row r, or -1 when the label is not one.
 fn label_of(r: u32) -> i32 {

@@ -49,16 +49,41 @@ fn beta_at(c: u32) -> f32 {
 
 // ---- column reductions, stage 1: one invocation per (split, channel) ---------------------
 
+// The channel and the rows [r0, r1) that column-reduction invocation idx = s * ch + c sums:
+// split s holds rows [s * chunk, (s + 1) * chunk), the last one cut at `rows`.
+struct ColSplit {
+    c: u32,
+    r0: u32,
+    r1: u32,
+}
+
+fn col_split(idx: u32) -> ColSplit {
+    let s = idx / p.ch;
+    return ColSplit(idx % p.ch, s * p.chunk, min(p.rows, (s + 1u) * p.chunk));
+}
+
+// (sum dy, sum dy * xhat) over the rows of `cs` in its channel; xhat = (x - sa) * sb with
+// per-channel statistics (batch norm), or per-row ones (layer norm) when `per_row`.
+fn col_dy_xhat_sums(cs: ColSplit, per_row: bool) -> vec2<f32> {
+    var sum_dy = 0.0;
+    var sum_dy_xhat = 0.0;
+    for (var r = cs.r0; r < cs.r1; r++) {
+        let st = select(cs.c, r, per_row);
+        let g = dy[r * p.ch + cs.c];
+        sum_dy += g;
+        sum_dy_xhat += g * ((x[r * p.ch + cs.c] - sa[st]) * sb[st]);
+    }
+    return vec2<f32>(sum_dy, sum_dy_xhat);
+}
+
 // o1[s, c] = sum_(r in split s) x[r, c]
 @compute @workgroup_size(WG)
 fn batchnorm_colsum_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
-        let c = idx % p.ch;
-        let s = idx / p.ch;
-        let r1 = min(p.rows, (s + 1u) * p.chunk);
+        let cs = col_split(idx);
         var acc = 0.0;
-        for (var r = s * p.chunk; r < r1; r++) {
-            acc += x[r * p.ch + c];
+        for (var r = cs.r0; r < cs.r1; r++) {
+            acc += x[r * p.ch + cs.c];
         }
         o1[idx] = acc;
     }
@@ -68,13 +93,11 @@ fn batchnorm_colsum_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
 @compute @workgroup_size(WG)
 fn batchnorm_sqdev_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
-        let c = idx % p.ch;
-        let s = idx / p.ch;
-        let m = sa[c];
-        let r1 = min(p.rows, (s + 1u) * p.chunk);
+        let cs = col_split(idx);
+        let m = sa[cs.c];
         var acc = 0.0;
-        for (var r = s * p.chunk; r < r1; r++) {
-            let d = x[r * p.ch + c] - m;
+        for (var r = cs.r0; r < cs.r1; r++) {
+            let d = x[r * p.ch + cs.c] - m;
             acc += d * d;
         }
         o1[idx] = acc;
@@ -85,20 +108,9 @@ fn batchnorm_sqdev_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
 @compute @workgroup_size(WG)
 fn batchnorm_stats_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
-        let c = idx % p.ch;
-        let s = idx / p.ch;
-        let m = sa[c];
-        let is = sb[c];
-        let r1 = min(p.rows, (s + 1u) * p.chunk);
-        var a0 = 0.0;
-        var a1 = 0.0;
-        for (var r = s * p.chunk; r < r1; r++) {
-            let g = dy[r * p.ch + c];
-            a0 += g;
-            a1 += g * ((x[r * p.ch + c] - m) * is);
-        }
-        o1[idx * 2u] = a0;
-        o1[idx * 2u + 1u] = a1;
+        let sums = col_dy_xhat_sums(col_split(idx), false);
+        o1[idx * 2u] = sums.x;
+        o1[idx * 2u + 1u] = sums.y;
     }
 }
 
@@ -106,32 +118,29 @@ fn batchnorm_stats_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
 @compute @workgroup_size(WG)
 fn layernorm_stats_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
-        let c = idx % p.ch;
-        let s = idx / p.ch;
-        let r1 = min(p.rows, (s + 1u) * p.chunk);
-        var a0 = 0.0;
-        var a1 = 0.0;
-        for (var r = s * p.chunk; r < r1; r++) {
-            let g = dy[r * p.ch + c];
-            a0 += g * ((x[r * p.ch + c] - sa[r]) * sb[r]);
-            a1 += g;
-        }
-        o1[idx * 2u] = a0;
-        o1[idx * 2u + 1u] = a1;
+        let sums = col_dy_xhat_sums(col_split(idx), true);
+        o1[idx * 2u] = sums.y;
+        o1[idx * 2u + 1u] = sums.x;
     }
 }
 
 // ---- column reductions, stage 2: one invocation per channel -----------------------------
 
+// sum_s part[(s, c) * width + k]: component k of channel c's partial sums over the splits,
+// in split order (width 1: one partial per split, 2: the backward's pairs).
+fn split_total(c: u32, width: u32, k: u32) -> f32 {
+    var acc = 0.0;
+    for (var s = 0u; s < p.nsplit; s++) {
+        acc += part[(s * p.ch + c) * width + k];
+    }
+    return acc;
+}
+
 // o1[c] = sum_s part[s, c] / rows  (the batch mean)
 @compute @workgroup_size(WG)
 fn batchnorm_mean_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var c = flat_id(wid, nwg, li); c < p.ch; c += grid_stride(nwg)) {
-        var acc = 0.0;
-        for (var s = 0u; s < p.nsplit; s++) {
-            acc += part[s * p.ch + c];
-        }
-        o1[c] = acc / f32(p.rows);
+        o1[c] = split_total(c, 1u, 0u) / f32(p.rows);
     }
 }
 
@@ -139,11 +148,7 @@ fn batchnorm_mean_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
 @compute @workgroup_size(WG)
 fn batchnorm_invstd_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var c = flat_id(wid, nwg, li); c < p.ch; c += grid_stride(nwg)) {
-        var acc = 0.0;
-        for (var s = 0u; s < p.nsplit; s++) {
-            acc += part[s * p.ch + c];
-        }
-        o1[c] = 1.0 / sqrt(acc / f32(p.rows) + p.eps);
+        o1[c] = 1.0 / sqrt(split_total(c, 1u, 0u) / f32(p.rows) + p.eps);
     }
 }
 
@@ -151,11 +156,7 @@ fn batchnorm_invstd_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
 @compute @workgroup_size(WG)
 fn batchnorm_running_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var c = flat_id(wid, nwg, li); c < p.ch; c += grid_stride(nwg)) {
-        var acc = 0.0;
-        for (var s = 0u; s < p.nsplit; s++) {
-            acc += part[s * p.ch + c];
-        }
-        let var_b = acc / f32(p.rows);
+        let var_b = split_total(c, 1u, 0u) / f32(p.rows);
         let m = p.momentum;
         o2[c] = (1.0 - m) * o2[c] + m * sa[c];
         o3[c] = (1.0 - m) * o3[c] + m * var_b * p.unbias;
@@ -166,14 +167,8 @@ fn batchnorm_running_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
 @compute @workgroup_size(WG)
 fn colstats_finalize_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var c = flat_id(wid, nwg, li); c < p.ch; c += grid_stride(nwg)) {
-        var a0 = 0.0;
-        var a1 = 0.0;
-        for (var s = 0u; s < p.nsplit; s++) {
-            a0 += part[(s * p.ch + c) * 2u];
-            a1 += part[(s * p.ch + c) * 2u + 1u];
-        }
-        o1[c] = a0;
-        o2[c] = a1;
+        o1[c] = split_total(c, 2u, 0u);
+        o2[c] = split_total(c, 2u, 1u);
     }
 }
 
@@ -191,14 +186,20 @@ fn bn_tail(v: f32, i: u32) -> f32 {
     return o;
 }
 
+// The output pass of both modes: o1[i] = bn_tail(x * scale + shift), shift = beta - mean * scale,
+// with sa holding the mean (batch or running) of element i's channel.
+fn bn_out(i: u32, scale: f32) {
+    let c = i % p.ch;
+    let shift = beta_at(c) - sa[c] * scale;
+    o1[i] = bn_tail(x[i] * scale + shift, i);
+}
+
 // y = x * scale + shift, scale = invstd * gamma, shift = beta - mean * scale
 @compute @workgroup_size(WG)
 fn batchnorm_apply_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var i = flat_id(wid, nwg, li); i < p.rows * p.ch; i += grid_stride(nwg)) {
         let c = i % p.ch;
-        let scale = sb[c] * gamma_at(c);
-        let shift = beta_at(c) - sa[c] * scale;
-        o1[i] = bn_tail(x[i] * scale + shift, i);
+        bn_out(i, sb[c] * gamma_at(c));
     }
 }
 
@@ -207,9 +208,7 @@ fn batchnorm_apply_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
 fn batchnorm_eval_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var i = flat_id(wid, nwg, li); i < p.rows * p.ch; i += grid_stride(nwg)) {
         let c = i % p.ch;
-        let scale = gamma_at(c) / sqrt(sb[c] + p.eps);
-        let shift = beta_at(c) - sa[c] * scale;
-        o1[i] = bn_tail(x[i] * scale + shift, i);
+        bn_out(i, gamma_at(c) / sqrt(sb[c] + p.eps));
     }
 }
 
@@ -228,35 +227,8 @@ fn batchnorm_dx_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
 
 // ---- row reductions: one workgroup per row ------------------------------------------------
 
-var<workgroup> red: array<f32, ROW_WG>;
-
-fn row_sum(v: f32, li: u32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = ROW_WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red[li] += red[li + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn row_max(v: f32, li: u32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = ROW_WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red[li] = max(red[li], red[li + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
+// Its row reductions (wg_sum, wg_max) come from reduce.wgsl, over workgroups of ROW_WG lanes.
+const RED_WG: u32 = ROW_WG;
 
 // y = (x - mean) * rstd * gamma + beta; o1 = y, o2 = mean, o3 = rstd
 @compute @workgroup_size(ROW_WG)
@@ -270,13 +242,13 @@ fn layernorm_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     for (var j = li; j < p.ch; j += ROW_WG) {
         s += x[base + j];
     }
-    let mean = row_sum(s, li) / f32(p.ch);
+    let mean = wg_sum(s, li) / f32(p.ch);
     var q = 0.0;
     for (var j = li; j < p.ch; j += ROW_WG) {
         let d = x[base + j] - mean;
         q += d * d;
     }
-    let rstd = 1.0 / sqrt(row_sum(q, li) / f32(p.ch) + p.eps);
+    let rstd = 1.0 / sqrt(wg_sum(q, li) / f32(p.ch) + p.eps);
     for (var j = li; j < p.ch; j += ROW_WG) {
         o1[base + j] = (x[base + j] - mean) * rstd * gamma[j] + beta[j];
     }
@@ -292,7 +264,7 @@ fn row_dot_x_dy(base: u32, li: u32) -> f32 {
     for (var j = li; j < p.ch; j += ROW_WG) {
         s += x[base + j] * dy[base + j];
     }
-    return row_sum(s, li);
+    return wg_sum(s, li);
 }
 
 // Row-wise L2 normalisation (F.normalize): o1 = x / n, o2 = n = max(|x|, eps)
@@ -307,7 +279,7 @@ fn l2_normalize_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     for (var j = li; j < p.ch; j += ROW_WG) {
         s += x[base + j] * x[base + j];
     }
-    let n = max(sqrt(row_sum(s, li)), p.eps);
+    let n = max(sqrt(wg_sum(s, li)), p.eps);
     for (var j = li; j < p.ch; j += ROW_WG) {
         o1[base + j] = x[base + j] / n;
     }
@@ -352,8 +324,8 @@ fn layernorm_dx_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
         s1 += g;
         s2 += g * ((x[base + j] - mean) * rstd);
     }
-    let m1 = row_sum(s1, li) / f32(p.ch);
-    let m2 = row_sum(s2, li) / f32(p.ch);
+    let m1 = wg_sum(s1, li) / f32(p.ch);
+    let m2 = wg_sum(s2, li) / f32(p.ch);
     for (var j = li; j < p.ch; j += ROW_WG) {
         let g = dy[base + j] * gamma[j];
         let xhat = (x[base + j] - mean) * rstd;
@@ -367,12 +339,12 @@ fn row_max_expsum(base: u32, li: u32) -> vec2<f32> {
     for (var j = li; j < p.ch; j += ROW_WG) {
         m = max(m, x[base + j]);
     }
-    let mx = row_max(m, li);
+    let mx = wg_max(m, li);
     var s = 0.0;
     for (var j = li; j < p.ch; j += ROW_WG) {
         s += exp(x[base + j] - mx);
     }
-    return vec2<f32>(mx, row_sum(s, li));
+    return vec2<f32>(mx, wg_sum(s, li));
 }
 
 // o1[row] = log sum_j exp(x[row, j]), max-shifted

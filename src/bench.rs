@@ -186,8 +186,8 @@ pub fn bench_kernels<B: Backend>(b: &B, batch: usize, filter: Option<&str>, runs
         let flops = 2.0 * (n * d.oh * d.ow * co * ci * k * k) as f64;
         let tag = format!("{h}x{h} {ci}->{co} k{k} s{s}");
         push(format!("conv fwd {tag}"), Work::Flops(flops), &mut || ops::conv2d(&x, &w, &d).map(drop))?;
-        push(format!("conv bwd-data {tag}"), Work::Flops(flops), &mut || ops::conv2d_bwd_data(&dy, &w, &d).map(drop))?;
-        push(format!("conv bwd-weight {tag}"), Work::Flops(flops), &mut || ops::conv2d_bwd_weight(&x, &dy, &d).map(drop))?;
+        push(format!("conv bwd-data {tag}"), Work::Flops(flops), &mut || ops::conv2d_data_bwd(&dy, &w, &d).map(drop))?;
+        push(format!("conv bwd-weight {tag}"), Work::Flops(flops), &mut || ops::conv2d_weight_bwd(&x, &dy, &d).map(drop))?;
     }
     // Batch norm on the largest ResNet activation, forward and backward.
     {
@@ -279,4 +279,86 @@ pub fn simsiam_step_census(b: &crate::backend::cuda::CudaBackend, model: &str, b
     }
     rows.sort_by_key(|r| std::cmp::Reverse(r.bytes));
     Ok(Census { rows, graph_kernels })
+}
+
+/// SMs of the dry-run device: an H100 SXM's count, so the census sees the grid shapes (and
+/// split-K choices) the GPU the kernels are tuned for would get.
+const DRY_RUN_SMS: u32 = 132;
+
+/// `bench step --dry-run`: one SimSiam step on the dry-run CUDA device (no GPU needed), as the
+/// table the command prints: each kernel's launches and the bytes they reach, the total, and
+/// the host launches per step.
+pub fn dry_run_census_table(model: &str, batch: usize, image: usize, precision: crate::backend::Precision, graph: bool) -> Result<String> {
+    let b = crate::backend::cuda::CudaBackend::dry_run(DRY_RUN_SMS)?.with_precision(precision);
+    let census = simsiam_step_census(&b, model, batch, image, graph)?;
+    let (n, bytes): (usize, u64) = census.rows.iter().fold((0, 0), |(n, by), r| (n + r.launches, by + r.bytes));
+    let mut t = format!("SimSiam step census, {model} batch {batch} (2 views), dry-run CUDA device, {}:\n", precision.as_str());
+    t += &format!("{:<40} {:>9} {:>12}\n", "kernel", "launches", "MB reached");
+    for r in &census.rows {
+        t += &format!("{:<40} {:>9} {:>12.1}\n", r.kernel, r.launches, r.bytes as f64 / 1e6);
+    }
+    t += &format!("{:<40} {:>9} {:>12.1}\n", "total", n, bytes as f64 / 1e6);
+    if census.graph_kernels > 0 {
+        // The input and step-value copies before a replay are driver copies, not kernels.
+        let outside = n - census.graph_kernels;
+        let what = if outside == 0 { "forward, backward and optimizer".to_string() } else { format!("+ {outside} kernels outside it") };
+        t += &format!("host kernel launches per step: {} = 1 CUDA graph ({} kernels: {what})\n", 1 + outside, census.graph_kernels);
+    } else {
+        t += &format!("host kernel launches per step: {n} (no CUDA graph)\n");
+    }
+    Ok(t)
+}
+
+/// `bench kernels --static`: every CUDA kernel compiled for sm_90a, with its registers, spills,
+/// shared memory, occupancy and instruction mix; only names containing `filter`.
+pub fn static_kernel_table(filter: Option<&str>) -> Result<String> {
+    use crate::backend::cuda::report;
+    let tool = report::find_cuobjdump().ok_or_else(|| {
+        crate::Error::Other(
+            "cuobjdump not found (CUDA toolkit, or pip install nvidia-cuda-cuobjdump and put its bin/ on PATH, or set CUOBJDUMP)".into(),
+        )
+    })?;
+    let ks: Vec<_> = report::static_report(&tool)?.into_iter().filter(|k| filter.is_none_or(|f| k.name.contains(f))).collect();
+    Ok(report::format_report(&ks))
+}
+
+/// What `bench loader` times: the data, the loader's shape, and the augmentation.
+pub struct LoaderBench {
+    pub data: std::path::PathBuf,
+    /// Loader threads; 0 = every core.
+    pub workers: usize,
+    pub batch: usize,
+    pub batches: usize,
+    pub image_size: usize,
+    /// `data.cache`: "ram" or "none".
+    pub cache: String,
+    /// "simsiam" (the full recipe) or "crop" (crop + flip + normalise, torchvision's ImageNet
+    /// training transform).
+    pub recipe: String,
+    pub views: usize,
+}
+
+/// Runs the loader benchmark; returns the line the command prints.
+pub fn bench_loader(a: &LoaderBench) -> Result<String> {
+    let sets = [format!("data.image_size={}", a.image_size), format!("data.cache=\"{}\"", a.cache)];
+    let cfg = crate::config::Config::load(None, &sets)?;
+    let mut aug = cfg.augment.clone();
+    match a.recipe.as_str() {
+        "simsiam" => {}
+        "crop" => aug = crate::data::AugmentConfig { jitter_p: 0.0, gray_p: 0.0, blur_p: 0.0, solarize_p: 0.0, ..aug },
+        other => return Err(crate::Error::Config(format!("--recipe {other:?}: expected \"simsiam\" or \"crop\""))),
+    }
+    if a.views == 0 {
+        return Err(crate::Error::Config("--views must be at least 1".into()));
+    }
+    let ds = crate::eval::backbone::load(&a.data, crate::data::Split::Train, &cfg)?;
+    let workers = if a.workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { a.workers };
+    let loader = crate::data::Loader::new(ds, vec![aug; a.views], a.image_size, a.batch, 0, workers, 2 * workers)?;
+    let t = crate::data::measure_throughput(&loader, a.batches)?;
+    let peak = crate::data::peak_memory_bytes().map_or("unknown".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64));
+    let (s, batch, cache, recipe) = (a.image_size, a.batch, &a.cache, &a.recipe);
+    Ok(format!(
+        "loader: {:.1} images/s ({:.0} augmented {s}x{s} views/s) over {} batches of {batch}, {workers} workers, cache {cache}, recipe {recipe}; peak memory {peak}",
+        t.images_per_s, t.views_per_s, t.batches
+    ))
 }

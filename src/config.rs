@@ -1,25 +1,26 @@
 //! Run configuration: a TOML recipe (configs/*.toml) plus `--set key=value` overrides.
-//! Unknown keys and bad values are errors that name the key.
+//! Unknown keys and bad values are errors that name the key. Settings with a fixed set of values
+//! (backend, precision, data.cache, data.on_corrupt, the optimisers) are enums, parsed here once.
+//! Each method's table (`[simclr]`, `[dino]`, ...) belongs to the method: the config keeps it as
+//! TOML and hands it to the method's registry row, which parses and checks it when the recipe is
+//! read. So the config names no method, and a new method adds no line here.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::AugmentConfig;
 use crate::error::{Error, Result};
 use crate::eval::linear::LinearProbeConfig;
-use crate::eval::summary::ReportConfig;
 use crate::models::BackboneConfig;
 use crate::optim::{LarsConfig, OptimizerKind};
-use crate::ssl::barlow::BarlowConfig;
-use crate::ssl::byol::ByolConfig;
-use crate::ssl::dino::DinoConfig;
-use crate::ssl::mocov2plus::MocoV2PlusConfig;
-use crate::ssl::mocov3::MocoV3Config;
-use crate::ssl::supcon::SupConConfig;
-use crate::ssl::swav::SwavConfig;
-use crate::ssl::vicreg::VicregConfig;
-use crate::ssl::simclr::SimClrConfig;
-use crate::ssl::simsiam::SimSiamConfig;
+use crate::ssl::{self, MethodRecipe};
+use crate::study::config::StudyConfig;
+
+pub use crate::data::OnCorrupt;
+pub use crate::dtype::Precision;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -33,12 +34,12 @@ pub struct Config {
     pub epochs: usize,
     pub batch_size: usize,
     /// cpu (wgpu and cuda where built and available).
-    pub backend: String,
+    pub backend: BackendKind,
     /// "fp32", or "bf16": convolutions, matmuls and attention take bfloat16 operands and give
     /// bfloat16 results (FP32 accumulation), as PyTorch's bf16 autocast; weights, optimiser
     /// state, batch-norm statistics, losses and softmax stay FP32, and so do checkpoints.
     /// The cpu backend is the reference; wgpu refuses bf16.
-    pub precision: String,
+    pub precision: Precision,
     /// CPU threads; 0 = every core.
     pub threads: usize,
     /// Stop after this many optimiser steps in total (quick checks); none = run every epoch.
@@ -46,30 +47,27 @@ pub struct Config {
     /// Steps with a non-finite loss that may be skipped (no update, batch-norm statistics
     /// restored) before the run stops; 0 = stop at the first (exit code 3).
     pub skip_nonfinite: usize,
-    /// On the cuda backend, replay each step's forward and backward as one CUDA graph
+    /// Replay each step's forward and backward as one recorded graph (a CUDA graph on cuda)
     /// (recorded after a warm-up step; batches of other shapes run eagerly). Only for methods
     /// whose forward keeps no per-step state (SimSiam), and not with skip_nonfinite.
-    pub cuda_graph: bool,
+    /// Called `cuda_graph` before; that key is still read, with a deprecation line.
+    pub step_graph: bool,
     pub data: DataConfig,
     pub model_opts: ModelOpts,
-    pub augment: AugmentToml,
-    pub simsiam: SimSiamConfig,
-    pub simclr: SimClrConfig,
-    pub byol: ByolConfig,
-    pub supcon: SupConConfig,
-    pub swav: SwavConfig,
-    pub mocov2plus: MocoV2PlusConfig,
-    pub mocov3: MocoV3Config,
-    pub dino: DinoConfig,
-    pub barlow: BarlowConfig,
-    pub vicreg: VicregConfig,
+    /// The augmentation recipe (`data::AugmentConfig`: the same struct the pipeline runs).
+    pub augment: AugmentConfig,
     pub optim: OptimConfig,
     pub monitor: MonitorConfig,
     pub checkpoint: CheckpointConfig,
     pub linear: LinearProbeConfig,
     pub report: ReportConfig,
     /// `ssl-engine study`: starting points, protocols, the validation split.
-    pub study: crate::study::StudyConfig,
+    pub study: StudyConfig,
+    /// Each method's own table (`[simclr]`, `[dino]`, ...) by method name: checked by the
+    /// method's registry row when the recipe is read, with every default filled in. Not a serde
+    /// field: `load` takes these tables out of the recipe, and `to_toml` writes them back.
+    #[serde(skip)]
+    pub method_tables: BTreeMap<String, toml::Table>,
 }
 
 impl Default for Config {
@@ -81,33 +79,85 @@ impl Default for Config {
             seed: 0,
             epochs: 800,
             batch_size: 512,
-            backend: "cpu".into(),
-            precision: "fp32".into(),
+            backend: BackendKind::Cpu,
+            precision: Precision::Fp32,
             threads: 0,
             max_steps: None,
             skip_nonfinite: 0,
-            cuda_graph: true,
+            step_graph: true,
             data: DataConfig::default(),
             model_opts: ModelOpts::default(),
-            augment: AugmentToml::default(),
-            simsiam: SimSiamConfig::default(),
-            simclr: SimClrConfig::default(),
-            byol: ByolConfig::default(),
-            supcon: SupConConfig::default(),
-            swav: SwavConfig::default(),
-            mocov2plus: MocoV2PlusConfig::default(),
-            mocov3: MocoV3Config::default(),
-            dino: DinoConfig::default(),
-            barlow: BarlowConfig::default(),
-            vicreg: VicregConfig::default(),
+            augment: AugmentConfig::default(),
             optim: OptimConfig::default(),
             monitor: MonitorConfig::default(),
             checkpoint: CheckpointConfig::default(),
             linear: LinearProbeConfig::default(),
             report: ReportConfig::default(),
-            study: crate::study::StudyConfig::default(),
+            study: StudyConfig::default(),
+            method_tables: BTreeMap::new(),
         }
     }
+}
+
+/// `backend`: the device a run computes on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Cpu,
+    Wgpu,
+    Cuda,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `--backend cuda`: the same names the recipe takes.
+impl std::str::FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        crate::error::parse_setting("backend", s)
+    }
+}
+
+/// `data.cache`: whether image folders are decoded once and held in memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataCache {
+    /// Decode every image once, at load, and hold the pixels in memory.
+    #[default]
+    Ram,
+    /// Keep only the file list; the loader's workers decode each image when a batch needs it.
+    None,
+}
+
+impl DataCache {
+    /// Whether the loader streams (decodes per batch) rather than holding pixels.
+    pub fn streams(self) -> bool {
+        self == DataCache::None
+    }
+}
+
+/// `[report]`: what a finished run measures besides its own monitors.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// After training, evaluate the random-init and the pretrained backbone (kNN with the
+    /// monitor's k and T, and the `[linear]` probe) on the test set, and write summary.md.
+    pub compare_random: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -132,13 +182,13 @@ pub struct DataConfig {
     /// list is kept (each header checked at load) and the loader's workers decode every image
     /// when a batch needs it, as torchvision does: for datasets larger than memory. The batches
     /// are the same either way. Binary formats (CIFAR, IDX, STL-10) are always held in memory.
-    pub cache: String,
+    pub cache: DataCache,
     /// Loader threads; 0 = every core.
     pub workers: usize,
     /// Batches prepared ahead of the training step.
     pub prefetch: usize,
     /// "skip" (count and report undecodable images) or "fail" (stop, naming the file).
-    pub on_corrupt: String,
+    pub on_corrupt: OnCorrupt,
     /// Use at most this many images per class (quick runs).
     pub limit_per_class: Option<usize>,
     /// The largest width x height an image file may declare (Pillow's limit, 89,478,485 pixels):
@@ -154,10 +204,10 @@ impl Default for DataConfig {
             image_size: 32,
             resize_on_load: false,
             max_side: None,
-            cache: "ram".into(),
+            cache: DataCache::Ram,
             workers: 0,
             prefetch: 4,
-            on_corrupt: "skip".into(),
+            on_corrupt: OnCorrupt::Skip,
             limit_per_class: None,
             max_pixels: 89_478_485,
         }
@@ -178,42 +228,6 @@ pub struct ModelOpts {
 impl Default for ModelOpts {
     fn default() -> Self {
         ModelOpts { width: None, zero_init_residual: true, patch: None }
-    }
-}
-
-/// The augmentation recipe in TOML (defaults: the SimSiam CIFAR-10 recipe of REFERENCE.md).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AugmentToml {
-    pub crop_scale: [f32; 2],
-    pub crop_ratio: [f32; 2],
-    pub flip_p: f32,
-    /// brightness, contrast, saturation, hue
-    pub jitter: [f32; 4],
-    pub jitter_p: f32,
-    pub gray_p: f32,
-    pub blur_p: f32,
-    pub blur_sigma: [f32; 2],
-    pub solarize_p: f32,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-}
-
-impl Default for AugmentToml {
-    fn default() -> Self {
-        AugmentToml {
-            crop_scale: [0.2, 1.0],
-            crop_ratio: [3.0 / 4.0, 4.0 / 3.0],
-            flip_p: 0.5,
-            jitter: [0.4, 0.4, 0.4, 0.1],
-            jitter_p: 0.8,
-            gray_p: 0.2,
-            blur_p: 0.0,
-            blur_sigma: [0.1, 2.0],
-            solarize_p: 0.0,
-            mean: [0.4914, 0.4822, 0.4465],
-            std: [0.2470, 0.2435, 0.2616],
-        }
     }
 }
 
@@ -297,11 +311,13 @@ fn set_dotted(table: &mut toml::Table, key: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// A method table the recipe leaves out: every default.
+static NO_SETTINGS: LazyLock<toml::Table> = LazyLock::new(toml::Table::new);
+
+/// Old names of keys, still read: (old, new). Each use prints one deprecation line.
+const RENAMED: &[(&str, &str)] = &[("cuda_graph", "step_graph")];
+
 impl Config {
-    /// `precision` as a `Precision` (validated at load; FP32 if somehow not).
-    pub fn precision(&self) -> crate::backend::Precision {
-        crate::backend::Precision::parse(&self.precision).unwrap_or_default()
-    }
     /// Reads a recipe (or the defaults when `path` is None) and applies `key=value` overrides.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
         let mut table = match path {
@@ -316,14 +332,75 @@ impl Config {
             set_dotted(&mut table, k.trim(), v.trim())?;
         }
         let where_ = path.map(|p| p.display().to_string()).unwrap_or_else(|| "--set".into());
-        let mut cfg: Config = Config::deserialize(toml::Value::Table(table))
-            .map_err(|e| Error::Config(format!("{where_}: {}", e.to_string().trim().replace('\n', " "))))?;
+        let mut cfg = Self::from_table(table, &where_, true)?;
+        cfg.complete_method_tables().map_err(|e| Error::Config(format!("{where_}: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// A config a checkpoint stored (`to_toml` of this or an earlier version), as `load` reads a
+    /// recipe but without checks or deprecation lines: for comparing a resumed run with it.
+    pub fn from_stored(text: &str) -> Result<Self> {
+        let table = toml::from_str::<toml::Table>(text).map_err(|e| Error::Config(format!("stored config: {}", e.message())))?;
+        Self::from_table(table, "stored config", false)
+    }
+
+    /// The recipe's table as a config: old key names renamed, each method's table set aside for
+    /// the method, the rest deserialised (unknown keys and values are errors naming the key).
+    fn from_table(mut table: toml::Table, where_: &str, warn: bool) -> Result<Self> {
+        for (old, new) in RENAMED {
+            if let Some(v) = table.remove(*old) {
+                if table.contains_key(*new) {
+                    return Err(Error::Config(format!("{where_}: both {old} and {new} are set; {old} is the old name of {new}: keep {new}")));
+                }
+                if warn {
+                    eprintln!("warning: {where_}: the config key {old} is now called {new} (the old name still works, for now)");
+                }
+                table.insert(new.to_string(), v);
+            }
+        }
+        let mut method_tables = BTreeMap::new();
+        for m in ssl::methods() {
+            match table.remove(m.name) {
+                Some(toml::Value::Table(t)) => {
+                    method_tables.insert(m.name.to_string(), t);
+                }
+                Some(other) => {
+                    return Err(Error::Config(format!("{where_}: {}: expected a table of the method's settings, got {other}", m.name)));
+                }
+                None => {}
+            }
+        }
+        let mut cfg = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let msg = e.to_string().trim().replace('\n', " ");
+            let hint = if msg.starts_with("unknown field") { format!(" (or a method's table: {})", ssl::method_names()) } else { String::new() };
+            Error::Config(format!("{where_}: {msg}{hint}"))
+        })?;
+        cfg.method_tables = method_tables;
         // An empty test path ("") switches the kNN monitor off.
         if cfg.data.test_path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             cfg.data.test_path = None;
         }
-        cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Each method table checked by its method and completed with the defaults, plus the table
+    /// of the method the run trains when the recipe has none: what `to_toml` (and so every
+    /// checkpoint) records.
+    fn complete_method_tables(&mut self) -> Result<()> {
+        if ssl::is_method(&self.method) && !self.method_tables.contains_key(&self.method) {
+            self.method_tables.insert(self.method.clone(), toml::Table::new());
+        }
+        for (name, table) in self.method_tables.iter_mut() {
+            let info = ssl::method(name).ok_or_else(|| Error::Config(format!("{name}: no method of that name")))?;
+            *table = (info.settings)(table)?;
+        }
+        Ok(())
+    }
+
+    /// What `ssl::build` needs to build the run's method: its name, its own table, the seed.
+    pub fn method_recipe(&self) -> MethodRecipe<'_> {
+        MethodRecipe { name: &self.method, table: self.method_tables.get(&self.method).unwrap_or(&NO_SETTINGS), seed: self.seed }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -334,11 +411,12 @@ impl Config {
         if self.batch_size < 2 {
             return bad("batch_size", "must be at least 2 (batch norm needs two samples)");
         }
-        if !crate::ssl::is_method(&self.method) {
-            return bad("method", &format!("unknown method {:?}; available: {}", self.method, crate::ssl::method_names()));
+        if !ssl::is_method(&self.method) {
+            return bad("method", &format!("unknown method {:?}; available: {}", self.method, ssl::method_names()));
         }
-        if !["cpu", "wgpu", "cuda"].contains(&self.backend.as_str()) {
-            return bad("backend", &format!("unknown backend {:?}; choose cpu, wgpu or cuda", self.backend));
+        for (name, table) in &self.method_tables {
+            let info = ssl::method(name).ok_or_else(|| Error::Config(format!("{name}: no method of that name")))?;
+            (info.settings)(table)?;
         }
         if !(self.optim.base_lr > 0.0 && self.optim.base_lr.is_finite()) {
             return bad("optim.base_lr", "must be a positive number");
@@ -353,25 +431,14 @@ impl Config {
         if self.data.image_size < 8 {
             return bad("data.image_size", "must be at least 8");
         }
-        if !["skip", "fail"].contains(&self.data.on_corrupt.as_str()) {
-            return bad("data.on_corrupt", "must be \"skip\" or \"fail\"");
-        }
-        if crate::backend::Precision::parse(&self.precision).is_err() {
-            return bad("precision", "must be \"fp32\" or \"bf16\"");
-        }
-        if !["ram", "none"].contains(&self.data.cache.as_str()) {
-            return bad("data.cache", "must be \"ram\" (decode once, hold in memory) or \"none\" (decode per batch)");
-        }
         if self.monitor.log_every == 0 || self.monitor.knn_k == 0 || self.monitor.knn_t <= 0.0 {
             return bad("monitor", "log_every and knn_k must be positive, knn_t > 0");
         }
-        let a = &self.augment;
-        if !(0.0 < a.crop_scale[0] && a.crop_scale[0] <= a.crop_scale[1] && a.crop_scale[1] <= 1.0) {
-            return bad("augment.crop_scale", "needs 0 < min <= max <= 1");
-        }
-        if a.std.iter().any(|&s| s <= 0.0) {
-            return bad("augment.std", "must be positive");
-        }
+        // The recipe checks itself; its messages start with the field's name.
+        self.augment.validate().map_err(|e| match e {
+            Error::Invalid { msg, .. } => Error::Config(format!("augment.{msg}")),
+            e => e,
+        })?;
         self.backbone()?;
         Ok(())
     }
@@ -401,7 +468,15 @@ impl Config {
         if self.optim.scale_lr_with_batch { self.optim.base_lr * self.batch_size as f64 / 256.0 } else { self.optim.base_lr }
     }
 
+    /// The whole config as TOML, method tables included: `from_stored` reads it back equal.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_default()
+        let mut text = toml::to_string(self).unwrap_or_default();
+        for (name, table) in &self.method_tables {
+            // Written under its name, as the recipe has it: `[dino]`, `[dino.multicrop]`.
+            let named = toml::Table::from_iter([(name.clone(), toml::Value::Table(table.clone()))]);
+            text.push('\n');
+            text.push_str(&toml::to_string(&named).unwrap_or_default());
+        }
+        text
     }
 }

@@ -91,3 +91,11 @@ impl Error {
         }
     }
 }
+
+/// A setting's value from its name, through the same serde names the recipe takes ("fp32",
+/// "lars", "cuda", ...), for command-line flags: an unknown value is an error naming `key` and
+/// the values it takes.
+pub fn parse_setting<T: serde::de::DeserializeOwned>(key: &str, value: &str) -> Result<T> {
+    use serde::de::IntoDeserializer;
+    T::deserialize(value.into_deserializer()).map_err(|e: serde::de::value::Error| Error::Config(format!("{key}: {e}")))
+}

@@ -3,13 +3,13 @@
 //! Layers, top to bottom: `models` and `nn` build networks from `autograd` ops; the tape calls
 //! validated `ops`, which call a `backend::Backend` (the only code that knows the hardware).
 
-pub mod app;
 pub mod autograd;
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dtype;
 pub mod error;
 pub mod eval;
 pub mod interrupt;
@@ -20,6 +20,8 @@ pub mod optim;
 pub mod plot;
 pub mod progress;
 pub mod rng;
+pub mod run_log;
+pub mod setup;
 pub mod ssl;
 pub mod study;
 pub mod tensor;

@@ -4,37 +4,8 @@
 use std::sync::Arc;
 
 use crate::backend::Backend;
+pub use crate::dtype::DType;
 use crate::error::Result;
-
-/// Element type of a tensor. Backends state which they implement; the CPU backend
-/// implements F64 as well so gradient checks can run in double precision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DType {
-    F32,
-    F64,
-    BF16,
-}
-
-impl DType {
-    pub fn size_in_bytes(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::F64 => 8,
-            DType::BF16 => 2,
-        }
-    }
-}
-
-impl std::fmt::Display for DType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = match self {
-            DType::F32 => "f32",
-            DType::F64 => "f64",
-            DType::BF16 => "bf16",
-        };
-        f.write_str(s)
-    }
-}
 
 pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()

@@ -101,7 +101,7 @@ fn disk_full_while_checkpointing_keeps_the_previous_checkpoint() {
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
-        eprintln!("skipped: cannot mount a small tmpfs here (needs root) to simulate a full disk");
+        common::skip::skip(common::skip::Need::MountPrivilege, "cannot mount a small tmpfs here (needs root) to simulate a full disk");
         return;
     }
     let (c, e) = run_tiny(&mnt, &repo("data/cifar10-demo/train"), &[]);

@@ -3,14 +3,14 @@
 //! the larger ones the host emulation runs (split-K, multi-block, several attention key tiles,
 //! head dim 128) and model-sized ones the emulation cannot afford. Kernel outputs are
 //! NaN-poisoned before each launch, so an unwritten element fails.
-//! Without a GPU (or libcuda / libnvrtc) it prints "skipped: <reason>" and passes, unless
-//! SSL_ENGINE_REQUIRE_GPU=1 (benches/gpu_run.sh sets it on the GPU machine).
+//! Without a GPU (or libcuda / libnvrtc) it skips (tests/common/skip.rs: CI allows the
+//! "cuda-device" reason; SSL_ENGINE_REQUIRE_GPU=1, set by benches/gpu_run.sh, makes it fail).
 
 mod common;
 
 use common::conformance::{large_cases, model_sized_cases, run_cases};
 use ssl_engine::DType;
-use ssl_engine::backend::Backend;
+use ssl_engine::backend::prelude::*;
 use ssl_engine::rng::Rng;
 
 #[test]

@@ -4,27 +4,19 @@
 //! and a dry-run device drives every Backend op (the conformance cases, forward and backward,
 //! the SGD step, the benchmark shapes and whole training steps) through the real launch code,
 //! checking every launch against its kernel's PTX signature and the grid limits.
-//! Tests that need libnvrtc print "skipped: <reason>" when it is absent.
+//! Tests that need libnvrtc skip when it is absent (tests/common/skip.rs: a failure in CI).
 
 mod common;
 
 use ssl_engine::DType;
 use ssl_engine::Tensor;
 use ssl_engine::autograd::Tape;
-use ssl_engine::backend::Backend;
+use ssl_engine::backend::prelude::*;
 use ssl_engine::backend::cuda::CudaBackend;
 use ssl_engine::backend::cuda::nvrtc::{self, FAMILIES, ParamKind, Target};
 use ssl_engine::ops;
 
-fn nvrtc_or_skip() -> bool {
-    match nvrtc::nvrtc_available() {
-        Ok(()) => true,
-        Err(e) => {
-            println!("skipped: {e}");
-            false
-        }
-    }
-}
+use common::skip::{Need, nvrtc_or_skip, skip};
 
 #[test]
 fn every_kernel_file_compiles_for_sm80_and_compute90a() {
@@ -42,7 +34,7 @@ fn every_kernel_file_compiles_for_sm80_and_compute90a() {
             assert!(!entries.is_empty(), "{file} {arch}: no kernels");
             for (name, params) in &entries {
                 assert!(
-                    name.ends_with("_fwd_f32") || name.ends_with("_bwd_f32"),
+                    ["_fwd_f32", "_bwd_f32", "_fwd_bf16", "_bwd_bf16"].iter().any(|s| name.ends_with(s)),
                     "{file}: kernel {name} breaks the <op>_<fwd|bwd>_<dtype> rule"
                 );
                 assert!(!params.is_empty(), "{name}: no parameters");
@@ -265,23 +257,24 @@ fn dry_run_gemm_tiles_follow_the_rule() {
             run(&|| ops::matmul(&big, &wide, false, false).map(drop)),
             run(&|| ops::matmul(&thin, &thin, false, false).map(drop)),
             run(&|| ops::conv2d(&x, &w, &cd).map(drop)),
-            run(&|| ops::conv2d_bwd_data(&dy, &w, &cd).map(drop)),
-            run(&|| ops::conv2d_bwd_weight(&x, &dy, &cd).map(drop)),
+            run(&|| ops::conv2d_data_bwd(&dy, &w, &cd).map(drop)),
+            run(&|| ops::conv2d_weight_bwd(&x, &dy, &cd).map(drop)),
         ]
     };
     for (precision, math) in [(ssl_engine::backend::Precision::Bf16, "bf16"), (ssl_engine::backend::Precision::Fp32, "tc")] {
         let [square, tall, small, fwd, data, weight] = launches_of(&dry.clone().with_tf32(true).with_precision(precision));
-        let k = |name: &str| name.replace("{m}", math);
+        // TF32 kernels are <op>_tc<tile>_<pass>_f32, bf16 ones <op><tile>_<pass>_bf16.
+        let k = |op: &str, rest: &str| if math == "bf16" { format!("{op}{rest}_bf16") } else { format!("{op}_tc{rest}_f32") };
         // 4096^3: 32 x 32 tiles of 128 x 128.
-        assert_eq!(square, vec![(k("matmul_{m}_m128n128_fwd_f32"), (32, 32, 1), 98_304)]);
+        assert_eq!(square, vec![(k("matmul", "_m128n128_fwd"), (32, 32, 1), 98_304)]);
         // 4096 x 64 outputs: 32 tiles of 128 x 64 would not fill 132 SMs; 64 x 64 tiles with split-K.
-        assert_eq!((tall[0].0.clone(), tall[0].1.0, tall[0].2), (k("matmul_{m}_fwd_f32"), 64, 24_576), "{tall:?}");
-        assert_eq!(small, vec![(k("matmul_{m}_fwd_f32"), (1, 1, 1), 24_576)]);
+        assert_eq!((tall[0].0.clone(), tall[0].1.0, tall[0].2), (k("matmul", "_fwd"), 64, 24_576), "{tall:?}");
+        assert_eq!(small, vec![(k("matmul", "_fwd"), (1, 1, 1), 24_576)]);
         // ResNet-18's first stage at batch 512: 524288 pixels x 64 channels, 4096 tiles of 128 x 64.
-        assert_eq!(fwd, vec![(k("conv2d_{m}_m128n64_fwd_f32"), (4096, 1, 1), 73_728)]);
-        assert_eq!(data, vec![(k("conv2d_{m}_m128n64_data_bwd_f32"), (4096, 1, 1), 73_728)]);
+        assert_eq!(fwd, vec![(k("conv2d", "_m128n64_fwd"), (4096, 1, 1), 73_728)]);
+        assert_eq!(data, vec![(k("conv2d", "_m128n64_data_bwd"), (4096, 1, 1), 73_728)]);
         // Backward-weight: 64 x 576 outputs over 524288 pixels, 9 tiles of 64 x 64 split along k.
-        assert_eq!((weight[0].0.clone(), weight[0].1.0, weight[0].1.1, weight[0].2), (k("conv2d_{m}_weight_bwd_f32"), 1, 9, 24_576), "{weight:?}");
+        assert_eq!((weight[0].0.clone(), weight[0].1.0, weight[0].1.1, weight[0].2), (k("conv2d", "_weight_bwd"), 1, 9, 24_576), "{weight:?}");
         assert!(weight[0].1.2 > 1, "backward-weight is split along k: {weight:?}");
     }
     // Exact FP32: the SIMT loop, 64 x 64, whatever the shape.
@@ -314,7 +307,7 @@ fn static_report_gemm_conv_and_attention_kernels_are_spill_free_division_free_an
     }
     use ssl_engine::backend::cuda::report;
     let Some(tool) = report::find_cuobjdump() else {
-        println!("skipped: cuobjdump not found (pip install nvidia-cuda-cuobjdump)");
+        skip(Need::Cuobjdump, "cuobjdump not found (pip install nvidia-cuda-cuobjdump)");
         return;
     };
     let ks = report::static_report(&tool).unwrap();
@@ -337,7 +330,7 @@ fn static_report_gemm_conv_and_attention_kernels_are_spill_free_division_free_an
         let floor = if big_tile { 0.125 } else { 0.25 };
         assert!(k.occupancy().unwrap() >= floor, "{}: occupancy under {floor}", k.name);
         assert_eq!(k.smem_bytes > 48 * 1024, big_tile, "{}: shared memory {} (dynamic, by tile)", k.name, k.smem_bytes);
-        let tensor_cores = k.name.contains("_tc_") || k.name.contains("_bf16_");
+        let tensor_cores = k.name.contains("_tc_") || k.name.ends_with("_bf16");
         assert_eq!(k.hmma > 0, tensor_cores, "{}: HMMA only and always in the TF32 and BF16 variants", k.name);
         assert_eq!(k.ldgsts > 0 && k.ldsm > 0, tensor_cores, "{}: cp.async + ldmatrix only and always in the tensor-core variants", k.name);
         // Operands with k contiguous in memory (matmul, the convolutions' activations along
@@ -353,7 +346,7 @@ fn static_report_gemm_conv_and_attention_kernels_are_spill_free_division_free_an
     assert_eq!(attention.len(), 19, "6 exact + 12 tensor-core attention kernels + the row-dot pass expected");
     for k in &attention {
         assert_eq!((k.spill_bytes, k.local_ops), (0, 0), "{}: spills or local memory", k.name);
-        let tensor_cores = k.name.contains("_tc_") || k.name.contains("_bf16_");
+        let tensor_cores = k.name.contains("_tc_") || k.name.ends_with("_bf16");
         assert_eq!(k.hmma > 0, tensor_cores, "{}: HMMA only and always in the flash kernels", k.name);
         assert_eq!(k.ldgsts128 > 0 && k.ldsm > 0, tensor_cores, "{}: 16-byte cp.async + ldmatrix in the flash kernels", k.name);
         if tensor_cores {

@@ -331,3 +331,36 @@ fn data_augment_config_validation() {
         assert!(e.to_string().contains("AugmentConfig"), "{e}");
     }
 }
+
+/// The recipe is the config's `[augment]` table itself: the same keys (pairs as two-number
+/// arrays), the SimSiam CIFAR recipe for what is left out, its own checks at load, and every
+/// shipped config still loads.
+#[test]
+fn data_augment_recipe_is_the_config_table() {
+    use ssl_engine::config::Config;
+    assert_eq!(Config::default().augment, AugmentConfig::simsiam_cifar());
+    let sets = ["augment.crop_scale=[0.3, 0.9]", "augment.blur_sigma=[0.2, 1.5]", "augment.std=[0.5, 0.25, 0.125]"].map(String::from);
+    let cfg = Config::load(None, &sets).expect("overrides of [augment]");
+    let want = AugmentConfig { crop_scale: (0.3, 0.9), blur_sigma: (0.2, 1.5), std: [0.5, 0.25, 0.125], ..AugmentConfig::simsiam_cifar() };
+    assert_eq!(cfg.augment, want);
+    let written: toml::Table = toml::from_str(&cfg.to_toml()).expect("to_toml writes TOML");
+    let back: AugmentConfig = written["augment"].clone().try_into().expect("[augment] reads back");
+    assert_eq!(back, want);
+    for (set, key) in [
+        ("augment.crop_scale=[0.0, 1.0]", "augment.crop_scale"),
+        ("augment.std=[0.2, 0.0, 0.2]", "augment.mean"),
+        ("augment.flip_p=1.5", "augment.flip_p"),
+    ] {
+        let e = Config::load(None, &[set.to_string()]).expect_err(set);
+        assert!(e.to_string().contains(key), "{set}: {e}");
+    }
+    assert!(Config::load(None, &["augment.crop_scale=[0.2]".to_string()]).is_err(), "a pair needs two numbers");
+    assert!(Config::load(None, &["augment.unknown_key=1".to_string()]).is_err(), "unknown keys are refused");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    for entry in std::fs::read_dir(&dir).expect("configs/") {
+        let path = entry.expect("configs/ entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(Some(&path), &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
+}

@@ -142,7 +142,7 @@ fn data_imagefolder_resize_on_load_matches_torchvision() {
 fn data_imagefolder_demo_is_prefix_of_shared_export() {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10-jpg");
     if !full.is_dir() {
-        println!("skipped: {} is not present", full.display());
+        data_common::skip::skip(data_common::skip::Need::SharedData, format!("{} is not present", full.display()));
         return;
     }
     let want = load_dataset(&full, &LoadOptions { limit_per_class: Some(100), ..opts(Split::Test) }).unwrap();
@@ -599,7 +599,7 @@ fn data_idx_bad_headers() {
 fn data_idx_fashion_mnist() {
     let root = Path::new("/usr/share/datasets/fashion-mnist");
     if !root.join("train-images-idx3-ubyte.gz").is_file() {
-        println!("skipped: Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)");
+        data_common::skip::skip(data_common::skip::Need::FashionMnist, "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)");
         return;
     }
     let o = |split| LoadOptions { size: 28, split, ..LoadOptions::default() };

@@ -74,7 +74,7 @@ fn linear_probe_separates_separable_classes() {
         let cfg = LinearProbeConfig {
             epochs: 20,
             batch_size: 64,
-            optimizer: opt.into(),
+            optimizer: opt.parse().unwrap(),
             lr: if opt == "sgd" { 1.0 } else { 0.5 },
             standardize: opt == "sgd",
             ..Default::default()

@@ -169,7 +169,10 @@ fn read_only_run_folder_is_one_clear_error_and_keeps_the_checkpoint() {
         if !mounted {
             let _ = Command::new("umount").arg(d).status();
             std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o755)).unwrap();
-            println!("skipped: root here ignores folder modes, user nobody cannot run this checkout, and bind mounts are refused");
+            common::skip::skip(
+                common::skip::Need::MountPrivilege,
+                "root here ignores folder modes, user nobody cannot run this checkout, and bind mounts are refused",
+            );
             return;
         }
         bin().args(&args).output().unwrap()
@@ -414,10 +417,10 @@ fn resume_with_another_batch_size_backend_or_method_is_refused_naming_it() {
 #[test]
 fn out_of_gpu_memory_names_the_batch_and_memory_with_exit_code_4_and_writes_nothing() {
     use std::sync::atomic::AtomicBool;
-    let Ok(dev) = ssl_engine::backend::cuda::CudaBackend::dry_run_with_memory(132, 256 << 20) else {
-        println!("skipped: no libnvrtc for the dry-run CUDA device");
+    if !common::skip::nvrtc_or_skip() {
         return;
-    };
+    }
+    let dev = ssl_engine::backend::cuda::CudaBackend::dry_run_with_memory(132, 256 << 20).expect("dry-run CUDA device");
     let out = tmp_dir("oom");
     // A good checkpoint from an earlier run in the same folder must survive.
     let (c, e) = run_tiny(&out, &repo("data/cifar10-demo/train"), &[]);

@@ -1,16 +1,38 @@
 //! One op, one name: every CUDA entry point (from NVRTC's PTX, so macro-made kernels count) and
-//! every WGSL `@compute` entry point is `<op>[_<stage>]_<fwd|bwd>_f32`, where `<op>` is a method
-//! of the `Backend` trait with its `_fwd` / `_bwd` tail cut (conv2d_bwd_data -> conv2d), or a
+//! every WGSL `@compute` entry point is `<op>[_<stage>]_<fwd|bwd>_<f32|bf16>` (bf16 for the kernels
+//! that compute in bf16, f32 for the rest: WGSL has only f32), where `<op>` is a method
+//! of the `Backend` trait with its `_fwd` / `_bwd` tail cut (conv2d_data_bwd -> conv2d), or a
 //! kind of the unary and binary maps (relu, add, round_bf16, ...); and every method that computes
 //! has its entry points in both languages (a `_bwd` method a `_bwd` kernel, a `_fwd` method a
-//! `_fwd` kernel). The trait and the enums are read from src/backend/mod.rs, so a new method
-//! without kernels, or a kernel named otherwise, fails here.
+//! `_fwd` kernel). The family traits and the enums are read from src/backend/ops/*.rs, so a new
+//! method without kernels, or a kernel named otherwise, fails here. A second test holds the
+//! layout: each backend implements each family in the file of the family's name, and an op's
+//! signature is written in at most four files (its trait and one family file per backend).
 
 use std::collections::BTreeSet;
 
+/// The skip policy every test binary shares (a missing NVRTC fails in CI).
+#[path = "common/skip.rs"]
+mod skip;
+
 use ssl_engine::backend::cuda::nvrtc::{self, FAMILIES, Target};
 
-const BACKEND_RS: &str = include_str!("../src/backend/mod.rs");
+/// The op families (src/backend/ops/<family>.rs, each one trait) with their trait names.
+const FAMILIES_RS: &[(&str, &str, &str)] = &[
+    ("core", "CoreOps", include_str!("../src/backend/ops/core.rs")),
+    ("matmul", "MatmulOps", include_str!("../src/backend/ops/matmul.rs")),
+    ("conv", "ConvOps", include_str!("../src/backend/ops/conv.rs")),
+    ("norm", "NormOps", include_str!("../src/backend/ops/norm.rs")),
+    ("attention", "AttentionOps", include_str!("../src/backend/ops/attention.rs")),
+    ("elementwise", "ElementwiseOps", include_str!("../src/backend/ops/elementwise.rs")),
+    ("pool", "PoolOps", include_str!("../src/backend/ops/pool.rs")),
+    ("loss", "LossOps", include_str!("../src/backend/ops/loss.rs")),
+    ("optim", "OptimOps", include_str!("../src/backend/ops/optim.rs")),
+    ("layout", "LayoutOps", include_str!("../src/backend/ops/layout.rs")),
+];
+
+/// The backends and their types.
+const BACKENDS: &[(&str, &str)] = &[("cpu", "CpuBackend"), ("cuda", "CudaBackend"), ("wgpu", "WgpuBackend")];
 
 /// Methods that move memory or describe the backend: no kernel of their own. (CUDA's `copy` is
 /// a driver device-to-device copy; WGSL's is a kernel, which the name rule still checks.)
@@ -44,19 +66,26 @@ const SHARED_STAGES: &[(&str, &[&str])] = &[
     ("colstats_finalize", &["batchnorm_bwd", "layernorm_bwd"]),
 ];
 
-/// The `fn` names declared in a Rust item starting at `header` (to its closing brace at column 0).
-fn block_of<'a>(header: &str) -> &'a str {
-    let start = BACKEND_RS.find(header).unwrap_or_else(|| panic!("{header} not found in src/backend/mod.rs"));
-    let len = BACKEND_RS[start..].find("\n}\n").expect("end of block");
-    &BACKEND_RS[start..start + len]
+/// A Rust item starting at `header` (to its closing brace at column 0) in one of the family files.
+fn block_of(header: &str) -> &'static str {
+    FAMILIES_RS
+        .iter()
+        .find_map(|(_, _, src)| {
+            let start = src.find(header)?;
+            let len = src[start..].find("\n}\n").expect("end of block");
+            Some(&src[start..start + len])
+        })
+        .unwrap_or_else(|| panic!("{header} not found in src/backend/ops/"))
 }
 
+/// The `fn` names declared in a block.
+fn fns_of(block: &str) -> Vec<String> {
+    block.lines().filter_map(|l| l.trim_start().strip_prefix("fn ")).map(|l| l[..l.find(['(', '<']).unwrap()].to_string()).collect()
+}
+
+/// Every method of every family trait (together, the `Backend` trait).
 fn trait_methods() -> Vec<String> {
-    block_of("pub trait Backend")
-        .lines()
-        .filter_map(|l| l.trim_start().strip_prefix("fn "))
-        .map(|l| l[..l.find(['(', '<']).unwrap()].to_string())
-        .collect()
+    FAMILIES_RS.iter().flat_map(|(_, name, _)| fns_of(block_of(&format!("pub trait {name}")))).collect()
 }
 
 /// The variants of an enum as snake_case (RoundBf16 -> round_bf16).
@@ -106,10 +135,10 @@ fn wgsl_entries() -> Vec<String> {
     out
 }
 
-/// The CUDA kernels as NVRTC sees them; None (with a note) without libnvrtc.
+/// The CUDA kernels as NVRTC sees them; None after `skip::skip` without libnvrtc.
 fn cuda_entries() -> Option<Vec<String>> {
     if let Err(e) = nvrtc::nvrtc_available() {
-        println!("skipped the CUDA half: {e}");
+        skip::skip(skip::Need::Nvrtc, format!("the CUDA half: {e}"));
         return None;
     }
     let target = Target("compute_90a".into());
@@ -124,7 +153,7 @@ fn cuda_entries() -> Option<Vec<String>> {
 #[test]
 fn every_kernel_is_named_after_its_backend_method_in_cuda_and_wgsl() {
     let methods = trait_methods();
-    assert!(methods.len() > 40 && methods.contains(&"conv2d_bwd_weight".to_string()), "trait parse: {methods:?}");
+    assert!(methods.len() > 40 && methods.contains(&"conv2d_weight_bwd".to_string()), "trait parse: {methods:?}");
     let kinds: Vec<String> = [enum_kinds("pub enum Unary"), enum_kinds("pub enum Binary")].concat();
     assert!(kinds.contains(&"round_bf16".into()) && kinds.contains(&"div".into()), "enum parse: {kinds:?}");
     for (c, _) in COMPOSED {
@@ -145,8 +174,14 @@ fn every_kernel_is_named_after_its_backend_method_in_cuda_and_wgsl() {
     for (lang, entries) in &langs {
         println!("{lang}: {} entry points", entries.len());
         for e in entries {
-            let body = e.strip_suffix("_f32").unwrap_or_else(|| panic!("{lang} entry point {e}: not <op>_<fwd|bwd>_f32"));
-            assert!(body.ends_with("_fwd") || body.ends_with("_bwd"), "{lang} entry point {e}: not <op>_<fwd|bwd>_f32");
+            let body = e
+                .strip_suffix("_f32")
+                .or_else(|| if *lang == "CUDA" { e.strip_suffix("_bf16") } else { None })
+                .unwrap_or_else(|| panic!("{lang} entry point {e}: not <op>_<fwd|bwd>_<dtype>"));
+            assert!(body.ends_with("_fwd") || body.ends_with("_bwd"), "{lang} entry point {e}: not <op>_<fwd|bwd>_<dtype>");
+            // The dtype is the suffix alone (the unary kind round_bf16 is an op name, not a dtype).
+            let mid = body.strip_prefix("round_bf16_").unwrap_or(body);
+            assert!(!mid.contains("_bf16"), "{lang} entry point {e}: a bf16 kernel says so in its suffix, <op>_<fwd|bwd>_bf16");
             assert!(
                 ops.iter().any(|op| body.starts_with(&format!("{op}_"))),
                 "{lang} entry point {e}: its op is neither a Backend method, a unary / binary kind nor a shared stage"
@@ -164,9 +199,45 @@ fn every_kernel_is_named_after_its_backend_method_in_cuda_and_wgsl() {
                 _ => vec![],
             };
             let pass = if m.contains("_bwd") { "_bwd_f32" } else if m.contains("_fwd") { "_fwd_f32" } else { "_f32" };
+            // Every op has its FP32 kernel; bf16 variants come beside it.
             let has = |prefix: &str| entries.iter().any(|e| e.starts_with(&format!("{prefix}_")) && e.ends_with(pass));
             let covered = has(op) || (!kinds_of.is_empty() && kinds_of.iter().all(|k| has(k) || (pass == "_bwd_f32" && op == "binary")));
             assert!(covered, "{lang}: Backend::{m} has no entry point {op}_..{pass}");
+        }
+    }
+}
+
+/// burn's layout: `Backend` is the family traits together, each backend implements family F in
+/// src/backend/<backend>/F.rs (core in its mod.rs) and nowhere else, and an op's signature is
+/// written in at most four files: its trait's and one family file per backend. A forwarding
+/// layer (every signature once more in a backend's mod.rs) fails here.
+#[test]
+fn each_backend_implements_each_family_in_its_family_file() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/backend");
+    let read = |rel: &str| std::fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("src/backend/{rel}: {e}"));
+    let all_backend_files: Vec<(String, String)> = ["", "ops", "cpu", "cuda", "wgpu"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(root.join(d)).unwrap().map(|f| f.unwrap().path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .map(|p| (p.strip_prefix(&root).unwrap().display().to_string(), std::fs::read_to_string(&p).unwrap()))
+        .collect();
+    for (family, name, src) in FAMILIES_RS {
+        for (backend, ty) in BACKENDS {
+            let home = if *family == "core" { format!("{backend}/mod.rs") } else { format!("{backend}/{family}.rs") };
+            let imp = format!("impl {name} for {ty} ");
+            assert!(read(&home).contains(&imp), "{ty} does not implement {name} in src/backend/{home}");
+            for (file, text) in &all_backend_files {
+                assert!(file == &home || !text.contains(&imp), "{ty} implements {name} in src/backend/{file}, not in {home}");
+            }
+        }
+        // Core is the buffers' plumbing (alloc, copy, fill...), not an op family.
+        let ops = if *family == "core" { vec![] } else { fns_of(block_of(&format!("pub trait {name}"))) };
+        for method in ops {
+            let decl = [format!("fn {method}("), format!("fn {method}<")];
+            let files: Vec<&String> =
+                all_backend_files.iter().filter(|(_, text)| decl.iter().any(|d| text.contains(d.as_str()))).map(|(f, _)| f).collect();
+            assert!(src.contains(&decl[0]) || src.contains(&decl[1]), "{method} is not declared in its trait's file");
+            assert!(files.len() <= 1 + BACKENDS.len(), "{method} is declared in {} files: {files:?}", files.len());
         }
     }
 }

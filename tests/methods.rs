@@ -1,21 +1,17 @@
 //! Every method end to end on CI-sized runs over the committed demo subset: the loss falls and
 //! the projections stay spread (z-std above half of 1/sqrt(d)); runs stopped mid-epoch resume
-//! bit for bit with their method state (queues, DINO's centre, momentum networks) and LARS's;
-//! a method defined in this file trains through `ssl::register` without touching the loop.
+//! bit for bit with their method state (queues, DINO's centre, momentum networks) and LARS's.
+//! Each method's table is checked when the recipe is read, by the method, and travels with the
+//! config through checkpoints; the typed settings name key and values. (A method defined
+//! outside the crate: tests/custom_method.rs.)
 
 mod common;
 
 use common::tiny_run::{bits, epoch_losses, loss_and_z_std, run, state_digest, tiny};
 use common::tmp_dir;
 
-use ssl_engine::autograd::Var;
-use ssl_engine::backend::Backend;
-use ssl_engine::backend::cpu::CpuBackend;
 use ssl_engine::config::Config;
-use ssl_engine::models::{Backbone, BackboneConfig};
-use ssl_engine::nn::{Ctx, Linear, ParamStore};
-use ssl_engine::ssl::{Method, StepOutput};
-use ssl_engine::{Result, Tensor};
+use ssl_engine::nn::ParamStore;
 
 /// Small heads for each method: (method, its settings, embedding width d).
 fn small_heads() -> Vec<(&'static str, Vec<&'static str>, usize)> {
@@ -136,49 +132,6 @@ fn methods_with_state_resume_bit_identically_mid_epoch() {
     }
 }
 
-/// A method defined here, outside the crate: backbone + linear projector, negative cosine
-/// between the two views with a stop-gradient. It is registered, named in the config, trained.
-struct Toy {
-    backbone: Backbone,
-    projector: Linear,
-}
-
-impl<B: Backend> Method<B> for Toy {
-    fn name(&self) -> &'static str {
-        "toy"
-    }
-    fn backbone(&self) -> &Backbone {
-        &self.backbone
-    }
-    fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
-        let zs = views.iter().map(|x| self.projector.forward(cx, &self.backbone.forward(cx, x)?)).collect::<Result<Vec<_>>>()?;
-        let loss = cx.tape.cosine_loss(&zs[0], &zs[1].detach(), 1e-8)?;
-        Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })
-    }
-}
-
-fn build_toy(_cfg: &Config, ps: &mut ParamStore<CpuBackend>, backbone: &BackboneConfig) -> Result<Box<dyn Method<CpuBackend>>> {
-    let backbone = backbone.build(ps, "backbone")?;
-    let projector = Linear::new(ps, "projector", backbone.feature_dim(), 16, true, None, None)?;
-    Ok(Box::new(Toy { backbone, projector }))
-}
-
-#[test]
-fn a_method_defined_outside_the_crate_registers_and_trains() {
-    ssl_engine::ssl::register::<CpuBackend>("toy", build_toy);
-    assert!(ssl_engine::ssl::method_names().contains("toy"));
-    let dir = tmp_dir("toy");
-    let s = run(&tiny(&dir, &["method=toy", "epochs=4", "monitor.knn_every=0"]), None).unwrap();
-    let (first, last, _) = loss_and_z_std(&dir);
-    eprintln!("toy: {} steps, epoch loss {first:.4} -> {last:.4}", s.steps_done);
-    assert_eq!(s.steps_done, 12);
-    assert!(last < first, "the toy method's loss should fall: {first} -> {last}");
-    assert!(dir.join("last.safetensors").exists());
-    // An unknown method is still refused, naming the registered ones.
-    let err = Config::load(None, &["method=\"nope\"".to_string()]).unwrap_err().to_string();
-    assert!(err.contains("nope") && err.contains("toy") && err.contains("dino"), "{err}");
-}
-
 /// BYOL, MoCo v3, Barlow Twins and DINO see solo-learn's asymmetric views: solarisation 0 on the
 /// first view and 0.2 on the second (DINO: on its two large crops; small crops keep the recipe's).
 #[test]
@@ -192,10 +145,97 @@ fn asymmetric_methods_solarise_their_second_view() {
         }
         let cfg = tiny(&dir, &sets);
         let mut ps = ParamStore::new(&common::cpu(1), ssl_engine::DType::F32, 0);
-        let built = ssl_engine::ssl::build(&cfg, &mut ps, &cfg.backbone().unwrap()).unwrap();
-        let views = built.views(&ssl_engine::train::augment_config(&cfg), cfg.data.image_size);
+        let built = ssl_engine::ssl::build(&cfg.method_recipe(), &mut ps, &cfg.backbone().unwrap()).unwrap();
+        let views = built.views(&cfg.augment, cfg.data.image_size);
         let p: Vec<f32> = views.iter().map(|v| v.augment.solarize_p).collect();
         let want: &[f32] = if method == "dino" { &[0.0, 0.2, 0.5, 0.5] } else { &[0.0, 0.2] };
         assert_eq!(p, want, "{method}");
     }
+}
+
+fn load_err(sets: &[&str]) -> String {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    Config::load(None, &sets).unwrap_err().to_string()
+}
+
+/// A method's table is parsed and checked by the method when the recipe is read (before any
+/// data): unknown keys, wrong types and bad values name the key.
+#[test]
+fn method_tables_are_checked_by_their_method_when_the_recipe_is_read() {
+    let e = load_err(&["method=\"simclr\"", "simclr.tempXX=0.1"]);
+    assert!(e.contains("tempXX") && e.contains("simclr") && e.contains("temperature"), "{e}");
+    let e = load_err(&["simclr.temperature=\"warm\""]);
+    assert!(e.contains("simclr.temperature"), "{e}");
+    let e = load_err(&["method=\"byol\"", "byol.final_tau=1.5"]);
+    assert!(e.contains("byol") && e.contains("final_tau"), "{e}");
+    let e = load_err(&["dino.multicrop.small_crops=2", "dino.multicrop.small_crop_scale=[0.5, 0.1]"]);
+    assert!(e.contains("dino.multicrop"), "{e}");
+    let e = load_err(&["supcon.proj_dim=0"]);
+    assert!(e.contains("supcon"), "{e}");
+    // A misspelt table names the methods' tables beside the config's keys.
+    let e = load_err(&["simclrr.temperature=0.1"]);
+    assert!(e.contains("simclrr") && e.contains("simclr") && e.contains("epochs"), "{e}");
+    let e = load_err(&["simclr=3"]);
+    assert!(e.contains("simclr") && e.contains("table"), "{e}");
+}
+
+/// backend, precision, data.cache, data.on_corrupt and the optimisers are enums read once: an
+/// unknown value names the key and the values it takes.
+#[test]
+fn typed_settings_name_the_key_and_the_values() {
+    for (set, key, values) in [
+        ("backend=\"tpu\"", "backend", ["cpu", "wgpu", "cuda"].as_slice()),
+        ("precision=\"fp16\"", "precision", &["fp32", "bf16"]),
+        ("data.cache=\"disk\"", "data.cache", &["ram", "none"]),
+        ("data.on_corrupt=\"ignore\"", "data.on_corrupt", &["skip", "fail"]),
+        ("optim.optimizer=\"adam\"", "optim.optimizer", &["sgd", "lars"]),
+        ("linear.optimizer=\"adam\"", "linear.optimizer", &["sgd", "lars"]),
+    ] {
+        let e = load_err(&[set]);
+        assert!(e.contains(key) && values.iter().all(|v| e.contains(v)), "{set}: {e}");
+    }
+    let cfg = Config::load(None, &["backend=\"cuda\"".into(), "precision=\"bf16\"".into(), "data.cache=\"none\"".into()]).unwrap();
+    assert_eq!((cfg.backend.as_str(), cfg.precision.as_str(), cfg.data.cache.streams()), ("cuda", "bf16", true));
+    // The command line's flags read the same names.
+    assert_eq!("lars".parse::<ssl_engine::optim::OptimizerKind>().unwrap(), ssl_engine::optim::OptimizerKind::Lars);
+    let e = "fp16".parse::<ssl_engine::backend::Precision>().unwrap_err().to_string();
+    assert!(e.contains("precision") && e.contains("fp32") && e.contains("bf16"), "{e}");
+}
+
+/// `cuda_graph` is the old name of `step_graph`: still read (with a deprecation line), and an
+/// error next to the new one.
+#[test]
+fn cuda_graph_is_read_as_step_graph() {
+    assert!(Config::load(None, &[]).unwrap().step_graph);
+    assert!(!Config::load(None, &["cuda_graph=false".into()]).unwrap().step_graph);
+    assert!(!Config::load(None, &["step_graph=false".into()]).unwrap().step_graph);
+    let e = load_err(&["cuda_graph=false", "step_graph=true"]);
+    assert!(e.contains("cuda_graph") && e.contains("step_graph"), "{e}");
+}
+
+/// `to_toml` writes the method tables with their defaults filled in, and a stored config (this
+/// version's, or an earlier one's with all ten tables and `cuda_graph`) reads back for a resume.
+#[test]
+fn configs_round_trip_with_their_method_tables() {
+    let cfg = Config::load(None, &["method=\"dino\"".into(), "dino.multicrop.small_crops=2".into(), "simclr.temperature=0.3".into()]).unwrap();
+    let text = cfg.to_toml();
+    assert!(text.contains("[dino]") && text.contains("[dino.multicrop]") && text.contains("[simclr]"), "{text}");
+    assert!(text.contains("teacher_temperature = 0.07") && text.contains("temperature = 0.3"), "{text}");
+    let back = Config::from_stored(&text).unwrap();
+    assert_eq!(back, cfg);
+    assert_eq!(back.to_toml(), text);
+    let (mut ps, b) = (None, common::cpu(1));
+    let built = ssl_engine::ssl::build(&back.method_recipe(), ps.insert(ParamStore::new(&b, ssl_engine::DType::F32, 0)), &back.backbone().unwrap());
+    assert_eq!(built.unwrap().views(&back.augment, 32).len(), 4, "the stored table's two small crops");
+    // An earlier version's stored config: every method table, `cuda_graph`, strings for enums.
+    let mut old: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
+    old.remove("step_graph");
+    old.insert("cuda_graph".into(), toml::Value::Boolean(false));
+    for m in ssl_engine::ssl::methods() {
+        old.insert(m.name.into(), toml::Value::Table((m.settings)(&toml::Table::new()).unwrap()));
+    }
+    let read = Config::from_stored(&toml::to_string(&old).unwrap()).unwrap();
+    assert!(!read.step_graph);
+    assert_eq!(read.method_tables.len(), 10);
+    assert_eq!((read.backend.as_str(), read.precision.as_str()), ("cpu", "fp32"));
 }

@@ -87,7 +87,7 @@ fn bf16_simsiam_resnet18_tracks_the_fp32_loss_trace_for_20_steps() {
         let out = tmp_dir(&format!("bf16-trace-{precision}"));
         std::fs::copy(warm.join("last.safetensors"), out.join("warm.safetensors")).unwrap();
         let cfg = cfg_of(&out, sets(precision, 4));
-        assert_eq!(cfg.precision(), Precision::parse(precision).unwrap());
+        assert_eq!(cfg.precision, Precision::parse(precision).unwrap());
         let summary = run(&cfg, Some(&out.join("warm.safetensors"))).unwrap();
         (summary.losses.iter().map(|&(_, l)| l).collect::<Vec<f64>>(), out)
     };
@@ -117,7 +117,7 @@ fn bf16_simsiam_resnet18_tracks_the_fp32_loss_trace_for_20_steps() {
     }
     assert!(low_bits > 1000, "only {low_bits} values use bits below bf16's: the masters were not kept in FP32");
     let exported = out.join("backbone.safetensors");
-    let n = ssl_engine::app::export(&common::cpu(2), &ckpt, &exported).unwrap();
+    let n = ssl_engine::eval::export(&common::cpu(2), &ckpt, &exported).unwrap();
     assert!(n > 60, "{n} tensors exported");
 }
 

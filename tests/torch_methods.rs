@@ -82,7 +82,7 @@ fn five_steps(f: &Fixtures, method: &str) -> Vec<f64> {
     sets.extend(settings(method).iter().map(|s| s.to_string()));
     let cfg = Config::load(None, &sets).unwrap();
     let mut ps = ParamStore::new(&b, DType::F64, 0);
-    let mut m = ssl_engine::ssl::build(&cfg, &mut ps, &cfg.backbone().unwrap()).unwrap();
+    let mut m = ssl_engine::ssl::build(&cfg.method_recipe(), &mut ps, &cfg.backbone().unwrap()).unwrap();
     set_det_weights(&mut ps);
     // Momentum networks start as copies of the online ones (parameters only).
     for id in ps.ids().collect::<Vec<_>>() {
@@ -131,7 +131,7 @@ fn five_steps_of_every_method_match_pytorch() {
     let f = Fixtures::load("methods.safetensors");
     let mut worst = 0.0f64;
     let mut failures = Vec::new();
-    for method in ssl_engine::ssl::METHODS.iter().map(|(m, _)| *m) {
+    for method in ssl_engine::ssl::methods().iter().map(|m| m.name) {
         let got = five_steps(&f, method);
         let want = f.get(&format!("{method}.losses")).1.to_vec();
         // Relative, or absolute for losses below 1 (SimSiam's negative cosine is near 0).

@@ -3,13 +3,13 @@
 //! forward + backward, every parameter gradient compared (large gradients through a strided
 //! sample plus the full norm), and three SGD steps; the
 //! same checks on the WGSL backend when a WebGPU adapter exists and on the CUDA backend when a
-//! GPU does ("skipped: ..." otherwise).
+//! GPU does (skipped otherwise, by tests/common/skip.rs's rules).
 
 mod common;
 
 use common::*;
 use ssl_engine::autograd::{Tape, Var};
-use ssl_engine::backend::Backend;
+use ssl_engine::backend::prelude::*;
 use ssl_engine::models::{BackboneConfig, EfficientNetConfig, ResNetConfig, Stem};
 use ssl_engine::nn::{Ctx, Kind, ParamStore};
 use ssl_engine::optim::{Sgd, always, train_step};
@@ -180,7 +180,7 @@ fn wgpu_vit_tiny_forward_backward_matches_timm() {
     model_matches(&b.with_poison(), "vit_tiny", BackboneConfig::preset("vit-tiny", 32).unwrap());
 }
 
-/// On a GPU (tests/conformance_cuda.rs's rules: "skipped" without one, a failure with
+/// On a GPU (tests/common/skip.rs's rules: skipped without one, a failure with
 /// SSL_ENGINE_REQUIRE_GPU=1). Exact FP32 kernels, so the CPU's tolerances hold.
 #[test]
 fn cuda_resnet18_cifar_forward_backward_matches_torchvision() {

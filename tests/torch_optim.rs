@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use ssl_engine::backend::Backend;
+use ssl_engine::backend::prelude::*;
 use ssl_engine::nn::{Init, Kind, Layout, ParamId, ParamStore};
 use ssl_engine::optim::{Lars, LarsConfig, Optimizer, Sgd};
 use ssl_engine::DType;

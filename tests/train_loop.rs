@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicBool;
 
 use ssl_engine::backend::cpu::CpuBackend;
 use ssl_engine::train::train;
-use ssl_engine::{Error, app};
+use ssl_engine::{Error, eval};
 
 #[test]
 fn resume_mid_epoch_and_at_epoch_boundary_is_bit_identical() {
@@ -128,7 +128,7 @@ fn export_round_trip(model: &str, sets: &[&str]) {
     run(&cfg, None).unwrap();
     let b = CpuBackend::new(2).unwrap();
     let exported = out.join("backbone.safetensors");
-    app::export(&b, &out.join("last.safetensors"), &exported).unwrap();
+    eval::export(&b, &out.join("last.safetensors"), &exported).unwrap();
     // A safetensors file (8-byte header length, then JSON), never a pickle (0x80 ...) or a
     // torch.save zip ("PK"): loading it runs no code.
     let raw = std::fs::read(&exported).unwrap();
@@ -149,8 +149,8 @@ fn export_round_trip(model: &str, sets: &[&str]) {
         assert_eq!(wf.tensors[k].0, s, "{k}");
     }
     // Values round-trip: the exported file and the checkpoint give the same backbone.
-    let a = app::load_backbone(&b, &out.join("last.safetensors"), None, 8).unwrap();
-    let c = app::load_backbone(&b, &exported, None, 8).unwrap();
+    let a = eval::load_backbone(&b, &out.join("last.safetensors"), None, 8).unwrap();
+    let c = eval::load_backbone(&b, &exported, None, 8).unwrap();
     for (ea, ec) in a.ps.entries().iter().zip(c.ps.entries()) {
         assert_eq!(ea.name, ec.name);
         assert_eq!(ea.value.to_f32().unwrap(), ec.value.to_f32().unwrap(), "{}", ea.name);
@@ -191,7 +191,7 @@ fn wgpu_steps_of_every_method_match_the_cpu_backend() {
         "vicreg.proj_hidden=32",
         "vicreg.proj_dim=32",
     ];
-    for method in ssl_engine::ssl::METHODS.iter().map(|(m, _)| *m) {
+    for method in ssl_engine::ssl::methods().iter().map(|m| m.name) {
         let mut sets = vec!["epochs=2", "monitor.knn_every=0"];
         sets.extend(heads);
         let m = format!("method={method}");

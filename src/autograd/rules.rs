@@ -120,8 +120,8 @@ pub(super) fn backward<B: Backend>(op: &Op<B>, g: &Tensor<B>, needs: &[bool]) ->
             vec![da, db]
         }
         Op::Conv2d { x, w, dims } => {
-            let dx = if need(0) { Some(ops::conv2d_bwd_data(g, w, dims)?) } else { None };
-            let dw = if need(1) { Some(ops::conv2d_bwd_weight(x, g, dims)?) } else { None };
+            let dx = if need(0) { Some(ops::conv2d_data_bwd(g, w, dims)?) } else { None };
+            let dw = if need(1) { Some(ops::conv2d_weight_bwd(x, g, dims)?) } else { None };
             vec![dx, dw]
         }
         Op::BatchNorm { x, gamma, saved, relu_out, residual } => {

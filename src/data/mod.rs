@@ -158,8 +158,9 @@ pub enum Split {
     Test,
 }
 
-/// What to do with an image file that cannot be decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// What to do with an image file that cannot be decoded (`data.on_corrupt`: "skip" or "fail").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnCorrupt {
     /// Leave it out and record it in `Dataset::skipped` (the default).
     #[default]

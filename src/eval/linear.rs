@@ -21,7 +21,7 @@ pub struct LinearProbeConfig {
     pub epochs: usize,
     pub batch_size: usize,
     /// "sgd" or "lars".
-    pub optimizer: String,
+    pub optimizer: OptimizerKind,
     /// Learning rate at batch 256; scaled linearly with the batch size.
     pub lr: f64,
     pub momentum: f32,
@@ -38,7 +38,7 @@ impl Default for LinearProbeConfig {
         LinearProbeConfig {
             epochs: 100,
             batch_size: 256,
-            optimizer: "sgd".into(),
+            optimizer: OptimizerKind::Sgd,
             lr: 0.5,
             momentum: 0.9,
             weight_decay: 0.0,
@@ -105,19 +105,15 @@ pub fn train_linear_probe<B: Backend>(
     if n == 0 || dim == 0 || x.len() != n * dim {
         return Err(Error::Invalid { op: "linear probe", msg: format!("{} feature values for {n} labels of dim {dim}", x.len()) });
     }
-    if cfg.batch_size == 0 || !(cfg.optimizer == "sgd" || cfg.optimizer == "lars") {
-        return Err(Error::Invalid {
-            op: "linear probe",
-            msg: format!("optimizer must be sgd or lars (got {:?}) and batch_size positive", cfg.optimizer),
-        });
+    if cfg.batch_size == 0 {
+        return Err(Error::Invalid { op: "linear probe", msg: "batch_size must be positive".into() });
     }
     let scaler = cfg.standardize.then(|| fit_scaler(x, dim));
     let scaled = apply_scaler(x, dim, &scaler);
     let x = &scaled[..];
     let mut ps = ParamStore::new(b, DType::F32, cfg.seed);
     let fc = Linear::new(&mut ps, "fc", dim, classes, true, None, None)?;
-    let kind = if cfg.optimizer == "lars" { OptimizerKind::Lars } else { OptimizerKind::Sgd };
-    let mut opt = optim::build::<B>(kind, cfg.momentum, &LarsConfig::default());
+    let mut opt = optim::build::<B>(cfg.optimizer, cfg.momentum, &LarsConfig::default());
     let base_lr = cfg.lr * cfg.batch_size as f64 / 256.0;
     let steps_per_epoch = n.div_ceil(cfg.batch_size);
     let total = cfg.epochs * steps_per_epoch;
@@ -144,4 +140,51 @@ pub fn train_linear_probe<B: Backend>(
         on_epoch(epoch, loss_sum / n as f64);
     }
     Ok(LinearProbe { ps, fc, classes, dim, scaler })
+}
+
+/// The `eval linear` flags: what they set of the recipe's `[linear]` table, and what they
+/// leave to each protocol's defaults.
+pub struct ProbeFlags {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optimizer: OptimizerKind,
+    pub lr: Option<f64>,
+    pub weight_decay: Option<f32>,
+    /// Fine-tune the whole backbone instead of probing frozen features.
+    pub finetune: bool,
+    /// Probe raw features (MoCo's protocol) instead of standardised ones.
+    pub raw_features: bool,
+}
+
+impl ProbeFlags {
+    /// The probe to run: `recipe` (the `[linear]` table) with the flags applied.
+    pub fn probe(self, recipe: &LinearProbeConfig) -> LinearProbeConfig {
+        let lr = self.lr.unwrap_or_else(|| default_lr(self.finetune, self.optimizer, self.raw_features));
+        // Fine-tuning regularises the whole network; a frozen-feature probe keeps the recipe's.
+        let weight_decay = self.weight_decay.unwrap_or(if self.finetune { 5e-4 } else { recipe.weight_decay });
+        LinearProbeConfig {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            optimizer: self.optimizer,
+            lr,
+            weight_decay,
+            standardize: !self.raw_features,
+            ..recipe.clone()
+        }
+    }
+}
+
+/// Each protocol's peak learning rate at batch 256 when `--lr` is left out: 0.1 fine-tuning the
+/// whole network, 0.02 for LARS, 0.5 for SGD on standardised features, 30 on raw ones (MoCo's
+/// raw-feature protocol: unnormalised features need a far larger step).
+pub fn default_lr(finetune: bool, optimizer: OptimizerKind, raw_features: bool) -> f64 {
+    if finetune {
+        0.1
+    } else if optimizer == OptimizerKind::Lars {
+        0.02
+    } else if !raw_features {
+        0.5
+    } else {
+        30.0
+    }
 }

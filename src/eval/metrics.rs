@@ -17,6 +17,22 @@ pub struct Metrics {
     pub micro_auc: f64,
 }
 
+impl Metrics {
+    /// The metrics as the `eval` commands print them: a title, then top-1/top-5, accuracy and AUC.
+    pub fn report(&self, title: &str) -> String {
+        let pct = |v: f64| format!("{:.2}%", 100.0 * v);
+        format!(
+            "{title}\n  top-1 {}   top-5 {}\n  accuracy: macro {}  micro {}\n  one-vs-rest AUC: macro {:.4}  micro {:.4}\n",
+            pct(self.top1),
+            pct(self.top5),
+            pct(self.macro_accuracy),
+            pct(self.micro_accuracy),
+            self.macro_auc,
+            self.micro_auc
+        )
+    }
+}
+
 /// Mann-Whitney AUC: the probability a positive outranks a negative, ties counting half.
 /// Equals the area under the ROC curve with ties handled as scikit-learn does.
 pub fn auc(scores: &[f64], positive: &[bool]) -> f64 {

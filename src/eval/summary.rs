@@ -5,22 +5,15 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::app::{LoadedBackbone, eval_knn, eval_linear, load, load_backbone, random_backbone};
+use super::backbone::{LoadedBackbone, load, load_backbone, random_backbone};
+use super::protocols::{eval_knn, eval_linear};
 use crate::backend::Backend;
 use crate::checkpoint::write_atomic;
 use crate::config::Config;
 use crate::data::Split;
 use crate::error::{Error, Result};
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ReportConfig {
-    /// After training, evaluate the random-init and the pretrained backbone (kNN with the
-    /// monitor's k and T, and the `[linear]` probe) on the test set, and write summary.md.
-    pub compare_random: bool,
-}
 
 /// One row of the table: top-1 accuracies in [0, 1].
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -56,6 +56,14 @@ pub enum OptimizerKind {
     Lars,
 }
 
+/// `--optimizer lars`.
+impl std::str::FromStr for OptimizerKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        crate::error::parse_setting("optimizer", s)
+    }
+}
+
 /// The optimiser `kind` with `momentum` (LARS settings from `lars`).
 pub fn build<B: Backend>(kind: OptimizerKind, momentum: f32, lars: &LarsConfig) -> Box<dyn Optimizer<B>> {
     match kind {

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::heads::{Act, Head, LayerSpec};
-use super::{Method, StepOutput};
+use super::{Method, MethodConfig, StepOutput};
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
 use crate::data::{AugmentConfig, ViewSpec};
@@ -39,6 +39,23 @@ impl Default for BarlowConfig {
     }
 }
 
+impl MethodConfig for BarlowConfig {
+    const NAME: &'static str = "barlow";
+    const ABOUT: &'static str = "Barlow Twins: the cross-correlation of the two views' embeddings pushed to identity";
+    fn validate(&self) -> Result<()> {
+        let solarize_ok = self.solarize.iter().all(|p| (0.0..=1.0).contains(p));
+        if self.proj_dim == 0 || self.proj_hidden == 0 || !(self.lamb >= 0.0) || !(self.scale_loss > 0.0) || !solarize_ok {
+            return Err(Error::Config(format!(
+                "barlow: widths and scale_loss must be positive, lamb not negative, solarize probabilities in [0, 1] (got {self:?})"
+            )));
+        }
+        Ok(())
+    }
+    fn build<B: Backend>(&self, ps: &mut ParamStore<B>, backbone: &BackboneConfig, _seed: u64) -> Result<Box<dyn Method<B>>> {
+        Ok(Box::new(Barlow::new(ps, backbone, self)?))
+    }
+}
+
 pub struct Barlow {
     cfg: BarlowConfig,
     backbone: Backbone,
@@ -66,12 +83,7 @@ pub fn barlow_loss<B: Backend>(t: &Tape<B>, z1: &Var<B>, z2: &Var<B>, lamb: f32,
 
 impl Barlow {
     pub fn new<B: Backend>(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &BarlowConfig) -> Result<Self> {
-        let solarize_ok = cfg.solarize.iter().all(|p| (0.0..=1.0).contains(p));
-        if cfg.proj_dim == 0 || cfg.proj_hidden == 0 || !(cfg.lamb >= 0.0) || !(cfg.scale_loss > 0.0) || !solarize_ok {
-            return Err(Error::Config(format!(
-                "barlow: widths and scale_loss must be positive, lamb not negative, solarize probabilities in [0, 1] (got {cfg:?})"
-            )));
-        }
+        cfg.validate()?;
         let backbone = backbone.build(ps, "backbone")?;
         let projector = expander(ps, backbone.feature_dim(), cfg.proj_hidden, cfg.proj_dim)?;
         Ok(Barlow { cfg: cfg.clone(), backbone, projector })

@@ -5,13 +5,13 @@
 //! with tau rising from `base_tau` to `final_tau` on a cosine over the run (solo-learn's
 //! MomentumUpdater). Loss: (2 - 2 cos(p2, z1')) + (2 - 2 cos(p1, z2')), means over the batch.
 //! The views are asymmetric: solarisation probability per view (`solarize`, 0.0 and 0.2).
-//! The momentum network is kept by `momentum::MomentumPairs`.
+//! The online network and its momentum twin are a `momentum::MomentumPair`.
 
 use serde::{Deserialize, Serialize};
 
 use super::heads::{Act, Head, LayerSpec};
-use super::momentum::{MOMENTUM, MomentumPairs, check_taus, tau_at};
-use super::{Method, StepInfo, StepOutput};
+use super::momentum::{MomentumPair, Taus, check_taus};
+use super::{Method, MethodConfig, StepInfo, StepOutput};
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
 use crate::data::{AugmentConfig, ViewSpec};
@@ -46,12 +46,24 @@ impl Default for ByolConfig {
 
 pub struct Byol {
     cfg: ByolConfig,
-    backbone: Backbone,
-    projector: Head,
+    /// backbone + projector, and their momentum twin.
+    net: MomentumPair<Head>,
     predictor: Head,
-    momentum_backbone: Backbone,
-    momentum_projector: Head,
-    pairs: MomentumPairs,
+}
+
+impl MethodConfig for ByolConfig {
+    const NAME: &'static str = "byol";
+    const ABOUT: &'static str = "BYOL: online projector + predictor against an EMA momentum network, asymmetric views";
+    fn validate(&self) -> Result<()> {
+        check_taus("byol", self.base_tau, self.final_tau)?;
+        if self.proj_dim == 0 || self.proj_hidden == 0 || self.pred_hidden == 0 || self.solarize.iter().any(|p| !(0.0..=1.0).contains(p)) {
+            return Err(Error::Config(format!("byol: widths must be positive and solarize probabilities in [0, 1] (got {self:?})")));
+        }
+        Ok(())
+    }
+    fn build<B: Backend>(&self, ps: &mut ParamStore<B>, backbone: &BackboneConfig, _seed: u64) -> Result<Box<dyn Method<B>>> {
+        Ok(Box::new(Byol::new(ps, backbone, self)?))
+    }
 }
 
 /// BYOL's loss over two views: byol_loss_func(p2, z1') + byol_loss_func(p1, z2'), with
@@ -69,26 +81,23 @@ impl Byol {
     /// Registers the online `backbone.*`, `projector.*`, `predictor.*` and the momentum copies
     /// `momentum_backbone.*`, `momentum_projector.*` (frozen, equal to the online weights).
     pub fn new<B: Backend>(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &ByolConfig) -> Result<Self> {
-        check_taus("byol", cfg.base_tau, cfg.final_tau)?;
-        if cfg.proj_dim == 0 || cfg.proj_hidden == 0 || cfg.pred_hidden == 0 || cfg.solarize.iter().any(|p| !(0.0..=1.0).contains(p)) {
-            return Err(Error::Config(format!("byol: widths must be positive and solarize probabilities in [0, 1] (got {cfg:?})")));
-        }
+        cfg.validate()?;
         // Linear -> BN -> ReLU -> Linear, with biases (solo-learn's nn.Sequential).
-        let mlp = |out| [
+        let mlp = [
             LayerSpec { out: cfg.proj_hidden, bias: true, bn: Some(true), act: Act::Relu },
-            LayerSpec { out, bias: true, bn: None, act: Act::None },
+            LayerSpec { out: cfg.proj_dim, bias: true, bn: None, act: Act::None },
         ];
         let online = backbone.build(ps, "backbone")?;
-        let projector = Head::new(ps, "projector", online.feature_dim(), &mlp(cfg.proj_dim))?;
+        let feature_dim = online.feature_dim();
+        let projector = Head::new(ps, "projector", feature_dim, &mlp)?;
         let pred = [
             LayerSpec { out: cfg.pred_hidden, bias: true, bn: Some(true), act: Act::Relu },
             LayerSpec { out: cfg.proj_dim, bias: true, bn: None, act: Act::None },
         ];
         let predictor = Head::new(ps, "predictor", cfg.proj_dim, &pred)?;
-        let momentum_backbone = backbone.build(ps, &format!("{MOMENTUM}backbone"))?;
-        let momentum_projector = Head::new(ps, &format!("{MOMENTUM}projector"), online.feature_dim(), &mlp(cfg.proj_dim))?;
-        let pairs = MomentumPairs::copy_and_freeze(ps, "byol")?;
-        Ok(Byol { cfg: cfg.clone(), backbone: online, projector, predictor, momentum_backbone, momentum_projector, pairs })
+        let taus = Taus { base: cfg.base_tau, last: cfg.final_tau };
+        let net = MomentumPair::new(ps, "byol", backbone, (online, projector), "projector", |ps, name| Head::new(ps, name, feature_dim, &mlp), taus)?;
+        Ok(Byol { cfg: cfg.clone(), net, predictor })
     }
 }
 
@@ -97,7 +106,7 @@ impl<B: Backend> Method<B> for Byol {
         "byol"
     }
     fn backbone(&self) -> &Backbone {
-        &self.backbone
+        &self.net.backbone
     }
 
     fn views(&self, recipe: &AugmentConfig, size: usize) -> Vec<ViewSpec> {
@@ -110,11 +119,10 @@ impl<B: Backend> Method<B> for Byol {
         let mut ps = Vec::new();
         let mut zm = Vec::new();
         for x in views {
-            let z = self.projector.forward(cx, &self.backbone.forward(cx, x)?)?;
+            let z = self.net.online(cx, x)?;
             ps.push(self.predictor.forward(cx, &z)?);
             zs.push(z);
-            // Frozen parameters: constants on the tape, so no gradient reaches them.
-            zm.push(self.momentum_projector.forward(cx, &self.momentum_backbone.forward(cx, x)?)?.detach());
+            zm.push(self.net.momentum(cx, x)?);
         }
         let loss = byol_loss(cx.tape, [&ps[0], &ps[1]], [&zm[0], &zm[1]])?;
         Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })
@@ -122,6 +130,6 @@ impl<B: Backend> Method<B> for Byol {
 
     /// The EMA of the momentum network, every parameter in one fused update.
     fn after_step(&mut self, ps: &mut ParamStore<B>, info: &StepInfo) -> Result<()> {
-        self.pairs.update(ps, tau_at(self.cfg.base_tau, self.cfg.final_tau, info.step, info.total_steps))
+        self.net.update(ps, info)
     }
 }

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::heads::{Act, Head, LayerSpec};
 use super::losses::NORM_EPS;
-use super::momentum::{MOMENTUM, MomentumPairs, check_taus, tau_at};
-use super::{Method, MultiCrop, StepInfo, StepOutput, losses, saved_state};
+use super::momentum::{MomentumPair, Taus, check_taus};
+use super::{Method, MethodConfig, MultiCrop, StepInfo, StepOutput, losses, saved_state};
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
 use crate::data::{AugmentConfig, ViewSpec};
@@ -125,11 +125,8 @@ impl DinoHead {
 
 pub struct Dino<B: Backend> {
     cfg: DinoConfig,
-    backbone: Backbone,
-    head: DinoHead,
-    teacher_backbone: Backbone,
-    teacher_head: DinoHead,
-    pairs: MomentumPairs,
+    /// The student (backbone + head) and its momentum twin, the teacher.
+    net: MomentumPair<DinoHead>,
     /// The student backbone's parameters, whose gradients `clip_grad` clips.
     backbone_params: HashSet<ParamId>,
     /// [num_prototypes]
@@ -161,37 +158,45 @@ pub fn dino_loss<B: Backend>(
     Ok((losses::mean_of(t, &terms)?, mean))
 }
 
-impl<B: Backend> Dino<B> {
-    pub fn new(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &DinoConfig) -> Result<Self> {
-        check_taus("dino", cfg.base_tau, cfg.final_tau)?;
-        cfg.multicrop.check("dino")?;
-        let temps = [cfg.student_temperature, cfg.teacher_temperature, cfg.warmup_teacher_temperature];
-        if cfg.proj_dim == 0
-            || cfg.proj_hidden == 0
-            || cfg.num_prototypes == 0
+impl MethodConfig for DinoConfig {
+    const NAME: &'static str = "dino";
+    const ABOUT: &'static str = "DINO: self-distillation from an EMA teacher with centring and sharpening";
+    fn validate(&self) -> Result<()> {
+        check_taus("dino", self.base_tau, self.final_tau)?;
+        self.multicrop.check("dino")?;
+        let temps = [self.student_temperature, self.teacher_temperature, self.warmup_teacher_temperature];
+        if self.proj_dim == 0
+            || self.proj_hidden == 0
+            || self.num_prototypes == 0
             || temps.iter().any(|t| !(*t > 0.0))
-            || !(0.0..=1.0).contains(&cfg.center_momentum)
-            || cfg.solarize.iter().any(|p| !(0.0..=1.0).contains(p))
-            || !(cfg.clip_grad >= 0.0)
+            || !(0.0..=1.0).contains(&self.center_momentum)
+            || self.solarize.iter().any(|p| !(0.0..=1.0).contains(p))
+            || !(self.clip_grad >= 0.0)
         {
             return Err(Error::Config(format!(
-                "dino: widths must be positive, temperatures positive numbers, clip_grad not negative, center_momentum and solarize probabilities in [0, 1] (got {cfg:?})"
+                "dino: widths must be positive, temperatures positive numbers, clip_grad not negative, center_momentum and solarize probabilities in [0, 1] (got {self:?})"
             )));
         }
+        Ok(())
+    }
+    fn build<B: Backend>(&self, ps: &mut ParamStore<B>, backbone: &BackboneConfig, _seed: u64) -> Result<Box<dyn Method<B>>> {
+        Ok(Box::new(Dino::new(ps, backbone, self)?))
+    }
+}
+
+impl<B: Backend> Dino<B> {
+    pub fn new(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &DinoConfig) -> Result<Self> {
+        cfg.validate()?;
         let online = backbone.build(ps, "backbone")?;
         let backbone_params = ps.ids().filter(|id| ps.entry(*id).name.starts_with("backbone.")).collect();
-        let head = DinoHead::new(ps, "head", online.feature_dim(), cfg)?;
-        let teacher_backbone = backbone.build(ps, &format!("{MOMENTUM}backbone"))?;
-        let teacher_head = DinoHead::new(ps, &format!("{MOMENTUM}head"), online.feature_dim(), cfg)?;
-        let pairs = MomentumPairs::copy_and_freeze(ps, "dino")?;
+        let feature_dim = online.feature_dim();
+        let head = DinoHead::new(ps, "head", feature_dim, cfg)?;
+        let taus = Taus { base: cfg.base_tau, last: cfg.final_tau };
+        let net = MomentumPair::new(ps, "dino", backbone, (online, head), "head", |ps, name| DinoHead::new(ps, name, feature_dim, cfg), taus)?;
         let center = Tensor::zeros(ps.backend(), &[cfg.num_prototypes], ps.dtype())?;
         Ok(Dino {
             cfg: cfg.clone(),
-            backbone: online,
-            head,
-            teacher_backbone,
-            teacher_head,
-            pairs,
+            net,
             backbone_params,
             center,
             epoch: Cell::new(0),
@@ -205,7 +210,7 @@ impl<B: Backend> Method<B> for Dino<B> {
         "dino"
     }
     fn backbone(&self) -> &Backbone {
-        &self.backbone
+        &self.net.backbone
     }
 
     /// The multi-crop views; the two large ones solarised asymmetrically, as in the paper.
@@ -227,13 +232,13 @@ impl<B: Backend> Method<B> for Dino<B> {
         let mut student = Vec::new();
         let mut embedding = None;
         for x in views {
-            let (h, logits) = self.head.forward(cx, &self.backbone.forward(cx, x)?)?;
+            let (h, logits) = self.net.head.forward(cx, &self.net.backbone.forward(cx, x)?)?;
             embedding.get_or_insert(h.value);
             student.push(logits);
         }
         let teacher = views[..2]
             .iter()
-            .map(|x| Ok(self.teacher_head.forward(cx, &self.teacher_backbone.forward(cx, x)?)?.1.value))
+            .map(|x| Ok(self.net.momentum_head.forward(cx, &self.net.momentum_backbone.forward(cx, x)?)?.1.value))
             .collect::<Result<Vec<_>>>()?;
         let temp = self.cfg.teacher_temperature_at(self.epoch.get());
         let (loss, batch_center) = dino_loss(cx.tape, &student, &teacher, &self.center, self.cfg.student_temperature, temp)?;
@@ -253,14 +258,14 @@ impl<B: Backend> Method<B> for Dino<B> {
             }
         }
         if info.epoch < self.cfg.freeze_last_layer {
-            grads.retain(|(id, _)| *id != self.head.last_layer);
+            grads.retain(|(id, _)| *id != self.net.head.last_layer);
         }
         Ok(())
     }
 
     /// The teacher's EMA, then the centre's: c = m c + (1 - m) batch mean.
     fn after_step(&mut self, ps: &mut ParamStore<B>, info: &StepInfo) -> Result<()> {
-        self.pairs.update(ps, tau_at(self.cfg.base_tau, self.cfg.final_tau, info.step, info.total_steps))?;
+        self.net.update(ps, info)?;
         if let Some(mean) = self.batch_center.borrow_mut().take() {
             ops::ema_update(&[(&self.center, &mean)], self.cfg.center_momentum)?;
         }

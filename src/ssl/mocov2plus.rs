@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::heads::{Act, Head, LayerSpec};
 use super::losses::NORM_EPS;
-use super::momentum::{MOMENTUM, MomentumPairs, check_taus, tau_at};
+use super::momentum::{MomentumPair, Taus, check_taus};
 use super::queue::{Queue, load_queues, queues_state};
-use super::{Method, StepInfo, StepOutput, losses};
+use super::{Method, MethodConfig, StepInfo, StepOutput, losses};
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -45,14 +45,28 @@ impl Default for MocoV2PlusConfig {
 
 pub struct MocoV2Plus<B: Backend> {
     cfg: MocoV2PlusConfig,
-    backbone: Backbone,
-    projector: Head,
-    momentum_backbone: Backbone,
-    momentum_projector: Head,
-    pairs: MomentumPairs,
+    /// The query encoder (backbone + projector) and its momentum twin, the key encoder.
+    net: MomentumPair<Head>,
     queues: [Queue<B>; 2],
     /// This step's normalised keys per view, queued after the optimiser step.
     keys: RefCell<Option<[Tensor<B>; 2]>>,
+}
+
+impl MethodConfig for MocoV2PlusConfig {
+    const NAME: &'static str = "mocov2plus";
+    const ABOUT: &'static str = "MoCo v2+: InfoNCE against a momentum encoder's keys and a queue of past keys per view";
+    fn validate(&self) -> Result<()> {
+        check_taus("mocov2plus", self.base_tau, self.final_tau)?;
+        if self.proj_dim == 0 || self.proj_hidden == 0 || self.queue_size == 0 || !(self.temperature > 0.0) {
+            return Err(Error::Config(format!(
+                "mocov2plus: widths and queue_size must be positive, temperature a positive number (got {self:?})"
+            )));
+        }
+        Ok(())
+    }
+    fn build<B: Backend>(&self, ps: &mut ParamStore<B>, backbone: &BackboneConfig, seed: u64) -> Result<Box<dyn Method<B>>> {
+        Ok(Box::new(MocoV2Plus::new(ps, backbone, self, seed)?))
+    }
 }
 
 /// L(q, k, Q): q, k [n, d] unit rows (k and the queue take no gradient), queue [len, d].
@@ -65,21 +79,16 @@ pub fn mocov2plus_loss<B: Backend>(t: &Tape<B>, q: &Var<B>, k: &Tensor<B>, queue
 
 impl<B: Backend> MocoV2Plus<B> {
     pub fn new(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &MocoV2PlusConfig, seed: u64) -> Result<Self> {
-        check_taus("mocov2plus", cfg.base_tau, cfg.final_tau)?;
-        if cfg.proj_dim == 0 || cfg.proj_hidden == 0 || cfg.queue_size == 0 || !(cfg.temperature > 0.0) {
-            return Err(Error::Config(format!(
-                "mocov2plus: widths and queue_size must be positive, temperature a positive number (got {cfg:?})"
-            )));
-        }
+        cfg.validate()?;
         let mlp = [
             LayerSpec { out: cfg.proj_hidden, bias: true, bn: None, act: Act::Relu },
             LayerSpec { out: cfg.proj_dim, bias: true, bn: None, act: Act::None },
         ];
         let online = backbone.build(ps, "backbone")?;
-        let projector = Head::new(ps, "projector", online.feature_dim(), &mlp)?;
-        let momentum_backbone = backbone.build(ps, &format!("{MOMENTUM}backbone"))?;
-        let momentum_projector = Head::new(ps, &format!("{MOMENTUM}projector"), online.feature_dim(), &mlp)?;
-        let pairs = MomentumPairs::copy_and_freeze(ps, "mocov2plus")?;
+        let feature_dim = online.feature_dim();
+        let projector = Head::new(ps, "projector", feature_dim, &mlp)?;
+        let taus = Taus { base: cfg.base_tau, last: cfg.final_tau };
+        let net = MomentumPair::new(ps, "mocov2plus", backbone, (online, projector), "projector", |ps, name| Head::new(ps, name, feature_dim, &mlp), taus)?;
         let mut rng = Rng::new(seed).stream("mocov2plus queue");
         let b = ps.backend().clone();
         let queues = [
@@ -88,11 +97,7 @@ impl<B: Backend> MocoV2Plus<B> {
         ];
         Ok(MocoV2Plus {
             cfg: cfg.clone(),
-            backbone: online,
-            projector,
-            momentum_backbone,
-            momentum_projector,
-            pairs,
+            net,
             queues,
             keys: RefCell::new(None),
         })
@@ -104,7 +109,7 @@ impl<B: Backend> Method<B> for MocoV2Plus<B> {
         "mocov2plus"
     }
     fn backbone(&self) -> &Backbone {
-        &self.backbone
+        &self.net.backbone
     }
 
     fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
@@ -114,10 +119,10 @@ impl<B: Backend> Method<B> for MocoV2Plus<B> {
         let mut qs = Vec::new();
         let mut ks = Vec::new();
         for x in views {
-            let z = self.projector.forward(cx, &self.backbone.forward(cx, x)?)?;
+            let z = self.net.online(cx, x)?;
             qs.push(t.l2_normalize(&z, NORM_EPS)?);
             zs.push(z);
-            let k = self.momentum_projector.forward(cx, &self.momentum_backbone.forward(cx, x)?)?;
+            let k = self.net.momentum(cx, x)?;
             ks.push(crate::ops::l2_normalize(&k.value, NORM_EPS)?.0);
         }
         let temp = self.cfg.temperature;
@@ -133,7 +138,7 @@ impl<B: Backend> Method<B> for MocoV2Plus<B> {
             self.queues[0].push(&k1)?;
             self.queues[1].push(&k2)?;
         }
-        self.pairs.update(ps, tau_at(self.cfg.base_tau, self.cfg.final_tau, info.step, info.total_steps))
+        self.net.update(ps, info)
     }
 
     fn state(&self) -> Result<Vec<(String, Tensor<B>)>> {

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::heads::{Act, Head, LayerSpec};
 use super::losses::NORM_EPS;
-use super::momentum::{MOMENTUM, MomentumPairs, check_taus, tau_at};
-use super::{Method, StepInfo, StepOutput, losses};
+use super::momentum::{MomentumPair, Taus, check_taus};
+use super::{Method, MethodConfig, StepInfo, StepOutput, losses};
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
 use crate::data::{AugmentConfig, ViewSpec};
@@ -49,12 +49,31 @@ impl Default for MocoV3Config {
 
 pub struct MocoV3 {
     cfg: MocoV3Config,
-    backbone: Backbone,
-    projector: Head,
+    /// backbone + projector, and their momentum twin.
+    net: MomentumPair<Head>,
     predictor: Head,
-    momentum_backbone: Backbone,
-    momentum_projector: Head,
-    pairs: MomentumPairs,
+}
+
+impl MethodConfig for MocoV3Config {
+    const NAME: &'static str = "mocov3";
+    const ABOUT: &'static str = "MoCo v3: predictor + momentum encoder, InfoNCE over the batch, no queue";
+    fn validate(&self) -> Result<()> {
+        check_taus("mocov3", self.base_tau, self.final_tau)?;
+        if self.proj_dim == 0
+            || self.proj_hidden == 0
+            || self.pred_hidden == 0
+            || !(self.temperature > 0.0)
+            || self.solarize.iter().any(|p| !(0.0..=1.0).contains(p))
+        {
+            return Err(Error::Config(format!(
+                "mocov3: widths must be positive, temperature a positive number, solarize probabilities in [0, 1] (got {self:?})"
+            )));
+        }
+        Ok(())
+    }
+    fn build<B: Backend>(&self, ps: &mut ParamStore<B>, backbone: &BackboneConfig, _seed: u64) -> Result<Box<dyn Method<B>>> {
+        Ok(Box::new(MocoV3::new(ps, backbone, self)?))
+    }
 }
 
 /// solo-learn's mocov3_loss_func: 2T CE(norm(q) norm(k)^T / T, arange); k takes no gradient.
@@ -67,32 +86,22 @@ pub fn mocov3_loss<B: Backend>(t: &Tape<B>, q: &Var<B>, k: &Var<B>, temperature:
 
 impl MocoV3 {
     pub fn new<B: Backend>(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &MocoV3Config) -> Result<Self> {
-        check_taus("mocov3", cfg.base_tau, cfg.final_tau)?;
-        if cfg.proj_dim == 0
-            || cfg.proj_hidden == 0
-            || cfg.pred_hidden == 0
-            || !(cfg.temperature > 0.0)
-            || cfg.solarize.iter().any(|p| !(0.0..=1.0).contains(p))
-        {
-            return Err(Error::Config(format!(
-                "mocov3: widths must be positive, temperature a positive number, solarize probabilities in [0, 1] (got {cfg:?})"
-            )));
-        }
+        cfg.validate()?;
         let proj = [
             LayerSpec { out: cfg.proj_hidden, bias: true, bn: Some(true), act: Act::Relu },
             LayerSpec { out: cfg.proj_dim, bias: true, bn: Some(false), act: Act::None },
         ];
         let online = backbone.build(ps, "backbone")?;
-        let projector = Head::new(ps, "projector", online.feature_dim(), &proj)?;
+        let feature_dim = online.feature_dim();
+        let projector = Head::new(ps, "projector", feature_dim, &proj)?;
         let pred = [
             LayerSpec { out: cfg.pred_hidden, bias: true, bn: Some(true), act: Act::Relu },
             LayerSpec { out: cfg.proj_dim, bias: true, bn: None, act: Act::None },
         ];
         let predictor = Head::new(ps, "predictor", cfg.proj_dim, &pred)?;
-        let momentum_backbone = backbone.build(ps, &format!("{MOMENTUM}backbone"))?;
-        let momentum_projector = Head::new(ps, &format!("{MOMENTUM}projector"), online.feature_dim(), &proj)?;
-        let pairs = MomentumPairs::copy_and_freeze(ps, "mocov3")?;
-        Ok(MocoV3 { cfg: cfg.clone(), backbone: online, projector, predictor, momentum_backbone, momentum_projector, pairs })
+        let taus = Taus { base: cfg.base_tau, last: cfg.final_tau };
+        let net = MomentumPair::new(ps, "mocov3", backbone, (online, projector), "projector", |ps, name| Head::new(ps, name, feature_dim, &proj), taus)?;
+        Ok(MocoV3 { cfg: cfg.clone(), net, predictor })
     }
 }
 
@@ -101,7 +110,7 @@ impl<B: Backend> Method<B> for MocoV3 {
         "mocov3"
     }
     fn backbone(&self) -> &Backbone {
-        &self.backbone
+        &self.net.backbone
     }
 
     fn views(&self, recipe: &AugmentConfig, size: usize) -> Vec<ViewSpec> {
@@ -112,10 +121,10 @@ impl<B: Backend> Method<B> for MocoV3 {
         super::check_views("mocov3", views, 2)?;
         let (mut zs, mut qs, mut ks) = (Vec::new(), Vec::new(), Vec::new());
         for x in views {
-            let z = self.projector.forward(cx, &self.backbone.forward(cx, x)?)?;
+            let z = self.net.online(cx, x)?;
             qs.push(self.predictor.forward(cx, &z)?);
             zs.push(z);
-            ks.push(self.momentum_projector.forward(cx, &self.momentum_backbone.forward(cx, x)?)?.detach());
+            ks.push(self.net.momentum(cx, x)?);
         }
         let t = cx.tape;
         let temp = self.cfg.temperature;
@@ -124,6 +133,6 @@ impl<B: Backend> Method<B> for MocoV3 {
     }
 
     fn after_step(&mut self, ps: &mut ParamStore<B>, info: &StepInfo) -> Result<()> {
-        self.pairs.update(ps, tau_at(self.cfg.base_tau, self.cfg.final_tau, info.step, info.total_steps))
+        self.net.update(ps, info)
     }
 }

@@ -1,9 +1,10 @@
-//! Self-supervised methods. The training loop only knows the `Method` trait and this module's
-//! registry (`METHODS`, `build`): a method owns its heads (registered in the same parameter
+//! Self-supervised methods. The training loop only knows the `Method` trait and the registry
+//! (`registry.rs`: `build`, `methods`): a method owns its settings (its own `[<name>]` table,
+//! parsed and validated by its `MethodConfig`) and its heads (registered in the same parameter
 //! store as the backbone), says which views it needs, computes its loss from them, and may hook
 //! in before the optimiser step (edit gradients) and after it (an EMA target, a queue). A new
-//! method is a file here, a line in `METHODS` and `build`, and its own `[<name>]` config table;
-//! or, from outside the crate, one call to `register`.
+//! method is a file here and a row in `registry::builtins`; from outside the crate, one call to
+//! `register`. Nothing outside src/ssl/ names a method.
 
 pub mod barlow;
 pub mod byol;
@@ -14,93 +15,26 @@ pub mod mocov2plus;
 pub mod mocov3;
 pub mod momentum;
 pub mod queue;
+pub mod registry;
 pub mod simclr;
 pub mod simsiam;
 pub mod supcon;
 pub mod swav;
 pub mod vicreg;
 
-use std::any::Any;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
 use crate::autograd::Var;
 use crate::backend::Backend;
-use crate::config::Config;
 use crate::data::{AugmentConfig, ViewSpec};
 use crate::error::{Error, Result};
-use crate::models::{Backbone, BackboneConfig};
+use crate::models::Backbone;
 use crate::nn::{Ctx, ParamId, ParamStore};
 use crate::tensor::Tensor;
 
-/// Every method, by the name `method = "..."` takes, with what it is.
-pub const METHODS: &[(&str, &str)] = &[
-    ("simsiam", "SimSiam: projector + predictor, symmetric negative cosine with stop-gradient"),
-    ("simclr", "SimCLR: projector, NT-Xent over the 2N views of a batch"),
-    ("supcon", "SupCon: SimCLR whose positives are every other view of the same label (uses labels)"),
-    ("byol", "BYOL: online projector + predictor against an EMA momentum network, asymmetric views"),
-    ("swav", "SwAV: swapped prediction of Sinkhorn-Knopp assignments to learned prototypes, queue"),
-    ("mocov2plus", "MoCo v2+: InfoNCE against a momentum encoder's keys and a queue of past keys per view"),
-    ("mocov3", "MoCo v3: predictor + momentum encoder, InfoNCE over the batch, no queue"),
-    ("dino", "DINO: self-distillation from an EMA teacher with centring and sharpening"),
-    ("barlow", "Barlow Twins: the cross-correlation of the two views' embeddings pushed to identity"),
-    ("vicreg", "VICReg: invariance, variance and covariance terms"),
-];
-
-/// How `register` builds a method on backend B.
-pub type Builder<B> = fn(&Config, &mut ParamStore<B>, &BackboneConfig) -> Result<Box<dyn Method<B>>>;
-
-/// Methods registered at run time: (name, builder as `Builder<B>` for some backend B).
-static REGISTERED: Mutex<Vec<(&'static str, Box<dyn Any + Send>)>> = Mutex::new(Vec::new());
-
-/// Registers a method defined outside this module (another crate, a test): `method = "<name>"`
-/// then trains it on backend B with the unchanged loop. Its settings come from the shared
-/// config (it has no table of its own).
-pub fn register<B: Backend>(name: &'static str, build: Builder<B>) {
-    let mut reg = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
-    reg.retain(|(n, b)| !(*n == name && b.is::<Builder<B>>()));
-    reg.push((name, Box::new(build)));
-}
-
-fn registered<B: Backend>(name: &str) -> Option<Builder<B>> {
-    let reg = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
-    reg.iter().rev().find(|(n, _)| *n == name).and_then(|(_, b)| b.downcast_ref::<Builder<B>>().copied())
-}
-
-/// Whether `name` is a built-in or registered method.
-pub fn is_method(name: &str) -> bool {
-    METHODS.iter().any(|(n, _)| *n == name) || REGISTERED.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|(n, _)| *n == name)
-}
-
-/// The method names, for messages.
-pub fn method_names() -> String {
-    let mut names: Vec<&str> = METHODS.iter().map(|(n, _)| *n).collect();
-    names.extend(REGISTERED.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(n, _)| *n));
-    names.join(", ")
-}
-
-/// Builds the method `cfg.method` names from its config table, its heads registered in `ps`
-/// beside the backbone.
-pub fn build<B: Backend>(cfg: &Config, ps: &mut ParamStore<B>, backbone: &BackboneConfig) -> Result<Box<dyn Method<B>>> {
-    Ok(match cfg.method.as_str() {
-        "simsiam" => Box::new(simsiam::SimSiam::new(ps, backbone, &cfg.simsiam)?),
-        "simclr" => Box::new(simclr::SimClr::new(ps, backbone, &cfg.simclr)?),
-        "supcon" => Box::new(supcon::SupCon::new(ps, backbone, &cfg.supcon)?),
-        "byol" => Box::new(byol::Byol::new(ps, backbone, &cfg.byol)?),
-        "swav" => Box::new(swav::Swav::new(ps, backbone, &cfg.swav)?),
-        "mocov2plus" => Box::new(mocov2plus::MocoV2Plus::new(ps, backbone, &cfg.mocov2plus, cfg.seed)?),
-        "mocov3" => Box::new(mocov3::MocoV3::new(ps, backbone, &cfg.mocov3)?),
-        "dino" => Box::new(dino::Dino::new(ps, backbone, &cfg.dino)?),
-        "barlow" => Box::new(barlow::Barlow::new(ps, backbone, &cfg.barlow)?),
-        "vicreg" => Box::new(vicreg::Vicreg::new(ps, backbone, &cfg.vicreg)?),
-        m => match registered::<B>(m) {
-            Some(build) => build(cfg, ps, backbone)?,
-            None => return Err(Error::Config(format!("method: unknown {m:?}; available: {}", method_names()))),
-        },
-    })
-}
+pub use registry::{Builder, MethodConfig, MethodInfo, MethodRecipe, build, is_method, method, method_names, methods, methods_help, parse_settings, register};
 
 /// What one training step's forward pass produced.
 pub struct StepOutput<B: Backend> {

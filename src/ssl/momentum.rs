@@ -2,11 +2,16 @@
 //! named `momentum_<online name>` starts as a copy of its online twin, takes no gradient, and
 //! after each optimiser step moves by one fused EMA with tau on solo-learn's cosine schedule.
 //! The copies live in the parameter store, so checkpoints carry them and a resumed run
-//! continues them bit for bit.
+//! continues them bit for bit. `MomentumPair` is the online network and its twin together, as
+//! BYOL, MoCo v2+, MoCo v3 and DINO build them.
 
+use super::StepInfo;
+use super::heads::Head;
+use crate::autograd::Var;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::nn::{Kind, ParamId, ParamStore};
+use crate::models::{Backbone, BackboneConfig};
+use crate::nn::{Ctx, Kind, ParamId, ParamStore};
 use crate::ops;
 use crate::tensor::Tensor;
 
@@ -55,5 +60,66 @@ pub fn check_taus(method: &str, base: f64, final_tau: f64) -> Result<()> {
         Ok(())
     } else {
         Err(Error::Config(format!("{method}: base_tau and final_tau must lie in [0, 1] (got {base}, {final_tau})")))
+    }
+}
+
+/// An online network (backbone + head) and its momentum twin (`momentum_backbone.*`,
+/// `momentum_<head>.*`): the twin starts as a copy, takes no gradient, and follows the online
+/// weights by an EMA whose tau rises from `base_tau` to `final_tau` on a cosine over the run.
+/// The head is a projector (`Head`: BYOL, MoCo) or the method's own (DINO's).
+pub struct MomentumPair<H> {
+    pub backbone: Backbone,
+    pub head: H,
+    pub momentum_backbone: Backbone,
+    pub momentum_head: H,
+    pairs: MomentumPairs,
+    base_tau: f64,
+    final_tau: f64,
+}
+
+/// The EMA schedule of a momentum pair: tau at the first step and at the last.
+#[derive(Clone, Copy, Debug)]
+pub struct Taus {
+    pub base: f64,
+    pub last: f64,
+}
+
+impl<H> MomentumPair<H> {
+    /// Adds the momentum twin of `online` (its backbone and its head `head_name`, registered in
+    /// `ps` already, with any other online part such as a predictor, so the store keeps the
+    /// order it always had): `momentum_backbone.*` from `backbone`, `momentum_<head_name>.*` from
+    /// `head(ps, prefix)`; then copies the online weights into the twin and freezes it.
+    pub fn new<B: Backend>(
+        ps: &mut ParamStore<B>,
+        method: &'static str,
+        backbone: &BackboneConfig,
+        online: (Backbone, H),
+        head_name: &str,
+        head: impl FnOnce(&mut ParamStore<B>, &str) -> Result<H>,
+        taus: Taus,
+    ) -> Result<Self> {
+        let momentum_backbone = backbone.build(ps, &format!("{MOMENTUM}backbone"))?;
+        let momentum_head = head(ps, &format!("{MOMENTUM}{head_name}"))?;
+        let pairs = MomentumPairs::copy_and_freeze(ps, method)?;
+        let (backbone, head) = online;
+        Ok(MomentumPair { backbone, head, momentum_backbone, momentum_head, pairs, base_tau: taus.base, final_tau: taus.last })
+    }
+
+    /// The EMA after an optimiser step, every parameter of the twin in one fused update.
+    pub fn update<B: Backend>(&self, ps: &ParamStore<B>, info: &StepInfo) -> Result<()> {
+        self.pairs.update(ps, tau_at(self.base_tau, self.final_tau, info.step, info.total_steps))
+    }
+}
+
+impl MomentumPair<Head> {
+    /// The online projection head(backbone(x)).
+    pub fn online<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
+        self.head.forward(cx, &self.backbone.forward(cx, x)?)
+    }
+
+    /// The momentum network's projection of x, a constant on the tape (no gradient reaches the
+    /// frozen twin).
+    pub fn momentum<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
+        Ok(self.momentum_head.forward(cx, &self.momentum_backbone.forward(cx, x)?)?.detach())
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::heads::{Act, Head, LayerSpec};
 use super::losses::NORM_EPS;
-use super::{Method, StepOutput};
+use super::{Method, MethodConfig, StepOutput};
 use crate::autograd::Var;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -35,6 +35,30 @@ impl Default for SimClrConfig {
     }
 }
 
+impl SimClrConfig {
+    /// The check SimCLR and SupCon share, naming `method`.
+    pub(super) fn check(&self, method: &str) -> Result<()> {
+        if self.proj_dim == 0 || self.proj_hidden == 0 || !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(Error::Config(format!(
+                "{method}: proj_hidden and proj_dim must be positive and temperature a positive number (got {}, {}, {})",
+                self.proj_hidden, self.proj_dim, self.temperature
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl MethodConfig for SimClrConfig {
+    const NAME: &'static str = "simclr";
+    const ABOUT: &'static str = "SimCLR: projector, NT-Xent over the 2N views of a batch";
+    fn validate(&self) -> Result<()> {
+        self.check("simclr")
+    }
+    fn build<B: Backend>(&self, ps: &mut ParamStore<B>, backbone: &BackboneConfig, _seed: u64) -> Result<Box<dyn Method<B>>> {
+        Ok(Box::new(SimClr::new(ps, backbone, self)?))
+    }
+}
+
 pub struct SimClr {
     cfg: SimClrConfig,
     pub(super) backbone: Backbone,
@@ -44,12 +68,7 @@ pub struct SimClr {
 impl SimClr {
     /// Registers `backbone.*` and `projector.*` (Linear -> BN -> ReLU -> Linear) in `ps`.
     pub fn new<B: Backend>(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &SimClrConfig) -> Result<Self> {
-        if cfg.proj_dim == 0 || cfg.proj_hidden == 0 || !(cfg.temperature > 0.0 && cfg.temperature.is_finite()) {
-            return Err(Error::Config(format!(
-                "simclr: proj_hidden and proj_dim must be positive and temperature a positive number (got {}, {}, {})",
-                cfg.proj_hidden, cfg.proj_dim, cfg.temperature
-            )));
-        }
+        cfg.validate()?;
         let backbone = backbone.build(ps, "backbone")?;
         let proj = [
             LayerSpec { out: cfg.proj_hidden, bias: true, bn: Some(true), act: Act::Relu },

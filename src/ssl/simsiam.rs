@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::heads::{Act, Head, LayerSpec};
 use super::losses::NORM_EPS;
-use super::{LrPolicy, Method, StepOutput};
+use super::{LrPolicy, Method, MethodConfig, StepOutput};
 use crate::autograd::Var;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -46,6 +46,20 @@ impl Default for SimSiamConfig {
     }
 }
 
+impl MethodConfig for SimSiamConfig {
+    const NAME: &'static str = "simsiam";
+    const ABOUT: &'static str = "SimSiam: projector + predictor, symmetric negative cosine with stop-gradient";
+    fn validate(&self) -> Result<()> {
+        if self.proj_layers < 1 || self.proj_dim == 0 || self.proj_hidden == 0 || self.pred_hidden == 0 {
+            return Err(Error::Invalid { op: "simsiam", msg: "projector needs at least one layer and non-zero widths".into() });
+        }
+        Ok(())
+    }
+    fn build<B: Backend>(&self, ps: &mut ParamStore<B>, backbone: &BackboneConfig, _seed: u64) -> Result<Box<dyn Method<B>>> {
+        Ok(Box::new(SimSiam::new(ps, backbone, self)?))
+    }
+}
+
 pub struct SimSiam {
     cfg: SimSiamConfig,
     backbone: Backbone,
@@ -56,9 +70,7 @@ pub struct SimSiam {
 impl SimSiam {
     /// Registers `backbone.*`, `projector.*` and `predictor.*` in `ps`.
     pub fn new<B: Backend>(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &SimSiamConfig) -> Result<Self> {
-        if cfg.proj_layers < 1 || cfg.proj_dim == 0 || cfg.proj_hidden == 0 || cfg.pred_hidden == 0 {
-            return Err(Error::Invalid { op: "simsiam", msg: "projector needs at least one layer and non-zero widths".into() });
-        }
+        cfg.validate()?;
         let backbone = backbone.build(ps, "backbone")?;
         // Linear(no bias) -> BN -> ReLU, repeated; the last Linear -> BN without affine.
         let mut proj = Vec::new();

@@ -5,7 +5,9 @@
 //! s = cosine similarity: SimCLR's fused `nt_xent` op with the labels as groups.
 
 use super::simclr::{SimClr, SimClrConfig, nt_xent};
-use super::{Method, StepOutput};
+use serde::{Deserialize, Serialize};
+
+use super::{Method, MethodConfig, StepOutput};
 use crate::autograd::Var;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -13,8 +15,21 @@ use crate::models::{Backbone, BackboneConfig};
 use crate::nn::{Ctx, ParamStore};
 use crate::tensor::Tensor;
 
-/// SupCon's settings are SimCLR's: projector widths and the temperature.
-pub type SupConConfig = SimClrConfig;
+/// SupCon's settings are SimCLR's (projector widths and the temperature), in its own table.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SupConConfig(pub SimClrConfig);
+
+impl MethodConfig for SupConConfig {
+    const NAME: &'static str = "supcon";
+    const ABOUT: &'static str = "SupCon: SimCLR whose positives are every other view of the same label (uses labels)";
+    fn validate(&self) -> Result<()> {
+        self.0.check("supcon")
+    }
+    fn build<B: Backend>(&self, ps: &mut ParamStore<B>, backbone: &BackboneConfig, _seed: u64) -> Result<Box<dyn Method<B>>> {
+        Ok(Box::new(SupCon::new(ps, backbone, self)?))
+    }
+}
 
 pub struct SupCon {
     cfg: SupConConfig,
@@ -23,7 +38,8 @@ pub struct SupCon {
 
 impl SupCon {
     pub fn new<B: Backend>(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &SupConConfig) -> Result<Self> {
-        Ok(SupCon { cfg: cfg.clone(), simclr: SimClr::new(ps, backbone, cfg)? })
+        cfg.validate()?;
+        Ok(SupCon { cfg: cfg.clone(), simclr: SimClr::new(ps, backbone, &cfg.0)? })
     }
 }
 
@@ -39,7 +55,7 @@ impl<B: Backend> Method<B> for SupCon {
         let labels = labels.ok_or_else(|| Error::Invalid { op: "supcon", msg: "needs the images' labels".into() })?;
         let labels: Vec<usize> = labels.to_f32()?.iter().map(|&l| l as usize).collect();
         let zs = self.simclr.project(cx, views, "supcon")?;
-        let loss = nt_xent(cx, &zs, &labels, self.cfg.temperature)?;
+        let loss = nt_xent(cx, &zs, &labels, self.cfg.0.temperature)?;
         Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::heads::{Act, Head, LayerSpec};
 use super::losses::NORM_EPS;
 use super::queue::{Queue, load_queues, queues_state};
-use super::{Method, MultiCrop, StepInfo, StepOutput, losses};
+use super::{Method, MethodConfig, MultiCrop, StepInfo, StepOutput, losses};
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
 use crate::data::{AugmentConfig, ViewSpec};
@@ -60,6 +60,22 @@ impl Default for SwavConfig {
     }
 }
 
+impl MethodConfig for SwavConfig {
+    const NAME: &'static str = "swav";
+    const ABOUT: &'static str = "SwAV: swapped prediction of Sinkhorn-Knopp assignments to learned prototypes, queue";
+    fn validate(&self) -> Result<()> {
+        if self.proj_dim == 0 || self.proj_hidden == 0 || self.num_prototypes == 0 || !(self.temperature > 0.0) || !(self.sk_epsilon > 0.0) {
+            return Err(Error::Config(format!(
+                "swav: widths and num_prototypes must be positive, temperature and sk_epsilon positive numbers (got {self:?})"
+            )));
+        }
+        self.multicrop.check("swav")
+    }
+    fn build<B: Backend>(&self, ps: &mut ParamStore<B>, backbone: &BackboneConfig, _seed: u64) -> Result<Box<dyn Method<B>>> {
+        Ok(Box::new(Swav::new(ps, backbone, self)?))
+    }
+}
+
 pub struct Swav<B: Backend> {
     cfg: SwavConfig,
     backbone: Backbone,
@@ -86,12 +102,7 @@ pub fn swav_loss<B: Backend>(t: &Tape<B>, preds: &[Var<B>], assignments: &[Tenso
 
 impl<B: Backend> Swav<B> {
     pub fn new(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &SwavConfig) -> Result<Self> {
-        if cfg.proj_dim == 0 || cfg.proj_hidden == 0 || cfg.num_prototypes == 0 || !(cfg.temperature > 0.0) || !(cfg.sk_epsilon > 0.0) {
-            return Err(Error::Config(format!(
-                "swav: widths and num_prototypes must be positive, temperature and sk_epsilon positive numbers (got {cfg:?})"
-            )));
-        }
-        cfg.multicrop.check("swav")?;
+        cfg.validate()?;
         let online = backbone.build(ps, "backbone")?;
         let proj = [
             LayerSpec { out: cfg.proj_hidden, bias: true, bn: Some(true), act: Act::Relu },

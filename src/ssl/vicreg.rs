@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::barlow::expander;
 use super::heads::Head;
-use super::{Method, StepOutput, losses};
+use super::{Method, MethodConfig, StepOutput, losses};
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -35,6 +35,21 @@ impl Default for VicregConfig {
     /// solo-learn's CIFAR recipe (scripts/pretrain/cifar/vicreg.yaml).
     fn default() -> Self {
         VicregConfig { proj_hidden: 2048, proj_dim: 2048, sim_loss_weight: 25.0, var_loss_weight: 25.0, cov_loss_weight: 1.0 }
+    }
+}
+
+impl MethodConfig for VicregConfig {
+    const NAME: &'static str = "vicreg";
+    const ABOUT: &'static str = "VICReg: invariance, variance and covariance terms";
+    fn validate(&self) -> Result<()> {
+        let weights_ok = [self.sim_loss_weight, self.var_loss_weight, self.cov_loss_weight].iter().all(|w| *w >= 0.0);
+        if self.proj_dim == 0 || self.proj_hidden == 0 || !weights_ok {
+            return Err(Error::Config(format!("vicreg: widths must be positive and the loss weights not negative (got {self:?})")));
+        }
+        Ok(())
+    }
+    fn build<B: Backend>(&self, ps: &mut ParamStore<B>, backbone: &BackboneConfig, _seed: u64) -> Result<Box<dyn Method<B>>> {
+        Ok(Box::new(Vicreg::new(ps, backbone, self)?))
     }
 }
 
@@ -70,10 +85,7 @@ pub fn vicreg_loss<B: Backend>(t: &Tape<B>, z1: &Var<B>, z2: &Var<B>, cfg: &Vicr
 
 impl Vicreg {
     pub fn new<B: Backend>(ps: &mut ParamStore<B>, backbone: &BackboneConfig, cfg: &VicregConfig) -> Result<Self> {
-        let weights_ok = [cfg.sim_loss_weight, cfg.var_loss_weight, cfg.cov_loss_weight].iter().all(|w| *w >= 0.0);
-        if cfg.proj_dim == 0 || cfg.proj_hidden == 0 || !weights_ok {
-            return Err(Error::Config(format!("vicreg: widths must be positive and the loss weights not negative (got {cfg:?})")));
-        }
+        cfg.validate()?;
         let backbone = backbone.build(ps, "backbone")?;
         let projector = expander(ps, backbone.feature_dim(), cfg.proj_hidden, cfg.proj_dim)?;
         Ok(Vicreg { cfg: cfg.clone(), backbone, projector })

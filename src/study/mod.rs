@@ -6,58 +6,25 @@
 //! interrupted study computes only what is missing. The table, CSV, JSON and plots are written
 //! by `report`.
 
+pub mod config;
 pub mod report;
+
+pub use config::StudyConfig;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::{self, LoadedBackbone, SetsReport};
+use crate::eval::backbone::{self, LoadedBackbone};
+use crate::eval::protocols::{self, SetsReport};
 use crate::backend::Backend;
 use crate::checkpoint::{export_backbone, write_atomic};
 use crate::config::Config;
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
-use crate::eval::linear::LinearProbeConfig;
 use crate::eval::metrics::Metrics;
 use crate::rng::{Rng, permutation};
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StudyConfig {
-    /// The study folder: cells/, study.md, study.csv, study.json and the plots.
-    pub out: PathBuf,
-    /// Checkpoints or PyTorch-named backbone files, `random` (the recipe's initialisation) and
-    /// `supervised` (trained from scratch on the training labels, `[study.supervised]`).
-    pub starts: Vec<String>,
-    /// Any of "knn", "linear", "finetune".
-    pub protocols: Vec<String>,
-    /// Few-label fine-tuning at each N labelled images per class (not for `supervised`, which
-    /// has seen every label).
-    pub labels_per_class: Vec<usize>,
-    /// The share of each class held out of training as the validation split.
-    pub val_fraction: f64,
-    /// Fine-tuning (full and few-label): epochs, lr, weight decay, batch.
-    pub finetune: LinearProbeConfig,
-    /// Supervised training from random init.
-    pub supervised: LinearProbeConfig,
-}
-
-impl Default for StudyConfig {
-    fn default() -> Self {
-        let finetune = LinearProbeConfig { epochs: 30, lr: 0.1, weight_decay: 5e-4, ..LinearProbeConfig::default() };
-        StudyConfig {
-            out: PathBuf::from("runs/study"),
-            starts: vec!["random".into(), "supervised".into()],
-            protocols: vec!["knn".into(), "linear".into(), "finetune".into()],
-            labels_per_class: Vec::new(),
-            val_fraction: 0.1,
-            supervised: finetune.clone(),
-            finetune,
-        }
-    }
-}
 
 /// One evaluation of one starting point.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -198,9 +165,9 @@ fn check(cfg: &Config, fit: &Dataset) -> Result<()> {
 /// The backbone a starting point names, fresh (fine-tuning changes it).
 fn start_backbone<B: Backend>(b: &B, cfg: &Config, start: &str, supervised_file: &Path) -> Result<LoadedBackbone<B>> {
     match start {
-        "random" => app::random_backbone(b, cfg),
-        "supervised" => app::load_backbone(b, supervised_file, None, cfg.data.image_size),
-        path => app::load_backbone(b, Path::new(path), None, cfg.data.image_size),
+        "random" => backbone::random_backbone(b, cfg),
+        "supervised" => backbone::load_backbone(b, supervised_file, None, cfg.data.image_size),
+        path => backbone::load_backbone(b, Path::new(path), None, cfg.data.image_size),
     }
 }
 
@@ -208,8 +175,8 @@ fn start_backbone<B: Backend>(b: &B, cfg: &Config, start: &str, supervised_file:
 pub fn run<B: Backend>(b: &B, cfg: &Config, verbose: bool) -> Result<StudyOutcome> {
     let st = &cfg.study;
     let test_path = cfg.data.test_path.as_ref().ok_or_else(|| Error::Config("study: needs data.test_path".into()))?;
-    let full = app::load(&cfg.data.path, Split::Train, cfg)?;
-    let test = app::load(test_path, Split::Test, cfg)?;
+    let full = backbone::load(&cfg.data.path, Split::Train, cfg)?;
+    let test = backbone::load(test_path, Split::Test, cfg)?;
     let (fit_idx, val_idx) = stratified_split(&full, st.val_fraction, cfg.seed);
     let fit = Arc::new(full.subset(&fit_idx));
     let val = full.subset(&val_idx);
@@ -217,13 +184,13 @@ pub fn run<B: Backend>(b: &B, cfg: &Config, verbose: bool) -> Result<StudyOutcom
     let plan = planned_cells(st)?;
     // Every checkpoint must hold the study's architecture (model and model_opts): an error now,
     // not after an hour of the other cells.
-    let want = app::architecture(&cfg.backbone()?);
+    let want = backbone::architecture(&cfg.backbone()?);
     for s in st.starts.iter().filter(|s| *s != "random" && *s != "supervised") {
         let held = crate::checkpoint::WeightFile::read(Path::new(s))?.infer_backbone()?;
-        if app::architecture(&held) != want {
+        if backbone::architecture(&held) != want {
             return Err(Error::Config(format!(
                 "study.starts: {s} holds {}, but the study's model (model, model_opts) is {want}",
-                app::architecture(&held)
+                backbone::architecture(&held)
             )));
         }
     }
@@ -260,14 +227,14 @@ pub fn run<B: Backend>(b: &B, cfg: &Config, verbose: bool) -> Result<StudyOutcom
         let sets = [&val, &*test];
         let report = match &protocol {
             Protocol::Knn => {
-                let metrics = app::eval_knn_sets(&m, &fit, &sets, cfg)?;
+                let metrics = protocols::eval_knn_sets(&m, &fit, &sets, cfg)?;
                 SetsReport { metrics, train_images: fit.len(), curve: Vec::new() }
             }
-            Protocol::Linear => app::eval_linear_sets(&m, &fit, &sets, cfg, &cfg.linear, None, |_, _, _| {})?,
-            Protocol::Finetune => app::eval_finetune_sets(m, &fit, &sets, cfg, &st.finetune, None, true, |_, _, _| {})?,
+            Protocol::Linear => protocols::eval_linear_sets(&m, &fit, &sets, cfg, &cfg.linear, None, |_, _, _| {})?,
+            Protocol::Finetune => protocols::eval_finetune_sets(m, &fit, &sets, cfg, &st.finetune, None, true, |_, _, _| {})?,
             Protocol::FewLabel(n) => {
-                let subset = app::labels_per_class(&fit, *n, cfg.seed);
-                app::eval_finetune_sets(m, &fit, &sets, cfg, &st.finetune, Some(&subset), true, |_, _, _| {})?
+                let subset = protocols::labels_per_class(&fit, *n, cfg.seed);
+                protocols::eval_finetune_sets(m, &fit, &sets, cfg, &st.finetune, Some(&subset), true, |_, _, _| {})?
             }
         };
         let mut metrics = report.metrics.into_iter();
@@ -305,7 +272,7 @@ fn train_supervised<B: Backend>(
     if verbose {
         eprintln!("study: training supervised from scratch ({} epochs)", cfg.study.supervised.epochs);
     }
-    let mut m = app::random_backbone(b, cfg)?;
+    let mut m = backbone::random_backbone(b, cfg)?;
     let aug = crate::eval::finetune::finetune_augment(cfg.augment.mean, cfg.augment.std);
     let mut curve = Vec::new();
     crate::eval::finetune::finetune(&m.backbone, &mut m.ps, fit.clone(), &[val], cfg.data.image_size, aug, &cfg.study.supervised, true, |_, l, v| {
@@ -315,7 +282,7 @@ fn train_supervised<B: Backend>(
     write_atomic(&cells_dir.join("supervised__training.json"), text.as_bytes())?;
     // The file is the backbone alone, like any other starting point: the trained tensors are
     // copied into a head-less store of the same architecture.
-    let mut clean = app::random_backbone(b, cfg)?;
+    let mut clean = backbone::random_backbone(b, cfg)?;
     for id in clean.ps.ids().collect::<Vec<_>>() {
         let name = clean.ps.entry(id).name.clone();
         let trained = m.ps.find(&name).ok_or_else(|| Error::Other(format!("supervised: no trained tensor {name}")))?;

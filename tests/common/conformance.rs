@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use ssl_engine::autograd::{Tape, Var};
-use ssl_engine::backend::Backend;
+use ssl_engine::backend::prelude::*;
 use ssl_engine::backend::cpu::CpuBackend;
 use ssl_engine::ops::{self, SgdSlot};
 use ssl_engine::rng::Rng;

@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 
 use safetensors::SafeTensors;
-use ssl_engine::backend::Backend;
+use ssl_engine::backend::prelude::*;
 use ssl_engine::nn::ParamStore;
 use ssl_engine::{DType, Tensor};
 
 pub mod cli;
 pub mod conformance;
+pub mod skip;
 pub mod tiny_run;
 
 pub fn fnv(s: &str) -> u64 {
@@ -174,20 +175,17 @@ pub fn repo(p: &str) -> String {
     format!("{}/{p}", root.display())
 }
 
-/// The CUDA backend on GPU 0, or None after printing "skipped: <reason>". With
-/// SSL_ENGINE_REQUIRE_GPU=1 (set by benches/gpu_run.sh on the GPU machine) a missing GPU is a
-/// failure, so a run there can never pass by skipping.
+/// The CUDA backend on GPU 0, or None after `skip::skip` (which fails in CI unless .ci/run
+/// allows "cuda-device", and always with SSL_ENGINE_REQUIRE_GPU=1, set by benches/gpu_run.sh
+/// on the GPU machine, so a run there can never pass by skipping).
 pub fn cuda_or_skip() -> Option<ssl_engine::backend::cuda::CudaBackend> {
     match ssl_engine::backend::cuda::CudaBackend::new(0) {
         Ok(b) => {
-            eprintln!("{}", ssl_engine::backend::Backend::name(&b));
+            eprintln!("{}", ssl_engine::backend::CoreOps::name(&b));
             Some(b.with_poison())
         }
-        Err(e) if std::env::var("SSL_ENGINE_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
-            panic!("SSL_ENGINE_REQUIRE_GPU=1 but the CUDA backend did not open: {e}")
-        }
         Err(e) => {
-            println!("skipped: {e}");
+            skip::skip(skip::Need::CudaDevice, e);
             None
         }
     }
@@ -197,17 +195,17 @@ pub fn cpu(threads: usize) -> ssl_engine::backend::cpu::CpuBackend {
     ssl_engine::backend::cpu::CpuBackend::new(threads).unwrap()
 }
 
-/// The WGSL backend on the best adapter, or None after printing "skipped: <reason>" (CI
-/// without a Vulkan driver still passes; .ci/run installs mesa's llvmpipe so they run there).
+/// The WGSL backend on the best adapter, or None after `skip::skip` (in CI a failure: .ci/run
+/// installs mesa's llvmpipe, so a missing adapter means a broken install).
 #[cfg(feature = "wgpu")]
 pub fn wgpu_or_skip() -> Option<ssl_engine::backend::wgpu::WgpuBackend> {
     match ssl_engine::backend::wgpu::WgpuBackend::new(None) {
         Ok(b) => {
-            eprintln!("{}", ssl_engine::backend::Backend::name(&b));
+            eprintln!("{}", ssl_engine::backend::CoreOps::name(&b));
             Some(b)
         }
         Err(e) => {
-            eprintln!("skipped: {e}");
+            skip::skip(skip::Need::WgpuAdapter, e);
             None
         }
     }

@@ -40,7 +40,7 @@ pub fn tiny(out: &Path, extra: &[&str]) -> Config {
 }
 
 pub fn run(cfg: &Config, resume: Option<&Path>) -> ssl_engine::Result<TrainSummary> {
-    let b = CpuBackend::new(cfg.threads).unwrap().with_precision(cfg.precision());
+    let b = CpuBackend::new(cfg.threads).unwrap().with_precision(cfg.precision);
     train(&b, cfg, resume, &AtomicBool::new(false), false)
 }
 

@@ -6,6 +6,10 @@ use std::path::PathBuf;
 
 use safetensors::{Dtype, SafeTensors};
 
+/// The skip policy every test binary shares (tests/common/skip.rs).
+#[path = "../common/skip.rs"]
+pub mod skip;
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -6,7 +6,11 @@ use rayon::prelude::*;
 
 use super::Real;
 use super::matmul::{Mat, gemm};
+use super::{CpuBackend, CpuStorage, r, w};
 use crate::backend::AttnDims;
+use crate::backend::ops::*;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
 
 /// P = softmax(scale * q k^T) for one slice, also returning each row's log-sum-exp.
 fn probs<T: Real>(q: &[T], k: &[T], d: &AttnDims, p: &mut [T], lse: &mut [T]) {
@@ -38,16 +42,7 @@ pub fn attention_fwd<T: Real>(q: &[T], k: &[T], v: &[T], o: &mut [T], lse: &mut 
 
 #[allow(clippy::too_many_arguments)]
 pub fn attention_bwd<T: Real>(
-    q: &[T],
-    k: &[T],
-    v: &[T],
-    o: &[T],
-    _lse: &[T],
-    dout: &[T],
-    dq: &mut [T],
-    dk: &mut [T],
-    dv: &mut [T],
-    d: &AttnDims,
+    q: &[T], k: &[T], v: &[T], o: &[T], _lse: &[T], dout: &[T], dq: &mut [T], dk: &mut [T], dv: &mut [T], d: &AttnDims,
 ) {
     let (sq, sk) = (d.tq * d.d, d.tk * d.d);
     dq.par_chunks_mut(sq).zip(dk.par_chunks_mut(sk).zip(dv.par_chunks_mut(sk))).enumerate().for_each(|(b, (dqb, (dkb, dvb)))| {
@@ -73,4 +68,28 @@ pub fn attention_bwd<T: Real>(
         gemm(d.tq, d.d, d.tk, dqb, d.d, false, Mat::new(&ds, d.tk, false), Mat::new(kb, d.d, false), false);
         gemm(d.tk, d.d, d.tq, dkb, d.d, false, Mat::new(&ds, d.tk, true), Mat::new(qb, d.d, false), false);
     });
+}
+
+impl AttentionOps for CpuBackend {
+    fn attention_fwd(&self, q: &CpuStorage, k: &CpuStorage, v: &CpuStorage, o: &CpuStorage, lse: &CpuStorage, d: &AttnDims) -> Result<()> {
+        on_dtype!(self, o, T => {
+            let (gq, gk, gv) = (q.read(), k.read(), v.read());
+            let (mut go, mut gl) = (o.write(), lse.write());
+            attention_fwd::<T>(r(&gq), r(&gk), r(&gv), w(&mut go), w(&mut gl), d);
+            Ok(())
+        })
+    }
+
+    fn attention_bwd(
+        &self, q: &CpuStorage, k: &CpuStorage, v: &CpuStorage, o: &CpuStorage, lse: &CpuStorage, dout: &CpuStorage, dq: &CpuStorage,
+        dk: &CpuStorage, dv: &CpuStorage, d: &AttnDims,
+    ) -> Result<()> {
+        on_dtype!(self, dq, T => {
+            let (gq, gk, gv, go, gl, gdo) = (q.read(), k.read(), v.read(), o.read(), lse.read(), dout.read());
+            let (mut gdq, mut gdk, mut gdv) = (dq.write(), dk.write(), dv.write());
+            attention_bwd::<T>(
+                r(&gq), r(&gk), r(&gv), r(&go), r(&gl), r(&gdo), w(&mut gdq), w(&mut gdk), w(&mut gdv), d);
+            Ok(())
+        })
+    }
 }

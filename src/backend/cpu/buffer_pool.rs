@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::CpuData;
-use crate::tensor::DType;
+use crate::dtype::DType;
 
 #[derive(Default)]
 pub struct BufferPool {

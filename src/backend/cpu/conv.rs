@@ -9,7 +9,11 @@ use super::Real;
 use super::elementwise::add_in_order;
 use super::matmul::{Mat, gemm};
 use super::winograd;
+use super::{CpuBackend, CpuStorage, r, w};
 use crate::backend::Conv2dDims;
+use crate::backend::ops::*;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
 
 /// Output rows per task (whole images for backward-data): a task's column buffer (rows x kh*kw*c_in) stays near the L2 cache
 /// and one thread runs its im2col and GEMM back to back. Measured on 2 cores: 512-row tiles run
@@ -102,7 +106,7 @@ pub fn conv2d_fwd<T: Real>(x: &[T], wt: &[T], y: &mut [T], d: &Conv2dDims) {
         return;
     }
     if winograd::applies(d) && winograd_enabled() {
-        winograd::conv2d_fwd(x, wt, y, d);
+        winograd::conv2d_fwd_winograd(x, wt, y, d);
         return;
     }
     y.par_chunks_mut(TILE_ROWS * d.c_out).enumerate().for_each(|(tile, yt)| {
@@ -138,7 +142,7 @@ fn bwd_data_as_conv<T: Real>(dy: &[T], wt: &[T], dx: &mut [T], d: &Conv2dDims) {
         ow: d.w,
     };
     if winograd::applies(&t) && winograd_enabled() {
-        winograd::conv2d_bwd_data(dy, wt, dx, d, &t);
+        winograd::conv2d_data_bwd_winograd(dy, wt, dx, d, &t);
         return;
     }
     // Rows of the flipped weight are (group, input channel) pairs: filled in parallel.
@@ -157,7 +161,7 @@ fn bwd_data_as_conv<T: Real>(dy: &[T], wt: &[T], dx: &mut [T], d: &Conv2dDims) {
     conv2d_fwd(dy, &flipped, dx, &t);
 }
 
-pub fn conv2d_bwd_data<T: Real>(dy: &[T], wt: &[T], dx: &mut [T], d: &Conv2dDims) {
+pub fn conv2d_data_bwd<T: Real>(dy: &[T], wt: &[T], dx: &mut [T], d: &Conv2dDims) {
     let (cg, og) = (d.c_in / d.groups, d.c_out / d.groups);
     let kcols = d.kh * d.kw * cg;
     let npix = d.oh * d.ow;
@@ -187,7 +191,7 @@ pub fn conv2d_bwd_data<T: Real>(dy: &[T], wt: &[T], dx: &mut [T], d: &Conv2dDims
     });
 }
 
-pub fn conv2d_bwd_weight<T: Real>(x: &[T], dy: &[T], dw: &mut [T], d: &Conv2dDims) {
+pub fn conv2d_weight_bwd<T: Real>(x: &[T], dy: &[T], dw: &mut [T], d: &Conv2dDims) {
     let (cg, og) = (d.c_in / d.groups, d.c_out / d.groups);
     let kcols = d.kh * d.kw * cg;
     let npix = d.oh * d.ow;
@@ -198,7 +202,7 @@ pub fn conv2d_bwd_weight<T: Real>(x: &[T], dy: &[T], dw: &mut [T], d: &Conv2dDim
         return;
     }
     if winograd::applies(d) && winograd_enabled() {
-        winograd::conv2d_bwd_weight(x, dy, dw, d);
+        winograd::conv2d_weight_bwd_winograd(x, dy, dw, d);
         return;
     }
     let total = d.n * npix;
@@ -228,4 +232,30 @@ pub fn conv2d_bwd_weight<T: Real>(x: &[T], dy: &[T], dw: &mut [T], d: &Conv2dDim
         .collect();
     dw.copy_from_slice(&partials[0]);
     add_in_order(dw, &partials[1..]);
+}
+
+impl ConvOps for CpuBackend {
+    fn conv2d_fwd(&self, x: &CpuStorage, wt: &CpuStorage, y: &CpuStorage, d: &Conv2dDims) -> Result<()> {
+        on_dtype!(self, y, T => {
+            let (gx, gw, mut gy) = (x.read(), wt.read(), y.write());
+            conv2d_fwd::<T>(r(&gx), r(&gw), w(&mut gy), d);
+            Ok(())
+        })
+    }
+
+    fn conv2d_data_bwd(&self, dy: &CpuStorage, wt: &CpuStorage, dx: &CpuStorage, d: &Conv2dDims) -> Result<()> {
+        on_dtype!(self, dx, T => {
+            let (gdy, gw, mut gdx) = (dy.read(), wt.read(), dx.write());
+            conv2d_data_bwd::<T>(r(&gdy), r(&gw), w(&mut gdx), d);
+            Ok(())
+        })
+    }
+
+    fn conv2d_weight_bwd(&self, x: &CpuStorage, dy: &CpuStorage, dw: &CpuStorage, d: &Conv2dDims) -> Result<()> {
+        on_dtype!(self, dw, T => {
+            let (gx, gdy, mut gdw) = (x.read(), dy.read(), dw.write());
+            conv2d_weight_bwd::<T>(r(&gx), r(&gdy), w(&mut gdw), d);
+            Ok(())
+        })
+    }
 }

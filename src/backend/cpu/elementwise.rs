@@ -4,7 +4,11 @@
 use rayon::prelude::*;
 
 use super::Real;
+use super::{CpuBackend, CpuStorage, r, w};
+use crate::backend::ops::*;
 use crate::backend::{AxisDims, Binary, Unary};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
 
 const CHUNK: usize = 1 << 14;
 
@@ -155,4 +159,54 @@ pub fn sum_axis<T: Real>(x: &[T], y: &mut [T], d: &AxisDims) {
             }
         }
     });
+}
+
+impl ElementwiseOps for CpuBackend {
+    fn unary_fwd(&self, op: Unary, x: &CpuStorage, y: &CpuStorage, _n: usize) -> Result<()> {
+        on_dtype!(self, y, T => {
+            let (gx, mut gy) = (x.read(), y.write());
+            unary_fwd::<T>(op, r(&gx), w(&mut gy));
+            Ok(())
+        })
+    }
+
+    fn unary_bwd(&self, op: Unary, x: &CpuStorage, dy: &CpuStorage, dx: &CpuStorage, _n: usize) -> Result<()> {
+        on_dtype!(self, dx, T => {
+            let (gx, gdy, mut gdx) = (x.read(), dy.read(), dx.write());
+            unary_bwd::<T>(op, r(&gx), r(&gdy), w(&mut gdx));
+            Ok(())
+        })
+    }
+
+    fn binary(&self, op: Binary, a: &CpuStorage, b: &CpuStorage, out: &CpuStorage, _n: usize, b_len: usize) -> Result<()> {
+        on_dtype!(self, out, T => {
+            let (ga, gb, mut go) = (a.read(), b.read(), out.write());
+            binary::<T>(op, r(&ga), r(&gb), w(&mut go), b_len);
+            Ok(())
+        })
+    }
+
+    fn scale(&self, x: &CpuStorage, y: &CpuStorage, alpha: f32, _n: usize) -> Result<()> {
+        on_dtype!(self, y, T => {
+            let (gx, mut gy) = (x.read(), y.write());
+            scale::<T>(r(&gx), w(&mut gy), T::c(alpha as f64));
+            Ok(())
+        })
+    }
+
+    fn channel_scale(&self, x: &CpuStorage, s: &CpuStorage, y: &CpuStorage, d: &AxisDims) -> Result<()> {
+        on_dtype!(self, y, T => {
+            let (gx, gs, mut gy) = (x.read(), s.read(), y.write());
+            channel_scale::<T>(r(&gx), r(&gs), w(&mut gy), d);
+            Ok(())
+        })
+    }
+
+    fn sum_axis(&self, x: &CpuStorage, y: &CpuStorage, d: &AxisDims) -> Result<()> {
+        on_dtype!(self, y, T => {
+            let (gx, mut gy) = (x.read(), y.write());
+            sum_axis::<T>(r(&gx), w(&mut gy), d);
+            Ok(())
+        })
+    }
 }

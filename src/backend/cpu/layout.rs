@@ -3,7 +3,11 @@
 use rayon::prelude::*;
 
 use super::Real;
+use super::{CpuBackend, CpuStorage, r, w};
 use crate::backend::SliceDims;
+use crate::backend::ops::*;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
 
 pub fn permute<T: Real>(x: &[T], y: &mut [T], shape: &[usize], perm: &[usize]) {
     let rank = shape.len();
@@ -52,4 +56,30 @@ pub fn slice_assign<T: Real>(src: &[T], dst: &mut [T], d: &SliceDims) {
     dst.par_chunks_mut(d.axis * d.inner).enumerate().for_each(|(o, row)| {
         row[d.start * d.inner..d.start * d.inner + block].copy_from_slice(&src[o * block..(o + 1) * block]);
     });
+}
+
+impl LayoutOps for CpuBackend {
+    fn permute(&self, x: &CpuStorage, y: &CpuStorage, shape: &[usize], perm: &[usize]) -> Result<()> {
+        on_dtype!(self, y, T => {
+            let (gx, mut gy) = (x.read(), y.write());
+            permute::<T>(r(&gx), w(&mut gy), shape, perm);
+            Ok(())
+        })
+    }
+
+    fn slice(&self, x: &CpuStorage, y: &CpuStorage, d: &SliceDims) -> Result<()> {
+        on_dtype!(self, y, T => {
+            let (gx, mut gy) = (x.read(), y.write());
+            slice::<T>(r(&gx), w(&mut gy), d);
+            Ok(())
+        })
+    }
+
+    fn slice_assign(&self, src: &CpuStorage, dst: &CpuStorage, d: &SliceDims) -> Result<()> {
+        on_dtype!(self, dst, T => {
+            let (gs, mut gd) = (src.read(), dst.write());
+            slice_assign::<T>(r(&gs), w(&mut gd), d);
+            Ok(())
+        })
+    }
 }

@@ -5,6 +5,9 @@ use rayon::prelude::*;
 
 use super::Real;
 use super::norm::row_logsumexp as logsumexp;
+use super::{CpuBackend, CpuStorage, r, w};
+use crate::backend::ops::*;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 
 fn label(labels: &[impl Real], r: usize, classes: usize) -> Result<usize> {
@@ -198,4 +201,95 @@ pub fn soft_cross_entropy_bwd<T: Real>(logits: &[T], q: &[T], dloss: T, dlogits:
             *o = T::c(g * ((a.f64() - lse).exp() * qsum - b.f64()));
         }
     });
+}
+
+impl LossOps for CpuBackend {
+    fn cross_entropy_fwd(&self, logits: &CpuStorage, labels: &CpuStorage, loss: &CpuStorage, rows: usize, classes: usize) -> Result<()> {
+        on_dtype!(self, loss, T => {
+            let (gx, gl, mut go) = (logits.read(), labels.read(), loss.write());
+            cross_entropy_fwd::<T>(r(&gx), r(&gl), w(&mut go), rows, classes)
+        })
+    }
+
+    fn cross_entropy_bwd(
+        &self, logits: &CpuStorage, labels: &CpuStorage, dloss: &CpuStorage, dlogits: &CpuStorage, rows: usize, classes: usize,
+    ) -> Result<()> {
+        on_dtype!(self, dlogits, T => {
+            let (gx, gl, gd, mut go) = (logits.read(), labels.read(), dloss.read(), dlogits.write());
+            cross_entropy_bwd::<T>(r(&gx), r(&gl), r::<T>(&gd)[0], w(&mut go), rows, classes)
+        })
+    }
+
+    fn soft_cross_entropy_fwd(&self, logits: &CpuStorage, q: &CpuStorage, loss: &CpuStorage, rows: usize, classes: usize) -> Result<()> {
+        on_dtype!(self, loss, T => {
+            let (gx, gq, mut go) = (logits.read(), q.read(), loss.write());
+            soft_cross_entropy_fwd::<T>(r(&gx), r(&gq), w(&mut go), rows, classes);
+            Ok(())
+        })
+    }
+
+    fn soft_cross_entropy_bwd(
+        &self, logits: &CpuStorage, q: &CpuStorage, dloss: &CpuStorage, dlogits: &CpuStorage, rows: usize, classes: usize,
+    ) -> Result<()> {
+        on_dtype!(self, dlogits, T => {
+            let (gx, gq, gd, mut go) = (logits.read(), q.read(), dloss.read(), dlogits.write());
+            soft_cross_entropy_bwd::<T>(r(&gx), r(&gq), r::<T>(&gd)[0], w(&mut go), rows, classes);
+            Ok(())
+        })
+    }
+
+    fn nt_xent_fwd(&self, sim: &CpuStorage, groups: &CpuStorage, loss: &CpuStorage, rows: usize, temperature: f32) -> Result<()> {
+        on_dtype!(self, loss, T => {
+            let (gs, gg, mut go) = (sim.read(), groups.read(), loss.write());
+            nt_xent_fwd::<T>(r(&gs), r(&gg), w(&mut go), rows, temperature as f64)
+        })
+    }
+
+    fn nt_xent_bwd(
+        &self, sim: &CpuStorage, groups: &CpuStorage, dloss: &CpuStorage, dsim: &CpuStorage, rows: usize, temperature: f32,
+    ) -> Result<()> {
+        on_dtype!(self, dsim, T => {
+            let (gs, gg, gd, mut go) = (sim.read(), groups.read(), dloss.read(), dsim.write());
+            nt_xent_bwd::<T>(r(&gs), r(&gg), r::<T>(&gd)[0], w(&mut go), rows, temperature as f64)
+        })
+    }
+
+    fn identity_penalty_fwd(&self, c: &CpuStorage, loss: &CpuStorage, d: usize, diag_weight: f32, off_weight: f32) -> Result<()> {
+        on_dtype!(self, loss, T => {
+            let (gc, mut go) = (c.read(), loss.write());
+            identity_penalty_fwd::<T>(r(&gc), w(&mut go), d, diag_weight as f64, off_weight as f64);
+            Ok(())
+        })
+    }
+
+    fn identity_penalty_bwd(
+        &self, c: &CpuStorage, dloss: &CpuStorage, dc: &CpuStorage, d: usize, diag_weight: f32, off_weight: f32,
+    ) -> Result<()> {
+        on_dtype!(self, dc, T => {
+            let (gc, gd, mut go) = (c.read(), dloss.read(), dc.write());
+            identity_penalty_bwd::<T>(r(&gc), r::<T>(&gd)[0], w(&mut go), d, diag_weight as f64, off_weight as f64);
+            Ok(())
+        })
+    }
+
+    fn cosine_loss_fwd(&self, p: &CpuStorage, z: &CpuStorage, out: &CpuStorage, rows: usize, dim: usize, eps: f32) -> Result<()> {
+        on_dtype!(self, out, T => {
+            let (gp, gz, mut go) = (p.read(), z.read(), out.write());
+            cosine_loss_fwd::<T>(r(&gp), r(&gz), w(&mut go), rows, dim, eps as f64);
+            Ok(())
+        })
+    }
+
+    fn cosine_loss_bwd(
+        &self, p: &CpuStorage, z: &CpuStorage, dloss: &CpuStorage, dp: &CpuStorage, dz: Option<&CpuStorage>, rows: usize, dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        on_dtype!(self, dp, T => {
+            let (gp, gz, gd) = (p.read(), z.read(), dloss.read());
+            let mut gdp = dp.write();
+            let mut gdz = dz.map(|s| s.write());
+            cosine_loss_bwd::<T>(r(&gp), r(&gz), r::<T>(&gd)[0], w(&mut gdp), gdz.as_mut().map(w), rows, dim, eps as f64);
+            Ok(())
+        })
+    }
 }

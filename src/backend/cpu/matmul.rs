@@ -3,7 +3,11 @@
 use rayon::prelude::*;
 
 use super::Real;
+use super::{CpuBackend, CpuStorage, r, w};
 use crate::backend::MatmulDims;
+use crate::backend::ops::*;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
 
 /// A row-major matrix view: element (i, j) lives at `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -25,15 +29,7 @@ impl<'a, T> Mat<'a, T> {
 /// same either way, so results do not depend on it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm<T: Real>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [T],
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: Mat<'_, T>,
-    rhs: Mat<'_, T>,
-    parallel: bool,
+    m: usize, n: usize, k: usize, dst: &mut [T], dst_rs: usize, accumulate: bool, lhs: Mat<'_, T>, rhs: Mat<'_, T>, parallel: bool,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -91,5 +87,15 @@ pub fn matmul<T: Real>(a: &[T], b: &[T], c: &mut [T], d: &MatmulDims) {
         c.par_chunks_mut(sc).enumerate().for_each(|(bi, cc)| one(bi, cc, false));
     } else {
         c.chunks_mut(sc).enumerate().for_each(|(bi, cc)| one(bi, cc, true));
+    }
+}
+
+impl MatmulOps for CpuBackend {
+    fn matmul(&self, a: &CpuStorage, b: &CpuStorage, c: &CpuStorage, d: &MatmulDims) -> Result<()> {
+        on_dtype!(self, c, T => {
+            let (ga, gb, mut gc) = (a.read(), b.read(), c.write());
+            matmul::<T>(r(&ga), r(&gb), w(&mut gc), d);
+            Ok(())
+        })
     }
 }

@@ -5,7 +5,11 @@
 use rayon::prelude::*;
 
 use super::Real;
+use super::{CpuBackend, CpuStorage, r, w};
 use crate::backend::NormDims;
+use crate::backend::ops::*;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
 
 const BLOCK_ROWS: usize = 256;
 
@@ -80,13 +84,7 @@ pub struct Tail<'a, T> {
 
 /// Returns the batch mean and biased variance (for the running-stat update).
 pub fn batchnorm_fwd_train<T: Real>(
-    x: &[T],
-    gamma: Option<&[T]>,
-    beta: Option<&[T]>,
-    tail: Tail<'_, T>,
-    y: &mut [T],
-    save_mean: &mut [T],
-    save_invstd: &mut [T],
+    x: &[T], gamma: Option<&[T]>, beta: Option<&[T]>, tail: Tail<'_, T>, y: &mut [T], save_mean: &mut [T], save_invstd: &mut [T],
     d: &NormDims,
 ) -> (Vec<f64>, Vec<f64>) {
     let (rows, c) = (d.rows, d.channels);
@@ -125,14 +123,7 @@ pub fn update_running<T: Real>(rm: &mut [T], rv: &mut [T], mean: &[f64], var: &[
 
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_fwd_eval<T: Real>(
-    x: &[T],
-    gamma: Option<&[T]>,
-    beta: Option<&[T]>,
-    rm: &[T],
-    rv: &[T],
-    tail: Tail<'_, T>,
-    y: &mut [T],
-    d: &NormDims,
+    x: &[T], gamma: Option<&[T]>, beta: Option<&[T]>, rm: &[T], rv: &[T], tail: Tail<'_, T>, y: &mut [T], d: &NormDims,
 ) {
     let c = d.channels;
     let scale: Vec<f64> = (0..c).map(|j| param(gamma, j, 1.0) / (rv[j].f64() + d.eps as f64).sqrt()).collect();
@@ -145,14 +136,7 @@ pub fn batchnorm_fwd_eval<T: Real>(
 /// is not positive; that masked dy goes to `dresidual` when given.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_bwd<T: Real>(
-    x: &[T],
-    dy: &[T],
-    relu_out: Option<&[T]>,
-    gamma: Option<&[T]>,
-    mean: &[T],
-    invstd: &[T],
-    dx: &mut [T],
-    dresidual: Option<&mut [T]>,
+    x: &[T], dy: &[T], relu_out: Option<&[T]>, gamma: Option<&[T]>, mean: &[T], invstd: &[T], dx: &mut [T], dresidual: Option<&mut [T]>,
     d: &NormDims,
 ) -> (Vec<f64>, Vec<f64>) {
     let (rows, c) = (d.rows, d.channels);
@@ -216,15 +200,7 @@ pub fn layernorm_fwd<T: Real>(x: &[T], gamma: &[T], beta: &[T], y: &mut [T], sav
 
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_bwd<T: Real>(
-    x: &[T],
-    dy: &[T],
-    gamma: &[T],
-    mean: &[T],
-    rstd: &[T],
-    dx: &mut [T],
-    dgamma: &mut [T],
-    dbeta: &mut [T],
-    d: &NormDims,
+    x: &[T], dy: &[T], gamma: &[T], mean: &[T], rstd: &[T], dx: &mut [T], dgamma: &mut [T], dbeta: &mut [T], d: &NormDims,
 ) {
     let (rows, c) = (d.rows, d.channels);
     let xhat = |r: usize, j: usize| (x[r * c + j].f64() - mean[r].f64()) * rstd[r].f64();
@@ -323,4 +299,138 @@ pub fn softmax_bwd<T: Real>(y: &[T], dy: &[T], dx: &mut [T], c: usize) {
             dxr[j] = yr[j] * (dyr[j] - dot);
         }
     });
+}
+
+impl NormOps for CpuBackend {
+    fn batchnorm_fwd_train(&self, x: &CpuStorage, bn: BnTrain<'_, CpuStorage>, d: &NormDims) -> Result<()> {
+        on_dtype!(self, bn.y, T => {
+            let gx = x.read();
+            let gg = bn.gamma.map(|g| g.read());
+            let gb = bn.beta.map(|b| b.read());
+            let gres = bn.tail.residual.map(|s| s.read());
+            let tl = Tail { residual: gres.as_ref().map(r), relu: bn.tail.relu };
+            let (mut gy, mut gm, mut gi) = (bn.y.write(), bn.save_mean.write(), bn.save_invstd.write());
+            let (mean, var) = batchnorm_fwd_train::<T>(
+                r(&gx), gg.as_ref().map(r), gb.as_ref().map(r), tl, w(&mut gy), w(&mut gm), w(&mut gi), d);
+            if let Some(rs) = bn.running {
+                let (mut rm, mut rv) = (rs.mean.write(), rs.var.write());
+                update_running::<T>(w(&mut rm), w(&mut rv), &mean, &var, d.rows, rs.momentum);
+            }
+            Ok(())
+        })
+    }
+
+    fn batchnorm_fwd_eval(
+        &self, x: &CpuStorage, gamma: Option<&CpuStorage>, beta: Option<&CpuStorage>, running_mean: &CpuStorage, running_var: &CpuStorage,
+        tail: BnTail<'_, CpuStorage>, y: &CpuStorage, d: &NormDims,
+    ) -> Result<()> {
+        on_dtype!(self, y, T => {
+            let gx = x.read();
+            let gg = gamma.map(|g| g.read());
+            let gb = beta.map(|b| b.read());
+            let (rm, rv) = (running_mean.read(), running_var.read());
+            let gres = tail.residual.map(|s| s.read());
+            let tl = Tail { residual: gres.as_ref().map(r), relu: tail.relu };
+            let mut gy = y.write();
+            batchnorm_fwd_eval::<T>(r(&gx), gg.as_ref().map(r), gb.as_ref().map(r), r(&rm), r(&rv), tl, w(&mut gy), d);
+            Ok(())
+        })
+    }
+
+    fn batchnorm_bwd(
+        &self, x: &CpuStorage, dy: &CpuStorage, relu_out: Option<&CpuStorage>, gamma: Option<&CpuStorage>, save_mean: &CpuStorage,
+        save_invstd: &CpuStorage, dx: &CpuStorage, dresidual: Option<&CpuStorage>, dgamma: Option<&CpuStorage>, dbeta: Option<&CpuStorage>,
+        d: &NormDims,
+    ) -> Result<()> {
+        on_dtype!(self, dx, T => {
+            let (gx, gdy, gm, gi) = (x.read(), dy.read(), save_mean.read(), save_invstd.read());
+            let gg = gamma.map(|g| g.read());
+            let gy = relu_out.map(|s| s.read());
+            let mut gdx = dx.write();
+            let mut gdr = dresidual.map(|s| s.write());
+            let (dg, db) = batchnorm_bwd::<T>(
+                r(&gx), r(&gdy), gy.as_ref().map(r), gg.as_ref().map(r), r(&gm), r(&gi), w(&mut gdx), gdr.as_mut().map(w), d);
+            if let Some(s) = dgamma {
+                let mut g = s.write();
+                store_f64::<T>(w(&mut g), &dg);
+            }
+            if let Some(s) = dbeta {
+                let mut g = s.write();
+                store_f64::<T>(w(&mut g), &db);
+            }
+            Ok(())
+        })
+    }
+
+    fn layernorm_fwd(
+        &self, x: &CpuStorage, gamma: &CpuStorage, beta: &CpuStorage, y: &CpuStorage, save_mean: &CpuStorage, save_rstd: &CpuStorage,
+        d: &NormDims,
+    ) -> Result<()> {
+        on_dtype!(self, y, T => {
+            let (gx, gg, gb) = (x.read(), gamma.read(), beta.read());
+            let (mut gy, mut gm, mut gr) = (y.write(), save_mean.write(), save_rstd.write());
+            layernorm_fwd::<T>(r(&gx), r(&gg), r(&gb), w(&mut gy), w(&mut gm), w(&mut gr), d);
+            Ok(())
+        })
+    }
+
+    fn layernorm_bwd(
+        &self, x: &CpuStorage, dy: &CpuStorage, gamma: &CpuStorage, save_mean: &CpuStorage, save_rstd: &CpuStorage, dx: &CpuStorage,
+        dgamma: &CpuStorage, dbeta: &CpuStorage, d: &NormDims,
+    ) -> Result<()> {
+        on_dtype!(self, dx, T => {
+            let (gx, gdy, gg, gm, gr) = (x.read(), dy.read(), gamma.read(), save_mean.read(), save_rstd.read());
+            let (mut gdx, mut gdg, mut gdb) = (dx.write(), dgamma.write(), dbeta.write());
+            layernorm_bwd::<T>(r(&gx), r(&gdy), r(&gg), r(&gm), r(&gr), w(&mut gdx), w(&mut gdg), w(&mut gdb), d);
+            Ok(())
+        })
+    }
+
+    fn l2_normalize_fwd(&self, x: &CpuStorage, y: &CpuStorage, norm: &CpuStorage, d: &NormDims) -> Result<()> {
+        on_dtype!(self, y, T => {
+            let (gx, mut gy, mut gn) = (x.read(), y.write(), norm.write());
+            l2_normalize_fwd::<T>(r(&gx), w(&mut gy), w(&mut gn), d);
+            Ok(())
+        })
+    }
+
+    fn l2_normalize_bwd(&self, x: &CpuStorage, dy: &CpuStorage, norm: &CpuStorage, dx: &CpuStorage, d: &NormDims) -> Result<()> {
+        on_dtype!(self, dx, T => {
+            let (gx, gdy, gn, mut gdx) = (x.read(), dy.read(), norm.read(), dx.write());
+            l2_normalize_bwd::<T>(r(&gx), r(&gdy), r(&gn), w(&mut gdx), d);
+            Ok(())
+        })
+    }
+
+    fn softmax_fwd(&self, x: &CpuStorage, y: &CpuStorage, d: &NormDims) -> Result<()> {
+        on_dtype!(self, y, T => {
+            let (gx, mut gy) = (x.read(), y.write());
+            softmax_fwd::<T>(r(&gx), w(&mut gy), d.channels);
+            Ok(())
+        })
+    }
+
+    fn softmax_bwd(&self, y: &CpuStorage, dy: &CpuStorage, dx: &CpuStorage, d: &NormDims) -> Result<()> {
+        on_dtype!(self, dx, T => {
+            let (gy, gdy, mut gdx) = (y.read(), dy.read(), dx.write());
+            softmax_bwd::<T>(r(&gy), r(&gdy), w(&mut gdx), d.channels);
+            Ok(())
+        })
+    }
+
+    fn logsumexp_fwd(&self, x: &CpuStorage, lse: &CpuStorage, d: &NormDims) -> Result<()> {
+        on_dtype!(self, lse, T => {
+            let (gx, mut gl) = (x.read(), lse.write());
+            logsumexp_fwd::<T>(r(&gx), w(&mut gl), d.channels);
+            Ok(())
+        })
+    }
+
+    fn logsumexp_bwd(&self, x: &CpuStorage, lse: &CpuStorage, dlse: &CpuStorage, dx: &CpuStorage, d: &NormDims) -> Result<()> {
+        on_dtype!(self, dx, T => {
+            let (gx, gl, gg, mut gdx) = (x.read(), lse.read(), dlse.read(), dx.write());
+            logsumexp_bwd::<T>(r(&gx), r(&gl), r(&gg), w(&mut gdx), d.channels);
+            Ok(())
+        })
+    }
 }

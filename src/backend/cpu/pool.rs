@@ -3,7 +3,11 @@
 use rayon::prelude::*;
 
 use super::Real;
+use super::{CpuBackend, CpuStorage, r, w};
+use crate::backend::ops::*;
 use crate::backend::{AxisDims, PoolDims};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
 
 /// The input pixel (y, x) of window position (i, j) for output (oy, ox), if inside the image.
 fn tap(d: &PoolDims, oy: usize, ox: usize, i: usize, j: usize) -> Option<(usize, usize)> {
@@ -93,4 +97,38 @@ pub fn avgpool_global_bwd<T: Real>(dy: &[T], dx: &mut [T], d: &AxisDims) {
             }
         }
     });
+}
+
+impl PoolOps for CpuBackend {
+    fn maxpool2d_fwd(&self, x: &CpuStorage, y: &CpuStorage, d: &PoolDims) -> Result<()> {
+        on_dtype!(self, y, T => {
+            let (gx, mut gy) = (x.read(), y.write());
+            maxpool2d_fwd::<T>(r(&gx), w(&mut gy), d);
+            Ok(())
+        })
+    }
+
+    fn maxpool2d_bwd(&self, x: &CpuStorage, dy: &CpuStorage, dx: &CpuStorage, d: &PoolDims) -> Result<()> {
+        on_dtype!(self, dx, T => {
+            let (gx, gdy, mut gdx) = (x.read(), dy.read(), dx.write());
+            maxpool2d_bwd::<T>(r(&gx), r(&gdy), w(&mut gdx), d);
+            Ok(())
+        })
+    }
+
+    fn avgpool_global_fwd(&self, x: &CpuStorage, y: &CpuStorage, d: &AxisDims) -> Result<()> {
+        on_dtype!(self, y, T => {
+            let (gx, mut gy) = (x.read(), y.write());
+            avgpool_global_fwd::<T>(r(&gx), w(&mut gy), d);
+            Ok(())
+        })
+    }
+
+    fn avgpool_global_bwd(&self, dy: &CpuStorage, dx: &CpuStorage, d: &AxisDims) -> Result<()> {
+        on_dtype!(self, dx, T => {
+            let (gdy, mut gdx) = (dy.read(), dx.write());
+            avgpool_global_bwd::<T>(r(&gdy), w(&mut gdx), d);
+            Ok(())
+        })
+    }
 }

@@ -13,9 +13,7 @@ thread_local! {
 /// overwrite what they read). Reused across calls, so the convolutions' column tiles cost no
 /// allocation, page faults or zero-fill per tile; a nested call gets a fresh buffer instead.
 fn with_scratch<T: Default + Clone, R>(
-    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
-    len: usize,
-    f: impl FnOnce(&mut [T]) -> R,
+    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>, len: usize, f: impl FnOnce(&mut [T]) -> R,
 ) -> R {
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
@@ -29,8 +27,8 @@ fn with_scratch<T: Default + Clone, R>(
 }
 
 pub trait Real: num_traits::Float + Default + Send + Sync + std::fmt::Debug + std::iter::Sum + std::ops::AddAssign + 'static {
-    fn slice(d: &CpuData) -> &[Self];
-    fn slice_mut(d: &mut CpuData) -> &mut [Self];
+    fn of_data(d: &CpuData) -> &[Self];
+    fn of_data_mut(d: &mut CpuData) -> &mut [Self];
     /// Converts a constant (always representable, so no error path).
     fn c(x: f64) -> Self;
     fn f64(self) -> f64;
@@ -42,13 +40,13 @@ pub trait Real: num_traits::Float + Default + Send + Sync + std::fmt::Debug + st
 }
 
 impl Real for f32 {
-    fn slice(d: &CpuData) -> &[f32] {
+    fn of_data(d: &CpuData) -> &[f32] {
         match d {
             CpuData::F32(v) => v,
             CpuData::F64(_) => panic!("cpu backend: f64 buffer where f32 expected (ops.rs checks dtypes)"),
         }
     }
-    fn slice_mut(d: &mut CpuData) -> &mut [f32] {
+    fn of_data_mut(d: &mut CpuData) -> &mut [f32] {
         match d {
             CpuData::F32(v) => v,
             CpuData::F64(_) => panic!("cpu backend: f64 buffer where f32 expected (ops.rs checks dtypes)"),
@@ -72,13 +70,13 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
-    fn slice(d: &CpuData) -> &[f64] {
+    fn of_data(d: &CpuData) -> &[f64] {
         match d {
             CpuData::F64(v) => v,
             CpuData::F32(_) => panic!("cpu backend: f32 buffer where f64 expected (ops.rs checks dtypes)"),
         }
     }
-    fn slice_mut(d: &mut CpuData) -> &mut [f64] {
+    fn of_data_mut(d: &mut CpuData) -> &mut [f64] {
         match d {
             CpuData::F64(v) => v,
             CpuData::F32(_) => panic!("cpu backend: f32 buffer where f64 expected (ops.rs checks dtypes)"),

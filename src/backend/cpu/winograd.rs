@@ -155,15 +155,7 @@ fn run_chunk<T: Real>(x: &[T], u: UView<'_, T>, yc: &mut [T], d: &Conv2dDims, im
 
 #[allow(clippy::too_many_arguments)]
 fn run_chunk_in<T: Real>(
-    x: &[T],
-    u: UView<'_, T>,
-    yc: &mut [T],
-    d: &Conv2dDims,
-    tiles: usize,
-    img0: usize,
-    v: &mut [T],
-    mm: &mut [T],
-    par_gemm: bool,
+    x: &[T], u: UView<'_, T>, yc: &mut [T], d: &Conv2dDims, tiles: usize, img0: usize, v: &mut [T], mm: &mut [T], par_gemm: bool,
 ) {
     let (ci, co) = (d.c_in, d.c_out);
     let (th, tw) = (d.oh.div_ceil(2), d.ow.div_ceil(2));
@@ -212,7 +204,7 @@ fn run_chunk_in<T: Real>(
 }
 
 /// y = conv(x, wt) for a layer where `applies(d)`.
-pub fn conv2d_fwd<T: Real>(x: &[T], wt: &[T], y: &mut [T], d: &Conv2dDims) {
+pub fn conv2d_fwd_winograd<T: Real>(x: &[T], wt: &[T], y: &mut [T], d: &Conv2dDims) {
     let u = transform_weights_cxo(wt, d.c_in, d.c_out);
     run(x, UView { u: &u, n: d.c_out, backward: false }, y, d);
 }
@@ -220,7 +212,7 @@ pub fn conv2d_fwd<T: Real>(x: &[T], wt: &[T], y: &mut [T], d: &Conv2dDims) {
 /// dx of a stride-1 3x3 layer `d` with padding below 3, where `applies(t)` for its backward-data
 /// form `t` (the stride-1 convolution of dy, padded by 2 - pad, with the flipped weight): reads the forward
 /// transform through `UView`'s permutation instead of flipping and transforming a copy.
-pub fn conv2d_bwd_data<T: Real>(dy: &[T], wt: &[T], dx: &mut [T], d: &Conv2dDims, t: &Conv2dDims) {
+pub fn conv2d_data_bwd_winograd<T: Real>(dy: &[T], wt: &[T], dx: &mut [T], d: &Conv2dDims, t: &Conv2dDims) {
     let u = transform_weights_oxc(wt, d.c_in, d.c_out);
     run(dy, UView { u: &u, n: d.c_in, backward: true }, dx, t);
 }
@@ -296,7 +288,7 @@ fn a_mul<T: Real>(out: [&mut [T]; 4], g: [&[T]; 2]) {
 /// Backward-weight of a layer where `applies(d)`: dU[xi] = sum over tiles of (A dy A^T)[xi]^T
 /// (B^T x B)[xi], as 16 GEMMs per chunk, then dW = G^T dU G. Chunks are summed in fixed groups
 /// and the groups in order, so the result does not depend on the thread count.
-pub fn conv2d_bwd_weight<T: Real>(x: &[T], dy: &[T], dw: &mut [T], d: &Conv2dDims) {
+pub fn conv2d_weight_bwd_winograd<T: Real>(x: &[T], dy: &[T], dw: &mut [T], d: &Conv2dDims) {
     let (ci, co) = (d.c_in, d.c_out);
     let (th, tw) = (d.oh.div_ceil(2), d.ow.div_ceil(2));
     let tiles_per_img = th * tw;
@@ -474,21 +466,21 @@ mod tests {
             let to32 = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
             let y = naive(&x, &wt, &d);
             check(&format!("{d:?} forward"), &y, 2e-6, |o64, o32| {
-                conv2d_fwd(&x, &wt, o64, &d);
-                conv2d_fwd(&to32(&x), &to32(&wt), o32, &d);
+                conv2d_fwd_winograd(&x, &wt, o64, &d);
+                conv2d_fwd_winograd(&to32(&x), &to32(&wt), o32, &d);
             });
             let dy: Vec<f64> = (0..y.len()).map(|_| rng.uniform_range(-1.0, 1.0)).collect();
             check(&format!("{d:?} weight gradient"), &naive_dw(&x, &dy, &d), 1e-5, |o64, o32| {
-                conv2d_bwd_weight(&x, &dy, o64, &d);
-                conv2d_bwd_weight(&to32(&x), &to32(&dy), o32, &d);
+                conv2d_weight_bwd_winograd(&x, &dy, o64, &d);
+                conv2d_weight_bwd_winograd(&to32(&x), &to32(&dy), o32, &d);
             });
             // Backward-data: the stride-1 convolution of dy padded by 2 - pad, read through the
             // permuted transform.
             let p = 2 - d.pad[0];
             let t = Conv2dDims { n: d.n, h: d.oh, w: d.ow, c_in: d.c_out, c_out: d.c_in, pad: [p, p], oh: d.h, ow: d.w, ..d };
             check(&format!("{d:?} data gradient"), &naive_dx(&dy, &wt, &d), 2e-6, |o64, o32| {
-                conv2d_bwd_data(&dy, &wt, o64, &d, &t);
-                conv2d_bwd_data(&to32(&dy), &to32(&wt), o32, &d, &t);
+                conv2d_data_bwd_winograd(&dy, &wt, o64, &d, &t);
+                conv2d_data_bwd_winograd(&to32(&dy), &to32(&wt), o32, &d, &t);
             });
         }
     }

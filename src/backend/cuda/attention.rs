@@ -3,6 +3,7 @@
 
 use super::{Arg, CudaBackend, CudaStorage, GemmMath, i32a, i64a, ptr_at};
 use crate::backend::AttnDims;
+use crate::backend::ops::*;
 use crate::error::{Error, Result};
 
 const OP: &str = "attention";
@@ -33,11 +34,11 @@ fn variant(d: usize, math: GemmMath) -> Result<Variant> {
         (GemmMath::Simt, false) => v("attention_fwd_f32", "attention_dq_bwd_f32", "attention_dkdv_bwd_f32", 64, 64, 64),
         (GemmMath::Simt, true) => v("attention_d128_fwd_f32", "attention_d128_dq_bwd_f32", "attention_d128_dkdv_bwd_f32", 32, 32, 64),
         (GemmMath::Tf32, false) => v("attention_tc_fwd_f32", "attention_tc_dq_bwd_f32", "attention_tc_dkdv_bwd_f32", 64, 128, 128),
-        (GemmMath::Tf32, true) => v("attention_tc_d128_fwd_f32", "attention_tc_d128_dq_bwd_f32", "attention_tc_d128_dkdv_bwd_f32", 32, 64, 64),
-        (GemmMath::Bf16, false) => v("attention_bf16_fwd_f32", "attention_bf16_dq_bwd_f32", "attention_bf16_dkdv_bwd_f32", 64, 128, 128),
-        (GemmMath::Bf16, true) => {
-            v("attention_bf16_d128_fwd_f32", "attention_bf16_d128_dq_bwd_f32", "attention_bf16_d128_dkdv_bwd_f32", 32, 64, 64)
+        (GemmMath::Tf32, true) => {
+            v("attention_tc_d128_fwd_f32", "attention_tc_d128_dq_bwd_f32", "attention_tc_d128_dkdv_bwd_f32", 32, 64, 64)
         }
+        (GemmMath::Bf16, false) => v("attention_fwd_bf16", "attention_dq_bwd_bf16", "attention_dkdv_bwd_bf16", 64, 128, 128),
+        (GemmMath::Bf16, true) => v("attention_d128_fwd_bf16", "attention_d128_dq_bwd_bf16", "attention_d128_dkdv_bwd_bf16", 32, 64, 64),
     })
 }
 
@@ -52,88 +53,76 @@ fn by_slices(bh: usize, mut f: impl FnMut(usize, usize) -> Result<()>) -> Result
     Ok(())
 }
 
-pub(super) fn attention_fwd(
-    b: &CudaBackend,
-    q: &CudaStorage,
-    k: &CudaStorage,
-    v: &CudaStorage,
-    o: &CudaStorage,
-    lse: &CudaStorage,
-    d: &AttnDims,
-) -> Result<()> {
-    if d.bh * d.tq * d.d == 0 {
-        return Ok(());
+impl AttentionOps for CudaBackend {
+    fn attention_fwd(
+        &self, q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, o: &CudaStorage, lse: &CudaStorage, d: &AttnDims,
+    ) -> Result<()> {
+        let b = self;
+        if d.bh * d.tq * d.d == 0 {
+            return Ok(());
+        }
+        let Variant { fwd: kernel, rows, threads, .. } = variant(d.d, b.gemm_math())?;
+        let (sq, sk) = (d.tq * d.d, d.tk * d.d);
+        by_slices(d.bh, |s0, n| {
+            b.launch(
+                kernel,
+                (d.tq.div_ceil(rows) as u32, n as u32, 1),
+                (threads as u32, 1, 1),
+                &[
+                    ptr_at(q, s0 * sq),
+                    ptr_at(k, s0 * sk),
+                    ptr_at(v, s0 * sk),
+                    ptr_at(o, s0 * sq),
+                    ptr_at(lse, s0 * d.tq),
+                    i32a(OP, d.tq)?,
+                    i32a(OP, d.tk)?,
+                    i32a(OP, d.d)?,
+                    Arg::F32(d.scale),
+                ],
+            )
+        })
     }
-    let Variant { fwd: kernel, rows, threads, .. } = variant(d.d, b.gemm_math())?;
-    let (sq, sk) = (d.tq * d.d, d.tk * d.d);
-    by_slices(d.bh, |s0, n| {
-        b.launch(
-            kernel,
-            (d.tq.div_ceil(rows) as u32, n as u32, 1),
-            (threads as u32, 1, 1),
-            &[
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd(
+        &self, q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, o: &CudaStorage, lse: &CudaStorage, dout: &CudaStorage, dq: &CudaStorage,
+        dk: &CudaStorage, dv: &CudaStorage, d: &AttnDims,
+    ) -> Result<()> {
+        let b = self;
+        if d.bh * d.d == 0 || (d.tq == 0 && d.tk == 0) {
+            return Ok(());
+        }
+        let Variant { dq: dq_k, dkdv: dkdv_k, rows, threads, dkdv_threads, .. } = variant(d.d, b.gemm_math())?;
+        let all_rows = d.bh * d.tq;
+        // D_i = dout_i . o_i
+        let drow = b.scratch(all_rows.max(1))?;
+        if all_rows > 0 {
+            b.launch_over(
+                "attention_rowdot_bwd_f32",
+                all_rows,
+                &[super::ptr(o), super::ptr(dout), super::ptr(&drow), i64a(all_rows), i32a(OP, d.d)?],
+            )?;
+        }
+        let (sq, sk) = (d.tq * d.d, d.tk * d.d);
+        by_slices(d.bh, |s0, n| {
+            let common = [
                 ptr_at(q, s0 * sq),
                 ptr_at(k, s0 * sk),
                 ptr_at(v, s0 * sk),
-                ptr_at(o, s0 * sq),
                 ptr_at(lse, s0 * d.tq),
-                i32a(OP, d.tq)?,
-                i32a(OP, d.tk)?,
-                i32a(OP, d.d)?,
-                Arg::F32(d.scale),
-            ],
-        )
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(super) fn attention_bwd(
-    b: &CudaBackend,
-    q: &CudaStorage,
-    k: &CudaStorage,
-    v: &CudaStorage,
-    o: &CudaStorage,
-    lse: &CudaStorage,
-    dout: &CudaStorage,
-    dq: &CudaStorage,
-    dk: &CudaStorage,
-    dv: &CudaStorage,
-    d: &AttnDims,
-) -> Result<()> {
-    if d.bh * d.d == 0 || (d.tq == 0 && d.tk == 0) {
-        return Ok(());
+                ptr_at(&drow, s0 * d.tq),
+                ptr_at(dout, s0 * sq),
+            ];
+            let dims = [i32a(OP, d.tq)?, i32a(OP, d.tk)?, i32a(OP, d.d)?, Arg::F32(d.scale)];
+            if d.tq > 0 {
+                let args: Vec<Arg<'_>> = common.iter().copied().chain([ptr_at(dq, s0 * sq)]).chain(dims).collect();
+                b.launch(dq_k, (d.tq.div_ceil(rows) as u32, n as u32, 1), (threads as u32, 1, 1), &args)?;
+            }
+            if d.tk > 0 {
+                let args: Vec<Arg<'_>> = common.iter().copied().chain([ptr_at(dk, s0 * sk), ptr_at(dv, s0 * sk)]).chain(dims).collect();
+                b.launch(dkdv_k, (d.tk.div_ceil(rows) as u32, n as u32, 1), (dkdv_threads as u32, 1, 1), &args)?;
+            }
+            Ok(())
+        })
     }
-    let Variant { dq: dq_k, dkdv: dkdv_k, rows, threads, dkdv_threads, .. } = variant(d.d, b.gemm_math())?;
-    let all_rows = d.bh * d.tq;
-    // D_i = dout_i . o_i
-    let drow = b.scratch(all_rows.max(1))?;
-    if all_rows > 0 {
-        b.launch(
-            "attention_rowdot_bwd_f32",
-            (b.blocks_for(all_rows, 256), 1, 1),
-            (256, 1, 1),
-            &[super::ptr(o), super::ptr(dout), super::ptr(&drow), i64a(all_rows), i32a(OP, d.d)?],
-        )?;
-    }
-    let (sq, sk) = (d.tq * d.d, d.tk * d.d);
-    by_slices(d.bh, |s0, n| {
-        let common = [
-            ptr_at(q, s0 * sq),
-            ptr_at(k, s0 * sk),
-            ptr_at(v, s0 * sk),
-            ptr_at(lse, s0 * d.tq),
-            ptr_at(&drow, s0 * d.tq),
-            ptr_at(dout, s0 * sq),
-        ];
-        let dims = [i32a(OP, d.tq)?, i32a(OP, d.tk)?, i32a(OP, d.d)?, Arg::F32(d.scale)];
-        if d.tq > 0 {
-            let args: Vec<Arg<'_>> = common.iter().copied().chain([ptr_at(dq, s0 * sq)]).chain(dims).collect();
-            b.launch(dq_k, (d.tq.div_ceil(rows) as u32, n as u32, 1), (threads as u32, 1, 1), &args)?;
-        }
-        if d.tk > 0 {
-            let args: Vec<Arg<'_>> = common.iter().copied().chain([ptr_at(dk, s0 * sk), ptr_at(dv, s0 * sk)]).chain(dims).collect();
-            b.launch(dkdv_k, (d.tk.div_ceil(rows) as u32, n as u32, 1), (dkdv_threads as u32, 1, 1), &args)?;
-        }
-        Ok(())
-    })
 }

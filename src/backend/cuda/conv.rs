@@ -4,8 +4,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::matmul::{MAX_Z, THREADS, Tile};
+use super::gemm::{MAX_Z, THREADS, Tile};
 use super::{Arg, CudaBackend, CudaStorage, GemmMath, elementwise, i32c, i64a, norm, ptr};
+use crate::backend::ops::*;
 use crate::backend::{BnTrain, Conv2dDims, NormDims};
 use crate::error::{Error, Result};
 
@@ -46,17 +47,14 @@ pub(super) fn conv2d(b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaS
 /// output again; under split-K the epilogue sees partial products, so that case runs the
 /// separate statistics pass.
 pub(super) fn conv2d_batchnorm(
-    b: &CudaBackend,
-    x: &CudaStorage,
-    w: &CudaStorage,
-    conv_out: &CudaStorage,
-    cd: &Conv2dDims,
-    bn: BnTrain<'_, CudaStorage>,
-    nd: &NormDims,
+    b: &CudaBackend, x: &CudaStorage, w: &CudaStorage, conv_out: &CudaStorage, cd: &Conv2dDims, bn: BnTrain<'_, CudaStorage>, nd: &NormDims,
 ) -> Result<()> {
     let row_tiles = plan(b, Pass::Fwd, cd)?.grid.0 as usize;
     if nd.rows * nd.channels == 0 || nd.channels != cd.c_out || nd.rows != cd.n * cd.oh * cd.ow {
-        return Err(Error::Invalid { op: "conv2d_batchnorm", msg: "the batch norm's [rows, channels] are not the convolution's output".into() });
+        return Err(Error::Invalid {
+            op: "conv2d_batchnorm",
+            msg: "the batch norm's [rows, channels] are not the convolution's output".into(),
+        });
     }
     let part = norm::stats_partials(b, row_tiles, cd.c_out)?;
     if launch_conv(b, Pass::Fwd, x, w, conv_out, cd, Some(&part))? {
@@ -147,15 +145,15 @@ fn kernel_of(pass: Pass, math: GemmMath, tile: Tile) -> &'static str {
         (Fwd, Tf32, T128x64) => "conv2d_tc_m128n64_fwd_f32",
         (BwdData, Tf32, T128x64) => "conv2d_tc_m128n64_data_bwd_f32",
         (BwdWeight, Tf32, T128x64) => "conv2d_tc_m128n64_weight_bwd_f32",
-        (Fwd, Bf16, T64) => "conv2d_bf16_fwd_f32",
-        (BwdData, Bf16, T64) => "conv2d_bf16_data_bwd_f32",
-        (BwdWeight, Bf16, T64) => "conv2d_bf16_weight_bwd_f32",
-        (Fwd, Bf16, T128) => "conv2d_bf16_m128n128_fwd_f32",
-        (BwdData, Bf16, T128) => "conv2d_bf16_m128n128_data_bwd_f32",
-        (BwdWeight, Bf16, T128) => "conv2d_bf16_m128n128_weight_bwd_f32",
-        (Fwd, Bf16, T128x64) => "conv2d_bf16_m128n64_fwd_f32",
-        (BwdData, Bf16, T128x64) => "conv2d_bf16_m128n64_data_bwd_f32",
-        (BwdWeight, Bf16, T128x64) => "conv2d_bf16_m128n64_weight_bwd_f32",
+        (Fwd, Bf16, T64) => "conv2d_fwd_bf16",
+        (BwdData, Bf16, T64) => "conv2d_data_bwd_bf16",
+        (BwdWeight, Bf16, T64) => "conv2d_weight_bwd_bf16",
+        (Fwd, Bf16, T128) => "conv2d_m128n128_fwd_bf16",
+        (BwdData, Bf16, T128) => "conv2d_m128n128_data_bwd_bf16",
+        (BwdWeight, Bf16, T128) => "conv2d_m128n128_weight_bwd_bf16",
+        (Fwd, Bf16, T128x64) => "conv2d_m128n64_fwd_bf16",
+        (BwdData, Bf16, T128x64) => "conv2d_m128n64_data_bwd_bf16",
+        (BwdWeight, Bf16, T128x64) => "conv2d_m128n64_weight_bwd_bf16",
     }
 }
 
@@ -167,27 +165,26 @@ fn batchnorm_kernel_of(math: GemmMath, tile: Tile) -> &'static str {
         (Tf32, T64) => "conv2d_batchnorm_tc_fwd_f32",
         (Tf32, T128) => "conv2d_batchnorm_tc_m128n128_fwd_f32",
         (Tf32, T128x64) => "conv2d_batchnorm_tc_m128n64_fwd_f32",
-        (Bf16, T64) => "conv2d_batchnorm_bf16_fwd_f32",
-        (Bf16, T128) => "conv2d_batchnorm_bf16_m128n128_fwd_f32",
-        (Bf16, T128x64) => "conv2d_batchnorm_bf16_m128n64_fwd_f32",
+        (Bf16, T64) => "conv2d_batchnorm_fwd_bf16",
+        (Bf16, T128) => "conv2d_batchnorm_m128n128_fwd_bf16",
+        (Bf16, T128x64) => "conv2d_batchnorm_m128n64_fwd_bf16",
     }
 }
 
 /// The four kernels of one math and tile: the three passes and the forward with statistics.
-pub(super) fn kernels_of(math: GemmMath, tile: Tile) -> [&'static str; 4] {
-    [kernel_of(Pass::Fwd, math, tile), kernel_of(Pass::BwdData, math, tile), kernel_of(Pass::BwdWeight, math, tile), batchnorm_kernel_of(math, tile)]
+pub(crate) fn kernels_of(math: GemmMath, tile: Tile) -> [&'static str; 4] {
+    [
+        kernel_of(Pass::Fwd, math, tile),
+        kernel_of(Pass::BwdData, math, tile),
+        kernel_of(Pass::BwdWeight, math, tile),
+        batchnorm_kernel_of(math, tile),
+    ]
 }
 
 /// Launches one pass; with `stats` (forward only), also the output's column sums [row tiles, 2,
 /// c_out] when there is no split-K. Returns whether the statistics were written.
 fn launch_conv(
-    b: &CudaBackend,
-    pass: Pass,
-    in0: &CudaStorage,
-    in1: &CudaStorage,
-    out: &CudaStorage,
-    d: &Conv2dDims,
-    stats: Option<&CudaStorage>,
+    b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaStorage, out: &CudaStorage, d: &Conv2dDims, stats: Option<&CudaStorage>,
 ) -> Result<bool> {
     let Plan { out_len, tile, splits, grid, dims } = plan(b, pass, d)?;
     if out_len == 0 {
@@ -211,4 +208,24 @@ fn launch_conv(
     let part = b.scratch(splits * out_len)?;
     run(&part, out_len)?;
     elementwise::sum_splits(b, &part, out, splits, out_len, math == GemmMath::Bf16).map(|_| false)
+}
+
+impl ConvOps for CudaBackend {
+    fn conv2d_fwd(&self, x: &CudaStorage, w: &CudaStorage, y: &CudaStorage, d: &Conv2dDims) -> Result<()> {
+        conv2d(self, Pass::Fwd, x, w, y, d)
+    }
+
+    fn conv2d_data_bwd(&self, dy: &CudaStorage, w: &CudaStorage, dx: &CudaStorage, d: &Conv2dDims) -> Result<()> {
+        conv2d(self, Pass::BwdData, dy, w, dx, d)
+    }
+
+    fn conv2d_weight_bwd(&self, x: &CudaStorage, dy: &CudaStorage, dw: &CudaStorage, d: &Conv2dDims) -> Result<()> {
+        conv2d(self, Pass::BwdWeight, x, dy, dw, d)
+    }
+
+    fn conv2d_batchnorm_fwd_train(
+        &self, x: &CudaStorage, w: &CudaStorage, conv_out: &CudaStorage, cd: &Conv2dDims, bn: BnTrain<'_, CudaStorage>, nd: &NormDims,
+    ) -> Result<()> {
+        conv2d_batchnorm(self, x, w, conv_out, cd, bn, nd)
+    }
 }

@@ -16,118 +16,11 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, result, sys};
 
-use super::alloc::{Memory, Pool};
+use super::args::{Arg, OwnedArg};
+use super::buffer_pool::{BufferPool, Memory};
+use super::graph::{Capture, Captured, Graph};
 use super::nvrtc::{self, ParamKind, Target, err};
 use crate::error::Result;
-
-/// One kernel argument. Pointers and `long long` are 64-bit, `int` 32-bit; structs passed by
-/// value are `#[repr(C)]` Pod types given as bytes.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Arg<'a> {
-    Ptr(u64),
-    I64(i64),
-    I32(i32),
-    F32(f32),
-    Bytes(&'a [u8]),
-}
-
-impl Arg<'_> {
-    fn kind(&self) -> ParamKind {
-        match self {
-            Arg::Ptr(_) | Arg::I64(_) => ParamKind::B64,
-            Arg::I32(_) => ParamKind::B32,
-            Arg::F32(_) => ParamKind::F32,
-            Arg::Bytes(b) => ParamKind::Bytes(b.len()),
-        }
-    }
-    fn as_param(&self) -> *mut c_void {
-        match self {
-            Arg::Ptr(v) => v as *const u64 as *mut c_void,
-            Arg::I64(v) => v as *const i64 as *mut c_void,
-            Arg::I32(v) => v as *const i32 as *mut c_void,
-            Arg::F32(v) => v as *const f32 as *mut c_void,
-            Arg::Bytes(b) => b.as_ptr() as *mut c_void,
-        }
-    }
-}
-
-/// A kernel argument kept by a graph capture (the emulated and dry-run devices replay launches
-/// from these).
-#[derive(Clone, Debug)]
-enum OwnedArg {
-    Ptr(u64),
-    I64(i64),
-    I32(i32),
-    F32(f32),
-    Bytes(Vec<u8>),
-}
-
-impl OwnedArg {
-    fn of(a: &Arg<'_>) -> Self {
-        match *a {
-            Arg::Ptr(v) => OwnedArg::Ptr(v),
-            Arg::I64(v) => OwnedArg::I64(v),
-            Arg::I32(v) => OwnedArg::I32(v),
-            Arg::F32(v) => OwnedArg::F32(v),
-            Arg::Bytes(b) => OwnedArg::Bytes(b.to_vec()),
-        }
-    }
-    fn arg(&self) -> Arg<'_> {
-        match self {
-            OwnedArg::Ptr(v) => Arg::Ptr(*v),
-            OwnedArg::I64(v) => Arg::I64(*v),
-            OwnedArg::I32(v) => Arg::I32(*v),
-            OwnedArg::F32(v) => Arg::F32(*v),
-            OwnedArg::Bytes(b) => Arg::Bytes(b),
-        }
-    }
-}
-
-/// One operation of a captured graph.
-#[derive(Clone, Debug)]
-enum Captured {
-    Launch { kernel: String, grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32, args: Vec<OwnedArg> },
-    Copy { dst: u64, src: u64, bytes: usize },
-}
-
-struct Exec(sys::CUgraphExec);
-// SAFETY: a graph exec is a handle usable from any thread that binds its context.
-unsafe impl Send for Exec {}
-unsafe impl Sync for Exec {}
-
-/// A captured graph: the work of a stretch of host code, replayed with one launch. On a GPU a
-/// CUDA graph (`cuGraphLaunch`); on the emulated and dry-run devices the recorded operations,
-/// run again in order. Its memory belongs to it until it is dropped (see alloc.rs).
-pub(crate) struct Graph {
-    id: u64,
-    exec: Option<Exec>,
-    ops: Vec<Captured>,
-    pool: Arc<Pool>,
-}
-
-impl Graph {
-    /// Its id, unique on its device.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-    /// The kernel launches it holds.
-    pub fn launches(&self) -> usize {
-        self.ops.iter().filter(|o| matches!(o, Captured::Launch { .. })).count()
-    }
-}
-
-impl Drop for Graph {
-    fn drop(&mut self) {
-        if let Some(e) = self.exec.take() {
-            // SAFETY: instantiated in end_capture, destroyed once. A replay still queued keeps
-            // the driver's own reference until it completes.
-            unsafe {
-                let _ = sys::cuGraphExecDestroy(e.0);
-            }
-        }
-        self.pool.release_graph(self.id);
-    }
-}
 
 /// A launch as recorded by a dry run.
 #[derive(Clone, Debug)]
@@ -177,18 +70,15 @@ pub(crate) struct Device {
     stream: Stream,
     modules: Vec<Module>,
     kernels: HashMap<String, Kernel>,
-    pub pool: Arc<Pool>,
+    pub pool: Arc<BufferPool>,
     pub sm_count: u32,
     /// The most shared memory one block may have, static and dynamic (sm_90: 227 KB).
     pub max_shared: u32,
     pub name: String,
     pub target: Target,
     dry_log: Mutex<Vec<LaunchRecord>>,
-    /// The graph being captured: its id and operations so far.
-    capture: Mutex<Option<(u64, Vec<Captured>)>>,
-    next_graph: std::sync::atomic::AtomicU64,
-    /// Dry run: graph replays so far (the census counts them as launches).
-    pub graph_replays: std::sync::atomic::AtomicU64,
+    /// The graph being captured, if any; its `replays` count a dry run's replays.
+    pub capture: Capture,
 }
 
 /// Why the driver cannot be used, as one line: no libcuda, no device, a failing cuInit.
@@ -251,7 +141,7 @@ impl Device {
                 nvrtc::FAMILIES.iter().map(|(f, src)| s.spawn(|| nvrtc::compile_cached(f, src, &target, dir.as_deref(), false))).collect();
             hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(err("compiler thread panicked")))).collect()
         });
-        let pool = Arc::new(Pool::new(Memory::Cuda(ctx.clone())));
+        let pool = Arc::new(BufferPool::new(Memory::Cuda(ctx.clone())));
         let mut dev = Device {
             ctx: Some(ctx),
             emu: None,
@@ -264,9 +154,7 @@ impl Device {
             name: format!("cuda:{ordinal} ({gpu}, {})", target.0),
             target: target.clone(),
             dry_log: Mutex::new(Vec::new()),
-            capture: Mutex::new(None),
-            next_graph: 1.into(),
-            graph_replays: 0.into(),
+            capture: Capture::default(),
         };
         for ((file, src), c) in nvrtc::FAMILIES.iter().zip(compiled) {
             let c = c?;
@@ -300,7 +188,7 @@ impl Device {
     /// A dry run whose allocations fail, as on a GPU with `bytes` of memory, once they exceed it.
     pub fn dry_run_with_memory(sm_count: u32, bytes: usize) -> Result<Device> {
         let mut d = Self::without_gpu(sm_count, None)?;
-        let mut pool = Pool::new(Memory::Fake);
+        let mut pool = BufferPool::new(Memory::Fake);
         pool.fake_capacity = Some(bytes);
         d.pool = Arc::new(pool);
         Ok(d)
@@ -313,7 +201,9 @@ impl Device {
         let emu = unsafe {
             let l = libloading::Library::new(lib).map_err(|e| err(format!("load {}: {e}", lib.display())))?;
             let f = *l
-                .get::<unsafe extern "C" fn(*const std::ffi::c_char, *const u32, *const u32, u32, *mut *mut c_void) -> i32>(b"ssl_emu_launch\0")
+                .get::<unsafe extern "C" fn(*const std::ffi::c_char, *const u32, *const u32, u32, *mut *mut c_void) -> i32>(
+                    b"ssl_emu_launch\0",
+                )
                 .map_err(|e| err(format!("{}: {e}", lib.display())))?;
             Emu { _lib: l, launch: f }
         };
@@ -341,15 +231,13 @@ impl Device {
             stream: Stream(std::ptr::null_mut()),
             modules: Vec::new(),
             kernels,
-            pool: Arc::new(Pool::new(mem)),
+            pool: Arc::new(BufferPool::new(mem)),
             sm_count,
             max_shared: SM90_BLOCK_SHARED,
             name,
             target,
             dry_log: Mutex::new(Vec::new()),
-            capture: Mutex::new(None),
-            next_graph: 1.into(),
-            graph_replays: 0.into(),
+            capture: Capture::default(),
         })
     }
 
@@ -399,14 +287,22 @@ impl Device {
         if shared > self.max_shared {
             return Err(err(format!("{kernel}: {shared} bytes of shared memory per block, over this GPU's {}", self.max_shared)));
         }
-        if self.recorded_only(|| Captured::Launch { kernel: kernel.to_string(), grid, block, shared, args: args.iter().map(OwnedArg::of).collect() }) {
+        if self.recorded_only(|| Captured::Launch {
+            kernel: kernel.to_string(),
+            grid,
+            block,
+            shared,
+            args: args.iter().map(OwnedArg::of).collect(),
+        }) {
             return Ok(());
         }
         self.execute(kernel, k.func, grid, block, shared, args)
     }
 
     /// Runs (GPU: enqueues) a checked launch.
-    fn execute(&self, kernel: &str, func: Option<Func>, grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32, args: &[Arg<'_>]) -> Result<()> {
+    fn execute(
+        &self, kernel: &str, func: Option<Func>, grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32, args: &[Arg<'_>],
+    ) -> Result<()> {
         if let Some(emu) = &self.emu {
             let name = CString::new(kernel).map_err(|_| err("bad kernel name"))?;
             let mut params: Vec<*mut c_void> = args.iter().map(Arg::as_param).collect();
@@ -418,7 +314,13 @@ impl Device {
         }
         let Some(func) = func else {
             let bytes = args.iter().map(|a| if let Arg::Ptr(p) = a { self.pool.fake_extent(*p) } else { 0 }).sum();
-            self.dry_log.lock().unwrap_or_else(|e| e.into_inner()).push(LaunchRecord { kernel: kernel.to_string(), grid, block, bytes, shared });
+            self.dry_log.lock().unwrap_or_else(|e| e.into_inner()).push(LaunchRecord {
+                kernel: kernel.to_string(),
+                grid,
+                block,
+                bytes,
+                shared,
+            });
             return Ok(());
         };
         self.bind()?;
@@ -513,85 +415,43 @@ impl Device {
     /// dry-run devices run captured work at replay only; a GPU's capturing stream records the
     /// operation as it is enqueued.
     fn recorded_only(&self, op: impl FnOnce() -> Captured) -> bool {
-        match self.capture.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            Some((_, ops)) => {
-                ops.push(op());
-                self.ctx.is_none()
-            }
-            None => false,
-        }
+        self.capture.record(op) && self.ctx.is_none()
     }
 
     fn not_capturing(&self, what: &str) -> Result<()> {
-        match self.capture.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            Some(_) => Err(err(format!("{what} while a CUDA graph is being captured (the graph cannot hold it)"))),
-            None => Ok(()),
+        self.capture.refuse(what)
+    }
+
+    /// The stream a GPU records on (bound to this thread); None without a GPU.
+    fn capture_stream(&self) -> Result<Option<sys::CUstream>> {
+        if self.ctx.is_none() {
+            return Ok(None);
         }
+        self.bind()?;
+        Ok(Some(self.stream.0))
     }
 
     /// Starts capturing: launches and device copies from here on are recorded (and, except on
     /// a GPU, not run) until `end_capture`; uploads, downloads and synchronisation are errors.
     pub fn begin_capture(&self) -> Result<()> {
-        let mut cap = self.capture.lock().unwrap_or_else(|e| e.into_inner());
-        if cap.is_some() {
-            return Err(err("a CUDA graph is already being captured"));
-        }
-        if self.ctx.is_some() {
-            self.bind()?;
-            // Relaxed: the caching allocator may call cuMemAlloc while the step is captured.
-            // SAFETY: the stream is live and not capturing.
-            unsafe { sys::cuStreamBeginCapture_v2(self.stream.0, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED) }
-                .result()
-                .map_err(|e| err(format!("begin CUDA graph capture: {e}")))?;
-        }
-        let id = self.next_graph.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.pool.set_capture(Some(id));
-        *cap = Some((id, Vec::new()));
-        Ok(())
+        self.capture.begin(self.capture_stream()?, &self.pool)
     }
 
     /// Ends the capture. `keep` false (an error inside the captured code) discards it.
     pub fn end_capture(&self, keep: bool) -> Result<Graph> {
-        let (id, ops) = self.capture.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| err("no CUDA graph is being captured"))?;
-        self.pool.set_capture(None);
-        let mut graph = Graph { id, exec: None, ops, pool: self.pool.clone() };
-        if self.ctx.is_some() {
-            self.bind()?;
-            let mut g: sys::CUgraph = std::ptr::null_mut();
-            // SAFETY: the stream is capturing (begin_capture); g receives the captured graph.
-            let ended = unsafe { sys::cuStreamEndCapture(self.stream.0, &mut g) }.result();
-            let instantiated = ended.and_then(|_| {
-                let mut exec: sys::CUgraphExec = std::ptr::null_mut();
-                // SAFETY: g is the graph just captured; it is destroyed below, exec in Graph's drop.
-                unsafe { sys::cuGraphInstantiateWithFlags(&mut exec, g, 0) }.result().map(|_| exec)
-            });
-            if !g.is_null() {
-                // SAFETY: the exec (if any) is independent of the graph it came from.
-                unsafe {
-                    let _ = sys::cuGraphDestroy(g);
-                }
-            }
-            let exec = instantiated.map_err(|e| err(format!("end CUDA graph capture: {e}")))?;
-            graph.exec = Some(Exec(exec));
-        }
-        if !keep {
-            return Err(err("CUDA graph capture discarded"));
-        }
-        Ok(graph)
+        self.capture.end(self.capture_stream()?, &self.pool, keep)
     }
 
     /// Runs a captured graph: one launch on a GPU, its operations in order otherwise.
     pub fn replay(&self, g: &Graph) -> Result<()> {
         self.not_capturing("a graph replay")?;
-        if let Some(e) = &g.exec {
-            self.bind()?;
-            // SAFETY: the exec is live (owned by g) and was captured on this context.
-            return unsafe { sys::cuGraphLaunch(e.0, self.stream.0) }.result().map_err(|e| err(format!("CUDA graph launch: {e}")));
+        if let Some(stream) = self.capture_stream()? {
+            return g.launch(stream);
         }
         if self.is_dry_run() {
-            self.graph_replays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.capture.replays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        for op in &g.ops {
+        for op in g.ops() {
             match op {
                 Captured::Launch { kernel, grid, block, shared, args } => {
                     let args: Vec<Arg<'_>> = args.iter().map(OwnedArg::arg).collect();

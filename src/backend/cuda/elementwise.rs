@@ -1,17 +1,16 @@
 //! Launches for kernels/elementwise.cu: fill, unary and binary maps, scale, the axis sum.
 
 use super::{CudaBackend, CudaStorage, i64a, ptr};
+use crate::backend::ops::*;
 use crate::backend::{AxisDims, Binary, Unary};
 use crate::error::Result;
-
-const THREADS: u32 = 256;
 
 /// One grid-stride launch over `n` elements.
 fn map(b: &CudaBackend, kernel: &str, n: usize, args: &[super::Arg<'_>]) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
-    b.launch(kernel, (b.blocks_for(n, THREADS), 1, 1), (THREADS, 1, 1), args)
+    b.launch_over(kernel, n, args)
 }
 
 pub(super) fn fill(b: &CudaBackend, s: &CudaStorage, value: f32) -> Result<()> {
@@ -39,68 +38,6 @@ fn unary_name(op: Unary, bwd: bool) -> &'static str {
     }
 }
 
-pub(super) fn unary_fwd(b: &CudaBackend, op: Unary, x: &CudaStorage, y: &CudaStorage, n: usize) -> Result<()> {
-    map(b, unary_name(op, false), n, &[ptr(x), ptr(y), i64a(n)])
-}
-
-pub(super) fn unary_bwd(b: &CudaBackend, op: Unary, x: &CudaStorage, dy: &CudaStorage, dx: &CudaStorage, n: usize) -> Result<()> {
-    map(b, unary_name(op, true), n, &[ptr(x), ptr(dy), ptr(dx), i64a(n)])
-}
-
-pub(super) fn binary(
-    b: &CudaBackend,
-    op: Binary,
-    a: &CudaStorage,
-    bb: &CudaStorage,
-    out: &CudaStorage,
-    n: usize,
-    b_len: usize,
-) -> Result<()> {
-    let name = match op {
-        Binary::Add => "add_fwd_f32",
-        Binary::Mul => "mul_fwd_f32",
-        Binary::Sub => "sub_fwd_f32",
-        Binary::Div => "div_fwd_f32",
-    };
-    if b_len == 0 {
-        return Ok(()); // ops.rs allows an empty b only with an empty a
-    }
-    map(b, name, n, &[ptr(a), ptr(bb), ptr(out), i64a(n), i64a(b_len)])
-}
-
-/// y[o, a, i] = x[o, a, i] s[o, i] (channel_scale_fwd_f32).
-pub(super) fn channel_scale(b: &CudaBackend, x: &CudaStorage, s: &CudaStorage, y: &CudaStorage, d: &AxisDims) -> Result<()> {
-    let n = d.outer * d.axis * d.inner;
-    if n == 0 {
-        return Ok(());
-    }
-    map(b, "channel_scale_fwd_f32", n, &[ptr(x), ptr(s), ptr(y), i64a(n), i64a(d.axis * d.inner), i64a(d.inner)])
-}
-
-pub(super) fn scale(b: &CudaBackend, x: &CudaStorage, y: &CudaStorage, alpha: f32, n: usize) -> Result<()> {
-    map(b, "scale_fwd_f32", n, &[ptr(x), ptr(y), super::Arg::F32(alpha), i64a(n)])
-}
-
-/// y[o, i] = sum_a x[o, a, i]. When there are few outputs and a long axis, the axis is cut into
-/// pieces summed by separate threads, then the pieces are added in order (sum_axis_splits_fwd_f32).
-pub(super) fn sum_axis(b: &CudaBackend, x: &CudaStorage, y: &CudaStorage, d: &AxisDims) -> Result<()> {
-    let n = d.outer * d.inner;
-    if n == 0 {
-        return Ok(());
-    }
-    let target = b.sm_count() as usize * 512;
-    let splits = if n >= target || d.axis < 64 { 1 } else { target.div_ceil(n).min(d.axis / 32).clamp(1, 1024) };
-    let sa = |out: &CudaStorage| {
-        map(b, "sum_axis_fwd_f32", n * splits, &[ptr(x), ptr(out), i64a(d.outer), i64a(d.axis), i64a(d.inner), i64a(splits)])
-    };
-    if splits == 1 {
-        return sa(y);
-    }
-    let part = b.scratch(n * splits)?;
-    sa(&part)?;
-    sum_splits(b, &part, y, splits, n, false)
-}
-
 /// y[i] = sum_s part[s * n + i], s ascending; rounded to bf16 when `round_bf16` (the end of a
 /// split-K GEMM in bf16, whose partial sums stay FP32).
 pub(super) fn sum_splits(b: &CudaBackend, part: &CudaStorage, y: &CudaStorage, splits: usize, n: usize, round_bf16: bool) -> Result<()> {
@@ -109,14 +46,70 @@ pub(super) fn sum_splits(b: &CudaBackend, part: &CudaStorage, y: &CudaStorage, s
 
 /// As `sum_splits`, writing y[offset..offset + n].
 pub(super) fn sum_splits_at(
-    b: &CudaBackend,
-    part: &CudaStorage,
-    y: &CudaStorage,
-    offset: usize,
-    splits: usize,
-    n: usize,
-    round_bf16: bool,
+    b: &CudaBackend, part: &CudaStorage, y: &CudaStorage, offset: usize, splits: usize, n: usize, round_bf16: bool,
 ) -> Result<()> {
-    let kernel = if round_bf16 { "sum_axis_splits_bf16_fwd_f32" } else { "sum_axis_splits_fwd_f32" };
+    let kernel = if round_bf16 { "sum_axis_splits_fwd_bf16" } else { "sum_axis_splits_fwd_f32" };
     map(b, kernel, n, &[ptr(part), super::ptr_at(y, offset), i64a(splits), i64a(n)])
+}
+
+impl ElementwiseOps for CudaBackend {
+    fn unary_fwd(&self, op: Unary, x: &CudaStorage, y: &CudaStorage, n: usize) -> Result<()> {
+        let b = self;
+        map(b, unary_name(op, false), n, &[ptr(x), ptr(y), i64a(n)])
+    }
+
+    fn unary_bwd(&self, op: Unary, x: &CudaStorage, dy: &CudaStorage, dx: &CudaStorage, n: usize) -> Result<()> {
+        let b = self;
+        map(b, unary_name(op, true), n, &[ptr(x), ptr(dy), ptr(dx), i64a(n)])
+    }
+
+    fn binary(&self, op: Binary, a: &CudaStorage, bb: &CudaStorage, out: &CudaStorage, n: usize, b_len: usize) -> Result<()> {
+        let b = self;
+        let name = match op {
+            Binary::Add => "add_fwd_f32",
+            Binary::Mul => "mul_fwd_f32",
+            Binary::Sub => "sub_fwd_f32",
+            Binary::Div => "div_fwd_f32",
+        };
+        if b_len == 0 {
+            return Ok(()); // ops.rs allows an empty b only with an empty a
+        }
+        map(b, name, n, &[ptr(a), ptr(bb), ptr(out), i64a(n), i64a(b_len)])
+    }
+
+    fn scale(&self, x: &CudaStorage, y: &CudaStorage, alpha: f32, n: usize) -> Result<()> {
+        let b = self;
+        map(b, "scale_fwd_f32", n, &[ptr(x), ptr(y), super::Arg::F32(alpha), i64a(n)])
+    }
+
+    /// y[o, a, i] = x[o, a, i] s[o, i] (channel_scale_fwd_f32).
+    fn channel_scale(&self, x: &CudaStorage, s: &CudaStorage, y: &CudaStorage, d: &AxisDims) -> Result<()> {
+        let b = self;
+        let n = d.outer * d.axis * d.inner;
+        if n == 0 {
+            return Ok(());
+        }
+        map(b, "channel_scale_fwd_f32", n, &[ptr(x), ptr(s), ptr(y), i64a(n), i64a(d.axis * d.inner), i64a(d.inner)])
+    }
+
+    /// y[o, i] = sum_a x[o, a, i]. When there are few outputs and a long axis, the axis is cut into
+    /// pieces summed by separate threads, then the pieces are added in order (sum_axis_splits_fwd_f32).
+    fn sum_axis(&self, x: &CudaStorage, y: &CudaStorage, d: &AxisDims) -> Result<()> {
+        let b = self;
+        let n = d.outer * d.inner;
+        if n == 0 {
+            return Ok(());
+        }
+        let target = b.sm_count() as usize * 512;
+        let splits = if n >= target || d.axis < 64 { 1 } else { target.div_ceil(n).min(d.axis / 32).clamp(1, 1024) };
+        let sa = |out: &CudaStorage| {
+            map(b, "sum_axis_fwd_f32", n * splits, &[ptr(x), ptr(out), i64a(d.outer), i64a(d.axis), i64a(d.inner), i64a(splits)])
+        };
+        if splits == 1 {
+            return sa(y);
+        }
+        let part = b.scratch(n * splits)?;
+        sa(&part)?;
+        sum_splits(b, &part, y, splits, n, false)
+    }
 }

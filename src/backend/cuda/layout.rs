@@ -4,9 +4,9 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{Arg, CudaBackend, CudaStorage, i64a, ptr};
 use crate::backend::SliceDims;
+use crate::backend::ops::*;
 use crate::error::{Error, Result};
 
-const THREADS: u32 = 256;
 /// PERMUTE_MAX_RANK of layout.cu.
 const MAX_RANK: usize = 8;
 
@@ -20,43 +20,44 @@ struct KPermute {
     src_stride: [i64; MAX_RANK],
 }
 
-pub(super) fn permute(b: &CudaBackend, x: &CudaStorage, y: &CudaStorage, shape: &[usize], perm: &[usize]) -> Result<()> {
-    let rank = shape.len();
-    if rank > MAX_RANK {
-        return Err(Error::Invalid { op: "permute", msg: format!("rank {rank} is over the cuda kernels' limit of {MAX_RANK}") });
-    }
-    let n: usize = shape.iter().product();
-    if n == 0 {
-        return Ok(());
-    }
-    let mut in_strides = vec![1usize; rank];
-    for i in (0..rank.saturating_sub(1)).rev() {
-        in_strides[i] = in_strides[i + 1] * shape[i + 1];
-    }
-    let mut k = KPermute::zeroed();
-    k.rank = rank as i32;
-    for (a, &p) in perm.iter().enumerate() {
-        k.out_shape[a] = shape[p] as i64;
-        k.src_stride[a] = in_strides[p] as i64;
-    }
-    b.launch(
-        "permute_fwd_f32",
-        (b.blocks_for(n, THREADS), 1, 1),
-        (THREADS, 1, 1),
-        &[ptr(x), ptr(y), i64a(n), Arg::Bytes(bytemuck::bytes_of(&k))],
-    )
-}
-
 /// slice_fwd_f32 (x -> y) or slice_assign_fwd_f32 (src -> the slice of dst).
 pub(super) fn slice(b: &CudaBackend, kernel: &str, src: &CudaStorage, dst: &CudaStorage, d: &SliceDims) -> Result<()> {
     let n = d.outer * d.len * d.inner;
     if n == 0 {
         return Ok(());
     }
-    b.launch(
-        kernel,
-        (b.blocks_for(n, THREADS), 1, 1),
-        (THREADS, 1, 1),
-        &[ptr(src), ptr(dst), i64a(d.outer), i64a(d.axis), i64a(d.start), i64a(d.len), i64a(d.inner)],
-    )
+    b.launch_over(kernel, n, &[ptr(src), ptr(dst), i64a(d.outer), i64a(d.axis), i64a(d.start), i64a(d.len), i64a(d.inner)])
+}
+
+impl LayoutOps for CudaBackend {
+    fn permute(&self, x: &CudaStorage, y: &CudaStorage, shape: &[usize], perm: &[usize]) -> Result<()> {
+        let b = self;
+        let rank = shape.len();
+        if rank > MAX_RANK {
+            return Err(Error::Invalid { op: "permute", msg: format!("rank {rank} is over the cuda kernels' limit of {MAX_RANK}") });
+        }
+        let n: usize = shape.iter().product();
+        if n == 0 {
+            return Ok(());
+        }
+        let mut in_strides = vec![1usize; rank];
+        for i in (0..rank.saturating_sub(1)).rev() {
+            in_strides[i] = in_strides[i + 1] * shape[i + 1];
+        }
+        let mut k = KPermute::zeroed();
+        k.rank = rank as i32;
+        for (a, &p) in perm.iter().enumerate() {
+            k.out_shape[a] = shape[p] as i64;
+            k.src_stride[a] = in_strides[p] as i64;
+        }
+        b.launch_over("permute_fwd_f32", n, &[ptr(x), ptr(y), i64a(n), Arg::Bytes(bytemuck::bytes_of(&k))])
+    }
+
+    fn slice(&self, x: &CudaStorage, y: &CudaStorage, d: &SliceDims) -> Result<()> {
+        slice(self, "slice_fwd_f32", x, y, d)
+    }
+
+    fn slice_assign(&self, src: &CudaStorage, dst: &CudaStorage, d: &SliceDims) -> Result<()> {
+        slice(self, "slice_assign_fwd_f32", src, dst, d)
+    }
 }

@@ -1,6 +1,7 @@
 //! Launches for kernels/norm.cu: batch norm (train, eval, backward), layer norm, softmax.
 
 use super::{Arg, CudaBackend, CudaStorage, i32a, i64a, opt_ptr, ptr};
+use crate::backend::ops::*;
 use crate::backend::{BnTail, BnTrain, NormDims};
 use crate::error::Result;
 
@@ -18,6 +19,17 @@ fn colstats_grid(b: &CudaBackend, rows: usize, c: usize) -> (usize, usize, usize
     (cb, rows.div_ceil(rpb).max(1), rpb)
 }
 
+/// Launches a column-statistics kernel (`inputs`, then the partials, rows, C and rows per row
+/// block) over rows x C; returns the partial sums [nb, 2, C] in double and nb.
+fn column_stats(b: &CudaBackend, kernel: &str, inputs: &[Arg<'_>], rows: usize, c: usize) -> Result<(CudaStorage, usize)> {
+    let (cb, nb, rpb) = colstats_grid(b, rows, c);
+    let part = partials(b, nb, c)?;
+    let mut args = inputs.to_vec();
+    args.extend([ptr(&part), i32a(OP, rows)?, i32a(OP, c)?, i32a(OP, rpb)?]);
+    b.launch(kernel, (cb as u32, nb as u32, 1), (32, 8, 1), &args)?;
+    Ok((part, nb))
+}
+
 /// Scratch for `nb` row blocks x 2 x C partial sums in double (2 f32 slots each).
 fn partials(b: &CudaBackend, nb: usize, c: usize) -> Result<CudaStorage> {
     b.scratch(nb * 2 * c * 2)
@@ -33,14 +45,7 @@ pub(super) fn batchnorm_fwd_train(b: &CudaBackend, x: &CudaStorage, bn: BnTrain<
     if rows * c == 0 {
         return Ok(());
     }
-    let (cb, nb, rpb) = colstats_grid(b, rows, c);
-    let part = partials(b, nb, c)?;
-    b.launch(
-        "batchnorm_stats_fwd_f32",
-        (cb as u32, nb as u32, 1),
-        (32, 8, 1),
-        &[ptr(x), ptr(&part), i32a(OP, rows)?, i32a(OP, c)?, i32a(OP, rpb)?],
-    )?;
+    let (part, nb) = column_stats(b, "batchnorm_stats_fwd_f32", &[ptr(x)], rows, c)?;
     batchnorm_from_partials(b, &part, nb, x, bn, d)
 }
 
@@ -52,12 +57,7 @@ pub(super) fn stats_partials(b: &CudaBackend, nb: usize, c: usize) -> Result<Cud
 /// Training batch norm of x from its column partial sums `part` [nb, 2, C] in double (by
 /// batchnorm_stats_fwd_f32, or by a convolution's epilogue): the statistics, then the output.
 pub(super) fn batchnorm_from_partials(
-    b: &CudaBackend,
-    part: &CudaStorage,
-    nb: usize,
-    x: &CudaStorage,
-    bn: BnTrain<'_, CudaStorage>,
-    d: &NormDims,
+    b: &CudaBackend, part: &CudaStorage, nb: usize, x: &CudaStorage, bn: BnTrain<'_, CudaStorage>, d: &NormDims,
 ) -> Result<()> {
     let BnTrain { gamma, beta, tail, y, save_mean, save_invstd, running } = bn;
     let (rows, c) = (d.rows, d.channels);
@@ -87,34 +87,25 @@ pub(super) fn batchnorm_from_partials(
         ],
     )?;
     let n = rows * c;
-    b.launch(
+    b.launch_over(
         "batchnorm_apply_fwd_f32",
-        (b.blocks_for(n, THREADS), 1, 1),
-        (THREADS, 1, 1),
+        n,
         &[ptr(x), ptr(&ss), opt_ptr(tail.residual), ptr(y), i64a(n), i32a(OP, c)?, Arg::I32(tail.relu as i32)],
     )
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn batchnorm_fwd_eval(
-    b: &CudaBackend,
-    x: &CudaStorage,
-    gamma: Option<&CudaStorage>,
-    beta: Option<&CudaStorage>,
-    rm: &CudaStorage,
-    rv: &CudaStorage,
-    tail: BnTail<'_, CudaStorage>,
-    y: &CudaStorage,
-    d: &NormDims,
+    b: &CudaBackend, x: &CudaStorage, gamma: Option<&CudaStorage>, beta: Option<&CudaStorage>, rm: &CudaStorage, rv: &CudaStorage,
+    tail: BnTail<'_, CudaStorage>, y: &CudaStorage, d: &NormDims,
 ) -> Result<()> {
     let n = d.rows * d.channels;
     if n == 0 {
         return Ok(());
     }
-    b.launch(
+    b.launch_over(
         "batchnorm_eval_fwd_f32",
-        (b.blocks_for(n, THREADS), 1, 1),
-        (THREADS, 1, 1),
+        n,
         &[
             ptr(x),
             opt_ptr(gamma),
@@ -131,192 +122,13 @@ pub(super) fn batchnorm_fwd_eval(
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn batchnorm_bwd(
-    b: &CudaBackend,
-    x: &CudaStorage,
-    dy: &CudaStorage,
-    relu_out: Option<&CudaStorage>,
-    gamma: Option<&CudaStorage>,
-    mean: &CudaStorage,
-    invstd: &CudaStorage,
-    dx: &CudaStorage,
-    dresidual: Option<&CudaStorage>,
-    dgamma: Option<&CudaStorage>,
-    dbeta: Option<&CudaStorage>,
-    d: &NormDims,
-) -> Result<()> {
-    let (rows, c) = (d.rows, d.channels);
-    if rows * c == 0 {
-        return Ok(());
-    }
-    let (cb, nb, rpb) = colstats_grid(b, rows, c);
-    let part = partials(b, nb, c)?;
-    b.launch(
-        "batchnorm_stats_bwd_f32",
-        (cb as u32, nb as u32, 1),
-        (32, 8, 1),
-        &[ptr(x), ptr(dy), opt_ptr(relu_out), ptr(mean), ptr(invstd), ptr(&part), i32a(OP, rows)?, i32a(OP, c)?, i32a(OP, rpb)?],
-    )?;
-    // sums = (sum dy, sum dy xhat) = (dbeta, dgamma)
-    let sums = b.scratch(2 * c)?;
-    b.launch(
-        "colstats_finalize_bwd_f32",
-        (per_channel_blocks(c), 1, 1),
-        (THREADS, 1, 1),
-        &[ptr(&part), i32a(OP, nb)?, i32a(OP, c)?, ptr(&sums), opt_ptr(dbeta), opt_ptr(dgamma)],
-    )?;
-    let n = rows * c;
-    b.launch(
-        "batchnorm_dx_bwd_f32",
-        (b.blocks_for(n, THREADS), 1, 1),
-        (THREADS, 1, 1),
-        &[
-            ptr(x),
-            ptr(dy),
-            opt_ptr(relu_out),
-            opt_ptr(gamma),
-            ptr(mean),
-            ptr(invstd),
-            ptr(&sums),
-            ptr(dx),
-            opt_ptr(dresidual),
-            i64a(n),
-            i32a(OP, c)?,
-            i32a(OP, rows)?,
-        ],
-    )
-}
-
 fn warp_rows_grid(rows: usize) -> (u32, u32, u32) {
     (rows.div_ceil(WARP_ROWS) as u32, 1, 1)
 }
 
-pub(super) fn l2_normalize_fwd(b: &CudaBackend, x: &CudaStorage, y: &CudaStorage, norm: &CudaStorage, d: &NormDims) -> Result<()> {
-    if d.rows * d.channels == 0 {
-        return Ok(());
-    }
-    b.launch(
-        "l2_normalize_fwd_f32",
-        warp_rows_grid(d.rows),
-        (THREADS, 1, 1),
-        &[ptr(x), ptr(y), ptr(norm), i32a(OP, d.rows)?, i32a(OP, d.channels)?, Arg::F32(d.eps)],
-    )
-}
-
-pub(super) fn l2_normalize_bwd(
-    b: &CudaBackend,
-    x: &CudaStorage,
-    dy: &CudaStorage,
-    norm: &CudaStorage,
-    dx: &CudaStorage,
-    d: &NormDims,
-) -> Result<()> {
-    if d.rows * d.channels == 0 {
-        return Ok(());
-    }
-    b.launch(
-        "l2_normalize_bwd_f32",
-        warp_rows_grid(d.rows),
-        (THREADS, 1, 1),
-        &[ptr(x), ptr(dy), ptr(norm), ptr(dx), i32a(OP, d.rows)?, i32a(OP, d.channels)?, Arg::F32(d.eps)],
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(super) fn layernorm_fwd(
-    b: &CudaBackend,
-    x: &CudaStorage,
-    gamma: &CudaStorage,
-    beta: &CudaStorage,
-    y: &CudaStorage,
-    mean: &CudaStorage,
-    rstd: &CudaStorage,
-    d: &NormDims,
-) -> Result<()> {
-    if d.rows * d.channels == 0 {
-        return Ok(());
-    }
-    b.launch(
-        "layernorm_fwd_f32",
-        warp_rows_grid(d.rows),
-        (THREADS, 1, 1),
-        &[ptr(x), ptr(gamma), ptr(beta), ptr(y), ptr(mean), ptr(rstd), i32a(OP, d.rows)?, i32a(OP, d.channels)?, Arg::F32(d.eps)],
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(super) fn layernorm_bwd(
-    b: &CudaBackend,
-    x: &CudaStorage,
-    dy: &CudaStorage,
-    gamma: &CudaStorage,
-    mean: &CudaStorage,
-    rstd: &CudaStorage,
-    dx: &CudaStorage,
-    dgamma: &CudaStorage,
-    dbeta: &CudaStorage,
-    d: &NormDims,
-) -> Result<()> {
-    let (rows, c) = (d.rows, d.channels);
-    if rows * c == 0 {
-        return Ok(());
-    }
-    b.launch(
-        "layernorm_dx_bwd_f32",
-        warp_rows_grid(rows),
-        (THREADS, 1, 1),
-        &[ptr(x), ptr(dy), ptr(gamma), ptr(mean), ptr(rstd), ptr(dx), i32a(OP, rows)?, i32a(OP, c)?],
-    )?;
-    let (cb, nb, rpb) = colstats_grid(b, rows, c);
-    let part = partials(b, nb, c)?;
-    b.launch(
-        "layernorm_stats_bwd_f32",
-        (cb as u32, nb as u32, 1),
-        (32, 8, 1),
-        &[ptr(x), ptr(dy), ptr(mean), ptr(rstd), ptr(&part), i32a(OP, rows)?, i32a(OP, c)?, i32a(OP, rpb)?],
-    )?;
-    // (sum dy xhat, sum dy) = (dgamma, dbeta)
-    b.launch(
-        "colstats_finalize_bwd_f32",
-        (per_channel_blocks(c), 1, 1),
-        (THREADS, 1, 1),
-        &[ptr(&part), i32a(OP, nb)?, i32a(OP, c)?, Arg::Ptr(0), ptr(dgamma), ptr(dbeta)],
-    )
-}
-
-/// logsumexp_fwd_f32: one warp per row.
-pub(super) fn logsumexp_fwd(b: &CudaBackend, x: &CudaStorage, lse: &CudaStorage, d: &NormDims) -> Result<()> {
-    if d.rows * d.channels == 0 {
-        return Ok(());
-    }
-    let (rows, c) = (i32a(OP, d.rows)?, i32a(OP, d.channels)?);
-    b.launch("logsumexp_fwd_f32", warp_rows_grid(d.rows), (THREADS, 1, 1), &[ptr(x), ptr(lse), rows, c])
-}
-
-pub(super) fn logsumexp_bwd(
-    b: &CudaBackend,
-    x: &CudaStorage,
-    lse: &CudaStorage,
-    dlse: &CudaStorage,
-    dx: &CudaStorage,
-    d: &NormDims,
-) -> Result<()> {
-    if d.rows * d.channels == 0 {
-        return Ok(());
-    }
-    let (rows, c) = (i32a(OP, d.rows)?, i32a(OP, d.channels)?);
-    b.launch("logsumexp_bwd_f32", warp_rows_grid(d.rows), (THREADS, 1, 1), &[ptr(x), ptr(lse), ptr(dlse), ptr(dx), rows, c])
-}
-
 /// softmax_fwd_f32 (x, -, y) or softmax_bwd_f32 (y, dy, dx).
 pub(super) fn softmax(
-    b: &CudaBackend,
-    kernel: &str,
-    a: &CudaStorage,
-    g: Option<&CudaStorage>,
-    out: &CudaStorage,
-    d: &NormDims,
+    b: &CudaBackend, kernel: &str, a: &CudaStorage, g: Option<&CudaStorage>, out: &CudaStorage, d: &NormDims,
 ) -> Result<()> {
     if d.rows * d.channels == 0 {
         return Ok(());
@@ -325,5 +137,155 @@ pub(super) fn softmax(
     match g {
         None => b.launch(kernel, warp_rows_grid(d.rows), (THREADS, 1, 1), &[ptr(a), ptr(out), rows, c]),
         Some(g) => b.launch(kernel, warp_rows_grid(d.rows), (THREADS, 1, 1), &[ptr(a), ptr(g), ptr(out), rows, c]),
+    }
+}
+
+impl NormOps for CudaBackend {
+    fn batchnorm_fwd_train(&self, x: &CudaStorage, bn: BnTrain<'_, CudaStorage>, d: &NormDims) -> Result<()> {
+        batchnorm_fwd_train(self, x, bn, d)
+    }
+
+    fn batchnorm_fwd_eval(
+        &self, x: &CudaStorage, gamma: Option<&CudaStorage>, beta: Option<&CudaStorage>, running_mean: &CudaStorage,
+        running_var: &CudaStorage, tail: BnTail<'_, CudaStorage>, y: &CudaStorage, d: &NormDims,
+    ) -> Result<()> {
+        batchnorm_fwd_eval(self, x, gamma, beta, running_mean, running_var, tail, y, d)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_bwd(
+        &self, x: &CudaStorage, dy: &CudaStorage, relu_out: Option<&CudaStorage>, gamma: Option<&CudaStorage>, mean: &CudaStorage,
+        invstd: &CudaStorage, dx: &CudaStorage, dresidual: Option<&CudaStorage>, dgamma: Option<&CudaStorage>, dbeta: Option<&CudaStorage>,
+        d: &NormDims,
+    ) -> Result<()> {
+        let b = self;
+        let (rows, c) = (d.rows, d.channels);
+        if rows * c == 0 {
+            return Ok(());
+        }
+        let (part, nb) = column_stats(b, "batchnorm_stats_bwd_f32", &[ptr(x), ptr(dy), opt_ptr(relu_out), ptr(mean), ptr(invstd)], rows, c)?;
+        // sums = (sum dy, sum dy xhat) = (dbeta, dgamma)
+        let sums = b.scratch(2 * c)?;
+        b.launch(
+            "colstats_finalize_bwd_f32",
+            (per_channel_blocks(c), 1, 1),
+            (THREADS, 1, 1),
+            &[ptr(&part), i32a(OP, nb)?, i32a(OP, c)?, ptr(&sums), opt_ptr(dbeta), opt_ptr(dgamma)],
+        )?;
+        let n = rows * c;
+        b.launch_over(
+            "batchnorm_dx_bwd_f32",
+            n,
+            &[
+                ptr(x),
+                ptr(dy),
+                opt_ptr(relu_out),
+                opt_ptr(gamma),
+                ptr(mean),
+                ptr(invstd),
+                ptr(&sums),
+                ptr(dx),
+                opt_ptr(dresidual),
+                i64a(n),
+                i32a(OP, c)?,
+                i32a(OP, rows)?,
+            ],
+        )
+    }
+
+    fn l2_normalize_fwd(&self, x: &CudaStorage, y: &CudaStorage, norm: &CudaStorage, d: &NormDims) -> Result<()> {
+        let b = self;
+        if d.rows * d.channels == 0 {
+            return Ok(());
+        }
+        b.launch(
+            "l2_normalize_fwd_f32",
+            warp_rows_grid(d.rows),
+            (THREADS, 1, 1),
+            &[ptr(x), ptr(y), ptr(norm), i32a(OP, d.rows)?, i32a(OP, d.channels)?, Arg::F32(d.eps)],
+        )
+    }
+
+    fn l2_normalize_bwd(&self, x: &CudaStorage, dy: &CudaStorage, norm: &CudaStorage, dx: &CudaStorage, d: &NormDims) -> Result<()> {
+        let b = self;
+        if d.rows * d.channels == 0 {
+            return Ok(());
+        }
+        b.launch(
+            "l2_normalize_bwd_f32",
+            warp_rows_grid(d.rows),
+            (THREADS, 1, 1),
+            &[ptr(x), ptr(dy), ptr(norm), ptr(dx), i32a(OP, d.rows)?, i32a(OP, d.channels)?, Arg::F32(d.eps)],
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_fwd(
+        &self, x: &CudaStorage, gamma: &CudaStorage, beta: &CudaStorage, y: &CudaStorage, mean: &CudaStorage, rstd: &CudaStorage,
+        d: &NormDims,
+    ) -> Result<()> {
+        let b = self;
+        if d.rows * d.channels == 0 {
+            return Ok(());
+        }
+        b.launch(
+            "layernorm_fwd_f32",
+            warp_rows_grid(d.rows),
+            (THREADS, 1, 1),
+            &[ptr(x), ptr(gamma), ptr(beta), ptr(y), ptr(mean), ptr(rstd), i32a(OP, d.rows)?, i32a(OP, d.channels)?, Arg::F32(d.eps)],
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_bwd(
+        &self, x: &CudaStorage, dy: &CudaStorage, gamma: &CudaStorage, mean: &CudaStorage, rstd: &CudaStorage, dx: &CudaStorage,
+        dgamma: &CudaStorage, dbeta: &CudaStorage, d: &NormDims,
+    ) -> Result<()> {
+        let b = self;
+        let (rows, c) = (d.rows, d.channels);
+        if rows * c == 0 {
+            return Ok(());
+        }
+        b.launch(
+            "layernorm_dx_bwd_f32",
+            warp_rows_grid(rows),
+            (THREADS, 1, 1),
+            &[ptr(x), ptr(dy), ptr(gamma), ptr(mean), ptr(rstd), ptr(dx), i32a(OP, rows)?, i32a(OP, c)?],
+        )?;
+        let (part, nb) = column_stats(b, "layernorm_stats_bwd_f32", &[ptr(x), ptr(dy), ptr(mean), ptr(rstd)], rows, c)?;
+        // (sum dy xhat, sum dy) = (dgamma, dbeta)
+        b.launch(
+            "colstats_finalize_bwd_f32",
+            (per_channel_blocks(c), 1, 1),
+            (THREADS, 1, 1),
+            &[ptr(&part), i32a(OP, nb)?, i32a(OP, c)?, Arg::Ptr(0), ptr(dgamma), ptr(dbeta)],
+        )
+    }
+
+    fn softmax_fwd(&self, x: &CudaStorage, y: &CudaStorage, d: &NormDims) -> Result<()> {
+        softmax(self, "softmax_fwd_f32", x, None, y, d)
+    }
+
+    fn softmax_bwd(&self, y: &CudaStorage, dy: &CudaStorage, dx: &CudaStorage, d: &NormDims) -> Result<()> {
+        softmax(self, "softmax_bwd_f32", y, Some(dy), dx, d)
+    }
+
+    /// logsumexp_fwd_f32: one warp per row.
+    fn logsumexp_fwd(&self, x: &CudaStorage, lse: &CudaStorage, d: &NormDims) -> Result<()> {
+        let b = self;
+        if d.rows * d.channels == 0 {
+            return Ok(());
+        }
+        let (rows, c) = (i32a(OP, d.rows)?, i32a(OP, d.channels)?);
+        b.launch("logsumexp_fwd_f32", warp_rows_grid(d.rows), (THREADS, 1, 1), &[ptr(x), ptr(lse), rows, c])
+    }
+
+    fn logsumexp_bwd(&self, x: &CudaStorage, lse: &CudaStorage, dlse: &CudaStorage, dx: &CudaStorage, d: &NormDims) -> Result<()> {
+        let b = self;
+        if d.rows * d.channels == 0 {
+            return Ok(());
+        }
+        let (rows, c) = (i32a(OP, d.rows)?, i32a(OP, d.channels)?);
+        b.launch("logsumexp_bwd_f32", warp_rows_grid(d.rows), (THREADS, 1, 1), &[ptr(x), ptr(lse), ptr(dlse), ptr(dx), rows, c])
     }
 }

@@ -136,10 +136,8 @@ impl Drop for Program {
 }
 
 fn get_bytes(
-    prog: &Program,
-    size: unsafe fn(sys::nvrtcProgram, *mut usize) -> sys::nvrtcResult,
-    get: unsafe fn(sys::nvrtcProgram, *mut c_char) -> sys::nvrtcResult,
-    what: &str,
+    prog: &Program, size: unsafe fn(sys::nvrtcProgram, *mut usize) -> sys::nvrtcResult,
+    get: unsafe fn(sys::nvrtcProgram, *mut c_char) -> sys::nvrtcResult, what: &str,
 ) -> Result<Vec<u8>> {
     let mut n = 0usize;
     // SAFETY: valid program and out-pointer; the buffer has the size NVRTC reported.

@@ -6,6 +6,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{Arg, CudaBackend, CudaStorage};
+use crate::backend::ops::*;
 use crate::backend::{EmaTensor, SgdOnDevice, SgdTensor};
 use crate::error::Result;
 
@@ -55,7 +56,9 @@ fn block_ends(lens: impl Iterator<Item = usize>, block_end: &mut [i64; MAX_TENSO
 
 /// With `on_device`, the kernel reads each tensor's learning rate and weight decay from its row
 /// of the table (by the tensor's index in `tensors`) and skips the update on a non-finite gate.
-pub(super) fn sgd_step(b: &CudaBackend, tensors: &[SgdTensor<'_, CudaStorage>], momentum: f32, on_device: Option<SgdOnDevice<'_, CudaStorage>>) -> Result<()> {
+pub(super) fn sgd_step(
+    b: &CudaBackend, tensors: &[SgdTensor<'_, CudaStorage>], momentum: f32, on_device: Option<SgdOnDevice<'_, CudaStorage>>,
+) -> Result<()> {
     if let Some(d) = &on_device
         && (d.hyper.len < 2 * tensors.len() || d.gate.len < d.gate_len)
     {
@@ -124,4 +127,16 @@ pub(super) fn ema_update(b: &CudaBackend, tensors: &[EmaTensor<'_, CudaStorage>]
         b.launch("ema_update_fwd_f32", (grid, 1, 1), (THREADS, 1, 1), &[Arg::Bytes(bytemuck::bytes_of(&batch))])?;
     }
     Ok(())
+}
+
+impl OptimOps for CudaBackend {
+    fn sgd_step(
+        &self, tensors: &[SgdTensor<'_, CudaStorage>], momentum: f32, on_device: Option<SgdOnDevice<'_, CudaStorage>>,
+    ) -> Result<()> {
+        sgd_step(self, tensors, momentum, on_device)
+    }
+
+    fn ema_update(&self, tensors: &[EmaTensor<'_, CudaStorage>], tau: f32) -> Result<()> {
+        ema_update(self, tensors, tau)
+    }
 }

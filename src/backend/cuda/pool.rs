@@ -3,12 +3,11 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{Arg, CudaBackend, CudaStorage, i32a, i32c, ptr};
+use crate::backend::ops::*;
 use crate::backend::{AxisDims, PoolDims};
 use crate::error::Result;
 
 const OP: &str = "pool";
-const THREADS: u32 = 256;
-
 /// Mirror of `struct PoolDims` in kernels/pool.cu.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -40,29 +39,6 @@ fn dims(d: &PoolDims) -> Result<KPoolDims> {
     })
 }
 
-pub(super) fn maxpool2d_fwd(b: &CudaBackend, x: &CudaStorage, y: &CudaStorage, d: &PoolDims) -> Result<()> {
-    let n = d.n * d.oh * d.ow * d.c;
-    if n == 0 {
-        return Ok(());
-    }
-    let kd = dims(d)?;
-    b.launch("maxpool2d_fwd_f32", (b.blocks_for(n, THREADS), 1, 1), (THREADS, 1, 1), &[ptr(x), ptr(y), Arg::Bytes(bytemuck::bytes_of(&kd))])
-}
-
-pub(super) fn maxpool2d_bwd(b: &CudaBackend, x: &CudaStorage, dy: &CudaStorage, dx: &CudaStorage, d: &PoolDims) -> Result<()> {
-    let n = d.n * d.h * d.w * d.c;
-    if n == 0 {
-        return Ok(());
-    }
-    let kd = dims(d)?;
-    b.launch(
-        "maxpool2d_bwd_f32",
-        (b.blocks_for(n, THREADS), 1, 1),
-        (THREADS, 1, 1),
-        &[ptr(x), ptr(dy), ptr(dx), Arg::Bytes(bytemuck::bytes_of(&kd))],
-    )
-}
-
 /// avgpool_global_fwd_f32 (x -> y, one thread per output) or avgpool_global_bwd_f32 (dy -> dx,
 /// one thread per input element).
 pub(super) fn avgpool_global(b: &CudaBackend, kernel: &str, src: &CudaStorage, dst: &CudaStorage, d: &AxisDims) -> Result<()> {
@@ -70,10 +46,35 @@ pub(super) fn avgpool_global(b: &CudaBackend, kernel: &str, src: &CudaStorage, d
     if n == 0 {
         return Ok(());
     }
-    b.launch(
-        kernel,
-        (b.blocks_for(n, THREADS), 1, 1),
-        (THREADS, 1, 1),
-        &[ptr(src), ptr(dst), i32a(OP, d.outer)?, i32a(OP, d.axis)?, i32a(OP, d.inner)?],
-    )
+    b.launch_over(kernel, n, &[ptr(src), ptr(dst), i32a(OP, d.outer)?, i32a(OP, d.axis)?, i32a(OP, d.inner)?])
+}
+
+impl PoolOps for CudaBackend {
+    fn maxpool2d_fwd(&self, x: &CudaStorage, y: &CudaStorage, d: &PoolDims) -> Result<()> {
+        let b = self;
+        let n = d.n * d.oh * d.ow * d.c;
+        if n == 0 {
+            return Ok(());
+        }
+        let kd = dims(d)?;
+        b.launch_over("maxpool2d_fwd_f32", n, &[ptr(x), ptr(y), Arg::Bytes(bytemuck::bytes_of(&kd))])
+    }
+
+    fn maxpool2d_bwd(&self, x: &CudaStorage, dy: &CudaStorage, dx: &CudaStorage, d: &PoolDims) -> Result<()> {
+        let b = self;
+        let n = d.n * d.h * d.w * d.c;
+        if n == 0 {
+            return Ok(());
+        }
+        let kd = dims(d)?;
+        b.launch_over("maxpool2d_bwd_f32", n, &[ptr(x), ptr(dy), ptr(dx), Arg::Bytes(bytemuck::bytes_of(&kd))])
+    }
+
+    fn avgpool_global_fwd(&self, x: &CudaStorage, y: &CudaStorage, d: &AxisDims) -> Result<()> {
+        avgpool_global(self, "avgpool_global_fwd_f32", x, y, d)
+    }
+
+    fn avgpool_global_bwd(&self, dy: &CudaStorage, dx: &CudaStorage, d: &AxisDims) -> Result<()> {
+        avgpool_global(self, "avgpool_global_bwd_f32", dy, dx, d)
+    }
 }

@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::GemmMath;
+use super::gemm::Tile;
 use super::nvrtc::{self, FAMILIES, Target, err};
 use crate::error::Result;
 
@@ -74,7 +76,7 @@ pub fn static_report(cuobjdump: &Path) -> Result<Vec<KernelStatic>> {
     let dir = keep.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("ssl-engine-sass-{}", std::process::id())));
     std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
     let mut out = Vec::new();
-    let dynamic: HashMap<&str, u32> = super::matmul::gemm_core_kernels().into_iter().collect();
+    let dynamic: HashMap<&str, u32> = gemm_core_kernels().into_iter().collect();
     for (file, src) in FAMILIES {
         let c = nvrtc::compile_with(file, src, &target, &["--ptxas-options=--verbose"])?;
         let mut kernels = parse_ptxas_log(&c.log, file);
@@ -242,4 +244,20 @@ pub fn format_report(ks: &[KernelStatic]) -> String {
         ));
     }
     s
+}
+
+/// Every GEMM-core kernel (matmul and the convolutions) with the dynamic shared memory its
+/// launches ask for: the static report adds it to the kernel's own.
+pub fn gemm_core_kernels() -> Vec<(&'static str, u32)> {
+    let mut out = Vec::new();
+    for math in [GemmMath::Simt, GemmMath::Tf32, GemmMath::Bf16] {
+        for tile in [Tile::T64, Tile::T128, Tile::T128x64] {
+            let bytes = tile.smem_bytes(math);
+            out.push((super::matmul::kernel_of(math, tile), bytes));
+            out.extend(super::conv::kernels_of(math, tile).into_iter().map(|k| (k, bytes)));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }

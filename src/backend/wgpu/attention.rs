@@ -5,6 +5,7 @@
 use super::context::{Context, Kernel, Params, r, sat, w};
 use super::{WgpuBackend, WgpuStorage};
 use crate::backend::AttnDims;
+use crate::backend::ops::*;
 use crate::error::{Error, Result};
 
 /// Head dimensions with a compiled variant (registers per invocation scale with it).
@@ -28,13 +29,7 @@ fn rows_grid(ctx: &Context, rows: usize, bh: usize) -> [u32; 3] {
 }
 
 pub fn fwd(
-    ctx: &Context,
-    q: &WgpuStorage,
-    k: &WgpuStorage,
-    v: &WgpuStorage,
-    o: &WgpuStorage,
-    lse: &WgpuStorage,
-    d: &AttnDims,
+    ctx: &Context, q: &WgpuStorage, k: &WgpuStorage, v: &WgpuStorage, o: &WgpuStorage, lse: &WgpuStorage, d: &AttnDims,
 ) -> Result<()> {
     let kern = kernel("attention", "attention_fwd_f32", d.d)?;
     let binds = [r(1, q.buf()), r(2, k.buf()), r(3, v.buf()), w(8, o.buf()), w(9, lse.buf())];
@@ -43,17 +38,8 @@ pub fn fwd(
 
 #[allow(clippy::too_many_arguments)]
 pub fn bwd(
-    be: &WgpuBackend,
-    q: &WgpuStorage,
-    k: &WgpuStorage,
-    v: &WgpuStorage,
-    o: &WgpuStorage,
-    lse: &WgpuStorage,
-    dout: &WgpuStorage,
-    dq: &WgpuStorage,
-    dk: &WgpuStorage,
-    dv: &WgpuStorage,
-    d: &AttnDims,
+    be: &WgpuBackend, q: &WgpuStorage, k: &WgpuStorage, v: &WgpuStorage, o: &WgpuStorage, lse: &WgpuStorage, dout: &WgpuStorage,
+    dq: &WgpuStorage, dk: &WgpuStorage, dv: &WgpuStorage, d: &AttnDims,
 ) -> Result<()> {
     let ctx = &*be.ctx;
     let dvec = be.storage(d.bh * d.tq)?;
@@ -68,4 +54,19 @@ pub fn bwd(
     let mut binds = ins.to_vec();
     binds.extend([w(8, dk.buf()), w(9, dv.buf())]);
     ctx.launch(kern, params(d), &binds, rows_grid(ctx, d.tk, d.bh))
+}
+
+impl AttentionOps for WgpuBackend {
+    fn attention_fwd(
+        &self, q: &WgpuStorage, k: &WgpuStorage, v: &WgpuStorage, o: &WgpuStorage, lse: &WgpuStorage, d: &AttnDims,
+    ) -> Result<()> {
+        fwd(&self.ctx, q, k, v, o, lse, d)
+    }
+
+    fn attention_bwd(
+        &self, q: &WgpuStorage, k: &WgpuStorage, v: &WgpuStorage, o: &WgpuStorage, lse: &WgpuStorage, dout: &WgpuStorage, dq: &WgpuStorage,
+        dk: &WgpuStorage, dv: &WgpuStorage, d: &AttnDims,
+    ) -> Result<()> {
+        bwd(self, q, k, v, o, lse, dout, dq, dk, dv, d)
+    }
 }

@@ -1,4 +1,4 @@
-//! The device side of the WGSL backend: adapter choice, the buffer pool, shader modules and
+//! The device side of the WGSL backend: adapter choice, shader modules and
 //! pipelines (compiled lazily, errors named by op), and the recorder that turns kernel calls
 //! into dispatches in one open compute pass and submits them in batches.
 //!
@@ -10,86 +10,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::buffer_pool::BufferPool;
+use super::tiles::Tiles;
 use crate::error::{Error, Result};
 
 /// Dispatches per submission (the parameter buffer holds this many slots).
 const MAX_BATCH: usize = 1024;
 /// Bytes of parameters one dispatch may use (64 words).
 const PARAM_BYTES: u64 = 256;
-
-/// Tile sizes and workgroup shapes, chosen from the adapter's limits and written into every
-/// shader as constants (see `prelude`).
-#[derive(Clone, Copy, Debug)]
-pub struct Tiles {
-    /// 1-D workgroup size of elementwise kernels.
-    pub wg: u32,
-    /// GEMM: a workgroup of mm_tx x mm_ty threads computes a (mm_ty*mm_tm) x (mm_tx*mm_tn)
-    /// tile, each thread an mm_tm x mm_tn register block; mm_bk is the depth of a shared tile.
-    pub mm_tx: u32,
-    pub mm_ty: u32,
-    pub mm_tm: u32,
-    pub mm_tn: u32,
-    pub mm_bk: u32,
-    /// Threads of the workgroup that reduces one row (layer norm, softmax, cosine).
-    pub row_wg: u32,
-    /// Attention: query rows per workgroup (one per thread) and keys per shared tile.
-    pub att_bq: u32,
-    pub att_bk: u32,
-    /// Most workgroups of a 1-D (grid-stride) launch. llvmpipe pays about a microsecond per
-    /// workgroup, so a CPU adapter gets few large ones; a GPU gets enough to fill it.
-    pub max_groups: u32,
-}
-
-impl Tiles {
-    fn from_limits(l: &wgpu::Limits, cpu: bool) -> Tiles {
-        let inv = l.max_compute_invocations_per_workgroup;
-        let (sx, sy) = (l.max_compute_workgroup_size_x, l.max_compute_workgroup_size_y);
-        let smem = l.max_compute_workgroup_storage_size;
-        let wg = [256, 128, 64].into_iter().find(|&w| w <= inv && w <= sx).unwrap_or(32);
-        // GPUs: 16x16 threads with 4x4 blocks (64x64 tiles, 256 threads) when the adapter
-        // allows, else 8x8 threads. CPU implementations (llvmpipe runs an invocation per SIMD
-        // lane and pays per workgroup and per shared-memory load): 8x8 threads with 8x8 blocks,
-        // measured 1.5-2.5x faster there.
-        let big = inv >= 256 && sx >= 16 && sy >= 16 && smem >= 2 * 16 * 64 * 4;
-        let (t, tm, bk) = if cpu && smem >= 2 * 16 * 64 * 4 {
-            (8, 8, 16)
-        } else if big {
-            (16, 4, 16)
-        } else {
-            (8, 4, 8)
-        };
-        let row_wg = wg.min(64);
-        let att_bq = wg.min(64);
-        // Two shared tiles of att_bk keys x ATT_DMAX (<= 128) floats, plus per-key scalars.
-        let mut att_bk = 32;
-        while att_bk > 1 && att_bk * (2 * 128 * 4 + 16) > smem {
-            att_bk /= 2;
-        }
-        let max_groups = if cpu { 256 } else { 16384 };
-        let mut tiles = Tiles { wg, mm_tx: t, mm_ty: t, mm_tm: tm, mm_tn: tm, mm_bk: bk, row_wg, att_bq, att_bk, max_groups };
-        if let Some(g) = std::env::var("SSL_WGPU_GROUPS").ok().and_then(|v| v.parse().ok()) {
-            tiles.max_groups = g;
-        }
-        // SSL_WGPU_GEMM=tx,ty,tm,tn,bk overrides the GEMM tiling (for tuning on a new device);
-        // ignored unless it fits the adapter's limits.
-        if let Ok(v) = std::env::var("SSL_WGPU_GEMM") {
-            let f: Vec<u32> = v.split(',').filter_map(|x| x.trim().parse().ok()).collect();
-            if let [tx, ty, tm, tn, bk] = f[..] {
-                let fits = tx * ty <= inv && tx <= sx && ty <= sy && bk * (ty * tm + tx * tn) * 4 <= smem && tm % 4 == 0 && tn % 4 == 0;
-                if fits && tx * ty > 0 && tm * tn * bk > 0 {
-                    (tiles.mm_tx, tiles.mm_ty, tiles.mm_tm, tiles.mm_tn, tiles.mm_bk) = (tx, ty, tm, tn, bk);
-                }
-            }
-        }
-        tiles
-    }
-    pub fn mm_bm(&self) -> u32 {
-        self.mm_ty * self.mm_tm
-    }
-    pub fn mm_bn(&self) -> u32 {
-        self.mm_tx * self.mm_tn
-    }
-}
 
 /// Uniform parameters of one dispatch, in the order of the shader's `P` struct.
 #[derive(Default)]
@@ -148,19 +76,21 @@ pub const fn kernel(op: &'static str, family: &'static str, entry: &'static str)
 
 const COMMON: &str = include_str!("../../../shaders/common.wgsl");
 const GEMM: &str = include_str!("../../../shaders/gemm.wgsl");
+const REDUCE: &str = include_str!("../../../shaders/reduce.wgsl");
 
-/// The WGSL source of a family (`shaders/<family>.wgsl`), and whether it uses the GEMM core.
-fn family_source(family: &str) -> Option<(&'static str, bool)> {
+/// The WGSL source of a family (`shaders/<family>.wgsl`) and the shared sources it builds on:
+/// the GEMM core, or the workgroup reductions.
+fn family_source(family: &str) -> Option<(&'static str, &'static [&'static str])> {
     Some(match family {
-        "matmul" => (include_str!("../../../shaders/matmul.wgsl"), true),
-        "conv" => (include_str!("../../../shaders/conv.wgsl"), true),
-        "norm" => (include_str!("../../../shaders/norm.wgsl"), false),
-        "attention" => (include_str!("../../../shaders/attention.wgsl"), false),
-        "elementwise" => (include_str!("../../../shaders/elementwise.wgsl"), false),
-        "pool" => (include_str!("../../../shaders/pool.wgsl"), false),
-        "loss" => (include_str!("../../../shaders/loss.wgsl"), false),
-        "optim" => (include_str!("../../../shaders/optim.wgsl"), false),
-        "layout" => (include_str!("../../../shaders/layout.wgsl"), false),
+        "matmul" => (include_str!("../../../shaders/matmul.wgsl"), &[GEMM]),
+        "conv" => (include_str!("../../../shaders/conv.wgsl"), &[GEMM]),
+        "norm" => (include_str!("../../../shaders/norm.wgsl"), &[REDUCE]),
+        "attention" => (include_str!("../../../shaders/attention.wgsl"), &[]),
+        "elementwise" => (include_str!("../../../shaders/elementwise.wgsl"), &[]),
+        "pool" => (include_str!("../../../shaders/pool.wgsl"), &[]),
+        "loss" => (include_str!("../../../shaders/loss.wgsl"), &[REDUCE]),
+        "optim" => (include_str!("../../../shaders/optim.wgsl"), &[]),
+        "layout" => (include_str!("../../../shaders/layout.wgsl"), &[]),
         _ => return None,
     })
 }
@@ -174,30 +104,6 @@ struct Pipe {
     pipeline: wgpu::ComputePipeline,
     layout: Arc<wgpu::BindGroupLayout>,
     sig: Signature,
-}
-
-/// Buffers waiting for reuse, keyed by byte size.
-#[derive(Default)]
-pub struct BufferPool {
-    free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
-}
-
-impl BufferPool {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Vec<wgpu::Buffer>>> {
-        self.free.lock().unwrap_or_else(|e| e.into_inner())
-    }
-    fn take(&self, bytes: u64) -> Option<wgpu::Buffer> {
-        self.lock().get_mut(&bytes).and_then(|v| v.pop())
-    }
-    pub fn give(&self, b: wgpu::Buffer) {
-        self.lock().entry(b.size()).or_default().push(b);
-    }
-    pub fn clear(&self) {
-        self.lock().clear()
-    }
-    pub fn pooled_bytes(&self) -> u64 {
-        self.lock().iter().map(|(s, v)| s * v.len() as u64).sum()
-    }
 }
 
 #[derive(Default)]
@@ -405,12 +311,12 @@ impl Context {
         if let Some(m) = mods.get(&(k.family, k.variant)) {
             return Ok(m.clone());
         }
-        let (src, gemm) =
+        let (src, shared) =
             family_source(k.family).ok_or_else(|| Error::Invalid { op: k.op, msg: format!("no shader family {}", k.family) })?;
         let mut text = self.prelude(k.variant);
         text.push_str(COMMON);
-        if gemm {
-            text.push_str(GEMM);
+        for s in shared {
+            text.push_str(s);
         }
         text.push_str(src);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);

@@ -4,6 +4,7 @@
 
 use super::context::{Context, Params, kernel, r, sat, w};
 use super::{WgpuBackend, WgpuStorage, elementwise};
+use crate::backend::ops::*;
 use crate::backend::{AxisDims, Conv2dDims};
 use crate::error::Result;
 
@@ -53,7 +54,7 @@ pub fn bwd_data(ctx: &Context, dy: &WgpuStorage, wt: &WgpuStorage, dx: &WgpuStor
     let phases = d.stride[0] * d.stride[1];
     let m = d.n * d.h.div_ceil(d.stride[0]) * d.w.div_ceil(d.stride[1]);
     let binds = [r(1, &ctx.dummy), r(2, wt.buf()), r(3, dy.buf()), w(4, dx.buf())];
-    let kern = kernel("conv2d_bwd_data", "conv", "conv2d_data_bwd_f32");
+    let kern = kernel("conv2d_data_bwd", "conv", "conv2d_data_bwd_f32");
     ctx.launch(kern, params(d, m, cg, 0, 1, 0), &binds, tiles(ctx, m, cg, d.groups * phases))
 }
 
@@ -72,7 +73,7 @@ pub fn bwd_weight(be: &WgpuBackend, ctx: &Context, x: &WgpuStorage, dy: &WgpuSto
     let nsplit = TARGET_GROUPS.div_ceil(tiles_n.max(1)).min(rows.div_ceil(4 * bk)).min(zmax).max(1);
     let chunk = rows.div_ceil(nsplit).div_ceil(bk) * bk;
     let nsplit = rows.div_ceil(chunk.max(1)).max(1);
-    let kern = kernel("conv2d_bwd_weight", "conv", "conv2d_weight_bwd_f32");
+    let kern = kernel("conv2d_weight_bwd", "conv", "conv2d_weight_bwd_f32");
     let groups = [out_tiles[0], out_tiles[1], sat(nsplit * d.groups)];
     let p = params(d, og, kdim, kdim, nsplit, chunk.max(1));
     if nsplit == 1 {
@@ -81,4 +82,18 @@ pub fn bwd_weight(be: &WgpuBackend, ctx: &Context, x: &WgpuStorage, dy: &WgpuSto
     let part = be.storage(nsplit * d.c_out * kdim)?;
     ctx.launch(kern, p, &[r(1, x.buf()), r(2, &ctx.dummy), r(3, dy.buf()), w(4, part.buf())], groups)?;
     elementwise::sum_axis(be, part.buf(), dw.buf(), &AxisDims { outer: 1, axis: nsplit, inner: d.c_out * kdim })
+}
+
+impl ConvOps for WgpuBackend {
+    fn conv2d_fwd(&self, x: &WgpuStorage, w: &WgpuStorage, y: &WgpuStorage, d: &Conv2dDims) -> Result<()> {
+        fwd(&self.ctx, x, w, y, d)
+    }
+
+    fn conv2d_data_bwd(&self, dy: &WgpuStorage, w: &WgpuStorage, dx: &WgpuStorage, d: &Conv2dDims) -> Result<()> {
+        bwd_data(&self.ctx, dy, w, dx, d)
+    }
+
+    fn conv2d_weight_bwd(&self, x: &WgpuStorage, dy: &WgpuStorage, dw: &WgpuStorage, d: &Conv2dDims) -> Result<()> {
+        bwd_weight(self, &self.ctx, x, dy, dw, d)
+    }
 }

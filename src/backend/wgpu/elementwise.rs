@@ -2,6 +2,7 @@
 
 use super::context::{Context, Params, kernel, r, w};
 use super::{WgpuBackend, WgpuStorage};
+use crate::backend::ops::*;
 use crate::backend::{AxisDims, Binary, Unary};
 use crate::error::Result;
 
@@ -38,37 +39,9 @@ fn unary_code(op: Unary) -> u32 {
     }
 }
 
-pub fn unary_fwd(ctx: &Context, op: Unary, x: &WgpuStorage, y: &WgpuStorage, n: usize) -> Result<()> {
-    let k = kernel("unary", FAMILY, "unary_fwd_f32");
-    ctx.launch(k, params(n, 0, unary_code(op), 0.0), &[r(1, x.buf()), w(3, y.buf())], ctx.grid1(n))
-}
-
 pub fn unary_bwd(ctx: &Context, op: Unary, x: &WgpuStorage, dy: &WgpuStorage, dx: &WgpuStorage, n: usize) -> Result<()> {
     let k = kernel("unary_bwd", FAMILY, "unary_bwd_f32");
     ctx.launch(k, params(n, 0, unary_code(op), 0.0), &[r(1, x.buf()), r(2, dy.buf()), w(3, dx.buf())], ctx.grid1(n))
-}
-
-pub fn binary(ctx: &Context, op: Binary, a: &WgpuStorage, b: &WgpuStorage, out: &WgpuStorage, n: usize, b_len: usize) -> Result<()> {
-    let code = match op {
-        Binary::Add => 0,
-        Binary::Mul => 1,
-        Binary::Sub => 2,
-        Binary::Div => 3,
-    };
-    let k = kernel("binary", FAMILY, "binary_fwd_f32");
-    ctx.launch(k, params(n, b_len.max(1), code, 0.0), &[r(1, a.buf()), r(2, b.buf()), w(3, out.buf())], ctx.grid1(n))
-}
-
-/// y[o, a, i] = x[o, a, i] s[o, i]; b_len carries axis * inner.
-pub fn channel_scale(ctx: &Context, x: &WgpuStorage, s: &WgpuStorage, y: &WgpuStorage, d: &AxisDims) -> Result<()> {
-    let n = d.outer * d.axis * d.inner;
-    let k = kernel("channel_scale", FAMILY, "channel_scale_fwd_f32");
-    let p = params(n, d.axis * d.inner, 0, 0.0).u(d.outer).u(d.axis).u(d.inner);
-    ctx.launch(k, p, &[r(1, x.buf()), r(2, s.buf()), w(3, y.buf())], ctx.grid1(n))
-}
-
-pub fn scale(ctx: &Context, x: &WgpuStorage, y: &WgpuStorage, alpha: f32, n: usize) -> Result<()> {
-    ctx.launch(kernel("scale", FAMILY, "scale_fwd_f32"), params(n, 0, 0, alpha), &[r(1, x.buf()), w(3, y.buf())], ctx.grid1(n))
 }
 
 /// Enough independent sums to occupy a GPU; below this a long axis is split in two stages.
@@ -93,4 +66,46 @@ pub(crate) fn sum_axis(be: &WgpuBackend, x: &wgpu::Buffer, y: &wgpu::Buffer, d: 
     let part = be.storage(d.outer * nsplit * d.inner)?;
     ctx.launch(k, p(d.axis, nsplit, chunk), &[r(1, x), w(3, part.buf())], ctx.grid1(outs * nsplit))?;
     ctx.launch(k, p(nsplit, 1, nsplit), &[r(1, part.buf()), w(3, y)], ctx.grid1(outs))
+}
+
+impl ElementwiseOps for WgpuBackend {
+    fn unary_fwd(&self, op: Unary, x: &WgpuStorage, y: &WgpuStorage, n: usize) -> Result<()> {
+        let ctx: &Context = &self.ctx;
+        let k = kernel("unary", FAMILY, "unary_fwd_f32");
+        ctx.launch(k, params(n, 0, unary_code(op), 0.0), &[r(1, x.buf()), w(3, y.buf())], ctx.grid1(n))
+    }
+
+    fn unary_bwd(&self, op: Unary, x: &WgpuStorage, dy: &WgpuStorage, dx: &WgpuStorage, n: usize) -> Result<()> {
+        unary_bwd(&self.ctx, op, x, dy, dx, n)
+    }
+
+    fn binary(&self, op: Binary, a: &WgpuStorage, b: &WgpuStorage, out: &WgpuStorage, n: usize, b_len: usize) -> Result<()> {
+        let ctx: &Context = &self.ctx;
+        let code = match op {
+            Binary::Add => 0,
+            Binary::Mul => 1,
+            Binary::Sub => 2,
+            Binary::Div => 3,
+        };
+        let k = kernel("binary", FAMILY, "binary_fwd_f32");
+        ctx.launch(k, params(n, b_len.max(1), code, 0.0), &[r(1, a.buf()), r(2, b.buf()), w(3, out.buf())], ctx.grid1(n))
+    }
+
+    fn scale(&self, x: &WgpuStorage, y: &WgpuStorage, alpha: f32, n: usize) -> Result<()> {
+        let ctx: &Context = &self.ctx;
+        ctx.launch(kernel("scale", FAMILY, "scale_fwd_f32"), params(n, 0, 0, alpha), &[r(1, x.buf()), w(3, y.buf())], ctx.grid1(n))
+    }
+
+    /// y[o, a, i] = x[o, a, i] s[o, i]; b_len carries axis * inner.
+    fn channel_scale(&self, x: &WgpuStorage, s: &WgpuStorage, y: &WgpuStorage, d: &AxisDims) -> Result<()> {
+        let ctx: &Context = &self.ctx;
+        let n = d.outer * d.axis * d.inner;
+        let k = kernel("channel_scale", FAMILY, "channel_scale_fwd_f32");
+        let p = params(n, d.axis * d.inner, 0, 0.0).u(d.outer).u(d.axis).u(d.inner);
+        ctx.launch(k, p, &[r(1, x.buf()), r(2, s.buf()), w(3, y.buf())], ctx.grid1(n))
+    }
+
+    fn sum_axis(&self, x: &WgpuStorage, y: &WgpuStorage, d: &AxisDims) -> Result<()> {
+        sum_axis(self, x.buf(), y.buf(), d)
+    }
 }

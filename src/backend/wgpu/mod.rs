@@ -14,6 +14,7 @@
 //!   synchronize; nothing on a launch path panics.
 
 mod attention;
+mod buffer_pool;
 mod context;
 mod conv;
 mod elementwise;
@@ -23,16 +24,18 @@ mod matmul;
 mod norm;
 mod optim;
 mod pool;
+mod tiles;
 
 use std::sync::Arc;
 
-use context::{BufferPool, Context};
+use buffer_pool::BufferPool;
+use context::Context;
 
 use super::*;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::tensor::DType;
 
-pub use context::Tiles;
+pub use tiles::Tiles;
 
 /// A device buffer of `len` f32 values. It returns to the backend's pool when dropped.
 pub struct WgpuStorage {
@@ -127,13 +130,14 @@ fn f32_only(op: &'static str, dtype: DType) -> Result<()> {
     Ok(())
 }
 
-impl Backend for WgpuBackend {
+impl CoreOps for WgpuBackend {
     type Storage = WgpuStorage;
 
     fn name(&self) -> String {
         let t = &self.ctx.tiles;
         format!("wgpu: {}, gemm tile {}x{} ({}x{} threads, bk {})", self.adapter(), t.mm_bm(), t.mm_bn(), t.mm_tx, t.mm_ty, t.mm_bk)
     }
+
     fn supports(&self, dtype: DType) -> bool {
         dtype == DType::F32
     }
@@ -146,264 +150,28 @@ impl Backend for WgpuBackend {
         }
         Ok(s)
     }
+
     fn upload_f32(&self, data: &[f32], dtype: DType) -> Result<WgpuStorage> {
         f32_only("upload", dtype)?;
         let s = self.storage(data.len())?;
         self.ctx.upload(s.buf(), bytemuck::cast_slice(data))?;
         Ok(s)
     }
+
     fn download_f32(&self, s: &WgpuStorage) -> Result<Vec<f32>> {
         let bytes = self.ctx.download(s.buf(), s.len as u64 * 4)?;
         Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes))
     }
+
     fn fill(&self, s: &WgpuStorage, value: f32) -> Result<()> {
         elementwise::fill(&self.ctx, s, value)
     }
+
     fn copy(&self, src: &WgpuStorage, dst: &WgpuStorage) -> Result<()> {
         elementwise::copy(&self.ctx, src, dst)
     }
+
     fn synchronize(&self) -> Result<()> {
         self.ctx.synchronize()
-    }
-
-    fn matmul(&self, a: &WgpuStorage, b: &WgpuStorage, c: &WgpuStorage, d: &MatmulDims) -> Result<()> {
-        matmul::matmul(&self.ctx, a, b, c, d)
-    }
-
-    fn conv2d_fwd(&self, x: &WgpuStorage, w: &WgpuStorage, y: &WgpuStorage, d: &Conv2dDims) -> Result<()> {
-        conv::fwd(&self.ctx, x, w, y, d)
-    }
-    fn conv2d_bwd_data(&self, dy: &WgpuStorage, w: &WgpuStorage, dx: &WgpuStorage, d: &Conv2dDims) -> Result<()> {
-        conv::bwd_data(&self.ctx, dy, w, dx, d)
-    }
-    fn conv2d_bwd_weight(&self, x: &WgpuStorage, dy: &WgpuStorage, dw: &WgpuStorage, d: &Conv2dDims) -> Result<()> {
-        conv::bwd_weight(self, &self.ctx, x, dy, dw, d)
-    }
-
-    fn batchnorm_fwd_train(&self, x: &WgpuStorage, bn: BnTrain<'_, WgpuStorage>, d: &NormDims) -> Result<()> {
-        norm::batchnorm_fwd_train(self, x, bn, d)
-    }
-    fn batchnorm_fwd_eval(
-        &self,
-        x: &WgpuStorage,
-        gamma: Option<&WgpuStorage>,
-        beta: Option<&WgpuStorage>,
-        running_mean: &WgpuStorage,
-        running_var: &WgpuStorage,
-        tail: BnTail<'_, WgpuStorage>,
-        y: &WgpuStorage,
-        d: &NormDims,
-    ) -> Result<()> {
-        norm::batchnorm_fwd_eval(&self.ctx, x, gamma, beta, running_mean, running_var, tail, y, d)
-    }
-    fn batchnorm_bwd(
-        &self,
-        x: &WgpuStorage,
-        dy: &WgpuStorage,
-        relu_out: Option<&WgpuStorage>,
-        gamma: Option<&WgpuStorage>,
-        save_mean: &WgpuStorage,
-        save_invstd: &WgpuStorage,
-        dx: &WgpuStorage,
-        dresidual: Option<&WgpuStorage>,
-        dgamma: Option<&WgpuStorage>,
-        dbeta: Option<&WgpuStorage>,
-        d: &NormDims,
-    ) -> Result<()> {
-        norm::batchnorm_bwd(self, x, dy, relu_out, gamma, save_mean, save_invstd, dx, dresidual, dgamma, dbeta, d)
-    }
-    fn l2_normalize_fwd(&self, x: &WgpuStorage, y: &WgpuStorage, norm: &WgpuStorage, d: &NormDims) -> Result<()> {
-        norm::l2_normalize_fwd(&self.ctx, x, y, norm, d)
-    }
-    fn l2_normalize_bwd(&self, x: &WgpuStorage, dy: &WgpuStorage, norm: &WgpuStorage, dx: &WgpuStorage, d: &NormDims) -> Result<()> {
-        norm::l2_normalize_bwd(&self.ctx, x, dy, norm, dx, d)
-    }
-    fn layernorm_fwd(
-        &self,
-        x: &WgpuStorage,
-        gamma: &WgpuStorage,
-        beta: &WgpuStorage,
-        y: &WgpuStorage,
-        save_mean: &WgpuStorage,
-        save_rstd: &WgpuStorage,
-        d: &NormDims,
-    ) -> Result<()> {
-        norm::layernorm_fwd(&self.ctx, x, gamma, beta, y, save_mean, save_rstd, d)
-    }
-    fn layernorm_bwd(
-        &self,
-        x: &WgpuStorage,
-        dy: &WgpuStorage,
-        gamma: &WgpuStorage,
-        save_mean: &WgpuStorage,
-        save_rstd: &WgpuStorage,
-        dx: &WgpuStorage,
-        dgamma: &WgpuStorage,
-        dbeta: &WgpuStorage,
-        d: &NormDims,
-    ) -> Result<()> {
-        norm::layernorm_bwd(self, x, dy, gamma, save_mean, save_rstd, dx, dgamma, dbeta, d)
-    }
-    fn logsumexp_fwd(&self, x: &WgpuStorage, lse: &WgpuStorage, d: &NormDims) -> Result<()> {
-        norm::logsumexp_fwd(&self.ctx, x, lse, d)
-    }
-    fn logsumexp_bwd(&self, x: &WgpuStorage, lse: &WgpuStorage, dlse: &WgpuStorage, dx: &WgpuStorage, d: &NormDims) -> Result<()> {
-        norm::logsumexp_bwd(&self.ctx, x, lse, dlse, dx, d)
-    }
-    fn softmax_fwd(&self, x: &WgpuStorage, y: &WgpuStorage, d: &NormDims) -> Result<()> {
-        norm::softmax_fwd(&self.ctx, x, y, d)
-    }
-    fn softmax_bwd(&self, y: &WgpuStorage, dy: &WgpuStorage, dx: &WgpuStorage, d: &NormDims) -> Result<()> {
-        norm::softmax_bwd(&self.ctx, y, dy, dx, d)
-    }
-
-    fn attention_fwd(
-        &self,
-        q: &WgpuStorage,
-        k: &WgpuStorage,
-        v: &WgpuStorage,
-        o: &WgpuStorage,
-        lse: &WgpuStorage,
-        d: &AttnDims,
-    ) -> Result<()> {
-        attention::fwd(&self.ctx, q, k, v, o, lse, d)
-    }
-    fn attention_bwd(
-        &self,
-        q: &WgpuStorage,
-        k: &WgpuStorage,
-        v: &WgpuStorage,
-        o: &WgpuStorage,
-        lse: &WgpuStorage,
-        dout: &WgpuStorage,
-        dq: &WgpuStorage,
-        dk: &WgpuStorage,
-        dv: &WgpuStorage,
-        d: &AttnDims,
-    ) -> Result<()> {
-        attention::bwd(self, q, k, v, o, lse, dout, dq, dk, dv, d)
-    }
-
-    fn unary_fwd(&self, op: Unary, x: &WgpuStorage, y: &WgpuStorage, n: usize) -> Result<()> {
-        elementwise::unary_fwd(&self.ctx, op, x, y, n)
-    }
-    fn unary_bwd(&self, op: Unary, x: &WgpuStorage, dy: &WgpuStorage, dx: &WgpuStorage, n: usize) -> Result<()> {
-        elementwise::unary_bwd(&self.ctx, op, x, dy, dx, n)
-    }
-    fn binary(&self, op: Binary, a: &WgpuStorage, b: &WgpuStorage, out: &WgpuStorage, n: usize, b_len: usize) -> Result<()> {
-        elementwise::binary(&self.ctx, op, a, b, out, n, b_len)
-    }
-    fn scale(&self, x: &WgpuStorage, y: &WgpuStorage, alpha: f32, n: usize) -> Result<()> {
-        elementwise::scale(&self.ctx, x, y, alpha, n)
-    }
-    fn channel_scale(&self, x: &WgpuStorage, s: &WgpuStorage, y: &WgpuStorage, d: &AxisDims) -> Result<()> {
-        elementwise::channel_scale(&self.ctx, x, s, y, d)
-    }
-    fn sum_axis(&self, x: &WgpuStorage, y: &WgpuStorage, d: &AxisDims) -> Result<()> {
-        elementwise::sum_axis(self, x.buf(), y.buf(), d)
-    }
-
-    fn maxpool2d_fwd(&self, x: &WgpuStorage, y: &WgpuStorage, d: &PoolDims) -> Result<()> {
-        pool::maxpool2d_fwd(&self.ctx, x, y, d)
-    }
-    fn maxpool2d_bwd(&self, x: &WgpuStorage, dy: &WgpuStorage, dx: &WgpuStorage, d: &PoolDims) -> Result<()> {
-        pool::maxpool2d_bwd(&self.ctx, x, dy, dx, d)
-    }
-    fn avgpool_global_fwd(&self, x: &WgpuStorage, y: &WgpuStorage, d: &AxisDims) -> Result<()> {
-        pool::avgpool_global_fwd(&self.ctx, x, y, d)
-    }
-    fn avgpool_global_bwd(&self, dy: &WgpuStorage, dx: &WgpuStorage, d: &AxisDims) -> Result<()> {
-        pool::avgpool_global_bwd(&self.ctx, dy, dx, d)
-    }
-
-    fn cross_entropy_fwd(&self, logits: &WgpuStorage, labels: &WgpuStorage, out: &WgpuStorage, rows: usize, classes: usize) -> Result<()> {
-        loss::cross_entropy_fwd(&self.ctx, logits, labels, out, rows, classes)
-    }
-    fn cross_entropy_bwd(
-        &self,
-        logits: &WgpuStorage,
-        labels: &WgpuStorage,
-        dloss: &WgpuStorage,
-        dlogits: &WgpuStorage,
-        rows: usize,
-        classes: usize,
-    ) -> Result<()> {
-        loss::cross_entropy_bwd(&self.ctx, logits, labels, dloss, dlogits, rows, classes)
-    }
-    fn soft_cross_entropy_fwd(&self, logits: &WgpuStorage, q: &WgpuStorage, out: &WgpuStorage, rows: usize, classes: usize) -> Result<()> {
-        loss::soft_cross_entropy_fwd(self, logits, q, out, rows, classes)
-    }
-    fn soft_cross_entropy_bwd(
-        &self,
-        logits: &WgpuStorage,
-        q: &WgpuStorage,
-        dloss: &WgpuStorage,
-        dlogits: &WgpuStorage,
-        rows: usize,
-        classes: usize,
-    ) -> Result<()> {
-        loss::soft_cross_entropy_bwd(&self.ctx, logits, q, dloss, dlogits, rows, classes)
-    }
-    fn nt_xent_fwd(&self, sim: &WgpuStorage, groups: &WgpuStorage, out: &WgpuStorage, rows: usize, temperature: f32) -> Result<()> {
-        loss::nt_xent_fwd(self, sim, groups, out, rows, temperature)
-    }
-    fn nt_xent_bwd(
-        &self,
-        sim: &WgpuStorage,
-        groups: &WgpuStorage,
-        dloss: &WgpuStorage,
-        dsim: &WgpuStorage,
-        rows: usize,
-        temperature: f32,
-    ) -> Result<()> {
-        loss::nt_xent_bwd(&self.ctx, sim, groups, dloss, dsim, rows, temperature)
-    }
-    fn identity_penalty_fwd(&self, c: &WgpuStorage, out: &WgpuStorage, d: usize, diag_weight: f32, off_weight: f32) -> Result<()> {
-        loss::identity_penalty_fwd(self, c, out, d, diag_weight, off_weight)
-    }
-    fn identity_penalty_bwd(
-        &self,
-        c: &WgpuStorage,
-        dloss: &WgpuStorage,
-        dc: &WgpuStorage,
-        d: usize,
-        diag_weight: f32,
-        off_weight: f32,
-    ) -> Result<()> {
-        loss::identity_penalty_bwd(&self.ctx, c, dloss, dc, d, diag_weight, off_weight)
-    }
-    fn cosine_loss_fwd(&self, p: &WgpuStorage, z: &WgpuStorage, out: &WgpuStorage, rows: usize, dim: usize, eps: f32) -> Result<()> {
-        loss::cosine_loss_fwd(self, p, z, out, rows, dim, eps)
-    }
-    fn cosine_loss_bwd(
-        &self,
-        p: &WgpuStorage,
-        z: &WgpuStorage,
-        dloss: &WgpuStorage,
-        dp: &WgpuStorage,
-        dz: Option<&WgpuStorage>,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-    ) -> Result<()> {
-        loss::cosine_loss_bwd(&self.ctx, p, z, dloss, dp, dz, rows, dim, eps)
-    }
-
-    fn sgd_step(&self, tensors: &[SgdTensor<'_, WgpuStorage>], momentum: f32, on_device: Option<SgdOnDevice<'_, WgpuStorage>>) -> Result<()> {
-        let Some(tensors) = crate::backend::sgd_on_host(self, tensors, on_device)? else { return Ok(()) };
-        optim::sgd_step(&self.ctx, &tensors, momentum)
-    }
-    fn ema_update(&self, tensors: &[EmaTensor<'_, WgpuStorage>], tau: f32) -> Result<()> {
-        optim::ema_update(&self.ctx, tensors, tau)
-    }
-
-    fn permute(&self, x: &WgpuStorage, y: &WgpuStorage, shape: &[usize], perm: &[usize]) -> Result<()> {
-        layout::permute(&self.ctx, x, y, shape, perm)
-    }
-    fn slice(&self, x: &WgpuStorage, y: &WgpuStorage, d: &SliceDims) -> Result<()> {
-        layout::slice(&self.ctx, x, y, d)
-    }
-    fn slice_assign(&self, src: &WgpuStorage, dst: &WgpuStorage, d: &SliceDims) -> Result<()> {
-        layout::slice_assign(&self.ctx, src, dst, d)
     }
 }

@@ -1,8 +1,10 @@
 //! The SGD step and the EMA update (shaders/optim.wgsl): one dispatch per tensor, all in the same
 //! compute pass and submission (WebGPU cannot bind a variable number of buffers to one dispatch).
 
+use super::WgpuBackend;
 use super::WgpuStorage;
 use super::context::{Context, Params, kernel, r, w};
+use crate::backend::ops::*;
 use crate::backend::{EmaTensor, SgdTensor};
 use crate::error::Result;
 
@@ -23,4 +25,17 @@ pub fn ema_update(ctx: &Context, tensors: &[EmaTensor<'_, WgpuStorage>], tau: f3
         ctx.launch(kernel("ema_update", "optim", "ema_update_fwd_f32"), p, &binds, ctx.grid1(t.len))?;
     }
     Ok(())
+}
+
+impl OptimOps for WgpuBackend {
+    fn sgd_step(
+        &self, tensors: &[SgdTensor<'_, WgpuStorage>], momentum: f32, on_device: Option<SgdOnDevice<'_, WgpuStorage>>,
+    ) -> Result<()> {
+        let Some(tensors) = crate::backend::sgd_on_host(self, tensors, on_device)? else { return Ok(()) };
+        sgd_step(&self.ctx, &tensors, momentum)
+    }
+
+    fn ema_update(&self, tensors: &[EmaTensor<'_, WgpuStorage>], tau: f32) -> Result<()> {
+        ema_update(&self.ctx, tensors, tau)
+    }
 }

@@ -60,7 +60,7 @@ pub(crate) enum Memory {
     Host,
 }
 
-pub(crate) struct Pool {
+pub(crate) struct BufferPool {
     mem: Memory,
     /// `SSL_ENGINE_CUDA_NO_POOL=1`: exact sizes and no caching (every free waits for the device
     /// and returns the block), so compute-sanitizer's memcheck sees every overrun.
@@ -72,10 +72,10 @@ pub(crate) struct Pool {
 
 const HOST_ALIGN: usize = 256;
 
-impl Pool {
+impl BufferPool {
     pub fn new(mem: Memory) -> Self {
         let exact = matches!(mem, Memory::Cuda(_)) && std::env::var("SSL_ENGINE_CUDA_NO_POOL").is_ok_and(|v| v == "1");
-        Pool { mem, exact, fake_capacity: None, state: Mutex::new(State { fake_next: 1 << 32, ..State::default() }) }
+        BufferPool { mem, exact, fake_capacity: None, state: Mutex::new(State { fake_next: 1 << 32, ..State::default() }) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -279,7 +279,7 @@ impl Pool {
     }
 }
 
-impl Drop for Pool {
+impl Drop for BufferPool {
     fn drop(&mut self) {
         // Every storage holds an Arc of the pool, so no tensor is live here; cached blocks go back.
         let _ = self.release();

@@ -1,0 +1,348 @@
+//! The command-line grammar: every subcommand, its flags and their `--help` text. `main.rs`
+//! parses with it and dispatches; the flags of the device are written once (`DeviceArgs`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use ssl_engine::Result;
+use ssl_engine::backend::Precision;
+use ssl_engine::config::{BackendKind, Config};
+use ssl_engine::optim::OptimizerKind;
+
+/// `train`'s one line: the method names, from the registry.
+fn train_about() -> String {
+    format!(
+        "Pretrain a backbone with one of the methods (`method =` {}) from a TOML recipe; writes checkpoints, metrics.jsonl and plots to `out`.",
+        ssl_engine::ssl::method_names()
+    )
+}
+
+/// `train --help`: each method of the registry with what it is; its settings go in its own table.
+fn train_long_about() -> String {
+    format!("{}\n\nMethods (`method = \"<name>\"`; settings in the `[<name>]` table):\n{}", train_about(), ssl_engine::ssl::methods_help())
+}
+
+#[derive(Parser)]
+#[command(
+    name = "ssl-engine",
+    version,
+    about = "Self-supervised pretraining of vision backbones (ten methods: SimSiam, SimCLR, SupCon, BYOL, SwAV, MoCo v2+/v3, DINO, Barlow Twins, VICReg), from scratch in Rust",
+    long_about = "Self-supervised pretraining of vision backbones (ten methods: SimSiam, SimCLR, SupCon, BYOL, SwAV, MoCo v2+/v3, DINO, Barlow Twins, VICReg), from scratch in Rust.\n\n\
+        Typical use:\n  ssl-engine train --config configs/demo-cpu.toml\n  \
+        ssl-engine eval linear --checkpoint runs/demo/last.safetensors --data data/cifar10-demo\n  \
+        ssl-engine export --checkpoint runs/demo/last.safetensors --out backbone.safetensors\n  \
+        ssl-engine study --config configs/study-demo.toml"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Cmd {
+    /// Pretrain a backbone with one of the methods (the registry's list: `train --help`).
+    #[command(about = train_about(), long_about = train_long_about())]
+    Train {
+        /// Recipe file (configs/*.toml). Without it, the defaults (the CIFAR-10 paper recipe) apply.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        run: RunFlags,
+        /// Continue from a checkpoint (e.g. <out>/last.safetensors): weights, momentum, position.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// Skip at most N steps whose loss is NaN/Inf (no update; batch-norm statistics restored)
+        /// before stopping with exit code 3; each skip is reported. Default: stop at the first.
+        #[arg(long, value_name = "N")]
+        skip_nonfinite: Option<usize>,
+    },
+    /// Evaluate a backbone: kNN classifier or linear probe.
+    Eval {
+        #[command(subcommand)]
+        what: EvalCmd,
+    },
+    /// Write backbone features of every image as .npy (rows in sorted order: class folders, then files) plus labels.
+    Embed {
+        #[command(flatten)]
+        args: EmbedArgs,
+    },
+    /// Export the backbone with torchvision / timm names (load with model.load_state_dict(safetensors.torch.load_file(...))).
+    Export {
+        /// The training checkpoint (or a backbone file) to export from.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The .safetensors file to write (atomically): the backbone alone, PyTorch names and layouts.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Does pretraining help here? Every starting point of `[study] starts` (checkpoints, imported
+    /// weights, `random`, `supervised` from scratch) measured by every protocol (kNN, linear probe,
+    /// fine-tuning, few-label fine-tuning at `labels_per_class`) on a seeded, stratified validation
+    /// split and on the test set. Writes study.md, study.csv, study.json, study_bars.png and
+    /// study_curves.png to `[study] out`; each cell is cached there, so a rerun only computes what
+    /// is missing.
+    Study {
+        /// Study recipe (configs/study-*.toml): data, model, normalisation, `[linear]`, `[study]`.
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        run: RunFlags,
+    },
+    /// Redraw the PNG plots (loss, lr, kNN, z-std) of a run folder from its metrics.jsonl.
+    Plot {
+        /// The run folder (the recipe's `out`), holding metrics.jsonl.
+        run: PathBuf,
+    },
+    /// Benchmarks: a whole training step, or each kernel family.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+/// Where the numbers are computed: the flags of every subcommand that computes. `train` and
+/// `study` default to their recipe's keys; `eval`, `embed` and `bench` to cpu, fp32, all cores.
+#[derive(Args, Clone)]
+pub(crate) struct DeviceArgs {
+    /// Compute backend: cpu, cuda or wgpu (default: the recipe's `backend`; cpu without a recipe
+    /// key, and for eval, embed and bench).
+    #[arg(long)]
+    pub(crate) backend: Option<BackendKind>,
+    /// GPU index (cuda) or WebGPU adapter index (wgpu); default: the first / best one.
+    #[arg(long)]
+    pub(crate) device: Option<usize>,
+    /// fp32 or bf16: what convolutions, matmuls and attention compute in (default: the recipe's
+    /// `precision`, else fp32; weights, optimiser state and checkpoints stay FP32).
+    #[arg(long)]
+    pub(crate) precision: Option<Precision>,
+    /// CPU threads, 0 = all cores (default: the recipe's `threads`, else 0).
+    #[arg(long)]
+    pub(crate) threads: Option<usize>,
+}
+
+/// A backend choice, resolved: the one value the dispatch reads.
+pub(crate) struct Device {
+    pub(crate) backend: BackendKind,
+    pub(crate) index: Option<usize>,
+    pub(crate) precision: Precision,
+    pub(crate) threads: usize,
+}
+
+impl DeviceArgs {
+    /// For the commands without a recipe of their own: the flags, else cpu, fp32, all cores.
+    pub(crate) fn resolve(&self) -> Result<Device> {
+        let precision = self.precision.unwrap_or_default();
+        let backend = self.backend.unwrap_or_default();
+        Ok(Device { backend, index: self.device, precision, threads: self.threads.unwrap_or(0) })
+    }
+
+    /// For `train` and `study`: the recipe with the flags applied and validated, and its device.
+    pub(crate) fn recipe(&self, path: Option<&std::path::Path>, overrides: &[String]) -> Result<(Config, Device)> {
+        let mut cfg = Config::load(path, overrides)?;
+        if let Some(bk) = self.backend {
+            cfg.backend = bk;
+        }
+        if let Some(p) = self.precision {
+            cfg.precision = p;
+        }
+        if let Some(t) = self.threads {
+            cfg.threads = t;
+        }
+        cfg.validate()?;
+        let dev = Device { backend: cfg.backend, index: self.device, precision: cfg.precision, threads: cfg.threads };
+        Ok((cfg, dev))
+    }
+}
+
+/// The flags `train` and `study` share: recipe overrides, the device, the output.
+#[derive(Args, Clone)]
+pub(crate) struct RunFlags {
+    /// Override a recipe key, e.g. --set epochs=10 --set data.path=/data/cifar10/train (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub(crate) overrides: Vec<String>,
+    #[command(flatten)]
+    pub(crate) dev: DeviceArgs,
+    /// No progress bar or per-epoch / per-cell lines.
+    #[arg(long)]
+    pub(crate) quiet: bool,
+}
+
+/// Which backbone, with which recipe, on which device: the flags `eval` and `embed` share.
+#[derive(Args, Clone)]
+pub(crate) struct BackboneArgs {
+    /// Our checkpoint, a PyTorch-named backbone .safetensors (torchvision / timm), or `random`.
+    #[arg(long)]
+    pub(crate) checkpoint: String,
+    /// Backbone preset, only where the weight file cannot tell (and for `random`); an error if it
+    /// contradicts the file.
+    #[arg(long)]
+    pub(crate) model: Option<String>,
+    /// Recipe whose data settings (image size, normalisation) and model to use.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Override a recipe key, e.g. --set data.image_size=64 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub(crate) overrides: Vec<String>,
+    #[command(flatten)]
+    pub(crate) dev: DeviceArgs,
+}
+
+/// The flags of `embed`.
+#[derive(Args, Clone)]
+pub(crate) struct EmbedArgs {
+    #[command(flatten)]
+    pub(crate) net: BackboneArgs,
+    /// The images to embed: an image folder, CIFAR binary or IDX data (every image, in sorted order).
+    #[arg(long)]
+    pub(crate) data: PathBuf,
+    /// Output .npy file for the features; labels go to <stem>_labels.npy beside it.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+}
+
+/// The flags shared by `eval knn` and `eval linear`.
+#[derive(Args, Clone)]
+pub(crate) struct EvalArgs {
+    #[command(flatten)]
+    pub(crate) net: BackboneArgs,
+    /// Training images (the kNN bank / probe training set). A folder with train/ and test/ inside works too.
+    #[arg(long)]
+    pub(crate) data: PathBuf,
+    /// Test images (default: <data>/test when it exists).
+    #[arg(long)]
+    pub(crate) test_data: Option<PathBuf>,
+    /// Also write the metrics (top-1/top-5, macro/micro accuracy and AUC) as JSON to this file.
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum EvalCmd {
+    /// Weighted kNN (cosine, exp(sim/T) votes): top-1/top-5, macro/micro accuracy and AUC.
+    Knn {
+        #[command(flatten)]
+        common: EvalArgs,
+        /// Neighbours that vote.
+        #[arg(long, default_value_t = 200)]
+        k: usize,
+        /// Temperature of the exp(similarity / T) vote weights.
+        #[arg(long, default_value_t = 0.1)]
+        t: f32,
+    },
+    /// Linear probe on frozen, standardised features (eval-mode BN): SGD or LARS, cosine; or --finetune.
+    Linear {
+        #[command(flatten)]
+        common: EvalArgs,
+        /// Epochs of probe (or fine-tuning) training.
+        #[arg(long, default_value_t = 100)]
+        epochs: usize,
+        /// sgd (lr 0.5 on standardised features, 30 on raw ones, at batch 256) or lars (lr 0.02).
+        #[arg(long, default_value = "sgd")]
+        optimizer: OptimizerKind,
+        /// Peak learning rate (cosine decay); default by protocol: 0.5 sgd, 0.02 lars, 30 raw features, 0.1 fine-tuning.
+        #[arg(long)]
+        lr: Option<f64>,
+        /// Probe training batch size.
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+        /// Train the probe on only N labelled images per class (few-label evaluation).
+        #[arg(long)]
+        labels_per_class: Option<usize>,
+        /// Fine-tune the whole backbone with the head (train-mode BN, crop + flip) instead of a
+        /// frozen-feature probe; use a small --lr such as 0.1.
+        #[arg(long)]
+        finetune: bool,
+        /// Weight decay of the probe (default: the recipe's linear.weight_decay; 5e-4 when fine-tuning).
+        #[arg(long)]
+        weight_decay: Option<f32>,
+        /// Probe the raw features (MoCo's protocol, default lr 30) instead of standardised ones.
+        #[arg(long)]
+        raw_features: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BenchCmd {
+    /// Times forward + backward + SGD of a backbone with a 10-class head (median of --runs).
+    Step {
+        #[command(flatten)]
+        dev: DeviceArgs,
+        /// Backbone preset: resnet18-cifar, resnet34-cifar, resnet50-cifar, resnet18, vit-tiny, vit-small, ...
+        #[arg(long, default_value = "resnet18-cifar")]
+        model: String,
+        /// Batch size (per view with --simsiam).
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Input image side in pixels.
+        #[arg(long, default_value_t = 32)]
+        image_size: usize,
+        /// Untimed steps first (kernel compilation, caches, allocator).
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Timed steps; the median is reported with the min and max.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Time a whole SimSiam step (two views, projector, predictor, loss) instead of the
+        /// supervised step; images/s then counts views.
+        #[arg(long)]
+        simsiam: bool,
+        /// With --backend cuda --simsiam: no GPU, no timing; run one step on the dry-run device
+        /// and list its kernel launches and the bytes they reach (the step census).
+        #[arg(long)]
+        dry_run: bool,
+        /// With --simsiam on cuda: launch every kernel of the step eagerly instead of replaying
+        /// forward and backward as one CUDA graph (recorded in the warm-up).
+        #[arg(long)]
+        no_graph: bool,
+    },
+    /// Times each kernel family on ResNet-18 (CIFAR) and ViT-tiny shapes.
+    Kernels {
+        #[command(flatten)]
+        dev: DeviceArgs,
+        /// Batch size the shapes are built for.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Only kernels whose name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Timed runs per kernel after one warm-up; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// No timing: compile every CUDA kernel for sm_90a and print registers, spills, shared
+        /// memory, theoretical occupancy and the instruction mix (HMMA, LDGSTS, LDSM, local
+        /// memory, division calls). Needs libnvrtc and cuobjdump, not a GPU.
+        #[arg(long = "static")]
+        static_report: bool,
+    },
+    /// Images per second of the data loader (decode when streaming, augment, normalise) and the
+    /// process's peak memory.
+    Loader {
+        /// Image folder, CIFAR binary or IDX data.
+        #[arg(long, default_value = "data/cifar10-demo/train")]
+        data: PathBuf,
+        /// Loader threads (0 = all cores).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+        /// Images per batch.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Batches to time (after one warm-up batch).
+        #[arg(long, default_value_t = 20)]
+        batches: usize,
+        /// The views' side in pixels (data.image_size).
+        #[arg(long, default_value_t = 32)]
+        image_size: usize,
+        /// "ram": decode every image once, before timing; "none": decode per batch (data.cache).
+        #[arg(long, default_value = "ram")]
+        cache: String,
+        /// "simsiam": the full SimSiam recipe (crop, flip, colour jitter, grey, blur); "crop":
+        /// RandomResizedCrop + horizontal flip + normalise only (what torchvision's ImageNet
+        /// training transform does).
+        #[arg(long, default_value = "simsiam")]
+        recipe: String,
+        /// Augmented views per image (2 for SimSiam).
+        #[arg(long, default_value_t = 2)]
+        views: usize,
+    },
+}
+

@@ -1,0 +1,148 @@
+//! Step one of a run: check the backend and a resume, load the data, build the method and the
+//! optimiser, restore a checkpoint, and measure the randomly initialised backbone.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::TrainSummary;
+use super::monitor::knn_monitor;
+use super::resume::{check_resume_compatible, save_on_interrupt};
+use crate::backend::Backend;
+use crate::checkpoint::{TrainState, WeightFile};
+use crate::config::Config;
+use crate::data::{Dataset, Split};
+use crate::error::{Error, Result};
+use crate::nn::ParamStore;
+use crate::optim::{self, Optimizer};
+use crate::run_log::MetricsLog;
+use crate::setup::{build_method, load_split};
+use crate::ssl::Method;
+
+/// Everything a run holds from its start to its end: the data, the model, the optimiser, the
+/// position, the log and what the summary has gathered so far.
+pub(super) struct Run<'a, B: Backend> {
+    pub b: &'a B,
+    pub cfg: &'a Config,
+    pub show: bool,
+    pub train_set: Arc<Dataset>,
+    pub test_set: Option<Dataset>,
+    pub ps: ParamStore<B>,
+    pub method: Box<dyn Method<B>>,
+    pub opt: Box<dyn Optimizer<B>>,
+    pub state: TrainState,
+    pub log: MetricsLog,
+    pub summary: TrainSummary,
+}
+
+/// Prints a progress line on stderr unless the run is quiet.
+pub(super) fn say(show: bool, s: String) {
+    if show {
+        eprintln!("{s}");
+    }
+}
+
+impl<'a, B: Backend> Run<'a, B> {
+    /// Sets the run up (or resumes it); errors come in the order a user fixes them: the
+    /// backend, the run folder, the resume, the data.
+    pub fn start(b: &'a B, cfg: &'a Config, resume: Option<&Path>, show: bool) -> Result<Self> {
+        if b.precision() != cfg.precision {
+            return Err(Error::Config(format!(
+                "precision {:?} in the config, but the {} backend was built for {:?} (build it with_precision)",
+                cfg.precision.as_str(),
+                b.name(),
+                b.precision().as_str()
+            )));
+        }
+        std::fs::create_dir_all(&cfg.out)
+            .map_err(|e| Error::File { path: cfg.out.display().to_string(), msg: format!("cannot create run folder: {e}") })?;
+        crate::checkpoint::remove_stale_temp_files(&cfg.out);
+        // A resume is checked before anything is loaded or built: a mismatch is one clear line.
+        let resume_from = match resume {
+            Some(path) => {
+                let wf = WeightFile::read(path)?;
+                let saved = wf.state()?;
+                check_resume_compatible(path, &saved, cfg)?;
+                Some((path, wf, saved))
+            }
+            None => None,
+        };
+        let (train_set, test_set) = load_data(cfg, show)?;
+        let skipped = train_set.skipped.len() + test_set.as_ref().map_or(0, |t| t.skipped.len());
+        say(
+            show,
+            format!(
+                "data: {} training images, {} classes{}{}",
+                train_set.len(),
+                train_set.classes.len(),
+                test_set.as_ref().map(|t| format!(", {} test images", t.len())).unwrap_or_default(),
+                if skipped > 0 { format!(" ({skipped} unreadable images skipped)") } else { String::new() }
+            ),
+        );
+
+        let (ps, method) = build_method(b, cfg)?;
+        let opt = optim::build::<B>(cfg.optim.optimizer, cfg.optim.momentum, &cfg.optim.lars);
+        let state = TrainState { epoch: 0, step_in_epoch: 0, global_step: 0, method: cfg.method.clone(), config: cfg.to_toml() };
+        let log = MetricsLog::open(&cfg.out)?;
+        let summary = TrainSummary { out: cfg.out.clone(), skipped_images: skipped, ..Default::default() };
+        let mut run = Run { b, cfg, show, train_set, test_set, ps, method, opt, state, log, summary };
+        if let Some((path, wf, saved)) = resume_from {
+            wf.load_into(&mut run.ps, "", "")?;
+            wf.load_optimizer_state(&run.ps, run.opt.as_mut())?;
+            run.method.load_state(&wf.method_state(b)?)?;
+            run.state = TrainState { config: cfg.to_toml(), ..saved };
+            let st = &run.state;
+            say(show, format!("resumed from {} at epoch {}, step {}", path.display(), st.epoch, st.step_in_epoch));
+            let line = json!({"type": "resume", "from": path.display().to_string(), "epoch": st.epoch, "global_step": st.global_step});
+            run.log.write(line)?;
+        }
+        let params = run.ps.num_params();
+        say(show, format!("model: {} ({params} parameters), method {}, backend {}, precision {}", cfg.model, cfg.method, b.name(), cfg.precision.as_str()));
+
+        if run.state.global_step == 0 && run.test_set.is_some() {
+            let acc = run.knn()?;
+            say(show, format!("kNN top-1 of the randomly initialised backbone: {:.2}%", acc * 100.0));
+            run.summary.knn_init = Some(acc);
+            run.log.write(json!({"type": "knn", "epoch": 0, "knn_top1": acc, "init": true}))?;
+        }
+        Ok(run)
+    }
+
+    /// The kNN monitor on the test set (the caller checks there is one); a stop request
+    /// during it saves the last completed step.
+    pub fn knn(&self) -> Result<f64> {
+        let test = self.test_set.as_ref().expect("the kNN monitor runs only with a test set");
+        knn_monitor(self.method.as_ref(), &self.ps, &self.train_set, test, self.cfg, self.show).map_err(|e| self.saved_on_interrupt(e))
+    }
+
+    /// `Error::Interrupted` after saving `last.safetensors`; any other error as it is.
+    pub fn saved_on_interrupt(&self, e: Error) -> Error {
+        save_on_interrupt(e, self.cfg, &self.ps, self.opt.as_ref(), self.method.as_ref(), &self.state)
+    }
+}
+
+/// The training images (at least one batch of them) and, when the kNN monitor can vote, the
+/// test images.
+fn load_data(cfg: &Config, show: bool) -> Result<(Arc<Dataset>, Option<Dataset>)> {
+    let train_set = Arc::new(load_split(&cfg.data.path, Split::Train, cfg)?);
+    if train_set.len() < cfg.batch_size {
+        return Err(Error::Config(format!(
+            "data.path {}: {} images, fewer than one batch of {}",
+            cfg.data.path.display(),
+            train_set.len(),
+            cfg.batch_size
+        )));
+    }
+    // The kNN monitor votes with the training images' labels: unlabelled ones have none.
+    let unlabeled = train_set.classes == [crate::data::stl10::UNLABELED];
+    let test_set = match &cfg.data.test_path {
+        Some(_) if unlabeled => {
+            say(show, "kNN monitor off: the training images are unlabelled (one class, \"unlabeled\")".into());
+            None
+        }
+        Some(p) => Some(load_split(p, Split::Test, cfg)?),
+        None => None,
+    };
+    Ok((train_set, test_set))
+}
