@@ -32,29 +32,76 @@ var<workgroup> ts2: array<f32, ATT_BK * DM>;
 var<workgroup> tv1: array<f32, ATT_BK>;
 var<workgroup> tv2: array<f32, ATT_BK>;
 
+// Lanes: invocation li of workgroup x owns row x * ATT_BQ + li of its side (queries for the
+// forward and dq, keys for dk and dv). A lane past the end works on the last row, so that it
+// stages its share of every tile and meets every barrier, and stores nothing.
+
+// Element dd of row `row` of the query-side pair (q, dout), or of the key-side pair (k, v)
+// (backward kernels only: the forward binds no dout).
+fn row_pair(query_side: bool, row: u32, dd: u32) -> vec2<f32> {
+    let at = row * p.d + dd;
+    if (query_side) {
+        return vec2<f32>(qin[at], dout[at]);
+    }
+    return vec2<f32>(kin[at], vin[at]);
+}
+
+// The workgroup-memory slot of element e of a staged tile (tile row e / d, rows DM apart).
+fn tile_slot(e: u32) -> u32 {
+    return (e / p.d) * DM + e % p.d;
+}
+
+// Stages key rows j0 .. j0 + nt of head b, k into ts1 and v into ts2, by the whole workgroup
+// (the rows are contiguous, so element e of the tile is element e from the first); the caller
+// waits at a barrier before reading them.
+fn stage_kv(b: u32, j0: u32, nt: u32, li: u32) {
+    let first = (b * p.tk + j0) * p.d;
+    for (var e = li; e < nt * p.d; e += ATT_BQ) {
+        ts1[tile_slot(e)] = kin[first + e];
+        ts2[tile_slot(e)] = vin[first + e];
+    }
+}
+
+// A lane's own row of one side's pair, kept in registers by the backward kernels.
+fn own_row(query_side: bool, row: u32) -> array<vec2<f32>, DM> {
+    var own: array<vec2<f32>, DM>;
+    for (var dd = 0u; dd < p.d; dd++) {
+        own[dd] = row_pair(query_side, row, dd);
+    }
+    return own;
+}
+
+// (P_ij, dS_ij) for staged tile row t against a lane's own row: s = q_i . k_j, dp = dout_i . v_j,
+// P_ij = exp(s scale - lse_i), dS_ij = P_ij (dp - D_i) scale. The own row is (q_i, dout_i)
+// against staged (k, v) for dq, or (k_j, v_j) against staged (q, dout) for dk and dv.
+fn prob_dscore(t: u32, own: ptr<function, array<vec2<f32>, DM>>, lse_i: f32, d_i: f32) -> vec2<f32> {
+    var s = 0.0;
+    var dp = 0.0;
+    for (var dd = 0u; dd < p.d; dd++) {
+        let o = (*own)[dd];
+        s = fma(o.x, ts1[t * DM + dd], s);
+        dp = fma(o.y, ts2[t * DM + dd], dp);
+    }
+    let pr = exp(s * p.scale - lse_i);
+    return vec2<f32>(pr, pr * (dp - d_i) * p.scale);
+}
+
 // Grid: (ceil(tq / ATT_BQ), min(bh, limit)); o1 = o, o2 = lse.
 @compute @workgroup_size(ATT_BQ)
 fn attention_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let i = wid.x * ATT_BQ + li;
-    let valid = i < p.tq;
-    let qi = min(i, p.tq - 1u);
     for (var b = wid.y; b < p.bh; b += nwg.y) {
+        let row = b * p.tq + min(i, p.tq - 1u);
         var q: array<f32, DM>;
         var acc: array<f32, DM>;
         for (var dd = 0u; dd < p.d; dd++) {
-            q[dd] = qin[(b * p.tq + qi) * p.d + dd];
+            q[dd] = qin[row * p.d + dd];
         }
         var m = NEG_BIG;
         var l = 0.0;
         for (var j0 = 0u; j0 < p.tk; j0 += ATT_BK) {
             let nt = min(ATT_BK, p.tk - j0);
-            for (var e = li; e < nt * p.d; e += ATT_BQ) {
-                let jj = e / p.d;
-                let dd = e % p.d;
-                let src = (b * p.tk + j0 + jj) * p.d + dd;
-                ts1[jj * DM + dd] = kin[src];
-                ts2[jj * DM + dd] = vin[src];
-            }
+            stage_kv(b, j0, nt, li);
             workgroupBarrier();
             var sc: array<f32, ATT_BK>;
             var mt = m;
@@ -82,12 +129,12 @@ fn attention_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
             m = mt;
             workgroupBarrier();
         }
-        if (valid) {
+        if (i < p.tq) {
             let inv = 1.0 / l;
             for (var dd = 0u; dd < p.d; dd++) {
-                o1[(b * p.tq + i) * p.d + dd] = acc[dd] * inv;
+                o1[row * p.d + dd] = acc[dd] * inv;
             }
-            o2[b * p.tq + i] = m + log(l);
+            o2[row] = m + log(l);
         }
     }
 }
@@ -108,77 +155,49 @@ fn attention_rowdot_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
 @compute @workgroup_size(ATT_BQ)
 fn attention_dq_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let i = wid.x * ATT_BQ + li;
-    let valid = i < p.tq;
-    let qi = min(i, p.tq - 1u);
     for (var b = wid.y; b < p.bh; b += nwg.y) {
-        var q: array<f32, DM>;
-        var g: array<f32, DM>;
+        let row = b * p.tq + min(i, p.tq - 1u);
+        let lse_i = lse[row];
+        let d_i = dvec[row];
+        var own = own_row(true, row);
         var acc: array<f32, DM>;
-        let row = b * p.tq + qi;
-        for (var dd = 0u; dd < p.d; dd++) {
-            q[dd] = qin[row * p.d + dd];
-            g[dd] = dout[row * p.d + dd];
-        }
-        let lrow = lse[row];
-        let drow = dvec[row];
         for (var j0 = 0u; j0 < p.tk; j0 += ATT_BK) {
             let nt = min(ATT_BK, p.tk - j0);
-            for (var e = li; e < nt * p.d; e += ATT_BQ) {
-                let jj = e / p.d;
-                let dd = e % p.d;
-                let src = (b * p.tk + j0 + jj) * p.d + dd;
-                ts1[jj * DM + dd] = kin[src];
-                ts2[jj * DM + dd] = vin[src];
-            }
+            stage_kv(b, j0, nt, li);
             workgroupBarrier();
             for (var jj = 0u; jj < nt; jj++) {
-                var s = 0.0;
-                var dp = 0.0;
-                for (var dd = 0u; dd < p.d; dd++) {
-                    s = fma(q[dd], ts1[jj * DM + dd], s);
-                    dp = fma(g[dd], ts2[jj * DM + dd], dp);
-                }
-                let pr = exp(s * p.scale - lrow);
-                let ds = pr * (dp - drow) * p.scale;
+                let ds = prob_dscore(jj, &own, lse_i, d_i).y;
                 for (var dd = 0u; dd < p.d; dd++) {
                     acc[dd] = fma(ds, ts1[jj * DM + dd], acc[dd]);
                 }
             }
             workgroupBarrier();
         }
-        if (valid) {
+        if (i < p.tq) {
             for (var dd = 0u; dd < p.d; dd++) {
-                o1[(b * p.tq + i) * p.d + dd] = acc[dd];
+                o1[row * p.d + dd] = acc[dd];
             }
         }
     }
 }
 
-// dv_j = sum_i P_ij dout_i, dk_j = sum_i dS_ij q_i; one invocation per key row.
+// dv_j = sum_i P_ij dout_i, dk_j = sum_i dS_ij q_i; one lane per key row.
 // Grid: (ceil(tk / ATT_BQ), min(bh, limit)); o1 = dk, o2 = dv.
 @compute @workgroup_size(ATT_BQ)
 fn attention_dkdv_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let j = wid.x * ATT_BQ + li;
-    let valid = j < p.tk;
-    let kj = min(j, p.tk - 1u);
     for (var b = wid.y; b < p.bh; b += nwg.y) {
-        var kr: array<f32, DM>;
-        var vr: array<f32, DM>;
+        let row = b * p.tk + min(j, p.tk - 1u);
+        var own = own_row(false, row);
         var dk: array<f32, DM>;
         var dv: array<f32, DM>;
-        let row = b * p.tk + kj;
-        for (var dd = 0u; dd < p.d; dd++) {
-            kr[dd] = kin[row * p.d + dd];
-            vr[dd] = vin[row * p.d + dd];
-        }
         for (var i0 = 0u; i0 < p.tq; i0 += ATT_BK) {
             let nt = min(ATT_BK, p.tq - i0);
+            // query rows i0 .. i0 + nt: q into ts1, dout into ts2, and their lse and D
+            let first = (b * p.tq + i0) * p.d;
             for (var e = li; e < nt * p.d; e += ATT_BQ) {
-                let ii = e / p.d;
-                let dd = e % p.d;
-                let src = (b * p.tq + i0 + ii) * p.d + dd;
-                ts1[ii * DM + dd] = qin[src];
-                ts2[ii * DM + dd] = dout[src];
+                ts1[tile_slot(e)] = qin[first + e];
+                ts2[tile_slot(e)] = dout[first + e];
             }
             for (var e = li; e < nt; e += ATT_BQ) {
                 tv1[e] = lse[b * p.tq + i0 + e];
@@ -186,25 +205,18 @@ fn attention_dkdv_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
             }
             workgroupBarrier();
             for (var ii = 0u; ii < nt; ii++) {
-                var s = 0.0;
-                var dp = 0.0;
+                let pd = prob_dscore(ii, &own, tv1[ii], tv2[ii]);
                 for (var dd = 0u; dd < p.d; dd++) {
-                    s = fma(ts1[ii * DM + dd], kr[dd], s);
-                    dp = fma(ts2[ii * DM + dd], vr[dd], dp);
-                }
-                let pr = exp(s * p.scale - tv1[ii]);
-                let ds = pr * (dp - tv2[ii]) * p.scale;
-                for (var dd = 0u; dd < p.d; dd++) {
-                    dv[dd] = fma(pr, ts2[ii * DM + dd], dv[dd]);
-                    dk[dd] = fma(ds, ts1[ii * DM + dd], dk[dd]);
+                    dv[dd] = fma(pd.x, ts2[ii * DM + dd], dv[dd]);
+                    dk[dd] = fma(pd.y, ts1[ii * DM + dd], dk[dd]);
                 }
             }
             workgroupBarrier();
         }
-        if (valid) {
+        if (j < p.tk) {
             for (var dd = 0u; dd < p.d; dd++) {
-                o1[(b * p.tk + j) * p.d + dd] = dk[dd];
-                o2[(b * p.tk + j) * p.d + dd] = dv[dd];
+                o1[row * p.d + dd] = dk[dd];
+                o2[row * p.d + dd] = dv[dd];
             }
         }
     }

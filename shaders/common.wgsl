@@ -12,6 +12,11 @@ fn flat_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.y * nwg.x + wid.x;
 }
 
+// Workgroups in an (x, y) grid: kernels with a workgroup per row loop `row += group_stride(nwg)`.
+fn group_stride(nwg: vec3<u32>) -> u32 {
+    return nwg.x * nwg.y;
+}
+
 // A finite stand-in for -infinity (max and exp behave, no inf arithmetic).
 const NEG_BIG: f32 = -3.0e38;
 

@@ -34,14 +34,20 @@ fn permute_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     }
 }
 
+// The index in the full [outer, axis, inner] tensor of element idx of its slice
+// [outer, len, inner] (middle axis from `start`).
+fn slice_to_full(idx: u32) -> u32 {
+    let block = p.len * p.inner;
+    let o = idx / block;
+    let rest = idx % block;
+    return (o * p.axis + p.start) * p.inner + rest;
+}
+
 // y [outer, len, inner] = x [outer, start..start+len, inner]
 @compute @workgroup_size(WG)
 fn slice_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.n; idx += grid_stride(nwg)) {
-        let block = p.len * p.inner;
-        let o = idx / block;
-        let rest = idx % block;
-        y[idx] = x[(o * p.axis + p.start) * p.inner + rest];
+        y[idx] = x[slice_to_full(idx)];
     }
 }
 
@@ -49,9 +55,6 @@ fn slice_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 @compute @workgroup_size(WG)
 fn slice_assign_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.n; idx += grid_stride(nwg)) {
-        let block = p.len * p.inner;
-        let o = idx / block;
-        let rest = idx % block;
-        y[(o * p.axis + p.start) * p.inner + rest] = x[idx];
+        y[slice_to_full(idx)] = x[idx];
     }
 }

@@ -15,26 +15,26 @@ struct P {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
+// Index of element (r, c) of an R x C operand stored row-major, or transposed (C x R) when
+// `trans`.
+fn operand_index(r: u32, c: u32, rows: u32, cols: u32, trans: bool) -> u32 {
+    return select(r * cols + c, c * rows + r, trans);
+}
+
+// op(A)[z] (i, kk), zero past m
 fn gemm_a(mode: u32, z: u32, i: u32, kk: u32) -> f32 {
     if (i >= p.m) {
         return 0.0;
     }
-    let base = z * p.m * p.k;
-    if (p.ta != 0u) {
-        return a[base + kk * p.m + i];
-    }
-    return a[base + i * p.k + kk];
+    return a[z * p.m * p.k + operand_index(i, kk, p.m, p.k, p.ta != 0u)];
 }
 
+// op(B)[z] (kk, j), zero past n
 fn gemm_b(mode: u32, z: u32, kk: u32, j: u32) -> f32 {
     if (j >= p.n) {
         return 0.0;
     }
-    let base = z * p.k * p.n;
-    if (p.tb != 0u) {
-        return b[base + j * p.k + kk];
-    }
-    return b[base + kk * p.n + j];
+    return b[z * p.k * p.n + operand_index(kk, j, p.k, p.n, p.tb != 0u)];
 }
 
 // Grid: (ceil(n / MM_BN), ceil(m / MM_BM), min(batch, limit)); z loops over the batch.

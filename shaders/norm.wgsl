@@ -62,18 +62,27 @@ fn col_split(idx: u32) -> ColSplit {
     return ColSplit(idx % p.ch, s * p.chunk, min(p.rows, (s + 1u) * p.chunk));
 }
 
-// (sum dy, sum dy * xhat) over the rows of `cs` in its channel; xhat = (x - sa) * sb with
-// per-channel statistics (batch norm), or per-row ones (layer norm) when `per_row`.
-fn col_dy_xhat_sums(cs: ColSplit, per_row: bool) -> vec2<f32> {
+// Element i normalised with the statistics at st: sa[st] the mean, sb[st] the invstd / rstd.
+fn xhat(i: u32, st: u32) -> f32 {
+    return (x[i] - sa[st]) * sb[st];
+}
+
+// The backward's column sums for split invocation idx: (sum dy, sum dy * xhat) over its rows,
+// with per-channel statistics (batch norm: its dx needs both), or (sum dy * xhat, sum dy) with
+// per-row ones (layer norm: dgamma, dbeta) when `per_row`; stored at o1[idx, 0..2].
+fn store_dy_xhat_sums(idx: u32, per_row: bool) {
+    let cs = col_split(idx);
     var sum_dy = 0.0;
     var sum_dy_xhat = 0.0;
     for (var r = cs.r0; r < cs.r1; r++) {
-        let st = select(cs.c, r, per_row);
-        let g = dy[r * p.ch + cs.c];
+        let i = r * p.ch + cs.c;
+        let g = dy[i];
         sum_dy += g;
-        sum_dy_xhat += g * ((x[r * p.ch + cs.c] - sa[st]) * sb[st]);
+        sum_dy_xhat += g * xhat(i, select(cs.c, r, per_row));
     }
-    return vec2<f32>(sum_dy, sum_dy_xhat);
+    let sums = select(vec2<f32>(sum_dy, sum_dy_xhat), vec2<f32>(sum_dy_xhat, sum_dy), per_row);
+    o1[idx * 2u] = sums.x;
+    o1[idx * 2u + 1u] = sums.y;
 }
 
 // o1[s, c] = sum_(r in split s) x[r, c]
@@ -108,9 +117,7 @@ fn batchnorm_sqdev_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
 @compute @workgroup_size(WG)
 fn batchnorm_stats_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
-        let sums = col_dy_xhat_sums(col_split(idx), false);
-        o1[idx * 2u] = sums.x;
-        o1[idx * 2u + 1u] = sums.y;
+        store_dy_xhat_sums(idx, false);
     }
 }
 
@@ -118,9 +125,7 @@ fn batchnorm_stats_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
 @compute @workgroup_size(WG)
 fn layernorm_stats_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.nsplit * p.ch; idx += grid_stride(nwg)) {
-        let sums = col_dy_xhat_sums(col_split(idx), true);
-        o1[idx * 2u] = sums.y;
-        o1[idx * 2u + 1u] = sums.x;
+        store_dy_xhat_sums(idx, true);
     }
 }
 
@@ -218,10 +223,8 @@ fn batchnorm_dx_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     for (var i = flat_id(wid, nwg, li); i < p.rows * p.ch; i += grid_stride(nwg)) {
         let c = i % p.ch;
         let n = f32(p.rows);
-        let is = sb[c];
-        let xhat = (x[i] - sa[c]) * is;
-        let k = gamma_at(c) * is / n;
-        o1[i] = k * (n * dy[i] - t1[c] - xhat * t2[c]);
+        let k = gamma_at(c) * sb[c] / n;
+        o1[i] = k * (n * dy[i] - t1[c] - xhat(i, c) * t2[c]);
     }
 }
 
@@ -230,14 +233,11 @@ fn batchnorm_dx_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
 // Its row reductions (wg_sum, wg_max) come from reduce.wgsl, over workgroups of ROW_WG lanes.
 const RED_WG: u32 = ROW_WG;
 
-// y = (x - mean) * rstd * gamma + beta; o1 = y, o2 = mean, o3 = rstd
-@compute @workgroup_size(ROW_WG)
-fn layernorm_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let row = flat_group(wid, nwg);
-    if (row >= p.rows) {
-        return;
-    }
-    let base = row * p.ch;
+// Row kernels loop `row += group_stride(nwg)` as the 1-D ones loop over elements; the host
+// launches a workgroup per row (rounded up to its grid), so each takes one row or none.
+
+// (mean, rstd) of the row at `base`, by the whole workgroup: two passes, as the CPU.
+fn row_mean_rstd(base: u32, li: u32) -> vec2<f32> {
     var s = 0.0;
     for (var j = li; j < p.ch; j += ROW_WG) {
         s += x[base + j];
@@ -248,13 +248,22 @@ fn layernorm_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         let d = x[base + j] - mean;
         q += d * d;
     }
-    let rstd = 1.0 / sqrt(wg_sum(q, li) / f32(p.ch) + p.eps);
-    for (var j = li; j < p.ch; j += ROW_WG) {
-        o1[base + j] = (x[base + j] - mean) * rstd * gamma[j] + beta[j];
-    }
-    if (li == 0u) {
-        o2[row] = mean;
-        o3[row] = rstd;
+    return vec2<f32>(mean, 1.0 / sqrt(wg_sum(q, li) / f32(p.ch) + p.eps));
+}
+
+// y = (x - mean) * rstd * gamma + beta; o1 = y, o2 = mean, o3 = rstd
+@compute @workgroup_size(ROW_WG)
+fn layernorm_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var row = flat_group(wid, nwg); row < p.rows; row += group_stride(nwg)) {
+        let base = row * p.ch;
+        let st = row_mean_rstd(base, li);
+        for (var j = li; j < p.ch; j += ROW_WG) {
+            o1[base + j] = (x[base + j] - st.x) * st.y * gamma[j] + beta[j];
+        }
+        if (li == 0u) {
+            o2[row] = st.x;
+            o3[row] = st.y;
+        }
     }
 }
 
@@ -270,66 +279,57 @@ fn row_dot_x_dy(base: u32, li: u32) -> f32 {
 // Row-wise L2 normalisation (F.normalize): o1 = x / n, o2 = n = max(|x|, eps)
 @compute @workgroup_size(ROW_WG)
 fn l2_normalize_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let row = flat_group(wid, nwg);
-    if (row >= p.rows) {
-        return;
-    }
-    let base = row * p.ch;
-    var s = 0.0;
-    for (var j = li; j < p.ch; j += ROW_WG) {
-        s += x[base + j] * x[base + j];
-    }
-    let n = max(sqrt(wg_sum(s, li)), p.eps);
-    for (var j = li; j < p.ch; j += ROW_WG) {
-        o1[base + j] = x[base + j] / n;
-    }
-    if (li == 0u) {
-        o2[row] = n;
+    for (var row = flat_group(wid, nwg); row < p.rows; row += group_stride(nwg)) {
+        let base = row * p.ch;
+        var s = 0.0;
+        for (var j = li; j < p.ch; j += ROW_WG) {
+            s += x[base + j] * x[base + j];
+        }
+        let n = max(sqrt(wg_sum(s, li)), p.eps);
+        for (var j = li; j < p.ch; j += ROW_WG) {
+            o1[base + j] = x[base + j] / n;
+        }
+        if (li == 0u) {
+            o2[row] = n;
+        }
     }
 }
 
 // o1 = dx = dy / n - x (x . dy) / n^3 (dy / n where n was clamped at eps); sa = n
 @compute @workgroup_size(ROW_WG)
 fn l2_normalize_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let row = flat_group(wid, nwg);
-    if (row >= p.rows) {
-        return;
-    }
-    let base = row * p.ch;
-    let n = sa[row];
-    let dot = row_dot_x_dy(base, li);
-    var k = 0.0;
-    if (n > p.eps) {
-        k = dot / (n * n * n);
-    }
-    for (var j = li; j < p.ch; j += ROW_WG) {
-        o1[base + j] = dy[base + j] / n - x[base + j] * k;
+    for (var row = flat_group(wid, nwg); row < p.rows; row += group_stride(nwg)) {
+        let base = row * p.ch;
+        let n = sa[row];
+        let dot = row_dot_x_dy(base, li);
+        var k = 0.0;
+        if (n > p.eps) {
+            k = dot / (n * n * n);
+        }
+        for (var j = li; j < p.ch; j += ROW_WG) {
+            o1[base + j] = dy[base + j] / n - x[base + j] * k;
+        }
     }
 }
 
-// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma; sa, sb = mean, rstd
 @compute @workgroup_size(ROW_WG)
 fn layernorm_dx_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let row = flat_group(wid, nwg);
-    if (row >= p.rows) {
-        return;
-    }
-    let base = row * p.ch;
-    let mean = sa[row];
-    let rstd = sb[row];
-    var s1 = 0.0;
-    var s2 = 0.0;
-    for (var j = li; j < p.ch; j += ROW_WG) {
-        let g = dy[base + j] * gamma[j];
-        s1 += g;
-        s2 += g * ((x[base + j] - mean) * rstd);
-    }
-    let m1 = wg_sum(s1, li) / f32(p.ch);
-    let m2 = wg_sum(s2, li) / f32(p.ch);
-    for (var j = li; j < p.ch; j += ROW_WG) {
-        let g = dy[base + j] * gamma[j];
-        let xhat = (x[base + j] - mean) * rstd;
-        o1[base + j] = rstd * (g - m1 - xhat * m2);
+    for (var row = flat_group(wid, nwg); row < p.rows; row += group_stride(nwg)) {
+        let base = row * p.ch;
+        var s1 = 0.0;
+        var s2 = 0.0;
+        for (var j = li; j < p.ch; j += ROW_WG) {
+            let g = dy[base + j] * gamma[j];
+            s1 += g;
+            s2 += g * xhat(base + j, row);
+        }
+        let m1 = wg_sum(s1, li) / f32(p.ch);
+        let m2 = wg_sum(s2, li) / f32(p.ch);
+        for (var j = li; j < p.ch; j += ROW_WG) {
+            let g = dy[base + j] * gamma[j];
+            o1[base + j] = sb[row] * (g - m1 - xhat(base + j, row) * m2);
+        }
     }
 }
 
@@ -350,55 +350,47 @@ fn row_max_expsum(base: u32, li: u32) -> vec2<f32> {
 // o1[row] = log sum_j exp(x[row, j]), max-shifted
 @compute @workgroup_size(ROW_WG)
 fn logsumexp_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let row = flat_group(wid, nwg);
-    if (row >= p.rows) {
-        return;
-    }
-    let ms = row_max_expsum(row * p.ch, li);
-    if (li == 0u) {
-        o1[row] = ms.x + log(ms.y);
+    for (var row = flat_group(wid, nwg); row < p.rows; row += group_stride(nwg)) {
+        let ms = row_max_expsum(row * p.ch, li);
+        if (li == 0u) {
+            o1[row] = ms.x + log(ms.y);
+        }
     }
 }
 
 // dx = dlse * exp(x - lse); sa holds lse, dy holds dlse (one value per row)
 @compute @workgroup_size(ROW_WG)
 fn logsumexp_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let row = flat_group(wid, nwg);
-    if (row >= p.rows) {
-        return;
-    }
-    let base = row * p.ch;
-    let l = sa[row];
-    let g = dy[row];
-    for (var j = li; j < p.ch; j += ROW_WG) {
-        o1[base + j] = g * exp(x[base + j] - l);
+    for (var row = flat_group(wid, nwg); row < p.rows; row += group_stride(nwg)) {
+        let base = row * p.ch;
+        let l = sa[row];
+        let g = dy[row];
+        for (var j = li; j < p.ch; j += ROW_WG) {
+            o1[base + j] = g * exp(x[base + j] - l);
+        }
     }
 }
 
 @compute @workgroup_size(ROW_WG)
 fn softmax_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let row = flat_group(wid, nwg);
-    if (row >= p.rows) {
-        return;
-    }
-    let base = row * p.ch;
-    let ms = row_max_expsum(base, li);
-    let inv = 1.0 / ms.y;
-    for (var j = li; j < p.ch; j += ROW_WG) {
-        o1[base + j] = exp(x[base + j] - ms.x) * inv;
+    for (var row = flat_group(wid, nwg); row < p.rows; row += group_stride(nwg)) {
+        let base = row * p.ch;
+        let ms = row_max_expsum(base, li);
+        let inv = 1.0 / ms.y;
+        for (var j = li; j < p.ch; j += ROW_WG) {
+            o1[base + j] = exp(x[base + j] - ms.x) * inv;
+        }
     }
 }
 
 // dx = y * (dy - sum(y * dy)); x holds y
 @compute @workgroup_size(ROW_WG)
 fn softmax_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let row = flat_group(wid, nwg);
-    if (row >= p.rows) {
-        return;
-    }
-    let base = row * p.ch;
-    let dot = row_dot_x_dy(base, li);
-    for (var j = li; j < p.ch; j += ROW_WG) {
-        o1[base + j] = x[base + j] * (dy[base + j] - dot);
+    for (var row = flat_group(wid, nwg); row < p.rows; row += group_stride(nwg)) {
+        let base = row * p.ch;
+        let dot = row_dot_x_dy(base, li);
+        for (var j = li; j < p.ch; j += ROW_WG) {
+            o1[base + j] = x[base + j] * (dy[base + j] - dot);
+        }
     }
 }

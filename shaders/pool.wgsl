@@ -54,14 +54,16 @@ fn window_max(img: u32, oy: u32, ox: u32, c: u32) -> Best {
     return best;
 }
 
+// (image, y, x, channel) of flat index idx into an NHWC tensor of h x w pixels and p.c channels.
+fn nhwc_coords(idx: u32, h: u32, w: u32) -> vec4<u32> {
+    return vec4<u32>(idx / (p.c * w * h), (idx / (p.c * w)) % h, (idx / p.c) % w, idx % p.c);
+}
+
 @compute @workgroup_size(WG)
 fn maxpool2d_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.n * p.oh * p.ow * p.c; idx += grid_stride(nwg)) {
-        let c = idx % p.c;
-        let ox = (idx / p.c) % p.ow;
-        let oy = (idx / (p.c * p.ow)) % p.oh;
-        let img = idx / (p.c * p.ow * p.oh);
-        out[idx] = window_max(img, oy, ox, c).v;
+        let o = nhwc_coords(idx, p.oh, p.ow);
+        out[idx] = window_max(o.x, o.y, o.z, o.w).v;
     }
 }
 
@@ -70,10 +72,11 @@ fn maxpool2d_fwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
 @compute @workgroup_size(WG)
 fn maxpool2d_bwd_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     for (var idx = flat_id(wid, nwg, li); idx < p.n * p.h * p.w * p.c; idx += grid_stride(nwg)) {
-        let c = idx % p.c;
-        let ix = (idx / p.c) % p.w;
-        let iy = (idx / (p.c * p.w)) % p.h;
-        let img = idx / (p.c * p.w * p.h);
+        let at = nhwc_coords(idx, p.h, p.w);
+        let img = at.x;
+        let iy = at.y;
+        let ix = at.z;
+        let c = at.w;
         let me = iy * p.w + ix;
         let s = i32(p.stride);
         let ty = i32(iy + p.pad) - i32(p.k) + 1;

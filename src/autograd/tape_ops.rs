@@ -48,11 +48,7 @@ impl<B: Backend> Tape<B> {
     /// Training-mode batch norm over all axes but the last; `affine` = Some((gamma, beta)).
     /// `running` = (mean, var, momentum) is updated in place.
     pub fn batchnorm_train(
-        &self,
-        x: &Var<B>,
-        affine: Option<(&Var<B>, &Var<B>)>,
-        running: Option<(&crate::Tensor<B>, &crate::Tensor<B>, f32)>,
-        eps: f32,
+        &self, x: &Var<B>, affine: Option<(&Var<B>, &Var<B>)>, running: Option<(&crate::Tensor<B>, &crate::Tensor<B>, f32)>, eps: f32,
     ) -> Result<Var<B>> {
         self.batchnorm_train_tail(x, affine, running, eps, None, false)
     }
@@ -61,13 +57,8 @@ impl<B: Backend> Tape<B> {
     /// relu?(bn(x) + residual?), one op on the tape (inputs x, then gamma and beta, then the
     /// residual). Its values and gradients are those of the three separate ops.
     pub fn batchnorm_train_tail(
-        &self,
-        x: &Var<B>,
-        affine: Option<(&Var<B>, &Var<B>)>,
-        running: Option<(&crate::Tensor<B>, &crate::Tensor<B>, f32)>,
-        eps: f32,
-        residual: Option<&Var<B>>,
-        relu: bool,
+        &self, x: &Var<B>, affine: Option<(&Var<B>, &Var<B>)>, running: Option<(&crate::Tensor<B>, &crate::Tensor<B>, f32)>, eps: f32,
+        residual: Option<&Var<B>>, relu: bool,
     ) -> Result<Var<B>> {
         let (g, b) = (affine.map(|a| &a.0.value), affine.map(|a| &a.1.value));
         let (y, saved) = ops::batchnorm_train_tail(&x.value, g, b, running, eps, residual.map(|r| &r.value), relu)?;
@@ -76,12 +67,7 @@ impl<B: Backend> Tape<B> {
 
     /// The batch-norm node of a forward already run: inputs x, gamma and beta, the residual.
     fn record_batchnorm(
-        &self,
-        x: &Var<B>,
-        y: crate::Tensor<B>,
-        saved: ops::BnSaved<B>,
-        affine: Option<(&Var<B>, &Var<B>)>,
-        residual: Option<&Var<B>>,
+        &self, x: &Var<B>, y: crate::Tensor<B>, saved: ops::BnSaved<B>, affine: Option<(&Var<B>, &Var<B>)>, residual: Option<&Var<B>>,
         relu: bool,
     ) -> Var<B> {
         let mut inputs = vec![x];
@@ -106,17 +92,8 @@ impl<B: Backend> Tape<B> {
     /// two run as the separate ops.
     #[allow(clippy::too_many_arguments)]
     pub fn conv2d_batchnorm_train(
-        &self,
-        x: &Var<B>,
-        w: &Var<B>,
-        stride: [usize; 2],
-        pad: [usize; 2],
-        groups: usize,
-        affine: Option<(&Var<B>, &Var<B>)>,
-        running: Option<(&crate::Tensor<B>, &crate::Tensor<B>, f32)>,
-        eps: f32,
-        residual: Option<&Var<B>>,
-        relu: bool,
+        &self, x: &Var<B>, w: &Var<B>, stride: [usize; 2], pad: [usize; 2], groups: usize, affine: Option<(&Var<B>, &Var<B>)>,
+        running: Option<(&crate::Tensor<B>, &crate::Tensor<B>, f32)>, eps: f32, residual: Option<&Var<B>>, relu: bool,
     ) -> Result<Var<B>> {
         if Self::gemm_rounds_in_passes(x.value.backend()) {
             let c = self.conv2d(x, w, stride, pad, groups)?;
@@ -173,47 +150,30 @@ impl<B: Backend> Tape<B> {
         let y = ops::unary(op, &x.value)?;
         Ok(self.record(y, &[x], || Op::Unary { op, x: x.value.clone() }))
     }
-    pub fn relu(&self, x: &Var<B>) -> Result<Var<B>> {
-        self.unary(Unary::Relu, x)
-    }
-    pub fn gelu(&self, x: &Var<B>) -> Result<Var<B>> {
-        self.unary(Unary::Gelu, x)
-    }
-    pub fn exp(&self, x: &Var<B>) -> Result<Var<B>> {
-        self.unary(Unary::Exp, x)
-    }
-    pub fn log(&self, x: &Var<B>) -> Result<Var<B>> {
-        self.unary(Unary::Log, x)
-    }
-    pub fn sqrt(&self, x: &Var<B>) -> Result<Var<B>> {
-        self.unary(Unary::Sqrt, x)
-    }
     /// x [n, .., c] scaled by s [n, c] per sample and channel (squeeze-excitation's gate).
     pub fn channel_scale(&self, x: &Var<B>, s: &Var<B>) -> Result<Var<B>> {
         let y = ops::channel_scale(&x.value, &s.value)?;
         Ok(self.record(y, &[x, s], || Op::ChannelScale { x: x.value.clone(), s: s.value.clone() }))
     }
-    pub fn sigmoid(&self, x: &Var<B>) -> Result<Var<B>> {
-        self.unary(Unary::Sigmoid, x)
-    }
-    pub fn silu(&self, x: &Var<B>) -> Result<Var<B>> {
-        self.unary(Unary::Silu, x)
-    }
 
+    /// y = f(a, b) for a broadcasting elementwise op (b's shape a suffix of a's), recorded as `op`.
+    fn broadcast_binary(
+        &self, a: &Var<B>, b: &Var<B>, f: fn(&crate::Tensor<B>, &crate::Tensor<B>) -> Result<crate::Tensor<B>>, op: impl FnOnce() -> Op<B>,
+    ) -> Result<Var<B>> {
+        let y = f(&a.value, &b.value)?;
+        Ok(self.record(y, &[a, b], op))
+    }
     /// a + b, b's shape a suffix of a's.
     pub fn add(&self, a: &Var<B>, b: &Var<B>) -> Result<Var<B>> {
-        let y = ops::add(&a.value, &b.value)?;
-        Ok(self.record(y, &[a, b], || Op::Add { b_shape: b.shape().to_vec() }))
+        self.broadcast_binary(a, b, ops::add, || Op::Add { b_shape: b.shape().to_vec() })
     }
     /// a * b, b's shape a suffix of a's.
     pub fn mul(&self, a: &Var<B>, b: &Var<B>) -> Result<Var<B>> {
-        let y = ops::mul(&a.value, &b.value)?;
-        Ok(self.record(y, &[a, b], || Op::Mul { a: a.value.clone(), b: b.value.clone() }))
+        self.broadcast_binary(a, b, ops::mul, || Op::Mul { a: a.value.clone(), b: b.value.clone() })
     }
     /// a - b, b's shape a suffix of a's.
     pub fn sub(&self, a: &Var<B>, b: &Var<B>) -> Result<Var<B>> {
-        let y = ops::sub(&a.value, &b.value)?;
-        Ok(self.record(y, &[a, b], || Op::Sub { b_shape: b.shape().to_vec() }))
+        self.broadcast_binary(a, b, ops::sub, || Op::Sub { b_shape: b.shape().to_vec() })
     }
     /// a / b, b's shape a suffix of a's.
     pub fn div(&self, a: &Var<B>, b: &Var<B>) -> Result<Var<B>> {
@@ -307,3 +267,19 @@ impl<B: Backend> Tape<B> {
         self.reshape(&y, &shape)
     }
 }
+
+/// Named shorthands for `Tape::unary`: `tape.relu(x)` is `tape.unary(Unary::Relu, x)`.
+macro_rules! unary_shorthands {
+    ($($name:ident => $op:ident),* $(,)?) => {
+        impl<B: Backend> Tape<B> {
+            $(
+                #[doc = concat!("`unary(Unary::", stringify!($op), ", x)`.")]
+                pub fn $name(&self, x: &Var<B>) -> Result<Var<B>> {
+                    self.unary(Unary::$op, x)
+                }
+            )*
+        }
+    };
+}
+
+unary_shorthands!(relu => Relu, gelu => Gelu, exp => Exp, log => Log, sqrt => Sqrt, sigmoid => Sigmoid, silu => Silu);

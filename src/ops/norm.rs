@@ -32,11 +32,7 @@ pub struct BnSaved<B: Backend> {
 /// Training-mode batch norm over all axes but the last (channels-last). Returns y and the saved
 /// statistics; updates `running` = (mean, var, momentum) in place when given.
 pub fn batchnorm_train<B: Backend>(
-    x: &Tensor<B>,
-    gamma: Option<&Tensor<B>>,
-    beta: Option<&Tensor<B>>,
-    running: Option<(&Tensor<B>, &Tensor<B>, f32)>,
-    eps: f32,
+    x: &Tensor<B>, gamma: Option<&Tensor<B>>, beta: Option<&Tensor<B>>, running: Option<(&Tensor<B>, &Tensor<B>, f32)>, eps: f32,
 ) -> Result<(Tensor<B>, BnSaved<B>)> {
     batchnorm_train_tail(x, gamma, beta, running, eps, None, false)
 }
@@ -44,12 +40,7 @@ pub fn batchnorm_train<B: Backend>(
 /// The checks every batch-norm forward makes: x's dims, gamma and beta per channel, and a fused
 /// tail's shortcut of x's shape and dtype.
 fn bn_dims<B: Backend>(
-    op: &'static str,
-    x: &Tensor<B>,
-    gamma: Option<&Tensor<B>>,
-    beta: Option<&Tensor<B>>,
-    residual: Option<&Tensor<B>>,
-    eps: f32,
+    op: &'static str, x: &Tensor<B>, gamma: Option<&Tensor<B>>, beta: Option<&Tensor<B>>, residual: Option<&Tensor<B>>, eps: f32,
 ) -> Result<NormDims> {
     same_dtype(op, &[x])?;
     if let Some(r) = residual {
@@ -65,13 +56,8 @@ fn bn_dims<B: Backend>(
 /// batchnorm_train with its output pass fused with what follows in a ResNet:
 /// y = relu?(bn(x) + residual?) (backend::BnTail).
 pub fn batchnorm_train_tail<B: Backend>(
-    x: &Tensor<B>,
-    gamma: Option<&Tensor<B>>,
-    beta: Option<&Tensor<B>>,
-    running: Option<(&Tensor<B>, &Tensor<B>, f32)>,
-    eps: f32,
-    residual: Option<&Tensor<B>>,
-    relu: bool,
+    x: &Tensor<B>, gamma: Option<&Tensor<B>>, beta: Option<&Tensor<B>>, running: Option<(&Tensor<B>, &Tensor<B>, f32)>, eps: f32,
+    residual: Option<&Tensor<B>>, relu: bool,
 ) -> Result<(Tensor<B>, BnSaved<B>)> {
     let t = BnTrainOut::new(x, gamma, beta, running, eps, residual)?;
     x.backend().batchnorm_fwd_train(x.storage(), t.args(gamma, beta, running, residual, relu), &t.d)?;
@@ -88,11 +74,7 @@ struct BnTrainOut<B: Backend> {
 
 impl<B: Backend> BnTrainOut<B> {
     fn new(
-        x: &Tensor<B>,
-        gamma: Option<&Tensor<B>>,
-        beta: Option<&Tensor<B>>,
-        running: Option<(&Tensor<B>, &Tensor<B>, f32)>,
-        eps: f32,
+        x: &Tensor<B>, gamma: Option<&Tensor<B>>, beta: Option<&Tensor<B>>, running: Option<(&Tensor<B>, &Tensor<B>, f32)>, eps: f32,
         residual: Option<&Tensor<B>>,
     ) -> Result<Self> {
         const OP: &str = "batchnorm";
@@ -109,12 +91,8 @@ impl<B: Backend> BnTrainOut<B> {
 
     /// The backend's view: these outputs with the given parameters and tail.
     fn args<'a>(
-        &'a self,
-        gamma: Option<&'a Tensor<B>>,
-        beta: Option<&'a Tensor<B>>,
-        running: Option<(&'a Tensor<B>, &'a Tensor<B>, f32)>,
-        residual: Option<&'a Tensor<B>>,
-        relu: bool,
+        &'a self, gamma: Option<&'a Tensor<B>>, beta: Option<&'a Tensor<B>>, running: Option<(&'a Tensor<B>, &'a Tensor<B>, f32)>,
+        residual: Option<&'a Tensor<B>>, relu: bool,
     ) -> BnTrain<'a, B::Storage> {
         BnTrain {
             gamma: gamma.map(|t| t.storage()),
@@ -133,32 +111,27 @@ impl<B: Backend> BnTrainOut<B> {
 /// backward reads it), y and the saved statistics.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_batchnorm_train<B: Backend>(
-    x: &Tensor<B>,
-    w: &Tensor<B>,
-    cd: &Conv2dDims,
-    gamma: Option<&Tensor<B>>,
-    beta: Option<&Tensor<B>>,
-    running: Option<(&Tensor<B>, &Tensor<B>, f32)>,
-    eps: f32,
-    residual: Option<&Tensor<B>>,
-    relu: bool,
+    x: &Tensor<B>, w: &Tensor<B>, cd: &Conv2dDims, gamma: Option<&Tensor<B>>, beta: Option<&Tensor<B>>,
+    running: Option<(&Tensor<B>, &Tensor<B>, f32)>, eps: f32, residual: Option<&Tensor<B>>, relu: bool,
 ) -> Result<(Tensor<B>, Tensor<B>, BnSaved<B>)> {
     same_dtype("conv2d", &[x, w])?;
     expect_shape("conv2d", "input", x, &[cd.n, cd.h, cd.w, cd.c_in])?;
     expect_shape("conv2d", "weight", w, &[cd.c_out, cd.kh, cd.kw, cd.c_in / cd.groups])?;
     let c = out(x, &[cd.n, cd.oh, cd.ow, cd.c_out])?;
     let t = BnTrainOut::new(&c, gamma, beta, running, eps, residual)?;
-    x.backend().conv2d_batchnorm_fwd_train(x.storage(), w.storage(), c.storage(), cd, t.args(gamma, beta, running, residual, relu), &t.d)?;
+    x.backend().conv2d_batchnorm_fwd_train(
+        x.storage(),
+        w.storage(),
+        c.storage(),
+        cd,
+        t.args(gamma, beta, running, residual, relu),
+        &t.d,
+    )?;
     Ok((c, t.y, BnSaved { mean: t.mean, invstd: t.invstd }))
 }
 
 pub fn batchnorm_eval<B: Backend>(
-    x: &Tensor<B>,
-    gamma: Option<&Tensor<B>>,
-    beta: Option<&Tensor<B>>,
-    running_mean: &Tensor<B>,
-    running_var: &Tensor<B>,
-    eps: f32,
+    x: &Tensor<B>, gamma: Option<&Tensor<B>>, beta: Option<&Tensor<B>>, running_mean: &Tensor<B>, running_var: &Tensor<B>, eps: f32,
 ) -> Result<Tensor<B>> {
     batchnorm_eval_tail(x, gamma, beta, running_mean, running_var, eps, None, false)
 }
@@ -166,14 +139,8 @@ pub fn batchnorm_eval<B: Backend>(
 /// batchnorm_eval with a fused tail, as batchnorm_train_tail.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_eval_tail<B: Backend>(
-    x: &Tensor<B>,
-    gamma: Option<&Tensor<B>>,
-    beta: Option<&Tensor<B>>,
-    running_mean: &Tensor<B>,
-    running_var: &Tensor<B>,
-    eps: f32,
-    residual: Option<&Tensor<B>>,
-    relu: bool,
+    x: &Tensor<B>, gamma: Option<&Tensor<B>>, beta: Option<&Tensor<B>>, running_mean: &Tensor<B>, running_var: &Tensor<B>, eps: f32,
+    residual: Option<&Tensor<B>>, relu: bool,
 ) -> Result<Tensor<B>> {
     const OP: &str = "batchnorm_eval";
     same_dtype(OP, &[x, running_mean, running_var])?;
@@ -196,11 +163,7 @@ pub fn batchnorm_eval_tail<B: Backend>(
 
 /// Returns dx and, when `affine`, (dgamma, dbeta).
 pub fn batchnorm_bwd<B: Backend>(
-    x: &Tensor<B>,
-    dy: &Tensor<B>,
-    gamma: Option<&Tensor<B>>,
-    saved: &BnSaved<B>,
-    affine: bool,
+    x: &Tensor<B>, dy: &Tensor<B>, gamma: Option<&Tensor<B>>, saved: &BnSaved<B>, affine: bool,
 ) -> Result<(Tensor<B>, Option<(Tensor<B>, Tensor<B>)>)> {
     let (dx, dgb, _) = batchnorm_bwd_tail(x, dy, None, gamma, saved, affine, false)?;
     Ok((dx, dgb))
@@ -210,12 +173,7 @@ pub fn batchnorm_bwd<B: Backend>(
 /// when the tail ended in a ReLU. Returns dx, (dgamma, dbeta) when `affine`, and the residual's
 /// gradient when `residual` (dy masked by the ReLU; dy itself without one).
 pub fn batchnorm_bwd_tail<B: Backend>(
-    x: &Tensor<B>,
-    dy: &Tensor<B>,
-    relu_out: Option<&Tensor<B>>,
-    gamma: Option<&Tensor<B>>,
-    saved: &BnSaved<B>,
-    affine: bool,
+    x: &Tensor<B>, dy: &Tensor<B>, relu_out: Option<&Tensor<B>>, gamma: Option<&Tensor<B>>, saved: &BnSaved<B>, affine: bool,
     residual: bool,
 ) -> Result<BnGrads<B>> {
     const OP: &str = "batchnorm_bwd";
@@ -263,10 +221,7 @@ pub fn layernorm<B: Backend>(x: &Tensor<B>, gamma: &Tensor<B>, beta: &Tensor<B>,
 
 /// Returns (dx, dgamma, dbeta).
 pub fn layernorm_bwd<B: Backend>(
-    x: &Tensor<B>,
-    dy: &Tensor<B>,
-    gamma: &Tensor<B>,
-    saved: &BnSaved<B>,
+    x: &Tensor<B>, dy: &Tensor<B>, gamma: &Tensor<B>, saved: &BnSaved<B>,
 ) -> Result<(Tensor<B>, Tensor<B>, Tensor<B>)> {
     const OP: &str = "layernorm_bwd";
     same_dtype(OP, &[x, dy, gamma])?;

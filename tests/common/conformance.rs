@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use ssl_engine::autograd::{Tape, Var};
+use ssl_engine::backend::Unary;
 use ssl_engine::backend::prelude::*;
 use ssl_engine::backend::cpu::CpuBackend;
 use ssl_engine::ops::{self, SgdSlot};
@@ -26,16 +27,9 @@ pub enum Case {
     L2Normalize,
     Softmax,
     Attention { scale: f32 },
-    Relu,
-    Gelu,
-    Exp,
-    /// log and sqrt see |x| + 0.5 (see `positive_input`).
-    Log,
-    Sqrt,
-    Sigmoid,
-    Silu,
-    /// Precision::Bf16's rounding point.
-    RoundBf16,
+    /// An elementwise map through `Tape::unary`; log and sqrt see |x| + 0.5 (see
+    /// `positive_input`), RoundBf16 is Precision::Bf16's rounding point.
+    Unary(Unary),
     ChannelScale,
     LogSumExp,
     Add,
@@ -78,14 +72,7 @@ impl Case {
             Case::L2Normalize => t.l2_normalize(&v[0], 1e-12),
             Case::Softmax => t.softmax(&v[0]),
             Case::Attention { scale } => t.attention(&v[0], &v[1], &v[2], *scale),
-            Case::Relu => t.relu(&v[0]),
-            Case::Gelu => t.gelu(&v[0]),
-            Case::Exp => t.exp(&v[0]),
-            Case::Log => t.log(&v[0]),
-            Case::Sqrt => t.sqrt(&v[0]),
-            Case::Sigmoid => t.sigmoid(&v[0]),
-            Case::Silu => t.silu(&v[0]),
-            Case::RoundBf16 => t.unary(ssl_engine::backend::Unary::RoundBf16, &v[0]),
+            Case::Unary(op) => t.unary(*op, &v[0]),
             Case::ChannelScale => t.channel_scale(&v[0], &v[1]),
             Case::LogSumExp => t.logsumexp(&v[0]),
             Case::Add => t.add(&v[0], &v[1]),
@@ -118,9 +105,13 @@ impl Case {
 impl Case {
     /// Whether input `i` must be positive (log and sqrt of it, division by it).
     fn positive_input(&self, i: usize) -> bool {
-        matches!((self, i), (Case::Log | Case::Sqrt, 0) | (Case::Div, 1))
+        matches!((self, i), (Case::Unary(Unary::Log | Unary::Sqrt), 0) | (Case::Div, 1))
     }
 }
+
+/// Every elementwise map, in the order the suite runs them.
+const UNARY_OPS: [Unary; 8] =
+    [Unary::Relu, Unary::Gelu, Unary::Exp, Unary::Log, Unary::Sqrt, Unary::Sigmoid, Unary::Silu, Unary::RoundBf16];
 
 /// The suite: (case, input shapes). Sizes are odd on purpose; none is a multiple of 8 or 16.
 pub fn cases() -> Vec<(Case, Vec<Vec<usize>>)> {
@@ -152,14 +143,10 @@ pub fn cases() -> Vec<(Case, Vec<Vec<usize>>)> {
         (L2Normalize, vec![vec![5, 7, 33]]),
         (Softmax, vec![vec![5, 7, 33]]),
         (Attention { scale: 0.37 }, vec![vec![2, 3, 17, 5], vec![2, 3, 13, 5], vec![2, 3, 13, 5]]),
-        (Relu, vec![vec![7, 13, 3]]),
-        (Gelu, vec![vec![7, 13, 3]]),
-        (Exp, vec![vec![7, 13, 3]]),
-        (Log, vec![vec![7, 13, 3]]),
-        (Sqrt, vec![vec![7, 13, 3]]),
-        (Sigmoid, vec![vec![7, 13, 3]]),
-        (Silu, vec![vec![7, 13, 3]]),
-        (RoundBf16, vec![vec![7, 13, 3]]),
+    ]
+    .into_iter()
+    .chain(UNARY_OPS.map(|op| (Unary(op), vec![vec![7, 13, 3]])))
+    .chain([
         (ChannelScale, vec![vec![3, 5, 7, 11], vec![3, 11]]),
         (LogSumExp, vec![vec![5, 7, 33]]),
         (Sub, vec![vec![5, 7, 9], vec![7, 9]]),
@@ -190,7 +177,8 @@ pub fn cases() -> Vec<(Case, Vec<Vec<usize>>)> {
         (Concat(0), vec![vec![2, 5], vec![3, 5]]),
         (Concat(1), vec![vec![2, 1, 4], vec![2, 5, 4], vec![2, 2, 4]]),
         (Linear, vec![vec![3, 5, 11], vec![7, 11], vec![7]]),
-    ]
+    ])
+    .collect()
 }
 
 /// The cases with bf16 rounding points (`Precision::Bf16`): convolutions, matmuls, attention and
