@@ -509,31 +509,32 @@ fn emulated_steps_of_every_method_match_the_cpu_backend() {
 /// (2^-8 relative) showed at step 7 (6.9e-3) and the traces parted, graph or not. The 20-step
 /// bf16-vs-FP32 trace of ResNet-18 runs on the CPU (tests/precision.rs).
 #[test]
-#[cfg_attr(not(feature = "slow-tests"), ignore = "slow-tests: 20 emulated steps; the default run takes 6 (emulated_bf16_simsiam_six_steps_match_the_cpu_bf16_backend)")]
+#[cfg_attr(not(feature = "slow-tests"), ignore = "slow-tests: 20 emulated steps; the default run takes 3 (emulated_bf16_simsiam_three_steps_match_the_cpu_bf16_backend)")]
 fn emulated_bf16_simsiam_steps_match_the_cpu_bf16_backend() {
-    bf16_simsiam_steps_match_the_cpu(20);
+    bf16_simsiam_steps_match_the_cpu(20, 4);
 }
 
-/// The default run's sibling of the 20-step test: the same run cut at step 6, which still takes
-/// the eager warm-up step, the capture, replays and the first epoch boundary (5 steps an
-/// epoch) with the bf16 kernels.
+/// The default run's sibling of the 20-step test: 3 steps on epochs of 2 (2 images a class, 10
+/// classes, batch 8), so it still takes the eager warm-up step, the capture, a replay and an
+/// epoch boundary with the bf16 kernels, at 3 of the 20 steps' cost.
 #[test]
-fn emulated_bf16_simsiam_six_steps_match_the_cpu_bf16_backend() {
-    bf16_simsiam_steps_match_the_cpu(6);
+fn emulated_bf16_simsiam_three_steps_match_the_cpu_bf16_backend() {
+    bf16_simsiam_steps_match_the_cpu(3, 2);
 }
 
-fn bf16_simsiam_steps_match_the_cpu(steps: usize) {
+fn bf16_simsiam_steps_match_the_cpu(steps: usize, per_class: usize) {
     use common::tiny_run::{run, tiny};
     use ssl_engine::backend::Precision;
     let Some(dev) = emulator() else { return };
     let dev = dev.with_precision(Precision::Bf16);
     let max_steps = format!("max_steps={steps}");
+    let limit = format!("data.limit_per_class={per_class}");
     let sets = [
         "epochs=4",
         max_steps.as_str(),
         "optim.base_lr=0.02",
         "batch_size=8",
-        "data.limit_per_class=4",
+        limit.as_str(),
         "monitor.knn_every=0",
         "data.image_size=8",
         "checkpoint.every=0",
@@ -542,6 +543,7 @@ fn bf16_simsiam_steps_match_the_cpu(steps: usize) {
         "precision=\"bf16\"",
     ];
     let cpu = run(&tiny(&common::tmp_dir(&format!("emu-bf16-{steps}-cpu")), &sets), None).unwrap();
+    assert!(cpu.epochs_done >= 1, "the run crosses an epoch boundary ({} epochs done in {steps} steps)", cpu.epochs_done);
     let cfg = tiny(&common::tmp_dir(&format!("emu-bf16-{steps}-cuda")), &sets);
     let emu = ssl_engine::train::train(&dev, &cfg, None, &std::sync::atomic::AtomicBool::new(false), false).unwrap();
     assert_eq!((cpu.losses.len(), emu.losses.len()), (steps, steps));

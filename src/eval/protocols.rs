@@ -92,12 +92,7 @@ impl SetsReport {
 
 /// Linear probe on frozen features; `subset` restricts the training images (few labels).
 pub fn eval_linear<B: Backend>(
-    m: &LoadedBackbone<B>,
-    train: &Dataset,
-    test: &Dataset,
-    cfg: &Config,
-    probe: &LinearProbeConfig,
-    subset: Option<&[usize]>,
+    m: &LoadedBackbone<B>, train: &Dataset, test: &Dataset, cfg: &Config, probe: &LinearProbeConfig, subset: Option<&[usize]>,
     mut on_epoch: impl FnMut(usize, f64),
 ) -> Result<LinearReport> {
     Ok(eval_linear_sets(m, train, &[test], cfg, probe, subset, |e, l, _| on_epoch(e, l))?.first())
@@ -105,12 +100,7 @@ pub fn eval_linear<B: Backend>(
 
 /// The linear probe trained once, measured on each of `tests`.
 pub fn eval_linear_sets<B: Backend>(
-    m: &LoadedBackbone<B>,
-    train: &Dataset,
-    tests: &[&Dataset],
-    cfg: &Config,
-    probe: &LinearProbeConfig,
-    subset: Option<&[usize]>,
+    m: &LoadedBackbone<B>, train: &Dataset, tests: &[&Dataset], cfg: &Config, probe: &LinearProbeConfig, subset: Option<&[usize]>,
     mut on_epoch: impl FnMut(usize, f64, Option<f64>),
 ) -> Result<SetsReport> {
     let dim = m.backbone.feature_dim();
@@ -140,12 +130,7 @@ pub fn eval_linear_sets<B: Backend>(
 
 /// Few-label fine-tuning of the whole backbone with a linear head (train-mode BN, crop + flip).
 pub fn eval_finetune<B: Backend>(
-    m: LoadedBackbone<B>,
-    train: &Arc<Dataset>,
-    test: &Dataset,
-    cfg: &Config,
-    probe: &LinearProbeConfig,
-    subset: Option<&[usize]>,
+    m: LoadedBackbone<B>, train: &Arc<Dataset>, test: &Dataset, cfg: &Config, probe: &LinearProbeConfig, subset: Option<&[usize]>,
     mut on_epoch: impl FnMut(usize, f64),
 ) -> Result<LinearReport> {
     Ok(eval_finetune_sets(m, train, &[test], cfg, probe, subset, false, |e, l, _| on_epoch(e, l))?.first())
@@ -155,14 +140,8 @@ pub fn eval_finetune<B: Backend>(
 /// epoch joins the curve (seed 003's train / validation curves).
 #[allow(clippy::too_many_arguments)]
 pub fn eval_finetune_sets<B: Backend>(
-    mut m: LoadedBackbone<B>,
-    train: &Arc<Dataset>,
-    tests: &[&Dataset],
-    cfg: &Config,
-    probe: &LinearProbeConfig,
-    subset: Option<&[usize]>,
-    track_loss: bool,
-    mut on_epoch: impl FnMut(usize, f64, Option<f64>),
+    mut m: LoadedBackbone<B>, train: &Arc<Dataset>, tests: &[&Dataset], cfg: &Config, probe: &LinearProbeConfig, subset: Option<&[usize]>,
+    track_loss: bool, mut on_epoch: impl FnMut(usize, f64, Option<f64>),
 ) -> Result<SetsReport> {
     let data = match subset {
         Some(idx) => Arc::new(train.subset(idx)),
@@ -172,11 +151,10 @@ pub fn eval_finetune_sets<B: Backend>(
     let classes = tests.iter().map(|d| d.classes.len()).fold(train.classes.len(), usize::max);
     let aug = super::finetune::finetune_augment(cfg.augment.mean, cfg.augment.std);
     let mut curve = Vec::new();
-    let logits =
-        super::finetune::finetune(&m.backbone, &mut m.ps, data, tests, cfg.data.image_size, aug, probe, track_loss, |e, l, v| {
-            curve.push((l, v));
-            on_epoch(e, l, v)
-        })?;
+    let logits = super::finetune::finetune(&m.backbone, &mut m.ps, data, tests, cfg.data.image_size, aug, probe, track_loss, |e, l, v| {
+        curve.push((l, v));
+        on_epoch(e, l, v)
+    })?;
     let metrics = logits.iter().zip(tests).map(|(lg, t)| classification_metrics(&softmax_rows(lg, classes), &t.labels, classes)).collect();
     Ok(SetsReport { metrics, train_images: n, curve })
 }
