@@ -9,9 +9,11 @@ use common::tiny_run::{bits, loss_and_z_std, run, state_digest, tiny};
 use common::{repo, tmp_dir};
 
 use std::path::Path;
+#[cfg(feature = "wgpu")]
 use std::sync::atomic::AtomicBool;
 
 use ssl_engine::backend::cpu::CpuBackend;
+#[cfg(feature = "wgpu")]
 use ssl_engine::train::train;
 use ssl_engine::{Error, eval};
 
