@@ -57,14 +57,13 @@ impl AttentionOps for CudaBackend {
     fn attention_fwd(
         &self, q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, o: &CudaStorage, lse: &CudaStorage, d: &AttnDims,
     ) -> Result<()> {
-        let b = self;
         if d.bh * d.tq * d.d == 0 {
             return Ok(());
         }
-        let Variant { fwd: kernel, rows, threads, .. } = variant(d.d, b.gemm_math())?;
+        let Variant { fwd: kernel, rows, threads, .. } = variant(d.d, self.gemm_math())?;
         let (sq, sk) = (d.tq * d.d, d.tk * d.d);
         by_slices(d.bh, |s0, n| {
-            b.launch(
+            self.launch(
                 kernel,
                 (d.tq.div_ceil(rows) as u32, n as u32, 1),
                 (threads as u32, 1, 1),

@@ -56,7 +56,7 @@ pub(super) fn conv2d_batchnorm(
             msg: "the batch norm's [rows, channels] are not the convolution's output".into(),
         });
     }
-    let part = norm::stats_partials(b, row_tiles, cd.c_out)?;
+    let part = norm::partials(b, row_tiles, cd.c_out)?;
     if launch_conv(b, Pass::Fwd, x, w, conv_out, cd, Some(&part))? {
         return norm::batchnorm_from_partials(b, &part, row_tiles, conv_out, bn, nd);
     }

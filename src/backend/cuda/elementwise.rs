@@ -54,17 +54,14 @@ pub(super) fn sum_splits_at(
 
 impl ElementwiseOps for CudaBackend {
     fn unary_fwd(&self, op: Unary, x: &CudaStorage, y: &CudaStorage, n: usize) -> Result<()> {
-        let b = self;
-        map(b, unary_name(op, false), n, &[ptr(x), ptr(y), i64a(n)])
+        map(self, unary_name(op, false), n, &[ptr(x), ptr(y), i64a(n)])
     }
 
     fn unary_bwd(&self, op: Unary, x: &CudaStorage, dy: &CudaStorage, dx: &CudaStorage, n: usize) -> Result<()> {
-        let b = self;
-        map(b, unary_name(op, true), n, &[ptr(x), ptr(dy), ptr(dx), i64a(n)])
+        map(self, unary_name(op, true), n, &[ptr(x), ptr(dy), ptr(dx), i64a(n)])
     }
 
-    fn binary(&self, op: Binary, a: &CudaStorage, bb: &CudaStorage, out: &CudaStorage, n: usize, b_len: usize) -> Result<()> {
-        let b = self;
+    fn binary(&self, op: Binary, a: &CudaStorage, b: &CudaStorage, out: &CudaStorage, n: usize, b_len: usize) -> Result<()> {
         let name = match op {
             Binary::Add => "add_fwd_f32",
             Binary::Mul => "mul_fwd_f32",
@@ -72,44 +69,41 @@ impl ElementwiseOps for CudaBackend {
             Binary::Div => "div_fwd_f32",
         };
         if b_len == 0 {
-            return Ok(()); // ops.rs allows an empty b only with an empty a
+            return Ok(()); // ops.rs allows an empty self only with an empty a
         }
-        map(b, name, n, &[ptr(a), ptr(bb), ptr(out), i64a(n), i64a(b_len)])
+        map(self, name, n, &[ptr(a), ptr(b), ptr(out), i64a(n), i64a(b_len)])
     }
 
     fn scale(&self, x: &CudaStorage, y: &CudaStorage, alpha: f32, n: usize) -> Result<()> {
-        let b = self;
-        map(b, "scale_fwd_f32", n, &[ptr(x), ptr(y), super::Arg::F32(alpha), i64a(n)])
+        map(self, "scale_fwd_f32", n, &[ptr(x), ptr(y), super::Arg::F32(alpha), i64a(n)])
     }
 
     /// y[o, a, i] = x[o, a, i] s[o, i] (channel_scale_fwd_f32).
     fn channel_scale(&self, x: &CudaStorage, s: &CudaStorage, y: &CudaStorage, d: &AxisDims) -> Result<()> {
-        let b = self;
         let n = d.outer * d.axis * d.inner;
         if n == 0 {
             return Ok(());
         }
-        map(b, "channel_scale_fwd_f32", n, &[ptr(x), ptr(s), ptr(y), i64a(n), i64a(d.axis * d.inner), i64a(d.inner)])
+        map(self, "channel_scale_fwd_f32", n, &[ptr(x), ptr(s), ptr(y), i64a(n), i64a(d.axis * d.inner), i64a(d.inner)])
     }
 
     /// y[o, i] = sum_a x[o, a, i]. When there are few outputs and a long axis, the axis is cut into
     /// pieces summed by separate threads, then the pieces are added in order (sum_axis_splits_fwd_f32).
     fn sum_axis(&self, x: &CudaStorage, y: &CudaStorage, d: &AxisDims) -> Result<()> {
-        let b = self;
         let n = d.outer * d.inner;
         if n == 0 {
             return Ok(());
         }
-        let target = b.sm_count() as usize * 512;
+        let target = self.sm_count() as usize * 512;
         let splits = if n >= target || d.axis < 64 { 1 } else { target.div_ceil(n).min(d.axis / 32).clamp(1, 1024) };
         let sa = |out: &CudaStorage| {
-            map(b, "sum_axis_fwd_f32", n * splits, &[ptr(x), ptr(out), i64a(d.outer), i64a(d.axis), i64a(d.inner), i64a(splits)])
+            map(self, "sum_axis_fwd_f32", n * splits, &[ptr(x), ptr(out), i64a(d.outer), i64a(d.axis), i64a(d.inner), i64a(splits)])
         };
         if splits == 1 {
             return sa(y);
         }
-        let part = b.scratch(n * splits)?;
+        let part = self.scratch(n * splits)?;
         sa(&part)?;
-        sum_splits(b, &part, y, splits, n, false)
+        sum_splits(self, &part, y, splits, n, false)
     }
 }

@@ -31,7 +31,6 @@ pub(super) fn slice(b: &CudaBackend, kernel: &str, src: &CudaStorage, dst: &Cuda
 
 impl LayoutOps for CudaBackend {
     fn permute(&self, x: &CudaStorage, y: &CudaStorage, shape: &[usize], perm: &[usize]) -> Result<()> {
-        let b = self;
         let rank = shape.len();
         if rank > MAX_RANK {
             return Err(Error::Invalid { op: "permute", msg: format!("rank {rank} is over the cuda kernels' limit of {MAX_RANK}") });
@@ -50,7 +49,7 @@ impl LayoutOps for CudaBackend {
             k.out_shape[a] = shape[p] as i64;
             k.src_stride[a] = in_strides[p] as i64;
         }
-        b.launch_over("permute_fwd_f32", n, &[ptr(x), ptr(y), i64a(n), Arg::Bytes(bytemuck::bytes_of(&k))])
+        self.launch_over("permute_fwd_f32", n, &[ptr(x), ptr(y), i64a(n), Arg::Bytes(bytemuck::bytes_of(&k))])
     }
 
     fn slice(&self, x: &CudaStorage, y: &CudaStorage, d: &SliceDims) -> Result<()> {

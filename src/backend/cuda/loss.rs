@@ -46,45 +46,39 @@ fn per_row_bwd(
 
 impl LossOps for CudaBackend {
     fn cross_entropy_fwd(&self, logits: &CudaStorage, labels: &CudaStorage, loss: &CudaStorage, rows: usize, classes: usize) -> Result<()> {
-        let b = self;
         let dims = [i32a(OP, rows)?, i32a(OP, classes)?];
-        per_row_loss(b, "cross_entropy_rows_fwd_f32", rows, &[ptr(logits), ptr(labels)], &dims, loss, 1.0 / rows.max(1) as f32)
+        per_row_loss(self, "cross_entropy_rows_fwd_f32", rows, &[ptr(logits), ptr(labels)], &dims, loss, 1.0 / rows.max(1) as f32)
     }
 
     fn cross_entropy_bwd(
         &self, logits: &CudaStorage, labels: &CudaStorage, dloss: &CudaStorage, dlogits: &CudaStorage, rows: usize, classes: usize,
     ) -> Result<()> {
-        let b = self;
-        per_row_bwd(b, "cross_entropy_bwd_f32", logits, labels, dloss, dlogits, rows, classes)
+        per_row_bwd(self, "cross_entropy_bwd_f32", logits, labels, dloss, dlogits, rows, classes)
     }
 
     fn soft_cross_entropy_fwd(&self, logits: &CudaStorage, q: &CudaStorage, loss: &CudaStorage, rows: usize, classes: usize) -> Result<()> {
-        let b = self;
         let dims = [i32a(OP, rows)?, i32a(OP, classes)?];
-        per_row_loss(b, "soft_cross_entropy_fwd_f32", rows, &[ptr(logits), ptr(q)], &dims, loss, 1.0 / rows.max(1) as f32)
+        per_row_loss(self, "soft_cross_entropy_fwd_f32", rows, &[ptr(logits), ptr(q)], &dims, loss, 1.0 / rows.max(1) as f32)
     }
 
     fn soft_cross_entropy_bwd(
         &self, logits: &CudaStorage, q: &CudaStorage, dloss: &CudaStorage, dlogits: &CudaStorage, rows: usize, classes: usize,
     ) -> Result<()> {
-        let b = self;
-        per_row_bwd(b, "soft_cross_entropy_bwd_f32", logits, q, dloss, dlogits, rows, classes)
+        per_row_bwd(self, "soft_cross_entropy_bwd_f32", logits, q, dloss, dlogits, rows, classes)
     }
 
     fn nt_xent_fwd(&self, sim: &CudaStorage, groups: &CudaStorage, loss: &CudaStorage, rows: usize, temperature: f32) -> Result<()> {
-        let b = self;
         let rest = [i32a(OP, rows)?, Arg::F32(1.0 / temperature)];
-        per_row_loss(b, "nt_xent_fwd_f32", rows, &[ptr(sim), ptr(groups)], &rest, loss, 1.0 / rows.max(1) as f32)
+        per_row_loss(self, "nt_xent_fwd_f32", rows, &[ptr(sim), ptr(groups)], &rest, loss, 1.0 / rows.max(1) as f32)
     }
 
     fn nt_xent_bwd(
         &self, sim: &CudaStorage, groups: &CudaStorage, dloss: &CudaStorage, dsim: &CudaStorage, rows: usize, temperature: f32,
     ) -> Result<()> {
-        let b = self;
         if rows == 0 {
             return Ok(());
         }
-        b.launch(
+        self.launch(
             "nt_xent_bwd_f32",
             rows_grid(rows),
             (THREADS, 1, 1),
@@ -93,19 +87,17 @@ impl LossOps for CudaBackend {
     }
 
     fn identity_penalty_fwd(&self, c: &CudaStorage, loss: &CudaStorage, d: usize, diag_weight: f32, off_weight: f32) -> Result<()> {
-        let b = self;
         let rest = [i32a(OP, d)?, Arg::F32(diag_weight), Arg::F32(off_weight)];
-        per_row_loss(b, "identity_penalty_fwd_f32", d, &[ptr(c)], &rest, loss, 1.0)
+        per_row_loss(self, "identity_penalty_fwd_f32", d, &[ptr(c)], &rest, loss, 1.0)
     }
 
     fn identity_penalty_bwd(
         &self, c: &CudaStorage, dloss: &CudaStorage, dc: &CudaStorage, d: usize, diag_weight: f32, off_weight: f32,
     ) -> Result<()> {
-        let b = self;
         if d == 0 {
             return Ok(());
         }
-        b.launch_over(
+        self.launch_over(
             "identity_penalty_bwd_f32",
             d * d,
             &[ptr(c), ptr(dloss), ptr(dc), i32a(OP, d)?, Arg::F32(diag_weight), Arg::F32(off_weight)],
@@ -113,9 +105,8 @@ impl LossOps for CudaBackend {
     }
 
     fn cosine_loss_fwd(&self, p: &CudaStorage, z: &CudaStorage, loss: &CudaStorage, rows: usize, dim: usize, eps: f32) -> Result<()> {
-        let b = self;
         let rest = [i32a(OP, rows)?, i32a(OP, dim)?, Arg::F32(eps)];
-        per_row_loss(b, "cosine_loss_rows_fwd_f32", rows, &[ptr(p), ptr(z)], &rest, loss, -1.0 / rows.max(1) as f32)
+        per_row_loss(self, "cosine_loss_rows_fwd_f32", rows, &[ptr(p), ptr(z)], &rest, loss, -1.0 / rows.max(1) as f32)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -123,11 +114,10 @@ impl LossOps for CudaBackend {
         &self, p: &CudaStorage, z: &CudaStorage, dloss: &CudaStorage, dp: &CudaStorage, dz: Option<&CudaStorage>, rows: usize, dim: usize,
         eps: f32,
     ) -> Result<()> {
-        let b = self;
         if rows * dim == 0 {
             return Ok(());
         }
-        b.launch(
+        self.launch(
             "cosine_loss_bwd_f32",
             rows_grid(rows),
             (THREADS, 1, 1),

@@ -21,17 +21,16 @@ pub(super) fn kernel_of(math: GemmMath, tile: Tile) -> &'static str {
 }
 
 impl MatmulOps for CudaBackend {
-    fn matmul(&self, a: &CudaStorage, bm: &CudaStorage, c: &CudaStorage, d: &MatmulDims) -> Result<()> {
-        let b = self;
+    fn matmul(&self, a: &CudaStorage, b: &CudaStorage, c: &CudaStorage, d: &MatmulDims) -> Result<()> {
         const OP: &str = "matmul";
         let (mn, mk, kn) = (d.m * d.n, d.m * d.k, d.k * d.n);
         if d.batch * mn == 0 {
             return Ok(());
         }
-        let math = b.gemm_math();
-        let tile = Tile::pick(b, d.m, d.n, d.batch);
+        let math = self.gemm_math();
+        let tile = Tile::pick(self, d.m, d.n, d.batch);
         let (tm, tn) = (d.m.div_ceil(tile.mn().0), d.n.div_ceil(tile.mn().1));
-        let splits = if tile == Tile::T64 { b.split_k(tm * tn * d.batch, d.k) } else { 1 };
+        let splits = if tile == Tile::T64 { self.split_k(tm * tn * d.batch, d.k) } else { 1 };
         let kernel = kernel_of(math, tile);
         let (m, n) = (i32a(OP, d.m)?, i32a(OP, d.n)?);
         // The kernels keep k indices as `int`.
@@ -42,7 +41,7 @@ impl MatmulOps for CudaBackend {
         }
         // Batches in chunks that fit the grid's z dimension.
         let per_launch = (MAX_Z / splits).max(1);
-        let part = if splits > 1 { Some(b.scratch(splits * per_launch.min(d.batch) * mn)?) } else { None };
+        let part = if splits > 1 { Some(self.scratch(splits * per_launch.min(d.batch) * mn)?) } else { None };
         let mut b0 = 0;
         while b0 < d.batch {
             let nb = per_launch.min(d.batch - b0);
@@ -50,14 +49,14 @@ impl MatmulOps for CudaBackend {
                 Some(p) => (Arg::Ptr(p.ptr), nb * mn),
                 None => (ptr_at(c, b0 * mn), 0),
             };
-            b.launch_shared(
+            self.launch_shared(
                 kernel,
                 (super::i32c(OP, tm)? as u32, tn32, (nb * splits) as u32),
                 (THREADS, 1, 1),
                 tile.smem_bytes(math),
                 &[
                     ptr_at(a, b0 * mk),
-                    ptr_at(bm, b0 * kn),
+                    ptr_at(b, b0 * kn),
                     out,
                     i64a(stride),
                     m,
@@ -69,7 +68,7 @@ impl MatmulOps for CudaBackend {
                 ],
             )?;
             if let Some(p) = &part {
-                elementwise::sum_splits_at(b, p, c, b0 * mn, splits, nb * mn, math == GemmMath::Bf16)?;
+                elementwise::sum_splits_at(self, p, c, b0 * mn, splits, nb * mn, math == GemmMath::Bf16)?;
             }
             b0 += nb;
         }

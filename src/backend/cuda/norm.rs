@@ -30,8 +30,9 @@ fn column_stats(b: &CudaBackend, kernel: &str, inputs: &[Arg<'_>], rows: usize, 
     Ok((part, nb))
 }
 
-/// Scratch for `nb` row blocks x 2 x C partial sums in double (2 f32 slots each).
-fn partials(b: &CudaBackend, nb: usize, c: usize) -> Result<CudaStorage> {
+/// Scratch for `nb` row blocks x 2 x C partial sums in double (2 f32 slots each), as
+/// batchnorm_from_partials reads them.
+pub(super) fn partials(b: &CudaBackend, nb: usize, c: usize) -> Result<CudaStorage> {
     b.scratch(nb * 2 * c * 2)
 }
 
@@ -47,11 +48,6 @@ pub(super) fn batchnorm_fwd_train(b: &CudaBackend, x: &CudaStorage, bn: BnTrain<
     }
     let (part, nb) = column_stats(b, "batchnorm_stats_fwd_f32", &[ptr(x)], rows, c)?;
     batchnorm_from_partials(b, &part, nb, x, bn, d)
-}
-
-/// Scratch for the per-channel partial sums of `nb` row blocks, for batchnorm_from_partials.
-pub(super) fn stats_partials(b: &CudaBackend, nb: usize, c: usize) -> Result<CudaStorage> {
-    partials(b, nb, c)
 }
 
 /// Training batch norm of x from its column partial sums `part` [nb, 2, C] in double (by
@@ -158,22 +154,22 @@ impl NormOps for CudaBackend {
         invstd: &CudaStorage, dx: &CudaStorage, dresidual: Option<&CudaStorage>, dgamma: Option<&CudaStorage>, dbeta: Option<&CudaStorage>,
         d: &NormDims,
     ) -> Result<()> {
-        let b = self;
         let (rows, c) = (d.rows, d.channels);
         if rows * c == 0 {
             return Ok(());
         }
-        let (part, nb) = column_stats(b, "batchnorm_stats_bwd_f32", &[ptr(x), ptr(dy), opt_ptr(relu_out), ptr(mean), ptr(invstd)], rows, c)?;
+        let (part, nb) =
+            column_stats(self, "batchnorm_stats_bwd_f32", &[ptr(x), ptr(dy), opt_ptr(relu_out), ptr(mean), ptr(invstd)], rows, c)?;
         // sums = (sum dy, sum dy xhat) = (dbeta, dgamma)
-        let sums = b.scratch(2 * c)?;
-        b.launch(
+        let sums = self.scratch(2 * c)?;
+        self.launch(
             "colstats_finalize_bwd_f32",
             (per_channel_blocks(c), 1, 1),
             (THREADS, 1, 1),
             &[ptr(&part), i32a(OP, nb)?, i32a(OP, c)?, ptr(&sums), opt_ptr(dbeta), opt_ptr(dgamma)],
         )?;
         let n = rows * c;
-        b.launch_over(
+        self.launch_over(
             "batchnorm_dx_bwd_f32",
             n,
             &[
@@ -194,11 +190,10 @@ impl NormOps for CudaBackend {
     }
 
     fn l2_normalize_fwd(&self, x: &CudaStorage, y: &CudaStorage, norm: &CudaStorage, d: &NormDims) -> Result<()> {
-        let b = self;
         if d.rows * d.channels == 0 {
             return Ok(());
         }
-        b.launch(
+        self.launch(
             "l2_normalize_fwd_f32",
             warp_rows_grid(d.rows),
             (THREADS, 1, 1),
@@ -207,11 +202,10 @@ impl NormOps for CudaBackend {
     }
 
     fn l2_normalize_bwd(&self, x: &CudaStorage, dy: &CudaStorage, norm: &CudaStorage, dx: &CudaStorage, d: &NormDims) -> Result<()> {
-        let b = self;
         if d.rows * d.channels == 0 {
             return Ok(());
         }
-        b.launch(
+        self.launch(
             "l2_normalize_bwd_f32",
             warp_rows_grid(d.rows),
             (THREADS, 1, 1),
@@ -224,11 +218,10 @@ impl NormOps for CudaBackend {
         &self, x: &CudaStorage, gamma: &CudaStorage, beta: &CudaStorage, y: &CudaStorage, mean: &CudaStorage, rstd: &CudaStorage,
         d: &NormDims,
     ) -> Result<()> {
-        let b = self;
         if d.rows * d.channels == 0 {
             return Ok(());
         }
-        b.launch(
+        self.launch(
             "layernorm_fwd_f32",
             warp_rows_grid(d.rows),
             (THREADS, 1, 1),
@@ -241,20 +234,19 @@ impl NormOps for CudaBackend {
         &self, x: &CudaStorage, dy: &CudaStorage, gamma: &CudaStorage, mean: &CudaStorage, rstd: &CudaStorage, dx: &CudaStorage,
         dgamma: &CudaStorage, dbeta: &CudaStorage, d: &NormDims,
     ) -> Result<()> {
-        let b = self;
         let (rows, c) = (d.rows, d.channels);
         if rows * c == 0 {
             return Ok(());
         }
-        b.launch(
+        self.launch(
             "layernorm_dx_bwd_f32",
             warp_rows_grid(rows),
             (THREADS, 1, 1),
             &[ptr(x), ptr(dy), ptr(gamma), ptr(mean), ptr(rstd), ptr(dx), i32a(OP, rows)?, i32a(OP, c)?],
         )?;
-        let (part, nb) = column_stats(b, "layernorm_stats_bwd_f32", &[ptr(x), ptr(dy), ptr(mean), ptr(rstd)], rows, c)?;
+        let (part, nb) = column_stats(self, "layernorm_stats_bwd_f32", &[ptr(x), ptr(dy), ptr(mean), ptr(rstd)], rows, c)?;
         // (sum dy xhat, sum dy) = (dgamma, dbeta)
-        b.launch(
+        self.launch(
             "colstats_finalize_bwd_f32",
             (per_channel_blocks(c), 1, 1),
             (THREADS, 1, 1),
@@ -272,20 +264,18 @@ impl NormOps for CudaBackend {
 
     /// logsumexp_fwd_f32: one warp per row.
     fn logsumexp_fwd(&self, x: &CudaStorage, lse: &CudaStorage, d: &NormDims) -> Result<()> {
-        let b = self;
         if d.rows * d.channels == 0 {
             return Ok(());
         }
         let (rows, c) = (i32a(OP, d.rows)?, i32a(OP, d.channels)?);
-        b.launch("logsumexp_fwd_f32", warp_rows_grid(d.rows), (THREADS, 1, 1), &[ptr(x), ptr(lse), rows, c])
+        self.launch("logsumexp_fwd_f32", warp_rows_grid(d.rows), (THREADS, 1, 1), &[ptr(x), ptr(lse), rows, c])
     }
 
     fn logsumexp_bwd(&self, x: &CudaStorage, lse: &CudaStorage, dlse: &CudaStorage, dx: &CudaStorage, d: &NormDims) -> Result<()> {
-        let b = self;
         if d.rows * d.channels == 0 {
             return Ok(());
         }
         let (rows, c) = (i32a(OP, d.rows)?, i32a(OP, d.channels)?);
-        b.launch("logsumexp_bwd_f32", warp_rows_grid(d.rows), (THREADS, 1, 1), &[ptr(x), ptr(lse), ptr(dlse), ptr(dx), rows, c])
+        self.launch("logsumexp_bwd_f32", warp_rows_grid(d.rows), (THREADS, 1, 1), &[ptr(x), ptr(lse), ptr(dlse), ptr(dx), rows, c])
     }
 }

@@ -51,23 +51,21 @@ pub(super) fn avgpool_global(b: &CudaBackend, kernel: &str, src: &CudaStorage, d
 
 impl PoolOps for CudaBackend {
     fn maxpool2d_fwd(&self, x: &CudaStorage, y: &CudaStorage, d: &PoolDims) -> Result<()> {
-        let b = self;
         let n = d.n * d.oh * d.ow * d.c;
         if n == 0 {
             return Ok(());
         }
         let kd = dims(d)?;
-        b.launch_over("maxpool2d_fwd_f32", n, &[ptr(x), ptr(y), Arg::Bytes(bytemuck::bytes_of(&kd))])
+        self.launch_over("maxpool2d_fwd_f32", n, &[ptr(x), ptr(y), Arg::Bytes(bytemuck::bytes_of(&kd))])
     }
 
     fn maxpool2d_bwd(&self, x: &CudaStorage, dy: &CudaStorage, dx: &CudaStorage, d: &PoolDims) -> Result<()> {
-        let b = self;
         let n = d.n * d.h * d.w * d.c;
         if n == 0 {
             return Ok(());
         }
         let kd = dims(d)?;
-        b.launch_over("maxpool2d_bwd_f32", n, &[ptr(x), ptr(dy), ptr(dx), Arg::Bytes(bytemuck::bytes_of(&kd))])
+        self.launch_over("maxpool2d_bwd_f32", n, &[ptr(x), ptr(dy), ptr(dx), Arg::Bytes(bytemuck::bytes_of(&kd))])
     }
 
     fn avgpool_global_fwd(&self, x: &CudaStorage, y: &CudaStorage, d: &AxisDims) -> Result<()> {

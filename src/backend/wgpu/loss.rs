@@ -41,9 +41,8 @@ impl LossOps for WgpuBackend {
     }
 
     fn soft_cross_entropy_fwd(&self, logits: &WgpuStorage, q: &WgpuStorage, out: &WgpuStorage, rows: usize, classes: usize) -> Result<()> {
-        let be = self;
-        let ctx = &*be.ctx;
-        let per_row = be.storage(rows)?;
+        let ctx = &*self.ctx;
+        let per_row = self.storage(rows)?;
         let k = kernel("soft_cross_entropy", FAMILY, "soft_cross_entropy_fwd_f32");
         let binds = [r(1, logits.buf()), r(2, q.buf()), w(5, per_row.buf())];
         ctx.launch(k, params(rows, classes, 0.0, false), &binds, grid(rows, 1))?;
@@ -61,9 +60,8 @@ impl LossOps for WgpuBackend {
 
     /// A row without a positive gives a NaN loss (the CPU backend returns an error instead).
     fn nt_xent_fwd(&self, sim: &WgpuStorage, groups: &WgpuStorage, out: &WgpuStorage, rows: usize, temperature: f32) -> Result<()> {
-        let be = self;
-        let ctx = &*be.ctx;
-        let per_row = be.storage(rows)?;
+        let ctx = &*self.ctx;
+        let per_row = self.storage(rows)?;
         let k = kernel("nt_xent", FAMILY, "nt_xent_fwd_f32");
         let binds = [r(1, sim.buf()), r(2, groups.buf()), w(5, per_row.buf())];
         ctx.launch(k, params(rows, rows, 1.0 / temperature, false), &binds, grid(rows, 1))?;
@@ -80,9 +78,8 @@ impl LossOps for WgpuBackend {
     }
 
     fn identity_penalty_fwd(&self, c: &WgpuStorage, out: &WgpuStorage, d: usize, diag_weight: f32, off_weight: f32) -> Result<()> {
-        let be = self;
-        let ctx = &*be.ctx;
-        let per_row = be.storage(d)?;
+        let ctx = &*self.ctx;
+        let per_row = self.storage(d)?;
         let k = kernel("identity_penalty", FAMILY, "identity_penalty_fwd_f32");
         ctx.launch(k, penalty_params(d, diag_weight, off_weight), &[r(1, c.buf()), w(5, per_row.buf())], grid(d, 1))?;
         reduce(ctx, &per_row, out, d, 1.0)
@@ -98,9 +95,8 @@ impl LossOps for WgpuBackend {
     }
 
     fn cosine_loss_fwd(&self, p: &WgpuStorage, z: &WgpuStorage, out: &WgpuStorage, rows: usize, dim: usize, eps: f32) -> Result<()> {
-        let be = self;
-        let ctx = &*be.ctx;
-        let cos = be.storage(rows)?;
+        let ctx = &*self.ctx;
+        let cos = self.storage(rows)?;
         let k = kernel("cosine_loss", FAMILY, "cosine_loss_rows_fwd_f32");
         ctx.launch(k, params(rows, dim, eps, false), &[r(1, p.buf()), r(2, z.buf()), w(5, cos.buf())], grid(rows, 1))?;
         reduce(ctx, &cos, out, rows, -1.0 / rows as f32)

@@ -171,15 +171,14 @@ impl NormOps for WgpuBackend {
         &self, x: &WgpuStorage, dy: &WgpuStorage, gamma: &WgpuStorage, mean: &WgpuStorage, rstd: &WgpuStorage, dx: &WgpuStorage,
         dgamma: &WgpuStorage, dbeta: &WgpuStorage, d: &NormDims,
     ) -> Result<()> {
-        let be = self;
-        let ctx = &*be.ctx;
+        let ctx = &*self.ctx;
         let c = d.channels;
         let (nsplit, chunk) = split(d.rows, c);
         let p = || params(d, 3, nsplit, chunk, 0.0);
         let k = |entry| kernel("layernorm_bwd", FAMILY, entry);
         let binds = [r(1, x.buf()), r(2, dy.buf()), r(3, mean.buf()), r(4, rstd.buf()), r(5, gamma.buf()), w(8, dx.buf())];
         ctx.launch(k("layernorm_dx_bwd_f32"), p(), &binds, grid(d.rows, 1))?;
-        let part = be.storage(nsplit * c * 2)?;
+        let part = self.storage(nsplit * c * 2)?;
         let binds = [r(1, x.buf()), r(2, dy.buf()), r(3, mean.buf()), r(4, rstd.buf()), w(8, part.buf())];
         ctx.launch(k("layernorm_stats_bwd_f32"), p(), &binds, ctx.grid1(nsplit * c))?;
         ctx.launch(k("colstats_finalize_bwd_f32"), p(), &[r(7, part.buf()), w(8, dgamma.buf()), w(9, dbeta.buf())], ctx.grid1(c))
