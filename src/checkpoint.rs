@@ -57,7 +57,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        save_pause_for_tests();
+        save_pause_for_tests(path);
         std::fs::rename(&tmp, path)?;
         // Make the rename itself durable.
         std::fs::File::open(dir)?.sync_all()
@@ -69,10 +69,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Test hook: `SSL_ENGINE_TEST_SAVE_PAUSE_MS` holds every atomic write between the durable temp
-/// file and its rename, so the kill tests hit that window often.
-fn save_pause_for_tests() {
-    if let Some(ms) = std::env::var("SSL_ENGINE_TEST_SAVE_PAUSE_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+/// Test hook: `SSL_ENGINE_TEST_SAVE_PAUSE_MS` holds every checkpoint write (`.safetensors`)
+/// between the durable temp file and its rename, so the kill tests hit that window often.
+fn save_pause_for_tests(path: &Path) {
+    if path.extension().is_some_and(|e| e == "safetensors")
+        && let Some(ms) = std::env::var("SSL_ENGINE_TEST_SAVE_PAUSE_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
@@ -312,8 +313,9 @@ impl WeightFile {
     }
 }
 
-/// Writes the backbone (`backbone.*`, prefix stripped) with PyTorch names and layouts.
-pub fn export_backbone<B: Backend>(ps: &ParamStore<B>, path: &Path, prefix: &str) -> Result<usize> {
+/// Writes the backbone (`backbone.*`, prefix stripped) with PyTorch names and layouts, and
+/// `metadata` (the recipe, `eval::backbone::export`) beside the tensors.
+pub fn export_backbone<B: Backend>(ps: &ParamStore<B>, path: &Path, prefix: &str, metadata: Vec<(String, String)>) -> Result<usize> {
     let mut records = Vec::new();
     for id in ps.ids().filter(|id| ps.entry(*id).name.starts_with(prefix)) {
         let e = ps.entry(id);
@@ -331,6 +333,7 @@ pub fn export_backbone<B: Backend>(ps: &ParamStore<B>, path: &Path, prefix: &str
     let n = records.len();
     let mut meta = HashMap::new();
     meta.insert("exported_by".into(), "ssl-engine".into());
+    meta.extend(metadata);
     write_atomic(path, &serialize(&records, meta, path)?)?;
     Ok(n)
 }

@@ -51,22 +51,49 @@ pub(crate) enum Cmd {
         /// Continue from a checkpoint (e.g. <out>/last.safetensors): weights, momentum, position.
         #[arg(long)]
         resume: Option<PathBuf>,
+        /// Train into an `out` folder that already holds a run: its files are first moved aside,
+        /// whole, to `<out>.replaced-N` (nothing is deleted or appended to). Without it, such a
+        /// folder is refused.
+        #[arg(long, conflicts_with = "resume")]
+        overwrite: bool,
+        /// With --resume: accept a recipe whose schedule (epochs, learning rate, warm-up, the
+        /// optimiser), data or `out` differ from the checkpoint's; the differences are printed
+        /// either way. Batch size, model, method, backend and image size can never change.
+        #[arg(long, requires = "resume")]
+        allow_changes: bool,
         /// Skip at most N steps whose loss is NaN/Inf (no update; batch-norm statistics restored)
         /// before stopping with exit code 3; each skip is reported. Default: stop at the first.
         #[arg(long, value_name = "N")]
         skip_nonfinite: Option<usize>,
     },
-    /// Evaluate a backbone: kNN classifier or linear probe.
+    /// Print every recipe key with its default value and what it does, or (with --config / --set)
+    /// the fully resolved recipe a run would use, as TOML.
+    Config {
+        /// A recipe file to resolve (configs/*.toml); with --set, or alone.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a recipe key, e.g. --set epochs=10 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// The recipe stored in a checkpoint (or an exported backbone) instead, with --config and --set over it.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Evaluate a backbone: kNN classifier or linear probe. The image size, normalisation, model
+    /// and protocol settings come from the recipe stored in the checkpoint unless --config, --set
+    /// or --model say otherwise (each difference is printed).
     Eval {
         #[command(subcommand)]
         what: EvalCmd,
     },
-    /// Write backbone features of every image as .npy (rows in sorted order: class folders, then files) plus labels.
+    /// Write backbone features of every image as .npy (rows in sorted order: class folders, then
+    /// files), the labels as <stem>_labels.npy and the files as <stem>_files.txt; the image size
+    /// and normalisation come from the checkpoint's recipe.
     Embed {
         #[command(flatten)]
         args: EmbedArgs,
     },
-    /// Export the backbone with torchvision / timm names (load with model.load_state_dict(safetensors.torch.load_file(...))).
+    /// Export the backbone with torchvision / timm names (load with model.load_state_dict(safetensors.torch.load_file(...))); the recipe (image size, mean, std) travels in the file's metadata.
     Export {
         /// The training checkpoint (or a backbone file) to export from.
         #[arg(long)]
@@ -138,7 +165,11 @@ impl DeviceArgs {
 
     /// For `train` and `study`: the recipe with the flags applied and validated, and its device.
     pub(crate) fn recipe(&self, path: Option<&std::path::Path>, overrides: &[String]) -> Result<(Config, Device)> {
-        let mut cfg = Config::load(path, overrides)?;
+        self.apply(Config::load(path, overrides)?)
+    }
+
+    /// A recipe with the device flags applied and validated, and its device.
+    pub(crate) fn apply(&self, mut cfg: Config) -> Result<(Config, Device)> {
         if let Some(bk) = self.backend {
             cfg.backend = bk;
         }
@@ -177,10 +208,12 @@ pub(crate) struct BackboneArgs {
     /// contradicts the file.
     #[arg(long)]
     pub(crate) model: Option<String>,
-    /// Recipe whose data settings (image size, normalisation) and model to use.
+    /// A recipe laid over the checkpoint's own (for `random`: the recipe whose initialisation to
+    /// draw, e.g. configs/demo-cpu.toml); its keys replace the checkpoint's.
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
-    /// Override a recipe key, e.g. --set data.image_size=64 (repeatable).
+    /// Override a recipe key, e.g. --set data.image_size=64 (repeatable); default: the
+    /// checkpoint's recipe (torchvision / timm files: 224 px, ImageNet mean and std).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub(crate) overrides: Vec<String>,
     #[command(flatten)]
@@ -222,29 +255,31 @@ pub(crate) enum EvalCmd {
     Knn {
         #[command(flatten)]
         common: EvalArgs,
-        /// Neighbours that vote.
-        #[arg(long, default_value_t = 200)]
-        k: usize,
-        /// Temperature of the exp(similarity / T) vote weights.
-        #[arg(long, default_value_t = 0.1)]
-        t: f32,
+        /// Neighbours that vote (default: the recipe's monitor.knn_k, 200).
+        #[arg(long)]
+        k: Option<usize>,
+        /// Temperature of the exp(similarity / T) vote weights (default: the recipe's monitor.knn_t, 0.1).
+        #[arg(long)]
+        t: Option<f32>,
     },
     /// Linear probe on frozen, standardised features (eval-mode BN): SGD or LARS, cosine; or --finetune.
     Linear {
         #[command(flatten)]
         common: EvalArgs,
-        /// Epochs of probe (or fine-tuning) training.
-        #[arg(long, default_value_t = 100)]
-        epochs: usize,
-        /// sgd (lr 0.5 on standardised features, 30 on raw ones, at batch 256) or lars (lr 0.02).
-        #[arg(long, default_value = "sgd")]
-        optimizer: OptimizerKind,
-        /// Peak learning rate (cosine decay); default by protocol: 0.5 sgd, 0.02 lars, 30 raw features, 0.1 fine-tuning.
+        /// Epochs of probe (or fine-tuning) training (default: the recipe's linear.epochs, 100).
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// sgd (lr 0.5 on standardised features, 30 on raw ones, at batch 256) or lars (lr 0.02)
+        /// (default: the recipe's linear.optimizer, sgd).
+        #[arg(long)]
+        optimizer: Option<OptimizerKind>,
+        /// Peak learning rate (cosine decay); default: the recipe's linear.lr for its own
+        /// protocol, else 0.02 lars, 30 raw features, 0.1 fine-tuning.
         #[arg(long)]
         lr: Option<f64>,
-        /// Probe training batch size.
-        #[arg(long, default_value_t = 256)]
-        batch_size: usize,
+        /// Probe training batch size (default: the recipe's linear.batch_size, 256).
+        #[arg(long)]
+        batch_size: Option<usize>,
         /// Train the probe on only N labelled images per class (few-label evaluation).
         #[arg(long)]
         labels_per_class: Option<usize>,

@@ -19,19 +19,25 @@ use crate::optim::{LarsConfig, OptimizerKind};
 use crate::ssl::{self, MethodRecipe};
 use crate::study::config::StudyConfig;
 
+pub mod help;
+
 pub use crate::data::OnCorrupt;
 pub use crate::dtype::Precision;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The run directory: checkpoints, metrics.jsonl, plots.
     pub out: PathBuf,
+    /// The self-supervised method: one of the registry's names (`ssl-engine train --help` lists them).
     pub method: String,
     /// A backbone preset (resnet18-cifar, resnet50, vit-tiny, ...).
     pub model: String,
+    /// Seeds the initialisation, the data order and every augmentation draw: the same seed gives the same run.
     pub seed: u64,
+    /// Passes over the training images; the learning-rate schedule spans them all.
     pub epochs: usize,
+    /// Images per step (each seen as the method's views); the learning rate scales with it (optim.scale_lr_with_batch).
     pub batch_size: usize,
     /// cpu (wgpu and cuda where built and available).
     pub backend: BackendKind,
@@ -100,7 +106,7 @@ impl Default for Config {
 }
 
 /// `backend`: the device a run computes on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     #[default]
@@ -134,7 +140,7 @@ impl std::str::FromStr for BackendKind {
 }
 
 /// `data.cache`: whether image folders are decoded once and held in memory.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DataCache {
     /// Decode every image once, at load, and hold the pixels in memory.
@@ -152,7 +158,7 @@ impl DataCache {
 }
 
 /// `[report]`: what a finished run measures besides its own monitors.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReportConfig {
     /// After training, evaluate the random-init and the pretrained backbone (kNN with the
@@ -160,7 +166,7 @@ pub struct ReportConfig {
     pub compare_random: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// Training images: an image folder (<root>/<class>/*.jpg|png), a CIFAR binary folder or
@@ -214,7 +220,7 @@ impl Default for DataConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelOpts {
     /// ResNet: channels of the first stage (64 in torchvision); smaller is faster.
@@ -231,16 +237,18 @@ impl Default for ModelOpts {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
     /// "sgd" (SimSiam's recipe) or "lars" (solo-learn's recipes for the other methods).
     pub optimizer: OptimizerKind,
     /// Learning rate at batch 256: lr = base_lr x batch_size / 256 (paper: 0.03 -> 0.06 at 512).
     pub base_lr: f64,
+    /// SGD / LARS momentum.
     pub momentum: f32,
     /// Applied to every parameter, BN included (the SimSiam recipe).
     pub weight_decay: f32,
+    /// Epochs of linear learning-rate warm-up before the cosine decay.
     pub warmup_epochs: usize,
     /// false: use base_lr as the learning rate whatever the batch size (lightly's choice).
     pub scale_lr_with_batch: bool,
@@ -262,12 +270,14 @@ impl Default for OptimConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitorConfig {
     /// kNN monitor every N epochs (0 = only at the end).
     pub knn_every: usize,
+    /// Neighbours that vote in the kNN monitor (and `eval knn` by default).
     pub knn_k: usize,
+    /// Temperature T of the kNN monitor's exp(similarity / T) vote weights.
     pub knn_t: f32,
     /// Read the loss back and log it every N steps (also when the NaN check runs).
     pub log_every: usize,
@@ -279,7 +289,7 @@ impl Default for MonitorConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
     /// Save every N epochs (and always at the end and on Ctrl-C).
@@ -294,21 +304,182 @@ impl Default for CheckpointConfig {
     }
 }
 
-/// Sets `a.b.c = value` in a TOML table; the value is parsed as TOML (numbers, booleans,
-/// arrays) and taken as a string when it does not parse.
-fn set_dotted(table: &mut toml::Table, key: &str, value: &str) -> Result<()> {
-    let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+/// A `--set` value as TOML (numbers, booleans, arrays), or a string when it does not parse.
+fn parse_set_value(value: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {value}")) {
         Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(value.into())),
         Err(_) => toml::Value::String(value.into()),
-    };
+    }
+}
+
+/// Sets `a.b.c = value` in a TOML table, creating the tables on the way.
+fn insert_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<()> {
     let parts: Vec<&str> = key.split('.').collect();
     let mut cur = table;
     for p in &parts[..parts.len() - 1] {
         let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry.as_table_mut().ok_or_else(|| Error::Config(format!("--set {key}: {p} is not a table")))?;
+        cur = entry.as_table_mut().ok_or_else(|| Error::Config(format!("{key}: {p} is not a table")))?;
     }
-    cur.insert(parts[parts.len() - 1].to_string(), parsed);
+    cur.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
+}
+
+/// The value at `a.b.c` of a TOML table, if any.
+pub fn get_dotted<'t>(table: &'t toml::Table, key: &str) -> Option<&'t toml::Value> {
+    let (head, rest) = match key.split_once('.') {
+        Some((h, r)) => (h, Some(r)),
+        None => (key, None),
+    };
+    match (table.get(head)?, rest) {
+        (v, None) => Some(v),
+        (toml::Value::Table(t), Some(r)) => get_dotted(t, r),
+        _ => None,
+    }
+}
+
+fn get_dotted_mut<'t>(table: &'t mut toml::Table, key: &str) -> Option<&'t mut toml::Value> {
+    let (head, rest) = match key.split_once('.') {
+        Some((h, r)) => (h, Some(r)),
+        None => (key, None),
+    };
+    match (table.get_mut(head)?, rest) {
+        (v, None) => Some(v),
+        (toml::Value::Table(t), Some(r)) => get_dotted_mut(t, r),
+        _ => None,
+    }
+}
+
+/// Every leaf of a TOML table as (dotted key, value); arrays are leaves.
+fn leaves(table: &toml::Table, prefix: &str, out: &mut Vec<(String, toml::Value)>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(t) => leaves(t, &key, out),
+            v => out.push((key, v.clone())),
+        }
+    }
+}
+
+/// A setting the user named, in the recipe file or with `--set`, and where.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Explicit {
+    pub key: String,
+    pub value: toml::Value,
+    /// The recipe file's path, or `--set key=value`.
+    pub source: String,
+}
+
+/// What the user wrote: the recipe file's table and the `--set` overrides, in order. A config is
+/// built by laying them over a base (the defaults, or a checkpoint's recipe); an error is
+/// blamed on the layer that causes it (`configs/x.toml: ...`, `--set epochs=0: ...`).
+struct Layers<'a> {
+    file: Option<(&'a Path, toml::Table)>,
+    sets: Vec<(String, String, toml::Value)>,
+}
+
+impl<'a> Layers<'a> {
+    fn read(path: Option<&'a Path>, overrides: &[String]) -> Result<Self> {
+        let file = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| Error::Config(format!("--config {}: {e}", p.display())))?;
+                Some((p, toml::from_str::<toml::Table>(&text).map_err(|e| Error::Config(format!("{}: {}", p.display(), e.message())))?))
+            }
+            None => None,
+        };
+        let mut sets = Vec::new();
+        for o in overrides {
+            let (k, v) = o.split_once('=').ok_or_else(|| Error::Config(format!("--set {o}: expected key=value")))?;
+            if k.trim().is_empty() || k.split('.').any(|p| p.trim().is_empty()) {
+                return Err(Error::Config(format!("--set {o}: the key {k:?} is not a dotted name such as data.image_size")));
+            }
+            sets.push((o.clone(), k.trim().to_string(), parse_set_value(v.trim())));
+        }
+        Ok(Layers { file, sets })
+    }
+
+    /// The keys the layers set, each with the last layer that set it.
+    fn explicit(&self) -> Vec<Explicit> {
+        let mut out: Vec<Explicit> = Vec::new();
+        let mut put = |key: String, value: toml::Value, source: String| {
+            out.retain(|e| e.key != key);
+            out.push(Explicit { key, value, source });
+        };
+        if let Some((p, t)) = &self.file {
+            let mut l = Vec::new();
+            leaves(t, "", &mut l);
+            for (k, v) in l {
+                put(k, v, p.display().to_string());
+            }
+        }
+        for (o, k, v) in &self.sets {
+            let mut l = Vec::new();
+            match v {
+                toml::Value::Table(t) => leaves(t, k, &mut l),
+                v => l.push((k.clone(), v.clone())),
+            }
+            for (k, v) in l {
+                put(k, v, format!("--set {o}"));
+            }
+        }
+        out
+    }
+
+    /// `base` with the file and the first `n_sets` overrides laid over it, as a checked config.
+    fn build(&self, base: &toml::Table, n_sets: usize, warn: bool) -> Result<Config> {
+        let mut table = base.clone();
+        if let Some((_, t)) = &self.file {
+            merge(&mut table, t);
+        }
+        for (_, k, v) in &self.sets[..n_sets] {
+            insert_dotted(&mut table, k, v.clone())?;
+        }
+        let where_ = match (&self.file, n_sets) {
+            (_, n) if n > 0 => "--set".to_string(),
+            (Some((p, _)), _) => p.display().to_string(),
+            (None, _) => "the recipe".to_string(),
+        };
+        let mut cfg = Config::from_table(table, &where_, warn)?;
+        cfg.complete_method_tables()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The config of every layer over `base`; an error names the layer that causes it: the file
+    /// when it fails alone, else the first `--set` that makes it fail.
+    fn config(&self, base: &toml::Table) -> Result<Config> {
+        let all = self.sets.len();
+        let e = match self.build(base, all, true) {
+            Ok(cfg) => return Ok(cfg),
+            Err(e) => e,
+        };
+        let msg = |e: Error| match e {
+            Error::Config(m) => m,
+            e => e.to_string(),
+        };
+        if let Some((p, _)) = &self.file
+            && let Err(e0) = self.build(base, 0, false)
+        {
+            return Err(Error::Config(format!("{}: {}", p.display(), msg(e0))));
+        }
+        for n in 1..=all {
+            if let Err(en) = self.build(base, n, false) {
+                return Err(Error::Config(format!("--set {}: {}", self.sets[n - 1].0, msg(en))));
+            }
+        }
+        Err(e)
+    }
+}
+
+/// Lays `top` over `base`: tables merge key by key, any other value replaces the base's.
+fn merge(base: &mut toml::Table, top: &toml::Table) {
+    for (k, v) in top {
+        match (base.get_mut(k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
 }
 
 /// A method table the recipe leaves out: every default.
@@ -319,30 +490,55 @@ const RENAMED: &[(&str, &str)] = &[("cuda_graph", "step_graph")];
 
 impl Config {
     /// Reads a recipe (or the defaults when `path` is None) and applies `key=value` overrides.
+    /// Errors name the file, or the `--set` that causes them.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let mut table = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?;
-                toml::from_str::<toml::Table>(&text).map_err(|e| Error::Config(format!("{}: {}", p.display(), e.message())))?
-            }
-            None => toml::Table::new(),
-        };
-        for o in overrides {
-            let (k, v) = o.split_once('=').ok_or_else(|| Error::Config(format!("--set {o}: expected key=value")))?;
-            set_dotted(&mut table, k.trim(), v.trim())?;
+        Layers::read(path, overrides)?.config(&toml::Table::new())
+    }
+
+    /// `load` laid over `base` (a checkpoint's recipe): the keys the file or `--set` name replace
+    /// the base's, the others keep the base's values. Also returns those keys.
+    pub fn load_over(base: &Config, path: Option<&Path>, overrides: &[String]) -> Result<(Self, Vec<Explicit>)> {
+        let layers = Layers::read(path, overrides)?;
+        let base_table: toml::Table = toml::from_str(&base.to_toml()).map_err(|e| Error::Config(format!("stored recipe: {}", e.message())))?;
+        Ok((layers.config(&base_table)?, layers.explicit()))
+    }
+
+    /// This config with the settings of `from` whose keys `take` accepts (leaf keys, dotted).
+    pub fn taking(&self, from: &Config, take: impl Fn(&str) -> bool) -> Result<Config> {
+        let (mut table, source) = (self.to_table(), from.to_table());
+        let mut keys = Vec::new();
+        leaves(&source, "", &mut keys);
+        for (k, v) in keys.into_iter().filter(|(k, _)| take(k)) {
+            insert_dotted(&mut table, &k, v)?;
         }
-        let where_ = path.map(|p| p.display().to_string()).unwrap_or_else(|| "--set".into());
-        let mut cfg = Self::from_table(table, &where_, true)?;
-        cfg.complete_method_tables().map_err(|e| Error::Config(format!("{where_}: {e}")))?;
-        cfg.validate()?;
-        Ok(cfg)
+        // Keys `from` leaves unset (None) are unset in the result too.
+        let mut mine = Vec::new();
+        leaves(&self.to_table(), "", &mut mine);
+        for (k, _) in mine.into_iter().filter(|(k, _)| take(k) && get_dotted(&source, k).is_none()) {
+            if let Some((parent, leaf)) = k.rsplit_once('.') {
+                if let Some(toml::Value::Table(t)) = get_dotted_mut(&mut table, parent) {
+                    t.remove(leaf);
+                }
+            } else {
+                table.remove(&k);
+            }
+        }
+        Config::from_stored(&toml::to_string(&table).map_err(|e| Error::Config(e.to_string()))?)
+    }
+
+    /// The resolved recipe as a TOML table (what `to_toml` writes).
+    pub fn to_table(&self) -> toml::Table {
+        toml::from_str(&self.to_toml()).unwrap_or_default()
     }
 
     /// A config a checkpoint stored (`to_toml` of this or an earlier version), as `load` reads a
     /// recipe but without checks or deprecation lines: for comparing a resumed run with it.
     pub fn from_stored(text: &str) -> Result<Self> {
         let table = toml::from_str::<toml::Table>(text).map_err(|e| Error::Config(format!("stored config: {}", e.message())))?;
-        Self::from_table(table, "stored config", false)
+        Self::from_table(table, "stored config", false).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("stored config: {m}")),
+            e => e,
+        })
     }
 
     /// The recipe's table as a config: old key names renamed, each method's table set aside for
@@ -351,7 +547,7 @@ impl Config {
         for (old, new) in RENAMED {
             if let Some(v) = table.remove(*old) {
                 if table.contains_key(*new) {
-                    return Err(Error::Config(format!("{where_}: both {old} and {new} are set; {old} is the old name of {new}: keep {new}")));
+                    return Err(Error::Config(format!("both {old} and {new} are set; {old} is the old name of {new}: keep {new}")));
                 }
                 if warn {
                     eprintln!("warning: {where_}: the config key {old} is now called {new} (the old name still works, for now)");
@@ -366,15 +562,15 @@ impl Config {
                     method_tables.insert(m.name.to_string(), t);
                 }
                 Some(other) => {
-                    return Err(Error::Config(format!("{where_}: {}: expected a table of the method's settings, got {other}", m.name)));
+                    return Err(Error::Config(format!("{}: expected a table of the method's settings, got {other}", m.name)));
                 }
                 None => {}
             }
         }
         let mut cfg = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
             let msg = e.to_string().trim().replace('\n', " ");
-            let hint = if msg.starts_with("unknown field") { format!(" (or a method's table: {})", ssl::method_names()) } else { String::new() };
-            Error::Config(format!("{where_}: {msg}{hint}"))
+            let hint = if msg.starts_with("unknown field") && !msg.contains(" in `") { format!(" (or a method's table: {})", ssl::method_names()) } else { String::new() };
+            Error::Config(format!("{msg}{hint}"))
         })?;
         cfg.method_tables = method_tables;
         // An empty test path ("") switches the kNN monitor off.
@@ -439,7 +635,22 @@ impl Config {
             Error::Invalid { msg, .. } => Error::Config(format!("augment.{msg}")),
             e => e,
         })?;
-        self.backbone()?;
+        // A ViT cuts the image into whole patches: checked here, before any image is decoded.
+        if let BackboneConfig::Vit(v) = self.backbone()?
+            && (v.patch == 0 || !self.data.image_size.is_multiple_of(v.patch))
+        {
+            let fits: Vec<String> = [2, 4, 8, 14, 16, 32].iter().filter(|&&p| self.data.image_size.is_multiple_of(p)).map(|p| p.to_string()).collect();
+            return bad(
+                "model_opts.patch",
+                &format!(
+                    "patch {} does not divide data.image_size {} ({} is a ViT: the image is cut into whole patches); patches that divide it: {}",
+                    v.patch,
+                    self.data.image_size,
+                    self.model,
+                    if fits.is_empty() { "none of 2, 4, 8, 14, 16, 32".into() } else { fits.join(", ") }
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -471,6 +682,15 @@ impl Config {
     /// The whole config as TOML, method tables included: `from_stored` reads it back equal.
     pub fn to_toml(&self) -> String {
         let mut text = toml::to_string(self).unwrap_or_default();
+        // TOML has no none: an unset test path is written as "", which `from_table` reads as
+        // unset (left out, it would read back as the default's Some).
+        if self.data.test_path.is_none()
+            && let Ok(mut t) = toml::from_str::<toml::Table>(&text)
+            && let Some(toml::Value::Table(data)) = t.get_mut("data")
+        {
+            data.insert("test_path".into(), toml::Value::String(String::new()));
+            text = toml::to_string(&t).unwrap_or(text);
+        }
         for (name, table) in &self.method_tables {
             // Written under its name, as the recipe has it: `[dino]`, `[dino.multicrop]`.
             let named = toml::Table::from_iter([(name.clone(), toml::Value::Table(table.clone()))]);

@@ -37,7 +37,7 @@ impl std::fmt::Display for DType {
 /// the gradients through them, as under PyTorch's bf16 autocast; weights, optimiser state,
 /// batch-norm statistics, losses and softmax stay FP32.
 /// Read from the recipe and from `--precision` by its serde names, "fp32" and "bf16".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     #[default]

@@ -25,6 +25,7 @@ pub mod setup;
 pub mod ssl;
 pub mod study;
 pub mod tensor;
+pub mod tensorboard;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -17,7 +17,7 @@ use ssl_engine::{Error, Result, bench, eval};
 
 /// A command with everything it needs but the backend, which `dispatch` builds once.
 enum Job {
-    Train { cfg: Box<Config>, resume: Option<PathBuf>, quiet: bool, started: Instant },
+    Train { cfg: Box<Config>, start: TrainStart, quiet: bool, started: Instant },
     Study { cfg: Box<Config>, quiet: bool },
     Eval(EvalCmd),
     Embed(EmbedArgs),
@@ -43,6 +43,12 @@ fn dispatch(d: &Device, job: Job) -> Result<()> {
         "wgpu" => {
             let b = ssl_engine::backend::wgpu::WgpuBackend::new(d.index)?;
             eprintln!("wgpu adapter: {}", b.name());
+            if b.is_software() {
+                eprintln!(
+                    "note: this WebGPU adapter is a software device (a CPU rasteriser such as mesa's llvmpipe, not a GPU): \
+                     it computes correctly but far slower than `--backend cpu`, which is what to use on this machine"
+                );
+            }
             job.run(&b)
         }
         other => Err(Error::Config(format!(
@@ -55,7 +61,7 @@ fn dispatch(d: &Device, job: Job) -> Result<()> {
 impl Job {
     fn run<B: Backend>(self, b: &B) -> Result<()> {
         match self {
-            Job::Train { cfg, resume, quiet, started } => train(b, &cfg, resume.as_deref(), quiet, started),
+            Job::Train { cfg, start, quiet, started } => train(b, &cfg, &start, quiet, started),
             Job::Study { cfg, quiet } => {
                 let outcome = ssl_engine::study::run(b, &cfg, !quiet)?;
                 print!("{}", ssl_engine::study::report::markdown(&outcome.cells));
@@ -67,16 +73,19 @@ impl Job {
             }
             Job::Eval(EvalCmd::Knn { common, k, t }) => {
                 let EvalSetup { mut cfg, model, train, test } = backbone::open(b, &inputs(&common))?;
-                cfg.monitor.knn_k = k;
-                cfg.monitor.knn_t = t;
-                let m = eval::eval_knn(&model, &train, &test, &cfg)?;
+                cfg.monitor.knn_k = k.unwrap_or(cfg.monitor.knn_k);
+                cfg.monitor.knn_t = t.unwrap_or(cfg.monitor.knn_t);
+                let (k, t) = (cfg.monitor.knn_k, cfg.monitor.knn_t);
+                let m = eval::eval_knn(&model, &train, &test.expect("eval loads a test set"), &cfg)?;
                 print!("{}", m.report(&format!("kNN (k={k}, T={t}) of {}", common.net.checkpoint)));
                 write_json(&common.json, &m)
             }
             Job::Eval(EvalCmd::Linear { common, epochs, optimizer, lr, batch_size, labels_per_class, finetune, weight_decay, raw_features }) => {
                 let EvalSetup { cfg, model, train, test } = backbone::open(b, &inputs(&common))?;
+                let test = test.expect("eval loads a test set");
                 let flags = ProbeFlags { epochs, batch_size, optimizer, lr, weight_decay, finetune, raw_features };
                 let probe = flags.probe(&cfg.linear);
+                let epochs = probe.epochs;
                 let subset = labels_per_class.map(|n| eval::labels_per_class(&train, n, cfg.seed));
                 let what = if finetune { "fine-tuning" } else { "linear probe" };
                 let progress = |e: usize, l: f64| {
@@ -93,11 +102,26 @@ impl Job {
                 write_json(&common.json, &r)
             }
             Job::Embed(a) => {
-                // The images are loaded as both sets: the same ones, counted in the same line.
-                let common = EvalArgs { net: a.net.clone(), data: a.data.clone(), test_data: Some(a.data.clone()), json: None };
-                let EvalSetup { cfg, model, train, .. } = backbone::open(b, &inputs(&common))?;
-                let (f, l) = eval::embed(&model, &train, &cfg, &a.out)?;
-                println!("wrote {} and {}", f.display(), l.display());
+                let n = &a.net;
+                let what = EvalInputs {
+                    checkpoint: &n.checkpoint,
+                    model: n.model.as_deref(),
+                    config: n.config.as_deref(),
+                    overrides: &n.overrides,
+                    data: &a.data,
+                    test_data: None,
+                };
+                let EvalSetup { cfg, model, train, .. } = backbone::open(b, &what)?;
+                let w = eval::embed(&model, &train, &cfg, &a.out)?;
+                println!(
+                    "embedded {} images of {} ({} features each): wrote {}, {} and {}",
+                    train.len(),
+                    a.data.display(),
+                    model.backbone.feature_dim(),
+                    w.features.display(),
+                    w.labels.display(),
+                    w.files.display()
+                );
                 Ok(())
             }
             Job::BenchStep { model, batch, image_size, warmup, runs, simsiam, graph } => {
@@ -123,8 +147,14 @@ impl Job {
 
 /// `train`: the run, its one-line totals, then the random-vs-pretrained table when the recipe
 /// asks for it (measured on the checkpoint file the run leaves behind), else the kNN line.
-fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, quiet: bool, started: Instant) -> Result<()> {
-    let s = ssl_engine::train::train(b, cfg, resume, ssl_engine::interrupt::install(), !quiet)?;
+fn train<B: Backend>(b: &B, cfg: &Config, start: &TrainStart, quiet: bool, started: Instant) -> Result<()> {
+    let s = ssl_engine::train::train_with(b, cfg, &start.options(), ssl_engine::interrupt::install(), !quiet).map_err(|e| match e {
+        // The exact command that continues the run, after the line that says where it stopped.
+        Error::Interrupted(m) if m.starts_with("state saved") => {
+            Error::Interrupted(format!("{m}\ncontinue with: {}", resume_command(&cfg.out.join("last.safetensors"))))
+        }
+        e => e,
+    })?;
     let last = s.out.join("last.safetensors");
     let report = cfg.report.compare_random.then(|| eval::summary::compare_with_random(b, cfg, &last, started)).transpose()?;
     println!("trained {} epochs ({} steps) at {:.1} images/s; run folder {}", s.epochs_done, s.steps_done, s.images_per_s, s.out.display());
@@ -154,8 +184,44 @@ fn inputs(a: &EvalArgs) -> EvalInputs<'_> {
         config: n.config.as_deref(),
         overrides: &n.overrides,
         data: &a.data,
-        test_data: a.test_data.as_deref().unwrap_or(&a.data),
+        test_data: Some(a.test_data.as_deref().unwrap_or(&a.data)),
     }
+}
+
+/// `train`'s flags on how the run meets its folder and a checkpoint.
+struct TrainStart {
+    resume: Option<PathBuf>,
+    overwrite: bool,
+    allow_changes: bool,
+}
+
+impl TrainStart {
+    fn options(&self) -> ssl_engine::train::StartOptions<'_> {
+        ssl_engine::train::StartOptions { resume: self.resume.as_deref(), overwrite: self.overwrite, allow_changes: self.allow_changes }
+    }
+}
+
+/// This process's command line with `--resume <checkpoint>` in place of any `--resume` or
+/// `--overwrite` it had: the command that continues the run. Arguments are quoted for a shell.
+fn resume_command(checkpoint: &Path) -> String {
+    let mut args: Vec<String> = Vec::new();
+    let mut it = std::env::args();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--resume" => {
+                it.next();
+            }
+            "--overwrite" => {}
+            a if a.starts_with("--resume=") => {}
+            _ => args.push(a),
+        }
+    }
+    args.push("--resume".into());
+    args.push(checkpoint.display().to_string());
+    let quote = |a: &String| {
+        if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) { a.clone() } else { format!("'{}'", a.replace('\'', "'\\''")) }
+    };
+    args.iter().map(quote).collect::<Vec<_>>().join(" ")
 }
 
 fn write_json(path: &Option<PathBuf>, v: &impl serde::Serialize) -> Result<()> {
@@ -170,17 +236,21 @@ fn run(cli: Cli) -> Result<()> {
     // Every command stops cleanly on the first Ctrl-C / SIGTERM (exit 130), and at once on a second.
     ssl_engine::interrupt::install();
     let (device, job) = match cli.cmd {
-        Cmd::Train { config, run, resume, skip_nonfinite } => {
+        Cmd::Train { config, run, resume, overwrite, allow_changes, skip_nonfinite } => {
             let started = Instant::now();
             let (mut cfg, device) = run.dev.recipe(config.as_deref(), &run.overrides)?;
             if let Some(n) = skip_nonfinite {
                 cfg.skip_nonfinite = n;
             }
-            (device, Job::Train { cfg: Box::new(cfg), resume, quiet: run.quiet, started })
+            (device, Job::Train { cfg: Box::new(cfg), start: TrainStart { resume, overwrite, allow_changes }, quiet: run.quiet, started })
         }
         Cmd::Study { config, run } => {
-            let (cfg, device) = run.dev.recipe(Some(&config), &run.overrides)?;
+            let (cfg, device) = run.dev.apply(ssl_engine::study::recipe(&config, &run.overrides)?)?;
             (device, Job::Study { cfg: Box::new(cfg), quiet: run.quiet })
+        }
+        Cmd::Config { config, overrides, checkpoint } => {
+            print!("{}", config_command(config.as_deref(), &overrides, checkpoint.as_deref())?);
+            return Ok(());
         }
         Cmd::Eval { what } => {
             let (EvalCmd::Knn { common, .. } | EvalCmd::Linear { common, .. }) = &what;
@@ -189,7 +259,15 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Embed { args } => (args.net.dev.resolve()?, Job::Embed(args)),
         Cmd::Export { checkpoint, out } => {
             let n = eval::export(&ssl_engine::backend::cpu::CpuBackend::new(0)?, &checkpoint, &out)?;
-            println!("wrote {n} tensors to {}", out.display());
+            let wf = ssl_engine::checkpoint::WeightFile::read(&out)?;
+            let recipe = match backbone::stored_recipe(&wf) {
+                Some(c) => format!(
+                    "with its recipe ({} px, mean {:?}, std {:?}) in the file's metadata",
+                    c.data.image_size, c.augment.mean, c.augment.std
+                ),
+                None => "without a recipe (the checkpoint holds none)".into(),
+            };
+            println!("wrote {n} tensors to {} {recipe}", out.display());
             return Ok(());
         }
         Cmd::Plot { run } => {
@@ -219,6 +297,22 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench { what: BenchCmd::Kernels { dev, batch, filter, runs, .. } } => (dev.resolve()?, Job::BenchKernels { batch, filter, runs }),
     };
     dispatch(&device, job)
+}
+
+/// `ssl-engine config`: every key with its default and its help, or the resolved recipe.
+fn config_command(config: Option<&Path>, overrides: &[String], checkpoint: Option<&Path>) -> Result<String> {
+    if let Some(ck) = checkpoint {
+        let wf = ssl_engine::checkpoint::WeightFile::read(ck)?;
+        let (base, source, stored) = backbone::base_recipe(Some(&wf))?;
+        let cfg = backbone::lay_over(&base, stored, config, overrides, None)?;
+        return Ok(format!("# the resolved recipe: {source}\n{}", cfg.to_toml()));
+    }
+    if config.is_none() && overrides.is_empty() {
+        return Ok(ssl_engine::config::help::reference());
+    }
+    let cfg = Config::load(config, overrides)?;
+    let from = config.map(|p| p.display().to_string()).unwrap_or_else(|| "the defaults".into());
+    Ok(format!("# the resolved recipe: {from}{}\n{}", if overrides.is_empty() { "" } else { " with --set" }, cfg.to_toml()))
 }
 
 fn main() {

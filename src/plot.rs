@@ -179,19 +179,35 @@ pub fn draw_bars(path: &Path, title: &str, ylabel: &str, groups: &[String], seri
     })
 }
 
+/// The titles of loss.png, lr.png, knn.png and z_std.png, naming the run's method and kNN
+/// settings as its `config.toml` records them (a run folder from before it existed: none).
+pub fn titles(run: &Path) -> [String; 4] {
+    let recipe = std::fs::read_to_string(run.join("config.toml")).ok().and_then(|t| crate::config::Config::from_stored(&t).ok());
+    match recipe {
+        Some(c) => [
+            format!("{} loss ({}, {})", c.method, c.model, run.display()),
+            format!("learning rate ({})", c.method),
+            format!("kNN top-1 (k={}, T={}), {}", c.monitor.knn_k, c.monitor.knn_t, c.method),
+            format!("collapse monitor: std of z/|z| ({})", c.method),
+        ],
+        None => ["loss".into(), "learning rate".into(), "kNN top-1".into(), "collapse monitor: std of z/|z|".into()],
+    }
+}
+
 /// Writes loss.png, lr.png, knn.png and z_std.png into the run folder; returns the files written.
 pub fn plot_run(run: &Path) -> Result<Vec<PathBuf>> {
     let s = read_metrics(run)?;
+    let [t_loss, t_lr, t_knn, t_z] = titles(run);
     let mut out = Vec::new();
     for (file, title, x, y, pts) in [
-        ("loss.png", "SimSiam loss", "step", "loss", &s.loss),
-        ("lr.png", "learning rate", "step", "lr", &s.lr),
-        ("knn.png", "kNN top-1 (k=200, T=0.1)", "epoch", "accuracy %", &s.knn),
-        ("z_std.png", "collapse monitor: std of z/|z|", "epoch", "std", &s.z_std),
+        ("loss.png", t_loss, "step", "loss", &s.loss),
+        ("lr.png", t_lr, "step", "lr", &s.lr),
+        ("knn.png", t_knn, "epoch", "accuracy %", &s.knn),
+        ("z_std.png", t_z, "epoch", "std", &s.z_std),
     ] {
         if !pts.is_empty() {
             let p = run.join(file);
-            draw(&p, title, x, y, pts)?;
+            draw(&p, &title, x, y, pts)?;
             out.push(p);
         }
     }

@@ -1,36 +1,73 @@
 //! What a training run leaves in its folder besides the weights: `metrics.jsonl` (one JSON
 //! object per line, appended and flushed as it happens, so a killed run keeps every line it
-//! wrote) and the rolling set of epoch checkpoints.
+//! wrote), the same numbers as TensorBoard event files in `tb/` (src/tensorboard.rs says which
+//! row becomes which scalar) and the rolling set of epoch checkpoints.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::eval::summary::RunReport;
+use crate::tensorboard::{EventWriter, scalars_of_row};
 
-/// Appends JSON lines to <out>/metrics.jsonl, flushing each one.
+/// Appends JSON lines to <out>/metrics.jsonl, flushing each one, and mirrors their numbers as
+/// TensorBoard scalars into a new event file in <out>/tb/.
 pub struct MetricsLog {
     file: std::fs::File,
     path: PathBuf,
+    tb: EventWriter,
 }
 
 impl MetricsLog {
-    /// Opens (or creates) `<out>/metrics.jsonl` for appending: a resumed run continues the file.
-    pub fn open(out: &Path) -> Result<Self> {
+    /// Opens (or creates) `<out>/metrics.jsonl` for appending (a resumed run continues the
+    /// file) and a new event file in `<out>/tb/`, into which it writes `recipe_toml` (the
+    /// resolved recipe) as the text summary `recipe`.
+    pub fn open(out: &Path, recipe_toml: &str) -> Result<Self> {
+        let mut log = Self::open_files(out)?;
+        log.tb.text("recipe", 0, &format!("```toml\n{}\n```", recipe_toml.trim_end()))?;
+        Ok(log)
+    }
+
+    fn open_files(out: &Path) -> Result<Self> {
         let path = out.join("metrics.jsonl");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(|e| Error::File { path: path.display().to_string(), msg: format!("cannot open: {e}") })?;
-        Ok(MetricsLog { file, path })
+        let tb = EventWriter::create(&out.join("tb"))?;
+        Ok(MetricsLog { file, path, tb })
     }
 
-    /// Writes one line and flushes it.
+    /// Writes one line and flushes it, then its scalars (`tensorboard::scalars_of_row`).
     pub fn write(&mut self, v: serde_json::Value) -> Result<()> {
         writeln!(self.file, "{v}")
             .and_then(|_| self.file.flush())
-            .map_err(|e| Error::File { path: self.path.display().to_string(), msg: format!("cannot write: {e}") })
+            .map_err(|e| Error::File { path: self.path.display().to_string(), msg: format!("cannot write: {e}") })?;
+        for s in scalars_of_row(&v) {
+            self.tb.scalar(&s.tag, s.step, s.value)?;
+        }
+        Ok(())
     }
+}
+
+/// The closing table's probe results (`RunReport`) as a `"report"` row of `<out>/metrics.jsonl`
+/// and as `report/...` scalars at step = the run's epochs, in a new event file of `<out>/tb/`.
+/// The accuracies are fractions in [0, 1], like the other rows'.
+pub fn log_report(out: &Path, r: &RunReport) -> Result<()> {
+    MetricsLog::open_files(out)?.write(report_row(r))
+}
+
+/// The `"report"` row for `r`; `epoch` (the run's epochs) is the step its scalars are drawn at.
+pub fn report_row(r: &RunReport) -> serde_json::Value {
+    serde_json::json!({
+        "type": "report",
+        "epoch": r.epochs,
+        "random_knn_top1": r.random.knn,
+        "random_linear_top1": r.random.linear,
+        "pretrained_knn_top1": r.pretrained.knn,
+        "pretrained_linear_top1": r.pretrained.linear,
+    })
 }
 
 /// Epoch checkpoints kept on disk: deletes the oldest beyond `keep`, after the new one is written.

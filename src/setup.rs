@@ -27,6 +27,21 @@ pub fn load_split(path: &Path, split: Split, cfg: &Config) -> Result<Dataset> {
     load_dataset(path, &opts)
 }
 
+/// A data path that does not exist is an error naming the setting it came from (`key`: data.path,
+/// --data, ...) and, for a relative path, the working directory it was resolved from.
+pub fn check_data_path(path: &Path, key: &str) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let from = if path.is_relative() {
+        let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| "(unknown)".into());
+        format!(" (a relative path: resolved from the working directory {cwd})")
+    } else {
+        String::new()
+    };
+    Err(crate::error::Error::Config(format!("{key}: {} does not exist{from}", path.display())))
+}
+
 /// Builds the method (and with it the backbone) in a fresh parameter store.
 pub fn build_method<B: Backend>(b: &B, cfg: &Config) -> Result<(ParamStore<B>, Box<dyn Method<B>>)> {
     let mut ps = ParamStore::new(b, DType::F32, cfg.seed);

@@ -43,13 +43,30 @@ pub struct TrainSummary {
 /// An allocation that does not fit the GPU fails with `Error::OutOfMemory` naming the batch size
 /// (exit code 4); nothing is written for the step that failed.
 pub fn train<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: &AtomicBool, show_progress: bool) -> Result<TrainSummary> {
-    train_run(b, cfg, resume, interrupt, show_progress)
+    train_with(b, cfg, &StartOptions { resume, ..StartOptions::default() }, interrupt, show_progress)
+}
+
+/// How a run meets its folder and a checkpoint.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StartOptions<'a> {
+    /// Continue from this checkpoint.
+    pub resume: Option<&'a Path>,
+    /// A fresh run into a folder that holds a run moves that run aside first (`<out>.replaced-N`);
+    /// without it such a folder is refused.
+    pub overwrite: bool,
+    /// A resume may change the schedule, the data or `out` (the differences are printed).
+    pub allow_changes: bool,
+}
+
+/// `train` with every start option.
+pub fn train_with<B: Backend>(b: &B, cfg: &Config, start: &StartOptions, interrupt: &AtomicBool, show_progress: bool) -> Result<TrainSummary> {
+    train_run(b, cfg, start, interrupt, show_progress)
         .map_err(|e| e.oom_context(|| format!(" at batch_size {} (image_size {})", cfg.batch_size, cfg.data.image_size)))
 }
 
 /// Setup (or resume), the epochs, the summary.
-fn train_run<B: Backend>(b: &B, cfg: &Config, resume: Option<&Path>, interrupt: &AtomicBool, show_progress: bool) -> Result<TrainSummary> {
-    let mut run = start::Run::start(b, cfg, resume, show_progress)?;
+fn train_run<B: Backend>(b: &B, cfg: &Config, start: &StartOptions, interrupt: &AtomicBool, show_progress: bool) -> Result<TrainSummary> {
+    let mut run = start::Run::start(b, cfg, start, show_progress)?;
     let views = run.method.views(&cfg.augment, cfg.data.image_size);
     let mut epochs = epoch::Epochs::new(&run, views)?;
     while run.state.epoch < cfg.epochs {

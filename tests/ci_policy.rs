@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use skip::{Need, Policy};
 
 /// What .ci/run installs: a test that skips for one of these means a broken install.
-const INSTALLED: [Need; 5] = [Need::Nvrtc, Need::Cuobjdump, Need::Gxx, Need::WgpuAdapter, Need::FashionMnist];
+const INSTALLED: [Need; 6] = [Need::Nvrtc, Need::Cuobjdump, Need::Gxx, Need::WgpuAdapter, Need::FashionMnist, Need::Tensorboard];
 
 #[test]
 fn a_skip_passes_outside_ci_and_fails_in_ci_unless_allowed() {

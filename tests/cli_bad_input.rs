@@ -46,7 +46,9 @@ fn corrupt_images_are_skipped_and_counted_or_fail_naming_the_file() {
     one_line_naming(c, &e, "zz-");
     let (c, e) = run_tiny(&out, &d.display().to_string(), &["data.limit_per_class=100"]);
     assert_eq!(c, 0, "skip mode should train: {e}");
-    // Streaming checks the same headers at load, without decoding.
+    // Streaming checks the same headers at load, without decoding (into a folder of its own:
+    // the skip run above holds `out` now).
+    let out = tmp_dir("corrupt-out-stream");
     let (c, e) = run_tiny(&out, &d.display().to_string(), &["data.limit_per_class=100", "data.on_corrupt=\"fail\"", "data.cache=\"none\""]);
     one_line_naming(c, &e, "zz-");
 }
@@ -109,7 +111,7 @@ fn disk_full_while_checkpointing_keeps_the_previous_checkpoint() {
     if c == 0 {
         let before = std::fs::read(&ckpt).unwrap();
         let mut a = tiny_args(&mnt, &repo("data/cifar10-demo/train"), &["epochs=2"]);
-        a.extend(["--resume".into(), ckpt.display().to_string()]);
+        a.extend(["--resume".into(), ckpt.display().to_string(), "--allow-changes".into()]);
         let (c2, e2) = ssl(&a.iter().map(String::as_str).collect::<Vec<_>>());
         one_line_naming(c2, &e2, "last.safetensors");
         assert!(e2.contains("intact"), "{e2}");

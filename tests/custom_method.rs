@@ -20,7 +20,7 @@ use ssl_engine::ssl::{Method, MethodConfig, StepOutput};
 use ssl_engine::{Error, Result, Tensor};
 
 /// The toy method's settings: its `[toy]` table.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 struct ToyConfig {
     /// Width of the linear projector.

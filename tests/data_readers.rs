@@ -220,6 +220,10 @@ fn data_imagefolder_corrupt_files_skipped_or_fail() {
         println!("skipped {name}: {reason}");
     }
     assert!(d.skipped[5].1.contains("exceeds"), "{}", d.skipped[5].1);
+    // The other-extension file is recorded (once), the hidden one is not; rows know their files.
+    assert_eq!(d.ignored, [root.join("a/notes.txt")]);
+    assert_eq!(d.files[..3], good_a[..]);
+    assert!(d.files[3].starts_with(root.join("b")), "{:?}", d.files);
 
     let e = err_of(root, &LoadOptions { on_corrupt: OnCorrupt::Fail, ..LoadOptions::default() });
     assert!(e.contains(&root.join(bad[0].0).display().to_string()), "{e}");
@@ -318,6 +322,7 @@ fn data_stl10_binary_labelled_and_unlabelled() {
     }
     let test = load_dataset(root, &LoadOptions { size: 96, ..opts(Split::Test) }).unwrap();
     assert_eq!(test.labels, [1, 1]);
+    assert_eq!(test.row_names(), ["#0", "#1"].map(|i| format!("{}{i}", root.join("test_X.bin").display())));
     let unlabeled = load_dataset(&root.join("unlabeled_X.bin"), &o).unwrap();
     assert_eq!((unlabeled.len(), unlabeled.classes.clone()), (4, vec!["unlabeled".to_string()]));
     assert_eq!(unlabeled.image(3)[(10 * 96 + 20) * 3 + 2], stl_px(3, 2, 10, 20));
@@ -413,6 +418,10 @@ fn data_cifar10_binary() {
     assert_eq!((small.size, small.len(), small.images.len()), (16, 6, 6 * 16 * 16 * 3));
     // limit_per_class
     let lim = load_dataset(&root, &LoadOptions { limit_per_class: Some(1), ..opts(Split::Train) }).unwrap();
+    // Every row names its record: `<file>#<index in that file>`.
+    let named = |f: &str, r: usize| root.join(format!("{f}#{r}"));
+    assert_eq!(d.files[..6], [(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 0)].map(|(b, r)| named(&format!("data_batch_{b}.bin"), r)));
+    assert!(lim.files.iter().all(|f| f.to_string_lossy().contains(".bin#")), "{:?}", lim.files);
     let mut seen = lim.labels.clone();
     seen.sort();
     seen.dedup();
@@ -529,6 +538,9 @@ fn data_idx_gzip_and_plain() {
     assert_eq!((big.size, big.len()), (32, 23));
     let lim = load_dataset(root, &LoadOptions { limit_per_class: Some(2), ..o(Split::Train) }).unwrap();
     assert_eq!(lim.len(), 20);
+    // Labels are k % 10: the first two of each class are records 0..20, in order.
+    let images = root.join("train-images-idx3-ubyte.gz");
+    assert_eq!(lim.files, (0..20).map(|k| PathBuf::from(format!("{}#{k}", images.display()))).collect::<Vec<_>>());
 }
 
 #[test]

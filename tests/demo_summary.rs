@@ -72,14 +72,18 @@ fn json_top1(path: &Path) -> f64 {
     m["top1"].as_f64().unwrap() * 100.0
 }
 
-fn eval(kind: &str, checkpoint: &str, json: &Path) -> f64 {
-    let head: Vec<String> = ["eval", kind, "--checkpoint", checkpoint, "--data", DATA, "--json"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([json.display().to_string()])
-        .chain(if kind == "knn" { vec!["--k".to_string(), "5".into()] } else { vec!["--epochs".to_string(), "3".into()] })
-        .collect();
-    run(&with_sets(head, &recipe()));
+/// `eval <kind>` as the README has it: a checkpoint with no settings but the data (its recipe
+/// travels with it: image size, k, probe epochs), or `random` with the run's recipe file.
+fn eval(kind: &str, checkpoint: &str, recipe_file: &Path, json: &Path) -> f64 {
+    let mut head: Vec<String> = ["eval", kind, "--checkpoint", checkpoint, "--data", DATA, "--json"].iter().map(|s| s.to_string()).collect();
+    head.push(json.display().to_string());
+    if checkpoint == "random" {
+        head.extend(["--config".to_string(), recipe_file.display().to_string()]);
+        run(&head);
+    } else {
+        // The data subset is the evaluation's own choice, not the checkpoint's.
+        run(&with_sets(head, &["data.limit_per_class=4".to_string()]));
+    }
     json_top1(json)
 }
 
@@ -104,11 +108,11 @@ fn demo_summary_table_layout_and_numbers_come_from_the_final_checkpoint() {
     // The pretrained row is what the checkpoint left on disk gives; the random row is what the
     // run started from (the same recipe and seed, no training).
     let last = dir.join("a/last.safetensors").display().to_string();
-    let j = dir.join("m.json");
-    assert!((eval("knn", &last, &j) - kp).abs() < 0.006, "kNN of last.safetensors differs from the table:\n{table}");
-    assert!((eval("linear", &last, &j) - lp).abs() < 0.006, "linear probe of last.safetensors differs:\n{table}");
-    assert!((eval("knn", "random", &j) - kr).abs() < 0.006, "random-init kNN differs:\n{table}");
-    assert!((eval("linear", "random", &j) - lr).abs() < 0.006, "random-init linear probe differs:\n{table}");
+    let (j, recipe_file) = (dir.join("m.json"), dir.join("a/config.toml"));
+    assert!((eval("knn", &last, &recipe_file, &j) - kp).abs() < 0.006, "kNN of last.safetensors differs from the table:\n{table}");
+    assert!((eval("linear", &last, &recipe_file, &j) - lp).abs() < 0.006, "linear probe of last.safetensors differs:\n{table}");
+    assert!((eval("knn", "random", &recipe_file, &j) - kr).abs() < 0.006, "random-init kNN differs:\n{table}");
+    assert!((eval("linear", "random", &recipe_file, &j) - lr).abs() < 0.006, "random-init linear probe differs:\n{table}");
 
     // Determinism: the same seed prints the same table (all but the wall time).
     let (_, again) = train(&dir.join("b"));

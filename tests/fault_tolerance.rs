@@ -75,6 +75,9 @@ fn sigkill_anywhere_leaves_only_valid_checkpoints_that_resume() {
         if last.exists() {
             args.extend(["--resume".into(), last.display().to_string()]);
             resumed += 1;
+        } else {
+            // Killed before its first checkpoint: the folder may hold its metrics; start over.
+            args.push("--overwrite".into());
         }
         // A pause between the durable temp file and its rename widens the window a kill can hit.
         let child = bin().args(&args).env("SSL_ENGINE_TEST_SAVE_PAUSE_MS", "15").stderr(Stdio::null()).spawn().unwrap();
@@ -435,14 +438,17 @@ fn out_of_gpu_memory_names_the_batch_and_memory_with_exit_code_4_and_writes_noth
         "epochs=1".into(),
     ];
     let cfg = ssl_engine::config::Config::load(None, &sets).unwrap();
-    let err = ssl_engine::train::train(&dev, &cfg, None, &AtomicBool::new(false), false).unwrap_err();
+    // The folder holds that run, so the new one replaces it (--overwrite moves it aside).
+    let opts = ssl_engine::train::StartOptions { overwrite: true, ..Default::default() };
+    let err = ssl_engine::train::train_with(&dev, &cfg, &opts, &AtomicBool::new(false), false).unwrap_err();
     let msg = err.to_string();
     assert_eq!(err.exit_code(), 4, "{msg}");
     assert!(
         msg.contains("out of memory at batch_size 512") && msg.contains("MiB free of 256 MiB") && msg.contains("smaller batch_size"),
         "{msg}"
     );
-    assert_eq!(std::fs::read(out.join("last.safetensors")).unwrap(), before, "no partial checkpoint");
+    assert!(!out.join("last.safetensors").exists(), "no partial checkpoint");
+    assert_eq!(std::fs::read(out.with_file_name(format!("{}.replaced-1", out.file_name().unwrap().to_string_lossy())).join("last.safetensors")).unwrap(), before, "the earlier run survives, aside");
     println!("dry-run CUDA: {msg}");
 }
 

@@ -115,8 +115,9 @@ fn fuzz(name: &str, seeds: &[Vec<u8>], mut target: impl FnMut(&[u8]) -> bool) ->
 }
 
 /// A small real checkpoint, made by training the tiny model for a step.
-fn checkpoint_seed() -> Vec<u8> {
-    let out = tmp_dir("fuzz-ckpt-seed");
+fn checkpoint_seed(name: &str) -> Vec<u8> {
+    // Each caller its own run folder: the tests run in parallel, and a run never shares one.
+    let out = tmp_dir(&format!("fuzz-ckpt-seed-{name}"));
     let a =
         common::cli::tiny_args(&out, &repo("data/cifar10-demo/train"), &["data.limit_per_class=1", "batch_size=8", "model_opts.width=2"]);
     let (c, e) = common::cli::ssl(&a.iter().map(String::as_str).collect::<Vec<_>>());
@@ -126,7 +127,7 @@ fn checkpoint_seed() -> Vec<u8> {
 
 #[test]
 fn fuzz_checkpoint_and_weight_file_loader() {
-    let seed = checkpoint_seed();
+    let seed = checkpoint_seed("fuzz");
     let dir = tmp_dir("fuzz-ckpt");
     let path = dir.join("x.safetensors");
     fuzz("checkpoint", &[seed], |bytes| {
@@ -264,7 +265,7 @@ fn crafted_inputs_are_named_errors_with_bounded_memory() {
     count.extend([0u8; 16]);
     expect_err("count larger than the file", ck("count.safetensors", count), &["count.safetensors"], Instant::now());
     // A truncated checkpoint.
-    let seed = checkpoint_seed();
+    let seed = checkpoint_seed("truncated");
     expect_err("truncated checkpoint", ck("trunc.safetensors", seed[..seed.len() / 2].to_vec()), &["trunc.safetensors"], Instant::now());
 
     // A decompression bomb: a PNG that declares 100,000 x 100,000 pixels.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::tiny_run::{run, tiny};
+use common::tiny_run::{run, run_changed, tiny};
 use common::{repo, tmp_dir};
 use ssl_engine::backend::{Precision, Unary};
 use ssl_engine::{DType, Tensor, ops};
@@ -88,7 +88,8 @@ fn bf16_simsiam_resnet18_tracks_the_fp32_loss_trace_for_20_steps() {
         std::fs::copy(warm.join("last.safetensors"), out.join("warm.safetensors")).unwrap();
         let cfg = cfg_of(&out, sets(precision, 4));
         assert_eq!(cfg.precision, Precision::parse(precision).unwrap());
-        let summary = run(&cfg, Some(&out.join("warm.safetensors"))).unwrap();
+        // Continued in another folder for more epochs: a change the resume is told about.
+        let summary = run_changed(&cfg, &out.join("warm.safetensors")).unwrap();
         (summary.losses.iter().map(|&(_, l)| l).collect::<Vec<f64>>(), out)
     };
     let (fp32, _) = trace("fp32");

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::tiny_run::{bits, loss_and_z_std, run, state_digest, tiny};
+use common::tiny_run::{bits, loss_and_z_std, run, run_changed, state_digest, tiny};
 use common::{repo, tmp_dir};
 
 use std::path::Path;
@@ -92,7 +92,7 @@ fn non_finite_loss_stops_with_exit_code_3_and_keeps_the_last_checkpoint() {
     run(&tiny(&out, &["epochs=1"]), None).unwrap();
     let ckpt = out.join("last.safetensors");
     let before = std::fs::read(&ckpt).unwrap();
-    let err = run(&tiny(&out, &["epochs=2", "optim.base_lr=1e30"]), Some(&ckpt)).unwrap_err();
+    let err = run_changed(&tiny(&out, &["epochs=2", "optim.base_lr=1e30"]), &ckpt).unwrap_err();
     assert!(matches!(err, Error::NonFinite { .. }), "{err}");
     assert_eq!(err.exit_code(), 3);
     assert!(err.to_string().contains("step"), "{err}");
@@ -102,6 +102,22 @@ fn non_finite_loss_stops_with_exit_code_3_and_keeps_the_last_checkpoint() {
 #[test]
 fn export_matches_torchvision_state_dict_and_round_trips() {
     export_round_trip("resnet18-cifar", &["model_opts.width=64"]);
+}
+
+/// The demo recipe's width-16 network against the README's export snippet
+/// (tests/reference/export_snippet.py: torchvision's ResNet-18 rebuilt at model_opts.width).
+#[test]
+fn the_demo_export_matches_the_readme_snippet() {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let script = std::fs::read_to_string(repo("tests/reference/export_snippet.py")).unwrap();
+    let code = |text: &str| -> Vec<String> {
+        let start = text.find("def resnet18_cifar(width=64):").expect("the snippet's function");
+        text[start..].lines().take_while(|l| !l.trim().is_empty()).map(|l| l.trim().to_string()).collect()
+    };
+    assert_eq!(code(&readme), code(&script), "the README's snippet and export_snippet.py differ");
+    let demo = ssl_engine::config::Config::load(Some(Path::new(&repo("configs/demo-cpu.toml"))), &[]).unwrap();
+    assert_eq!(demo.model_opts.width, Some(16), "the snippet's width is the demo's");
+    export_round_trip_against("resnet18-cifar-width16", "state_dict_keys_demo.json", &["model_opts.width=16"]);
 }
 
 /// EfficientNet-B0 with torchvision's names (`features.1.0.block.0.0.weight`, ...), found again
@@ -122,6 +138,11 @@ fn pit_export_matches_timm_state_dict_and_round_trips() {
 /// shapes PyTorch's own state_dict() listed (tests/reference/make_fixtures.py): the two checks
 /// load_state_dict(strict=True) makes, missing/unexpected keys and shapes.
 fn export_round_trip(model: &str, sets: &[&str]) {
+    export_round_trip_against(model, "state_dict_keys.json", sets)
+}
+
+/// `export_round_trip` against the key list `model` in tests/reference/`keys_file`.
+fn export_round_trip_against(model: &str, keys_file: &str, sets: &[&str]) {
     let out = tmp_dir(&format!("export-{model}"));
     let mut all = vec!["epochs=1", "data.limit_per_class=2", "batch_size=4", "data.image_size=8", "monitor.knn_every=0"];
     all.extend(sets);
@@ -138,7 +159,7 @@ fn export_round_trip(model: &str, sets: &[&str]) {
     assert!(raw[8] == b'{' && 8 + hlen <= raw.len(), "not a safetensors layout");
     assert!(raw[0] != 0x80 && &raw[..2] != b"PK");
     let keys: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo("tests/reference/state_dict_keys.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(repo(&format!("tests/reference/{keys_file}"))).unwrap()).unwrap();
     let want = keys[model].as_object().unwrap();
     let wf = ssl_engine::checkpoint::WeightFile::read(&exported).unwrap();
     let mut got: Vec<&String> = wf.tensors.keys().collect();

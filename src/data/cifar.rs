@@ -105,7 +105,8 @@ pub fn load_file(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
 
 fn load_files(files: &[PathBuf], kind: Kind, dir: &Path, opts: &LoadOptions) -> Result<Dataset> {
     let rec = kind.record();
-    let mut records: Vec<(u32, Vec<u8>)> = Vec::new();
+    // (label, (source `<file>#<record>`, planar pixels))
+    let mut records: Vec<(u32, (PathBuf, Vec<u8>))> = Vec::new();
     for f in files {
         let len = std::fs::metadata(f).map_err(|e| file_err(f, e.to_string()))?.len();
         if len == 0 || len % rec as u64 != 0 {
@@ -120,15 +121,16 @@ fn load_files(files: &[PathBuf], kind: Kind, dir: &Path, opts: &LoadOptions) -> 
             if label >= kind.classes() || (kind == Kind::Cifar100 && chunk[0] >= 20) {
                 return Err(file_err(f, format!("record {r}: label {label} out of range for {kind:?}")));
             }
-            records.push((label as u32, chunk[kind.label_bytes()..].to_vec()));
+            records.push((label as u32, (super::row_source(f, r), chunk[kind.label_bytes()..].to_vec())));
         }
     }
     let records = keep_first_per_class(records, opts.limit_per_class);
     let size = opts.size;
-    let images: Vec<Vec<u8>> = records.par_iter().map(|(_, planar)| fit_to_size(&planar_to_hwc(planar), 32, 32, size)).collect();
+    let images: Vec<Vec<u8>> = records.par_iter().map(|(_, (_, planar))| fit_to_size(&planar_to_hwc(planar), 32, 32, size)).collect();
     Ok(Dataset {
         images: images.concat(),
         labels: records.iter().map(|(l, _)| *l).collect(),
+        files: records.into_iter().map(|(_, (source, _))| source).collect(),
         classes: class_names(&dir.join(kind.meta_file()), kind.classes()),
         size,
         ..Default::default()

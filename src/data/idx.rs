@@ -79,12 +79,12 @@ pub fn load_file(images_path: &Path, opts: &LoadOptions) -> Result<Dataset> {
         return Err(file_err(images_path, format!("empty IDX images {idims:?}")));
     }
     let per = rows * cols * ch;
-    let items: Vec<(u32, &[u8])> = labels.iter().map(|&l| l as u32).zip(pixels.chunks_exact(per)).collect();
+    let items: Vec<(u32, (usize, &[u8]))> = labels.iter().map(|&l| l as u32).zip(pixels.chunks_exact(per).enumerate()).collect();
     let items = keep_first_per_class(items, opts.limit_per_class);
     let size = opts.size;
     let images: Vec<Vec<u8>> = items
         .par_iter()
-        .map(|(_, px)| {
+        .map(|(_, (_, px))| {
             let rgb: Vec<u8> = if ch == 3 { px.to_vec() } else { px.iter().flat_map(|&v| [v, v, v]).collect() };
             fit_to_size(&rgb, rows, cols, size)
         })
@@ -93,6 +93,7 @@ pub fn load_file(images_path: &Path, opts: &LoadOptions) -> Result<Dataset> {
     Ok(Dataset {
         images: images.concat(),
         labels: items.iter().map(|(l, _)| *l).collect(),
+        files: items.iter().map(|&(_, (i, _))| super::row_source(images_path, i)).collect(),
         classes: (0..nclass).map(|i| i.to_string()).collect(),
         size,
         ..Default::default()

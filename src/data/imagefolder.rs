@@ -1,9 +1,12 @@
-//! ImageFolder: `<root>/<class>/**/*.{jpg,jpeg,png}`, decoded in parallel into a `Dataset`.
+//! ImageFolder: `<root>/<class>/**/*.{jpg,jpeg,png,webp,bmp}`, decoded in parallel into a `Dataset`.
 //!
 //! Order follows torchvision's `ImageFolder`: classes are the sorted folder names; within a class,
-//! a folder's files (sorted by name) come before its subfolders (sorted). Hidden entries (".*") and
-//! files with other extensions are ignored. A class folder without any image is an error, as in
-//! torchvision. When `<root>` holds `train` and `test` (or `val`) folders whose entries are class
+//! a folder's files (sorted by name) come before its subfolders (sorted). Hidden entries (".*") are
+//! ignored silently. Files with other extensions inside the class folders (or in a folder of
+//! unlabelled images), and images lying beside the class folders, are left out but not silently:
+//! they are recorded in `Dataset::ignored` and named in one `note:` line on stderr per load. A
+//! class folder without any image is an error, as in torchvision. `Dataset::files` holds the file
+//! of every row. When `<root>` holds `train` and `test` (or `val`) folders whose entries are class
 //! folders, `LoadOptions::split` chooses one.
 //!
 //! Decoding is defensive: the file is read whole, its dimensions are read from the header and
@@ -14,7 +17,7 @@
 //! Streaming (`LoadOptions::stream`) runs the same header checks on every file but decodes no
 //! pixels: a file that fails them is skipped (or fails the load) exactly as on a cached load.
 
-use std::io::{BufRead, BufReader, Cursor, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -22,7 +25,11 @@ use rayon::prelude::*;
 use super::{Dataset, LoadOptions, OnCorrupt, Split, Stream, file_err, fit_to_size, keep_first_per_class};
 use crate::error::Result;
 
-const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+/// The file extensions (any case) read as images.
+pub const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "bmp"];
+
+/// How many ignored files a `note:` line names.
+const NOTE_NAMES: usize = 5;
 
 fn is_image(path: &Path) -> bool {
     path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).is_some_and(|e| EXTENSIONS.contains(&e.as_str()))
@@ -55,16 +62,52 @@ fn list_dir(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     Ok((files, dirs))
 }
 
-fn collect_images(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+/// The images under `dir` (files before subfolders, each sorted); files with other extensions go
+/// to `others`.
+fn collect_images(dir: &Path, depth: usize, out: &mut Vec<PathBuf>, others: &mut Vec<PathBuf>) -> Result<()> {
     if depth > 32 {
         return Err(file_err(dir, "folders nested more than 32 deep (a symlink loop?)"));
     }
     let (files, dirs) = list_dir(dir)?;
-    out.extend(files.into_iter().filter(|p| is_image(p)));
+    let (images, rest): (Vec<_>, Vec<_>) = files.into_iter().partition(|p| is_image(p));
+    out.extend(images);
+    others.extend(rest);
     for d in dirs {
-        collect_images(&d, depth + 1, out)?;
+        collect_images(&d, depth + 1, out, others)?;
     }
     Ok(())
+}
+
+/// `root`-relative names of the first few `paths`, ", "-separated, with "..." when there are more.
+fn some_names(root: &Path, paths: &[PathBuf]) -> String {
+    let mut s: Vec<String> = paths.iter().take(NOTE_NAMES).map(|p| p.strip_prefix(root).unwrap_or(p).display().to_string()).collect();
+    if paths.len() > NOTE_NAMES {
+        s.push("...".into());
+    }
+    s.join(", ")
+}
+
+/// The one stderr line of a load that left files out (none when it left none out).
+fn note_ignored(root: &Path, not_images: &[PathBuf], outside: &[PathBuf]) {
+    if !not_images.is_empty() {
+        let n = not_images.len();
+        eprintln!(
+            "note: ignored {n} {} ({}) in {}: {}",
+            if n == 1 { "file that is not an image" } else { "files that are not images" },
+            EXTENSIONS.join(", "),
+            root.display(),
+            some_names(root, not_images)
+        );
+    }
+    if !outside.is_empty() {
+        let n = outside.len();
+        eprintln!(
+            "note: ignored {n} image{} beside the class folders of {} (an image folder's images go in <class>/ folders): {}",
+            if n == 1 { "" } else { "s" },
+            root.display(),
+            some_names(root, outside)
+        );
+    }
 }
 
 /// Picks `<root>/train` or `<root>/test` (or `val`) when the root is a split folder.
@@ -147,7 +190,7 @@ fn cap_side(px: Vec<u8>, h: usize, w: usize, max_side: Option<usize>) -> (Vec<u8
     ((buf.iter().map(|&v| (v * 255.0).round_ties_even().clamp(0.0, 255.0) as u8).collect()), rh, rw)
 }
 
-/// Decodes an in-memory JPEG or PNG to `size x size x 3` uint8 RGB (see the module notes).
+/// Decodes an in-memory JPEG, PNG, WebP or BMP to `size x size x 3` uint8 RGB (see the module notes).
 /// Never panics: a panic inside a decoder is caught and returned as an error.
 pub fn decode_bytes(bytes: &[u8], size: usize, max_pixels: u64) -> std::result::Result<Vec<u8>, String> {
     match std::panic::catch_unwind(|| decode_unchecked(bytes, size, max_pixels)) {
@@ -161,8 +204,10 @@ fn decode_unchecked(bytes: &[u8], size: usize, max_pixels: u64) -> std::result::
     Ok(fit_to_size(&rgb, h, w, size))
 }
 
-/// Checks what can be checked without decoding pixels: a JPEG or PNG signature, a non-zero size
-/// within `max_pixels`, and a JPEG's end-of-image marker. Returns (format, height, width).
+/// Checks what can be checked without decoding pixels: a JPEG, PNG, WebP or BMP signature, a
+/// non-zero size within `max_pixels`, and that the file is not cut short (a JPEG's end-of-image
+/// marker, the length a WebP's RIFF header or an uncompressed BMP's header implies). Returns
+/// (format, height, width).
 fn checked_header<R: BufRead + Seek>(mut r: R, max_pixels: u64) -> std::result::Result<(image::ImageFormat, usize, usize), String> {
     let io = |e: std::io::Error| e.to_string();
     let len = r.seek(SeekFrom::End(0)).map_err(io)?;
@@ -171,7 +216,10 @@ fn checked_header<R: BufRead + Seek>(mut r: R, max_pixels: u64) -> std::result::
     }
     r.seek(SeekFrom::Start(0)).map_err(io)?;
     let reader = image::ImageReader::new(&mut r).with_guessed_format().map_err(io)?;
-    let format = reader.format().ok_or("not a JPEG or PNG file (unrecognised signature)")?;
+    let format = reader.format().ok_or("not a JPEG, PNG, WebP or BMP file (unrecognised signature)")?;
+    if !matches!(format, image::ImageFormat::Jpeg | image::ImageFormat::Png | image::ImageFormat::WebP | image::ImageFormat::Bmp) {
+        return Err(format!("a {format:?} file, not JPEG, PNG, WebP or BMP (whatever its extension)"));
+    }
     r.seek(SeekFrom::Start(0)).map_err(io)?;
     let (w, h) = image::ImageReader::with_format(&mut r, format).into_dimensions().map_err(|e| e.to_string())?;
     let pixels = w as u64 * h as u64;
@@ -190,7 +238,43 @@ fn checked_header<R: BufRead + Seek>(mut r: R, max_pixels: u64) -> std::result::
             return Err("truncated JPEG (no end-of-image marker)".into());
         }
     }
+    let mut head = Vec::with_capacity(64);
+    r.seek(SeekFrom::Start(0)).map_err(io)?;
+    r.by_ref().take(64).read_to_end(&mut head).map_err(io)?;
+    if let Some(need) = expected_len(format, &head)
+        && len < need
+    {
+        let name = if format == image::ImageFormat::Bmp { "BMP" } else { "WebP" };
+        return Err(format!("truncated {name} file: its header implies at least {need} bytes, the file has {len}"));
+    }
     Ok((format, h as usize, w as usize))
+}
+
+/// The length a WebP or BMP file must have at least, from its first bytes (None: not known).
+/// WebP: the RIFF size field plus 8. BMP (uncompressed or bitfields, with an info header): the
+/// pixel data offset plus every row but the last padded to 4 bytes, plus the last unpadded.
+fn expected_len(format: image::ImageFormat, head: &[u8]) -> Option<u64> {
+    let u32_at = |o: usize| head.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64);
+    match format {
+        image::ImageFormat::WebP => u32_at(4).map(|riff| riff + 8),
+        image::ImageFormat::Bmp => {
+            let (offset, info) = (u32_at(10)?, u32_at(14)?);
+            if info < 40 {
+                return None;
+            }
+            let w = u32_at(18)? as i32 as i64;
+            let h = (u32_at(22)? as i32 as i64).unsigned_abs();
+            let bpp = u64::from(u16::from_le_bytes([*head.get(28)?, *head.get(29)?]));
+            let compression = u32_at(30)?;
+            if w <= 0 || h == 0 || bpp == 0 || !matches!(compression, 0 | 3 | 6) {
+                return None;
+            }
+            let row_bits = (w as u64).checked_mul(bpp)?;
+            let stride = row_bits.div_ceil(32) * 4;
+            offset.checked_add(stride.checked_mul(h - 1)?)?.checked_add(row_bits.div_ceil(8))
+        }
+        _ => None,
+    }
 }
 
 /// The (height, width) an image file will decode to, from its header alone (see
@@ -222,9 +306,13 @@ fn decode_rgb(bytes: &[u8], max_pixels: u64) -> std::result::Result<(Vec<u8>, us
 pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
     let root = split_root(root, opts.split)?;
     let (loose, class_dirs) = list_dir(&root)?;
-    let loose: Vec<PathBuf> = loose.into_iter().filter(|p| is_image(p)).collect();
+    let (loose, loose_other): (Vec<PathBuf>, Vec<PathBuf>) = loose.into_iter().partition(|p| is_image(p));
     let mut classes = Vec::new();
     let mut files: Vec<(u32, PathBuf)> = Vec::new();
+    // Left out: files that are not images (in class folders, or among unlabelled images), and
+    // images beside class folders. Other files beside class folders (a README) are not counted.
+    let mut not_images = Vec::new();
+    let mut outside = Vec::new();
     if class_dirs.is_empty() {
         if loose.is_empty() {
             return Err(file_err(&root, "empty dataset: no class folders, images, CIFAR / STL-10 .bin or IDX files found"));
@@ -232,16 +320,20 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
         // Unlabelled images straight in the folder: one class, for pretraining.
         classes.push(super::stl10::UNLABELED.to_string());
         files.extend(loose.into_iter().map(|p| (0, p)));
+        not_images = loose_other;
+    } else {
+        outside = loose;
     }
     for (label, dir) in class_dirs.iter().enumerate() {
         let mut found = Vec::new();
-        collect_images(dir, 0, &mut found)?;
+        collect_images(dir, 0, &mut found, &mut not_images)?;
         if found.is_empty() {
             return Err(file_err(dir, format!("class folder has no images (extensions: {})", EXTENSIONS.join(", "))));
         }
         classes.push(super::file_name(dir));
         files.extend(found.into_iter().map(|p| (label as u32, p)));
     }
+    note_ignored(&root, &not_images, &outside);
     let files = keep_first_per_class(files, opts.limit_per_class);
     // Decoding is the long part of loading a large folder: a progress bar, and a Ctrl-C stops it
     // (the remaining files are not decoded; the caller gets Error::Interrupted).
@@ -263,7 +355,8 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
     bar.finish_and_clear();
     crate::interrupt::check(&what)?;
 
-    let mut data = Dataset { size: opts.size, classes, ..Default::default() };
+    let ignored = not_images.into_iter().chain(outside).collect();
+    let mut data = Dataset { size: opts.size, classes, ignored, ..Default::default() };
     let mut stream = Stream { files: Vec::new(), decode: decode.clone() };
     for ((label, path), img) in files.into_iter().zip(decoded) {
         match img {
@@ -275,8 +368,9 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
                     }
                 }
                 if opts.stream {
-                    stream.files.push(path);
+                    stream.files.push(path.clone());
                 }
+                data.files.push(path);
                 data.images.extend_from_slice(&px);
                 data.labels.push(label);
             }

@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Formats (detected by `load_dataset`):
-//! - image folder: `<root>/<class>/**/*.{jpg,jpeg,png}` (torchvision ImageFolder order: classes are
-//!   the sorted folder names, files sorted within each class). When `<root>` holds `train` and `test`
+//! - image folder: `<root>/<class>/**/*.{jpg,jpeg,png,webp,bmp}` (torchvision ImageFolder order:
+//!   classes are the sorted folder names, files sorted within each class). Other files in the class
+//!   folders are left out, recorded in `Dataset::ignored` and named in one `note:` line on stderr. When `<root>` holds `train` and `test`
 //!   (or `val`) folders that themselves hold class folders, `Split` picks one of them.
 //! - CIFAR binary: a `cifar-10-batches-bin` directory (`data_batch_1..5.bin` / `test_batch.bin`), a
 //!   CIFAR-100 directory (`train.bin` / `test.bin`, fine labels) or one `.bin` file.
@@ -20,7 +21,8 @@
 //!
 //! Bad input is an error value naming the file, never a panic. Undecodable images follow
 //! `LoadOptions::on_corrupt`: `Skip` (the default) leaves the file out and records it with the
-//! reason in `Dataset::skipped`; `Fail` returns the first such error. Headers are checked against the
+//! reason in `Dataset::skipped` (`print_skipped` and `skipped_report` name them all); `Fail`
+//! returns the first such error. `Dataset::files` names the source of every row. Headers are checked against the
 //! file length before anything is allocated, and `max_pixels` caps what a decoder may allocate.
 //!
 //! Images of another size are resized on load to `size x size`: the shorter side is resized to
@@ -65,8 +67,16 @@ pub struct Dataset {
     /// sizes (an image folder without `data.resize_on_load`); empty when every one is `size x size`.
     pub dims: Vec<(usize, usize)>,
     pub offsets: Vec<usize>,
+    /// The source of every row, in row order: its image file (image folders), or
+    /// `<file>#<record>` for the binary formats (CIFAR, IDX, STL-10; the record's 0-based index in
+    /// that file). Kept by `subset`; empty for a dataset built by hand (see `row_names`).
+    pub files: Vec<PathBuf>,
     /// Files left out because they could not be decoded (`OnCorrupt::Skip`), with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Files an image folder's load left out without reading them: other extensions in the class
+    /// folders (or among unlabelled images) and images lying beside the class folders. Hidden
+    /// files (".*") are not listed.
+    pub ignored: Vec<PathBuf>,
     /// Streaming (`data.cache = "none"`): the files pixels are decoded from, one per image, and
     /// `images` is empty. `dims` still holds every image's size (read from its header).
     pub stream: Option<Stream>,
@@ -84,10 +94,11 @@ impl Dataset {
     pub fn subset(&self, indices: &[usize]) -> Dataset {
         let labels = indices.iter().map(|&i| self.labels[i]).collect();
         let dims: Vec<_> = if self.dims.is_empty() { Vec::new() } else { indices.iter().map(|&i| self.dims[i]).collect() };
+        let files = if self.files.len() == self.len() { indices.iter().map(|&i| self.files[i].clone()).collect() } else { Vec::new() };
         if let Some(s) = &self.stream {
-            let files = indices.iter().map(|&i| s.files[i].clone()).collect();
-            let stream = Some(Stream { files, ..s.clone() });
-            return Dataset { labels, classes: self.classes.clone(), size: self.size, dims, stream, ..Default::default() };
+            let stream_files = indices.iter().map(|&i| s.files[i].clone()).collect();
+            let stream = Some(Stream { files: stream_files, ..s.clone() });
+            return Dataset { labels, classes: self.classes.clone(), size: self.size, dims, files, stream, ..Default::default() };
         }
         let mut images = Vec::with_capacity(indices.iter().map(|&i| self.image(i).len()).sum());
         let mut offsets = Vec::new();
@@ -97,7 +108,18 @@ impl Dataset {
             }
             images.extend_from_slice(self.image(i));
         }
-        Dataset { images, labels, classes: self.classes.clone(), size: self.size, dims, offsets, ..Default::default() }
+        Dataset { images, labels, classes: self.classes.clone(), size: self.size, dims, offsets, files, ..Default::default() }
+    }
+
+    /// The source of every row as one line of text, in row order: `files` (a newline, carriage
+    /// return or tab in a name written as `\n`, `\r`, `\t`, so that there is exactly one line per
+    /// row), or `#<row>` for every row when `files` does not name them all.
+    pub fn row_names(&self) -> Vec<String> {
+        if self.files.len() == self.len() {
+            self.files.iter().map(|p| one_line(&p.display().to_string())).collect()
+        } else {
+            (0..self.len()).map(|i| format!("#{i}")).collect()
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -159,7 +181,7 @@ pub enum Split {
 }
 
 /// What to do with an image file that cannot be decoded (`data.on_corrupt`: "skip" or "fail").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnCorrupt {
     /// Leave it out and record it in `Dataset::skipped` (the default).
@@ -243,6 +265,67 @@ pub fn load_dataset(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
         return stl10::load_dir(path, opts);
     }
     imagefolder::load(path, opts)
+}
+
+/// `<file>#<index>`: the name of record `index` of a binary dataset file (`Dataset::files`).
+pub(crate) fn row_source(file: &Path, index: usize) -> PathBuf {
+    let mut s = file.as_os_str().to_owned();
+    s.push(format!("#{index}"));
+    PathBuf::from(s)
+}
+
+/// `s` with newlines, carriage returns and tabs escaped (one line, no tab).
+fn one_line(s: &str) -> String {
+    s.replace('\n', "\\n").replace('\r', "\\r").replace('\t', "\\t")
+}
+
+/// Prints every file `data` skipped (`OnCorrupt::Skip`) on stderr, with the reason, one line each:
+/// `skipped <path>: <reason>`.
+pub fn print_skipped(data: &Dataset) {
+    for (path, reason) in &data.skipped {
+        eprintln!("skipped {}: {}", path.display(), one_line(reason.trim()));
+    }
+}
+
+/// How many skipped files `skipped_report` names in its summary.
+const REPORT_NAMES: usize = 3;
+
+/// The file `skipped_report` writes in a run folder.
+pub const SKIPPED_FILE: &str = "skipped.txt";
+
+/// The files a run's datasets skipped (`sets`: the training set, then the test set): all of
+/// them go to `<dir>/skipped.txt`, one `<path>\t<reason>` line each (written atomically), and the
+/// return value is the words for the run's summary line, naming the first few: `N unreadable
+/// images skipped: class/a.jpg (reason), ...; all N listed in <dir>/skipped.txt`. When nothing was
+/// skipped: None, and no file (one left by an earlier run in the folder is removed).
+pub fn skipped_report(sets: &[&Dataset], dir: &Path) -> Result<Option<String>> {
+    let all: Vec<&(PathBuf, String)> = sets.iter().flat_map(|d| &d.skipped).collect();
+    let path = dir.join(SKIPPED_FILE);
+    if all.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path, e)),
+            _ => Ok(None),
+        };
+    }
+    let text: String =
+        all.iter().map(|(p, reason)| format!("{}\t{}\n", one_line(&p.display().to_string()), one_line(reason.trim()))).collect();
+    crate::checkpoint::write_atomic(&path, text.as_bytes())?;
+    // Short names (the class folder and the file) in the line; the file has the full paths.
+    let short = |p: &Path| -> String {
+        let parts: Vec<_> = p.components().rev().take(2).collect();
+        parts.iter().rev().collect::<PathBuf>().display().to_string()
+    };
+    let named: Vec<String> =
+        all.iter().take(REPORT_NAMES).map(|(p, reason)| format!("{} ({})", short(p), one_line(reason.trim()))).collect();
+    let n = all.len();
+    let more = if n > REPORT_NAMES { ", ..." } else { "" };
+    Ok(Some(format!(
+        "{n} unreadable image{} skipped: {}{more}; {} in {}",
+        if n == 1 { "" } else { "s" },
+        named.join(", "),
+        if n == 1 { "listed".to_string() } else { format!("all {n} listed") },
+        path.display()
+    )))
 }
 
 pub(crate) fn file_name(path: &Path) -> String {

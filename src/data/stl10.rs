@@ -74,6 +74,7 @@ pub fn load_file(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
     Ok(Dataset {
         images: images.concat(),
         labels: records.iter().map(|(l, _)| *l).collect(),
+        files: records.iter().map(|&(_, i)| super::row_source(path, i)).collect(),
         classes,
         size: opts.size,
         ..Default::default()

@@ -1,4 +1,5 @@
-//! `embed`: backbone features of every image as NumPy .npy files, with the labels beside them.
+//! `embed`: backbone features of every image as NumPy .npy files, with the labels and the file of
+//! every row beside them.
 
 use std::path::{Path, PathBuf};
 
@@ -34,14 +35,31 @@ fn write_npy(path: &Path, descr: &str, shape: &str, body: &[u8]) -> Result<()> {
     crate::checkpoint::write_atomic(path, &out)
 }
 
+/// What `embed` wrote: the features, the labels and the source of every row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmbedFiles {
+    /// `<out>`: float32 [rows, feature_dim].
+    pub features: PathBuf,
+    /// `<out stem>_labels.npy`: int64 [rows].
+    pub labels: PathBuf,
+    /// `<out stem>_files.txt`: the file of every row (`Dataset::row_names`), one per line.
+    pub files: PathBuf,
+}
+
 /// Backbone features of every image (sorted walk: class folders by name, files by name) with
-/// labels, as `<out>` (features) and `<out stem>_labels.npy`.
-pub fn embed<B: Backend>(m: &LoadedBackbone<B>, data: &Dataset, cfg: &Config, out: &Path) -> Result<(PathBuf, PathBuf)> {
+/// labels, as `<out>` (features), `<out stem>_labels.npy` and `<out stem>_files.txt` (the file of
+/// every row, in row order). Files the dataset skipped are named on stderr first
+/// (`data::print_skipped`).
+pub fn embed<B: Backend>(m: &LoadedBackbone<B>, data: &Dataset, cfg: &Config, out: &Path) -> Result<EmbedFiles> {
+    crate::data::print_skipped(data);
     let dim = m.backbone.feature_dim();
     let f = feats(m, data, cfg, "embed")?;
     write_npy_f32(out, &f, data.len(), dim)?;
     let stem = out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "features".into());
     let labels_path = out.with_file_name(format!("{stem}_labels.npy"));
     write_npy_i64(&labels_path, &data.labels.iter().map(|&l| l as i64).collect::<Vec<_>>())?;
-    Ok((out.to_path_buf(), labels_path))
+    let files_path = out.with_file_name(format!("{stem}_files.txt"));
+    let text: String = data.row_names().into_iter().map(|n| n + "\n").collect();
+    crate::checkpoint::write_atomic(&files_path, text.as_bytes())?;
+    Ok(EmbedFiles { features: out.to_path_buf(), labels: labels_path, files: files_path })
 }

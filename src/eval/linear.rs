@@ -15,17 +15,22 @@ use crate::optim::{self, LarsConfig, OptimizerKind, always, schedule::warmup_cos
 use crate::rng::{Rng, permutation};
 use crate::tensor::{DType, Tensor};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LinearProbeConfig {
+    /// Epochs of probe (or fine-tuning) training, cosine learning-rate decay.
     pub epochs: usize,
+    /// Images per probe (or fine-tuning) step.
     pub batch_size: usize,
     /// "sgd" or "lars".
     pub optimizer: OptimizerKind,
     /// Learning rate at batch 256; scaled linearly with the batch size.
     pub lr: f64,
+    /// SGD momentum of the probe.
     pub momentum: f32,
+    /// Weight decay of the probe's (or fine-tuned network's) weights.
     pub weight_decay: f32,
+    /// Seeds the probe's initialisation and data order.
     pub seed: u64,
     /// Standardise each feature with the training set's mean and std first (a BatchNorm without
     /// affine in front of the classifier, as MAE's probe); makes one learning rate fit backbones
@@ -145,9 +150,9 @@ pub fn train_linear_probe<B: Backend>(
 /// The `eval linear` flags: what they set of the recipe's `[linear]` table, and what they
 /// leave to each protocol's defaults.
 pub struct ProbeFlags {
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub optimizer: OptimizerKind,
+    pub epochs: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub optimizer: Option<OptimizerKind>,
     pub lr: Option<f64>,
     pub weight_decay: Option<f32>,
     /// Fine-tune the whole backbone instead of probing frozen features.
@@ -157,15 +162,19 @@ pub struct ProbeFlags {
 }
 
 impl ProbeFlags {
-    /// The probe to run: `recipe` (the `[linear]` table) with the flags applied.
+    /// The probe to run: `recipe` (the `[linear]` table) with the flags applied. A flag left
+    /// out keeps the recipe's value; the learning rate too, unless the flags ask for another
+    /// protocol than the recipe's (fine-tuning, raw features, another optimiser), which has its own.
     pub fn probe(self, recipe: &LinearProbeConfig) -> LinearProbeConfig {
-        let lr = self.lr.unwrap_or_else(|| default_lr(self.finetune, self.optimizer, self.raw_features));
+        let optimizer = self.optimizer.unwrap_or(recipe.optimizer);
+        let recipes_protocol = !self.finetune && !self.raw_features && optimizer == recipe.optimizer && recipe.standardize;
+        let lr = self.lr.unwrap_or_else(|| if recipes_protocol { recipe.lr } else { default_lr(self.finetune, optimizer, self.raw_features) });
         // Fine-tuning regularises the whole network; a frozen-feature probe keeps the recipe's.
         let weight_decay = self.weight_decay.unwrap_or(if self.finetune { 5e-4 } else { recipe.weight_decay });
         LinearProbeConfig {
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            optimizer: self.optimizer,
+            epochs: self.epochs.unwrap_or(recipe.epochs),
+            batch_size: self.batch_size.unwrap_or(recipe.batch_size),
+            optimizer,
             lr,
             weight_decay,
             standardize: !self.raw_features,

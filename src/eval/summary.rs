@@ -100,10 +100,13 @@ impl RunReport {
         )
     }
 
-    /// Writes summary.md (atomically) into `out`; returns its path.
+    /// Writes summary.md (atomically) into `out`, and the numbers as a `"report"` row of
+    /// metrics.jsonl and `report/...` TensorBoard scalars (`run_log::log_report`); returns the
+    /// summary's path.
     pub fn write(&self, out: &Path) -> Result<PathBuf> {
         let path = out.join("summary.md");
         write_atomic(&path, self.markdown().as_bytes())?;
+        crate::run_log::log_report(out, self)?;
         Ok(path)
     }
 }

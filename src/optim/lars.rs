@@ -13,7 +13,7 @@ use crate::nn::{ParamId, ParamStore};
 use crate::ops;
 use crate::tensor::Tensor;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LarsConfig {
     /// Trust coefficient (solo-learn's CIFAR recipes: 0.02).

@@ -48,7 +48,7 @@ pub trait Optimizer<B: Backend> {
 }
 
 /// `[optim]`'s choice of optimiser.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     #[default]

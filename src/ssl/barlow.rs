@@ -19,10 +19,12 @@ use crate::tensor::Tensor;
 /// BatchNorm1d's eps.
 const BN_EPS: f32 = 1e-5;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BarlowConfig {
+    /// Hidden width of the projector MLP.
     pub proj_hidden: usize,
+    /// Output width of the projector (the embedding the loss sees).
     pub proj_dim: usize,
     /// Weight of the off-diagonal terms.
     pub lamb: f32,

@@ -23,11 +23,14 @@ use crate::tensor::Tensor;
 /// F.cosine_similarity's eps.
 const COS_EPS: f32 = 1e-8;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ByolConfig {
+    /// Hidden width of the projector MLP.
     pub proj_hidden: usize,
+    /// Output width of the projector (the embedding the loss sees).
     pub proj_dim: usize,
+    /// Hidden width of the predictor MLP.
     pub pred_hidden: usize,
     /// EMA coefficient at the first step.
     pub base_tau: f64,

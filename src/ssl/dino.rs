@@ -26,21 +26,30 @@ use crate::nn::{Ctx, Init, Linear, ParamId, ParamStore};
 use crate::ops;
 use crate::tensor::Tensor;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DinoConfig {
+    /// Hidden width of the projector MLP.
     pub proj_hidden: usize,
     /// The bottleneck before the prototypes.
     pub proj_dim: usize,
+    /// Number of prototypes (output width of the last layer).
     pub num_prototypes: usize,
+    /// Temperature of the student's softmax.
     pub student_temperature: f32,
+    /// Temperature of the teacher's softmax after its warm-up.
     pub teacher_temperature: f32,
     /// The teacher temperature rises linearly from this over `warmup_teacher_temperature_epochs`.
     pub warmup_teacher_temperature: f32,
+    /// Epochs over which the teacher temperature rises to teacher_temperature.
     pub warmup_teacher_temperature_epochs: usize,
+    /// EMA momentum of the centre subtracted from the teacher's outputs.
     pub center_momentum: f32,
+    /// EMA coefficient of the momentum encoder at the first step (rises to final_tau on a cosine).
     pub base_tau: f64,
+    /// EMA coefficient of the momentum encoder at the last step.
     pub final_tau: f64,
+    /// Epochs during which the last layer gets no gradient.
     pub freeze_last_layer: usize,
     /// solo-learn's clip_gradients: each backbone parameter's gradient scaled down to norm at
     /// most this (clip / (norm + 1e-6) when below 1), before the update; 0 turns it off.

@@ -24,15 +24,20 @@ use crate::nn::{Ctx, ParamStore};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MocoV2PlusConfig {
+    /// Hidden width of the projector MLP.
     pub proj_hidden: usize,
+    /// Output width of the projector (the embedding the loss sees).
     pub proj_dim: usize,
+    /// Softmax temperature of the contrastive loss.
     pub temperature: f32,
     /// Keys kept per view.
     pub queue_size: usize,
+    /// EMA coefficient of the momentum encoder at the first step (rises to final_tau on a cosine).
     pub base_tau: f64,
+    /// EMA coefficient of the momentum encoder at the last step.
     pub final_tau: f64,
 }
 

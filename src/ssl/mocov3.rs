@@ -19,14 +19,20 @@ use crate::models::{Backbone, BackboneConfig};
 use crate::nn::{Ctx, ParamStore};
 use crate::tensor::Tensor;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MocoV3Config {
+    /// Hidden width of the projector MLP.
     pub proj_hidden: usize,
+    /// Output width of the projector (the embedding the loss sees).
     pub proj_dim: usize,
+    /// Hidden width of the predictor MLP.
     pub pred_hidden: usize,
+    /// Softmax temperature of the contrastive loss.
     pub temperature: f32,
+    /// EMA coefficient of the momentum encoder at the first step (rises to final_tau on a cosine).
     pub base_tau: f64,
+    /// EMA coefficient of the momentum encoder at the last step.
     pub final_tau: f64,
     /// Solarisation probability of view 1 and view 2 (replaces `augment.solarize_p`).
     pub solarize: [f32; 2],

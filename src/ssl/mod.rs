@@ -128,11 +128,14 @@ pub fn saved_state<B: Backend>(saved: &HashMap<String, Tensor<B>>, method: &str,
 /// SwAV's and DINO's multi-crop: the two large crops, plus `small_crops` crops of
 /// `small_size` pixels cut from `small_crop_scale` of the image (the large crops keep the
 /// recipe's scale and the run's image size).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MultiCrop {
+    /// Small crops per image besides the two large ones (0: no multi-crop).
     pub small_crops: usize,
+    /// Side of each small crop, in pixels.
     pub small_size: usize,
+    /// Area fraction range the small crops are cut from.
     pub small_crop_scale: (f32, f32),
 }
 

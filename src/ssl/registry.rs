@@ -21,7 +21,7 @@ use crate::nn::ParamStore;
 
 /// A method's settings, and through them the method: what the registry needs to list it,
 /// check its table when the recipe is read, and build it.
-pub trait MethodConfig: Serialize + DeserializeOwned + Default + Debug + 'static {
+pub trait MethodConfig: Serialize + DeserializeOwned + Default + Debug + schemars::JsonSchema + 'static {
     /// The name `method = "..."` takes, and the name of the settings table.
     const NAME: &'static str;
     /// One line for `--help` and the docs.
@@ -63,11 +63,13 @@ pub struct MethodInfo {
     /// Parses and validates the method's own table; gives it back with every default filled in
     /// (what a checkpoint records). Errors name the key: `simclr.temperature`.
     pub settings: fn(&toml::Table) -> Result<toml::Table>,
+    /// The table's keys with their doc comments (`ssl-engine config`).
+    pub schema: fn() -> schemars::Schema,
 }
 
 impl MethodInfo {
     pub fn of<M: MethodConfig>() -> Self {
-        MethodInfo { name: M::NAME, about: M::ABOUT, settings: resolve::<M> }
+        MethodInfo { name: M::NAME, about: M::ABOUT, settings: resolve::<M>, schema: || schemars::schema_for!(M) }
     }
 }
 

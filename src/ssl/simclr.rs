@@ -19,10 +19,12 @@ use crate::models::{Backbone, BackboneConfig};
 use crate::nn::{Ctx, ParamStore};
 use crate::tensor::Tensor;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimClrConfig {
+    /// Hidden width of the projector MLP.
     pub proj_hidden: usize,
+    /// Output width of the projector (the embedding the loss sees).
     pub proj_dim: usize,
     /// The softmax temperature T of NT-Xent.
     pub temperature: f32,

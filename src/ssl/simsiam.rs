@@ -15,12 +15,14 @@ use crate::models::{Backbone, BackboneConfig};
 use crate::nn::{Ctx, ParamId, ParamStore};
 use crate::tensor::Tensor;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimSiamConfig {
     /// Linear layers in the projector: 2 on CIFAR (paper App. D), 3 on ImageNet.
     pub proj_layers: usize,
+    /// Hidden width of the projector MLP.
     pub proj_hidden: usize,
+    /// Output width of the projector (the embedding the loss sees).
     pub proj_dim: usize,
     /// The predictor's bottleneck (1/4 of proj_dim in the paper).
     pub pred_hidden: usize,

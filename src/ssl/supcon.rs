@@ -16,7 +16,7 @@ use crate::nn::{Ctx, ParamStore};
 use crate::tensor::Tensor;
 
 /// SupCon's settings are SimCLR's (projector widths and the temperature), in its own table.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct SupConConfig(pub SimClrConfig);
 

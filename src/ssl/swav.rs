@@ -25,19 +25,26 @@ use crate::nn::{Ctx, Init, Kind, Layout, ParamId, ParamStore};
 use crate::ops;
 use crate::tensor::Tensor;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SwavConfig {
+    /// Hidden width of the projector MLP.
     pub proj_hidden: usize,
+    /// Output width of the projector (the embedding the loss sees).
     pub proj_dim: usize,
+    /// Number of prototypes (output width of the last layer).
     pub num_prototypes: usize,
+    /// Softmax temperature of the contrastive loss.
     pub temperature: f32,
     /// Sinkhorn-Knopp iterations and entropy regularisation.
     pub sk_iters: usize,
+    /// Entropy regularisation epsilon of Sinkhorn-Knopp.
     pub sk_epsilon: f32,
     /// Past projections kept per large crop; 0: no queue.
     pub queue_size: usize,
+    /// The epoch from which the queue's projections join the Sinkhorn assignment.
     pub epoch_queue_starts: usize,
+    /// Epochs during which the prototypes get no gradient.
     pub freeze_prototypes_epochs: usize,
     pub multicrop: MultiCrop,
 }

@@ -21,13 +21,18 @@ use crate::tensor::Tensor;
 /// Added to the variance under the square root.
 const VAR_EPS: f32 = 1e-4;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct VicregConfig {
+    /// Hidden width of the projector MLP.
     pub proj_hidden: usize,
+    /// Output width of the projector (the embedding the loss sees).
     pub proj_dim: usize,
+    /// Weight of the invariance (MSE) term.
     pub sim_loss_weight: f32,
+    /// Weight of the variance (hinge on the std) term.
     pub var_loss_weight: f32,
+    /// Weight of the covariance (off-diagonal) term.
     pub cov_loss_weight: f32,
 }
 

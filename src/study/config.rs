@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::eval::linear::LinearProbeConfig;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StudyConfig {
     /// The study folder: cells/, study.md, study.csv, study.json and the plots.

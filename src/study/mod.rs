@@ -171,10 +171,27 @@ fn start_backbone<B: Backend>(b: &B, cfg: &Config, start: &str, supervised_file:
     }
 }
 
+/// The study's recipe: the file and `--set` laid over the recipe stored in its first checkpoint
+/// start, so that what the study file leaves out (normalisation, image size, model options) is
+/// what that checkpoint was trained with; the defaults when no start holds a recipe.
+pub fn recipe(path: &Path, overrides: &[String]) -> Result<Config> {
+    let cfg = Config::load(Some(path), overrides)?;
+    for s in cfg.study.starts.iter().filter(|s| *s != "random" && *s != "supervised") {
+        let Ok(wf) = crate::checkpoint::WeightFile::read(Path::new(s)) else { continue };
+        if let Some(stored) = backbone::stored_recipe(&wf) {
+            eprintln!("study: settings {} leaves out come from the recipe stored in {s}", path.display());
+            return backbone::lay_over(&stored, true, Some(path), overrides, None);
+        }
+    }
+    Ok(cfg)
+}
+
 /// Runs the study `cfg.study` describes on `cfg.data` (train and test) with `cfg.model`.
 pub fn run<B: Backend>(b: &B, cfg: &Config, verbose: bool) -> Result<StudyOutcome> {
     let st = &cfg.study;
     let test_path = cfg.data.test_path.as_ref().ok_or_else(|| Error::Config("study: needs data.test_path".into()))?;
+    crate::setup::check_data_path(&cfg.data.path, "data.path")?;
+    crate::setup::check_data_path(test_path, "data.test_path")?;
     let full = backbone::load(&cfg.data.path, Split::Train, cfg)?;
     let test = backbone::load(test_path, Split::Test, cfg)?;
     let (fit_idx, val_idx) = stratified_split(&full, st.val_fraction, cfg.seed);
@@ -186,7 +203,11 @@ pub fn run<B: Backend>(b: &B, cfg: &Config, verbose: bool) -> Result<StudyOutcom
     // not after an hour of the other cells.
     let want = backbone::architecture(&cfg.backbone()?);
     for s in st.starts.iter().filter(|s| *s != "random" && *s != "supervised") {
-        let held = crate::checkpoint::WeightFile::read(Path::new(s))?.infer_backbone()?;
+        let wf = crate::checkpoint::WeightFile::read(Path::new(s))?;
+        if let Some(stored) = backbone::stored_recipe(&wf) {
+            backbone::note_differences(&stored, cfg, s);
+        }
+        let held = wf.infer_backbone()?;
         if backbone::architecture(&held) != want {
             return Err(Error::Config(format!(
                 "study.starts: {s} holds {}, but the study's model (model, model_opts) is {want}",
@@ -288,7 +309,7 @@ fn train_supervised<B: Backend>(
         let trained = m.ps.find(&name).ok_or_else(|| Error::Other(format!("supervised: no trained tensor {name}")))?;
         clean.ps.set(id, m.ps.get(trained).clone())?;
     }
-    export_backbone(&clean.ps, file, "").map(|_| ())
+    export_backbone(&clean.ps, file, "", backbone::recipe_metadata(cfg, &clean.backbone)).map(|_| ())
 }
 
 fn read_cell(file: &Path) -> Result<Option<Cell>> {

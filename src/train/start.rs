@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::TrainSummary;
+use super::{StartOptions, TrainSummary};
 use super::monitor::knn_monitor;
 use super::resume::{check_resume_compatible, save_on_interrupt};
 use crate::backend::Backend;
@@ -46,7 +46,8 @@ pub(super) fn say(show: bool, s: String) {
 impl<'a, B: Backend> Run<'a, B> {
     /// Sets the run up (or resumes it); errors come in the order a user fixes them: the
     /// backend, the run folder, the resume, the data.
-    pub fn start(b: &'a B, cfg: &'a Config, resume: Option<&Path>, show: bool) -> Result<Self> {
+    pub fn start(b: &'a B, cfg: &'a Config, opts: &StartOptions, show: bool) -> Result<Self> {
+        let resume = opts.resume;
         if b.precision() != cfg.precision {
             return Err(Error::Config(format!(
                 "precision {:?} in the config, but the {} backend was built for {:?} (build it with_precision)",
@@ -55,21 +56,35 @@ impl<'a, B: Backend> Run<'a, B> {
                 b.precision().as_str()
             )));
         }
-        std::fs::create_dir_all(&cfg.out)
-            .map_err(|e| Error::File { path: cfg.out.display().to_string(), msg: format!("cannot create run folder: {e}") })?;
-        crate::checkpoint::remove_stale_temp_files(&cfg.out);
         // A resume is checked before anything is loaded or built: a mismatch is one clear line.
         let resume_from = match resume {
             Some(path) => {
                 let wf = WeightFile::read(path)?;
                 let saved = wf.state()?;
-                check_resume_compatible(path, &saved, cfg)?;
+                check_resume_compatible(path, &saved, cfg, opts.allow_changes)?;
                 Some((path, wf, saved))
             }
             None => None,
         };
+        // A fresh run never writes into another run's folder (a resume continues its own).
+        // A resume into another folder than its checkpoint's must find that folder free too.
+        let own_folder = |p: &Path| {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            matches!((dir.canonicalize(), cfg.out.canonicalize()), (Ok(a), Ok(b)) if a == b)
+        };
+        if resume.is_none_or(|p| !own_folder(p)) {
+            claim_run_folder(&cfg.out, opts.overwrite, show)?;
+        }
+        std::fs::create_dir_all(&cfg.out)
+            .map_err(|e| Error::File { path: cfg.out.display().to_string(), msg: format!("cannot create run folder: {e}") })?;
+        crate::checkpoint::remove_stale_temp_files(&cfg.out);
+        // The resolved recipe, beside the weights, for people and for `ssl-engine config`.
+        crate::checkpoint::write_atomic(&cfg.out.join("config.toml"), cfg.to_toml().as_bytes())?;
         let (train_set, test_set) = load_data(cfg, show)?;
         let skipped = train_set.skipped.len() + test_set.as_ref().map_or(0, |t| t.skipped.len());
+        // Every skipped file goes to <out>/skipped.txt; the line names the first few.
+        let sets: Vec<&Dataset> = std::iter::once(&*train_set).chain(test_set.as_ref()).collect();
+        let skipped_note = crate::data::skipped_report(&sets, &cfg.out)?;
         say(
             show,
             format!(
@@ -77,14 +92,14 @@ impl<'a, B: Backend> Run<'a, B> {
                 train_set.len(),
                 train_set.classes.len(),
                 test_set.as_ref().map(|t| format!(", {} test images", t.len())).unwrap_or_default(),
-                if skipped > 0 { format!(" ({skipped} unreadable images skipped)") } else { String::new() }
+                skipped_note.map(|n| format!(" ({n})")).unwrap_or_default()
             ),
         );
 
         let (ps, method) = build_method(b, cfg)?;
         let opt = optim::build::<B>(cfg.optim.optimizer, cfg.optim.momentum, &cfg.optim.lars);
         let state = TrainState { epoch: 0, step_in_epoch: 0, global_step: 0, method: cfg.method.clone(), config: cfg.to_toml() };
-        let log = MetricsLog::open(&cfg.out)?;
+        let log = MetricsLog::open(&cfg.out, &cfg.to_toml())?;
         let summary = TrainSummary { out: cfg.out.clone(), skipped_images: skipped, ..Default::default() };
         let mut run = Run { b, cfg, show, train_set, test_set, ps, method, opt, state, log, summary };
         if let Some((path, wf, saved)) = resume_from {
@@ -122,9 +137,51 @@ impl<'a, B: Backend> Run<'a, B> {
     }
 }
 
+/// The files that make a folder a run's: a second run writing there would mix two runs.
+const RUN_FILES: &[&str] = &["last.safetensors", "metrics.jsonl", "summary.md"];
+
+/// What of a run `out` holds, by name (epoch checkpoints too); empty for a new or empty folder.
+pub fn run_files_in(out: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(out) else { return Vec::new() };
+    let mut found: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| RUN_FILES.contains(&n.as_str()) || (n.starts_with("epoch-") && n.ends_with(".safetensors")))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Makes `out` a folder this run may write: refused when it holds a run, unless `overwrite`,
+/// which first moves the whole folder aside (one rename: atomic) to `<out>.replaced-N`.
+fn claim_run_folder(out: &Path, overwrite: bool, show: bool) -> Result<()> {
+    let found = run_files_in(out);
+    if found.is_empty() {
+        return Ok(());
+    }
+    let shown = out.display();
+    if !overwrite {
+        return Err(Error::Config(format!(
+            "out {shown}: the folder already holds a run ({}); continue it with --resume {}, train into a new folder \
+             (--set out=...), or start over with --overwrite (the old run moves to {shown}.replaced-N)",
+            found.join(", "),
+            out.join("last.safetensors").display()
+        )));
+    }
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+    let aside = (1..).map(|n| out.with_file_name(format!("{name}.replaced-{n}"))).find(|p| !p.exists()).expect("a free name");
+    std::fs::rename(out, &aside).map_err(|e| Error::File { path: shown.to_string(), msg: format!("cannot move the old run aside to {}: {e}", aside.display()) })?;
+    say(show, format!("--overwrite: moved the previous run in {shown} to {}", aside.display()));
+    Ok(())
+}
+
 /// The training images (at least one batch of them) and, when the kNN monitor can vote, the
 /// test images.
 fn load_data(cfg: &Config, show: bool) -> Result<(Arc<Dataset>, Option<Dataset>)> {
+    crate::setup::check_data_path(&cfg.data.path, "data.path")?;
+    if let Some(t) = &cfg.data.test_path {
+        crate::setup::check_data_path(t, "data.test_path")?;
+    }
     let train_set = Arc::new(load_split(&cfg.data.path, Split::Train, cfg)?);
     if train_set.len() < cfg.batch_size {
         return Err(Error::Config(format!(

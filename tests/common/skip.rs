@@ -30,10 +30,13 @@ pub enum Need {
     SharedData,
     /// Mounting a tmpfs or a read-only bind (root with CAP_SYS_ADMIN): a container may refuse.
     MountPrivilege,
+    /// Python's `tensorboard` package (pip `tensorboard`): reads back the event files a run
+    /// writes (`tests/tensorboard.rs`).
+    Tensorboard,
 }
 
 impl Need {
-    pub const ALL: [Need; 8] = [
+    pub const ALL: [Need; 9] = [
         Need::CudaDevice,
         Need::Nvrtc,
         Need::Cuobjdump,
@@ -42,6 +45,7 @@ impl Need {
         Need::FashionMnist,
         Need::SharedData,
         Need::MountPrivilege,
+        Need::Tensorboard,
     ];
 
     pub fn key(self) -> &'static str {
@@ -54,6 +58,7 @@ impl Need {
             Need::FashionMnist => "fashion-mnist",
             Need::SharedData => "shared-data",
             Need::MountPrivilege => "mount-privilege",
+            Need::Tensorboard => "tensorboard",
         }
     }
 }

@@ -44,6 +44,13 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> ssl_engine::Result<TrainSumma
     train(&b, cfg, resume, &AtomicBool::new(false), false)
 }
 
+/// `run` of a resume that changes the schedule on purpose (`--allow-changes`).
+pub fn run_changed(cfg: &Config, resume: &Path) -> ssl_engine::Result<TrainSummary> {
+    let b = CpuBackend::new(cfg.threads).unwrap().with_precision(cfg.precision);
+    let opts = ssl_engine::train::StartOptions { resume: Some(resume), allow_changes: true, ..Default::default() };
+    ssl_engine::train::train_with(&b, cfg, &opts, &AtomicBool::new(false), false)
+}
+
 pub fn bits(s: &TrainSummary) -> Vec<(usize, u64)> {
     s.losses.iter().map(|&(g, l)| (g, l.to_bits())).collect()
 }

@@ -90,6 +90,12 @@ impl WgpuBackend {
         let i = &self.ctx.info;
         format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
     }
+    /// Whether the adapter is a CPU implementation (mesa's llvmpipe, SwiftShader, WARP): correct,
+    /// but slower than the cpu backend.
+    pub fn is_software(&self) -> bool {
+        self.ctx.info.device_type == ::wgpu::DeviceType::Cpu
+    }
+
     pub fn tiles(&self) -> Tiles {
         self.ctx.tiles
     }

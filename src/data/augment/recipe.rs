@@ -10,22 +10,30 @@ use crate::rng::Rng;
 /// The augmentation recipe of one view. It is also the config's `[augment]` table, key for
 /// key (a TOML array of two numbers for each pair); a key left out takes the SimSiam CIFAR-10
 /// recipe's value (`Default`), and an unknown key is an error.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AugmentConfig {
     /// Area fraction range of RandomResizedCrop.
     pub crop_scale: (f32, f32),
     /// Aspect-ratio (w / h) range of RandomResizedCrop, drawn log-uniformly.
     pub crop_ratio: (f32, f32),
+    /// Probability of a horizontal flip.
     pub flip_p: f32,
     /// ColorJitter strengths: brightness, contrast, saturation, hue (hue at most 0.5).
     pub jitter: [f32; 4],
+    /// Probability that ColorJitter is applied.
     pub jitter_p: f32,
+    /// Probability of RandomGrayscale.
     pub gray_p: f32,
+    /// Probability of a Gaussian blur (ImageNet recipes; 0 on CIFAR).
     pub blur_p: f32,
+    /// Range of the blur's sigma, drawn uniformly.
     pub blur_sigma: (f32, f32),
+    /// Probability of solarisation (BYOL's second view).
     pub solarize_p: f32,
+    /// Per-channel mean subtracted after augmentation (RGB, on 0-1 pixels); travels with the checkpoint to eval, embed and export.
     pub mean: [f32; 3],
+    /// Per-channel std divided after the mean (RGB); travels with the checkpoint.
     pub std: [f32; 3],
 }
 
