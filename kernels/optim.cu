@@ -65,6 +65,55 @@ extern "C" __global__ void __launch_bounds__(SGD_THREADS)
     }
 }
 
+// The fused multi-tensor AdamW step (torch.optim.AdamW's semantics). Twin of adamw in
+// src/backend/cpu/optim.rs, in double like it:  p *= decay;  m = b1 m + (1 - b1) g;
+// v = b2 v + (1 - b2) g^2;  p -= step_size m / (sqrt(v) / bc2_sqrt + eps), where decay =
+// 1 - lr wd, step_size = lr / (1 - b1^step) and bc2_sqrt = sqrt(1 - b2^step) come per tensor
+// from the host (adamw_factors in src/backend/ops/optim.rs). The same batching as the SGD step,
+// with fewer tensors per launch (ADAMW_MAX_TENSORS: the struct stays under 4 KB).
+#define ADAMW_MAX_TENSORS 48
+
+struct AdamWTensor {
+    float* param;
+    const float* grad;
+    float* exp_avg;
+    float* exp_avg_sq;
+    i64 len;
+    double decay;
+    double step_size;
+    double bc2_sqrt;
+};
+
+struct AdamWBatch {
+    AdamWTensor t[ADAMW_MAX_TENSORS];
+    i64 block_end[ADAMW_MAX_TENSORS];
+    double beta1;
+    double beta2;
+    double eps;
+    int count;
+    int pad;
+};
+
+extern "C" __global__ void __launch_bounds__(SGD_THREADS) adamw_step_fwd_f32(const AdamWBatch batch) {
+    const i64 b = blockIdx.x;
+    const int ti = batch_tensor(batch.block_end, batch.count, b);
+    if (ti >= batch.count) return;
+    const i64 first = ti == 0 ? 0 : batch.block_end[ti - 1];
+    const AdamWTensor& t = batch.t[ti];
+    const i64 base = (b - first) * SGD_CHUNK;
+    const double b1 = batch.beta1, b2 = batch.beta2, eps = batch.eps;
+    for (int e = threadIdx.x; e < SGD_CHUNK; e += blockDim.x) {
+        const i64 i = base + e;
+        if (i >= t.len) break;
+        const double g = (double)t.grad[i];
+        const double m = b1 * (double)t.exp_avg[i] + (1.0 - b1) * g;
+        const double v = b2 * (double)t.exp_avg_sq[i] + (1.0 - b2) * g * g;
+        t.exp_avg[i] = (float)m;
+        t.exp_avg_sq[i] = (float)v;
+        t.param[i] = (float)((double)t.param[i] * t.decay - t.step_size * m / (sqrt(v) / t.bc2_sqrt + eps));
+    }
+}
+
 // The fused multi-tensor EMA update of a momentum encoder (BYOL, MoCo). Twin of ema_update in
 // src/backend/cpu/optim.rs: target = tau * target + (1 - tau) * source. The same batching as
 // the SGD step: tensor t owns blocks [block_end[t - 1], block_end[t]), SGD_CHUNK elements each.

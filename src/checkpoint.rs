@@ -26,7 +26,8 @@ use crate::optim::Optimizer;
 use crate::tensor::Tensor;
 
 const FORMAT: &str = "ssl-engine-checkpoint";
-/// Optimiser state is saved as `optimizer.<kind>.<parameter name>` (SGD and LARS: `momentum`).
+/// Optimiser state is saved as `optimizer.<kind>.<parameter name>` (SGD and LARS: `momentum`;
+/// AdamW: `exp_avg`, `exp_avg_sq` and the one-element `step`).
 const OPTIMIZER: &str = "optimizer.";
 /// A method's own state (queues, centres) is saved as `method.<name>`.
 const METHOD: &str = "method.";
@@ -139,6 +140,13 @@ pub fn save_checkpoint<B: Backend>(
         }
         records.push((format!("{OPTIMIZER}{kind}.{}", e.name), shape, f32_bytes(&vals), Dtype::F32));
     }
+    for (kind, id, count) in opt.counters() {
+        // One f32, exact to 2^24 (16.7M steps).
+        if count >= 1 << 24 {
+            return Err(Error::Invalid { op: "checkpoint", msg: format!("{kind} count {count} of {} is past 2^24", ps.entry(id).name) });
+        }
+        records.push((format!("{OPTIMIZER}{kind}.{}", ps.entry(id).name), vec![1], f32_bytes(&[count as f32]), Dtype::F32));
+    }
     for (name, t) in method_state {
         let vals = t.to_f32()?;
         if vals.iter().any(|v| !v.is_finite()) {
@@ -235,6 +243,17 @@ impl WeightFile {
                 }
             }
         }
+        for kind in opt.counter_kinds() {
+            for id in ps.ids() {
+                let name = &ps.entry(id).name;
+                if let Some((_, vals)) = self.tensors.get(&format!("{OPTIMIZER}{kind}.{name}")) {
+                    match vals.as_slice() {
+                        [c] if *c >= 0.0 && c.fract() == 0.0 => opt.load_counter(kind, id, *c as u64)?,
+                        _ => return Err(file_err(&self.path, format!("{kind} of {name} is {vals:?}, not one count"))),
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -286,7 +305,7 @@ impl WeightFile {
             };
             let mlp = get("blocks.0.mlp.fc1.weight").map(|s| s[0] / dim).unwrap_or(4);
             let num_classes = get("head.weight").map(|s| s[0]);
-            return Ok(BackboneConfig::Vit(VitConfig { image_size: side * patch, patch, dim, depth, heads, mlp_ratio: mlp, num_classes }));
+            return Ok(BackboneConfig::Vit(VitConfig { image_size: side * patch, patch, dim, depth, heads, mlp_ratio: mlp, num_classes, ..VitConfig::default() }));
         }
         if let (Some(w), Some(pos)) = (get("patch_embed.conv.weight"), get("pos_embed")) {
             // timm's PiT: the stride is half the patch; heads 2, 4, 8 by stage.

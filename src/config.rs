@@ -240,7 +240,8 @@ impl Default for ModelOpts {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
-    /// "sgd" (SimSiam's recipe) or "lars" (solo-learn's recipes for the other methods).
+    /// "sgd" (SimSiam's recipe), "lars" (solo-learn's recipes for the other methods) or "adamw"
+    /// (torch.optim.AdamW: decoupled weight decay; betas and eps below).
     pub optimizer: OptimizerKind,
     /// Learning rate at batch 256: lr = base_lr x batch_size / 256 (paper: 0.03 -> 0.06 at 512).
     pub base_lr: f64,
@@ -254,6 +255,10 @@ pub struct OptimConfig {
     pub scale_lr_with_batch: bool,
     /// `[optim.lars]`: trust coefficient, clipping and exclusions, when optimizer = "lars".
     pub lars: LarsConfig,
+    /// AdamW's decay rates of the first and second moments (torch's default; MAE uses [0.9, 0.95]).
+    pub betas: [f64; 2],
+    /// AdamW's term added to the denominator sqrt(v_hat).
+    pub eps: f64,
 }
 
 impl Default for OptimConfig {
@@ -266,6 +271,8 @@ impl Default for OptimConfig {
             warmup_epochs: 0,
             scale_lr_with_batch: true,
             lars: LarsConfig::default(),
+            betas: crate::optim::DEFAULT_BETAS,
+            eps: crate::optim::DEFAULT_EPS,
         }
     }
 }
@@ -347,6 +354,13 @@ fn get_dotted_mut<'t>(table: &'t mut toml::Table, key: &str) -> Option<&'t mut t
         (toml::Value::Table(t), Some(r)) => get_dotted_mut(t, r),
         _ => None,
     }
+}
+
+/// Every leaf key of a TOML table, dotted (`data.image_size`); arrays are leaves.
+pub fn leaf_keys(table: &toml::Table) -> Vec<String> {
+    let mut out = Vec::new();
+    leaves(table, "", &mut out);
+    out.into_iter().map(|(k, _)| k).collect()
 }
 
 /// Every leaf of a TOML table as (dotted key, value); arrays are leaves.
@@ -623,6 +637,9 @@ impl Config {
         let lars = &self.optim.lars;
         if !(lars.eta > 0.0 && lars.eta.is_finite() && lars.eps >= 0.0 && lars.eps.is_finite()) {
             return bad("optim.lars", "eta must be a positive number and eps a non-negative one");
+        }
+        if crate::optim::check_adamw(self.optim.betas, self.optim.eps).is_err() {
+            return bad("optim.betas", "betas must be in [0, 1) and optim.eps a positive number");
         }
         if self.data.image_size < 8 {
             return bad("data.image_size", "must be at least 8");

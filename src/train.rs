@@ -74,5 +74,25 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, start: &StartOptions, interrupt: &
             break;
         }
     }
+    draw_pictures(&run);
     Ok(epochs.finish(run))
+}
+
+/// The method's pictures (MAE's reconstructions) of the first 8 held-out images (the test set,
+/// else the training set), as evaluation sees them. A failure is a warning: the weights are saved.
+fn draw_pictures<B: Backend>(run: &start::Run<B>) {
+    let cfg = run.cfg;
+    let data = run.test_set.as_ref().unwrap_or(&run.train_set);
+    let (mean, std) = (cfg.augment.mean, cfg.augment.std);
+    let drawn = (|| -> Result<Vec<PathBuf>> {
+        let Some(first) = crate::data::eval_batches(data, cfg.data.image_size, 8, mean, std).next() else { return Ok(Vec::new()) };
+        let (x, labels) = first?;
+        let s = cfg.data.image_size;
+        let images = crate::tensor::Tensor::from_f32(run.b, &x, &[labels.len(), s, s, 3], crate::tensor::DType::F32)?;
+        run.method.pictures(&run.ps, &images, mean, std, &cfg.out)
+    })();
+    match drawn {
+        Ok(files) => files.iter().for_each(|f| start::say(run.show, format!("wrote {}", f.display()))),
+        Err(e) => eprintln!("warning: the method's pictures were not drawn: {e}"),
+    }
 }

@@ -68,3 +68,14 @@ fn cuda_bf16_conforms_to_the_cpu_bf16_reference() {
     }
     println!("{} bf16: {} checks, worst relative L2 {:.2e}", dev.name(), r.lines.len(), r.worst);
 }
+
+/// gather_rows and its scatter back equal the CPU bit for bit on the GPU (no atomics: each
+/// element of dx sums its repeats in the CPU's order); a bad index gives NaN rows.
+#[test]
+fn cuda_gather_rows_equals_cpu_bitwise() {
+    let Some(dev) = common::cuda_or_skip() else { return };
+    let dev = dev.with_poison();
+    let worst = common::conformance::gather_rows_bitwise(&dev, 23);
+    println!("{} gather_rows: max |cuda - cpu| {worst:.1e}", dev.name());
+    common::conformance::gather_rows_bad_index_is_nan(&dev);
+}

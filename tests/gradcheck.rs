@@ -188,3 +188,21 @@ fn layout_ops() {
     gradcheck("slice", &[input(&mut r, &[2, 5, 3])], |t, v| t.slice(&v[0], 1, 1, 3).unwrap());
     gradcheck("concat", &[input(&mut r, &[2, 2, 3]), input(&mut r, &[2, 1, 3])], |t, v| t.concat(&[&v[0], &v[1]], 1).unwrap());
 }
+
+/// MAE's token gather: repeated rows (whose gradients sum), k > l, a row never picked (zero
+/// gradient), trailing axes flattened.
+#[test]
+fn gather_rows() {
+    let mut r = Rng::new(9);
+    let b = common::cpu(1);
+    let idx = Tensor::from_f64(&b, &[4.0, 0.0, 4.0, 2.0, 1.0, 1.0, 1.0, 3.0], &[2, 4], DType::F64).unwrap();
+    gradcheck("gather_rows", &[input(&mut r, &[2, 5, 3])], |t, v| t.gather_rows(&v[0], &idx).unwrap());
+    let idx = Tensor::from_f64(&b, &[2.0, 0.0, 2.0, 2.0, 1.0, 1.0, 0.0, 0.0], &[2, 4], DType::F64).unwrap();
+    gradcheck("gather_rows k > l", &[input(&mut r, &[2, 3, 2, 2])], |t, v| t.gather_rows(&v[0], &idx).unwrap());
+    // Through something nonlinear after it: the gradient of x * x at each kept row.
+    let idx = Tensor::from_f64(&b, &[1.0, 1.0, 0.0], &[1, 3], DType::F64).unwrap();
+    gradcheck("gather_rows then mul", &[input(&mut r, &[1, 2, 4])], |t, v| {
+        let y = t.gather_rows(&v[0], &idx).unwrap();
+        t.mul(&y, &y).unwrap()
+    });
+}

@@ -34,6 +34,7 @@ fn small_heads() -> Vec<(&'static str, Vec<&'static str>, usize)> {
         ("dino", vec!["dino.proj_hidden=64", "dino.proj_dim=32", "dino.num_prototypes=64", "dino.base_tau=0.99", "dino.use_bn_in_head=true"], 32),
         ("barlow", vec!["barlow.proj_hidden=64", "barlow.proj_dim=64"], 64),
         ("vicreg", vec!["vicreg.proj_hidden=64", "vicreg.proj_dim=64"], 64),
+        ("nnclr", vec!["nnclr.proj_hidden=64", "nnclr.proj_dim=32", "nnclr.pred_hidden=64", "nnclr.queue_size=128"], 32),
     ]
 }
 
@@ -106,10 +107,11 @@ fn mocov3_trains_a_vit_backbone() {
 }
 
 /// Stopped at step 4 (inside epoch 2) and resumed: the same losses and the same final state,
-/// bit for bit, with LARS. SwAV's queue is in use from epoch 1, so the resumed run needs it.
+/// bit for bit, with LARS. SwAV's queue is in use from epoch 1, so the resumed run needs it;
+/// NNCLR's support queue is read from the first step.
 #[test]
 fn methods_with_state_resume_bit_identically_mid_epoch() {
-    for (method, heads, _) in small_heads().into_iter().filter(|(m, _, _)| ["swav", "mocov2plus", "dino", "mocov3"].contains(m)) {
+    for (method, heads, _) in small_heads().into_iter().filter(|(m, _, _)| ["swav", "mocov2plus", "dino", "mocov3", "nnclr"].contains(m)) {
         let m = format!("method={method}");
         let mut sets = vec![m.as_str(), "optim.optimizer=\"lars\"", "swav.epoch_queue_starts=1", "swav.queue_size=32"];
         sets.extend(heads.iter().copied().filter(|s| !s.starts_with("swav.queue_size") && !s.starts_with("swav.epoch_queue")));
@@ -132,11 +134,12 @@ fn methods_with_state_resume_bit_identically_mid_epoch() {
     }
 }
 
-/// BYOL, MoCo v3, Barlow Twins and DINO see solo-learn's asymmetric views: solarisation 0 on the
-/// first view and 0.2 on the second (DINO: on its two large crops; small crops keep the recipe's).
+/// BYOL, MoCo v3, Barlow Twins, DINO and NNCLR see solo-learn's asymmetric views: solarisation 0
+/// on the first view and 0.2 on the second (DINO: on its two large crops; small crops keep the
+/// recipe's).
 #[test]
 fn asymmetric_methods_solarise_their_second_view() {
-    for method in ["byol", "mocov3", "barlow", "dino"] {
+    for method in ["byol", "mocov3", "barlow", "dino", "nnclr"] {
         let dir = tmp_dir(&format!("views-{method}"));
         let m = format!("method={method}");
         let mut sets = vec![m.as_str(), "augment.solarize_p=0.5"];
@@ -188,8 +191,8 @@ fn typed_settings_name_the_key_and_the_values() {
         ("precision=\"fp16\"", "precision", &["fp32", "bf16"]),
         ("data.cache=\"disk\"", "data.cache", &["ram", "none"]),
         ("data.on_corrupt=\"ignore\"", "data.on_corrupt", &["skip", "fail"]),
-        ("optim.optimizer=\"adam\"", "optim.optimizer", &["sgd", "lars"]),
-        ("linear.optimizer=\"adam\"", "linear.optimizer", &["sgd", "lars"]),
+        ("optim.optimizer=\"adam\"", "optim.optimizer", &["sgd", "lars", "adamw"]),
+        ("linear.optimizer=\"adam\"", "linear.optimizer", &["sgd", "lars", "adamw"]),
     ] {
         let e = load_err(&[set]);
         assert!(e.contains(key) && values.iter().all(|v| e.contains(v)), "{set}: {e}");
@@ -214,7 +217,8 @@ fn cuda_graph_is_read_as_step_graph() {
 }
 
 /// `to_toml` writes the method tables with their defaults filled in, and a stored config (this
-/// version's, or an earlier one's with all ten tables and `cuda_graph`) reads back for a resume.
+/// version's, or an earlier one's with every method's table and `cuda_graph`) reads back for a
+/// resume.
 #[test]
 fn configs_round_trip_with_their_method_tables() {
     let cfg = Config::load(None, &["method=\"dino\"".into(), "dino.multicrop.small_crops=2".into(), "simclr.temperature=0.3".into()]).unwrap();
@@ -236,6 +240,6 @@ fn configs_round_trip_with_their_method_tables() {
     }
     let read = Config::from_stored(&toml::to_string(&old).unwrap()).unwrap();
     assert!(!read.step_graph);
-    assert_eq!(read.method_tables.len(), 10);
+    assert_eq!(read.method_tables.len(), ssl_engine::ssl::methods().len());
     assert_eq!((read.backend.as_str(), read.precision.as_str()), ("cpu", "fp32"));
 }

@@ -224,3 +224,50 @@ fn dino_loss_centre_and_teacher_temperature_match_solo_learn() {
     ssl_engine::ops::ema_update(&[(&center, &batch_mean)], 0.9).unwrap();
     check(&f, "dino.center1", &center);
 }
+
+/// NNCLR against solo-learn in float64 (tests/reference/nnclr.safetensors, written by
+/// `python tests/reference/make_fixtures.py nnclr`): each normalised projection's nearest
+/// neighbour in a fixed queue (the same indices), the symmetric loss and its gradients for the
+/// predictions to a relative 1e-6, the neighbours the queue's rows bit for bit, and the FIFO
+/// enqueue of the normalised first-view projections at the pointer.
+#[test]
+fn nnclr_neighbours_loss_and_queue_update_match_solo_learn_in_f64() {
+    use ssl_engine::ssl::nnclr::{nearest_indices, nnclr_loss, queue_rows};
+    use ssl_engine::ssl::queue::Queue;
+    const TOL64: f64 = 1e-6;
+    let (b, f) = (cpu(2), Fixtures::load("nnclr.safetensors"));
+    let t64 = |name: &str| Tensor::from_f64(&b, f.get(name).1, f.get(name).0, DType::F64).unwrap();
+    let check64 = |name: &str, got: &Tensor<ssl_engine::backend::cpu::CpuBackend>| {
+        let e = assert_close(name, &got.to_f64().unwrap(), f.get(name).1, TOL64);
+        eprintln!("{name}: rel L2 {e:.2e}");
+    };
+    let queue = t64("nnclr.queue");
+    let unit = |name: &str| ssl_engine::ops::l2_normalize(&t64(name), 1e-12).unwrap().0;
+    let (z1, z2) = (unit("nnclr.z1"), unit("nnclr.z2"));
+    let (idx1, idx2) = (nearest_indices(&z1, &queue).unwrap(), nearest_indices(&z2, &queue).unwrap());
+    let as_usize = |name: &str| f.get(name).1.iter().map(|&v| v as usize).collect::<Vec<_>>();
+    assert_eq!((&idx1, &idx2), (&as_usize("nnclr.idx1"), &as_usize("nnclr.idx2")), "nearest neighbours");
+    let (nn1, nn2) = (queue_rows(&queue, &idx1).unwrap(), queue_rows(&queue, &idx2).unwrap());
+    let qv = queue.to_f64().unwrap();
+    for (i, &r) in idx1.iter().enumerate() {
+        assert_eq!(nn1.to_f64().unwrap()[i * 8..(i + 1) * 8], qv[r * 8..(r + 1) * 8], "neighbour {i} is not queue row {r}");
+    }
+    let tape = Tape::new();
+    let (p1, p2) = (tape.leaf(t64("nnclr.p1")), tape.leaf(t64("nnclr.p2")));
+    let a = nnclr_loss(&tape, &nn1, &p2, 0.2).unwrap();
+    let c = nnclr_loss(&tape, &nn2, &p1, 0.2).unwrap();
+    let loss = tape.scale(&tape.add(&a, &c).unwrap(), 0.5).unwrap();
+    check64("nnclr.loss", &loss.value);
+    let grads = tape.backward(&loss).unwrap();
+    check64("nnclr.dp1", grads.get(&p1).unwrap());
+    check64("nnclr.dp2", grads.get(&p2).unwrap());
+    // The enqueue: solo-learn's pointer at 12 of 18; ours reaches 12 after two batches of the
+    // queue's own rows, then takes z1 and wraps to 0.
+    let mut q = Queue::new(&b, 18, 8, DType::F64, None).unwrap();
+    q.rows = queue.clone();
+    q.push(&ssl_engine::ops::slice(&queue, 0, 0, 6).unwrap()).unwrap();
+    q.push(&ssl_engine::ops::slice(&queue, 0, 6, 6).unwrap()).unwrap();
+    q.push(&z1).unwrap();
+    assert_eq!(q.ptr() as f64, f.get("nnclr.ptr_after").1[0]);
+    check64("nnclr.queue_after", &q.rows);
+}

@@ -64,6 +64,7 @@ fn settings(method: &str) -> Vec<&'static str> {
         ],
         "barlow" => vec!["barlow.proj_hidden=32", "barlow.proj_dim=32"],
         "vicreg" => vec!["vicreg.proj_hidden=32", "vicreg.proj_dim=32"],
+        "nnclr" => vec!["nnclr.proj_hidden=32", "nnclr.proj_dim=16", "nnclr.pred_hidden=32", "nnclr.queue_size=16", "nnclr.temperature=0.2"],
         m => panic!("no settings for {m}"),
     }
 }
@@ -103,6 +104,15 @@ fn five_steps(f: &Fixtures, method: &str) -> Vec<f64> {
         }
         m.load_state(&saved).unwrap();
     }
+    if method == "nnclr" {
+        // The fixture's starting support queue: unit rows, normalised in float32 there.
+        let rows = f.f32("nnclr.queue");
+        let saved = HashMap::from([
+            ("queue".to_string(), Tensor::from_f32(&b, &rows, &[16, 16], DType::F64).unwrap()),
+            ("queue_ptr".to_string(), Tensor::from_f32(&b, &[0.0], &[1], DType::F32).unwrap()),
+        ]);
+        m.load_state(&saved).unwrap();
+    }
     let mut opt = Sgd::new(0.9);
     let mut losses = Vec::new();
     for s in 0..STEPS {
@@ -126,12 +136,17 @@ fn five_steps(f: &Fixtures, method: &str) -> Vec<f64> {
     losses
 }
 
+/// Methods without a five-step fixture yet, named so the gap is visible.
+const NOT_YET: &[&str] = &["mae"];
+
 #[test]
 fn five_steps_of_every_method_match_pytorch() {
     let f = Fixtures::load("methods.safetensors");
     let mut worst = 0.0f64;
     let mut failures = Vec::new();
-    for method in ssl_engine::ssl::methods().iter().map(|m| m.name) {
+    // MAE's five steps against PyTorch are not written yet (its loss, masking and gradient are
+    // checked against models_mae.py in tests/mae.rs); every other method is compared here.
+    for method in ssl_engine::ssl::methods().iter().map(|m| m.name).filter(|m| !NOT_YET.contains(m)) {
         let got = five_steps(&f, method);
         let want = f.get(&format!("{method}.losses")).1.to_vec();
         // Relative, or absolute for losses below 1 (SimSiam's negative cosine is near 0).

@@ -214,12 +214,19 @@ fn wgpu_steps_of_every_method_match_the_cpu_backend() {
         "barlow.proj_dim=32",
         "vicreg.proj_hidden=32",
         "vicreg.proj_dim=32",
+        "nnclr.proj_hidden=32",
+        "nnclr.proj_dim=16",
+        "nnclr.pred_hidden=32",
+        "nnclr.queue_size=48",
     ];
     for method in ssl_engine::ssl::methods().iter().map(|m| m.name) {
         let mut sets = vec!["epochs=2", "monitor.knn_every=0", "data.limit_per_class=4"];
         sets.extend(heads);
         let m = format!("method={method}");
         sets.push(&m);
+        if method == "mae" {
+            sets.extend(MAE_TINY);
+        }
         let cfg_cpu = tiny(&tmp_dir(&format!("{method}-cpu")), &sets);
         let cfg_gpu = tiny(&tmp_dir(&format!("{method}-wgpu")), &sets);
         let cpu = run(&cfg_cpu, None).unwrap();
@@ -232,6 +239,12 @@ fn wgpu_steps_of_every_method_match_the_cpu_backend() {
         }
     }
 }
+
+/// MAE masks ViT tokens: a ViT-Tiny at 8 px with patch 4 (4 patches, 1 kept), a one-block
+/// decoder, AdamW.
+#[cfg(feature = "wgpu")]
+const MAE_TINY: [&str; 7] =
+    ["model=\"vit-tiny\"", "model_opts.patch=4", "mae.decoder_dim=16", "mae.decoder_depth=1", "mae.decoder_heads=2", "optim.optimizer=\"adamw\"", "data.image_size=8"];
 
 /// SimCLR on a CI-sized subset: the NT-Xent loss falls and the projections stay spread
 /// (z-std above half of 1/sqrt(d)).

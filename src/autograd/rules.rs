@@ -61,6 +61,8 @@ pub enum Op<B: Backend> {
     Slice { in_shape: Vec<usize>, dtype: DType, axis: usize, start: usize },
     /// inputs: the concatenated tensors, in order
     Concat { axis: usize, sizes: Vec<usize> },
+    /// inputs: x [n, l, ..] (the indices [n, k] are constants)
+    GatherRows { idx: Tensor<B>, l: usize },
 }
 
 impl<B: Backend> Op<B> {
@@ -93,6 +95,7 @@ impl<B: Backend> Op<B> {
             Op::Reshape { .. } => "reshape",
             Op::Slice { .. } => "slice",
             Op::Concat { .. } => "concat",
+            Op::GatherRows { .. } => "gather_rows",
         }
     }
 }
@@ -200,5 +203,7 @@ pub(super) fn backward<B: Backend>(op: &Op<B>, g: &Tensor<B>, needs: &[bool]) ->
             }
             out
         }
+        // The scatter back: each row of x gets the sum of the gradients of its copies.
+        Op::GatherRows { idx, l } => vec![Some(ops::gather_rows_bwd(g, idx, *l)?)],
     })
 }

@@ -245,6 +245,12 @@ impl<B: Backend> Tape<B> {
         let y = ops::slice(&x.value, axis, start, len)?;
         Ok(self.record(y, &[x], || Op::Slice { in_shape: x.shape().to_vec(), dtype: x.value.dtype(), axis, start }))
     }
+    /// Per row of x [n, l, ..], the rows `idx` [n, k] names (indices in 0..l stored as floats,
+    /// constants; repeats allowed): y [n, k, ..] with y[i, j] = x[i, idx[i, j]] (MAE's kept tokens).
+    pub fn gather_rows(&self, x: &Var<B>, idx: &crate::Tensor<B>) -> Result<Var<B>> {
+        let y = ops::gather_rows(&x.value, idx)?;
+        Ok(self.record(y, &[x], || Op::GatherRows { idx: idx.clone(), l: x.shape()[1] }))
+    }
     pub fn concat(&self, xs: &[&Var<B>], axis: usize) -> Result<Var<B>> {
         let ts: Vec<&crate::Tensor<B>> = xs.iter().map(|v| &v.value).collect();
         let y = ops::concat(&ts, axis)?;

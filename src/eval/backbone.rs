@@ -283,23 +283,11 @@ pub fn lay_over(base: &Config, stored: bool, config: Option<&Path>, overrides: &
 /// (a study's other checkpoints, measured with the study's recipe).
 pub fn note_differences(stored: &Config, cfg: &Config, what: &str) {
     let (was, now) = (stored.to_table(), cfg.to_table());
-    let mut keys = Vec::new();
-    leaf_keys(&was, "", &mut keys);
-    for k in keys.into_iter().filter(|k| travels(k) && !k.starts_with("method") && !k.starts_with("seed")) {
+    for k in crate::config::leaf_keys(&was).into_iter().filter(|k| travels(k) && !k.starts_with("method") && !k.starts_with("seed")) {
         if let (Some(a), Some(b)) = (crate::config::get_dotted(&was, &k), crate::config::get_dotted(&now, &k))
             && !same_value(a, b)
         {
             eprintln!("note: {what} was trained with {k} = {a}; measured here with {b}");
-        }
-    }
-}
-
-fn leaf_keys(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
-    for (k, v) in t {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-        match v {
-            toml::Value::Table(sub) => leaf_keys(sub, &key, out),
-            _ => out.push(key),
         }
     }
 }

@@ -1,6 +1,13 @@
 //! timm's VisionTransformer: conv patch embedding, class token, learned position embedding,
 //! pre-norm blocks (x + attn(norm1(x)), x + mlp(norm2(x))), final norm, class-token pooling.
 //! Names and init follow timm: `patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.0.attn.qkv`.
+//!
+//! Token level (what masked image modelling needs): `embed` gives the patch tokens with their
+//! position embedding, `encode` runs the class token and any subset of the patch tokens (per
+//! image, by index: `Tape::gather_rows`) through the blocks and the final norm, and
+//! `encode_layers` also returns every block's output. The position embedding is timm's learned
+//! table or MAE's fixed 2-D sin-cos table (`PosEmbed::SinCos`, a buffer, not trained); both are
+//! saved as `pos_embed`, so either loads into timm.
 
 use crate::autograd::Var;
 use crate::backend::Backend;
@@ -17,16 +24,54 @@ pub struct VitConfig {
     pub heads: usize,
     pub mlp_ratio: usize,
     pub num_classes: Option<usize>,
+    pub pos_embed: PosEmbed,
+}
+
+/// How a ViT encodes where a patch is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PosEmbed {
+    /// timm's: a learned table, truncated-normal at the start.
+    #[default]
+    Learned,
+    /// MAE's: the fixed 2-D sin-cos table of `sincos_pos_embed`, held as a buffer.
+    SinCos,
 }
 
 impl Default for VitConfig {
     fn default() -> Self {
-        VitConfig { image_size: 32, patch: 4, dim: 192, depth: 12, heads: 3, mlp_ratio: 4, num_classes: None }
+        VitConfig { image_size: 32, patch: 4, dim: 192, depth: 12, heads: 3, mlp_ratio: 4, num_classes: None, pos_embed: PosEmbed::Learned }
     }
 }
 
-/// timm's pre-norm transformer block (ViT's and PiT's): x + attn(norm1(x)), then x + mlp(norm2(x)).
-pub(super) struct Block {
+/// MAE's `get_2d_sincos_pos_embed(dim, grid, cls_token=True)` as [grid^2 + 1, dim], row-major:
+/// row 0 (the class token) is zeros; for patch token r * grid + c, the first dim / 2 entries
+/// encode the column c and the last dim / 2 the row r (MAE's meshgrid puts w first), each as
+/// [sin(p w_k) for k < dim/4, cos(p w_k) for k < dim/4] with w_k = 10000^(-k / (dim / 4)).
+/// Computed in f64 as NumPy does, then rounded to f32.
+pub fn sincos_pos_embed(dim: usize, grid: usize) -> Result<Vec<f32>> {
+    if dim == 0 || !dim.is_multiple_of(4) {
+        return Err(Error::Invalid { op: "vit", msg: format!("sin-cos position embeddings need a width divisible by 4 (got {dim})") });
+    }
+    let quarter = dim / 4;
+    let omega: Vec<f64> = (0..quarter).map(|k| 1.0 / 10000f64.powf(k as f64 / quarter as f64)).collect();
+    let mut out = vec![0f32; (grid * grid + 1) * dim];
+    for r in 0..grid {
+        for c in 0..grid {
+            let row = &mut out[(1 + r * grid + c) * dim..(2 + r * grid + c) * dim];
+            for (half, pos) in [c as f64, r as f64].into_iter().enumerate() {
+                for (k, w) in omega.iter().enumerate() {
+                    row[half * 2 * quarter + k] = (pos * w).sin() as f32;
+                    row[half * 2 * quarter + quarter + k] = (pos * w).cos() as f32;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// timm's pre-norm transformer block (ViT's and PiT's, and MAE's decoder's): x + attn(norm1(x)),
+/// then x + mlp(norm2(x)).
+pub struct Block {
     norm1: LayerNorm,
     attn: Attention,
     norm2: LayerNorm,
@@ -34,7 +79,7 @@ pub(super) struct Block {
 }
 
 impl Block {
-    pub(super) fn new<B: Backend>(ps: &mut ParamStore<B>, b: &str, dim: usize, heads: usize, mlp_ratio: usize, init: Option<Init>) -> Result<Self> {
+    pub fn new<B: Backend>(ps: &mut ParamStore<B>, b: &str, dim: usize, heads: usize, mlp_ratio: usize, init: Option<Init>) -> Result<Self> {
         Ok(Block {
             norm1: LayerNorm::new(ps, &format!("{b}.norm1"), dim, LN_EPS)?,
             attn: Attention::new(ps, &format!("{b}.attn"), dim, heads, init)?,
@@ -44,7 +89,7 @@ impl Block {
     }
 
     /// x [b, tokens, dim] -> [b, tokens, dim]
-    pub(super) fn forward<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
+    pub fn forward<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
         let t = cx.tape;
         let h = t.add(x, &self.attn.forward(cx, &self.norm1.forward(cx, x)?)?)?;
         t.add(&h, &self.mlp.forward(cx, &self.norm2.forward(cx, &h)?)?)
@@ -60,9 +105,17 @@ pub struct Vit {
     head: Option<Linear>,
     pub dim: usize,
     tokens: usize,
+    patch: usize,
 }
 
-pub(super) const LN_EPS: f32 = 1e-6;
+pub const LN_EPS: f32 = 1e-6;
+
+/// What `Vit::encode_layers` gives: each block's output and the normed last one, every one
+/// [n, 1 + tokens kept, dim] with the class token first.
+pub struct Encoded<B: Backend> {
+    pub blocks: Vec<Var<B>>,
+    pub out: Var<B>,
+}
 
 impl Vit {
     pub fn new<B: Backend>(ps: &mut ParamStore<B>, prefix: &str, c: &VitConfig) -> Result<Self> {
@@ -73,8 +126,17 @@ impl Vit {
         let tokens = (c.image_size / c.patch).pow(2) + 1;
         let lin = Some(Init::TruncNormal(0.02));
         let patch_embed = Conv2d::new(ps, &p("patch_embed.proj"), 3, c.dim, c.patch, c.patch, 0, 1, true, None)?;
-        let cls_token = ps.add(&p("cls_token"), &[1, 1, c.dim], Init::Normal(1e-6), Kind::Param, Layout::Same)?;
-        let pos_embed = ps.add(&p("pos_embed"), &[1, tokens, c.dim], Init::TruncNormal(0.02), Kind::Param, Layout::Same)?;
+        // MAE starts its class token at N(0, 0.02^2); timm at N(0, 1e-6^2).
+        let cls_std = if c.pos_embed == PosEmbed::SinCos { 0.02 } else { 1e-6 };
+        let cls_token = ps.add(&p("cls_token"), &[1, 1, c.dim], Init::Normal(cls_std), Kind::Param, Layout::Same)?;
+        let pos_embed = match c.pos_embed {
+            PosEmbed::Learned => ps.add(&p("pos_embed"), &[1, tokens, c.dim], Init::TruncNormal(0.02), Kind::Param, Layout::Same)?,
+            PosEmbed::SinCos => {
+                let id = ps.add(&p("pos_embed"), &[1, tokens, c.dim], Init::Zeros, Kind::Buffer, Layout::Same)?;
+                ps.set_from_torch(id, &sincos_pos_embed(c.dim, c.image_size / c.patch)?, &[1, tokens, c.dim])?;
+                id
+            }
+        };
         let mut blocks = Vec::new();
         for i in 0..c.depth {
             blocks.push(Block::new(ps, &p(&format!("blocks.{i}")), c.dim, c.heads, c.mlp_ratio, lin)?);
@@ -84,15 +146,25 @@ impl Vit {
             Some(n) => Some(Linear::new(ps, &p("head"), c.dim, n, true, lin, Some(Init::Zeros))?),
             None => None,
         };
-        Ok(Vit { patch_embed, cls_token, pos_embed, blocks, norm, head, dim: c.dim, tokens })
+        Ok(Vit { patch_embed, cls_token, pos_embed, blocks, norm, head, dim: c.dim, tokens, patch: c.patch })
     }
 
-    /// x [n, h, w, 3] -> class-token features [n, dim] (or logits with a head).
-    pub fn forward<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
+    /// Patch tokens per image (the class token not counted).
+    pub fn num_patches(&self) -> usize {
+        self.tokens - 1
+    }
+
+    /// The side of a patch in pixels.
+    pub fn patch(&self) -> usize {
+        self.patch
+    }
+
+    /// x [n, h, w, 3] -> the patch tokens with their position embedding, [n, patches, dim]
+    /// (row-major patches, as timm).
+    pub fn embed<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
         let t = cx.tape;
-        let n = x.shape()[0];
-        let d = self.dim;
-        let patches = self.patch_embed.forward(cx, x)?; // [n, gh, gw, d]: row-major patches, as timm
+        let (n, d) = (x.shape()[0], self.dim);
+        let patches = self.patch_embed.forward(cx, x)?; // [n, gh, gw, d]
         if patches.shape()[1] * patches.shape()[2] + 1 != self.tokens {
             return Err(crate::error::shape_err(
                 "vit",
@@ -101,16 +173,47 @@ impl Vit {
             ));
         }
         let patches = t.reshape(&patches, &[n, self.tokens - 1, d])?;
-        // The class token, repeated over the batch by adding it to zeros.
+        t.add(&patches, &t.slice(&self.pos_table(cx)?, 0, 1, self.tokens - 1)?)
+    }
+
+    /// The position table [tokens, dim]: the class token's row, then the patches'.
+    fn pos_table<B: Backend>(&self, cx: &Ctx<B>) -> Result<Var<B>> {
+        cx.tape.reshape(&cx.param(self.pos_embed), &[self.tokens, self.dim])
+    }
+
+    /// The class token and the patch tokens `keep` names ([n, k] indices into the patches, per
+    /// image; all of them when None) through the blocks and the final norm: [n, 1 + k, dim].
+    pub fn encode<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>, keep: Option<&Tensor<B>>) -> Result<Var<B>> {
+        Ok(self.encode_layers(cx, x, keep)?.out)
+    }
+
+    /// `encode`, also returning every block's output (before the final norm).
+    pub fn encode_layers<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>, keep: Option<&Tensor<B>>) -> Result<Encoded<B>> {
+        let t = cx.tape;
+        let (n, d) = (x.shape()[0], self.dim);
+        let mut patches = self.embed(cx, x)?;
+        if let Some(idx) = keep {
+            patches = t.gather_rows(&patches, idx)?;
+        }
+        // The class token with its position, repeated over the batch by adding it to zeros.
         let zeros = Var::constant(Tensor::zeros(x.value.backend(), &[n, 1, d], x.value.dtype())?);
-        let cls = t.add(&zeros, &t.reshape(&cx.param(self.cls_token), &[1, d])?)?;
-        let tokens = t.concat(&[&cls, &patches], 1)?;
-        let mut h = t.add(&tokens, &t.reshape(&cx.param(self.pos_embed), &[self.tokens, d])?)?;
+        let cls_pos = t.add(&t.reshape(&cx.param(self.cls_token), &[1, d])?, &t.slice(&self.pos_table(cx)?, 0, 0, 1)?)?;
+        let cls = t.add(&zeros, &cls_pos)?;
+        let mut h = t.concat(&[&cls, &patches], 1)?;
+        let mut blocks = Vec::with_capacity(self.blocks.len());
         for b in &self.blocks {
             h = b.forward(cx, &h)?;
+            blocks.push(h.clone());
         }
-        let h = self.norm.forward(cx, &h)?;
-        let f = t.reshape(&t.slice(&h, 1, 0, 1)?, &[n, d])?;
+        Ok(Encoded { blocks, out: self.norm.forward(cx, &h)? })
+    }
+
+    /// x [n, h, w, 3] -> class-token features [n, dim] (or logits with a head).
+    pub fn forward<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
+        let t = cx.tape;
+        let n = x.shape()[0];
+        let h = self.encode(cx, x, None)?;
+        let f = t.reshape(&t.slice(&h, 1, 0, 1)?, &[n, self.dim])?;
         match &self.head {
             Some(head) => head.forward(cx, &f),
             None => Ok(f),

@@ -1,4 +1,5 @@
-//! Moving data without arithmetic: permute, slice, slice assignment and concatenation.
+//! Moving data without arithmetic: permute, slice, slice assignment, concatenation and the
+//! per-row gather (with its scatter back, which sums).
 
 use crate::backend::*;
 use crate::error::{Error, Result, shape_err};
@@ -82,4 +83,47 @@ pub fn concat<B: Backend>(xs: &[&Tensor<B>], axis: usize) -> Result<Tensor<B>> {
         start += t.shape()[axis];
     }
     Ok(y)
+}
+
+/// The dims of a per-row gather from `x` [n, l, ..] (the trailing axes flattened into d) with
+/// indices [n, k].
+fn gather_dims(op: &'static str, shape: &[usize], l: usize, idx: &[usize]) -> Result<GatherDims> {
+    if shape.len() < 2 || idx.len() != 2 || idx[0] != shape[0] {
+        return Err(shape_err(op, "needs x [n, l, ..] and indices [n, k]", &[shape, idx]));
+    }
+    Ok(GatherDims { n: shape[0], l, k: idx[1], d: numel(&shape[2..]) })
+}
+
+/// MAE's token selection: y [n, k, ..] with y[i, j] = x[i, idx[i, j]] for x [n, l, ..] and
+/// `idx` [n, k] holding row indices in 0..l stored as floats, in x's dtype (as cross_entropy's
+/// labels). An index may repeat. One that is not an integer in 0..l is an error on the CPU and
+/// gives NaN rows on the GPUs (the check would need a read-back).
+pub fn gather_rows<B: Backend>(x: &Tensor<B>, idx: &Tensor<B>) -> Result<Tensor<B>> {
+    same_dtype("gather_rows", &[x, idx])?;
+    let d = gather_dims("gather_rows", x.shape(), x.shape().get(1).copied().unwrap_or(0), idx.shape())?;
+    let mut shape = x.shape().to_vec();
+    shape[1] = d.k;
+    let y = out(x, &shape)?;
+    if y.numel() > 0 {
+        x.backend().gather_rows(x.storage(), idx.storage(), y.storage(), &d)?;
+    }
+    Ok(y)
+}
+
+/// The gradient of `gather_rows` for an x with `l` rows: dx [n, l, ..] with dx[i, r] the sum of
+/// dy[i, j] over the j with idx[i, j] = r, in increasing j (the same bits on every backend),
+/// zero where no index points.
+pub fn gather_rows_bwd<B: Backend>(dy: &Tensor<B>, idx: &Tensor<B>, l: usize) -> Result<Tensor<B>> {
+    same_dtype("gather_rows_bwd", &[dy, idx])?;
+    let d = gather_dims("gather_rows_bwd", dy.shape(), l, idx.shape())?;
+    if dy.shape()[1] != d.k {
+        return Err(shape_err("gather_rows_bwd", "dy [n, k, ..] must have the indices' k", &[dy.shape(), idx.shape()]));
+    }
+    let mut shape = dy.shape().to_vec();
+    shape[1] = l;
+    let dx = out(dy, &shape)?;
+    if dx.numel() > 0 {
+        dy.backend().gather_rows_bwd(dy.storage(), idx.storage(), dx.storage(), &d)?;
+    }
+    Ok(dx)
 }

@@ -1,4 +1,4 @@
-//! Fused in-place parameter updates: SGD with momentum and the momentum encoders' EMA.
+//! Fused in-place parameter updates: SGD with momentum, AdamW, and the momentum encoders' EMA.
 
 use crate::backend::*;
 use crate::error::{Error, Result, shape_err};
@@ -58,6 +58,49 @@ fn sgd_tensors<'a, B: Backend>(slots: &[SgdSlot<'a, B>]) -> Result<Vec<SgdTensor
         });
     }
     Ok(ts)
+}
+
+/// One parameter's share of a fused AdamW step.
+pub struct AdamWSlot<'a, B: Backend> {
+    pub param: &'a Tensor<B>,
+    pub grad: &'a Tensor<B>,
+    pub exp_avg: &'a Tensor<B>,
+    pub exp_avg_sq: &'a Tensor<B>,
+    pub lr: f32,
+    pub weight_decay: f32,
+    /// The parameter's step count including this update (1 at its first).
+    pub step: u64,
+}
+
+/// Updates every parameter and both its moments in place, in one backend call, as
+/// `torch.optim.AdamW` (see `AdamWTensor`).
+pub fn adamw_step<B: Backend>(slots: &[AdamWSlot<'_, B>], hyper: AdamWHyper) -> Result<()> {
+    let Some(first) = slots.first() else { return Ok(()) };
+    let mut ts = Vec::with_capacity(slots.len());
+    for s in slots {
+        let all = [s.param, s.grad, s.exp_avg, s.exp_avg_sq];
+        same_dtype("adamw_step", &all)?;
+        if all.iter().any(|t| t.shape() != s.param.shape()) {
+            return Err(shape_err("adamw_step", "param, grad and moments must agree", &all.map(|t| t.shape())));
+        }
+        if (0..4).any(|i| (i + 1..4).any(|j| all[i].same_storage(all[j]))) {
+            return Err(Error::Invalid { op: "adamw_step", msg: "param, grad and moments must be distinct buffers".into() });
+        }
+        if s.step == 0 {
+            return Err(Error::Invalid { op: "adamw_step", msg: "the step count starts at 1".into() });
+        }
+        ts.push(AdamWTensor {
+            param: s.param.storage(),
+            grad: s.grad.storage(),
+            exp_avg: s.exp_avg.storage(),
+            exp_avg_sq: s.exp_avg_sq.storage(),
+            len: s.param.numel(),
+            lr: s.lr,
+            weight_decay: s.weight_decay,
+            step: s.step,
+        });
+    }
+    first.param.backend().adamw_step(&ts, hyper)
 }
 
 /// target = tau * target + (1 - tau) * source for every (target, source) pair, in place, in one

@@ -2,8 +2,9 @@
 //! linear probe, fine-tuning and the benches take any of them, and a checkpoint saves and
 //! restores their state without knowing which one it holds. SGD with momentum and weight decay
 //! runs as one fused backend call per step; LARS scales each tensor's update by its trust ratio
-//! and then takes the same fused SGD step.
+//! and then takes the same fused SGD step; AdamW (torch.optim.AdamW's) is one fused call too.
 
+mod adamw;
 mod lars;
 pub mod schedule;
 mod sgd;
@@ -11,6 +12,7 @@ mod step;
 
 use serde::{Deserialize, Serialize};
 
+pub use adamw::{AdamW, DEFAULT_BETAS, DEFAULT_EPS};
 pub use lars::{Lars, LarsConfig};
 pub use sgd::Sgd;
 pub use step::{Checked, StepGraph, Stepped, always, train_step};
@@ -25,7 +27,7 @@ use crate::tensor::Tensor;
 pub type Hyper<'a> = &'a dyn Fn(ParamId) -> (f32, f32);
 
 pub trait Optimizer<B: Backend> {
-    /// "sgd" or "lars": the name in configs and logs.
+    /// "sgd", "lars" or "adamw": the name in configs and logs.
     fn name(&self) -> &'static str;
     /// Updates, in place, every parameter that has a gradient in `grads`.
     fn step(&mut self, ps: &ParamStore<B>, grads: &[(ParamId, Tensor<B>)], hyper: Hyper<'_>) -> Result<()>;
@@ -45,6 +47,21 @@ pub trait Optimizer<B: Backend> {
     fn state_kinds(&self) -> &'static [&'static str];
     /// Restores one tensor that `state` returned.
     fn load_state(&mut self, kind: &str, id: ParamId, t: Tensor<B>) -> Result<()>;
+    /// Counts kept per parameter beside the tensors, as (kind, parameter, count): AdamW's step
+    /// count, which a checkpoint saves as the one-element `optimizer.<kind>.<parameter name>`.
+    /// SGD and LARS keep none.
+    fn counters(&self) -> Vec<(&'static str, ParamId, u64)> {
+        Vec::new()
+    }
+    /// The kinds `counters` returns, so a loader knows what to look for.
+    fn counter_kinds(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Restores one count that `counters` returned.
+    fn load_counter(&mut self, kind: &str, id: ParamId, count: u64) -> Result<()> {
+        let _ = (id, count);
+        Err(unknown_state(self.name(), kind))
+    }
 }
 
 /// `[optim]`'s choice of optimiser.
@@ -54,6 +71,9 @@ pub enum OptimizerKind {
     #[default]
     Sgd,
     Lars,
+    // torch.optim.AdamW (decoupled weight decay): `[optim]`'s betas and eps. (No doc comment
+    // on a variant: the schema would list only the documented ones as the setting's values.)
+    AdamW,
 }
 
 /// `--optimizer lars`.
@@ -64,12 +84,27 @@ impl std::str::FromStr for OptimizerKind {
     }
 }
 
-/// The optimiser `kind` with `momentum` (LARS settings from `lars`).
+/// The optimiser `kind` with `momentum` (LARS settings from `lars`; AdamW with torch's default
+/// betas (0.9, 0.999) and eps 1e-8: `from_config` takes a recipe's).
 pub fn build<B: Backend>(kind: OptimizerKind, momentum: f32, lars: &LarsConfig) -> Box<dyn Optimizer<B>> {
     match kind {
         OptimizerKind::Sgd => Box::new(Sgd::new(momentum)),
         OptimizerKind::Lars => Box::new(Lars::new(momentum, lars.clone())),
+        OptimizerKind::AdamW => Box::new(AdamW::new(DEFAULT_BETAS, DEFAULT_EPS).expect("torch's defaults are valid")),
     }
+}
+
+/// The optimiser a run's `[optim]` asks for, every setting from it.
+pub fn from_config<B: Backend>(cfg: &crate::config::OptimConfig) -> Result<Box<dyn Optimizer<B>>> {
+    Ok(match cfg.optimizer {
+        OptimizerKind::AdamW => Box::new(AdamW::new(cfg.betas, cfg.eps)?),
+        kind => build(kind, cfg.momentum, &cfg.lars),
+    })
+}
+
+/// `[optim]`'s AdamW settings, checked (betas in [0, 1), eps positive).
+pub fn check_adamw(betas: [f64; 2], eps: f64) -> Result<()> {
+    adamw::check(betas, eps)
 }
 
 /// An error for a state tensor an optimiser does not keep.

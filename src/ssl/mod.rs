@@ -11,9 +11,11 @@ pub mod byol;
 pub mod dino;
 pub mod heads;
 pub mod losses;
+pub mod mae;
 pub mod mocov2plus;
 pub mod mocov3;
 pub mod momentum;
+pub mod nnclr;
 pub mod queue;
 pub mod registry;
 pub mod simclr;
@@ -65,6 +67,19 @@ pub trait Method<B: Backend> {
     fn lr_policy(&self, ps: &ParamStore<B>, id: ParamId) -> LrPolicy {
         let _ = (ps, id);
         LrPolicy::Scheduled
+    }
+    /// Pictures of what the method learned, written into the run folder `out` at the end of
+    /// training (MAE: masked input, reconstruction, original). `images` [n, h, w, 3] are held-out
+    /// images as evaluation normalises them with `mean` and `std`. Most methods draw none.
+    fn pictures(&self, ps: &ParamStore<B>, images: &Tensor<B>, mean: [f32; 3], std: [f32; 3], out: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+        let _ = (ps, images, mean, std, out);
+        Ok(Vec::new())
+    }
+    /// Whether `optim.weight_decay` applies to a parameter (MAE's AdamW spares biases and norm
+    /// weights, as timm's `add_weight_decay`). Every parameter by default.
+    fn decays(&self, ps: &ParamStore<B>, id: ParamId) -> bool {
+        let _ = (ps, id);
+        true
     }
     /// Whether the forward pass depends on nothing but the step's inputs and the parameter
     /// store, with every update in place: then a step can be recorded once and replayed as a

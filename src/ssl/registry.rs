@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{Method, barlow, byol, dino, mocov2plus, mocov3, simclr, simsiam, supcon, swav, vicreg};
+use super::{Method, barlow, byol, dino, mae, mocov2plus, mocov3, nnclr, simclr, simsiam, supcon, swav, vicreg};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::models::BackboneConfig;
@@ -47,6 +47,8 @@ fn builtins(rows: &mut impl Rows) {
     rows.row::<dino::DinoConfig>();
     rows.row::<barlow::BarlowConfig>();
     rows.row::<vicreg::VicregConfig>();
+    rows.row::<mae::MaeConfig>();
+    rows.row::<nnclr::NnclrConfig>();
 }
 
 /// Something done with each row (list it, build it): a row is a type, and the backend a

@@ -33,6 +33,8 @@ pub(super) struct Epochs<B: Backend> {
     peak: f64,
     /// Each parameter's learning-rate policy, by parameter id.
     policies: Vec<LrPolicy>,
+    /// Per parameter: whether weight decay applies (`Method::decays`).
+    decays: Vec<bool>,
     started: Instant,
     images: usize,
     bar: ProgressBar,
@@ -59,6 +61,7 @@ impl<B: Backend> Epochs<B> {
         let per_epoch = loader.batches_per_epoch();
         let total_steps = cfg.epochs * per_epoch;
         let policies: Vec<LrPolicy> = run.ps.ids().map(|id| run.method.lr_policy(&run.ps, id)).collect();
+        let decays: Vec<bool> = run.ps.ids().map(|id| run.method.decays(&run.ps, id)).collect();
         let bar = if run.show { ProgressBar::new(total_steps as u64) } else { ProgressBar::hidden() };
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
@@ -82,6 +85,7 @@ impl<B: Backend> Epochs<B> {
             warmup: cfg.optim.warmup_epochs * per_epoch,
             peak: cfg.peak_lr(),
             policies,
+            decays,
             started: Instant::now(),
             images: 0,
             bar,
@@ -136,10 +140,10 @@ impl<B: Backend> Epochs<B> {
         let stats = if cfg.skip_nonfinite > 0 { Some(buffer_snapshot(&run.ps)?) } else { None };
         let info = StepInfo { step: run.state.global_step, total_steps, epoch, steps_per_epoch: per_epoch };
         run.method.begin_step(&info)?;
-        let policies = &self.policies;
+        let (policies, decays) = (&self.policies, &self.decays);
         let hyper = |id: ParamId| {
             let l = if policies[id.0] == LrPolicy::Fixed { peak } else { lr };
-            (l as f32, cfg.optim.weight_decay)
+            (l as f32, if decays[id.0] { cfg.optim.weight_decay } else { 0.0 })
         };
         let (method, ps) = (run.method.as_ref(), &run.ps);
         let forward = |cx: &Ctx<B>, inputs: &[Tensor<B>]| {

@@ -49,9 +49,8 @@ const GATED: &[&str] = &["epochs", "seed", "out", "optim.", "augment.", "data.pa
 /// Every leaf key of a recipe whose value differs between two recipes, as (key, was, now).
 fn recipe_differences(old: &Config, new: &Config) -> Vec<(String, String, String)> {
     let (a, b) = (old.to_table(), new.to_table());
-    let mut keys = Vec::new();
-    collect_keys(&a, "", &mut keys);
-    collect_keys(&b, "", &mut keys);
+    let mut keys = crate::config::leaf_keys(&a);
+    keys.extend(crate::config::leaf_keys(&b));
     keys.sort();
     keys.dedup();
     let show = |v: Option<&toml::Value>| v.map_or("(unset)".to_string(), |v| v.to_string());
@@ -61,16 +60,6 @@ fn recipe_differences(old: &Config, new: &Config) -> Vec<(String, String, String
             (x != y).then(|| (k.clone(), show(x), show(y)))
         })
         .collect()
-}
-
-fn collect_keys(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
-    for (k, v) in t {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-        match v {
-            toml::Value::Table(sub) => collect_keys(sub, &key, out),
-            _ => out.push(key),
-        }
-    }
 }
 
 /// A resume must continue the same run: the settings that change what a step computes or how

@@ -97,7 +97,7 @@ impl<'a, B: Backend> Run<'a, B> {
         );
 
         let (ps, method) = build_method(b, cfg)?;
-        let opt = optim::build::<B>(cfg.optim.optimizer, cfg.optim.momentum, &cfg.optim.lars);
+        let opt = optim::from_config::<B>(&cfg.optim)?;
         let state = TrainState { epoch: 0, step_in_epoch: 0, global_step: 0, method: cfg.method.clone(), config: cfg.to_toml() };
         let log = MetricsLog::open(&cfg.out, &cfg.to_toml())?;
         let summary = TrainSummary { out: cfg.out.clone(), skipped_images: skipped, ..Default::default() };

@@ -52,6 +52,9 @@ pub enum Case {
     Slice { axis: usize, start: usize, len: usize },
     Concat(usize),
     Linear,
+    /// MAE's token selection through `Tape::gather_rows`: x [n, l, ..], `idx` [n, k] row
+    /// indices (constants; repeats allowed, so the scatter back sums).
+    GatherRows { k: usize, idx: Vec<f32> },
 }
 
 impl Case {
@@ -98,6 +101,10 @@ impl Case {
             Case::Slice { axis, start, len } => t.slice(&v[0], *axis, *start, *len),
             Case::Concat(axis) => t.concat(&v.iter().collect::<Vec<_>>(), *axis),
             Case::Linear => t.linear(&v[0], &v[1], Some(&v[2])),
+            Case::GatherRows { k, idx } => {
+                let i = Tensor::from_f32(v[0].value.backend(), idx, &[v[0].shape()[0], *k], v[0].value.dtype())?;
+                t.gather_rows(&v[0], &i)
+            }
         }
     }
 }
@@ -177,8 +184,35 @@ pub fn cases() -> Vec<(Case, Vec<Vec<usize>>)> {
         (Concat(0), vec![vec![2, 5], vec![3, 5]]),
         (Concat(1), vec![vec![2, 1, 4], vec![2, 5, 4], vec![2, 2, 4]]),
         (Linear, vec![vec![3, 5, 11], vec![7, 11], vec![7]]),
+        // Repeated rows (the scatter back sums them), k > l, d = 1, trailing axes flattened.
+        (GatherRows { k: 4, idx: vec![6.0, 0.0, 6.0, 3.0, 1.0, 1.0, 1.0, 5.0, 2.0, 4.0, 0.0, 6.0] }, vec![vec![3, 7, 5]]),
+        (GatherRows { k: 5, idx: vec![2.0, 0.0, 2.0, 1.0, 2.0, 0.0, 0.0, 1.0, 1.0, 2.0] }, vec![vec![2, 3]]),
+        (GatherRows { k: 2, idx: vec![4.0, 1.0, 0.0, 3.0] }, vec![vec![2, 5, 3, 3]]),
     ])
     .collect()
+}
+
+/// Indices [n, k] into l rows: a prefix of a shuffle of 0..l per row (`repeats` false, k <= l),
+/// or k draws with replacement whose second repeats the first.
+pub fn gather_indices(rng: &mut Rng, n: usize, l: usize, k: usize, repeats: bool) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * k);
+    for _ in 0..n {
+        if repeats {
+            let mut row: Vec<f32> = (0..k).map(|_| rng.below(l as u64) as f32).collect();
+            if k > 1 {
+                row[1] = row[0];
+            }
+            out.extend(row);
+        } else {
+            let mut p: Vec<usize> = (0..l).collect();
+            for i in 0..k {
+                let j = i + rng.below((l - i) as u64) as usize;
+                p.swap(i, j);
+            }
+            out.extend(p[..k].iter().map(|&r| r as f32));
+        }
+    }
+    out
 }
 
 /// The cases with bf16 rounding points (`Precision::Bf16`): convolutions, matmuls, attention and
@@ -247,6 +281,8 @@ pub fn large_cases() -> Vec<(Case, Vec<Vec<usize>>)> {
         (NtXent { groups: (0..130).map(|i| (i % 65) as f32).collect(), temperature: 0.1 }, vec![vec![130, 130]]),
         (IdentityPenalty { diag_weight: 1.0, off_weight: 0.0051 }, vec![vec![300, 300]]),
         (SoftCrossEntropy, vec![vec![40, 300], vec![40, 300]]),
+        // MAE on a ViT's 196 patches + 1: keep 49 of 197 tokens of width 70.
+        (GatherRows { k: 49, idx: gather_indices(&mut Rng::new(3), 4, 197, 49, false) }, vec![vec![4, 197, 70]]),
     ]
 }
 
@@ -267,6 +303,8 @@ pub fn model_sized_cases() -> Vec<(Case, Vec<Vec<usize>>)> {
         (CrossEntropy { labels: (0..512).map(|i| (i % 10) as f32).collect() }, vec![vec![512, 10]]),
         (NtXent { groups: (0..1024).map(|i| (i % 512) as f32).collect(), temperature: 0.2 }, vec![vec![1024, 1024]]),
         (IdentityPenalty { diag_weight: 1.0, off_weight: 0.0051 }, vec![vec![2048, 2048]]),
+        // MAE ViT-tiny at 224 px, batch 64: keep 49 of 196 patch tokens of width 192.
+        (GatherRows { k: 49, idx: gather_indices(&mut Rng::new(4), 64, 196, 49, false) }, vec![vec![64, 196, 192]]),
     ]
 }
 
@@ -298,6 +336,7 @@ pub fn run_suite<B: Backend>(dev: &B, dtype: DType, tol: f64, seed: u64) -> Repo
     let mut report = run_cases(dev, dtype, tol, &mut rng, cases());
     report.lines.push(sgd_conforms(dev, dtype, tol, &mut rng));
     report.lines.push(ema_conforms(dev, dtype, tol, &mut rng));
+    report.lines.push(adamw_conforms(dev, dtype, tol, &mut rng));
     report
 }
 
@@ -404,6 +443,44 @@ fn sgd_conforms<B: Backend>(dev: &B, dtype: DType, tol: f64, rng: &mut Rng) -> S
     format!("sgd_step: {e:.2e}")
 }
 
+/// Three fused AdamW steps over three tensors of odd sizes, with per-tensor learning rates,
+/// weight decays and step counts (bias corrections at steps 1, 3 and 8), from non-zero moments:
+/// parameters and both moments against the CPU in f64.
+fn adamw_conforms<B: Backend>(dev: &B, dtype: DType, tol: f64, rng: &mut Rng) -> String {
+    use ssl_engine::backend::AdamWHyper;
+    use ssl_engine::ops::AdamWSlot;
+    let reference = CpuBackend::new(2).unwrap();
+    let sizes = [1usize, 37, 1001];
+    let mut draw = |n: usize, lo: f64| -> Vec<f64> { (0..n).map(|_| rng.uniform_range(lo, 1.0) as f32 as f64).collect() };
+    // param, grad, exp_avg, exp_avg_sq (non-negative), grads of the second and third steps.
+    let data: Vec<[Vec<f64>; 6]> = sizes.iter().map(|&n| [draw(n, -1.0), draw(n, -1.0), draw(n, -0.1), draw(n, 0.0), draw(n, -1.0), draw(n, -1.0)]).collect();
+    fn steps<B: Backend>(dev: &B, dtype: DType, data: &[[Vec<f64>; 6]]) -> Vec<f64> {
+        let t = |v: &Vec<f64>| Tensor::from_f64(dev, v, &[v.len()], dtype).unwrap();
+        let ts: Vec<[Tensor<B>; 6]> = data.iter().map(|d| [0, 1, 2, 3, 4, 5].map(|i| t(&d[i]))).collect();
+        let hyper = AdamWHyper { beta1: 0.9, beta2: 0.95, eps: 1e-8 };
+        for s in 0..3 {
+            let slots: Vec<AdamWSlot<'_, B>> = ts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| AdamWSlot {
+                    param: &t[0],
+                    grad: &t[[1, 4, 5][s]],
+                    exp_avg: &t[2],
+                    exp_avg_sq: &t[3],
+                    lr: 0.01 * (i + 1) as f32,
+                    weight_decay: 0.05 * i as f32,
+                    step: [1, 3, 8][i] + s as u64,
+                })
+                .collect();
+            ops::adamw_step(&slots, hyper).unwrap();
+        }
+        ts.iter().flat_map(|t| [t[0].to_f64().unwrap(), t[2].to_f64().unwrap(), t[3].to_f64().unwrap()].concat()).collect()
+    }
+    let e = super::rel_l2(&steps(dev, dtype, &data), &steps(&reference, DType::F64, &data));
+    assert!(e <= tol, "adamw_step: relative L2 {e:.3e} > {tol:.0e}");
+    format!("adamw_step: {e:.2e}")
+}
+
 /// The fused EMA update over three tensors of odd sizes, against the CPU in f64, which is
 /// itself checked against target = tau target + (1 - tau) source written out here.
 fn ema_conforms<B: Backend>(dev: &B, dtype: DType, tol: f64, rng: &mut Rng) -> String {
@@ -425,4 +502,90 @@ fn ema_conforms<B: Backend>(dev: &B, dtype: DType, tol: f64, rng: &mut Rng) -> S
     let e = super::rel_l2(&update(dev, dtype, &data, tau), &want);
     assert!(e <= tol, "ema_update: relative L2 {e:.3e} > {tol:.0e}");
     format!("ema_update: {e:.2e}")
+}
+
+/// The shapes of the gather checks: (x's shape, k, repeats). Repeated indices, k > l, d = 1 and
+/// a width of 33 (no multiple of any vector width), trailing axes flattened, k = 0 (dx all
+/// zeros), and MAE's 49 of 197 tokens with more elements than one grid pass.
+pub fn gather_shapes() -> Vec<(Vec<usize>, usize, bool)> {
+    vec![
+        (vec![3, 7, 5], 4, true),
+        (vec![2, 6], 9, true),
+        (vec![2, 5, 33], 3, true),
+        (vec![2, 5, 3, 3], 5, false),
+        (vec![2, 3, 4], 0, false),
+        (vec![8, 197, 70], 49, false),
+    ]
+}
+
+/// gather_rows and gather_rows_bwd by hand in f32: y[i, j] = x[i, idx[i, j]]; dx[i, r] the sum
+/// from 0.0 of dy[i, j] over the j with idx[i, j] = r, in increasing j.
+pub fn gather_by_hand(x: &[f32], idx: &[f32], dy: &[f32], n: usize, l: usize, k: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut y = vec![0f32; n * k * d];
+    let mut dx = vec![0f32; n * l * d];
+    for i in 0..n {
+        for j in 0..k {
+            let r = idx[i * k + j] as usize;
+            for c in 0..d {
+                y[(i * k + j) * d + c] = x[(i * l + r) * d + c];
+                dx[(i * l + r) * d + c] += dy[(i * k + j) * d + c];
+            }
+        }
+    }
+    (y, dx)
+}
+
+/// y = gather_rows(x, idx) and dx = gather_rows_bwd(dy, idx, l) on `dev` in f32.
+fn gather_on<B: Backend>(dev: &B, shape: &[usize], idx: &[f32], k: usize, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let xt = Tensor::from_f32(dev, x, shape, DType::F32).unwrap();
+    let it = Tensor::from_f32(dev, idx, &[shape[0], k], DType::F32).unwrap();
+    let y = ops::gather_rows(&xt, &it).unwrap();
+    let dyt = Tensor::from_f32(dev, dy, y.shape(), DType::F32).unwrap();
+    let dx = ops::gather_rows_bwd(&dyt, &it, shape[1]).unwrap();
+    assert_eq!(dx.shape(), shape);
+    (y.to_f32().unwrap(), dx.to_f32().unwrap())
+}
+
+/// gather_rows and its scatter back on `dev` equal, bit for bit, to the CPU backend, which
+/// equals the by-hand reference bit for bit (every backend sums a row's repeats in the same
+/// order); returns the largest |dev - cpu| over both (0).
+pub fn gather_rows_bitwise<B: Backend>(dev: &B, seed: u64) -> f64 {
+    let cpu = CpuBackend::new(2).unwrap();
+    let mut rng = Rng::new(seed);
+    let mut worst = 0f64;
+    for (shape, k, repeats) in gather_shapes() {
+        let (n, l, d) = (shape[0], shape[1], shape[2..].iter().product::<usize>());
+        let idx = gather_indices(&mut rng, n, l, k, repeats);
+        let x: Vec<f32> = (0..n * l * d).map(|_| rng.uniform_range(-1.0, 1.0) as f32).collect();
+        let dy: Vec<f32> = (0..n * k * d).map(|_| rng.uniform_range(-1.0, 1.0) as f32).collect();
+        let (want_y, want_dx) = gather_by_hand(&x, &idx, &dy, n, l, k, d);
+        let (cpu_y, cpu_dx) = gather_on(&cpu, &shape, &idx, k, &x, &dy);
+        let (got_y, got_dx) = gather_on(dev, &shape, &idx, k, &x, &dy);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert!(
+            bits(&cpu_y) == bits(&want_y) && bits(&cpu_dx) == bits(&want_dx),
+            "cpu gather {shape:?} k {k} differs from the by-hand sums"
+        );
+        // A NaN (an unwritten element) counts as an infinite difference.
+        let diff = |a: &[f32], b: &[f32]| {
+            a.iter().zip(b).map(|(a, b)| (*a as f64 - *b as f64).abs()).fold(0f64, |m, e| if e.is_nan() { f64::INFINITY } else { m.max(e) })
+        };
+        let (ey, edx) = (diff(&got_y, &cpu_y), diff(&got_dx, &cpu_dx));
+        eprintln!("gather_rows {shape:?} k {k} repeats {repeats}: max |dev - cpu| y {ey:.1e}, dx {edx:.1e}");
+        worst = worst.max(ey).max(edx);
+        assert!(bits(&got_y) == bits(&cpu_y), "gather_rows {shape:?} k {k}: forward differs from the cpu on {} (max {ey:.2e})", dev.name());
+        assert!(bits(&got_dx) == bits(&cpu_dx), "gather_rows_bwd {shape:?} k {k}: differs from the cpu on {} (max {edx:.2e})", dev.name());
+    }
+    worst
+}
+
+/// On a GPU an index that is not a row (out of range, negative, fractional) gives a NaN row
+/// forward (the CPU returns an error instead) and matches no row backward.
+pub fn gather_rows_bad_index_is_nan<B: Backend>(dev: &B) {
+    let x: Vec<f32> = (0..2 * 3 * 2).map(|i| i as f32).collect();
+    let idx = [1.0, 3.0, -1.0, 0.5];
+    let (y, dx) = gather_on(dev, &[2, 3, 2], &idx, 2, &x, &[1.0; 8]);
+    assert_eq!(&y[..2], &[2.0, 3.0]);
+    assert!(y[2..].iter().all(|v| v.is_nan()), "{y:?}");
+    assert_eq!(dx, [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
 }

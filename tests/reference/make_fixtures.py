@@ -676,6 +676,103 @@ def optim_fixtures():
     save_file(t, os.path.join(OUT, "optim.safetensors"))
 
 
+ADAMW_PARAMS = [("fc1.weight", (5, 6)), ("fc1.bias", (5,)), ("fc2.weight", (3, 5)), ("late.weight", (4, 3))]
+ADAMW_LRS = [0.1, 0.05, 0.02, 0.01, 0.005]
+ADAMW_NO_GRAD = {(0, "late.weight"), (2, "late.weight")}  # (step, parameter) pairs without a gradient
+
+
+def adamw_fixtures():
+    """Five steps of torch.optim.AdamW in float64 (adamw.safetensors): betas (0.9, 0.95), weight
+    decay 0.05, eps 1e-8, on fixed parameters and given gradients, the learning rate changing
+    every step. "late.weight" has no gradient at steps 0 and 2, so torch skips it there and its
+    step count (the bias corrections' exponent) trails the others'. Stored after every step:
+    `adamw.step<s>.<name>` (the parameter), `.exp_avg.` and `.exp_avg_sq.` (its moments)."""
+    t = {}
+    for name, shape in ADAMW_PARAMS:
+        t["init." + name] = det_uniform("adamw.p." + name, shape, 0.5).double()
+        for step in range(len(ADAMW_LRS)):
+            if (step, name) not in ADAMW_NO_GRAD:
+                t[f"grad{step}.{name}"] = det_uniform(f"adamw.g{step}." + name, shape, 0.1).double()
+    ps = [t["init." + name].clone().requires_grad_(True) for name, _ in ADAMW_PARAMS]
+    opt = torch.optim.AdamW(ps, lr=ADAMW_LRS[0], betas=(0.9, 0.95), eps=1e-8, weight_decay=0.05)
+    for step, lr in enumerate(ADAMW_LRS):
+        for g in opt.param_groups:
+            g["lr"] = lr
+        for p, (name, _) in zip(ps, ADAMW_PARAMS):
+            key = f"grad{step}.{name}"
+            p.grad = t[key].clone() if key in t else None
+        opt.step()
+        for p, (name, _) in zip(ps, ADAMW_PARAMS):
+            t[f"adamw.step{step}.{name}"] = p.detach().clone()
+            st = opt.state.get(p, {})
+            if st:
+                t[f"adamw.step{step}.exp_avg.{name}"] = st["exp_avg"].clone()
+                t[f"adamw.step{step}.exp_avg_sq.{name}"] = st["exp_avg_sq"].clone()
+                t[f"adamw.step{step}.count.{name}"] = torch.tensor([float(st["step"])], dtype=torch.float64)
+    assert all(v.dtype == torch.float64 for v in t.values())
+    save_file(t, os.path.join(OUT, "adamw.safetensors"))
+
+
+def nnclr_loss_func(nn, p, temperature=0.1):
+    """solo-learn's solo/losses/nnclr.py, verbatim."""
+    nn = F.normalize(nn, dim=-1)
+    p = F.normalize(p, dim=-1)
+    logits = nn @ p.T / temperature
+    n = p.size(0)
+    labels = torch.arange(n, device=p.device)
+    loss = F.cross_entropy(logits, labels)
+    return loss
+
+
+def nnclr_find_nn(queue, z):
+    """solo-learn's solo/methods/nnclr.py NNCLR.find_nn, verbatim but for `self.`."""
+    idx = (z @ queue.T).max(dim=1)[1]
+    nn = queue[idx]
+    return idx, nn
+
+
+def nnclr_dequeue_and_enqueue(queue, queue_ptr, z):
+    """solo-learn's NNCLR.dequeue_and_enqueue without the labels (world size 1)."""
+    batch_size = z.shape[0]
+    ptr = int(queue_ptr)
+    assert queue.shape[0] % batch_size == 0
+    queue[ptr : ptr + batch_size, :] = z
+    queue_ptr[0] = (ptr + batch_size) % queue.shape[0]
+
+
+def nnclr_fixtures():
+    """NNCLR's loss in float64 (nnclr.safetensors), as solo/methods/nnclr.py training_step: the
+    projections z normalised, each one's nearest neighbour in a fixed queue of 18 unit rows
+    (indices `idx1`, `idx2`), the loss (l(nn1, p2) + l(nn2, p1)) / 2 at temperature 0.2 with its
+    gradients for p1 and p2, then normalised z1 enqueued at position 12 (`queue_after`, pointer
+    `ptr_after`)."""
+    t = {}
+    z1 = det_uniform("nnclr.z1", (6, 8)).double()
+    z2 = det_uniform("nnclr.z2", (6, 8)).double()
+    p1 = det_uniform("nnclr.p1", (6, 8)).double().requires_grad_(True)
+    p2 = det_uniform("nnclr.p2", (6, 8)).double().requires_grad_(True)
+    queue = F.normalize(det_uniform("nnclr.queue", (18, 8)).double(), dim=1)
+    t["nnclr.z1"], t["nnclr.z2"], t["nnclr.p1"], t["nnclr.p2"] = z1, z2, p1.detach().clone(), p2.detach().clone()
+    t["nnclr.queue"] = queue.clone()
+    z1, z2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
+    idx1, nn1 = nnclr_find_nn(queue, z1)
+    idx2, nn2 = nnclr_find_nn(queue, z2)
+    for z in (z1, z2):  # every nearest neighbour is clear of the runner-up
+        top2 = (z @ queue.T).topk(2, dim=1).values
+        assert (top2[:, 0] - top2[:, 1]).min() > 1e-3
+    t["nnclr.idx1"], t["nnclr.idx2"] = idx1.double(), idx2.double()
+    loss = nnclr_loss_func(nn1, p2, temperature=0.2) / 2 + nnclr_loss_func(nn2, p1, temperature=0.2) / 2
+    t["nnclr.loss"] = loss.detach().reshape(1)
+    loss.backward()
+    t["nnclr.dp1"], t["nnclr.dp2"] = p1.grad.clone(), p2.grad.clone()
+    queue_ptr = torch.tensor([12], dtype=torch.long)
+    nnclr_dequeue_and_enqueue(queue, queue_ptr, z1)
+    t["nnclr.queue_after"] = queue.clone()
+    t["nnclr.ptr_after"] = queue_ptr.double()
+    assert all(v.dtype == torch.float64 for v in t.values())
+    save_file(t, os.path.join(OUT, "nnclr.safetensors"))
+
+
 def set_det_weights(model):
     with torch.no_grad():
         for name, p in list(model.named_parameters()) + list(model.named_buffers()):
@@ -1138,6 +1235,40 @@ class VicregRef(BarlowRef):
         return vicreg_loss_func(z[0], z[1], sim_loss_weight=25.0, var_loss_weight=25.0, cov_loss_weight=1.0)
 
 
+def nnclr_initial_queue():
+    """NNCLR's initial support queue [16, 16] (row = one normalised projection), in float32."""
+    return F.normalize(det_uniform("nnclr.queue", (16, 16)), dim=1)
+
+
+class NnclrRef(StepMethod):
+    """solo-learn's NNCLR training_step with the support queue a ring buffer of 16 rows (written
+    after the step with the normalised first-view projections; solo-learn writes it inside the
+    step, after the loss: the same values)."""
+
+    def __init__(self, dtype):
+        proj = [(32, True, True, "relu"), (32, True, True, "relu"), (16, True, True, None)]
+        pred = [(32, True, True, "relu"), (16, True, None, None)]
+        super().__init__(_net(backbone=resnet18_cifar(None), projector=ssl_head(512, proj), predictor=ssl_head(16, pred)), dtype)
+        self.queue = nnclr_initial_queue().to(dtype)
+        self.ptr = 0
+        self.pending = None
+
+    def loss(self, views, step):
+        n = self.net
+        z = [n.projector(n.backbone(x)) for x in views]
+        p = [n.predictor(zi) for zi in z]
+        z = [F.normalize(zi, dim=-1) for zi in z]
+        with torch.no_grad():
+            _, nn1 = nnclr_find_nn(self.queue, z[0])
+            _, nn2 = nnclr_find_nn(self.queue, z[1])
+        self.pending = z[0].detach()
+        return nnclr_loss_func(nn1, p[1], temperature=0.2) / 2 + nnclr_loss_func(nn2, p[0], temperature=0.2) / 2
+
+    def after_step(self, step):
+        self.queue[self.ptr : self.ptr + STEP_BATCH] = self.pending
+        self.ptr = (self.ptr + STEP_BATCH) % self.queue.shape[0]
+
+
 STEP_METHODS = {
     "simsiam": SimSiamRef,
     "simclr": SimClrRef,
@@ -1149,6 +1280,7 @@ STEP_METHODS = {
     "dino": DinoRef,
     "barlow": BarlowRef,
     "vicreg": VicregRef,
+    "nnclr": NnclrRef,
 }
 
 
@@ -1183,17 +1315,26 @@ def method_step_losses(make, dtype):
         torch.set_default_dtype(old_default)
 
 
-def method_step_fixtures():
+def method_step_fixtures(only=()):
     """Five training steps of every method on ResNet-18 (CIFAR stem) with small heads
     (methods.safetensors): `<method>.losses` the float64 trace (the reference), `<method>.losses_f32`
     the float32 one. Views x1, x2 = det_uniform("steps.x{1,2}", (5, 8, 3, 16, 16))[step], each
     through the network on its own. The EMA uses tau_at(step, 5) after step `step`; SwAV's and
     MoCo v2+'s queues are ring buffers of 16 rows per view written after the step.
-    Also stored: `supcon.labels` [5, 8] (per step, (3 i + step) % 4) and MoCo v2+'s initial
-    queues `mocov2plus.queue{1,2}` [16, 16] (float32, rows normalised; the float64 run casts)."""
+    Also stored: `supcon.labels` [5, 8] (per step, (3 i + step) % 4), MoCo v2+'s initial
+    queues `mocov2plus.queue{1,2}` [16, 16] and NNCLR's `nnclr.queue` [16, 16] (float32, rows
+    normalised; the float64 run casts). With `only`, just those methods are run and their
+    entries replace theirs in the existing file (the others' stay as they are)."""
     torch.set_num_threads(2)
+    path = os.path.join(OUT, "methods.safetensors")
     t = {}
+    if only:
+        from safetensors.torch import load_file
+
+        t = {k: v for k, v in load_file(path).items() if k.split(".")[0] not in only}
     for name, make in STEP_METHODS.items():
+        if only and name not in only:
+            continue
         for dtype, key in ((torch.float64, "losses"), (torch.float32, "losses_f32")):
             losses = method_step_losses(make, dtype)
             assert all(math.isfinite(v) for v in losses), (name, losses)
@@ -1203,6 +1344,7 @@ def method_step_fixtures():
               f"(f32 max diff {(t[name + '.losses'] - t[name + '.losses_f32']).abs().max().item():.2e})")
     t["supcon.labels"] = torch.stack([supcon_step_labels(s) for s in range(STEPS)]).float()
     t["mocov2plus.queue1"], t["mocov2plus.queue2"] = mocov2plus_initial_queues()
+    t["nnclr.queue"] = nnclr_initial_queue()
     save_file(t, os.path.join(OUT, "methods.safetensors"))
     print("methods.safetensors", os.path.getsize(os.path.join(OUT, "methods.safetensors")), "bytes")
 
@@ -1214,15 +1356,26 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["methods"]:  # only methods.safetensors
         method_step_fixtures()
         sys.exit(0)
+    if sys.argv[1:2] == ["methods"]:  # `methods nnclr ...`: only those methods' entries, merged
+        method_step_fixtures(only=tuple(sys.argv[2:]))
+        sys.exit(0)
     if sys.argv[1:] == ["efficientnet"]:  # only efficientnet.safetensors
         efficientnet_fixtures()
         sys.exit(0)
     if sys.argv[1:] == ["pit"]:  # only pit.safetensors
         pit_fixtures()
         sys.exit(0)
+    if sys.argv[1:] == ["adamw"]:  # only adamw.safetensors
+        adamw_fixtures()
+        sys.exit(0)
+    if sys.argv[1:] == ["nnclr"]:  # only nnclr.safetensors
+        nnclr_fixtures()
+        sys.exit(0)
     loss_fixtures()
     optim_fixtures()
-    if sys.argv[1:] == ["losses"]:  # only losses.safetensors and optim.safetensors
+    adamw_fixtures()
+    nnclr_fixtures()
+    if sys.argv[1:] == ["losses"]:  # only the losses' and the optimisers' fixtures
         sys.exit(0)
     key_fixtures()
     metric_fixtures()

@@ -1,10 +1,10 @@
-//! Launches for kernels/layout.cu: permute, slice, slice-assign.
+//! Launches for kernels/layout.cu: permute, slice, slice-assign, the per-row gather and its scatter.
 
 use bytemuck::{Pod, Zeroable};
 
 use super::{Arg, CudaBackend, CudaStorage, i64a, ptr};
-use crate::backend::SliceDims;
 use crate::backend::ops::*;
+use crate::backend::{GatherDims, SliceDims};
 use crate::error::{Error, Result};
 
 /// PERMUTE_MAX_RANK of layout.cu.
@@ -27,6 +27,15 @@ pub(super) fn slice(b: &CudaBackend, kernel: &str, src: &CudaStorage, dst: &Cuda
         return Ok(());
     }
     b.launch_over(kernel, n, &[ptr(src), ptr(dst), i64a(d.outer), i64a(d.axis), i64a(d.start), i64a(d.len), i64a(d.inner)])
+}
+
+/// gather_rows_fwd_f32 (one thread per element of y) or gather_rows_bwd_f32 (one per element of
+/// dx): the same arguments, `n` elements.
+fn gather(b: &CudaBackend, kernel: &str, src: &CudaStorage, idx: &CudaStorage, dst: &CudaStorage, n: usize, d: &GatherDims) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    b.launch_over(kernel, n, &[ptr(src), ptr(idx), ptr(dst), i64a(d.n), i64a(d.l), i64a(d.k), i64a(d.d)])
 }
 
 impl LayoutOps for CudaBackend {
@@ -58,5 +67,13 @@ impl LayoutOps for CudaBackend {
 
     fn slice_assign(&self, src: &CudaStorage, dst: &CudaStorage, d: &SliceDims) -> Result<()> {
         slice(self, "slice_assign_fwd_f32", src, dst, d)
+    }
+
+    fn gather_rows(&self, x: &CudaStorage, idx: &CudaStorage, y: &CudaStorage, d: &GatherDims) -> Result<()> {
+        gather(self, "gather_rows_fwd_f32", x, idx, y, d.n * d.k * d.d, d)
+    }
+
+    fn gather_rows_bwd(&self, dy: &CudaStorage, idx: &CudaStorage, dx: &CudaStorage, d: &GatherDims) -> Result<()> {
+        gather(self, "gather_rows_bwd_f32", dy, idx, dx, d.n * d.l * d.d, d)
     }
 }

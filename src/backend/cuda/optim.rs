@@ -1,13 +1,13 @@
-//! Launch for kernels/optim.cu: the fused multi-tensor SGD step and EMA update, up to MAX_TENSORS
-//! tensors per launch (one launch for SimSiam's ResNet-18 with its heads, about 72 tensors),
-//! described by a struct passed by value (SGD: 3856 bytes, under the classic 4 KB
-//! kernel-parameter limit; EMA: 2568 bytes).
+//! Launch for kernels/optim.cu: the fused multi-tensor SGD step, AdamW step and EMA update, up
+//! to MAX_TENSORS tensors per launch (one launch for SimSiam's ResNet-18 with its heads, about
+//! 72 tensors; AdamW: ADAMW_MAX_TENSORS), described by a struct passed by value (SGD: 3856
+//! bytes, under the classic 4 KB kernel-parameter limit; AdamW: 3488; EMA: 2568).
 
 use bytemuck::{Pod, Zeroable};
 
 use super::{Arg, CudaBackend, CudaStorage};
 use crate::backend::ops::*;
-use crate::backend::{EmaTensor, SgdOnDevice, SgdTensor};
+use crate::backend::{AdamWHyper, AdamWTensor, EmaTensor, SgdOnDevice, SgdTensor, adamw_factors};
 use crate::error::Result;
 
 /// SGD_MAX_TENSORS, SGD_THREADS and SGD_CHUNK of optim.cu.
@@ -42,7 +42,7 @@ struct KBatch {
 
 /// Fills `block_end` for tensors of `lens` elements (tensor i owns blocks
 /// [block_end[i - 1], block_end[i]) of CHUNK elements) and returns the grid size.
-fn block_ends(lens: impl Iterator<Item = usize>, block_end: &mut [i64; MAX_TENSORS], op: &str) -> Result<u32> {
+fn block_ends<const N: usize>(lens: impl Iterator<Item = usize>, block_end: &mut [i64; N], op: &str) -> Result<u32> {
     let mut blocks = 0usize;
     for (end, len) in block_end.iter_mut().zip(lens) {
         blocks += len.div_ceil(CHUNK);
@@ -95,6 +95,61 @@ pub(super) fn sgd_step(
     Ok(())
 }
 
+/// ADAMW_MAX_TENSORS of optim.cu.
+const ADAMW_MAX_TENSORS: usize = 48;
+
+/// Mirror of `struct AdamWTensor` in kernels/optim.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct KAdamWTensor {
+    param: u64,
+    grad: u64,
+    exp_avg: u64,
+    exp_avg_sq: u64,
+    len: i64,
+    decay: f64,
+    step_size: f64,
+    bc2_sqrt: f64,
+}
+
+/// Mirror of `struct AdamWBatch` in kernels/optim.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct KAdamWBatch {
+    t: [KAdamWTensor; ADAMW_MAX_TENSORS],
+    block_end: [i64; ADAMW_MAX_TENSORS],
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    count: i32,
+    _pad: i32,
+}
+
+pub(super) fn adamw_step(b: &CudaBackend, tensors: &[AdamWTensor<'_, CudaStorage>], hyper: AdamWHyper) -> Result<()> {
+    let live: Vec<&AdamWTensor<'_, CudaStorage>> = tensors.iter().filter(|t| t.len > 0).collect();
+    for group in live.chunks(ADAMW_MAX_TENSORS) {
+        let mut batch = KAdamWBatch::zeroed();
+        for (i, t) in group.iter().enumerate() {
+            let (decay, step_size, bc2_sqrt) = adamw_factors(t, &hyper);
+            batch.t[i] = KAdamWTensor {
+                param: t.param.ptr,
+                grad: t.grad.ptr,
+                exp_avg: t.exp_avg.ptr,
+                exp_avg_sq: t.exp_avg_sq.ptr,
+                len: t.len as i64,
+                decay,
+                step_size,
+                bc2_sqrt,
+            };
+        }
+        let grid = block_ends(group.iter().map(|t| t.len), &mut batch.block_end, "adamw_step")?;
+        batch.count = group.len() as i32;
+        (batch.beta1, batch.beta2, batch.eps) = (hyper.beta1, hyper.beta2, hyper.eps);
+        b.launch("adamw_step_fwd_f32", (grid, 1, 1), (THREADS, 1, 1), &[Arg::Bytes(bytemuck::bytes_of(&batch))])?;
+    }
+    Ok(())
+}
+
 /// Mirror of `struct EmaTensor` in kernels/optim.cu.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -134,6 +189,10 @@ impl OptimOps for CudaBackend {
         &self, tensors: &[SgdTensor<'_, CudaStorage>], momentum: f32, on_device: Option<SgdOnDevice<'_, CudaStorage>>,
     ) -> Result<()> {
         sgd_step(self, tensors, momentum, on_device)
+    }
+
+    fn adamw_step(&self, tensors: &[AdamWTensor<'_, CudaStorage>], hyper: AdamWHyper) -> Result<()> {
+        adamw_step(self, tensors, hyper)
     }
 
     fn ema_update(&self, tensors: &[EmaTensor<'_, CudaStorage>], tau: f32) -> Result<()> {

@@ -1,10 +1,10 @@
-//! Permute, slice and slice-assign (shaders/layout.wgsl).
+//! Permute, slice, slice-assign, the per-row gather and its scatter back (shaders/layout.wgsl).
 
 use super::WgpuBackend;
 use super::WgpuStorage;
-use super::context::{Context, Params, kernel, r, w};
-use crate::backend::SliceDims;
+use super::context::{Context, Kernel, Params, kernel, r, w};
 use crate::backend::ops::*;
+use crate::backend::{GatherDims, SliceDims};
 use crate::error::{Error, Result};
 
 const FAMILY: &str = "layout";
@@ -12,6 +12,18 @@ const MAX_RANK: usize = 8;
 
 fn slice_params(n: usize, d: &SliceDims) -> Params {
     Params::new().u(n).u(0).u(d.outer).u(d.axis).u(d.start).u(d.len).u(d.inner).u(0)
+}
+
+/// gather_rows_fwd_f32 (src x, dst y) or gather_rows_bwd_f32 (src dy, dst dx) over `n` elements
+/// of dst: x [outer = n, axis = l, inner = d], len = k.
+fn gather(ctx: &Context, k: Kernel, src: &WgpuStorage, idx: &WgpuStorage, dst: &WgpuStorage, n: usize, d: &GatherDims) -> Result<()> {
+    // Offsets into x (or dy) run to n * max(l, k) * d, in u32.
+    let reach = d.n * d.l.max(d.k) * d.d;
+    if u32::try_from(reach).is_err() {
+        return Err(Error::Invalid { op: k.op, msg: format!("{reach} elements are past the wgpu kernels' 32-bit indexing") });
+    }
+    let p = Params::new().u(n).u(0).u(d.n).u(d.l).u(0).u(d.k).u(d.d).u(0);
+    ctx.launch(k, p, &[r(1, src.buf()), w(2, dst.buf()), r(3, idx.buf())], ctx.grid1(n))
 }
 
 impl LayoutOps for WgpuBackend {
@@ -47,5 +59,15 @@ impl LayoutOps for WgpuBackend {
         let n = d.outer * d.len * d.inner;
         let k = kernel("slice_assign", FAMILY, "slice_assign_fwd_f32");
         ctx.launch(k, slice_params(n, d), &[r(1, src.buf()), w(2, dst.buf())], ctx.grid1(n))
+    }
+
+    fn gather_rows(&self, x: &WgpuStorage, idx: &WgpuStorage, y: &WgpuStorage, d: &GatherDims) -> Result<()> {
+        let k = kernel("gather_rows", FAMILY, "gather_rows_fwd_f32");
+        gather(&self.ctx, k, x, idx, y, d.n * d.k * d.d, d)
+    }
+
+    fn gather_rows_bwd(&self, dy: &WgpuStorage, idx: &WgpuStorage, dx: &WgpuStorage, d: &GatherDims) -> Result<()> {
+        let k = kernel("gather_rows_bwd", FAMILY, "gather_rows_bwd_f32");
+        gather(&self.ctx, k, dy, idx, dx, d.n * d.l * d.d, d)
     }
 }
