@@ -17,22 +17,30 @@ fn train_about() -> String {
     )
 }
 
+/// The tool's one line, with the methods the registry holds.
+fn about() -> String {
+    format!("Self-supervised pretraining of vision backbones ({} methods: {}), from scratch in Rust", ssl_engine::ssl::methods().len(), ssl_engine::ssl::method_names())
+}
+
+/// `--help`: the one line and the typical commands.
+fn long_about() -> String {
+    format!(
+        "{}.\n\nTypical use:\n  ssl-engine train --config configs/demo-cpu.toml\n  \
+         ssl-engine eval linear --checkpoint runs/demo/last.safetensors --data data/cifar10-demo\n  \
+         ssl-engine export --checkpoint runs/demo/last.safetensors --out backbone.safetensors\n  \
+         ssl-engine study --config configs/study-demo.toml\n  \
+         ssl-engine config",
+        about()
+    )
+}
+
 /// `train --help`: each method of the registry with what it is; its settings go in its own table.
 fn train_long_about() -> String {
     format!("{}\n\nMethods (`method = \"<name>\"`; settings in the `[<name>]` table):\n{}", train_about(), ssl_engine::ssl::methods_help())
 }
 
 #[derive(Parser)]
-#[command(
-    name = "ssl-engine",
-    version,
-    about = "Self-supervised pretraining of vision backbones (ten methods: SimSiam, SimCLR, SupCon, BYOL, SwAV, MoCo v2+/v3, DINO, Barlow Twins, VICReg), from scratch in Rust",
-    long_about = "Self-supervised pretraining of vision backbones (ten methods: SimSiam, SimCLR, SupCon, BYOL, SwAV, MoCo v2+/v3, DINO, Barlow Twins, VICReg), from scratch in Rust.\n\n\
-        Typical use:\n  ssl-engine train --config configs/demo-cpu.toml\n  \
-        ssl-engine eval linear --checkpoint runs/demo/last.safetensors --data data/cifar10-demo\n  \
-        ssl-engine export --checkpoint runs/demo/last.safetensors --out backbone.safetensors\n  \
-        ssl-engine study --config configs/study-demo.toml"
-)]
+#[command(name = "ssl-engine", version, about = about(), long_about = long_about())]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) cmd: Cmd,
@@ -269,8 +277,8 @@ pub(crate) enum EvalCmd {
         /// Epochs of probe (or fine-tuning) training (default: the recipe's linear.epochs, 100).
         #[arg(long)]
         epochs: Option<usize>,
-        /// sgd (lr 0.5 on standardised features, 30 on raw ones, at batch 256) or lars (lr 0.02)
-        /// (default: the recipe's linear.optimizer, sgd).
+        /// sgd (lr 0.5 on standardised features, 30 on raw ones, at batch 256), lars (lr 0.02) or
+        /// adamw (lr 1e-3) (default: the recipe's linear.optimizer, sgd).
         #[arg(long)]
         optimizer: Option<OptimizerKind>,
         /// Peak learning rate (cosine decay); default: the recipe's linear.lr for its own

@@ -184,13 +184,16 @@ impl ProbeFlags {
 }
 
 /// Each protocol's peak learning rate at batch 256 when `--lr` is left out: 0.1 fine-tuning the
-/// whole network, 0.02 for LARS, 0.5 for SGD on standardised features, 30 on raw ones (MoCo's
+/// whole network, 0.02 for LARS, 1e-3 for AdamW, 0.5 for SGD on standardised features, 30 on raw ones (MoCo's
 /// raw-feature protocol: unnormalised features need a far larger step).
 pub fn default_lr(finetune: bool, optimizer: OptimizerKind, raw_features: bool) -> f64 {
     if finetune {
         0.1
     } else if optimizer == OptimizerKind::Lars {
         0.02
+    } else if optimizer == OptimizerKind::AdamW {
+        // Adam's steps are about lr in size whatever the gradient's scale: SGD's 0.5 would be huge.
+        1e-3
     } else if !raw_features {
         0.5
     } else {
