@@ -261,6 +261,16 @@ pub struct OptimConfig {
     pub eps: f64,
 }
 
+impl OptimConfig {
+    /// The optimiser `[optim]` names, with its settings (AdamW's betas and eps included).
+    pub fn optimizer<B: crate::backend::Backend>(&self) -> Result<Box<dyn crate::optim::Optimizer<B>>> {
+        Ok(match self.optimizer {
+            OptimizerKind::AdamW => Box::new(crate::optim::AdamW::new(self.betas, self.eps)?),
+            kind => crate::optim::build(kind, self.momentum, &self.lars),
+        })
+    }
+}
+
 impl Default for OptimConfig {
     fn default() -> Self {
         OptimConfig {
@@ -340,18 +350,6 @@ pub fn get_dotted<'t>(table: &'t toml::Table, key: &str) -> Option<&'t toml::Val
     match (table.get(head)?, rest) {
         (v, None) => Some(v),
         (toml::Value::Table(t), Some(r)) => get_dotted(t, r),
-        _ => None,
-    }
-}
-
-fn get_dotted_mut<'t>(table: &'t mut toml::Table, key: &str) -> Option<&'t mut toml::Value> {
-    let (head, rest) = match key.split_once('.') {
-        Some((h, r)) => (h, Some(r)),
-        None => (key, None),
-    };
-    match (table.get_mut(head)?, rest) {
-        (v, None) => Some(v),
-        (toml::Value::Table(t), Some(r)) => get_dotted_mut(t, r),
         _ => None,
     }
 }
@@ -517,25 +515,14 @@ impl Config {
         Ok((layers.config(&base_table)?, layers.explicit()))
     }
 
-    /// This config with the settings of `from` whose keys `take` accepts (leaf keys, dotted).
-    pub fn taking(&self, from: &Config, take: impl Fn(&str) -> bool) -> Result<Config> {
-        let (mut table, source) = (self.to_table(), from.to_table());
-        let mut keys = Vec::new();
-        leaves(&source, "", &mut keys);
-        for (k, v) in keys.into_iter().filter(|(k, _)| take(k)) {
+    /// Only this config's settings whose (dotted) keys `keep` accepts; every other key takes its
+    /// default, as does a kept key this config leaves unset (absent from its table).
+    pub fn only(&self, keep: impl Fn(&str) -> bool) -> Result<Config> {
+        let mut settings = Vec::new();
+        leaves(&self.to_table(), "", &mut settings);
+        let mut table = toml::Table::new();
+        for (k, v) in settings.into_iter().filter(|(k, _)| keep(k)) {
             insert_dotted(&mut table, &k, v)?;
-        }
-        // Keys `from` leaves unset (None) are unset in the result too.
-        let mut mine = Vec::new();
-        leaves(&self.to_table(), "", &mut mine);
-        for (k, _) in mine.into_iter().filter(|(k, _)| take(k) && get_dotted(&source, k).is_none()) {
-            if let Some((parent, leaf)) = k.rsplit_once('.') {
-                if let Some(toml::Value::Table(t)) = get_dotted_mut(&mut table, parent) {
-                    t.remove(leaf);
-                }
-            } else {
-                table.remove(&k);
-            }
         }
         Config::from_stored(&toml::to_string(&table).map_err(|e| Error::Config(e.to_string()))?)
     }

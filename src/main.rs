@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Parser;
-use cli::{BenchCmd, Cli, Cmd, Device, EmbedArgs, EvalArgs, EvalCmd};
+use cli::{BackboneArgs, BenchCmd, Cli, Cmd, Device, EmbedArgs, EvalArgs, EvalCmd};
 use ssl_engine::backend::prelude::*;
 use ssl_engine::config::Config;
 use ssl_engine::eval::backbone::{self, EvalInputs, EvalSetup};
@@ -72,7 +72,7 @@ impl Job {
                 Ok(())
             }
             Job::Eval(EvalCmd::Knn { common, k, t }) => {
-                let EvalSetup { mut cfg, model, train, test } = backbone::open(b, &inputs(&common))?;
+                let EvalSetup { mut cfg, model, train, test } = backbone::open(b, &eval_inputs(&common))?;
                 cfg.monitor.knn_k = k.unwrap_or(cfg.monitor.knn_k);
                 cfg.monitor.knn_t = t.unwrap_or(cfg.monitor.knn_t);
                 let (k, t) = (cfg.monitor.knn_k, cfg.monitor.knn_t);
@@ -81,7 +81,7 @@ impl Job {
                 write_json(&common.json, &m)
             }
             Job::Eval(EvalCmd::Linear { common, epochs, optimizer, lr, batch_size, labels_per_class, finetune, weight_decay, raw_features }) => {
-                let EvalSetup { cfg, model, train, test } = backbone::open(b, &inputs(&common))?;
+                let EvalSetup { cfg, model, train, test } = backbone::open(b, &eval_inputs(&common))?;
                 let test = test.expect("eval loads a test set");
                 let flags = ProbeFlags { epochs, batch_size, optimizer, lr, weight_decay, finetune, raw_features };
                 let probe = flags.probe(&cfg.linear);
@@ -102,16 +102,8 @@ impl Job {
                 write_json(&common.json, &r)
             }
             Job::Embed(a) => {
-                let n = &a.net;
-                let what = EvalInputs {
-                    checkpoint: &n.checkpoint,
-                    model: n.model.as_deref(),
-                    config: n.config.as_deref(),
-                    overrides: &n.overrides,
-                    data: &a.data,
-                    test_data: None,
-                };
-                let EvalSetup { cfg, model, train, .. } = backbone::open(b, &what)?;
+                // One set of images: no test set is loaded.
+                let EvalSetup { cfg, model, train, .. } = backbone::open(b, &inputs(&a.net, &a.data, None))?;
                 let w = eval::embed(&model, &train, &cfg, &a.out)?;
                 println!(
                     "embedded {} images of {} ({} features each): wrote {}, {} and {}",
@@ -176,15 +168,19 @@ fn train<B: Backend>(b: &B, cfg: &Config, start: &TrainStart, quiet: bool, start
 }
 
 /// What `backbone::open` reads from the eval flags; the test images default to the data's.
-fn inputs(a: &EvalArgs) -> EvalInputs<'_> {
-    let n = &a.net;
+fn eval_inputs(a: &EvalArgs) -> EvalInputs<'_> {
+    inputs(&a.net, &a.data, Some(a.test_data.as_deref().unwrap_or(&a.data)))
+}
+
+/// What `backbone::open` reads from the backbone flags, the images and the test images, if any.
+fn inputs<'a>(n: &'a BackboneArgs, data: &'a Path, test_data: Option<&'a Path>) -> EvalInputs<'a> {
     EvalInputs {
         checkpoint: &n.checkpoint,
         model: n.model.as_deref(),
         config: n.config.as_deref(),
         overrides: &n.overrides,
-        data: &a.data,
-        test_data: Some(a.test_data.as_deref().unwrap_or(&a.data)),
+        data,
+        test_data,
     }
 }
 
@@ -258,16 +254,15 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Embed { args } => (args.net.dev.resolve()?, Job::Embed(args)),
         Cmd::Export { checkpoint, out } => {
-            let n = eval::export(&ssl_engine::backend::cpu::CpuBackend::new(0)?, &checkpoint, &out)?;
-            let wf = ssl_engine::checkpoint::WeightFile::read(&out)?;
-            let recipe = match backbone::stored_recipe(&wf) {
+            let done = eval::export(&ssl_engine::backend::cpu::CpuBackend::new(0)?, &checkpoint, &out)?;
+            let recipe = match done.recipe {
                 Some(c) => format!(
                     "with its recipe ({} px, mean {:?}, std {:?}) in the file's metadata",
                     c.data.image_size, c.augment.mean, c.augment.std
                 ),
                 None => "without a recipe (the checkpoint holds none)".into(),
             };
-            println!("wrote {n} tensors to {} {recipe}", out.display());
+            println!("wrote {} tensors to {} {recipe}", done.tensors, out.display());
             return Ok(());
         }
         Cmd::Plot { run } => {

@@ -7,7 +7,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::eval::summary::RunReport;
 use crate::tensorboard::{EventWriter, scalars_of_row};
 
 /// Appends JSON lines to <out>/metrics.jsonl, flushing each one, and mirrors their numbers as
@@ -51,23 +50,10 @@ impl MetricsLog {
     }
 }
 
-/// The closing table's probe results (`RunReport`) as a `"report"` row of `<out>/metrics.jsonl`
-/// and as `report/...` scalars at step = the run's epochs, in a new event file of `<out>/tb/`.
-/// The accuracies are fractions in [0, 1], like the other rows'.
-pub fn log_report(out: &Path, r: &RunReport) -> Result<()> {
-    MetricsLog::open_files(out)?.write(report_row(r))
-}
-
-/// The `"report"` row for `r`; `epoch` (the run's epochs) is the step its scalars are drawn at.
-pub fn report_row(r: &RunReport) -> serde_json::Value {
-    serde_json::json!({
-        "type": "report",
-        "epoch": r.epochs,
-        "random_knn_top1": r.random.knn,
-        "random_linear_top1": r.random.linear,
-        "pretrained_knn_top1": r.pretrained.knn,
-        "pretrained_linear_top1": r.pretrained.linear,
-    })
+/// Appends one row to `<out>/metrics.jsonl` after a run has closed its log (the closing table's
+/// `"report"` row), with its scalars in a new event file of `<out>/tb/`.
+pub fn append_row(out: &Path, row: serde_json::Value) -> Result<()> {
+    MetricsLog::open_files(out)?.write(row)
 }
 
 /// Epoch checkpoints kept on disk: deletes the oldest beyond `keep`, after the new one is written.

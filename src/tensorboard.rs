@@ -13,7 +13,7 @@
 //! | `step` | `global_step` (optimizer steps so far) | `train/loss`, `train/lr`, `train/img_per_s` |
 //! | `epoch` | `epoch` (epochs done, 1-based) | `epoch/loss`, `epoch/z_std`, `epoch/knn_top1`, `epoch/lr` |
 //! | `knn` (the random-init kNN, `epoch` 0) | `epoch` (0) | `knn/knn_top1` |
-//! | `report` (the closing table, `run_log::log_report`) | `epoch` (the run's epochs) | `report/random_knn_top1`, `report/random_linear_top1`, `report/pretrained_knn_top1`, `report/pretrained_linear_top1` |
+//! | `report` (the closing table, `RunReport::row`) | `epoch` (the run's epochs) | `report/random_knn_top1`, `report/random_linear_top1`, `report/pretrained_knn_top1`, `report/pretrained_linear_top1` |
 //! | `resume`, `skipped`, `cuda_graph` | | none (events, not measurements) |
 //!
 //! A field that is null or absent (no kNN this epoch, no step logged yet) gives no scalar; the

@@ -127,6 +127,19 @@ fn eval_and_embed_use_the_checkpoints_recipe() {
     assert_eq!(stored.augment.mean, [0.5, 0.45, 0.4]);
 }
 
+/// A study recipe that leaves the image size and normalisation out takes them from its first
+/// checkpoint's recipe; what it does set wins.
+#[test]
+fn a_study_takes_what_its_file_leaves_out_from_its_checkpoint() {
+    let out = trained("trust_study");
+    let file = out.with_file_name("study.toml");
+    let ck = out.join("last.safetensors").display().to_string();
+    std::fs::write(&file, format!("[study]\nstarts = [{ck:?}, \"random\"]\n[monitor]\nknn_k = 3\n")).unwrap();
+    let cfg = ssl_engine::study::recipe(&file, &[]).unwrap();
+    assert_eq!((cfg.data.image_size, cfg.augment.mean, cfg.model_opts.width), (24, [0.5, 0.45, 0.4], Some(4)));
+    assert_eq!((cfg.method.as_str(), cfg.monitor.knn_k), ("simclr", 3), "the study file's own keys win");
+}
+
 #[test]
 fn imported_weights_get_torchvisions_defaults() {
     use ssl_engine::eval::backbone::{EvalInputs, IMAGENET_MEAN, eval_recipe};
@@ -195,7 +208,7 @@ fn ctrl_c_names_the_bars_epoch_and_the_resume_command() {
     let mut sets = recipe(&out);
     sets.extend(["epochs=2".into(), "data.limit_per_class=40".into(), "data.test_path=\"\"".into(), "monitor.log_every=1".into()]);
     let a = args(&["train", "--quiet"], &sets);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ssl-engine")).args(&a).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_ssl-engine")).args(&a).stderr(std::process::Stdio::piped()).spawn().unwrap();
     // Wait for the second logged step, then Ctrl-C.
     let metrics = out.join("metrics.jsonl");
     let t0 = std::time::Instant::now();

@@ -357,7 +357,6 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
 
     let ignored = not_images.into_iter().chain(outside).collect();
     let mut data = Dataset { size: opts.size, classes, ignored, ..Default::default() };
-    let mut stream = Stream { files: Vec::new(), decode: decode.clone() };
     for ((label, path), img) in files.into_iter().zip(decoded) {
         match img {
             Ok((px, h, w)) => {
@@ -366,9 +365,6 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
                     if !opts.stream {
                         data.offsets.push(data.images.len());
                     }
-                }
-                if opts.stream {
-                    stream.files.push(path.clone());
                 }
                 data.files.push(path);
                 data.images.extend_from_slice(&px);
@@ -384,7 +380,7 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
         return Err(file_err(&root, format!("no image could be decoded ({} skipped)", data.skipped.len())));
     }
     if opts.stream {
-        data.stream = Some(stream);
+        data.stream = Some(Stream { decode: decode.clone() });
     }
     // Stored sizes that all equal `size` are the uniform layout: the same pixels, no table.
     if opts.stored_size && data.dims.iter().all(|&d| d == (opts.size, opts.size)) {

@@ -69,7 +69,8 @@ pub struct Dataset {
     pub offsets: Vec<usize>,
     /// The source of every row, in row order: its image file (image folders), or
     /// `<file>#<record>` for the binary formats (CIFAR, IDX, STL-10; the record's 0-based index in
-    /// that file). Kept by `subset`; empty for a dataset built by hand (see `row_names`).
+    /// that file). A streaming dataset decodes its pixels from these files. Kept by `subset`;
+    /// empty for a dataset built by hand (see `row_names`).
     pub files: Vec<PathBuf>,
     /// Files left out because they could not be decoded (`OnCorrupt::Skip`), with the reason.
     pub skipped: Vec<(PathBuf, String)>,
@@ -77,15 +78,15 @@ pub struct Dataset {
     /// folders (or among unlabelled images) and images lying beside the class folders. Hidden
     /// files (".*") are not listed.
     pub ignored: Vec<PathBuf>,
-    /// Streaming (`data.cache = "none"`): the files pixels are decoded from, one per image, and
+    /// Streaming (`data.cache = "none"`): how pixels are decoded from `files`, one per image, and
     /// `images` is empty. `dims` still holds every image's size (read from its header).
     pub stream: Option<Stream>,
 }
 
-/// The files of a streaming dataset and how each is decoded (as a cached load decodes it).
+/// How a streaming dataset decodes each of its files (`Dataset::files`), as a cached load
+/// decodes it.
 #[derive(Clone, Debug, Default)]
 pub struct Stream {
-    pub files: Vec<PathBuf>,
     pub decode: imagefolder::Decode,
 }
 
@@ -95,10 +96,8 @@ impl Dataset {
         let labels = indices.iter().map(|&i| self.labels[i]).collect();
         let dims: Vec<_> = if self.dims.is_empty() { Vec::new() } else { indices.iter().map(|&i| self.dims[i]).collect() };
         let files = if self.files.len() == self.len() { indices.iter().map(|&i| self.files[i].clone()).collect() } else { Vec::new() };
-        if let Some(s) = &self.stream {
-            let stream_files = indices.iter().map(|&i| s.files[i].clone()).collect();
-            let stream = Some(Stream { files: stream_files, ..s.clone() });
-            return Dataset { labels, classes: self.classes.clone(), size: self.size, dims, files, stream, ..Default::default() };
+        if self.stream.is_some() {
+            return Dataset { labels, classes: self.classes.clone(), size: self.size, dims, files, stream: self.stream.clone(), ..Default::default() };
         }
         let mut images = Vec::with_capacity(indices.iter().map(|&i| self.image(i).len()).sum());
         let mut offsets = Vec::new();
@@ -143,7 +142,7 @@ impl Dataset {
     /// (streaming), which fails with an error naming the file.
     pub fn pixels(&self, i: usize) -> Result<Cow<'_, [u8]>> {
         let Some(s) = &self.stream else { return Ok(Cow::Borrowed(self.image(i))) };
-        let path = &s.files[i];
+        let path = &self.files[i];
         match s.decode.file(path, self.size) {
             Ok((px, h, w)) if (h, w) == self.dims_of(i) => Ok(Cow::Owned(px)),
             Ok((_, h, w)) => {
@@ -160,9 +159,9 @@ impl Dataset {
     /// Whether the dataset's bytes are exactly its images (what the loaders rely on).
     pub fn well_formed(&self) -> bool {
         let n = self.len();
-        if let Some(s) = &self.stream {
+        if self.stream.is_some() {
             let dims_ok = if self.dims.is_empty() { self.size > 0 } else { self.dims.len() == n };
-            return s.files.len() == n && self.images.is_empty() && dims_ok;
+            return self.files.len() == n && self.images.is_empty() && dims_ok;
         }
         if self.dims.is_empty() {
             return self.size > 0 && self.images.len() == n * self.size * self.size * 3;

@@ -92,11 +92,19 @@ pub fn random_backbone<B: Backend>(b: &B, cfg: &Config) -> Result<LoadedBackbone
 /// weights were trained with travels in the file's metadata (`RECIPE_KEY`, and timm's
 /// `pretrained_cfg`), so an evaluation of the exported file uses the same image size and
 /// normalisation as one of the checkpoint.
-pub fn export<B: Backend>(b: &B, checkpoint: &Path, out: &Path) -> Result<usize> {
+pub fn export<B: Backend>(b: &B, checkpoint: &Path, out: &Path) -> Result<Exported> {
     let wf = WeightFile::read(checkpoint)?;
     let m = backbone_of(b, &wf, None, 32)?;
-    let recipe = stored_recipe(&wf).map(|cfg| recipe_metadata(&cfg, &m.backbone)).unwrap_or_default();
-    export_backbone(&m.ps, out, "", recipe)
+    let recipe = stored_recipe(&wf);
+    let metadata = recipe.as_ref().map(|cfg| recipe_metadata(cfg, &m.backbone)).unwrap_or_default();
+    Ok(Exported { tensors: export_backbone(&m.ps, out, "", metadata)?, recipe })
+}
+
+/// What `export` wrote: how many tensors, and the recipe it put in the metadata (none when the
+/// checkpoint holds none).
+pub struct Exported {
+    pub tensors: usize,
+    pub recipe: Option<Config>,
 }
 
 /// Where the exported file keeps its recipe (the `to_toml` text).
@@ -244,7 +252,7 @@ pub fn base_recipe(wf: Option<&WeightFile>) -> Result<(Config, String, bool)> {
         None => (Config::default(), "the defaults".to_string(), false),
         Some(wf) => match stored_recipe(wf) {
             // What travels with the weights; the data the evaluation reads is its own business.
-            Some(cfg) => (Config::default().taking(&cfg, travels)?, format!("the recipe stored in {}", wf.path.display()), true),
+            Some(cfg) => (cfg.only(travels)?, format!("the recipe stored in {}", wf.path.display()), true),
             None => (
                 imported_defaults(&wf.infer_backbone()?),
                 format!(

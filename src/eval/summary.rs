@@ -101,12 +101,25 @@ impl RunReport {
     }
 
     /// Writes summary.md (atomically) into `out`, and the numbers as a `"report"` row of
-    /// metrics.jsonl and `report/...` TensorBoard scalars (`run_log::log_report`); returns the
+    /// metrics.jsonl and `report/...` TensorBoard scalars (`run_log::append_row`); returns the
     /// summary's path.
     pub fn write(&self, out: &Path) -> Result<PathBuf> {
         let path = out.join("summary.md");
         write_atomic(&path, self.markdown().as_bytes())?;
-        crate::run_log::log_report(out, self)?;
+        crate::run_log::append_row(out, self.row())?;
         Ok(path)
+    }
+
+    /// The `"report"` row: the accuracies as fractions in [0, 1], like the other rows', and
+    /// `epoch` (the run's epochs), the step its scalars are drawn at.
+    pub fn row(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": "report",
+            "epoch": self.epochs,
+            "random_knn_top1": self.random.knn,
+            "random_linear_top1": self.random.linear,
+            "pretrained_knn_top1": self.pretrained.knn,
+            "pretrained_linear_top1": self.pretrained.linear,
+        })
     }
 }

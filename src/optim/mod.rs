@@ -85,21 +85,13 @@ impl std::str::FromStr for OptimizerKind {
 }
 
 /// The optimiser `kind` with `momentum` (LARS settings from `lars`; AdamW with torch's default
-/// betas (0.9, 0.999) and eps 1e-8: `from_config` takes a recipe's).
+/// betas (0.9, 0.999) and eps 1e-8: `OptimConfig::optimizer` takes a recipe's).
 pub fn build<B: Backend>(kind: OptimizerKind, momentum: f32, lars: &LarsConfig) -> Box<dyn Optimizer<B>> {
     match kind {
         OptimizerKind::Sgd => Box::new(Sgd::new(momentum)),
         OptimizerKind::Lars => Box::new(Lars::new(momentum, lars.clone())),
         OptimizerKind::AdamW => Box::new(AdamW::new(DEFAULT_BETAS, DEFAULT_EPS).expect("torch's defaults are valid")),
     }
-}
-
-/// The optimiser a run's `[optim]` asks for, every setting from it.
-pub fn from_config<B: Backend>(cfg: &crate::config::OptimConfig) -> Result<Box<dyn Optimizer<B>>> {
-    Ok(match cfg.optimizer {
-        OptimizerKind::AdamW => Box::new(AdamW::new(cfg.betas, cfg.eps)?),
-        kind => build(kind, cfg.momentum, &cfg.lars),
-    })
 }
 
 /// `[optim]`'s AdamW settings, checked (betas in [0, 1), eps positive).

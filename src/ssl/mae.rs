@@ -111,6 +111,15 @@ pub fn patchify<B: Backend>(cx: &Ctx<B>, x: &Var<B>, p: usize) -> Result<Var<B>>
     t.reshape(&x, &[n, (h / p) * (w / p), p * p * 3])
 }
 
+/// What one MAE pass computes: the masks, the encoder's tokens [n, 1 + keep, dim] (class token
+/// first), the prediction of every patch [n, patches, p*p*3], and the loss.
+struct Pass<B: Backend> {
+    masking: Masking,
+    latent: Var<B>,
+    pred: Var<B>,
+    loss: Var<B>,
+}
+
 pub struct Mae {
     cfg: MaeConfig,
     backbone: Backbone,
@@ -191,20 +200,19 @@ impl Mae {
     pub fn heldout_loss<B: Backend>(&self, ps: &ParamStore<B>, images: &Tensor<B>, step: usize) -> Result<f64> {
         let tape = crate::autograd::Tape::inference();
         let cx = Ctx::new(&tape, ps, false);
-        let (_, _, loss) = self.reconstruct(&cx, images, step)?;
-        Ok(loss.value.scalar()? as f64)
+        Ok(self.pass(&cx, &Var::constant(images.clone()), step)?.loss.value.scalar()? as f64)
     }
 
-    /// The masks of `step`, the prediction of every patch, and the loss, for `images`.
-    fn reconstruct<B: Backend>(&self, cx: &Ctx<B>, images: &Tensor<B>, step: usize) -> Result<(Masking, Var<B>, Var<B>)> {
-        let x = Var::constant(images.clone());
-        let n = images.shape()[0];
+    /// One MAE pass over images `x` [n, h, w, 3] with the masks of `step`: what training
+    /// (`forward`), the held-out loss and the pictures all compute.
+    fn pass<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>, step: usize) -> Result<Pass<B>> {
+        let n = x.shape()[0];
         let m = self.masking(n, step);
-        let keep = index_tensor(images.backend(), &m.ids_keep, &[n, m.keep], images.dtype())?;
-        let latent = self.vit().encode(cx, &x, Some(&keep))?;
+        let keep = index_tensor(x.value.backend(), &m.ids_keep, &[n, m.keep], x.value.dtype())?;
+        let latent = self.vit().encode(cx, x, Some(&keep))?;
         let pred = self.decode(cx, &latent, &m)?;
-        let loss = self.loss(cx, &x, &pred, &m)?;
-        Ok((m, pred, loss))
+        let loss = self.loss(cx, x, &pred, &m)?;
+        Ok(Pass { masking: m, latent, pred, loss })
     }
 
     /// MAE's `forward_loss`: the MSE per patch between `pred` and the (normalised) patches of
@@ -317,9 +325,9 @@ impl<B: Backend> Method<B> for Mae {
         let tape = crate::autograd::Tape::inference();
         let cx = Ctx::new(&tape, ps, false);
         // A fixed step's masks: the same patches are dropped whenever the picture is drawn.
-        let (m, pred, loss) = self.reconstruct(&cx, images, 0)?;
+        let Pass { masking, pred, loss, .. } = self.pass(&cx, &Var::constant(images.clone()), 0)?;
         let (n, size) = (images.shape()[0], images.shape()[1]);
-        let img = reconstruction_image(&images.to_f32()?, &pred.value.to_f32()?, &m, n, size, self.vit().patch(), self.cfg.norm_pix_loss, mean, std);
+        let img = reconstruction_image(&images.to_f32()?, &pred.value.to_f32()?, &masking, n, size, self.vit().patch(), self.cfg.norm_pix_loss, mean, std);
         let path = out.join("reconstruction.png");
         let mut bytes = Vec::new();
         img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
@@ -334,13 +342,8 @@ impl<B: Backend> Method<B> for Mae {
     }
     fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
         super::check_views("mae", views, 1)?;
-        let x = &views[0];
-        let n = x.shape()[0];
-        let m = self.masking(n, self.step.get());
-        let keep = index_tensor(x.value.backend(), &m.ids_keep, &[n, m.keep], x.value.dtype())?;
-        let latent = self.vit().encode(cx, x, Some(&keep))?;
-        let pred = self.decode(cx, &latent, &m)?;
-        let loss = self.loss(cx, x, &pred, &m)?;
+        let Pass { latent, loss, .. } = self.pass(cx, &views[0], self.step.get())?;
+        let n = views[0].shape()[0];
         let cls = cx.tape.reshape(&cx.tape.slice(&latent, 1, 0, 1)?, &[n, self.vit().dim])?;
         Ok(StepOutput { loss, embedding: Some(cls.value) })
     }

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
-use crate::optim::{self, Optimizer};
+use crate::optim::Optimizer;
 use crate::run_log::MetricsLog;
 use crate::setup::{build_method, load_split};
 use crate::ssl::Method;
@@ -97,7 +97,7 @@ impl<'a, B: Backend> Run<'a, B> {
         );
 
         let (ps, method) = build_method(b, cfg)?;
-        let opt = optim::from_config::<B>(&cfg.optim)?;
+        let opt = cfg.optim.optimizer::<B>()?;
         let state = TrainState { epoch: 0, step_in_epoch: 0, global_step: 0, method: cfg.method.clone(), config: cfg.to_toml() };
         let log = MetricsLog::open(&cfg.out, &cfg.to_toml())?;
         let summary = TrainSummary { out: cfg.out.clone(), skipped_images: skipped, ..Default::default() };
