@@ -295,8 +295,9 @@ impl WeightFile {
         if let Some(w) = get("patch_embed.proj.weight") {
             let (dim, patch) = (w[0], w[2]);
             let depth = (0..).take_while(|i| get(&format!("blocks.{i}.norm1.weight")).is_some()).count();
+            let class_token = get("cls_token").is_some();
             let tokens = get("pos_embed").map(|s| s[1]).unwrap_or(1);
-            let side = ((tokens - 1) as f64).sqrt().round() as usize;
+            let side = ((tokens - usize::from(class_token)) as f64).sqrt().round() as usize;
             let heads = match dim {
                 192 => 3,
                 384 => 6,
@@ -305,7 +306,7 @@ impl WeightFile {
             };
             let mlp = get("blocks.0.mlp.fc1.weight").map(|s| s[0] / dim).unwrap_or(4);
             let num_classes = get("head.weight").map(|s| s[0]);
-            return Ok(BackboneConfig::Vit(VitConfig { image_size: side * patch, patch, dim, depth, heads, mlp_ratio: mlp, num_classes, ..VitConfig::default() }));
+            return Ok(BackboneConfig::Vit(VitConfig { image_size: side * patch, patch, dim, depth, heads, mlp_ratio: mlp, num_classes, class_token, ..VitConfig::default() }));
         }
         if let (Some(w), Some(pos)) = (get("patch_embed.conv.weight"), get("pos_embed")) {
             // timm's PiT: the stride is half the patch; heads 2, 4, 8 by stage.

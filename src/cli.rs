@@ -73,6 +73,8 @@ pub(crate) enum Cmd {
         /// before stopping with exit code 3; each skip is reported. Default: stop at the first.
         #[arg(long, value_name = "N")]
         skip_nonfinite: Option<usize>,
+        #[command(flatten)]
+        dist: DistFlags,
     },
     /// Print every recipe key with its default value and what it does, or (with --config / --set)
     /// the fully resolved recipe a run would use, as TOML.
@@ -133,6 +135,71 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
+    /// Hidden, for the tests and for checking a cluster's wiring: a worker's start-up up to
+    /// NCCL's communicator init (the world from the flags and environment, the rendezvous), then
+    /// one line `rendezvous: rank=.. world_size=.. local_rank=.. pid=.. source=.. id=<hex>`.
+    /// With --nproc-per-node it launches its workers as `train` does.
+    #[command(hide = true)]
+    DistRendezvous {
+        #[command(flatten)]
+        dist: DistFlags,
+        /// cuda: rank 0 makes the id with NCCL where it loads (else random bytes, with a note);
+        /// cpu (the default): random bytes.
+        #[arg(long)]
+        backend: Option<BackendKind>,
+        /// Stay up this many seconds after the rendezvous, as a training run would (tests of the
+        /// launcher's stop on failure and on Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        hold_secs: u64,
+    },
+}
+
+/// Data-parallel runs: one worker process per GPU, on one machine or several. Under torchrun
+/// or SLURM's srun these come from the environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+/// MASTER_PORT; SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NODELIST) and need no flags.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Distributed (data-parallel)")]
+pub(crate) struct DistFlags {
+    /// Start N worker processes on this machine (one per GPU: LOCAL_RANK 0..N), as torchrun's
+    /// --nproc-per-node does; this process waits for them and stops all if one fails.
+    #[arg(long, value_name = "N")]
+    pub(crate) nproc_per_node: Option<usize>,
+    /// Machines in the job, each running this command with its own --node-rank (default 1).
+    #[arg(long, value_name = "N")]
+    pub(crate) nnodes: Option<usize>,
+    /// This machine's index, 0..nnodes (default 0); its workers are ranks node_rank * N ...
+    #[arg(long, value_name = "I")]
+    pub(crate) node_rank: Option<usize>,
+    /// Where rank 0 hands out NCCL's unique id: node 0's address, reachable from every node
+    /// [default: MASTER_ADDR, SLURM's first node, else 127.0.0.1].
+    #[arg(long, value_name = "HOST")]
+    pub(crate) master_addr: Option<String>,
+    /// The TCP port of that rendezvous [default: MASTER_PORT, else 29500].
+    #[arg(long, value_name = "PORT")]
+    pub(crate) master_port: Option<u16>,
+    /// The job's id, the same on every node: only ranks presenting it get NCCL's id [default:
+    /// TORCHELASTIC_RUN_ID or SLURM_JOB_ID; a random one per launch on one machine].
+    #[arg(long, value_name = "ID")]
+    pub(crate) rdzv_id: Option<String>,
+    /// Seconds rank 0 waits for every rank at the rendezvous (and the others for rank 0); then
+    /// an error names the ranks that did not arrive.
+    #[arg(long, value_name = "SECONDS", default_value_t = ssl_engine::dist::DEFAULT_TIMEOUT_S)]
+    pub(crate) rdzv_timeout: u64,
+}
+
+impl DistFlags {
+    /// The flags as the library takes them.
+    pub(crate) fn args(&self) -> ssl_engine::dist::DistArgs {
+        ssl_engine::dist::DistArgs {
+            nproc_per_node: self.nproc_per_node,
+            nnodes: self.nnodes,
+            node_rank: self.node_rank,
+            master_addr: self.master_addr.clone(),
+            master_port: self.master_port,
+            rdzv_id: self.rdzv_id.clone(),
+            rdzv_timeout: std::time::Duration::from_secs(self.rdzv_timeout),
+        }
+    }
 }
 
 /// Where the numbers are computed: the flags of every subcommand that computes. `train` and

@@ -229,11 +229,14 @@ pub struct ModelOpts {
     pub zero_init_residual: bool,
     /// ViT: patch size (default 4 at 32x32, 16 above 64x64).
     pub patch: Option<usize>,
+    /// ViT: a class token in front of the patches (timm, MAE). false: none, and the features are
+    /// the mean of the patch tokens (I-JEPA's encoder, which the ijepa method requires).
+    pub class_token: bool,
 }
 
 impl Default for ModelOpts {
     fn default() -> Self {
-        ModelOpts { width: None, zero_init_residual: true, patch: None }
+        ModelOpts { width: None, zero_init_residual: true, patch: None, class_token: true }
     }
 }
 
@@ -251,6 +254,13 @@ pub struct OptimConfig {
     pub weight_decay: f32,
     /// Epochs of linear learning-rate warm-up before the cosine decay.
     pub warmup_epochs: usize,
+    /// Where the warm-up starts, as a fraction of the peak learning rate (I-JEPA: 0.2).
+    pub warmup_start_ratio: f64,
+    /// Where the cosine ends, as a fraction of the peak learning rate (I-JEPA: 1e-3).
+    pub final_lr_ratio: f64,
+    /// When set, the weight decay follows a cosine from `weight_decay` to this value over the run
+    /// (I-JEPA: 0.04 -> 0.4); else it stays at `weight_decay`.
+    pub final_weight_decay: Option<f32>,
     /// false: use base_lr as the learning rate whatever the batch size (lightly's choice).
     pub scale_lr_with_batch: bool,
     /// `[optim.lars]`: trust coefficient, clipping and exclusions, when optimizer = "lars".
@@ -279,6 +289,9 @@ impl Default for OptimConfig {
             momentum: 0.9,
             weight_decay: 5e-4,
             warmup_epochs: 0,
+            warmup_start_ratio: 0.0,
+            final_lr_ratio: 0.0,
+            final_weight_decay: None,
             scale_lr_with_batch: true,
             lars: LarsConfig::default(),
             betas: crate::optim::DEFAULT_BETAS,
@@ -628,6 +641,14 @@ impl Config {
         if crate::optim::check_adamw(self.optim.betas, self.optim.eps).is_err() {
             return bad("optim.betas", "betas must be in [0, 1) and optim.eps a positive number");
         }
+        for (key, r) in [("optim.warmup_start_ratio", self.optim.warmup_start_ratio), ("optim.final_lr_ratio", self.optim.final_lr_ratio)] {
+            if !(0.0..=1.0).contains(&r) {
+                return bad(key, &format!("is a fraction of the peak learning rate: it must lie in [0, 1] (got {r})"));
+            }
+        }
+        if self.optim.final_weight_decay.is_some_and(|w| !(w >= 0.0 && w.is_finite())) {
+            return bad("optim.final_weight_decay", "must be a non-negative number");
+        }
         if self.data.image_size < 8 {
             return bad("data.image_size", "must be at least 8");
         }
@@ -672,10 +693,25 @@ impl Config {
                 if let Some(p) = self.model_opts.patch {
                     v.patch = p;
                 }
+                v.class_token = self.model_opts.class_token;
             }
             BackboneConfig::EfficientNet(_) | BackboneConfig::Pit(_) => {}
         }
         Ok(b)
+    }
+
+    /// The run's learning-rate and weight-decay schedules over `total` steps of `per_epoch`.
+    pub fn schedule(&self, per_epoch: usize, total: usize) -> crate::optim::schedule::Schedule {
+        let o = &self.optim;
+        crate::optim::schedule::Schedule {
+            peak: self.peak_lr(),
+            warmup: o.warmup_epochs * per_epoch,
+            total,
+            start_ratio: o.warmup_start_ratio,
+            final_ratio: o.final_lr_ratio,
+            weight_decay: o.weight_decay as f64,
+            final_weight_decay: o.final_weight_decay.map(f64::from),
+        }
     }
 
     /// The learning rate before the schedule: base_lr x batch/256 unless scaling is off.

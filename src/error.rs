@@ -53,6 +53,12 @@ pub enum Error {
     )]
     OutOfMemory { backend: String, asked: u64, free: u64, total: u64, context: String },
 
+    /// Distributed training (src/dist): a rank that did not arrive at the rendezvous, a refused
+    /// rank, a launcher that could not start its workers (exit code 5), or a worker that failed
+    /// under `--nproc-per-node` (the launcher then exits with that worker's own code, `exit`).
+    #[error("{msg}")]
+    Distributed { msg: String, exit: i32 },
+
     #[error("{0}")]
     Other(String),
 }
@@ -60,6 +66,12 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// A distributed failure of this process (exit code 5): the rendezvous timed out or refused
+    /// this rank, or the launcher could not run its workers.
+    pub fn dist(msg: impl Into<String>) -> Error {
+        Error::Distributed { msg: msg.into(), exit: 5 }
+    }
+
     /// Adds what the caller knows (the batch size) to an out-of-memory error; others pass through.
     pub fn oom_context(self, ctx: impl FnOnce() -> String) -> Error {
         match self {
@@ -87,6 +99,7 @@ impl Error {
             Error::NonFinite { .. } => 3,
             Error::Interrupted(_) => 130,
             Error::OutOfMemory { .. } => 4,
+            Error::Distributed { exit, .. } => *exit,
             _ => 1,
         }
     }

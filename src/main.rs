@@ -232,9 +232,18 @@ fn run(cli: Cli) -> Result<()> {
     // Every command stops cleanly on the first Ctrl-C / SIGTERM (exit 130), and at once on a second.
     ssl_engine::interrupt::install();
     let (device, job) = match cli.cmd {
-        Cmd::Train { config, run, resume, overwrite, allow_changes, skip_nonfinite } => {
+        Cmd::Train { config, run, resume, overwrite, allow_changes, skip_nonfinite, dist } => {
             let started = Instant::now();
             let (mut cfg, device) = run.dev.recipe(config.as_deref(), &run.overrides)?;
+            // --nproc-per-node / --nnodes: this process launches the workers instead of training.
+            let dist = dist.args();
+            if let Some(spec) = launch_spec(&dist)? {
+                return launch_workers(&spec);
+            }
+            let world = ssl_engine::dist::World::from_env(&dist)?;
+            if world.is_distributed() {
+                return Err(ssl_engine::dist::worker_training_unavailable(&world));
+            }
             if let Some(n) = skip_nonfinite {
                 cfg.skip_nonfinite = n;
             }
@@ -290,8 +299,29 @@ fn run(cli: Cli) -> Result<()> {
             (dev.resolve()?, Job::BenchStep { model, batch, image_size, warmup, runs, simsiam, graph: !no_graph })
         }
         Cmd::Bench { what: BenchCmd::Kernels { dev, batch, filter, runs, .. } } => (dev.resolve()?, Job::BenchKernels { batch, filter, runs }),
+        Cmd::DistRendezvous { dist, backend, hold_secs } => {
+            let dist = dist.args();
+            if let Some(spec) = launch_spec(&dist)? {
+                return launch_workers(&spec);
+            }
+            let cuda = backend == Some(ssl_engine::config::BackendKind::Cuda);
+            return ssl_engine::dist::probe::run(&dist, cuda, std::time::Duration::from_secs(hold_secs));
+        }
     };
     dispatch(&device, job)
+}
+
+/// The launch that --nproc-per-node / --nnodes ask for, if any.
+fn launch_spec(d: &ssl_engine::dist::DistArgs) -> Result<Option<ssl_engine::dist::launch::LaunchSpec>> {
+    ssl_engine::dist::launch::LaunchSpec::from_args(d, &|k| std::env::var(k).ok())
+}
+
+/// This process becomes the launcher: each worker runs this same command minus the launcher's
+/// flags; a failed worker's exit code becomes this process's.
+fn launch_workers(spec: &ssl_engine::dist::launch::LaunchSpec) -> Result<()> {
+    use ssl_engine::dist::launch;
+    let exe = std::env::current_exe().map_err(|e| Error::dist(format!("launcher: cannot find this program to start the workers: {e}")))?;
+    launch::launch(spec, &exe, &launch::worker_args(std::env::args_os().skip(1)))
 }
 
 /// `ssl-engine config`: every key with its default and its help, or the resolved recipe.

@@ -508,6 +508,10 @@ fn emulated_steps_of_every_method_match_the_cpu_backend() {
             // MAE masks ViT tokens: ViT-Tiny at 8 px, patch 4 (4 patches, 1 kept), a one-block decoder.
             sets.extend(["model=\"vit-tiny\"", "model_opts.patch=4", "mae.decoder_dim=16", "mae.decoder_depth=1", "mae.decoder_heads=2", "optim.optimizer=\"adamw\""]);
         }
+        if method == "ijepa" {
+            // I-JEPA: the same ViT without a class token (a 2x2 grid: 1-patch blocks), a one-block predictor.
+            sets.extend(common::tiny_run::IJEPA_TINY);
+        }
         let cpu = run(&tiny(&common::tmp_dir(&format!("emu-{method}-cpu")), &sets), None).unwrap();
         let cfg = tiny(&common::tmp_dir(&format!("emu-{method}-cuda")), &sets);
         let emu = ssl_engine::train::train(&dev, &cfg, None, &std::sync::atomic::AtomicBool::new(false), false).unwrap();

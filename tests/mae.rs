@@ -2,8 +2,9 @@
 //! `tests/reference/make_mae_fixtures.py` from models_mae.py's own functions): the masking given
 //! the same noise, patchify, the loss with and without norm_pix_loss and its gradient (f64, 1e-6
 //! relative), the sin-cos position tables; then the token-level ViT (a kept subset of tokens is
-//! the full encoder's on those tokens when attention cannot mix them: one block-free check), and
-//! a CI-sized MAE run on the CPU whose loss falls and whose resume is bit-exact.
+//! the full encoder's on those tokens when attention cannot mix them: one block-free check),
+//! five AdamW training steps of a small MAE against models_mae.py's MaskedAutoencoderViT in f64,
+//! and a CI-sized MAE run on the CPU whose loss falls and whose resume is bit-exact.
 
 mod common;
 
@@ -174,4 +175,74 @@ fn training_improves_the_held_out_reconstruction_and_draws_it() {
     let (before, after) = (loss_of(false), loss_of(true));
     eprintln!("MAE held-out reconstruction loss: {before:.4} at random init -> {after:.4} after training");
     assert!(after < before, "held-out reconstruction loss {before} -> {after}");
+}
+
+/// Five training steps of a small MAE against models_mae.py's MaskedAutoencoderViT in float64
+/// (tests/reference/mae.safetensors `steps.*`, `make_mae_fixtures.py steps`): 16 px images,
+/// patch 4 (16 patches, 4 kept), encoder 32 wide with 2 blocks of 2 heads, decoder 32 wide with
+/// 1 block of 2 heads, MLP ratio 4, norm_pix_loss; every parameter det_param by name, both
+/// sin-cos tables MAE's; step s masks with the fixture's noise [s] through `random_masking`;
+/// AdamW (betas 0.9, 0.95, eps 1e-8, lr 1e-3 and weight decay 0.05 as f32) with MAE's
+/// add_weight_decay (`Mae::decays`). The five losses agree to a relative 1e-6 and so do the
+/// parameters kept after the fifth update (relative L2); in f64 on the CPU backend. What is left
+/// (the losses about 1e-7 above PyTorch's, the parameters about 1e-9 apart) is the tape's
+/// `scale` taking its factor as f32: 1/48 in the mean over a patch and in the division by the
+/// 48 dropped patches, sqrt(47/48) in the norm_pix target, each rounded by about 3e-8.
+#[test]
+fn five_mae_steps_match_pytorch() {
+    use ssl_engine::models::vit::PosEmbed;
+    use ssl_engine::models::{BackboneConfig, VitConfig};
+    use ssl_engine::nn::Kind;
+    use ssl_engine::optim::{AdamW, train_step};
+    use ssl_engine::ssl::Method;
+    use ssl_engine::ssl::mae::{Mae, MaeConfig};
+    const STEPS: usize = 5;
+    let (n, size, patches) = (4, 16, 16);
+    let (b, f) = (cpu(2), Fixtures::load("mae.safetensors"));
+    let vit = VitConfig { image_size: size, patch: 4, dim: 32, depth: 2, heads: 2, mlp_ratio: 4, pos_embed: PosEmbed::SinCos, ..VitConfig::default() };
+    let cfg = MaeConfig { mask_ratio: 0.75, decoder_dim: 32, decoder_depth: 1, decoder_heads: 2, norm_pix_loss: true };
+    let mut ps = ParamStore::new(&b, DType::F64, 0);
+    let mae = Mae::new(&mut ps, &BackboneConfig::Vit(vit), &cfg, 0).unwrap();
+    // det_param for the parameters only: the two position tables stay MAE's sin-cos ones.
+    for id in ps.ids().collect::<Vec<_>>() {
+        if ps.entry(id).kind == Kind::Param {
+            let (name, shape) = (ps.entry(id).name.clone(), ps.torch_shape(id));
+            ps.set_from_torch(id, &det_param(&name, &shape), &shape).unwrap();
+        }
+    }
+    let per = n * 3 * size * size;
+    let all = det_uniform("mae.steps.x", STEPS * per, 1.0, 0.0);
+    let noise = f.get("steps.noise").1;
+    let decays: Vec<bool> = ps.ids().map(|id| Method::<_>::decays(&mae, &ps, id)).collect();
+    let (lr, wd) = (1e-3f32, 0.05f32);
+    let mut opt = AdamW::new([0.9, 0.95], 1e-8).unwrap();
+    let mut losses = Vec::new();
+    for s in 0..STEPS {
+        let (x, shape) = nchw_to_nhwc(&all[s * per..(s + 1) * per], &[n, 3, size, size]);
+        let x = Var::constant(Tensor::from_f32(&b, &x, &shape, DType::F64).unwrap());
+        let m = random_masking(&noise[s * n * patches..(s + 1) * n * patches], n, patches, cfg.mask_ratio);
+        let stepped = train_step(
+            &ps,
+            &mut opt,
+            &|id| (lr, if decays[id.0] { wd } else { 0.0 }),
+            false,
+            |cx| {
+                let loss = mae.pass_with(cx, &x, m)?.loss;
+                Ok((loss.clone(), loss.value.clone()))
+            },
+            |_, _| Ok(true),
+        )
+        .unwrap();
+        // The loss in full f64 (train_step's own readout is rounded to f32).
+        losses.push(stepped.out.to_f64().unwrap()[0]);
+    }
+    let want = f.get("steps.losses").1;
+    let e = losses.iter().zip(want).map(|(a, b)| ((a - b) / b).abs()).fold(0.0, f64::max);
+    eprintln!("MAE five steps: ours  {losses:.12?}\n                torch {want:.12?}\n  worst relative loss error {e:.1e}");
+    assert!(e <= TOL, "MAE's five-step losses differ from PyTorch's by {e:.2e} (relative)");
+    for name in ["decoder.pred.weight", "backbone.blocks.0.attn.qkv.weight", "backbone.patch_embed.proj.weight", "backbone.cls_token", "decoder.mask_token"] {
+        let got = torch_f64(&ps, name);
+        let e = assert_close(&format!("{name} after five steps"), &got, f.get(&format!("steps.final.{name}")).1, TOL);
+        eprintln!("  {name} after five steps: relative L2 error {e:.1e}");
+    }
 }

@@ -227,6 +227,10 @@ fn wgpu_steps_of_every_method_match_the_cpu_backend() {
         if method == "mae" {
             sets.extend(MAE_TINY);
         }
+        if method == "ijepa" {
+            sets.extend(common::tiny_run::IJEPA_TINY);
+            sets.push("data.image_size=8");
+        }
         let cfg_cpu = tiny(&tmp_dir(&format!("{method}-cpu")), &sets);
         let cfg_gpu = tiny(&tmp_dir(&format!("{method}-wgpu")), &sets);
         let cpu = run(&cfg_cpu, None).unwrap();

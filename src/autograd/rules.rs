@@ -63,6 +63,10 @@ pub enum Op<B: Backend> {
     Concat { axis: usize, sizes: Vec<usize> },
     /// inputs: x [n, l, ..] (the indices [n, k] are constants)
     GatherRows { idx: Tensor<B>, l: usize },
+    /// inputs: x, the same shape on every rank of `group`; output: their sum.
+    AllReduce { group: crate::dist::collective::Group<B> },
+    /// inputs: x [rows, ..] on every rank of `group`; output: all ranks' rows, rank 0 first.
+    AllGather { group: crate::dist::collective::Group<B>, rows: usize },
 }
 
 impl<B: Backend> Op<B> {
@@ -96,6 +100,8 @@ impl<B: Backend> Op<B> {
             Op::Slice { .. } => "slice",
             Op::Concat { .. } => "concat",
             Op::GatherRows { .. } => "gather_rows",
+            Op::AllReduce { .. } => "all_reduce",
+            Op::AllGather { .. } => "all_gather",
         }
     }
 }
@@ -205,5 +211,10 @@ pub(super) fn backward<B: Backend>(op: &Op<B>, g: &Tensor<B>, needs: &[bool]) ->
         }
         // The scatter back: each row of x gets the sum of the gradients of its copies.
         Op::GatherRows { idx, l } => vec![Some(ops::gather_rows_bwd(g, idx, *l)?)],
+        // Every rank's output depends on every rank's input, and each rank differentiates its
+        // own loss: the input's gradient is the sum over ranks of theirs.
+        Op::AllReduce { group } => vec![Some(group.all_reduce_sum(g)?)],
+        // solo-learn's GatherLayer: the gathered gradients summed over ranks, this rank's rows.
+        Op::AllGather { group, rows } => vec![Some(ops::slice(&group.all_reduce_sum(g)?, 0, group.rank() * rows, *rows)?)],
     })
 }

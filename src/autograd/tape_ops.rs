@@ -251,6 +251,17 @@ impl<B: Backend> Tape<B> {
         let y = ops::gather_rows(&x.value, idx)?;
         Ok(self.record(y, &[x], || Op::GatherRows { idx: idx.clone(), l: x.shape()[1] }))
     }
+    /// The sum of `x` over the ranks of `group` (its gradient: the sum of theirs).
+    pub fn all_reduce(&self, x: &Var<B>, group: &crate::dist::collective::Group<B>) -> Result<Var<B>> {
+        let y = group.all_reduce_sum(&x.value)?;
+        Ok(self.record(y, &[x], || Op::AllReduce { group: group.clone() }))
+    }
+    /// Every rank's rows of `x`, stacked along axis 0 (its gradient: this rank's rows of the
+    /// gathered gradient summed over ranks).
+    pub fn all_gather(&self, x: &Var<B>, group: &crate::dist::collective::Group<B>) -> Result<Var<B>> {
+        let y = group.all_gather(&x.value)?;
+        Ok(self.record(y, &[x], || Op::AllGather { group: group.clone(), rows: x.shape()[0] }))
+    }
     pub fn concat(&self, xs: &[&Var<B>], axis: usize) -> Result<Var<B>> {
         let ts: Vec<&crate::Tensor<B>> = xs.iter().map(|v| &v.value).collect();
         let y = ops::concat(&ts, axis)?;

@@ -50,17 +50,23 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     crate::rng::permutation(n, &mut Rng::new(seed).stream("shuffle").derive(&[epoch as u64]))
 }
 
+#[derive(Clone)]
 struct Spec {
     data: Arc<Dataset>,
     views: Vec<ViewSpec>,
     batch_size: usize,
     seed: u64,
+    /// (rank, ranks): this loader makes rank's contiguous share of every global batch.
+    shard: (usize, usize),
 }
 
 impl Spec {
     fn make_batch(&self, epoch: usize, step: usize, order: &[usize]) -> Result<Batch> {
-        let bs = self.batch_size;
-        let indices = order[step * bs..(step + 1) * bs].to_vec();
+        let global = self.batch_size;
+        let (rank, ranks) = self.shard;
+        let bs = global / ranks;
+        let start = step * global + rank * bs;
+        let indices = order[start..start + bs].to_vec();
         let base = Rng::new(self.seed).stream("augment");
         let mut views: Vec<Vec<f32>> = self.views.iter().map(|spec| vec![0f32; bs * spec.size * spec.size * 3]).collect();
         for (k, &i) in indices.iter().enumerate() {
@@ -121,7 +127,26 @@ impl Loader {
         if batch_size > n {
             return bad(format!("batch size {batch_size} is larger than the dataset ({n} images); with drop_last an epoch would be empty"));
         }
-        Ok(Loader { spec: Arc::new(Spec { data, views, batch_size, seed }), workers, prefetch })
+        Ok(Loader { spec: Arc::new(Spec { data, views, batch_size, seed, shard: (0, 1) }), workers, prefetch })
+    }
+
+    /// This loader as rank `rank` of `ranks` sees the data: the same global batches (of
+    /// `batch_size`, which the ranks must divide), each rank taking its contiguous share of the
+    /// rows, every image augmented exactly as one rank would. The ranks together therefore see
+    /// one rank's run, which is what lets N ranks reproduce it.
+    pub fn shard(mut self, rank: usize, ranks: usize) -> Result<Self> {
+        let bs = self.spec.batch_size;
+        if ranks == 0 || rank >= ranks || !bs.is_multiple_of(ranks) {
+            return Err(Error::Config(format!("batch_size {bs} is the global batch: it must divide evenly over {ranks} ranks")));
+        }
+        let spec = Spec { shard: (rank, ranks), ..(*self.spec).clone() };
+        self.spec = Arc::new(spec);
+        Ok(self)
+    }
+
+    /// Rows of each batch this loader makes (the global batch over the ranks).
+    pub fn rows(&self) -> usize {
+        self.spec.batch_size / self.spec.shard.1
     }
 
     /// Full batches per epoch (drop_last).

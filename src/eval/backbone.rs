@@ -168,7 +168,10 @@ fn imported_defaults(held: &BackboneConfig) -> Config {
     }
     match held {
         BackboneConfig::ResNet(r) => c.model_opts.width = Some(r.width),
-        BackboneConfig::Vit(v) => c.model_opts.patch = Some(v.patch),
+        BackboneConfig::Vit(v) => {
+            c.model_opts.patch = Some(v.patch);
+            c.model_opts.class_token = v.class_token;
+        }
         _ => {}
     }
     c

@@ -1,6 +1,8 @@
 //! timm's VisionTransformer: conv patch embedding, class token, learned position embedding,
 //! pre-norm blocks (x + attn(norm1(x)), x + mlp(norm2(x))), final norm, class-token pooling.
 //! Names and init follow timm: `patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.0.attn.qkv`.
+//! Without a class token (`class_token = false`, I-JEPA's encoder) the features are the mean of
+//! the final-normed patch tokens, as I-JEPA's evaluation pools them (timm's `global_pool="avg"`).
 //!
 //! Token level (what masked image modelling needs): `embed` gives the patch tokens with their
 //! position embedding, `encode` runs the class token and any subset of the patch tokens (per
@@ -25,6 +27,9 @@ pub struct VitConfig {
     pub mlp_ratio: usize,
     pub num_classes: Option<usize>,
     pub pos_embed: PosEmbed,
+    /// A class token in front of the patches (timm, MAE); without one (I-JEPA) the position
+    /// table has a row per patch only and `forward` averages the patch tokens.
+    pub class_token: bool,
 }
 
 /// How a ViT encodes where a patch is.
@@ -39,7 +44,7 @@ pub enum PosEmbed {
 
 impl Default for VitConfig {
     fn default() -> Self {
-        VitConfig { image_size: 32, patch: 4, dim: 192, depth: 12, heads: 3, mlp_ratio: 4, num_classes: None, pos_embed: PosEmbed::Learned }
+        VitConfig { image_size: 32, patch: 4, dim: 192, depth: 12, heads: 3, mlp_ratio: 4, num_classes: None, pos_embed: PosEmbed::Learned, class_token: true }
     }
 }
 
@@ -98,12 +103,13 @@ impl Block {
 
 pub struct Vit {
     patch_embed: Conv2d,
-    cls_token: ParamId,
+    cls_token: Option<ParamId>,
     pos_embed: ParamId,
     blocks: Vec<Block>,
     norm: LayerNorm,
     head: Option<Linear>,
     pub dim: usize,
+    /// Tokens per image: the patches, and the class token when there is one.
     tokens: usize,
     patch: usize,
 }
@@ -111,7 +117,7 @@ pub struct Vit {
 pub const LN_EPS: f32 = 1e-6;
 
 /// What `Vit::encode_layers` gives: each block's output and the normed last one, every one
-/// [n, 1 + tokens kept, dim] with the class token first.
+/// [n, 1 + tokens kept, dim] with the class token first ([n, tokens kept, dim] without one).
 pub struct Encoded<B: Backend> {
     pub blocks: Vec<Var<B>>,
     pub out: Var<B>,
@@ -123,17 +129,20 @@ impl Vit {
             return Err(Error::Invalid { op: "vit", msg: format!("image size {} is not a multiple of patch {}", c.image_size, c.patch) });
         }
         let p = |n: &str| if prefix.is_empty() { n.to_string() } else { format!("{prefix}.{n}") };
-        let tokens = (c.image_size / c.patch).pow(2) + 1;
+        let grid = c.image_size / c.patch;
+        let tokens = grid * grid + usize::from(c.class_token);
         let lin = Some(Init::TruncNormal(0.02));
         let patch_embed = Conv2d::new(ps, &p("patch_embed.proj"), 3, c.dim, c.patch, c.patch, 0, 1, true, None)?;
         // MAE starts its class token at N(0, 0.02^2); timm at N(0, 1e-6^2).
         let cls_std = if c.pos_embed == PosEmbed::SinCos { 0.02 } else { 1e-6 };
-        let cls_token = ps.add(&p("cls_token"), &[1, 1, c.dim], Init::Normal(cls_std), Kind::Param, Layout::Same)?;
+        let cls_token = if c.class_token { Some(ps.add(&p("cls_token"), &[1, 1, c.dim], Init::Normal(cls_std), Kind::Param, Layout::Same)?) } else { None };
         let pos_embed = match c.pos_embed {
             PosEmbed::Learned => ps.add(&p("pos_embed"), &[1, tokens, c.dim], Init::TruncNormal(0.02), Kind::Param, Layout::Same)?,
             PosEmbed::SinCos => {
                 let id = ps.add(&p("pos_embed"), &[1, tokens, c.dim], Init::Zeros, Kind::Buffer, Layout::Same)?;
-                ps.set_from_torch(id, &sincos_pos_embed(c.dim, c.image_size / c.patch)?, &[1, tokens, c.dim])?;
+                // The table's first row is the class token's (zeros): dropped without one.
+                let table = sincos_pos_embed(c.dim, grid)?;
+                ps.set_from_torch(id, &table[(1 - usize::from(c.class_token)) * c.dim..], &[1, tokens, c.dim])?;
                 id
             }
         };
@@ -151,7 +160,12 @@ impl Vit {
 
     /// Patch tokens per image (the class token not counted).
     pub fn num_patches(&self) -> usize {
-        self.tokens - 1
+        self.tokens - self.cls()
+    }
+
+    /// 1 with a class token, else 0: where the patch tokens start.
+    fn cls(&self) -> usize {
+        usize::from(self.cls_token.is_some())
     }
 
     /// The side of a patch in pixels.
@@ -165,24 +179,25 @@ impl Vit {
         let t = cx.tape;
         let (n, d) = (x.shape()[0], self.dim);
         let patches = self.patch_embed.forward(cx, x)?; // [n, gh, gw, d]
-        if patches.shape()[1] * patches.shape()[2] + 1 != self.tokens {
+        if patches.shape()[1] * patches.shape()[2] + self.cls() != self.tokens {
             return Err(crate::error::shape_err(
                 "vit",
                 format!("input gives another token count than the {} the model was built for", self.tokens),
                 &[x.shape()],
             ));
         }
-        let patches = t.reshape(&patches, &[n, self.tokens - 1, d])?;
-        t.add(&patches, &t.slice(&self.pos_table(cx)?, 0, 1, self.tokens - 1)?)
+        let patches = t.reshape(&patches, &[n, self.num_patches(), d])?;
+        t.add(&patches, &t.slice(&self.pos_table(cx)?, 0, self.cls(), self.num_patches())?)
     }
 
-    /// The position table [tokens, dim]: the class token's row, then the patches'.
-    fn pos_table<B: Backend>(&self, cx: &Ctx<B>) -> Result<Var<B>> {
+    /// The position table [tokens, dim]: the class token's row (if any), then the patches'.
+    pub fn pos_table<B: Backend>(&self, cx: &Ctx<B>) -> Result<Var<B>> {
         cx.tape.reshape(&cx.param(self.pos_embed), &[self.tokens, self.dim])
     }
 
-    /// The class token and the patch tokens `keep` names ([n, k] indices into the patches, per
-    /// image; all of them when None) through the blocks and the final norm: [n, 1 + k, dim].
+    /// The class token (if any) and the patch tokens `keep` names ([n, k] indices into the
+    /// patches, per image; all of them when None) through the blocks and the final norm:
+    /// [n, 1 + k, dim], or [n, k, dim] without a class token.
     pub fn encode<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>, keep: Option<&Tensor<B>>) -> Result<Var<B>> {
         Ok(self.encode_layers(cx, x, keep)?.out)
     }
@@ -195,11 +210,16 @@ impl Vit {
         if let Some(idx) = keep {
             patches = t.gather_rows(&patches, idx)?;
         }
-        // The class token with its position, repeated over the batch by adding it to zeros.
-        let zeros = Var::constant(Tensor::zeros(x.value.backend(), &[n, 1, d], x.value.dtype())?);
-        let cls_pos = t.add(&t.reshape(&cx.param(self.cls_token), &[1, d])?, &t.slice(&self.pos_table(cx)?, 0, 0, 1)?)?;
-        let cls = t.add(&zeros, &cls_pos)?;
-        let mut h = t.concat(&[&cls, &patches], 1)?;
+        let mut h = match self.cls_token {
+            Some(cls_token) => {
+                // The class token with its position, repeated over the batch by adding it to zeros.
+                let zeros = Var::constant(Tensor::zeros(x.value.backend(), &[n, 1, d], x.value.dtype())?);
+                let cls_pos = t.add(&t.reshape(&cx.param(cls_token), &[1, d])?, &t.slice(&self.pos_table(cx)?, 0, 0, 1)?)?;
+                let cls = t.add(&zeros, &cls_pos)?;
+                t.concat(&[&cls, &patches], 1)?
+            }
+            None => patches,
+        };
         let mut blocks = Vec::with_capacity(self.blocks.len());
         for b in &self.blocks {
             h = b.forward(cx, &h)?;
@@ -208,12 +228,13 @@ impl Vit {
         Ok(Encoded { blocks, out: self.norm.forward(cx, &h)? })
     }
 
-    /// x [n, h, w, 3] -> class-token features [n, dim] (or logits with a head).
+    /// x [n, h, w, 3] -> class-token features [n, dim], or the mean patch token without a class
+    /// token (or logits with a head).
     pub fn forward<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>) -> Result<Var<B>> {
         let t = cx.tape;
         let n = x.shape()[0];
         let h = self.encode(cx, x, None)?;
-        let f = t.reshape(&t.slice(&h, 1, 0, 1)?, &[n, self.dim])?;
+        let f = if self.cls_token.is_some() { t.reshape(&t.slice(&h, 1, 0, 1)?, &[n, self.dim])? } else { t.mean_axis(&h, 1)? };
         match &self.head {
             Some(head) => head.forward(cx, &f),
             None => Ok(f),

@@ -82,7 +82,7 @@ impl BatchNorm {
     /// relu?(bn(conv(x)) + residual?): in training, a bias-free convolution and this norm run as
     /// one backend call (the tape's conv2d_batchnorm_train); otherwise one after the other.
     pub fn forward_conv<B: Backend>(&self, cx: &Ctx<B>, conv: &Conv2d, x: &Var<B>, residual: Option<&Var<B>>, relu: bool) -> Result<Var<B>> {
-        if !cx.train || conv.b.is_some() {
+        if !cx.train || conv.b.is_some() || synced(cx).is_some() {
             return self.forward_tail(cx, &conv.forward(cx, x)?, residual, relu);
         }
         let (rm, rv) = (cx.params.get(self.running_mean), cx.params.get(self.running_var));
@@ -96,6 +96,9 @@ impl BatchNorm {
     pub fn forward_tail<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>, residual: Option<&Var<B>>, relu: bool) -> Result<Var<B>> {
         let (rm, rv) = (cx.params.get(self.running_mean), cx.params.get(self.running_var));
         let affine = self.affine.map(|(g, b)| (cx.param(g), cx.param(b)));
+        if let (true, Some(group)) = (cx.train, synced(cx)) {
+            return self.forward_synced(cx, x, affine.as_ref().map(|(g, b)| (g, b)), residual, relu, group);
+        }
         if cx.train {
             let running = Some((rm, rv, self.momentum));
             return cx.tape.batchnorm_train_tail(x, affine.as_ref().map(|(g, b)| (g, b)), running, self.eps, residual, relu);
@@ -109,6 +112,61 @@ impl BatchNorm {
         let (g, b) = (affine.as_ref().map(|a| &a.0.value), affine.as_ref().map(|a| &a.1.value));
         let y = ops::batchnorm_eval_tail(&x.value, g, b, rm, rv, self.eps, residual.map(|r| &r.value), relu)?;
         Ok(Var::constant(y))
+    }
+}
+
+/// The group whose ranks share batch-norm statistics (`sync_bn` with more than one rank).
+fn synced<'a, B: Backend>(cx: &'a Ctx<B>) -> Option<&'a crate::dist::collective::Group<B>> {
+    cx.params.replicas().filter(|r| r.sync_bn).map(|r| &r.group)
+}
+
+impl BatchNorm {
+    /// Training-mode batch norm over every rank's rows (SyncBatchNorm), from tape ops: the
+    /// per-channel sums and the sums of squared deviations are all-reduced, so the statistics,
+    /// and through the all-reduce's gradient the backward pass, are the global batch's. The
+    /// running statistics move as the fused op moves them (unbiased variance), on every rank.
+    fn forward_synced<B: Backend>(
+        &self,
+        cx: &Ctx<B>,
+        x: &Var<B>,
+        affine: Option<(&Var<B>, &Var<B>)>,
+        residual: Option<&Var<B>>,
+        relu: bool,
+        group: &crate::dist::collective::Group<B>,
+    ) -> Result<Var<B>> {
+        use crate::backend::Unary;
+        use crate::tensor::Tensor;
+        let t = cx.tape;
+        let (b, dt) = (x.value.backend(), x.value.dtype());
+        let c = *x.shape().last().unwrap_or(&1);
+        let rows = x.value.numel() / c.max(1);
+        let n = (rows * group.world()) as f32;
+        let count = Var::constant(Tensor::full(b, &[c], n, dt)?);
+        let flat = t.reshape(x, &[rows, c])?;
+        let mean = t.div(&t.all_reduce(&t.sum_axis(&flat, 0)?, group)?, &count)?;
+        let dev = t.sub(&flat, &mean)?;
+        let var = t.div(&t.all_reduce(&t.sum_axis(&t.mul(&dev, &dev)?, 0)?, group)?, &count)?;
+        let eps = Var::constant(Tensor::full(b, &[c], self.eps, dt)?);
+        let mut y = t.div(&dev, &t.unary(Unary::Sqrt, &t.add(&var, &eps)?)?)?;
+        if let Some((g, beta)) = affine {
+            y = t.add(&t.mul(&y, g)?, beta)?;
+        }
+        let mut y = t.reshape(&y, x.shape())?;
+        if let Some(r) = residual {
+            y = t.add(&y, r)?;
+        }
+        if relu {
+            y = t.unary(Unary::Relu, &y)?;
+        }
+        // The running statistics on the host, by the CPU backend's own update (a read of 2 x c
+        // values per layer and step).
+        let (rm, rv) = (cx.params.get(self.running_mean), cx.params.get(self.running_var));
+        let (mut m_host, mut v_host) = (rm.to_f64()?, rv.to_f64()?);
+        let rows_global = rows * group.world();
+        crate::backend::cpu::update_running::<f64>(&mut m_host, &mut v_host, &mean.value.to_f64()?, &var.value.to_f64()?, rows_global, self.momentum);
+        ops::slice_assign(rm, &Tensor::from_f64(b, &m_host, &[c], rm.dtype())?, 0, 0)?;
+        ops::slice_assign(rv, &Tensor::from_f64(b, &v_host, &[c], rv.dtype())?, 0, 0)?;
+        Ok(y)
     }
 }
 

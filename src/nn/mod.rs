@@ -11,4 +11,4 @@ pub mod params_layout {
 
 pub use init::Init;
 pub use layers::{Attention, BatchNorm, Conv2d, LayerNorm, Linear, Mlp};
-pub use params::{Ctx, Entry, Kind, Layout, ParamId, ParamStore};
+pub use params::{Ctx, Entry, Kind, Layout, ParamId, ParamStore, Replicas};

@@ -45,12 +45,43 @@ pub struct ParamStore<B: Backend> {
     rng: Rng,
     entries: Vec<Entry<B>>,
     by_name: HashMap<String, ParamId>,
+    /// The data-parallel group whose ranks keep equal copies of this store (None: one rank).
+    replicas: Option<Replicas<B>>,
+}
+
+/// How a store's copies on several ranks train together.
+#[derive(Clone)]
+pub struct Replicas<B: Backend> {
+    pub group: crate::dist::collective::Group<B>,
+    /// Batch norm computes its statistics over every rank's rows (`sync_bn`).
+    pub sync_bn: bool,
 }
 
 impl<B: Backend> ParamStore<B> {
     /// `seed` keys the initialisation streams: the same seed gives the same weights.
     pub fn new(backend: &B, dtype: DType, seed: u64) -> Self {
-        ParamStore { backend: backend.clone(), dtype, rng: Rng::new(seed).stream("init"), entries: Vec::new(), by_name: HashMap::new() }
+        ParamStore { backend: backend.clone(), dtype, rng: Rng::new(seed).stream("init"), entries: Vec::new(), by_name: HashMap::new(), replicas: None }
+    }
+
+    /// Makes this store one rank's copy in `group`: training steps average the gradients over
+    /// the ranks, and methods gather what their loss needs from every rank.
+    pub fn set_replicas(&mut self, replicas: Option<Replicas<B>>) {
+        self.replicas = replicas;
+    }
+
+    /// The group this store trains in, when there is more than one rank.
+    pub fn replicas(&self) -> Option<&Replicas<B>> {
+        self.replicas.as_ref().filter(|r| r.group.world() > 1)
+    }
+
+    /// Sets every tensor (parameters and buffers) to rank 0's, so every rank starts equal.
+    pub fn broadcast_from_rank0(&self) -> Result<()> {
+        let Some(r) = self.replicas() else { return Ok(()) };
+        for e in &self.entries {
+            let v = r.group.broadcast(&e.value)?;
+            crate::ops::slice_assign(&e.value, &v, 0, 0)?;
+        }
+        Ok(())
     }
     pub fn backend(&self) -> &B {
         &self.backend

@@ -56,8 +56,17 @@ fn forward_backward<B: Backend, T>(
     let cx = Ctx::new(&tape, ps, true);
     let (loss, out) = forward(&cx)?;
     let mut grads = tape.backward(&loss)?;
-    let pg = cx.param_grads(&mut grads);
+    let mut pg = cx.param_grads(&mut grads);
     let mut readout = loss.value.reshape(&[1])?;
+    if let Some(r) = ps.replicas() {
+        // Data parallel: every rank updates with the mean of the ranks' gradients (DDP's
+        // average), and reports the mean of their losses.
+        let inv = 1.0 / r.group.world() as f32;
+        for (_, g) in pg.iter_mut() {
+            *g = ops::scale(&r.group.all_reduce_sum(g)?, inv)?;
+        }
+        readout = ops::scale(&r.group.all_reduce_sum(&readout)?, inv)?;
+    }
     if check_grads {
         let mut total: Option<Tensor<B>> = None;
         for (_, g) in &pg {

@@ -107,7 +107,9 @@ impl<B: Backend> Method<B> for Barlow {
     fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
         super::check_views("barlow", views, 2)?;
         let zs = views.iter().map(|x| self.projector.forward(cx, &self.backbone.forward(cx, x)?)).collect::<Result<Vec<_>>>()?;
-        let loss = barlow_loss(cx.tape, &zs[0], &zs[1], self.cfg.lamb, self.cfg.scale_loss)?;
+        // The cross-correlation of the global batch (its batch norm included).
+        let (z1, z2) = (super::gather(cx, &zs[0])?, super::gather(cx, &zs[1])?);
+        let loss = barlow_loss(cx.tape, &z1, &z2, self.cfg.lamb, self.cfg.scale_loss)?;
         Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })
     }
 }

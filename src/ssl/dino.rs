@@ -251,6 +251,11 @@ impl<B: Backend> Method<B> for Dino<B> {
             .collect::<Result<Vec<_>>>()?;
         let temp = self.cfg.teacher_temperature_at(self.epoch.get());
         let (loss, batch_center) = dino_loss(cx.tape, &student, &teacher, &self.center, self.cfg.student_temperature, temp)?;
+        // The centre follows the global batch's teacher mean (the ranks' local means averaged).
+        let batch_center = match cx.params.replicas() {
+            Some(r) => ops::scale(&r.group.all_reduce_sum(&batch_center)?, 1.0 / r.group.world() as f32)?,
+            None => batch_center,
+        };
         *self.batch_center.borrow_mut() = Some(batch_center);
         Ok(StepOutput { loss, embedding })
     }

@@ -84,6 +84,21 @@ pub struct Masking {
     pub keep: usize,
 }
 
+impl Masking {
+    /// The masks of images `start..start + n` only.
+    pub fn rows(&self, start: usize, n: usize) -> Masking {
+        let images = self.ids_keep.len() / self.keep.max(1);
+        let patches = self.mask.len() / images.max(1);
+        let (keep, p) = (self.keep, patches);
+        Masking {
+            ids_keep: self.ids_keep[start * keep..(start + n) * keep].to_vec(),
+            ids_restore: self.ids_restore[start * p..(start + n) * p].to_vec(),
+            mask: self.mask[start * p..(start + n) * p].to_vec(),
+            keep,
+        }
+    }
+}
+
 /// MAE's `random_masking` given the noise ([n, patches] row-major): argsort (stable, as
 /// torch.argsort of distinct floats), keep the first `int(L (1 - ratio))`.
 pub fn random_masking(noise: &[f64], n: usize, patches: usize, ratio: f64) -> Masking {
@@ -113,11 +128,11 @@ pub fn patchify<B: Backend>(cx: &Ctx<B>, x: &Var<B>, p: usize) -> Result<Var<B>>
 
 /// What one MAE pass computes: the masks, the encoder's tokens [n, 1 + keep, dim] (class token
 /// first), the prediction of every patch [n, patches, p*p*3], and the loss.
-struct Pass<B: Backend> {
-    masking: Masking,
-    latent: Var<B>,
-    pred: Var<B>,
-    loss: Var<B>,
+pub struct Pass<B: Backend> {
+    pub masking: Masking,
+    pub latent: Var<B>,
+    pub pred: Var<B>,
+    pub loss: Var<B>,
 }
 
 pub struct Mae {
@@ -207,7 +222,15 @@ impl Mae {
     /// (`forward`), the held-out loss and the pictures all compute.
     fn pass<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>, step: usize) -> Result<Pass<B>> {
         let n = x.shape()[0];
-        let m = self.masking(n, step);
+        // Drawn for the global batch: a rank's images get the masks one rank would give them.
+        let (rank, ranks) = super::rank_of(cx.params);
+        self.pass_with(cx, x, self.masking(n * ranks, step).rows(rank * n, n))
+    }
+
+    /// One MAE pass over images `x` [n, h, w, 3] with the given masks (`random_masking` of
+    /// noise from elsewhere: the five steps against PyTorch give models_mae.py's noise).
+    pub fn pass_with<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>, m: Masking) -> Result<Pass<B>> {
+        let n = x.shape()[0];
         let keep = index_tensor(x.value.backend(), &m.ids_keep, &[n, m.keep], x.value.dtype())?;
         let latent = self.vit().encode(cx, x, Some(&keep))?;
         let pred = self.decode(cx, &latent, &m)?;
@@ -316,8 +339,7 @@ impl<B: Backend> Method<B> for Mae {
     }
     /// MAE's `add_weight_decay`: no decay for biases and 1-D weights (the norms).
     fn decays(&self, ps: &ParamStore<B>, id: ParamId) -> bool {
-        let e = ps.entry(id);
-        ps.torch_shape(id).len() > 1 && !e.name.ends_with(".bias")
+        super::decays_unless_bias_or_norm(ps, id)
     }
     /// `reconstruction.png`: per held-out image, the original, the masked input, the
     /// reconstruction and the reconstruction with the visible patches; and the loss on them.

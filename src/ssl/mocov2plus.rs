@@ -134,7 +134,8 @@ impl<B: Backend> Method<B> for MocoV2Plus<B> {
         let a = mocov2plus_loss(t, &qs[0], &ks[1], &self.queues[1].rows, temp)?;
         let b = mocov2plus_loss(t, &qs[1], &ks[0], &self.queues[0].rows, temp)?;
         let loss = t.scale(&t.add(&a, &b)?, 0.5)?;
-        *self.keys.borrow_mut() = Some([ks[0].clone(), ks[1].clone()]);
+        // Every rank queues the global batch's keys, so the queues stay equal.
+        *self.keys.borrow_mut() = Some([super::gather_values(cx.params, &ks[0])?, super::gather_values(cx.params, &ks[1])?]);
         Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })
     }
 

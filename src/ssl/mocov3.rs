@@ -134,7 +134,10 @@ impl<B: Backend> Method<B> for MocoV3 {
         }
         let t = cx.tape;
         let temp = self.cfg.temperature;
-        let loss = t.add(&mocov3_loss(t, &qs[0], &ks[1], temp)?, &mocov3_loss(t, &qs[1], &ks[0], temp)?)?;
+        // Queries against every rank's keys, labels on the diagonal of the global batch.
+        let g = |v: &Var<B>| super::gather(cx, v);
+        let (q0, q1, k0, k1) = (g(&qs[0])?, g(&qs[1])?, g(&ks[0])?, g(&ks[1])?);
+        let loss = t.add(&mocov3_loss(t, &q0, &k1, temp)?, &mocov3_loss(t, &q1, &k0, temp)?)?;
         Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })
     }
 

@@ -10,6 +10,7 @@ pub mod barlow;
 pub mod byol;
 pub mod dino;
 pub mod heads;
+pub mod ijepa;
 pub mod losses;
 pub mod mae;
 pub mod mocov2plus;
@@ -110,6 +111,47 @@ pub trait Method<B: Backend> {
         let _ = saved;
         Ok(())
     }
+}
+
+/// Every rank's rows of `z`, rank 0 first (the global batch), when training data-parallel; `z`
+/// itself on one rank. Its backward gives each rank its rows of the gradient summed over ranks
+/// (solo-learn's GatherLayer), so the ranks' averaged update is one rank's on the global batch.
+pub fn gather<B: Backend>(cx: &Ctx<B>, z: &Var<B>) -> Result<Var<B>> {
+    match cx.params.replicas() {
+        Some(r) => cx.tape.all_gather(z, &r.group),
+        None => Ok(z.clone()),
+    }
+}
+
+/// `gather` for values that take no gradient (labels, a momentum network's keys).
+pub fn gather_values<B: Backend>(ps: &ParamStore<B>, x: &Tensor<B>) -> Result<Tensor<B>> {
+    match ps.replicas() {
+        Some(r) => r.group.all_gather(x),
+        None => Ok(x.clone()),
+    }
+}
+
+/// (this rank, ranks) of the group `ps` trains in; (0, 1) on one rank. Per-image draws made for
+/// the global batch and cut to this rank's rows (MAE's and I-JEPA's masks) are one rank's draws.
+pub fn rank_of<B: Backend>(ps: &ParamStore<B>) -> (usize, usize) {
+    ps.replicas().map_or((0, 1), |r| (r.group.rank(), r.group.world()))
+}
+
+/// This rank's rows of `x`, a value computed on the gathered global batch (its rank-th share).
+pub fn own_rows<B: Backend>(ps: &ParamStore<B>, x: &Tensor<B>) -> Result<Tensor<B>> {
+    match ps.replicas() {
+        Some(r) => {
+            let rows = x.shape()[0] / r.group.world();
+            crate::ops::slice(x, 0, r.group.rank() * rows, rows)
+        }
+        None => Ok(x.clone()),
+    }
+}
+
+/// timm's `add_weight_decay`, as MAE and I-JEPA group their parameters: no weight decay for
+/// biases and 1-D weights (the norms).
+pub fn decays_unless_bias_or_norm<B: Backend>(ps: &ParamStore<B>, id: ParamId) -> bool {
+    ps.torch_shape(id).len() > 1 && !ps.entry(id).name.ends_with(".bias")
 }
 
 /// An error unless the loop supplied `want` views (a method's forward checks its input).

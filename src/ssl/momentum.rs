@@ -31,19 +31,24 @@ impl MomentumPairs {
     /// Pairs every `momentum_*` parameter of `ps` with its online twin, copies the twin into it
     /// and freezes the momentum side. Call after both networks are registered.
     pub fn copy_and_freeze<B: Backend>(ps: &mut ParamStore<B>, method: &'static str) -> Result<Self> {
+        Self::copy_and_freeze_renamed(ps, method, MOMENTUM, "")
+    }
+
+    /// As `copy_and_freeze`, for a momentum network under `target` whose online twin sits
+    /// under `online` (I-JEPA's target encoder `backbone.*` follows `context.*`): every
+    /// parameter named `<target><rest>` pairs with `<online><rest>`.
+    pub fn copy_and_freeze_renamed<B: Backend>(ps: &mut ParamStore<B>, method: &'static str, target: &str, online: &str) -> Result<Self> {
         let mut pairs = Vec::new();
         for id in ps.ids().collect::<Vec<_>>() {
             let e = ps.entry(id);
-            if e.kind != Kind::Param || !e.name.starts_with(MOMENTUM) {
-                continue;
-            }
-            let twin = &e.name[MOMENTUM.len()..];
-            let online = ps.find(twin).ok_or_else(|| Error::Invalid { op: method, msg: format!("no online twin for {}", e.name) })?;
-            let (v, s) = ps.to_torch(online)?;
+            let Some(rest) = e.name.strip_prefix(target).filter(|_| e.kind == Kind::Param) else { continue };
+            let twin = format!("{online}{rest}");
+            let twin_id = ps.find(&twin).ok_or_else(|| Error::Invalid { op: method, msg: format!("no online twin {twin} for {}", e.name) })?;
+            let (v, s) = ps.to_torch(twin_id)?;
             ps.set_from_torch(id, &v, &s)?;
-            pairs.push((id, online));
+            pairs.push((id, twin_id));
         }
-        ps.set_trainable(MOMENTUM, false);
+        ps.set_trainable(target, false);
         Ok(MomentumPairs(pairs))
     }
 

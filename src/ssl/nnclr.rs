@@ -186,10 +186,13 @@ impl<B: Backend> Method<B> for Nnclr<B> {
         let nn1 = nearest_neighbours(&unit[0], &self.queue.rows)?;
         let nn2 = nearest_neighbours(&unit[1], &self.queue.rows)?;
         let temp = self.cfg.temperature;
-        let a = nnclr_loss(t, &nn1, &ps[1], temp)?;
-        let b = nnclr_loss(t, &nn2, &ps[0], temp)?;
+        // The contrast over the global batch (solo-learn #229: not the local one).
+        let (nn1, nn2) = (super::gather_values(cx.params, &nn1)?, super::gather_values(cx.params, &nn2)?);
+        let (p1, p2) = (super::gather(cx, &ps[0])?, super::gather(cx, &ps[1])?);
+        let a = nnclr_loss(t, &nn1, &p2, temp)?;
+        let b = nnclr_loss(t, &nn2, &p1, temp)?;
         let loss = t.scale(&t.add(&a, &b)?, 0.5)?;
-        *self.pending.borrow_mut() = Some(unit[0].clone());
+        *self.pending.borrow_mut() = Some(super::gather_values(cx.params, &unit[0])?);
         Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })
     }
 

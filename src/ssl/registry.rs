@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{Method, barlow, byol, dino, mae, mocov2plus, mocov3, nnclr, simclr, simsiam, supcon, swav, vicreg};
+use super::{Method, barlow, byol, dino, ijepa, mae, mocov2plus, mocov3, nnclr, simclr, simsiam, supcon, swav, vicreg};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::models::BackboneConfig;
@@ -49,6 +49,7 @@ fn builtins(rows: &mut impl Rows) {
     rows.row::<vicreg::VicregConfig>();
     rows.row::<mae::MaeConfig>();
     rows.row::<nnclr::NnclrConfig>();
+    rows.row::<ijepa::IjepaConfig>();
 }
 
 /// Something done with each row (list it, build it): a row is a type, and the backend a

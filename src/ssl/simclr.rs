@@ -111,8 +111,11 @@ impl<B: Backend> Method<B> for SimClr {
 
     fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
         let zs = self.project(cx, views, "simclr")?;
+        let embedding = Some(zs[0].value.clone());
+        // NT-Xent over every rank's rows: the negatives are the global batch's.
+        let zs = zs.iter().map(|z| super::gather(cx, z)).collect::<Result<Vec<_>>>()?;
         let images: Vec<usize> = (0..zs[0].shape()[0]).collect();
         let loss = nt_xent(cx, &zs, &images, self.cfg.temperature)?;
-        Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })
+        Ok(StepOutput { loss, embedding })
     }
 }

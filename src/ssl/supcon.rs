@@ -53,9 +53,12 @@ impl<B: Backend> Method<B> for SupCon {
 
     fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
         let labels = labels.ok_or_else(|| Error::Invalid { op: "supcon", msg: "needs the images' labels".into() })?;
-        let labels: Vec<usize> = labels.to_f32()?.iter().map(|&l| l as usize).collect();
+        let labels: Vec<usize> = super::gather_values(cx.params, labels)?.to_f32()?.iter().map(|&l| l as usize).collect();
         let zs = self.simclr.project(cx, views, "supcon")?;
+        let embedding = Some(zs[0].value.clone());
+        // Over every rank's rows and labels, as SimCLR.
+        let zs = zs.iter().map(|z| super::gather(cx, z)).collect::<Result<Vec<_>>>()?;
         let loss = nt_xent(cx, &zs, &labels, self.cfg.0.temperature)?;
-        Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })
+        Ok(StepOutput { loss, embedding })
     }
 }

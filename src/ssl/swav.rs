@@ -177,10 +177,14 @@ impl<B: Backend> Method<B> for Swav<B> {
             preds.push(t.matmul(&z, &protos, false, true)?);
             zs.push(z);
         }
-        let assignments = (0..2).map(|v| self.assign(&preds[v].value, v, &protos.value)).collect::<Result<Vec<_>>>()?;
+        // Sinkhorn over the global batch (and the queue), each rank keeping its rows' codes.
+        let ps = cx.params;
+        let assign = |v: usize| super::own_rows(ps, &self.assign(&super::gather_values(ps, &preds[v].value)?, v, &protos.value)?);
+        let assignments = (0..2).map(assign).collect::<Result<Vec<_>>>()?;
         let loss = swav_loss(t, &preds, &assignments, self.cfg.temperature)?;
         if !self.queues.is_empty() {
-            *self.pending.borrow_mut() = zs[..2].iter().map(|z| z.value.clone()).collect();
+            // Every rank queues the global batch, so the queues stay equal.
+            *self.pending.borrow_mut() = zs[..2].iter().map(|z| super::gather_values(ps, &z.value)).collect::<Result<_>>()?;
         }
         Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })
     }

@@ -108,7 +108,9 @@ impl<B: Backend> Method<B> for Vicreg {
     fn forward(&self, cx: &Ctx<B>, views: &[Var<B>], _labels: Option<&Tensor<B>>) -> Result<StepOutput<B>> {
         super::check_views("vicreg", views, 2)?;
         let zs = views.iter().map(|x| self.projector.forward(cx, &self.backbone.forward(cx, x)?)).collect::<Result<Vec<_>>>()?;
-        let loss = vicreg_loss(cx.tape, &zs[0], &zs[1], &self.cfg)?;
+        // Variance and covariance of the global batch.
+        let (z1, z2) = (super::gather(cx, &zs[0])?, super::gather(cx, &zs[1])?);
+        let loss = vicreg_loss(cx.tape, &z1, &z2, &self.cfg)?;
         Ok(StepOutput { loss, embedding: Some(zs[0].value.clone()) })
     }
 }

@@ -19,7 +19,7 @@ use crate::checkpoint::save_checkpoint;
 use crate::data::{Batch, Loader, ViewSpec};
 use crate::error::{Error, Result};
 use crate::nn::{Ctx, ParamId};
-use crate::optim::{self, StepGraph, schedule::warmup_cosine};
+use crate::optim::{self, StepGraph, schedule::Schedule};
 use crate::run_log::prune_checkpoints;
 use crate::ssl::{LrPolicy, StepInfo, normalized_std};
 use crate::tensor::{DType, Tensor};
@@ -29,8 +29,8 @@ pub(super) struct Epochs<B: Backend> {
     loader: Loader,
     per_epoch: usize,
     total_steps: usize,
-    warmup: usize,
-    peak: f64,
+    /// The learning rate and weight decay of each step.
+    schedule: Schedule,
     /// Each parameter's learning-rate policy, by parameter id.
     policies: Vec<LrPolicy>,
     /// Per parameter: whether weight decay applies (`Method::decays`).
@@ -82,8 +82,7 @@ impl<B: Backend> Epochs<B> {
             loader,
             per_epoch,
             total_steps,
-            warmup: cfg.optim.warmup_epochs * per_epoch,
-            peak: cfg.peak_lr(),
+            schedule: cfg.schedule(per_epoch, total_steps),
             policies,
             decays,
             started: Instant::now(),
@@ -123,8 +122,9 @@ impl<B: Backend> Epochs<B> {
     /// not finite and `skip_nonfinite` allows it, else an `Error::NonFinite`.
     fn step(&mut self, run: &mut Run<B>, batch: Batch, tally: &mut Tally<B>) -> Result<()> {
         let (b, cfg, epoch) = (run.b, run.cfg, run.state.epoch);
-        let (peak, per_epoch, total_steps) = (self.peak, self.per_epoch, self.total_steps);
-        let lr = warmup_cosine(peak, run.state.global_step, total_steps, self.warmup);
+        let (peak, per_epoch, total_steps) = (self.schedule.peak, self.per_epoch, self.total_steps);
+        let lr = self.schedule.lr(run.state.global_step);
+        let weight_decay = self.schedule.weight_decay(run.state.global_step) as f32;
         let mut views = batch.views;
         self.faults.corrupt_views(run.state.global_step, &mut views);
         // The step's inputs: the views, then the labels (the step graph copies them into the
@@ -143,7 +143,7 @@ impl<B: Backend> Epochs<B> {
         let (policies, decays) = (&self.policies, &self.decays);
         let hyper = |id: ParamId| {
             let l = if policies[id.0] == LrPolicy::Fixed { peak } else { lr };
-            (l as f32, if decays[id.0] { cfg.optim.weight_decay } else { 0.0 })
+            (l as f32, if decays[id.0] { weight_decay } else { 0.0 })
         };
         let (method, ps) = (run.method.as_ref(), &run.ps);
         let forward = |cx: &Ctx<B>, inputs: &[Tensor<B>]| {
@@ -245,7 +245,7 @@ impl<B: Backend> Epochs<B> {
         let losses = &tally.losses;
         let mean_loss = if losses.is_empty() { None } else { Some(losses.iter().sum::<f64>() / losses.len() as f64) };
         run.summary.last_loss = mean_loss.or(run.summary.last_loss);
-        let lr = warmup_cosine(self.peak, run.state.global_step.saturating_sub(1), self.total_steps, self.warmup);
+        let lr = self.schedule.lr(run.state.global_step.saturating_sub(1));
         run.log.write(json!({"type": "epoch", "epoch": epoch + 1, "loss": mean_loss, "z_std": z_std, "knn_top1": knn_acc,
             "lr": lr, "elapsed_s": self.started.elapsed().as_secs_f64()}))?;
         if run.show {

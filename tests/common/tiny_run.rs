@@ -10,6 +10,20 @@ use ssl_engine::train::{TrainSummary, train};
 
 use super::repo;
 
+/// I-JEPA on 8-pixel crops: ViT-Tiny without a class token at patch 4 (a 2x2 grid: 1-patch
+/// blocks), a one-block predictor, AdamW.
+pub const IJEPA_TINY: [&str; 9] = [
+    "model=\"vit-tiny\"",
+    "model_opts.patch=4",
+    "model_opts.class_token=false",
+    "ijepa.pred_dim=16",
+    "ijepa.pred_depth=1",
+    "ijepa.pred_heads=2",
+    "ijepa.min_keep=0",
+    "ijepa.target_scale=[0.25, 0.5]",
+    "optim.optimizer=\"adamw\"",
+];
+
 /// A tiny SimSiam run: ResNet-18 of width 4 on 16x16 crops of 60 demo images.
 pub fn tiny(out: &Path, extra: &[&str]) -> Config {
     let mut sets: Vec<String> = vec![

@@ -38,6 +38,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use buffer_pool::BufferPool;
 
 pub use real::Real;
+/// PyTorch's running-statistics update, which sync_bn's composed batch norm shares.
+pub(crate) use norm::update_running;
 
 use super::*;
 use crate::dtype::DType;
