@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use common::tiny_run::{bits, run, run_changed, tiny};
 use common::*;
 use ssl_engine::autograd::{Tape, Var};
-use ssl_engine::ssl::ijepa::{BlockDraws, MaskSpec, l2, multiblock_masks, smooth_l1};
+use ssl_engine::ssl::ijepa::{BlockDraws, IjepaConfig, l2, multiblock_masks, smooth_l1};
 use ssl_engine::{DType, Tensor};
 
 /// The draws ijepa's collator made, handed back in the same order.
@@ -49,11 +49,11 @@ fn multiblock_masks_match_ijepa_s_collator_given_its_draws() {
     ];
     let mut checked = 0;
     for (name, grid, n, target_scale, context_scale, min_keep, allow_overlap, batches) in cases {
-        let spec = MaskSpec { grid, context_scale, target_scale, target_aspect_ratio: (0.75, 1.5), targets: 4, min_keep, allow_overlap };
+        let spec = IjepaConfig { context_scale, target_scale, target_aspect_ratio: (0.75, 1.5), targets: 4, min_keep, allow_overlap, ..Default::default() };
         for b in 0..batches {
             let key = format!("collator.{name}.{b}");
             let mut draws = Replay { rands: f.get(&format!("{key}.rands")).1.iter().copied().collect(), ints: f.get(&format!("{key}.ints")).1.iter().copied().collect() };
-            let m = multiblock_masks(n, &spec, &mut draws).unwrap();
+            let m = multiblock_masks(n, grid, &spec, &mut draws).unwrap();
             assert!(draws.rands.is_empty() && draws.ints.is_empty(), "{key}: ijepa drew {} sizes and {} places more than we did", draws.rands.len(), draws.ints.len());
             let (ctx_shape, ctx) = f.get(&format!("{key}.context"));
             assert_eq!((m.context_len, m.context.clone()), (ctx_shape[1], ints(ctx)), "{key}: context masks");
@@ -70,9 +70,9 @@ fn multiblock_masks_match_ijepa_s_collator_given_its_draws() {
 
 #[test]
 fn a_block_that_can_never_be_kept_is_an_error_not_an_endless_loop() {
-    let spec = MaskSpec { grid: 4, context_scale: (0.85, 1.0), target_scale: (0.15, 0.2), target_aspect_ratio: (0.75, 1.5), targets: 4, min_keep: 10, allow_overlap: false };
+    let spec = IjepaConfig { context_scale: (0.85, 1.0), target_scale: (0.15, 0.2), target_aspect_ratio: (0.75, 1.5), targets: 4, min_keep: 10, allow_overlap: false, ..Default::default() };
     let mut draws = ssl_engine::ssl::ijepa::SeededDraws::new(0, 0);
-    let e = multiblock_masks(2, &spec, &mut draws).unwrap_err().to_string();
+    let e = multiblock_masks(2, 4, &spec, &mut draws).unwrap_err().to_string();
     assert!(e.contains("min_keep") && e.contains("4x4"), "{e}");
 }
 
@@ -82,13 +82,10 @@ fn a_block_that_can_never_be_kept_is_an_error_not_an_endless_loop() {
 fn the_target_and_both_losses_match_ijepa_s_train_step() {
     let (b, f) = (cpu(2), Fixtures::load("ijepa.safetensors"));
     let t64 = |name: &str| Tensor::from_f64(&b, f.get(name).1, f.get(name).0, DType::F64).unwrap();
-    let (n, d) = (2, 8);
+    let n = 2;
     for key in ["smooth_l1", "l2"] {
         let tape = Tape::new();
-        let h = Var::constant(t64("loss.h"));
-        let ones = Var::constant(Tensor::full(&b, &[d], 1.0, DType::F64).unwrap());
-        let zeros = Var::constant(Tensor::zeros(&b, &[d], DType::F64).unwrap());
-        let h = tape.layernorm(&h, &ones, &zeros, 1e-5).unwrap();
+        let h = ssl_engine::ssl::losses::layer_norm_plain(&tape, &Var::constant(t64("loss.h")), 1e-5).unwrap();
         let (tshape, tids) = f.get("loss.targets");
         let per = tshape[1] * tshape[2];
         let parts: Vec<Var<_>> = (0..tshape[0])

@@ -144,11 +144,6 @@ impl Loader {
         Ok(self)
     }
 
-    /// Rows of each batch this loader makes (the global batch over the ranks).
-    pub fn rows(&self) -> usize {
-        self.spec.batch_size / self.spec.shard.1
-    }
-
     /// Full batches per epoch (drop_last).
     pub fn batches_per_epoch(&self) -> usize {
         self.spec.data.len() / self.spec.batch_size

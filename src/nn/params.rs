@@ -171,12 +171,12 @@ impl<B: Backend> ParamStore<B> {
     }
 }
 
-/// PyTorch layout -> internal layout.
-pub fn to_internal(vals: &[f32], shape: &[usize], layout: Layout) -> (Vec<f32>, Vec<usize>) {
+/// PyTorch layout -> internal layout (f32 values, or f64 where the tests compare in f64).
+pub fn to_internal<T: Copy + Default>(vals: &[T], shape: &[usize], layout: Layout) -> (Vec<T>, Vec<usize>) {
     match layout {
         Layout::ConvWeight if shape.len() == 4 => {
             let (o, i, kh, kw) = (shape[0], shape[1], shape[2], shape[3]);
-            let mut out = vec![0.0; vals.len()];
+            let mut out = vec![T::default(); vals.len()];
             for a in 0..o {
                 for b in 0..i {
                     for y in 0..kh {
@@ -192,12 +192,12 @@ pub fn to_internal(vals: &[f32], shape: &[usize], layout: Layout) -> (Vec<f32>, 
     }
 }
 
-/// Internal layout -> PyTorch layout.
-pub fn from_internal(vals: &[f32], shape: &[usize], layout: Layout) -> (Vec<f32>, Vec<usize>) {
+/// Internal layout -> PyTorch layout (f32 values, or f64 where the tests compare in f64).
+pub fn from_internal<T: Copy + Default>(vals: &[T], shape: &[usize], layout: Layout) -> (Vec<T>, Vec<usize>) {
     match layout {
         Layout::ConvWeight if shape.len() == 4 => {
             let (o, kh, kw, i) = (shape[0], shape[1], shape[2], shape[3]);
-            let mut out = vec![0.0; vals.len()];
+            let mut out = vec![T::default(); vals.len()];
             for a in 0..o {
                 for b in 0..i {
                     for y in 0..kh {

@@ -153,19 +153,6 @@ impl BlockDraws for SeededDraws {
     }
 }
 
-/// The block shapes and placement rules of a batch's masks.
-#[derive(Clone, Copy, Debug)]
-pub struct MaskSpec {
-    /// Patches per side of the image's grid.
-    pub grid: usize,
-    pub context_scale: (f64, f64),
-    pub target_scale: (f64, f64),
-    pub target_aspect_ratio: (f64, f64),
-    pub targets: usize,
-    pub min_keep: usize,
-    pub allow_overlap: bool,
-}
-
 /// One batch's masks: indices into the row-major patches, per image.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MultiBlock {
@@ -225,11 +212,12 @@ fn block_mask(draws: &mut dyn BlockDraws, grid: usize, (h, w): (usize, usize), m
     }
 }
 
-/// ijepa's MaskCollator for a batch of `n` images: one context block and `spec.targets` target
-/// blocks per image, cut to the batch's shortest. An error (not an endless loop) when a block
-/// of the drawn size can never keep more than `min_keep` patches.
-pub fn multiblock_masks(n: usize, spec: &MaskSpec, draws: &mut dyn BlockDraws) -> Result<MultiBlock> {
-    let g = spec.grid;
+/// ijepa's MaskCollator for a batch of `n` images on a `grid` x `grid` patch grid: one context
+/// block and `spec.targets` target blocks per image (the block settings of `spec`), cut to the
+/// batch's shortest. An error (not an endless loop) when a block of the drawn size can never
+/// keep more than `min_keep` patches.
+pub fn multiblock_masks(n: usize, grid: usize, spec: &IjepaConfig, draws: &mut dyn BlockDraws) -> Result<MultiBlock> {
+    let g = grid;
     if g < 2 {
         return Err(Error::Config(format!("ijepa: the image is {g} patch(es) across; blocks need a grid of at least 2x2")));
     }
@@ -272,24 +260,13 @@ pub fn smooth_l1<B: Backend>(t: &Tape<B>, pred: &Var<B>, target: &Var<B>) -> Res
     let e = t.unary(Unary::Relu, &t.add(&a, &minus_one)?)?;
     let m = t.sub(&a, &e)?;
     let per = t.add(&t.scale(&t.mul(&m, &m)?, 0.5)?, &e)?;
-    mean_all(t, &per)
+    super::losses::mean_all(t, &per)
 }
 
 /// The mean squared error over every element (the paper's L2 loss).
 pub fn l2<B: Backend>(t: &Tape<B>, pred: &Var<B>, target: &Var<B>) -> Result<Var<B>> {
     let d = t.sub(pred, target)?;
-    mean_all(t, &t.mul(&d, &d)?)
-}
-
-fn mean_all<B: Backend>(t: &Tape<B>, x: &Var<B>) -> Result<Var<B>> {
-    let flat = t.reshape(x, &[x.value.numel()])?;
-    t.mean_axis(&flat, 0)
-}
-
-/// Indices as the gather op takes them.
-fn index_tensor<B: Backend>(b: &B, ids: &[usize], n: usize, dtype: crate::tensor::DType) -> Result<Tensor<B>> {
-    let v: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
-    Tensor::from_f32(b, &v, &[n, ids.len() / n.max(1)], dtype)
+    super::losses::mean_all(t, &t.mul(&d, &d)?)
 }
 
 /// The narrow ViT that predicts the target tokens (ijepa's VisionTransformerPredictor).
@@ -389,37 +366,20 @@ impl Ijepa {
         }
     }
 
-    /// The mask sampler's settings for this model.
-    pub fn mask_spec(&self) -> MaskSpec {
-        let c = &self.cfg;
-        MaskSpec {
-            grid: self.grid,
-            context_scale: c.context_scale,
-            target_scale: c.target_scale,
-            target_aspect_ratio: c.target_aspect_ratio,
-            targets: c.targets,
-            min_keep: c.min_keep,
-            allow_overlap: c.allow_overlap,
-        }
-    }
-
     /// The masks of step `step` for `n` images.
     pub fn masks(&self, n: usize, step: usize) -> Result<MultiBlock> {
-        multiblock_masks(n, &self.mask_spec(), &mut SeededDraws::new(self.seed, step))
+        multiblock_masks(n, self.grid, &self.cfg, &mut SeededDraws::new(self.seed, step))
     }
 
     /// The loss on images `x` [n, h, w, 3] with the masks `m`, and the context encoder's tokens.
     pub fn loss_with<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>, m: &MultiBlock) -> Result<(Var<B>, Var<B>)> {
         let t = cx.tape;
         let (b, dt, n) = (x.value.backend(), x.value.dtype(), x.shape()[0]);
-        let targets: Vec<Tensor<B>> = m.targets.iter().map(|ids| index_tensor(b, ids, n, dt)).collect::<Result<_>>()?;
-        let context = index_tensor(b, &m.context, n, dt)?;
+        let targets: Vec<Tensor<B>> = m.targets.iter().map(|ids| super::index_tensor(b, ids, &[n, m.target_len], dt)).collect::<Result<_>>()?;
+        let context = super::index_tensor(b, &m.context, &[n, m.context_len], dt)?;
         // The targets: the target encoder's tokens on the whole image, normalised over the
         // features (F.layer_norm: no affine, eps 1e-5), at each target block; no gradient.
-        let h = Self::vit(&self.target).encode(cx, x, None)?.detach();
-        let dim = h.shape()[2];
-        let (ones, zeros) = (Var::constant(Tensor::full(b, &[dim], 1.0, dt)?), Var::constant(Tensor::zeros(b, &[dim], dt)?));
-        let h = t.layernorm(&h, &ones, &zeros, 1e-5)?;
+        let h = super::losses::layer_norm_plain(t, &Self::vit(&self.target).encode(cx, x, None)?.detach(), 1e-5)?;
         let parts = targets.iter().map(|idx| t.gather_rows(&h, idx)).collect::<Result<Vec<_>>>()?;
         let target = t.concat(&parts.iter().collect::<Vec<_>>(), 0)?.detach();
         let z = Self::vit(&self.context).encode(cx, x, Some(&context))?;

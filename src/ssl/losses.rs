@@ -22,6 +22,15 @@ pub fn total<B: Backend>(t: &Tape<B>, x: &Var<B>) -> Result<Var<B>> {
     t.reshape(&t.sum_axis(&flat, 0)?, &[1])
 }
 
+/// Layer norm over the last axis without affine parameters (`F.layer_norm(x, (d,), eps=eps)`):
+/// MAE's normalised-pixel target and I-JEPA's target tokens.
+pub fn layer_norm_plain<B: Backend>(t: &Tape<B>, x: &Var<B>, eps: f32) -> Result<Var<B>> {
+    let (b, dt, d) = (x.value.backend(), x.value.dtype(), *x.shape().last().unwrap_or(&1));
+    let ones = Var::constant(Tensor::full(b, &[d], 1.0, dt)?);
+    let zeros = Var::constant(Tensor::zeros(b, &[d], dt)?);
+    t.layernorm(x, &ones, &zeros, eps)
+}
+
 /// The mean of every element, as a one-element tensor.
 pub fn mean_all<B: Backend>(t: &Tape<B>, x: &Var<B>) -> Result<Var<B>> {
     t.scale(&total(t, x)?, 1.0 / x.value.numel().max(1) as f32)

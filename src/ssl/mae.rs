@@ -198,7 +198,7 @@ impl Mae {
         let zeros = Var::constant(Tensor::zeros(b, &[n, patches - m.keep, d], x.value.dtype())?);
         let masked = t.add(&zeros, &t.reshape(&cx.param(self.mask_token), &[d])?)?;
         let tokens = t.concat(&[&t.slice(&x, 1, 1, m.keep)?, &masked], 1)?;
-        let restore = index_tensor(b, &m.ids_restore, &[n, patches], x.value.dtype())?;
+        let restore = super::index_tensor(b, &m.ids_restore, &[n, patches], x.value.dtype())?;
         let tokens = t.gather_rows(&tokens, &restore)?;
         let h = t.concat(&[&t.slice(&x, 1, 0, 1)?, &tokens], 1)?;
         let mut h = t.add(&h, &t.reshape(&cx.param(self.decoder_pos), &[patches + 1, d])?)?;
@@ -231,7 +231,7 @@ impl Mae {
     /// noise from elsewhere: the five steps against PyTorch give models_mae.py's noise).
     pub fn pass_with<B: Backend>(&self, cx: &Ctx<B>, x: &Var<B>, m: Masking) -> Result<Pass<B>> {
         let n = x.shape()[0];
-        let keep = index_tensor(x.value.backend(), &m.ids_keep, &[n, m.keep], x.value.dtype())?;
+        let keep = super::index_tensor(x.value.backend(), &m.ids_keep, &[n, m.keep], x.value.dtype())?;
         let latent = self.vit().encode(cx, x, Some(&keep))?;
         let pred = self.decode(cx, &latent, &m)?;
         let loss = self.loss(cx, x, &pred, &m)?;
@@ -258,10 +258,7 @@ pub fn mae_loss<B: Backend>(cx: &Ctx<B>, images: &Var<B>, pred: &Var<B>, mask: &
         // A layer norm without affine divides by sqrt(biased var + eps'); with eps' = 1e-6 (L-1)/L
         // and a factor sqrt((L-1)/L) that is exactly (x - mean) / sqrt(unbiased var + 1e-6).
         let frac = (len - 1) as f64 / len as f64;
-        let dt = target.value.dtype();
-        let ones = Var::constant(Tensor::from_f32(b, &vec![1.0; len], &[len], dt)?);
-        let zeros = Var::constant(Tensor::zeros(b, &[len], dt)?);
-        let normed = t.layernorm(&target, &ones, &zeros, (1e-6 * frac) as f32)?;
+        let normed = super::losses::layer_norm_plain(t, &target, (1e-6 * frac) as f32)?;
         t.scale(&normed, frac.sqrt() as f32)?.detach()
     } else {
         target.detach()
@@ -317,12 +314,6 @@ fn reconstruction_image(x: &[f32], pred: &[f32], m: &Masking, n: usize, size: us
         }
     }
     img
-}
-
-/// Indices as the gather op takes them: one number per index.
-fn index_tensor<B: Backend>(b: &B, ids: &[usize], shape: &[usize], dtype: crate::tensor::DType) -> Result<Tensor<B>> {
-    let v: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
-    Tensor::from_f32(b, &v, shape, dtype)
 }
 
 impl<B: Backend> Method<B> for Mae {

@@ -148,6 +148,12 @@ pub fn own_rows<B: Backend>(ps: &ParamStore<B>, x: &Tensor<B>) -> Result<Tensor<
     }
 }
 
+/// Indices as the gather op takes them (one number per index, in the data's dtype), [shape].
+pub fn index_tensor<B: Backend>(b: &B, ids: &[usize], shape: &[usize], dtype: crate::tensor::DType) -> Result<Tensor<B>> {
+    let v: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
+    Tensor::from_f32(b, &v, shape, dtype)
+}
+
 /// timm's `add_weight_decay`, as MAE and I-JEPA group their parameters: no weight decay for
 /// biases and 1-D weights (the norms).
 pub fn decays_unless_bias_or_norm<B: Backend>(ps: &ParamStore<B>, id: ParamId) -> bool {

@@ -28,7 +28,6 @@ use crate::tensor::{DType, Tensor};
 pub(super) struct Epochs<B: Backend> {
     loader: Loader,
     per_epoch: usize,
-    total_steps: usize,
     /// The learning rate and weight decay of each step.
     schedule: Schedule,
     /// Each parameter's learning-rate policy, by parameter id.
@@ -81,7 +80,6 @@ impl<B: Backend> Epochs<B> {
         Ok(Epochs {
             loader,
             per_epoch,
-            total_steps,
             schedule: cfg.schedule(per_epoch, total_steps),
             policies,
             decays,
@@ -122,7 +120,7 @@ impl<B: Backend> Epochs<B> {
     /// not finite and `skip_nonfinite` allows it, else an `Error::NonFinite`.
     fn step(&mut self, run: &mut Run<B>, batch: Batch, tally: &mut Tally<B>) -> Result<()> {
         let (b, cfg, epoch) = (run.b, run.cfg, run.state.epoch);
-        let (peak, per_epoch, total_steps) = (self.schedule.peak, self.per_epoch, self.total_steps);
+        let (peak, per_epoch, total_steps) = (self.schedule.peak, self.per_epoch, self.schedule.total);
         let lr = self.schedule.lr(run.state.global_step);
         let weight_decay = self.schedule.weight_decay(run.state.global_step) as f32;
         let mut views = batch.views;

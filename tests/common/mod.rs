@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use safetensors::SafeTensors;
 use ssl_engine::backend::prelude::*;
-use ssl_engine::nn::{Layout, ParamStore};
+use ssl_engine::nn::ParamStore;
 use ssl_engine::{DType, Tensor};
 
 pub mod cli;
@@ -214,23 +214,6 @@ pub fn wgpu_or_skip() -> Option<ssl_engine::backend::wgpu::WgpuBackend> {
 /// A parameter's values in f64, PyTorch's layout (a conv weight is held [out, kh, kw, in] here).
 pub fn torch_f64(ps: &ParamStore<ssl_engine::backend::cpu::CpuBackend>, name: &str) -> Vec<f64> {
     let id = ps.find(name).unwrap_or_else(|| panic!("no parameter {name}"));
-    let v = ps.get(id).to_f64().unwrap();
-    match ps.entry(id).layout {
-        Layout::ConvWeight => {
-            let s = ps.get(id).shape().to_vec();
-            let (o, kh, kw, i) = (s[0], s[1], s[2], s[3]);
-            let mut t = vec![0.0; v.len()];
-            for a in 0..o {
-                for c in 0..i {
-                    for y in 0..kh {
-                        for x in 0..kw {
-                            t[((a * i + c) * kh + y) * kw + x] = v[((a * kh + y) * kw + x) * i + c];
-                        }
-                    }
-                }
-            }
-            t
-        }
-        _ => v,
-    }
+    let t = ps.get(id);
+    ssl_engine::nn::params_layout::from_internal(&t.to_f64().unwrap(), t.shape(), ps.entry(id).layout).0
 }
