@@ -100,7 +100,7 @@ pub fn bench_step<B: Backend>(b: &B, model: &str, batch: usize, image: usize, wa
 /// With `graph`, forward and backward replay as one CUDA graph where the backend has graphs
 /// (recorded in the warm-up, which then takes at least two steps).
 pub fn bench_simsiam_step<B: Backend>(b: &B, model: &str, batch: usize, image: usize, warmup: usize, runs: usize, graph: bool) -> Result<Timing> {
-    bench_simsiam_step_with(b, model, batch, image, warmup, runs, graph, |_| {})
+    bench_simsiam_step_with(b, model, batch, image, warmup, runs, graph, None, |_| {})
 }
 
 /// `bench_simsiam_step`, calling `on_warm` with the step graph's kernel count (0 without one)
@@ -115,6 +115,7 @@ pub fn bench_simsiam_step_with<B: Backend>(
     warmup: usize,
     runs: usize,
     graph: bool,
+    replicas: Option<crate::nn::Replicas<B>>,
     on_warm: impl FnOnce(usize),
 ) -> Result<Timing> {
     use crate::ssl::{
@@ -124,6 +125,7 @@ pub fn bench_simsiam_step_with<B: Backend>(
     let backbone = BackboneConfig::preset(model, image)?;
     let mut ps = ParamStore::new(b, DType::F32, 0);
     let method = SimSiam::new(&mut ps, &backbone, &SimSiamConfig::default())?;
+    ps.set_replicas(replicas);
     let mut rng = Rng::new(1);
     let views = vec![random(b, &mut rng, &[batch, image, image, 3])?, random(b, &mut rng, &[batch, image, image, 3])?];
     let mut opt = Sgd::new(0.9);
@@ -255,6 +257,8 @@ pub struct Census {
     pub rows: Vec<CensusRow>,
     /// Kernels inside the step graph (0 without one); the rest are launched one by one.
     pub graph_kernels: usize,
+    /// With several ranks: the collectives each rank calls in the step, by kind.
+    pub collectives: Vec<crate::dist::collective::CollectiveRow>,
 }
 
 /// The kernel launches of one SimSiam step (after the warm-up) on the dry-run CUDA device,
@@ -262,10 +266,27 @@ pub struct Census {
 /// reach, before anything runs on a GPU. With `graph`, the step replays its graph (whose
 /// kernels the dry run lists as it replays them).
 pub fn simsiam_step_census(b: &crate::backend::cuda::CudaBackend, model: &str, batch: usize, image: usize, graph: bool) -> Result<Census> {
+    simsiam_step_census_as(b, model, batch, image, graph, None)
+}
+
+/// `simsiam_step_census` as one rank of `group` (a `Tallied` group: its calls of the measured
+/// step become the census's collectives).
+fn simsiam_step_census_as(
+    b: &crate::backend::cuda::CudaBackend,
+    model: &str,
+    batch: usize,
+    image: usize,
+    graph: bool,
+    group: Option<(std::sync::Arc<crate::dist::collective::Tallied<crate::backend::cuda::CudaBackend>>, bool)>,
+) -> Result<Census> {
     let mut graph_kernels = 0;
-    bench_simsiam_step_with(b, model, batch, image, 1, 1, graph, |n| {
+    let replicas = group.clone().map(|(g, sync_bn)| crate::nn::Replicas { group: g, sync_bn });
+    bench_simsiam_step_with(b, model, batch, image, 1, 1, graph, replicas, |n| {
         graph_kernels = n;
         b.take_launches();
+        if let Some((g, _)) = &group {
+            g.take();
+        }
     })?;
     let mut rows: Vec<CensusRow> = Vec::new();
     for l in b.take_launches() {
@@ -278,21 +299,64 @@ pub fn simsiam_step_census(b: &crate::backend::cuda::CudaBackend, model: &str, b
         }
     }
     rows.sort_by_key(|r| std::cmp::Reverse(r.bytes));
-    Ok(Census { rows, graph_kernels })
+    let collectives = group.map(|(g, _)| g.take()).unwrap_or_default();
+    Ok(Census { rows, graph_kernels, collectives })
 }
 
 /// SMs of the dry-run device: an H100 SXM's count, so the census sees the grid shapes (and
 /// split-K choices) the GPU the kernels are tuned for would get.
 const DRY_RUN_SMS: u32 = 132;
 
+/// What `bench step --dry-run` counts.
+pub struct CensusRequest<'a> {
+    pub model: &'a str,
+    /// Images per view on each rank.
+    pub batch: usize,
+    pub image: usize,
+    pub precision: crate::backend::Precision,
+    pub graph: bool,
+    /// Data-parallel ranks, each on its own dry-run device; the census is rank 0's.
+    pub ranks: usize,
+    pub sync_bn: bool,
+}
+
 /// `bench step --dry-run`: one SimSiam step on the dry-run CUDA device (no GPU needed), as the
 /// table the command prints: each kernel's launches and the bytes they reach, the total, and
-/// the host launches per step.
-pub fn dry_run_census_table(model: &str, batch: usize, image: usize, precision: crate::backend::Precision, graph: bool) -> Result<String> {
-    let b = crate::backend::cuda::CudaBackend::dry_run(DRY_RUN_SMS)?.with_precision(precision);
-    let census = simsiam_step_census(&b, model, batch, image, graph)?;
+/// the host launches per step; with several ranks, the collectives each rank calls per step
+/// (the ranks meet in memory here; NCCL gets the same calls).
+pub fn dry_run_census_table(r: &CensusRequest) -> Result<String> {
+    use crate::backend::cuda::CudaBackend;
+    use crate::dist::collective::{Group, InProcess, Tallied};
+    let census = if r.ranks <= 1 {
+        let b = CudaBackend::dry_run(DRY_RUN_SMS)?.with_precision(r.precision);
+        simsiam_step_census(&b, r.model, r.batch, r.image, r.graph)?
+    } else {
+        // The in-process collective reads its tensors back, which a graph capture cannot
+        // record: the ranks' census runs eagerly (the kernels are the same).
+        let group = InProcess::group(r.ranks, std::time::Duration::from_secs(600));
+        let mut all: Vec<Result<Census>> = std::thread::scope(|s| {
+            let ts: Vec<_> = group
+                .into_iter()
+                .map(|me| {
+                    s.spawn(move || {
+                        let b = CudaBackend::dry_run(DRY_RUN_SMS)?.with_precision(r.precision);
+                        let me: Group<CudaBackend> = std::sync::Arc::new(me);
+                        let tallied = std::sync::Arc::new(Tallied::new(me.clone()));
+                        let got = simsiam_step_census_as(&b, r.model, r.batch, r.image, false, Some((tallied, r.sync_bn)));
+                        if let Err(e) = &got {
+                            me.abort(&e.to_string());
+                        }
+                        got
+                    })
+                })
+                .collect();
+            ts.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(crate::Error::dist("a census rank panicked")))).collect()
+        });
+        all.swap_remove(0)?
+    };
     let (n, bytes): (usize, u64) = census.rows.iter().fold((0, 0), |(n, by), r| (n + r.launches, by + r.bytes));
-    let mut t = format!("SimSiam step census, {model} batch {batch} (2 views), dry-run CUDA device, {}:\n", precision.as_str());
+    let ranks = if r.ranks > 1 { format!(", rank 0 of {} (sync_bn {})", r.ranks, r.sync_bn) } else { String::new() };
+    let mut t = format!("SimSiam step census, {} batch {} (2 views), dry-run CUDA device, {}{ranks}:\n", r.model, r.batch, r.precision.as_str());
     t += &format!("{:<40} {:>9} {:>12}\n", "kernel", "launches", "MB reached");
     for r in &census.rows {
         t += &format!("{:<40} {:>9} {:>12.1}\n", r.kernel, r.launches, r.bytes as f64 / 1e6);
@@ -305,6 +369,12 @@ pub fn dry_run_census_table(model: &str, batch: usize, image: usize, precision: 
         t += &format!("host kernel launches per step: {} = 1 CUDA graph ({} kernels: {what})\n", 1 + outside, census.graph_kernels);
     } else {
         t += &format!("host kernel launches per step: {n} (no CUDA graph)\n");
+    }
+    if !census.collectives.is_empty() {
+        t += &format!("{:<40} {:>9} {:>12}\n", "collective (each rank, per step)", "calls", "MB handed in");
+        for c in &census.collectives {
+            t += &format!("{:<40} {:>9} {:>12.3}\n", c.kind, c.calls, c.bytes as f64 / 1e6);
+        }
     }
     Ok(t)
 }

@@ -160,8 +160,10 @@ pub(crate) enum Cmd {
 #[derive(Args, Clone)]
 #[command(next_help_heading = "Distributed (data-parallel)")]
 pub(crate) struct DistFlags {
-    /// Start N worker processes on this machine (one per GPU: LOCAL_RANK 0..N), as torchrun's
-    /// --nproc-per-node does; this process waits for them and stops all if one fails.
+    /// Train N ranks on this machine. cuda: N worker processes (one per GPU: LOCAL_RANK 0..N)
+    /// meeting over NCCL, as torchrun's --nproc-per-node starts them; this process waits for them
+    /// and stops all if one fails. cpu: N ranks in this process, one thread each. batch_size is
+    /// the global batch: each rank takes batch_size / N.
     #[arg(long, value_name = "N")]
     pub(crate) nproc_per_node: Option<usize>,
     /// Machines in the job, each running this command with its own --node-rank (default 1).
@@ -181,8 +183,8 @@ pub(crate) struct DistFlags {
     /// TORCHELASTIC_RUN_ID or SLURM_JOB_ID; a random one per launch on one machine].
     #[arg(long, value_name = "ID")]
     pub(crate) rdzv_id: Option<String>,
-    /// Seconds rank 0 waits for every rank at the rendezvous (and the others for rank 0); then
-    /// an error names the ranks that did not arrive.
+    /// Seconds rank 0 waits for every rank at the rendezvous (and the others for rank 0), and a
+    /// rank for the others in a collective; then an error names the ranks that did not arrive.
     #[arg(long, value_name = "SECONDS", default_value_t = ssl_engine::dist::DEFAULT_TIMEOUT_S)]
     pub(crate) rdzv_timeout: u64,
 }
@@ -404,6 +406,13 @@ pub(crate) enum BenchCmd {
         /// forward and backward as one CUDA graph (recorded in the warm-up).
         #[arg(long)]
         no_graph: bool,
+        /// With --dry-run: the census of rank 0 of N data-parallel ranks (each at --batch per
+        /// view), with the collectives each rank calls per step; eager (no CUDA graph).
+        #[arg(long, default_value_t = 1)]
+        ranks: usize,
+        /// With --dry-run --ranks N: batch norm over every rank's rows (the recipe's sync_bn).
+        #[arg(long)]
+        sync_bn: bool,
     },
     /// Times each kernel family on ResNet-18 (CIFAR) and ViT-tiny shapes.
     Kernels {

@@ -58,6 +58,10 @@ pub struct Config {
     /// whose forward keeps no per-step state (SimSiam), and not with skip_nonfinite.
     /// Called `cuda_graph` before; that key is still read, with a deprecation line.
     pub step_graph: bool,
+    /// Data parallel (several ranks): batch norm computes its statistics over the global batch,
+    /// forward and backward (PyTorch's SyncBatchNorm). Off: each rank normalises its own rows, as
+    /// PyTorch DDP does, and rank 0's running statistics are the run's. One rank: no effect.
+    pub sync_bn: bool,
     pub data: DataConfig,
     pub model_opts: ModelOpts,
     /// The augmentation recipe (`data::AugmentConfig`: the same struct the pipeline runs).
@@ -91,6 +95,7 @@ impl Default for Config {
             max_steps: None,
             skip_nonfinite: 0,
             step_graph: true,
+            sync_bn: false,
             data: DataConfig::default(),
             model_opts: ModelOpts::default(),
             augment: AugmentConfig::default(),

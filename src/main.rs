@@ -17,7 +17,7 @@ use ssl_engine::{Error, Result, bench, eval};
 
 /// A command with everything it needs but the backend, which `dispatch` builds once.
 enum Job {
-    Train { cfg: Box<Config>, start: TrainStart, quiet: bool, started: Instant },
+    Train { cfg: Box<Config>, start: TrainStart, quiet: bool, started: Instant, ranks: Ranks },
     Study { cfg: Box<Config>, quiet: bool },
     Eval(EvalCmd),
     Embed(EmbedArgs),
@@ -61,7 +61,7 @@ fn dispatch(d: &Device, job: Job) -> Result<()> {
 impl Job {
     fn run<B: Backend>(self, b: &B) -> Result<()> {
         match self {
-            Job::Train { cfg, start, quiet, started } => train(b, &cfg, &start, quiet, started),
+            Job::Train { cfg, start, quiet, started, ranks } => train(b, &cfg, &start, quiet, started, &ranks),
             Job::Study { cfg, quiet } => {
                 let outcome = ssl_engine::study::run(b, &cfg, !quiet)?;
                 print!("{}", ssl_engine::study::report::markdown(&outcome.cells));
@@ -139,8 +139,20 @@ impl Job {
 
 /// `train`: the run, its one-line totals, then the random-vs-pretrained table when the recipe
 /// asks for it (measured on the checkpoint file the run leaves behind), else the kNN line.
-fn train<B: Backend>(b: &B, cfg: &Config, start: &TrainStart, quiet: bool, started: Instant) -> Result<()> {
-    let s = ssl_engine::train::train_with(b, cfg, &start.options(), ssl_engine::interrupt::install(), !quiet).map_err(|e| match e {
+fn train<B: Backend>(b: &B, cfg: &Config, start: &TrainStart, quiet: bool, started: Instant, ranks: &Ranks) -> Result<()> {
+    let (opts, interrupt) = (start.options(), ssl_engine::interrupt::install());
+    let trained = match ranks {
+        Ranks::One => ssl_engine::train::train_with(b, cfg, &opts, interrupt, !quiet),
+        // The ranks share this backend's threads (a CPU backend's clone is a handle on its pool).
+        Ranks::InProcess { ranks, timeout } => ssl_engine::train::train_in_process(*ranks, &|_| Ok(b.clone()), cfg, &opts, interrupt, !quiet, *timeout),
+        // A launched worker trains on NCCL, which the cuda backend alone has (`train_ranks`
+        // refuses the others before a backend is built).
+        Ranks::Worker { world, args } => match (b as &dyn std::any::Any).downcast_ref::<ssl_engine::backend::cuda::CudaBackend>() {
+            Some(cuda) => ssl_engine::train::train_cuda_worker(cuda, world, args, cfg, &opts, interrupt, !quiet),
+            None => Err(Error::Config(format!("rank {} of {}: a launched worker trains on the cuda backend (NCCL)", world.rank, world.world_size))),
+        },
+    };
+    let s = trained.map_err(|e| match e {
         // The exact command that continues the run, after the line that says where it stopped.
         Error::Interrupted(m) if m.starts_with("state saved") => {
             Error::Interrupted(format!("{m}\ncontinue with: {}", resume_command(&cfg.out.join("last.safetensors"))))
@@ -235,19 +247,23 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Train { config, run, resume, overwrite, allow_changes, skip_nonfinite, dist } => {
             let started = Instant::now();
             let (mut cfg, device) = run.dev.recipe(config.as_deref(), &run.overrides)?;
-            // --nproc-per-node / --nnodes: this process launches the workers instead of training.
             let dist = dist.args();
-            if let Some(spec) = launch_spec(&dist)? {
+            let ranks = train_ranks(&dist, &cfg)?;
+            // One GPU per worker: LOCAL_RANK's, unless --device says.
+            let device = match &ranks {
+                Ranks::Worker { world, .. } => Device { index: device.index.or(Some(world.local_rank)), ..device },
+                _ => device,
+            };
+            // --nproc-per-node / --nnodes on cuda: this process launches the workers instead of training.
+            if matches!(ranks, Ranks::One)
+                && let Some(spec) = launch_spec(&dist)?
+            {
                 return launch_workers(&spec);
-            }
-            let world = ssl_engine::dist::World::from_env(&dist)?;
-            if world.is_distributed() {
-                return Err(ssl_engine::dist::worker_training_unavailable(&world));
             }
             if let Some(n) = skip_nonfinite {
                 cfg.skip_nonfinite = n;
             }
-            (device, Job::Train { cfg: Box::new(cfg), start: TrainStart { resume, overwrite, allow_changes }, quiet: run.quiet, started })
+            (device, Job::Train { cfg: Box::new(cfg), start: TrainStart { resume, overwrite, allow_changes }, quiet: run.quiet, started, ranks })
         }
         Cmd::Study { config, run } => {
             let (cfg, device) = run.dev.apply(ssl_engine::study::recipe(&config, &run.overrides)?)?;
@@ -280,11 +296,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             return Ok(());
         }
-        Cmd::Bench { what: BenchCmd::Step { dev, model, batch, image_size, simsiam, dry_run: true, no_graph, .. } } => {
+        Cmd::Bench { what: BenchCmd::Step { dev, model, batch, image_size, simsiam, dry_run: true, no_graph, ranks, sync_bn, .. } } => {
             if dev.backend != Some(ssl_engine::config::BackendKind::Cuda) || !simsiam {
                 return Err(Error::Config("--dry-run is the CUDA step census: use it with --backend cuda --simsiam".into()));
             }
-            print!("{}", bench::dry_run_census_table(&model, batch, image_size, dev.resolve()?.precision, !no_graph)?);
+            let precision = dev.resolve()?.precision;
+            let r = bench::CensusRequest { model: &model, batch, image: image_size, precision, graph: !no_graph, ranks, sync_bn };
+            print!("{}", bench::dry_run_census_table(&r)?);
             return Ok(());
         }
         Cmd::Bench { what: BenchCmd::Kernels { static_report: true, filter, .. } } => {
@@ -309,6 +327,43 @@ fn run(cli: Cli) -> Result<()> {
         }
     };
     dispatch(&device, job)
+}
+
+/// How many ranks a `train` runs and where.
+enum Ranks {
+    /// One process, one rank.
+    One,
+    /// `--nproc-per-node N --backend cpu`: N ranks in this process, one thread each.
+    InProcess { ranks: usize, timeout: std::time::Duration },
+    /// One worker process of a launched job (ours, torchrun or srun), on the GPU `local_rank`.
+    Worker { world: ssl_engine::dist::World, args: ssl_engine::dist::DistArgs },
+}
+
+/// The ranks `train`'s flags and environment ask for. A launched CPU worker (RANK set) is
+/// refused: the CPU's ranks meet in one process, which --nproc-per-node starts.
+fn train_ranks(dist: &ssl_engine::dist::DistArgs, cfg: &Config) -> Result<Ranks> {
+    let (nproc, nnodes) = (dist.nproc_per_node.unwrap_or(1), dist.nnodes.unwrap_or(1));
+    if let Some(ranks) = ssl_engine::train::in_process_ranks(cfg.backend, nproc, nnodes)? {
+        if !cfg.batch_size.is_multiple_of(ranks) {
+            return Err(Error::Config(format!(
+                "batch_size {} is the global batch: it must divide evenly over {ranks} ranks (--nproc-per-node {ranks})",
+                cfg.batch_size
+            )));
+        }
+        return Ok(Ranks::InProcess { ranks, timeout: dist.rdzv_timeout });
+    }
+    let world = ssl_engine::dist::World::from_env(dist)?;
+    if !world.is_distributed() {
+        return Ok(Ranks::One);
+    }
+    if cfg.backend != ssl_engine::config::BackendKind::Cuda {
+        return Err(Error::Config(format!(
+            "rank {} of {} ({}) with the {} backend: data parallel across processes runs on cuda (NCCL); on the cpu, \
+             start one process with --nproc-per-node {} (one thread per rank)",
+            world.rank, world.world_size, world.source, cfg.backend, world.world_size
+        )));
+    }
+    Ok(Ranks::Worker { world, args: dist.clone() })
 }
 
 /// The launch that --nproc-per-node / --nnodes ask for, if any.

@@ -10,8 +10,13 @@ use crate::error::{Error, Result};
 use crate::tensorboard::{EventWriter, scalars_of_row};
 
 /// Appends JSON lines to <out>/metrics.jsonl, flushing each one, and mirrors their numbers as
-/// TensorBoard scalars into a new event file in <out>/tb/.
+/// TensorBoard scalars into a new event file in <out>/tb/. Ranks other than 0 of a data-parallel
+/// run hold a log that writes nothing (`MetricsLog::rank0_writes`).
 pub struct MetricsLog {
+    sink: Option<Sink>,
+}
+
+struct Sink {
     file: std::fs::File,
     path: PathBuf,
     tb: EventWriter,
@@ -23,8 +28,16 @@ impl MetricsLog {
     /// resolved recipe) as the text summary `recipe`.
     pub fn open(out: &Path, recipe_toml: &str) -> Result<Self> {
         let mut log = Self::open_files(out)?;
-        log.tb.text("recipe", 0, &format!("```toml\n{}\n```", recipe_toml.trim_end()))?;
+        if let Some(s) = &mut log.sink {
+            s.tb.text("recipe", 0, &format!("```toml\n{}\n```", recipe_toml.trim_end()))?;
+        }
         Ok(log)
+    }
+
+    /// `open` on rank 0 (`writes`), a log that drops every line on the other ranks: one rank
+    /// writes the run's files.
+    pub fn rank0_writes(writes: bool, out: &Path, recipe_toml: &str) -> Result<Self> {
+        if writes { Self::open(out, recipe_toml) } else { Ok(MetricsLog { sink: None }) }
     }
 
     fn open_files(out: &Path) -> Result<Self> {
@@ -35,16 +48,17 @@ impl MetricsLog {
             .open(&path)
             .map_err(|e| Error::File { path: path.display().to_string(), msg: format!("cannot open: {e}") })?;
         let tb = EventWriter::create(&out.join("tb"))?;
-        Ok(MetricsLog { file, path, tb })
+        Ok(MetricsLog { sink: Some(Sink { file, path, tb }) })
     }
 
     /// Writes one line and flushes it, then its scalars (`tensorboard::scalars_of_row`).
     pub fn write(&mut self, v: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{v}")
-            .and_then(|_| self.file.flush())
-            .map_err(|e| Error::File { path: self.path.display().to_string(), msg: format!("cannot write: {e}") })?;
-        for s in scalars_of_row(&v) {
-            self.tb.scalar(&s.tag, s.step, s.value)?;
+        let Some(s) = &mut self.sink else { return Ok(()) };
+        writeln!(s.file, "{v}")
+            .and_then(|_| s.file.flush())
+            .map_err(|e| Error::File { path: s.path.display().to_string(), msg: format!("cannot write: {e}") })?;
+        for sc in scalars_of_row(&v) {
+            s.tb.scalar(&sc.tag, sc.step, sc.value)?;
         }
         Ok(())
     }

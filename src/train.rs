@@ -9,6 +9,7 @@
 mod epoch;
 mod faults;
 mod monitor;
+mod ranks;
 mod resume;
 mod start;
 
@@ -17,10 +18,12 @@ use std::sync::atomic::AtomicBool;
 
 use crate::backend::Backend;
 use crate::config::Config;
+use crate::dist::collective::Group;
 use crate::error::Result;
 
 pub use crate::setup::{build_method, load_split};
 pub use monitor::knn_monitor;
+pub use ranks::{in_process_ranks, train_cuda_worker, train_in_process};
 
 /// What a finished (or interrupted) run reports.
 #[derive(Clone, Debug, Default)]
@@ -60,13 +63,20 @@ pub struct StartOptions<'a> {
 
 /// `train` with every start option.
 pub fn train_with<B: Backend>(b: &B, cfg: &Config, start: &StartOptions, interrupt: &AtomicBool, show_progress: bool) -> Result<TrainSummary> {
-    train_run(b, cfg, start, interrupt, show_progress)
+    train_rank(b, cfg, start, interrupt, show_progress, None)
+}
+
+/// `train_with` as one rank of a data-parallel run (`group`: its collective; None: the only
+/// rank). Every rank runs this same loop on its share of each global batch; rank 0 writes the
+/// run's files and the others write nothing.
+pub fn train_rank<B: Backend>(b: &B, cfg: &Config, start: &StartOptions, interrupt: &AtomicBool, show_progress: bool, group: Option<Group<B>>) -> Result<TrainSummary> {
+    train_run(b, cfg, start, interrupt, show_progress, group)
         .map_err(|e| e.oom_context(|| format!(" at batch_size {} (image_size {})", cfg.batch_size, cfg.data.image_size)))
 }
 
 /// Setup (or resume), the epochs, the summary.
-fn train_run<B: Backend>(b: &B, cfg: &Config, start: &StartOptions, interrupt: &AtomicBool, show_progress: bool) -> Result<TrainSummary> {
-    let mut run = start::Run::start(b, cfg, start, show_progress)?;
+fn train_run<B: Backend>(b: &B, cfg: &Config, start: &StartOptions, interrupt: &AtomicBool, show_progress: bool, group: Option<Group<B>>) -> Result<TrainSummary> {
+    let mut run = start::Run::start(b, cfg, start, show_progress, group)?;
     let views = run.method.views(&cfg.augment, cfg.data.image_size);
     let mut epochs = epoch::Epochs::new(&run, views)?;
     while run.state.epoch < cfg.epochs {
@@ -74,7 +84,11 @@ fn train_run<B: Backend>(b: &B, cfg: &Config, start: &StartOptions, interrupt: &
             break;
         }
     }
-    draw_pictures(&run);
+    // Training is over: the pictures are rank 0's alone, drawn without the group.
+    run.ps.set_replicas(None);
+    if run.writes() {
+        draw_pictures(&run);
+    }
     Ok(epochs.finish(run))
 }
 

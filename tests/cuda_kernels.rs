@@ -390,6 +390,42 @@ fn step_census_counts_launches_and_bytes_of_one_simsiam_step() {
     assert_eq!(graphed.graph_kernels, total(&rows), "everything, the optimizer too, is in the graph");
 }
 
+/// The census of a data-parallel step (`bench step --dry-run --ranks 2`): rank 0's kernels and
+/// the collectives each rank calls. Without sync_bn the step all-reduces its gradients in 25 MB
+/// buckets (ResNet-18 CIFAR + SimSiam heads: 74 MB of f32 gradients, 3 buckets) and its loss:
+/// 4 all-reduces carrying every gradient once. With sync_bn each of the 46 batch norms adds
+/// all-reduces of its statistics forward and of their gradients backward.
+#[test]
+fn step_census_of_two_ranks_counts_the_collectives() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let req = |sync_bn| ssl_engine::bench::CensusRequest {
+        model: "resnet18-cifar",
+        batch: 4,
+        image: 16,
+        precision: ssl_engine::backend::Precision::Fp32,
+        graph: false,
+        ranks: 2,
+        sync_bn,
+    };
+    let plain = ssl_engine::bench::dry_run_census_table(&req(false)).unwrap();
+    let line = plain.lines().find(|l| l.starts_with("all_reduce")).unwrap_or_else(|| panic!("{plain}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    // The step's trainable values (and the loss, 4 bytes), counted on the CPU's copy of the model.
+    let cpu = ssl_engine::backend::cpu::CpuBackend::new(1).unwrap();
+    let mut ps = ssl_engine::nn::ParamStore::new(&cpu, DType::F32, 0);
+    let backbone = ssl_engine::models::BackboneConfig::preset("resnet18-cifar", 16).unwrap();
+    ssl_engine::ssl::simsiam::SimSiam::new(&mut ps, &backbone, &ssl_engine::ssl::simsiam::SimSiamConfig::default()).unwrap();
+    let grads_mb = 4.0 * (ps.num_params() + 1) as f64 / 1e6;
+    assert_eq!(cols[1], "4", "{plain}");
+    let mb: f64 = cols[2].parse().unwrap();
+    assert!((mb - grads_mb).abs() < 0.01, "{mb} MB vs {grads_mb} MB of gradients: {plain}");
+    let synced = ssl_engine::bench::dry_run_census_table(&req(true)).unwrap();
+    let calls: usize = synced.lines().find(|l| l.starts_with("all_reduce")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(calls >= 4 + 2 * 46, "sync_bn all-reduces each batch norm's statistics: {synced}");
+}
+
 /// The step graph's rules on the dry-run device (which records and replays graphs as a GPU
 /// does): a warm-up step runs eagerly, the second step at the same input shapes is captured and
 /// replayed, other shapes run eagerly without losing the graph, shapes that stay are captured

@@ -288,14 +288,37 @@ fn ctrl_c_on_the_launcher_stops_every_worker() {
     assert!(pids.iter().all(|&pid| gone(pid)), "workers {pids:?} must be gone");
 }
 
+/// `train --backend cuda --nproc-per-node 2` starts two training workers, each on its GPU
+/// (LOCAL_RANK); on this machine without one, each stops with the cuda backend's one line and
+/// the launcher names the rank. (With a GPU the worker goes on to the rendezvous and NCCL:
+/// `train::train_cuda_worker`.)
 #[test]
-fn train_workers_stop_until_multi_rank_training_is_wired() {
+fn cuda_train_workers_start_and_a_missing_gpu_is_named() {
     let port = free_port().to_string();
-    let p =
-        Proc::start(&mut ssl(&["train", "--config", "configs/demo-cpu.toml", "--nproc-per-node", "2", "--master-port", &port, "--quiet"]));
+    let args = ["train", "--config", "configs/demo-cpu.toml", "--backend", "cuda", "--nproc-per-node", "2", "--master-port", &port, "--quiet"];
+    let p = Proc::start(&mut ssl(&args));
     let (code, _, err, _) = p.finish(Duration::from_secs(30));
-    assert_eq!(code, 5, "{err}");
-    assert!(err.contains("multi-rank training is not wired yet") && err.contains("error: launcher: rank"), "{err}");
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("error: launcher: rank") && err.contains("the other workers were stopped"), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("[rank ") && l.contains("error:") && l.to_lowercase().contains("cuda")), "{err}");
+}
+
+/// With the cpu backend, `--nproc-per-node 2` trains in this process (one thread per rank):
+/// no workers are launched and no port is taken.
+#[test]
+fn cpu_ranks_train_in_process_without_a_launcher() {
+    let out = std::env::temp_dir().join(format!("ssl-engine-dist-cpu-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let set = |kv: String| ["--set".to_string(), kv];
+    let mut args: Vec<String> = ["train", "--config", "configs/demo-cpu.toml", "--nproc-per-node", "2", "--quiet"].map(String::from).to_vec();
+    for kv in [format!("out={:?}", out.display().to_string()), "max_steps=1".into(), "data.limit_per_class=4".into(), "batch_size=8".into(), "data.test_path=\"\"".into(), "report.compare_random=false".into(), "model_opts.width=4".into()] {
+        args.extend(set(kv));
+    }
+    let p = Proc::start(&mut ssl(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let (code, _, err, _) = p.finish(Duration::from_secs(120));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("launcher:"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
 }
 
 /// libnccl.so.2 from the PyPI wheel: beside the CUDA wheels' folder on LD_LIBRARY_PATH, else

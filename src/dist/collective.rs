@@ -57,7 +57,7 @@ impl Hub {
     fn exchange(&self, rank: usize, data: Vec<f64>) -> Result<Arc<Vec<Vec<f64>>>> {
         let mut s = self.state.lock().map_err(|_| Error::Invalid { op: "collective", msg: "a rank panicked".into() })?;
         if let Some(why) = &s.aborted {
-            return Err(Error::Invalid { op: "collective", msg: why.clone() });
+            return Err(Error::dist(why.clone()));
         }
         let joined = s.done;
         s.inputs[rank] = Some(data);
@@ -72,14 +72,19 @@ impl Hub {
             let (next, wait) = self.turned.wait_timeout(s, self.timeout).map_err(|_| Error::Invalid { op: "collective", msg: "a rank panicked".into() })?;
             s = next;
             if let Some(why) = &s.aborted {
-                return Err(Error::Invalid { op: "collective", msg: why.clone() });
+                return Err(Error::dist(why.clone()));
             }
             if wait.timed_out() && s.done == joined {
                 let missing: Vec<String> = s.inputs.iter().enumerate().filter(|(_, v)| v.is_none()).map(|(r, _)| r.to_string()).collect();
-                let why = format!("rank {rank} waited {} s for rank(s) {} of {}", self.timeout.as_secs(), missing.join(", "), self.world);
+                let why = format!(
+                    "rank {rank} waited {} s (--rdzv-timeout) for rank(s) {} of {}, which died or hang; every rank stops",
+                    self.timeout.as_secs_f64(),
+                    missing.join(", "),
+                    self.world
+                );
                 s.aborted = Some(why.clone());
                 self.turned.notify_all();
-                return Err(Error::Invalid { op: "collective", msg: why });
+                return Err(Error::dist(why));
             }
         }
         Ok(s.result.clone())
@@ -147,5 +152,73 @@ impl<B: Backend> Collective<B> for InProcess {
             s.aborted.get_or_insert_with(|| format!("rank {} failed: {why}", self.rank));
             self.hub.turned.notify_all();
         }
+    }
+}
+
+/// One kind of collective in a tally: how many calls and how many bytes each rank handed in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectiveRow {
+    pub kind: &'static str,
+    pub calls: usize,
+    /// The bytes of the tensors this rank passed (NCCL's count x 4): what one rank's buffers
+    /// hold; an all-reduce on a ring moves 2 (N - 1) / N times this over each link.
+    pub bytes: u64,
+}
+
+/// A group that counts its calls by kind and passes them on: the step census's collectives.
+pub struct Tallied<B: Backend> {
+    inner: Group<B>,
+    rows: Mutex<Vec<CollectiveRow>>,
+}
+
+impl<B: Backend> Tallied<B> {
+    pub fn new(inner: Group<B>) -> Self {
+        Tallied { inner, rows: Mutex::new(Vec::new()) }
+    }
+
+    /// The calls since the last `take`, in the order of their first call.
+    pub fn take(&self) -> Vec<CollectiveRow> {
+        self.rows.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
+    }
+
+    fn count(&self, kind: &'static str, x: Option<&Tensor<B>>) {
+        let bytes = x.map_or(0, |x| 4 * x.numel() as u64);
+        if let Ok(mut rows) = self.rows.lock() {
+            match rows.iter_mut().find(|r| r.kind == kind) {
+                Some(r) => {
+                    r.calls += 1;
+                    r.bytes += bytes;
+                }
+                None => rows.push(CollectiveRow { kind, calls: 1, bytes }),
+            }
+        }
+    }
+}
+
+impl<B: Backend> Collective<B> for Tallied<B> {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn world(&self) -> usize {
+        self.inner.world()
+    }
+    fn all_reduce_sum(&self, x: &Tensor<B>) -> Result<Tensor<B>> {
+        self.count("all_reduce", Some(x));
+        self.inner.all_reduce_sum(x)
+    }
+    fn all_gather(&self, x: &Tensor<B>) -> Result<Tensor<B>> {
+        self.count("all_gather", Some(x));
+        self.inner.all_gather(x)
+    }
+    fn broadcast(&self, x: &Tensor<B>) -> Result<Tensor<B>> {
+        self.count("broadcast", Some(x));
+        self.inner.broadcast(x)
+    }
+    fn barrier(&self) -> Result<()> {
+        self.count("barrier", None);
+        self.inner.barrier()
+    }
+    fn abort(&self, why: &str) {
+        self.inner.abort(why)
     }
 }

@@ -18,8 +18,6 @@ use std::time::Duration;
 pub use rendezvous::rendezvous;
 pub use world::World;
 
-use crate::error::Error;
-
 /// NCCL's `ncclUniqueId`: 128 opaque bytes that rank 0 makes and every rank passes to
 /// `ncclCommInitRank`.
 pub type UniqueId = [u8; 128];
@@ -69,18 +67,6 @@ impl Default for DistArgs {
             rdzv_timeout: Duration::from_secs(DEFAULT_TIMEOUT_S),
         }
     }
-}
-
-/// ─── THE PLACEHOLDER FOR MULTI-RANK TRAINING ───
-/// A worker of a job with more than one rank that reaches `train`: the error it stops with until
-/// the training loop runs data-parallel (issue 30, the collectives). Replace this call in
-/// `main.rs` (and this function) when it does.
-pub fn worker_training_unavailable(world: &World) -> Error {
-    Error::dist(format!(
-        "rank {} of {}: multi-rank training is not wired yet (the launcher, the environment and the rendezvous are; \
-         the data-parallel training step is not); run with one process",
-        world.rank, world.world_size
-    ))
 }
 
 /// 64 bits from the OS's randomness (std seeds each `RandomState` from it), for job ids and the

@@ -76,10 +76,29 @@ impl<B: Backend> ParamStore<B> {
 
     /// Sets every tensor (parameters and buffers) to rank 0's, so every rank starts equal.
     pub fn broadcast_from_rank0(&self) -> Result<()> {
+        self.broadcast_where(|_| true)
+    }
+
+    /// Sets every buffer (batch norm's running statistics) to rank 0's: without `sync_bn` each
+    /// rank's statistics follow its own rows, and rank 0's are the run's (DDP's
+    /// `broadcast_buffers`), so evaluation on every rank sees the ones the checkpoint holds.
+    pub fn broadcast_buffers_from_rank0(&self) -> Result<()> {
+        self.broadcast_where(|e| e.kind == Kind::Buffer)
+    }
+
+    /// Rank 0's values of the entries `pick` chooses, in one broadcast of their concatenation.
+    fn broadcast_where(&self, pick: impl Fn(&Entry<B>) -> bool) -> Result<()> {
         let Some(r) = self.replicas() else { return Ok(()) };
-        for e in &self.entries {
-            let v = r.group.broadcast(&e.value)?;
-            crate::ops::slice_assign(&e.value, &v, 0, 0)?;
+        let chosen: Vec<&Entry<B>> = self.entries.iter().filter(|e| pick(e)).collect();
+        if chosen.is_empty() {
+            return Ok(());
+        }
+        let flat: Vec<Tensor<B>> = chosen.iter().map(|e| e.value.reshape(&[e.value.numel()])).collect::<Result<_>>()?;
+        let all = r.group.broadcast(&crate::ops::concat(&flat.iter().collect::<Vec<_>>(), 0)?)?;
+        let mut at = 0;
+        for f in &flat {
+            crate::ops::slice_assign(f, &crate::ops::slice(&all, 0, at, f.numel())?, 0, 0)?;
+            at += f.numel();
         }
         Ok(())
     }

@@ -62,9 +62,7 @@ fn forward_backward<B: Backend, T>(
         // Data parallel: every rank updates with the mean of the ranks' gradients (DDP's
         // average), and reports the mean of their losses.
         let inv = 1.0 / r.group.world() as f32;
-        for (_, g) in pg.iter_mut() {
-            *g = ops::scale(&r.group.all_reduce_sum(g)?, inv)?;
-        }
+        average_in_buckets(&r.group, &mut pg, inv)?;
         readout = ops::scale(&r.group.all_reduce_sum(&readout)?, inv)?;
     }
     if check_grads {
@@ -81,6 +79,45 @@ fn forward_backward<B: Backend, T>(
         }
     }
     Ok((readout, pg, out))
+}
+
+/// The most gradient values one all-reduce carries: DDP's 25 MB buckets (in f32).
+pub const BUCKET_ELEMS: usize = 25 * 1024 * 1024 / 4;
+
+/// Replaces each gradient by `inv` times its sum over the ranks, with one all-reduce per bucket
+/// of gradients instead of one per tensor (ResNet-18 has 62: 62 launches and latencies become
+/// 2). Buckets fill in reverse registration order, the order backward finishes the gradients,
+/// as DDP's do. The sums are elementwise, so the buckets change no value.
+fn average_in_buckets<B: Backend>(group: &crate::dist::collective::Group<B>, pg: &mut [(ParamId, Tensor<B>)], inv: f32) -> Result<()> {
+    let order: Vec<usize> = (0..pg.len()).rev().collect();
+    for bucket in buckets(&order, pg) {
+        let flat: Vec<Tensor<B>> = bucket.iter().map(|&i| pg[i].1.reshape(&[pg[i].1.numel()])).collect::<Result<_>>()?;
+        let sum = ops::scale(&group.all_reduce_sum(&ops::concat(&flat.iter().collect::<Vec<_>>(), 0)?)?, inv)?;
+        let mut at = 0;
+        for &i in &bucket {
+            let n = pg[i].1.numel();
+            pg[i].1 = ops::slice(&sum, 0, at, n)?.reshape(pg[i].1.shape())?;
+            at += n;
+        }
+    }
+    Ok(())
+}
+
+/// Cuts gradient indices, in order, into buckets of at most `BUCKET_ELEMS` values (a tensor
+/// larger than that is a bucket of its own).
+fn buckets<B: Backend>(order: &[usize], pg: &[(ParamId, Tensor<B>)]) -> Vec<Vec<usize>> {
+    let mut buckets: Vec<Vec<usize>> = Vec::new();
+    let mut filled = 0;
+    for &i in order {
+        let n = pg[i].1.numel();
+        if buckets.is_empty() || filled + n > BUCKET_ELEMS {
+            buckets.push(Vec::new());
+            filled = 0;
+        }
+        buckets.last_mut().expect("a bucket").push(i);
+        filled += n;
+    }
+    buckets
 }
 
 /// The rest of a step: one read of the readout, `before_update`, then the optimizer if it

@@ -56,7 +56,12 @@ impl<B: Backend> Epochs<B> {
     pub fn new(run: &Run<B>, views: Vec<ViewSpec>) -> Result<Self> {
         let cfg = run.cfg;
         let workers = if cfg.data.workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { cfg.data.workers };
-        let loader = Loader::with_views(run.train_set.clone(), views, cfg.batch_size, cfg.seed, workers, cfg.data.prefetch)?;
+        let mut loader = Loader::with_views(run.train_set.clone(), views, cfg.batch_size, cfg.seed, workers, cfg.data.prefetch)?;
+        // Several ranks: each takes its share of every global batch, so the steps are the same
+        // for any rank count and a run resumes on another.
+        if let Some(r) = run.ps.replicas() {
+            loader = loader.shard(r.group.rank(), r.group.world())?;
+        }
         let per_epoch = loader.batches_per_epoch();
         let total_steps = cfg.epochs * per_epoch;
         let policies: Vec<LrPolicy> = run.ps.ids().map(|id| run.method.lr_policy(&run.ps, id)).collect();
@@ -103,7 +108,7 @@ impl<B: Backend> Epochs<B> {
             // A streaming dataset's file that no longer decodes stops the run; the last
             // checkpoint stays as it was.
             let batch = batch?;
-            if interrupt.load(Ordering::SeqCst) || crate::interrupt::requested() {
+            if stop_requested(run, interrupt)? {
                 self.bar.abandon();
                 return Err(run.saved_on_interrupt(Error::Interrupted("between steps".into())));
             }
@@ -125,6 +130,9 @@ impl<B: Backend> Epochs<B> {
         let weight_decay = self.schedule.weight_decay(run.state.global_step) as f32;
         let mut views = batch.views;
         self.faults.corrupt_views(run.state.global_step, &mut views);
+        if let Some(r) = run.ps.replicas() {
+            self.faults.rank_fault(r.group.rank(), run.state.global_step)?;
+        }
         // The step's inputs: the views, then the labels (the step graph copies them into the
         // buffers it reads).
         let mut inputs: Vec<Tensor<B>> = views
@@ -174,12 +182,13 @@ impl<B: Backend> Epochs<B> {
         };
         let stepped = self.graph.step(&run.ps, run.opt.as_mut(), &hyper, inputs, forward, check)?;
         for e in self.graph.events.drain(..) {
-            if self.graph_said.insert(e.clone()) {
+            if self.graph_said.insert(e.clone()) && run.show {
                 self.bar.suspend(|| eprintln!("cuda graph: {e}"));
             }
             run.log.write(json!({"type": "cuda_graph", "global_step": run.state.global_step, "event": e}))?;
         }
         let loss = stepped.loss;
+        let writes = run.writes();
         let state = &mut run.state;
         if let Some(what) = non_finite {
             if self.skipped_steps >= cfg.skip_nonfinite {
@@ -192,6 +201,9 @@ impl<B: Backend> Epochs<B> {
             }
             let skipped = self.skipped_steps;
             self.bar.suspend(|| {
+                if !writes {
+                    return;
+                }
                 eprintln!(
                     "warning: non-finite {what} at epoch {epoch}, step {}: step skipped ({skipped} of at most {})",
                     state.step_in_epoch, cfg.skip_nonfinite
@@ -203,7 +215,8 @@ impl<B: Backend> Epochs<B> {
             return Ok(());
         }
         run.method.after_step(&mut run.ps, &info)?;
-        self.images += batch.labels.len();
+        // Images of the global batch (every rank's share), for the rate.
+        self.images += batch.labels.len() * run.ps.replicas().map_or(1, |r| r.group.world());
         state.global_step += 1;
         state.step_in_epoch += 1;
         if state.global_step.is_multiple_of(cfg.monitor.log_every) || state.step_in_epoch == per_epoch {
@@ -259,6 +272,9 @@ impl<B: Backend> Epochs<B> {
             });
         }
         let stop = cfg.max_steps.is_some_and(|m| run.state.global_step >= m);
+        if !run.writes() {
+            return Ok(stop);
+        }
         // Saving also checks every tensor: a finite loss can hide overflowed BN statistics.
         let (ps, opt, state) = (&run.ps, run.opt.as_ref(), &run.state);
         save_checkpoint(&cfg.out.join("last.safetensors"), ps, opt, &run.method.state()?, state)?;
@@ -279,4 +295,17 @@ impl<B: Backend> Epochs<B> {
         summary.images_per_s = self.images as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
         summary
     }
+}
+
+/// Whether to stop before the next step (Ctrl-C / SIGTERM). Several ranks decide together: a
+/// rank that saw the request tells the others through one all-reduce, so every rank stops before
+/// the same step and rank 0 saves that position.
+fn stop_requested<B: Backend>(run: &Run<B>, interrupt: &AtomicBool) -> Result<bool> {
+    let here = interrupt.load(Ordering::SeqCst) || crate::interrupt::requested();
+    let Some(r) = run.ps.replicas() else { return Ok(here) };
+    // The barrier waits for the last step's collectives under the group's timeout: a rank that
+    // died or hangs is an error naming it here (NCCL's asynchronous errors too), not a hang.
+    r.group.barrier()?;
+    let flag = Tensor::from_f32(run.b, &[if here { 1.0 } else { 0.0 }], &[1], DType::F32)?;
+    Ok(r.group.all_reduce_sum(&flag)?.scalar()? > 0.0)
 }

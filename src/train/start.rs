@@ -13,8 +13,9 @@ use crate::backend::Backend;
 use crate::checkpoint::{TrainState, WeightFile};
 use crate::config::Config;
 use crate::data::{Dataset, Split};
+use crate::dist::collective::Group;
 use crate::error::{Error, Result};
-use crate::nn::ParamStore;
+use crate::nn::{Kind, ParamStore, Replicas};
 use crate::optim::Optimizer;
 use crate::run_log::MetricsLog;
 use crate::setup::{build_method, load_split};
@@ -34,6 +35,8 @@ pub(super) struct Run<'a, B: Backend> {
     pub state: TrainState,
     pub log: MetricsLog,
     pub summary: TrainSummary,
+    /// This rank's group in a data-parallel run; None on one rank.
+    pub group: Option<Group<B>>,
 }
 
 /// Prints a progress line on stderr unless the run is quiet.
@@ -46,8 +49,9 @@ pub(super) fn say(show: bool, s: String) {
 impl<'a, B: Backend> Run<'a, B> {
     /// Sets the run up (or resumes it); errors come in the order a user fixes them: the
     /// backend, the run folder, the resume, the data.
-    pub fn start(b: &'a B, cfg: &'a Config, opts: &StartOptions, show: bool) -> Result<Self> {
+    pub fn start(b: &'a B, cfg: &'a Config, opts: &StartOptions, show: bool, group: Option<Group<B>>) -> Result<Self> {
         let resume = opts.resume;
+        let writes = group.as_ref().is_none_or(|g| g.rank() == 0);
         if b.precision() != cfg.precision {
             return Err(Error::Config(format!(
                 "precision {:?} in the config, but the {} backend was built for {:?} (build it with_precision)",
@@ -72,19 +76,22 @@ impl<'a, B: Backend> Run<'a, B> {
             let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
             matches!((dir.canonicalize(), cfg.out.canonicalize()), (Ok(a), Ok(b)) if a == b)
         };
-        if resume.is_none_or(|p| !own_folder(p)) {
-            claim_run_folder(&cfg.out, opts.overwrite, show)?;
+        // Rank 0 alone writes the run's files (a data-parallel run's other ranks write nothing).
+        if writes {
+            if resume.is_none_or(|p| !own_folder(p)) {
+                claim_run_folder(&cfg.out, opts.overwrite, show)?;
+            }
+            std::fs::create_dir_all(&cfg.out)
+                .map_err(|e| Error::File { path: cfg.out.display().to_string(), msg: format!("cannot create run folder: {e}") })?;
+            crate::checkpoint::remove_stale_temp_files(&cfg.out);
+            // The resolved recipe, beside the weights, for people and for `ssl-engine config`.
+            crate::checkpoint::write_atomic(&cfg.out.join("config.toml"), cfg.to_toml().as_bytes())?;
         }
-        std::fs::create_dir_all(&cfg.out)
-            .map_err(|e| Error::File { path: cfg.out.display().to_string(), msg: format!("cannot create run folder: {e}") })?;
-        crate::checkpoint::remove_stale_temp_files(&cfg.out);
-        // The resolved recipe, beside the weights, for people and for `ssl-engine config`.
-        crate::checkpoint::write_atomic(&cfg.out.join("config.toml"), cfg.to_toml().as_bytes())?;
         let (train_set, test_set) = load_data(cfg, show)?;
         let skipped = train_set.skipped.len() + test_set.as_ref().map_or(0, |t| t.skipped.len());
         // Every skipped file goes to <out>/skipped.txt; the line names the first few.
         let sets: Vec<&Dataset> = std::iter::once(&*train_set).chain(test_set.as_ref()).collect();
-        let skipped_note = crate::data::skipped_report(&sets, &cfg.out)?;
+        let skipped_note = if writes { crate::data::skipped_report(&sets, &cfg.out)? } else { None };
         say(
             show,
             format!(
@@ -96,12 +103,13 @@ impl<'a, B: Backend> Run<'a, B> {
             ),
         );
 
-        let (ps, method) = build_method(b, cfg)?;
+        let (mut ps, method) = build_method(b, cfg)?;
+        ps.set_replicas(group.clone().map(|group| Replicas { group, sync_bn: cfg.sync_bn }));
         let opt = cfg.optim.optimizer::<B>()?;
         let state = TrainState { epoch: 0, step_in_epoch: 0, global_step: 0, method: cfg.method.clone(), config: cfg.to_toml() };
-        let log = MetricsLog::open(&cfg.out, &cfg.to_toml())?;
+        let log = MetricsLog::rank0_writes(writes, &cfg.out, &cfg.to_toml())?;
         let summary = TrainSummary { out: cfg.out.clone(), skipped_images: skipped, ..Default::default() };
-        let mut run = Run { b, cfg, show, train_set, test_set, ps, method, opt, state, log, summary };
+        let mut run = Run { b, cfg, show, train_set, test_set, ps, method, opt, state, log, summary, group };
         if let Some((path, wf, saved)) = resume_from {
             wf.load_into(&mut run.ps, "", "")?;
             wf.load_optimizer_state(&run.ps, run.opt.as_mut())?;
@@ -111,6 +119,21 @@ impl<'a, B: Backend> Run<'a, B> {
             say(show, format!("resumed from {} at epoch {}, step {}", path.display(), st.epoch, st.step_in_epoch));
             let line = json!({"type": "resume", "from": path.display().to_string(), "epoch": st.epoch, "global_step": st.global_step});
             run.log.write(line)?;
+        }
+        // Every rank starts from rank 0's weights and statistics (a resume loaded the same file
+        // on each: this changes nothing there).
+        run.ps.broadcast_from_rank0()?;
+        if let Some(r) = run.ps.replicas() {
+            let per_rank = cfg.batch_size / r.group.world();
+            let bn = run.ps.entries().iter().any(|e| e.kind == Kind::Buffer);
+            let stats = match (bn, cfg.sync_bn) {
+                (false, _) => "",
+                (true, true) => "; sync_bn: batch norm over the global batch",
+                (true, false) => "; batch norm per rank (sync_bn = false, as PyTorch DDP; rank 0's running statistics are the run's)",
+            };
+            let line = format!("data parallel: {} ranks, {per_rank} images each of the global batch {}{stats}", r.group.world(), cfg.batch_size);
+            say(show, line.clone());
+            run.log.write(json!({"type": "data_parallel", "ranks": r.group.world(), "per_rank_batch": per_rank, "sync_bn": cfg.sync_bn, "note": line}))?;
         }
         let params = run.ps.num_params();
         say(show, format!("model: {} ({params} parameters), method {}, backend {}, precision {}", cfg.model, cfg.method, b.name(), cfg.precision.as_str()));
@@ -126,13 +149,27 @@ impl<'a, B: Backend> Run<'a, B> {
 
     /// The kNN monitor on the test set (the caller checks there is one); a stop request
     /// during it saves the last completed step.
+    /// With several ranks each embeds its share of the images and they gather the features
+    /// (`monitor::extract_across`); without sync_bn rank 0's running statistics are used by all.
     pub fn knn(&self) -> Result<f64> {
         let test = self.test_set.as_ref().expect("the kNN monitor runs only with a test set");
+        if !self.cfg.sync_bn {
+            self.ps.broadcast_buffers_from_rank0().map_err(|e| self.saved_on_interrupt(e))?;
+        }
         knn_monitor(self.method.as_ref(), &self.ps, &self.train_set, test, self.cfg, self.show).map_err(|e| self.saved_on_interrupt(e))
     }
 
-    /// `Error::Interrupted` after saving `last.safetensors`; any other error as it is.
+    /// Whether this rank writes the run's files: rank 0, or the only rank.
+    pub fn writes(&self) -> bool {
+        self.group.as_ref().is_none_or(|g| g.rank() == 0)
+    }
+
+    /// `Error::Interrupted` after saving `last.safetensors` (rank 0 saves; the other ranks
+    /// stop at the same step, saving nothing); any other error as it is.
     pub fn saved_on_interrupt(&self, e: Error) -> Error {
+        if !self.writes() {
+            return e;
+        }
         save_on_interrupt(e, self.cfg, &self.ps, self.opt.as_ref(), self.method.as_ref(), &self.state)
     }
 }

@@ -431,6 +431,17 @@ impl Device {
         Ok(Some(self.stream.0))
     }
 
+    /// NCCL (src/dist/nccl.rs): the stream every op is enqueued on, with the context bound to
+    /// this thread, so collectives stay in order with our kernels; None without a GPU.
+    pub(crate) fn stream_for_nccl(&self) -> Result<Option<sys::CUstream>> {
+        self.capture_stream()
+    }
+
+    /// An error naming `what` while a graph is captured: for host waits, which the graph cannot hold.
+    pub(crate) fn refuse_while_capturing(&self, what: &str) -> Result<()> {
+        self.not_capturing(what)
+    }
+
     /// Starts capturing: launches and device copies from here on are recorded (and, except on
     /// a GPU, not run) until `end_capture`; uploads, downloads and synchronisation are errors.
     pub fn begin_capture(&self) -> Result<()> {

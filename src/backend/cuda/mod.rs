@@ -214,6 +214,26 @@ impl CudaBackend {
         self.dev.pool.release()
     }
 
+    // ---- for NCCL (src/dist/nccl.rs) -------------------------------------------------------
+
+    /// No GPU behind this backend (`dry_run`): there is nothing for a communicator to use.
+    pub(crate) fn is_dry_run(&self) -> bool {
+        self.dev.is_dry_run()
+    }
+    /// The stream all work is enqueued on, with the context bound to this thread; None without
+    /// a GPU (dry run, host emulation).
+    pub(crate) fn stream_for_nccl(&self) -> Result<Option<cudarc::driver::sys::CUstream>> {
+        self.dev.stream_for_nccl()
+    }
+    /// An error naming `what` while a graph is captured (a host wait would break the capture).
+    pub(crate) fn refuse_while_capturing(&self, what: &str) -> Result<()> {
+        self.dev.refuse_while_capturing(what)
+    }
+    /// True when both backends drive the same device (and stream): a buffer of one is valid on the other.
+    pub(crate) fn same_device(&self, other: &CudaBackend) -> bool {
+        Arc::ptr_eq(&self.dev, &other.dev)
+    }
+
     // ---- helpers for the family files ----------------------------------------------------
 
     pub(crate) fn launch(&self, kernel: &str, grid: (u32, u32, u32), block: (u32, u32, u32), args: &[Arg<'_>]) -> Result<()> {
