@@ -102,6 +102,74 @@ fn two_ranks_stopped_mid_epoch_resume_on_one_rank_with_the_straight_runs_losses(
     one_line_naming(code, &err, "batch_size");
 }
 
+/// The methods that carry state from step to step (a queue of keys, a centre) keep it equal on
+/// every rank (the queues take the gathered keys, the centre the global mean): rank 0's copy in
+/// the checkpoint is the one-rank run's, so a 2-rank run resumes on 1 rank with its losses.
+#[test]
+fn method_state_carries_over_from_two_ranks_to_one() {
+    for (method, heads) in [
+        ("mocov2plus", vec!["mocov2plus.proj_hidden=16", "mocov2plus.proj_dim=8", "mocov2plus.queue_size=16"]),
+        ("dino", vec!["dino.proj_hidden=16", "dino.proj_dim=8", "dino.num_prototypes=12"]),
+        ("swav", vec!["swav.proj_hidden=16", "swav.proj_dim=8", "swav.num_prototypes=10", "swav.queue_size=16", "swav.epoch_queue_starts=0", "swav.freeze_prototypes_epochs=0"]),
+        ("nnclr", vec!["nnclr.proj_hidden=16", "nnclr.proj_dim=8", "nnclr.pred_hidden=16", "nnclr.queue_size=16"]),
+    ] {
+        let dir = tmp_dir(&format!("ranks-state-{method}"));
+        let m = format!("method=\"{method}\"");
+        let mut extra: Vec<&str> = vec![m.as_str()];
+        extra.extend(heads.iter().copied());
+        let (code, err) = train(&dir.join("straight"), &[], &extra, &[]);
+        assert_eq!(code, 0, "{method}: {err}");
+        let out = dir.join("run");
+        let mut first = extra.clone();
+        first.push("max_steps=3");
+        let (code, err) = train(&out, &["--nproc-per-node", "2"], &first, &[]);
+        assert_eq!(code, 0, "{method}: {err}");
+        let ck = out.join("last.safetensors");
+        let (code, err) = train(&out, &["--resume", ck.to_str().unwrap()], &extra, &[]);
+        assert_eq!(code, 0, "{method}: {err}");
+        assert_same_losses(&losses(&dir.join("straight")), &losses(&out), &format!("{method}: 2 ranks for 3 steps, then 1 rank"));
+    }
+}
+
+/// Ctrl-C / SIGTERM reaches every rank of the process: they agree to stop before the same
+/// step, rank 0 saves it, and the run resumes (here on 1 rank) with the straight run's losses.
+#[test]
+fn sigterm_stops_every_rank_at_the_same_step_and_rank_0_saves_it() {
+    let dir = tmp_dir("ranks-sigterm");
+    let more = ["data.limit_per_class=8", "epochs=3"];
+    let (code, err) = train(&dir.join("straight"), &[], &more, &[]);
+    assert_eq!(code, 0, "{err}");
+    let out = dir.join("run");
+    let mut a = args(&out, &more);
+    a.splice(1..1, ["--nproc-per-node".to_string(), "2".to_string()]);
+    let child = Command::new(env!("CARGO_BIN_EXE_ssl-engine")).args(&a).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    while losses_if_any(&out) < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no steps logged");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("state saved to"), "{err}");
+    let saved = losses(&out).len();
+    assert!(saved < 30, "stopped before the end: {saved} steps");
+    let ck = out.join("last.safetensors");
+    let (code, err) = train(&out, &["--resume", ck.to_str().unwrap()], &more, &[]);
+    assert_eq!(code, 0, "{err}");
+    let straight = losses(&dir.join("straight"));
+    let got = losses(&out);
+    // Every step once: the saved position is the step after the last one logged.
+    assert_eq!(got.len(), straight.len(), "{got:?}");
+    assert_same_losses(&straight, &got, "2 ranks stopped by SIGTERM, resumed on 1");
+}
+
+/// Logged steps so far (0 while the log does not exist yet).
+fn losses_if_any(out: &Path) -> usize {
+    std::fs::read_to_string(out.join("metrics.jsonl")).map(|t| t.lines().filter(|l| l.contains("\"type\":\"step\"")).count()).unwrap_or(0)
+}
+
 #[test]
 fn a_rank_that_fails_stops_the_others_and_the_last_checkpoint_resumes() {
     let dir = tmp_dir("ranks-fail");
