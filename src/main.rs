@@ -159,6 +159,13 @@ fn train<B: Backend>(b: &B, cfg: &Config, start: &TrainStart, quiet: bool, start
         }
         e => e,
     })?;
+    // The closing evaluation and the summary are rank 0's (in-process ranks have returned to
+    // this thread, which is rank 0's process).
+    if let Ranks::Worker { world, .. } = ranks
+        && world.rank != 0
+    {
+        return Ok(());
+    }
     let last = s.out.join("last.safetensors");
     let report = cfg.report.compare_random.then(|| eval::summary::compare_with_random(b, cfg, &last, started)).transpose()?;
     println!("trained {} epochs ({} steps) at {:.1} images/s; run folder {}", s.epochs_done, s.steps_done, s.images_per_s, s.out.display());
