@@ -125,6 +125,11 @@ step_sanitize() {
     run sanitize "sanitize_$tool" 45 env SSL_ENGINE_CUDA_NO_POOL=1 "$SANITIZER" --tool "$tool" --error-exitcode 3 \
       "$BIN/conformance_cuda" cuda_tf32_conforms_loosely --test-threads 1 --nocapture
   done
+  # memcheck over replayed step graphs (bf16: the zero-fill cp.async with a NULL source): the
+  # exact-size allocator defers frees made during a capture, so the graph is recorded and the
+  # timed steps are replays ("captured the step graph" in the log says so).
+  run sanitize sanitize_memcheck_step_graph 60 env SSL_ENGINE_CUDA_NO_POOL=1 "$SANITIZER" --tool memcheck --error-exitcode 3 \
+    "$BIN/ssl-engine" bench step --simsiam --backend cuda --precision bf16 --batch 32 --warmup 2 --runs 2
 }
 
 step_kernels() {

@@ -139,6 +139,10 @@ pub fn bench_simsiam_step_with<B: Backend>(
         };
         steps.borrow_mut().step(&ps, &mut opt, &|_| (0.06, 5e-4), views.clone(), forward, always).map(drop)
     })?;
+    // What the step graph did (captured, replayed, fell back), for the logs of GPU runs.
+    for e in &steps.borrow().events {
+        eprintln!("step graph: {e}");
+    }
     Ok(Timing {
         name: format!("simsiam step {model} batch {batch} (2 views)"),
         median_s,
@@ -249,6 +253,8 @@ pub struct CensusRow {
     pub kernel: String,
     pub launches: usize,
     pub bytes: u64,
+    /// Blocks of each launch (its grid), for the wave efficiency.
+    pub blocks: Vec<u64>,
 }
 
 /// The step census: one SimSiam step's kernels, and how many of them a CUDA graph replays.
@@ -290,12 +296,14 @@ fn simsiam_step_census_as(
     })?;
     let mut rows: Vec<CensusRow> = Vec::new();
     for l in b.take_launches() {
+        let blocks = l.grid.0 as u64 * l.grid.1 as u64 * l.grid.2 as u64;
         match rows.iter_mut().find(|r| r.kernel == l.kernel) {
             Some(r) => {
                 r.launches += 1;
                 r.bytes += l.bytes;
+                r.blocks.push(blocks);
             }
-            None => rows.push(CensusRow { kernel: l.kernel, launches: 1, bytes: l.bytes }),
+            None => rows.push(CensusRow { kernel: l.kernel, launches: 1, bytes: l.bytes, blocks: vec![blocks] }),
         }
     }
     rows.sort_by_key(|r| std::cmp::Reverse(r.bytes));
@@ -318,6 +326,9 @@ pub struct CensusRequest<'a> {
     /// Data-parallel ranks, each on its own dry-run device; the census is rank 0's.
     pub ranks: usize,
     pub sync_bn: bool,
+    /// Each GEMM and convolution launch's wave efficiency, from every kernel's registers and
+    /// shared memory on sm_90a (compiles every family once more and needs cuobjdump).
+    pub waves: bool,
 }
 
 /// `bench step --dry-run`: one SimSiam step on the dry-run CUDA device (no GPU needed), as the
@@ -355,13 +366,42 @@ pub fn dry_run_census_table(r: &CensusRequest) -> Result<String> {
         all.swap_remove(0)?
     };
     let (n, bytes): (usize, u64) = census.rows.iter().fold((0, 0), |(n, by), r| (n + r.launches, by + r.bytes));
+    // Blocks per SM of each kernel, from its sm_90a resources (needs cuobjdump): the wave
+    // efficiency of the GEMM and convolution launches.
+    let resident: Option<std::collections::HashMap<String, u32>> = (r.waves.then(crate::backend::cuda::report::find_cuobjdump))
+        .flatten()
+        .and_then(|tool| crate::backend::cuda::report::static_report(&tool).ok())
+        .map(|ks| ks.into_iter().filter_map(|k| Some((k.name.clone(), k.blocks_per_sm()?))).collect());
+    let gemm_like = |k: &str| k.starts_with("conv2d") || k.starts_with("matmul");
+    let waves = |row: &CensusRow| -> Option<Vec<f64>> {
+        let per_sm = *resident.as_ref()?.get(&row.kernel)?;
+        gemm_like(&row.kernel).then(|| row.blocks.iter().map(|&b| crate::backend::cuda::report::wave_efficiency(b, DRY_RUN_SMS, per_sm)).collect())
+    };
     let ranks = if r.ranks > 1 { format!(", rank 0 of {} (sync_bn {})", r.ranks, r.sync_bn) } else { String::new() };
     let mut t = format!("SimSiam step census, {} batch {} (2 views), dry-run CUDA device, {}{ranks}:\n", r.model, r.batch, r.precision.as_str());
-    t += &format!("{:<40} {:>9} {:>12}\n", "kernel", "launches", "MB reached");
+    t += &format!("{:<40} {:>9} {:>12} {:>16}\n", "kernel", "launches", "MB reached", "waves min/mean");
+    let (mut conv_launches, mut conv_low) = (0, 0);
     for r in &census.rows {
-        t += &format!("{:<40} {:>9} {:>12.1}\n", r.kernel, r.launches, r.bytes as f64 / 1e6);
+        let w = waves(r);
+        let shown = w.as_ref().map_or(String::new(), |w| {
+            format!("{:.0}% / {:.0}%", 100.0 * w.iter().cloned().fold(1.0, f64::min), 100.0 * w.iter().sum::<f64>() / w.len() as f64)
+        });
+        if r.kernel.starts_with("conv2d")
+            && let Some(w) = &w
+        {
+            conv_launches += w.len();
+            conv_low += w.iter().filter(|&&e| e < 0.8).count();
+        }
+        t += &format!("{:<40} {:>9} {:>12.1} {:>16}\n", r.kernel, r.launches, r.bytes as f64 / 1e6, shown);
     }
     t += &format!("{:<40} {:>9} {:>12.1}\n", "total", n, bytes as f64 / 1e6);
+    t += &match resident {
+        Some(_) => format!(
+            "wave efficiency (blocks / (waves x {DRY_RUN_SMS} SMs x blocks per SM)): {conv_low} of {conv_launches} convolution launches under 80%\n"
+        ),
+        None if r.waves => "wave efficiency: not shown (it needs cuobjdump for each kernel's registers: pip install nvidia-cuda-cuobjdump)\n".into(),
+        None => String::new(),
+    };
     if census.graph_kernels > 0 {
         // The input and step-value copies before a replay are driver copies, not kernels.
         let outside = n - census.graph_kernels;

@@ -308,7 +308,7 @@ fn run(cli: Cli) -> Result<()> {
                 return Err(Error::Config("--dry-run is the CUDA step census: use it with --backend cuda --simsiam".into()));
             }
             let precision = dev.resolve()?.precision;
-            let r = bench::CensusRequest { model: &model, batch, image: image_size, precision, graph: !no_graph, ranks, sync_bn };
+            let r = bench::CensusRequest { model: &model, batch, image: image_size, precision, graph: !no_graph, ranks, sync_bn, waves: true };
             print!("{}", bench::dry_run_census_table(&r)?);
             return Ok(());
         }

@@ -408,6 +408,7 @@ fn step_census_of_two_ranks_counts_the_collectives() {
         graph: false,
         ranks: 2,
         sync_bn,
+        waves: false,
     };
     let plain = ssl_engine::bench::dry_run_census_table(&req(false)).unwrap();
     let line = plain.lines().find(|l| l.starts_with("all_reduce")).unwrap_or_else(|| panic!("{plain}"));
@@ -478,6 +479,53 @@ fn step_graph_warms_up_captures_replays_and_falls_back() {
     }
     assert_eq!(g.events.len(), 1, "{:?}", g.events);
     assert!(g.events[0].contains("could not be captured") && g.events[0].contains("an upload from the host"), "{:?}", g.events);
+}
+
+/// A recorded step holds the addresses of the tensors it updates in place. Replacing one (an
+/// optimizer state load, a weight reload) recaptures the graph on the new buffers instead of
+/// replaying into the old ones, which nothing reads any more.
+#[test]
+fn step_graph_is_recaptured_when_a_tensor_it_captured_is_replaced() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    use ssl_engine::autograd::Var;
+    use ssl_engine::nn::{Ctx, Init, Kind, Layout, ParamStore};
+    use ssl_engine::optim::{Optimizer, Sgd, StepGraph, always};
+    let b = CudaBackend::dry_run(132).unwrap();
+    let mut ps = ParamStore::new(&b, DType::F32, 0);
+    let w = ps.add("w", &[4, 3], Init::Zeros, Kind::Param, Layout::Same).unwrap();
+    let mut opt = Sgd::new(0.9);
+    let forward = |cx: &Ctx<CudaBackend>, x: &[Tensor<CudaBackend>]| {
+        let y = cx.tape.matmul(&Var::constant(x[0].clone()), &cx.param(w), false, false)?;
+        Ok((cx.tape.sum_axis(&cx.tape.sum_axis(&y, 0)?, 0)?, ()))
+    };
+    let mut g = StepGraph::new(&b, true);
+    let mut step = |ps: &ParamStore<CudaBackend>, opt: &mut Sgd<CudaBackend>, g: &mut StepGraph<CudaBackend, ()>| {
+        let before = b.graph_replays();
+        let x = vec![Tensor::zeros(&b, &[8, 4], DType::F32).unwrap()];
+        g.step(ps, opt, &|_| (0.1, 0.0), x, forward, always).unwrap();
+        b.graph_replays() - before
+    };
+    let replays: Vec<u64> = (0..3).map(|_| step(&ps, &mut opt, &mut g)).collect();
+    assert_eq!(replays, [0, 1, 1], "warm-up, capture, replay: {:?}", g.events);
+    g.events.clear();
+
+    // The momentum restored from a checkpoint is a new buffer.
+    let (kind, id, shape) = opt.state().first().map(|(k, id, t)| (*k, *id, t.shape().to_vec())).expect("momentum after a step");
+    opt.load_state(kind, id, Tensor::zeros(&b, &shape, DType::F32).unwrap()).unwrap();
+    assert_eq!(step(&ps, &mut opt, &mut g), 1, "recorded again and replayed: {:?}", g.events);
+    let ev = g.events.join("\n");
+    assert!(ev.contains("the optimizer's momentum of w was replaced since the step graph was captured"), "{ev}");
+    assert!(ev.contains("recaptured the step graph"), "{ev}");
+    g.events.clear();
+    assert_eq!(step(&ps, &mut opt, &mut g), 1);
+    assert!(g.events.is_empty(), "an unchanged graph replays quietly: {:?}", g.events);
+
+    // A weight reload replaces the parameter's buffer.
+    ps.set(w, Tensor::zeros(&b, &[4, 3], DType::F32).unwrap()).unwrap();
+    assert_eq!(step(&ps, &mut opt, &mut g), 1);
+    assert!(g.events.join("\n").contains("parameter w was replaced"), "{:?}", g.events);
 }
 
 /// The allocator keeps a graph's memory to the graph: a block freed during the capture is not

@@ -158,6 +158,45 @@ struct Recorded<B: Backend, T> {
     /// (row i for grads[i]; rows past the gradients unused); None when the optimizer runs after
     /// the replay.
     hyper: Option<Tensor<B>>,
+    /// The parameters, buffers and optimizer state the graph reads and updates in place.
+    captured: Captured<B>,
+}
+
+/// The tensors outside its own buffers that a recorded step reads and writes in place: every
+/// parameter and buffer, and the optimizer's state. The graph holds their device addresses, so
+/// it is valid only while each is still the same buffer; one replaced since (a weight reload,
+/// `Optimizer::load_state`) would leave the graph updating memory nobody reads any more.
+struct Captured<B: Backend> {
+    params: Vec<Tensor<B>>,
+    state: Vec<((&'static str, ParamId), Tensor<B>)>,
+}
+
+impl<B: Backend> Captured<B> {
+    fn of(ps: &ParamStore<B>, opt: &dyn Optimizer<B>) -> Self {
+        Captured {
+            params: ps.entries().iter().map(|e| e.value.clone()).collect(),
+            state: opt.state().into_iter().map(|(kind, id, t)| ((kind, id), t.clone())).collect(),
+        }
+    }
+
+    /// What was replaced since the capture, named; None while the graph is still valid.
+    fn replaced(&self, ps: &ParamStore<B>, opt: &dyn Optimizer<B>) -> Option<String> {
+        let entries = ps.entries();
+        if entries.len() != self.params.len() {
+            return Some(format!("the parameters ({} then, {} now)", self.params.len(), entries.len()));
+        }
+        if let Some(e) = entries.iter().zip(&self.params).find(|(e, t)| !e.value.same_storage(t)).map(|(e, _)| e) {
+            return Some(format!("parameter {}", e.name));
+        }
+        let now = opt.state();
+        let name = |id: ParamId| &entries[id.0].name;
+        if now.len() != self.state.len() {
+            return Some(format!("the optimizer's state ({} tensors then, {} now)", self.state.len(), now.len()));
+        }
+        now.into_iter()
+            .find(|(kind, id, t)| !self.state.iter().any(|(key, old)| *key == (*kind, *id) && old.same_storage(t)))
+            .map(|(kind, id, _)| format!("the optimizer's {kind} of {}", name(id)))
+    }
 }
 
 /// One training step as a device graph (CUDA graphs): forward, backward and the optimizer,
@@ -216,9 +255,18 @@ impl<B: Backend, T: Clone> StepGraph<B, T> {
         if self.off {
             return self.eager(ps, opt, hyper, &inputs, forward, before_update);
         }
-        if self.recorded.as_ref().is_some_and(|r| r.shapes == shapes) {
-            self.warm = None;
-            return self.replay(ps, opt, hyper, &inputs, before_update);
+        if let Some(r) = self.recorded.as_ref().filter(|r| r.shapes == shapes) {
+            match r.captured.replaced(ps, opt) {
+                None => {
+                    self.warm = None;
+                    return self.replay(ps, opt, hyper, &inputs, before_update);
+                }
+                // Recorded again below, on the new buffers (the pool is warm at these shapes).
+                Some(what) => {
+                    self.events.push(format!("{what} was replaced since the step graph was captured: recapturing it"));
+                    self.warm = Some(shapes.clone());
+                }
+            }
         }
         if self.warm.as_ref() != Some(&shapes) {
             if let Some(r) = &self.recorded {
@@ -293,7 +341,8 @@ impl<B: Backend, T: Clone> StepGraph<B, T> {
         match recorded {
             Ok((readout, grads, out, hyper)) => {
                 let id = self.backend.graph_end(true)?;
-                Ok(Some(Recorded { id, shapes, inputs: inputs.to_vec(), readout, grads, out, hyper }))
+                let captured = Captured::of(ps, opt);
+                Ok(Some(Recorded { id, shapes, inputs: inputs.to_vec(), readout, grads, out, hyper, captured }))
             }
             Err(e) => {
                 let _ = self.backend.graph_end(false);

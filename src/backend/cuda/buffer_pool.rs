@@ -48,6 +48,10 @@ struct State {
     owner: HashMap<u64, u64>,
     /// Each graph's freed blocks, by size class.
     graph_free: HashMap<u64, HashMap<usize, Vec<u64>>>,
+    /// `SSL_ENGINE_CUDA_NO_POOL=1`: blocks freed during a capture, returned to the driver once
+    /// it has ended (the wait before cuMemFree would end the capture: no graph would ever be
+    /// recorded, and a sanitizer run would never replay one).
+    deferred: Vec<u64>,
 }
 
 /// Where the memory comes from.
@@ -198,6 +202,10 @@ impl BufferPool {
             && let Memory::Cuda(ctx) = &self.mem
         {
             st.live_bytes = st.live_bytes.saturating_sub(class);
+            if st.capture.is_some() {
+                st.deferred.push(ptr);
+                return;
+            }
             if ctx.bind_to_thread().is_ok() && ctx.synchronize().is_ok() {
                 // SAFETY: from cuMemAlloc; the device is idle, so no queued kernel uses it.
                 unsafe {
@@ -248,6 +256,23 @@ impl BufferPool {
     /// Starts (Some) or ends (None) the capture of graph `g`: see the module doc.
     pub fn set_capture(&self, g: Option<u64>) {
         self.lock().capture = g;
+    }
+
+    /// After a capture has ended: returns the blocks freed during it to the driver (exact mode).
+    pub fn free_deferred(&self) {
+        let deferred = std::mem::take(&mut self.lock().deferred);
+        if let (false, Memory::Cuda(ctx)) = (deferred.is_empty(), &self.mem)
+            && ctx.bind_to_thread().is_ok()
+            && ctx.synchronize().is_ok()
+        {
+            for p in deferred {
+                // SAFETY: from cuMemAlloc; the device is idle and nothing outside the ended
+                // capture holds the block.
+                unsafe {
+                    let _ = result::free_sync(p);
+                }
+            }
+        }
     }
 
     /// Graph `g` is gone: its free blocks return to the common free lists, and its live ones

@@ -144,6 +144,7 @@ impl Capture {
                     let _ = sys::cuGraphDestroy(g);
                 }
             }
+            pool.free_deferred();
             let exec = instantiated.map_err(|e| err(format!("end CUDA graph capture: {e}")))?;
             graph.exec = Some(Exec(exec));
         }

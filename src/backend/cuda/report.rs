@@ -38,21 +38,51 @@ pub struct KernelStatic {
     /// CALL instructions: integer-division helpers here.
     pub calls: u32,
     pub instructions: u32,
+    /// Bytes all its cp.async copies move (4, 8 or 16 each): with `ldgsts`, the bytes per copy.
+    pub ldgsts_bytes: u32,
+    /// The innermost loop that holds MMAs: (its instructions, the MMAs among them), None without
+    /// one. Found as CUTLASS's anchor finds it (../shared/anchors/cutlass_mainloop.sh): the
+    /// shortest span from a backward branch's target to the branch that holds an HMMA/HGMMA.
+    pub main_loop: Option<(u32, u32)>,
 }
 
 impl KernelStatic {
+    /// Instructions per MMA in the main loop (CUTLASS 4.2's sm80 bf16 kernels: 2.6-5.5).
+    pub fn instructions_per_mma(&self) -> Option<f64> {
+        self.main_loop.map(|(n, mma)| n as f64 / mma.max(1) as f64)
+    }
+
+    /// Bytes per cp.async (16 is the widest: LDGSTS.128).
+    pub fn bytes_per_cp_async(&self) -> Option<f64> {
+        (self.ldgsts > 0).then(|| self.ldgsts_bytes as f64 / self.ldgsts as f64)
+    }
+
     /// Theoretical occupancy on an H100 / H200 SM (64K registers, 2048 threads, 32 blocks,
     /// 228 KB shared memory with 1 KB reserved per block), as a fraction of 64 warps.
     pub fn occupancy(&self) -> Option<f64> {
+        let warps = self.block_threads?.div_ceil(32);
+        Some((self.blocks_per_sm()? * warps) as f64 / 64.0)
+    }
+
+    /// Blocks resident on one SM at once (same limits as `occupancy`).
+    pub fn blocks_per_sm(&self) -> Option<u32> {
         let threads = self.block_threads?;
         let warps = threads.div_ceil(32);
         let regs_per_warp = (self.registers.max(1) * 32).div_ceil(256) * 256;
         let by_regs = (65536 / regs_per_warp) / warps;
         let by_threads = 2048 / threads;
         let by_smem = 233_472 / (self.smem_bytes + 1024);
-        let blocks = by_regs.min(by_threads).min(by_smem).min(32);
-        Some((blocks * warps) as f64 / 64.0)
+        Some(by_regs.min(by_threads).min(by_smem).min(32))
     }
+}
+
+/// The share of the GPU's block slots a launch of `blocks` blocks keeps busy over its waves:
+/// blocks / (waves x slots), slots = SMs x blocks per SM. 144 blocks on 132 one-block SMs run
+/// in two waves, the second nearly empty: 55%.
+pub fn wave_efficiency(blocks: u64, sms: u32, blocks_per_sm: u32) -> f64 {
+    let slots = (sms as u64 * blocks_per_sm.max(1) as u64).max(1);
+    let waves = blocks.div_ceil(slots).max(1);
+    blocks as f64 / (waves * slots) as f64
 }
 
 /// `cuobjdump`: $CUOBJDUMP, then PATH, then the pip wheel beside libnvrtc's.
@@ -105,6 +135,8 @@ pub fn static_report(cuobjdump: &Path) -> Result<Vec<KernelStatic>> {
             k.local_ops = mix.local_ops;
             k.calls = mix.calls;
             k.instructions = mix.instructions;
+            k.ldgsts_bytes = mix.ldgsts_bytes;
+            k.main_loop = main_loop(&mix.code);
         }
         let mut ks: Vec<KernelStatic> = kernels.into_values().collect();
         for k in &mut ks {
@@ -178,6 +210,24 @@ struct Mix {
     local_ops: u32,
     calls: u32,
     instructions: u32,
+    ldgsts_bytes: u32,
+    /// (address, whether an MMA, backward-branch target if a branch) of every instruction.
+    code: Vec<(u64, bool, Option<u64>)>,
+}
+
+/// The innermost loop holding MMAs: the shortest [target, branch] address span of a branch to
+/// an earlier address with an MMA inside, as (instructions, MMAs).
+fn main_loop(code: &[(u64, bool, Option<u64>)]) -> Option<(u32, u32)> {
+    let mut best: Option<(u32, u32)> = None;
+    for &(addr, _, target) in code {
+        let Some(t) = target.filter(|&t| t < addr) else { continue };
+        let body = code.iter().filter(|(a, ..)| (t..=addr).contains(a));
+        let (n, mma) = body.fold((0u32, 0u32), |(n, m), (_, is_mma, _)| (n + 1, m + *is_mma as u32));
+        if mma > 0 && best.is_none_or(|(bn, _)| n < bn) {
+            best = Some((n, mma));
+        }
+    }
+    best
 }
 
 /// The instruction mix of each function in `cuobjdump -sass` output.
@@ -190,7 +240,8 @@ fn parse_sass(text: &str) -> Vec<(String, Mix)> {
         }
         let Some((_, m)) = out.last_mut() else { continue };
         // "        /*0070*/                   @P0 HMMA.16816.F32.BF16 R4, ... ;"
-        let Some(code) = line.trim().strip_prefix("/*").and_then(|r| r.split_once("*/")).map(|(_, c)| c.trim()) else { continue };
+        let Some((addr, code)) = line.trim().strip_prefix("/*").and_then(|r| r.split_once("*/")).map(|(a, c)| (a, c.trim())) else { continue };
+        let Ok(addr) = u64::from_str_radix(addr.trim(), 16) else { continue };
         let mut words = code.split_whitespace();
         let mut op = words.next().unwrap_or("");
         if op.starts_with('@') {
@@ -201,11 +252,17 @@ fn parse_sass(text: &str) -> Vec<(String, Mix)> {
         }
         m.instructions += 1;
         let base = op.split('.').next().unwrap_or(op);
+        // "BRA 0x1230 ;": the branch's target address.
+        let target = (base == "BRA")
+            .then(|| code.split_whitespace().find_map(|w| w.trim_end_matches(';').strip_prefix("0x").and_then(|h| u64::from_str_radix(h, 16).ok())))
+            .flatten();
+        m.code.push((addr, matches!(base, "HMMA" | "HGMMA"), target));
         match base {
             "HMMA" | "HGMMA" => m.hmma += 1,
             "LDGSTS" => {
                 m.ldgsts += 1;
                 m.ldgsts128 += op.ends_with(".128") as u32;
+                m.ldgsts_bytes += if op.contains(".128") { 16 } else if op.contains(".64") { 8 } else { 4 };
             }
             "LDSM" => m.ldsm += 1,
             "LDL" | "STL" => m.local_ops += 1,
@@ -219,14 +276,14 @@ fn parse_sass(text: &str) -> Vec<(String, Mix)> {
 /// The report as a table.
 pub fn format_report(ks: &[KernelStatic]) -> String {
     let mut s = format!(
-        "{:<40} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>5} {:>7} {:>5}\n",
-        "kernel (sm_90a)", "file", "regs", "spill", "stack", "smem", "block", "occup", "HMMA", "LDGSTS", ".128", "LDSM", "LDL/STL", "calls"
+        "{:<40} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>5} {:>7} {:>5} {:>9} {:>6}\n",
+        "kernel (sm_90a)", "file", "regs", "spill", "stack", "smem", "block", "occup", "HMMA", "LDGSTS", ".128", "LDSM", "LDL/STL", "calls", "instr/MMA", "B/cp"
     );
     for k in ks {
         let occ = k.occupancy().map(|o| format!("{:.0}%", o * 100.0)).unwrap_or_else(|| "-".into());
         let block = k.block_threads.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
         s.push_str(&format!(
-            "{:<40} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>5} {:>7} {:>5}\n",
+            "{:<40} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>5} {:>7} {:>5} {:>9} {:>6}\n",
             k.name,
             k.file,
             k.registers,
@@ -240,7 +297,9 @@ pub fn format_report(ks: &[KernelStatic]) -> String {
             k.ldgsts128,
             k.ldsm,
             k.local_ops,
-            k.calls
+            k.calls,
+            k.instructions_per_mma().map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()),
+            k.bytes_per_cp_async().map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
         ));
     }
     s
@@ -260,4 +319,48 @@ pub fn gemm_core_kernels() -> Vec<(&'static str, u32)> {
     out.sort();
     out.dedup();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A made-up kernel in cuobjdump's format: an outer loop (0x0010..0x00a0) around an inner
+    /// one (0x0030..0x0070) holding 2 MMAs in 5 instructions, and a forward branch.
+    const SASS: &str = "
+        Function : k
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   LDGSTS.E.BYPASS.LTC128B.128 [R2], desc[UR4][R4.64] ;
+        /*0020*/                   LDGSTS.E [R3], desc[UR4][R6.64] ;
+        /*0030*/                   LDSM.16.M88.4 R8, [R9] ;
+        /*0040*/                   HMMA.16816.F32.BF16 R12, R8, R10, R12 ;
+        /*0050*/                   HMMA.16816.F32.BF16 R16, R8, R11, R16 ;
+        /*0060*/                   IADD3 R9, R9, 0x40, RZ ;
+        /*0070*/               @P0 BRA 0x30 ;
+        /*0080*/               @P1 BRA 0xc0 ;
+        /*0090*/                   IADD3 R2, R2, 0x1, RZ ;
+        /*00a0*/               @P2 BRA 0x10 ;
+        /*00b0*/                   EXIT ;
+        /*00c0*/                   BRA 0xc0 ;
+    ";
+
+    #[test]
+    fn the_main_loop_is_the_innermost_loop_with_mmas() {
+        let got = parse_sass(SASS);
+        assert_eq!(got.len(), 1);
+        let (name, mix) = &got[0];
+        assert_eq!(name, "k");
+        assert_eq!(main_loop(&mix.code), Some((5, 2)), "0x30..=0x70: LDSM, 2 HMMA, IADD3, BRA");
+        assert_eq!((mix.ldgsts, mix.ldgsts128, mix.ldgsts_bytes), (2, 1, 20));
+        let k = KernelStatic { main_loop: main_loop(&mix.code), ldgsts: mix.ldgsts, ldgsts_bytes: mix.ldgsts_bytes, ..Default::default() };
+        assert_eq!(k.instructions_per_mma(), Some(2.5));
+        assert_eq!(k.bytes_per_cp_async(), Some(10.0));
+    }
+
+    #[test]
+    fn wave_efficiency_counts_the_last_waves_empty_slots() {
+        assert!((wave_efficiency(144, 132, 1) - 144.0 / 264.0).abs() < 1e-12);
+        assert_eq!(wave_efficiency(264, 132, 2), 1.0);
+        assert!((wave_efficiency(100, 132, 1) - 100.0 / 132.0).abs() < 1e-12);
+    }
 }
