@@ -449,6 +449,38 @@ fn emulated_kernels_conform_on_split_and_multi_block_paths() {
     }
 }
 
+/// Backward-weight on a 128 x 128 tile split along k (the wave rule's pick for a weight
+/// gradient with few tiles and a long reduction: here 1 tile over 1024 pixels on the emulator's
+/// 4 SMs, 4 pieces), in bf16 and TF32, against the CPU through the conformance cases (the
+/// convolution's forward, and its gradients on both inputs). The dry-run device with 4 SMs shows
+/// which kernel and grid the same plan launches.
+#[test]
+fn emulated_weight_gradient_on_a_split_128_tile_conforms() {
+    use common::conformance::{Case, bf16_cases_of, cross_precision, run_cases_against};
+    use ssl_engine::backend::Precision;
+    use ssl_engine::{Tensor, ops};
+    let Some(dev) = emulator() else { return };
+    let (xs, ws) = (vec![16usize, 8, 8, 128], vec![128usize, 1, 1, 128]);
+    let cd = ops::conv2d_dims(&xs, &ws, [1, 1], [0, 0], 1).unwrap();
+    for (precision, tf32) in [(Precision::Bf16, false), (Precision::Fp32, true)] {
+        let dry = CudaBackend::dry_run(4).unwrap().with_tf32(tf32).with_precision(precision);
+        let zeros = |s: &[usize]| Tensor::zeros(&dry, s, DType::F32).unwrap();
+        dry.take_launches();
+        ops::conv2d_weight_bwd(&zeros(&xs), &zeros(&[16, 8, 8, 128]), &cd).unwrap();
+        let launched = dry.take_launches();
+        let gemm = launched.iter().find(|l| l.kernel.contains("weight_bwd")).expect("a weight kernel");
+        assert!(gemm.kernel.contains("m128n128_weight_bwd"), "{launched:?}");
+        assert_eq!(gemm.grid, (1, 1, 4), "one tile, 4 pieces of k: {launched:?}");
+    }
+    let case = vec![(Case::Conv { stride: 1, pad: 0, groups: 1 }, vec![xs, ws])];
+    let bf16 = dev.clone().with_precision(Precision::Bf16);
+    let reference = common::cpu(2).with_precision(Precision::Bf16);
+    let r = run_cases_against(&bf16, &reference, DType::F32, 1e-3, &mut Rng::new(31), bf16_cases_of(case.clone()));
+    println!("bf16 vs cpu bf16: {:?}", r.lines);
+    let r = run_cases(&dev.clone().with_tf32(true), DType::F32, 1e-2, &mut Rng::new(31), cross_precision(case));
+    println!("tf32 vs cpu f64: {:?}", r.lines);
+}
+
 /// One training step of every method (two for MoCo v2+ and DINO) on the emulated CUDA device
 /// against the CPU backend: the
 /// real loop, the real launch code, the kernels run on the host. Tiny heads, 8-pixel crops and

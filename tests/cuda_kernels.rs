@@ -260,6 +260,18 @@ fn dry_run_gemm_tiles_follow_the_rule() {
         assert_eq!((weight[0].0.clone(), weight[0].1.0, weight[0].1.1, weight[0].2), (k("conv2d", "_weight_bwd"), 1, 9, 24_576), "{weight:?}");
         assert!(weight[0].1.2 > 1, "backward-weight is split along k: {weight:?}");
     }
+    // ResNet-18's last stage at batch 512: 512 x 4608 weight-gradient outputs are 144 tiles of
+    // 128 x 128, two waves on 132 SMs with the second nearly empty (55%) unsplit; split along k
+    // they fill whole waves.
+    let dev = dry.clone().with_precision(ssl_engine::backend::Precision::Bf16);
+    let (x, dy) = (Tensor::zeros(&dev, &[512, 4, 4, 512], DType::F32).unwrap(), Tensor::zeros(&dev, &[512, 4, 4, 512], DType::F32).unwrap());
+    let cd = ops::conv2d_dims(x.shape(), &[512, 3, 3, 512], [1, 1], [1, 1], 1).unwrap();
+    dev.take_launches();
+    ops::conv2d_weight_bwd(&x, &dy, &cd).unwrap();
+    let l = dev.take_launches().into_iter().find(|l| l.kernel.contains("weight_bwd")).unwrap();
+    assert_eq!((l.kernel.as_str(), l.grid.0, l.grid.1), ("conv2d_m128n128_weight_bwd_bf16", 4, 36), "{l:?}");
+    let e = ssl_engine::backend::cuda::report::wave_efficiency(144 * l.grid.2 as u64, 132, 1);
+    assert!(l.grid.2 > 1 && e >= 0.95, "{} pieces: wave efficiency {e:.2}", l.grid.2);
     // Exact FP32: the SIMT loop, 64 x 64, whatever the shape.
     let [square, ..] = launches_of(&dry);
     assert_eq!(square, vec![("matmul_fwd_f32".to_string(), (64, 64, 1), 9_216)]);

@@ -117,9 +117,15 @@ fn plan(b: &CudaBackend, pass: Pass, d: &Conv2dDims) -> Result<Plan> {
         oh: d.oh as i32,
         ow: d.ow as i32,
     };
-    let tile = Tile::pick(b, m, n, d.groups * phases);
+    let (tile, splits) = match pass {
+        Pass::BwdWeight => weight_plan(b, m, n, k, d.groups),
+        _ => {
+            let tile = Tile::pick(b, m, n, d.groups * phases);
+            let tiles = m.div_ceil(tile.mn().0) * n.div_ceil(tile.mn().1) * d.groups * phases;
+            (tile, if tile == Tile::T64 { b.split_k(tiles, k) } else { 1 })
+        }
+    };
     let (tm, tn) = (m.div_ceil(tile.mn().0), n.div_ceil(tile.mn().1));
-    let splits = if tile == Tile::T64 { b.split_k(tm * tn * d.groups * phases, k) } else { 1 };
     if tn > 65535 || d.groups * splits * phases > MAX_Z {
         return Err(Error::Invalid {
             op: OP,
@@ -127,6 +133,50 @@ fn plan(b: &CudaBackend, pass: Pass, d: &Conv2dDims) -> Result<Plan> {
         });
     }
     Ok(Plan { out_len, tile, splits, grid: (i32c(OP, tm)? as u32, tn as u32, (d.groups * splits * phases) as u32), dims })
+}
+
+/// Backward-weight's tile and split-K factor. Its GEMM has few outputs (c_out x kh*kw*c_in) and
+/// a long reduction (every pixel of the batch), so how the reduction is split decides how full
+/// the GPU is: ResNet-18's last stage at batch 512 is 144 tiles of 128 x 128 on 132 SMs, two
+/// waves with the second nearly empty. Each candidate (a 128-row tile or 64 x 64; 1-64 pieces,
+/// each at least 256 long, their partial outputs at most 64 MB) is scored by the share of the GPU's block slots its waves keep busy
+/// (`gemm::wave_efficiency`) x the share of its tiles' outputs that exist x the tile's own
+/// speed (a 128-wide tile reuses each operand element twice as often: 1, against 0.6 for
+/// 64 x 64). More pieces must win by over 1%: each adds a partial output to sum. The stem
+/// (64 x 27 outputs over 524288 pixels at batch 512) takes hundreds of pieces. The pieces are
+/// summed in a fixed order (`sum_splits`), so the result does not depend on the choice's timing.
+fn weight_plan(b: &CudaBackend, m: usize, n: usize, k: usize, groups: usize) -> (Tile, usize) {
+    // Blocks per SM on sm_90a (`bench kernels --static`): the 128 x 128 bf16 / TF32 weight
+    // kernels hold 212 registers a thread (one block), the 128 x 64 ones 124-128 and the 64 x 64
+    // ones 98-104 (two).
+    let candidates = match b.gemm_math() {
+        GemmMath::Simt => vec![(Tile::T64, 2, 1.0)],
+        math => {
+            let big = if n <= 64 { (Tile::T128x64, 2) } else { (Tile::T128, 1) };
+            let mut c = vec![(Tile::T64, 2, 0.6)];
+            if big.0.smem_bytes(math) <= b.max_shared() {
+                c.push((big.0, big.1, 1.0));
+            }
+            c
+        }
+    };
+    let sms = b.sm_count();
+    let mut best = (Tile::T64, 1, 0.0f64);
+    for (tile, per_sm, speed) in candidates {
+        let (th, tw) = tile.mn();
+        let tiles = m.div_ceil(th) * n.div_ceil(tw) * groups;
+        let filled = (m * n) as f64 / (m.div_ceil(th) * th * n.div_ceil(tw) * tw) as f64;
+        let most = (k / 256).min((16 << 20) / (m * n * groups).max(1)).min(MAX_Z / groups.max(1)).clamp(1, 1024);
+        for splits in 1..=most {
+            let score = super::gemm::wave_efficiency((tiles * splits) as u64, sms, per_sm) * filled * speed;
+            let (_, best_splits, best_score) = best;
+            let better = if splits > best_splits { score > best_score * 1.01 } else { score > best_score };
+            if better {
+                best = (tile, splits, score);
+            }
+        }
+    }
+    (best.0, best.1)
 }
 
 /// The pass's kernel: whole symbols, never assembled, each found by name in kernels/conv.cu.

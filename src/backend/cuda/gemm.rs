@@ -63,3 +63,12 @@ impl Tile {
         bytes as u32
     }
 }
+
+/// The share of the GPU's block slots a launch of `blocks` blocks keeps busy over its waves:
+/// blocks / (waves x slots), slots = SMs x blocks per SM. 144 blocks on 132 one-block SMs run
+/// in two waves, the second nearly empty: 55%.
+pub fn wave_efficiency(blocks: u64, sms: u32, blocks_per_sm: u32) -> f64 {
+    let slots = (sms as u64 * blocks_per_sm.max(1) as u64).max(1);
+    let waves = blocks.div_ceil(slots).max(1);
+    blocks as f64 / (waves * slots) as f64
+}

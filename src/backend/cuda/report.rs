@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::GemmMath;
+pub use super::gemm::wave_efficiency;
 use super::gemm::Tile;
 use super::nvrtc::{self, FAMILIES, Target, err};
 use crate::error::Result;
@@ -76,14 +77,6 @@ impl KernelStatic {
     }
 }
 
-/// The share of the GPU's block slots a launch of `blocks` blocks keeps busy over its waves:
-/// blocks / (waves x slots), slots = SMs x blocks per SM. 144 blocks on 132 one-block SMs run
-/// in two waves, the second nearly empty: 55%.
-pub fn wave_efficiency(blocks: u64, sms: u32, blocks_per_sm: u32) -> f64 {
-    let slots = (sms as u64 * blocks_per_sm.max(1) as u64).max(1);
-    let waves = blocks.div_ceil(slots).max(1);
-    blocks as f64 / (waves * slots) as f64
-}
 
 /// `cuobjdump`: $CUOBJDUMP, then PATH, then the pip wheel beside libnvrtc's.
 pub fn find_cuobjdump() -> Option<PathBuf> {
