@@ -36,8 +36,12 @@ pub(super) fn partials(b: &CudaBackend, nb: usize, c: usize) -> Result<CudaStora
     b.scratch(nb * 2 * c * 2)
 }
 
-fn per_channel_blocks(c: usize) -> u32 {
-    c.div_ceil(THREADS as usize) as u32
+/// The finalize kernels (kernels/norm.cu, column_pair_sums): 32 channels x 32 rows of partials
+/// per block.
+const FINALIZE_BLOCK: (u32, u32, u32) = (32, 32, 1);
+
+fn finalize_grid(c: usize) -> (u32, u32, u32) {
+    (c.div_ceil(32) as u32, 1, 1)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -64,8 +68,8 @@ pub(super) fn batchnorm_from_partials(
     };
     b.launch(
         "batchnorm_finalize_fwd_f32",
-        (per_channel_blocks(c), 1, 1),
-        (THREADS, 1, 1),
+        finalize_grid(c),
+        FINALIZE_BLOCK,
         &[
             ptr(part),
             i32a(OP, nb)?,
@@ -164,8 +168,8 @@ impl NormOps for CudaBackend {
         let sums = self.scratch(2 * c)?;
         self.launch(
             "colstats_finalize_bwd_f32",
-            (per_channel_blocks(c), 1, 1),
-            (THREADS, 1, 1),
+            finalize_grid(c),
+            FINALIZE_BLOCK,
             &[ptr(&part), i32a(OP, nb)?, i32a(OP, c)?, ptr(&sums), opt_ptr(dbeta), opt_ptr(dgamma)],
         )?;
         let n = rows * c;
@@ -248,8 +252,8 @@ impl NormOps for CudaBackend {
         // (sum dy xhat, sum dy) = (dgamma, dbeta)
         self.launch(
             "colstats_finalize_bwd_f32",
-            (per_channel_blocks(c), 1, 1),
-            (THREADS, 1, 1),
+            finalize_grid(c),
+            FINALIZE_BLOCK,
             &[ptr(&part), i32a(OP, nb)?, i32a(OP, c)?, Arg::Ptr(0), ptr(dgamma), ptr(dbeta)],
         )
     }
