@@ -513,7 +513,7 @@ fn step_graph_is_recaptured_when_a_tensor_it_captured_is_replaced() {
         Ok((cx.tape.sum_axis(&cx.tape.sum_axis(&y, 0)?, 0)?, ()))
     };
     let mut g = StepGraph::new(&b, true);
-    let mut step = |ps: &ParamStore<CudaBackend>, opt: &mut Sgd<CudaBackend>, g: &mut StepGraph<CudaBackend, ()>| {
+    let step = |ps: &ParamStore<CudaBackend>, opt: &mut Sgd<CudaBackend>, g: &mut StepGraph<CudaBackend, ()>| {
         let before = b.graph_replays();
         let x = vec![Tensor::zeros(&b, &[8, 4], DType::F32).unwrap()];
         g.step(ps, opt, &|_| (0.1, 0.0), x, forward, always).unwrap();

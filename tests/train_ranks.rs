@@ -212,6 +212,10 @@ fn what_the_ranks_cannot_do_is_refused_naming_it() {
     one_line_naming(code, &err, "batch_size 8 is the global batch: it must divide evenly over 3 ranks");
     let (code, err) = train(&dir.join("b"), &["--nproc-per-node", "2", "--nnodes", "2", "--node-rank", "0", "--master-addr", "10.0.0.1"], &[], &[]);
     one_line_naming(code, &err, "--nnodes 2 with the cpu backend");
+    // A bad recipe fails every rank alike: the error is rank 0's own, not another rank's.
+    let (code, err) = train(&dir.join("d"), &["--nproc-per-node", "2"], &["data.path=\"/nonexistent/images\""], &[]);
+    one_line_naming(code, &err, "data.path");
+    assert!(!err.contains("rank 1"), "{err}");
     // A worker started by torchrun or srun with the cpu backend: one process trains every rank.
     let a = args(&dir.join("c"), &[]);
     let o = Command::new(env!("CARGO_BIN_EXE_ssl-engine")).args(&a).env("RANK", "1").env("WORLD_SIZE", "2").env("LOCAL_RANK", "1").output().unwrap();

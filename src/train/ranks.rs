@@ -65,6 +65,10 @@ pub fn train_in_process<B: Backend>(
 /// request (rank 0's, which says where it saved, before any other rank's).
 fn outcome(mut results: Vec<Result<TrainSummary>>, first_failure: Option<usize>) -> Result<TrainSummary> {
     let ranks = results.len();
+    // Every rank fails alike on a bad recipe or a missing folder: rank 0's own error is the one
+    // to show, whichever rank got there first (not one that only says another rank failed).
+    let rank0_own = matches!(&results[0], Err(e) if !matches!(e, Error::Distributed { .. } | Error::Interrupted(_)));
+    let first_failure = if rank0_own { Some(0) } else { first_failure };
     if let Some(r) = first_failure {
         let e = std::mem::replace(&mut results[r], Err(Error::dist(String::new()))).err().expect("the failed rank's error");
         return Err(if r == 0 { e } else { Error::Distributed { msg: format!("rank {r} of {ranks}: {e}"), exit: e.exit_code() } });
