@@ -344,24 +344,10 @@ pub fn dry_run_census_table(r: &CensusRequest) -> Result<String> {
     } else {
         // The in-process collective reads its tensors back, which a graph capture cannot
         // record: the ranks' census runs eagerly (the kernels are the same).
-        let group = InProcess::group(r.ranks, std::time::Duration::from_secs(600));
-        let mut all: Vec<Result<Census>> = std::thread::scope(|s| {
-            let ts: Vec<_> = group
-                .into_iter()
-                .map(|me| {
-                    s.spawn(move || {
-                        let b = CudaBackend::dry_run(DRY_RUN_SMS)?.with_precision(r.precision);
-                        let me: Group<CudaBackend> = std::sync::Arc::new(me);
-                        let tallied = std::sync::Arc::new(Tallied::new(me.clone()));
-                        let got = simsiam_step_census_as(&b, r.model, r.batch, r.image, false, Some((tallied, r.sync_bn)));
-                        if let Err(e) = &got {
-                            me.abort(&e.to_string());
-                        }
-                        got
-                    })
-                })
-                .collect();
-            ts.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(crate::Error::dist("a census rank panicked")))).collect()
+        let (mut all, _) = InProcess::run(r.ranks, std::time::Duration::from_secs(600), &|_, me: Group<CudaBackend>| {
+            let b = CudaBackend::dry_run(DRY_RUN_SMS)?.with_precision(r.precision);
+            let tallied = std::sync::Arc::new(Tallied::new(me));
+            simsiam_step_census_as(&b, r.model, r.batch, r.image, false, Some((tallied, r.sync_bn)))
         });
         all.swap_remove(0)?
     };

@@ -351,12 +351,8 @@ enum Ranks {
 fn train_ranks(dist: &ssl_engine::dist::DistArgs, cfg: &Config) -> Result<Ranks> {
     let (nproc, nnodes) = (dist.nproc_per_node.unwrap_or(1), dist.nnodes.unwrap_or(1));
     if let Some(ranks) = ssl_engine::train::in_process_ranks(cfg.backend, nproc, nnodes)? {
-        if !cfg.batch_size.is_multiple_of(ranks) {
-            return Err(Error::Config(format!(
-                "batch_size {} is the global batch: it must divide evenly over {ranks} ranks (--nproc-per-node {ranks})",
-                cfg.batch_size
-            )));
-        }
+        // Before anything is loaded or written (each rank's loader checks it too).
+        ssl_engine::data::loader::check_shareable(cfg.batch_size, ranks)?;
         return Ok(Ranks::InProcess { ranks, timeout: dist.rdzv_timeout });
     }
     let world = ssl_engine::dist::World::from_env(dist)?;

@@ -439,6 +439,26 @@ fn step_census_of_two_ranks_counts_the_collectives() {
     assert!(calls >= 4 + 2 * 46, "sync_bn all-reduces each batch norm's statistics: {synced}");
 }
 
+/// The step-graph tests' model: one [4, 3] weight on the dry-run device.
+fn one_weight_model() -> (CudaBackend, ssl_engine::nn::ParamStore<CudaBackend>, ssl_engine::nn::ParamId) {
+    use ssl_engine::nn::{Init, Kind, Layout, ParamStore};
+    let b = CudaBackend::dry_run(132).unwrap();
+    let mut ps = ParamStore::new(&b, DType::F32, 0);
+    let w = ps.add("w", &[4, 3], Init::Zeros, Kind::Param, Layout::Same).unwrap();
+    (b, ps, w)
+}
+
+/// Their forward: the sum of x w.
+fn sum_of_product(
+    cx: &ssl_engine::nn::Ctx<CudaBackend>,
+    x: &[Tensor<CudaBackend>],
+    w: ssl_engine::nn::ParamId,
+) -> ssl_engine::Result<(ssl_engine::autograd::Var<CudaBackend>, ())> {
+    use ssl_engine::autograd::Var;
+    let y = cx.tape.matmul(&Var::constant(x[0].clone()), &cx.param(w), false, false)?;
+    Ok((cx.tape.sum_axis(&cx.tape.sum_axis(&y, 0)?, 0)?, ()))
+}
+
 /// The step graph's rules on the dry-run device (which records and replays graphs as a GPU
 /// does): a warm-up step runs eagerly, the second step at the same input shapes is captured and
 /// replayed, other shapes run eagerly without losing the graph, shapes that stay are captured
@@ -450,17 +470,12 @@ fn step_graph_warms_up_captures_replays_and_falls_back() {
         return;
     }
     use ssl_engine::autograd::Var;
-    use ssl_engine::nn::{Ctx, Init, Kind, Layout, ParamStore};
+    use ssl_engine::nn::Ctx;
     use ssl_engine::optim::{Sgd, StepGraph, always};
-    let b = CudaBackend::dry_run(132).unwrap();
-    let mut ps = ParamStore::new(&b, DType::F32, 0);
-    let w = ps.add("w", &[4, 3], Init::Zeros, Kind::Param, Layout::Same).unwrap();
+    let (b, ps, w) = one_weight_model();
     let mut opt = Sgd::new(0.9);
     let input = |rows: usize| vec![Tensor::zeros(&b, &[rows, 4], DType::F32).unwrap()];
-    let forward = |cx: &Ctx<CudaBackend>, x: &[Tensor<CudaBackend>]| {
-        let y = cx.tape.matmul(&Var::constant(x[0].clone()), &cx.param(w), false, false)?;
-        Ok((cx.tape.sum_axis(&cx.tape.sum_axis(&y, 0)?, 0)?, ()))
-    };
+    let forward = |cx: &Ctx<CudaBackend>, x: &[Tensor<CudaBackend>]| sum_of_product(cx, x, w);
     let mut g = StepGraph::new(&b, true);
     let mut replays = Vec::new();
     for rows in [8, 8, 8, 5, 8, 5, 5, 8] {
@@ -501,17 +516,11 @@ fn step_graph_is_recaptured_when_a_tensor_it_captured_is_replaced() {
     if !nvrtc_or_skip() {
         return;
     }
-    use ssl_engine::autograd::Var;
-    use ssl_engine::nn::{Ctx, Init, Kind, Layout, ParamStore};
+    use ssl_engine::nn::{Ctx, ParamStore};
     use ssl_engine::optim::{Optimizer, Sgd, StepGraph, always};
-    let b = CudaBackend::dry_run(132).unwrap();
-    let mut ps = ParamStore::new(&b, DType::F32, 0);
-    let w = ps.add("w", &[4, 3], Init::Zeros, Kind::Param, Layout::Same).unwrap();
+    let (b, mut ps, w) = one_weight_model();
     let mut opt = Sgd::new(0.9);
-    let forward = |cx: &Ctx<CudaBackend>, x: &[Tensor<CudaBackend>]| {
-        let y = cx.tape.matmul(&Var::constant(x[0].clone()), &cx.param(w), false, false)?;
-        Ok((cx.tape.sum_axis(&cx.tape.sum_axis(&y, 0)?, 0)?, ()))
-    };
+    let forward = |cx: &Ctx<CudaBackend>, x: &[Tensor<CudaBackend>]| sum_of_product(cx, x, w);
     let mut g = StepGraph::new(&b, true);
     let step = |ps: &ParamStore<CudaBackend>, opt: &mut Sgd<CudaBackend>, g: &mut StepGraph<CudaBackend, ()>| {
         let before = b.graph_replays();

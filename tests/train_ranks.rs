@@ -49,6 +49,13 @@ fn losses(out: &Path) -> Vec<(u64, f64)> {
     rows(out, "step").iter().map(|v| (v["global_step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())).collect()
 }
 
+/// The losses of the recipe's uninterrupted one-rank run, in `dir/straight`.
+fn straight_losses(dir: &Path, extra: &[&str]) -> Vec<(u64, f64)> {
+    let (code, err) = train(&dir.join("straight"), &[], extra, &[]);
+    assert_eq!(code, 0, "{err}");
+    losses(&dir.join("straight"))
+}
+
 fn assert_same_losses(one: &[(u64, f64)], many: &[(u64, f64)], what: &str) {
     assert_eq!(one.iter().map(|s| s.0).collect::<Vec<_>>(), many.iter().map(|s| s.0).collect::<Vec<_>>(), "{what}: the steps");
     let worst = one.iter().zip(many).map(|(a, b)| (a.1 - b.1).abs() / a.1.abs().max(1.0)).fold(0.0, f64::max);
@@ -85,9 +92,7 @@ fn two_and_four_ranks_in_one_process_train_as_one_rank() {
 #[test]
 fn two_ranks_stopped_mid_epoch_resume_on_one_rank_with_the_straight_runs_losses() {
     let dir = tmp_dir("ranks-resume");
-    let (code, err) = train(&dir.join("straight"), &[], &[], &[]);
-    assert_eq!(code, 0, "{err}");
-    let straight = losses(&dir.join("straight"));
+    let straight = straight_losses(&dir, &[]);
     let out = dir.join("run");
     let (code, err) = train(&out, &["--nproc-per-node", "2"], &["max_steps=3"], &[]);
     assert_eq!(code, 0, "{err}");
@@ -117,8 +122,7 @@ fn method_state_carries_over_from_two_ranks_to_one() {
         let m = format!("method=\"{method}\"");
         let mut extra: Vec<&str> = vec![m.as_str()];
         extra.extend(heads.iter().copied());
-        let (code, err) = train(&dir.join("straight"), &[], &extra, &[]);
-        assert_eq!(code, 0, "{method}: {err}");
+        let straight = straight_losses(&dir, &extra);
         let out = dir.join("run");
         let mut first = extra.clone();
         first.push("max_steps=3");
@@ -127,7 +131,7 @@ fn method_state_carries_over_from_two_ranks_to_one() {
         let ck = out.join("last.safetensors");
         let (code, err) = train(&out, &["--resume", ck.to_str().unwrap()], &extra, &[]);
         assert_eq!(code, 0, "{method}: {err}");
-        assert_same_losses(&losses(&dir.join("straight")), &losses(&out), &format!("{method}: 2 ranks for 3 steps, then 1 rank"));
+        assert_same_losses(&straight, &losses(&out), &format!("{method}: 2 ranks for 3 steps, then 1 rank"));
     }
 }
 
@@ -137,8 +141,6 @@ fn method_state_carries_over_from_two_ranks_to_one() {
 fn sigterm_stops_every_rank_at_the_same_step_and_rank_0_saves_it() {
     let dir = tmp_dir("ranks-sigterm");
     let more = ["data.limit_per_class=8", "epochs=3"];
-    let (code, err) = train(&dir.join("straight"), &[], &more, &[]);
-    assert_eq!(code, 0, "{err}");
     let out = dir.join("run");
     let mut a = args(&out, &more);
     a.splice(1..1, ["--nproc-per-node".to_string(), "2".to_string()]);
@@ -158,7 +160,7 @@ fn sigterm_stops_every_rank_at_the_same_step_and_rank_0_saves_it() {
     let ck = out.join("last.safetensors");
     let (code, err) = train(&out, &["--resume", ck.to_str().unwrap()], &more, &[]);
     assert_eq!(code, 0, "{err}");
-    let straight = losses(&dir.join("straight"));
+    let straight = straight_losses(&dir, &more);
     let got = losses(&out);
     // Every step once: the saved position is the step after the last one logged.
     assert_eq!(got.len(), straight.len(), "{got:?}");
@@ -173,9 +175,7 @@ fn losses_if_any(out: &Path) -> usize {
 #[test]
 fn a_rank_that_fails_stops_the_others_and_the_last_checkpoint_resumes() {
     let dir = tmp_dir("ranks-fail");
-    let (code, err) = train(&dir.join("straight"), &[], &[], &[]);
-    assert_eq!(code, 0, "{err}");
-    let straight = losses(&dir.join("straight"));
+    let straight = straight_losses(&dir, &[]);
     let out = dir.join("run");
     // Rank 1 fails before step 7, in the second epoch: the first epoch's checkpoint is the last.
     let t0 = Instant::now();

@@ -89,6 +89,14 @@ pub struct Loader {
     prefetch: usize,
 }
 
+/// `batch_size` is the global batch: refused, naming both numbers, unless `ranks` share it evenly.
+pub fn check_shareable(batch_size: usize, ranks: usize) -> Result<()> {
+    if ranks == 0 || !batch_size.is_multiple_of(ranks) {
+        return Err(Error::Config(format!("batch_size {batch_size} is the global batch: it must divide evenly over {ranks} ranks")));
+    }
+    Ok(())
+}
+
 impl Loader {
     /// `views`: one `AugmentConfig` per view (SimSiam: two identical ones), all `out_size`
     /// square. `workers` threads make batches ahead of the consumer, at most `prefetch` at a time.
@@ -135,9 +143,9 @@ impl Loader {
     /// rows, every image augmented exactly as one rank would. The ranks together therefore see
     /// one rank's run, which is what lets N ranks reproduce it.
     pub fn shard(mut self, rank: usize, ranks: usize) -> Result<Self> {
-        let bs = self.spec.batch_size;
-        if ranks == 0 || rank >= ranks || !bs.is_multiple_of(ranks) {
-            return Err(Error::Config(format!("batch_size {bs} is the global batch: it must divide evenly over {ranks} ranks")));
+        check_shareable(self.spec.batch_size, ranks)?;
+        if rank >= ranks {
+            return Err(Error::Config(format!("rank {rank} is not below the {ranks} ranks")));
         }
         let spec = Spec { shard: (rank, ranks), ..(*self.spec).clone() };
         self.spec = Arc::new(spec);

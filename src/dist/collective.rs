@@ -110,6 +110,46 @@ impl InProcess {
         (0..world).map(|rank| InProcess { hub: hub.clone(), rank }).collect()
     }
 
+    /// Runs `work(rank, group)` for every rank of a new group, one thread each, and returns
+    /// every rank's result with the first rank that failed (a stop request, `Interrupted`, is no
+    /// failure). A rank that returns an error aborts the group, so the others' next collective
+    /// returns at once instead of waiting for it.
+    pub fn run<B: Backend, T: Send>(
+        world: usize,
+        timeout: Duration,
+        work: &(dyn Fn(usize, Group<B>) -> Result<T> + Sync),
+    ) -> (Vec<Result<T>>, Option<usize>) {
+        let first_failure = std::sync::OnceLock::new();
+        let results = std::thread::scope(|s| {
+            let threads: Vec<_> = InProcess::group(world, timeout)
+                .into_iter()
+                .enumerate()
+                .map(|(rank, me)| {
+                    let first_failure = &first_failure;
+                    std::thread::Builder::new()
+                        .name(format!("rank {rank}"))
+                        .spawn_scoped(s, move || {
+                            let me = Arc::new(me);
+                            let ran = work(rank, me.clone());
+                            if let Err(e) = &ran {
+                                // The first rank to fail is the cause; the others fail because
+                                // of it. A rank that stops on request mid-way (a Ctrl-C during
+                                // the kNN monitor) must not leave the others waiting either.
+                                if !matches!(e, Error::Interrupted(_)) {
+                                    let _ = first_failure.set(rank);
+                                }
+                                Collective::<B>::abort(me.as_ref(), &e.to_string());
+                            }
+                            ran
+                        })
+                        .expect("a thread for a rank")
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(Error::dist("a rank's thread panicked")))).collect()
+        });
+        (results, first_failure.get().copied())
+    }
+
     fn exchange<B: Backend>(&self, x: &Tensor<B>) -> Result<Arc<Vec<Vec<f64>>>> {
         let all = self.hub.exchange(self.rank, x.to_f64()?)?;
         if all.iter().any(|v| v.len() != all[0].len()) {

@@ -3,13 +3,13 @@
 //! training loop (`train_rank`) the GPU ranks run, on its share of every global batch.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{StartOptions, TrainSummary, train_rank};
 use crate::backend::Backend;
 use crate::config::Config;
-use crate::dist::collective::{Collective, Group, InProcess};
+use crate::dist::collective::{Group, InProcess};
 use crate::dist::{DistArgs, World, nccl, rendezvous};
 use crate::error::{Error, Result};
 
@@ -27,37 +27,10 @@ pub fn train_in_process<B: Backend>(
     show: bool,
     timeout: Duration,
 ) -> Result<TrainSummary> {
-    let first_failure: OnceLock<usize> = OnceLock::new();
-    let group = InProcess::group(ranks, timeout);
-    let results: Vec<Result<TrainSummary>> = std::thread::scope(|s| {
-        let threads: Vec<_> = group
-            .into_iter()
-            .enumerate()
-            .map(|(rank, me)| {
-                let first_failure = &first_failure;
-                std::thread::Builder::new()
-                    .name(format!("rank {rank}"))
-                    .spawn_scoped(s, move || {
-                        let me: Arc<InProcess> = Arc::new(me);
-                        let group: Group<B> = me.clone();
-                        let ran = backend(rank).and_then(|b| train_rank(&b, cfg, start, interrupt, show && rank == 0, Some(group)));
-                        if let Err(e) = &ran {
-                            // The first rank to fail is the cause; the others fail because of
-                            // it. A stop request is no failure, but a rank that stops mid-way
-                            // (a Ctrl-C during the kNN monitor) must not leave the others waiting.
-                            if !matches!(e, Error::Interrupted(_)) {
-                                let _ = first_failure.set(rank);
-                            }
-                            Collective::<B>::abort(me.as_ref(), &e.to_string());
-                        }
-                        ran
-                    })
-                    .expect("a thread for a rank")
-            })
-            .collect();
-        threads.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(Error::dist("a rank's thread panicked".to_string())))).collect()
+    let (results, first_failure) = InProcess::run(ranks, timeout, &|rank, group: Group<B>| {
+        backend(rank).and_then(|b| train_rank(&b, cfg, start, interrupt, show && rank == 0, Some(group)))
     });
-    outcome(results, first_failure.get().copied())
+    outcome(results, first_failure)
 }
 
 /// The run's result from every rank's: rank 0's summary; else the failing rank's error (rank

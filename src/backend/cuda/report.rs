@@ -42,7 +42,7 @@ pub struct KernelStatic {
     /// Bytes all its cp.async copies move (4, 8 or 16 each): with `ldgsts`, the bytes per copy.
     pub ldgsts_bytes: u32,
     /// The innermost loop that holds MMAs: (its instructions, the MMAs among them), None without
-    /// one. Found as CUTLASS's anchor finds it (../shared/anchors/cutlass_mainloop.sh): the
+    /// one. Found as the CUTLASS anchor script of the project's notes finds it: the
     /// shortest span from a backward branch's target to the branch that holds an HMMA/HGMMA.
     pub main_loop: Option<(u32, u32)>,
 }
