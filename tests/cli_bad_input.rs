@@ -106,6 +106,14 @@ fn disk_full_while_checkpointing_keeps_the_previous_checkpoint() {
         common::skip::skip(common::skip::Need::MountPrivilege, "cannot mount a small tmpfs here (needs root) to simulate a full disk");
         return;
     }
+    // Unmounted even when an assertion below fails, so the test folder can be removed.
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
     let (c, e) = run_tiny(&mnt, &repo("data/cifar10-demo/train"), &[]);
     let ckpt = mnt.join("last.safetensors");
     if c == 0 {
@@ -119,7 +127,6 @@ fn disk_full_while_checkpointing_keeps_the_previous_checkpoint() {
     } else {
         one_line_naming(c, &e, "safetensors");
     }
-    let _ = Command::new("umount").arg(&mnt).status();
 }
 
 #[test]

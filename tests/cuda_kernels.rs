@@ -54,8 +54,7 @@ fn compiled_kernels_are_cached_on_disk() {
     if !nvrtc_or_skip() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("ssl-engine-kcache-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tmp_dir("kcache");
     let target = Target("compute_80".into());
     let (file, src) = FAMILIES.iter().find(|(f, _)| *f == "optim.cu").unwrap();
     let t0 = std::time::Instant::now();

@@ -89,8 +89,7 @@ fn eval(kind: &str, checkpoint: &str, recipe_file: &Path, json: &Path) -> f64 {
 
 #[test]
 fn demo_summary_table_layout_and_numbers_come_from_the_final_checkpoint() {
-    let dir = std::env::temp_dir().join(format!("ssl-engine-test-{}-summary", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::tmp_dir("summary");
     let (stdout, table) = train(&dir.join("a"));
 
     // The layout: header, alignment row, three rows, a blank line, the wall-time sentence.

@@ -155,12 +155,30 @@ pub fn tensor<B: Backend>(b: &B, v: &[f32], shape: &[usize]) -> Tensor<B> {
     Tensor::from_f32(b, v, shape, DType::F32).unwrap()
 }
 
-/// A fresh, empty folder under the system temp dir, unique to this test process and `name`.
+/// A fresh, empty folder `<temp>/ssl-engine-test-<pid>/<name>`, unique to this test process and
+/// `name`. The whole per-process folder goes when the test binary exits (pass or fail), unless
+/// SSL_ENGINE_KEEP_TEST_DIRS is set to look at it: the suite writes ~2 GB of runs, and left
+/// behind, a few suites filled the disk that a CI build then failed on.
 pub fn tmp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("ssl-engine-test-{}-{name}", std::process::id()));
+    let d = process_tmp_root().join(name);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+fn process_tmp_root() -> std::path::PathBuf {
+    static REMOVE_AT_EXIT: std::sync::Once = std::sync::Once::new();
+    REMOVE_AT_EXIT.call_once(|| {
+        if std::env::var_os("SSL_ENGINE_KEEP_TEST_DIRS").is_none() {
+            // libtest ends through exit() whether the tests passed or not, which runs this.
+            unsafe { libc::atexit(remove_process_tmp_root) };
+        }
+    });
+    std::env::temp_dir().join(format!("ssl-engine-test-{}", std::process::id()))
+}
+
+extern "C" fn remove_process_tmp_root() {
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("ssl-engine-test-{}", std::process::id())));
 }
 
 /// A path inside the repository: the one the tests were built in, or, for a test binary carried
