@@ -60,6 +60,7 @@ DEV void next_tap(int& inner, int& ki, int& kj, int len, int kw) {
 struct ConvFwdLoader {
     static constexpr bool A_K_FAST = true;  // c is contiguous in x
     static constexpr bool B_K_FAST = true;  // a weight row is contiguous
+    static constexpr bool A_VEC = false, B_VEC = false;
     const float* x;
     const float* wt;
     ConvDims d;
@@ -108,6 +109,81 @@ struct ConvFwdLoader {
     };
 };
 
+// The 128-row tiles' loaders (CUTLASS's "optimized" iterators). They serve the convolutions
+// whose every BK-deep piece of k lies inside one filter tap: the reduction's inner extent (cg
+// forward, og backward-data) a multiple of BK, and at most 32 kernel rows and columns (the Rust
+// side routes the others to the 64 x 64 kernels: conv.rs, `pieces_in_one_tap`). k0 is a
+// multiple of BK (split_range), and every buffer is 256-byte aligned (the pool), so a thread's 4
+// elements of a K_FAST operand are one 16-byte chunk, inside the image or not as a whole. Per
+// block a Thread makes its row's offset and two masks (bit ki: the row's input row for kernel
+// row ki is inside the image; bit kj likewise for columns); per piece it tests two mask bits and
+// adds the tap's offset, which advances by constants: no division, no per-element bounds check,
+// no 64-bit compare in the main loop.
+
+// Fills `mask` bit t (t < taps) when lo + t (forward) or lo - t (backward) is in [0, n).
+DEV u32 tap_mask(int lo, int step, int taps, int n) {
+    u32 mask = 0;
+    for (int t = 0; t < taps; ++t) {
+        const int v = lo + step * t;
+        if (v >= 0 && v < n) mask |= 1u << t;
+    }
+    return mask;
+}
+
+// forward with pieces inside one tap: A = col(x), B = w, both one 16-byte chunk per thread.
+struct ConvFwdTapLoader {
+    static constexpr bool A_K_FAST = true, B_K_FAST = true;
+    static constexpr bool A_VEC = true, B_VEC = true;
+    const float* x;
+    const float* wt;
+    ConvDims d;
+    int g;
+    i64 kcols;
+    struct Thread {
+        Thread() = default;
+        const float* ximg;  // the row's image at channel g * cg + this thread's chunk
+        const float* wrow;  // the column's weight row + this thread's chunk; null outside [0, N)
+        int pix;            // (iy0 w + ix0) c_in: the row's top-left input pixel (may be < 0)
+        u32 ymask, xmask;   // the row's taps inside the image; 0 outside [0, M)
+        int k, k1, c, ki, kj, tap;  // the next piece's first k, its tap, and the tap's offset
+        int cg, kw, next_col, next_row;
+        DEVM Thread(const ConvFwdTapLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
+            const ConvDims& d = l.d;
+            cg = d.c_in / d.groups, kw = d.kw;
+            next_col = d.c_in - cg;             // tap (ki, kj, cg) -> (ki, kj + 1, 0)
+            next_row = (d.w - d.kw) * d.c_in;   // then (ki, kw, 0) -> (ki + 1, 0, 0)
+            const int og = d.c_out / d.groups;
+            int i, j, kk;
+            tile_coord<true, BM>(threadIdx.x, 0, i, kk);
+            tile_coord<true, BN>(threadIdx.x, 0, j, kk);
+            const int p = m0 + i, o = n0 + j;
+            ximg = l.x, pix = 0, ymask = 0, xmask = 0;
+            if (p < M) {
+                const int ox = p % d.ow, oy = (p / d.ow) % d.oh, img = p / (d.ow * d.oh);
+                const int iy0 = oy * d.sh - d.ph, ix0 = ox * d.sw - d.pw;
+                ximg = l.x + (i64)img * d.h * d.w * d.c_in + (i64)l.g * cg + kk;
+                pix = (iy0 * d.w + ix0) * d.c_in;
+                ymask = tap_mask(iy0, 1, d.kh, d.h);
+                xmask = tap_mask(ix0, 1, d.kw, d.w);
+            }
+            wrow = o < N ? l.wt + ((i64)l.g * og + o) * l.kcols + kk : nullptr;
+            k = (int)k0, k1 = (int)k1_;
+            split_tap(k, cg, kw, c, ki, kj);
+            tap = (ki * d.w + kj) * d.c_in + c;
+        }
+        DEVM void addr(const float** pa, const float** pb) {
+            const bool kin = k < k1;
+            pa[0] = kin && ((ymask >> ki) & (xmask >> kj) & 1u) ? ximg + (pix + tap) : nullptr;
+            pb[0] = kin && wrow ? wrow + k : nullptr;
+            k += BK, c += BK, tap += BK;
+            if (c == cg) {
+                c = 0, tap += next_col;
+                if (++kj == kw) kj = 0, ++ki, tap += next_row;
+            }
+        }
+    };
+};
+
 // backward-data, one GEMM per stride phase (py, px): the input pixels with (iy + ph) % sh == py
 // and (ix + pw) % sw == px receive gradient only through the taps ki = py + sh * ti,
 // kj = px + sw * tj, from output pixel oy = by + a - ti (iy = iy0 + sh * a), ox likewise. So no
@@ -137,6 +213,7 @@ struct ConvPhase {
 struct ConvBwdDataLoader {
     static constexpr bool A_K_FAST = true;   // o is contiguous in dy
     static constexpr bool B_K_FAST = false;  // c is contiguous in the weight
+    static constexpr bool A_VEC = false, B_VEC = false;
     const float* dy;
     const float* wt;
     ConvDims d;
@@ -198,6 +275,69 @@ struct ConvBwdDataLoader {
     };
 };
 
+// backward-data with pieces inside one tap (og a multiple of BK): A = dy~ is one 16-byte chunk
+// per thread; B = w (c contiguous, so 4 single elements per thread, 4 k apart) comes from one
+// base per piece. Tap (ti, tj) of output pixel (oyb - ti, oxb - tj) is inside dy when mask bits
+// ti and tj are set.
+struct ConvBwdDataTapLoader {
+    static constexpr bool A_K_FAST = true, B_K_FAST = false;
+    static constexpr bool A_VEC = true, B_VEC = false;
+    const float* dy;
+    const float* wt;
+    ConvDims d;
+    ConvPhase ph;
+    int g;
+    struct Thread {
+        Thread() = default;
+        const float* dyimg;  // the row's image of dy at channel g * og + this thread's chunk
+        const float* wcol;   // the weight at group g, channel c, this thread's first o; null outside [0, N)
+        int pix;             // (oyb ow + oxb) c_out: the output pixel tap (0, 0) sees (may be < 0)
+        u32 ymask, xmask;    // the row's taps inside dy; 0 outside [0, M)
+        int k, k1, o, ti, tj, tap, wtap;  // the next piece: first k, its (ti, tj, o), dy and w offsets
+        int og, ntx, khkw, cg, wstep, next_col, next_row, wnext_col, wnext_row;
+        DEVM Thread(const ConvBwdDataTapLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
+            const ConvDims& d = l.d;
+            og = d.c_out / d.groups, ntx = l.ph.ntx > 0 ? l.ph.ntx : 1, khkw = d.kh * d.kw, cg = d.c_in / d.groups;
+            next_col = -og - d.c_out;              // (ti, tj, og) -> (ti, tj + 1, 0)
+            next_row = (ntx - d.ow) * d.c_out;     // then (ti, ntx, 0) -> (ti + 1, 0, 0)
+            wnext_col = d.sw;                      // kernel tap (py + sh ti) kw + px + sw tj
+            wnext_row = d.sh * d.kw - d.sw * ntx;
+            int i, kk, j, kb;
+            tile_coord<true, BM>(threadIdx.x, 0, i, kk);
+            tile_coord<false, BN>(threadIdx.x, 0, j, kb);  // element r: k + kb + 4 r
+            wstep = 4 * khkw * cg;
+            const int p = m0 + i;
+            dyimg = l.dy, pix = 0, ymask = 0, xmask = 0;
+            if (p < M) {
+                const int b = p % l.ph.nx, a = (p / l.ph.nx) % l.ph.ny, img = p / (l.ph.nx * l.ph.ny);
+                const int oyb = l.ph.by + a, oxb = l.ph.bx + b;
+                dyimg = l.dy + (i64)img * d.oh * d.ow * d.c_out + (i64)l.g * og + kk;
+                pix = (oyb * d.ow + oxb) * d.c_out;
+                ymask = tap_mask(oyb, -1, l.ph.nty, d.oh);
+                xmask = tap_mask(oxb, -1, l.ph.ntx, d.ow);
+            }
+            const int c = n0 + j;
+            wcol = c < N ? l.wt + (i64)l.g * og * khkw * cg + (i64)kb * khkw * cg + c : nullptr;
+            k = (int)k0, k1 = (int)k1_;
+            split_tap(k, og, ntx, o, ti, tj);
+            tap = o - (ti * d.ow + tj) * d.c_out;
+            wtap = (l.ph.py + d.sh * ti) * d.kw + l.ph.px + d.sw * tj;
+        }
+        DEVM void addr(const float** pa, const float** pb) {
+            const bool kin = k < k1;
+            pa[0] = kin && ((ymask >> ti) & (xmask >> tj) & 1u) ? dyimg + (pix + tap) : nullptr;
+            const float* base = kin && wcol ? wcol + (o * khkw + wtap) * cg : nullptr;
+#pragma unroll
+            for (int r = 0; r < 4; ++r) pb[r] = base ? base + r * wstep : nullptr;
+            k += BK, o += BK, tap += BK;
+            if (o == og) {
+                o = 0, tap += next_col, wtap += wnext_col;
+                if (++tj == ntx) tj = 0, ++ti, tap += next_row, wtap += wnext_row;
+            }
+        }
+    };
+};
+
 // Where row p of phase `ph` lands in dx: input pixel (img, iy0 + sh * a, ix0 + sw * b).
 struct PhaseRows {
     ConvDims d;
@@ -212,6 +352,7 @@ struct PhaseRows {
 struct ConvBwdWeightLoader {
     static constexpr bool A_K_FAST = false;  // o (the row) is contiguous in dy
     static constexpr bool B_K_FAST = false;  // q (the column) is contiguous in x
+    static constexpr bool A_VEC = false, B_VEC = false;
     const float* x;
     const float* dy;
     ConvDims d;
@@ -268,6 +409,19 @@ struct ConvBwdWeightLoader {
     };
 };
 
+// The loaders of a block tile: the 128-row tiles take the tap loaders (the Rust side gives them
+// only convolutions whose pieces lie inside one tap), 64 x 64 and SIMT the general ones.
+template <class TILE>
+struct ConvLoaders {
+    typedef ConvFwdTapLoader Fwd;
+    typedef ConvBwdDataTapLoader BwdData;
+};
+template <>
+struct ConvLoaders<Tile64> {
+    typedef ConvFwdLoader Fwd;
+    typedef ConvBwdDataLoader BwdData;
+};
+
 // `stats` (not null only without split-K): the output's per-channel column sums for batch norm
 // (ColStats, gemm_tile.cuh), [row tiles, 2, c_out] in double.
 template <int MATH, class TILE>
@@ -281,7 +435,8 @@ DEV void conv_fwd_impl(const float* x, const float* wt, float* out, i64 split_st
     i64 k0, k1;
     split_range(kcols, splits, sp, k0, k1);
     float* y = out + (i64)sp * split_stride + (i64)g * og;
-    gemm_block<ConvFwdLoader, MATH>(s, ConvFwdLoader{x, wt, d, g, kcols}, M, og, k0, k1, y, DenseRows{d.c_out},
+    typedef typename ConvLoaders<TILE>::Fwd L;
+    gemm_block<L, MATH>(s, L{x, wt, d, g, kcols}, M, og, k0, k1, y, DenseRows{d.c_out},
                                     MATH == GEMM_BF16 && splits == 1, ColStats{stats, d.c_out, g * og});
 }
 
@@ -299,7 +454,8 @@ DEV void conv_bwd_data_impl(const float* dy, const float* wt, float* out, i64 sp
     i64 k0, k1;
     split_range(K, splits, sp, k0, k1);
     float* dx = out + (i64)sp * split_stride + (i64)g * cg;
-    gemm_block<ConvBwdDataLoader, MATH>(s, ConvBwdDataLoader{dy, wt, d, ph, g}, M, cg, k0, k1, dx, PhaseRows{d, ph}, MATH == GEMM_BF16 && splits == 1);
+    typedef typename ConvLoaders<TILE>::BwdData L;
+    gemm_block<L, MATH>(s, L{dy, wt, d, ph, g}, M, cg, k0, k1, dx, PhaseRows{d, ph}, MATH == GEMM_BF16 && splits == 1);
 }
 
 template <int MATH, class TILE>

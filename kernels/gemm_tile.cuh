@@ -21,6 +21,10 @@
 // A loader is a struct with
 //   static constexpr bool A_K_FAST / B_K_FAST: consecutive k are adjacent in memory for A / B
 //     (picks the thread-to-element map that makes tile loads coalesced, see tile_coord);
+//   static constexpr bool A_VEC / B_VEC (K_FAST operands of the tensor-core loop only): the
+//     loader promises that a thread's 4 elements are always one aligned 16-byte chunk, all in
+//     range or all not, and gives only p[0] (the chunk, or null for zeros); the copy is then one
+//     16-byte cp.async with no per-element test;
 //   a type Thread, made once per thread and block by Thread(loader, M, N, m0, n0, k0, k1), whose
 //     addr(pa, pb) gives where this thread's 4 + 4 elements of the next BK-deep tile pair are
 //     (null for zeros: outside [0, M) x [k0, k1) and [k0, k1) x [0, N), and padding). Tiles are
@@ -316,15 +320,20 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
 // is (row0, k0) of the stage: one 16-byte cp.async when they are one aligned run along k (a
 // chunk of the tile row, TcTile::at) or all zeros (padding, past k1 or M: one zero-fill, so the
 // warp's stores stay one instruction), else one 4-byte cp.async each.
-template <bool K_FAST, int W, class T>
+template <bool K_FAST, int W, class T, bool VEC = false>
 DEV void issue_operand(float* stage, int row0, int k0, const float* const* p) {
     // Element r is (i, kt + r) (K_FAST: one chunk) or (i, kt + 4 r) with kt < 4 (tile_coord), and
     // row0 is a multiple of 8: at(row0 + i, k0 + kk) is row0 TK + (at(i, kt) ^ (k0 + ...)).
     static_assert(K_FAST || W * 4 == GEMM_THREADS, "element r of a thread is 4 r further along k");
+    static_assert(K_FAST || !VEC, "a vector loader's chunks run along k");
     int i, kt;
     tile_coord<K_FAST, W>(threadIdx.x, 0, i, kt);
     float* rows = stage + row0 * T::TK;
     const int lane = T::at(i, kt);
+    if (VEC) {
+        cp_async_f32x4(&rows[lane ^ k0], p[0]);
+        return;
+    }
     if (K_FAST && (one_vector(p) || !(p[0] || p[1] || p[2] || p[3]))) {
         cp_async_f32x4(&rows[lane ^ k0], p[0]);
         return;
@@ -344,8 +353,8 @@ DEV void issue_tile(GemmSmemTc<T>& s, typename L::Thread* th, int st) {
             const float* pa[4];
             const float* pb[4];
             th[p].addr(pa, pb);
-            if (p < T::MB) issue_operand<L::A_K_FAST, BM, T>(s.a[st], p * BM, kb * BK, pa);
-            if (p < T::NB) issue_operand<L::B_K_FAST, BN, T>(s.b[st], p * BN, kb * BK, pb);
+            if (p < T::MB) issue_operand<L::A_K_FAST, BM, T, L::A_VEC>(s.a[st], p * BM, kb * BK, pa);
+            if (p < T::NB) issue_operand<L::B_K_FAST, BN, T, L::B_VEC>(s.b[st], p * BN, kb * BK, pb);
         }
 }
 

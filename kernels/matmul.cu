@@ -12,6 +12,7 @@ template <bool TA, bool TB>
 struct MatmulLoader {
     static constexpr bool A_K_FAST = !TA;
     static constexpr bool B_K_FAST = TB;
+    static constexpr bool A_VEC = false, B_VEC = false;
     const float* A;
     const float* B;
     int m, n;

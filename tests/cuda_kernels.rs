@@ -341,6 +341,24 @@ fn static_report_gemm_conv_and_attention_kernels_are_spill_free_division_free_an
         // channels) have a 16-byte cp.async path; backward-weight has no such operand.
         let has_k_contiguous_operand = !k.name.contains("weight_bwd");
         assert_eq!(k.ldgsts128 > 0, tensor_cores && has_k_contiguous_operand, "{}: 16-byte cp.async", k.name);
+        // The 128-row convolution kernels load through the tap loaders (kernels/conv.cu): per
+        // piece two mask bits and a constant step instead of a bounds check per element. With
+        // the per-element loaders the 128 x 128 bf16 main loops took 52.1 (forward) and 53.2
+        // (backward-data) instructions per MMA, and the forward's copies averaged 6.4 bytes.
+        if big_tile && k.name.starts_with("conv2d") && !k.name.contains("weight_bwd") {
+            let per_mma = k.instructions_per_mma().unwrap();
+            let data_bwd = k.name.contains("data_bwd");
+            if !data_bwd {
+                assert_eq!(k.ldgsts128, k.ldgsts, "{}: a 4-byte cp.async in a tap loader", k.name);
+            }
+            let bound = match (k.name.contains("_m128n128_"), data_bwd) {
+                (true, false) => 12.5,
+                (true, true) => 18.0,
+                (false, false) => 21.0,
+                (false, true) => 27.0,
+            };
+            assert!(per_mma <= bound, "{}: {per_mma:.1} instructions per MMA in the main loop (at most {bound})", k.name);
+        }
     }
     // Attention at head dim 128 used to spill 344 bytes in the dk/dv pass (256 accumulators per
     // thread); two threads per key now hold 128 each. The flash kernels (TF32 and bf16, three

@@ -120,7 +120,7 @@ fn plan(b: &CudaBackend, pass: Pass, d: &Conv2dDims) -> Result<Plan> {
     let (tile, splits) = match pass {
         Pass::BwdWeight => weight_plan(b, m, n, k, d.groups),
         _ => {
-            let tile = Tile::pick(b, m, n, d.groups * phases);
+            let tile = if pieces_in_one_tap(pass, d) { Tile::pick(b, m, n, d.groups * phases) } else { Tile::T64 };
             let tiles = m.div_ceil(tile.mn().0) * n.div_ceil(tile.mn().1) * d.groups * phases;
             (tile, if tile == Tile::T64 { b.split_k(tiles, k) } else { 1 })
         }
@@ -133,6 +133,21 @@ fn plan(b: &CudaBackend, pass: Pass, d: &Conv2dDims) -> Result<Plan> {
         });
     }
     Ok(Plan { out_len, tile, splits, grid: (i32c(OP, tm)? as u32, tn as u32, (d.groups * splits * phases) as u32), dims })
+}
+
+/// Whether every 16-deep piece of the pass's reduction lies inside one filter tap, which the
+/// 128-row kernels' loaders require (ConvFwdTapLoader, ConvBwdDataTapLoader in kernels/conv.cu:
+/// one 16-byte copy per thread and piece, bounds from two 32-bit tap masks): the reduction's
+/// channels per tap (cg forward, og backward-data) a multiple of 16, and at most 32 kernel rows
+/// and columns reach a pixel. The rest (the RGB stem, odd channel counts) run on 64 x 64 tiles.
+/// Buffers need no check: the pool's are 256-byte aligned.
+fn pieces_in_one_tap(pass: Pass, d: &Conv2dDims) -> bool {
+    const PIECE: usize = 16;
+    match pass {
+        Pass::Fwd => (d.c_in / d.groups) % PIECE == 0 && d.kh <= 32 && d.kw <= 32,
+        Pass::BwdData => (d.c_out / d.groups) % PIECE == 0 && d.kh.div_ceil(d.stride[0]) <= 32 && d.kw.div_ceil(d.stride[1]) <= 32,
+        Pass::BwdWeight => true,
+    }
 }
 
 /// Backward-weight's tile and split-K factor. Its GEMM has few outputs (c_out x kh*kw*c_in) and
