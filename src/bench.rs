@@ -255,6 +255,26 @@ pub struct CensusRow {
     pub bytes: u64,
     /// Blocks of each launch (its grid), for the wave efficiency.
     pub blocks: Vec<u64>,
+    /// FLOPs of its launches (GEMMs and convolutions; 0 for the memory-bound kernels).
+    pub flops: u64,
+    /// Seconds its launches take at the least on an H100 / H200 (`roofline_seconds`, each launch
+    /// bound by its bytes or its FLOPs, whichever takes longer).
+    pub floor_s: f64,
+}
+
+/// HBM bandwidth of the GPUs the kernels are tuned for: an H200's 4.8 TB/s.
+const HBM_BYTES_PER_S: f64 = 4.8e12;
+
+/// The least time one launch can take: reaching `bytes` at HBM speed, or computing `flops` at
+/// the dense tensor-core peak (H100 / H200 SXM: 990 TFLOP/s bf16) or, for the exact FP32
+/// kernels, the FP32 peak (67 TFLOP/s). `bytes` is what its pointers reach, an upper bound of
+/// its traffic, so this floor is an estimate, not a guarantee.
+pub fn roofline_seconds(bytes: u64, flops: u64, precision: crate::backend::Precision) -> f64 {
+    let peak = match precision {
+        crate::backend::Precision::Bf16 => 990e12,
+        _ => 67e12,
+    };
+    (bytes as f64 / HBM_BYTES_PER_S).max(flops as f64 / peak)
 }
 
 /// The step census: one SimSiam step's kernels, and how many of them a CUDA graph replays.
@@ -295,15 +315,19 @@ fn simsiam_step_census_as(
         }
     })?;
     let mut rows: Vec<CensusRow> = Vec::new();
+    let precision = crate::backend::CoreOps::precision(b);
     for l in b.take_launches() {
         let blocks = l.grid.0 as u64 * l.grid.1 as u64 * l.grid.2 as u64;
+        let floor = roofline_seconds(l.bytes, l.flops, precision);
         match rows.iter_mut().find(|r| r.kernel == l.kernel) {
             Some(r) => {
                 r.launches += 1;
                 r.bytes += l.bytes;
                 r.blocks.push(blocks);
+                r.flops += l.flops;
+                r.floor_s += floor;
             }
-            None => rows.push(CensusRow { kernel: l.kernel, launches: 1, bytes: l.bytes, blocks: vec![blocks] }),
+            None => rows.push(CensusRow { kernel: l.kernel, launches: 1, bytes: l.bytes, blocks: vec![blocks], flops: l.flops, floor_s: floor }),
         }
     }
     rows.sort_by_key(|r| std::cmp::Reverse(r.bytes));
@@ -365,7 +389,7 @@ pub fn dry_run_census_table(r: &CensusRequest) -> Result<String> {
     };
     let ranks = if r.ranks > 1 { format!(", rank 0 of {} (sync_bn {})", r.ranks, r.sync_bn) } else { String::new() };
     let mut t = format!("SimSiam step census, {} batch {} (2 views), dry-run CUDA device, {}{ranks}:\n", r.model, r.batch, r.precision.as_str());
-    t += &format!("{:<40} {:>9} {:>12} {:>16}\n", "kernel", "launches", "MB reached", "waves min/mean");
+    t += &format!("{:<40} {:>9} {:>12} {:>9} {:>10} {:>16}\n", "kernel", "launches", "MB reached", "GFLOP", "floor ms", "waves min/mean");
     let (mut conv_launches, mut conv_low) = (0, 0);
     for r in &census.rows {
         let w = waves(r);
@@ -378,9 +402,20 @@ pub fn dry_run_census_table(r: &CensusRequest) -> Result<String> {
             conv_launches += w.len();
             conv_low += w.iter().filter(|&&e| e < 0.8).count();
         }
-        t += &format!("{:<40} {:>9} {:>12.1} {:>16}\n", r.kernel, r.launches, r.bytes as f64 / 1e6, shown);
+        let gflop = if r.flops > 0 { format!("{:.1}", r.flops as f64 / 1e9) } else { String::new() };
+        t += &format!("{:<40} {:>9} {:>12.1} {:>9} {:>10.3} {:>16}\n", r.kernel, r.launches, r.bytes as f64 / 1e6, gflop, 1e3 * r.floor_s, shown);
     }
-    t += &format!("{:<40} {:>9} {:>12.1}\n", "total", n, bytes as f64 / 1e6);
+    let flops: u64 = census.rows.iter().map(|r| r.flops).sum();
+    let floor: f64 = census.rows.iter().map(|r| r.floor_s).sum();
+    t += &format!("{:<40} {:>9} {:>12.1} {:>9.1} {:>10.3}\n", "total", n, bytes as f64 / 1e6, flops as f64 / 1e9, 1e3 * floor);
+    let gemm_floor: f64 = census.rows.iter().filter(|r| gemm_like(&r.kernel)).map(|r| r.floor_s).sum();
+    t += &format!(
+        "roofline floor: {:.2} ms per step (each launch: max(bytes reached / 4.8 TB/s, FLOPs / {} TFLOP/s)); GEMMs and convolutions {:.2} ms, the rest {:.2} ms\n",
+        1e3 * floor,
+        if r.precision == crate::backend::Precision::Bf16 { 990 } else { 67 },
+        1e3 * gemm_floor,
+        1e3 * (floor - gemm_floor)
+    );
     t += &match resident {
         Some(_) => format!(
             "wave efficiency (blocks / (waves x {DRY_RUN_SMS} SMs x blocks per SM)): {conv_low} of {conv_launches} convolution launches under 80%\n"

@@ -417,6 +417,34 @@ fn step_census_counts_launches_and_bytes_of_one_simsiam_step() {
     assert_eq!(b.graph_replays(), replays + 2, "the recording step and the timed step replay the graph");
     assert_eq!(total(&graphed.rows), total(&rows), "a replay runs the same kernels");
     assert_eq!(graphed.graph_kernels, total(&rows), "everything, the optimizer too, is in the graph");
+
+    // The roofline's FLOPs, against ResNet-18 CIFAR's convolutions counted here from its layers
+    // (3x3 stem at stride 1; stages of 64-512 channels, 2 blocks each, the first of stages 2-4
+    // at stride 2 with a 1x1 shortcut): each pass makes one multiply-add per output pixel,
+    // output channel and tap of the input channels, on both views; the stem has no
+    // backward-data.
+    let (n, mut side) = (8u64, 16u64);
+    let mut convs = vec![(side, 64u64, 9u64, 3u64)]; // (output side, c_out, taps, c_in)
+    let mut c_in = 64;
+    for (stage, c) in [64u64, 128, 256, 512].into_iter().enumerate() {
+        if stage > 0 {
+            side /= 2;
+            convs.push((side, c, 1, c_in));
+        }
+        convs.extend([(side, c, 9, c_in), (side, c, 9, c), (side, c, 9, c), (side, c, 9, c)]);
+        c_in = c;
+    }
+    let flops = |(s, c, t, ci): (u64, u64, u64, u64)| 2 * 2 * n * s * s * c * t * ci;
+    let all: u64 = convs.iter().map(|&c| flops(c)).sum();
+    let of = |pass: &str| rows.iter().filter(|r| r.kernel.starts_with("conv2d") && r.kernel.contains(pass)).map(|r| r.flops).sum::<u64>();
+    assert_eq!(of("_fwd_f32"), all, "forward FLOPs");
+    assert_eq!(of("weight_bwd"), all, "backward-weight FLOPs");
+    assert_eq!(of("data_bwd"), all - flops(convs[0]), "backward-data FLOPs");
+    for r in &rows {
+        assert_eq!(r.flops > 0, r.kernel.starts_with("conv2d") || r.kernel.starts_with("matmul"), "{}: FLOPs", r.kernel);
+        let floor = ssl_engine::bench::roofline_seconds(r.bytes, r.flops, ssl_engine::backend::Precision::Fp32);
+        assert!(r.floor_s >= floor * (1.0 - 1e-9), "{}: the floor of its launches {} < that of their sum {floor}", r.kernel, r.floor_s);
+    }
 }
 
 /// The census of a data-parallel step (`bench step --dry-run --ranks 2`): rank 0's kernels and

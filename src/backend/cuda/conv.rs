@@ -258,14 +258,17 @@ fn launch_conv(
     let math = b.gemm_math();
     let smem = tile.smem_bytes(math);
     let cd = Arg::Bytes(bytemuck::bytes_of(&dims));
+    // Each pass is the same multiply-adds: every output pixel, output channel and tap of the
+    // group's input channels (backward-data's phases skip only taps that miss).
+    let flops = 2 * (d.n * d.oh * d.ow * d.c_out * d.kh * d.kw * (d.c_in / d.groups)) as u64;
     if let (Some(stats), Pass::Fwd, 1) = (stats, pass, splits) {
         let args = [ptr(in0), ptr(in1), ptr(out), i64a(0), cd, Arg::I32(1), ptr(stats)];
-        b.launch_shared(batchnorm_kernel_of(math, tile), grid, (THREADS, 1, 1), smem, &args)?;
+        b.launch_shared(batchnorm_kernel_of(math, tile), grid, (THREADS, 1, 1), smem, &args, flops)?;
         return Ok(true);
     }
     let run = |dst: &CudaStorage, stride: usize| {
         let args = [ptr(in0), ptr(in1), ptr(dst), i64a(stride), cd, Arg::I32(splits as i32)];
-        b.launch_shared(kernel_of(pass, math, tile), grid, (THREADS, 1, 1), smem, &args)
+        b.launch_shared(kernel_of(pass, math, tile), grid, (THREADS, 1, 1), smem, &args, flops)
     };
     if splits == 1 {
         return run(out, 0).map(|_| false);

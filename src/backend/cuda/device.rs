@@ -33,6 +33,9 @@ pub struct LaunchRecord {
     pub bytes: u64,
     /// Dynamic shared memory per block.
     pub shared: u32,
+    /// Floating-point operations (2 per multiply-add) of a GEMM or convolution launch, as its
+    /// caller counts them; 0 for the rest (memory-bound: their floor is their bytes).
+    pub flops: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -267,6 +270,13 @@ impl Device {
     /// Enqueues `kernel` on the stream after checking the arguments, grid, block and `shared`
     /// (bytes of dynamic shared memory per block).
     pub fn launch(&self, kernel: &str, grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32, args: &[Arg<'_>]) -> Result<()> {
+        self.launch_counted(kernel, grid, block, shared, args, 0)
+    }
+
+    /// `launch`, noting the launch's `flops` in a dry run's record (the census's roofline).
+    pub fn launch_counted(
+        &self, kernel: &str, grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32, args: &[Arg<'_>], flops: u64,
+    ) -> Result<()> {
         let k = self.kernels.get(kernel).ok_or_else(|| err(format!("no kernel named {kernel}")))?;
         let kinds: Vec<ParamKind> = args.iter().map(Arg::kind).collect();
         if kinds != k.params {
@@ -293,15 +303,16 @@ impl Device {
             block,
             shared,
             args: args.iter().map(OwnedArg::of).collect(),
+            flops,
         }) {
             return Ok(());
         }
-        self.execute(kernel, k.func, grid, block, shared, args)
+        self.execute(kernel, k.func, grid, block, shared, args, flops)
     }
 
     /// Runs (GPU: enqueues) a checked launch.
     fn execute(
-        &self, kernel: &str, func: Option<Func>, grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32, args: &[Arg<'_>],
+        &self, kernel: &str, func: Option<Func>, grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32, args: &[Arg<'_>], flops: u64,
     ) -> Result<()> {
         if let Some(emu) = &self.emu {
             let name = CString::new(kernel).map_err(|_| err("bad kernel name"))?;
@@ -320,6 +331,7 @@ impl Device {
                 block,
                 bytes,
                 shared,
+                flops,
             });
             return Ok(());
         };
@@ -464,9 +476,9 @@ impl Device {
         }
         for op in g.ops() {
             match op {
-                Captured::Launch { kernel, grid, block, shared, args } => {
+                Captured::Launch { kernel, grid, block, shared, args, flops } => {
                     let args: Vec<Arg<'_>> = args.iter().map(OwnedArg::arg).collect();
-                    self.execute(kernel, None, *grid, *block, *shared, &args)?;
+                    self.execute(kernel, None, *grid, *block, *shared, &args, *flops)?;
                 }
                 Captured::Copy { dst, src, bytes } => self.copy_now(*dst, *src, *bytes)?,
             }

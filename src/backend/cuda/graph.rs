@@ -17,7 +17,7 @@ use crate::error::Result;
 /// One operation of a captured graph.
 #[derive(Clone, Debug)]
 pub(super) enum Captured {
-    Launch { kernel: String, grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32, args: Vec<OwnedArg> },
+    Launch { kernel: String, grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32, args: Vec<OwnedArg>, flops: u64 },
     Copy { dst: u64, src: u64, bytes: usize },
 }
 

@@ -66,6 +66,7 @@ impl MatmulOps for CudaBackend {
                     Arg::I32(d.trans_b as i32),
                     Arg::I32(splits as i32),
                 ],
+                2 * (nb * mn * d.k) as u64,
             )?;
             if let Some(p) = &part {
                 elementwise::sum_splits_at(self, p, c, b0 * mn, splits, nb * mn, math == GemmMath::Bf16)?;

@@ -240,11 +240,12 @@ impl CudaBackend {
         self.dev.launch(kernel, grid, block, 0, args)
     }
 
-    /// A launch whose blocks each get `shared` bytes of dynamic shared memory (the GEMM core).
+    /// A GEMM-core launch: its blocks each get `shared` bytes of dynamic shared memory, and it
+    /// computes `flops` (2 per multiply-add; a dry run records them for the census's roofline).
     pub(crate) fn launch_shared(
-        &self, kernel: &str, grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32, args: &[Arg<'_>],
+        &self, kernel: &str, grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32, args: &[Arg<'_>], flops: u64,
     ) -> Result<()> {
-        self.dev.launch(kernel, grid, block, shared, args)
+        self.dev.launch_counted(kernel, grid, block, shared, args, flops)
     }
 
     /// A scratch buffer of `len` f32 values (contents unspecified), back to the pool when dropped.
