@@ -32,6 +32,75 @@ struct MatmulLoader {
     };
 };
 
+// The 128-row tiles' loaders, for k a multiple of BK (the Rust side gives them nothing else:
+// matmul.rs), so a BK-deep piece is inside [k0, k1) as a whole and every row
+// of a K_FAST operand starts 16-byte aligned (the pool's buffers are 256-byte aligned). Per
+// thread and piece: one row test made once per block, one k test, one pointer step. A K_FAST
+// operand's 4 elements are one chunk (VEC); the other's are 4 k apart, 4 k_stride from a base.
+template <bool K_FAST, int W>
+struct PieceOperand {
+    const float* cur;  // this thread's first element of the next piece; null outside [0, limit)
+    int k, k1;
+    i64 step, apart;
+    PieceOperand() = default;
+    DEVM PieceOperand(const float* P, i64 mn_stride, i64 k_stride, int mn0, int limit, i64 k0, i64 k1_) {
+        int i, kk;
+        tile_coord<K_FAST, W>(threadIdx.x, 0, i, kk);
+        step = BK * k_stride, apart = 4 * k_stride;
+        k = (int)k0, k1 = (int)k1_;
+        cur = mn0 + i < limit ? P + (i64)(mn0 + i) * mn_stride + (k0 + kk) * k_stride : nullptr;
+    }
+    DEVM void addr(const float** p) {
+        const float* base = cur && k < k1 ? cur : nullptr;
+        if (K_FAST) {
+            p[0] = base;
+        } else {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) p[r] = base ? base + r * apart : nullptr;
+        }
+        if (cur) cur += step;
+        k += BK;
+    }
+};
+
+template <bool TA, bool TB>
+struct MatmulPieceLoader {
+    static constexpr bool A_K_FAST = !TA;
+    static constexpr bool B_K_FAST = TB;
+    static constexpr bool A_VEC = A_K_FAST, B_VEC = B_K_FAST;
+    const float* A;
+    const float* B;
+    int m, n;
+    i64 k;
+    struct Thread {
+        Thread() = default;
+        PieceOperand<A_K_FAST, BM> a;
+        PieceOperand<B_K_FAST, BN> b;
+        DEVM Thread(const MatmulPieceLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1)
+            : a(l.A, TA ? 1 : l.k, TA ? l.m : 1, m0, M, k0, k1), b(l.B, TB ? l.k : 1, TB ? 1 : l.n, n0, N, k0, k1) {}
+        DEVM void addr(const float** pa, const float** pb) {
+            a.addr(pa);
+            b.addr(pb);
+        }
+    };
+};
+
+// The loader of a block tile: the 128-row tiles take the piece loaders.
+template <class TILE, bool TA, bool TB>
+struct MatmulLoaderOf {
+    typedef MatmulPieceLoader<TA, TB> L;
+};
+template <bool TA, bool TB>
+struct MatmulLoaderOf<Tile64, TA, TB> {
+    typedef MatmulLoader<TA, TB> L;
+};
+
+template <int MATH, class TILE, bool TA, bool TB>
+DEV void matmul_block(typename SmemOf<MATH, TILE>::T& s, const float* a, const float* b, float* c, int m, int n, i64 k, i64 k0, i64 k1, bool round_out) {
+    typedef typename MatmulLoaderOf<TILE, TA, TB>::L L;
+    gemm_block<L, MATH>(s, L{a, b, m, n, k}, m, n, k0, k1, c, DenseRows{n}, round_out);
+}
+
 template <int MATH, class TILE>
 DEV void matmul_impl(const float* a, const float* b, float* out, i64 split_stride, int m, int n, i64 k, int ta,
                      int tb, int splits) {
@@ -44,10 +113,10 @@ DEV void matmul_impl(const float* a, const float* b, float* out, i64 split_strid
     const float* bb = b + (i64)bi * k * n;
     float* c = out + (i64)sp * split_stride + (i64)bi * m * n;
     const bool round_out = MATH == GEMM_BF16 && splits == 1;
-    if (!ta && !tb) gemm_block<MatmulLoader<false, false>, MATH>(s, MatmulLoader<false, false>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n}, round_out);
-    else if (ta && !tb) gemm_block<MatmulLoader<true, false>, MATH>(s, MatmulLoader<true, false>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n}, round_out);
-    else if (!ta && tb) gemm_block<MatmulLoader<false, true>, MATH>(s, MatmulLoader<false, true>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n}, round_out);
-    else gemm_block<MatmulLoader<true, true>, MATH>(s, MatmulLoader<true, true>{ab, bb, m, n, k}, m, n, k0, k1, c, DenseRows{n}, round_out);
+    if (!ta && !tb) matmul_block<MATH, TILE, false, false>(s, ab, bb, c, m, n, k, k0, k1, round_out);
+    else if (ta && !tb) matmul_block<MATH, TILE, true, false>(s, ab, bb, c, m, n, k, k0, k1, round_out);
+    else if (!ta && tb) matmul_block<MATH, TILE, false, true>(s, ab, bb, c, m, n, k, k0, k1, round_out);
+    else matmul_block<MATH, TILE, true, true>(s, ab, bb, c, m, n, k, k0, k1, round_out);
 }
 
 #define MATMUL_KERNEL(name, MATH, TILE)                                                                        \

@@ -318,11 +318,11 @@ fn tensor_core_shared_memory_is_free_of_bank_conflicts() {
     let Some(dev) = emulator() else { return };
     let cases = || {
         vec![
-            // 128 x 64 tiles (n <= 64), 16-byte loads of both operands along k = 40.
-            (Matmul { ta: false, tb: true }, vec![vec![520, 40], vec![50, 40]]),
-            // 128 x 128 tiles: 512 output pixels x 72 channels over 8 input channels; its data
-            // gradient takes 128 x 64 ones.
-            (Conv { stride: 1, pad: 1, groups: 1 }, vec![vec![2, 16, 16, 8], vec![72, 3, 3, 8]]),
+            // 128 x 64 tiles (n <= 64), 16-byte loads of both operands along k = 48.
+            (Matmul { ta: false, tb: true }, vec![vec![520, 48], vec![50, 48]]),
+            // 128 x 128 tiles: 512 output pixels x 80 channels over 16 input channels (the tap
+            // loader); its data gradient takes 128 x 64 ones.
+            (Conv { stride: 1, pad: 1, groups: 1 }, vec![vec![2, 16, 16, 16], vec![80, 3, 3, 16]]),
             // 64 x 64 tiles, statistics in the epilogue.
             (
                 ConvBatchNorm { stride: 1, pad: 1, groups: 1, residual: false, relu: true },
@@ -334,7 +334,10 @@ fn tensor_core_shared_memory_is_free_of_bank_conflicts() {
         ]
     };
     let mut rng = Rng::new(12);
-    run_cases(&dev.clone().with_precision(Precision::Bf16), DType::F32, 1e-2, &mut rng, cases());
+    // bf16 answers to the CPU's bf16 (batch norm after a bf16 convolution is too far from FP32
+    // for a fixed bound: see cross_precision), TF32 to FP32.
+    let reference = common::cpu(2).with_precision(Precision::Bf16);
+    common::conformance::run_cases_against(&dev.clone().with_precision(Precision::Bf16), &reference, DType::F32, 1e-3, &mut rng, cases());
     run_cases(&dev.clone().with_tf32(true), DType::F32, 1e-2, &mut rng, common::conformance::cross_precision(cases()));
     let attention = FAMILIES.iter().find(|(file, _)| *file == "attention.cu").unwrap();
     let ptx = nvrtc::compile_cached(attention.0, attention.1, &Target("compute_80".into()), nvrtc::cache_dir().as_deref(), false).unwrap().ptx.unwrap_or_default();
@@ -520,6 +523,42 @@ fn emulated_convolutions_on_the_tap_loaders_conform() {
     let r = run_cases_against(&bf16, &reference, DType::F32, 1e-3, &mut Rng::new(41), bf16_cases_of(cases.clone()));
     println!("bf16 vs cpu bf16: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
     let r = run_cases(&dev.clone().with_tf32(true), DType::F32, 1e-2, &mut Rng::new(41), cross_precision(cases));
+    println!("tf32 vs cpu f64: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
+}
+
+/// The 128-row matmul kernels' piece loaders (MatmulPieceLoader: k a multiple of 16, one
+/// 16-byte copy per piece for an operand with k contiguous, one base for the other) in bf16 and
+/// TF32 against the CPU, for all four transposes, on shapes the dry run shows they reach
+/// (partial row and column tiles, a batch); k = 40 goes to the 64 x 64 kernels.
+#[test]
+fn emulated_matmuls_on_the_piece_loaders_conform() {
+    use common::conformance::{Case, bf16_cases_of, cross_precision, run_cases_against};
+    use ssl_engine::backend::Precision;
+    use ssl_engine::{Tensor, ops};
+    let Some(dev) = emulator() else { return };
+    let (b, m, n) = (2, 260, 140);
+    let dry = CudaBackend::dry_run(4).unwrap().with_precision(Precision::Bf16);
+    let mut cases = Vec::new();
+    for (k, pieces) in [(48, true), (32, true), (40, false)] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let a = if ta { vec![b, k, m] } else { vec![b, m, k] };
+            let bs = if tb { vec![b, n, k] } else { vec![b, k, n] };
+            dry.take_launches();
+            let (za, zb) = (Tensor::zeros(&dry, &a, DType::F32).unwrap(), Tensor::zeros(&dry, &bs, DType::F32).unwrap());
+            ops::matmul(&za, &zb, ta, tb).unwrap();
+            let launched = dry.take_launches();
+            assert!(launched.iter().any(|l| l.kernel.starts_with("matmul")), "{launched:?}");
+            assert!(launched.iter().filter(|l| l.kernel.starts_with("matmul")).all(|l| l.kernel.contains("_m128") == pieces), "k {k}: {launched:?}");
+            if k != 32 {
+                cases.push((Case::Matmul { ta, tb }, vec![a, bs]));
+            }
+        }
+    }
+    let bf16 = dev.clone().with_precision(Precision::Bf16);
+    let reference = common::cpu(2).with_precision(Precision::Bf16);
+    let r = run_cases_against(&bf16, &reference, DType::F32, 1e-3, &mut Rng::new(43), bf16_cases_of(cases.clone()));
+    println!("bf16 vs cpu bf16: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
+    let r = run_cases(&dev.clone().with_tf32(true), DType::F32, 1e-2, &mut Rng::new(43), cross_precision(cases));
     println!("tf32 vs cpu f64: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
 }
 

@@ -359,6 +359,13 @@ fn static_report_gemm_conv_and_attention_kernels_are_spill_free_division_free_an
             };
             assert!(per_mma <= bound, "{}: {per_mma:.1} instructions per MMA in the main loop (at most {bound})", k.name);
         }
+        // Likewise the 128-row matmuls' piece loaders (kernels/matmul.cu): 27.5 (128 x 128) and
+        // 41.4 (128 x 64) bf16 instructions per MMA with the per-element loaders.
+        if big_tile && k.name.starts_with("matmul") {
+            let per_mma = k.instructions_per_mma().unwrap();
+            let bound = if k.name.contains("_m128n128_") { 11.5 } else { 18.5 };
+            assert!(per_mma <= bound, "{}: {per_mma:.1} instructions per MMA in the main loop (at most {bound})", k.name);
+        }
     }
     // Attention at head dim 128 used to spill 344 bytes in the dk/dv pass (256 accumulators per
     // thread); two threads per key now hold 128 each. The flash kernels (TF32 and bf16, three

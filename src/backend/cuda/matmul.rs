@@ -28,7 +28,9 @@ impl MatmulOps for CudaBackend {
             return Ok(());
         }
         let math = self.gemm_math();
-        let tile = Tile::pick(self, d.m, d.n, d.batch);
+        // The 128-row kernels load whole 16-deep pieces of k (MatmulPieceLoader in
+        // kernels/matmul.cu); another k runs on 64 x 64 tiles.
+        let tile = if d.k % 16 == 0 { Tile::pick(self, d.m, d.n, d.batch) } else { Tile::T64 };
         let (tm, tn) = (d.m.div_ceil(tile.mn().0), d.n.div_ceil(tile.mn().1));
         let splits = if tile == Tile::T64 { self.split_k(tm * tn * d.batch, d.k) } else { 1 };
         let kernel = kernel_of(math, tile);
