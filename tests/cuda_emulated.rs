@@ -484,37 +484,44 @@ fn emulated_weight_gradient_on_a_split_128_tile_conforms() {
     println!("tf32 vs cpu f64: {:?}", r.lines);
 }
 
-/// The 128-row convolution kernels' tap loaders (ConvFwdTapLoader, ConvBwdDataTapLoader: one
-/// 16-byte copy per piece, bounds from tap masks) in bf16 and TF32 against the CPU, on shapes
-/// the dry run shows they reach: stride 1 and 2 with padding (taps off every edge, the phases of
-/// backward-data), 2 pieces per tap (32 channels), groups, a 1x1 stride-2 kernel (phases no tap
-/// reaches) and partial row and column tiles. Channel counts that are not a multiple of 16 go
-/// to the 64 x 64 kernels.
+/// The 128-row convolution kernels' loaders in bf16 and TF32 against the CPU: the tap loaders
+/// (ConvFwdTapLoader, ConvBwdDataTapLoader: one 16-byte copy per piece, bounds from tap masks)
+/// and backward-weight's piece loader (ConvBwdWeightPieceLoader: pixels advanced 16 at a time
+/// across rows and images), on shapes the dry run shows reach them: stride 1 and 2 with
+/// padding (taps off every edge, the phases of backward-data), 2 pieces per tap (32 channels),
+/// groups, a 1x1 stride-2 kernel (phases no tap reaches), 6-pixel rows (several row carries per
+/// piece) and partial row and column tiles. Channel counts that are not a multiple of 16 go to
+/// the 64 x 64 kernels.
 #[test]
 fn emulated_convolutions_on_the_tap_loaders_conform() {
     use common::conformance::{Case, bf16_cases_of, cross_precision, run_cases_against};
     use ssl_engine::backend::Precision;
     use ssl_engine::{Tensor, ops};
     let Some(dev) = emulator() else { return };
-    // (stride, pad, groups, x, w, whether both passes take the tap loaders)
-    let shapes: [(usize, usize, usize, [usize; 4], [usize; 4], bool); 4] = [
-        (2, 1, 1, [8, 16, 16, 32], [32, 3, 3, 32], true),
-        (1, 1, 2, [4, 12, 12, 32], [32, 3, 3, 16], true),
-        (2, 0, 1, [32, 8, 8, 16], [32, 1, 1, 16], true),
-        (1, 1, 1, [8, 16, 16, 24], [40, 3, 3, 24], false),
+    // (stride, pad, groups, x, w, the tiles of forward, backward-data and backward-weight)
+    type Shape = (usize, usize, usize, [usize; 4], [usize; 4], [&'static str; 3]);
+    let shapes: [Shape; 6] = [
+        (2, 1, 1, [8, 16, 16, 32], [32, 3, 3, 32], ["_m128n64_", "_m128n64_", ""]),
+        (1, 1, 2, [4, 12, 12, 32], [32, 3, 3, 16], ["_m128n64_", "_m128n64_", ""]),
+        (2, 0, 1, [32, 8, 8, 16], [32, 1, 1, 16], ["_m128n64_", "_m128n64_", ""]),
+        (1, 1, 1, [8, 16, 16, 24], [40, 3, 3, 24], ["", "", ""]),
+        (1, 1, 1, [8, 6, 6, 32], [128, 3, 3, 32], ["", "", "_m128n128_"]),
+        (2, 1, 1, [8, 12, 12, 32], [128, 3, 3, 32], ["", "_m128n64_", "_m128n128_"]),
     ];
     let dry = CudaBackend::dry_run(4).unwrap().with_precision(Precision::Bf16);
     let zeros = |s: &[usize]| Tensor::zeros(&dry, s, DType::F32).unwrap();
     let mut cases = Vec::new();
-    for &(stride, pad, groups, xs, ws, taps) in &shapes {
+    for &(stride, pad, groups, xs, ws, tiles) in &shapes {
         let cd = ops::conv2d_dims(&xs, &ws, [stride; 2], [pad; 2], groups).unwrap();
         dry.take_launches();
         let y = ops::conv2d(&zeros(&xs), &zeros(&ws), &cd).unwrap();
         ops::conv2d_data_bwd(&zeros(y.shape()), &zeros(&ws), &cd).unwrap();
+        ops::conv2d_weight_bwd(&zeros(&xs), &zeros(y.shape()), &cd).unwrap();
         let launched = dry.take_launches();
-        for pass in ["_fwd_bf16", "_data_bwd_bf16"] {
-            let l = launched.iter().find(|l| l.kernel.ends_with(pass)).unwrap_or_else(|| panic!("no {pass}: {launched:?}"));
-            assert_eq!(l.kernel.contains("_m128"), taps, "{xs:?} {ws:?}: {launched:?}");
+        for (pass, tile) in ["_fwd_bf16", "_data_bwd_bf16", "_weight_bwd_bf16"].into_iter().zip(tiles) {
+            let l = launched.iter().find(|l| l.kernel.ends_with(pass) && !l.kernel.ends_with(&format!("_data{pass}"))).unwrap_or_else(|| panic!("no {pass}: {launched:?}"));
+            let got = ["_m128n128_", "_m128n64_"].into_iter().find(|t| l.kernel.contains(t)).unwrap_or("");
+            assert_eq!(got, tile, "{xs:?} {ws:?} {pass}: {launched:?}");
         }
         cases.push((Case::Conv { stride, pad, groups }, vec![xs.to_vec(), ws.to_vec()]));
     }

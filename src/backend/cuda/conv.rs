@@ -146,7 +146,7 @@ fn pieces_in_one_tap(pass: Pass, d: &Conv2dDims) -> bool {
     match pass {
         Pass::Fwd => (d.c_in / d.groups) % PIECE == 0 && d.kh <= 32 && d.kw <= 32,
         Pass::BwdData => (d.c_out / d.groups) % PIECE == 0 && d.kh.div_ceil(d.stride[0]) <= 32 && d.kw.div_ceil(d.stride[1]) <= 32,
-        Pass::BwdWeight => true,
+        Pass::BwdWeight => true, // weight_plan: whole 16-pixel pieces
     }
 }
 
@@ -169,7 +169,8 @@ fn weight_plan(b: &CudaBackend, m: usize, n: usize, k: usize, groups: usize) -> 
         math => {
             let big = if n <= 64 { (Tile::T128x64, 2) } else { (Tile::T128, 1) };
             let mut c = vec![(Tile::T64, 2, 0.6)];
-            if big.0.smem_bytes(math) <= b.max_shared() {
+            // The 128-row kernels' loader takes whole 16-pixel pieces (ConvBwdWeightPieceLoader).
+            if big.0.smem_bytes(math) <= b.max_shared() && k % 16 == 0 {
                 c.push((big.0, big.1, 1.0));
             }
             c
