@@ -113,3 +113,11 @@ DEV void for_each_index(i64 n, Body body) {
 // `v` as FOR_EACH's index type: inside its 32-bit path, a value no larger than n is an `int` too,
 // so that i % v and i / v stay 32-bit.
 #define AS_INDEX(i, v) ((decltype(i))(v))
+
+// The tensor of a multi-tensor batch (optim.cu, add_many in elementwise.cu) that block b works
+// on: tensor t owns blocks [block_end[t - 1], block_end[t]) (count when none).
+__device__ __forceinline__ int batch_tensor(const i64* block_end, int count, i64 b) {
+    int ti = 0;
+    while (ti < count && block_end[ti] <= b) ++ti;
+    return ti;
+}

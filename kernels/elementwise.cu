@@ -65,6 +65,38 @@ extern "C" __global__ void add_fwd_f32(const float* a, const float* b, float* ou
     FOR_EACH(i, n) { out[i] = a[i] + b[b_len == n ? i : i % AS_INDEX(i, b_len)]; });
 }
 
+// out = a + b for up to ADD_MANY_MAX pairs of tensors in one launch (Backend::add_many:
+// autograd's sums of the gradients of parameters used more than once), described by a struct
+// passed by value like optim.cu's batches: pair t owns blocks [block_end[t - 1], block_end[t]),
+// ADD_MANY_CHUNK elements each. The Rust mirror is in src/backend/cuda/elementwise.rs.
+#define ADD_MANY_MAX 96
+#define ADD_MANY_THREADS 256
+#define ADD_MANY_CHUNK (ADD_MANY_THREADS * 4)
+struct AddPair {
+    const float* a;
+    const float* b;
+    float* out;
+    i64 len;
+};
+struct AddBatch {
+    AddPair t[ADD_MANY_MAX];
+    i64 block_end[ADD_MANY_MAX];
+    int count;
+    int pad;
+};
+extern "C" __global__ void __launch_bounds__(ADD_MANY_THREADS) add_many_fwd_f32(const AddBatch batch) {
+    const i64 b = blockIdx.x;
+    const int ti = batch_tensor(batch.block_end, batch.count, b);
+    if (ti >= batch.count) return;
+    const AddPair& t = batch.t[ti];
+    const i64 base = (b - (ti == 0 ? 0 : batch.block_end[ti - 1])) * ADD_MANY_CHUNK;
+    for (int e = threadIdx.x; e < ADD_MANY_CHUNK; e += blockDim.x) {
+        const i64 i = base + e;
+        if (i >= t.len) break;
+        t.out[i] = t.a[i] + t.b[i];
+    }
+}
+
 extern "C" __global__ void mul_fwd_f32(const float* a, const float* b, float* out, i64 n, i64 b_len) {
     FOR_EACH(i, n) { out[i] = a[i] * b[b_len == n ? i : i % AS_INDEX(i, b_len)]; });
 }

@@ -12,13 +12,6 @@
 #define SGD_THREADS 256
 #define SGD_CHUNK (SGD_THREADS * 4)
 
-// The tensor of a multi-tensor batch that block b updates (count when none).
-__device__ __forceinline__ int batch_tensor(const i64* block_end, int count, i64 b) {
-    int ti = 0;
-    while (ti < count && block_end[ti] <= b) ++ti;
-    return ti;
-}
-
 struct SgdTensor {
     float* param;
     const float* grad;

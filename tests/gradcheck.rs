@@ -206,3 +206,32 @@ fn gather_rows() {
         t.mul(&y, &y).unwrap()
     });
 }
+
+/// A parameter used four times: its gradient's pieces are held aside and summed by
+/// `add_many` (autograd/mod.rs), in the order they arrive, ((g4 + g3) + g2) + g1, bit for bit the
+/// sum the tape made one add at a time; a leaf used once is untouched.
+#[test]
+fn a_leaf_used_four_times_sums_its_pieces_in_arrival_order() {
+    let b = common::cpu(2);
+    let mut r = Rng::new(11);
+    let t = |v: &[f64]| Tensor::from_f64(&b, v, &[v.len()], DType::F64).unwrap();
+    let (wv, seed) = (rand(&mut r, 7, -1.0, 1.0), rand(&mut r, 7, -1.0, 1.0));
+    let uses: Vec<Vec<f64>> = (0..4).map(|_| rand(&mut r, 7, -1.0, 1.0)).collect();
+    let tape = Tape::new();
+    let w = tape.leaf(t(&wv));
+    let once = tape.leaf(t(&uses[0]));
+    let mut y = tape.mul(&w, &once).unwrap();
+    for u in &uses[1..] {
+        let m = tape.mul(&w, &Var::constant(t(u))).unwrap();
+        y = tape.add(&y, &m).unwrap();
+    }
+    let grads = tape.backward_with(&y, t(&seed)).unwrap();
+    let got = grads.get(&w).unwrap().to_f64().unwrap();
+    for i in 0..7 {
+        let g = |k: usize| seed[i] * uses[k][i];
+        let want = ((g(3) + g(2)) + g(1)) + g(0);
+        assert_eq!(got[i].to_bits(), want.to_bits(), "element {i}: {} vs {want}", got[i]);
+    }
+    let got_once = grads.get(&once).unwrap().to_f64().unwrap();
+    assert_eq!(got_once, (0..7).map(|i| seed[i] * wv[i]).collect::<Vec<_>>());
+}

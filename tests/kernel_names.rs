@@ -57,7 +57,7 @@ const HOST_METHODS: &[&str] = &[
 
 /// Methods whose trait default composes other methods, with the languages that take the
 /// default: those need no entry point of their own there (their parts are checked as methods).
-const COMPOSED: &[(&str, &[&str])] = &[("conv2d_batchnorm_fwd_train", &["WGSL"])];
+const COMPOSED: &[(&str, &[&str])] = &[("conv2d_batchnorm_fwd_train", &["WGSL"]), ("add_many", &["WGSL"])];
 
 /// Stages shared by several methods, each with the methods that launch it: the fixed-order
 /// final sum of every loss, and the column-statistics finalisation of both norms' backward.

@@ -147,6 +147,12 @@ impl<B: Backend> Tape<B> {
         let mut grads: HashMap<usize, Tensor<B>> = HashMap::new();
         grads.insert(root, seed);
         let nodes = std::mem::take(&mut self.state.borrow_mut().nodes);
+        // A leaf's gradient (a parameter's) is read by no rule, so the pieces of a leaf used
+        // more than once (every weight, on both views) need not be added as they arrive: each
+        // leaf holds one piece aside, and all held pieces are added in one `add_many` when a
+        // leaf gets another or backward ends. The sums associate as before ((g1 + g2) + g3).
+        let produced: std::collections::HashSet<usize> = nodes.iter().map(|n| n.out).collect();
+        let mut held: HashMap<usize, Tensor<B>> = HashMap::new();
         for node in nodes.into_iter().rev() {
             let Some(g) = grads.remove(&node.out) else { continue };
             let needs: Vec<bool> = node.inputs.iter().map(Option::is_some).collect();
@@ -161,6 +167,13 @@ impl<B: Backend> Tape<B> {
             }
             for (id, gi) in node.inputs.iter().zip(input_grads) {
                 let (Some(id), Some(gi)) = (id, gi) else { continue };
+                if !produced.contains(id) && grads.contains_key(id) {
+                    if held.contains_key(id) {
+                        add_held(&mut grads, &mut held)?;
+                    }
+                    held.insert(*id, gi);
+                    continue;
+                }
                 let acc = match grads.remove(id) {
                     Some(prev) => ops::add(&prev, &gi)?,
                     None => gi,
@@ -169,6 +182,20 @@ impl<B: Backend> Tape<B> {
             }
             // `node` drops here: its saved activations are freed as backward consumes them.
         }
+        add_held(&mut grads, &mut held)?;
         Ok(Gradients { by_id: grads })
     }
+}
+
+/// grads[id] += held[id] for every held piece, in one `ops::add_many` (in id order).
+fn add_held<B: Backend>(grads: &mut HashMap<usize, Tensor<B>>, held: &mut HashMap<usize, Tensor<B>>) -> Result<()> {
+    let mut ids: Vec<usize> = held.keys().copied().collect();
+    ids.sort_unstable();
+    let pairs: Vec<(&Tensor<B>, &Tensor<B>)> = ids.iter().map(|id| (&grads[id], &held[id])).collect();
+    let sums = ops::add_many(&pairs)?;
+    for (id, sum) in ids.into_iter().zip(sums) {
+        grads.insert(id, sum);
+    }
+    held.clear();
+    Ok(())
 }

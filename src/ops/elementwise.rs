@@ -37,6 +37,23 @@ pub fn add<B: Backend>(a: &Tensor<B>, b: &Tensor<B>) -> Result<Tensor<B>> {
     binary(Binary::Add, a, b)
 }
 
+/// a + b for every pair (each pair's tensors of one shape and dtype), in as few launches as the
+/// backend can (`ElementwiseOps::add_many`).
+pub fn add_many<B: Backend>(pairs: &[(&Tensor<B>, &Tensor<B>)]) -> Result<Vec<Tensor<B>>> {
+    const OP: &str = "add_many";
+    let Some((first, _)) = pairs.first() else { return Ok(Vec::new()) };
+    let mut outs = Vec::with_capacity(pairs.len());
+    for (a, b) in pairs {
+        same_dtype(OP, &[a, b])?;
+        expect_shape(OP, "second", b, a.shape())?;
+        outs.push(out(a, a.shape())?);
+    }
+    let items: Vec<AddPair<'_, B::Storage>> =
+        pairs.iter().zip(&outs).map(|((a, b), o)| AddPair { a: a.storage(), b: b.storage(), out: o.storage(), len: a.numel() }).collect();
+    first.backend().add_many(&items)?;
+    Ok(outs)
+}
+
 pub fn mul<B: Backend>(a: &Tensor<B>, b: &Tensor<B>) -> Result<Tensor<B>> {
     binary(Binary::Mul, a, b)
 }

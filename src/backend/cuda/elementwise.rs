@@ -1,6 +1,6 @@
 //! Launches for kernels/elementwise.cu: fill, unary and binary maps, scale, the axis sum.
 
-use super::{CudaBackend, CudaStorage, i64a, ptr};
+use super::{Arg, CudaBackend, CudaStorage, i64a, ptr};
 use crate::backend::ops::*;
 use crate::backend::{AxisDims, Binary, Unary};
 use crate::error::Result;
@@ -74,6 +74,10 @@ impl ElementwiseOps for CudaBackend {
         map(self, name, n, &[ptr(a), ptr(b), ptr(out), i64a(n), i64a(b_len)])
     }
 
+    fn add_many(&self, pairs: &[AddPair<'_, CudaStorage>]) -> Result<()> {
+        add_many(self, pairs)
+    }
+
     fn scale(&self, x: &CudaStorage, y: &CudaStorage, alpha: f32, n: usize) -> Result<()> {
         map(self, "scale_fwd_f32", n, &[ptr(x), ptr(y), super::Arg::F32(alpha), i64a(n)])
     }
@@ -106,4 +110,45 @@ impl ElementwiseOps for CudaBackend {
         sa(&part)?;
         sum_splits(self, &part, y, splits, n, false)
     }
+}
+
+/// ADD_MANY_MAX of elementwise.cu (the batch stays under the 4 KB kernel-parameter limit: 3,848
+/// bytes); blocks of optim.rs's CHUNK elements (ADD_MANY_CHUNK).
+const ADD_MANY_MAX: usize = 96;
+
+/// Mirror of `struct AddPair` in kernels/elementwise.cu.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct KAddPair {
+    a: u64,
+    b: u64,
+    out: u64,
+    len: i64,
+}
+
+/// Mirror of `struct AddBatch` in kernels/elementwise.cu.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct KAddBatch {
+    t: [KAddPair; ADD_MANY_MAX],
+    block_end: [i64; ADD_MANY_MAX],
+    count: i32,
+    _pad: i32,
+}
+
+fn add_many(b: &CudaBackend, pairs: &[AddPair<'_, CudaStorage>]) -> Result<()> {
+    use bytemuck::Zeroable;
+    for group in pairs.chunks(ADD_MANY_MAX) {
+        let mut batch = KAddBatch::zeroed();
+        for (k, p) in batch.t.iter_mut().zip(group) {
+            *k = KAddPair { a: p.a.ptr, b: p.b.ptr, out: p.out.ptr, len: p.len as i64 };
+        }
+        let grid = super::optim::block_ends(group.iter().map(|p| p.len), &mut batch.block_end, "add_many")?;
+        if grid == 0 {
+            continue;
+        }
+        batch.count = group.len() as i32;
+        b.launch("add_many_fwd_f32", (grid, 1, 1), (super::optim::THREADS, 1, 1), &[Arg::Bytes(bytemuck::bytes_of(&batch))])?;
+    }
+    Ok(())
 }

@@ -12,8 +12,8 @@ use crate::error::Result;
 
 /// SGD_MAX_TENSORS, SGD_THREADS and SGD_CHUNK of optim.cu.
 const MAX_TENSORS: usize = 80;
-const THREADS: u32 = 256;
-const CHUNK: usize = THREADS as usize * 4;
+pub(super) const THREADS: u32 = 256;
+pub(super) const CHUNK: usize = THREADS as usize * 4;
 
 /// Mirror of `struct SgdTensor` in kernels/optim.cu.
 #[repr(C)]
@@ -42,7 +42,7 @@ struct KBatch {
 
 /// Fills `block_end` for tensors of `lens` elements (tensor i owns blocks
 /// [block_end[i - 1], block_end[i]) of CHUNK elements) and returns the grid size.
-fn block_ends<const N: usize>(lens: impl Iterator<Item = usize>, block_end: &mut [i64; N], op: &str) -> Result<u32> {
+pub(super) fn block_ends<const N: usize>(lens: impl Iterator<Item = usize>, block_end: &mut [i64; N], op: &str) -> Result<u32> {
     let mut blocks = 0usize;
     for (end, len) in block_end.iter_mut().zip(lens) {
         blocks += len.div_ceil(CHUNK);

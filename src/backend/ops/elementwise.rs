@@ -38,11 +38,26 @@ pub struct AxisDims {
     pub inner: usize,
 }
 
+/// One sum of `add_many`: out = a + b, each `len` long.
+pub struct AddPair<'a, S> {
+    pub a: &'a S,
+    pub b: &'a S,
+    pub out: &'a S,
+    pub len: usize,
+}
+
 pub trait ElementwiseOps: CoreOps {
     fn unary_fwd(&self, op: Unary, x: &Self::Storage, y: &Self::Storage, n: usize) -> Result<()>;
     fn unary_bwd(&self, op: Unary, x: &Self::Storage, dy: &Self::Storage, dx: &Self::Storage, n: usize) -> Result<()>;
     /// out[i] = a[i] op b[i % b_len]: `b` repeats over the leading axes of `a`.
     fn binary(&self, op: Binary, a: &Self::Storage, b: &Self::Storage, out: &Self::Storage, n: usize, b_len: usize) -> Result<()>;
+    /// out = a + b for every pair (the same sums as `binary` Add), in as few launches as the
+    /// backend can: autograd sums the gradients of every parameter used more than once (each
+    /// weight on both views) this way. The default is one `binary` per pair (the CPU and WGSL
+    /// take it; CUDA gathers up to 96 pairs per launch).
+    fn add_many(&self, pairs: &[AddPair<'_, Self::Storage>]) -> Result<()> {
+        pairs.iter().try_for_each(|p| self.binary(Binary::Add, p.a, p.b, p.out, p.len, p.len))
+    }
     /// y = alpha * x
     fn scale(&self, x: &Self::Storage, y: &Self::Storage, alpha: f32, n: usize) -> Result<()>;
     /// y[o, i] = sum_a x[o, a, i], in a fixed order.

@@ -18,7 +18,7 @@ pub mod pool;
 pub use self::core::{CoreOps, GraphId};
 pub use attention::{AttentionOps, AttnDims};
 pub use conv::{Conv2dDims, ConvOps};
-pub use elementwise::{AxisDims, Binary, ElementwiseOps, Unary};
+pub use elementwise::{AddPair, AxisDims, Binary, ElementwiseOps, Unary};
 pub use layout::{GatherDims, LayoutOps, SliceDims};
 pub use loss::LossOps;
 pub use matmul::{MatmulDims, MatmulOps};
