@@ -517,8 +517,9 @@ DEV void conv_fwd_impl(const float* x, const float* wt, float* out, i64 split_st
 }
 
 // Grid z = groups x splits x phases (sh * sw), phase fastest.
+// `add` (null: none; only without split-K): dx = the gradient + add (gemm_block's addend).
 template <int MATH, class TILE>
-DEV void conv_bwd_data_impl(const float* dy, const float* wt, float* out, i64 split_stride, ConvDims d, int splits) {
+DEV void conv_bwd_data_impl(const float* dy, const float* wt, float* out, i64 split_stride, ConvDims d, int splits, const float* add) {
     auto& s = gemm_smem<typename SmemOf<MATH, TILE>::T>();
     const int phases = d.sh * d.sw;
     const int phase = blockIdx.z % phases, gs = blockIdx.z / phases;
@@ -531,7 +532,8 @@ DEV void conv_bwd_data_impl(const float* dy, const float* wt, float* out, i64 sp
     split_range(K, splits, sp, k0, k1);
     float* dx = out + (i64)sp * split_stride + (i64)g * cg;
     typedef typename ConvLoaders<TILE>::BwdData L;
-    gemm_block<L, MATH>(s, L{dy, wt, d, ph, g}, M, cg, k0, k1, dx, PhaseRows{d, ph}, MATH == GEMM_BF16 && splits == 1);
+    gemm_block<L, MATH>(s, L{dy, wt, d, ph, g}, M, cg, k0, k1, dx, PhaseRows{d, ph}, MATH == GEMM_BF16 && splits == 1,
+                        ColStats{nullptr, 0, 0}, add ? add + (i64)g * cg : nullptr);
 }
 
 template <int MATH, class TILE>
@@ -554,29 +556,37 @@ DEV void conv_bwd_weight_impl(const float* x, const float* dy, float* out, i64 s
         impl<MATH, TILE>(in0, in1, out, split_stride, d, splits);                                          \
     }
 
+// Backward-data takes one more argument: what to add to dx (conv_bwd_data_impl).
+#define CONV_DATA_KERNEL(name, MATH, TILE)                                                                   \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                              \
+        name(const float* dy, const float* wt, float* out, i64 split_stride, ConvDims d, int splits,       \
+             const float* add) {                                                                            \
+        conv_bwd_data_impl<MATH, TILE>(dy, wt, out, split_stride, d, splits, add);                          \
+    }
+
 // Exact FP32 (SIMT), the default.
 CONV_KERNEL(conv2d_fwd_f32, conv_fwd_impl, GEMM_SIMT, Tile64, x, wt)
-CONV_KERNEL(conv2d_data_bwd_f32, conv_bwd_data_impl, GEMM_SIMT, Tile64, dy, wt)
+CONV_DATA_KERNEL(conv2d_data_bwd_f32, GEMM_SIMT, Tile64)
 CONV_KERNEL(conv2d_weight_bwd_f32, conv_bwd_weight_impl, GEMM_SIMT, Tile64, x, dy)
 // Tensor cores, one kernel per math (TF32 opt-in; BF16 for precision = "bf16": bf16 operands,
 // FP32 accumulation) and block tile (gemm_tile.cuh, TcTile).
 CONV_KERNEL(conv2d_tc_fwd_f32, conv_fwd_impl, GEMM_TF32, Tile64, x, wt)
-CONV_KERNEL(conv2d_tc_data_bwd_f32, conv_bwd_data_impl, GEMM_TF32, Tile64, dy, wt)
+CONV_DATA_KERNEL(conv2d_tc_data_bwd_f32, GEMM_TF32, Tile64)
 CONV_KERNEL(conv2d_tc_weight_bwd_f32, conv_bwd_weight_impl, GEMM_TF32, Tile64, x, dy)
 CONV_KERNEL(conv2d_tc_m128n128_fwd_f32, conv_fwd_impl, GEMM_TF32, Tile128, x, wt)
-CONV_KERNEL(conv2d_tc_m128n128_data_bwd_f32, conv_bwd_data_impl, GEMM_TF32, Tile128, dy, wt)
+CONV_DATA_KERNEL(conv2d_tc_m128n128_data_bwd_f32, GEMM_TF32, Tile128)
 CONV_KERNEL(conv2d_tc_m128n128_weight_bwd_f32, conv_bwd_weight_impl, GEMM_TF32, Tile128, x, dy)
 CONV_KERNEL(conv2d_tc_m128n64_fwd_f32, conv_fwd_impl, GEMM_TF32, Tile128x64, x, wt)
-CONV_KERNEL(conv2d_tc_m128n64_data_bwd_f32, conv_bwd_data_impl, GEMM_TF32, Tile128x64, dy, wt)
+CONV_DATA_KERNEL(conv2d_tc_m128n64_data_bwd_f32, GEMM_TF32, Tile128x64)
 CONV_KERNEL(conv2d_tc_m128n64_weight_bwd_f32, conv_bwd_weight_impl, GEMM_TF32, Tile128x64, x, dy)
 CONV_KERNEL(conv2d_fwd_bf16, conv_fwd_impl, GEMM_BF16, Tile64, x, wt)
-CONV_KERNEL(conv2d_data_bwd_bf16, conv_bwd_data_impl, GEMM_BF16, Tile64, dy, wt)
+CONV_DATA_KERNEL(conv2d_data_bwd_bf16, GEMM_BF16, Tile64)
 CONV_KERNEL(conv2d_weight_bwd_bf16, conv_bwd_weight_impl, GEMM_BF16, Tile64, x, dy)
 CONV_KERNEL(conv2d_m128n128_fwd_bf16, conv_fwd_impl, GEMM_BF16, Tile128, x, wt)
-CONV_KERNEL(conv2d_m128n128_data_bwd_bf16, conv_bwd_data_impl, GEMM_BF16, Tile128, dy, wt)
+CONV_DATA_KERNEL(conv2d_m128n128_data_bwd_bf16, GEMM_BF16, Tile128)
 CONV_KERNEL(conv2d_m128n128_weight_bwd_bf16, conv_bwd_weight_impl, GEMM_BF16, Tile128, x, dy)
 CONV_KERNEL(conv2d_m128n64_fwd_bf16, conv_fwd_impl, GEMM_BF16, Tile128x64, x, wt)
-CONV_KERNEL(conv2d_m128n64_data_bwd_bf16, conv_bwd_data_impl, GEMM_BF16, Tile128x64, dy, wt)
+CONV_DATA_KERNEL(conv2d_m128n64_data_bwd_bf16, GEMM_BF16, Tile128x64)
 CONV_KERNEL(conv2d_m128n64_weight_bwd_bf16, conv_bwd_weight_impl, GEMM_BF16, Tile128x64, x, dy)
 // The forward pass with batch norm's statistics in its epilogue (Backend::conv2d_batchnorm_fwd_train).
 #define CONV_BN_KERNEL(name, MATH, TILE)                                                                       \

@@ -252,10 +252,13 @@ DEV float value_or_zero(const float* p) { return p ? __ldg(p) : 0.0f; }
 // at (row blockIdx.x * BM, column blockIdx.y * BN). Must be reached by all GEMM_THREADS threads
 // of the block. Every (row < M, col < N) of the tile is written, zeros when k0 >= k1.
 // `round_out`: the results are rounded to bf16 as they are stored (precision = "bf16" without
-// split-K; with it, the split sum rounds).
+// split-K; with it, the split sum rounds). `addend` (null: none, and only without split-K): C
+// gets (rounded) result + addend at the same place, the sum autograd would make in a pass of
+// its own (backward-data into a ResNet block's input, which the shortcut's gradient reached
+// first).
 template <class L, int MATH, class Rows = DenseRows>
 DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row, bool round_out = false,
-                    ColStats stats = ColStats{nullptr, 0, 0}) {
+                    ColStats stats = ColStats{nullptr, 0, 0}, const float* addend = nullptr) {
     const int tid = threadIdx.x;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     const int ty = tid / 16, tx = tid % 16;
@@ -319,7 +322,7 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
             const int col = n0 + 4 * tx + c;
-            if (col < N) C[out_row(row) + col] = acc[r * 4 + c];
+            if (col < N) C[out_row(row) + col] = acc[r * 4 + c] + (addend ? addend[out_row(row) + col] : 0.0f);
         }
     }
     if (stats.part) {
@@ -461,7 +464,7 @@ DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
 // "tile kt has landed". The block's tile is at (row blockIdx.x * TM, column blockIdx.y * TN).
 template <class L, int MATH, class T, class Rows = DenseRows>
 DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row, bool round_out = false,
-                    ColStats stats = ColStats{nullptr, 0, 0}) {
+                    ColStats stats = ColStats{nullptr, 0, 0}, const float* addend = nullptr) {
     constexpr int ACC = T::MT * T::NT * 4;
     const int m0 = blockIdx.x * T::TM, n0 = blockIdx.y * T::TN;
     float acc[ACC];
@@ -501,7 +504,7 @@ DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1,
             for (int e = 0; e < 4; ++e) {
                 const int row = m0 + wm + mt * 16 + g + (e >= 2 ? 8 : 0);
                 const int col = n0 + wn + nt * 8 + 2 * t + (e & 1);
-                if (row < M && col < N) C[out_row(row) + col] = acc[(mt * T::NT + nt) * 4 + e];
+                if (row < M && col < N) C[out_row(row) + col] = acc[(mt * T::NT + nt) * 4 + e] + (addend ? addend[out_row(row) + col] : 0.0f);
             }
     if (stats.part) {
         // Column sums: this thread's 2 MT rows of each of its 2 NT columns, then the 8 lanes of

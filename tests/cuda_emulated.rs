@@ -590,6 +590,41 @@ fn emulated_add_many_equals_the_cpu() {
     }
 }
 
+/// Backward-data that adds the gradient its input already has (autograd's sum at a ResNet block's
+/// input) gives bit for bit backward-data followed by the add, in bf16 and FP32, on a 128-row
+/// tile (the kernel's epilogue adds) and on a split-K 64 x 64 one (the add follows the split
+/// sum); the dry run shows which.
+#[test]
+fn emulated_data_gradient_with_an_addend_equals_the_separate_add() {
+    use ssl_engine::backend::Precision;
+    use ssl_engine::{Tensor, ops};
+    let Some(dev) = emulator() else { return };
+    // (x, w, whether split-K takes backward-data on the emulator's 4 SMs)
+    let shapes = [([8usize, 16, 16, 32], [32usize, 3, 3, 32], false), ([2, 4, 4, 40], [256, 3, 3, 40], true)];
+    for (precision, tf32) in [(Precision::Bf16, false), (Precision::Fp32, false), (Precision::Fp32, true)] {
+        let b = dev.clone().with_precision(precision).with_tf32(tf32);
+        let dry = CudaBackend::dry_run(4).unwrap().with_precision(precision).with_tf32(tf32);
+        let mut rng = Rng::new(23);
+        for (xs, ws, split) in shapes {
+            let cd = ops::conv2d_dims(&xs, &ws, [1, 1], [1, 1], 1).unwrap();
+            let ys = [cd.n, cd.oh, cd.ow, cd.c_out];
+            let zeros = |s: &[usize]| Tensor::zeros(&dry, s, DType::F32).unwrap();
+            dry.take_launches();
+            ops::conv2d_data_bwd_add(&zeros(&ys), &zeros(&ws), &zeros(&xs), &cd).unwrap();
+            let launched = dry.take_launches();
+            assert_eq!(launched.iter().any(|l| l.kernel.starts_with("sum_axis_splits")), split, "{launched:?}");
+            let rand = |s: &[usize], rng: &mut Rng| {
+                let v: Vec<f32> = (0..s.iter().product::<usize>()).map(|_| rng.normal() as f32).collect();
+                Tensor::from_f32(&b, &v, s, DType::F32).unwrap()
+            };
+            let (dy, w, prev) = (rand(&ys, &mut rng), rand(&ws, &mut rng), rand(&xs, &mut rng));
+            let fused = ops::conv2d_data_bwd_add(&dy, &w, &prev, &cd).unwrap().to_f32().unwrap();
+            let apart = ops::add(&prev, &ops::conv2d_data_bwd(&dy, &w, &cd).unwrap()).unwrap().to_f32().unwrap();
+            assert!(fused == apart, "{precision:?} tf32 {tf32} {xs:?}: the fused sum differs");
+        }
+    }
+}
+
 /// One training step of every method (two for MoCo v2+ and DINO) on the emulated CUDA device
 /// against the CPU backend: the
 /// real loop, the real launch code, the kernels run on the host. Tiny heads, 8-pixel crops and

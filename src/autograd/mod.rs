@@ -156,7 +156,15 @@ impl<B: Backend> Tape<B> {
         for node in nodes.into_iter().rev() {
             let Some(g) = grads.remove(&node.out) else { continue };
             let needs: Vec<bool> = node.inputs.iter().map(Option::is_some).collect();
-            let input_grads = rules::backward(&node.op, &g, &needs)?;
+            // Input 0's gradient so far goes into the rule's sum where the rule can add it.
+            let prev0 = match node.inputs.first() {
+                Some(Some(id)) if rules::adds_into_input0(&node.op) && produced.contains(id) => grads.remove(id),
+                _ => None,
+            };
+            let input_grads = match prev0 {
+                Some(p) => rules::backward_adding(&node.op, &g, &needs, p)?,
+                None => rules::backward(&node.op, &g, &needs)?,
+            };
             if input_grads.len() != node.inputs.len() {
                 return Err(Error::Autograd(format!(
                     "rule for {} returned {} gradients for {} inputs",

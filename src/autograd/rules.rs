@@ -108,6 +108,26 @@ impl<B: Backend> Op<B> {
 
 type Grads<B> = Vec<Option<Tensor<B>>>;
 
+/// Whether `op`'s rule can add a gradient its input 0 already has into the one it computes
+/// (`backward_adding`), so that autograd makes no pass of its own for the sum: a convolution's
+/// backward-data (a ResNet block's input, whose gradient from the shortcut came first).
+pub(super) fn adds_into_input0<B: Backend>(op: &Op<B>) -> bool {
+    matches!(op, Op::Conv2d { .. })
+}
+
+/// `backward`, with input 0's gradient `prev0` + the rule's (input 0 must need one).
+pub(super) fn backward_adding<B: Backend>(op: &Op<B>, g: &Tensor<B>, needs: &[bool], prev0: Tensor<B>) -> Result<Grads<B>> {
+    if let Op::Conv2d { x, w, dims } = op {
+        let dw = if needs.get(1).copied().unwrap_or(true) { Some(ops::conv2d_weight_bwd(x, g, dims)?) } else { None };
+        return Ok(vec![Some(ops::conv2d_data_bwd_add(g, w, &prev0, dims)?), dw]);
+    }
+    let mut grads = backward(op, g, needs)?;
+    if let Some(Some(d0)) = grads.first_mut() {
+        *d0 = ops::add(&prev0, d0)?;
+    }
+    Ok(grads)
+}
+
 /// `needs[i]` says whether input i wants a gradient; the expensive rules skip the others (the
 /// images' gradient at a network's first conv is never used).
 pub(super) fn backward<B: Backend>(op: &Op<B>, g: &Tensor<B>, needs: &[bool]) -> Result<Grads<B>> {

@@ -43,6 +43,21 @@ pub fn conv2d_data_bwd<B: Backend>(dy: &Tensor<B>, w: &Tensor<B>, d: &Conv2dDims
     Ok(dx)
 }
 
+/// conv2d_data_bwd(dy, w) + prev (prev shaped like dx), added as dx is stored where the backend
+/// can (`ConvOps::conv2d_data_bwd_add`), else in a pass of its own: the same values either way.
+pub fn conv2d_data_bwd_add<B: Backend>(dy: &Tensor<B>, w: &Tensor<B>, prev: &Tensor<B>, d: &Conv2dDims) -> Result<Tensor<B>> {
+    same_dtype("conv2d_data_bwd", &[dy, w, prev])?;
+    expect_shape("conv2d_data_bwd", "dy", dy, &[d.n, d.oh, d.ow, d.c_out])?;
+    expect_shape("conv2d_data_bwd", "weight", w, &[d.c_out, d.kh, d.kw, d.c_in / d.groups])?;
+    expect_shape("conv2d_data_bwd", "the gradient to add", prev, &[d.n, d.h, d.w, d.c_in])?;
+    let dx = out(dy, &[d.n, d.h, d.w, d.c_in])?;
+    if dy.backend().conv2d_data_bwd_add(dy.storage(), w.storage(), prev.storage(), dx.storage(), d)? {
+        return Ok(dx);
+    }
+    dy.backend().conv2d_data_bwd(dy.storage(), w.storage(), dx.storage(), d)?;
+    super::add(prev, &dx)
+}
+
 pub fn conv2d_weight_bwd<B: Backend>(x: &Tensor<B>, dy: &Tensor<B>, d: &Conv2dDims) -> Result<Tensor<B>> {
     same_dtype("conv2d_weight_bwd", &[x, dy])?;
     expect_shape("conv2d_weight_bwd", "input", x, &[d.n, d.h, d.w, d.c_in])?;

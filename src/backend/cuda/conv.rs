@@ -5,7 +5,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::gemm::{MAX_Z, THREADS, Tile};
-use super::{Arg, CudaBackend, CudaStorage, GemmMath, elementwise, i32c, i64a, norm, ptr};
+use super::{Arg, CudaBackend, CudaStorage, GemmMath, elementwise, i32c, i64a, norm, opt_ptr, ptr};
 use crate::backend::ops::*;
 use crate::backend::{BnTrain, Conv2dDims, NormDims};
 use crate::error::{Error, Result};
@@ -39,7 +39,7 @@ pub(super) enum Pass {
 
 /// `in0`, `in1`: (x, w) forward, (dy, w) backward-data, (x, dy) backward-weight.
 pub(super) fn conv2d(b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaStorage, out: &CudaStorage, d: &Conv2dDims) -> Result<()> {
-    launch_conv(b, pass, in0, in1, out, d, None).map(drop)
+    launch_conv(b, pass, in0, in1, out, d, None, None).map(drop)
 }
 
 /// Convolution, then training batch norm of its output, with the statistics summed in the
@@ -57,7 +57,7 @@ pub(super) fn conv2d_batchnorm(
         });
     }
     let part = norm::partials(b, row_tiles, cd.c_out)?;
-    if launch_conv(b, Pass::Fwd, x, w, conv_out, cd, Some(&part))? {
+    if launch_conv(b, Pass::Fwd, x, w, conv_out, cd, Some(&part), None)? {
         return norm::batchnorm_from_partials(b, &part, row_tiles, conv_out, bn, nd);
     }
     norm::batchnorm_fwd_train(b, conv_out, bn, nd)
@@ -248,9 +248,12 @@ pub(crate) fn kernels_of(math: GemmMath, tile: Tile) -> [&'static str; 4] {
 }
 
 /// Launches one pass; with `stats` (forward only), also the output's column sums [row tiles, 2,
-/// c_out] when there is no split-K. Returns whether the statistics were written.
+/// c_out] when there is no split-K. Returns whether the statistics were written. With `add`
+/// (backward-data only), out = the pass + add: in the kernel's epilogue, or after the split-K
+/// sum.
 fn launch_conv(
     b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaStorage, out: &CudaStorage, d: &Conv2dDims, stats: Option<&CudaStorage>,
+    add: Option<&CudaStorage>,
 ) -> Result<bool> {
     let Plan { out_len, tile, splits, grid, dims } = plan(b, pass, d)?;
     if out_len == 0 {
@@ -268,7 +271,10 @@ fn launch_conv(
         return Ok(true);
     }
     let run = |dst: &CudaStorage, stride: usize| {
-        let args = [ptr(in0), ptr(in1), ptr(dst), i64a(stride), cd, Arg::I32(splits as i32)];
+        let mut args = vec![ptr(in0), ptr(in1), ptr(dst), i64a(stride), cd, Arg::I32(splits as i32)];
+        if pass == Pass::BwdData {
+            args.push(opt_ptr(add.filter(|_| splits == 1)));
+        }
         b.launch_shared(kernel_of(pass, math, tile), grid, (THREADS, 1, 1), smem, &args, flops)
     };
     if splits == 1 {
@@ -276,7 +282,12 @@ fn launch_conv(
     }
     let part = b.scratch(splits * out_len)?;
     run(&part, out_len)?;
-    elementwise::sum_splits(b, &part, out, splits, out_len, math == GemmMath::Bf16).map(|_| false)
+    let Some(add) = add else {
+        return elementwise::sum_splits(b, &part, out, splits, out_len, math == GemmMath::Bf16).map(|_| false);
+    };
+    let sum = b.scratch(out_len)?;
+    elementwise::sum_splits(b, &part, &sum, splits, out_len, math == GemmMath::Bf16)?;
+    b.binary(Binary::Add, &sum, add, out, out_len, out_len).map(|_| false)
 }
 
 impl ConvOps for CudaBackend {
@@ -290,6 +301,11 @@ impl ConvOps for CudaBackend {
 
     fn conv2d_weight_bwd(&self, x: &CudaStorage, dy: &CudaStorage, dw: &CudaStorage, d: &Conv2dDims) -> Result<()> {
         conv2d(self, Pass::BwdWeight, x, dy, dw, d)
+    }
+
+    fn conv2d_data_bwd_add(&self, dy: &CudaStorage, w: &CudaStorage, prev: &CudaStorage, dx: &CudaStorage, d: &Conv2dDims) -> Result<bool> {
+        launch_conv(self, Pass::BwdData, dy, w, dx, d, None, Some(prev))?;
+        Ok(true)
     }
 
     fn conv2d_batchnorm_fwd_train(

@@ -26,6 +26,13 @@ pub trait ConvOps: CoreOps + NormOps {
     fn conv2d_fwd(&self, x: &Self::Storage, w: &Self::Storage, y: &Self::Storage, d: &Conv2dDims) -> Result<()>;
     fn conv2d_data_bwd(&self, dy: &Self::Storage, w: &Self::Storage, dx: &Self::Storage, d: &Conv2dDims) -> Result<()>;
     fn conv2d_weight_bwd(&self, x: &Self::Storage, dy: &Self::Storage, dw: &Self::Storage, d: &Conv2dDims) -> Result<()>;
+    /// dx = conv2d_data_bwd(dy, w) + prev, where the backend can add `prev` as it stores dx (CUDA:
+    /// in the GEMM's epilogue); returns false, having done nothing, where it cannot (this
+    /// default: the CPU and WGSL), and ops::conv2d_data_bwd_add then adds in a pass of its own.
+    fn conv2d_data_bwd_add(&self, dy: &Self::Storage, w: &Self::Storage, prev: &Self::Storage, dx: &Self::Storage, d: &Conv2dDims) -> Result<bool> {
+        let _ = (dy, w, prev, dx, d);
+        Ok(false)
+    }
 
     /// A convolution whose output goes straight into training batch norm (a ResNet's conv + BN):
     /// `conv_out` = conv2d(x, w) (kept: batch norm's backward reads it), then
