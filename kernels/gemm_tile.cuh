@@ -157,6 +157,7 @@ DEV bool one_vector(const float* const* p) {
 // BK * k_stride per tile. The matmul loaders use one for A and one for B.
 template <bool K_FAST, int W>
 struct StridedOperand {
+    static constexpr bool VEC = false;  // a K_FAST run may straddle the end of k: tested per element
     const float* cur[4];  // null outside [0, limit)
     int k[4], k1;
     i64 step;
@@ -182,7 +183,7 @@ struct StridedOperand {
     }
 };
 
-// An operand of the 128-row tiles' loaders (MatmulPieceLoader, ConvBwdWeightPieceLoader's dy),
+// An operand of the 128-row tiles' loaders (MatmulLoader<.., PieceOperand>, ConvBwdWeightPieceLoader's dy),
 // whose element (mn, k) is P[mn * mn_stride + k * k_stride], for a reduction whose every BK-deep
 // piece is inside [k0, k1) as a whole (the Rust side routes the rest to 64 x 64 tiles), with the
 // rows of a K_FAST operand 16-byte aligned (the pool's buffers are 256-byte aligned). Per
@@ -190,6 +191,7 @@ struct StridedOperand {
 // operand's 4 elements are one chunk (VEC); the other's are 4 k apart, 4 k_stride from a base.
 template <bool K_FAST, int W>
 struct PieceOperand {
+    static constexpr bool VEC = K_FAST;  // a K_FAST operand's 4 elements are one chunk
     const float* cur;  // this thread's first element of the next piece; null outside [0, limit)
     int k, k1;
     i64 step, apart;

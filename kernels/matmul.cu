@@ -8,11 +8,14 @@
 // to out + s * split_stride and sum_axis_splits_fwd_f32 (elementwise.cu) adds the pieces in order.
 #include "gemm_tile.cuh"
 
-template <bool TA, bool TB>
+// Both operands are OPERANDs (gemm_tile.cuh): StridedOperand, element by element, for the 64 x
+// 64 tiles; PieceOperand, a 16-deep piece of k at a time, for the 128-row ones (k a multiple of
+// BK: the Rust side gives them nothing else, matmul.rs).
+template <bool TA, bool TB, template <bool, int> class OPERAND>
 struct MatmulLoader {
     static constexpr bool A_K_FAST = !TA;
     static constexpr bool B_K_FAST = TB;
-    static constexpr bool A_VEC = false, B_VEC = false;
+    static constexpr bool A_VEC = OPERAND<A_K_FAST, BM>::VEC, B_VEC = OPERAND<B_K_FAST, BN>::VEC;
     const float* A;
     const float* B;
     int m, n;
@@ -20,34 +23,10 @@ struct MatmulLoader {
     // k is an `int` inside one split (the Rust side checks k < 2^31).
     struct Thread {
         Thread() = default;
-        StridedOperand<A_K_FAST, BM> a;
-        StridedOperand<B_K_FAST, BN> b;
+        OPERAND<A_K_FAST, BM> a;
+        OPERAND<B_K_FAST, BN> b;
         // A (m x k) is stored k x m with TA; B (k x n) is stored n x k with TB.
         DEVM Thread(const MatmulLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1)
-            : a(l.A, TA ? 1 : l.k, TA ? l.m : 1, m0, M, k0, k1), b(l.B, TB ? l.k : 1, TB ? 1 : l.n, n0, N, k0, k1) {}
-        DEVM void addr(const float** pa, const float** pb) {
-            a.addr(pa);
-            b.addr(pb);
-        }
-    };
-};
-
-// The 128-row tiles' loader, for k a multiple of BK (the Rust side gives them nothing else:
-// matmul.rs): both operands are PieceOperands (gemm_tile.cuh).
-template <bool TA, bool TB>
-struct MatmulPieceLoader {
-    static constexpr bool A_K_FAST = !TA;
-    static constexpr bool B_K_FAST = TB;
-    static constexpr bool A_VEC = A_K_FAST, B_VEC = B_K_FAST;
-    const float* A;
-    const float* B;
-    int m, n;
-    i64 k;
-    struct Thread {
-        Thread() = default;
-        PieceOperand<A_K_FAST, BM> a;
-        PieceOperand<B_K_FAST, BN> b;
-        DEVM Thread(const MatmulPieceLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1)
             : a(l.A, TA ? 1 : l.k, TA ? l.m : 1, m0, M, k0, k1), b(l.B, TB ? l.k : 1, TB ? 1 : l.n, n0, N, k0, k1) {}
         DEVM void addr(const float** pa, const float** pb) {
             a.addr(pa);
@@ -59,11 +38,11 @@ struct MatmulPieceLoader {
 // The loader of a block tile: the 128-row tiles take the piece loaders.
 template <class TILE, bool TA, bool TB>
 struct MatmulLoaderOf {
-    typedef MatmulPieceLoader<TA, TB> L;
+    typedef MatmulLoader<TA, TB, PieceOperand> L;
 };
 template <bool TA, bool TB>
 struct MatmulLoaderOf<Tile64, TA, TB> {
-    typedef MatmulLoader<TA, TB> L;
+    typedef MatmulLoader<TA, TB, StridedOperand> L;
 };
 
 template <int MATH, class TILE, bool TA, bool TB>

@@ -533,7 +533,7 @@ fn emulated_convolutions_on_the_tap_loaders_conform() {
     println!("tf32 vs cpu f64: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
 }
 
-/// The 128-row matmul kernels' piece loaders (MatmulPieceLoader: k a multiple of 16, one
+/// The 128-row matmul kernels' piece loaders (PieceOperand: k a multiple of 16, one
 /// 16-byte copy per piece for an operand with k contiguous, one base for the other) in bf16 and
 /// TF32 against the CPU, for all four transposes, on shapes the dry run shows they reach
 /// (partial row and column tiles, a batch); k = 40 goes to the 64 x 64 kernels.

@@ -28,7 +28,7 @@ impl MatmulOps for CudaBackend {
             return Ok(());
         }
         let math = self.gemm_math();
-        // The 128-row kernels load whole 16-deep pieces of k (MatmulPieceLoader in
+        // The 128-row kernels load whole 16-deep pieces of k (MatmulLoader<.., PieceOperand> in
         // kernels/matmul.cu); another k runs on 64 x 64 tiles.
         let tile = if d.k % 16 == 0 { Tile::pick(self, d.m, d.n, d.batch) } else { Tile::T64 };
         let (tm, tn) = (d.m.div_ceil(tile.mn().0), d.n.div_ceil(tile.mn().1));
