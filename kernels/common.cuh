@@ -13,7 +13,9 @@
 //   PTX signatures, see src/backend/cuda/nvrtc.rs).
 // - Every thread bounds-checks what it reads and writes; every kernel writes its whole output.
 // - Reductions have a fixed order that depends only on the shapes and the launch configuration
-//   (never on timing): no floating-point atomics anywhere.
+//   (never on timing): no floating-point atomics anywhere. Where a launch finishes its own
+//   reduction, an integer counter only picks the block that adds the pieces (last_to_arrive),
+//   in the same fixed order whichever block it is.
 #pragma once
 
 typedef long long i64;
@@ -39,6 +41,27 @@ DEV float round_bf16f(float v) {
 // ReLU's gradient: dy where its input x is positive (PyTorch's choice at 0: 0). Also right with
 // ReLU's output for x: relu(x) > 0 exactly where x > 0.
 DEV float relu_grad(float x, float dy) { return x > 0.0f ? dy : 0.0f; }
+
+// Whether this block is the last of `expected` blocks to arrive at `*count`, an int in global
+// memory that is 0 before the first arrives and is set back to 0 by the last (ready for the next
+// launch or graph replay): how a launch finishes a reduction over its blocks itself instead of
+// leaving it to a second kernel (split-K sums, column statistics). Every thread of the block
+// calls it after storing what the last block will read; the last block then sees all of it
+// (read it with __ldcg: L1 is not coherent). `flag`: an int of shared memory the block is done
+// with.
+DEV bool last_to_arrive(int* count, int expected, int* flag) {
+    __threadfence();  // this thread's stores are visible to the block that arrives last
+    __syncthreads();
+    if (threadIdx.x == 0 && threadIdx.y == 0) {
+        const int last = atomicAdd(count, 1) == expected - 1;
+        if (last) *count = 0;  // every other block has counted itself in
+        *flag = last;
+    }
+    __syncthreads();
+    const bool last = *flag != 0;
+    if (last) __threadfence();
+    return last;
+}
 
 // The global index of this thread and the grid-wide stride, both 64-bit.
 DEV i64 global_index() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }

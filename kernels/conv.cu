@@ -1,7 +1,7 @@
 // NHWC convolution as implicit GEMM (no im2col buffer): x [n, h, w, c_in],
 // weight [c_out, kh, kw, c_in / groups], y [n, oh, ow, c_out]. Twin of src/backend/cpu/conv.rs.
 // The main loop is in gemm_tile.cuh; only the operand loaders differ. Group g is blockIdx.z /
-// splits, split-K piece blockIdx.z % splits (pieces summed by sum_axis_splits_fwd_f32); backward-data
+// splits, split-K piece blockIdx.z % splits (pieces summed by the tile's last, SplitK); backward-data
 // has the stride phase as the fastest part of blockIdx.z.
 //
 // forward:       y[p, g*og + o]  = sum_q  col(x)[p, q] . w[g*og + o, q]          p = (img, oy, ox)
@@ -498,11 +498,14 @@ struct ConvLoaders<Tile128x64> {
     typedef ConvBwdWeightLoader BwdWeight;
 };
 
-// `stats` (not null only without split-K): the output's per-channel column sums for batch norm
-// (ColStats, gemm_tile.cuh), [row tiles, 2, c_out] in double.
+// Every pass: `out` gets the result; with splits > 1, piece sp of the reduction stores its partial
+// products at part + sp * split_stride and the last piece of each tile adds them (SplitK,
+// gemm_tile.cuh; `arrivals`: one counter per tile, all 0). part is null when splits == 1.
+// `stats` (forward, may be null): the output's per-channel column sums for batch norm (ColStats,
+// gemm_tile.cuh), [row tiles, 2, c_out] in double.
 template <int MATH, class TILE>
-DEV void conv_fwd_impl(const float* x, const float* wt, float* out, i64 split_stride, ConvDims d, int splits,
-                       double* stats = nullptr) {
+DEV void conv_fwd_impl(const float* x, const float* wt, float* out, float* part, i64 split_stride, ConvDims d, int splits,
+                       int* arrivals, double* stats = nullptr) {
     auto& s = gemm_smem<typename SmemOf<MATH, TILE>::T>();
     const int g = blockIdx.z / splits, sp = blockIdx.z % splits;
     const int cg = d.c_in / d.groups, og = d.c_out / d.groups;
@@ -510,16 +513,18 @@ DEV void conv_fwd_impl(const float* x, const float* wt, float* out, i64 split_st
     const int M = d.n * d.oh * d.ow;
     i64 k0, k1;
     split_range(kcols, splits, sp, k0, k1);
-    float* y = out + (i64)sp * split_stride + (i64)g * og;
+    const i64 at = (i64)g * og;
     typedef typename ConvLoaders<TILE>::Fwd L;
-    gemm_block<L, MATH>(s, L{x, wt, d, g, kcols}, M, og, k0, k1, y, DenseRows{d.c_out},
-                                    MATH == GEMM_BF16 && splits == 1, ColStats{stats, d.c_out, g * og});
+    gemm_block<L, MATH>(s, L{x, wt, d, g, kcols}, M, og, k0, k1, out + at, DenseRows{d.c_out},
+                        SplitK{out, TILE::SPLITS ? part : nullptr, split_stride, splits, 1, arrivals}, MATH == GEMM_BF16,
+                        ColStats{stats, d.c_out, g * og});
 }
 
 // Grid z = groups x splits x phases (sh * sw), phase fastest.
-// `add` (null: none; only without split-K): dx = the gradient + add (gemm_block's addend).
+// `add` (null: none): dx = the gradient + add (gemm_block's addend).
 template <int MATH, class TILE>
-DEV void conv_bwd_data_impl(const float* dy, const float* wt, float* out, i64 split_stride, ConvDims d, int splits, const float* add) {
+DEV void conv_bwd_data_impl(const float* dy, const float* wt, float* out, float* part, i64 split_stride, ConvDims d, int splits,
+                            int* arrivals, const float* add) {
     auto& s = gemm_smem<typename SmemOf<MATH, TILE>::T>();
     const int phases = d.sh * d.sw;
     const int phase = blockIdx.z % phases, gs = blockIdx.z / phases;
@@ -530,14 +535,16 @@ DEV void conv_bwd_data_impl(const float* dy, const float* wt, float* out, i64 sp
     const int M = d.n * ph.ny * ph.nx;
     i64 k0, k1;
     split_range(K, splits, sp, k0, k1);
-    float* dx = out + (i64)sp * split_stride + (i64)g * cg;
+    const i64 at = (i64)g * cg;
     typedef typename ConvLoaders<TILE>::BwdData L;
-    gemm_block<L, MATH>(s, L{dy, wt, d, ph, g}, M, cg, k0, k1, dx, PhaseRows{d, ph}, MATH == GEMM_BF16 && splits == 1,
-                        ColStats{nullptr, 0, 0}, add ? add + (i64)g * cg : nullptr);
+    gemm_block<L, MATH>(s, L{dy, wt, d, ph, g}, M, cg, k0, k1, out + at, PhaseRows{d, ph},
+                        SplitK{out, TILE::SPLITS ? part : nullptr, split_stride, splits, phases, arrivals},
+                        MATH == GEMM_BF16, ColStats{nullptr, 0, 0}, add ? add + at : nullptr);
 }
 
 template <int MATH, class TILE>
-DEV void conv_bwd_weight_impl(const float* x, const float* dy, float* out, i64 split_stride, ConvDims d, int splits) {
+DEV void conv_bwd_weight_impl(const float* x, const float* dy, float* out, float* part, i64 split_stride, ConvDims d, int splits,
+                              int* arrivals) {
     auto& s = gemm_smem<typename SmemOf<MATH, TILE>::T>();
     const int g = blockIdx.z / splits, sp = blockIdx.z % splits;
     const int cg = d.c_in / d.groups, og = d.c_out / d.groups;
@@ -545,23 +552,25 @@ DEV void conv_bwd_weight_impl(const float* x, const float* dy, float* out, i64 s
     const i64 K = (i64)d.n * d.oh * d.ow;
     i64 k0, k1;
     split_range(K, splits, sp, k0, k1);
-    float* dw = out + (i64)sp * split_stride + (i64)g * og * kcols;
+    const i64 at = (i64)g * og * kcols;
     typedef typename ConvLoaders<TILE>::BwdWeight L;
-    gemm_block<L, MATH>(s, L{x, dy, d, g}, og, (int)kcols, k0, k1, dw, DenseRows{kcols}, MATH == GEMM_BF16 && splits == 1);
+    gemm_block<L, MATH>(s, L{x, dy, d, g}, og, (int)kcols, k0, k1, out + at, DenseRows{kcols},
+                        SplitK{out, part, split_stride, splits, 1, arrivals}, MATH == GEMM_BF16);
 }
 
-#define CONV_KERNEL(name, impl, MATH, TILE, in0, in1)                                                       \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                              \
-        name(const float* in0, const float* in1, float* out, i64 split_stride, ConvDims d, int splits) { \
-        impl<MATH, TILE>(in0, in1, out, split_stride, d, splits);                                          \
+#define CONV_KERNEL(name, impl, MATH, TILE, in0, in1)                                                             \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                                    \
+        name(const float* in0, const float* in1, float* out, float* part, i64 split_stride, ConvDims d, int splits, \
+             int* arrivals) {                                                                                      \
+        impl<MATH, TILE>(in0, in1, out, part, split_stride, d, splits, arrivals);                                 \
     }
 
 // Backward-data takes one more argument: what to add to dx (conv_bwd_data_impl).
-#define CONV_DATA_KERNEL(name, MATH, TILE)                                                                   \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                              \
-        name(const float* dy, const float* wt, float* out, i64 split_stride, ConvDims d, int splits,       \
-             const float* add) {                                                                            \
-        conv_bwd_data_impl<MATH, TILE>(dy, wt, out, split_stride, d, splits, add);                          \
+#define CONV_DATA_KERNEL(name, MATH, TILE)                                                                         \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                                    \
+        name(const float* dy, const float* wt, float* out, float* part, i64 split_stride, ConvDims d, int splits,  \
+             int* arrivals, const float* add) {                                                                    \
+        conv_bwd_data_impl<MATH, TILE>(dy, wt, out, part, split_stride, d, splits, arrivals, add);                \
     }
 
 // Exact FP32 (SIMT), the default.
@@ -589,10 +598,11 @@ CONV_KERNEL(conv2d_m128n64_fwd_bf16, conv_fwd_impl, GEMM_BF16, Tile128x64, x, wt
 CONV_DATA_KERNEL(conv2d_m128n64_data_bwd_bf16, GEMM_BF16, Tile128x64)
 CONV_KERNEL(conv2d_m128n64_weight_bwd_bf16, conv_bwd_weight_impl, GEMM_BF16, Tile128x64, x, dy)
 // The forward pass with batch norm's statistics in its epilogue (Backend::conv2d_batchnorm_fwd_train).
-#define CONV_BN_KERNEL(name, MATH, TILE)                                                                       \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                               \
-        name(const float* x, const float* wt, float* out, i64 split_stride, ConvDims d, int splits, double* stats) { \
-        conv_fwd_impl<MATH, TILE>(x, wt, out, split_stride, d, splits, stats);                               \
+#define CONV_BN_KERNEL(name, MATH, TILE)                                                                           \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                                    \
+        name(const float* x, const float* wt, float* out, float* part, i64 split_stride, ConvDims d, int splits,   \
+             int* arrivals, double* stats) {                                                                       \
+        conv_fwd_impl<MATH, TILE>(x, wt, out, part, split_stride, d, splits, arrivals, stats);                    \
     }
 CONV_BN_KERNEL(conv2d_batchnorm_fwd_f32, GEMM_SIMT, Tile64)
 CONV_BN_KERNEL(conv2d_batchnorm_tc_fwd_f32, GEMM_TF32, Tile64)

@@ -177,21 +177,11 @@ extern "C" __global__ void sum_axis_fwd_f32(const float* x, float* part, i64 out
     });
 }
 
-// y[i] = sum_s part[s, i] for s ascending (the second stage of every split reduction: the axis
-// sum above, split-K GEMMs and convolutions).
-DEV void sum_splits(const float* part, float* y, i64 splits, i64 n, bool round_bf16) {
+// y[i] = sum_s part[s, i] for s ascending (the second stage of a split sum_axis), in double.
+extern "C" __global__ void sum_axis_splits_fwd_f32(const float* part, float* y, i64 splits, i64 n) {
     FOR_EACH(i, n) {
         double acc = 0.0;
         for (i64 s = 0; s < splits; ++s) acc += (double)part[s * n + i];
-        y[i] = round_bf16 ? round_bf16f((float)acc) : (float)acc;
+        y[i] = (float)acc;
     });
-}
-
-extern "C" __global__ void sum_axis_splits_fwd_f32(const float* part, float* y, i64 splits, i64 n) {
-    sum_splits(part, y, splits, n, false);
-}
-
-// The same, rounded to bf16: the last stage of a split-K GEMM under precision = "bf16".
-extern "C" __global__ void sum_axis_splits_fwd_bf16(const float* part, float* y, i64 splits, i64 n) {
-    sum_splits(part, y, splits, n, true);
 }

@@ -65,6 +65,10 @@ struct TcTile {
     static constexpr int MB = MB_, NB = NB_, KB = KB_, PIECES = MB_ > NB_ ? MB_ : NB_;
     static constexpr int TM = BM * MB_, TN = BN * NB_, TK = BK * KB_;
     static constexpr int WM = TM / 2, WN = TN / 4, MT = WM / 16, NT = WN / 8;
+    // Whether forward and backward-data convolutions and matmuls split k on this tile: only 64 x
+    // 64, the tile for grids too small to fill the GPU (the Rust side's rule, gemm.rs). The
+    // others compile without the split epilogue (its registers made ptxas spill there).
+    static constexpr bool SPLITS = MB_ == 1 && NB_ == 1;
     // Where element (row, k) of an operand tile sits in its stage ([mn][k], rows of TK floats,
     // unpadded). Shared memory serves 128 bytes (eight 16-byte bank groups) per wavefront, and
     // both of its accesses here move 16-byte chunks of a row (4 consecutive k): an ldmatrix
@@ -227,7 +231,8 @@ struct DenseRows {
 // computed in its epilogue instead of by a second pass over it): for the block's row tile
 // bx = blockIdx.x, part[(2 bx) * ldc + col0 + col] = the sum over the tile's rows < M and
 // part[(2 bx + 1) * ldc + col0 + col] = the sum of squares, in double, in a fixed order (the
-// layout batchnorm_finalize_fwd_f32 reads). part null: none. Only without split-K.
+// layout batchnorm_finalize_fwd_f32 reads). part null: none. Under split-K, the last piece's
+// sums (SplitK).
 struct ColStats {
     double* part;
     i64 ldc;   // channels in all
@@ -245,6 +250,52 @@ struct ColStats {
     }
 };
 
+// Split-K inside the launch: the pieces of one output tile meet at a counter instead of in a
+// second kernel (CUTLASS's serial split-K, without the waiting). Every piece stores its partial
+// products (unrounded) at part + sp * stride, counts itself in, and is done, except the last to
+// arrive: it adds all the pieces in piece order, in double (what the separate sum pass did, bit
+// for bit, whichever block comes last), and runs the epilogue (bf16 rounding, addend, column
+// statistics) on the sum. The last piece sets its counter back to 0, so every counter is 0
+// between launches and graph replays. part null: no split-K.
+struct SplitK {
+    // The kernel's own arguments, so that nothing of this is held in registers through the main
+    // loop: the output `out` (C lies inside it) and the partials `part` (null: no split-K),
+    // piece s of C's element at part + s * stride + (its offset from out).
+    const float* out;
+    float* part;
+    i64 stride;
+    int splits;
+    int phases;     // blockIdx.z = (tile z * splits + piece) * phases + phase (1 but backward-data)
+    int* arrivals;  // the launch's counters, one per output tile (grid x, y and z / splits)
+
+    // This block's piece, and its tile's counter.
+    DEVM int piece() const { return (int)(blockIdx.z / phases) % splits; }
+    DEVM int* counter() const {
+        const int z = (int)blockIdx.z, zt = z / phases / splits * phases + z % phases;
+        return arrivals + ((i64)zt * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    }
+
+    // The epilogue's first step: with split-K, stores this block's partials of C (each(f) calls
+    // f(acc index, offset in C) for every element of the tile inside C) and, when this block is
+    // the last piece, replaces `acc` by the sums over the pieces in piece order (its own from
+    // registers). False: this block is done.
+    template <class Each>
+    DEVM bool gather(float* acc, const float* C, Each each, int* flag) const {
+        if (!part) return true;
+        const int sp = piece();
+        float* mine = part + (C - out) + (i64)sp * stride;
+        each([&](int i, i64 at) { mine[at] = acc[i]; });
+        if (!last_to_arrive(counter(), splits, flag)) return false;
+        const float* first = part + (C - out);
+        each([&](int i, i64 at) {
+            double sum = 0.0;
+            for (int s = 0; s < splits; ++s) sum += (double)(s == sp ? acc[i] : __ldcg(first + s * stride + at));
+            acc[i] = (float)sum;
+        });
+        return true;
+    }
+};
+
 // Loads a pointer-or-null as a value (SIMT path).
 DEV float value_or_zero(const float* p) { return p ? __ldg(p) : 0.0f; }
 
@@ -253,14 +304,14 @@ DEV float value_or_zero(const float* p) { return p ? __ldg(p) : 0.0f; }
 // C[out_row(row) + col] = the (row, col) element of the product over k in [k0, k1), for the tile
 // at (row blockIdx.x * BM, column blockIdx.y * BN). Must be reached by all GEMM_THREADS threads
 // of the block. Every (row < M, col < N) of the tile is written, zeros when k0 >= k1.
-// `round_out`: the results are rounded to bf16 as they are stored (precision = "bf16" without
-// split-K; with it, the split sum rounds). `addend` (null: none, and only without split-K): C
-// gets (rounded) result + addend at the same place, the sum autograd would make in a pass of
-// its own (backward-data into a ResNet block's input, which the shortcut's gradient reached
-// first).
+// `split`: the split-K pieces of the tile, summed by the last to finish (SplitK); the epilogue
+// below runs on the sum. `round_out`: the results are rounded to bf16 as they are stored
+// (precision = "bf16"). `addend` (null: none): C gets (rounded) result + addend at the same
+// place, the sum autograd would make in a pass of its own (backward-data into a ResNet block's
+// input, which the shortcut's gradient reached first).
 template <class L, int MATH, class Rows = DenseRows>
-DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row, bool round_out = false,
-                    ColStats stats = ColStats{nullptr, 0, 0}, const float* addend = nullptr) {
+DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row, SplitK split,
+                    bool round_out = false, ColStats stats = ColStats{nullptr, 0, 0}, const float* addend = nullptr) {
     const int tid = threadIdx.x;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     const int ty = tid / 16, tx = tid % 16;
@@ -315,18 +366,24 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
         }
     }
 
+    // f(i, offset in C) for each of this thread's outputs inside C.
+    auto each = [&](auto f) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int row = m0 + 4 * ty + r;
+            if (row >= M) continue;
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+                if (n0 + 4 * tx + c < N) f(r * 4 + c, out_row(row) + n0 + 4 * tx + c);
+        }
+    };
+    if (split.part) {
+        __syncthreads();  // every thread is done with the tiles (split.gather's flag)
+        if (!split.gather(acc, C, each, reinterpret_cast<int*>(&s))) return;
+    }
 #pragma unroll
     for (int i = 0; i < 16; ++i) acc[i] = round_out ? round_bf16f(acc[i]) : acc[i];
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-        const int row = m0 + 4 * ty + r;
-        if (row >= M) continue;
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-            const int col = n0 + 4 * tx + c;
-            if (col < N) C[out_row(row) + col] = acc[r * 4 + c] + (addend ? addend[out_row(row) + col] : 0.0f);
-        }
-    }
+    each([&](int i, i64 at) { C[at] = acc[i] + (addend ? addend[at] : 0.0f); });
     if (stats.part) {
         // Column sums: this thread's 4 rows, then the two ty of a warp (lanes l, l ^ 16), then
         // the 8 warps in order through shared memory (the tiles are free once all are here).
@@ -465,8 +522,8 @@ DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
 // group is committed per tile slot (empty past the end), so wait<STAGES - 2> always means
 // "tile kt has landed". The block's tile is at (row blockIdx.x * TM, column blockIdx.y * TN).
 template <class L, int MATH, class T, class Rows = DenseRows>
-DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row, bool round_out = false,
-                    ColStats stats = ColStats{nullptr, 0, 0}, const float* addend = nullptr) {
+DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row, SplitK split,
+                    bool round_out = false, ColStats stats = ColStats{nullptr, 0, 0}, const float* addend = nullptr) {
     constexpr int ACC = T::MT * T::NT * 4;
     const int m0 = blockIdx.x * T::TM, n0 = blockIdx.y * T::TN;
     float acc[ACC];
@@ -496,18 +553,26 @@ DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1,
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;
     const int wm = (warp / 4) * T::WM, wn = (warp % 4) * T::WN;
+    // f(i, offset in C) for each of this thread's outputs inside C.
+    auto each = [&](auto f) {
+#pragma unroll
+        for (int mt = 0; mt < T::MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < T::NT; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int row = m0 + wm + mt * 16 + g + (e >= 2 ? 8 : 0);
+                    const int col = n0 + wn + nt * 8 + 2 * t + (e & 1);
+                    if (row < M && col < N) f((mt * T::NT + nt) * 4 + e, out_row(row) + col);
+                }
+    };
+    if (split.part) {
+        __syncthreads();  // every warp is past its last fragment read (split.gather's flag)
+        if (!split.gather(acc, C, each, reinterpret_cast<int*>(&s))) return;
+    }
 #pragma unroll
     for (int i = 0; i < ACC; ++i) acc[i] = round_out ? round_bf16f(acc[i]) : acc[i];
-#pragma unroll
-    for (int mt = 0; mt < T::MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < T::NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int row = m0 + wm + mt * 16 + g + (e >= 2 ? 8 : 0);
-                const int col = n0 + wn + nt * 8 + 2 * t + (e & 1);
-                if (row < M && col < N) C[out_row(row) + col] = acc[(mt * T::NT + nt) * 4 + e] + (addend ? addend[out_row(row) + col] : 0.0f);
-            }
+    each([&](int i, i64 at) { C[at] = acc[i] + (addend ? addend[at] : 0.0f); });
     if (stats.part) {
         // Column sums: this thread's 2 MT rows of each of its 2 NT columns, then the 8 lanes of
         // a column (g: lanes xor 4, 8, 16), then the two warp rows through shared memory.

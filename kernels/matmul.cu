@@ -4,8 +4,9 @@
 //
 // Grid: x = ceil(m / TM) row tiles, y = ceil(n / TN) column tiles (TcTile; 64 x 64 for SIMT),
 // z = batch * splits.
-// With splits > 1 (split-K for small outputs with a long k), split s writes its partial product
-// to out + s * split_stride and sum_axis_splits_fwd_f32 (elementwise.cu) adds the pieces in order.
+// With splits > 1 (split-K for small outputs with a long k), split s stores its partial product
+// at part + s * split_stride and the last piece of each tile adds the pieces in order into out
+// (SplitK, gemm_tile.cuh; `arrivals`: one counter per tile, all 0).
 #include "gemm_tile.cuh"
 
 // Both operands are OPERANDs (gemm_tile.cuh): StridedOperand, element by element, for the 64 x
@@ -46,14 +47,15 @@ struct MatmulLoaderOf<Tile64, TA, TB> {
 };
 
 template <int MATH, class TILE, bool TA, bool TB>
-DEV void matmul_block(typename SmemOf<MATH, TILE>::T& s, const float* a, const float* b, float* c, int m, int n, i64 k, i64 k0, i64 k1, bool round_out) {
+DEV void matmul_block(typename SmemOf<MATH, TILE>::T& s, const float* a, const float* b, float* c, int m, int n, i64 k, i64 k0,
+                      i64 k1, SplitK split) {
     typedef typename MatmulLoaderOf<TILE, TA, TB>::L L;
-    gemm_block<L, MATH>(s, L{a, b, m, n, k}, m, n, k0, k1, c, DenseRows{n}, round_out);
+    gemm_block<L, MATH>(s, L{a, b, m, n, k}, m, n, k0, k1, c, DenseRows{n}, split, MATH == GEMM_BF16);
 }
 
 template <int MATH, class TILE>
-DEV void matmul_impl(const float* a, const float* b, float* out, i64 split_stride, int m, int n, i64 k, int ta,
-                     int tb, int splits) {
+DEV void matmul_impl(const float* a, const float* b, float* out, float* part, i64 split_stride, int m, int n, i64 k, int ta,
+                     int tb, int splits, int* arrivals) {
     auto& s = gemm_smem<typename SmemOf<MATH, TILE>::T>();
     const int z = blockIdx.z;
     const int bi = z / splits, sp = z % splits;
@@ -61,19 +63,20 @@ DEV void matmul_impl(const float* a, const float* b, float* out, i64 split_strid
     split_range(k, splits, sp, k0, k1);
     const float* ab = a + (i64)bi * m * k;
     const float* bb = b + (i64)bi * k * n;
-    float* c = out + (i64)sp * split_stride + (i64)bi * m * n;
-    const bool round_out = MATH == GEMM_BF16 && splits == 1;
-    if (!ta && !tb) matmul_block<MATH, TILE, false, false>(s, ab, bb, c, m, n, k, k0, k1, round_out);
-    else if (ta && !tb) matmul_block<MATH, TILE, true, false>(s, ab, bb, c, m, n, k, k0, k1, round_out);
-    else if (!ta && tb) matmul_block<MATH, TILE, false, true>(s, ab, bb, c, m, n, k, k0, k1, round_out);
-    else matmul_block<MATH, TILE, true, true>(s, ab, bb, c, m, n, k, k0, k1, round_out);
+    const i64 at = (i64)bi * m * n;
+    float* c = out + at;
+    const SplitK split{out, TILE::SPLITS ? part : nullptr, split_stride, splits, 1, arrivals};
+    if (!ta && !tb) matmul_block<MATH, TILE, false, false>(s, ab, bb, c, m, n, k, k0, k1, split);
+    else if (ta && !tb) matmul_block<MATH, TILE, true, false>(s, ab, bb, c, m, n, k, k0, k1, split);
+    else if (!ta && tb) matmul_block<MATH, TILE, false, true>(s, ab, bb, c, m, n, k, k0, k1, split);
+    else matmul_block<MATH, TILE, true, true>(s, ab, bb, c, m, n, k, k0, k1, split);
 }
 
-#define MATMUL_KERNEL(name, MATH, TILE)                                                                        \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                                 \
-        name(const float* a, const float* b, float* out, i64 split_stride, int m, int n, i64 k, int ta, int tb, \
-             int splits) {                                                                                      \
-        matmul_impl<MATH, TILE>(a, b, out, split_stride, m, n, k, ta, tb, splits);                             \
+#define MATMUL_KERNEL(name, MATH, TILE)                                                                             \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                                      \
+        name(const float* a, const float* b, float* out, float* part, i64 split_stride, int m, int n, i64 k, int ta, \
+             int tb, int splits, int* arrivals) {                                                                    \
+        matmul_impl<MATH, TILE>(a, b, out, part, split_stride, m, n, k, ta, tb, splits, arrivals);                  \
     }
 
 // Exact FP32 (SIMT) path: the default, used for parity with the CPU reference.

@@ -4,21 +4,65 @@
 // Column (per-channel) statistics are two-stage and fixed-order: colstats_* gives each block
 // 32 channels x `rpb` rows (threads: 32 channel lanes x 8 row lanes, row lane ty takes rows
 // ty, ty + 8, ... of the block), sums in double, and writes one partial per block row-range;
-// the *_finalize kernels add the partials in block order. Row statistics (layer norm, softmax)
-// use one warp per row with the fixed butterfly of common.cuh.
+// the partials are added in block order by batchnorm_finalize_fwd_f32 (forward), or in the same
+// launch by its last row block (backward: ColTotals). Row statistics (layer norm, softmax) use
+// one warp per row with the fixed butterfly of common.cuh.
 #include "common.cuh"
 
 #define CS_LANES 32
 #define CS_ROWS 8
+
+// The two column sums of partials [nblocks, 2, C] for channel blockIdx.x * 32 + threadIdx.x, in a
+// block of 32 x ny threads (ny = blockDim.y <= 32): row ty of the block adds partials ty, ty + ny,
+// ... (32 channels side by side: coalesced), then ty == 0 adds the ny row sums in order. The
+// order is fixed, so the result is the same on every run. Every thread must call it (it
+// synchronises); true for the thread that holds the channel's sums (ty == 0, c < C). One thread
+// per channel adding all partials in a row took up to 4,096 dependent steps (the BN finalize of
+// a 512-image batch). __ldcg: the partials may come from other blocks of the same launch.
+DEV bool column_pair_sums(const double* part, int nblocks, int C, double& first, double& second) {
+    __shared__ double rows_a[32][33];
+    __shared__ double rows_b[32][33];
+    const int tx = threadIdx.x, ty = threadIdx.y, ny = blockDim.y, c = blockIdx.x * 32 + tx;
+    double a = 0.0, b = 0.0;
+    if (c < C) {
+        for (int k = ty; k < nblocks; k += ny) {
+            a += __ldcg(part + (i64)k * 2 * C + c);
+            b += __ldcg(part + (i64)k * 2 * C + C + c);
+        }
+    }
+    rows_a[ty][tx] = a;
+    rows_b[ty][tx] = b;
+    __syncthreads();
+    if (ty != 0 || c >= C) return false;
+    first = 0.0, second = 0.0;
+    for (int r = 0; r < ny; ++r) {
+        first += rows_a[r][tx];
+        second += rows_b[r][tx];
+    }
+    return true;
+}
+
+// The column totals a backward column-statistics launch finishes itself: the last row block to
+// finish for each 32 channels (last_to_arrive; `arrivals`: a counter per 32 channels, all 0) adds
+// the partials of all row blocks (column_pair_sums) and writes first[c], second[c] and sums
+// [2, C] = (first, second), each as float; any may be null. Without a kernel of its own, the
+// finalize costs no launch.
+struct ColTotals {
+    int* arrivals;
+    float* sums;
+    float* first;
+    float* second;
+};
 
 // What a column-statistics pass sums per channel c of row r (two values):
 // MODE 0 (batch norm forward):  x, x^2
 // MODE 1 (batch norm backward): dy, dy * xhat with xhat = (x - mean[c]) * invstd[c], dy masked
 //                                by relu_out > 0 when relu_out is given (the fused ReLU tail)
 // MODE 2 (layer norm backward): dy * xhat, dy with xhat = (x - mean[r]) * rstd[r]
+// Each block writes its partials; with totals.arrivals, the launch also adds them (ColTotals).
 template <int MODE>
 DEV void colstats(const float* x, const float* dy, const float* mean, const float* inv, double* part, int rows,
-                  int C, int rpb, const float* relu_out = nullptr) {
+                  int C, int rpb, const float* relu_out, ColTotals totals) {
     __shared__ double s0[CS_ROWS][CS_LANES];
     __shared__ double s1[CS_ROWS][CS_LANES];
     const int tx = threadIdx.x, ty = threadIdx.y;
@@ -58,56 +102,39 @@ DEV void colstats(const float* x, const float* dy, const float* mean, const floa
         part[(i64)blockIdx.y * 2 * C + c] = ta;
         part[(i64)blockIdx.y * 2 * C + C + c] = tb;
     }
+    if (!totals.arrivals) return;
+    __shared__ int last_block[1];
+    if (!last_to_arrive(totals.arrivals + blockIdx.x, gridDim.y, last_block)) return;
+    double a_all, b_all;
+    if (!column_pair_sums(part, gridDim.y, C, a_all, b_all)) return;
+    if (totals.sums) totals.sums[c] = (float)a_all, totals.sums[C + c] = (float)b_all;
+    if (totals.first) totals.first[c] = (float)a_all;
+    if (totals.second) totals.second[c] = (float)b_all;
 }
 
 // Grid (ceil(C / 32), ceil(rows / rpb)), block (32, 8).
 extern "C" __global__ void batchnorm_stats_fwd_f32(const float* x, double* part, int rows, int C, int rpb) {
-    colstats<0>(x, nullptr, nullptr, nullptr, part, rows, C, rpb);
+    colstats<0>(x, nullptr, nullptr, nullptr, part, rows, C, rpb, nullptr, ColTotals{nullptr, nullptr, nullptr, nullptr});
 }
-// relu_out may be null (no ReLU in the forward tail).
+// relu_out may be null (no ReLU in the forward tail). sums [2, C] = (sum dy, sum dy xhat), and
+// first / second (dbeta / dgamma, may be null) the same sums.
 extern "C" __global__ void batchnorm_stats_bwd_f32(const float* x, const float* dy, const float* relu_out,
                                                    const float* mean, const float* invstd, double* part, int rows,
-                                                   int C, int rpb) {
-    colstats<1>(x, dy, mean, invstd, part, rows, C, rpb, relu_out);
+                                                   int C, int rpb, int* arrivals, float* sums, float* first,
+                                                   float* second) {
+    colstats<1>(x, dy, mean, invstd, part, rows, C, rpb, relu_out, ColTotals{arrivals, sums, first, second});
 }
+// first = dgamma (sum dy xhat), second = dbeta (sum dy).
 extern "C" __global__ void layernorm_stats_bwd_f32(const float* x, const float* dy, const float* mean,
-                                                   const float* rstd, double* part, int rows, int C, int rpb) {
-    colstats<2>(x, dy, mean, rstd, part, rows, C, rpb);
+                                                   const float* rstd, double* part, int rows, int C, int rpb,
+                                                   int* arrivals, float* first, float* second) {
+    colstats<2>(x, dy, mean, rstd, part, rows, C, rpb, nullptr, ColTotals{arrivals, nullptr, first, second});
 }
 
 // One thread per channel: batch mean and (biased) variance from the partials, in block order;
 // saves mean and invstd, updates the running statistics (PyTorch's rule, unbiased variance) when
 // given, and writes scale_shift [2, C] = (invstd * gamma, beta - mean * invstd * gamma).
 // gamma, beta, running_mean, running_var may be null.
-// The two column sums of partials [nblocks, 2, C] for channel blockIdx.x * 32 + threadIdx.x, in a
-// block of 32 x 32 threads: row ty of the block adds partials ty, ty + 32, ... (32 channels side by
-// side: coalesced), then ty == 0 adds the 32 row sums in order. The order is fixed, so the result
-// is the same on every run. Every thread must call it (it synchronises); true for the thread that
-// holds the channel's sums (ty == 0, c < C). One thread per channel adding all partials in a row
-// took up to 4,096 dependent steps (the BN finalize of a 512-image batch).
-DEV bool column_pair_sums(const double* part, int nblocks, int C, double& first, double& second) {
-    __shared__ double rows_a[32][33];
-    __shared__ double rows_b[32][33];
-    const int tx = threadIdx.x, ty = threadIdx.y, c = blockIdx.x * 32 + tx;
-    double a = 0.0, b = 0.0;
-    if (c < C) {
-        for (int k = ty; k < nblocks; k += 32) {
-            a += part[(i64)k * 2 * C + c];
-            b += part[(i64)k * 2 * C + C + c];
-        }
-    }
-    rows_a[ty][tx] = a;
-    rows_b[ty][tx] = b;
-    __syncthreads();
-    if (ty != 0 || c >= C) return false;
-    first = 0.0, second = 0.0;
-    for (int r = 0; r < 32; ++r) {
-        first += rows_a[r][tx];
-        second += rows_b[r][tx];
-    }
-    return true;
-}
-
 // Blocks of 32 x 32 threads, one block per 32 channels (column_pair_sums).
 extern "C" __global__ void batchnorm_finalize_fwd_f32(const double* part, int nblocks, int rows, int C, float eps,
                                                       const float* gamma, const float* beta, float* save_mean,
@@ -163,24 +190,8 @@ extern "C" __global__ void batchnorm_eval_fwd_f32(const float* x, const float* g
     });
 }
 
-// Adds the partials [nblocks, 2, C] (column_pair_sums; blocks of 32 x 32 threads, one per 32
-// channels): first[c] = sum of the first values, second[c] = sum of the second; `sums` [2, C]
-// gets both. Any output may be null.
-extern "C" __global__ void colstats_finalize_bwd_f32(const double* part, int nblocks, int C, float* sums, float* first,
-                                                     float* second) {
-    double a, b;
-    if (!column_pair_sums(part, nblocks, C, a, b)) return;
-    const int c = blockIdx.x * 32 + threadIdx.x;
-    if (sums) {
-        sums[c] = (float)a;
-        sums[C + c] = (float)b;
-    }
-    if (first) first[c] = (float)a;
-    if (second) second[c] = (float)b;
-}
-
 // dx = gamma * invstd / N * (N dy - sum(dy) - xhat * sum(dy xhat)); sums [2, C] from
-// colstats_finalize_bwd_f32. With relu_out, dy is masked by relu_out > 0 first, and the masked
+// batchnorm_stats_bwd_f32. With relu_out, dy is masked by relu_out > 0 first, and the masked
 // dy is also written to dresidual when given (the shortcut's gradient, in the same pass).
 // gamma, relu_out and dresidual may be null.
 extern "C" __global__ void batchnorm_dx_bwd_f32(const float* x, const float* dy, const float* relu_out,
@@ -226,7 +237,7 @@ extern "C" __global__ void layernorm_fwd_f32(const float* x, const float* gamma,
 }
 
 // dx = rstd * (g - mean_j(g) - xhat * mean_j(g xhat)), g = dy * gamma. dgamma and dbeta come from
-// layernorm_stats_bwd_f32 + colstats_finalize_bwd_f32.
+// layernorm_stats_bwd_f32 (its last row blocks add the partials).
 extern "C" __global__ void layernorm_dx_bwd_f32(const float* x, const float* dy, const float* gamma,
                                                 const float* mean, const float* rstd, float* dx, int rows, int C) {
     const int lane = threadIdx.x & 31;

@@ -270,11 +270,15 @@ const HBM_BYTES_PER_S: f64 = 4.8e12;
 /// kernels, the FP32 peak (67 TFLOP/s). `bytes` is what its pointers reach, an upper bound of
 /// its traffic, so this floor is an estimate, not a guarantee.
 pub fn roofline_seconds(bytes: u64, flops: u64, precision: crate::backend::Precision) -> f64 {
-    let peak = match precision {
+    (bytes as f64 / HBM_BYTES_PER_S).max(flops as f64 / peak_flops(precision))
+}
+
+/// The FLOP/s peak `roofline_seconds` divides by.
+fn peak_flops(precision: crate::backend::Precision) -> f64 {
+    match precision {
         crate::backend::Precision::Bf16 => 990e12,
         _ => 67e12,
-    };
-    (bytes as f64 / HBM_BYTES_PER_S).max(flops as f64 / peak)
+    }
 }
 
 /// The step census: one SimSiam step's kernels, and how many of them a CUDA graph replays.
@@ -410,9 +414,9 @@ pub fn dry_run_census_table(r: &CensusRequest) -> Result<String> {
     t += &format!("{:<40} {:>9} {:>12.1} {:>9.1} {:>10.3}\n", "total", n, bytes as f64 / 1e6, flops as f64 / 1e9, 1e3 * floor);
     let gemm_floor: f64 = census.rows.iter().filter(|r| gemm_like(&r.kernel)).map(|r| r.floor_s).sum();
     t += &format!(
-        "roofline floor: {:.2} ms per step (each launch: max(bytes reached / 4.8 TB/s, FLOPs / {} TFLOP/s)); GEMMs and convolutions {:.2} ms, the rest {:.2} ms\n",
+        "roofline floor: {:.2} ms per step (each launch: max(bytes reached / 4.8 TB/s, FLOPs / {:.0} TFLOP/s)); GEMMs and convolutions {:.2} ms, the rest {:.2} ms\n",
         1e3 * floor,
-        if r.precision == crate::backend::Precision::Bf16 { 990 } else { 67 },
+        peak_flops(r.precision) / 1e12,
         1e3 * gemm_floor,
         1e3 * (floor - gemm_floor)
     );

@@ -452,6 +452,57 @@ fn emulated_kernels_conform_on_split_and_multi_block_paths() {
     }
 }
 
+/// Split-K sums its pieces inside the launch (SplitK in kernels/gemm_tile.cuh): the last piece of
+/// each tile to finish adds them in piece order. Reference: each piece run as a GEMM of its
+/// own over its slice of k (split_range's cut: pieces of ceil(k / splits) rounded up to 16),
+/// the pieces added in double in order. Bit for bit in FP32 and TF32 (the same multiply-adds
+/// in the same order; bf16 rounds only the sum, which conformance covers), every time: the
+/// emulator runs the blocks in a new order at each launch, and the counters must be back at 0
+/// for the next.
+#[test]
+fn emulated_split_k_sums_its_pieces_in_the_launch() {
+    use ssl_engine::{Tensor, ops};
+    let Some(dev) = emulator() else { return };
+    let (m, n, k) = (40usize, 24usize, 1000usize);
+    let dry = CudaBackend::dry_run(4).unwrap();
+    let (a0, b0) = (Tensor::zeros(&dry, &[m, k], DType::F32).unwrap(), Tensor::zeros(&dry, &[k, n], DType::F32).unwrap());
+    dry.take_launches();
+    ops::matmul(&a0, &b0, false, false).unwrap();
+    let launched = dry.take_launches();
+    assert_eq!(launched.len(), 1, "one launch: {launched:?}");
+    let splits = launched[0].grid.2 as usize;
+    assert!(splits > 2, "the plan splits k: {launched:?}");
+    let mut rng = Rng::new(31);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+    let bm: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+    let per = k.div_ceil(splits).div_ceil(16) * 16;
+    for tf32 in [false, true] {
+        let b = dev.clone().with_tf32(tf32);
+        let mut want = vec![0f64; m * n];
+        for k0 in (0..k).step_by(per) {
+            let k1 = (k0 + per).min(k);
+            let a_s: Vec<f32> = (0..m).flat_map(|i| a[i * k + k0..i * k + k1].to_vec()).collect();
+            let b_s = bm[k0 * n..k1 * n].to_vec();
+            let piece = ops::matmul(
+                &Tensor::from_f32(&b, &a_s, &[m, k1 - k0], DType::F32).unwrap(),
+                &Tensor::from_f32(&b, &b_s, &[k1 - k0, n], DType::F32).unwrap(),
+                false,
+                false,
+            )
+            .unwrap()
+            .to_f32()
+            .unwrap();
+            want.iter_mut().zip(piece).for_each(|(w, p)| *w += p as f64);
+        }
+        let want: Vec<f32> = want.into_iter().map(|v| v as f32).collect();
+        let (ta, tb) = (Tensor::from_f32(&b, &a, &[m, k], DType::F32).unwrap(), Tensor::from_f32(&b, &bm, &[k, n], DType::F32).unwrap());
+        for run in 0..3 {
+            let got = ops::matmul(&ta, &tb, false, false).unwrap().to_f32().unwrap();
+            assert!(got == want, "tf32 {tf32}, run {run}: the in-launch split sum differs from the pieces' sum");
+        }
+    }
+}
+
 /// Backward-weight on a 128 x 128 tile split along k (the wave rule's pick for a weight
 /// gradient with few tiles and a long reduction: here 1 tile over 1024 pixels on the emulator's
 /// 4 SMs, 4 pieces), in bf16 and TF32, against the CPU through the conformance cases (the
@@ -592,8 +643,8 @@ fn emulated_add_many_equals_the_cpu() {
 
 /// Backward-data that adds the gradient its input already has (autograd's sum at a ResNet block's
 /// input) gives bit for bit backward-data followed by the add, in bf16 and FP32, on a 128-row
-/// tile (the kernel's epilogue adds) and on a split-K 64 x 64 one (the add follows the split
-/// sum); the dry run shows which.
+/// tile and on a split-K 64 x 64 one (the epilogue of each tile's last piece adds, after the
+/// split sum); the dry run shows which, and that each is one launch.
 #[test]
 fn emulated_data_gradient_with_an_addend_equals_the_separate_add() {
     use ssl_engine::backend::Precision;
@@ -609,10 +660,12 @@ fn emulated_data_gradient_with_an_addend_equals_the_separate_add() {
             let cd = ops::conv2d_dims(&xs, &ws, [1, 1], [1, 1], 1).unwrap();
             let ys = [cd.n, cd.oh, cd.ow, cd.c_out];
             let zeros = |s: &[usize]| Tensor::zeros(&dry, s, DType::F32).unwrap();
+            let (dy0, w0, prev0) = (zeros(&ys), zeros(&ws), zeros(&xs));
             dry.take_launches();
-            ops::conv2d_data_bwd_add(&zeros(&ys), &zeros(&ws), &zeros(&xs), &cd).unwrap();
+            ops::conv2d_data_bwd_add(&dy0, &w0, &prev0, &cd).unwrap();
             let launched = dry.take_launches();
-            assert_eq!(launched.iter().any(|l| l.kernel.starts_with("sum_axis_splits")), split, "{launched:?}");
+            assert_eq!(launched.len(), 1, "{launched:?}");
+            assert_eq!(launched[0].grid.2 > 1, split, "split-K: {launched:?}");
             let rand = |s: &[usize], rng: &mut Rng| {
                 let v: Vec<f32> = (0..s.iter().product::<usize>()).map(|_| rng.normal() as f32).collect();
                 Tensor::from_f32(&b, &v, s, DType::F32).unwrap()

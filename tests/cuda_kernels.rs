@@ -364,6 +364,13 @@ fn static_report_gemm_conv_and_attention_kernels_are_spill_free_division_free_an
             let per_mma = k.instructions_per_mma().unwrap();
             assert!(per_mma <= 34.0, "{}: {per_mma:.1} instructions per MMA in the main loop (at most 34)", k.name);
         }
+        // The backward-weight plan (weight_plan in src/backend/cuda/conv.rs) scores its tiles
+        // and splits by wave efficiency with these blocks per SM: 1 for 128 x 128, 2 for 128 x
+        // 64, 3 for 64 x 64 (76-80 registers since their split-K sum moved into the launch).
+        if k.name.contains("weight_bwd") {
+            let plan = if k.name.contains("_m128n128_") { 1 } else if k.name.contains("_m128n64_") { 2 } else { 3 };
+            assert_eq!(k.blocks_per_sm(), Some(plan), "{}: blocks per SM, as weight_plan assumes", k.name);
+        }
         // Likewise the 128-row matmuls' piece loaders (kernels/matmul.cu): 27.5 (128 x 128) and
         // 41.4 (128 x 64) bf16 instructions per MMA with the per-element loaders.
         if big_tile && k.name.starts_with("matmul") {
@@ -403,15 +410,21 @@ fn step_census_counts_launches_and_bytes_of_one_simsiam_step() {
     let get = |k: &str| rows.iter().find(|r| r.kernel == k).unwrap_or_else(|| panic!("no {k} in {rows:?}"));
     let launches = |k: &str| rows.iter().find(|r| r.kernel == k).map_or(0, |r| r.launches);
     // 20 convolutions per view (17 3x3 + 3 1x1 shortcuts), two views, each into a batch norm:
-    // the statistics come from the convolution's epilogue (conv2d_batchnorm_fwd_f32) unless
-    // split-K takes the convolution (small outputs: most of them at batch 8), then from a pass
-    // of their own. The heads have 6 more batch norms (3 per view).
-    let fused = launches("conv2d_batchnorm_fwd_f32");
-    assert!(fused > 0, "no convolution summed its batch-norm statistics: {rows:?}");
-    assert_eq!(launches("conv2d_fwd_f32") + fused, 40);
-    assert_eq!(launches("batchnorm_stats_fwd_f32") + fused, 46);
+    // the statistics come from the convolution's epilogue (conv2d_batchnorm_fwd_f32), also
+    // where split-K takes the convolution (small outputs: most of them at batch 8; its last
+    // piece per tile sums them). The heads have 6 more batch norms (3 per view), with a
+    // statistics pass of their own.
+    assert_eq!(launches("conv2d_batchnorm_fwd_f32"), 40, "{rows:?}");
+    assert_eq!(launches("conv2d_fwd_f32"), 0);
+    assert_eq!(launches("batchnorm_stats_fwd_f32"), 6);
     assert_eq!(get("conv2d_weight_bwd_f32").launches, 40);
     assert_eq!(get("conv2d_data_bwd_f32").launches, 38);
+    // Split-K convolutions and matmuls sum their pieces in the same launch: the only split
+    // sums left follow the axis sums (the heads' bias gradients). Backward batch norm adds its
+    // statistics' partials in the statistics launch: 46 of those, and no finalize kernel.
+    assert!(launches("sum_axis_splits_fwd_f32") <= launches("sum_axis_fwd_f32"), "{rows:?}");
+    assert_eq!(launches("batchnorm_stats_bwd_f32"), 46);
+    assert!(rows.iter().all(|r| !r.kernel.contains("finalize_bwd")), "{rows:?}");
     assert_eq!(get("sgd_step_fwd_f32").launches, 1, "one fused optimizer launch");
     // The first convolution reaches at least its input, weight and output: 8 x 16 x 16 x 3 inputs,
     // 64 x 3 x 3 x 3 weights, 8 x 16 x 16 x 64 outputs, in f32.

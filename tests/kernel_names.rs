@@ -60,7 +60,8 @@ const HOST_METHODS: &[&str] = &[
 const COMPOSED: &[(&str, &[&str])] = &[("conv2d_batchnorm_fwd_train", &["WGSL"]), ("add_many", &["WGSL"])];
 
 /// Stages shared by several methods, each with the methods that launch it: the fixed-order
-/// final sum of every loss, and the column-statistics finalisation of both norms' backward.
+/// final sum of every loss, and the column-statistics finalisation of both norms' backward (a
+/// kernel of its own in WGSL; CUDA's statistics launches add their partials themselves).
 const SHARED_STAGES: &[(&str, &[&str])] = &[
     ("loss_reduce", &["cross_entropy_fwd", "cosine_loss_fwd", "nt_xent_fwd", "identity_penalty_fwd", "soft_cross_entropy_fwd"]),
     ("colstats_finalize", &["batchnorm_bwd", "layernorm_bwd"]),

@@ -216,6 +216,18 @@ inline T __ldg(const T* p) {
     return *p;
 }
 
+// The L2-only load (another block's stores, the split-K sum): a plain load here.
+template <class T>
+inline T __ldcg(const T* p) {
+    return *p;
+}
+
+// The blocks of a launch run one after another here, so a fence only has to order this
+// block's threads; atomics are real ones (a block's threads are host threads).
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+
+inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+
 [[noreturn]] inline void __trap() { std::abort(); }
 
 // cvt.rna.tf32.f32: round to 10 mantissa bits, ties away from zero; inf and NaN kept.

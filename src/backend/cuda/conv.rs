@@ -5,7 +5,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::gemm::{MAX_Z, THREADS, Tile};
-use super::{Arg, CudaBackend, CudaStorage, GemmMath, elementwise, i32c, i64a, norm, opt_ptr, ptr};
+use super::{Arg, CudaBackend, CudaStorage, GemmMath, i32c, i64a, norm, opt_ptr, ptr};
 use crate::backend::ops::*;
 use crate::backend::{BnTrain, Conv2dDims, NormDims};
 use crate::error::{Error, Result};
@@ -39,13 +39,12 @@ pub(super) enum Pass {
 
 /// `in0`, `in1`: (x, w) forward, (dy, w) backward-data, (x, dy) backward-weight.
 pub(super) fn conv2d(b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaStorage, out: &CudaStorage, d: &Conv2dDims) -> Result<()> {
-    launch_conv(b, pass, in0, in1, out, d, None, None).map(drop)
+    launch_conv(b, pass, in0, in1, out, d, None, None)
 }
 
 /// Convolution, then training batch norm of its output, with the statistics summed in the
-/// convolution's epilogue (ColStats in kernels/gemm_tile.cuh) instead of a pass that reads the
-/// output again; under split-K the epilogue sees partial products, so that case runs the
-/// separate statistics pass.
+/// convolution's epilogue (ColStats in kernels/gemm_tile.cuh; under split-K, the epilogue of
+/// each tile's last piece, on the sum) instead of a pass that reads the output again.
 pub(super) fn conv2d_batchnorm(
     b: &CudaBackend, x: &CudaStorage, w: &CudaStorage, conv_out: &CudaStorage, cd: &Conv2dDims, bn: BnTrain<'_, CudaStorage>, nd: &NormDims,
 ) -> Result<()> {
@@ -57,10 +56,8 @@ pub(super) fn conv2d_batchnorm(
         });
     }
     let part = norm::partials(b, row_tiles, cd.c_out)?;
-    if launch_conv(b, Pass::Fwd, x, w, conv_out, cd, Some(&part), None)? {
-        return norm::batchnorm_from_partials(b, &part, row_tiles, conv_out, bn, nd);
-    }
-    norm::batchnorm_fwd_train(b, conv_out, bn, nd)
+    launch_conv(b, Pass::Fwd, x, w, conv_out, cd, Some(&part), None)?;
+    norm::batchnorm_from_partials(b, &part, row_tiles, conv_out, bn, nd)
 }
 
 /// How one pass runs: its GEMM (M x N outputs per group, reduction length K), block tile,
@@ -122,6 +119,7 @@ fn plan(b: &CudaBackend, pass: Pass, d: &Conv2dDims) -> Result<Plan> {
         _ => {
             let tile = if pieces_in_one_tap(pass, d) { Tile::pick(b, m, n, d.groups * phases) } else { Tile::T64 };
             let tiles = m.div_ceil(tile.mn().0) * n.div_ceil(tile.mn().1) * d.groups * phases;
+            // Only 64 x 64 tiles split k here (TcTile::SPLITS in kernels/gemm_tile.cuh).
             (tile, if tile == Tile::T64 { b.split_k(tiles, k) } else { 1 })
         }
     };
@@ -159,16 +157,17 @@ fn pieces_in_one_tap(pass: Pass, d: &Conv2dDims) -> bool {
 /// speed (a 128-wide tile reuses each operand element twice as often: 1, against 0.6 for
 /// 64 x 64). More pieces must win by over 1%: each adds a partial output to sum. The stem
 /// (64 x 27 outputs over 524288 pixels at batch 512) takes hundreds of pieces. The pieces are
-/// summed in a fixed order (`sum_splits`), so the result does not depend on the choice's timing.
+/// summed in a fixed order (SplitK), so the result does not depend on the blocks' timing.
 fn weight_plan(b: &CudaBackend, m: usize, n: usize, k: usize, groups: usize) -> (Tile, usize) {
     // Blocks per SM on sm_90a (`bench kernels --static`): the 128 x 128 bf16 / TF32 weight
-    // kernels hold 212 registers a thread (one block), the 128 x 64 ones 124-128 and the 64 x 64
-    // ones 98-104 (two).
+    // kernels hold 212-218 registers a thread (one block), the 128 x 64 ones 126-128 (two) and
+    // the 64 x 64 ones 76-80 (three; 98-104 and two before their split-K sum moved into the
+    // launch).
     let candidates = match b.gemm_math() {
-        GemmMath::Simt => vec![(Tile::T64, 2, 1.0)],
+        GemmMath::Simt => vec![(Tile::T64, 3, 1.0)],
         math => {
             let big = if n <= 64 { (Tile::T128x64, 2) } else { (Tile::T128, 1) };
-            let mut c = vec![(Tile::T64, 2, 0.6)];
+            let mut c = vec![(Tile::T64, 3, 0.6)];
             // The 128-row kernels' loader takes whole 16-pixel pieces (ConvBwdWeightPieceLoader).
             if big.0.smem_bytes(math) <= b.max_shared() && k % 16 == 0 {
                 c.push((big.0, big.1, 1.0));
@@ -248,46 +247,45 @@ pub(crate) fn kernels_of(math: GemmMath, tile: Tile) -> [&'static str; 4] {
 }
 
 /// Launches one pass; with `stats` (forward only), also the output's column sums [row tiles, 2,
-/// c_out] when there is no split-K. Returns whether the statistics were written. With `add`
-/// (backward-data only), out = the pass + add: in the kernel's epilogue, or after the split-K
-/// sum.
+/// c_out]. With `add` (backward-data only), out = the pass + add, in the kernel's epilogue.
+/// Under split-K the last piece of each tile sums the pieces and runs that epilogue (SplitK in
+/// kernels/gemm_tile.cuh): one launch either way.
 fn launch_conv(
     b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaStorage, out: &CudaStorage, d: &Conv2dDims, stats: Option<&CudaStorage>,
     add: Option<&CudaStorage>,
-) -> Result<bool> {
+) -> Result<()> {
     let Plan { out_len, tile, splits, grid, dims } = plan(b, pass, d)?;
     if out_len == 0 {
-        return Ok(false);
+        return Ok(());
     }
     let math = b.gemm_math();
-    let smem = tile.smem_bytes(math);
-    let cd = Arg::Bytes(bytemuck::bytes_of(&dims));
     // Each pass is the same multiply-adds: every output pixel, output channel and tap of the
     // group's input channels (backward-data's phases skip only taps that miss).
     let flops = 2 * (d.n * d.oh * d.ow * d.c_out * d.kh * d.kw * (d.c_in / d.groups)) as u64;
-    if let (Some(stats), Pass::Fwd, 1) = (stats, pass, splits) {
-        let args = [ptr(in0), ptr(in1), ptr(out), i64a(0), cd, Arg::I32(1), ptr(stats)];
-        b.launch_shared(batchnorm_kernel_of(math, tile), grid, (THREADS, 1, 1), smem, &args, flops)?;
-        return Ok(true);
-    }
-    let run = |dst: &CudaStorage, stride: usize| {
-        let mut args = vec![ptr(in0), ptr(in1), ptr(dst), i64a(stride), cd, Arg::I32(splits as i32)];
-        if pass == Pass::BwdData {
-            args.push(opt_ptr(add.filter(|_| splits == 1)));
+    let part = if splits > 1 { Some(b.scratch(splits * out_len)?) } else { None };
+    let arrivals = if splits > 1 { b.arrival_counters((grid.0 * grid.1 * grid.2) as usize / splits)? } else { Arg::Ptr(0) };
+    let mut args = vec![
+        ptr(in0),
+        ptr(in1),
+        ptr(out),
+        opt_ptr(part.as_ref()),
+        i64a(out_len),
+        Arg::Bytes(bytemuck::bytes_of(&dims)),
+        Arg::I32(splits as i32),
+        arrivals,
+    ];
+    let kernel = match (pass, stats) {
+        (Pass::Fwd, Some(stats)) => {
+            args.push(ptr(stats));
+            batchnorm_kernel_of(math, tile)
         }
-        b.launch_shared(kernel_of(pass, math, tile), grid, (THREADS, 1, 1), smem, &args, flops)
+        (Pass::BwdData, _) => {
+            args.push(opt_ptr(add));
+            kernel_of(pass, math, tile)
+        }
+        _ => kernel_of(pass, math, tile),
     };
-    if splits == 1 {
-        return run(out, 0).map(|_| false);
-    }
-    let part = b.scratch(splits * out_len)?;
-    run(&part, out_len)?;
-    let Some(add) = add else {
-        return elementwise::sum_splits(b, &part, out, splits, out_len, math == GemmMath::Bf16).map(|_| false);
-    };
-    let sum = b.scratch(out_len)?;
-    elementwise::sum_splits(b, &part, &sum, splits, out_len, math == GemmMath::Bf16)?;
-    b.binary(Binary::Add, &sum, add, out, out_len, out_len).map(|_| false)
+    b.launch_shared(kernel, grid, (THREADS, 1, 1), tile.smem_bytes(math), &args, flops)
 }
 
 impl ConvOps for CudaBackend {

@@ -38,18 +38,9 @@ fn unary_name(op: Unary, bwd: bool) -> &'static str {
     }
 }
 
-/// y[i] = sum_s part[s * n + i], s ascending; rounded to bf16 when `round_bf16` (the end of a
-/// split-K GEMM in bf16, whose partial sums stay FP32).
-pub(super) fn sum_splits(b: &CudaBackend, part: &CudaStorage, y: &CudaStorage, splits: usize, n: usize, round_bf16: bool) -> Result<()> {
-    sum_splits_at(b, part, y, 0, splits, n, round_bf16)
-}
-
-/// As `sum_splits`, writing y[offset..offset + n].
-pub(super) fn sum_splits_at(
-    b: &CudaBackend, part: &CudaStorage, y: &CudaStorage, offset: usize, splits: usize, n: usize, round_bf16: bool,
-) -> Result<()> {
-    let kernel = if round_bf16 { "sum_axis_splits_fwd_bf16" } else { "sum_axis_splits_fwd_f32" };
-    map(b, kernel, n, &[ptr(part), super::ptr_at(y, offset), i64a(splits), i64a(n)])
+/// y[i] = sum_s part[s * n + i], s ascending (the second stage of a split `sum_axis`).
+fn sum_splits(b: &CudaBackend, part: &CudaStorage, y: &CudaStorage, splits: usize, n: usize) -> Result<()> {
+    map(b, "sum_axis_splits_fwd_f32", n, &[ptr(part), ptr(y), i64a(splits), i64a(n)])
 }
 
 impl ElementwiseOps for CudaBackend {
@@ -108,7 +99,7 @@ impl ElementwiseOps for CudaBackend {
         }
         let part = self.scratch(n * splits)?;
         sa(&part)?;
-        sum_splits(self, &part, y, splits, n, false)
+        sum_splits(self, &part, y, splits, n)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Launches for kernels/matmul.cu (main loop in kernels/gemm_tile.cuh).
 
 use super::gemm::{MAX_Z, THREADS, Tile};
-use super::{Arg, CudaBackend, CudaStorage, GemmMath, elementwise, i32a, i64a, ptr_at};
+use super::{Arg, CudaBackend, CudaStorage, GemmMath, i32a, i64a, opt_ptr, ptr_at};
 use crate::backend::MatmulDims;
 use crate::backend::ops::*;
 use crate::error::Result;
@@ -32,6 +32,7 @@ impl MatmulOps for CudaBackend {
         // kernels/matmul.cu); another k runs on 64 x 64 tiles.
         let tile = if d.k % 16 == 0 { Tile::pick(self, d.m, d.n, d.batch) } else { Tile::T64 };
         let (tm, tn) = (d.m.div_ceil(tile.mn().0), d.n.div_ceil(tile.mn().1));
+        // Only 64 x 64 tiles split k (TcTile::SPLITS in kernels/gemm_tile.cuh).
         let splits = if tile == Tile::T64 { self.split_k(tm * tn * d.batch, d.k) } else { 1 };
         let kernel = kernel_of(math, tile);
         let (m, n) = (i32a(OP, d.m)?, i32a(OP, d.n)?);
@@ -41,16 +42,14 @@ impl MatmulOps for CudaBackend {
         if tn32 > 65535 {
             return Err(crate::error::Error::Invalid { op: OP, msg: format!("n = {} is too large for the cuda kernels", d.n) });
         }
-        // Batches in chunks that fit the grid's z dimension.
+        // Batches in chunks that fit the grid's z dimension. Under split-K each tile's last
+        // piece adds the pieces (SplitK in kernels/gemm_tile.cuh).
         let per_launch = (MAX_Z / splits).max(1);
         let part = if splits > 1 { Some(self.scratch(splits * per_launch.min(d.batch) * mn)?) } else { None };
+        let arrivals = if splits > 1 { self.arrival_counters(tm * tn * per_launch.min(d.batch))? } else { Arg::Ptr(0) };
         let mut b0 = 0;
         while b0 < d.batch {
             let nb = per_launch.min(d.batch - b0);
-            let (out, stride) = match &part {
-                Some(p) => (Arg::Ptr(p.ptr), nb * mn),
-                None => (ptr_at(c, b0 * mn), 0),
-            };
             self.launch_shared(
                 kernel,
                 (super::i32c(OP, tm)? as u32, tn32, (nb * splits) as u32),
@@ -59,20 +58,19 @@ impl MatmulOps for CudaBackend {
                 &[
                     ptr_at(a, b0 * mk),
                     ptr_at(b, b0 * kn),
-                    out,
-                    i64a(stride),
+                    ptr_at(c, b0 * mn),
+                    opt_ptr(part.as_ref()),
+                    i64a(nb * mn),
                     m,
                     n,
                     i64a(d.k),
                     Arg::I32(d.trans_a as i32),
                     Arg::I32(d.trans_b as i32),
                     Arg::I32(splits as i32),
+                    arrivals,
                 ],
                 2 * (nb * mn * d.k) as u64,
             )?;
-            if let Some(p) = &part {
-                elementwise::sum_splits_at(self, p, c, b0 * mn, splits, nb * mn, math == GemmMath::Bf16)?;
-            }
             b0 += nb;
         }
         Ok(())

@@ -96,6 +96,9 @@ pub struct CudaBackend {
     poison: bool,
     /// Captured graphs, by `GraphId`.
     graphs: Arc<std::sync::Mutex<std::collections::HashMap<u64, graph::Graph>>>,
+    /// The counters of `arrival_counters`, the newest last; never freed while the backend
+    /// lives, as a captured graph keeps using the buffer it was recorded with.
+    arrivals: Arc<std::sync::Mutex<Vec<CudaStorage>>>,
 }
 
 impl CudaBackend {
@@ -108,6 +111,7 @@ impl CudaBackend {
             precision: Precision::Fp32,
             poison: false,
             graphs: Default::default(),
+            arrivals: Default::default(),
         })
     }
 
@@ -121,6 +125,7 @@ impl CudaBackend {
             precision: Precision::Fp32,
             poison: false,
             graphs: Default::default(),
+            arrivals: Default::default(),
         })
     }
 
@@ -133,6 +138,7 @@ impl CudaBackend {
             precision: Precision::Fp32,
             poison: false,
             graphs: Default::default(),
+            arrivals: Default::default(),
         })
     }
 
@@ -146,6 +152,7 @@ impl CudaBackend {
             precision: Precision::Fp32,
             poison: false,
             graphs: Default::default(),
+            arrivals: Default::default(),
         })
     }
 
@@ -252,6 +259,20 @@ impl CudaBackend {
     /// Dropping it right after the launches that use it is safe: see buffer_pool.rs.
     pub(crate) fn scratch(&self, len: usize) -> Result<CudaStorage> {
         self.alloc(len, DType::F32)
+    }
+
+    /// `n` counters for a launch that finishes its own reduction (last_to_arrive in
+    /// kernels/common.cuh: split-K tiles, column statistics): ints, all 0, each set back to 0
+    /// by the last block that counts at it, so one buffer serves every launch on the stream,
+    /// eager or replayed. A larger buffer, when needed, is uploaded as zeros: before the step
+    /// graph is captured, as the warm-up step launches what the captured one does.
+    pub(crate) fn arrival_counters(&self, n: usize) -> Result<Arg<'static>> {
+        let mut held = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        if held.last().is_none_or(|a| a.len < n) {
+            let len = n.max(held.last().map_or(0, |a| 2 * a.len)).max(4096);
+            held.push(self.upload_f32(&vec![0.0; len], DType::F32)?); // f32 0.0: the int 0
+        }
+        Ok(ptr(held.last().expect("pushed above")))
     }
 
     /// A grid-stride kernel (FOR_EACH in kernels/common.cuh) over `n` elements: blocks of 256

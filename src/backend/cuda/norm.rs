@@ -20,12 +20,18 @@ fn colstats_grid(b: &CudaBackend, rows: usize, c: usize) -> (usize, usize, usize
 }
 
 /// Launches a column-statistics kernel (`inputs`, then the partials, rows, C and rows per row
-/// block) over rows x C; returns the partial sums [nb, 2, C] in double and nb.
-fn column_stats(b: &CudaBackend, kernel: &str, inputs: &[Arg<'_>], rows: usize, c: usize) -> Result<(CudaStorage, usize)> {
+/// block, then `totals`' outputs) over rows x C; returns the partial sums [nb, 2, C] in double
+/// and nb. With `totals` (the backward passes), the launch also adds the partials and writes
+/// the column totals there (ColTotals in kernels/norm.cu: counters, then its outputs).
+fn column_stats(b: &CudaBackend, kernel: &str, inputs: &[Arg<'_>], rows: usize, c: usize, totals: &[Arg<'_>]) -> Result<(CudaStorage, usize)> {
     let (cb, nb, rpb) = colstats_grid(b, rows, c);
     let part = partials(b, nb, c)?;
     let mut args = inputs.to_vec();
     args.extend([ptr(&part), i32a(OP, rows)?, i32a(OP, c)?, i32a(OP, rpb)?]);
+    if !totals.is_empty() {
+        args.push(b.arrival_counters(cb)?);
+        args.extend_from_slice(totals);
+    }
     b.launch(kernel, (cb as u32, nb as u32, 1), (32, 8, 1), &args)?;
     Ok((part, nb))
 }
@@ -36,8 +42,8 @@ pub(super) fn partials(b: &CudaBackend, nb: usize, c: usize) -> Result<CudaStora
     b.scratch(nb * 2 * c * 2)
 }
 
-/// The finalize kernels (kernels/norm.cu, column_pair_sums): 32 channels x 32 rows of partials
-/// per block.
+/// The forward's finalize kernel (kernels/norm.cu, column_pair_sums): 32 channels x 32 rows of
+/// partials per block.
 const FINALIZE_BLOCK: (u32, u32, u32) = (32, 32, 1);
 
 fn finalize_grid(c: usize) -> (u32, u32, u32) {
@@ -50,7 +56,7 @@ pub(super) fn batchnorm_fwd_train(b: &CudaBackend, x: &CudaStorage, bn: BnTrain<
     if rows * c == 0 {
         return Ok(());
     }
-    let (part, nb) = column_stats(b, "batchnorm_stats_fwd_f32", &[ptr(x)], rows, c)?;
+    let (part, nb) = column_stats(b, "batchnorm_stats_fwd_f32", &[ptr(x)], rows, c, &[])?;
     batchnorm_from_partials(b, &part, nb, x, bn, d)
 }
 
@@ -162,16 +168,10 @@ impl NormOps for CudaBackend {
         if rows * c == 0 {
             return Ok(());
         }
-        let (part, nb) =
-            column_stats(self, "batchnorm_stats_bwd_f32", &[ptr(x), ptr(dy), opt_ptr(relu_out), ptr(mean), ptr(invstd)], rows, c)?;
         // sums = (sum dy, sum dy xhat) = (dbeta, dgamma)
         let sums = self.scratch(2 * c)?;
-        self.launch(
-            "colstats_finalize_bwd_f32",
-            finalize_grid(c),
-            FINALIZE_BLOCK,
-            &[ptr(&part), i32a(OP, nb)?, i32a(OP, c)?, ptr(&sums), opt_ptr(dbeta), opt_ptr(dgamma)],
-        )?;
+        let inputs = [ptr(x), ptr(dy), opt_ptr(relu_out), ptr(mean), ptr(invstd)];
+        column_stats(self, "batchnorm_stats_bwd_f32", &inputs, rows, c, &[ptr(&sums), opt_ptr(dbeta), opt_ptr(dgamma)])?;
         let n = rows * c;
         self.launch_over(
             "batchnorm_dx_bwd_f32",
@@ -248,14 +248,9 @@ impl NormOps for CudaBackend {
             (THREADS, 1, 1),
             &[ptr(x), ptr(dy), ptr(gamma), ptr(mean), ptr(rstd), ptr(dx), i32a(OP, rows)?, i32a(OP, c)?],
         )?;
-        let (part, nb) = column_stats(self, "layernorm_stats_bwd_f32", &[ptr(x), ptr(dy), ptr(mean), ptr(rstd)], rows, c)?;
         // (sum dy xhat, sum dy) = (dgamma, dbeta)
-        self.launch(
-            "colstats_finalize_bwd_f32",
-            finalize_grid(c),
-            FINALIZE_BLOCK,
-            &[ptr(&part), i32a(OP, nb)?, i32a(OP, c)?, Arg::Ptr(0), ptr(dgamma), ptr(dbeta)],
-        )
+        let inputs = [ptr(x), ptr(dy), ptr(mean), ptr(rstd)];
+        column_stats(self, "layernorm_stats_bwd_f32", &inputs, rows, c, &[ptr(dgamma), ptr(dbeta)]).map(drop)
     }
 
     fn softmax_fwd(&self, x: &CudaStorage, y: &CudaStorage, d: &NormDims) -> Result<()> {
