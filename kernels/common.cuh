@@ -63,6 +63,11 @@ DEV bool last_to_arrive(int* count, int expected, int* flag) {
     return last;
 }
 
+// 4 consecutive floats as one 16-byte load or store: p must be 16-byte aligned (every pool
+// buffer is 256-byte aligned; callers keep element offsets multiples of 4).
+DEV float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+DEV void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+
 // The global index of this thread and the grid-wide stride, both 64-bit.
 DEV i64 global_index() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
 DEV i64 grid_stride() { return (i64)gridDim.x * blockDim.x; }

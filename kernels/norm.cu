@@ -162,19 +162,33 @@ extern "C" __global__ void batchnorm_finalize_fwd_f32(const double* part, int nb
     }
 }
 
-// The fused tail (BnTail): v + residual[i] when residual is given, then ReLU when relu != 0
-// (fmaxf: a NaN becomes 0, as the CPU's max does).
-DEV float bn_tail(float v, const float* residual, i64 i, int relu) {
-    if (residual) v += residual[i];
+// The fused tail (BnTail): v + r when there is a residual, then ReLU when relu != 0 (fmaxf: a
+// NaN becomes 0, as the CPU's max does).
+DEV float bn_tail(float v, bool has_residual, float r, int relu) {
+    if (has_residual) v += r;
     return relu ? fmaxf(v, 0.0f) : v;
 }
 
-// y = tail(x * scale[c] + shift[c]); residual may be null.
+// y = tail(x * scale[c] + shift[c]); residual may be null. With C a multiple of 4, 4 channels of
+// a row at a time: one 16-byte load per operand and one 16-byte store (load4: every buffer is
+// 256-byte aligned), a quarter of the instructions per byte of the element-wise loop.
 extern "C" __global__ void batchnorm_apply_fwd_f32(const float* x, const float* scale_shift, const float* residual,
                                                    float* y, i64 n, int C, int relu) {
+    if (C % 4 == 0) {
+        FOR_EACH(q, n / 4) {
+            const int c = 4 * (int)(q % AS_INDEX(q, C / 4));
+            const i64 i = 4 * (i64)q;
+            const float4 v = load4(x + i), sc = load4(scale_shift + c), sh = load4(scale_shift + C + c);
+            const float4 r = residual ? load4(residual + i) : float4{0.0f, 0.0f, 0.0f, 0.0f};
+            const bool res = residual != nullptr;
+            store4(y + i, float4{bn_tail(fmaf(v.x, sc.x, sh.x), res, r.x, relu), bn_tail(fmaf(v.y, sc.y, sh.y), res, r.y, relu),
+                                 bn_tail(fmaf(v.z, sc.z, sh.z), res, r.z, relu), bn_tail(fmaf(v.w, sc.w, sh.w), res, r.w, relu)});
+        });
+        return;
+    }
     FOR_EACH(i, n) {
         const int c = (int)(i % C);
-        y[i] = bn_tail(fmaf(x[i], scale_shift[c], scale_shift[C + c]), residual, i, relu);
+        y[i] = bn_tail(fmaf(x[i], scale_shift[c], scale_shift[C + c]), residual != nullptr, residual ? residual[i] : 0.0f, relu);
     });
 }
 
@@ -186,27 +200,55 @@ extern "C" __global__ void batchnorm_eval_fwd_f32(const float* x, const float* g
         const int c = (int)(i % C);
         const float scale = (gamma ? gamma[c] : 1.0f) / sqrtf(running_var[c] + eps);
         const float shift = (beta ? beta[c] : 0.0f) - running_mean[c] * scale;
-        y[i] = bn_tail(fmaf(x[i], scale, shift), residual, i, relu);
+        y[i] = bn_tail(fmaf(x[i], scale, shift), residual != nullptr, residual ? residual[i] : 0.0f, relu);
     });
 }
 
 // dx = gamma * invstd / N * (N dy - sum(dy) - xhat * sum(dy xhat)); sums [2, C] from
 // batchnorm_stats_bwd_f32. With relu_out, dy is masked by relu_out > 0 first, and the masked
 // dy is also written to dresidual when given (the shortcut's gradient, in the same pass).
-// gamma, relu_out and dresidual may be null.
+// gamma, relu_out and dresidual may be null. With C a multiple of 4, 16-byte loads and stores
+// of 4 channels of a row (as batchnorm_apply_fwd_f32).
+struct BnDx {
+    const float *gamma, *mean, *invstd, *sums;
+    int C;
+    float N;
+    // dx of one element of channel c, from x, dy and (has_relu) the forward output y; `g` gets
+    // the masked dy.
+    DEVM float operator()(int c, float xv, float dyv, bool has_relu, float yv, float& g) const {
+        const float is = invstd[c];
+        const float xhat = (xv - mean[c]) * is;
+        const float k = (gamma ? gamma[c] : 1.0f) * is / N;
+        g = has_relu ? relu_grad(yv, dyv) : dyv;
+        return k * (N * g - sums[c] - xhat * sums[C + c]);
+    }
+};
 extern "C" __global__ void batchnorm_dx_bwd_f32(const float* x, const float* dy, const float* relu_out,
                                                 const float* gamma, const float* mean, const float* invstd,
                                                 const float* sums, float* dx, float* dresidual, i64 n, int C,
                                                 int rows) {
-    const float N = (float)rows;
+    const BnDx one{gamma, mean, invstd, sums, C, (float)rows};
+    const bool relu = relu_out != nullptr;
+    if (C % 4 == 0) {
+        FOR_EACH(q, n / 4) {
+            const int c = 4 * (int)(q % AS_INDEX(q, C / 4));
+            const i64 i = 4 * (i64)q;
+            const float4 xv = load4(x + i), dv = load4(dy + i);
+            const float4 yv = relu ? load4(relu_out + i) : float4{0.0f, 0.0f, 0.0f, 0.0f};
+            float4 g, d;
+            d.x = one(c, xv.x, dv.x, relu, yv.x, g.x);
+            d.y = one(c + 1, xv.y, dv.y, relu, yv.y, g.y);
+            d.z = one(c + 2, xv.z, dv.z, relu, yv.z, g.z);
+            d.w = one(c + 3, xv.w, dv.w, relu, yv.w, g.w);
+            if (dresidual) store4(dresidual + i, g);
+            store4(dx + i, d);
+        });
+        return;
+    }
     FOR_EACH(i, n) {
-        const int c = (int)(i % C);
-        const float is = invstd[c];
-        const float xhat = (x[i] - mean[c]) * is;
-        const float k = (gamma ? gamma[c] : 1.0f) * is / N;
-        const float g = relu_out ? relu_grad(relu_out[i], dy[i]) : dy[i];
+        float g;
+        dx[i] = one((int)(i % C), x[i], dy[i], relu, relu ? relu_out[i] : 0.0f, g);
         if (dresidual) dresidual[i] = g;
-        dx[i] = k * (N * g - sums[c] - xhat * sums[C + c]);
     });
 }
 

@@ -379,6 +379,12 @@ fn static_report_gemm_conv_and_attention_kernels_are_spill_free_division_free_an
             assert!(per_mma <= bound, "{}: {per_mma:.1} instructions per MMA in the main loop (at most {bound})", k.name);
         }
     }
+    // Batch norm's output and backward passes move 4 channels per 16-byte load and store when
+    // C is a multiple of 4 (every ResNet layer): 24 of the 43 GB a bf16 SimSiam step reaches.
+    for name in ["batchnorm_apply_fwd_f32", "batchnorm_dx_bwd_f32"] {
+        let k = ks.iter().find(|k| k.name == name).unwrap_or_else(|| panic!("{name}: not in the report"));
+        assert!(k.global128 >= 4, "{name}: {} 16-byte global loads and stores", k.global128);
+    }
     // Attention at head dim 128 used to spill 344 bytes in the dk/dv pass (256 accumulators per
     // thread); two threads per key now hold 128 each. The flash kernels (TF32 and bf16, three
     // passes, two head-dim variants) run on tensor cores, fed by 16-byte cp.async and ldmatrix,

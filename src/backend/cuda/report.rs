@@ -41,6 +41,9 @@ pub struct KernelStatic {
     pub instructions: u32,
     /// Bytes all its cp.async copies move (4, 8 or 16 each): with `ldgsts`, the bytes per copy.
     pub ldgsts_bytes: u32,
+    /// 16-byte global loads and stores (LDG / STG .128): the vector paths of the memory-bound
+    /// passes.
+    pub global128: u32,
     /// The innermost loop that holds MMAs: (its instructions, the MMAs among them), None without
     /// one. Found as the CUTLASS anchor script of the project's notes finds it: the
     /// shortest span from a backward branch's target to the branch that holds an HMMA/HGMMA.
@@ -129,6 +132,7 @@ pub fn static_report(cuobjdump: &Path) -> Result<Vec<KernelStatic>> {
             k.calls = mix.calls;
             k.instructions = mix.instructions;
             k.ldgsts_bytes = mix.ldgsts_bytes;
+            k.global128 = mix.global128;
             k.main_loop = main_loop(&mix.code);
         }
         let mut ks: Vec<KernelStatic> = kernels.into_values().collect();
@@ -204,6 +208,7 @@ struct Mix {
     calls: u32,
     instructions: u32,
     ldgsts_bytes: u32,
+    global128: u32,
     /// (address, whether an MMA, backward-branch target if a branch) of every instruction.
     code: Vec<(u64, bool, Option<u64>)>,
 }
@@ -258,6 +263,7 @@ fn parse_sass(text: &str) -> Vec<(String, Mix)> {
                 m.ldgsts_bytes += if op.contains(".128") { 16 } else if op.contains(".64") { 8 } else { 4 };
             }
             "LDSM" => m.ldsm += 1,
+            "LDG" | "STG" => m.global128 += op.split('.').any(|p| p == "128") as u32,
             "LDL" | "STL" => m.local_ops += 1,
             "CALL" => m.calls += 1,
             _ => {}
@@ -269,14 +275,14 @@ fn parse_sass(text: &str) -> Vec<(String, Mix)> {
 /// The report as a table.
 pub fn format_report(ks: &[KernelStatic]) -> String {
     let mut s = format!(
-        "{:<40} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>5} {:>7} {:>5} {:>9} {:>6}\n",
-        "kernel (sm_90a)", "file", "regs", "spill", "stack", "smem", "block", "occup", "HMMA", "LDGSTS", ".128", "LDSM", "LDL/STL", "calls", "instr/MMA", "B/cp"
+        "{:<40} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>5} {:>7} {:>5} {:>9} {:>6} {:>7}\n",
+        "kernel (sm_90a)", "file", "regs", "spill", "stack", "smem", "block", "occup", "HMMA", "LDGSTS", ".128", "LDSM", "LDL/STL", "calls", "instr/MMA", "B/cp", "LDG/STG.128"
     );
     for k in ks {
         let occ = k.occupancy().map(|o| format!("{:.0}%", o * 100.0)).unwrap_or_else(|| "-".into());
         let block = k.block_threads.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
         s.push_str(&format!(
-            "{:<40} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>5} {:>7} {:>5} {:>9} {:>6}\n",
+            "{:<40} {:<15} {:>4} {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7} {:>5} {:>5} {:>7} {:>5} {:>9} {:>6} {:>7}\n",
             k.name,
             k.file,
             k.registers,
@@ -292,7 +298,8 @@ pub fn format_report(ks: &[KernelStatic]) -> String {
             k.local_ops,
             k.calls,
             k.instructions_per_mma().map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()),
-            k.bytes_per_cp_async().map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
+            k.bytes_per_cp_async().map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()),
+            k.global128
         ));
     }
     s
@@ -319,7 +326,8 @@ mod tests {
     use super::*;
 
     /// A made-up kernel in cuobjdump's format: an outer loop (0x0010..0x00a0) around an inner
-    /// one (0x0030..0x0070) holding 2 MMAs in 5 instructions, and a forward branch.
+    /// one (0x0030..0x0070) holding 2 MMAs in 5 instructions, a forward branch, and global loads
+    /// and stores of 16 and 4 bytes.
     const SASS: &str = "
         Function : k
         /*0000*/                   MOV R1, c[0x0][0x28] ;
@@ -335,6 +343,9 @@ mod tests {
         /*00a0*/               @P2 BRA 0x10 ;
         /*00b0*/                   EXIT ;
         /*00c0*/                   BRA 0xc0 ;
+        /*00d0*/                   LDG.E.128 R20, desc[UR4][R2.64] ;
+        /*00e0*/                   STG.E.128 desc[UR4][R2.64], R20 ;
+        /*00f0*/                   LDG.E R24, desc[UR4][R2.64] ;
     ";
 
     #[test]
@@ -345,6 +356,7 @@ mod tests {
         assert_eq!(name, "k");
         assert_eq!(main_loop(&mix.code), Some((5, 2)), "0x30..=0x70: LDSM, 2 HMMA, IADD3, BRA");
         assert_eq!((mix.ldgsts, mix.ldgsts128, mix.ldgsts_bytes), (2, 1, 20));
+        assert_eq!(mix.global128, 2, "one 16-byte load and one 16-byte store; the 4-byte load is not one");
         let k = KernelStatic { main_loop: main_loop(&mix.code), ldgsts: mix.ldgsts, ldgsts_bytes: mix.ldgsts_bytes, ..Default::default() };
         assert_eq!(k.instructions_per_mma(), Some(2.5));
         assert_eq!(k.bytes_per_cp_async(), Some(10.0));
