@@ -143,9 +143,11 @@ DEV void for_each_index(i64 n, Body body) {
 #define AS_INDEX(i, v) ((decltype(i))(v))
 
 // The tensor of a multi-tensor batch (optim.cu, add_many in elementwise.cu) that block b works
-// on: tensor t owns blocks [block_end[t - 1], block_end[t]) (count when none).
-__device__ __forceinline__ int batch_tensor(const i64* block_end, int count, i64 b) {
+// on, returned (count when none): tensor t owns blocks [block_end[t - 1], block_end[t]), each a
+// `chunk` of its elements; `base` gets the first element of block b's chunk.
+__device__ __forceinline__ int batch_chunk(const i64* block_end, int count, i64 b, i64 chunk, i64& base) {
     int ti = 0;
     while (ti < count && block_end[ti] <= b) ++ti;
+    base = ti < count ? (b - (ti == 0 ? 0 : block_end[ti - 1])) * chunk : 0;
     return ti;
 }

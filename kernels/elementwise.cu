@@ -85,11 +85,10 @@ struct AddBatch {
     int pad;
 };
 extern "C" __global__ void __launch_bounds__(ADD_MANY_THREADS) add_many_fwd_f32(const AddBatch batch) {
-    const i64 b = blockIdx.x;
-    const int ti = batch_tensor(batch.block_end, batch.count, b);
+    i64 base;
+    const int ti = batch_chunk(batch.block_end, batch.count, blockIdx.x, ADD_MANY_CHUNK, base);
     if (ti >= batch.count) return;
     const AddPair& t = batch.t[ti];
-    const i64 base = (b - (ti == 0 ? 0 : batch.block_end[ti - 1])) * ADD_MANY_CHUNK;
     for (int e = threadIdx.x; e < ADD_MANY_CHUNK; e += blockDim.x) {
         const i64 i = base + e;
         if (i >= t.len) break;

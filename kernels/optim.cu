@@ -38,12 +38,10 @@ extern "C" __global__ void __launch_bounds__(SGD_THREADS)
     sgd_step_fwd_f32(const SgdBatch batch, const float* hyper, const float* gate, int gate_len) {
     for (int i = 0; gate && i < gate_len; ++i)
         if (!isfinite(gate[i])) return;
-    const i64 b = blockIdx.x;
-    const int ti = batch_tensor(batch.block_end, batch.count, b);
+    i64 base;
+    const int ti = batch_chunk(batch.block_end, batch.count, blockIdx.x, SGD_CHUNK, base);
     if (ti >= batch.count) return;
-    const i64 first = ti == 0 ? 0 : batch.block_end[ti - 1];
     const SgdTensor& t = batch.t[ti];
-    const i64 base = (b - first) * SGD_CHUNK;
     const int row = 2 * (batch.first + ti);
     const double m = (double)batch.momentum;
     const double lr = hyper ? (double)hyper[row] : (double)t.lr, wd = hyper ? (double)hyper[row + 1] : (double)t.weight_decay;
@@ -88,12 +86,10 @@ struct AdamWBatch {
 };
 
 extern "C" __global__ void __launch_bounds__(SGD_THREADS) adamw_step_fwd_f32(const AdamWBatch batch) {
-    const i64 b = blockIdx.x;
-    const int ti = batch_tensor(batch.block_end, batch.count, b);
+    i64 base;
+    const int ti = batch_chunk(batch.block_end, batch.count, blockIdx.x, SGD_CHUNK, base);
     if (ti >= batch.count) return;
-    const i64 first = ti == 0 ? 0 : batch.block_end[ti - 1];
     const AdamWTensor& t = batch.t[ti];
-    const i64 base = (b - first) * SGD_CHUNK;
     const double b1 = batch.beta1, b2 = batch.beta2, eps = batch.eps;
     for (int e = threadIdx.x; e < SGD_CHUNK; e += blockDim.x) {
         const i64 i = base + e;
@@ -124,12 +120,10 @@ struct EmaBatch {
 };
 
 extern "C" __global__ void __launch_bounds__(SGD_THREADS) ema_update_fwd_f32(const EmaBatch batch) {
-    const i64 b = blockIdx.x;
-    const int ti = batch_tensor(batch.block_end, batch.count, b);
+    i64 base;
+    const int ti = batch_chunk(batch.block_end, batch.count, blockIdx.x, SGD_CHUNK, base);
     if (ti >= batch.count) return;
-    const i64 first = ti == 0 ? 0 : batch.block_end[ti - 1];
     const EmaTensor& t = batch.t[ti];
-    const i64 base = (b - first) * SGD_CHUNK;
     const double tau = (double)batch.tau;
     for (int e = threadIdx.x; e < SGD_CHUNK; e += blockDim.x) {
         const i64 i = base + e;

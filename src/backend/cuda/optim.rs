@@ -68,7 +68,7 @@ pub(super) fn sgd_step(
         Some(d) => (super::ptr(d.hyper), super::ptr(d.gate), d.gate_len as i32),
         None => (Arg::Ptr(0), Arg::Ptr(0), 0),
     };
-    // An empty tensor owns no block (batch_tensor in optim.cu passes over it), so every tensor
+    // An empty tensor owns no block (batch_chunk in common.cuh passes over it), so every tensor
     // keeps its index: launch c's tensor i is row c * MAX_TENSORS + i of the table.
     for (c, group) in tensors.chunks(MAX_TENSORS).enumerate() {
         let mut batch = KBatch::zeroed();
