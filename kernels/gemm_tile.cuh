@@ -296,6 +296,23 @@ struct SplitK {
     }
 };
 
+// The store both loops end with, over this thread's NACC accumulators (each(f) calls f(acc
+// index, offset in C) for every element of the tile inside C): under split-K the pieces' sum
+// (SplitK::gather), then bf16 rounding when `round_out`, then C = acc (+ addend) at each place.
+// `smem`: the block's shared memory, free once every thread is past its last tile read. False:
+// this block is a split-K piece that is done.
+template <int NACC, class Each>
+DEV bool store_tile(float* acc, float* C, Each each, const SplitK& split, void* smem, bool round_out, const float* addend) {
+    if (split.part) {
+        __syncthreads();  // every thread is past its last tile read (gather's flag)
+        if (!split.gather(acc, C, each, reinterpret_cast<int*>(smem))) return false;
+    }
+#pragma unroll
+    for (int i = 0; i < NACC; ++i) acc[i] = round_out ? round_bf16f(acc[i]) : acc[i];
+    each([&](int i, i64 at) { C[at] = acc[i] + (addend ? addend[at] : 0.0f); });
+    return true;
+}
+
 // Loads a pointer-or-null as a value (SIMT path).
 DEV float value_or_zero(const float* p) { return p ? __ldg(p) : 0.0f; }
 
@@ -377,13 +394,7 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
                 if (n0 + 4 * tx + c < N) f(r * 4 + c, out_row(row) + n0 + 4 * tx + c);
         }
     };
-    if (split.part) {
-        __syncthreads();  // every thread is done with the tiles (split.gather's flag)
-        if (!split.gather(acc, C, each, reinterpret_cast<int*>(&s))) return;
-    }
-#pragma unroll
-    for (int i = 0; i < 16; ++i) acc[i] = round_out ? round_bf16f(acc[i]) : acc[i];
-    each([&](int i, i64 at) { C[at] = acc[i] + (addend ? addend[at] : 0.0f); });
+    if (!store_tile<16>(acc, C, each, split, &s, round_out, addend)) return;
     if (stats.part) {
         // Column sums: this thread's 4 rows, then the two ty of a warp (lanes l, l ^ 16), then
         // the 8 warps in order through shared memory (the tiles are free once all are here).
@@ -566,13 +577,7 @@ DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1,
                     if (row < M && col < N) f((mt * T::NT + nt) * 4 + e, out_row(row) + col);
                 }
     };
-    if (split.part) {
-        __syncthreads();  // every warp is past its last fragment read (split.gather's flag)
-        if (!split.gather(acc, C, each, reinterpret_cast<int*>(&s))) return;
-    }
-#pragma unroll
-    for (int i = 0; i < ACC; ++i) acc[i] = round_out ? round_bf16f(acc[i]) : acc[i];
-    each([&](int i, i64 at) { C[at] = acc[i] + (addend ? addend[at] : 0.0f); });
+    if (!store_tile<ACC>(acc, C, each, split, &s, round_out, addend)) return;
     if (stats.part) {
         // Column sums: this thread's 2 MT rows of each of its 2 NT columns, then the 8 lanes of
         // a column (g: lanes xor 4, 8, 16), then the two warp rows through shared memory.
