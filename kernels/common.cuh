@@ -4,12 +4,13 @@
 // Conventions, kept by every kernel in kernels/*.cu:
 // - Symbols are extern "C" and named <op>[_<variant>][_<stage>]_<fwd|bwd>_<dtype> (relu_fwd_f32,
 //   conv2d_data_bwd_f32, conv2d_m128n128_data_bwd_bf16): <dtype> is what the kernel computes
-//   in (f32, or bf16 for the bf16 tensor-core kernels; TF32 variants say _tc and end in _f32),
+//   in (f32, or bf16 for the bf16 tensor-core kernels; TF32 variants say _tc and end in _f32;
+//   the batch-norm passes that read a bf16 convolution's bf16 output end in _bf16 too),
 //   <op> being the Backend method (or unary / binary kind) the kernel
 //   serves, the same name as in shaders/*.wgsl; the Rust wrapper in
 //   src/backend/cuda/<family>.rs names it whole, never assembled (tests/kernel_names.rs).
-// - Device pointers are plain `float*`; element counts and offsets are 64-bit (`i64`); small
-//   dims are `int`. The Rust side passes u64 / i64 / i32 / f32 to match (checked against the
+// - Device pointers are plain `float*` (bf16 storage too, cast where it is read or written);
+//   element counts and offsets are 64-bit (`i64`); small dims are `int`. The Rust side passes u64 / i64 / i32 / f32 to match (checked against the
 //   PTX signatures, see src/backend/cuda/nvrtc.rs).
 // - Every thread bounds-checks what it reads and writes; every kernel writes its whole output.
 // - Reductions have a fixed order that depends only on the shapes and the launch configuration
@@ -21,6 +22,7 @@
 typedef long long i64;
 typedef unsigned long long u64;
 typedef unsigned int u32;
+typedef unsigned short u16;
 
 // DEV for free functions, DEVM for member functions.
 #define DEV static __device__ __forceinline__
@@ -61,6 +63,21 @@ DEV bool last_to_arrive(int* count, int expected, int* flag) {
     const bool last = *flag != 0;
     if (last) __threadfence();
     return last;
+}
+
+// bf16 storage (a fused convolution's output, which only batch norm reads): a bf16 is the upper
+// half of the float it rounds to, so widening is exact, and a float already rounded to bf16
+// (round_bf16f) narrows by dropping its lower half.
+DEV float bf16_to_float(u16 h) { return __int_as_float((int)((u32)h << 16)); }
+DEV u16 bf16_bits(float rounded) { return (u16)((u32)__float_as_int(rounded) >> 16); }
+// 4 consecutive bf16 values as one 8-byte load (p 8-byte aligned), widened.
+struct __align__(8) Bf16x4 {
+    u32 lo, hi;  // values 0, 1 and 2, 3, the first in the low half
+};
+DEV float4 load4_bf16(const u16* p) {
+    const Bf16x4 w = *reinterpret_cast<const Bf16x4*>(p);
+    return float4{__int_as_float((int)(w.lo << 16)), __int_as_float((int)(w.lo & 0xffff0000u)),
+                  __int_as_float((int)(w.hi << 16)), __int_as_float((int)(w.hi & 0xffff0000u))};
 }
 
 // 4 consecutive floats as one 16-byte load or store: p must be 16-byte aligned (every pool

@@ -502,8 +502,9 @@ struct ConvLoaders<Tile128x64> {
 // products at part + sp * split_stride and the last piece of each tile adds them (SplitK,
 // gemm_tile.cuh; `arrivals`: one counter per tile, all 0). part is null when splits == 1.
 // `stats` (forward, may be null): the output's per-channel column sums for batch norm (ColStats,
-// gemm_tile.cuh), [row tiles, 2, c_out] in double.
-template <int MATH, class TILE>
+// gemm_tile.cuh), [row tiles, 2, c_out] in double. OUT16: `out` is bf16 storage (the bf16
+// convolution into batch norm, ConvOps::conv2d_batchnorm_out_dtype).
+template <int MATH, class TILE, bool OUT16 = false>
 DEV void conv_fwd_impl(const float* x, const float* wt, float* out, float* part, i64 split_stride, ConvDims d, int splits,
                        int* arrivals, double* stats = nullptr) {
     auto& s = gemm_smem<typename SmemOf<MATH, TILE>::T>();
@@ -515,7 +516,7 @@ DEV void conv_fwd_impl(const float* x, const float* wt, float* out, float* part,
     split_range(kcols, splits, sp, k0, k1);
     const i64 at = (i64)g * og;
     typedef typename ConvLoaders<TILE>::Fwd L;
-    gemm_block<L, MATH>(s, L{x, wt, d, g, kcols}, M, og, k0, k1, out + at, DenseRows{d.c_out},
+    gemm_block<L, MATH, OUT16>(s, L{x, wt, d, g, kcols}, M, og, k0, k1, out + at, DenseRows{d.c_out},
                         SplitK{out, TILE::SPLITS ? part : nullptr, split_stride, splits, 1, arrivals}, MATH == GEMM_BF16,
                         ColStats{stats, d.c_out, g * og});
 }
@@ -598,16 +599,17 @@ CONV_KERNEL(conv2d_m128n64_fwd_bf16, conv_fwd_impl, GEMM_BF16, Tile128x64, x, wt
 CONV_DATA_KERNEL(conv2d_m128n64_data_bwd_bf16, GEMM_BF16, Tile128x64)
 CONV_KERNEL(conv2d_m128n64_weight_bwd_bf16, conv_bwd_weight_impl, GEMM_BF16, Tile128x64, x, dy)
 // The forward pass with batch norm's statistics in its epilogue (Backend::conv2d_batchnorm_fwd_train).
-#define CONV_BN_KERNEL(name, MATH, TILE)                                                                           \
+// The bf16 ones store their output as bf16 (OUT16): only batch norm reads it, as bf16.
+#define CONV_BN_KERNEL(name, MATH, TILE, OUT16)                                                                    \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                                    \
         name(const float* x, const float* wt, float* out, float* part, i64 split_stride, ConvDims d, int splits,   \
              int* arrivals, double* stats) {                                                                       \
-        conv_fwd_impl<MATH, TILE>(x, wt, out, part, split_stride, d, splits, arrivals, stats);                    \
+        conv_fwd_impl<MATH, TILE, OUT16>(x, wt, out, part, split_stride, d, splits, arrivals, stats);             \
     }
-CONV_BN_KERNEL(conv2d_batchnorm_fwd_f32, GEMM_SIMT, Tile64)
-CONV_BN_KERNEL(conv2d_batchnorm_tc_fwd_f32, GEMM_TF32, Tile64)
-CONV_BN_KERNEL(conv2d_batchnorm_tc_m128n128_fwd_f32, GEMM_TF32, Tile128)
-CONV_BN_KERNEL(conv2d_batchnorm_tc_m128n64_fwd_f32, GEMM_TF32, Tile128x64)
-CONV_BN_KERNEL(conv2d_batchnorm_fwd_bf16, GEMM_BF16, Tile64)
-CONV_BN_KERNEL(conv2d_batchnorm_m128n128_fwd_bf16, GEMM_BF16, Tile128)
-CONV_BN_KERNEL(conv2d_batchnorm_m128n64_fwd_bf16, GEMM_BF16, Tile128x64)
+CONV_BN_KERNEL(conv2d_batchnorm_fwd_f32, GEMM_SIMT, Tile64, false)
+CONV_BN_KERNEL(conv2d_batchnorm_tc_fwd_f32, GEMM_TF32, Tile64, false)
+CONV_BN_KERNEL(conv2d_batchnorm_tc_m128n128_fwd_f32, GEMM_TF32, Tile128, false)
+CONV_BN_KERNEL(conv2d_batchnorm_tc_m128n64_fwd_f32, GEMM_TF32, Tile128x64, false)
+CONV_BN_KERNEL(conv2d_batchnorm_fwd_bf16, GEMM_BF16, Tile64, true)
+CONV_BN_KERNEL(conv2d_batchnorm_m128n128_fwd_bf16, GEMM_BF16, Tile128, true)
+CONV_BN_KERNEL(conv2d_batchnorm_m128n64_fwd_bf16, GEMM_BF16, Tile128x64, true)

@@ -299,9 +299,11 @@ struct SplitK {
 // The store both loops end with, over this thread's NACC accumulators (each(f) calls f(acc
 // index, offset in C) for every element of the tile inside C): under split-K the pieces' sum
 // (SplitK::gather), then bf16 rounding when `round_out`, then C = acc (+ addend) at each place.
-// `smem`: the block's shared memory, free once every thread is past its last tile read. False:
-// this block is a split-K piece that is done.
-template <int NACC, class Each>
+// OUT16 (with round_out, no addend): the output is bf16 storage, C's offset from split.out
+// counted in 2-byte elements (a fused convolution's output for batch norm). `smem`: the block's
+// shared memory, free once every thread is past its last tile read. False: this block is a
+// split-K piece that is done.
+template <int NACC, bool OUT16, class Each>
 DEV bool store_tile(float* acc, float* C, Each each, const SplitK& split, void* smem, bool round_out, const float* addend) {
     if (split.part) {
         __syncthreads();  // every thread is past its last tile read (gather's flag)
@@ -309,7 +311,12 @@ DEV bool store_tile(float* acc, float* C, Each each, const SplitK& split, void* 
     }
 #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] = round_out ? round_bf16f(acc[i]) : acc[i];
-    each([&](int i, i64 at) { C[at] = acc[i] + (addend ? addend[at] : 0.0f); });
+    if (OUT16) {
+        u16* c16 = reinterpret_cast<u16*>(const_cast<float*>(split.out)) + (C - split.out);
+        each([&](int i, i64 at) { c16[at] = bf16_bits(acc[i]); });
+    } else {
+        each([&](int i, i64 at) { C[at] = acc[i] + (addend ? addend[at] : 0.0f); });
+    }
     return true;
 }
 
@@ -325,8 +332,8 @@ DEV float value_or_zero(const float* p) { return p ? __ldg(p) : 0.0f; }
 // below runs on the sum. `round_out`: the results are rounded to bf16 as they are stored
 // (precision = "bf16"). `addend` (null: none): C gets (rounded) result + addend at the same
 // place, the sum autograd would make in a pass of its own (backward-data into a ResNet block's
-// input, which the shortcut's gradient reached first).
-template <class L, int MATH, class Rows = DenseRows>
+// input, which the shortcut's gradient reached first). OUT16: C is bf16 storage (store_tile).
+template <class L, int MATH, bool OUT16 = false, class Rows = DenseRows>
 DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row, SplitK split,
                     bool round_out = false, ColStats stats = ColStats{nullptr, 0, 0}, const float* addend = nullptr) {
     const int tid = threadIdx.x;
@@ -394,7 +401,7 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
                 if (n0 + 4 * tx + c < N) f(r * 4 + c, out_row(row) + n0 + 4 * tx + c);
         }
     };
-    if (!store_tile<16>(acc, C, each, split, &s, round_out, addend)) return;
+    if (!store_tile<16, OUT16>(acc, C, each, split, &s, round_out, addend)) return;
     if (stats.part) {
         // Column sums: this thread's 4 rows, then the two ty of a warp (lanes l, l ^ 16), then
         // the 8 warps in order through shared memory (the tiles are free once all are here).
@@ -532,7 +539,7 @@ DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
 // The tensor-core loop: tile kt is multiplied while tiles kt + 1 .. kt + STAGES - 1 load. One
 // group is committed per tile slot (empty past the end), so wait<STAGES - 2> always means
 // "tile kt has landed". The block's tile is at (row blockIdx.x * TM, column blockIdx.y * TN).
-template <class L, int MATH, class T, class Rows = DenseRows>
+template <class L, int MATH, bool OUT16 = false, class T, class Rows = DenseRows>
 DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1, float* C, Rows out_row, SplitK split,
                     bool round_out = false, ColStats stats = ColStats{nullptr, 0, 0}, const float* addend = nullptr) {
     constexpr int ACC = T::MT * T::NT * 4;
@@ -577,7 +584,7 @@ DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1,
                     if (row < M && col < N) f((mt * T::NT + nt) * 4 + e, out_row(row) + col);
                 }
     };
-    if (!store_tile<ACC>(acc, C, each, split, &s, round_out, addend)) return;
+    if (!store_tile<ACC, OUT16>(acc, C, each, split, &s, round_out, addend)) return;
     if (stats.part) {
         // Column sums: this thread's 2 MT rows of each of its 2 NT columns, then the 8 lanes of
         // a column (g: lanes xor 4, 8, 16), then the two warp rows through shared memory.

@@ -7,7 +7,22 @@
 // the partials are added in block order by batchnorm_finalize_fwd_f32 (forward), or in the same
 // launch by its last row block (backward: ColTotals). Row statistics (layer norm, softmax) use
 // one warp per row with the fixed butterfly of common.cuh.
+//
+// The batch-norm passes over a fused convolution's output come twice: `_f32` reads x as F32,
+// `_bf16` as the BF16 storage the bf16 convolution writes (ConvOps::conv2d_batchnorm_out_dtype);
+// both compute in FP32, the same arithmetic on the same values.
 #include "common.cuh"
+
+// Element i of x as stored: F32, or (X16) bf16, widened exactly.
+template <bool X16>
+DEV float x_at(const float* x, i64 i) {
+    return X16 ? bf16_to_float(reinterpret_cast<const u16*>(x)[i]) : x[i];
+}
+// Elements i .. i + 3 (i a multiple of 4) as one 16-byte (F32) or 8-byte (bf16) load.
+template <bool X16>
+DEV float4 x4_at(const float* x, i64 i) {
+    return X16 ? load4_bf16(reinterpret_cast<const u16*>(x) + i) : load4(x + i);
+}
 
 #define CS_LANES 32
 #define CS_ROWS 8
@@ -60,7 +75,8 @@ struct ColTotals {
 //                                by relu_out > 0 when relu_out is given (the fused ReLU tail)
 // MODE 2 (layer norm backward): dy * xhat, dy with xhat = (x - mean[r]) * rstd[r]
 // Each block writes its partials; with totals.arrivals, the launch also adds them (ColTotals).
-template <int MODE>
+// X16: x is bf16 storage (x_at).
+template <int MODE, bool X16 = false>
 DEV void colstats(const float* x, const float* dy, const float* mean, const float* inv, double* part, int rows,
                   int C, int rpb, const float* relu_out, ColTotals totals) {
     __shared__ double s0[CS_ROWS][CS_LANES];
@@ -72,7 +88,7 @@ DEV void colstats(const float* x, const float* dy, const float* mean, const floa
     double a = 0.0, b = 0.0;
     if (c < C) {
         for (i64 r = r0 + ty; r < r1; r += CS_ROWS) {
-            const float v = x[r * C + c];
+            const float v = x_at<X16>(x, r * C + c);
             if (MODE == 0) {
                 a += (double)v;
                 b += (double)v * (double)v;
@@ -118,12 +134,14 @@ extern "C" __global__ void batchnorm_stats_fwd_f32(const float* x, double* part,
 }
 // relu_out may be null (no ReLU in the forward tail). sums [2, C] = (sum dy, sum dy xhat), and
 // first / second (dbeta / dgamma, may be null) the same sums.
-extern "C" __global__ void batchnorm_stats_bwd_f32(const float* x, const float* dy, const float* relu_out,
-                                                   const float* mean, const float* invstd, double* part, int rows,
-                                                   int C, int rpb, int* arrivals, float* sums, float* first,
-                                                   float* second) {
-    colstats<1>(x, dy, mean, invstd, part, rows, C, rpb, relu_out, ColTotals{arrivals, sums, first, second});
-}
+#define BN_STATS_BWD_KERNEL(name, X16)                                                                              \
+    extern "C" __global__ void name(const float* x, const float* dy, const float* relu_out, const float* mean,      \
+                                    const float* invstd, double* part, int rows, int C, int rpb, int* arrivals,     \
+                                    float* sums, float* first, float* second) {                                     \
+        colstats<1, X16>(x, dy, mean, invstd, part, rows, C, rpb, relu_out, ColTotals{arrivals, sums, first, second}); \
+    }
+BN_STATS_BWD_KERNEL(batchnorm_stats_bwd_f32, false)
+BN_STATS_BWD_KERNEL(batchnorm_stats_bwd_bf16, true)
 // first = dgamma (sum dy xhat), second = dbeta (sum dy).
 extern "C" __global__ void layernorm_stats_bwd_f32(const float* x, const float* dy, const float* mean,
                                                    const float* rstd, double* part, int rows, int C, int rpb,
@@ -170,15 +188,16 @@ DEV float bn_tail(float v, bool has_residual, float r, int relu) {
 }
 
 // y = tail(x * scale[c] + shift[c]); residual may be null. With C a multiple of 4, 4 channels of
-// a row at a time: one 16-byte load per operand and one 16-byte store (load4: every buffer is
-// 256-byte aligned), a quarter of the instructions per byte of the element-wise loop.
-extern "C" __global__ void batchnorm_apply_fwd_f32(const float* x, const float* scale_shift, const float* residual,
-                                                   float* y, i64 n, int C, int relu) {
+// a row at a time: one 16-byte load per operand (8 bytes for bf16 x) and one 16-byte store
+// (load4: every buffer is 256-byte aligned), a quarter of the instructions per byte of the
+// element-wise loop.
+template <bool X16>
+DEV void bn_apply(const float* x, const float* scale_shift, const float* residual, float* y, i64 n, int C, int relu) {
     if (C % 4 == 0) {
         FOR_EACH(q, n / 4) {
             const int c = 4 * (int)(q % AS_INDEX(q, C / 4));
             const i64 i = 4 * (i64)q;
-            const float4 v = load4(x + i), sc = load4(scale_shift + c), sh = load4(scale_shift + C + c);
+            const float4 v = x4_at<X16>(x, i), sc = load4(scale_shift + c), sh = load4(scale_shift + C + c);
             const float4 r = residual ? load4(residual + i) : float4{0.0f, 0.0f, 0.0f, 0.0f};
             const bool res = residual != nullptr;
             store4(y + i, float4{bn_tail(fmaf(v.x, sc.x, sh.x), res, r.x, relu), bn_tail(fmaf(v.y, sc.y, sh.y), res, r.y, relu),
@@ -188,8 +207,16 @@ extern "C" __global__ void batchnorm_apply_fwd_f32(const float* x, const float* 
     }
     FOR_EACH(i, n) {
         const int c = (int)(i % C);
-        y[i] = bn_tail(fmaf(x[i], scale_shift[c], scale_shift[C + c]), residual != nullptr, residual ? residual[i] : 0.0f, relu);
+        y[i] = bn_tail(fmaf(x_at<X16>(x, i), scale_shift[c], scale_shift[C + c]), residual != nullptr, residual ? residual[i] : 0.0f, relu);
     });
+}
+extern "C" __global__ void batchnorm_apply_fwd_f32(const float* x, const float* scale_shift, const float* residual,
+                                                   float* y, i64 n, int C, int relu) {
+    bn_apply<false>(x, scale_shift, residual, y, n, C, relu);
+}
+extern "C" __global__ void batchnorm_apply_fwd_bf16(const float* x, const float* scale_shift, const float* residual,
+                                                    float* y, i64 n, int C, int relu) {
+    bn_apply<true>(x, scale_shift, residual, y, n, C, relu);
 }
 
 // Eval mode: the running statistics. gamma, beta and residual may be null.
@@ -223,17 +250,15 @@ struct BnDx {
         return k * (N * g - sums[c] - xhat * sums[C + c]);
     }
 };
-extern "C" __global__ void batchnorm_dx_bwd_f32(const float* x, const float* dy, const float* relu_out,
-                                                const float* gamma, const float* mean, const float* invstd,
-                                                const float* sums, float* dx, float* dresidual, i64 n, int C,
-                                                int rows) {
-    const BnDx one{gamma, mean, invstd, sums, C, (float)rows};
+template <bool X16>
+DEV void bn_dx(const float* x, const float* dy, const float* relu_out, const BnDx& one, float* dx, float* dresidual, i64 n,
+               int C) {
     const bool relu = relu_out != nullptr;
     if (C % 4 == 0) {
         FOR_EACH(q, n / 4) {
             const int c = 4 * (int)(q % AS_INDEX(q, C / 4));
             const i64 i = 4 * (i64)q;
-            const float4 xv = load4(x + i), dv = load4(dy + i);
+            const float4 xv = x4_at<X16>(x, i), dv = load4(dy + i);
             const float4 yv = relu ? load4(relu_out + i) : float4{0.0f, 0.0f, 0.0f, 0.0f};
             float4 g, d;
             d.x = one(c, xv.x, dv.x, relu, yv.x, g.x);
@@ -247,10 +272,18 @@ extern "C" __global__ void batchnorm_dx_bwd_f32(const float* x, const float* dy,
     }
     FOR_EACH(i, n) {
         float g;
-        dx[i] = one((int)(i % C), x[i], dy[i], relu, relu ? relu_out[i] : 0.0f, g);
+        dx[i] = one((int)(i % C), x_at<X16>(x, i), dy[i], relu, relu ? relu_out[i] : 0.0f, g);
         if (dresidual) dresidual[i] = g;
     });
 }
+#define BN_DX_BWD_KERNEL(name, X16)                                                                                 \
+    extern "C" __global__ void name(const float* x, const float* dy, const float* relu_out, const float* gamma,     \
+                                    const float* mean, const float* invstd, const float* sums, float* dx,           \
+                                    float* dresidual, i64 n, int C, int rows) {                                     \
+        bn_dx<X16>(x, dy, relu_out, BnDx{gamma, mean, invstd, sums, C, (float)rows}, dx, dresidual, n, C);          \
+    }
+BN_DX_BWD_KERNEL(batchnorm_dx_bwd_f32, false)
+BN_DX_BWD_KERNEL(batchnorm_dx_bwd_bf16, true)
 
 // ---- layer norm: one warp per row, 8 rows per block of 256 threads --------------------------
 

@@ -640,6 +640,64 @@ fn emulated_matmuls_on_the_piece_loaders_conform() {
     println!("tf32 vs cpu f64: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
 }
 
+/// BF16 storage on the emulated device: values round to the nearest bf16 on upload (the half
+/// crate's rule, the CPU bf16 reference's), come back exactly, and fill (a word, two values, at
+/// a time) and copy keep them, at an odd length.
+#[test]
+fn emulated_bf16_storage_round_trips() {
+    use ssl_engine::Tensor;
+    use ssl_engine::backend::CoreOps;
+    let Some(dev) = emulator() else { return };
+    let v: Vec<f32> = (0..7).map(|i| 1.0 + i as f32 / 3.0).collect();
+    let bf16 = |x: f32| half::bf16::from_f32(x).to_f32();
+    let t = Tensor::from_f32(&dev, &v, &[7], DType::BF16).unwrap();
+    let rounded: Vec<f32> = v.iter().map(|&x| bf16(x)).collect();
+    assert_ne!(rounded, v, "the values need rounding");
+    assert_eq!(t.to_f32().unwrap(), rounded);
+    let filled = Tensor::full(&dev, &[7], 1.1, DType::BF16).unwrap();
+    assert_eq!(filled.to_f32().unwrap(), vec![bf16(1.1); 7]);
+    dev.copy(t.storage(), filled.storage()).unwrap();
+    assert_eq!(filled.to_f32().unwrap(), rounded);
+    let f32s = Tensor::zeros(&dev, &[7], DType::F32).unwrap();
+    assert!(dev.copy(t.storage(), f32s.storage()).is_err(), "a copy between dtypes is refused");
+}
+
+/// The bf16 convolution into batch norm stores its output as BF16 (conv2d_batchnorm_out_dtype):
+/// the same values, bit for bit, as the plain bf16 convolution stores as F32 (the same tile and
+/// split plan, so the same sums; the output rounded to bf16 either way), on the 16-byte (C = 8)
+/// and element (C = 6, two groups, stride 2) paths and under split-K (k = 2304); and batch
+/// norm's gradients from the BF16 copy equal, bit for bit, those from the F32 copy (the `_bf16`
+/// passes widen x exactly, then do the `_f32` passes' arithmetic).
+#[test]
+fn emulated_bf16_convolution_output_equals_the_f32_stored_one() {
+    use ssl_engine::backend::Precision;
+    use ssl_engine::{Tensor, ops};
+    let Some(dev) = emulator() else { return };
+    let dev = dev.with_precision(Precision::Bf16);
+    let mut rng = Rng::new(23);
+    let shapes: [([usize; 4], [usize; 4], usize, usize, usize); 3] =
+        [([2, 9, 7, 8], [8, 3, 3, 8], 1, 1, 1), ([2, 11, 9, 6], [4, 3, 3, 3], 2, 1, 2), ([2, 4, 4, 256], [32, 3, 3, 256], 1, 1, 1)];
+    for (xs, ws, stride, pad, groups) in shapes {
+        let mut rand = |s: &[usize]| {
+            let v: Vec<f32> = (0..s.iter().product::<usize>()).map(|_| rng.normal() as f32).collect();
+            Tensor::from_f32(&dev, &v, s, DType::F32).unwrap()
+        };
+        let (x, w, g, b) = (rand(&xs), rand(&ws), rand(&[ws[0]]), rand(&[ws[0]]));
+        let cd = ops::conv2d_dims(&xs, &ws, [stride; 2], [pad; 2], groups).unwrap();
+        let (c, y, saved) = ops::conv2d_batchnorm_train(&x, &w, &cd, Some(&g), Some(&b), None, 1e-5, None, true).unwrap();
+        assert_eq!(c.dtype(), DType::BF16);
+        let plain = ops::conv2d(&x, &w, &cd).unwrap();
+        let bits = |t: &Tensor<CudaBackend>| t.to_f32().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(bits(&c), bits(&plain), "{xs:?} x {ws:?}: the BF16-stored output");
+        let dy = rand(y.shape());
+        let (dx16, dgb16, _) = ops::batchnorm_bwd_tail(&c, &dy, Some(&y), Some(&g), &saved, true, false).unwrap();
+        let (dx32, dgb32, _) = ops::batchnorm_bwd_tail(&plain, &dy, Some(&y), Some(&g), &saved, true, false).unwrap();
+        let ((dg16, db16), (dg32, db32)) = (dgb16.unwrap(), dgb32.unwrap());
+        assert_eq!(bits(&dx16), bits(&dx32), "{xs:?}: dx");
+        assert_eq!((bits(&dg16), bits(&db16)), (bits(&dg32), bits(&db32)), "{xs:?}: dgamma, dbeta");
+    }
+}
+
 /// add_many (autograd's sums of repeated parameters' gradients) on the emulated device equals
 /// the CPU bit for bit: 100 pairs of odd lengths, over two launches of at most 96 pairs, one
 /// pair empty.

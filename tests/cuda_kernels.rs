@@ -289,6 +289,46 @@ fn dry_run_rejects_unsupported_sizes_cleanly() {
     assert!(!dev.supports(DType::F64));
 }
 
+/// At precision bf16, a fused convolution + batch norm keeps the convolution's output, which only
+/// batch norm reads, as BF16 storage (ConvOps::conv2d_batchnorm_out_dtype): the bf16 convolution
+/// writes it, and the batch-norm passes over it, forward and backward, are the ones that read
+/// bf16. Everything else stays F32; any other op refuses the BF16 tensor, naming the dtype. At
+/// FP32 the same calls keep F32 and the `_f32` passes.
+#[test]
+fn bf16_convolution_output_for_batch_norm_is_stored_as_bf16() {
+    use ssl_engine::backend::{Precision, Unary};
+    let Some(dry) = dry() else { return };
+    for precision in [Precision::Bf16, Precision::Fp32] {
+        let dev = dry.clone().with_precision(precision);
+        let full = |s: &[usize]| Tensor::full(&dev, s, 0.5, DType::F32).unwrap();
+        let (x, w, g, b) = (full(&[2, 9, 7, 8]), full(&[8, 3, 3, 8]), full(&[8]), full(&[8]));
+        let cd = ops::conv2d_dims(x.shape(), w.shape(), [1, 1], [1, 1], 1).unwrap();
+        dev.take_launches();
+        let (c, y, saved) = ops::conv2d_batchnorm_train(&x, &w, &cd, Some(&g), Some(&b), None, 1e-5, None, true).unwrap();
+        let fwd: Vec<String> = dev.take_launches().into_iter().map(|l| l.kernel).collect();
+        let dy = full(y.shape());
+        dev.take_launches();
+        let (dx, dgb, _) = ops::batchnorm_bwd_tail(&c, &dy, Some(&y), Some(&g), &saved, true, false).unwrap();
+        let bwd: Vec<String> = dev.take_launches().into_iter().map(|l| l.kernel).collect();
+        let (dgamma, dbeta) = dgb.unwrap();
+        for t in [&y, &saved.mean, &saved.invstd, &dx, &dgamma, &dbeta] {
+            assert_eq!(t.dtype(), DType::F32);
+        }
+        if precision == Precision::Bf16 {
+            assert_eq!(c.dtype(), DType::BF16);
+            assert!(fwd[0].starts_with("conv2d_batchnorm") && fwd[0].ends_with("_bf16"), "{fwd:?}");
+            assert_eq!(fwd[1..], ["batchnorm_finalize_fwd_f32", "batchnorm_apply_fwd_bf16"], "{fwd:?}");
+            assert_eq!(bwd, ["batchnorm_stats_bwd_bf16", "batchnorm_dx_bwd_bf16"]);
+            let e = ops::unary(Unary::Relu, &c).expect_err("relu of bf16 storage").to_string();
+            assert!(e.contains("bf16"), "{e}");
+        } else {
+            assert_eq!(c.dtype(), DType::F32);
+            assert_eq!(fwd, ["conv2d_batchnorm_fwd_f32", "batchnorm_finalize_fwd_f32", "batchnorm_apply_fwd_f32"]);
+            assert_eq!(bwd, ["batchnorm_stats_bwd_f32", "batchnorm_dx_bwd_f32"]);
+        }
+    }
+}
+
 /// The static report (`ssl-engine bench kernels --static`), from one sm_90a compile of every
 /// family: no kernel spills registers to local memory; every GEMM and convolution kernel
 /// on sm_90a keeps everything in registers (no spill, no local memory), makes no 64-bit

@@ -41,6 +41,7 @@ const HOST_METHODS: &[&str] = &[
     "supports",
     "precision",
     "rounds_gemm_to_bf16",
+    "conv2d_batchnorm_out_dtype",
     "alloc",
     "upload_f32",
     "upload_f64",

@@ -3,7 +3,8 @@
 //! backends' norm family.
 
 use crate::backend::*;
-use crate::error::{Result, shape_err};
+use crate::dtype::DType;
+use crate::error::{Error, Result, shape_err};
 use crate::tensor::Tensor;
 
 use super::{expect_shape, out, same_dtype};
@@ -37,20 +38,33 @@ pub fn batchnorm_train<B: Backend>(
     batchnorm_train_tail(x, gamma, beta, running, eps, None, false)
 }
 
+/// The dtype a batch norm of `x` computes in, and gives its outputs and gradients: x's own,
+/// checked as every op checks it, or F32 for a convolution output the backend stores as BF16
+/// for batch norm alone (`ConvOps::conv2d_batchnorm_out_dtype`: its kernels read it as F32 values).
+fn bn_dtype<B: Backend>(op: &'static str, x: &Tensor<B>) -> Result<DType> {
+    if x.dtype() == DType::BF16 && x.backend().conv2d_batchnorm_out_dtype() == DType::BF16 {
+        return Ok(DType::F32);
+    }
+    same_dtype(op, &[x])?;
+    Ok(x.dtype())
+}
+
 /// The checks every batch-norm forward makes: x's dims, gamma and beta per channel, and a fused
-/// tail's shortcut of x's shape and dtype.
+/// tail's shortcut of x's shape and the norm's dtype (bn_dtype, also returned).
 fn bn_dims<B: Backend>(
     op: &'static str, x: &Tensor<B>, gamma: Option<&Tensor<B>>, beta: Option<&Tensor<B>>, residual: Option<&Tensor<B>>, eps: f32,
-) -> Result<NormDims> {
-    same_dtype(op, &[x])?;
+) -> Result<(NormDims, DType)> {
+    let dtype = bn_dtype(op, x)?;
     if let Some(r) = residual {
-        same_dtype(op, &[x, r])?;
+        if r.dtype() != dtype {
+            return Err(Error::DType { op, dtype: format!("{dtype} mixed with {}", r.dtype()), backend: r.backend().name() });
+        }
         expect_shape(op, "residual", r, x.shape())?;
     }
     let d = norm_dims(op, x, eps)?;
     per_channel(op, "gamma", gamma, d.channels)?;
     per_channel(op, "beta", beta, d.channels)?;
-    Ok(d)
+    Ok((d, dtype))
 }
 
 /// batchnorm_train with its output pass fused with what follows in a ResNet:
@@ -78,7 +92,7 @@ impl<B: Backend> BnTrainOut<B> {
         residual: Option<&Tensor<B>>,
     ) -> Result<Self> {
         const OP: &str = "batchnorm";
-        let d = bn_dims(OP, x, gamma, beta, residual, eps)?;
+        let (d, dtype) = bn_dims(OP, x, gamma, beta, residual, eps)?;
         if d.rows < 2 {
             return Err(shape_err(OP, "training batch norm needs more than one value per channel", &[x.shape()]));
         }
@@ -86,7 +100,8 @@ impl<B: Backend> BnTrainOut<B> {
             per_channel(OP, "running_mean", Some(m), d.channels)?;
             per_channel(OP, "running_var", Some(v), d.channels)?;
         }
-        Ok(BnTrainOut { y: out(x, x.shape())?, mean: out(x, &[d.channels])?, invstd: out(x, &[d.channels])?, d })
+        let new = |shape: &[usize]| Tensor::empty(x.backend(), shape, dtype);
+        Ok(BnTrainOut { y: new(x.shape())?, mean: new(&[d.channels])?, invstd: new(&[d.channels])?, d })
     }
 
     /// The backend's view: these outputs with the given parameters and tail.
@@ -108,7 +123,8 @@ impl<B: Backend> BnTrainOut<B> {
 
 /// conv2d of x, then batchnorm_train_tail of its output, in one backend call
 /// (Backend::conv2d_batchnorm_fwd_train). Returns the convolution's output (batch norm's
-/// backward reads it), y and the saved statistics.
+/// backward reads it, and nothing else does: the backend may store it as BF16,
+/// `conv2d_batchnorm_out_dtype`), y and the saved statistics.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_batchnorm_train<B: Backend>(
     x: &Tensor<B>, w: &Tensor<B>, cd: &Conv2dDims, gamma: Option<&Tensor<B>>, beta: Option<&Tensor<B>>,
@@ -117,7 +133,8 @@ pub fn conv2d_batchnorm_train<B: Backend>(
     same_dtype("conv2d", &[x, w])?;
     expect_shape("conv2d", "input", x, &[cd.n, cd.h, cd.w, cd.c_in])?;
     expect_shape("conv2d", "weight", w, &[cd.c_out, cd.kh, cd.kw, cd.c_in / cd.groups])?;
-    let c = out(x, &[cd.n, cd.oh, cd.ow, cd.c_out])?;
+    let c_dtype = if x.dtype() == DType::F32 { x.backend().conv2d_batchnorm_out_dtype() } else { x.dtype() };
+    let c = Tensor::empty(x.backend(), &[cd.n, cd.oh, cd.ow, cd.c_out], c_dtype)?;
     let t = BnTrainOut::new(&c, gamma, beta, running, eps, residual)?;
     x.backend().conv2d_batchnorm_fwd_train(
         x.storage(),
@@ -144,7 +161,7 @@ pub fn batchnorm_eval_tail<B: Backend>(
 ) -> Result<Tensor<B>> {
     const OP: &str = "batchnorm_eval";
     same_dtype(OP, &[x, running_mean, running_var])?;
-    let d = bn_dims(OP, x, gamma, beta, residual, eps)?;
+    let (d, _) = bn_dims(OP, x, gamma, beta, residual, eps)?;
     per_channel(OP, "running_mean", Some(running_mean), d.channels)?;
     per_channel(OP, "running_var", Some(running_var), d.channels)?;
     let y = out(x, x.shape())?;
@@ -177,15 +194,19 @@ pub fn batchnorm_bwd_tail<B: Backend>(
     residual: bool,
 ) -> Result<BnGrads<B>> {
     const OP: &str = "batchnorm_bwd";
-    same_dtype(OP, &[x, dy])?;
+    let dtype = bn_dtype(OP, x)?;
+    same_dtype(OP, &[dy])?;
+    if dy.dtype() != dtype {
+        return Err(Error::DType { op: OP, dtype: format!("{dtype} mixed with {}", dy.dtype()), backend: dy.backend().name() });
+    }
     expect_shape(OP, "dy", dy, x.shape())?;
     if let Some(y) = relu_out {
         expect_shape(OP, "relu_out", y, x.shape())?;
     }
     let d = norm_dims(OP, x, 0.0)?;
-    let dx = out(x, x.shape())?;
-    let dgb = if affine { Some((out(x, &[d.channels])?, out(x, &[d.channels])?)) } else { None };
-    let dres = if residual && relu_out.is_some() { Some(out(x, x.shape())?) } else { None };
+    let dx = out(dy, x.shape())?;
+    let dgb = if affine { Some((out(dy, &[d.channels])?, out(dy, &[d.channels])?)) } else { None };
+    let dres = if residual && relu_out.is_some() { Some(out(dy, x.shape())?) } else { None };
     x.backend().batchnorm_bwd(
         x.storage(),
         dy.storage(),

@@ -8,6 +8,7 @@ use super::gemm::{MAX_Z, THREADS, Tile};
 use super::{Arg, CudaBackend, CudaStorage, GemmMath, i32c, i64a, norm, opt_ptr, ptr};
 use crate::backend::ops::*;
 use crate::backend::{BnTrain, Conv2dDims, NormDims};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 
 /// Mirror of `struct ConvDims` in kernels/conv.cu.
@@ -53,6 +54,13 @@ pub(super) fn conv2d_batchnorm(
         return Err(Error::Invalid {
             op: "conv2d_batchnorm",
             msg: "the batch norm's [rows, channels] are not the convolution's output".into(),
+        });
+    }
+    if conv_out.dtype() != b.conv2d_batchnorm_out_dtype() {
+        return Err(Error::DType {
+            op: "conv2d_batchnorm",
+            dtype: format!("{} output, where this backend writes {}", conv_out.dtype(), b.conv2d_batchnorm_out_dtype()),
+            backend: b.name(),
         });
     }
     let part = norm::partials(b, row_tiles, cd.c_out)?;
@@ -258,6 +266,12 @@ fn launch_conv(
     if out_len == 0 {
         return Ok(());
     }
+    // Every operand is F32 but the output of a bf16 convolution into batch norm (the bf16
+    // batch-norm kernels write it as bf16: conv2d_batchnorm_out_dtype).
+    let out_dtype = if stats.is_some() { b.conv2d_batchnorm_out_dtype() } else { DType::F32 };
+    if [in0, in1].iter().any(|s| s.dtype() != DType::F32) || out.dtype() != out_dtype {
+        return Err(Error::DType { op: "conv2d", dtype: format!("bf16 storage where {out_dtype} is wanted"), backend: b.name() });
+    }
     let math = b.gemm_math();
     // Each pass is the same multiply-adds: every output pixel, output channel and tap of the
     // group's input channels (backward-data's phases skip only taps that miss).
@@ -310,5 +324,11 @@ impl ConvOps for CudaBackend {
         &self, x: &CudaStorage, w: &CudaStorage, conv_out: &CudaStorage, cd: &Conv2dDims, bn: BnTrain<'_, CudaStorage>, nd: &NormDims,
     ) -> Result<()> {
         conv2d_batchnorm(self, x, w, conv_out, cd, bn, nd)
+    }
+
+    /// BF16 where the convolutions compute in bf16: their epilogue rounds the output to bf16,
+    /// then stores it in half the bytes (conv2d_batchnorm_*_fwd_bf16).
+    fn conv2d_batchnorm_out_dtype(&self) -> DType {
+        if self.gemm_math() == GemmMath::Bf16 { DType::BF16 } else { DType::F32 }
     }
 }

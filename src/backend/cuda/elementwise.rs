@@ -13,8 +13,15 @@ fn map(b: &CudaBackend, kernel: &str, n: usize, args: &[super::Arg<'_>]) -> Resu
     b.launch_over(kernel, n, args)
 }
 
+/// BF16 storage is filled a word (two values) at a time: the value rounded to bf16, twice, as
+/// the 32 bits fill_fwd_f32 stores (its allocation is a whole number of words).
 pub(super) fn fill(b: &CudaBackend, s: &CudaStorage, value: f32) -> Result<()> {
-    map(b, "fill_fwd_f32", s.len, &[ptr(s), super::Arg::F32(value), i64a(s.len)])
+    if s.dtype() == crate::dtype::DType::BF16 {
+        let half = half::bf16::from_f32(value).to_bits() as u32;
+        let words = s.len().div_ceil(2);
+        return map(b, "fill_fwd_f32", words, &[ptr(s), super::Arg::F32(f32::from_bits(half << 16 | half)), i64a(words)]);
+    }
+    map(b, "fill_fwd_f32", s.len(), &[ptr(s), super::Arg::F32(value), i64a(s.len())])
 }
 
 fn unary_name(op: Unary, bwd: bool) -> &'static str {

@@ -46,10 +46,13 @@ use super::*;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
-/// A device buffer of f32 values, returned to the pool when dropped.
+/// A device buffer of `len` values, returned to the pool when dropped. F32, or BF16 (2 bytes
+/// each) for a tensor whose values are all bf16 and whose readers take it so
+/// (`ConvOps::conv2d_batchnorm_out_dtype`).
 pub struct CudaStorage {
     ptr: u64,
     len: usize,
+    dtype: DType,
     class: usize,
     pool: Arc<BufferPool>,
 }
@@ -58,6 +61,14 @@ impl CudaStorage {
     /// The buffer's device address (tests and diagnostics: which block the pool handed out).
     pub fn device_ptr(&self) -> u64 {
         self.ptr
+    }
+    /// F32, or BF16 where the storage holds 2-byte values.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// The bytes its values take.
+    fn bytes(&self) -> usize {
+        self.len * self.dtype.size_in_bytes()
     }
 }
 
@@ -73,9 +84,6 @@ impl CudaStorage {
     }
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-    pub fn dtype(&self) -> DType {
-        DType::F32
     }
 }
 
@@ -342,26 +350,40 @@ impl CoreOps for CudaBackend {
         self.gemm_math() == GemmMath::Bf16
     }
 
+    /// F32, and BF16 as storage only: the ops compute on F32 (`supports`), and only the readers
+    /// of a fused convolution + batch norm's output take BF16 (`conv2d_batchnorm_out_dtype`).
     fn alloc(&self, len: usize, dtype: DType) -> Result<CudaStorage> {
-        if dtype != DType::F32 {
+        if dtype != DType::F32 && dtype != DType::BF16 {
             return Err(Error::DType { op: "alloc", dtype: dtype.to_string(), backend: self.name() });
         }
-        let bytes = len.checked_mul(4).ok_or_else(|| err(format!("alloc of {len} elements overflows")))?;
+        // A whole number of 4-byte words, so that fill can write BF16 values in pairs.
+        let bytes = len.checked_mul(dtype.size_in_bytes()).ok_or_else(|| err(format!("alloc of {len} elements overflows")))?.next_multiple_of(4);
         let (ptr, class) = self.dev.pool.take(bytes)?;
-        let s = CudaStorage { ptr, len, class, pool: self.dev.pool.clone() };
+        let s = CudaStorage { ptr, len, dtype, class, pool: self.dev.pool.clone() };
         if self.poison && len > 0 {
             elementwise::fill(self, &s, f32::NAN)?;
         }
         Ok(s)
     }
 
+    /// To BF16 storage, each value rounded to the nearest bf16 (ties to even, the kernels' rule).
     fn upload_f32(&self, data: &[f32], dtype: DType) -> Result<CudaStorage> {
         let s = self.alloc(data.len(), dtype)?;
-        self.dev.upload_bytes(s.ptr, bytemuck::cast_slice(data))?;
+        if dtype == DType::BF16 {
+            let halves: Vec<u16> = data.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+            self.dev.upload_bytes(s.ptr, bytemuck::cast_slice(&halves))?;
+        } else {
+            self.dev.upload_bytes(s.ptr, bytemuck::cast_slice(data))?;
+        }
         Ok(s)
     }
 
     fn download_f32(&self, s: &CudaStorage) -> Result<Vec<f32>> {
+        if s.dtype == DType::BF16 {
+            let mut halves = vec![0u16; s.len];
+            self.dev.download_bytes(s.ptr, bytemuck::cast_slice_mut(&mut halves))?;
+            return Ok(halves.into_iter().map(|h| half::bf16::from_bits(h).to_f32()).collect());
+        }
         let mut v = vec![0f32; s.len];
         self.dev.download_bytes(s.ptr, bytemuck::cast_slice_mut(&mut v))?;
         Ok(v)
@@ -372,10 +394,13 @@ impl CoreOps for CudaBackend {
     }
 
     fn copy(&self, src: &CudaStorage, dst: &CudaStorage) -> Result<()> {
-        if src.len != dst.len {
-            return Err(Error::Invalid { op: "copy", msg: format!("lengths differ: {} vs {}", src.len, dst.len) });
+        if src.len != dst.len || src.dtype != dst.dtype {
+            return Err(Error::Invalid {
+                op: "copy",
+                msg: format!("{} {} values into {} {}", src.len, src.dtype, dst.len, dst.dtype),
+            });
         }
-        self.dev.copy_d2d(dst.ptr, src.ptr, 4 * dst.len)
+        self.dev.copy_d2d(dst.ptr, src.ptr, dst.bytes())
     }
 
     fn synchronize(&self) -> Result<()> {

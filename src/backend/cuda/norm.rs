@@ -3,9 +3,24 @@
 use super::{Arg, CudaBackend, CudaStorage, i32a, i64a, opt_ptr, ptr};
 use crate::backend::ops::*;
 use crate::backend::{BnTail, BnTrain, NormDims};
-use crate::error::Result;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
 
 const OP: &str = "norm";
+
+/// The kernel that reads batch norm's input x as stored: `f32`, or `bf16` where x is the BF16
+/// output of a fused convolution (ConvOps::conv2d_batchnorm_out_dtype).
+fn for_x(x: &CudaStorage, f32: &'static str, bf16: &'static str) -> &'static str {
+    if x.dtype() == DType::BF16 { bf16 } else { f32 }
+}
+
+/// Only the passes of a fused convolution + batch norm read BF16 storage.
+fn f32_input(op: &'static str, x: &CudaStorage) -> Result<()> {
+    if x.dtype() != DType::F32 {
+        return Err(Error::DType { op, dtype: format!("{} input (only a fused convolution's output is read as bf16)", x.dtype()), backend: "cuda".into() });
+    }
+    Ok(())
+}
 const THREADS: u32 = 256;
 /// Rows per block of the one-warp-per-row kernels (256 threads).
 const WARP_ROWS: usize = 8;
@@ -56,12 +71,14 @@ pub(super) fn batchnorm_fwd_train(b: &CudaBackend, x: &CudaStorage, bn: BnTrain<
     if rows * c == 0 {
         return Ok(());
     }
+    f32_input("batchnorm", x)?;
     let (part, nb) = column_stats(b, "batchnorm_stats_fwd_f32", &[ptr(x)], rows, c, &[])?;
     batchnorm_from_partials(b, &part, nb, x, bn, d)
 }
 
 /// Training batch norm of x from its column partial sums `part` [nb, 2, C] in double (by
-/// batchnorm_stats_fwd_f32, or by a convolution's epilogue): the statistics, then the output.
+/// batchnorm_stats_fwd_f32, or by a convolution's epilogue, whose output x may be BF16): the
+/// statistics, then the output.
 pub(super) fn batchnorm_from_partials(
     b: &CudaBackend, part: &CudaStorage, nb: usize, x: &CudaStorage, bn: BnTrain<'_, CudaStorage>, d: &NormDims,
 ) -> Result<()> {
@@ -94,7 +111,7 @@ pub(super) fn batchnorm_from_partials(
     )?;
     let n = rows * c;
     b.launch_over(
-        "batchnorm_apply_fwd_f32",
+        for_x(x, "batchnorm_apply_fwd_f32", "batchnorm_apply_fwd_bf16"),
         n,
         &[ptr(x), ptr(&ss), opt_ptr(tail.residual), ptr(y), i64a(n), i32a(OP, c)?, Arg::I32(tail.relu as i32)],
     )
@@ -109,6 +126,7 @@ pub(super) fn batchnorm_fwd_eval(
     if n == 0 {
         return Ok(());
     }
+    f32_input("batchnorm_eval", x)?;
     b.launch_over(
         "batchnorm_eval_fwd_f32",
         n,
@@ -171,10 +189,11 @@ impl NormOps for CudaBackend {
         // sums = (sum dy, sum dy xhat) = (dbeta, dgamma)
         let sums = self.scratch(2 * c)?;
         let inputs = [ptr(x), ptr(dy), opt_ptr(relu_out), ptr(mean), ptr(invstd)];
-        column_stats(self, "batchnorm_stats_bwd_f32", &inputs, rows, c, &[ptr(&sums), opt_ptr(dbeta), opt_ptr(dgamma)])?;
+        let stats = for_x(x, "batchnorm_stats_bwd_f32", "batchnorm_stats_bwd_bf16");
+        column_stats(self, stats, &inputs, rows, c, &[ptr(&sums), opt_ptr(dbeta), opt_ptr(dgamma)])?;
         let n = rows * c;
         self.launch_over(
-            "batchnorm_dx_bwd_f32",
+            for_x(x, "batchnorm_dx_bwd_f32", "batchnorm_dx_bwd_bf16"),
             n,
             &[
                 ptr(x),

@@ -2,6 +2,7 @@
 //! fused with a training batch norm.
 
 use super::CoreOps;
+use crate::dtype::DType;
 use super::norm::{BnTrain, NormDims, NormOps};
 use crate::error::Result;
 
@@ -45,5 +46,13 @@ pub trait ConvOps: CoreOps + NormOps {
     ) -> Result<()> {
         self.conv2d_fwd(x, w, conv_out, cd)?;
         self.batchnorm_fwd_train(conv_out, bn, nd)
+    }
+    /// The dtype `conv2d_batchnorm_fwd_train` takes its `conv_out` in (from F32 inputs), which only
+    /// batch norm reads: its forward pass here, and `batchnorm_bwd` as x. F32 by default. CUDA
+    /// at precision bf16 takes BF16: the kernel rounds the output to bf16 anyway, so the half-size
+    /// storage holds the same values, and every pass over it (the write, the normalising read,
+    /// both backward reads) moves half the bytes.
+    fn conv2d_batchnorm_out_dtype(&self) -> DType {
+        DType::F32
     }
 }
