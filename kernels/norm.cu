@@ -69,16 +69,45 @@ struct ColTotals {
     float* second;
 };
 
+// The per-channel affine map of a training batch norm's output pass, y = x * scale + shift, from
+// the saved (float) mean and invstd: the forward's finalize and the backward's ReLU mask both
+// compute it here, so they agree bit for bit. gamma, beta may be null (1, 0).
+DEV void bn_scale_shift(const float* mean, const float* invstd, const float* gamma, const float* beta, int c, float& scale,
+                        float& shift) {
+    scale = invstd[c] * (gamma ? gamma[c] : 1.0f);
+    shift = fmaf(-mean[c], scale, beta ? beta[c] : 0.0f);
+}
+
+// Where the forward's fused ReLU (BnTail) let dy through: where its output y was positive
+// (relu_grad(y, dy)); for a tail without residual, y = relu(x * scale + shift), so where
+// x * scale + shift is positive, recomputed from x (`from_x`, bn_scale_shift: the forward's
+// own values) without reading y. y null and !from_x: no ReLU, dy itself.
+struct ReluMask {
+    const float* y;
+    const float *mean, *invstd, *gamma, *beta;
+    int from_x;
+    // dy as the ReLU passed it, at channel c, for input xv and forward output yv (read by the
+    // caller where y is given).
+    DEVM float operator()(int c, float xv, float yv, float dy) const {
+        if (from_x) {
+            float scale, shift;
+            bn_scale_shift(mean, invstd, gamma, beta, c, scale, shift);
+            return relu_grad(fmaf(xv, scale, shift), dy);
+        }
+        return y ? relu_grad(yv, dy) : dy;
+    }
+};
+
 // What a column-statistics pass sums per channel c of row r (two values):
 // MODE 0 (batch norm forward):  x, x^2
 // MODE 1 (batch norm backward): dy, dy * xhat with xhat = (x - mean[c]) * invstd[c], dy masked
-//                                by relu_out > 0 when relu_out is given (the fused ReLU tail)
+//                                by the fused ReLU tail when it had one (ReluMask)
 // MODE 2 (layer norm backward): dy * xhat, dy with xhat = (x - mean[r]) * rstd[r]
 // Each block writes its partials; with totals.arrivals, the launch also adds them (ColTotals).
 // X16: x is bf16 storage (x_at).
 template <int MODE, bool X16 = false>
 DEV void colstats(const float* x, const float* dy, const float* mean, const float* inv, double* part, int rows,
-                  int C, int rpb, const float* relu_out, ColTotals totals) {
+                  int C, int rpb, ReluMask relu, ColTotals totals) {
     __shared__ double s0[CS_ROWS][CS_LANES];
     __shared__ double s1[CS_ROWS][CS_LANES];
     const int tx = threadIdx.x, ty = threadIdx.y;
@@ -93,7 +122,7 @@ DEV void colstats(const float* x, const float* dy, const float* mean, const floa
                 a += (double)v;
                 b += (double)v * (double)v;
             } else if (MODE == 1) {
-                const float g = relu_out ? relu_grad(relu_out[r * C + c], dy[r * C + c]) : dy[r * C + c];
+                const float g = relu(c, v, relu.y ? relu.y[r * C + c] : 0.0f, dy[r * C + c]);
                 const double xhat = ((double)v - (double)mean[c]) * (double)inv[c];
                 a += (double)g;
                 b += (double)g * xhat;
@@ -130,15 +159,18 @@ DEV void colstats(const float* x, const float* dy, const float* mean, const floa
 
 // Grid (ceil(C / 32), ceil(rows / rpb)), block (32, 8).
 extern "C" __global__ void batchnorm_stats_fwd_f32(const float* x, double* part, int rows, int C, int rpb) {
-    colstats<0>(x, nullptr, nullptr, nullptr, part, rows, C, rpb, nullptr, ColTotals{nullptr, nullptr, nullptr, nullptr});
+    colstats<0>(x, nullptr, nullptr, nullptr, part, rows, C, rpb, ReluMask{}, ColTotals{nullptr, nullptr, nullptr, nullptr});
 }
-// relu_out may be null (no ReLU in the forward tail). sums [2, C] = (sum dy, sum dy xhat), and
-// first / second (dbeta / dgamma, may be null) the same sums.
+// relu_out may be null (no ReLU in the forward tail, or relu_from_x: ReluMask); gamma and beta
+// (may be null) serve relu_from_x. sums [2, C] = (sum dy, sum dy xhat), and first / second
+// (dbeta / dgamma, may be null) the same sums.
 #define BN_STATS_BWD_KERNEL(name, X16)                                                                              \
-    extern "C" __global__ void name(const float* x, const float* dy, const float* relu_out, const float* mean,      \
-                                    const float* invstd, double* part, int rows, int C, int rpb, int* arrivals,     \
-                                    float* sums, float* first, float* second) {                                     \
-        colstats<1, X16>(x, dy, mean, invstd, part, rows, C, rpb, relu_out, ColTotals{arrivals, sums, first, second}); \
+    extern "C" __global__ void name(const float* x, const float* dy, const float* relu_out, const float* gamma,     \
+                                    const float* beta, int relu_from_x, const float* mean, const float* invstd,     \
+                                    double* part, int rows, int C, int rpb, int* arrivals, float* sums,             \
+                                    float* first, float* second) {                                                  \
+        colstats<1, X16>(x, dy, mean, invstd, part, rows, C, rpb, ReluMask{relu_out, mean, invstd, gamma, beta, relu_from_x}, \
+                         ColTotals{arrivals, sums, first, second});                                                 \
     }
 BN_STATS_BWD_KERNEL(batchnorm_stats_bwd_f32, false)
 BN_STATS_BWD_KERNEL(batchnorm_stats_bwd_bf16, true)
@@ -146,12 +178,13 @@ BN_STATS_BWD_KERNEL(batchnorm_stats_bwd_bf16, true)
 extern "C" __global__ void layernorm_stats_bwd_f32(const float* x, const float* dy, const float* mean,
                                                    const float* rstd, double* part, int rows, int C, int rpb,
                                                    int* arrivals, float* first, float* second) {
-    colstats<2>(x, dy, mean, rstd, part, rows, C, rpb, nullptr, ColTotals{arrivals, nullptr, first, second});
+    colstats<2>(x, dy, mean, rstd, part, rows, C, rpb, ReluMask{}, ColTotals{arrivals, nullptr, first, second});
 }
 
 // One thread per channel: batch mean and (biased) variance from the partials, in block order;
 // saves mean and invstd, updates the running statistics (PyTorch's rule, unbiased variance) when
-// given, and writes scale_shift [2, C] = (invstd * gamma, beta - mean * invstd * gamma).
+// given, and writes scale_shift [2, C] = (invstd * gamma, beta - mean * invstd * gamma) from the
+// saved values (bn_scale_shift: the backward's ReLU mask recomputes them).
 // gamma, beta, running_mean, running_var may be null.
 // Blocks of 32 x 32 threads, one block per 32 channels (column_pair_sums).
 extern "C" __global__ void batchnorm_finalize_fwd_f32(const double* part, int nblocks, int rows, int C, float eps,
@@ -166,12 +199,9 @@ extern "C" __global__ void batchnorm_finalize_fwd_f32(const double* part, int nb
     double var = ss / n - mean * mean;
     if (var < 0.0) var = 0.0;
     const double invstd = 1.0 / sqrt(var + (double)eps);
-    const double scale = invstd * (gamma ? (double)gamma[c] : 1.0);
-    const double shift = (beta ? (double)beta[c] : 0.0) - mean * scale;
     save_mean[c] = (float)mean;
     save_invstd[c] = (float)invstd;
-    scale_shift[c] = (float)scale;
-    scale_shift[C + c] = (float)shift;
+    bn_scale_shift(save_mean, save_invstd, gamma, beta, c, scale_shift[c], scale_shift[C + c]);
     if (running_mean && running_var) {
         const double m = (double)momentum;
         const double unbias = rows > 1 ? n / (n - 1.0) : 1.0;
@@ -232,55 +262,53 @@ extern "C" __global__ void batchnorm_eval_fwd_f32(const float* x, const float* g
 }
 
 // dx = gamma * invstd / N * (N dy - sum(dy) - xhat * sum(dy xhat)); sums [2, C] from
-// batchnorm_stats_bwd_f32. With relu_out, dy is masked by relu_out > 0 first, and the masked
-// dy is also written to dresidual when given (the shortcut's gradient, in the same pass).
-// gamma, relu_out and dresidual may be null. With C a multiple of 4, 16-byte loads and stores
-// of 4 channels of a row (as batchnorm_apply_fwd_f32).
+// batchnorm_stats_bwd_f32. With a ReLU in the tail, dy is masked first (ReluMask), and the
+// masked dy is also written to dresidual when given (the shortcut's gradient, in the same pass).
+// gamma, beta, relu_out and dresidual may be null. With C a multiple of 4, 16-byte loads and
+// stores of 4 channels of a row (as batchnorm_apply_fwd_f32).
 struct BnDx {
     const float *gamma, *mean, *invstd, *sums;
     int C;
     float N;
-    // dx of one element of channel c, from x, dy and (has_relu) the forward output y; `g` gets
-    // the masked dy.
-    DEVM float operator()(int c, float xv, float dyv, bool has_relu, float yv, float& g) const {
+    // dx of one element of channel c, from x and the masked dy g.
+    DEVM float operator()(int c, float xv, float g) const {
         const float is = invstd[c];
         const float xhat = (xv - mean[c]) * is;
         const float k = (gamma ? gamma[c] : 1.0f) * is / N;
-        g = has_relu ? relu_grad(yv, dyv) : dyv;
         return k * (N * g - sums[c] - xhat * sums[C + c]);
     }
 };
 template <bool X16>
-DEV void bn_dx(const float* x, const float* dy, const float* relu_out, const BnDx& one, float* dx, float* dresidual, i64 n,
+DEV void bn_dx(const float* x, const float* dy, const ReluMask& relu, const BnDx& one, float* dx, float* dresidual, i64 n,
                int C) {
-    const bool relu = relu_out != nullptr;
     if (C % 4 == 0) {
         FOR_EACH(q, n / 4) {
             const int c = 4 * (int)(q % AS_INDEX(q, C / 4));
             const i64 i = 4 * (i64)q;
             const float4 xv = x4_at<X16>(x, i), dv = load4(dy + i);
-            const float4 yv = relu ? load4(relu_out + i) : float4{0.0f, 0.0f, 0.0f, 0.0f};
-            float4 g, d;
-            d.x = one(c, xv.x, dv.x, relu, yv.x, g.x);
-            d.y = one(c + 1, xv.y, dv.y, relu, yv.y, g.y);
-            d.z = one(c + 2, xv.z, dv.z, relu, yv.z, g.z);
-            d.w = one(c + 3, xv.w, dv.w, relu, yv.w, g.w);
+            const float4 yv = relu.y ? load4(relu.y + i) : float4{0.0f, 0.0f, 0.0f, 0.0f};
+            const float4 g{relu(c, xv.x, yv.x, dv.x), relu(c + 1, xv.y, yv.y, dv.y), relu(c + 2, xv.z, yv.z, dv.z),
+                           relu(c + 3, xv.w, yv.w, dv.w)};
             if (dresidual) store4(dresidual + i, g);
-            store4(dx + i, d);
+            store4(dx + i, float4{one(c, xv.x, g.x), one(c + 1, xv.y, g.y), one(c + 2, xv.z, g.z), one(c + 3, xv.w, g.w)});
         });
         return;
     }
     FOR_EACH(i, n) {
-        float g;
-        dx[i] = one((int)(i % C), x_at<X16>(x, i), dy[i], relu, relu ? relu_out[i] : 0.0f, g);
+        const int c = (int)(i % C);
+        const float xv = x_at<X16>(x, i);
+        const float g = relu(c, xv, relu.y ? relu.y[i] : 0.0f, dy[i]);
+        dx[i] = one(c, xv, g);
         if (dresidual) dresidual[i] = g;
     });
 }
+// relu_out, gamma, beta, relu_from_x: as batchnorm_stats_bwd_f32's.
 #define BN_DX_BWD_KERNEL(name, X16)                                                                                 \
     extern "C" __global__ void name(const float* x, const float* dy, const float* relu_out, const float* gamma,     \
-                                    const float* mean, const float* invstd, const float* sums, float* dx,           \
-                                    float* dresidual, i64 n, int C, int rows) {                                     \
-        bn_dx<X16>(x, dy, relu_out, BnDx{gamma, mean, invstd, sums, C, (float)rows}, dx, dresidual, n, C);          \
+                                    const float* beta, int relu_from_x, const float* mean, const float* invstd,     \
+                                    const float* sums, float* dx, float* dresidual, i64 n, int C, int rows) {       \
+        bn_dx<X16>(x, dy, ReluMask{relu_out, mean, invstd, gamma, beta, relu_from_x},                               \
+                   BnDx{gamma, mean, invstd, sums, C, (float)rows}, dx, dresidual, n, C);                           \
     }
 BN_DX_BWD_KERNEL(batchnorm_dx_bwd_f32, false)
 BN_DX_BWD_KERNEL(batchnorm_dx_bwd_bf16, true)

@@ -690,11 +690,60 @@ fn emulated_bf16_convolution_output_equals_the_f32_stored_one() {
         let bits = |t: &Tensor<CudaBackend>| t.to_f32().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
         assert_eq!(bits(&c), bits(&plain), "{xs:?} x {ws:?}: the BF16-stored output");
         let dy = rand(y.shape());
-        let (dx16, dgb16, _) = ops::batchnorm_bwd_tail(&c, &dy, Some(&y), Some(&g), &saved, true, false).unwrap();
-        let (dx32, dgb32, _) = ops::batchnorm_bwd_tail(&plain, &dy, Some(&y), Some(&g), &saved, true, false).unwrap();
+        let (dx16, dgb16, _) = ops::batchnorm_bwd_tail(&c, &dy, Some(&y), Some(&g), Some(&b), &saved, true, false).unwrap();
+        let (dx32, dgb32, _) = ops::batchnorm_bwd_tail(&plain, &dy, Some(&y), Some(&g), Some(&b), &saved, true, false).unwrap();
         let ((dg16, db16), (dg32, db32)) = (dgb16.unwrap(), dgb32.unwrap());
         assert_eq!(bits(&dx16), bits(&dx32), "{xs:?}: dx");
         assert_eq!((bits(&dg16), bits(&db16)), (bits(&dg32), bits(&db32)), "{xs:?}: dgamma, dbeta");
+    }
+}
+
+/// A batch norm whose tail is a ReLU without residual takes its backward mask from x (where
+/// x * scale + shift > 0, with the forward's own scale and shift) instead of reading its output
+/// y. It must be the forward's mask exactly, including where the forward's pre-activation is the
+/// rounding residue of x == mean (fmaf(mean, scale, -mean * scale): tiny, of either sign, so y is
+/// tiny or 0). Reference: the CPU's backward given the emulated forward's own y as relu_out and
+/// its saved statistics. One element counted on the wrong side moves dx by about 1/sqrt(n)
+/// relative, far past the bound. 16-byte (8 channels) and element (7) paths, beta 0 and not.
+#[test]
+fn emulated_batch_norm_relu_mask_from_x_is_the_forwards() {
+    use ssl_engine::{Tensor, ops};
+    let Some(dev) = emulator() else { return };
+    let cpu = common::cpu(2);
+    let mut rng = Rng::new(31);
+    for c in [8usize, 7] {
+        let rows = 60;
+        // Per channel, rows cycle through m - 1/4, m, m + 1/4, all exact: the mean is m exactly.
+        let x: Vec<f32> = (0..rows * c).map(|i| 0.375 + 0.125 * (i % c) as f32 + 0.25 * (((i / c) % 3) as f32 - 1.0)).collect();
+        let gamma: Vec<f32> = (0..c).map(|_| 0.5 + rng.uniform() as f32).collect();
+        let beta: Vec<f32> = (0..c).map(|i| if i % 2 == 0 { 0.0 } else { rng.normal() as f32 }).collect();
+        let dy: Vec<f32> = (0..rows * c).map(|_| rng.normal() as f32).collect();
+        let on = |b: &CudaBackend, v: &[f32], s: &[usize]| Tensor::from_f32(b, v, s, DType::F32).unwrap();
+        let (xg, gg, bg, dyg) = (on(&dev, &x, &[rows, c]), on(&dev, &gamma, &[c]), on(&dev, &beta, &[c]), on(&dev, &dy, &[rows, c]));
+        let (y, saved) = ops::batchnorm_train_tail(&xg, Some(&gg), Some(&bg), None, 1e-5, None, true).unwrap();
+        let (dx, dgb, _) = ops::batchnorm_bwd_tail(&xg, &dyg, Some(&y), Some(&gg), Some(&bg), &saved, true, false).unwrap();
+        let yv = y.to_f32().unwrap();
+        let tiny = yv.iter().filter(|&&v| v > 0.0 && v < 1e-5).count();
+        let zeros_at_mean = (0..rows * c).filter(|&i| (i / c) % 3 == 1 && yv[i] == 0.0).count();
+        assert!(tiny > 0 && zeros_at_mean > 0, "{c} channels: the boundary is exercised ({tiny} tiny outputs, {zeros_at_mean} zeros at the mean)");
+        let host = |t: &Tensor<CudaBackend>, s: &[usize]| Tensor::from_f32(&cpu, &t.to_f32().unwrap(), s, DType::F32).unwrap();
+        let saved_cpu = ops::BnSaved { mean: host(&saved.mean, &[c]), invstd: host(&saved.invstd, &[c]) };
+        let hc = |v: &[f32], s: &[usize]| Tensor::from_f32(&cpu, v, s, DType::F32).unwrap();
+        let (rdx, rdgb, _) = ops::batchnorm_bwd_tail(
+            &hc(&x, &[rows, c]), &hc(&dy, &[rows, c]), Some(&hc(&yv, &[rows, c])), Some(&hc(&gamma, &[c])), Some(&hc(&beta, &[c])), &saved_cpu, true, false,
+        )
+        .unwrap();
+        let f64s = |t: &dyn Fn() -> Vec<f32>| t().into_iter().map(f64::from).collect::<Vec<f64>>();
+        let ((dg, db), (rdg, rdb)) = (dgb.unwrap(), rdgb.unwrap());
+        for (what, got, want) in [
+            ("dx", f64s(&|| dx.to_f32().unwrap()), f64s(&|| rdx.to_f32().unwrap())),
+            ("dgamma", f64s(&|| dg.to_f32().unwrap()), f64s(&|| rdg.to_f32().unwrap())),
+            ("dbeta", f64s(&|| db.to_f32().unwrap()), f64s(&|| rdb.to_f32().unwrap())),
+        ] {
+            let e = common::rel_l2(&got, &want);
+            println!("{c} channels, {tiny} tiny outputs, {zeros_at_mean} zeros at the mean: {what} relative L2 {e:.1e}");
+            assert!(e < 1e-5, "{c} channels: {what} relative L2 {e:.2e} against the CPU given the forward's own y");
+        }
     }
 }
 

@@ -308,7 +308,7 @@ fn bf16_convolution_output_for_batch_norm_is_stored_as_bf16() {
         let fwd: Vec<String> = dev.take_launches().into_iter().map(|l| l.kernel).collect();
         let dy = full(y.shape());
         dev.take_launches();
-        let (dx, dgb, _) = ops::batchnorm_bwd_tail(&c, &dy, Some(&y), Some(&g), &saved, true, false).unwrap();
+        let (dx, dgb, _) = ops::batchnorm_bwd_tail(&c, &dy, Some(&y), Some(&g), Some(&b), &saved, true, false).unwrap();
         let bwd: Vec<String> = dev.take_launches().into_iter().map(|l| l.kernel).collect();
         let (dgamma, dbeta) = dgb.unwrap();
         for t in [&y, &saved.mean, &saved.invstd, &dx, &dgamma, &dbeta] {

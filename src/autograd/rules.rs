@@ -13,7 +13,7 @@ pub enum Op<B: Backend> {
     Conv2d { x: Tensor<B>, w: Tensor<B>, dims: Conv2dDims },
     /// inputs: x, then gamma and beta when affine, then the residual when the fused tail has
     /// one; `relu_out` is the output when the tail ends in a ReLU (its mask)
-    BatchNorm { x: Tensor<B>, gamma: Option<Tensor<B>>, saved: BnSaved<B>, relu_out: Option<Tensor<B>>, residual: bool },
+    BatchNorm { x: Tensor<B>, gamma: Option<Tensor<B>>, beta: Option<Tensor<B>>, saved: BnSaved<B>, relu_out: Option<Tensor<B>>, residual: bool },
     /// inputs: x, gamma, beta
     LayerNorm { x: Tensor<B>, gamma: Tensor<B>, saved: BnSaved<B> },
     L2Normalize { x: Tensor<B>, norm: Tensor<B>, eps: f32 },
@@ -153,8 +153,9 @@ pub(super) fn backward<B: Backend>(op: &Op<B>, g: &Tensor<B>, needs: &[bool]) ->
             let dw = if need(1) { Some(ops::conv2d_weight_bwd(x, g, dims)?) } else { None };
             vec![dx, dw]
         }
-        Op::BatchNorm { x, gamma, saved, relu_out, residual } => {
-            let (dx, dgb, dres) = ops::batchnorm_bwd_tail(x, g, relu_out.as_ref(), gamma.as_ref(), saved, gamma.is_some(), *residual)?;
+        Op::BatchNorm { x, gamma, beta, saved, relu_out, residual } => {
+            let (dx, dgb, dres) =
+                ops::batchnorm_bwd_tail(x, g, relu_out.as_ref(), gamma.as_ref(), beta.as_ref(), saved, gamma.is_some(), *residual)?;
             let mut out = vec![Some(dx)];
             if let Some((dg, db)) = dgb {
                 out.extend([Some(dg), Some(db)]);

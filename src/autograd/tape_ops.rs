@@ -78,6 +78,7 @@ impl<B: Backend> Tape<B> {
         let op = || Op::BatchNorm {
             x: x.value.clone(),
             gamma: affine.map(|a| a.0.value.clone()),
+            beta: affine.map(|a| a.1.value.clone()),
             saved,
             relu_out: relu.then(|| y.clone()),
             residual: residual.is_some(),

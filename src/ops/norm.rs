@@ -182,16 +182,18 @@ pub fn batchnorm_eval_tail<B: Backend>(
 pub fn batchnorm_bwd<B: Backend>(
     x: &Tensor<B>, dy: &Tensor<B>, gamma: Option<&Tensor<B>>, saved: &BnSaved<B>, affine: bool,
 ) -> Result<(Tensor<B>, Option<(Tensor<B>, Tensor<B>)>)> {
-    let (dx, dgb, _) = batchnorm_bwd_tail(x, dy, None, gamma, saved, affine, false)?;
+    let (dx, dgb, _) = batchnorm_bwd_tail(x, dy, None, gamma, None, saved, affine, false)?;
     Ok((dx, dgb))
 }
 
 /// Gradients of a batch norm (train mode) with a fused tail: `relu_out` is the forward output
-/// when the tail ended in a ReLU. Returns dx, (dgamma, dbeta) when `affine`, and the residual's
-/// gradient when `residual` (dy masked by the ReLU; dy itself without one).
+/// when the tail ended in a ReLU; `beta` the forward's (NormOps::batchnorm_bwd). Returns dx,
+/// (dgamma, dbeta) when `affine`, and the residual's gradient when `residual` (dy masked by the
+/// ReLU; dy itself without one).
+#[allow(clippy::too_many_arguments)]
 pub fn batchnorm_bwd_tail<B: Backend>(
-    x: &Tensor<B>, dy: &Tensor<B>, relu_out: Option<&Tensor<B>>, gamma: Option<&Tensor<B>>, saved: &BnSaved<B>, affine: bool,
-    residual: bool,
+    x: &Tensor<B>, dy: &Tensor<B>, relu_out: Option<&Tensor<B>>, gamma: Option<&Tensor<B>>, beta: Option<&Tensor<B>>, saved: &BnSaved<B>,
+    affine: bool, residual: bool,
 ) -> Result<BnGrads<B>> {
     const OP: &str = "batchnorm_bwd";
     let dtype = bn_dtype(OP, x)?;
@@ -212,6 +214,7 @@ pub fn batchnorm_bwd_tail<B: Backend>(
         dy.storage(),
         relu_out.map(|t| t.storage()),
         gamma.map(|t| t.storage()),
+        beta.map(|t| t.storage()),
         saved.mean.storage(),
         saved.invstd.storage(),
         dx.storage(),

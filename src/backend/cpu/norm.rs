@@ -338,7 +338,8 @@ impl NormOps for CpuBackend {
     }
 
     fn batchnorm_bwd(
-        &self, x: &CpuStorage, dy: &CpuStorage, relu_out: Option<&CpuStorage>, gamma: Option<&CpuStorage>, save_mean: &CpuStorage,
+        &self, x: &CpuStorage, dy: &CpuStorage, relu_out: Option<&CpuStorage>, gamma: Option<&CpuStorage>, _beta: Option<&CpuStorage>,
+        save_mean: &CpuStorage,
         save_invstd: &CpuStorage, dx: &CpuStorage, dresidual: Option<&CpuStorage>, dgamma: Option<&CpuStorage>, dbeta: Option<&CpuStorage>,
         d: &NormDims,
     ) -> Result<()> {

@@ -178,8 +178,8 @@ impl NormOps for CudaBackend {
 
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_bwd(
-        &self, x: &CudaStorage, dy: &CudaStorage, relu_out: Option<&CudaStorage>, gamma: Option<&CudaStorage>, mean: &CudaStorage,
-        invstd: &CudaStorage, dx: &CudaStorage, dresidual: Option<&CudaStorage>, dgamma: Option<&CudaStorage>, dbeta: Option<&CudaStorage>,
+        &self, x: &CudaStorage, dy: &CudaStorage, relu_out: Option<&CudaStorage>, gamma: Option<&CudaStorage>, beta: Option<&CudaStorage>,
+        mean: &CudaStorage, invstd: &CudaStorage, dx: &CudaStorage, dresidual: Option<&CudaStorage>, dgamma: Option<&CudaStorage>, dbeta: Option<&CudaStorage>,
         d: &NormDims,
     ) -> Result<()> {
         let (rows, c) = (d.rows, d.channels);
@@ -188,28 +188,19 @@ impl NormOps for CudaBackend {
         }
         // sums = (sum dy, sum dy xhat) = (dbeta, dgamma)
         let sums = self.scratch(2 * c)?;
-        let inputs = [ptr(x), ptr(dy), opt_ptr(relu_out), ptr(mean), ptr(invstd)];
+        // A ReLU tail without residual: y = relu(x * scale + shift), so both passes recompute
+        // where y was positive from x (ReluMask in kernels/norm.cu, bit for bit the forward's
+        // values) instead of reading y: 4 bytes per element each.
+        let from_x = relu_out.is_some() && dresidual.is_none();
+        let relu = [if from_x { Arg::Ptr(0) } else { opt_ptr(relu_out) }, opt_ptr(gamma), opt_ptr(beta), Arg::I32(from_x as i32)];
+        let mut inputs = vec![ptr(x), ptr(dy)];
+        inputs.extend(relu);
+        inputs.extend([ptr(mean), ptr(invstd)]);
         let stats = for_x(x, "batchnorm_stats_bwd_f32", "batchnorm_stats_bwd_bf16");
         column_stats(self, stats, &inputs, rows, c, &[ptr(&sums), opt_ptr(dbeta), opt_ptr(dgamma)])?;
         let n = rows * c;
-        self.launch_over(
-            for_x(x, "batchnorm_dx_bwd_f32", "batchnorm_dx_bwd_bf16"),
-            n,
-            &[
-                ptr(x),
-                ptr(dy),
-                opt_ptr(relu_out),
-                opt_ptr(gamma),
-                ptr(mean),
-                ptr(invstd),
-                ptr(&sums),
-                ptr(dx),
-                opt_ptr(dresidual),
-                i64a(n),
-                i32a(OP, c)?,
-                i32a(OP, rows)?,
-            ],
-        )
+        inputs.extend([ptr(&sums), ptr(dx), opt_ptr(dresidual), i64a(n), i32a(OP, c)?, i32a(OP, rows)?]);
+        self.launch_over(for_x(x, "batchnorm_dx_bwd_f32", "batchnorm_dx_bwd_bf16"), n, &inputs)
     }
 
     fn l2_normalize_fwd(&self, x: &CudaStorage, y: &CudaStorage, norm: &CudaStorage, d: &NormDims) -> Result<()> {

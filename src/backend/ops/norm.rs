@@ -67,11 +67,13 @@ pub trait NormOps: CoreOps {
     ) -> Result<()>;
     /// dgamma / dbeta are written when given (affine batch norm). `relu_out`: the forward output
     /// when its tail ended in a ReLU, so dy counts only where it is positive; that masked dy is
-    /// also the residual's gradient, written to `dresidual` when given.
+    /// also the residual's gradient, written to `dresidual` when given. `beta` (with gamma, the
+    /// saved statistics and x) lets a backend recompute where a tail without residual passed the
+    /// ReLU instead of reading relu_out (CUDA).
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_bwd(
         &self, x: &Self::Storage, dy: &Self::Storage, relu_out: Option<&Self::Storage>, gamma: Option<&Self::Storage>,
-        save_mean: &Self::Storage, save_invstd: &Self::Storage, dx: &Self::Storage, dresidual: Option<&Self::Storage>,
+        beta: Option<&Self::Storage>, save_mean: &Self::Storage, save_invstd: &Self::Storage, dx: &Self::Storage, dresidual: Option<&Self::Storage>,
         dgamma: Option<&Self::Storage>, dbeta: Option<&Self::Storage>, d: &NormDims,
     ) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
