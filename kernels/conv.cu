@@ -61,6 +61,7 @@ struct ConvFwdLoader {
     static constexpr bool A_K_FAST = true;  // c is contiguous in x
     static constexpr bool B_K_FAST = true;  // a weight row is contiguous
     static constexpr bool A_VEC = false, B_VEC = false;
+    static constexpr bool A_MN = false, B_MN = false;
     const float* x;
     const float* wt;
     ConvDims d;
@@ -134,6 +135,7 @@ DEV u32 tap_mask(int lo, int step, int taps, int n) {
 struct ConvFwdTapLoader {
     static constexpr bool A_K_FAST = true, B_K_FAST = true;
     static constexpr bool A_VEC = true, B_VEC = true;
+    static constexpr bool A_MN = false, B_MN = false;
     const float* x;
     const float* wt;
     ConvDims d;
@@ -214,6 +216,7 @@ struct ConvBwdDataLoader {
     static constexpr bool A_K_FAST = true;   // o is contiguous in dy
     static constexpr bool B_K_FAST = false;  // c is contiguous in the weight
     static constexpr bool A_VEC = false, B_VEC = false;
+    static constexpr bool A_MN = false, B_MN = false;
     const float* dy;
     const float* wt;
     ConvDims d;
@@ -282,6 +285,7 @@ struct ConvBwdDataLoader {
 struct ConvBwdDataTapLoader {
     static constexpr bool A_K_FAST = true, B_K_FAST = false;
     static constexpr bool A_VEC = true, B_VEC = false;
+    static constexpr bool A_MN = false, B_MN = false;
     const float* dy;
     const float* wt;
     ConvDims d;
@@ -353,6 +357,7 @@ struct ConvBwdWeightLoader {
     static constexpr bool A_K_FAST = false;  // o (the row) is contiguous in dy
     static constexpr bool B_K_FAST = false;  // q (the column) is contiguous in x
     static constexpr bool A_VEC = false, B_VEC = false;
+    static constexpr bool A_MN = false, B_MN = false;
     const float* x;
     const float* dy;
     ConvDims d;
@@ -409,92 +414,85 @@ struct ConvBwdWeightLoader {
     };
 };
 
-// backward-weight for a pixel count (k) that is a multiple of BK: A = dy is a PieceOperand; B
-// = col(x) keeps, per element (pixels p, p + 4, p + 8, p + 12 of each piece, the same across a
-// warp), the pixel's top-left tap as a pointer and its input row and column, and per thread its
-// column's tap (ki, kj) and offset: two unsigned compares and a 64-bit add per element, then an
-// advance by 16 pixels with at most ceil(16 / ow) row carries. No division, no 64-bit multiply.
-struct ConvBwdWeightPieceLoader {
+// backward-weight in 16-byte chunks, for a pixel count (k) that is a multiple of BK and output
+// and input channels per group (og, cg) that are multiples of 4: both operands are MN-major
+// (TcTile::mn_at). A = dy [o, p]: 4 consecutive o of one pixel are adjacent; B = col(x) [p, q]:
+// 4 consecutive q are 4 channels of one tap of one pixel, adjacent in x, inside the image or
+// not as a whole. Per thread and piece: one chunk of each (chunk_coord: rows mn .. mn + 3 at
+// pixel k0 + kk, then 16 pixels on per piece), so per piece a pointer step for A, and for B two
+// unsigned compares, a 64-bit add and the pixel's advance by 16 (at most ceil(16 / ow) row
+// carries). No division, no 64-bit multiply, no per-element test in the main loop.
+struct ConvBwdWeightChunkLoader {
     static constexpr bool A_K_FAST = false, B_K_FAST = false;
     static constexpr bool A_VEC = false, B_VEC = false;
+    static constexpr bool A_MN = true, B_MN = true;
     const float* x;
     const float* dy;
     ConvDims d;
     int g;
+    // A Thread holds only what differs between threads and pieces; addr reads the shapes from
+    // the loader (the kernel's parameters), so that two pieces' worth of them take no registers
+    // through the main loop (the 128 x 128 kernel spilled with them).
     struct Thread {
         Thread() = default;
-        PieceOperand<false, BM> a;
-        const float* px[4];  // x at pixel r's top-left input tap (iy0, ix0), channel g * cg + c
-        int iy0[4], ix0[4];  // (oy sh - ph, ox sw - pw): the output pixel, as its input tap
-        bool col;            // the column is inside [0, N)
-        int ki, kj, tap;     // the column's tap and its offset (ki w + kj) c_in
-        int k, k1, sh, sw, ow, oh, h, w, ix_end, iy_end;  // ix0 at ox = ow, iy0 at oy = oh
-        i64 step_x, row_x, img_x;  // pointer steps: 16 output columns, one output row, one image
-        DEVM Thread(const ConvBwdWeightPieceLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
+        const float* pa;  // dy at this thread's pixel and chunk's first channel; null: outside [0, M)
+        const float* px;  // x at the pixel's top-left input tap (iy0, ix0), the chunk's first channel
+        int iy0, ix0;     // (oy sh - ph, ox sw - pw): the output pixel, as its input tap
+        int tap;          // the chunk's tap offset (ki w + kj) c_in; -1: outside [0, N)
+        int ki, kj, k, k1;
+        DEVM Thread(const ConvBwdWeightChunkLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
             const ConvDims& d = l.d;
             const int og = d.c_out / d.groups, cg = d.c_in / d.groups;
-            a = PieceOperand<false, BM>(l.dy + (i64)l.g * og, 1, d.c_out, m0, M, k0, k1_);
-            k = (int)k0, k1 = (int)k1_, sh = d.sh, sw = d.sw, ow = d.ow, oh = d.oh, h = d.h, w = d.w;
-            ix_end = d.ow * d.sw - d.pw, iy_end = d.oh * d.sh - d.ph;
-            int j, kk;
-            tile_coord<false, BN>(threadIdx.x, 0, j, kk);
-            const int q = n0 + j;
-            col = q < N;
-            const int c = col ? q % cg : 0, t = col ? q / cg : 0;
+            k = (int)k0, k1 = (int)k1_;
+            int mn, kk;
+            chunk_coord(threadIdx.x, mn, kk);
+            const int p = (int)k0 + kk, o = m0 + mn, q = n0 + mn;
+            pa = o < M ? l.dy + (i64)p * d.c_out + (i64)l.g * og + o : nullptr;
+            const int c = q < N ? q % cg : 0, t = q < N ? q / cg : 0;
             ki = t / d.kw, kj = t % d.kw;
-            tap = (ki * d.w + kj) * d.c_in;
-            step_x = (i64)BK * d.sw * d.c_in;
-            row_x = (i64)d.sh * d.w * d.c_in - (i64)d.ow * d.sw * d.c_in;        // ox -= ow, oy += 1
-            img_x = (i64)(d.h - d.oh * d.sh) * d.w * d.c_in;                      // oy -= oh, img += 1
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const int p = (int)k0 + kk + 4 * r;
-                const int ox = p % d.ow, oy = (p / d.ow) % d.oh, img = p / (d.ow * d.oh);
-                iy0[r] = oy * d.sh - d.ph, ix0[r] = ox * d.sw - d.pw;
-                px[r] = l.x + (i64)l.g * cg + c + (((i64)img * d.h + iy0[r]) * d.w + ix0[r]) * d.c_in;
-            }
+            tap = q < N ? (ki * d.w + kj) * d.c_in : -1;
+            const int ox = p % d.ow, oy = (p / d.ow) % d.oh, img = p / (d.ow * d.oh);
+            iy0 = oy * d.sh - d.ph, ix0 = ox * d.sw - d.pw;
+            px = l.x + (i64)l.g * cg + c + (((i64)img * d.h + iy0) * d.w + ix0) * d.c_in;
         }
-        DEVM void addr(const float** pa, const float** pb) {
-            a.addr(pa);
-            const bool kin = col && k < k1;
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const bool in = kin && (unsigned)(iy0[r] + ki) < (unsigned)h && (unsigned)(ix0[r] + kj) < (unsigned)w;
-                pb[r] = in ? px[r] + tap : nullptr;
-                ix0[r] += BK * sw, px[r] += step_x;
-                while (ix0[r] >= ix_end) {
-                    ix0[r] -= ow * sw, px[r] += row_x;
-                    iy0[r] += sh;
-                    if (iy0[r] == iy_end) iy0[r] -= oh * sh, px[r] += img_x;
-                }
+        DEVM void addr(const ConvBwdWeightChunkLoader& l, const float** pa_out, const float** pb_out) {
+            const ConvDims& d = l.d;
+            const bool kin = k < k1;
+            pa_out[0] = kin ? pa : nullptr;
+            if (pa) pa += (i64)BK * d.c_out;
+            const bool in = kin && tap >= 0 && (unsigned)(iy0 + ki) < (unsigned)d.h && (unsigned)(ix0 + kj) < (unsigned)d.w;
+            pb_out[0] = in ? px + tap : nullptr;
+            // 16 output pixels on: columns, then rows (ox -= ow, oy += 1), then images (oy -= oh).
+            ix0 += BK * d.sw, px += (i64)BK * d.sw * d.c_in;
+            while (ix0 >= d.ow * d.sw - d.pw) {
+                ix0 -= d.ow * d.sw, px += ((i64)d.sh * d.w - (i64)d.ow * d.sw) * d.c_in;
+                iy0 += d.sh;
+                if (iy0 == d.oh * d.sh - d.ph) iy0 -= d.oh * d.sh, px += (i64)(d.h - d.oh * d.sh) * d.w * d.c_in;
             }
             k += BK;
         }
     };
 };
 
-// The loaders of a block tile: the 128-row tiles take the tap and piece loaders (the Rust side
+// The chunk loader's Thread reads the shapes from its loader.
+DEV void loader_addr(ConvBwdWeightChunkLoader::Thread& th, const ConvBwdWeightChunkLoader& l, const float** pa, const float** pb) {
+    th.addr(l, pa, pb);
+}
+
+// The loaders of a block tile: the 128-row tiles take the tap and chunk loaders (the Rust side
 // gives them only convolutions whose pieces lie inside one tap, or for backward-weight, whose
-// pixel count is a multiple of BK), 64 x 64 and SIMT the general ones.
+// pixel count is a multiple of BK and channels per group multiples of 4), 64 x 64 and SIMT the
+// general ones (64 x 64 backward-weight has chunk kernels of its own too, the _chunks_ ones).
 template <class TILE>
 struct ConvLoaders {
     typedef ConvFwdTapLoader Fwd;
     typedef ConvBwdDataTapLoader BwdData;
-    typedef ConvBwdWeightPieceLoader BwdWeight;
+    typedef ConvBwdWeightChunkLoader BwdWeight;
 };
 template <>
 struct ConvLoaders<Tile64> {
     typedef ConvFwdLoader Fwd;
     typedef ConvBwdDataLoader BwdData;
-    typedef ConvBwdWeightLoader BwdWeight;
-};
-// 128 x 64 backward-weight keeps the general loader: the piece loader's pixel state, kept by both
-// row pieces though only one loads B, takes it from 128 registers (two blocks per SM) to 160
-// (one), for 63.6 -> 51.8 instructions per MMA (bf16).
-template <>
-struct ConvLoaders<Tile128x64> {
-    typedef ConvFwdTapLoader Fwd;
-    typedef ConvBwdDataTapLoader BwdData;
     typedef ConvBwdWeightLoader BwdWeight;
 };
 
@@ -543,7 +541,8 @@ DEV void conv_bwd_data_impl(const float* dy, const float* wt, float* out, float*
                         MATH == GEMM_BF16, ColStats{nullptr, 0, 0}, add ? add + at : nullptr);
 }
 
-template <int MATH, class TILE>
+// L: the tile's loader (ConvLoaders), or the chunk loader on 64 x 64 (the _chunks_ kernels).
+template <int MATH, class TILE, class L>
 DEV void conv_bwd_weight_impl(const float* x, const float* dy, float* out, float* part, i64 split_stride, ConvDims d, int splits,
                               int* arrivals) {
     auto& s = gemm_smem<typename SmemOf<MATH, TILE>::T>();
@@ -554,9 +553,32 @@ DEV void conv_bwd_weight_impl(const float* x, const float* dy, float* out, float
     i64 k0, k1;
     split_range(K, splits, sp, k0, k1);
     const i64 at = (i64)g * og * kcols;
-    typedef typename ConvLoaders<TILE>::BwdWeight L;
     gemm_block<L, MATH>(s, L{x, dy, d, g}, og, (int)kcols, k0, k1, out + at, DenseRows{kcols},
                         SplitK{out, part, split_stride, splits, 1, arrivals}, MATH == GEMM_BF16);
+}
+
+// Backward-weight, with the blocks per SM its tile's plan assumes (conv.rs, weight_plan) as
+// the register bound: ptxas left alone capped the 128 x 128 chunk kernels at 128 registers and
+// spilled. L: the tile's loader, or the chunk loader on 64 x 64 (the _chunks_ kernels: a pixel
+// count that is a multiple of BK, channels per group multiples of 4), where the general one
+// (any shape) tests and divides per element.
+template <class TILE>
+struct WeightBlocksPerSm {
+    static constexpr int value = TILE::MB * TILE::NB == 4 ? 1 : TILE::MB * TILE::NB == 2 ? 2 : 3;
+};
+#define CONV_WEIGHT_KERNEL(name, MATH, TILE, L)                                                                    \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, WeightBlocksPerSm<TILE>::value)                     \
+        name(const float* x, const float* dy, float* out, float* part, i64 split_stride, ConvDims d, int splits,   \
+             int* arrivals) {                                                                                      \
+        conv_bwd_weight_impl<MATH, TILE, L>(x, dy, out, part, split_stride, d, splits, arrivals);                 \
+    }
+
+// The SIMT backward-weight keeps ptxas's own register choice (80, three blocks per SM: with the
+// bound of three it spilled).
+template <int MATH, class TILE>
+DEV void conv_bwd_weight_impl_general(const float* x, const float* dy, float* out, float* part, i64 split_stride, ConvDims d,
+                                      int splits, int* arrivals) {
+    conv_bwd_weight_impl<MATH, TILE, ConvBwdWeightLoader>(x, dy, out, part, split_stride, d, splits, arrivals);
 }
 
 #define CONV_KERNEL(name, impl, MATH, TILE, in0, in1)                                                             \
@@ -577,27 +599,30 @@ DEV void conv_bwd_weight_impl(const float* x, const float* dy, float* out, float
 // Exact FP32 (SIMT), the default.
 CONV_KERNEL(conv2d_fwd_f32, conv_fwd_impl, GEMM_SIMT, Tile64, x, wt)
 CONV_DATA_KERNEL(conv2d_data_bwd_f32, GEMM_SIMT, Tile64)
-CONV_KERNEL(conv2d_weight_bwd_f32, conv_bwd_weight_impl, GEMM_SIMT, Tile64, x, dy)
+CONV_KERNEL(conv2d_weight_bwd_f32, conv_bwd_weight_impl_general, GEMM_SIMT, Tile64, x, dy)
 // Tensor cores, one kernel per math (TF32 opt-in; BF16 for precision = "bf16": bf16 operands,
 // FP32 accumulation) and block tile (gemm_tile.cuh, TcTile).
 CONV_KERNEL(conv2d_tc_fwd_f32, conv_fwd_impl, GEMM_TF32, Tile64, x, wt)
 CONV_DATA_KERNEL(conv2d_tc_data_bwd_f32, GEMM_TF32, Tile64)
-CONV_KERNEL(conv2d_tc_weight_bwd_f32, conv_bwd_weight_impl, GEMM_TF32, Tile64, x, dy)
+CONV_WEIGHT_KERNEL(conv2d_tc_weight_bwd_f32, GEMM_TF32, Tile64, ConvLoaders<Tile64>::BwdWeight)
 CONV_KERNEL(conv2d_tc_m128n128_fwd_f32, conv_fwd_impl, GEMM_TF32, Tile128, x, wt)
 CONV_DATA_KERNEL(conv2d_tc_m128n128_data_bwd_f32, GEMM_TF32, Tile128)
-CONV_KERNEL(conv2d_tc_m128n128_weight_bwd_f32, conv_bwd_weight_impl, GEMM_TF32, Tile128, x, dy)
+CONV_WEIGHT_KERNEL(conv2d_tc_m128n128_weight_bwd_f32, GEMM_TF32, Tile128, ConvLoaders<Tile128>::BwdWeight)
 CONV_KERNEL(conv2d_tc_m128n64_fwd_f32, conv_fwd_impl, GEMM_TF32, Tile128x64, x, wt)
 CONV_DATA_KERNEL(conv2d_tc_m128n64_data_bwd_f32, GEMM_TF32, Tile128x64)
-CONV_KERNEL(conv2d_tc_m128n64_weight_bwd_f32, conv_bwd_weight_impl, GEMM_TF32, Tile128x64, x, dy)
+CONV_WEIGHT_KERNEL(conv2d_tc_m128n64_weight_bwd_f32, GEMM_TF32, Tile128x64, ConvLoaders<Tile128x64>::BwdWeight)
 CONV_KERNEL(conv2d_fwd_bf16, conv_fwd_impl, GEMM_BF16, Tile64, x, wt)
 CONV_DATA_KERNEL(conv2d_data_bwd_bf16, GEMM_BF16, Tile64)
-CONV_KERNEL(conv2d_weight_bwd_bf16, conv_bwd_weight_impl, GEMM_BF16, Tile64, x, dy)
+CONV_WEIGHT_KERNEL(conv2d_weight_bwd_bf16, GEMM_BF16, Tile64, ConvLoaders<Tile64>::BwdWeight)
 CONV_KERNEL(conv2d_m128n128_fwd_bf16, conv_fwd_impl, GEMM_BF16, Tile128, x, wt)
 CONV_DATA_KERNEL(conv2d_m128n128_data_bwd_bf16, GEMM_BF16, Tile128)
-CONV_KERNEL(conv2d_m128n128_weight_bwd_bf16, conv_bwd_weight_impl, GEMM_BF16, Tile128, x, dy)
+CONV_WEIGHT_KERNEL(conv2d_m128n128_weight_bwd_bf16, GEMM_BF16, Tile128, ConvLoaders<Tile128>::BwdWeight)
 CONV_KERNEL(conv2d_m128n64_fwd_bf16, conv_fwd_impl, GEMM_BF16, Tile128x64, x, wt)
 CONV_DATA_KERNEL(conv2d_m128n64_data_bwd_bf16, GEMM_BF16, Tile128x64)
-CONV_KERNEL(conv2d_m128n64_weight_bwd_bf16, conv_bwd_weight_impl, GEMM_BF16, Tile128x64, x, dy)
+CONV_WEIGHT_KERNEL(conv2d_m128n64_weight_bwd_bf16, GEMM_BF16, Tile128x64, ConvLoaders<Tile128x64>::BwdWeight)
+// 64 x 64 backward-weight in 16-byte chunks (what the 128-row tiles always take).
+CONV_WEIGHT_KERNEL(conv2d_tc_chunks_weight_bwd_f32, GEMM_TF32, Tile64, ConvBwdWeightChunkLoader)
+CONV_WEIGHT_KERNEL(conv2d_chunks_weight_bwd_bf16, GEMM_BF16, Tile64, ConvBwdWeightChunkLoader)
 // The forward pass with batch norm's statistics in its epilogue (Backend::conv2d_batchnorm_fwd_train).
 // The bf16 ones store their output as bf16 (OUT16): only batch norm reads it, as bf16.
 #define CONV_BN_KERNEL(name, MATH, TILE, OUT16)                                                                    \

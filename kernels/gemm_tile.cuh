@@ -25,6 +25,10 @@
 //     loader promises that a thread's 4 elements are always one aligned 16-byte chunk, all in
 //     range or all not, and gives only p[0] (the chunk, or null for zeros); the copy is then one
 //     16-byte cp.async with no per-element test;
+//   static constexpr bool A_MN / B_MN (tensor-core loop only): the operand's 4 consecutive rows
+//     (m of A, n of B) at one k are one aligned 16-byte chunk, all in range or all not; the
+//     thread gives only p[0] for its chunk (chunk_coord), which lands in an MN-major stage (see
+//     TcTile::mn_at) whose fragments are read a float at a time;
 //   a type Thread, made once per thread and block by Thread(loader, M, N, m0, n0, k0, k1), whose
 //     addr(pa, pb) gives where this thread's 4 + 4 elements of the next BK-deep tile pair are
 //     (null for zeros: outside [0, M) x [k0, k1) and [k0, k1) x [0, N), and padding). Tiles are
@@ -88,6 +92,15 @@ struct TcTile {
         const int mask = TK == 16 ? (row >> 1) & 3 : ((row & 1) << 2) | ((row >> 1) & 3);
         return row * TK + (((k >> 2) ^ mask) << 2) + (k & 3);
     }
+    // An MN-major operand (the loader's A_MN / B_MN: rows contiguous in memory, as dy and col(x)
+    // are in backward-weight) sits [k][mn] in its stage, rows of `width` + MN_PAD floats. Its
+    // 16-byte copies move 4 consecutive rows at one k, a quarter warp 8 chunks of one k row: 128
+    // contiguous bytes. Its fragments are read a float at a time (no ldmatrix transposes 32-bit
+    // elements), lane (g, t) at (k + t, mn + g): a row stride of 8 mod 32 banks puts the 4 k and
+    // 8 rows of one read on 32 distinct banks. The offsets are linear, so a lane's reads are one
+    // base and immediate offsets.
+    static constexpr int MN_PAD = 8;
+    DEVM static int mn_at(int k, int mn, int width) { return k * (width + MN_PAD) + mn; }
 };
 // The variants (src/backend/cuda/matmul.rs, `Tile`, picks one per launch).
 typedef TcTile<1, 1, 1> Tile64;      // 64 x 64 x 16: grids too small for the big tiles, split-K
@@ -96,8 +109,9 @@ typedef TcTile<2, 1, 2> Tile128x64;  // 128 x 64 x 32: outputs at most 64 wide
 
 template <class T>
 struct __align__(16) GemmSmemTc {
-    float a[STAGES][T::TM * T::TK];  // [m][k], swizzled: TcTile::at
-    float b[STAGES][T::TN * T::TK];  // [n][k]
+    // [m][k], swizzled (TcTile::at), or [k][m] with padded rows (TcTile::mn_at, A_MN).
+    float a[STAGES][(T::TM + T::MN_PAD) * T::TK];
+    float b[STAGES][(T::TN + T::MN_PAD) * T::TK];  // [n][k] or [k][n]
 };
 
 // The shared memory of a GEMM of math MATH and tile TILE (SIMT: always 64 x 64 x 16).
@@ -121,7 +135,7 @@ DEV u32 dynamic_smem_bytes() {
 #endif
 }
 
-// The block's GEMM shared memory. It is dynamic: the 128-row tiles' pipeline takes 96 KB,
+// The block's GEMM shared memory. It is dynamic: the 128-row tiles' pipeline takes 102 KB,
 // over the 48 KB a static declaration may hold. The launch asks for sizeof(T) (gemm_smem_bytes
 // in src/backend/cuda/matmul.rs, the same formula); a launch that gives less traps rather than
 // overrun.
@@ -148,6 +162,14 @@ DEV void tile_coord(int tid, int r, int& mn, int& kk) {
         mn = e % W;
         kk = e / W;
     }
+}
+
+// The 16-byte chunk a thread copies of an MN-major operand's BM x BK (or BK x BN) piece: rows
+// mn .. mn + 3 at k index kk, 16 chunks per k row, 16 rows of k.
+DEV void chunk_coord(int tid, int& mn, int& kk) {
+    static_assert(BM == 64 && BN == 64 && BK * BM / 4 == GEMM_THREADS, "one chunk per thread and piece");
+    mn = 4 * (tid % (BM / 4));
+    kk = tid / (BM / 4);
 }
 
 // Whether a thread's four element pointers are one aligned run of 4 floats (a K_FAST operand
@@ -187,7 +209,7 @@ struct StridedOperand {
     }
 };
 
-// An operand of the 128-row tiles' loaders (MatmulLoader<.., PieceOperand>, ConvBwdWeightPieceLoader's dy),
+// An operand of the 128-row matmul tiles' loader (MatmulLoader<.., PieceOperand>),
 // whose element (mn, k) is P[mn * mn_stride + k * k_stride], for a reduction whose every BK-deep
 // piece is inside [k0, k1) as a whole (the Rust side routes the rest to 64 x 64 tiles), with the
 // rows of a K_FAST operand 16-byte aligned (the pool's buffers are 256-byte aligned). Per
@@ -432,8 +454,14 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
 // is (row0, k0) of the stage: one 16-byte cp.async when they are one aligned run along k (a
 // chunk of the tile row, TcTile::at) or all zeros (padding, past k1 or M: one zero-fill, so the
 // warp's stores stay one instruction), else one 4-byte cp.async each.
-template <bool K_FAST, int W, class T, bool VEC = false>
+template <bool K_FAST, int W, class T, bool VEC = false, bool MN = false, int WIDTH = 0>
 DEV void issue_operand(float* stage, int row0, int k0, const float* const* p) {
+    if (MN) {  // one 16-byte chunk of 4 rows at one k (TcTile::mn_at; WIDTH: TM or TN)
+        int mn, kk;
+        chunk_coord(threadIdx.x, mn, kk);
+        cp_async_f32x4(&stage[T::mn_at(k0 + kk, row0 + mn, WIDTH)], p[0]);
+        return;
+    }
     // Element r is (i, kt + r) (K_FAST: one chunk) or (i, kt + 4 r) with kt < 4 (tile_coord), and
     // row0 is a multiple of 8: at(row0 + i, k0 + kk) is row0 TK + (at(i, kt) ^ (k0 + ...)).
     static_assert(K_FAST || W * 4 == GEMM_THREADS, "element r of a thread is 4 r further along k");
@@ -454,19 +482,25 @@ DEV void issue_operand(float* stage, int row0, int k0, const float* const* p) {
     for (int r = 0; r < 4; ++r) cp_async_f32(&rows[K_FAST ? (lane ^ k0) + r : lane ^ (k0 + 4 * r)], p[r]);
 }
 
+// A loader Thread's addr (a loader whose Thread reads shapes from the loader overloads this).
+template <class Th, class L>
+DEV void loader_addr(Th& th, const L&, const float** pa, const float** pb) {
+    th.addr(pa, pb);
+}
+
 // Issues the cp.asyncs of the next tile pair into pipeline stage `st`: KB k steps, each from
 // every piece's loader Thread (one past MB or NB computes addresses nobody loads).
 template <class L, class T>
-DEV void issue_tile(GemmSmemTc<T>& s, typename L::Thread* th, int st) {
+DEV void issue_tile(GemmSmemTc<T>& s, const L& ld, typename L::Thread* th, int st) {
 #pragma unroll
     for (int kb = 0; kb < T::KB; ++kb)
 #pragma unroll
         for (int p = 0; p < T::PIECES; ++p) {
             const float* pa[4];
             const float* pb[4];
-            th[p].addr(pa, pb);
-            if (p < T::MB) issue_operand<L::A_K_FAST, BM, T, L::A_VEC>(s.a[st], p * BM, kb * BK, pa);
-            if (p < T::NB) issue_operand<L::B_K_FAST, BN, T, L::B_VEC>(s.b[st], p * BN, kb * BK, pb);
+            loader_addr(th[p], ld, pa, pb);
+            if (p < T::MB) issue_operand<L::A_K_FAST, BM, T, L::A_VEC, L::A_MN, T::TM>(s.a[st], p * BM, kb * BK, pa);
+            if (p < T::NB) issue_operand<L::B_K_FAST, BN, T, L::B_VEC, L::B_MN, T::TN>(s.b[st], p * BN, kb * BK, pb);
         }
 }
 
@@ -476,8 +510,9 @@ DEV void issue_tile(GemmSmemTc<T>& s, typename L::Thread* th, int st) {
 // q = {B(t, g), B(4 + t, g), B(8 + t, g), B(12 + t, g)} (g = lane / 4, t = lane % 4). TF32 uses
 // these as its two k8 fragments directly. BF16 pairs physical k (t, t + 4) as the fragment's
 // logical k (2t, 2t + 1), and (8 + t, 12 + t) as (2t + 8, 2t + 9), in A and B alike: the same
-// permutation of k on both sides, so the product is the same sum.
-template <int MATH, class T>
+// permutation of k on both sides, so the product is the same sum. An MN-major operand (A_MN,
+// B_MN: TcTile::mn_at) gives the same words, read a float at a time.
+template <int MATH, class T, bool A_MN = false, bool B_MN = false>
 DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int wm = (warp / 4) * T::WM, wn = (warp % 4) * T::WN;
@@ -485,13 +520,36 @@ DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
     // This lane's ldmatrix rows: A's at (wm + (lj & 1) 8 + li, (lj >> 1) 4) plus 16 mt rows and
     // k kc + 8 h; B's at (wn + li, 4 lj) plus 8 nt rows and k kc (TcTile::at's XOR form).
     const int a_lane = T::at(wm + (lj & 1) * 8 + li, (lj >> 1) * 4), b_lane = T::at(wn + li, 4 * lj);
+    // MN-major: this lane's element (k t, row g) of the warp's rows, plus constants per word.
+    const int g = lane / 4, t = lane % 4;
+    const int a_mn = T::mn_at(t, wm + g, T::TM), b_mn = T::mn_at(t, wn + g, T::TN);
+    constexpr int AK = T::TM + T::MN_PAD, BKS = T::TN + T::MN_PAD;  // one k row of each
+    // A's words of m16 tile mt and k half h (ldmatrix's r, above) / B's of n8 tile nt (q).
+    auto a_words = [&](u32* r, int mt, int h, int kc) {
+        if (A_MN) {
+            const float* p = &s.a[st][a_mn + (kc + 8 * h) * AK + mt * 16];
+            r[0] = (u32)__float_as_int(p[0]), r[1] = (u32)__float_as_int(p[8]);
+            r[2] = (u32)__float_as_int(p[4 * AK]), r[3] = (u32)__float_as_int(p[4 * AK + 8]);
+        } else {
+            ldmatrix_x4(r, &s.a[st][(a_lane ^ (kc + h * 8)) + mt * 16 * T::TK]);
+        }
+    };
+    auto b_words = [&](u32* q, int nt, int kc) {
+        if (B_MN) {
+            const float* p = &s.b[st][b_mn + kc * BKS + nt * 8];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) q[j] = (u32)__float_as_int(p[4 * j * BKS]);
+        } else {
+            ldmatrix_x4(q, &s.b[st][(b_lane ^ kc) + nt * 8 * T::TK]);
+        }
+    };
 #pragma unroll
     for (int ks = 0; ks < T::KB; ++ks) {
         const int kc = ks * BK;
         // B first, packed; then one m16 tile at a time, so few fragment registers are live at once.
         u32 bq[T::NT][4];
 #pragma unroll
-        for (int nt = 0; nt < T::NT; ++nt) ldmatrix_x4(bq[nt], &s.b[st][(b_lane ^ kc) + nt * 8 * T::TK]);
+        for (int nt = 0; nt < T::NT; ++nt) b_words(bq[nt], nt, kc);
         if (MATH == GEMM_BF16) {
             u32 bf[T::NT][2];
 #pragma unroll
@@ -504,7 +562,7 @@ DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
                 u32 ar[2][4], af[4];
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    ldmatrix_x4(ar[h], &s.a[st][(a_lane ^ (kc + h * 8)) + mt * 16 * T::TK]);
+                    a_words(ar[h], mt, h, kc);
                     af[2 * h] = pack_bf16x2(word_as_float(ar[h][0]), word_as_float(ar[h][2]));
                     af[2 * h + 1] = pack_bf16x2(word_as_float(ar[h][1]), word_as_float(ar[h][3]));
                 }
@@ -524,7 +582,7 @@ DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
 #pragma unroll
                 for (int mt = 0; mt < T::MT; ++mt) {
                     u32 ar[4];
-                    ldmatrix_x4(ar, &s.a[st][(a_lane ^ (kc + h * 8)) + mt * 16 * T::TK]);
+                    a_words(ar, mt, h, kc);
 #pragma unroll
                     for (int e = 0; e < 4; ++e) ar[e] = to_tf32(word_as_float(ar[e]));
 #pragma unroll
@@ -554,7 +612,7 @@ DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1,
     const int tiles = k0 < k1 ? (int)((k1 - k0 + T::TK - 1) / T::TK) : 0;
 #pragma unroll
     for (int st = 0; st < STAGES - 1; ++st) {
-        if (st < tiles) issue_tile<L>(s, th, st);
+        if (st < tiles) issue_tile<L>(s, ld, th, st);
         cp_async_commit();
     }
     for (int kt = 0; kt < tiles; ++kt) {
@@ -562,9 +620,9 @@ DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1,
         // Tile kt is visible to every thread, and every warp is done with tile kt - 1, whose
         // stage the next issue refills.
         __syncthreads();
-        if (kt + STAGES - 1 < tiles) issue_tile<L>(s, th, (kt + STAGES - 1) % STAGES);
+        if (kt + STAGES - 1 < tiles) issue_tile<L>(s, ld, th, (kt + STAGES - 1) % STAGES);
         cp_async_commit();
-        mma_stage<MATH>(s, kt % STAGES, acc);
+        mma_stage<MATH, T, L::A_MN, L::B_MN>(s, kt % STAGES, acc);
     }
     cp_async_wait<0>();
 

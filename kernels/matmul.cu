@@ -17,6 +17,7 @@ struct MatmulLoader {
     static constexpr bool A_K_FAST = !TA;
     static constexpr bool B_K_FAST = TB;
     static constexpr bool A_VEC = OPERAND<A_K_FAST, BM>::VEC, B_VEC = OPERAND<B_K_FAST, BN>::VEC;
+    static constexpr bool A_MN = false, B_MN = false;
     const float* A;
     const float* B;
     int m, n;

@@ -305,12 +305,15 @@ fn bank_stats(name: &str) -> Option<[u64; 6]> {
 
 /// The tensor-core GEMM core and attention read and write shared memory without bank conflicts
 /// where they move 16 bytes: every ldmatrix read, and the cp.async stores of operands loaded 16
-/// bytes at a time along k (NHWC channels, row-major matmul rows, head dims). Counted by the emulator per warp
-/// instruction, as the GPU's wavefronts (4-byte stores of transposed operands are printed, not
-/// asserted: 32 rows at one k cannot all sit on distinct banks with 16-byte rows). Shapes reach
-/// all three block tiles, in bf16 and TF32, forward and both backwards; the counts also take in
-/// the launches of other tests in the same process. (Rows padded by 4 floats, the layout before
-/// the swizzle, took two wavefronts for every 16-byte store.)
+/// bytes at a time along k (NHWC channels, row-major matmul rows, head dims) or, in
+/// backward-weight's chunk loader, along the rows (4 channels of dy and of col(x) at one pixel).
+/// Counted by the emulator per warp instruction, as the GPU's wavefronts (4-byte stores of
+/// transposed operands are printed, not asserted: 32 rows at one k cannot all sit on distinct
+/// banks with 16-byte rows). Shapes reach all three block tiles, in bf16 and TF32, forward and
+/// both backwards; the counts also take in the launches of other tests in the same process.
+/// (Rows padded by 4 floats, the layout before the swizzle, took two wavefronts for every
+/// 16-byte store.) Backward-weight's chunk kernels read their fragments a float at a time (no
+/// ldmatrix), which the emulator does not count.
 #[test]
 fn tensor_core_shared_memory_is_free_of_bank_conflicts() {
     use common::conformance::Case::*;
@@ -328,6 +331,10 @@ fn tensor_core_shared_memory_is_free_of_bank_conflicts() {
                 ConvBatchNorm { stride: 1, pad: 1, groups: 1, residual: false, relu: true },
                 vec![vec![2, 6, 6, 16], vec![24, 3, 3, 16], vec![24], vec![24]],
             ),
+            // Backward-weight's chunk loader on 64 x 64 (24 x 144 outputs: 3 tiles, 4 pieces of
+            // 512 pixels) and on 128 x 64 (the 1x1 stride-2 shape of the tap loaders' test).
+            (Conv { stride: 1, pad: 1, groups: 1 }, vec![vec![8, 16, 16, 16], vec![24, 3, 3, 16]]),
+            (Conv { stride: 2, pad: 0, groups: 1 }, vec![vec![32, 8, 8, 16], vec![32, 1, 1, 16]]),
             // Attention, head dims 64 and 128, two key tiles.
             (Attention { scale: 0.125 }, vec![vec![1, 2, 70, 64], vec![1, 2, 65, 64], vec![1, 2, 65, 64]]),
             (Attention { scale: 0.09 }, vec![vec![1, 40, 128], vec![1, 70, 128], vec![1, 70, 128]]),
@@ -355,8 +362,14 @@ fn tensor_core_shared_memory_is_free_of_bank_conflicts() {
         );
         ran.push((name.to_string(), cp16, cp16_extra, ldsm, ldsm_extra));
     }
-    for &(ref name, _, cp16_extra, ldsm, ldsm_extra) in &ran {
-        assert!(ldsm > 0, "{name} ran without ldmatrix");
+    // Backward-weight's 128-row and chunk kernels hold both operands row-major (TcTile::mn_at).
+    let rows_major = |name: &str| name.contains("weight_bwd") && (name.contains("_m128n") || name.contains("_chunks_"));
+    for &(ref name, cp16, cp16_extra, ldsm, ldsm_extra) in &ran {
+        if rows_major(name) {
+            assert!(cp16 > 0 && ldsm == 0, "{name}: 16-byte stores and no ldmatrix expected ({cp16}, {ldsm})");
+        } else {
+            assert!(ldsm > 0, "{name} ran without ldmatrix");
+        }
         assert_eq!(ldsm_extra, 0, "{name}: ldmatrix reads conflict on shared-memory banks");
         assert_eq!(cp16_extra, 0, "{name}: 16-byte cp.async stores conflict on shared-memory banks");
     }
@@ -368,6 +381,10 @@ fn tensor_core_shared_memory_is_free_of_bank_conflicts() {
     for tile in ["128x128", "128x64", "64x64"] {
         let reached = ran.iter().any(|(name, cp16, ..)| !name.starts_with("attention") && tile_of(name) == tile && *cp16 > 0);
         assert!(reached, "no {tile} kernel made 16-byte cp.async stores: {ran:?}");
+    }
+    for weight in ["conv2d_m128n128_weight_bwd_bf16", "conv2d_m128n64_weight_bwd_bf16", "conv2d_chunks_weight_bwd_bf16"] {
+        let reached = ran.iter().any(|(name, cp16, ..)| name == weight && *cp16 > 0);
+        assert!(reached, "{weight} made no 16-byte cp.async stores: {ran:?}");
     }
     for wide in [true, false] {
         let reached = ran.iter().any(|(name, cp16, ..)| name.starts_with("attention") && name.contains("_d128_") == wide && *cp16 > 0);
@@ -557,7 +574,7 @@ fn emulated_weight_gradient_on_a_split_128_tile_conforms() {
 
 /// The 128-row convolution kernels' loaders in bf16 and TF32 against the CPU: the tap loaders
 /// (ConvFwdTapLoader, ConvBwdDataTapLoader: one 16-byte copy per piece, bounds from tap masks)
-/// and backward-weight's piece loader (ConvBwdWeightPieceLoader: pixels advanced 16 at a time
+/// and backward-weight's chunk loader (ConvBwdWeightChunkLoader: pixels advanced 16 at a time
 /// across rows and images), on shapes the dry run shows reach them: stride 1 and 2 with
 /// padding (taps off every edge, the phases of backward-data), 2 pieces per tap (32 channels),
 /// groups, a 1x1 stride-2 kernel (phases no tap reaches), 6-pixel rows (several row carries per

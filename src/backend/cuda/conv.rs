@@ -69,13 +69,15 @@ pub(super) fn conv2d_batchnorm(
 }
 
 /// How one pass runs: its GEMM (M x N outputs per group, reduction length K), block tile,
-/// split-K factor and grid.
+/// split-K factor and grid. `chunks`: backward-weight on a 64 x 64 tensor-core tile that takes
+/// the chunk loader (weight_chunks_kernel; the 128-row tiles always do).
 struct Plan {
     out_len: usize,
     tile: Tile,
     splits: usize,
     grid: (u32, u32, u32),
     dims: ConvDims,
+    chunks: bool,
 }
 
 fn plan(b: &CudaBackend, pass: Pass, d: &Conv2dDims) -> Result<Plan> {
@@ -123,7 +125,7 @@ fn plan(b: &CudaBackend, pass: Pass, d: &Conv2dDims) -> Result<Plan> {
         ow: d.ow as i32,
     };
     let (tile, splits) = match pass {
-        Pass::BwdWeight => weight_plan(b, m, n, k, d.groups),
+        Pass::BwdWeight => weight_plan(b, m, n, k, d.groups, weight_chunks(d, k)),
         _ => {
             let tile = if pieces_in_one_tap(pass, d) { Tile::pick(b, m, n, d.groups * phases) } else { Tile::T64 };
             let tiles = m.div_ceil(tile.mn().0) * n.div_ceil(tile.mn().1) * d.groups * phases;
@@ -138,7 +140,8 @@ fn plan(b: &CudaBackend, pass: Pass, d: &Conv2dDims) -> Result<Plan> {
             msg: format!("{pass:?}: {} groups x {n} columns is too large for the cuda kernels", d.groups),
         });
     }
-    Ok(Plan { out_len, tile, splits, grid: (i32c(OP, tm)? as u32, tn as u32, (d.groups * splits * phases) as u32), dims })
+    let chunks = pass == Pass::BwdWeight && tile == Tile::T64 && b.gemm_math() != GemmMath::Simt && weight_chunks(d, k);
+    Ok(Plan { out_len, tile, splits, grid: (i32c(OP, tm)? as u32, tn as u32, (d.groups * splits * phases) as u32), dims, chunks })
 }
 
 /// Whether every 16-deep piece of the pass's reduction lies inside one filter tap, which the
@@ -152,8 +155,17 @@ fn pieces_in_one_tap(pass: Pass, d: &Conv2dDims) -> bool {
     match pass {
         Pass::Fwd => (d.c_in / d.groups) % PIECE == 0 && d.kh <= 32 && d.kw <= 32,
         Pass::BwdData => (d.c_out / d.groups) % PIECE == 0 && d.kh.div_ceil(d.stride[0]) <= 32 && d.kw.div_ceil(d.stride[1]) <= 32,
-        Pass::BwdWeight => true, // weight_plan: whole 16-pixel pieces
+        Pass::BwdWeight => true, // weight_plan: weight_chunks
     }
+}
+
+/// Whether backward-weight can move both operands in 16-byte chunks of 4 channels
+/// (ConvBwdWeightChunkLoader in kernels/conv.cu), which the 128-row kernels require: whole
+/// 16-pixel pieces of the reduction (k, the pixel count), and output and input channels per
+/// group that are multiples of 4. The rest (the RGB stem, odd channel counts or pixel counts)
+/// run on the general 64 x 64 kernels.
+fn weight_chunks(d: &Conv2dDims, k: usize) -> bool {
+    k % 16 == 0 && (d.c_out / d.groups) % 4 == 0 && (d.c_in / d.groups) % 4 == 0
 }
 
 /// Backward-weight's tile and split-K factor. Its GEMM has few outputs (c_out x kh*kw*c_in) and
@@ -166,18 +178,17 @@ fn pieces_in_one_tap(pass: Pass, d: &Conv2dDims) -> bool {
 /// 64 x 64). More pieces must win by over 1%: each adds a partial output to sum. The stem
 /// (64 x 27 outputs over 524288 pixels at batch 512) takes hundreds of pieces. The pieces are
 /// summed in a fixed order (SplitK), so the result does not depend on the blocks' timing.
-fn weight_plan(b: &CudaBackend, m: usize, n: usize, k: usize, groups: usize) -> (Tile, usize) {
-    // Blocks per SM on sm_90a (`bench kernels --static`): the 128 x 128 bf16 / TF32 weight
-    // kernels hold 212-218 registers a thread (one block), the 128 x 64 ones 126-128 (two) and
-    // the 64 x 64 ones 76-80 (three; 98-104 and two before their split-K sum moved into the
-    // launch).
+fn weight_plan(b: &CudaBackend, m: usize, n: usize, k: usize, groups: usize, chunks: bool) -> (Tile, usize) {
+    // Blocks per SM on sm_90a (`bench kernels --static`), which the weight kernels' launch
+    // bounds hold them to (WeightBlocksPerSm in kernels/conv.cu): 128 x 128 one (158-168
+    // registers with the chunk loader), 128 x 64 two (124-125), 64 x 64 three (76-80).
     let candidates = match b.gemm_math() {
         GemmMath::Simt => vec![(Tile::T64, 3, 1.0)],
         math => {
             let big = if n <= 64 { (Tile::T128x64, 2) } else { (Tile::T128, 1) };
             let mut c = vec![(Tile::T64, 3, 0.6)];
-            // The 128-row kernels' loader takes whole 16-pixel pieces (ConvBwdWeightPieceLoader).
-            if big.0.smem_bytes(math) <= b.max_shared() && k % 16 == 0 {
+            // The 128-row kernels' loader moves 16-byte chunks (weight_chunks).
+            if big.0.smem_bytes(math) <= b.max_shared() && chunks {
                 c.push((big.0, big.1, 1.0));
             }
             c
@@ -244,14 +255,29 @@ fn batchnorm_kernel_of(math: GemmMath, tile: Tile) -> &'static str {
     }
 }
 
-/// The four kernels of one math and tile: the three passes and the forward with statistics.
-pub(crate) fn kernels_of(math: GemmMath, tile: Tile) -> [&'static str; 4] {
-    [
+/// Backward-weight on 64 x 64 tensor-core tiles in 16-byte chunks (weight_chunks), where the
+/// general kernel tests and divides per element.
+fn weight_chunks_kernel(math: GemmMath) -> &'static str {
+    match math {
+        GemmMath::Simt => kernel_of(Pass::BwdWeight, math, Tile::T64),
+        GemmMath::Tf32 => "conv2d_tc_chunks_weight_bwd_f32",
+        GemmMath::Bf16 => "conv2d_chunks_weight_bwd_bf16",
+    }
+}
+
+/// The kernels of one math and tile: the three passes, the forward with statistics, and on 64 x
+/// 64 tensor-core tiles the backward-weight chunk kernel.
+pub(crate) fn kernels_of(math: GemmMath, tile: Tile) -> Vec<&'static str> {
+    let mut k = vec![
         kernel_of(Pass::Fwd, math, tile),
         kernel_of(Pass::BwdData, math, tile),
         kernel_of(Pass::BwdWeight, math, tile),
         batchnorm_kernel_of(math, tile),
-    ]
+    ];
+    if tile == Tile::T64 && math != GemmMath::Simt {
+        k.push(weight_chunks_kernel(math));
+    }
+    k
 }
 
 /// Launches one pass; with `stats` (forward only), also the output's column sums [row tiles, 2,
@@ -262,7 +288,7 @@ fn launch_conv(
     b: &CudaBackend, pass: Pass, in0: &CudaStorage, in1: &CudaStorage, out: &CudaStorage, d: &Conv2dDims, stats: Option<&CudaStorage>,
     add: Option<&CudaStorage>,
 ) -> Result<()> {
-    let Plan { out_len, tile, splits, grid, dims } = plan(b, pass, d)?;
+    let Plan { out_len, tile, splits, grid, dims, chunks } = plan(b, pass, d)?;
     if out_len == 0 {
         return Ok(());
     }
@@ -297,6 +323,7 @@ fn launch_conv(
             args.push(opt_ptr(add));
             kernel_of(pass, math, tile)
         }
+        _ if chunks => weight_chunks_kernel(math),
         _ => kernel_of(pass, math, tile),
     };
     b.launch_shared(kernel, grid, (THREADS, 1, 1), tile.smem_bytes(math), &args, flops)

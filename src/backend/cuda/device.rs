@@ -112,7 +112,7 @@ pub(crate) fn driver_available(ordinal: usize) -> Result<()> {
 const SM90_BLOCK_SHARED: u32 = 227 * 1024;
 
 /// Lets `f` launch with as much dynamic shared memory as the GPU allows beside its static
-/// shared memory: past 48 KB a kernel must opt in (the GEMM core's 128-row tiles take 96 KB).
+/// shared memory: past 48 KB a kernel must opt in (the GEMM core's 128-row tiles take 102 KB).
 fn opt_in_to_dynamic_shared(f: sys::CUfunction, max_shared: u32) -> std::result::Result<(), cudarc::driver::DriverError> {
     use sys::CUfunction_attribute::{CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES};
     // SAFETY: f is a live function of a loaded module.

@@ -35,7 +35,7 @@ impl Tile {
 
     /// The tile for an m x n GEMM repeated `batch` times under `math`. The 128-row tiles load
     /// each operand element for twice as many products as 64 x 64 (the mma.sync-to-ldmatrix
-    /// ratio goes from 2:3 to 4:3 per warp), but take 96 KB of shared memory, so one or two
+    /// ratio goes from 2:3 to 4:3 per warp), but take 102 KB of shared memory, so one or two
     /// blocks fit an SM: they are used when their grid alone gives every SM a block. Otherwise
     /// 64 x 64, which split-K can spread further (CudaBackend::split_k); also on a GPU whose
     /// blocks cannot have that much shared memory. SIMT: always 64.
@@ -51,14 +51,16 @@ impl Tile {
     }
 
     /// Dynamic shared memory per block, sizeof(SmemOf<MATH, TILE>::T) in gemm_tile.cuh (the
-    /// kernel traps when given less).
+    /// kernel traps when given less): per stage, each operand's rows and k, the rows padded by
+    /// 8 floats (TcTile::MN_PAD, which an MN-major operand's layout takes).
     pub fn smem_bytes(self, math: GemmMath) -> u32 {
         const F32: usize = 4;
+        const PAD: usize = 8;
         let bytes = match (math, self) {
             (GemmMath::Simt, _) => 2 * 16 * (64 + 8) * F32,
-            (_, Tile::T64) => STAGES * (64 + 64) * 16 * F32,
-            (_, Tile::T128) => STAGES * (128 + 128) * 32 * F32,
-            (_, Tile::T128x64) => STAGES * (128 + 64) * 32 * F32,
+            (_, Tile::T64) => STAGES * (64 + PAD + 64 + PAD) * 16 * F32,
+            (_, Tile::T128) => STAGES * (128 + PAD + 128 + PAD) * 32 * F32,
+            (_, Tile::T128x64) => STAGES * (128 + PAD + 64 + PAD) * 32 * F32,
         };
         bytes as u32
     }
