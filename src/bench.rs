@@ -274,6 +274,10 @@ pub fn roofline_seconds(bytes: u64, flops: u64, precision: crate::backend::Preci
 }
 
 /// The FLOP/s peak `roofline_seconds` divides by.
+/// Warp instructions a second an H100 / H200 issues at most: 4 schedulers on each of its SMs at
+/// the 1.98 GHz boost clock (the census's issue-time estimate).
+const ISSUE_PER_S: f64 = 4.0 * DRY_RUN_SMS as f64 * 1.98e9;
+
 fn peak_flops(precision: crate::backend::Precision) -> f64 {
     match precision {
         crate::backend::Precision::Bf16 => 990e12,
@@ -380,20 +384,33 @@ pub fn dry_run_census_table(r: &CensusRequest) -> Result<String> {
         all.swap_remove(0)?
     };
     let (n, bytes): (usize, u64) = census.rows.iter().fold((0, 0), |(n, by), r| (n + r.launches, by + r.bytes));
-    // Blocks per SM of each kernel, from its sm_90a resources (needs cuobjdump): the wave
-    // efficiency of the GEMM and convolution launches.
-    let resident: Option<std::collections::HashMap<String, u32>> = (r.waves.then(crate::backend::cuda::report::find_cuobjdump))
+    // Blocks per SM and main-loop instructions per MMA of each kernel, from its sm_90a SASS
+    // (needs cuobjdump): the wave efficiency and the issue time of the GEMM and convolution
+    // launches.
+    let kernels = (r.waves.then(crate::backend::cuda::report::find_cuobjdump))
         .flatten()
-        .and_then(|tool| crate::backend::cuda::report::static_report(&tool).ok())
-        .map(|ks| ks.into_iter().filter_map(|k| Some((k.name.clone(), k.blocks_per_sm()?))).collect());
+        .and_then(|tool| crate::backend::cuda::report::static_report(&tool).ok());
+    let resident: Option<std::collections::HashMap<String, u32>> =
+        kernels.as_ref().map(|ks| ks.iter().filter_map(|k| Some((k.name.clone(), k.blocks_per_sm()?))).collect());
+    let per_mma: std::collections::HashMap<String, f64> =
+        kernels.iter().flatten().filter_map(|k| Some((k.name.clone(), k.instructions_per_mma()?))).collect();
     let gemm_like = |k: &str| k.starts_with("conv2d") || k.starts_with("matmul");
+    // The seconds the main loop's instructions take to issue: MMAs (bf16 m16n8k16: 4096 FLOPs;
+    // TF32 m16n8k8: 2048) x instructions per MMA, at ISSUE_PER_S warp instructions a second.
+    let issue_s = |row: &CensusRow| -> Option<f64> {
+        let flops_per_mma = if r.precision == crate::backend::Precision::Bf16 { 4096.0 } else { 2048.0 };
+        Some(row.flops as f64 / flops_per_mma * per_mma.get(&row.kernel)? / ISSUE_PER_S)
+    };
     let waves = |row: &CensusRow| -> Option<Vec<f64>> {
         let per_sm = *resident.as_ref()?.get(&row.kernel)?;
         gemm_like(&row.kernel).then(|| row.blocks.iter().map(|&b| crate::backend::cuda::report::wave_efficiency(b, DRY_RUN_SMS, per_sm)).collect())
     };
     let ranks = if r.ranks > 1 { format!(", rank 0 of {} (sync_bn {})", r.ranks, r.sync_bn) } else { String::new() };
     let mut t = format!("SimSiam step census, {} batch {} (2 views), dry-run CUDA device, {}{ranks}:\n", r.model, r.batch, r.precision.as_str());
-    t += &format!("{:<40} {:>9} {:>12} {:>9} {:>10} {:>16}\n", "kernel", "launches", "MB reached", "GFLOP", "floor ms", "waves min/mean");
+    t += &format!(
+        "{:<40} {:>9} {:>12} {:>9} {:>10} {:>16} {:>9}\n",
+        "kernel", "launches", "MB reached", "GFLOP", "floor ms", "waves min/mean", "issue ms"
+    );
     let (mut conv_launches, mut conv_low) = (0, 0);
     for r in &census.rows {
         let w = waves(r);
@@ -407,7 +424,11 @@ pub fn dry_run_census_table(r: &CensusRequest) -> Result<String> {
             conv_low += w.iter().filter(|&&e| e < 0.8).count();
         }
         let gflop = if r.flops > 0 { format!("{:.1}", r.flops as f64 / 1e9) } else { String::new() };
-        t += &format!("{:<40} {:>9} {:>12.1} {:>9} {:>10.3} {:>16}\n", r.kernel, r.launches, r.bytes as f64 / 1e6, gflop, 1e3 * r.floor_s, shown);
+        let issue = issue_s(r).map_or(String::new(), |s| format!("{:.3}", 1e3 * s));
+        t += &format!(
+            "{:<40} {:>9} {:>12.1} {:>9} {:>10.3} {:>16} {:>9}\n",
+            r.kernel, r.launches, r.bytes as f64 / 1e6, gflop, 1e3 * r.floor_s, shown, issue
+        );
     }
     let flops: u64 = census.rows.iter().map(|r| r.flops).sum();
     let floor: f64 = census.rows.iter().map(|r| r.floor_s).sum();
@@ -420,6 +441,13 @@ pub fn dry_run_census_table(r: &CensusRequest) -> Result<String> {
         1e3 * gemm_floor,
         1e3 * (floor - gemm_floor)
     );
+    let issue: f64 = census.rows.iter().filter_map(|r| issue_s(r)).sum();
+    if issue > 0.0 {
+        t += &format!(
+            "main-loop issue time: {:.2} ms per step for the GEMMs and convolutions (each launch: its MMAs x its main loop's instructions per MMA, at 4 instructions a cycle on {DRY_RUN_SMS} SMs at 1.98 GHz; loads, epilogues and stalls not counted)\n",
+            1e3 * issue
+        );
+    }
     t += &match resident {
         Some(_) => format!(
             "wave efficiency (blocks / (waves x {DRY_RUN_SMS} SMs x blocks per SM)): {conv_low} of {conv_launches} convolution launches under 80%\n"
