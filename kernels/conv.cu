@@ -278,14 +278,15 @@ struct ConvBwdDataLoader {
     };
 };
 
-// backward-data with pieces inside one tap (og a multiple of BK): A = dy~ is one 16-byte chunk
-// per thread; B = w (c contiguous, so 4 single elements per thread, 4 k apart) comes from one
+// backward-data with pieces inside one tap (og a multiple of BK) and cg a multiple of 4: A = dy~
+// is one 16-byte chunk per thread along k; B = w has its channels c (the columns) adjacent, so
+// it is MN-major (TcTile::mn_at): one 16-byte chunk of 4 channels at one k per thread, from one
 // base per piece. Tap (ti, tj) of output pixel (oyb - ti, oxb - tj) is inside dy when mask bits
 // ti and tj are set.
 struct ConvBwdDataTapLoader {
     static constexpr bool A_K_FAST = true, B_K_FAST = false;
     static constexpr bool A_VEC = true, B_VEC = false;
-    static constexpr bool A_MN = false, B_MN = false;
+    static constexpr bool A_MN = false, B_MN = true;
     const float* dy;
     const float* wt;
     ConvDims d;
@@ -294,11 +295,11 @@ struct ConvBwdDataTapLoader {
     struct Thread {
         Thread() = default;
         const float* dyimg;  // the row's image of dy at channel g * og + this thread's chunk
-        const float* wcol;   // the weight at group g, channel c, this thread's first o; null outside [0, N)
+        const float* wcol;   // the weight at group g, this thread's chunk of 4 channels c, its o; null outside [0, N)
         int pix;             // (oyb ow + oxb) c_out: the output pixel tap (0, 0) sees (may be < 0)
         u32 ymask, xmask;    // the row's taps inside dy; 0 outside [0, M)
         int k, k1, o, ti, tj, tap, wtap;  // the next piece: first k, its (ti, tj, o), dy and w offsets
-        int og, ntx, khkw, cg, wstep, next_col, next_row, wnext_col, wnext_row;
+        int og, ntx, khkw, cg, next_col, next_row, wnext_col, wnext_row;
         DEVM Thread(const ConvBwdDataTapLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
             const ConvDims& d = l.d;
             og = d.c_out / d.groups, ntx = l.ph.ntx > 0 ? l.ph.ntx : 1, khkw = d.kh * d.kw, cg = d.c_in / d.groups;
@@ -308,8 +309,7 @@ struct ConvBwdDataTapLoader {
             wnext_row = d.sh * d.kw - d.sw * ntx;
             int i, kk, j, kb;
             tile_coord<true, BM>(threadIdx.x, 0, i, kk);
-            tile_coord<false, BN>(threadIdx.x, 0, j, kb);  // element r: k + kb + 4 r
-            wstep = 4 * khkw * cg;
+            chunk_coord(threadIdx.x, j, kb);  // channels j .. j + 3 at k + kb
             const int p = m0 + i;
             dyimg = l.dy, pix = 0, ymask = 0, xmask = 0;
             if (p < M) {
@@ -330,9 +330,7 @@ struct ConvBwdDataTapLoader {
         DEVM void addr(const float** pa, const float** pb) {
             const bool kin = k < k1;
             pa[0] = kin && ((ymask >> ti) & (xmask >> tj) & 1u) ? dyimg + (pix + tap) : nullptr;
-            const float* base = kin && wcol ? wcol + (o * khkw + wtap) * cg : nullptr;
-#pragma unroll
-            for (int r = 0; r < 4; ++r) pb[r] = base ? base + r * wstep : nullptr;
+            pb[0] = kin && wcol ? wcol + (o * khkw + wtap) * cg : nullptr;
             k += BK, o += BK, tap += BK;
             if (o == og) {
                 o = 0, tap += next_col, wtap += wnext_col;

@@ -391,17 +391,18 @@ fn static_report_gemm_conv_and_attention_kernels_are_spill_free_division_free_an
         // piece two mask bits and a constant step instead of a bounds check per element. With
         // the per-element loaders the 128 x 128 bf16 main loops took 52.1 (forward) and 53.2
         // (backward-data) instructions per MMA, and the forward's copies averaged 6.4 bytes.
+        // Backward-data's weight operand moves 4 channels per 16-byte copy into a row-major
+        // stage (TcTile::mn_at) since the chunk loader: 17.4 (128 x 128) and 25.8 (128 x 64) bf16
+        // instructions per MMA before, with 4-byte copies.
         if big_tile && k.name.starts_with("conv2d") && !k.name.contains("weight_bwd") {
             let per_mma = k.instructions_per_mma().unwrap();
             let data_bwd = k.name.contains("data_bwd");
-            if !data_bwd {
-                assert_eq!(k.ldgsts128, k.ldgsts, "{}: a 4-byte cp.async in a tap loader", k.name);
-            }
+            assert_eq!(k.ldgsts128, k.ldgsts, "{}: a 4-byte cp.async in a tap loader", k.name);
             let bound = match (k.name.contains("_m128n128_"), data_bwd) {
                 (true, false) => 12.5,
-                (true, true) => 18.0,
+                (true, true) => 13.5,
                 (false, false) => 21.0,
-                (false, true) => 27.0,
+                (false, true) => 21.5,
             };
             assert!(per_mma <= bound, "{}: {per_mma:.1} instructions per MMA in the main loop (at most {bound})", k.name);
         }
