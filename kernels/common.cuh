@@ -10,8 +10,9 @@
 //   serves, the same name as in shaders/*.wgsl; the Rust wrapper in
 //   src/backend/cuda/<family>.rs names it whole, never assembled (tests/kernel_names.rs).
 // - Device pointers are plain `float*` (bf16 storage too, cast where it is read or written);
-//   element counts and offsets are 64-bit (`i64`); small dims are `int`. The Rust side passes u64 / i64 / i32 / f32 to match (checked against the
-//   PTX signatures, see src/backend/cuda/nvrtc.rs).
+//   element counts and offsets are 64-bit (`i64`); small dims are `int`. The Rust side passes
+//   u64 / i64 / i32 / f32 to match (checked against the PTX signatures, see
+//   src/backend/cuda/nvrtc.rs).
 // - Every thread bounds-checks what it reads and writes; every kernel writes its whole output.
 // - Reductions have a fixed order that depends only on the shapes and the launch configuration
 //   (never on timing): no floating-point atomics anywhere. Where a launch finishes its own

@@ -555,11 +555,9 @@ DEV void conv_bwd_weight_impl(const float* x, const float* dy, float* out, float
                         SplitK{out, part, split_stride, splits, 1, arrivals}, MATH == GEMM_BF16);
 }
 
-// Backward-weight, with the blocks per SM its tile's plan assumes (conv.rs, weight_plan) as
-// the register bound: ptxas left alone capped the 128 x 128 chunk kernels at 128 registers and
-// spilled. L: the tile's loader, or the chunk loader on 64 x 64 (the _chunks_ kernels: a pixel
-// count that is a multiple of BK, channels per group multiples of 4), where the general one
-// (any shape) tests and divides per element.
+// Backward-weight (conv_bwd_weight_impl), with the blocks per SM its tile's plan assumes
+// (conv.rs, weight_plan) as the register bound: ptxas left alone capped the 128 x 128 chunk
+// kernels at 128 registers and spilled.
 template <class TILE>
 struct WeightBlocksPerSm {
     static constexpr int value = TILE::MB * TILE::NB == 4 ? 1 : TILE::MB * TILE::NB == 2 ? 2 : 3;

@@ -273,11 +273,11 @@ pub fn roofline_seconds(bytes: u64, flops: u64, precision: crate::backend::Preci
     (bytes as f64 / HBM_BYTES_PER_S).max(flops as f64 / peak_flops(precision))
 }
 
-/// The FLOP/s peak `roofline_seconds` divides by.
 /// Warp instructions a second an H100 / H200 issues at most: 4 schedulers on each of its SMs at
 /// the 1.98 GHz boost clock (the census's issue-time estimate).
 const ISSUE_PER_S: f64 = 4.0 * DRY_RUN_SMS as f64 * 1.98e9;
 
+/// The FLOP/s peak `roofline_seconds` divides by.
 fn peak_flops(precision: crate::backend::Precision) -> f64 {
     match precision {
         crate::backend::Precision::Bf16 => 990e12,

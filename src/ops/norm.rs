@@ -49,6 +49,14 @@ fn bn_dtype<B: Backend>(op: &'static str, x: &Tensor<B>) -> Result<DType> {
     Ok(x.dtype())
 }
 
+/// `t` (a batch norm's residual or dy) in the norm's dtype (bn_dtype).
+fn in_bn_dtype<B: Backend>(op: &'static str, t: &Tensor<B>, dtype: DType) -> Result<()> {
+    if t.dtype() != dtype {
+        return Err(Error::DType { op, dtype: format!("{dtype} mixed with {}", t.dtype()), backend: t.backend().name() });
+    }
+    Ok(())
+}
+
 /// The checks every batch-norm forward makes: x's dims, gamma and beta per channel, and a fused
 /// tail's shortcut of x's shape and the norm's dtype (bn_dtype, also returned).
 fn bn_dims<B: Backend>(
@@ -56,9 +64,7 @@ fn bn_dims<B: Backend>(
 ) -> Result<(NormDims, DType)> {
     let dtype = bn_dtype(op, x)?;
     if let Some(r) = residual {
-        if r.dtype() != dtype {
-            return Err(Error::DType { op, dtype: format!("{dtype} mixed with {}", r.dtype()), backend: r.backend().name() });
-        }
+        in_bn_dtype(op, r, dtype)?;
         expect_shape(op, "residual", r, x.shape())?;
     }
     let d = norm_dims(op, x, eps)?;
@@ -198,9 +204,7 @@ pub fn batchnorm_bwd_tail<B: Backend>(
     const OP: &str = "batchnorm_bwd";
     let dtype = bn_dtype(OP, x)?;
     same_dtype(OP, &[dy])?;
-    if dy.dtype() != dtype {
-        return Err(Error::DType { op: OP, dtype: format!("{dtype} mixed with {}", dy.dtype()), backend: dy.backend().name() });
-    }
+    in_bn_dtype(OP, dy, dtype)?;
     expect_shape(OP, "dy", dy, x.shape())?;
     if let Some(y) = relu_out {
         expect_shape(OP, "relu_out", y, x.shape())?;

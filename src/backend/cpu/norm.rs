@@ -339,8 +339,7 @@ impl NormOps for CpuBackend {
 
     fn batchnorm_bwd(
         &self, x: &CpuStorage, dy: &CpuStorage, relu_out: Option<&CpuStorage>, gamma: Option<&CpuStorage>, _beta: Option<&CpuStorage>,
-        save_mean: &CpuStorage,
-        save_invstd: &CpuStorage, dx: &CpuStorage, dresidual: Option<&CpuStorage>, dgamma: Option<&CpuStorage>, dbeta: Option<&CpuStorage>,
+        save_mean: &CpuStorage, save_invstd: &CpuStorage, dx: &CpuStorage, dresidual: Option<&CpuStorage>, dgamma: Option<&CpuStorage>, dbeta: Option<&CpuStorage>,
         d: &NormDims,
     ) -> Result<()> {
         on_dtype!(self, dx, T => {

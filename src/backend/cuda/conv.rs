@@ -56,13 +56,6 @@ pub(super) fn conv2d_batchnorm(
             msg: "the batch norm's [rows, channels] are not the convolution's output".into(),
         });
     }
-    if conv_out.dtype() != b.conv2d_batchnorm_out_dtype() {
-        return Err(Error::DType {
-            op: "conv2d_batchnorm",
-            dtype: format!("{} output, where this backend writes {}", conv_out.dtype(), b.conv2d_batchnorm_out_dtype()),
-            backend: b.name(),
-        });
-    }
     let part = norm::partials(b, row_tiles, cd.c_out)?;
     launch_conv(b, Pass::Fwd, x, w, conv_out, cd, Some(&part), None)?;
     norm::batchnorm_from_partials(b, &part, row_tiles, conv_out, bn, nd)
@@ -298,11 +291,13 @@ fn launch_conv(
     if out_len == 0 {
         return Ok(());
     }
-    // Every operand is F32 but the output of a bf16 convolution into batch norm (the bf16
-    // batch-norm kernels write it as bf16: conv2d_batchnorm_out_dtype).
+    // Every operand is F32 but the output of a convolution into batch norm, which the bf16
+    // kernels write as bf16 (conv2d_batchnorm_out_dtype).
     let out_dtype = if stats.is_some() { b.conv2d_batchnorm_out_dtype() } else { DType::F32 };
-    if [in0, in1].iter().any(|s| s.dtype() != DType::F32) || out.dtype() != out_dtype {
-        return Err(Error::DType { op: "conv2d", dtype: format!("bf16 storage where {out_dtype} is wanted"), backend: b.name() });
+    for (what, s, want) in [("first input", in0, DType::F32), ("second input", in1, DType::F32), ("output", out, out_dtype)] {
+        if s.dtype() != want {
+            return Err(Error::DType { op: "conv2d", dtype: format!("{} {what} where {want} is wanted", s.dtype()), backend: b.name() });
+        }
     }
     let math = b.gemm_math();
     // Each pass is the same multiply-adds: every output pixel, output channel and tap of the

@@ -7,6 +7,9 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 
 const OP: &str = "norm";
+const THREADS: u32 = 256;
+/// Rows per block of the one-warp-per-row kernels (256 threads).
+const WARP_ROWS: usize = 8;
 
 /// The kernel that reads batch norm's input x as stored: `f32`, or `bf16` where x is the BF16
 /// output of a fused convolution (ConvOps::conv2d_batchnorm_out_dtype).
@@ -15,15 +18,13 @@ fn for_x(x: &CudaStorage, f32: &'static str, bf16: &'static str) -> &'static str
 }
 
 /// Only the passes of a fused convolution + batch norm read BF16 storage.
-fn f32_input(op: &'static str, x: &CudaStorage) -> Result<()> {
+fn f32_input(b: &CudaBackend, op: &'static str, x: &CudaStorage) -> Result<()> {
     if x.dtype() != DType::F32 {
-        return Err(Error::DType { op, dtype: format!("{} input (only a fused convolution's output is read as bf16)", x.dtype()), backend: "cuda".into() });
+        let dtype = format!("{} input (only a fused convolution's output is read as bf16)", x.dtype());
+        return Err(Error::DType { op, dtype, backend: b.name() });
     }
     Ok(())
 }
-const THREADS: u32 = 256;
-/// Rows per block of the one-warp-per-row kernels (256 threads).
-const WARP_ROWS: usize = 8;
 
 /// Blocks of the column-statistics kernels: (channel blocks, row blocks, rows per row block).
 /// About four blocks per SM, at least 32 rows each, at most 65535 row blocks.
@@ -71,7 +72,7 @@ pub(super) fn batchnorm_fwd_train(b: &CudaBackend, x: &CudaStorage, bn: BnTrain<
     if rows * c == 0 {
         return Ok(());
     }
-    f32_input("batchnorm", x)?;
+    f32_input(b, "batchnorm", x)?;
     let (part, nb) = column_stats(b, "batchnorm_stats_fwd_f32", &[ptr(x)], rows, c, &[])?;
     batchnorm_from_partials(b, &part, nb, x, bn, d)
 }
@@ -126,7 +127,7 @@ pub(super) fn batchnorm_fwd_eval(
     if n == 0 {
         return Ok(());
     }
-    f32_input("batchnorm_eval", x)?;
+    f32_input(b, "batchnorm_eval", x)?;
     b.launch_over(
         "batchnorm_eval_fwd_f32",
         n,

@@ -2,8 +2,8 @@
 //! fused with a training batch norm.
 
 use super::CoreOps;
-use crate::dtype::DType;
 use super::norm::{BnTrain, NormDims, NormOps};
+use crate::dtype::DType;
 use crate::error::Result;
 
 /// NHWC convolution: x [n, h, w, c_in], weight [c_out, kh, kw, c_in / groups], y [n, oh, ow, c_out].
@@ -47,6 +47,7 @@ pub trait ConvOps: CoreOps + NormOps {
         self.conv2d_fwd(x, w, conv_out, cd)?;
         self.batchnorm_fwd_train(conv_out, bn, nd)
     }
+
     /// The dtype `conv2d_batchnorm_fwd_train` takes its `conv_out` in (from F32 inputs), which only
     /// batch norm reads: its forward pass here, and `batchnorm_bwd` as x. F32 by default. CUDA
     /// at precision bf16 takes BF16: the kernel rounds the output to bf16 anyway, so the half-size

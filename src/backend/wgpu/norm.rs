@@ -99,8 +99,7 @@ impl NormOps for WgpuBackend {
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_bwd(
         &self, x: &WgpuStorage, dy: &WgpuStorage, relu_out: Option<&WgpuStorage>, gamma: Option<&WgpuStorage>, _beta: Option<&WgpuStorage>,
-        mean: &WgpuStorage,
-        invstd: &WgpuStorage, dx: &WgpuStorage, dresidual: Option<&WgpuStorage>, dgamma: Option<&WgpuStorage>, dbeta: Option<&WgpuStorage>,
+        mean: &WgpuStorage, invstd: &WgpuStorage, dx: &WgpuStorage, dresidual: Option<&WgpuStorage>, dgamma: Option<&WgpuStorage>, dbeta: Option<&WgpuStorage>,
         d: &NormDims,
     ) -> Result<()> {
         let be = self;
