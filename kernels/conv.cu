@@ -184,6 +184,73 @@ struct ConvFwdTapLoader {
             }
         }
     };
+    // The whole block tile (gemm_tile.cuh, TileLoader), what the 128-row kernels run: per piece
+    // only what differs between pieces (a row's pointer and tap masks, a column's weight row),
+    // and the position along k (channel, kernel column, x offset, the tap's mask bits: the same
+    // for every thread and piece) kept once. Per copy: two mask tests or one column test, one
+    // address add; per piece one channel step.
+    template <class T>
+    struct Tile {
+        const float* xrow[T::MB];        // x at the row's top-left tap (may lie before x) + chunk
+        u32 ymask[T::MB], xmask[T::MB];  // the row's taps inside the image; 0 outside [0, M)
+        const float* wrow[T::NB];        // the column's weight row at the next piece + chunk
+        bool wok[T::NB];                 // the column is inside [0, N)
+        int k, k1, c, kj, tap;           // the next piece's first k, channel, kernel column, x offset
+        u32 ybit, xbit;                  // its tap as mask bits: 1 << ki, 1 << kj
+        int cg, kw, next_col, next_row;
+        DEVM Tile(const ConvFwdTapLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
+            const ConvDims& d = l.d;
+            cg = d.c_in / d.groups, kw = d.kw;
+            next_col = d.c_in - cg;            // tap (ki, kj, cg) -> (ki, kj + 1, 0)
+            next_row = (d.w - d.kw) * d.c_in;  // then (ki, kw, 0) -> (ki + 1, 0, 0)
+            const int og = d.c_out / d.groups;
+            int i, kk;
+            tile_coord<true, BM>(threadIdx.x, 0, i, kk);
+#pragma unroll
+            for (int p = 0; p < T::MB; ++p) {
+                const int row = m0 + p * BM + i;
+                xrow[p] = l.x, ymask[p] = 0, xmask[p] = 0;
+                if (row < M) {
+                    const int ox = row % d.ow, oy = (row / d.ow) % d.oh, img = row / (d.ow * d.oh);
+                    const int iy0 = oy * d.sh - d.ph, ix0 = ox * d.sw - d.pw;
+                    xrow[p] = l.x + (i64)img * d.h * d.w * d.c_in + (i64)l.g * cg + kk + (iy0 * d.w + ix0) * d.c_in;
+                    ymask[p] = tap_mask(iy0, 1, d.kh, d.h);
+                    xmask[p] = tap_mask(ix0, 1, d.kw, d.w);
+                }
+            }
+#pragma unroll
+            for (int p = 0; p < T::NB; ++p) {
+                const int o = n0 + p * BN + i;
+                wok[p] = o < N;
+                wrow[p] = l.wt + (wok[p] ? ((i64)l.g * og + o) * l.kcols + k0 + kk : 0);
+            }
+            k = (int)k0, k1 = (int)k1_;
+            int ki;
+            split_tap(k, cg, kw, c, ki, kj);
+            tap = (ki * d.w + kj) * d.c_in + c;
+            ybit = 1u << ki, xbit = 1u << kj;
+        }
+        DEVM void issue(const ConvFwdTapLoader&, sptr sa, sptr sb) {
+#pragma unroll
+            for (int kb = 0; kb < T::KB; ++kb) {
+                const bool kin = k < k1;
+#pragma unroll
+                for (int p = 0; p < T::MB; ++p)
+                    issue_kchunk<T>(sa, p * BM, kb * BK, xrow[p] + tap, kin && (ymask[p] & ybit) && (xmask[p] & xbit));
+#pragma unroll
+                for (int p = 0; p < T::NB; ++p) {
+                    // A pointer step, not wrow + k: that made a 64-bit add and a sign extension.
+                    issue_kchunk<T>(sb, p * BN, kb * BK, wrow[p], kin && wok[p]);
+                    wrow[p] += BK;
+                }
+                k += BK, c += BK, tap += BK;
+                if (c == cg) {
+                    c = 0, tap += next_col, xbit <<= 1;
+                    if (++kj == kw) kj = 0, xbit = 1, ybit <<= 1, tap += next_row;
+                }
+            }
+        }
+    };
 };
 
 // backward-data, one GEMM per stride phase (py, px): the input pixels with (iy + ph) % sh == py
@@ -338,6 +405,73 @@ struct ConvBwdDataTapLoader {
             }
         }
     };
+    // The whole block tile (TileLoader; see ConvFwdTapLoader::Tile): per piece a row's dy
+    // pointer and tap masks, a column chunk's weight pointer; the position along k once.
+    template <class T>
+    struct Tile {
+        const float* dyrow[T::MB];       // dy at the output pixel tap (0, 0) sees (may lie outside dy) + chunk
+        u32 ymask[T::MB], xmask[T::MB];  // the row's taps inside dy; 0 outside [0, M)
+        const float* wcol[T::NB];        // the weight at group g, this thread's 4 channels, its o
+        bool wok[T::NB];                 // the channels are inside [0, N)
+        int k, k1, o, tj, tap, wtap, woff;  // the next piece: first k, (tj, o), dy offset, kernel tap, weight offset
+        u32 ybit, xbit;                  // its tap as mask bits: 1 << ti, 1 << tj
+        int og, ntx, cg, wstep, next_col, next_row, wnext_col, wnext_row;
+        DEVM Tile(const ConvBwdDataTapLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
+            const ConvDims& d = l.d;
+            og = d.c_out / d.groups, ntx = l.ph.ntx > 0 ? l.ph.ntx : 1, cg = d.c_in / d.groups;
+            const int khkw = d.kh * d.kw;
+            wstep = BK * khkw * cg;                // o -> o + BK
+            next_col = -og - d.c_out;              // (ti, tj, og) -> (ti, tj + 1, 0)
+            next_row = (ntx - d.ow) * d.c_out;     // then (ti, ntx, 0) -> (ti + 1, 0, 0)
+            wnext_col = d.sw;                      // kernel tap (py + sh ti) kw + px + sw tj
+            wnext_row = d.sh * d.kw - d.sw * ntx;
+            int i, kk, j, kb;
+            tile_coord<true, BM>(threadIdx.x, 0, i, kk);
+            chunk_coord(threadIdx.x, j, kb);  // channels j .. j + 3 at k + kb
+#pragma unroll
+            for (int p = 0; p < T::MB; ++p) {
+                const int row = m0 + p * BM + i;
+                dyrow[p] = l.dy, ymask[p] = 0, xmask[p] = 0;
+                if (row < M) {
+                    const int b = row % l.ph.nx, a = (row / l.ph.nx) % l.ph.ny, img = row / (l.ph.nx * l.ph.ny);
+                    const int oyb = l.ph.by + a, oxb = l.ph.bx + b;
+                    dyrow[p] = l.dy + (i64)img * d.oh * d.ow * d.c_out + (i64)l.g * og + kk + (oyb * d.ow + oxb) * d.c_out;
+                    ymask[p] = tap_mask(oyb, -1, l.ph.nty, d.oh);
+                    xmask[p] = tap_mask(oxb, -1, l.ph.ntx, d.ow);
+                }
+            }
+#pragma unroll
+            for (int p = 0; p < T::NB; ++p) {
+                const int c = n0 + p * BN + j;
+                wok[p] = c < N;
+                wcol[p] = l.wt + (wok[p] ? (i64)l.g * og * khkw * cg + (i64)kb * khkw * cg + c : 0);
+            }
+            k = (int)k0, k1 = (int)k1_;
+            int ti;
+            split_tap(k, og, ntx, o, ti, tj);
+            tap = o - (ti * d.ow + tj) * d.c_out;
+            wtap = (l.ph.py + d.sh * ti) * d.kw + l.ph.px + d.sw * tj;
+            woff = (o * khkw + wtap) * cg;
+            ybit = 1u << ti, xbit = 1u << tj;
+        }
+        DEVM void issue(const ConvBwdDataTapLoader&, sptr sa, sptr sb) {
+#pragma unroll
+            for (int kb = 0; kb < T::KB; ++kb) {
+                const bool kin = k < k1;
+#pragma unroll
+                for (int p = 0; p < T::MB; ++p)
+                    issue_kchunk<T>(sa, p * BM, kb * BK, dyrow[p] + tap, kin && (ymask[p] & ybit) && (xmask[p] & xbit));
+#pragma unroll
+                for (int p = 0; p < T::NB; ++p) issue_mnchunk<T, T::TN>(sb, p * BN, kb * BK, wcol[p] + woff, kin && wok[p]);
+                k += BK, o += BK, tap += BK, woff += wstep;
+                if (o == og) {
+                    o = 0, tap += next_col, wtap += wnext_col, xbit <<= 1;
+                    if (++tj == ntx) tj = 0, xbit = 1, ybit <<= 1, tap += next_row, wtap += wnext_row;
+                    woff = wtap * cg;
+                }
+            }
+        }
+    };
 };
 
 // Where row p of phase `ph` lands in dx: input pixel (img, iy0 + sh * a, ix0 + sw * b).
@@ -468,6 +602,69 @@ struct ConvBwdWeightChunkLoader {
                 if (iy0 == d.oh * d.sh - d.ph) iy0 -= d.oh * d.sh, px += (i64)(d.h - d.oh * d.sh) * d.w * d.c_in;
             }
             k += BK;
+        }
+    };
+    // The whole block tile (TileLoader), what the 128-row kernels run: every piece's chunks are
+    // at the same pixel (k), so the pixel and its advance are kept once per thread; per piece
+    // only a row's dy pointer and a column's tap.
+    template <class T>
+    struct Tile {
+        const float* dyp[T::MB];  // dy at the next piece's pixel, this thread's chunk of channels o
+        bool aok[T::MB];          // the chunk is inside [0, M)
+        int qoff[T::NB];          // the column chunk's offset in x from the pixel's top-left tap: (ki w + kj) c_in + c
+        int ki[T::NB], kj[T::NB]; // its tap
+        bool qok[T::NB];          // the chunk is inside [0, N)
+        const float* xp;          // x at the pixel's top-left input tap (iy0, ix0), group g
+        int iy0, ix0, k, k1;      // (oy sh - ph, ox sw - pw) of the pixel; the next piece's first k
+        DEVM Tile(const ConvBwdWeightChunkLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
+            const ConvDims& d = l.d;
+            const int og = d.c_out / d.groups, cg = d.c_in / d.groups;
+            k = (int)k0, k1 = (int)k1_;
+            int mn, kk;
+            chunk_coord(threadIdx.x, mn, kk);
+            const int p = (int)k0 + kk;
+#pragma unroll
+            for (int i = 0; i < T::MB; ++i) {
+                const int o = m0 + i * BM + mn;
+                aok[i] = o < M;
+                dyp[i] = l.dy + (aok[i] ? (i64)p * d.c_out + (i64)l.g * og + o : 0);
+            }
+#pragma unroll
+            for (int i = 0; i < T::NB; ++i) {
+                const int q = n0 + i * BN + mn;
+                qok[i] = q < N;
+                const int c = qok[i] ? q % cg : 0, t = qok[i] ? q / cg : 0;
+                ki[i] = t / d.kw, kj[i] = t % d.kw;
+                qoff[i] = (ki[i] * d.w + kj[i]) * d.c_in + c;
+            }
+            const int ox = p % d.ow, oy = (p / d.ow) % d.oh, img = p / (d.ow * d.oh);
+            iy0 = oy * d.sh - d.ph, ix0 = ox * d.sw - d.pw;
+            xp = l.x + (i64)l.g * cg + (((i64)img * d.h + iy0) * d.w + ix0) * d.c_in;
+        }
+        DEVM void issue(const ConvBwdWeightChunkLoader& l, sptr sa, sptr sb) {
+            const ConvDims& d = l.d;
+#pragma unroll
+            for (int kb = 0; kb < T::KB; ++kb) {
+                const bool kin = k < k1;
+#pragma unroll
+                for (int i = 0; i < T::MB; ++i) {
+                    issue_mnchunk<T, T::TM>(sa, i * BM, kb * BK, dyp[i], kin && aok[i]);
+                    dyp[i] += (i64)BK * d.c_out;
+                }
+#pragma unroll
+                for (int i = 0; i < T::NB; ++i) {
+                    const bool in = kin && qok[i] && (unsigned)(iy0 + ki[i]) < (unsigned)d.h && (unsigned)(ix0 + kj[i]) < (unsigned)d.w;
+                    issue_mnchunk<T, T::TN>(sb, i * BN, kb * BK, xp + qoff[i], in);
+                }
+                // 16 output pixels on: columns, then rows (ox -= ow, oy += 1), then images (oy -= oh).
+                ix0 += BK * d.sw, xp += (i64)BK * d.sw * d.c_in;
+                while (ix0 >= d.ow * d.sw - d.pw) {
+                    ix0 -= d.ow * d.sw, xp += ((i64)d.sh * d.w - (i64)d.ow * d.sw) * d.c_in;
+                    iy0 += d.sh;
+                    if (iy0 == d.oh * d.sh - d.ph) iy0 -= d.oh * d.sh, xp += (i64)(d.h - d.oh * d.sh) * d.w * d.c_in;
+                }
+                k += BK;
+            }
         }
     };
 };

@@ -455,11 +455,12 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
 // chunk of the tile row, TcTile::at) or all zeros (padding, past k1 or M: one zero-fill, so the
 // warp's stores stay one instruction), else one 4-byte cp.async each.
 template <bool K_FAST, int W, class T, bool VEC = false, bool MN = false, int WIDTH = 0>
-DEV void issue_operand(float* stage, int row0, int k0, const float* const* p) {
+DEV void issue_operand(sptr stage, int row0, int k0, const float* const* p) {
+    constexpr int F = sizeof(float);
     if (MN) {  // one 16-byte chunk of 4 rows at one k (TcTile::mn_at; WIDTH: TM or TN)
         int mn, kk;
         chunk_coord(threadIdx.x, mn, kk);
-        cp_async_f32x4(&stage[T::mn_at(k0 + kk, row0 + mn, WIDTH)], p[0]);
+        cp_async_16(stage + F * T::mn_at(k0 + kk, row0 + mn, WIDTH), p[0], p[0] != nullptr);
         return;
     }
     // Element r is (i, kt + r) (K_FAST: one chunk) or (i, kt + 4 r) with kt < 4 (tile_coord), and
@@ -468,18 +469,30 @@ DEV void issue_operand(float* stage, int row0, int k0, const float* const* p) {
     static_assert(K_FAST || !VEC, "a vector loader's chunks run along k");
     int i, kt;
     tile_coord<K_FAST, W>(threadIdx.x, 0, i, kt);
-    float* rows = stage + row0 * T::TK;
+    const sptr rows = stage + F * row0 * T::TK;
     const int lane = T::at(i, kt);
-    if (VEC) {
-        cp_async_f32x4(&rows[lane ^ k0], p[0]);
-        return;
-    }
-    if (K_FAST && (one_vector(p) || !(p[0] || p[1] || p[2] || p[3]))) {
-        cp_async_f32x4(&rows[lane ^ k0], p[0]);
+    if (VEC || (K_FAST && (one_vector(p) || !(p[0] || p[1] || p[2] || p[3])))) {
+        cp_async_16(rows + F * (lane ^ k0), p[0], p[0] != nullptr);
         return;
     }
 #pragma unroll
-    for (int r = 0; r < 4; ++r) cp_async_f32(&rows[K_FAST ? (lane ^ k0) + r : lane ^ (k0 + 4 * r)], p[r]);
+    for (int r = 0; r < 4; ++r) cp_async_4(rows + F * (K_FAST ? (lane ^ k0) + r : lane ^ (k0 + 4 * r)), p[r], p[r] != nullptr);
+}
+
+// One 16-byte chunk of a K_FAST operand's BM x BK (BN x BK) piece at rows row0.., k k0.. of a
+// stage: this thread's (tile_coord), from `src`, or zeros where !ok.
+template <class T>
+DEV void issue_kchunk(sptr stage, int row0, int k0, const float* src, bool ok) {
+    int i, kt;
+    tile_coord<true, BM>(threadIdx.x, 0, i, kt);
+    cp_async_16(stage + sizeof(float) * (row0 * T::TK + (T::at(i, kt) ^ k0)), src, ok);
+}
+// One 16-byte chunk of an MN-major operand's piece (chunk_coord; WIDTH: TM or TN).
+template <class T, int WIDTH>
+DEV void issue_mnchunk(sptr stage, int row0, int k0, const float* src, bool ok) {
+    int mn, kk;
+    chunk_coord(threadIdx.x, mn, kk);
+    cp_async_16(stage + sizeof(float) * T::mn_at(k0 + kk, row0 + mn, WIDTH), src, ok);
 }
 
 // A loader Thread's addr (a loader whose Thread reads shapes from the loader overloads this).
@@ -488,21 +501,43 @@ DEV void loader_addr(Th& th, const L&, const float** pa, const float** pb) {
     th.addr(pa, pb);
 }
 
-// Issues the cp.asyncs of the next tile pair into pipeline stage `st`: KB k steps, each from
-// every piece's loader Thread (one past MB or NB computes addresses nobody loads).
+template <class...>
+struct MakeVoid {
+    typedef void type;
+};
+
+// What loads a block tile's operands, made once per block by (loader, M, N, m0, n0, k0, k1);
+// issue(loader, sa, sb) issues the cp.asyncs of the next tile pair into the stages at shared
+// addresses sa and sb. By default: PIECES of the loader's Threads (rows m0 + p BM, columns n0 +
+// p BN), each asked KB times per stage (one past MB or NB computes addresses nobody loads). A
+// loader that serves the whole tile itself declares `template <class T> struct Tile` with that
+// constructor and issue(): it keeps its position along k once for every piece, and gives each
+// copy a predicate instead of a null pointer (a 64-bit compare per copy).
+template <class L, class T, class = void>
+struct TileLoader {
+    typename L::Thread th[T::PIECES];
+    DEVM TileLoader(const L& ld, int M, int N, int m0, int n0, i64 k0, i64 k1) {
+#pragma unroll
+        for (int p = 0; p < T::PIECES; ++p) th[p] = typename L::Thread(ld, M, N, m0 + p * BM, n0 + p * BN, k0, k1);
+    }
+    DEVM void issue(const L& ld, sptr sa, sptr sb) {
+#pragma unroll
+        for (int kb = 0; kb < T::KB; ++kb)
+#pragma unroll
+            for (int p = 0; p < T::PIECES; ++p) {
+                const float* pa[4];
+                const float* pb[4];
+                loader_addr(th[p], ld, pa, pb);
+                if (p < T::MB) issue_operand<L::A_K_FAST, BM, T, L::A_VEC, L::A_MN, T::TM>(sa, p * BM, kb * BK, pa);
+                if (p < T::NB) issue_operand<L::B_K_FAST, BN, T, L::B_VEC, L::B_MN, T::TN>(sb, p * BN, kb * BK, pb);
+            }
+    }
+};
 template <class L, class T>
-DEV void issue_tile(GemmSmemTc<T>& s, const L& ld, typename L::Thread* th, int st) {
-#pragma unroll
-    for (int kb = 0; kb < T::KB; ++kb)
-#pragma unroll
-        for (int p = 0; p < T::PIECES; ++p) {
-            const float* pa[4];
-            const float* pb[4];
-            loader_addr(th[p], ld, pa, pb);
-            if (p < T::MB) issue_operand<L::A_K_FAST, BM, T, L::A_VEC, L::A_MN, T::TM>(s.a[st], p * BM, kb * BK, pa);
-            if (p < T::NB) issue_operand<L::B_K_FAST, BN, T, L::B_VEC, L::B_MN, T::TN>(s.b[st], p * BN, kb * BK, pb);
-        }
-}
+struct TileLoader<L, T, typename MakeVoid<typename L::template Tile<T>>::type> : L::template Tile<T> {
+    DEVM TileLoader(const L& ld, int M, int N, int m0, int n0, i64 k0, i64 k1)
+        : L::template Tile<T>(ld, M, N, m0, n0, k0, k1) {}
+};
 
 // This warp's WM x WN share of stage `st` (TK deep) multiplied into acc, (mt, nt) tile at
 // acc[(mt * NT + nt) * 4]. Per k16 step, ldmatrix gives per m16 tile and k half h, r =
@@ -524,6 +559,9 @@ DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
     const int g = lane / 4, t = lane % 4;
     const int a_mn = T::mn_at(t, wm + g, T::TM), b_mn = T::mn_at(t, wn + g, T::TN);
     constexpr int AK = T::TM + T::MN_PAD, BKS = T::TN + T::MN_PAD;  // one k row of each
+    // The stage's shared addresses, for ldmatrix (a per-access generic pointer cost 64-bit math).
+    constexpr int F = sizeof(float);
+    const sptr sa = smem_addr(s.a[0]) + st * sizeof(s.a[0]), sb = smem_addr(s.b[0]) + st * sizeof(s.b[0]);
     // A's words of m16 tile mt and k half h (ldmatrix's r, above) / B's of n8 tile nt (q).
     auto a_words = [&](u32* r, int mt, int h, int kc) {
         if (A_MN) {
@@ -531,7 +569,7 @@ DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
             r[0] = (u32)__float_as_int(p[0]), r[1] = (u32)__float_as_int(p[8]);
             r[2] = (u32)__float_as_int(p[4 * AK]), r[3] = (u32)__float_as_int(p[4 * AK + 8]);
         } else {
-            ldmatrix_x4(r, &s.a[st][(a_lane ^ (kc + h * 8)) + mt * 16 * T::TK]);
+            ldmatrix_x4(r, sa + F * ((a_lane ^ (kc + h * 8)) + mt * 16 * T::TK));
         }
     };
     auto b_words = [&](u32* q, int nt, int kc) {
@@ -540,7 +578,7 @@ DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
 #pragma unroll
             for (int j = 0; j < 4; ++j) q[j] = (u32)__float_as_int(p[4 * j * BKS]);
         } else {
-            ldmatrix_x4(q, &s.b[st][(b_lane ^ kc) + nt * 8 * T::TK]);
+            ldmatrix_x4(q, sb + F * ((b_lane ^ kc) + nt * 8 * T::TK));
         }
     };
 #pragma unroll
@@ -606,23 +644,29 @@ DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1,
 #pragma unroll
     for (int i = 0; i < ACC; ++i) acc[i] = 0.0f;
 
-    typename L::Thread th[T::PIECES];
-#pragma unroll
-    for (int p = 0; p < T::PIECES; ++p) th[p] = typename L::Thread(ld, M, N, m0 + p * BM, n0 + p * BN, k0, k1);
+    TileLoader<L, T> loader(ld, M, N, m0, n0, k0, k1);
+    // Stage st's shared addresses: the copies and fragment reads add constants to these.
+    const sptr sa0 = smem_addr(s.a[0]), sb0 = smem_addr(s.b[0]);
+    auto issue = [&](int st) { loader.issue(ld, sa0 + st * sizeof(s.a[0]), sb0 + st * sizeof(s.b[0])); };
     const int tiles = k0 < k1 ? (int)((k1 - k0 + T::TK - 1) / T::TK) : 0;
 #pragma unroll
     for (int st = 0; st < STAGES - 1; ++st) {
-        if (st < tiles) issue_tile<L>(s, ld, th, st);
+        if (st < tiles) issue(st);
         cp_async_commit();
     }
+    // The stages of tile kt (read) and of tile kt + STAGES - 1 (written), rotated by a compare
+    // rather than a modulo.
+    int rd = 0, wr = STAGES - 1;
     for (int kt = 0; kt < tiles; ++kt) {
         cp_async_wait<STAGES - 2>();
         // Tile kt is visible to every thread, and every warp is done with tile kt - 1, whose
         // stage the next issue refills.
         __syncthreads();
-        if (kt + STAGES - 1 < tiles) issue_tile<L>(s, ld, th, (kt + STAGES - 1) % STAGES);
+        if (kt + STAGES - 1 < tiles) issue(wr);
         cp_async_commit();
-        mma_stage<MATH, T, L::A_MN, L::B_MN>(s, kt % STAGES, acc);
+        mma_stage<MATH, T, L::A_MN, L::B_MN>(s, rd, acc);
+        rd = rd == STAGES - 1 ? 0 : rd + 1;
+        wr = wr == STAGES - 1 ? 0 : wr + 1;
     }
     cp_async_wait<0>();
 

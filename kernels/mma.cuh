@@ -53,11 +53,20 @@ DEV void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
 #endif
 }
 
-// The shared-memory address of a generic pointer into shared memory (cp.async and ldmatrix
-// take 32-bit shared addresses).
-DEV u32 smem_u32(const void* p) {
+// A shared-memory address as the instructions take it: the 32-bit offset in the shared window
+// (the emulation: the host pointer). The main loops make one per stage and add constants, so
+// the fragment reads and copies cost no 64-bit pointer arithmetic (a generic pointer converted
+// per access cost 3-4 instructions each in the SASS).
 #ifdef SSL_EMU
-    return 0;
+typedef uintptr_t sptr;
+#else
+typedef u32 sptr;
+#endif
+
+// The shared-memory address of a generic pointer into shared memory.
+DEV sptr smem_addr(const void* p) {
+#ifdef SSL_EMU
+    return (sptr)p;
 #else
     u32 a;
     asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
@@ -65,24 +74,28 @@ DEV u32 smem_u32(const void* p) {
 #endif
 }
 
-// cp.async of one float, global to shared, bypassing registers; src null writes a zero (the
-// src-size 0 form reads nothing). Lands only once a cp_async_wait covers its group.
-DEV void cp_async_f32(float* dst, const float* src) {
+// cp.async of one float, global to shared address `dst`, bypassing registers; `ok` false writes
+// a zero (the src-size 0 form reads nothing). Lands only once a cp_async_wait covers its group.
+DEV void cp_async_4(sptr dst, const void* src, bool ok) {
 #ifdef SSL_EMU
-    emu_cp_async(dst, src, 4);
+    emu_cp_async((void*)dst, ok ? src : nullptr, 4);
 #else
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src ? 4 : 0));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 4 : 0));
 #endif
 }
-// cp.async of 4 floats (16 bytes, both sides 16-byte aligned), through L2 only (.cg); a null
-// `src` fills the 16 bytes with zeros and reads nothing.
-DEV void cp_async_f32x4(float* dst, const float* src) {
+DEV void cp_async_f32(float* dst, const float* src) { cp_async_4(smem_addr(dst), src, src != nullptr); }
+// cp.async of 16 bytes (both sides 16-byte aligned), through L2 only (.cg), to shared address
+// `dst`; `ok` false fills the 16 bytes with zeros and reads nothing (`src` must still be a
+// pointer the instruction may form: any, it is not dereferenced).
+DEV void cp_async_16(sptr dst, const void* src, bool ok) {
 #ifdef SSL_EMU
-    emu_cp_async(dst, src, 16);
+    emu_cp_async((void*)dst, ok ? src : nullptr, 16);
 #else
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src ? 16 : 0));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
 #endif
 }
+// cp.async of 4 floats; a null `src` fills the 16 bytes with zeros and reads nothing.
+DEV void cp_async_f32x4(float* dst, const float* src) { cp_async_16(smem_addr(dst), src, src != nullptr); }
 // Closes the group of cp.asyncs issued since the last commit.
 DEV void cp_async_commit() {
 #ifdef SSL_EMU
@@ -102,18 +115,19 @@ DEV void cp_async_wait() {
 #endif
 }
 
-// ldmatrix .x4 .b16 over 32-bit data: lane l gives the address of row l % 8 of matrix l / 8
-// (8 rows of 16 bytes = 4 floats each); r[j] gets word l % 4 of row l / 4 of matrix j. Over
-// float tiles stored [m][k], that is exactly the element (row g, k t) of an m16n8k8 fragment.
-DEV void ldmatrix_x4(u32* r, const float* row) {
+// ldmatrix .x4 .b16 over 32-bit data: lane l gives the shared address of row l % 8 of matrix
+// l / 8 (8 rows of 16 bytes = 4 floats each); r[j] gets word l % 4 of row l / 4 of matrix j.
+// Over float tiles stored [m][k], that is exactly the element (row g, k t) of an m16n8k8 fragment.
+DEV void ldmatrix_x4(u32* r, sptr row) {
 #ifdef SSL_EMU
-    emu_ldmatrix_x4(r, row);
+    emu_ldmatrix_x4(r, (const void*)row);
 #else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(row)));
+                 : "r"(row));
 #endif
 }
+DEV void ldmatrix_x4(u32* r, const float* row) { ldmatrix_x4(r, smem_addr(row)); }
 
 // Two floats rounded to bf16 (ties to even) in one register, `lo` in the low half.
 DEV u32 pack_bf16x2(float lo, float hi) {
