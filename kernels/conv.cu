@@ -813,9 +813,13 @@ CONV_WEIGHT_KERNEL(conv2d_m128n128_weight_bwd_bf16, GEMM_BF16, Tile128, ConvLoad
 CONV_KERNEL(conv2d_m128n64_fwd_bf16, conv_fwd_impl, GEMM_BF16, Tile128x64, x, wt)
 CONV_DATA_KERNEL(conv2d_m128n64_data_bwd_bf16, GEMM_BF16, Tile128x64)
 CONV_WEIGHT_KERNEL(conv2d_m128n64_weight_bwd_bf16, GEMM_BF16, Tile128x64, ConvLoaders<Tile128x64>::BwdWeight)
-// 64 x 64 backward-weight in 16-byte chunks (what the 128-row tiles always take).
+// 64 x 64 backward-weight in 16-byte chunks (what the 128-row tiles always take), and 64 x 128
+// (a stage of 64 output channels: ResNet's first, 64 x 576 outputs, where a 128-row tile would
+// be half padding and 64 x 64 tiles spend 3x the instructions per MMA).
 CONV_WEIGHT_KERNEL(conv2d_tc_chunks_weight_bwd_f32, GEMM_TF32, Tile64, ConvBwdWeightChunkLoader)
 CONV_WEIGHT_KERNEL(conv2d_chunks_weight_bwd_bf16, GEMM_BF16, Tile64, ConvBwdWeightChunkLoader)
+CONV_WEIGHT_KERNEL(conv2d_tc_m64n128_weight_bwd_f32, GEMM_TF32, Tile64x128, ConvBwdWeightChunkLoader)
+CONV_WEIGHT_KERNEL(conv2d_m64n128_weight_bwd_bf16, GEMM_BF16, Tile64x128, ConvBwdWeightChunkLoader)
 // The forward pass with batch norm's statistics in its epilogue (Backend::conv2d_batchnorm_fwd_train).
 // The bf16 ones store their output as bf16 (OUT16): only batch norm reads it, as bf16.
 #define CONV_BN_KERNEL(name, MATH, TILE, OUT16)                                                                    \

@@ -12,8 +12,9 @@
 // - SIMT tiles are BM x BN x BK = 64 x 64 x 16.
 // - Tensor cores (GemmSmemTc<TILE>): a STAGES-deep cp.async pipeline from global to shared
 //   memory (tiles k-contiguous for both operands, 16-byte chunks XOR-swizzled), fragments read with
-//   ldmatrix, and mma.sync with FP32 accumulation; 8 warps in a 2 x 4 layout. Three block tiles
-//   (TcTile): 64 x 64 x 16 (warp 32 x 16), 128 x 128 x 32 (warp 64 x 32) and 128 x 64 x 32.
+//   ldmatrix, and mma.sync with FP32 accumulation; 8 warps, 2 x 4 or 4 x 2. Four block tiles
+//   (TcTile): 64 x 64 x 16 (warp 32 x 16), 128 x 128 x 32 (warp 64 x 32), 128 x 64 x 32 and
+//   64 x 128 x 32 (backward-weight only).
 //   - TF32 (opt-in): m16n8k8, operands rounded with cvt.rna.tf32 as fragments.
 //   - BF16 (precision = "bf16"): m16n8k16, operands rounded to bf16 (ties to even) as they are
 //     packed into fragments, so the kernel alone gives bf16-operand semantics.
@@ -63,12 +64,16 @@ struct __align__(16) GemmSmem {
 // steps per pipeline stage. A loader Thread serves one BM x BK piece of A and one BK x BN piece
 // of B per addr() call, so a block keeps PIECES of them (at rows m0 + p BM and columns
 // n0 + p BN) and calls each KB times per stage: the loaders stay written for 64 x 64 x 16.
-// The 8 warps sit 2 x 4, each owning a WM x WN sub-tile of MT x NT mma tiles.
+// The 8 warps sit WARPS_M x WARPS_N, each owning a WM x WN sub-tile of MT x NT mma tiles.
 template <int MB_, int NB_, int KB_>
 struct TcTile {
     static constexpr int MB = MB_, NB = NB_, KB = KB_, PIECES = MB_ > NB_ ? MB_ : NB_;
     static constexpr int TM = BM * MB_, TN = BN * NB_, TK = BK * KB_;
-    static constexpr int WM = TM / 2, WN = TN / 4, MT = WM / 16, NT = WN / 8;
+    // The 8 warps split the longer side 4 ways: 2 x 4 (128 x 128: warps of 64 x 32; 64 x 128
+    // and 64 x 64), 4 x 2 for 128 x 64 (warps of 32 x 32, where 2 x 4 gave 64 x 16: 8 A
+    // fragments for 2 B ones per k16 step, 30 fragment instructions per 8 MMAs against 24).
+    static constexpr int WARPS_M = TM > TN ? 4 : 2, WARPS_N = 8 / WARPS_M;
+    static constexpr int WM = TM / WARPS_M, WN = TN / WARPS_N, MT = WM / 16, NT = WN / 8;
     // Whether forward and backward-data convolutions and matmuls split k on this tile: only 64 x
     // 64, the tile for grids too small to fill the GPU (the Rust side's rule, gemm.rs). The
     // others compile without the split epilogue (its registers made ptxas spill there).
@@ -101,11 +106,19 @@ struct TcTile {
     // base and immediate offsets.
     static constexpr int MN_PAD = 8;
     DEVM static int mn_at(int k, int mn, int width) { return k * (width + MN_PAD) + mn; }
+    // Which rows of the stage an mma fragment's rows are. Any one-to-one map serves, if the
+    // epilogue uses it too: an MN-major operand takes the one that puts the two rows a lane
+    // reads at one k side by side, so one 8-byte load gives both. A (A_MN): rows g and g + 8 of
+    // m16 tile mt are rows 2g and 2g + 1 of its 16. B (B_MN): column g of n8 tiles 2j and 2j + 1
+    // are columns 2g and 2g + 1 of their 16. Otherwise (ldmatrix) the identity.
+    DEVM static int frag_row(bool mn_major, int mt, int r) { return mt * 16 + (mn_major ? (r & 7) * 2 + (r >> 3) : r); }
+    DEVM static int frag_col(bool mn_major, int nt, int c) { return mn_major ? (nt >> 1) * 16 + 2 * c + (nt & 1) : nt * 8 + c; }
 };
 // The variants (src/backend/cuda/matmul.rs, `Tile`, picks one per launch).
 typedef TcTile<1, 1, 1> Tile64;      // 64 x 64 x 16: grids too small for the big tiles, split-K
 typedef TcTile<2, 2, 2> Tile128;     // 128 x 128 x 32
 typedef TcTile<2, 1, 2> Tile128x64;  // 128 x 64 x 32: outputs at most 64 wide
+typedef TcTile<1, 2, 2> Tile64x128;  // 64 x 128 x 32: backward-weight with 64 output channels
 
 template <class T>
 struct __align__(16) GemmSmemTc {
@@ -550,35 +563,45 @@ struct TileLoader<L, T, typename MakeVoid<typename L::template Tile<T>>::type> :
 template <int MATH, class T, bool A_MN = false, bool B_MN = false>
 DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int wm = (warp / 4) * T::WM, wn = (warp % 4) * T::WN;
+    const int wm = (warp / T::WARPS_N) * T::WM, wn = (warp % T::WARPS_N) * T::WN;
     const int li = lane % 8, lj = lane / 8;
     // This lane's ldmatrix rows: A's at (wm + (lj & 1) 8 + li, (lj >> 1) 4) plus 16 mt rows and
     // k kc + 8 h; B's at (wn + li, 4 lj) plus 8 nt rows and k kc (TcTile::at's XOR form).
     const int a_lane = T::at(wm + (lj & 1) * 8 + li, (lj >> 1) * 4), b_lane = T::at(wn + li, 4 * lj);
-    // MN-major: this lane's element (k t, row g) of the warp's rows, plus constants per word.
+    // MN-major: this lane's element (k t, fragment row g: stage row 2g, frag_row) of the
+    // warp's rows, plus constants per word.
     const int g = lane / 4, t = lane % 4;
-    const int a_mn = T::mn_at(t, wm + g, T::TM), b_mn = T::mn_at(t, wn + g, T::TN);
+    const int a_mn = T::mn_at(t, wm + 2 * g, T::TM), b_mn = T::mn_at(t, wn + 2 * g, T::TN);
     constexpr int AK = T::TM + T::MN_PAD, BKS = T::TN + T::MN_PAD;  // one k row of each
     // The stage's shared addresses, for ldmatrix (a per-access generic pointer cost 64-bit math).
     constexpr int F = sizeof(float);
     const sptr sa = smem_addr(s.a[0]) + st * sizeof(s.a[0]), sb = smem_addr(s.b[0]) + st * sizeof(s.b[0]);
     // A's words of m16 tile mt and k half h (ldmatrix's r, above) / B's of n8 tile nt (q).
     auto a_words = [&](u32* r, int mt, int h, int kc) {
-        if (A_MN) {
+        if (A_MN) {  // rows g, g + 8 at k t, then at k t + 4: two 8-byte loads (frag_row)
             const float* p = &s.a[st][a_mn + (kc + 8 * h) * AK + mt * 16];
-            r[0] = (u32)__float_as_int(p[0]), r[1] = (u32)__float_as_int(p[8]);
-            r[2] = (u32)__float_as_int(p[4 * AK]), r[3] = (u32)__float_as_int(p[4 * AK + 8]);
+            const float2 lo = *reinterpret_cast<const float2*>(p), hi = *reinterpret_cast<const float2*>(p + 4 * AK);
+            r[0] = (u32)__float_as_int(lo.x), r[1] = (u32)__float_as_int(lo.y);
+            r[2] = (u32)__float_as_int(hi.x), r[3] = (u32)__float_as_int(hi.y);
         } else {
             ldmatrix_x4(r, sa + F * ((a_lane ^ (kc + h * 8)) + mt * 16 * T::TK));
         }
     };
-    auto b_words = [&](u32* q, int nt, int kc) {
-        if (B_MN) {
-            const float* p = &s.b[st][b_mn + kc * BKS + nt * 8];
+    // All NT tiles' words: B_MN reads n8 tiles 2j and 2j + 1 together, 8 bytes at a time (frag_col).
+    auto b_words = [&](u32 (*q)[4], int kc) {
+        static_assert(!B_MN || T::NT % 2 == 0, "MN-major B is read in pairs of n8 tiles");
 #pragma unroll
-            for (int j = 0; j < 4; ++j) q[j] = (u32)__float_as_int(p[4 * j * BKS]);
-        } else {
-            ldmatrix_x4(q, sb + F * ((b_lane ^ kc) + nt * 8 * T::TK));
+        for (int nt = 0; nt < T::NT; nt += B_MN ? 2 : 1) {
+            if (B_MN) {
+                const float* p = &s.b[st][b_mn + kc * BKS + (nt >> 1) * 16];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const float2 v = *reinterpret_cast<const float2*>(p + 4 * j * BKS);
+                    q[nt][j] = (u32)__float_as_int(v.x), q[nt + 1][j] = (u32)__float_as_int(v.y);
+                }
+            } else {
+                ldmatrix_x4(q[nt], sb + F * ((b_lane ^ kc) + nt * 8 * T::TK));
+            }
         }
     };
 #pragma unroll
@@ -586,8 +609,7 @@ DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
         const int kc = ks * BK;
         // B first, packed; then one m16 tile at a time, so few fragment registers are live at once.
         u32 bq[T::NT][4];
-#pragma unroll
-        for (int nt = 0; nt < T::NT; ++nt) b_words(bq[nt], nt, kc);
+        b_words(bq, kc);
         if (MATH == GEMM_BF16) {
             u32 bf[T::NT][2];
 #pragma unroll
@@ -672,7 +694,7 @@ DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1,
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;
-    const int wm = (warp / 4) * T::WM, wn = (warp % 4) * T::WN;
+    const int wm = (warp / T::WARPS_N) * T::WM, wn = (warp % T::WARPS_N) * T::WN;
     // f(i, offset in C) for each of this thread's outputs inside C.
     auto each = [&](auto f) {
 #pragma unroll
@@ -681,16 +703,16 @@ DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1,
             for (int nt = 0; nt < T::NT; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    const int row = m0 + wm + mt * 16 + g + (e >= 2 ? 8 : 0);
-                    const int col = n0 + wn + nt * 8 + 2 * t + (e & 1);
+                    const int row = m0 + wm + T::frag_row(L::A_MN, mt, g + (e >= 2 ? 8 : 0));
+                    const int col = n0 + wn + T::frag_col(L::B_MN, nt, 2 * t + (e & 1));
                     if (row < M && col < N) f((mt * T::NT + nt) * 4 + e, out_row(row) + col);
                 }
     };
     if (!store_tile<ACC, OUT16>(acc, C, each, split, &s, round_out, addend)) return;
     if (stats.part) {
         // Column sums: this thread's 2 MT rows of each of its 2 NT columns, then the 8 lanes of
-        // a column (g: lanes xor 4, 8, 16), then the two warp rows through shared memory.
-        double* red = reinterpret_cast<double*>(&s);  // [warp row][sum, sq][TN]: 4 TN doubles
+        // a column (g: lanes xor 4, 8, 16), then the warp rows through shared memory.
+        double* red = reinterpret_cast<double*>(&s);  // [warp row][sum, sq][TN]: 2 WARPS_M TN doubles
         __syncthreads();  // every warp is past its last fragment read
 #pragma unroll
         for (int nt = 0; nt < T::NT; ++nt)
@@ -701,7 +723,7 @@ DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1,
                 for (int mt = 0; mt < T::MT; ++mt)
 #pragma unroll
                     for (int hr = 0; hr < 2; ++hr)
-                        if (m0 + wm + mt * 16 + g + hr * 8 < M) {
+                        if (m0 + wm + T::frag_row(L::A_MN, mt, g + hr * 8) < M) {
                             const double v = (double)acc[(mt * T::NT + nt) * 4 + hr * 2 + cc];
                             a += v, b += v * v;
                         }
@@ -710,11 +732,12 @@ DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1,
                     a += __shfl_xor_sync(0xffffffffu, a, o);
                     b += __shfl_xor_sync(0xffffffffu, b, o);
                 }
-                const int col = wn + nt * 8 + 2 * t + cc;
-                if (g == 0) red[((warp / 4) * 2) * T::TN + col] = a, red[((warp / 4) * 2 + 1) * T::TN + col] = b;
+                const int col = wn + T::frag_col(L::B_MN, nt, 2 * t + cc);
+                const int wr = warp / T::WARPS_N;  // the warp row
+                if (g == 0) red[(wr * 2) * T::TN + col] = a, red[(wr * 2 + 1) * T::TN + col] = b;
             }
         __syncthreads();
-        stats.finish(red, 2, n0, N, T::TN);
+        stats.finish(red, T::WARPS_M, n0, N, T::TN);
     }
 }
 

@@ -331,9 +331,11 @@ fn tensor_core_shared_memory_is_free_of_bank_conflicts() {
                 ConvBatchNorm { stride: 1, pad: 1, groups: 1, residual: false, relu: true },
                 vec![vec![2, 6, 6, 16], vec![24, 3, 3, 16], vec![24], vec![24]],
             ),
-            // Backward-weight's chunk loader on 64 x 64 (24 x 144 outputs: 3 tiles, 4 pieces of
-            // 512 pixels) and on 128 x 64 (the 1x1 stride-2 shape of the tap loaders' test).
+            // Backward-weight's chunk loader on 64 x 128 (24 x 144 outputs: 2 tiles, pieces of
+            // 2048 pixels), on 64 x 64 (a 1x1 kernel's 24 x 48, which 128-row tiles would pad
+            // more) and on 128 x 64 (the 1x1 stride-2 shape of the tap loaders' test).
             (Conv { stride: 1, pad: 1, groups: 1 }, vec![vec![8, 16, 16, 16], vec![24, 3, 3, 16]]),
+            (Conv { stride: 1, pad: 0, groups: 1 }, vec![vec![8, 24, 24, 48], vec![24, 1, 1, 48]]),
             (Conv { stride: 2, pad: 0, groups: 1 }, vec![vec![32, 8, 8, 16], vec![32, 1, 1, 16]]),
             // Attention, head dims 64 and 128, two key tiles.
             (Attention { scale: 0.125 }, vec![vec![1, 2, 70, 64], vec![1, 2, 65, 64], vec![1, 2, 65, 64]]),
@@ -363,7 +365,7 @@ fn tensor_core_shared_memory_is_free_of_bank_conflicts() {
         ran.push((name.to_string(), cp16, cp16_extra, ldsm, ldsm_extra));
     }
     // Backward-weight's 128-row and chunk kernels hold both operands row-major (TcTile::mn_at).
-    let rows_major = |name: &str| name.contains("weight_bwd") && (name.contains("_m128n") || name.contains("_chunks_"));
+    let rows_major = |name: &str| name.contains("weight_bwd") && (name.contains("_m128n") || name.contains("_m64n128_") || name.contains("_chunks_"));
     for &(ref name, cp16, cp16_extra, ldsm, ldsm_extra) in &ran {
         if rows_major(name) {
             assert!(cp16 > 0 && ldsm == 0, "{name}: 16-byte stores and no ldmatrix expected ({cp16}, {ldsm})");
@@ -376,13 +378,14 @@ fn tensor_core_shared_memory_is_free_of_bank_conflicts() {
     let tile_of = |name: &str| match () {
         _ if name.contains("_m128n128_") => "128x128",
         _ if name.contains("_m128n64_") => "128x64",
+        _ if name.contains("_m64n128_") => "64x128",
         _ => "64x64",
     };
-    for tile in ["128x128", "128x64", "64x64"] {
+    for tile in ["128x128", "128x64", "64x128", "64x64"] {
         let reached = ran.iter().any(|(name, cp16, ..)| !name.starts_with("attention") && tile_of(name) == tile && *cp16 > 0);
         assert!(reached, "no {tile} kernel made 16-byte cp.async stores: {ran:?}");
     }
-    for weight in ["conv2d_m128n128_weight_bwd_bf16", "conv2d_m128n64_weight_bwd_bf16", "conv2d_chunks_weight_bwd_bf16"] {
+    for weight in ["conv2d_m128n128_weight_bwd_bf16", "conv2d_m128n64_weight_bwd_bf16", "conv2d_m64n128_weight_bwd_bf16", "conv2d_chunks_weight_bwd_bf16"] {
         let reached = ran.iter().any(|(name, cp16, ..)| name == weight && *cp16 > 0);
         assert!(reached, "{weight} made no 16-byte cp.async stores: {ran:?}");
     }
@@ -589,10 +592,10 @@ fn emulated_convolutions_on_the_tap_loaders_conform() {
     // (stride, pad, groups, x, w, the tiles of forward, backward-data and backward-weight)
     type Shape = (usize, usize, usize, [usize; 4], [usize; 4], [&'static str; 3]);
     let shapes: [Shape; 6] = [
-        (2, 1, 1, [8, 16, 16, 32], [32, 3, 3, 32], ["_m128n64_", "_m128n64_", ""]),
-        (1, 1, 2, [4, 12, 12, 32], [32, 3, 3, 16], ["_m128n64_", "_m128n64_", ""]),
+        (2, 1, 1, [8, 16, 16, 32], [32, 3, 3, 32], ["_m128n64_", "_m128n64_", "_m64n128_"]),
+        (1, 1, 2, [4, 12, 12, 32], [32, 3, 3, 16], ["_m128n64_", "_m128n64_", "_m64n128_"]),
         (2, 0, 1, [32, 8, 8, 16], [32, 1, 1, 16], ["_m128n64_", "_m128n64_", "_m128n64_"]),
-        (1, 1, 1, [8, 16, 16, 24], [40, 3, 3, 24], ["", "", ""]),
+        (1, 1, 1, [8, 16, 16, 24], [40, 3, 3, 24], ["", "", "_m64n128_"]),
         (1, 1, 1, [8, 6, 6, 32], [128, 3, 3, 32], ["", "", "_m128n128_"]),
         (2, 1, 1, [8, 12, 12, 32], [128, 3, 3, 32], ["", "_m128n64_", "_m128n128_"]),
     ];
@@ -608,7 +611,7 @@ fn emulated_convolutions_on_the_tap_loaders_conform() {
         let launched = dry.take_launches();
         for (pass, tile) in ["_fwd_bf16", "_data_bwd_bf16", "_weight_bwd_bf16"].into_iter().zip(tiles) {
             let l = launched.iter().find(|l| l.kernel.ends_with(pass) && !l.kernel.ends_with(&format!("_data{pass}"))).unwrap_or_else(|| panic!("no {pass}: {launched:?}"));
-            let got = ["_m128n128_", "_m128n64_"].into_iter().find(|t| l.kernel.contains(t)).unwrap_or("");
+            let got = ["_m128n128_", "_m128n64_", "_m64n128_"].into_iter().find(|t| l.kernel.contains(t)).unwrap_or("");
             assert_eq!(got, tile, "{xs:?} {ws:?} {pass}: {launched:?}");
         }
         cases.push((Case::Conv { stride, pad, groups }, vec![xs.to_vec(), ws.to_vec()]));

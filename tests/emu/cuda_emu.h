@@ -68,6 +68,9 @@ inline thread_local emu_thread emu_t;
 struct alignas(16) float4 {
     float x, y, z, w;
 };
+struct alignas(8) float2 {
+    float x, y;
+};
 
 struct emu_mma_slot {
     unsigned a[4], b[2];

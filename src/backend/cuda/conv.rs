@@ -63,7 +63,7 @@ pub(super) fn conv2d_batchnorm(
 
 /// How one pass runs: its GEMM (M x N outputs per group, reduction length K), block tile,
 /// split-K factor and grid. `chunks`: backward-weight on a 64 x 64 tensor-core tile that takes
-/// the chunk loader (weight_chunks_kernel; the 128-row tiles always do).
+/// the chunk loader (weight_chunks_kernel; the 128-row and 64 x 128 tiles always do).
 struct Plan {
     out_len: usize,
     tile: Tile,
@@ -179,16 +179,21 @@ fn weight_chunks(d: &Conv2dDims, k: usize) -> bool {
 /// summed in a fixed order (SplitK), so the result does not depend on the blocks' timing.
 fn weight_plan(b: &CudaBackend, m: usize, n: usize, k: usize, groups: usize, chunks: bool) -> (Tile, usize) {
     // Blocks per SM on sm_90a (`bench kernels --static`), which the weight kernels' launch
-    // bounds hold them to (WeightBlocksPerSm in kernels/conv.cu): 128 x 128 one (158-168
-    // registers with the chunk loader), 128 x 64 two (124-125), 64 x 64 three (76-80).
+    // bounds hold them to (WeightBlocksPerSm in kernels/conv.cu): 128 x 128 one (156-162
+    // registers with the chunk loader), 128 x 64 and 64 x 128 two (at most 128), 64 x 64
+    // three (80).
     let candidates = match b.gemm_math() {
         GemmMath::Simt => vec![(Tile::T64, 3, 1.0)],
         math => {
             let big = if n <= 64 { (Tile::T128x64, 2) } else { (Tile::T128, 1) };
             let mut c = vec![(Tile::T64, 3, 0.6)];
-            // The 128-row kernels' loader moves 16-byte chunks (weight_chunks).
+            // The 128-row kernels' loader moves 16-byte chunks (weight_chunks), and so does 64 x
+            // 128's, for 64 output channels or fewer, which a 128-row tile would half pad.
             if big.0.smem_bytes(math) <= b.max_shared() && chunks {
                 c.push((big.0, big.1, 1.0));
+                if m <= 64 && n > 64 {
+                    c.push((Tile::T64x128, 2, 1.0));
+                }
             }
             c
         }
@@ -237,6 +242,9 @@ fn kernel_of(pass: Pass, math: GemmMath, tile: Tile) -> &'static str {
         (Fwd, Bf16, T128x64) => "conv2d_m128n64_fwd_bf16",
         (BwdData, Bf16, T128x64) => "conv2d_m128n64_data_bwd_bf16",
         (BwdWeight, Bf16, T128x64) => "conv2d_m128n64_weight_bwd_bf16",
+        (BwdWeight, Tf32, T64x128) => "conv2d_tc_m64n128_weight_bwd_f32",
+        (BwdWeight, Bf16, T64x128) => "conv2d_m64n128_weight_bwd_bf16",
+        (Fwd | BwdData, _, T64x128) => unreachable!("the 64 x 128 tile serves backward-weight only (weight_plan)"),
     }
 }
 
@@ -251,6 +259,7 @@ fn batchnorm_kernel_of(math: GemmMath, tile: Tile) -> &'static str {
         (Bf16, T64) => "conv2d_batchnorm_fwd_bf16",
         (Bf16, T128) => "conv2d_batchnorm_m128n128_fwd_bf16",
         (Bf16, T128x64) => "conv2d_batchnorm_m128n64_fwd_bf16",
+        (_, T64x128) => unreachable!("the 64 x 128 tile serves backward-weight only (weight_plan)"),
     }
 }
 
@@ -265,8 +274,11 @@ fn weight_chunks_kernel(math: GemmMath) -> &'static str {
 }
 
 /// The kernels of one math and tile: the three passes, the forward with statistics, and on 64 x
-/// 64 tensor-core tiles the backward-weight chunk kernel.
+/// 64 tensor-core tiles the backward-weight chunk kernel; on 64 x 128 backward-weight alone.
 pub(crate) fn kernels_of(math: GemmMath, tile: Tile) -> Vec<&'static str> {
+    if tile == Tile::T64x128 {
+        return if math == GemmMath::Simt { vec![] } else { vec![kernel_of(Pass::BwdWeight, math, tile)] };
+    }
     let mut k = vec![
         kernel_of(Pass::Fwd, math, tile),
         kernel_of(Pass::BwdData, math, tile),

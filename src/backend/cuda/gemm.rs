@@ -21,6 +21,9 @@ pub(crate) enum Tile {
     T128,
     /// 128 x 64 x 32: outputs at most 64 wide, which a 128-wide tile would half pad.
     T128x64,
+    /// 64 x 128 x 32, backward-weight only (conv.rs, weight_plan): 64 output channels over many
+    /// columns, which a 128-row tile would half pad.
+    T64x128,
 }
 
 impl Tile {
@@ -30,6 +33,7 @@ impl Tile {
             Tile::T64 => (64, 64),
             Tile::T128 => (128, 128),
             Tile::T128x64 => (128, 64),
+            Tile::T64x128 => (64, 128),
         }
     }
 
@@ -60,7 +64,7 @@ impl Tile {
             (GemmMath::Simt, _) => 2 * 16 * (64 + 8) * F32,
             (_, Tile::T64) => STAGES * (64 + PAD + 64 + PAD) * 16 * F32,
             (_, Tile::T128) => STAGES * (128 + PAD + 128 + PAD) * 32 * F32,
-            (_, Tile::T128x64) => STAGES * (128 + PAD + 64 + PAD) * 32 * F32,
+            (_, Tile::T128x64 | Tile::T64x128) => STAGES * (128 + PAD + 64 + PAD) * 32 * F32,
         };
         bytes as u32
     }

@@ -17,6 +17,7 @@ pub(super) fn kernel_of(math: GemmMath, tile: Tile) -> &'static str {
         (Bf16, T64) => "matmul_fwd_bf16",
         (Bf16, T128) => "matmul_m128n128_fwd_bf16",
         (Bf16, T128x64) => "matmul_m128n64_fwd_bf16",
+        (_, T64x128) => unreachable!("the 64 x 128 tile serves backward-weight only (conv.rs, weight_plan)"),
     }
 }
 

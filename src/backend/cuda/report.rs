@@ -310,9 +310,11 @@ pub fn format_report(ks: &[KernelStatic]) -> String {
 pub fn gemm_core_kernels() -> Vec<(&'static str, u32)> {
     let mut out = Vec::new();
     for math in [GemmMath::Simt, GemmMath::Tf32, GemmMath::Bf16] {
-        for tile in [Tile::T64, Tile::T128, Tile::T128x64] {
+        for tile in [Tile::T64, Tile::T128, Tile::T128x64, Tile::T64x128] {
             let bytes = tile.smem_bytes(math);
-            out.push((super::matmul::kernel_of(math, tile), bytes));
+            if tile != Tile::T64x128 {
+                out.push((super::matmul::kernel_of(math, tile), bytes));
+            }
             out.extend(super::conv::kernels_of(math, tile).into_iter().map(|k| (k, bytes)));
         }
     }
