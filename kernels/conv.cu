@@ -115,11 +115,12 @@ struct ConvFwdLoader {
 // forward, og backward-data) a multiple of BK, and at most 32 kernel rows and columns (the Rust
 // side routes the others to the 64 x 64 kernels: conv.rs, `pieces_in_one_tap`). k0 is a
 // multiple of BK (split_range), and every buffer is 256-byte aligned (the pool), so a thread's 4
-// elements of a K_FAST operand are one 16-byte chunk, inside the image or not as a whole. Per
-// block a Thread makes its row's offset and two masks (bit ki: the row's input row for kernel
-// row ki is inside the image; bit kj likewise for columns); per piece it tests two mask bits and
-// adds the tap's offset, which advances by constants: no division, no per-element bounds check,
-// no 64-bit compare in the main loop.
+// elements of a K_FAST operand are one 16-byte chunk, inside the image or not as a whole. They
+// serve the whole block tile (gemm_tile.cuh, TileLoader: a `Tile`). Per block a thread makes
+// each of its rows' offset and two masks (bit ki: the row's input row for kernel row ki is
+// inside the image; bit kj likewise for columns); per piece it tests two mask bits against the
+// tap's (the same for every row) and adds the tap's offset, which advances by constants: no
+// division, no per-element bounds check, no 64-bit compare in the main loop.
 
 // Fills `mask` bit t (t < taps) when lo + t (forward) or lo - t (backward) is in [0, n).
 DEV u32 tap_mask(int lo, int step, int taps, int n) {
@@ -141,49 +142,6 @@ struct ConvFwdTapLoader {
     ConvDims d;
     int g;
     i64 kcols;
-    struct Thread {
-        Thread() = default;
-        const float* ximg;  // the row's image at channel g * cg + this thread's chunk
-        const float* wrow;  // the column's weight row + this thread's chunk; null outside [0, N)
-        int pix;            // (iy0 w + ix0) c_in: the row's top-left input pixel (may be < 0)
-        u32 ymask, xmask;   // the row's taps inside the image; 0 outside [0, M)
-        int k, k1, c, ki, kj, tap;  // the next piece's first k, its tap, and the tap's offset
-        int cg, kw, next_col, next_row;
-        DEVM Thread(const ConvFwdTapLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
-            const ConvDims& d = l.d;
-            cg = d.c_in / d.groups, kw = d.kw;
-            next_col = d.c_in - cg;             // tap (ki, kj, cg) -> (ki, kj + 1, 0)
-            next_row = (d.w - d.kw) * d.c_in;   // then (ki, kw, 0) -> (ki + 1, 0, 0)
-            const int og = d.c_out / d.groups;
-            int i, j, kk;
-            tile_coord<true, BM>(threadIdx.x, 0, i, kk);
-            tile_coord<true, BN>(threadIdx.x, 0, j, kk);
-            const int p = m0 + i, o = n0 + j;
-            ximg = l.x, pix = 0, ymask = 0, xmask = 0;
-            if (p < M) {
-                const int ox = p % d.ow, oy = (p / d.ow) % d.oh, img = p / (d.ow * d.oh);
-                const int iy0 = oy * d.sh - d.ph, ix0 = ox * d.sw - d.pw;
-                ximg = l.x + (i64)img * d.h * d.w * d.c_in + (i64)l.g * cg + kk;
-                pix = (iy0 * d.w + ix0) * d.c_in;
-                ymask = tap_mask(iy0, 1, d.kh, d.h);
-                xmask = tap_mask(ix0, 1, d.kw, d.w);
-            }
-            wrow = o < N ? l.wt + ((i64)l.g * og + o) * l.kcols + kk : nullptr;
-            k = (int)k0, k1 = (int)k1_;
-            split_tap(k, cg, kw, c, ki, kj);
-            tap = (ki * d.w + kj) * d.c_in + c;
-        }
-        DEVM void addr(const float** pa, const float** pb) {
-            const bool kin = k < k1;
-            pa[0] = kin && ((ymask >> ki) & (xmask >> kj) & 1u) ? ximg + (pix + tap) : nullptr;
-            pb[0] = kin && wrow ? wrow + k : nullptr;
-            k += BK, c += BK, tap += BK;
-            if (c == cg) {
-                c = 0, tap += next_col;
-                if (++kj == kw) kj = 0, ++ki, tap += next_row;
-            }
-        }
-    };
     // The whole block tile (gemm_tile.cuh, TileLoader), what the 128-row kernels run: per piece
     // only what differs between pieces (a row's pointer and tap masks, a column's weight row),
     // and the position along k (channel, kernel column, x offset, the tap's mask bits: the same
@@ -359,52 +317,6 @@ struct ConvBwdDataTapLoader {
     ConvDims d;
     ConvPhase ph;
     int g;
-    struct Thread {
-        Thread() = default;
-        const float* dyimg;  // the row's image of dy at channel g * og + this thread's chunk
-        const float* wcol;   // the weight at group g, this thread's chunk of 4 channels c, its o; null outside [0, N)
-        int pix;             // (oyb ow + oxb) c_out: the output pixel tap (0, 0) sees (may be < 0)
-        u32 ymask, xmask;    // the row's taps inside dy; 0 outside [0, M)
-        int k, k1, o, ti, tj, tap, wtap;  // the next piece: first k, its (ti, tj, o), dy and w offsets
-        int og, ntx, khkw, cg, next_col, next_row, wnext_col, wnext_row;
-        DEVM Thread(const ConvBwdDataTapLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
-            const ConvDims& d = l.d;
-            og = d.c_out / d.groups, ntx = l.ph.ntx > 0 ? l.ph.ntx : 1, khkw = d.kh * d.kw, cg = d.c_in / d.groups;
-            next_col = -og - d.c_out;              // (ti, tj, og) -> (ti, tj + 1, 0)
-            next_row = (ntx - d.ow) * d.c_out;     // then (ti, ntx, 0) -> (ti + 1, 0, 0)
-            wnext_col = d.sw;                      // kernel tap (py + sh ti) kw + px + sw tj
-            wnext_row = d.sh * d.kw - d.sw * ntx;
-            int i, kk, j, kb;
-            tile_coord<true, BM>(threadIdx.x, 0, i, kk);
-            chunk_coord(threadIdx.x, j, kb);  // channels j .. j + 3 at k + kb
-            const int p = m0 + i;
-            dyimg = l.dy, pix = 0, ymask = 0, xmask = 0;
-            if (p < M) {
-                const int b = p % l.ph.nx, a = (p / l.ph.nx) % l.ph.ny, img = p / (l.ph.nx * l.ph.ny);
-                const int oyb = l.ph.by + a, oxb = l.ph.bx + b;
-                dyimg = l.dy + (i64)img * d.oh * d.ow * d.c_out + (i64)l.g * og + kk;
-                pix = (oyb * d.ow + oxb) * d.c_out;
-                ymask = tap_mask(oyb, -1, l.ph.nty, d.oh);
-                xmask = tap_mask(oxb, -1, l.ph.ntx, d.ow);
-            }
-            const int c = n0 + j;
-            wcol = c < N ? l.wt + (i64)l.g * og * khkw * cg + (i64)kb * khkw * cg + c : nullptr;
-            k = (int)k0, k1 = (int)k1_;
-            split_tap(k, og, ntx, o, ti, tj);
-            tap = o - (ti * d.ow + tj) * d.c_out;
-            wtap = (l.ph.py + d.sh * ti) * d.kw + l.ph.px + d.sw * tj;
-        }
-        DEVM void addr(const float** pa, const float** pb) {
-            const bool kin = k < k1;
-            pa[0] = kin && ((ymask >> ti) & (xmask >> tj) & 1u) ? dyimg + (pix + tap) : nullptr;
-            pb[0] = kin && wcol ? wcol + (o * khkw + wtap) * cg : nullptr;
-            k += BK, o += BK, tap += BK;
-            if (o == og) {
-                o = 0, tap += next_col, wtap += wnext_col;
-                if (++tj == ntx) tj = 0, ++ti, tap += next_row, wtap += wnext_row;
-            }
-        }
-    };
     // The whole block tile (TileLoader; see ConvFwdTapLoader::Tile): per piece a row's dy
     // pointer and tap masks, a column chunk's weight pointer; the position along k once.
     template <class T>
@@ -562,48 +474,6 @@ struct ConvBwdWeightChunkLoader {
     const float* dy;
     ConvDims d;
     int g;
-    // A Thread holds only what differs between threads and pieces; addr reads the shapes from
-    // the loader (the kernel's parameters), so that two pieces' worth of them take no registers
-    // through the main loop (the 128 x 128 kernel spilled with them).
-    struct Thread {
-        Thread() = default;
-        const float* pa;  // dy at this thread's pixel and chunk's first channel; null: outside [0, M)
-        const float* px;  // x at the pixel's top-left input tap (iy0, ix0), the chunk's first channel
-        int iy0, ix0;     // (oy sh - ph, ox sw - pw): the output pixel, as its input tap
-        int tap;          // the chunk's tap offset (ki w + kj) c_in; -1: outside [0, N)
-        int ki, kj, k, k1;
-        DEVM Thread(const ConvBwdWeightChunkLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
-            const ConvDims& d = l.d;
-            const int og = d.c_out / d.groups, cg = d.c_in / d.groups;
-            k = (int)k0, k1 = (int)k1_;
-            int mn, kk;
-            chunk_coord(threadIdx.x, mn, kk);
-            const int p = (int)k0 + kk, o = m0 + mn, q = n0 + mn;
-            pa = o < M ? l.dy + (i64)p * d.c_out + (i64)l.g * og + o : nullptr;
-            const int c = q < N ? q % cg : 0, t = q < N ? q / cg : 0;
-            ki = t / d.kw, kj = t % d.kw;
-            tap = q < N ? (ki * d.w + kj) * d.c_in : -1;
-            const int ox = p % d.ow, oy = (p / d.ow) % d.oh, img = p / (d.ow * d.oh);
-            iy0 = oy * d.sh - d.ph, ix0 = ox * d.sw - d.pw;
-            px = l.x + (i64)l.g * cg + c + (((i64)img * d.h + iy0) * d.w + ix0) * d.c_in;
-        }
-        DEVM void addr(const ConvBwdWeightChunkLoader& l, const float** pa_out, const float** pb_out) {
-            const ConvDims& d = l.d;
-            const bool kin = k < k1;
-            pa_out[0] = kin ? pa : nullptr;
-            if (pa) pa += (i64)BK * d.c_out;
-            const bool in = kin && tap >= 0 && (unsigned)(iy0 + ki) < (unsigned)d.h && (unsigned)(ix0 + kj) < (unsigned)d.w;
-            pb_out[0] = in ? px + tap : nullptr;
-            // 16 output pixels on: columns, then rows (ox -= ow, oy += 1), then images (oy -= oh).
-            ix0 += BK * d.sw, px += (i64)BK * d.sw * d.c_in;
-            while (ix0 >= d.ow * d.sw - d.pw) {
-                ix0 -= d.ow * d.sw, px += ((i64)d.sh * d.w - (i64)d.ow * d.sw) * d.c_in;
-                iy0 += d.sh;
-                if (iy0 == d.oh * d.sh - d.ph) iy0 -= d.oh * d.sh, px += (i64)(d.h - d.oh * d.sh) * d.w * d.c_in;
-            }
-            k += BK;
-        }
-    };
     // The whole block tile (TileLoader), what the 128-row kernels run: every piece's chunks are
     // at the same pixel (k), so the pixel and its advance are kept once per thread; per piece
     // only a row's dy pointer and a column's tap.
@@ -668,11 +538,6 @@ struct ConvBwdWeightChunkLoader {
         }
     };
 };
-
-// The chunk loader's Thread reads the shapes from its loader.
-DEV void loader_addr(ConvBwdWeightChunkLoader::Thread& th, const ConvBwdWeightChunkLoader& l, const float** pa, const float** pb) {
-    th.addr(l, pa, pb);
-}
 
 // The loaders of a block tile: the 128-row tiles take the tap and chunk loaders (the Rust side
 // gives them only convolutions whose pieces lie inside one tap, or for backward-weight, whose

@@ -29,12 +29,15 @@
 //   static constexpr bool A_MN / B_MN (tensor-core loop only): the operand's 4 consecutive rows
 //     (m of A, n of B) at one k are one aligned 16-byte chunk, all in range or all not; the
 //     thread gives only p[0] for its chunk (chunk_coord), which lands in an MN-major stage (see
-//     TcTile::mn_at) whose fragments are read a float at a time;
+//     TcTile::mn_at) whose fragments are read 8 bytes at a time (TcTile::frag_row, frag_col);
 //   a type Thread, made once per thread and block by Thread(loader, M, N, m0, n0, k0, k1), whose
 //     addr(pa, pb) gives where this thread's 4 + 4 elements of the next BK-deep tile pair are
 //     (null for zeros: outside [0, M) x [k0, k1) and [k0, k1) x [0, N), and padding). Tiles are
 //     asked for in order, so a Thread may keep per-row tables and advance its k indices
-//     incrementally: the convolution loaders do, and make no division in the main loop.
+//     incrementally: the convolution loaders do, and make no division in the main loop;
+//   or, for the tensor-core loop, a template Tile<TILE> that serves the whole block tile at once
+//     (TileLoader): the 128-row convolution loaders, which keep their position along k once for
+//     every piece and give each 16-byte copy a predicate.
 // The matmul loaders' Thread is two StridedOperands.
 #pragma once
 #include "common.cuh"
