@@ -132,6 +132,26 @@ DEV u32 tap_mask(int lo, int step, int taps, int n) {
     return mask;
 }
 
+// A tap loader's K_FAST operand (forward's col(x), backward-data's dy~) over a block tile's MB
+// pieces: per piece a row's pointer at tap (0, 0) plus this thread's chunk (it may lie outside
+// the tensor) and the row's tap masks (tap_mask; 0 outside [0, M)); the tap itself, the same
+// for every piece and thread, as one-hot bits.
+template <int MB>
+struct TapRows {
+    const float* row[MB];
+    u32 ymask[MB], xmask[MB];
+    u32 ybit, xbit;  // 1 << the tap's kernel row, 1 << its kernel column
+    // Piece p's chunk at `tap` floats from its row into the stage at sa, zeros outside the image
+    // or past k1.
+    template <class T>
+    DEVM void issue(sptr sa, int kb, int tap, bool kin) const {
+#pragma unroll
+        for (int p = 0; p < MB; ++p) issue_kchunk<T>(sa, p * BM, kb * BK, row[p] + tap, kin && (ymask[p] & ybit) && (xmask[p] & xbit));
+    }
+    DEVM void next_col() { xbit <<= 1; }
+    DEVM void next_row() { xbit = 1, ybit <<= 1; }
+};
+
 // forward with pieces inside one tap: A = col(x), B = w, both one 16-byte chunk per thread.
 struct ConvFwdTapLoader {
     static constexpr bool A_K_FAST = true, B_K_FAST = true;
@@ -149,12 +169,10 @@ struct ConvFwdTapLoader {
     // address add; per piece one channel step.
     template <class T>
     struct Tile {
-        const float* xrow[T::MB];        // x at the row's top-left tap (may lie before x) + chunk
-        u32 ymask[T::MB], xmask[T::MB];  // the row's taps inside the image; 0 outside [0, M)
-        const float* wrow[T::NB];        // the column's weight row at the next piece + chunk
-        bool wok[T::NB];                 // the column is inside [0, N)
-        int k, k1, c, kj, tap;           // the next piece's first k, channel, kernel column, x offset
-        u32 ybit, xbit;                  // its tap as mask bits: 1 << ki, 1 << kj
+        TapRows<T::MB> a;          // x at each row's top-left tap + chunk, its masks; the tap's bits
+        const float* wrow[T::NB];  // the column's weight row at the next piece + chunk
+        bool wok[T::NB];           // the column is inside [0, N)
+        int k, k1, c, kj, tap;     // the next piece's first k, channel, kernel column, x offset
         int cg, kw, next_col, next_row;
         DEVM Tile(const ConvFwdTapLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
             const ConvDims& d = l.d;
@@ -167,13 +185,13 @@ struct ConvFwdTapLoader {
 #pragma unroll
             for (int p = 0; p < T::MB; ++p) {
                 const int row = m0 + p * BM + i;
-                xrow[p] = l.x, ymask[p] = 0, xmask[p] = 0;
+                a.row[p] = l.x, a.ymask[p] = 0, a.xmask[p] = 0;
                 if (row < M) {
                     const int ox = row % d.ow, oy = (row / d.ow) % d.oh, img = row / (d.ow * d.oh);
                     const int iy0 = oy * d.sh - d.ph, ix0 = ox * d.sw - d.pw;
-                    xrow[p] = l.x + (i64)img * d.h * d.w * d.c_in + (i64)l.g * cg + kk + (iy0 * d.w + ix0) * d.c_in;
-                    ymask[p] = tap_mask(iy0, 1, d.kh, d.h);
-                    xmask[p] = tap_mask(ix0, 1, d.kw, d.w);
+                    a.row[p] = l.x + (i64)img * d.h * d.w * d.c_in + (i64)l.g * cg + kk + (iy0 * d.w + ix0) * d.c_in;
+                    a.ymask[p] = tap_mask(iy0, 1, d.kh, d.h);
+                    a.xmask[p] = tap_mask(ix0, 1, d.kw, d.w);
                 }
             }
 #pragma unroll
@@ -186,15 +204,13 @@ struct ConvFwdTapLoader {
             int ki;
             split_tap(k, cg, kw, c, ki, kj);
             tap = (ki * d.w + kj) * d.c_in + c;
-            ybit = 1u << ki, xbit = 1u << kj;
+            a.ybit = 1u << ki, a.xbit = 1u << kj;
         }
         DEVM void issue(const ConvFwdTapLoader&, sptr sa, sptr sb) {
 #pragma unroll
             for (int kb = 0; kb < T::KB; ++kb) {
                 const bool kin = k < k1;
-#pragma unroll
-                for (int p = 0; p < T::MB; ++p)
-                    issue_kchunk<T>(sa, p * BM, kb * BK, xrow[p] + tap, kin && (ymask[p] & ybit) && (xmask[p] & xbit));
+                a.template issue<T>(sa, kb, tap, kin);
 #pragma unroll
                 for (int p = 0; p < T::NB; ++p) {
                     // A pointer step, not wrow + k: that made a 64-bit add and a sign extension.
@@ -203,8 +219,8 @@ struct ConvFwdTapLoader {
                 }
                 k += BK, c += BK, tap += BK;
                 if (c == cg) {
-                    c = 0, tap += next_col, xbit <<= 1;
-                    if (++kj == kw) kj = 0, xbit = 1, ybit <<= 1, tap += next_row;
+                    c = 0, tap += next_col, a.next_col();
+                    if (++kj == kw) kj = 0, a.next_row(), tap += next_row;
                 }
             }
         }
@@ -321,12 +337,10 @@ struct ConvBwdDataTapLoader {
     // pointer and tap masks, a column chunk's weight pointer; the position along k once.
     template <class T>
     struct Tile {
-        const float* dyrow[T::MB];       // dy at the output pixel tap (0, 0) sees (may lie outside dy) + chunk
-        u32 ymask[T::MB], xmask[T::MB];  // the row's taps inside dy; 0 outside [0, M)
-        const float* wcol[T::NB];        // the weight at group g, this thread's 4 channels, its o
-        bool wok[T::NB];                 // the channels are inside [0, N)
+        TapRows<T::MB> a;          // dy at the output pixel each row's tap (0, 0) sees + chunk, its masks; the tap's bits
+        const float* wcol[T::NB];  // the weight at group g, this thread's 4 channels, its o
+        bool wok[T::NB];           // the channels are inside [0, N)
         int k, k1, o, tj, tap, wtap, woff;  // the next piece: first k, (tj, o), dy offset, kernel tap, weight offset
-        u32 ybit, xbit;                  // its tap as mask bits: 1 << ti, 1 << tj
         int og, ntx, cg, wstep, next_col, next_row, wnext_col, wnext_row;
         DEVM Tile(const ConvBwdDataTapLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
             const ConvDims& d = l.d;
@@ -343,13 +357,13 @@ struct ConvBwdDataTapLoader {
 #pragma unroll
             for (int p = 0; p < T::MB; ++p) {
                 const int row = m0 + p * BM + i;
-                dyrow[p] = l.dy, ymask[p] = 0, xmask[p] = 0;
+                a.row[p] = l.dy, a.ymask[p] = 0, a.xmask[p] = 0;
                 if (row < M) {
-                    const int b = row % l.ph.nx, a = (row / l.ph.nx) % l.ph.ny, img = row / (l.ph.nx * l.ph.ny);
-                    const int oyb = l.ph.by + a, oxb = l.ph.bx + b;
-                    dyrow[p] = l.dy + (i64)img * d.oh * d.ow * d.c_out + (i64)l.g * og + kk + (oyb * d.ow + oxb) * d.c_out;
-                    ymask[p] = tap_mask(oyb, -1, l.ph.nty, d.oh);
-                    xmask[p] = tap_mask(oxb, -1, l.ph.ntx, d.ow);
+                    const int px = row % l.ph.nx, py = (row / l.ph.nx) % l.ph.ny, img = row / (l.ph.nx * l.ph.ny);
+                    const int oyb = l.ph.by + py, oxb = l.ph.bx + px;
+                    a.row[p] = l.dy + (i64)img * d.oh * d.ow * d.c_out + (i64)l.g * og + kk + (oyb * d.ow + oxb) * d.c_out;
+                    a.ymask[p] = tap_mask(oyb, -1, l.ph.nty, d.oh);
+                    a.xmask[p] = tap_mask(oxb, -1, l.ph.ntx, d.ow);
                 }
             }
 #pragma unroll
@@ -364,21 +378,19 @@ struct ConvBwdDataTapLoader {
             tap = o - (ti * d.ow + tj) * d.c_out;
             wtap = (l.ph.py + d.sh * ti) * d.kw + l.ph.px + d.sw * tj;
             woff = (o * khkw + wtap) * cg;
-            ybit = 1u << ti, xbit = 1u << tj;
+            a.ybit = 1u << ti, a.xbit = 1u << tj;
         }
         DEVM void issue(const ConvBwdDataTapLoader&, sptr sa, sptr sb) {
 #pragma unroll
             for (int kb = 0; kb < T::KB; ++kb) {
                 const bool kin = k < k1;
-#pragma unroll
-                for (int p = 0; p < T::MB; ++p)
-                    issue_kchunk<T>(sa, p * BM, kb * BK, dyrow[p] + tap, kin && (ymask[p] & ybit) && (xmask[p] & xbit));
+                a.template issue<T>(sa, kb, tap, kin);
 #pragma unroll
                 for (int p = 0; p < T::NB; ++p) issue_mnchunk<T, T::TN>(sb, p * BN, kb * BK, wcol[p] + woff, kin && wok[p]);
                 k += BK, o += BK, tap += BK, woff += wstep;
                 if (o == og) {
-                    o = 0, tap += next_col, wtap += wnext_col, xbit <<= 1;
-                    if (++tj == ntx) tj = 0, xbit = 1, ybit <<= 1, tap += next_row, wtap += wnext_row;
+                    o = 0, tap += next_col, wtap += wnext_col, a.next_col();
+                    if (++tj == ntx) tj = 0, a.next_row(), tap += next_row, wtap += wnext_row;
                     woff = wtap * cg;
                 }
             }

@@ -103,10 +103,10 @@ struct TcTile {
     // An MN-major operand (the loader's A_MN / B_MN: rows contiguous in memory, as dy and col(x)
     // are in backward-weight) sits [k][mn] in its stage, rows of `width` + MN_PAD floats. Its
     // 16-byte copies move 4 consecutive rows at one k, a quarter warp 8 chunks of one k row: 128
-    // contiguous bytes. Its fragments are read a float at a time (no ldmatrix transposes 32-bit
-    // elements), lane (g, t) at (k + t, mn + g): a row stride of 8 mod 32 banks puts the 4 k and
-    // 8 rows of one read on 32 distinct banks. The offsets are linear, so a lane's reads are one
-    // base and immediate offsets.
+    // contiguous bytes. No ldmatrix transposes 32-bit elements, so its fragments are read with
+    // plain 8-byte loads, lane (g, t) at (k + t, mn + 2g .. 2g + 1) (frag_row, frag_col): a row
+    // stride of 8 mod 32 banks puts a half warp's 4 k and 4 row pairs on 32 distinct banks. The
+    // offsets are linear, so a lane's reads are one base and immediate offsets.
     static constexpr int MN_PAD = 8;
     DEVM static int mn_at(int k, int mn, int width) { return k * (width + MN_PAD) + mn; }
     // Which rows of the stage an mma fragment's rows are. Any one-to-one map serves, if the
@@ -466,35 +466,6 @@ DEV void gemm_block(GemmSmem& s, const L& ld, int M, int N, i64 k0, i64 k1, floa
 
 // ---- the tensor-core pipeline ---------------------------------------------------------------
 
-// This thread's four elements of one operand's BM x BK (or BN x BK) piece, whose first element
-// is (row0, k0) of the stage: one 16-byte cp.async when they are one aligned run along k (a
-// chunk of the tile row, TcTile::at) or all zeros (padding, past k1 or M: one zero-fill, so the
-// warp's stores stay one instruction), else one 4-byte cp.async each.
-template <bool K_FAST, int W, class T, bool VEC = false, bool MN = false, int WIDTH = 0>
-DEV void issue_operand(sptr stage, int row0, int k0, const float* const* p) {
-    constexpr int F = sizeof(float);
-    if (MN) {  // one 16-byte chunk of 4 rows at one k (TcTile::mn_at; WIDTH: TM or TN)
-        int mn, kk;
-        chunk_coord(threadIdx.x, mn, kk);
-        cp_async_16(stage + F * T::mn_at(k0 + kk, row0 + mn, WIDTH), p[0], p[0] != nullptr);
-        return;
-    }
-    // Element r is (i, kt + r) (K_FAST: one chunk) or (i, kt + 4 r) with kt < 4 (tile_coord), and
-    // row0 is a multiple of 8: at(row0 + i, k0 + kk) is row0 TK + (at(i, kt) ^ (k0 + ...)).
-    static_assert(K_FAST || W * 4 == GEMM_THREADS, "element r of a thread is 4 r further along k");
-    static_assert(K_FAST || !VEC, "a vector loader's chunks run along k");
-    int i, kt;
-    tile_coord<K_FAST, W>(threadIdx.x, 0, i, kt);
-    const sptr rows = stage + F * row0 * T::TK;
-    const int lane = T::at(i, kt);
-    if (VEC || (K_FAST && (one_vector(p) || !(p[0] || p[1] || p[2] || p[3])))) {
-        cp_async_16(rows + F * (lane ^ k0), p[0], p[0] != nullptr);
-        return;
-    }
-#pragma unroll
-    for (int r = 0; r < 4; ++r) cp_async_4(rows + F * (K_FAST ? (lane ^ k0) + r : lane ^ (k0 + 4 * r)), p[r], p[r] != nullptr);
-}
-
 // One 16-byte chunk of a K_FAST operand's BM x BK (BN x BK) piece at rows row0.., k k0.. of a
 // stage: this thread's (tile_coord), from `src`, or zeros where !ok.
 template <class T>
@@ -511,10 +482,27 @@ DEV void issue_mnchunk(sptr stage, int row0, int k0, const float* src, bool ok) 
     cp_async_16(stage + sizeof(float) * T::mn_at(k0 + kk, row0 + mn, WIDTH), src, ok);
 }
 
-// A loader Thread's addr (a loader whose Thread reads shapes from the loader overloads this).
-template <class Th, class L>
-DEV void loader_addr(Th& th, const L&, const float** pa, const float** pb) {
-    th.addr(pa, pb);
+// This thread's four elements of one operand's BM x BK (or BN x BK) piece, whose first element
+// is (row0, k0) of the stage: one 16-byte cp.async when they are one aligned run along k (a
+// chunk of the tile row, TcTile::at) or all zeros (padding, past k1 or M: one zero-fill, so the
+// warp's stores stay one instruction), else one 4-byte cp.async each.
+template <bool K_FAST, int W, class T, bool VEC = false>
+DEV void issue_operand(sptr stage, int row0, int k0, const float* const* p) {
+    constexpr int F = sizeof(float);
+    // Element r is (i, kt + r) (K_FAST: one chunk) or (i, kt + 4 r) with kt < 4 (tile_coord), and
+    // row0 is a multiple of 8: at(row0 + i, k0 + kk) is row0 TK + (at(i, kt) ^ (k0 + ...)).
+    static_assert(K_FAST || W * 4 == GEMM_THREADS, "element r of a thread is 4 r further along k");
+    static_assert(K_FAST || !VEC, "a vector loader's chunks run along k");
+    int i, kt;
+    tile_coord<K_FAST, W>(threadIdx.x, 0, i, kt);
+    const sptr rows = stage + F * row0 * T::TK;
+    const int lane = T::at(i, kt);
+    if (VEC || (K_FAST && (one_vector(p) || !(p[0] || p[1] || p[2] || p[3])))) {
+        issue_kchunk<T>(stage, row0, k0, p[0], p[0] != nullptr);
+        return;
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) cp_async_4(rows + F * (K_FAST ? (lane ^ k0) + r : lane ^ (k0 + 4 * r)), p[r], p[r] != nullptr);
 }
 
 template <class...>
@@ -531,21 +519,22 @@ struct MakeVoid {
 // copy a predicate instead of a null pointer (a 64-bit compare per copy).
 template <class L, class T, class = void>
 struct TileLoader {
+    static_assert(!L::A_MN && !L::B_MN, "an MN-major loader serves the whole tile (a Tile)");
     typename L::Thread th[T::PIECES];
     DEVM TileLoader(const L& ld, int M, int N, int m0, int n0, i64 k0, i64 k1) {
 #pragma unroll
         for (int p = 0; p < T::PIECES; ++p) th[p] = typename L::Thread(ld, M, N, m0 + p * BM, n0 + p * BN, k0, k1);
     }
-    DEVM void issue(const L& ld, sptr sa, sptr sb) {
+    DEVM void issue(const L&, sptr sa, sptr sb) {
 #pragma unroll
         for (int kb = 0; kb < T::KB; ++kb)
 #pragma unroll
             for (int p = 0; p < T::PIECES; ++p) {
                 const float* pa[4];
                 const float* pb[4];
-                loader_addr(th[p], ld, pa, pb);
-                if (p < T::MB) issue_operand<L::A_K_FAST, BM, T, L::A_VEC, L::A_MN, T::TM>(sa, p * BM, kb * BK, pa);
-                if (p < T::NB) issue_operand<L::B_K_FAST, BN, T, L::B_VEC, L::B_MN, T::TN>(sb, p * BN, kb * BK, pb);
+                th[p].addr(pa, pb);
+                if (p < T::MB) issue_operand<L::A_K_FAST, BM, T, L::A_VEC>(sa, p * BM, kb * BK, pa);
+                if (p < T::NB) issue_operand<L::B_K_FAST, BN, T, L::B_VEC>(sb, p * BN, kb * BK, pb);
             }
     }
 };
@@ -562,7 +551,8 @@ struct TileLoader<L, T, typename MakeVoid<typename L::template Tile<T>>::type> :
 // these as its two k8 fragments directly. BF16 pairs physical k (t, t + 4) as the fragment's
 // logical k (2t, 2t + 1), and (8 + t, 12 + t) as (2t + 8, 2t + 9), in A and B alike: the same
 // permutation of k on both sides, so the product is the same sum. An MN-major operand (A_MN,
-// B_MN: TcTile::mn_at) gives the same words, read a float at a time.
+// B_MN: TcTile::mn_at) gives the same words, read 8 bytes at a time for rows paired by frag_row
+// and frag_col.
 template <int MATH, class T, bool A_MN = false, bool B_MN = false>
 DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;

@@ -312,8 +312,8 @@ fn bank_stats(name: &str) -> Option<[u64; 6]> {
 /// banks with 16-byte rows). Shapes reach all three block tiles, in bf16 and TF32, forward and
 /// both backwards; the counts also take in the launches of other tests in the same process.
 /// (Rows padded by 4 floats, the layout before the swizzle, took two wavefronts for every
-/// 16-byte store.) Backward-weight's chunk kernels read their fragments a float at a time (no
-/// ldmatrix), which the emulator does not count.
+/// 16-byte store.) Backward-weight's chunk kernels read their fragments with plain 8-byte
+/// loads (no ldmatrix), which the emulator does not count.
 #[test]
 fn tensor_core_shared_memory_is_free_of_bank_conflicts() {
     use common::conformance::Case::*;

@@ -379,7 +379,7 @@ fn static_report_gemm_conv_and_attention_kernels_are_spill_free_division_free_an
         let tensor_cores = k.name.contains("_tc_") || k.name.ends_with("_bf16");
         assert_eq!(k.hmma > 0, tensor_cores, "{}: HMMA only and always in the TF32 and BF16 variants", k.name);
         // Backward-weight's chunk loader (the 128-row and _chunks_ kernels) holds both operands
-        // row-major (TcTile::mn_at) and reads their fragments a float at a time: no ldmatrix.
+        // row-major (TcTile::mn_at) and reads their fragments 8 bytes at a time: no ldmatrix.
         let rows_major = k.name.contains("weight_bwd") && (big_tile || k.name.contains("_chunks_"));
         assert_eq!(k.ldgsts > 0, tensor_cores, "{}: cp.async only and always in the tensor-core variants", k.name);
         assert_eq!(k.ldsm > 0, tensor_cores && !rows_major, "{}: ldmatrix in the tensor-core variants but the chunk loader's", k.name);

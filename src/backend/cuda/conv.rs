@@ -117,8 +117,10 @@ fn plan(b: &CudaBackend, pass: Pass, d: &Conv2dDims) -> Result<Plan> {
         oh: d.oh as i32,
         ow: d.ow as i32,
     };
+    // Backward-weight in 16-byte chunks: what its 128-row and 64 x 128 tiles need.
+    let chunks = pass == Pass::BwdWeight && weight_chunks(d, k);
     let (tile, splits) = match pass {
-        Pass::BwdWeight => weight_plan(b, m, n, k, d.groups, weight_chunks(d, k)),
+        Pass::BwdWeight => weight_plan(b, m, n, k, d.groups, chunks),
         _ => {
             let tile = if pieces_in_one_tap(pass, d) { Tile::pick(b, m, n, d.groups * phases) } else { Tile::T64 };
             let tiles = m.div_ceil(tile.mn().0) * n.div_ceil(tile.mn().1) * d.groups * phases;
@@ -133,7 +135,8 @@ fn plan(b: &CudaBackend, pass: Pass, d: &Conv2dDims) -> Result<Plan> {
             msg: format!("{pass:?}: {} groups x {n} columns is too large for the cuda kernels", d.groups),
         });
     }
-    let chunks = pass == Pass::BwdWeight && tile == Tile::T64 && b.gemm_math() != GemmMath::Simt && weight_chunks(d, k);
+    // On 64 x 64 the chunk loader has kernels of its own (weight_chunks_kernel).
+    let chunks = chunks && tile == Tile::T64 && b.gemm_math() != GemmMath::Simt;
     Ok(Plan { out_len, tile, splits, grid: (i32c(OP, tm)? as u32, tn as u32, (d.groups * splits * phases) as u32), dims, chunks })
 }
 
@@ -170,7 +173,8 @@ fn weight_chunks(d: &Conv2dDims, k: usize) -> bool {
 /// Backward-weight's tile and split-K factor. Its GEMM has few outputs (c_out x kh*kw*c_in) and
 /// a long reduction (every pixel of the batch), so how the reduction is split decides how full
 /// the GPU is: ResNet-18's last stage at batch 512 is 144 tiles of 128 x 128 on 132 SMs, two
-/// waves with the second nearly empty. Each candidate (a 128-row tile or 64 x 64; 1-64 pieces,
+/// waves with the second nearly empty. Each candidate (a 128-row tile, 64 x 128 for at most 64
+/// output channels, or 64 x 64; 1-1,024 pieces,
 /// each at least 256 long, their partial outputs at most 64 MB) is scored by the share of the GPU's block slots its waves keep busy
 /// (`gemm::wave_efficiency`) x the share of its tiles' outputs that exist x the tile's own
 /// speed (a 128-wide tile reuses each operand element twice as often: 1, against 0.6 for
