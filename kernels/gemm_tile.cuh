@@ -38,7 +38,8 @@
 //   or, for the tensor-core loop, a template Tile<TILE> that serves the whole block tile at once
 //     (TileLoader): the 128-row convolution loaders, which keep their position along k once for
 //     every piece and give each 16-byte copy a predicate.
-// The matmul loaders' Thread is two StridedOperands.
+// The 64 x 64 matmul loader's Thread is two StridedOperands; the other matmul tiles take
+// MatmulChunkLoader (matmul.cu), a Tile.
 #pragma once
 #include "common.cuh"
 #include "mma.cuh"
@@ -222,39 +223,6 @@ struct StridedOperand {
             if (cur[r]) cur[r] += step;
             k[r] += BK;
         }
-    }
-};
-
-// An operand of the 128-row matmul tiles' loader (MatmulLoader<.., PieceOperand>),
-// whose element (mn, k) is P[mn * mn_stride + k * k_stride], for a reduction whose every BK-deep
-// piece is inside [k0, k1) as a whole (the Rust side routes the rest to 64 x 64 tiles), with the
-// rows of a K_FAST operand 16-byte aligned (the pool's buffers are 256-byte aligned). Per
-// thread and piece: one row test made once per block, one k test, one pointer step. A K_FAST
-// operand's 4 elements are one chunk (VEC); the other's are 4 k apart, 4 k_stride from a base.
-template <bool K_FAST, int W>
-struct PieceOperand {
-    static constexpr bool VEC = K_FAST;  // a K_FAST operand's 4 elements are one chunk
-    const float* cur;  // this thread's first element of the next piece; null outside [0, limit)
-    int k, k1;
-    i64 step, apart;
-    PieceOperand() = default;
-    DEVM PieceOperand(const float* P, i64 mn_stride, i64 k_stride, int mn0, int limit, i64 k0, i64 k1_) {
-        int i, kk;
-        tile_coord<K_FAST, W>(threadIdx.x, 0, i, kk);
-        step = BK * k_stride, apart = 4 * k_stride;
-        k = (int)k0, k1 = (int)k1_;
-        cur = mn0 + i < limit ? P + (i64)(mn0 + i) * mn_stride + (k0 + kk) * k_stride : nullptr;
-    }
-    DEVM void addr(const float** p) {
-        const float* base = cur && k < k1 ? cur : nullptr;
-        if (K_FAST) {
-            p[0] = base;
-        } else {
-#pragma unroll
-            for (int r = 0; r < 4; ++r) p[r] = base ? base + r * apart : nullptr;
-        }
-        if (cur) cur += step;
-        k += BK;
     }
 };
 

@@ -321,8 +321,12 @@ fn tensor_core_shared_memory_is_free_of_bank_conflicts() {
     let Some(dev) = emulator() else { return };
     let cases = || {
         vec![
-            // 128 x 64 tiles (n <= 64), 16-byte loads of both operands along k = 48.
+            // 128 x 64 tiles (n <= 64), 16-byte loads of both operands along k = 48; then both
+            // operands transposed (4 rows at one k per copy), on 128 x 64 and on 64 x 64.
             (Matmul { ta: false, tb: true }, vec![vec![520, 48], vec![50, 48]]),
+            (Matmul { ta: true, tb: false }, vec![vec![48, 520], vec![48, 52]]),
+            (Matmul { ta: false, tb: true }, vec![vec![60, 32], vec![36, 32]]),
+            (Matmul { ta: true, tb: false }, vec![vec![32, 60], vec![32, 36]]),
             // 128 x 128 tiles: 512 output pixels x 80 channels over 16 input channels (the tap
             // loader); its data gradient takes 128 x 64 ones.
             (Conv { stride: 1, pad: 1, groups: 1 }, vec![vec![2, 16, 16, 16], vec![80, 3, 3, 16]]),
@@ -624,32 +628,41 @@ fn emulated_convolutions_on_the_tap_loaders_conform() {
     println!("tf32 vs cpu f64: {} checks, worst relative L2 {:.2e}", r.lines.len(), r.worst);
 }
 
-/// The 128-row matmul kernels' piece loaders (PieceOperand: k a multiple of 16, one
-/// 16-byte copy per piece for an operand with k contiguous, one base for the other) in bf16 and
-/// TF32 against the CPU, for all four transposes, on shapes the dry run shows they reach
-/// (partial row and column tiles, a batch); k = 40 goes to the 64 x 64 kernels.
+/// The matmul kernels' chunk loader (MatmulChunkLoader: k a multiple of 16, every copy 16
+/// bytes: 4 consecutive k of a row, or for a transposed operand 4 consecutive rows at one k,
+/// which needs that side a multiple of 4) in bf16 and TF32 against the CPU, for all four
+/// transposes, on the 128-row tiles and on 64 x 64 (_chunks_), on shapes the dry run shows reach
+/// them (partial row and column tiles, a batch); k = 40, and m or n not a multiple of 4 on a
+/// transposed side, go to the element-wise 64 x 64 kernel.
 #[test]
-fn emulated_matmuls_on_the_piece_loaders_conform() {
+fn emulated_matmuls_on_the_chunk_loaders_conform() {
     use common::conformance::{Case, bf16_cases_of, cross_precision, run_cases_against};
     use ssl_engine::backend::Precision;
     use ssl_engine::{Tensor, ops};
     let Some(dev) = emulator() else { return };
-    let (b, m, n) = (2, 260, 140);
     let dry = CudaBackend::dry_run(4).unwrap().with_precision(Precision::Bf16);
     let mut cases = Vec::new();
-    for (k, pieces) in [(48, true), (32, true), (40, false)] {
-        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+    // (batch, m, n, k, the kernel for each transpose (ta, tb) in the order below).
+    let general = ["matmul_fwd_bf16"; 4];
+    let shapes: [(usize, usize, usize, usize, [&str; 4]); 5] = [
+        (2, 260, 140, 48, ["matmul_m128n128_fwd_bf16"; 4]),
+        (2, 260, 140, 40, general),
+        (1, 60, 36, 48, ["matmul_chunks_fwd_bf16"; 4]),
+        // m = 258: A stored k x m (ta) has chunks that straddle m.
+        (2, 258, 140, 32, ["matmul_m128n128_fwd_bf16", "matmul_fwd_bf16", "matmul_m128n128_fwd_bf16", "matmul_fwd_bf16"]),
+        // n = 62: B stored k x n (without tb) likewise.
+        (1, 60, 62, 32, ["matmul_fwd_bf16", "matmul_fwd_bf16", "matmul_chunks_fwd_bf16", "matmul_chunks_fwd_bf16"]),
+    ];
+    for (b, m, n, k, kernels) in shapes {
+        for ((ta, tb), want) in [(false, false), (true, false), (false, true), (true, true)].into_iter().zip(kernels) {
             let a = if ta { vec![b, k, m] } else { vec![b, m, k] };
             let bs = if tb { vec![b, n, k] } else { vec![b, k, n] };
             dry.take_launches();
             let (za, zb) = (Tensor::zeros(&dry, &a, DType::F32).unwrap(), Tensor::zeros(&dry, &bs, DType::F32).unwrap());
             ops::matmul(&za, &zb, ta, tb).unwrap();
-            let launched = dry.take_launches();
-            assert!(launched.iter().any(|l| l.kernel.starts_with("matmul")), "{launched:?}");
-            assert!(launched.iter().filter(|l| l.kernel.starts_with("matmul")).all(|l| l.kernel.contains("_m128") == pieces), "k {k}: {launched:?}");
-            if k != 32 {
-                cases.push((Case::Matmul { ta, tb }, vec![a, bs]));
-            }
+            let launched: Vec<String> = dry.take_launches().into_iter().map(|l| l.kernel).filter(|k| k.starts_with("matmul")).collect();
+            assert_eq!(launched, vec![want.to_string()], "{a:?} x {bs:?} (ta {ta}, tb {tb})");
+            cases.push((Case::Matmul { ta, tb }, vec![a, bs]));
         }
     }
     let bf16 = dev.clone().with_precision(Precision::Bf16);

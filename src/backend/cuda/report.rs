@@ -45,8 +45,9 @@ pub struct KernelStatic {
     /// passes.
     pub global128: u32,
     /// The innermost loop that holds MMAs: (its instructions, the MMAs among them), None without
-    /// one. Found as the CUTLASS anchor script of the project's notes finds it: the
-    /// shortest span from a backward branch's target to the branch that holds an HMMA/HGMMA.
+    /// one. Found as the CUTLASS anchor script of the project's notes finds it: a span from a
+    /// backward branch's target to the branch that holds an HMMA/HGMMA and no other such span;
+    /// of several (a variant picked at run time), the one with the most instructions per MMA.
     pub main_loop: Option<(u32, u32)>,
 }
 
@@ -213,19 +214,23 @@ struct Mix {
     code: Vec<(u64, bool, Option<u64>)>,
 }
 
-/// The innermost loop holding MMAs: the shortest [target, branch] address span of a branch to
-/// an earlier address with an MMA inside, as (instructions, MMAs).
+/// The main loop: of the loops holding MMAs ([target, branch] spans of a branch to an earlier
+/// address) that hold no other such loop, the one with the most instructions per MMA, as
+/// (instructions, MMAs). A kernel may have several (matmul's four transposes, picked at run
+/// time); the worst is the kernel's figure, so a slow variant cannot hide behind a fast one.
 fn main_loop(code: &[(u64, bool, Option<u64>)]) -> Option<(u32, u32)> {
-    let mut best: Option<(u32, u32)> = None;
+    let mut loops = Vec::new();
     for &(addr, _, target) in code {
         let Some(t) = target.filter(|&t| t < addr) else { continue };
         let body = code.iter().filter(|(a, ..)| (t..=addr).contains(a));
         let (n, mma) = body.fold((0u32, 0u32), |(n, m), (_, is_mma, _)| (n + 1, m + *is_mma as u32));
-        if mma > 0 && best.is_none_or(|(bn, _)| n < bn) {
-            best = Some((n, mma));
+        if mma > 0 {
+            loops.push((t, addr, n, mma));
         }
     }
-    best
+    let holds_another = |&(t, a, ..): &(u64, u64, u32, u32)| loops.iter().any(|&(t2, a2, ..)| (t2, a2) != (t, a) && t <= t2 && a2 <= a);
+    let per_mma = |&(_, _, n, mma): &(u64, u64, u32, u32)| n as f64 / mma as f64;
+    loops.iter().filter(|l| !holds_another(l)).max_by(|x, y| per_mma(x).total_cmp(&per_mma(y))).map(|&(_, _, n, mma)| (n, mma))
 }
 
 /// The instruction mix of each function in `cuobjdump -sass` output.
@@ -313,7 +318,7 @@ pub fn gemm_core_kernels() -> Vec<(&'static str, u32)> {
         for tile in [Tile::T64, Tile::T128, Tile::T128x64, Tile::T64x128] {
             let bytes = tile.smem_bytes(math);
             if tile != Tile::T64x128 {
-                out.push((super::matmul::kernel_of(math, tile), bytes));
+                out.extend(super::matmul::kernels_of(math, tile).into_iter().map(|k| (k, bytes)));
             }
             out.extend(super::conv::kernels_of(math, tile).into_iter().map(|k| (k, bytes)));
         }
@@ -350,6 +355,20 @@ mod tests {
         /*00f0*/                   LDG.E R24, desc[UR4][R2.64] ;
     ";
 
+    /// Two sibling loops holding MMAs (a kernel that picks its variant at run time): 1.5 and 4
+    /// instructions per MMA.
+    const TWO_LOOPS: &str = "
+        Function : two
+        /*0000*/                   HMMA.16816.F32.BF16 R12, R8, R10, R12 ;
+        /*0010*/                   HMMA.16816.F32.BF16 R16, R8, R11, R16 ;
+        /*0020*/               @P0 BRA 0x0 ;
+        /*0030*/                   HMMA.16816.F32.BF16 R12, R8, R10, R12 ;
+        /*0040*/                   IADD3 R9, R9, 0x40, RZ ;
+        /*0050*/                   IADD3 R9, R9, 0x40, RZ ;
+        /*0060*/               @P0 BRA 0x30 ;
+        /*0070*/                   EXIT ;
+    ";
+
     #[test]
     fn the_main_loop_is_the_innermost_loop_with_mmas() {
         let got = parse_sass(SASS);
@@ -357,6 +376,8 @@ mod tests {
         let (name, mix) = &got[0];
         assert_eq!(name, "k");
         assert_eq!(main_loop(&mix.code), Some((5, 2)), "0x30..=0x70: LDSM, 2 HMMA, IADD3, BRA");
+        let two = parse_sass(TWO_LOOPS);
+        assert_eq!(main_loop(&two[0].1.code), Some((4, 1)), "the second loop: 4 instructions for its one MMA, not the first's 3 for 2");
         assert_eq!((mix.ldgsts, mix.ldgsts128, mix.ldgsts_bytes), (2, 1, 20));
         assert_eq!(mix.global128, 2, "one 16-byte load and one 16-byte store; the 4-byte load is not one");
         let k = KernelStatic { main_loop: main_loop(&mix.code), ldgsts: mix.ldgsts, ldgsts_bytes: mix.ldgsts_bytes, ..Default::default() };
