@@ -112,15 +112,16 @@ struct ConvFwdLoader {
 
 // The 128-row tiles' loaders (CUTLASS's "optimized" iterators). They serve the convolutions
 // whose every BK-deep piece of k lies inside one filter tap: the reduction's inner extent (cg
-// forward, og backward-data) a multiple of BK, and at most 32 kernel rows and columns (the Rust
+// forward, og backward-data) a multiple of BK, and at most 32 taps reaching a pixel (the Rust
 // side routes the others to the 64 x 64 kernels: conv.rs, `pieces_in_one_tap`). k0 is a
 // multiple of BK (split_range), and every buffer is 256-byte aligned (the pool), so a thread's 4
 // elements of a K_FAST operand are one 16-byte chunk, inside the image or not as a whole. They
 // serve the whole block tile (gemm_tile.cuh, TileLoader: a `Tile`). Per block a thread makes
-// each of its rows' offset and two masks (bit ki: the row's input row for kernel row ki is
-// inside the image; bit kj likewise for columns); per piece it tests two mask bits against the
-// tap's (the same for every row) and adds the tap's offset, which advances by constants: no
-// division, no per-element bounds check, no 64-bit compare in the main loop.
+// each of its rows' offset and the mask of the taps its pixel reaches (tap_grid: bit ki kw + kj
+// when kernel row ki and column kj land inside the image); per piece it ANDs the mask with the
+// tap's one-hot bit (the same for every row, 0 past k1) and adds the tap's offset, which
+// advances by constants: no division, no per-element bounds check, no 64-bit compare in the
+// main loop.
 
 // Fills `mask` bit t (t < taps) when lo + t (forward) or lo - t (backward) is in [0, n).
 DEV u32 tap_mask(int lo, int step, int taps, int n) {
@@ -132,24 +133,34 @@ DEV u32 tap_mask(int lo, int step, int taps, int n) {
     return mask;
 }
 
+// The taps (ty, tx) of a taps_y x taps_x grid (taps_y taps_x <= 32) whose kernel row and column
+// are both in a row's tap masks (tap_mask), as bits ty taps_x + tx: the order k visits them in.
+DEV u32 tap_grid(u32 ymask, u32 xmask, int taps_y, int taps_x) {
+    u32 grid = 0;
+    for (int ty = 0; ty < taps_y; ++ty)
+        if ((ymask >> ty) & 1u) grid |= xmask << (ty * taps_x);  // xmask has bits below taps_x only
+    return grid;
+}
+
 // A tap loader's K_FAST operand (forward's col(x), backward-data's dy~) over a block tile's MB
 // pieces: per piece a row's pointer at tap (0, 0) plus this thread's chunk (it may lie outside
-// the tensor) and the row's tap masks (tap_mask; 0 outside [0, M)); the tap itself, the same
-// for every piece and thread, as one-hot bits.
+// the tensor) and the taps its pixel reaches (tap_grid; 0 outside [0, M)); the tap itself, the
+// same for every piece and thread, as a one-hot bit of that grid. A copy's predicate is one AND
+// of the two, and `live` (the bit, or 0 past k1) folds the k bound into it. Two masks and two
+// bits cost two ANDs and a predicate combine per copy.
 template <int MB>
 struct TapRows {
     const float* row[MB];
-    u32 ymask[MB], xmask[MB];
-    u32 ybit, xbit;  // 1 << the tap's kernel row, 1 << its kernel column
+    u32 taps[MB];
+    u32 bit;  // 1 << the tap's index in the grid
     // Piece p's chunk at `tap` floats from its row into the stage at sa, zeros outside the image
-    // or past k1.
+    // or where live is 0.
     template <class T>
-    DEVM void issue(sptr sa, int kb, int tap, bool kin) const {
+    DEVM void issue(sptr sa, int kb, int tap, u32 live) const {
 #pragma unroll
-        for (int p = 0; p < MB; ++p) issue_kchunk<T>(sa, p * BM, kb * BK, row[p] + tap, kin && (ymask[p] & ybit) && (xmask[p] & xbit));
+        for (int p = 0; p < MB; ++p) issue_kchunk<T>(sa, p * BM, kb * BK, row[p] + tap, (taps[p] & live) != 0);
     }
-    DEVM void next_col() { xbit <<= 1; }
-    DEVM void next_row() { xbit = 1, ybit <<= 1; }
+    DEVM u32 live(int k, int k1) const { return k < k1 ? bit : 0u; }
 };
 
 // forward with pieces inside one tap: A = col(x), B = w, both one 16-byte chunk per thread.
@@ -163,15 +174,15 @@ struct ConvFwdTapLoader {
     int g;
     i64 kcols;
     // The whole block tile (gemm_tile.cuh, TileLoader), what the 128-row kernels run: per piece
-    // only what differs between pieces (a row's pointer and tap masks, a column's weight row),
-    // and the position along k (channel, kernel column, x offset, the tap's mask bits: the same
-    // for every thread and piece) kept once. Per copy: two mask tests or one column test, one
-    // address add; per piece one channel step.
+    // only what differs between pieces (a row's pointer and tap mask, a column's weight row),
+    // and the position along k (channel, kernel column, x offset, the tap's bit: the same for
+    // every thread and piece) kept once. Per copy: one AND with the tap's bit, one address add;
+    // per piece one channel step.
     template <class T>
     struct Tile {
-        TapRows<T::MB> a;          // x at each row's top-left tap + chunk, its masks; the tap's bits
+        TapRows<T::MB> a;          // x at each row's top-left tap + chunk, the taps it reaches; the tap's bit
         const float* wrow[T::NB];  // the column's weight row at the next piece + chunk
-        bool wok[T::NB];           // the column is inside [0, N)
+        u32 wok[T::NB];            // all ones where the column is inside [0, N), else 0
         int k, k1, c, kj, tap;     // the next piece's first k, channel, kernel column, x offset
         int cg, kw, next_col, next_row;
         DEVM Tile(const ConvFwdTapLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
@@ -185,42 +196,41 @@ struct ConvFwdTapLoader {
 #pragma unroll
             for (int p = 0; p < T::MB; ++p) {
                 const int row = m0 + p * BM + i;
-                a.row[p] = l.x, a.ymask[p] = 0, a.xmask[p] = 0;
+                a.row[p] = l.x, a.taps[p] = 0;
                 if (row < M) {
                     const int ox = row % d.ow, oy = (row / d.ow) % d.oh, img = row / (d.ow * d.oh);
                     const int iy0 = oy * d.sh - d.ph, ix0 = ox * d.sw - d.pw;
                     a.row[p] = l.x + (i64)img * d.h * d.w * d.c_in + (i64)l.g * cg + kk + (iy0 * d.w + ix0) * d.c_in;
-                    a.ymask[p] = tap_mask(iy0, 1, d.kh, d.h);
-                    a.xmask[p] = tap_mask(ix0, 1, d.kw, d.w);
+                    a.taps[p] = tap_grid(tap_mask(iy0, 1, d.kh, d.h), tap_mask(ix0, 1, d.kw, d.w), d.kh, d.kw);
                 }
             }
 #pragma unroll
             for (int p = 0; p < T::NB; ++p) {
                 const int o = n0 + p * BN + i;
-                wok[p] = o < N;
-                wrow[p] = l.wt + (wok[p] ? ((i64)l.g * og + o) * l.kcols + k0 + kk : 0);
+                wok[p] = o < N ? ~0u : 0u;
+                wrow[p] = l.wt + (o < N ? ((i64)l.g * og + o) * l.kcols + k0 + kk : 0);
             }
             k = (int)k0, k1 = (int)k1_;
             int ki;
             split_tap(k, cg, kw, c, ki, kj);
             tap = (ki * d.w + kj) * d.c_in + c;
-            a.ybit = 1u << ki, a.xbit = 1u << kj;
+            a.bit = 1u << (ki * kw + kj);
         }
         DEVM void issue(const ConvFwdTapLoader&, sptr sa, sptr sb) {
 #pragma unroll
             for (int kb = 0; kb < T::KB; ++kb) {
-                const bool kin = k < k1;
-                a.template issue<T>(sa, kb, tap, kin);
+                const u32 live = a.live(k, k1);
+                a.template issue<T>(sa, kb, tap, live);
 #pragma unroll
                 for (int p = 0; p < T::NB; ++p) {
                     // A pointer step, not wrow + k: that made a 64-bit add and a sign extension.
-                    issue_kchunk<T>(sb, p * BN, kb * BK, wrow[p], kin && wok[p]);
+                    issue_kchunk<T>(sb, p * BN, kb * BK, wrow[p], (wok[p] & live) != 0);
                     wrow[p] += BK;
                 }
                 k += BK, c += BK, tap += BK;
                 if (c == cg) {
-                    c = 0, tap += next_col, a.next_col();
-                    if (++kj == kw) kj = 0, a.next_row(), tap += next_row;
+                    c = 0, tap += next_col, a.bit <<= 1;
+                    if (++kj == kw) kj = 0, tap += next_row;
                 }
             }
         }
@@ -334,12 +344,12 @@ struct ConvBwdDataTapLoader {
     ConvPhase ph;
     int g;
     // The whole block tile (TileLoader; see ConvFwdTapLoader::Tile): per piece a row's dy
-    // pointer and tap masks, a column chunk's weight pointer; the position along k once.
+    // pointer and tap mask, a column chunk's weight pointer; the position along k once.
     template <class T>
     struct Tile {
-        TapRows<T::MB> a;          // dy at the output pixel each row's tap (0, 0) sees + chunk, its masks; the tap's bits
+        TapRows<T::MB> a;          // dy at the output pixel each row's tap (0, 0) sees + chunk, the taps it reaches; the tap's bit
         const float* wcol[T::NB];  // the weight at group g, this thread's 4 channels, its o
-        bool wok[T::NB];           // the channels are inside [0, N)
+        u32 wok[T::NB];            // all ones where the channels are inside [0, N), else 0
         int k, k1, o, tj, tap, wtap, woff;  // the next piece: first k, (tj, o), dy offset, kernel tap, weight offset
         int og, ntx, cg, wstep, next_col, next_row, wnext_col, wnext_row;
         DEVM Tile(const ConvBwdDataTapLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
@@ -357,20 +367,19 @@ struct ConvBwdDataTapLoader {
 #pragma unroll
             for (int p = 0; p < T::MB; ++p) {
                 const int row = m0 + p * BM + i;
-                a.row[p] = l.dy, a.ymask[p] = 0, a.xmask[p] = 0;
+                a.row[p] = l.dy, a.taps[p] = 0;
                 if (row < M) {
                     const int px = row % l.ph.nx, py = (row / l.ph.nx) % l.ph.ny, img = row / (l.ph.nx * l.ph.ny);
                     const int oyb = l.ph.by + py, oxb = l.ph.bx + px;
                     a.row[p] = l.dy + (i64)img * d.oh * d.ow * d.c_out + (i64)l.g * og + kk + (oyb * d.ow + oxb) * d.c_out;
-                    a.ymask[p] = tap_mask(oyb, -1, l.ph.nty, d.oh);
-                    a.xmask[p] = tap_mask(oxb, -1, l.ph.ntx, d.ow);
+                    a.taps[p] = tap_grid(tap_mask(oyb, -1, l.ph.nty, d.oh), tap_mask(oxb, -1, l.ph.ntx, d.ow), l.ph.nty, ntx);
                 }
             }
 #pragma unroll
             for (int p = 0; p < T::NB; ++p) {
                 const int c = n0 + p * BN + j;
-                wok[p] = c < N;
-                wcol[p] = l.wt + (wok[p] ? (i64)l.g * og * khkw * cg + (i64)kb * khkw * cg + c : 0);
+                wok[p] = c < N ? ~0u : 0u;
+                wcol[p] = l.wt + (c < N ? (i64)l.g * og * khkw * cg + (i64)kb * khkw * cg + c : 0);
             }
             k = (int)k0, k1 = (int)k1_;
             int ti;
@@ -378,19 +387,19 @@ struct ConvBwdDataTapLoader {
             tap = o - (ti * d.ow + tj) * d.c_out;
             wtap = (l.ph.py + d.sh * ti) * d.kw + l.ph.px + d.sw * tj;
             woff = (o * khkw + wtap) * cg;
-            a.ybit = 1u << ti, a.xbit = 1u << tj;
+            a.bit = 1u << (ti * ntx + tj);
         }
         DEVM void issue(const ConvBwdDataTapLoader&, sptr sa, sptr sb) {
 #pragma unroll
             for (int kb = 0; kb < T::KB; ++kb) {
-                const bool kin = k < k1;
-                a.template issue<T>(sa, kb, tap, kin);
+                const u32 live = a.live(k, k1);
+                a.template issue<T>(sa, kb, tap, live);
 #pragma unroll
-                for (int p = 0; p < T::NB; ++p) issue_mnchunk<T, T::TN>(sb, p * BN, kb * BK, wcol[p] + woff, kin && wok[p]);
+                for (int p = 0; p < T::NB; ++p) issue_mnchunk<T, T::TN>(sb, p * BN, kb * BK, wcol[p] + woff, (wok[p] & live) != 0);
                 k += BK, o += BK, tap += BK, woff += wstep;
                 if (o == og) {
-                    o = 0, tap += next_col, wtap += wnext_col, a.next_col();
-                    if (++tj == ntx) tj = 0, a.next_row(), tap += next_row, wtap += wnext_row;
+                    o = 0, tap += next_col, wtap += wnext_col, a.bit <<= 1;
+                    if (++tj == ntx) tj = 0, tap += next_row, wtap += wnext_row;
                     woff = wtap * cg;
                 }
             }
@@ -491,26 +500,33 @@ struct ConvBwdWeightChunkLoader {
     // only a row's dy pointer and a column's tap.
     template <class T>
     struct Tile {
-        const float* dyp[T::MB];  // dy at the next piece's pixel, this thread's chunk of channels o
-        bool aok[T::MB];          // the chunk is inside [0, M)
+        const float* dyp;         // dy at the next piece's pixel, this thread's chunk of channels o (piece i: + i BM)
+        bool aok[T::MB];          // piece i's chunk is inside [0, M)
         int qoff[T::NB];          // the column chunk's offset in x from the pixel's top-left tap: (ki w + kj) c_in + c
         int ki[T::NB], kj[T::NB]; // its tap
         bool qok[T::NB];          // the chunk is inside [0, N)
         const float* xp;          // x at the pixel's top-left input tap (iy0, ix0), group g
         int iy0, ix0, k, k1;      // (oy sh - ph, ox sw - pw) of the pixel; the next piece's first k
+        // The image's extent and the pixel's advance, kept in registers: read from the
+        // parameters inside the loop they cost a constant load per use.
+        unsigned h, w;
+        int ix_step, ix_end, ix_back, sh, iy_end, iy_back;  // 16 pixels on: ix0 + ix_step; at ix_end back by ix_back, iy0 + sh
+        i64 dy_step, x_step, x_row, x_img;     // 16 pixels of dy; of x along a row; a row carry; an image carry
         DEVM Tile(const ConvBwdWeightChunkLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
             const ConvDims& d = l.d;
             const int og = d.c_out / d.groups, cg = d.c_in / d.groups;
             k = (int)k0, k1 = (int)k1_;
+            h = d.h, w = d.w;
+            ix_step = BK * d.sw, ix_end = d.ow * d.sw - d.pw, ix_back = d.ow * d.sw;
+            sh = d.sh, iy_end = d.oh * d.sh - d.ph, iy_back = d.oh * d.sh;
+            dy_step = (i64)BK * d.c_out, x_step = (i64)BK * d.sw * d.c_in;
+            x_row = ((i64)d.sh * d.w - (i64)d.ow * d.sw) * d.c_in, x_img = (i64)(d.h - d.oh * d.sh) * d.w * d.c_in;
             int mn, kk;
             chunk_coord(threadIdx.x, mn, kk);
             const int p = (int)k0 + kk;
 #pragma unroll
-            for (int i = 0; i < T::MB; ++i) {
-                const int o = m0 + i * BM + mn;
-                aok[i] = o < M;
-                dyp[i] = l.dy + (aok[i] ? (i64)p * d.c_out + (i64)l.g * og + o : 0);
-            }
+            for (int i = 0; i < T::MB; ++i) aok[i] = m0 + i * BM + mn < M;
+            dyp = l.dy + (i64)p * d.c_out + (i64)l.g * og + m0 + mn;
 #pragma unroll
             for (int i = 0; i < T::NB; ++i) {
                 const int q = n0 + i * BN + mn;
@@ -523,27 +539,25 @@ struct ConvBwdWeightChunkLoader {
             iy0 = oy * d.sh - d.ph, ix0 = ox * d.sw - d.pw;
             xp = l.x + (i64)l.g * cg + (((i64)img * d.h + iy0) * d.w + ix0) * d.c_in;
         }
-        DEVM void issue(const ConvBwdWeightChunkLoader& l, sptr sa, sptr sb) {
-            const ConvDims& d = l.d;
+        DEVM void issue(const ConvBwdWeightChunkLoader&, sptr sa, sptr sb) {
 #pragma unroll
             for (int kb = 0; kb < T::KB; ++kb) {
                 const bool kin = k < k1;
+                // Piece i's chunk is i BM channels on from piece 0's (out of range: aok, not read).
 #pragma unroll
-                for (int i = 0; i < T::MB; ++i) {
-                    issue_mnchunk<T, T::TM>(sa, i * BM, kb * BK, dyp[i], kin && aok[i]);
-                    dyp[i] += (i64)BK * d.c_out;
-                }
+                for (int i = 0; i < T::MB; ++i) issue_mnchunk<T, T::TM>(sa, i * BM, kb * BK, dyp + i * BM, kin && aok[i]);
+                dyp += dy_step;
 #pragma unroll
                 for (int i = 0; i < T::NB; ++i) {
-                    const bool in = kin && qok[i] && (unsigned)(iy0 + ki[i]) < (unsigned)d.h && (unsigned)(ix0 + kj[i]) < (unsigned)d.w;
+                    const bool in = kin && qok[i] && (unsigned)(iy0 + ki[i]) < h && (unsigned)(ix0 + kj[i]) < w;
                     issue_mnchunk<T, T::TN>(sb, i * BN, kb * BK, xp + qoff[i], in);
                 }
                 // 16 output pixels on: columns, then rows (ox -= ow, oy += 1), then images (oy -= oh).
-                ix0 += BK * d.sw, xp += (i64)BK * d.sw * d.c_in;
-                while (ix0 >= d.ow * d.sw - d.pw) {
-                    ix0 -= d.ow * d.sw, xp += ((i64)d.sh * d.w - (i64)d.ow * d.sw) * d.c_in;
-                    iy0 += d.sh;
-                    if (iy0 == d.oh * d.sh - d.ph) iy0 -= d.oh * d.sh, xp += (i64)(d.h - d.oh * d.sh) * d.w * d.c_in;
+                ix0 += ix_step, xp += x_step;
+                while (ix0 >= ix_end) {
+                    ix0 -= ix_back, xp += x_row;
+                    iy0 += sh;
+                    if (iy0 == iy_end) iy0 -= iy_back, xp += x_img;
                 }
                 k += BK;
             }
@@ -651,8 +665,15 @@ DEV void conv_bwd_weight_impl_general(const float* x, const float* dy, float* ou
     conv_bwd_weight_impl<MATH, TILE, ConvBwdWeightLoader>(x, dy, out, part, split_stride, d, splits, arrivals);
 }
 
+// Forward and backward-data: 128 x 128 free to take more than 128 registers (one block per SM:
+// left to itself, ptxas aimed at two with the tap loaders' one-AND predicates and spilled), 128
+// x 64 at most 128 (two blocks), 64 x 64 ptxas's own choice.
+template <class TILE>
+struct TapBlocksPerSm {
+    static constexpr int value = TILE::MB * TILE::NB == 4 ? 1 : TILE::MB * TILE::NB == 2 ? 2 : 0;
+};
 #define CONV_KERNEL(name, impl, MATH, TILE, in0, in1)                                                             \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                                    \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, TapBlocksPerSm<TILE>::value)                       \
         name(const float* in0, const float* in1, float* out, float* part, i64 split_stride, ConvDims d, int splits, \
              int* arrivals) {                                                                                      \
         impl<MATH, TILE>(in0, in1, out, part, split_stride, d, splits, arrivals);                                 \
@@ -660,7 +681,7 @@ DEV void conv_bwd_weight_impl_general(const float* x, const float* dy, float* ou
 
 // Backward-data takes one more argument: what to add to dx (conv_bwd_data_impl).
 #define CONV_DATA_KERNEL(name, MATH, TILE)                                                                         \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                                    \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, TapBlocksPerSm<TILE>::value)                       \
         name(const float* dy, const float* wt, float* out, float* part, i64 split_stride, ConvDims d, int splits,  \
              int* arrivals, const float* add) {                                                                    \
         conv_bwd_data_impl<MATH, TILE>(dy, wt, out, part, split_stride, d, splits, arrivals, add);                \
@@ -700,7 +721,7 @@ CONV_WEIGHT_KERNEL(conv2d_m64n128_weight_bwd_bf16, GEMM_BF16, Tile64x128, ConvBw
 // The forward pass with batch norm's statistics in its epilogue (Backend::conv2d_batchnorm_fwd_train).
 // The bf16 ones store their output as bf16 (OUT16): only batch norm reads it, as bf16.
 #define CONV_BN_KERNEL(name, MATH, TILE, OUT16)                                                                    \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                                    \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, TapBlocksPerSm<TILE>::value)                       \
         name(const float* x, const float* wt, float* out, float* part, i64 split_stride, ConvDims d, int splits,   \
              int* arrivals, double* stats) {                                                                       \
         conv_fwd_impl<MATH, TILE, OUT16>(x, wt, out, part, split_stride, d, splits, arrivals, stats);             \

@@ -521,18 +521,34 @@ struct TileLoader<L, T, typename MakeVoid<typename L::template Tile<T>>::type> :
 // permutation of k on both sides, so the product is the same sum. An MN-major operand (A_MN,
 // B_MN: TcTile::mn_at) gives the same words, read 8 bytes at a time for rows paired by frag_row
 // and frag_col.
+// Where this lane's fragment words start in a stage of A and of B (floats), made once per block.
+// ldmatrix rows: A's at (wm + (lj & 1) 8 + li, (lj >> 1) 4) plus 16 mt rows and k kc + 8 h; B's
+// at (wn + li, 4 lj) plus 8 nt rows and k kc (TcTile::at's XOR form). MN-major: this lane's
+// element (k t, fragment row g: stage row 2g, frag_row) of the warp's rows, plus constants per
+// word. With both operands MN-major on a 128-row tile (backward-weight, a matmul of two
+// transposed operands) they are made once per block and pinned in registers (an empty asm the
+// compiler cannot see through): left alone, ptxas recomputed them from the thread index in
+// every stage of the loop, 14 instructions of backward-weight's 128 x 128 main loop. Elsewhere
+// they are made in each stage, as before: hoisted, they made ptxas spill the 64 x 64 forward
+// with statistics, and pinned, the tight 64-row budgets, for a few instructions saved.
+template <class T, bool A_MN, bool B_MN>
+struct FragLanes {
+    static constexpr bool PINNED = A_MN && B_MN && T::MB == 2;
+    int a, b;
+    DEVM FragLanes() {
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        const int wm = (warp / T::WARPS_N) * T::WM, wn = (warp % T::WARPS_N) * T::WN;
+        const int li = lane % 8, lj = lane / 8, g = lane / 4, t = lane % 4;
+        a = A_MN ? T::mn_at(t, wm + 2 * g, T::TM) : T::at(wm + (lj & 1) * 8 + li, (lj >> 1) * 4);
+        b = B_MN ? T::mn_at(t, wn + 2 * g, T::TN) : T::at(wn + li, 4 * lj);
+#ifndef SSL_EMU
+        if (PINNED) asm volatile("" : "+r"(a), "+r"(b));
+#endif
+    }
+};
+
 template <int MATH, class T, bool A_MN = false, bool B_MN = false>
-DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int wm = (warp / T::WARPS_N) * T::WM, wn = (warp % T::WARPS_N) * T::WN;
-    const int li = lane % 8, lj = lane / 8;
-    // This lane's ldmatrix rows: A's at (wm + (lj & 1) 8 + li, (lj >> 1) 4) plus 16 mt rows and
-    // k kc + 8 h; B's at (wn + li, 4 lj) plus 8 nt rows and k kc (TcTile::at's XOR form).
-    const int a_lane = T::at(wm + (lj & 1) * 8 + li, (lj >> 1) * 4), b_lane = T::at(wn + li, 4 * lj);
-    // MN-major: this lane's element (k t, fragment row g: stage row 2g, frag_row) of the
-    // warp's rows, plus constants per word.
-    const int g = lane / 4, t = lane % 4;
-    const int a_mn = T::mn_at(t, wm + 2 * g, T::TM), b_mn = T::mn_at(t, wn + 2 * g, T::TN);
+DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc, FragLanes<T, A_MN, B_MN> lanes) {
     constexpr int AK = T::TM + T::MN_PAD, BKS = T::TN + T::MN_PAD;  // one k row of each
     // The stage's shared addresses, for ldmatrix (a per-access generic pointer cost 64-bit math).
     constexpr int F = sizeof(float);
@@ -540,12 +556,12 @@ DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
     // A's words of m16 tile mt and k half h (ldmatrix's r, above) / B's of n8 tile nt (q).
     auto a_words = [&](u32* r, int mt, int h, int kc) {
         if (A_MN) {  // rows g, g + 8 at k t, then at k t + 4: two 8-byte loads (frag_row)
-            const float* p = &s.a[st][a_mn + (kc + 8 * h) * AK + mt * 16];
+            const float* p = &s.a[st][lanes.a + (kc + 8 * h) * AK + mt * 16];
             const float2 lo = *reinterpret_cast<const float2*>(p), hi = *reinterpret_cast<const float2*>(p + 4 * AK);
             r[0] = (u32)__float_as_int(lo.x), r[1] = (u32)__float_as_int(lo.y);
             r[2] = (u32)__float_as_int(hi.x), r[3] = (u32)__float_as_int(hi.y);
         } else {
-            ldmatrix_x4(r, sa + F * ((a_lane ^ (kc + h * 8)) + mt * 16 * T::TK));
+            ldmatrix_x4(r, sa + F * ((lanes.a ^ (kc + h * 8)) + mt * 16 * T::TK));
         }
     };
     // All NT tiles' words: B_MN reads n8 tiles 2j and 2j + 1 together, 8 bytes at a time (frag_col).
@@ -554,14 +570,14 @@ DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc) {
 #pragma unroll
         for (int nt = 0; nt < T::NT; nt += B_MN ? 2 : 1) {
             if (B_MN) {
-                const float* p = &s.b[st][b_mn + kc * BKS + (nt >> 1) * 16];
+                const float* p = &s.b[st][lanes.b + kc * BKS + (nt >> 1) * 16];
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     const float2 v = *reinterpret_cast<const float2*>(p + 4 * j * BKS);
                     q[nt][j] = (u32)__float_as_int(v.x), q[nt + 1][j] = (u32)__float_as_int(v.y);
                 }
             } else {
-                ldmatrix_x4(q[nt], sb + F * ((b_lane ^ kc) + nt * 8 * T::TK));
+                ldmatrix_x4(q[nt], sb + F * ((lanes.b ^ kc) + nt * 8 * T::TK));
             }
         }
     };
@@ -640,6 +656,9 @@ DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1,
     // The stages of tile kt (read) and of tile kt + STAGES - 1 (written), rotated by a compare
     // rather than a modulo.
     int rd = 0, wr = STAGES - 1;
+    // Made here when pinned, else in each stage as ptxas prefers (FragLanes).
+    typedef FragLanes<T, L::A_MN, L::B_MN> Lanes;
+    const Lanes pinned;
     for (int kt = 0; kt < tiles; ++kt) {
         cp_async_wait<STAGES - 2>();
         // Tile kt is visible to every thread, and every warp is done with tile kt - 1, whose
@@ -647,7 +666,7 @@ DEV void gemm_block(GemmSmemTc<T>& s, const L& ld, int M, int N, i64 k0, i64 k1,
         __syncthreads();
         if (kt + STAGES - 1 < tiles) issue(wr);
         cp_async_commit();
-        mma_stage<MATH, T, L::A_MN, L::B_MN>(s, rd, acc);
+        mma_stage<MATH, T, L::A_MN, L::B_MN>(s, rd, acc, Lanes::PINNED ? pinned : Lanes());
         rd = rd == STAGES - 1 ? 0 : rd + 1;
         wr = wr == STAGES - 1 ? 0 : wr + 1;
     }

@@ -142,20 +142,18 @@ fn plan(b: &CudaBackend, pass: Pass, d: &Conv2dDims) -> Result<Plan> {
 
 /// Whether every 16-deep piece of the pass's reduction lies inside one filter tap, which the
 /// 128-row kernels' loaders require (ConvFwdTapLoader, ConvBwdDataTapLoader in kernels/conv.cu:
-/// one 16-byte copy per thread and piece, bounds from two 32-bit tap masks): the reduction's
-/// channels per tap (cg forward, og backward-data) a multiple of 16, and at most 32 kernel rows
-/// and columns reach a pixel; backward-data also copies the weight's channels (cg) 4 at a time.
+/// one 16-byte copy per thread and piece, bounds from a 32-bit mask of the taps a pixel reaches):
+/// the reduction's channels per tap (cg forward, og backward-data) a multiple of 16, and at most
+/// 32 taps reach a pixel (kh kw forward; per stride phase, ceil(kh / sh) ceil(kw / sw) for
+/// backward-data); backward-data also copies the weight's channels (cg) 4 at a time.
 /// The rest (the RGB stem, odd channel counts) run on 64 x 64 tiles.
 /// Buffers need no check: the pool's are 256-byte aligned.
 fn pieces_in_one_tap(pass: Pass, d: &Conv2dDims) -> bool {
     const PIECE: usize = 16;
     match pass {
-        Pass::Fwd => (d.c_in / d.groups) % PIECE == 0 && d.kh <= 32 && d.kw <= 32,
+        Pass::Fwd => (d.c_in / d.groups) % PIECE == 0 && d.kh * d.kw <= 32,
         Pass::BwdData => {
-            (d.c_out / d.groups) % PIECE == 0
-                && (d.c_in / d.groups) % 4 == 0
-                && d.kh.div_ceil(d.stride[0]) <= 32
-                && d.kw.div_ceil(d.stride[1]) <= 32
+            (d.c_out / d.groups) % PIECE == 0 && (d.c_in / d.groups) % 4 == 0 && d.kh.div_ceil(d.stride[0]) * d.kw.div_ceil(d.stride[1]) <= 32
         }
         Pass::BwdWeight => true, // weight_plan: weight_chunks
     }
