@@ -483,10 +483,11 @@ struct ConvBwdWeightLoader {
 // and input channels per group (og, cg) that are multiples of 4: both operands are MN-major
 // (TcTile::mn_at). A = dy [o, p]: 4 consecutive o of one pixel are adjacent; B = col(x) [p, q]:
 // 4 consecutive q are 4 channels of one tap of one pixel, adjacent in x, inside the image or
-// not as a whole. Per thread and piece: one chunk of each (chunk_coord: rows mn .. mn + 3 at
-// pixel k0 + kk, then 16 pixels on per piece), so per piece a pointer step for A, and for B two
-// unsigned compares, a 64-bit add and the pixel's advance by 16 (at most ceil(16 / ow) row
-// carries). No division, no 64-bit multiply, no per-element test in the main loop.
+// not as a whole. Per thread and stage: one pixel (stage_chunk_coord: k row kk of the TK) and
+// KB chunks of each operand per piece (rows mn + j 64 / KB .. + 3), so per stage one pointer
+// step for A, for each B chunk two unsigned compares and a 64-bit add, and one advance of the
+// pixel by TK (at most ceil(TK / ow) row carries; per 16-pixel piece it took twice the
+// advances). No division, no 64-bit multiply, no per-element test in the main loop.
 struct ConvBwdWeightChunkLoader {
     static constexpr bool A_K_FAST = false, B_K_FAST = false;
     static constexpr bool A_VEC = false, B_VEC = false;
@@ -495,72 +496,67 @@ struct ConvBwdWeightChunkLoader {
     const float* dy;
     ConvDims d;
     int g;
-    // The whole block tile (TileLoader), what the 128-row kernels run: every piece's chunks are
-    // at the same pixel (k), so the pixel and its advance are kept once per thread; per piece
-    // only a row's dy pointer and a column's tap.
+    // The whole block tile (TileLoader), what the 128-row kernels run: every chunk a thread
+    // copies is at its one pixel (k), so the pixel and its advance are kept once per thread; per
+    // chunk only whether its rows exist and a column's tap.
     template <class T>
     struct Tile {
-        const float* dyp;         // dy at the next piece's pixel, this thread's chunk of channels o (piece i: + i BM)
-        bool aok[T::MB];          // piece i's chunk is inside [0, M)
-        int qoff[T::NB];          // the column chunk's offset in x from the pixel's top-left tap: (ki w + kj) c_in + c
-        int ki[T::NB], kj[T::NB]; // its tap
-        bool qok[T::NB];          // the chunk is inside [0, N)
-        const float* xp;          // x at the pixel's top-left input tap (iy0, ix0), group g
-        int iy0, ix0, k, k1;      // (oy sh - ph, ox sw - pw) of the pixel; the next piece's first k
-        // The image's extent and the pixel's advance, kept in registers: read from the
-        // parameters inside the loop they cost a constant load per use.
-        unsigned h, w;
-        int ix_step, ix_end, ix_back, sh, iy_end, iy_back;  // 16 pixels on: ix0 + ix_step; at ix_end back by ix_back, iy0 + sh
-        i64 dy_step, x_step, x_row, x_img;     // 16 pixels of dy; of x along a row; a row carry; an image carry
+        static constexpr int J = T::KB, APART = BM / T::KB;  // chunks per piece and thread, their row distance
+        const float* dyp;              // dy at this thread's pixel of the next stage, chunk 0 of piece 0 (chunk (i, j): + i BM + j APART)
+        bool aok[T::MB][J];            // chunk (i, j) is inside [0, M)
+        int qoff[T::NB][J];            // a column chunk's offset in x from the pixel's top-left tap: (ki w + kj) c_in + c
+        int ki[T::NB][J], kj[T::NB][J];// its tap
+        bool qok[T::NB][J];            // the chunk is inside [0, N)
+        const float* xp;               // x at the pixel's top-left input tap (iy0, ix0), group g
+        int iy0, ix0, kp, k1;          // (oy sh - ph, ox sw - pw) of the pixel; the pixel's index
         DEVM Tile(const ConvBwdWeightChunkLoader& l, int M, int N, int m0, int n0, i64 k0, i64 k1_) {
             const ConvDims& d = l.d;
             const int og = d.c_out / d.groups, cg = d.c_in / d.groups;
-            k = (int)k0, k1 = (int)k1_;
-            h = d.h, w = d.w;
-            ix_step = BK * d.sw, ix_end = d.ow * d.sw - d.pw, ix_back = d.ow * d.sw;
-            sh = d.sh, iy_end = d.oh * d.sh - d.ph, iy_back = d.oh * d.sh;
-            dy_step = (i64)BK * d.c_out, x_step = (i64)BK * d.sw * d.c_in;
-            x_row = ((i64)d.sh * d.w - (i64)d.ow * d.sw) * d.c_in, x_img = (i64)(d.h - d.oh * d.sh) * d.w * d.c_in;
             int mn, kk;
-            chunk_coord(threadIdx.x, mn, kk);
-            const int p = (int)k0 + kk;
+            stage_chunk_coord<T>(threadIdx.x, mn, kk);
+            kp = (int)k0 + kk, k1 = (int)k1_;
 #pragma unroll
-            for (int i = 0; i < T::MB; ++i) aok[i] = m0 + i * BM + mn < M;
-            dyp = l.dy + (i64)p * d.c_out + (i64)l.g * og + m0 + mn;
+            for (int i = 0; i < T::MB; ++i)
 #pragma unroll
-            for (int i = 0; i < T::NB; ++i) {
-                const int q = n0 + i * BN + mn;
-                qok[i] = q < N;
-                const int c = qok[i] ? q % cg : 0, t = qok[i] ? q / cg : 0;
-                ki[i] = t / d.kw, kj[i] = t % d.kw;
-                qoff[i] = (ki[i] * d.w + kj[i]) * d.c_in + c;
-            }
-            const int ox = p % d.ow, oy = (p / d.ow) % d.oh, img = p / (d.ow * d.oh);
+                for (int j = 0; j < J; ++j) aok[i][j] = m0 + i * BM + j * APART + mn < M;
+            dyp = l.dy + (i64)kp * d.c_out + (i64)l.g * og + m0 + mn;
+#pragma unroll
+            for (int i = 0; i < T::NB; ++i)
+#pragma unroll
+                for (int j = 0; j < J; ++j) {
+                    const int q = n0 + i * BN + j * APART + mn;
+                    qok[i][j] = q < N;
+                    const int c = qok[i][j] ? q % cg : 0, t = qok[i][j] ? q / cg : 0;
+                    ki[i][j] = t / d.kw, kj[i][j] = t % d.kw;
+                    qoff[i][j] = (ki[i][j] * d.w + kj[i][j]) * d.c_in + c;
+                }
+            const int ox = kp % d.ow, oy = (kp / d.ow) % d.oh, img = kp / (d.ow * d.oh);
             iy0 = oy * d.sh - d.ph, ix0 = ox * d.sw - d.pw;
             xp = l.x + (i64)l.g * cg + (((i64)img * d.h + iy0) * d.w + ix0) * d.c_in;
         }
-        DEVM void issue(const ConvBwdWeightChunkLoader&, sptr sa, sptr sb) {
+        DEVM void issue(const ConvBwdWeightChunkLoader& l, sptr sa, sptr sb) {
+            const ConvDims& d = l.d;
+            const bool kin = kp < k1;
 #pragma unroll
-            for (int kb = 0; kb < T::KB; ++kb) {
-                const bool kin = k < k1;
-                // Piece i's chunk is i BM channels on from piece 0's (out of range: aok, not read).
+            for (int i = 0; i < T::MB; ++i)
 #pragma unroll
-                for (int i = 0; i < T::MB; ++i) issue_mnchunk<T, T::TM>(sa, i * BM, kb * BK, dyp + i * BM, kin && aok[i]);
-                dyp += dy_step;
+                for (int j = 0; j < J; ++j) issue_stage_mnchunk<T, T::TM>(sa, i * BM, j, dyp + i * BM + j * APART, kin && aok[i][j]);
+            dyp += (i64)T::TK * d.c_out;
 #pragma unroll
-                for (int i = 0; i < T::NB; ++i) {
-                    const bool in = kin && qok[i] && (unsigned)(iy0 + ki[i]) < h && (unsigned)(ix0 + kj[i]) < w;
-                    issue_mnchunk<T, T::TN>(sb, i * BN, kb * BK, xp + qoff[i], in);
+            for (int i = 0; i < T::NB; ++i)
+#pragma unroll
+                for (int j = 0; j < J; ++j) {
+                    const bool in = kin && qok[i][j] && (unsigned)(iy0 + ki[i][j]) < (unsigned)d.h && (unsigned)(ix0 + kj[i][j]) < (unsigned)d.w;
+                    issue_stage_mnchunk<T, T::TN>(sb, i * BN, j, xp + qoff[i][j], in);
                 }
-                // 16 output pixels on: columns, then rows (ox -= ow, oy += 1), then images (oy -= oh).
-                ix0 += ix_step, xp += x_step;
-                while (ix0 >= ix_end) {
-                    ix0 -= ix_back, xp += x_row;
-                    iy0 += sh;
-                    if (iy0 == iy_end) iy0 -= iy_back, xp += x_img;
-                }
-                k += BK;
+            // TK output pixels on: columns, then rows (ox -= ow, oy += 1), then images (oy -= oh).
+            ix0 += T::TK * d.sw, xp += (i64)T::TK * d.sw * d.c_in;
+            while (ix0 >= d.ow * d.sw - d.pw) {
+                ix0 -= d.ow * d.sw, xp += ((i64)d.sh * d.w - (i64)d.ow * d.sw) * d.c_in;
+                iy0 += d.sh;
+                if (iy0 == d.oh * d.sh - d.ph) iy0 -= d.oh * d.sh, xp += (i64)(d.h - d.oh * d.sh) * d.w * d.c_in;
             }
+            kp += T::TK;
         }
     };
 };

@@ -442,6 +442,25 @@ DEV void issue_kchunk(sptr stage, int row0, int k0, const float* src, bool ok) {
     tile_coord<true, BM>(threadIdx.x, 0, i, kt);
     cp_async_16(stage + sizeof(float) * (row0 * T::TK + (T::at(i, kt) ^ k0)), src, ok);
 }
+// A whole stage of an MN-major operand at once (TK k rows): this thread's k row kk and the first
+// of its KB chunks in each 64-row piece, rows mn .. mn + 3; chunk j is 64 / KB rows further. A
+// quarter warp stores 8 chunks of one k row (128 contiguous bytes), as chunk_coord's. One k row
+// per thread, where chunk_coord gives one per 16-deep piece: a loader that walks pixels (k)
+// advances once per stage.
+template <class T>
+DEV void stage_chunk_coord(int tid, int& mn, int& kk) {
+    constexpr int PER_ROW = 16 / T::KB;  // threads per k row of a piece
+    static_assert(T::TK * PER_ROW == GEMM_THREADS, "one k row per thread");
+    mn = 4 * (tid % PER_ROW);
+    kk = tid / PER_ROW;
+}
+// Chunk j of piece `row0` (stage_chunk_coord; WIDTH: TM or TN).
+template <class T, int WIDTH>
+DEV void issue_stage_mnchunk(sptr stage, int row0, int j, const float* src, bool ok) {
+    int mn, kk;
+    stage_chunk_coord<T>(threadIdx.x, mn, kk);
+    cp_async_16(stage + sizeof(float) * T::mn_at(kk, row0 + mn + j * (BM / T::KB), WIDTH), src, ok);
+}
 // One 16-byte chunk of an MN-major operand's piece (chunk_coord; WIDTH: TM or TN).
 template <class T, int WIDTH>
 DEV void issue_mnchunk(sptr stage, int row0, int k0, const float* src, bool ok) {
