@@ -27,17 +27,19 @@
 //     range or all not, and gives only p[0] (the chunk, or null for zeros); the copy is then one
 //     16-byte cp.async with no per-element test;
 //   static constexpr bool A_MN / B_MN (tensor-core loop only): the operand's 4 consecutive rows
-//     (m of A, n of B) at one k are one aligned 16-byte chunk, all in range or all not; the
-//     thread gives only p[0] for its chunk (chunk_coord), which lands in an MN-major stage (see
-//     TcTile::mn_at) whose fragments are read 8 bytes at a time (TcTile::frag_row, frag_col);
+//     (m of A, n of B) at one k are one aligned 16-byte chunk, all in range or all not, copied
+//     into an MN-major stage (TcTile::mn_at; a Tile places its chunks by chunk_coord, one per
+//     16-deep piece, or stage_chunk_coord, one k row per stage) whose fragments are read 8
+//     bytes at a time (TcTile::frag_row, frag_col);
 //   a type Thread, made once per thread and block by Thread(loader, M, N, m0, n0, k0, k1), whose
 //     addr(pa, pb) gives where this thread's 4 + 4 elements of the next BK-deep tile pair are
 //     (null for zeros: outside [0, M) x [k0, k1) and [k0, k1) x [0, N), and padding). Tiles are
 //     asked for in order, so a Thread may keep per-row tables and advance its k indices
 //     incrementally: the convolution loaders do, and make no division in the main loop;
 //   or, for the tensor-core loop, a template Tile<TILE> that serves the whole block tile at once
-//     (TileLoader): the 128-row convolution loaders, which keep their position along k once for
-//     every piece and give each 16-byte copy a predicate.
+//     (TileLoader): the 128-row convolution loaders and MatmulChunkLoader, which keep their
+//     position along k once for every piece and give each 16-byte copy a predicate. An MN-major
+//     loader must be one.
 // The 64 x 64 matmul loader's Thread is two StridedOperands; the other matmul tiles take
 // MatmulChunkLoader (matmul.cu), a Tile.
 #pragma once
