@@ -533,15 +533,6 @@ struct TileLoader<L, T, typename MakeVoid<typename L::template Tile<T>>::type> :
         : L::template Tile<T>(ld, M, N, m0, n0, k0, k1) {}
 };
 
-// This warp's WM x WN share of stage `st` (TK deep) multiplied into acc, (mt, nt) tile at
-// acc[(mt * NT + nt) * 4]. Per k16 step, ldmatrix gives per m16 tile and k half h, r =
-// {A(g, 8h + t), A(g + 8, 8h + t), A(g, 8h + 4 + t), A(g + 8, 8h + 4 + t)} and per n8 tile
-// q = {B(t, g), B(4 + t, g), B(8 + t, g), B(12 + t, g)} (g = lane / 4, t = lane % 4). TF32 uses
-// these as its two k8 fragments directly. BF16 pairs physical k (t, t + 4) as the fragment's
-// logical k (2t, 2t + 1), and (8 + t, 12 + t) as (2t + 8, 2t + 9), in A and B alike: the same
-// permutation of k on both sides, so the product is the same sum. An MN-major operand (A_MN,
-// B_MN: TcTile::mn_at) gives the same words, read 8 bytes at a time for rows paired by frag_row
-// and frag_col.
 // Where this lane's fragment words start in a stage of A and of B (floats), made once per block.
 // ldmatrix rows: A's at (wm + (lj & 1) 8 + li, (lj >> 1) 4) plus 16 mt rows and k kc + 8 h; B's
 // at (wn + li, 4 lj) plus 8 nt rows and k kc (TcTile::at's XOR form). MN-major: this lane's
@@ -568,6 +559,15 @@ struct FragLanes {
     }
 };
 
+// This warp's WM x WN share of stage `st` (TK deep) multiplied into acc, (mt, nt) tile at
+// acc[(mt * NT + nt) * 4]. Per k16 step, ldmatrix gives per m16 tile and k half h, r =
+// {A(g, 8h + t), A(g + 8, 8h + t), A(g, 8h + 4 + t), A(g + 8, 8h + 4 + t)} and per n8 tile
+// q = {B(t, g), B(4 + t, g), B(8 + t, g), B(12 + t, g)} (g = lane / 4, t = lane % 4). TF32 uses
+// these as its two k8 fragments directly. BF16 pairs physical k (t, t + 4) as the fragment's
+// logical k (2t, 2t + 1), and (8 + t, 12 + t) as (2t + 8, 2t + 9), in A and B alike: the same
+// permutation of k on both sides, so the product is the same sum. An MN-major operand (A_MN,
+// B_MN: TcTile::mn_at) gives the same words, read 8 bytes at a time for rows paired by frag_row
+// and frag_col.
 template <int MATH, class T, bool A_MN = false, bool B_MN = false>
 DEV void mma_stage(const GemmSmemTc<T>& s, int st, float* acc, FragLanes<T, A_MN, B_MN> lanes) {
     constexpr int AK = T::TM + T::MN_PAD, BKS = T::TN + T::MN_PAD;  // one k row of each
